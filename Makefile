@@ -1,0 +1,32 @@
+# covidscan: `make run` starts the whole stack on this machine, `make test` runs the tests.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv run test test-integration migrate clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m covidscan.devstack
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# The tests that talk to Redis, a Celery worker and the database (DATABASE_URL picks it).
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest -q -m integration
+
+migrate: $(STAMP)
+	$(BIN)/covidscan migrate
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,141 @@
+"""Configuration from environment variables, read and validated in one place.
+
+Each process (API, worker, local stack, CLI) calls :func:`load_settings` once at
+start-up. A wrong value raises :class:`ConfigError` naming the variable, and the
+entry points turn that into a one-line message and a non-zero exit.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Mapping, Optional, TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+
+DEFAULT_VAR_DIR = Path("var")
+
+
+class ConfigError(ValueError):
+    """A configuration variable is missing or has an invalid value."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a covidscan process can be configured with.
+
+    The README's configuration table documents each field under its
+    environment variable name (the field name in upper case).
+    """
+
+    database_url: str
+    redis_url: str
+    blob_dir: Path
+    model_path: Optional[Path] = None
+    batch_size: int = 32
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_scan_bytes: int = 64 * 1024 * 1024
+    max_scans_per_job: int = 10_000
+    visibility_timeout: int = 3600
+    worker_prefetch: int = 2
+    port: int = 5000
+    log_level: str = "INFO"
+
+    def with_overrides(self, **changes: object) -> "Settings":
+        """Return a copy with some fields replaced (used by tests and the local stack)."""
+        return replace(self, **changes)
+
+
+def _positive_int(name: str, raw: str, minimum: int = 1) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _byte_size(name: str, raw: str) -> int:
+    """Parse sizes such as ``1048576``, ``512MB``, ``64MiB`` or ``2G``."""
+    text = raw.strip().upper().replace(" ", "")
+    units = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1024**2, "MB": 1024**2,
+             "MIB": 1024**2, "G": 1024**3, "GB": 1024**3, "GIB": 1024**3}
+    number = text.rstrip("KMGIB")
+    unit = text[len(number):]
+    if not number or unit not in units:
+        raise ConfigError(f"{name} must be a size such as 1048576, 512MB or 2GB, got {raw!r}")
+    value = _positive_int(name, number) * units[unit]
+    return value
+
+
+def normalise_database_url(name: str, raw: str) -> str:
+    """Validate a database URL and pick the psycopg 3 driver for plain ``postgresql://``."""
+    scheme = urlsplit(raw).scheme
+    if scheme in ("postgres", "postgresql"):
+        return "postgresql+psycopg://" + raw.split("://", 1)[1]
+    if scheme in ("sqlite", "postgresql+psycopg"):
+        return raw
+    raise ConfigError(
+        f"{name} must be a sqlite:/// or postgresql:// URL, got scheme {scheme or 'none'!r}"
+    )
+
+
+def _redis_url(name: str, raw: str) -> str:
+    if urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"{name} must be a redis://, rediss:// or unix:// URL, got {raw!r}")
+    return raw
+
+
+def _log_level(name: str, raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"{name} must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {raw!r}")
+    return level
+
+
+def _model_path(name: str, raw: str) -> Path:
+    path = Path(raw).expanduser()
+    if not path.exists():
+        raise ConfigError(f"{name} points at {raw!r}, which does not exist")
+    return path
+
+
+def _read(env: Mapping[str, str], name: str, parse: Callable[[str, str], T], default: T) -> T:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return parse(name, raw.strip())
+
+
+def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
+    """Read settings from ``env`` (default: ``os.environ``).
+
+    Raises:
+        ConfigError: a variable has an invalid value; the message names it.
+    """
+    env = os.environ if env is None else env
+    var_dir = Path(env.get("COVIDSCAN_VAR_DIR") or DEFAULT_VAR_DIR)
+    return Settings(
+        database_url=_read(env, "DATABASE_URL", normalise_database_url,
+                           f"sqlite:///{(var_dir / 'covidscan.db').as_posix()}"),
+        redis_url=_read(env, "REDIS_URL", _redis_url, "redis://127.0.0.1:6379/0"),
+        blob_dir=_read(env, "BLOB_DIR", lambda _n, raw: Path(raw), var_dir / "blobs"),
+        model_path=_read(env, "MODEL_PATH", _model_path, None),
+        batch_size=_read(env, "BATCH_SIZE", _positive_int, 32),
+        max_upload_bytes=_read(env, "MAX_UPLOAD_BYTES", _byte_size, 512 * 1024**2),
+        max_scan_bytes=_read(env, "MAX_SCAN_BYTES", _byte_size, 64 * 1024**2),
+        max_scans_per_job=_read(env, "MAX_SCANS_PER_JOB", _positive_int, 10_000),
+        visibility_timeout=_read(env, "VISIBILITY_TIMEOUT", _positive_int, 3600),
+        worker_prefetch=_read(env, "WORKER_PREFETCH", _positive_int, 2),
+        port=_read(env, "PORT", _port, 5000),
+        log_level=_read(env, "LOG_LEVEL", _log_level, "INFO"),
+    )
+
+
+def _port(name: str, raw: str) -> int:
+    value = _positive_int(name, raw)
+    if value > 65535:
+        raise ConfigError(f"{name} must be a TCP port between 1 and 65535, got {value}")
+    return value
