@@ -1,0 +1,54 @@
+"""Blob store for uploaded scan bytes: a directory shared by the API and the workers."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+class BlobNotFound(FileNotFoundError):
+    """The bytes of a scan are missing from the blob store."""
+
+
+class BlobStore:
+    """Stores bytes under ``<root>/<job_id>/<name>``, written atomically."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def key_for(self, job_id: str, position: int) -> str:
+        return f"{job_id}/{position:06d}"
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root.resolve() not in path.parents:
+            raise ValueError(f"blob key {key!r} escapes the blob directory")
+        return path
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise BlobNotFound(f"uploaded bytes are missing from the blob store ({key})") from None
+
+    def delete_job(self, job_id: str) -> None:
+        shutil.rmtree(self._path(job_id), ignore_errors=True)
+
+    def check_writable(self) -> None:
+        """Raise OSError when the blob directory cannot be written."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.root, prefix=".probe-"):
+            pass

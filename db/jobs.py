@@ -1,0 +1,125 @@
+"""Data functions for jobs: create, read status, page through results.
+
+Every function takes a ``session``; the caller owns the transaction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterator, Optional, Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.models import Job, Scan, ScanStatus
+
+
+@dataclass(frozen=True)
+class NewScan:
+    filename: str
+    blob_key: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class JobCounts:
+    total: int = 0
+    queued: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+    @property
+    def status(self) -> str:
+        """Job status derived from scan counts."""
+        done = self.succeeded + self.failed
+        if self.total == 0 or self.queued == self.total:
+            return "queued"
+        if done < self.total:
+            return "running"
+        if self.failed == 0:
+            return "succeeded"
+        if self.succeeded == 0:
+            return "failed"
+        return "partially_succeeded"
+
+    def as_dict(self) -> dict[str, int]:
+        return {"total": self.total, "queued": self.queued, "running": self.running,
+                "succeeded": self.succeeded, "failed": self.failed}
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    job: Job
+    counts: JobCounts
+    started_at: Optional[datetime]
+    finished_at: Optional[datetime]
+
+    @property
+    def status(self) -> str:
+        return self.counts.status
+
+
+def create_job(session: Session, name: Optional[str], scans: Sequence[NewScan],
+               job_id: str, requested_model: Optional[str] = None) -> Job:
+    """Add a job and its scans, in upload order, to the session (not committed)."""
+    job = Job(id=job_id, name=name, requested_model=requested_model)
+    job.scans = [
+        Scan(position=i, filename=s.filename, blob_key=s.blob_key, size_bytes=s.size_bytes,
+             status=ScanStatus.QUEUED)
+        for i, s in enumerate(scans)
+    ]
+    session.add(job)
+    return job
+
+
+def job_counts(session: Session, job_id: str) -> JobCounts:
+    rows = session.execute(
+        select(Scan.status, func.count()).where(Scan.job_id == job_id).group_by(Scan.status)
+    ).all()
+    by_status = {ScanStatus(status).value: count for status, count in rows}
+    return JobCounts(total=sum(by_status.values()), **by_status)
+
+
+def summarise_job(session: Session, job_id: str) -> Optional[JobSummary]:
+    """Return the job with its counts and derived times, or None when it does not exist."""
+    job = session.get(Job, job_id)
+    if job is None:
+        return None
+    counts = job_counts(session, job_id)
+    started, last = session.execute(
+        select(func.min(Scan.started_at), func.max(Scan.finished_at)).where(Scan.job_id == job_id)
+    ).one()
+    finished = last if counts.status not in ("queued", "running") else None
+    return JobSummary(job=job, counts=counts, started_at=started, finished_at=finished)
+
+
+def recent_jobs(session: Session, limit: int = 50) -> list[Job]:
+    return list(session.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit)))
+
+
+def results_page(session: Session, job_id: str, limit: int,
+                 after_position: int = -1) -> tuple[list[Scan], Optional[int]]:
+    """Scans of a job in upload order after ``after_position``.
+
+    Returns:
+        The page and the position to pass as the next cursor, or None on the last page.
+    """
+    scans = list(session.scalars(
+        select(Scan).where(Scan.job_id == job_id, Scan.position > after_position)
+        .order_by(Scan.position).limit(limit + 1)
+    ))
+    if len(scans) > limit:
+        return scans[:limit], scans[limit - 1].position
+    return scans, None
+
+
+def iter_results(session: Session, job_id: str, page_size: int = 500) -> Iterator[Scan]:
+    """All scans of a job in upload order, fetched a page at a time."""
+    cursor = -1
+    while True:
+        page, next_cursor = results_page(session, job_id, page_size, cursor)
+        yield from page
+        if next_cursor is None:
+            return
+        cursor = next_cursor

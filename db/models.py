@@ -1,0 +1,115 @@
+"""SQLAlchemy 2.x models: a Job owns the Scans uploaded with it.
+
+Job status is never stored: it is derived from the scans' states (see
+:mod:`db.jobs`). A scan carries its own result and the identity of the model,
+engine, precision and preprocessing that produced it.
+"""
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime, timezone
+from typing import Optional
+
+from sqlalchemy import (
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy import Enum as SqlEnum
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class ScanStatus(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @classmethod
+    def terminal(cls) -> tuple["ScanStatus", ...]:
+        return (cls.SUCCEEDED, cls.FAILED)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[Optional[str]] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+                                                 index=True)
+    requested_model: Mapped[Optional[str]] = mapped_column(String(200))
+    model_name: Mapped[Optional[str]] = mapped_column(String(200))
+    model_version: Mapped[Optional[str]] = mapped_column(String(100))
+    model_sha256: Mapped[Optional[str]] = mapped_column(String(64))
+    model_trained: Mapped[Optional[bool]] = mapped_column()
+
+    scans: Mapped[list["Scan"]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", passive_deletes=True,
+        order_by="Scan.position",
+    )
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id!r}, name={self.name!r})"
+
+
+class Scan(Base):
+    __tablename__ = "scans"
+    __table_args__ = (
+        UniqueConstraint("job_id", "position", name="uq_scans_job_id_position"),
+        Index("ix_scans_job_id_status", "job_id", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    filename: Mapped[str] = mapped_column(String(1024))
+    blob_key: Mapped[str] = mapped_column(String(300))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    status: Mapped[ScanStatus] = mapped_column(
+        SqlEnum(ScanStatus, name="scan_status", native_enum=False, length=16,
+                values_callable=lambda e: [m.value for m in e]),
+        default=ScanStatus.QUEUED,
+    )
+    probability_covid: Mapped[Optional[float]] = mapped_column(Float)
+    label: Mapped[Optional[str]] = mapped_column(String(100))
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    model_name: Mapped[Optional[str]] = mapped_column(String(200))
+    model_version: Mapped[Optional[str]] = mapped_column(String(100))
+    model_sha256: Mapped[Optional[str]] = mapped_column(String(64))
+    engine: Mapped[Optional[str]] = mapped_column(String(50))
+    precision: Mapped[Optional[str]] = mapped_column(String(20))
+    preprocessing: Mapped[Optional[str]] = mapped_column(String(50))
+    started_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+
+    job: Mapped[Job] = relationship(back_populates="scans")
+
+    def __repr__(self) -> str:
+        return f"Scan(id={self.id!r}, filename={self.filename!r}, status={self.status.value!r})"
