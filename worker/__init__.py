@@ -1,0 +1,1 @@
+"""Celery workers that classify scans in batches."""
