@@ -1,0 +1,38 @@
+"""The thin web tier: validate cheaply, store, write rows, enqueue, read.
+
+Never imports the worker or TensorFlow; it enqueues by task name.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Mapping, Optional
+
+from flask import Flask
+
+from covidscan.settings import Settings, load_settings
+
+
+def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
+    """Build the Flask app.
+
+    Args:
+        config: a Settings object, or a mapping of environment-style variables
+            (``{"DATABASE_URL": ...}``) read instead of ``os.environ``; None reads the
+            environment.
+    """
+    from api import extensions, health, jobs, problems
+
+    if isinstance(config, Settings):
+        settings = config
+    else:
+        settings = load_settings(config)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
+    app.json.sort_keys = False
+    logging.getLogger("api").setLevel(settings.log_level)
+    extensions.init_app(app, settings)
+    problems.init_app(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(jobs.bp)
+    return app

@@ -1,0 +1,133 @@
+"""``/v1/jobs``: submit a bulk job, read its status and its results."""
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, jsonify, request, stream_with_context, url_for
+from kombu.exceptions import OperationalError as BrokerError
+
+from api.extensions import db_session, services
+from api.problems import Problem
+from api.serialize import csv_lines, job_json, result_row
+from api.uploads import ParsedUpload, UploadLimits, iter_scans
+from db.jobs import NewScan, create_job, iter_results, recent_jobs, results_page, summarise_job
+from db.models import Job, new_id
+
+log = logging.getLogger(__name__)
+bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+
+MAX_NAME_LENGTH = 200
+DEFAULT_PAGE, MAX_PAGE = 100, 1000
+
+
+def _int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise Problem(400, f"{name} must be a whole number, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise Problem(400, f"{name} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _job_name() -> str | None:
+    name = (request.form.get("name") or "").strip() or None
+    if name is not None and len(name) > MAX_NAME_LENGTH:
+        raise Problem(400, f"name is longer than {MAX_NAME_LENGTH} characters")
+    return name
+
+
+@bp.post("")
+def submit_job() -> tuple[Response, int, dict[str, str]]:
+    """Store the uploaded scans, write the job, enqueue it, answer 202 at once."""
+    svc = services()
+    parts = [(f.filename or f"file-{i + 1}", f.stream)
+             for i, f in enumerate(request.files.getlist("files"))]
+    if not parts:
+        raise Problem(400, "no files: send one or more multipart parts named 'files' "
+                           "(PNG or JPEG slices, or ZIP archives of them)")
+    name = _job_name()
+    job_id = new_id()
+    limits = UploadLimits(svc.settings.max_scan_bytes, svc.settings.max_scans_per_job)
+    parsed = ParsedUpload()
+    new_scans: list[NewScan] = []
+    try:
+        for position, upload in enumerate(iter_scans(parts, limits, parsed)):
+            key = svc.blobs.key_for(job_id, position)
+            svc.blobs.put(key, upload.data)
+            new_scans.append(NewScan(upload.filename, key, len(upload.data)))
+        if not new_scans:
+            raise Problem(400, "the upload holds no PNG or JPEG images",
+                          skipped=[s.as_dict() for s in parsed.skipped])
+        session = db_session()
+        job = create_job(session, name, new_scans, job_id)
+        session.commit()
+    except BaseException:
+        db_session().rollback()
+        svc.blobs.delete_job(job_id)
+        raise
+    scan_ids = [scan.id for scan in job.scans]
+    try:
+        svc.queue.enqueue_scans(scan_ids)
+    except (BrokerError, OSError) as exc:
+        log.error("could not enqueue job %s: %s", job_id, exc)
+        session.delete(session.get(Job, job_id))
+        session.commit()
+        svc.blobs.delete_job(job_id)
+        raise Problem(503, "the task queue (Redis) is unreachable; nothing was stored, "
+                           "try again") from None
+    log.info("job %s: %d scans accepted, %d entries skipped", job_id, len(scan_ids),
+             len(parsed.skipped))
+    body = job_json(summarise_job(session, job_id))
+    body["skipped"] = [s.as_dict() for s in parsed.skipped]
+    location = url_for("jobs.get_job", job_id=job_id)
+    return jsonify(body), 202, {"Location": location}
+
+
+@bp.get("")
+def list_jobs() -> Response:
+    limit = _int_arg("limit", 50, 1, 500)
+    session = db_session()
+    return jsonify(jobs=[job_json(summarise_job(session, job.id))
+                         for job in recent_jobs(session, limit)])
+
+
+def _summary_or_404(job_id: str):
+    summary = summarise_job(db_session(), job_id)
+    if summary is None:
+        raise Problem(404, f"no job with id {job_id!r}")
+    return summary
+
+
+@bp.get("/<job_id>")
+def get_job(job_id: str) -> Response:
+    return jsonify(job_json(_summary_or_404(job_id)))
+
+
+@bp.get("/<job_id>/results")
+def get_results(job_id: str) -> Response:
+    summary = _summary_or_404(job_id)
+    fmt = request.args.get("format", "json")
+    if fmt == "csv":
+        session = services().session_factory()
+
+        def generate():
+            try:
+                yield from csv_lines(iter_results(session, job_id))
+            finally:
+                session.close()
+
+        filename = f"covidscan-{summary.job.id}.csv"
+        return Response(stream_with_context(generate()), mimetype="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+    if fmt != "json":
+        raise Problem(400, f"format must be json or csv, got {fmt!r}")
+    limit = _int_arg("limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    cursor = _int_arg("cursor", -1, -1, 2**31 - 1)
+    page, next_cursor = results_page(db_session(), job_id, limit, cursor)
+    return jsonify(results=[result_row(s) for s in page],
+                   next_cursor=None if next_cursor is None else str(next_cursor),
+                   status=summary.status)

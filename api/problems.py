@@ -1,0 +1,49 @@
+"""Errors as RFC 9457 ``application/problem+json`` with ``status``, ``title`` and ``detail``."""
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class Problem(Exception):
+    """Raise from a view to answer with a problem document."""
+
+    def __init__(self, status: int, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.extra = extra
+
+
+def problem_response(status: int, detail: str, **extra: Any) -> Response:
+    body = {"type": "about:blank", "status": status, "title": HTTPStatus(status).phrase,
+            "detail": detail, **extra}
+    response = jsonify(body)
+    response.status_code = status
+    response.mimetype = "application/problem+json"
+    return response
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(Problem)
+    def _problem(exc: Problem) -> Response:
+        return problem_response(exc.status, exc.detail, **exc.extra)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        detail = exc.description or HTTPStatus(exc.code or 500).phrase
+        if exc.code == 413:
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            detail = f"the upload is larger than the limit of {limit} bytes (MAX_UPLOAD_BYTES)"
+        return problem_response(exc.code or 500, detail)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return problem_response(500, "internal error; the server log has the details")

@@ -1,0 +1,71 @@
+"""JSON and CSV shapes of jobs and results."""
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime, timezone
+from typing import Any, Iterable, Iterator, Optional
+
+from db.jobs import JobSummary
+from db.models import Scan
+
+RESULT_COLUMNS = ("scan_id", "filename", "status", "probability_covid", "label", "error",
+                  "model_name", "model_version", "model_sha256", "engine", "precision",
+                  "preprocessing")
+
+
+def iso(moment: Optional[datetime]) -> Optional[str]:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:  # SQLite hands back naive datetimes; they are stored in UTC
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def job_json(summary: JobSummary) -> dict[str, Any]:
+    job = summary.job
+    model = None
+    if job.model_sha256 is not None:
+        model = {"name": job.model_name, "version": job.model_version,
+                 "sha256": job.model_sha256, "trained": job.model_trained}
+    return {
+        "id": job.id,
+        "name": job.name,
+        "status": summary.status,
+        "created_at": iso(job.created_at),
+        "started_at": iso(summary.started_at),
+        "finished_at": iso(summary.finished_at),
+        "counts": summary.counts.as_dict(),
+        "model": model,
+        "links": {"self": f"/v1/jobs/{job.id}", "results": f"/v1/jobs/{job.id}/results"},
+    }
+
+
+def result_row(scan: Scan) -> dict[str, Any]:
+    return {
+        "scan_id": scan.id,
+        "filename": scan.filename,
+        "status": scan.status.value,
+        "probability_covid": scan.probability_covid,
+        "label": scan.label,
+        "error": scan.error,
+        "model_name": scan.model_name,
+        "model_version": scan.model_version,
+        "model_sha256": scan.model_sha256,
+        "engine": scan.engine,
+        "precision": scan.precision,
+        "preprocessing": scan.preprocessing,
+    }
+
+
+def csv_lines(scans: Iterable[Scan]) -> Iterator[str]:
+    """The results as CSV text, a header line first, one chunk per row."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for scan in scans:
+        writer.writerow(result_row(scan))
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    yield buffer.getvalue()
