@@ -1,0 +1,90 @@
+"""A small HTTP client for the covidscan API (used by the CLI)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import requests
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".zip"}
+
+
+class ApiError(RuntimeError):
+    """The server answered with an error; the message is its problem detail."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+def collect_files(paths: Sequence[Path]) -> list[Path]:
+    """Expand folders (recursively, PNG/JPEG/ZIP by extension, sorted); keep files as given."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*")
+                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                                and not p.name.startswith(".")))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path} does not exist")
+    return files
+
+
+class Client:
+    def __init__(self, base_url: str, timeout: float = 300.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.http = requests.Session()
+
+    def _check(self, response: requests.Response) -> requests.Response:
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise ApiError(response.status_code, detail)
+        return response
+
+    def submit(self, files: Sequence[Path], name: Optional[str] = None,
+               root: Optional[Path] = None) -> dict[str, Any]:
+        """Upload files as one job; names are relative to ``root`` when given."""
+        handles = []
+        try:
+            parts = []
+            for path in files:
+                handle = open(path, "rb")
+                handles.append(handle)
+                label = path.relative_to(root).as_posix() if root and path.is_relative_to(root) \
+                    else path.name
+                parts.append(("files", (label, handle, "application/octet-stream")))
+            data = {"name": name} if name else {}
+            response = self.http.post(f"{self.base_url}/v1/jobs", files=parts, data=data,
+                                      timeout=self.timeout)
+        finally:
+            for handle in handles:
+                handle.close()
+        return self._check(response).json()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._check(self.http.get(f"{self.base_url}/v1/jobs/{job_id}",
+                                         timeout=self.timeout)).json()
+
+    def results(self, job_id: str, page_size: int = 1000) -> Iterator[dict[str, Any]]:
+        cursor: Optional[str] = None
+        while True:
+            params: dict[str, Any] = {"limit": page_size}
+            if cursor is not None:
+                params["cursor"] = cursor
+            body = self._check(self.http.get(f"{self.base_url}/v1/jobs/{job_id}/results",
+                                             params=params, timeout=self.timeout)).json()
+            yield from body["results"]
+            cursor = body.get("next_cursor")
+            if cursor is None:
+                return
+
+    def results_csv(self, job_id: str) -> str:
+        return self._check(self.http.get(f"{self.base_url}/v1/jobs/{job_id}/results",
+                                         params={"format": "csv"}, timeout=self.timeout)).text

@@ -1,0 +1,134 @@
+"""``make run``: the whole stack on one machine.
+
+Applies migrations, starts an embedded Redis (unless REDIS_URL is set), one
+Celery worker and the API, and stops all of it on Ctrl-C or SIGTERM.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import requests
+
+from covidscan.embedded_redis import EmbeddedRedis
+from covidscan.settings import ConfigError, Settings, load_settings
+from db import migrate
+
+
+def worker_command(loglevel: str = "INFO", name: str = "worker1@%h") -> list[str]:
+    """The worker command line the local stack, the tests and compose share."""
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+            "--pool", "solo", "--concurrency", "1", "--queues", "covidscan",
+            "--loglevel", loglevel, "--hostname", name, "--without-gossip", "--without-mingle"]
+
+
+def api_command(port: int, host: str = "127.0.0.1", workers: int = 2) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}",
+            "--workers", str(workers), "--threads", "4", "--timeout", "300",
+            "--access-logfile", "-", "api:create_app()"]
+
+
+class Stack:
+    def __init__(self, settings: Settings, var_dir: Path) -> None:
+        self.settings = settings
+        self.var_dir = var_dir
+        self.redis: Optional[EmbeddedRedis] = None
+        self.children: list[tuple[str, subprocess.Popen]] = []
+        self.stopping = threading.Event()
+
+    def start(self) -> None:
+        print(f"covidscan: database {self.settings.database_url}")
+        migrate.upgrade(self.settings.database_url)
+        env = dict(os.environ)
+        if not os.environ.get("REDIS_URL"):
+            self.redis = EmbeddedRedis(self.var_dir / "redis").start()
+            env["REDIS_URL"] = self.redis.url
+            print(f"covidscan: embedded Redis on {self.redis.url}")
+        env.update(DATABASE_URL=self.settings.database_url, BLOB_DIR=str(self.settings.blob_dir))
+        self._spawn("worker", worker_command(self.settings.log_level), env)
+        self._spawn("api", api_command(self.settings.port), env)
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:
+        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+        self.children.append((name, process))
+
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        url = f"http://127.0.0.1:{self.settings.port}/readyz"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stopping.is_set():
+            if self.exited():
+                return False
+            try:
+                if requests.get(url, timeout=1).status_code == 200:
+                    return True
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        return False
+
+    def exited(self) -> Optional[str]:
+        for name, process in self.children:
+            if process.poll() is not None:
+                return f"{name} exited with code {process.returncode}"
+        return None
+
+    def stop(self) -> None:
+        """API first (no new work), then the worker (warm shutdown), then Redis."""
+        for name, process in reversed(self.children):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                print(f"covidscan: {name} did not stop in 60 s; killing it", file=sys.stderr)
+                process.kill()
+                process.wait()
+        if self.redis is not None:
+            self.redis.stop()
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"covidscan: {exc}", file=sys.stderr)
+        return 2
+    var_dir = Path(os.environ.get("COVIDSCAN_VAR_DIR") or "var")
+    stack = Stack(settings, var_dir)
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        stack.stopping.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    code = 0
+    try:
+        stack.start()
+        if stack.wait_ready():
+            model = settings.model_path or "none: the untrained default (its numbers mean nothing)"
+            print(f"\ncovidscan is running: http://127.0.0.1:{settings.port}\n"
+                  f"  model: {model}\n"
+                  f"  submit: covidscan submit FOLDER --wait   (or POST /v1/jobs)\n"
+                  "  Ctrl-C stops everything.\n", flush=True)
+        while not stack.stopping.is_set():
+            problem = stack.exited()
+            if problem:
+                print(f"covidscan: {problem}; stopping the stack", file=sys.stderr)
+                code = 1
+                break
+            stack.stopping.wait(0.5)
+    finally:
+        print("covidscan: stopping…", flush=True)
+        stack.stop()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
