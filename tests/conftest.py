@@ -1,0 +1,158 @@
+"""Fixtures: a real embedded Redis, a real database (SQLite, or PostgreSQL from
+DATABASE_URL), a real Celery worker process, and the Flask app."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from covidscan.embedded_redis import EmbeddedRedis
+from covidscan.settings import normalise_database_url
+from db import migrate
+
+ROOT = Path(__file__).resolve().parents[1]
+POSTGRES_URL = os.environ.get("DATABASE_URL", "")
+
+
+def _postgres_schema_url(url: str) -> str:
+    """A new, empty schema in the PostgreSQL database, and a URL whose search_path is it."""
+    schema = f"covidscan_test_{uuid.uuid4().hex[:10]}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    engine.dispose()
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options=-csearch_path%3D{schema}"
+
+
+def fresh_database_url(tmp_path: Path) -> str:
+    """A migrated, empty database: a new PostgreSQL schema when DATABASE_URL names a
+    PostgreSQL database, else a SQLite file."""
+    if POSTGRES_URL.startswith("postgres"):
+        url = _postgres_schema_url(normalise_database_url("DATABASE_URL", POSTGRES_URL))
+    else:
+        url = f"sqlite:///{tmp_path / 'covidscan.db'}"
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis"), persist=False) as server:
+        yield server
+
+
+@pytest.fixture
+def database_url(tmp_path) -> str:
+    return fresh_database_url(tmp_path)
+
+
+@pytest.fixture
+def app_config(tmp_path, database_url, redis_server) -> dict[str, str]:
+    return {"DATABASE_URL": database_url, "REDIS_URL": redis_server.url,
+            "BLOB_DIR": str(tmp_path / "blobs"), "BATCH_SIZE": "8"}
+
+
+@pytest.fixture
+def app(app_config):
+    from api import create_app
+
+    return create_app(app_config)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> Path:
+    from tests.models import save_tiny_h5
+
+    return save_tiny_h5(tmp_path_factory.mktemp("model") / "tiny_ct.h5")
+
+
+class WorkerProcess:
+    """A real ``celery worker`` subprocess, started with the local stack's command line."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, name: str = "test-worker@%h") -> None:
+        from covidscan.devstack import worker_command
+
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        self.process = subprocess.Popen(
+            worker_command("INFO", name), cwd=ROOT, env=env, stdout=self.log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited:\n{self.log_path.read_text()[-4000:]}")
+            if " ready." in self.log_path.read_text():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"worker not ready in {timeout}s:\n{self.log_path.read_text()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def worker_env(config: dict[str, str], **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "DATABASE_URL")}
+    env.update(config)
+    env.update(extra)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack_config(tmp_path_factory, redis_server) -> dict[str, str]:
+    """Database and blob store shared by the session's worker and the tests that use it."""
+    base = tmp_path_factory.mktemp("stack")
+    return {"DATABASE_URL": fresh_database_url(base), "REDIS_URL": redis_server.url,
+            "BLOB_DIR": str(base / "blobs"), "BATCH_SIZE": "8"}
+
+
+@pytest.fixture(scope="session")
+def worker(stack_config, tiny_model_path, tmp_path_factory) -> Iterator[WorkerProcess]:
+    """One real Celery worker serving the tiny H5 model, for the whole session."""
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    process = WorkerProcess(worker_env(stack_config, MODEL_PATH=str(tiny_model_path)), log_path)
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def stack_client(stack_config, worker):
+    """A test client of an API that shares the running worker's database and Redis."""
+    from api import create_app
+
+    return create_app(stack_config).test_client()
+
+
+def wait_for_job(client, job_id: str, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(f"/v1/jobs/{job_id}").get_json()
+        if body["status"] in ("succeeded", "partially_succeeded", "failed"):
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish in {timeout}s: {body}")

@@ -1,0 +1,31 @@
+import pytest
+
+from covidscan.settings import ConfigError, load_settings
+
+
+def test_defaults_use_sqlite_under_var():
+    settings = load_settings({})
+    assert settings.database_url == "sqlite:///var/covidscan.db"
+    assert settings.batch_size == 32
+    assert settings.model_path is None
+
+
+def test_plain_postgresql_url_gets_the_psycopg_driver():
+    settings = load_settings({"DATABASE_URL": "postgresql://u@h:5432/db"})
+    assert settings.database_url == "postgresql+psycopg://u@h:5432/db"
+
+
+def test_sizes_accept_units():
+    settings = load_settings({"MAX_UPLOAD_BYTES": "2GB", "MAX_SCAN_BYTES": "512KiB"})
+    assert settings.max_upload_bytes == 2 * 1024**3
+    assert settings.max_scan_bytes == 512 * 1024
+
+
+@pytest.mark.parametrize("name, value", [
+    ("BATCH_SIZE", "zero"), ("BATCH_SIZE", "0"), ("PORT", "70000"), ("DATABASE_URL", "mysql://x"),
+    ("REDIS_URL", "http://x"), ("MAX_UPLOAD_BYTES", "lots"), ("LOG_LEVEL", "loud"),
+    ("MODEL_PATH", "/no/such/model.h5"), ("VISIBILITY_TIMEOUT", "-5"),
+])
+def test_a_wrong_value_names_its_variable(name, value):
+    with pytest.raises(ConfigError, match=name):
+        load_settings({name: value})
