@@ -11,7 +11,7 @@ from typing import Iterator, Optional, Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import Job, Scan, ScanStatus
+from db.models import Job, Model, Scan, ScanStatus
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,17 @@ class JobSummary:
 
 
 def create_job(session: Session, name: Optional[str], scans: Sequence[NewScan],
-               job_id: str, requested_model: Optional[str] = None) -> Job:
-    """Add a job and its scans, in upload order, to the session (not committed)."""
+               job_id: str, requested_model: Optional[str] = None,
+               model: Optional[Model] = None) -> Job:
+    """Add a job and its scans, in upload order, to the session (not committed).
+
+    ``model`` pins the job to a registered model; None means the untrained default.
+    """
     job = Job(id=job_id, name=name, requested_model=requested_model)
+    if model is not None:
+        job.model_id = model.id
+        job.model_name, job.model_version = model.name, model.version
+        job.model_sha256, job.model_trained = model.sha256, model.trained
     job.scans = [
         Scan(position=i, filename=s.filename, blob_key=s.blob_key, size_bytes=s.size_bytes,
              status=ScanStatus.QUEUED)

@@ -1,17 +1,20 @@
-"""SQLAlchemy 2.x models: a Job owns the Scans uploaded with it.
+"""SQLAlchemy 2.x models: a Job owns the Scans uploaded with it; Models are registered.
 
 Job status is never stored: it is derived from the scans' states (see
 :mod:`db.jobs`). A scan carries its own result and the identity of the model,
-engine, precision and preprocessing that produced it.
+engine, precision and preprocessing that produced it. A job is pinned at
+submission to a registered model (``model_id``); none means the untrained default.
 """
 from __future__ import annotations
 
 import enum
 import uuid
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Any, Optional
 
 from sqlalchemy import (
+    JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -57,6 +60,42 @@ class ScanStatus(str, enum.Enum):
         return (cls.SUCCEEDED, cls.FAILED)
 
 
+class Model(Base):
+    """A registered classifier: a file in the model store and what it is."""
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_models_name_version"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(100))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    format: Mapped[str] = mapped_column(String(20))
+    input_height: Mapped[int] = mapped_column(Integer)
+    input_width: Mapped[int] = mapped_column(Integer)
+    classes: Mapped[list[str]] = mapped_column(JSON)
+    positive_class: Mapped[str] = mapped_column(String(100))
+    preprocessing: Mapped[str] = mapped_column(String(50))
+    trained: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    report: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    stored_path: Mapped[str] = mapped_column(String(1024))
+
+    @property
+    def ref(self) -> str:
+        """``name:version``, as the CLI and the API accept it."""
+        return f"{self.name}:{self.version}"
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.input_height, self.input_width
+
+    def __repr__(self) -> str:
+        return f"Model(name={self.name!r}, version={self.version!r}, default={self.is_default})"
+
+
 class Job(Base):
     __tablename__ = "jobs"
 
@@ -69,6 +108,10 @@ class Job(Base):
     model_version: Mapped[Optional[str]] = mapped_column(String(100))
     model_sha256: Mapped[Optional[str]] = mapped_column(String(64))
     model_trained: Mapped[Optional[bool]] = mapped_column()
+    model_id: Mapped[Optional[str]] = mapped_column(
+        ForeignKey("models.id", ondelete="SET NULL"), index=True)
+
+    model: Mapped[Optional[Model]] = relationship()
 
     scans: Mapped[list["Scan"]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True,
