@@ -9,6 +9,8 @@ from typing import Any, Optional
 
 import click
 
+from covidscan.cli_models import models
+
 DEFAULT_URL = "http://127.0.0.1:5000"
 FINISHED = ("succeeded", "partially_succeeded", "failed")
 
@@ -159,6 +161,8 @@ def run() -> None:
 
     sys.exit(devstack.main())
 
+
+main.add_command(models)
 
 if __name__ == "__main__":
     main()

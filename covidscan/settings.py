@@ -33,6 +33,8 @@ class Settings:
     redis_url: str
     blob_dir: Path
     model_path: Optional[Path] = None
+    model_store_dir: Path = DEFAULT_VAR_DIR / "models"
+    max_loaded_models: int = 2
     batch_size: int = 32
     max_upload_bytes: int = 512 * 1024 * 1024
     max_scan_bytes: int = 64 * 1024 * 1024
@@ -102,6 +104,13 @@ def _model_path(name: str, raw: str) -> Path:
     return path
 
 
+def _store_dir(name: str, raw: str) -> Path:
+    path = Path(raw).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{name} points at {raw!r}, which is a file, not a directory")
+    return path
+
+
 def _read(env: Mapping[str, str], name: str, parse: Callable[[str, str], T], default: T) -> T:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
@@ -123,6 +132,8 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
         redis_url=_read(env, "REDIS_URL", _redis_url, "redis://127.0.0.1:6379/0"),
         blob_dir=_read(env, "BLOB_DIR", lambda _n, raw: Path(raw), var_dir / "blobs"),
         model_path=_read(env, "MODEL_PATH", _model_path, None),
+        model_store_dir=_read(env, "MODEL_STORE_DIR", _store_dir, var_dir / "models"),
+        max_loaded_models=_read(env, "MAX_LOADED_MODELS", _positive_int, 2),
         batch_size=_read(env, "BATCH_SIZE", _positive_int, 32),
         max_upload_bytes=_read(env, "MAX_UPLOAD_BYTES", _byte_size, 512 * 1024**2),
         max_scan_bytes=_read(env, "MAX_SCAN_BYTES", _byte_size, 64 * 1024**2),

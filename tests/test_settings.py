@@ -8,6 +8,7 @@ def test_defaults_use_sqlite_under_var():
     assert settings.database_url == "sqlite:///var/covidscan.db"
     assert settings.batch_size == 32
     assert settings.model_path is None
+    assert str(settings.model_store_dir) == "var/models" and settings.max_loaded_models == 2
 
 
 def test_plain_postgresql_url_gets_the_psycopg_driver():
@@ -25,6 +26,7 @@ def test_sizes_accept_units():
     ("BATCH_SIZE", "zero"), ("BATCH_SIZE", "0"), ("PORT", "70000"), ("DATABASE_URL", "mysql://x"),
     ("REDIS_URL", "http://x"), ("MAX_UPLOAD_BYTES", "lots"), ("LOG_LEVEL", "loud"),
     ("MODEL_PATH", "/no/such/model.h5"), ("VISIBILITY_TIMEOUT", "-5"),
+    ("MAX_LOADED_MODELS", "0"), ("MAX_LOADED_MODELS", "two"), ("MODEL_STORE_DIR", __file__),
 ])
 def test_a_wrong_value_names_its_variable(name, value):
     with pytest.raises(ConfigError, match=name):

@@ -1,0 +1,134 @@
+"""``covidscan models``: register model files, list them, pick the default, remove them.
+
+These commands talk to the database and the model store directly (DATABASE_URL,
+MODEL_STORE_DIR), not to the API; TensorFlow is imported only by ``models add``.
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import click
+
+
+@contextmanager
+def registry_context() -> Iterator[tuple]:
+    """Settings, a session factory and the model store; registry errors become CLI errors."""
+    from covidscan.settings import ConfigError, load_settings
+    from db import migrate
+    from db.model_store import ModelStore
+    from db.registry import RegistryError
+    from db.session import make_engine, make_session_factory
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    migrate.upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        yield settings, make_session_factory(engine), ModelStore(settings.model_store_dir)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+
+
+def model_json(model) -> dict:
+    """A registered model as the CLI and the API show it."""
+    return {"name": model.name, "version": model.version, "sha256": model.sha256,
+            "format": model.format, "input_size": [model.input_height, model.input_width],
+            "classes": list(model.classes), "positive_class": model.positive_class,
+            "preprocessing": model.preprocessing, "trained": model.trained,
+            "source": model.source, "default": model.is_default,
+            "created_at": model.created_at.isoformat() if model.created_at else None,
+            "has_report": model.report is not None}
+
+
+@click.group()
+def models() -> None:
+    """The model registry: which models workers can serve, and the default."""
+
+
+@models.command("add")
+@click.argument("file", type=click.Path(exists=True, path_type=Path))
+@click.option("--name", required=True, help="Registry name (letters, digits, . _ -).")
+@click.option("--version", help="Default: the first 12 hex digits of the file's SHA-256.")
+@click.option("--classes", default="COVID,NonCOVID", show_default=True,
+              help="Class names in output order, separated by commas.")
+@click.option("--positive", help="The class whose probability is reported "
+                                 "(default: the one named like COVID, not non-COVID).")
+@click.option("--preprocessing", default="seed-v1", show_default=True)
+@click.option("--default", "make_default", is_flag=True, help="Make it the default model.")
+def add(file: Path, name: str, version: Optional[str], classes: str, positive: Optional[str],
+        preprocessing: str, make_default: bool) -> None:
+    """Validate a .h5, .keras or SavedModel directory and register a copy of it."""
+    from covidscan.registration import Registration, register_model
+    from models.classes import parse_class_list
+    from models.loader import ModelLoadError
+
+    with registry_context() as (_settings, session_factory, store):
+        try:
+            model = register_model(session_factory, store, Registration(
+                path=file, name=name, version=version, classes=parse_class_list(classes),
+                positive=positive, preprocessing=preprocessing, make_default=make_default))
+        except (ModelLoadError, ValueError, FileExistsError) as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"registered {model.ref} (sha256 {model.sha256}){' as the default' if model.is_default else ''}")
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
+def list_(as_json: bool) -> None:
+    """Registered models; * marks the default."""
+    from db.registry import list_models
+
+    with registry_context() as (_settings, session_factory, _store):
+        with session_factory() as session:
+            rows = [model_json(m) for m in list_models(session)]
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    if not rows:
+        click.echo("no registered models: workers serve the untrained resnet50-untrained")
+        return
+    for row in rows:
+        mark = "*" if row["default"] else " "
+        trained = "" if row["trained"] else "  UNTRAINED"
+        click.echo(f"{mark} {row['name']}:{row['version']}  {row['format']}  "
+                   f"{row['input_size'][0]}x{row['input_size'][1]}  "
+                   f"{','.join(row['classes'])} (positive {row['positive_class']})  "
+                   f"sha256 {row['sha256'][:12]}{trained}")
+
+
+@models.command("set-default")
+@click.argument("ref")
+def set_default_(ref: str) -> None:
+    """Make NAME[:VERSION] the model new jobs use when they name none."""
+    from db.registry import get_model, set_default
+
+    with registry_context() as (_settings, session_factory, _store):
+        with session_factory.begin() as session:
+            model = get_model(session, ref)
+            set_default(session, model)
+            click.echo(f"{model.ref} is the default model")
+
+
+@models.command("remove")
+@click.argument("ref")
+def remove(ref: str) -> None:
+    """Unregister NAME:VERSION and delete its stored file (refused while jobs use it)."""
+    from db.registry import get_model, parse_ref, remove_model
+
+    with registry_context() as (_settings, session_factory, store):
+        if parse_ref(ref)[1] is None:
+            raise click.ClickException(f"name the version to remove: {ref}:VERSION")
+        with session_factory.begin() as session:
+            model = get_model(session, ref)
+            stored = model.stored_path
+            remove_model(session, model)
+        store.delete(stored)
+    click.echo(f"removed {ref}")

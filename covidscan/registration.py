@@ -1,0 +1,130 @@
+"""Register model files: validate that they load and predict, copy them into the store,
+record them in SQL. Shared by ``covidscan models add``, ``covidscan train`` and the
+worker's ``MODEL_PATH`` start-up step. TensorFlow is imported only when a file is loaded.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.model_store import ModelStore, check_part
+from db.models import Model
+from db.registry import ModelExists, add_model, default_model, find_model, models_with_sha256, \
+    set_default
+
+log = logging.getLogger(__name__)
+
+KNOWN_PREPROCESSING = ("seed-v1",)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What to register: a file and what it is."""
+
+    path: Path
+    name: Optional[str] = None
+    version: Optional[str] = None
+    classes: tuple[str, ...] = ("COVID", "NonCOVID")
+    positive: Optional[str] = None
+    preprocessing: str = "seed-v1"
+    make_default: bool = False
+    source: Optional[str] = None
+    report: Optional[dict[str, Any]] = None
+    trained: bool = True
+
+
+def validate_model_file(request: Registration):
+    """Load the file, check its output width against the classes, run a warm-up prediction.
+
+    Returns:
+        The :class:`models.loader.LoadedModel`.
+    Raises:
+        models.loader.ModelLoadError: it does not load, has the wrong shape or predicts
+            non-finite values.
+        ValueError: unknown preprocessing or positive class.
+    """
+    import numpy as np
+
+    from models.classes import positive_index
+    from models.engine import create_engine
+    from models.loader import ModelLoadError, load_model_file
+
+    if request.preprocessing not in KNOWN_PREPROCESSING:
+        raise ValueError(f"unknown preprocessing {request.preprocessing!r}; known: "
+                         + ", ".join(KNOWN_PREPROCESSING))
+    index = positive_index(request.classes, request.positive)
+    loaded = load_model_file(request.path, request.name, request.version, request.classes, index)
+    engine = create_engine(loaded, batch_size=1)
+    probability = engine.predict(np.zeros((1, *loaded.info.input_size, 3), dtype=np.float32))
+    if not np.all(np.isfinite(probability)):
+        raise ModelLoadError(f"{request.path}: the warm-up prediction is not finite")
+    return loaded
+
+
+def register_model(session_factory: sessionmaker[Session], store: ModelStore,
+                   request: Registration) -> Model:
+    """Validate, copy into the store and record a model file.
+
+    Raises:
+        ModelExists: ``name:version`` is already registered.
+        models.loader.ModelLoadError, ValueError: see :func:`validate_model_file`.
+    """
+    from models.loader import ModelLoadError, file_sha256
+
+    for what, value in (("model name", request.name), ("version", request.version)):
+        if value is not None:
+            check_part(what, value)
+    info = validate_model_file(request).info
+    with session_factory() as session:
+        if find_model(session, f"{info.name}:{info.version}") is not None:
+            raise ModelExists(f"model {info.name}:{info.version} is already registered")
+    relative = store.put(request.path, info.name, info.version)
+    try:
+        if file_sha256(store.path(relative)) != info.sha256:
+            raise ModelLoadError(f"{request.path} changed while it was being copied")
+        with session_factory.begin() as session:
+            model = add_model(session, Model(
+                name=info.name, version=info.version, sha256=info.sha256, format=info.format,
+                input_height=info.input_size[0], input_width=info.input_size[1],
+                classes=list(info.classes), positive_class=info.positive_class,
+                preprocessing=request.preprocessing, trained=request.trained,
+                source=request.source or f"file {Path(request.path).resolve()}",
+                report=request.report, stored_path=relative,
+            ), make_default=request.make_default)
+    except BaseException:
+        store.delete(relative)
+        raise
+    log.info("registered model %s (sha256 %s)%s", model.ref, model.sha256[:12],
+             ", the default" if model.is_default else "")
+    return model
+
+
+def register_or_select(session_factory: sessionmaker[Session], store: ModelStore,
+                       path: Path) -> Model:
+    """``MODEL_PATH``: the registered model with this file's SHA-256, else register it.
+
+    Either way it becomes the default only when no default exists, so a default chosen
+    with ``covidscan models set-default`` survives restarts.
+    """
+    from models.loader import file_sha256
+
+    sha256 = file_sha256(path)
+    with session_factory.begin() as session:
+        existing = models_with_sha256(session, sha256)
+        if existing:
+            model = existing[0]
+            if default_model(session) is None:
+                set_default(session, model)
+            log.info("MODEL_PATH %s is registered as %s", path, model.ref)
+            return model
+        no_default = default_model(session) is None
+    try:
+        return register_model(session_factory, store, Registration(
+            path=Path(path), make_default=no_default, source=f"MODEL_PATH {path}"))
+    except (ModelExists, FileExistsError):
+        with session_factory() as session:  # another worker registered it first
+            return models_with_sha256(session, sha256)[0]

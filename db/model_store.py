@@ -1,0 +1,68 @@
+"""The model store: a directory, shared by the CLI and the workers, holding registered files.
+
+A registered model lives at ``<root>/<name>/<version>/<original file or directory name>``;
+the registry records that path relative to the root, so the store can be mounted
+anywhere as long as ``MODEL_STORE_DIR`` points at it.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_part(what: str, value: str) -> str:
+    """Model names and versions become folder names: letters, digits, ``.``, ``_``, ``-``."""
+    if not SAFE_PART.match(value):
+        raise ValueError(f"{what} {value!r} must start with a letter or digit and hold only "
+                         "letters, digits, '.', '_' and '-' (at most 100 characters)")
+    return value
+
+
+class ModelStore:
+    """Copies model files in, resolves recorded paths, deletes them on removal."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, relative: str) -> Path:
+        path = (self.root / relative).resolve()
+        if self.root.resolve() not in path.parents:
+            raise ValueError(f"stored model path {relative!r} escapes the model store")
+        return path
+
+    def put(self, source: Path, name: str, version: str) -> str:
+        """Copy a file or SavedModel directory in; returns its path relative to the root.
+
+        Raises:
+            FileExistsError: something is already stored under that name and version.
+        """
+        source = Path(source)
+        folder = self.root / check_part("model name", name) / check_part("version", version)
+        target = folder / source.name
+        if folder.exists():
+            raise FileExistsError(f"{folder} already exists in the model store")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".adding-"))
+        try:
+            if source.is_dir():
+                shutil.copytree(source, staging / source.name)
+            else:
+                shutil.copy2(source, staging / source.name)
+            staging.rename(folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target.relative_to(self.root).as_posix()
+
+    def delete(self, relative: str) -> None:
+        """Remove a stored model's folder (``<name>/<version>``) and, when empty, its name."""
+        folder = self.path(relative).parent
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            folder.parent.rmdir()
+        except OSError:
+            pass
