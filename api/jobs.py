@@ -7,6 +7,7 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context, ur
 from kombu.exceptions import OperationalError as BrokerError
 
 from api.extensions import db_session, services
+from api.models import requested_model_ref, resolve_model
 from api.problems import Problem
 from api.serialize import csv_lines, job_json, result_row
 from api.uploads import ParsedUpload, UploadLimits, iter_scans
@@ -42,7 +43,7 @@ def _job_name() -> str | None:
 
 @bp.post("")
 def submit_job() -> tuple[Response, int, dict[str, str]]:
-    """Store the uploaded scans, write the job, enqueue it, answer 202 at once."""
+    """Store the uploaded scans, write the job pinned to its model, enqueue, answer 202."""
     svc = services()
     parts = [(f.filename or f"file-{i + 1}", f.stream)
              for i, f in enumerate(request.files.getlist("files"))]
@@ -50,6 +51,8 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         raise Problem(400, "no files: send one or more multipart parts named 'files' "
                            "(PNG or JPEG slices, or ZIP archives of them)")
     name = _job_name()
+    model_ref = requested_model_ref()
+    model = resolve_model(model_ref)
     job_id = new_id()
     limits = UploadLimits(svc.settings.max_scan_bytes, svc.settings.max_scans_per_job)
     parsed = ParsedUpload()
@@ -63,7 +66,8 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
             raise Problem(400, "the upload holds no PNG or JPEG images",
                           skipped=[s.as_dict() for s in parsed.skipped])
         session = db_session()
-        job = create_job(session, name, new_scans, job_id)
+        job = create_job(session, name, new_scans, job_id, requested_model=model_ref,
+                         model=model)
         session.commit()
     except BaseException:
         db_session().rollback()

@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator, Optional
 
 from db.jobs import JobSummary
-from db.models import Scan
+from db.models import Model, Scan
+from db.registry import describe
 
 RESULT_COLUMNS = ("scan_id", "filename", "status", "probability_covid", "label", "error",
                   "model_name", "model_version", "model_sha256", "engine", "precision",
@@ -39,6 +40,11 @@ def job_json(summary: JobSummary) -> dict[str, Any]:
         "model": model,
         "links": {"self": f"/v1/jobs/{job.id}", "results": f"/v1/jobs/{job.id}/results"},
     }
+
+
+def model_json(model: Model) -> dict[str, Any]:
+    return {**describe(model), "created_at": iso(model.created_at),
+            "links": {"report": f"/v1/models/{model.name}:{model.version}/report"}}
 
 
 def result_row(scan: Scan) -> dict[str, Any]:

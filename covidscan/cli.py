@@ -37,11 +37,12 @@ def main(ctx: click.Context, url: str) -> None:
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--name", help="A name for the job.")
+@click.option("--model", help="NAME or NAME:VERSION of a registered model (default: the default).")
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
 @click.option("--poll", default=1.0, show_default=True, help="Seconds between status polls.")
 @click.pass_context
-def submit(ctx: click.Context, paths: tuple[Path, ...], name: Optional[str], wait: bool,
-           poll: float) -> None:
+def submit(ctx: click.Context, paths: tuple[Path, ...], name: Optional[str],
+           model: Optional[str], wait: bool, poll: float) -> None:
     """Upload PNG/JPEG slices, folders of them, or ZIP archives as one job."""
     from covidscan.client import ApiError, collect_files
 
@@ -51,7 +52,7 @@ def submit(ctx: click.Context, paths: tuple[Path, ...], name: Optional[str], wai
     root = paths[0] if len(paths) == 1 and paths[0].is_dir() else None
     client = _client(ctx)
     try:
-        job = client.submit(files, name=name, root=root)
+        job = client.submit(files, name=name, root=root, model=model)
     except ApiError as exc:
         _fail(str(exc))
     click.echo(f"job {job['id']}: {job['counts']['total']} scans queued")

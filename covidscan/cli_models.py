@@ -36,17 +36,6 @@ def registry_context() -> Iterator[tuple]:
         engine.dispose()
 
 
-def model_json(model) -> dict:
-    """A registered model as the CLI and the API show it."""
-    return {"name": model.name, "version": model.version, "sha256": model.sha256,
-            "format": model.format, "input_size": [model.input_height, model.input_width],
-            "classes": list(model.classes), "positive_class": model.positive_class,
-            "preprocessing": model.preprocessing, "trained": model.trained,
-            "source": model.source, "default": model.is_default,
-            "created_at": model.created_at.isoformat() if model.created_at else None,
-            "has_report": model.report is not None}
-
-
 @click.group()
 def models() -> None:
     """The model registry: which models workers can serve, and the default."""
@@ -83,14 +72,14 @@ def add(file: Path, name: str, version: Optional[str], classes: str, positive: O
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
 def list_(as_json: bool) -> None:
     """Registered models; * marks the default."""
-    from db.registry import list_models
+    from db.registry import describe, list_models
 
     with registry_context() as (_settings, session_factory, _store):
         with session_factory() as session:
-            rows = [model_json(m) for m in list_models(session)]
+            rows = [describe(m) for m in list_models(session)]
     if as_json:
         for row in rows:
-            click.echo(json.dumps(row))
+            click.echo(json.dumps(row, default=str))
         return
     if not rows:
         click.echo("no registered models: workers serve the untrained resnet50-untrained")

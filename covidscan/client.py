@@ -49,8 +49,11 @@ class Client:
         return response
 
     def submit(self, files: Sequence[Path], name: Optional[str] = None,
-               root: Optional[Path] = None) -> dict[str, Any]:
-        """Upload files as one job; names are relative to ``root`` when given."""
+               root: Optional[Path] = None, model: Optional[str] = None) -> dict[str, Any]:
+        """Upload files as one job; names are relative to ``root`` when given.
+
+        ``model`` (``name`` or ``name:version``) pins the job; None uses the default.
+        """
         handles = []
         try:
             parts = []
@@ -60,7 +63,7 @@ class Client:
                 label = path.relative_to(root).as_posix() if root and path.is_relative_to(root) \
                     else path.name
                 parts.append(("files", (label, handle, "application/octet-stream")))
-            data = {"name": name} if name else {}
+            data = {key: value for key, value in (("name", name), ("model", model)) if value}
             response = self.http.post(f"{self.base_url}/v1/jobs", files=parts, data=data,
                                       timeout=self.timeout)
         finally:

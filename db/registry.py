@@ -6,7 +6,7 @@ is the default, else its newest version.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -40,6 +40,16 @@ def parse_ref(ref: str) -> tuple[str, Optional[str]]:
     if not name or (":" in ref and not version):
         raise RegistryError(f"model reference {ref!r} must be NAME or NAME:VERSION")
     return name, version or None
+
+
+def describe(model: Model) -> dict[str, Any]:
+    """A registered model's metadata as plain values (``created_at`` stays a datetime)."""
+    return {"name": model.name, "version": model.version, "sha256": model.sha256,
+            "format": model.format, "input_size": [model.input_height, model.input_width],
+            "classes": list(model.classes), "positive_class": model.positive_class,
+            "preprocessing": model.preprocessing, "trained": model.trained,
+            "source": model.source, "default": model.is_default, "created_at": model.created_at,
+            "has_report": model.report is not None}
 
 
 def list_models(session: Session) -> list[Model]:

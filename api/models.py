@@ -1,0 +1,75 @@
+"""``/v1/models``: the registered models, the default marked, and their evaluation reports."""
+from __future__ import annotations
+
+from typing import Optional
+
+from flask import Blueprint, Response, jsonify, request
+
+from api.extensions import db_session
+from api.problems import Problem
+from api.serialize import model_json
+from db.models import Model
+from db.registry import RegistryError, default_model, find_model, list_models
+
+bp = Blueprint("models", __name__, url_prefix="/v1/models")
+
+UNTRAINED_NOTE = ("no model is registered: jobs run on the built-in resnet50-untrained, "
+                  "whose probabilities mean nothing")
+
+
+def resolve_model(ref: Optional[str]) -> Optional[Model]:
+    """The model a job asks for, else the default; None when nothing is registered.
+
+    Raises:
+        Problem: 400 naming a reference that is malformed or not registered.
+    """
+    session = db_session()
+    if ref is None:
+        return default_model(session)
+    try:
+        model = find_model(session, ref)
+    except RegistryError as exc:
+        raise Problem(400, str(exc), model=ref) from None
+    if model is None:
+        raise Problem(400, f"unknown model {ref!r}; GET /v1/models lists the registered ones",
+                      model=ref)
+    return model
+
+
+def requested_model_ref() -> Optional[str]:
+    """The optional ``model`` form field of a job submission."""
+    return (request.form.get("model") or "").strip() or None
+
+
+@bp.get("")
+def list_registered() -> Response:
+    session = db_session()
+    models = [model_json(m) for m in list_models(session)]
+    default = default_model(session)
+    body = {"models": models, "default": default.ref if default else None}
+    if default is None:
+        body["note"] = UNTRAINED_NOTE
+    return jsonify(body)
+
+
+def _model_or_404(ref: str) -> Model:
+    try:
+        model = find_model(db_session(), ref)
+    except RegistryError as exc:
+        raise Problem(400, str(exc)) from None
+    if model is None:
+        raise Problem(404, f"no registered model {ref!r}")
+    return model
+
+
+@bp.get("/<ref>")
+def get_model(ref: str) -> Response:
+    return jsonify(model_json(_model_or_404(ref)))
+
+
+@bp.get("/<ref>/report")
+def get_report(ref: str) -> Response:
+    model = _model_or_404(ref)
+    if model.report is None:
+        raise Problem(404, f"model {model.ref} has no evaluation report")
+    return jsonify(model.report)
