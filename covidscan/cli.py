@@ -10,6 +10,7 @@ from typing import Any, Optional
 import click
 
 from covidscan.cli_models import models
+from covidscan.cli_train import evaluate, train
 
 DEFAULT_URL = "http://127.0.0.1:5000"
 FINISHED = ("succeeded", "partially_succeeded", "failed")
@@ -164,6 +165,8 @@ def run() -> None:
 
 
 main.add_command(models)
+main.add_command(train)
+main.add_command(evaluate)
 
 if __name__ == "__main__":
     main()

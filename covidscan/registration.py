@@ -128,3 +128,22 @@ def register_or_select(session_factory: sessionmaker[Session], store: ModelStore
     except (ModelExists, FileExistsError):
         with session_factory() as session:  # another worker registered it first
             return models_with_sha256(session, sha256)[0]
+
+
+def load_registered(model: Model, store: ModelStore):
+    """Load a registered model's stored file, refusing it when its SHA-256 changed.
+
+    Raises:
+        models.loader.ModelLoadError: missing, tampered or unloadable file.
+    """
+    from dataclasses import replace
+
+    from models.loader import load_model_file
+
+    classes = tuple(model.classes)
+    loaded = load_model_file(store.path(model.stored_path), name=model.name,
+                             version=model.version, classes=classes,
+                             positive_index=classes.index(model.positive_class),
+                             expected_sha256=model.sha256)
+    loaded.info = replace(loaded.info, trained=model.trained, preprocessing=model.preprocessing)
+    return loaded
