@@ -46,3 +46,24 @@ def save_resnet_h5(path: Path, calibration: np.ndarray, seed: int = 11) -> Path:
                                   np.array([bias_shift, -bias_shift], dtype=np.float32)])
     model.save(str(path), save_format="h5")
     return path
+
+
+def save_calibrated_notop(path: Path, images: np.ndarray, seed: int = 3) -> Path:
+    """A stand-in for ImageNet "notop" ResNet50 weights, for tests that cannot download any.
+
+    Random convolutions, with every BatchNormalization's moving statistics set from one
+    pass over ``images`` (unlabelled) so the frozen base's features have unit scale, as a
+    pretrained base's do. Without this, random features are ~1e-2 and a frozen-base head
+    cannot learn in a couple of epochs.
+    """
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(seed)
+    base = tf_keras.applications.ResNet50(include_top=False, weights=None,
+                                          input_shape=images.shape[1:])
+    for layer in base.layers:
+        if isinstance(layer, tf_keras.layers.BatchNormalization):
+            layer.momentum = 0.0  # the moving statistics become this batch's
+    base(images, training=True)
+    base.save_weights(str(path))
+    return path

@@ -1,0 +1,91 @@
+"""``covidscan train`` and ``covidscan evaluate`` on a synthetic two-class set, and a job
+served by the trained model through a real worker while the default is another model."""
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from covidscan.cli import main
+from tests.images import blob_slice, write_blob_dataset
+from tests.models import save_calibrated_notop
+from tests.test_evaluation import check_against_direct
+
+pytestmark = pytest.mark.integration
+
+SIZE = 64
+
+
+def cli(env, *args):
+    result = CliRunner().invoke(main, [str(a) for a in args], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, redis_server, tiny_model_path):
+    """A registry whose default is the tiny H5, plus a model trained by `covidscan train`."""
+    from tests.conftest import fresh_database_url
+
+    base = tmp_path_factory.mktemp("training")
+    data = write_blob_dataset(base / "data", 64, size=SIZE)
+    unlabelled = np.stack([np.asarray(blob_slice(SIZE, 50_000 + i, blobs=i % 2 == 0)
+                                      .convert("RGB"), dtype=np.float32) / 255 for i in range(32)])
+    notop = save_calibrated_notop(base / "notop.h5", unlabelled)
+    env = {"DATABASE_URL": fresh_database_url(base), "REDIS_URL": redis_server.url,
+           "BLOB_DIR": str(base / "blobs"), "MODEL_STORE_DIR": str(base / "store"),
+           "BATCH_SIZE": "8", "MODEL_PATH": ""}
+    cli(env, "models", "add", tiny_model_path, "--name", "tiny", "--version", "1", "--default")
+    output = cli(env, "train", data, "--epochs", 2, "--image-size", SIZE, "--batch-size", 8,
+                 "--imagenet-weights", notop, "--name", "blobnet", "--version", "1",
+                 "--output", base / "run")
+    return {"env": env, "data": data, "run": base / "run", "output": output, "base": base}
+
+
+def predictions(folder):
+    with open(folder / "predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    y = np.array([row["true_class"] == "COVID" for row in rows], dtype=int)
+    return y, np.array([float(row["probability_positive"]) for row in rows])
+
+
+def test_training_learns_and_registers_the_model_with_its_report(trained):
+    report = json.loads((trained["run"] / "report.json").read_text())
+    assert report["kind"] == "training" and report["n"] == 26  # 20 % of 128, stratified
+    assert report["metrics"]["accuracy"] >= 0.7, report["metrics"]  # chance is 0.5
+    assert report["metrics"]["roc_auc"] >= 0.8, report["metrics"]
+    training = report["training"]
+    assert training["epochs_run"] == 2 and len(training["history"]["val_loss"]) == 2
+    assert "ImageNet weights from" in training["base_weights"]
+    card = report["model_card"]
+    assert "not for clinical diagnosis" in card["intended_use"]
+    assert card["data"]["folders"] == {"COVID": 64, "non-COVID": 64}
+    assert card["split"]["validation"] == {"COVID": 13, "non-COVID": 13}
+    assert (trained["run"] / "model_card.md").read_text() == card["markdown"]
+    listed = {m["name"]: m for m in map(json.loads, cli(trained["env"], "models", "list",
+                                                           "--json").splitlines())}
+    assert listed["tiny"]["default"] and not listed["blobnet"]["default"]
+    assert listed["blobnet"]["has_report"] and listed["blobnet"]["input_size"] == [SIZE, SIZE]
+    assert listed["blobnet"]["classes"] == ["COVID", "non-COVID"]
+    page = (trained["run"] / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 5 and "https://" not in page
+
+
+def test_the_training_report_matches_a_direct_computation(trained):
+    report = json.loads((trained["run"] / "report.json").read_text())
+    y, p = predictions(trained["run"])
+    assert len(y) == report["n"]
+    check_against_direct(report, y, p)
+
+
+def test_evaluate_a_registered_model_on_a_folder(trained):
+    out = trained["base"] / "evaluation"
+    cli(trained["env"], "evaluate", "blobnet:1", trained["data"], "--output", out, "--attach")
+    report = json.loads((out / "report.json").read_text())
+    assert report["kind"] == "evaluation" and report["n"] == 128
+    assert report["model"]["sha256"] == json.loads(
+        (trained["run"] / "report.json").read_text())["model"]["sha256"]
+    y, p = predictions(out)
+    check_against_direct(report, y, p)
+    assert (out / "report.html").stat().st_size > 10_000
