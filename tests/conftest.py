@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_URL = os.environ.get("DATABASE_URL", "")
 
 
+_POSTGRES_SCHEMAS: list[tuple[str, str]] = []
+
+
 def _postgres_schema_url(url: str) -> str:
     """A new, empty schema in the PostgreSQL database, and a URL whose search_path is it."""
     schema = f"covidscan_test_{uuid.uuid4().hex[:10]}"
@@ -28,6 +31,7 @@ def _postgres_schema_url(url: str) -> str:
     with engine.begin() as conn:
         conn.execute(text(f"CREATE SCHEMA {schema}"))
     engine.dispose()
+    _POSTGRES_SCHEMAS.append((url, schema))
     separator = "&" if "?" in url else "?"
     return f"{url}{separator}options=-csearch_path%3D{schema}"
 
@@ -41,6 +45,17 @@ def fresh_database_url(tmp_path: Path) -> str:
         url = f"sqlite:///{tmp_path / 'covidscan.db'}"
     migrate.upgrade(url)
     return url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_postgres_schemas() -> Iterator[None]:
+    """Drop the session's PostgreSQL schemas after everything else has been torn down."""
+    yield
+    for url, schema in _POSTGRES_SCHEMAS:
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        engine.dispose()
 
 
 @pytest.fixture(scope="session")

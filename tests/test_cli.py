@@ -1,0 +1,70 @@
+"""The covidscan CLI against a real HTTP server, a real Redis and a real worker."""
+import json
+import threading
+
+import pytest
+from click.testing import CliRunner
+from werkzeug.serving import make_server
+
+from covidscan.cli import main
+from tests.images import write_folder, zip_bytes
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def server_url(stack_config, worker):
+    from api import create_app
+
+    server = make_server("127.0.0.1", 0, create_app(stack_config), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.port}"
+    server.shutdown()
+
+
+def run(url, *args):
+    result = CliRunner().invoke(main, ["--url", url, *args], catch_exceptions=False)
+    return result
+
+
+def test_submit_a_folder_and_wait_prints_a_summary(server_url, tmp_path):
+    write_folder(tmp_path / "slices", 20, size=64, corrupt=1)
+    result = run(server_url, "submit", str(tmp_path / "slices"), "--wait", "--name", "cli",
+                 "--poll", "0.2")
+    assert result.exit_code == 0, result.output
+    assert "partially_succeeded" in result.output
+    assert "20 succeeded, 1 failed of 21" in result.output
+    job_id = result.output.split()[1].rstrip(":")
+    status = json.loads(run(server_url, "status", job_id).output)
+    assert status["name"] == "cli" and status["counts"]["failed"] == 1
+    rows = [json.loads(line) for line in run(server_url, "results", job_id).output.splitlines()]
+    assert len(rows) == 21 and rows[0]["filename"] == "corrupt_0.png"
+    csv_text = run(server_url, "results", job_id, "--csv").output
+    assert csv_text.splitlines()[0].startswith("scan_id,filename,status")
+    assert len(csv_text.splitlines()) == 22
+
+
+def test_a_job_where_everything_fails_exits_non_zero(server_url, tmp_path):
+    folder = tmp_path / "bad"
+    write_folder(folder, 0, corrupt=2)
+    result = run(server_url, "submit", str(folder), "--wait", "--poll", "0.2")
+    assert result.exit_code == 1
+    assert "failed" in result.output
+
+
+def test_a_zip_is_submitted_as_is(server_url, tmp_path):
+    paths = write_folder(tmp_path / "z", 3, size=32)
+    archive = tmp_path / "set.zip"
+    archive.write_bytes(zip_bytes([(p.name, p.read_bytes()) for p in paths]))
+    result = run(server_url, "submit", str(archive), "--wait", "--poll", "0.2")
+    assert result.exit_code == 0 and "3 succeeded, 0 failed of 3" in result.output
+
+
+def test_server_errors_are_reported_plainly(server_url, tmp_path):
+    (tmp_path / "notes.png").write_text("not an image")
+    result = run(server_url, "submit", str(tmp_path / "notes.png"))
+    assert result.exit_code != 0
+    assert "HTTP 415" in result.output and "notes.png" in result.output
+    missing = run(server_url, "status", "no-such-job")
+    assert missing.exit_code != 0 and "HTTP 404" in missing.output
