@@ -112,7 +112,9 @@ def main() -> int:
     try:
         stack.start()
         if stack.wait_ready():
-            model = settings.model_path or "none: the untrained default (its numbers mean nothing)"
+            model = (f"{settings.model_path} (registered at start-up)" if settings.model_path
+                     else "the registry's default (covidscan models list); with none registered, "
+                          "the untrained default, whose numbers mean nothing")
             print(f"\ncovidscan is running: http://127.0.0.1:{settings.port}\n"
                   f"  model: {model}\n"
                   f"  submit: covidscan submit FOLDER --wait   (or POST /v1/jobs)\n"

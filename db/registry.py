@@ -6,7 +6,7 @@ is the default, else its newest version.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -131,3 +131,18 @@ def remove_model(session: Session, model: Model) -> None:
                          f"e.g. {busy[0]}; remove it when they have finished")
     session.delete(model)
     session.flush()
+
+
+def scan_ids_by_pinned_model(session: Session,
+                             scan_ids: Sequence[str]) -> dict[Optional[str], list[str]]:
+    """Group scans by their job's pinned model id (None: the untrained default)."""
+    rows = session.execute(
+        select(Scan.id, Job.model_id).join(Job, Scan.job_id == Job.id)
+        .where(Scan.id.in_(list(scan_ids)))
+    ).all()
+    pinned = dict(rows)
+    groups: dict[Optional[str], list[str]] = {}
+    for scan_id in scan_ids:
+        if scan_id in pinned:
+            groups.setdefault(pinned[scan_id], []).append(scan_id)
+    return groups

@@ -131,6 +131,7 @@ def worker_env(config: dict[str, str], **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "DATABASE_URL")}
     env.update(config)
     env.update(extra)
+    env.setdefault("MODEL_STORE_DIR", str(Path(env["BLOB_DIR"]).parent / "models"))
     env["PYTHONPATH"] = str(ROOT)
     return env
 
@@ -140,7 +141,8 @@ def stack_config(tmp_path_factory, redis_server) -> dict[str, str]:
     """Database and blob store shared by the session's worker and the tests that use it."""
     base = tmp_path_factory.mktemp("stack")
     return {"DATABASE_URL": fresh_database_url(base), "REDIS_URL": redis_server.url,
-            "BLOB_DIR": str(base / "blobs"), "BATCH_SIZE": "8"}
+            "BLOB_DIR": str(base / "blobs"), "MODEL_STORE_DIR": str(base / "models"),
+            "BATCH_SIZE": "8"}
 
 
 @pytest.fixture(scope="session")

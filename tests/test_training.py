@@ -89,3 +89,80 @@ def test_evaluate_a_registered_model_on_a_folder(trained):
     y, p = predictions(out)
     check_against_direct(report, y, p)
     assert (out / "report.html").stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def serving(trained, tmp_path_factory):
+    """A real worker on the training registry (default: tiny), at most two models warm."""
+    from api import create_app
+    from tests.conftest import WorkerProcess, worker_env
+    from tests.models import save_tiny_h5
+
+    env = trained["env"]
+    spare = save_tiny_h5(tmp_path_factory.mktemp("spare") / "spare.h5", seed=99)
+    cli(env, "models", "add", spare, "--name", "tampered", "--version", "1")
+    stored = trained["base"] / "store" / "tampered" / "1" / "spare.h5"
+    stored.write_bytes(stored.read_bytes() + b"\0")  # changed after registration
+    log_path = trained["base"] / "worker.log"
+    worker = WorkerProcess(worker_env(env, MAX_LOADED_MODELS="2"), log_path, name="registry@%h")
+    try:
+        worker.wait_ready()
+        yield create_app(env).test_client(), log_path
+    finally:
+        worker.stop()
+
+
+def submit(client, count, seed, **form):
+    import io
+
+    from tests.images import encode
+
+    files = [(io.BytesIO(encode(blob_slice(SIZE, seed + i, blobs=i % 2 == 0))),
+              f"{'covid' if i % 2 == 0 else 'clear'}_{i:02d}.png") for i in range(count)]
+    response = client.post("/v1/jobs", data={"files": files, **form},
+                           content_type="multipart/form-data")
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()
+
+
+def finished_rows(client, job):
+    from tests.conftest import wait_for_job
+
+    final = wait_for_job(client, job["id"])
+    return final, client.get(f"/v1/jobs/{job['id']}/results?limit=1000").get_json()["results"]
+
+
+def test_a_job_pinned_to_the_trained_model_is_served_by_it(serving):
+    client, log_path = serving
+    registry = client.get("/v1/models").get_json()
+    assert registry["default"] == "tiny:1"
+    blobnet = next(m for m in registry["models"] if m["name"] == "blobnet")
+    pinned = submit(client, 20, 70_000, model="blobnet:1")  # three chunks of at most 8
+    other = submit(client, 4, 80_000)  # the default, in between
+    again = submit(client, 12, 90_000, model="blobnet")
+    final, rows = finished_rows(client, pinned)
+    assert final["status"] == "succeeded"
+    assert final["model"] == {"name": "blobnet", "version": "1", "sha256": blobnet["sha256"],
+                              "trained": True}
+    assert {(r["model_name"], r["model_version"], r["model_sha256"]) for r in rows} == \
+        {("blobnet", "1", blobnet["sha256"])}
+    right = sum(r["label"] == ("COVID" if r["filename"].startswith("covid") else "non-COVID")
+                for r in rows)
+    assert right >= 14, [(r["filename"], r["probability_covid"]) for r in rows]
+    _, default_rows = finished_rows(client, other)
+    assert {r["model_name"] for r in default_rows} == {"tiny"}
+    assert finished_rows(client, again)[0]["model"]["name"] == "blobnet"
+    log = log_path.read_text()
+    assert log.count("warming model blobnet:1") == 1, "reloaded although two models fit"
+
+
+def test_a_model_file_changed_after_registration_is_refused(serving):
+    client, _ = serving
+    final, rows = finished_rows(client, submit(client, 3, 95_000, model="tampered:1"))
+    assert final["status"] == "failed" and final["counts"]["failed"] == 3
+    for row in rows:
+        assert row["probability_covid"] is None
+        assert "tampered:1 refused" in row["error"]
+        assert "does not match the recorded" in row["error"]
+    healthy = finished_rows(client, submit(client, 2, 96_000))[0]
+    assert healthy["status"] == "succeeded"

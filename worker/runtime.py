@@ -1,4 +1,9 @@
-"""What a worker process loads once: settings, database, blob store and the warm model."""
+"""What a worker process loads once: settings, database, blob store and its warm models.
+
+At start-up ``MODEL_PATH``, when set, is registered (or found by SHA-256) and becomes the
+default if none exists; then the default model is loaded and warmed. Other models load
+on first use through :class:`worker.model_cache.ModelCache`.
+"""
 from __future__ import annotations
 
 import logging
@@ -11,7 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from covidscan.settings import Settings, load_settings
 from db.blobs import BlobStore
+from db.model_store import ModelStore
 from db.session import make_engine, make_session_factory
+from worker.model_cache import ModelCache
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +28,7 @@ class WorkerRuntime:
     settings: Settings
     session_factory: sessionmaker[Session]
     blobs: BlobStore
-    engine: "object"  # models.engine.Engine; typed loosely to keep TensorFlow out of imports
+    models: ModelCache
     decode_pool: ThreadPoolExecutor
 
     def close(self) -> None:
@@ -32,13 +39,14 @@ class WorkerRuntime:
 _runtime: Optional[WorkerRuntime] = None
 
 
-def load_model(settings: Settings):
-    """Load MODEL_PATH, or build the labelled untrained default when none is set."""
-    from models.loader import build_untrained, load_model_file
+def register_model_path(settings: Settings, session_factory: sessionmaker[Session]) -> None:
+    """Register MODEL_PATH (or find it by SHA-256); it becomes the default only if none exists."""
+    from covidscan.registration import register_or_select
 
     if settings.model_path is not None:
-        return load_model_file(settings.model_path)
-    return build_untrained()
+        model = register_or_select(session_factory, ModelStore(settings.model_store_dir),
+                                   settings.model_path)
+        log.info("MODEL_PATH is %s%s", model.ref, " (the default)" if model.is_default else "")
 
 
 def initialise(settings: Optional[Settings] = None) -> WorkerRuntime:
@@ -51,15 +59,17 @@ def initialise(settings: Optional[Settings] = None) -> WorkerRuntime:
     settings = settings or load_settings()
     gpus = configure_tensorflow_devices()
     log.info("worker pid %s: GPUs %s", os.getpid(), gpus or "none, running on the CPU")
-    model = load_model(settings)
-    engine = create_engine(model, batch_size=settings.batch_size)
-    log.info("model %s:%s warm on %s/%s", model.info.name, model.info.version,
-             engine.name, engine.precision)
+    session_factory = make_session_factory(make_engine(settings.database_url))
+    register_model_path(settings, session_factory)
+    models = ModelCache(session_factory, ModelStore(settings.model_store_dir),
+                        settings.max_loaded_models,
+                        lambda model: create_engine(model, batch_size=settings.batch_size))
+    models.warm_default()
     _runtime = WorkerRuntime(
         settings=settings,
-        session_factory=make_session_factory(make_engine(settings.database_url)),
+        session_factory=session_factory,
         blobs=BlobStore(settings.blob_dir),
-        engine=engine,
+        models=models,
         decode_pool=ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
                                        thread_name_prefix="decode"),
     )

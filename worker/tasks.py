@@ -9,7 +9,7 @@ from sqlalchemy.exc import OperationalError
 
 from covidscan.contract import INFER_TASK
 from worker.celery_app import app
-from worker.inference import classify_chunk
+from worker.model_cache import classify_pinned
 from worker.runtime import get_runtime, initialise
 
 log = logging.getLogger(__name__)
@@ -23,8 +23,8 @@ def infer_chunk(scan_ids: list[str]) -> dict[str, int]:
     if not isinstance(scan_ids, list) or not all(isinstance(i, str) for i in scan_ids):
         raise TypeError("infer_chunk takes a list of scan id strings")
     runtime = get_runtime()
-    report = classify_chunk(runtime.session_factory, runtime.blobs, runtime.engine, scan_ids,
-                            runtime.decode_pool)
+    report = classify_pinned(runtime.session_factory, runtime.blobs, runtime.models, scan_ids,
+                             runtime.decode_pool)
     return {"claimed": report.claimed, "succeeded": report.succeeded, "failed": report.failed}
 
 
