@@ -65,34 +65,3 @@ def zip_bytes(entries: Iterable[tuple[str, bytes]]) -> bytes:
         for name, data in entries:
             archive.writestr(name, data)
     return buffer.getvalue()
-
-
-def blob_slice(size: int, seed: int, blobs: bool) -> Image.Image:
-    """A plain CT-like slice; with ``blobs``, several bright patches inside the lungs."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size] / size
-    body = ((x - 0.5) / 0.42) ** 2 + ((y - 0.5) / 0.32) ** 2 < 1
-    lungs = (((x - 0.33) / 0.12) ** 2 + ((y - 0.5) / 0.2) ** 2 < 1) | \
-            (((x - 0.67) / 0.12) ** 2 + ((y - 0.5) / 0.2) ** 2 < 1)
-    pixels = np.where(body, 160.0, 10.0) - np.where(lungs, 120.0, 0.0)
-    pixels += rng.normal(0, 10, pixels.shape)
-    for _ in range(rng.integers(4, 7) if blobs else 0):
-        cx, cy = rng.choice([0.33, 0.67]) + rng.uniform(-0.06, 0.06), rng.uniform(0.35, 0.65)
-        r = rng.uniform(0.05, 0.09)
-        pixels += 150 * (((x - cx) ** 2 + (y - cy) ** 2) < r * r)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L")
-
-
-def write_blob_dataset(root: Path, per_class: int, size: int = 64,
-                       folders: tuple[str, str] = ("COVID", "non-COVID")) -> Path:
-    """Two class folders of PNG slices: the first class carries bright blobs, the second none.
-
-    File names carry a patient id (``p<NN>_s<N>.png``, four slices per patient).
-    """
-    for index, folder in enumerate(folders):
-        target = root / folder
-        target.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            image = blob_slice(size, seed=10_000 * index + i, blobs=index == 0)
-            image.save(target / f"p{index}{i // 4:02d}_s{i % 4}.png")
-    return root

@@ -3,7 +3,7 @@ import pytest
 
 from models.classes import looks_positive, positive_index
 from models.dataset import DatasetError, discover, folder_map_for_model, parse_folder_map, split
-from tests.images import write_blob_dataset
+from tests.blob_data import write_blob_dataset
 
 
 @pytest.mark.parametrize("name, positive", [

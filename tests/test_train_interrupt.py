@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT, fresh_database_url
-from tests.images import write_blob_dataset
+from tests.blob_data import write_blob_dataset
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from covidscan.cli import main
-from tests.images import blob_slice, write_blob_dataset
+from tests.blob_data import blob_slice, write_blob_dataset
 from tests.models import save_calibrated_notop
 from tests.test_evaluation import check_against_direct
 
