@@ -91,6 +91,16 @@ def test_evaluate_a_registered_model_on_a_folder(trained):
     assert (out / "report.html").stat().st_size > 10_000
 
 
+def test_evaluate_a_model_file_with_imperfect_scores(trained, tiny_model_path):
+    out = trained["base"] / "evaluation-tiny"
+    cli(trained["env"], "evaluate", tiny_model_path, trained["data"], "--output", out)
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["name"] == "tiny_ct" and report["n"] == 128
+    assert 0.0 < report["metrics"]["accuracy"] < 1.0  # a random model: every metric matters
+    y, p = predictions(out)
+    check_against_direct(report, y, p)
+
+
 @pytest.fixture(scope="module")
 def serving(trained, tmp_path_factory):
     """A real worker on the training registry (default: tiny), at most two models warm."""
