@@ -5,6 +5,7 @@ TensorFlow, scikit-learn and matplotlib are imported inside the commands only.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -27,6 +28,11 @@ def _identity(info) -> dict[str, Any]:
             "preprocessing": info.preprocessing, "trained": info.trained, "format": info.format}
 
 
+def was_scored(score: float) -> bool:
+    """Slices that could not be read are scored NaN and left out of the predictions."""
+    return not math.isnan(score)
+
+
 def evaluate_engine(engine, data, extra: Optional[dict[str, Any]] = None,
                     batch_size: int = 32) -> tuple[dict[str, Any], list[tuple[str, str, float]]]:
     """Score ``data`` with ``engine``; the report and the per-slice predictions."""
@@ -36,7 +42,7 @@ def evaluate_engine(engine, data, extra: Optional[dict[str, Any]] = None,
     report = evaluation_report(data, scored, _identity(engine.info), extra)
     predictions = [(str(path), data.classes[int(label)], float(score))
                    for path, label, score in zip(data.paths, data.labels, scored.scores)
-                   if score == score]  # NaN marks a slice that could not be read
+                   if was_scored(score)]
     return report, predictions
 
 

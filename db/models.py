@@ -111,8 +111,6 @@ class Job(Base):
     model_id: Mapped[Optional[str]] = mapped_column(
         ForeignKey("models.id", ondelete="SET NULL"), index=True)
 
-    model: Mapped[Optional[Model]] = relationship()
-
     scans: Mapped[list["Scan"]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True,
         order_by="Scan.position",

@@ -24,7 +24,16 @@ def cli(env, *args):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, redis_server, tiny_model_path):
+def own_redis(tmp_path_factory):
+    """A Redis of this module's own: the session's worker must not take these tasks."""
+    from covidscan.embedded_redis import EmbeddedRedis
+
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis"), persist=False) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, own_redis, tiny_model_path):
     """A registry whose default is the tiny H5, plus a model trained by `covidscan train`."""
     from tests.conftest import fresh_database_url
 
@@ -33,7 +42,7 @@ def trained(tmp_path_factory, redis_server, tiny_model_path):
     unlabelled = np.stack([np.asarray(blob_slice(SIZE, 50_000 + i, blobs=i % 2 == 0)
                                       .convert("RGB"), dtype=np.float32) / 255 for i in range(32)])
     notop = save_calibrated_notop(base / "notop.h5", unlabelled)
-    env = {"DATABASE_URL": fresh_database_url(base), "REDIS_URL": redis_server.url,
+    env = {"DATABASE_URL": fresh_database_url(base), "REDIS_URL": own_redis.url,
            "BLOB_DIR": str(base / "blobs"), "MODEL_STORE_DIR": str(base / "store"),
            "BATCH_SIZE": "8", "MODEL_PATH": ""}
     cli(env, "models", "add", tiny_model_path, "--name", "tiny", "--version", "1", "--default")
