@@ -165,7 +165,9 @@ def test_env_example_documents_every_variable_and_nothing_else(services):
     interpolated = compose.referenced_variables(compose.COMPOSE_FILE) | \
         compose.referenced_variables(compose.CPU_OVERRIDE)
     cli_variables = {p.envvar for p in cli_main.params if getattr(p, "envvar", None)}
-    assert not (set_by_services | interpolated | variable_names()) - documented
-    assert not documented - (set_by_services | interpolated | variable_names() | cli_variables
-                             | compose.COMPOSE_CLI_VARIABLES)
+    undocumented = (set_by_services | interpolated | variable_names()) - documented
+    assert not undocumented, f".env.example does not document {sorted(undocumented)}"
+    unknown = documented - (set_by_services | interpolated | variable_names() | cli_variables
+                            | compose.COMPOSE_CLI_VARIABLES)
+    assert not unknown, f".env.example documents {sorted(unknown)}, which nothing reads"
 
