@@ -52,9 +52,16 @@ class _Loader(yaml.SafeLoader):
     pass
 
 
+def _override(loader: _Loader, node: yaml.Node) -> Override:
+    if isinstance(node, yaml.SequenceNode):
+        return Override(loader.construct_sequence(node, deep=True))
+    if isinstance(node, yaml.MappingNode):
+        return Override(loader.construct_mapping(node, deep=True))
+    return Override(loader.construct_scalar(node))
+
+
 _Loader.add_constructor("!reset", lambda loader, node: Reset())
-_Loader.add_constructor("!override", lambda loader, node: Override(
-    loader.construct_object(node, deep=True)))
+_Loader.add_constructor("!override", _override)
 
 
 def read_env_file(path: Path = ENV_EXAMPLE) -> dict[str, str]:
@@ -107,9 +114,10 @@ def _walk(value: Any, env: Mapping[str, str]) -> Any:
     return value
 
 
-def load(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
-    """A compose file, parsed and interpolated with ``env``."""
-    return _walk(yaml.load(path.read_text(), Loader=_Loader), env)
+def load(source: Path | str, env: Mapping[str, str]) -> dict[str, Any]:
+    """A compose file (a path, or its text), parsed and interpolated with ``env``."""
+    text = source.read_text() if isinstance(source, Path) else source
+    return _walk(yaml.load(text, Loader=_Loader), env)
 
 
 def merge(base: Any, override: Any) -> Any:

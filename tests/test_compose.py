@@ -19,6 +19,7 @@ from tests.conftest import ROOT
 
 LONG_RUNNING = ("redis", "postgres", "api", "worker", "flower")
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+SCHEMA = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,7 @@ def seconds(duration: str) -> int:
 
 @pytest.mark.parametrize("overrides", [(), (compose.CPU_OVERRIDE,)], ids=["gpu", "cpu"])
 def test_the_files_are_valid_compose(overrides):
-    schema = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
-    jsonschema.validate(compose.compose_config(*overrides), schema)
+    jsonschema.validate(compose.compose_config(*overrides), SCHEMA)
 
 
 def test_the_stack_refuses_to_start_without_a_database_password():
@@ -85,6 +85,21 @@ def test_any_number_of_workers_can_run(services):
 def test_each_worker_reserves_one_gpu(services):
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+
+
+def test_the_readmes_multi_gpu_override_pins_one_gpu_per_worker_service():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Multi-GPU hosts"):]
+    snippet = section[section.index("```yaml\n") + 8:section.index("```\n", 8)]
+    override = compose.load(snippet, compose.example_env())
+    merged = compose.merge(compose.compose_config(), override)
+    jsonschema.validate(merged, SCHEMA)
+    extends = merged["services"]["worker-gpu1"]["extends"]
+    assert (ROOT / extends["file"]).is_file() and extends["service"] in merged["services"]
+    gpus = [merged["services"][name]["deploy"]["resources"]["reservations"]["devices"]
+            for name in ("worker", "worker-gpu1")]
+    assert gpus == [[{"driver": "nvidia", "device_ids": [gpu], "capabilities": ["gpu"]}]
+                    for gpu in ("0", "1")]
 
 
 def test_the_cpu_variant_reserves_no_gpu_and_builds_on_tensorflows_cpu_image():
