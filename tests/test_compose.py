@@ -104,10 +104,11 @@ def test_the_readmes_multi_gpu_override_pins_one_gpu_per_worker_service():
 
 def test_the_cpu_variant_reserves_no_gpu_and_builds_on_tensorflows_cpu_image():
     worker = compose.compose_config(compose.CPU_OVERRIDE)["services"]["worker"]
+    tensorflow = compose.pins()["tensorflow"]
     assert "deploy" not in worker
-    assert worker["build"]["args"]["BASE_IMAGE"] == f"tensorflow/tensorflow:{compose.pins()['tensorflow']}"
+    assert worker["build"]["args"]["BASE_IMAGE"] == f"tensorflow/tensorflow:{tensorflow}"
     assert worker["build"]["dockerfile"] == "docker/worker.Dockerfile"
-    assert worker["image"] != compose.compose_config()["services"]["worker"]["image"]
+    assert worker["image"] == f"covidscan-worker-cpu:{PYPROJECT['project']['version']}"
 
 
 def test_a_stopping_worker_has_time_to_finish_its_batch(services):
