@@ -75,6 +75,7 @@ def compose_stack(tmp_path, redis_server, tiny_model_path) -> Iterator[tuple[str
                              env=service_env(services["migrate"], **places),
                              capture_output=True, text=True, timeout=120)
     assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+    assert "database is up to date" in migrate.stdout
     worker_command = compose.local_argv(services["worker"]["command"])
     workers_env = service_env(services["worker"], **places, MODEL_PATH=str(tiny_model_path))
     workers = [WorkerProcess(workers_env, tmp_path / f"{name}.log",
