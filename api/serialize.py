@@ -11,7 +11,7 @@ from db.models import Scan
 
 RESULT_COLUMNS = ("scan_id", "filename", "status", "probability_covid", "label", "error",
                   "model_name", "model_version", "model_sha256", "engine", "precision",
-                  "preprocessing")
+                  "preprocessing", "worker")
 
 
 def iso(moment: Optional[datetime]) -> Optional[str]:
@@ -55,6 +55,7 @@ def result_row(scan: Scan) -> dict[str, Any]:
         "engine": scan.engine,
         "precision": scan.precision,
         "preprocessing": scan.preprocessing,
+        "worker": scan.worker,
     }
 
 

@@ -2,7 +2,7 @@
 
 Job status is never stored: it is derived from the scans' states (see
 :mod:`db.jobs`). A scan carries its own result and the identity of the model,
-engine, precision and preprocessing that produced it.
+engine, precision and preprocessing that produced it, and the worker that ran it.
 """
 from __future__ import annotations
 
@@ -106,6 +106,7 @@ class Scan(Base):
     engine: Mapped[Optional[str]] = mapped_column(String(50))
     precision: Mapped[Optional[str]] = mapped_column(String(20))
     preprocessing: Mapped[Optional[str]] = mapped_column(String(50))
+    worker: Mapped[Optional[str]] = mapped_column(String(200))
     started_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
 
