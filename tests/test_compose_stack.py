@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 
 from covidscan.client import Client, collect_files
-from covidscan.embedded_redis import free_port
+from covidscan.embedded_redis import EmbeddedRedis, free_port
 from tests import compose
 from tests.conftest import ROOT, WorkerProcess, fresh_database_url, wait_for_job, worker_env
 from tests.images import png_bytes
@@ -66,10 +66,18 @@ def start_api(service: dict, env: dict[str, str], log_path: Path) -> tuple[subpr
 
 
 @pytest.fixture
-def compose_stack(tmp_path, redis_server, tiny_model_path) -> Iterator[tuple[str, dict]]:
+def own_redis(tmp_path) -> Iterator[EmbeddedRedis]:
+    """A Redis of this test's own: the session's worker listens on the shared one and would
+    take (and, finding no such scans in its database, drop) this job's chunks."""
+    with EmbeddedRedis(tmp_path / "redis", persist=False) as server:
+        yield server
+
+
+@pytest.fixture
+def compose_stack(tmp_path, own_redis, tiny_model_path) -> Iterator[tuple[str, dict]]:
     services = compose.compose_config()["services"]
     places = {"DATABASE_URL": fresh_database_url(tmp_path, migrated=False),
-              "REDIS_URL": redis_server.url, "BLOB_DIR": str(tmp_path / "blobs"),
+              "REDIS_URL": own_redis.url, "BLOB_DIR": str(tmp_path / "blobs"),
               "BATCH_SIZE": str(BATCH_SIZE)}
     migrate = subprocess.run(compose.local_argv(services["migrate"]["command"]), cwd=ROOT,
                              env=service_env(services["migrate"], **places),
