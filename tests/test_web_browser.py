@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from pathlib import Path
 
@@ -18,9 +19,14 @@ pytestmark = pytest.mark.integration
 TIMEOUT = 120
 
 
+@pytest.fixture(autouse=True)
+def _needs_chromium():
+    """Checked before the worker starts, so a missing browser costs nothing."""
+    require_chromium()
+
+
 @pytest.fixture
 def live_server(stack_config, worker):
-    require_chromium()
     from api import create_app
 
     with LiveServer(create_app(stack_config)) as server:
@@ -29,7 +35,6 @@ def live_server(stack_config, worker):
 
 @pytest.fixture
 def browser(tmp_path):
-    require_chromium()
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     with chromium(downloads) as driver:
@@ -69,6 +74,20 @@ def upload_through_the_page(driver, base_url: str, paths: list[Path], name: str)
     by_id(driver, "submit").click()
     wait_until(driver, lambda d: "/jobs/" in d.current_url, 30, "the job page")
     return driver.current_url.rsplit("/", 1)[1]
+
+
+def keyboard_order(driver, presses: int = 8) -> list[str]:
+    """The ids of the elements Tab reaches, from the top of the main content."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    driver.execute_script("document.activeElement.blur(); document.getElementById('main')"
+                          ".setAttribute('tabindex', '-1'); document.getElementById('main').focus();")
+    order = []
+    for _ in range(presses):
+        ActionChains(driver).send_keys(Keys.TAB).perform()  # as a person presses it
+        order.append(driver.switch_to.active_element.get_attribute("id"))
+    return [element_id for element_id in order if element_id]
 
 
 def wait_for_download(folder: Path, filename: str) -> Path:
@@ -133,6 +152,12 @@ def test_upload_watch_filter_and_download_in_chromium(live_server, browser, tmp_
     assert failed_record["filename"] == "corrupt_0.png" and failed_record["probability_covid"] == ""
     assert failed_record["error"] == api["corrupt_0.png"]["error"]
 
+    by_id(browser, "download-json").click()
+    document = json.loads(wait_for_download(browser.downloads, f"covidscan-{job_id}.json").read_text())
+    assert document["job"]["id"] == job_id and document["job"]["counts"]["failed"] == 1
+    assert {r["filename"]: r["error"] for r in document["results"]} == \
+        {name: r["error"] for name, r in api.items()}
+
     screenshot = tmp_path / "job-page.png"
     assert browser.save_screenshot(str(screenshot))
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -141,6 +166,8 @@ def test_upload_watch_filter_and_download_in_chromium(live_server, browser, tmp_
 
 def test_a_refused_file_is_listed_with_the_reason_and_can_be_left_out(live_server, browser,
                                                                       tmp_path):
+    from selenium.webdriver.common.keys import Keys
+
     paths = write_folder(tmp_path / "slices", 2, size=64)
     notes = tmp_path / "slices" / "notes.png"
     notes.write_text("not an image at all")
@@ -150,7 +177,8 @@ def test_a_refused_file_is_listed_with_the_reason_and_can_be_left_out(live_serve
         ".filter((e) => e.labels.length === 0).map((e) => e.id);")
     assert unlabelled == []
     by_id(browser, "files").send_keys("\n".join(str(p) for p in [*paths, notes]))
-    by_id(browser, "submit").click()
+    assert keyboard_order(browser)[:4] == ["files", "folder", "clear", "job-name"]
+    by_id(browser, "submit").send_keys(Keys.ENTER)
     wait_until(browser, lambda d: by_id(d, "upload-error").is_displayed(), 30, "the refusal")
     rejected = by_id(browser, "rejected").text
     assert "notes.png" in rejected and "neither a PNG, a JPEG nor a ZIP" in rejected

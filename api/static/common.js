@@ -2,14 +2,14 @@
 "use strict";
 
 window.covidscan = (function () {
-  const UNITS = ["B", "KB", "MB", "GB", "TB"];
+  const UNITS = ["B", "KiB", "MiB", "GiB", "TiB"];
 
-  /** "1.5 MB" for 1500000: decimal units, as file managers show sizes. */
+  /** "1.5 MiB" for 1572864: binary units, as the server states its limits. */
   function formatBytes(bytes) {
     let value = bytes;
     let unit = 0;
-    while (value >= 1000 && unit < UNITS.length - 1) {
-      value /= 1000;
+    while (value >= 1024 && unit < UNITS.length - 1) {
+      value /= 1024;
       unit += 1;
     }
     return (unit === 0 ? String(value) : value.toFixed(value < 10 ? 2 : 1)) + " " + UNITS[unit];
