@@ -2,6 +2,7 @@
 Redis and a real Celery worker: upload, watch, filter, download."""
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -12,7 +13,7 @@ import pytest
 import requests
 
 from tests.browser import LiveServer, chromium, require_chromium
-from tests.images import write_folder
+from tests.images import png_bytes, write_folder, zip_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -202,3 +203,32 @@ def test_the_job_page_fits_a_phone_screen(live_server, tmp_path):
             "return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
         assert overflow <= 0
         assert by_id(phone, "download-csv").is_displayed()
+
+
+def test_a_folder_a_zip_and_a_dropped_file_make_one_job(live_server, browser, tmp_path):
+    folder = tmp_path / "study"
+    write_folder(folder / "series1", 2, size=64)
+    (folder / "notes.txt").write_text("a note beside the slices")
+    (folder / "more.zip").write_bytes(zip_bytes([("s/extra.png", png_bytes(48, seed=7)),
+                                                 ("s/readme.txt", b"hello")]))
+    browser.get(live_server.url + "/")
+    by_id(browser, "folder").send_keys(str(folder))
+    wait_until(browser, lambda d: "3 files" in by_id(d, "selection-summary").text, 10,
+               "the folder's PNG and ZIP files")
+    assert "notes.txt" in by_id(browser, "left-out").text
+    browser.execute_script("""
+        const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+        const data = new DataTransfer();
+        data.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));
+        document.getElementById('drop-zone').dispatchEvent(
+            new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));""",
+        base64.b64encode(png_bytes(40, seed=8)).decode())
+    wait_until(browser, lambda d: "4 files" in by_id(d, "selection-summary").text, 10,
+               "the dropped file")
+    by_id(browser, "submit").click()
+    wait_until(browser, lambda d: "/jobs/" in d.current_url, 30, "the job page")
+    wait_until(browser, lambda d: len(table_rows(d)) == 4, what="4 result rows")
+    assert sorted(r["File"] for r in table_rows(browser)) == \
+        ["dropped.png", "s/extra.png", "study/series1/slice_000.png", "study/series1/slice_001.png"]
+    skipped = by_id(browser, "skipped-list").text
+    assert "readme.txt" in skipped and "not a PNG or JPEG image" in skipped
