@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import json
+import re
 import time
 from pathlib import Path
 
@@ -232,3 +233,27 @@ def test_a_folder_a_zip_and_a_dropped_file_make_one_job(live_server, browser, tm
         ["dropped.png", "s/extra.png", "study/series1/slice_000.png", "study/series1/slice_001.png"]
     skipped = by_id(browser, "skipped-list").text
     assert "readme.txt" in skipped and "not a PNG or JPEG image" in skipped
+
+
+def test_the_upload_shows_its_progress_in_bytes(live_server, browser, tmp_path):
+    paths = write_folder(tmp_path / "slices", 8, size=256)
+    total = sum(p.stat().st_size for p in paths)
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1,
+        "uploadThroughput": total // 3})  # about three seconds of upload
+    browser.get(live_server.url + "/")
+    by_id(browser, "files").send_keys("\n".join(str(p) for p in paths))
+    by_id(browser, "submit").click()
+    seen = set()
+    while "/jobs/" not in browser.current_url:
+        text = browser.execute_script("return document.getElementById('upload-bytes').textContent")
+        if text.endswith(" sent"):  # "120.5 KiB of 400.2 KiB sent"
+            seen.add(text)
+        time.sleep(0.05)
+    sent = sorted(float(text.split()[0]) for text in seen if text.endswith(" KiB sent"))
+    assert len(sent) >= 3, seen  # several steps between nothing and everything
+    # The request's total is the files plus the multipart framing around them.
+    assert all(re.fullmatch(r"[\d.]+ (B|KiB) of [\d.]+ KiB sent", text) for text in seen), seen
+    assert min(float(text.split(" of ")[1].split()[0]) for text in seen) >= total // 1024
+    assert sent[0] < sent[-1]

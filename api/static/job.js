@@ -63,8 +63,11 @@
       $("count-" + key).textContent = counts[key];
     });
     const status = $("job-status");
-    status.textContent = job.status.replace(/_/g, " ");
-    status.className = "status status-" + job.status;
+    const statusText = job.status.replace(/_/g, " ");
+    if (status.textContent !== statusText) {  // a live region: announce changes only
+      status.textContent = statusText;
+      status.className = "status status-" + job.status;
+    }
     const model = job.model;
     $("job-model").textContent = model ? "model " + model.name + " " + (model.version || "") : "";
     $("untrained-banner").hidden = !(model && model.trained === false);
