@@ -20,7 +20,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
             (``{"DATABASE_URL": ...}``) read instead of ``os.environ``; None reads the
             environment.
     """
-    from api import extensions, health, jobs, models, problems
+    from api import extensions, health, jobs, models, problems, thumbnails, web
 
     if isinstance(config, Settings):
         settings = config
@@ -36,4 +36,6 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(models.bp)
+    app.register_blueprint(thumbnails.bp)
+    app.register_blueprint(web.bp)
     return app

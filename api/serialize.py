@@ -12,7 +12,7 @@ from db.registry import describe
 
 RESULT_COLUMNS = ("scan_id", "filename", "status", "probability_covid", "label", "error",
                   "model_name", "model_version", "model_sha256", "engine", "precision",
-                  "preprocessing")
+                  "preprocessing", "worker")
 
 
 def iso(moment: Optional[datetime]) -> Optional[str]:
@@ -61,6 +61,7 @@ def result_row(scan: Scan) -> dict[str, Any]:
         "engine": scan.engine,
         "precision": scan.precision,
         "preprocessing": scan.preprocessing,
+        "worker": scan.worker,
     }
 
 

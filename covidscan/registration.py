@@ -47,21 +47,16 @@ def validate_model_file(request: Registration):
             non-finite values.
         ValueError: unknown preprocessing or positive class.
     """
-    import numpy as np
-
     from models.classes import positive_index
-    from models.engine import create_engine
-    from models.loader import ModelLoadError, load_model_file
+    from models.loader import load_model_file
+    from models.validation import check_warm_up
 
     if request.preprocessing not in KNOWN_PREPROCESSING:
         raise ValueError(f"unknown preprocessing {request.preprocessing!r}; known: "
                          + ", ".join(KNOWN_PREPROCESSING))
     index = positive_index(request.classes, request.positive)
     loaded = load_model_file(request.path, request.name, request.version, request.classes, index)
-    engine = create_engine(loaded, batch_size=1)
-    probability = engine.predict(np.zeros((1, *loaded.info.input_size, 3), dtype=np.float32))
-    if not np.all(np.isfinite(probability)):
-        raise ModelLoadError(f"{request.path}: the warm-up prediction is not finite")
+    check_warm_up(loaded, str(request.path))
     return loaded
 
 

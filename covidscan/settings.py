@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Mapping, Optional, TypeVar
+from typing import Callable, Iterator, Mapping, Optional, TypeVar
 from urllib.parse import urlsplit
 
 T = TypeVar("T")
@@ -150,3 +150,31 @@ def _port(name: str, raw: str) -> int:
     if value > 65535:
         raise ConfigError(f"{name} must be a TCP port between 1 and 65535, got {value}")
     return value
+
+
+class _ReadRecorder(Mapping[str, str]):
+    """An empty environment that remembers every name looked up in it."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def __getitem__(self, name: str) -> str:
+        self.names.add(name)
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def variable_names() -> frozenset[str]:
+    """The names of every environment variable :func:`load_settings` reads.
+
+    Found by letting it read an empty, recording environment, so the list cannot
+    drift from the code (deployment files and their tests check against it).
+    """
+    recorder = _ReadRecorder()
+    load_settings(recorder)
+    return frozenset(recorder.names)

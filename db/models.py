@@ -2,8 +2,9 @@
 
 Job status is never stored: it is derived from the scans' states (see
 :mod:`db.jobs`). A scan carries its own result and the identity of the model,
-engine, precision and preprocessing that produced it. A job is pinned at
-submission to a registered model (``model_id``); none means the untrained default.
+engine, precision and preprocessing that produced it, and the worker that ran it. A job
+is pinned at submission to a registered model (``model_id``); none means the untrained
+default.
 """
 from __future__ import annotations
 
@@ -147,6 +148,7 @@ class Scan(Base):
     engine: Mapped[Optional[str]] = mapped_column(String(50))
     precision: Mapped[Optional[str]] = mapped_column(String(20))
     preprocessing: Mapped[Optional[str]] = mapped_column(String(50))
+    worker: Mapped[Optional[str]] = mapped_column(String(200))
     started_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
 

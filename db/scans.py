@@ -58,9 +58,10 @@ def claim_scans(session: Session, scan_ids: Sequence[str]) -> list[Scan]:
 
 
 def record_outcomes(session: Session, outcomes: Sequence[ScanOutcome],
-                    model: ModelIdentity) -> int:
+                    model: ModelIdentity, worker: Optional[str] = None) -> int:
     """Write outcomes for scans that have none yet; returns how many rows were written.
 
+    ``worker`` names the worker that produced them (its Celery node name).
     Idempotent: a scan that already succeeded or failed keeps its first result.
     """
     now = utcnow()
@@ -81,6 +82,7 @@ def record_outcomes(session: Session, outcomes: Sequence[ScanOutcome],
                 engine=model.engine,
                 precision=model.precision,
                 preprocessing=model.preprocessing,
+                worker=worker,
                 finished_at=now,
             )
             .returning(Scan.job_id)

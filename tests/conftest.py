@@ -8,7 +8,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -36,14 +36,15 @@ def _postgres_schema_url(url: str) -> str:
     return f"{url}{separator}options=-csearch_path%3D{schema}"
 
 
-def fresh_database_url(tmp_path: Path) -> str:
-    """A migrated, empty database: a new PostgreSQL schema when DATABASE_URL names a
-    PostgreSQL database, else a SQLite file."""
+def fresh_database_url(tmp_path: Path, migrated: bool = True) -> str:
+    """An empty database, migrated unless ``migrated`` is False: a new PostgreSQL schema
+    when DATABASE_URL names a PostgreSQL database, else a SQLite file."""
     if POSTGRES_URL.startswith("postgres"):
         url = _postgres_schema_url(normalise_database_url("DATABASE_URL", POSTGRES_URL))
     else:
         url = f"sqlite:///{tmp_path / 'covidscan.db'}"
-    migrate.upgrade(url)
+    if migrated:
+        migrate.upgrade(url)
     return url
 
 
@@ -95,15 +96,16 @@ def tiny_model_path(tmp_path_factory) -> Path:
 
 
 class WorkerProcess:
-    """A real ``celery worker`` subprocess, started with the local stack's command line."""
+    """A real ``celery worker`` subprocess: the local stack's command line, or ``command``."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, name: str = "test-worker@%h") -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, name: str = "test-worker@%h",
+                 command: Optional[list[str]] = None) -> None:
         from covidscan.devstack import worker_command
 
         self.log_path = log_path
         self.log = open(log_path, "w")
         self.process = subprocess.Popen(
-            worker_command("INFO", name), cwd=ROOT, env=env, stdout=self.log,
+            command or worker_command("INFO", name), cwd=ROOT, env=env, stdout=self.log,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def wait_ready(self, timeout: float = 180.0) -> None:
@@ -166,9 +168,11 @@ def stack_client(stack_config, worker):
 
 
 def wait_for_job(client, job_id: str, timeout: float = 120.0) -> dict:
+    """Poll until the job ends; ``client`` is a Flask test client or a covidscan HTTP Client."""
+    read = getattr(client, "job", None) or (lambda i: client.get(f"/v1/jobs/{i}").get_json())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        body = client.get(f"/v1/jobs/{job_id}").get_json()
+        body = read(job_id)
         if body["status"] in ("succeeded", "partially_succeeded", "failed"):
             return body
         time.sleep(0.2)

@@ -83,15 +83,16 @@ def test_a_chunk_delivered_twice_neither_duplicates_nor_changes_results(sessions
     job_id, scan_ids = make_job(sessions, store, [png_bytes(32, i) for i in range(5)]
                                 + [corrupt_png()])
     engine = MeanBrightnessEngine()
-    first = classify_chunk(sessions, store, engine, scan_ids)
+    first = classify_chunk(sessions, store, engine, scan_ids, worker="first@host")
     assert (first.claimed, first.succeeded, first.failed) == (6, 5, 1)
     with sessions() as session:
-        before = {s.id: (s.status, s.probability_covid, s.finished_at)
+        before = {s.id: (s.status, s.probability_covid, s.finished_at, s.worker)
                   for s in session.query(Scan).filter_by(job_id=job_id)}
-    second = classify_chunk(sessions, store, engine, scan_ids)
+    assert {row[3] for row in before.values()} == {"first@host"}
+    second = classify_chunk(sessions, store, engine, scan_ids, worker="second@host")
     assert second.claimed == 0 and engine.calls == [5]
     with sessions() as session:
-        after = {s.id: (s.status, s.probability_covid, s.finished_at)
+        after = {s.id: (s.status, s.probability_covid, s.finished_at, s.worker)
                  for s in session.query(Scan).filter_by(job_id=job_id)}
         summary = summarise_job(session, job_id)
     assert after == before

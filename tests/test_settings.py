@@ -31,3 +31,21 @@ def test_sizes_accept_units():
 def test_a_wrong_value_names_its_variable(name, value):
     with pytest.raises(ConfigError, match=name):
         load_settings({name: value})
+
+
+def test_variable_names_lists_every_field_and_the_var_dir():
+    from dataclasses import fields
+
+    from covidscan.settings import Settings, variable_names
+
+    names = variable_names()
+    assert {f.name.upper() for f in fields(Settings)} | {"COVIDSCAN_VAR_DIR"} == names
+
+
+def test_the_readme_documents_every_variable():
+    from covidscan.settings import variable_names
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name in sorted(variable_names()) if f"| `{name}` |" not in readme]
+    assert not missing, f"README's configuration table lacks {missing}"

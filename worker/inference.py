@@ -81,9 +81,11 @@ def classify_batch(items: Sequence[ScanInput], blobs: BlobStore, engine,
 
 
 def classify_chunk(session_factory: sessionmaker[Session], blobs: BlobStore, engine,
-                   scan_ids: Sequence[str], pool: Optional[Executor] = None) -> ChunkReport:
+                   scan_ids: Sequence[str], pool: Optional[Executor] = None,
+                   worker: Optional[str] = None) -> ChunkReport:
     """Claim the chunk's unfinished scans, classify them, write all results in one transaction.
 
+    ``worker`` (the worker's name) is recorded with each result.
     Safe to run twice for the same ids: scans that already have a result are skipped.
     """
     with session_factory.begin() as session:
@@ -93,7 +95,7 @@ def classify_chunk(session_factory: sessionmaker[Session], blobs: BlobStore, eng
         return ChunkReport(0, 0, 0, 0)
     outcomes = classify_batch(items, blobs, engine, pool)
     with session_factory.begin() as session:
-        written = record_outcomes(session, outcomes, identity_of(engine))
+        written = record_outcomes(session, outcomes, identity_of(engine), worker)
     failed = sum(1 for o in outcomes if o.error)
     log.info("chunk of %d scans: %d succeeded, %d failed", len(items), len(items) - failed, failed)
     return ChunkReport(len(items), written, len(items) - failed, failed)

@@ -111,19 +111,23 @@ class ModelCache:
 
 
 def fail_chunk(session_factory: sessionmaker[Session], scan_ids: Sequence[str],
-               reason: ModelUnavailable) -> ChunkReport:
+               reason: ModelUnavailable, worker: Optional[str] = None) -> ChunkReport:
     """Fail the unfinished scans among ``scan_ids`` with the reason their model was refused."""
     with session_factory.begin() as session:
         claimed = [scan.id for scan in claim_scans(session, scan_ids)]
     outcomes = [ScanOutcome(scan_id, error=str(reason)) for scan_id in claimed]
     with session_factory.begin() as session:
-        written = record_outcomes(session, outcomes, reason.identity)
+        written = record_outcomes(session, outcomes, reason.identity, worker)
     return ChunkReport(len(claimed), written, 0, len(claimed))
 
 
 def classify_pinned(session_factory: sessionmaker[Session], blobs: BlobStore, cache: ModelCache,
-                    scan_ids: Sequence[str], pool: Optional[Executor] = None) -> ChunkReport:
-    """Classify each scan with its job's pinned model; scans of a refused model fail alone."""
+                    scan_ids: Sequence[str], pool: Optional[Executor] = None,
+                    worker: Optional[str] = None) -> ChunkReport:
+    """Classify each scan with its job's pinned model; scans of a refused model fail alone.
+
+    ``worker`` (the worker's name) is recorded with each result.
+    """
     with session_factory() as session:
         groups = scan_ids_by_pinned_model(session, scan_ids)
     reports = []
@@ -131,8 +135,8 @@ def classify_pinned(session_factory: sessionmaker[Session], blobs: BlobStore, ca
         try:
             engine = cache.engine_for(model_id)
         except ModelUnavailable as exc:
-            reports.append(fail_chunk(session_factory, ids, exc))
+            reports.append(fail_chunk(session_factory, ids, exc, worker))
             continue
-        reports.append(classify_chunk(session_factory, blobs, engine, ids, pool))
+        reports.append(classify_chunk(session_factory, blobs, engine, ids, pool, worker=worker))
     return ChunkReport(*(sum(getattr(r, f) for r in reports)
                          for f in ("claimed", "written", "succeeded", "failed")))

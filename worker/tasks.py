@@ -17,14 +17,15 @@ log = logging.getLogger(__name__)
 FORKING_POOLS = ("prefork", "processes")
 
 
-@app.task(name=INFER_TASK, acks_late=True, autoretry_for=(OperationalError, RedisConnectionError),
+@app.task(bind=True, name=INFER_TASK, acks_late=True,
+          autoretry_for=(OperationalError, RedisConnectionError),
           retry_backoff=True, retry_backoff_max=60, max_retries=8)
-def infer_chunk(scan_ids: list[str]) -> dict[str, int]:
+def infer_chunk(self, scan_ids: list[str]) -> dict[str, int]:
     if not isinstance(scan_ids, list) or not all(isinstance(i, str) for i in scan_ids):
         raise TypeError("infer_chunk takes a list of scan id strings")
     runtime = get_runtime()
     report = classify_pinned(runtime.session_factory, runtime.blobs, runtime.models, scan_ids,
-                             runtime.decode_pool)
+                             runtime.decode_pool, worker=self.request.hostname)
     return {"claimed": report.claimed, "succeeded": report.succeeded, "failed": report.failed}
 
 

@@ -1,14 +1,14 @@
 """registered models; jobs pinned to one
 
 Revision ID: 0003_models
-Revises: 0001
+Revises: 0002_scan_worker
 Create Date: 2026-11-26
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0003_models"
-down_revision = "0001"
+down_revision = "0002_scan_worker"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,220 @@
+/* The upload page: collect files (pickers, a folder, drag and drop), send them to
+   POST /v1/jobs with byte progress, then go to the job's page. */
+"use strict";
+
+(function () {
+  const { formatBytes, problemDetail, replaceChildren, element } = window.covidscan;
+  const $ = (id) => document.getElementById(id);
+  const form = $("upload-form");
+  const SENDABLE = /\.(png|jpe?g|zip)$/i;
+  const LIST_LIMIT = 200;
+  const maxUploadBytes = Number(form.dataset.maxUploadBytes);
+
+  let selected = [];   // [{file, name}] in the order they were added
+  let leftOut = [];    // names found in folders that are not PNG, JPEG or ZIP
+  let rejectedName = null;
+
+  function add(file, name, fromFolder) {
+    if (fromFolder && !SENDABLE.test(name)) {
+      leftOut.push(name);
+      return;
+    }
+    const duplicate = selected.some((s) => s.name === name && s.file.size === file.size &&
+                                           s.file.lastModified === file.lastModified);
+    if (!duplicate) selected.push({ file: file, name: name });
+  }
+
+  function totalBytes() {
+    return selected.reduce((sum, s) => sum + s.file.size, 0);
+  }
+
+  function render() {
+    const count = selected.length;
+    $("selection-summary").textContent = count === 0 ? "Nothing selected yet." :
+      count + (count === 1 ? " file, " : " files, ") + formatBytes(totalBytes()) + ".";
+    const shown = selected.slice(0, LIST_LIMIT);
+    replaceChildren($("selected"), shown, (s) =>
+      element("li", s.name + " (" + formatBytes(s.file.size) + ")"));
+    if (count > LIST_LIMIT) {
+      $("selected").appendChild(element("li", "… and " + (count - LIST_LIMIT) + " more", "hint"));
+    }
+    const note = $("left-out");
+    note.hidden = leftOut.length === 0;
+    note.textContent = leftOut.length === 0 ? "" : "Not sent from the folder (not .png, .jpg, " +
+      ".jpeg or .zip): " + leftOut.slice(0, 20).join(", ") + (leftOut.length > 20 ? ", …" : "");
+    $("submit").disabled = count === 0;
+    $("clear").disabled = count === 0 && leftOut.length === 0;
+  }
+
+  function fromInput(input, fromFolder) {
+    Array.from(input.files).forEach((file) =>
+      add(file, fromFolder && file.webkitRelativePath ? file.webkitRelativePath : file.name,
+          fromFolder));
+    input.value = "";
+    hideError();
+    render();
+  }
+
+  /* Drag and drop: folders arrive as directory entries, read recursively. */
+  function readEntry(entry, path) {
+    if (entry.isFile) {
+      return new Promise((resolve) => entry.file((file) => {
+        add(file, path + file.name, path !== "");
+        resolve();
+      }, () => resolve()));
+    }
+    const reader = entry.createReader();
+    const children = [];
+    return new Promise((resolve) => {
+      const readBatch = () => reader.readEntries((batch) => {
+        if (batch.length === 0) {
+          Promise.all(children.map((c) => readEntry(c, path + entry.name + "/"))).then(resolve);
+          return;
+        }
+        children.push(...batch);
+        readBatch();  // readEntries hands back at most about a hundred entries per call
+      }, () => resolve());
+      readBatch();
+    });
+  }
+
+  function onDrop(event) {
+    event.preventDefault();
+    $("drop-zone").classList.remove("dragging");
+    const items = Array.from(event.dataTransfer.items || []);
+    const entries = items.map((item) => item.webkitGetAsEntry && item.webkitGetAsEntry())
+      .filter(Boolean);
+    const done = entries.length > 0 ?
+      Promise.all(entries.map((entry) => readEntry(entry, ""))) :
+      Promise.resolve(Array.from(event.dataTransfer.files).forEach((f) => add(f, f.name, false)));
+    done.then(() => { hideError(); render(); });
+  }
+
+  function hideError() {
+    $("upload-error").hidden = true;
+    rejectedName = null;
+  }
+
+  function showError(message, rejected) {
+    $("upload-error-text").textContent = message;
+    replaceChildren($("rejected"), rejected, (r) => {
+      const item = element("li");
+      item.appendChild(element("strong", r.filename));
+      item.appendChild(document.createTextNode(": " + r.reason));
+      return item;
+    });
+    $("drop-rejected").hidden = !rejectedName;
+    $("upload-error").hidden = false;
+    $("upload-status").hidden = true;
+    setBusy(false);
+  }
+
+  function setBusy(busy) {
+    ["submit", "clear", "files", "folder", "job-name", "model"].forEach((id) => {
+      $(id).disabled = busy;
+    });
+    if (!busy) render();
+  }
+
+  function onRejected(status, text) {
+    const { detail, body } = problemDetail(status, text);
+    const rejected = (body.skipped || []).slice();
+    if (body.filename) {
+      rejected.unshift({ filename: body.filename, reason: detail });
+      // Only a file picked on its own can be dropped from the selection, not a ZIP entry.
+      if (selected.some((s) => s.name === body.filename)) rejectedName = body.filename;
+    }
+    showError("The server did not accept this upload (nothing was stored): " + detail, rejected);
+  }
+
+  function onAccepted(text) {
+    const job = JSON.parse(text);
+    if (job.skipped && job.skipped.length) {
+      try {
+        sessionStorage.setItem("covidscan-skipped-" + job.id, JSON.stringify(job.skipped));
+      } catch (ignored) {
+        /* storage full or disabled: the job page simply shows no skipped list */
+      }
+    }
+    window.location.assign("/jobs/" + encodeURIComponent(job.id));
+  }
+
+  function upload(event) {
+    event.preventDefault();
+    if (selected.length === 0) return;
+    hideError();
+    if (totalBytes() > maxUploadBytes) {
+      showError("The selection is " + formatBytes(totalBytes()) + ", over the server's limit of " +
+        formatBytes(maxUploadBytes) + " per upload (MAX_UPLOAD_BYTES). Split it into several jobs.", []);
+      return;
+    }
+    const data = new FormData();
+    const name = $("job-name").value.trim();
+    if (name) data.append("name", name);
+    if (!$("model-field").hidden && $("model").value) data.append("model", $("model").value);
+    selected.forEach((s) => data.append("files", s.file, s.name));
+
+    const request = new XMLHttpRequest();
+    request.open("POST", "/v1/jobs");
+    request.setRequestHeader("Accept", "application/json");
+    request.upload.addEventListener("progress", (e) => {
+      if (!e.lengthComputable) return;
+      $("upload-progress").value = Math.round((100 * e.loaded) / e.total);
+      $("upload-bytes").textContent = formatBytes(e.loaded) + " of " + formatBytes(e.total) + " sent";
+    });
+    request.upload.addEventListener("load", () => {
+      $("upload-bytes").textContent = "All bytes sent; the server is storing the scans…";
+    });
+    request.addEventListener("load", () => {
+      if (request.status === 202) onAccepted(request.responseText);
+      else onRejected(request.status, request.responseText);
+    });
+    request.addEventListener("error", () =>
+      showError("The upload did not reach the server (network error). Nothing was stored; " +
+                "try again.", []));
+    setBusy(true);
+    $("upload-progress").value = 0;
+    $("upload-bytes").textContent = "0 B of " + formatBytes(totalBytes()) + " sent";
+    $("upload-status").hidden = false;
+    request.send(data);
+  }
+
+  /* Offer a model choice only when the server lists more than one. */
+  function loadModels() {
+    fetch("/v1/models", { headers: { Accept: "application/json" } })
+      .then((response) => (response.ok ? response.json() : null))
+      .then((body) => {
+        const models = body && (Array.isArray(body) ? body : body.models);
+        if (!Array.isArray(models) || models.length < 2) return;
+        replaceChildren($("model"), models, (m) => {
+          const value = typeof m === "string" ? m : m.name;
+          const option = element("option", value + (m.trained === false ? " (untrained)" : ""));
+          option.value = value;
+          if (m.default) option.selected = true;
+          return option;
+        });
+        $("model-field").hidden = false;
+      })
+      .catch(() => { /* no model list: the server's default model is used */ });
+  }
+
+  $("files").addEventListener("change", () => fromInput($("files"), false));
+  $("folder").addEventListener("change", () => fromInput($("folder"), true));
+  $("clear").addEventListener("click", () => { selected = []; leftOut = []; hideError(); render(); });
+  $("drop-rejected").addEventListener("click", () => {
+    selected = selected.filter((s) => s.name !== rejectedName);
+    hideError();
+    render();
+    if (selected.length > 0) upload(new Event("submit"));
+  });
+  const zone = $("drop-zone");
+  ["dragenter", "dragover"].forEach((type) => zone.addEventListener(type, (e) => {
+    e.preventDefault();
+    zone.classList.add("dragging");
+  }));
+  zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+  zone.addEventListener("drop", onDrop);
+  form.addEventListener("submit", upload);
+  loadModels();
+  render();
+})();

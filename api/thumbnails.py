@@ -1,0 +1,92 @@
+"""``GET /v1/scans/<scan_id>/thumbnail``: a small preview of a scan, made with Pillow.
+
+Thumbnails are cached in the blob store beside the scan's bytes, so they are made
+once and deleted with the job. A scan whose bytes cannot be decoded (or are gone)
+gets a placeholder image rather than an error: the page shows it in the scan's row.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from functools import lru_cache
+
+from flask import Blueprint, Response
+from PIL import Image, ImageDraw, UnidentifiedImageError
+
+from api.extensions import db_session, services
+from api.problems import Problem
+from db.blobs import BlobNotFound
+from db.models import Scan
+
+log = logging.getLogger(__name__)
+bp = Blueprint("thumbnails", __name__, url_prefix="/v1/scans")
+
+THUMBNAIL_SIZE = 128
+THUMBNAIL_SUFFIX = ".thumb.jpg"
+# Pillow's 16-bit and 32-bit integer modes; scaled to 8 bits as OpenCV's imread does.
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+COLOUR_MODES = ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+class ThumbnailError(ValueError):
+    """The bytes are not an image Pillow can decode."""
+
+
+def make_thumbnail(data: bytes, size: int = THUMBNAIL_SIZE) -> bytes:
+    """A JPEG no larger than ``size`` pixels on either side.
+
+    Raises:
+        ThumbnailError: the bytes cannot be decoded.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.thumbnail((size, size))  # decodes at reduced size where the format allows
+            if image.mode in WIDE_MODES:
+                image = image.point(lambda value: value / 256)
+            image = image.convert("RGB" if image.mode in COLOUR_MODES else "L")
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError,
+            SyntaxError) as exc:  # Pillow's plugins raise SyntaxError for malformed headers
+        raise ThumbnailError(str(exc) or exc.__class__.__name__) from None
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return buffer.getvalue()
+
+
+@lru_cache(maxsize=1)
+def placeholder_png(size: int = THUMBNAIL_SIZE) -> bytes:
+    """A grey square with a cross: what a scan without a preview shows."""
+    image = Image.new("L", (size, size), 225)
+    draw = ImageDraw.Draw(image)
+    margin = size // 4
+    draw.line((margin, margin, size - margin, size - margin), fill=90, width=max(2, size // 32))
+    draw.line((margin, size - margin, size - margin, margin), fill=90, width=max(2, size // 32))
+    draw.rectangle((0, 0, size - 1, size - 1), outline=150)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _image_response(data: bytes, mimetype: str, cache_seconds: int) -> Response:
+    response = Response(data, mimetype=mimetype)
+    response.headers["Cache-Control"] = f"private, max-age={cache_seconds}"
+    return response
+
+
+@bp.get("/<scan_id>/thumbnail")
+def get_thumbnail(scan_id: str) -> Response:
+    scan = db_session().get(Scan, scan_id)
+    if scan is None:
+        raise Problem(404, f"no scan with id {scan_id!r}")
+    blobs = services().blobs
+    cache_key = scan.blob_key + THUMBNAIL_SUFFIX
+    try:
+        return _image_response(blobs.get(cache_key), "image/jpeg", 86400)
+    except BlobNotFound:
+        pass
+    try:
+        thumbnail = make_thumbnail(blobs.get(scan.blob_key))
+    except (BlobNotFound, ThumbnailError) as exc:
+        log.info("scan %s has no preview: %s", scan_id, exc)
+        return _image_response(placeholder_png(), "image/png", 60)
+    blobs.put(cache_key, thumbnail)
+    return _image_response(thumbnail, "image/jpeg", 86400)

@@ -1,0 +1,189 @@
+"""docker-compose.yml: valid Compose, the production shape, and only names that exist.
+
+No Docker engine runs where the tests do, so the files are parsed and interpolated
+here (tests/compose.py) and checked against the Compose Specification's schema.
+"""
+import importlib
+import json
+import re
+import tomllib
+
+import jsonschema
+import pytest
+
+from covidscan.cli import main as cli_main
+from covidscan.devstack import api_command, worker_command
+from covidscan.settings import load_settings, variable_names
+from tests import compose
+from tests.conftest import ROOT
+
+LONG_RUNNING = ("redis", "postgres", "api", "worker", "flower")
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+SCHEMA = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def config():
+    return compose.compose_config()
+
+
+@pytest.fixture(scope="module")
+def services(config):
+    return config["services"]
+
+
+def seconds(duration: str) -> int:
+    """A compose duration such as ``10m``, ``90s`` or ``1h30m`` in seconds."""
+    parts = re.findall(r"(\d+)(h|m|s)", duration)
+    assert "".join(n + u for n, u in parts) == duration, f"unexpected duration {duration!r}"
+    return sum(int(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+@pytest.mark.parametrize("overrides", [(), (compose.CPU_OVERRIDE,)], ids=["gpu", "cpu"])
+def test_the_files_are_valid_compose(overrides):
+    jsonschema.validate(compose.compose_config(*overrides), SCHEMA)
+
+
+def test_the_stack_refuses_to_start_without_a_database_password():
+    env = compose.read_env_file()
+    env.pop("POSTGRES_PASSWORD", None)
+    with pytest.raises(ValueError, match="POSTGRES_PASSWORD"):
+        compose.compose_config(env=env)
+
+
+def test_the_services_and_their_order_of_start(services):
+    assert set(services) == {"redis", "postgres", "migrate", "api", "worker", "flower"}
+    for name in ("api", "worker"):
+        assert services[name]["depends_on"] == {
+            "redis": {"condition": "service_healthy"},
+            "postgres": {"condition": "service_healthy"},
+            "migrate": {"condition": "service_completed_successfully"},
+        }
+    assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert services["migrate"]["command"] == ["covidscan", "migrate"]
+    assert services["flower"]["profiles"] == ["monitoring"]
+    assert all("profiles" not in services[name] for name in services if name != "flower")
+
+
+def test_healthchecks_and_restart_policies_everywhere(services):
+    for name in LONG_RUNNING:
+        assert services[name]["restart"] == "unless-stopped", name
+        assert services[name]["healthcheck"]["test"], name
+    # The one-shot migration's health is its exit status, which api and worker wait for.
+    assert services["migrate"]["restart"] == "no"
+
+
+def test_any_number_of_workers_can_run(services):
+    worker = services["worker"]
+    assert "ports" not in worker and "container_name" not in worker
+    assert all("container_name" not in service for service in services.values())
+    assert compose.option(worker["command"], "--hostname") == "worker@%h"
+    health = " ".join(worker["healthcheck"]["test"])
+    assert "inspect ping" in health and '"worker@$HOSTNAME"' in health
+
+
+def test_each_worker_reserves_one_gpu(services):
+    devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+
+
+def test_the_readmes_multi_gpu_override_pins_one_gpu_per_worker_service():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Multi-GPU hosts"):]
+    snippet = section[section.index("```yaml\n") + 8:section.index("```\n", 8)]
+    override = compose.load(snippet, compose.example_env())
+    merged = compose.merge(compose.compose_config(), override)
+    jsonschema.validate(merged, SCHEMA)
+    extends = merged["services"]["worker-gpu1"]["extends"]
+    assert (ROOT / extends["file"]).is_file() and extends["service"] in merged["services"]
+    gpus = [merged["services"][name]["deploy"]["resources"]["reservations"]["devices"]
+            for name in ("worker", "worker-gpu1")]
+    assert gpus == [[{"driver": "nvidia", "device_ids": [gpu], "capabilities": ["gpu"]}]
+                    for gpu in ("0", "1")]
+
+
+def test_the_cpu_variant_reserves_no_gpu_and_builds_on_tensorflows_cpu_image():
+    worker = compose.compose_config(compose.CPU_OVERRIDE)["services"]["worker"]
+    tensorflow = compose.pins()["tensorflow"]
+    assert "deploy" not in worker
+    assert worker["build"]["args"]["BASE_IMAGE"] == f"tensorflow/tensorflow:{tensorflow}"
+    assert worker["build"]["dockerfile"] == "docker/worker.Dockerfile"
+    assert worker["image"] == f"covidscan-worker-cpu:{PYPROJECT['project']['version']}"
+
+
+def test_a_stopping_worker_has_time_to_finish_its_batch(services):
+    grace = seconds(services["worker"]["stop_grace_period"])
+    visibility = load_settings({}).visibility_timeout
+    # Far above any batch, and below the visibility timeout so Redis does not hand the
+    # batch being finished to a second worker.
+    assert 300 <= grace < visibility
+    assert services["worker"]["stop_signal"] == "SIGTERM"  # Celery's warm shutdown
+
+
+def test_uploads_and_models_live_on_volumes(config, services):
+    blob_dir = services["api"]["environment"]["BLOB_DIR"]
+    assert services["worker"]["environment"]["BLOB_DIR"] == blob_dir
+    assert f"uploads:{blob_dir}" in services["api"]["volumes"]
+    assert f"uploads:{blob_dir}:ro" in services["worker"]["volumes"]  # workers only read
+    assert "postgres-data:/var/lib/postgresql/data" in services["postgres"]["volumes"]
+    assert {"uploads", "postgres-data", "redis-data"} <= set(config["volumes"])
+    (models,) = [v for v in services["worker"]["volumes"] if v.endswith(":/models:ro")]
+    assert models.startswith("./var/models:")  # MODELS_DIR from .env.example
+
+
+def test_the_api_runs_the_local_stacks_gunicorn_command_and_checks_readiness(services):
+    api = services["api"]
+    workers = int(compose.option(api["command"], "--workers"))
+    assert workers >= 2
+    assert api["command"] == ["gunicorn", *api_command(5000, "0.0.0.0", workers)[3:]]
+    assert api["ports"] == ["5000:5000"]
+    assert "http://127.0.0.1:5000/readyz" in " ".join(api["healthcheck"]["test"])
+
+
+def test_the_worker_runs_the_local_stacks_celery_command(services):
+    command = services["worker"]["command"]
+    expected = worker_command(compose.option(command, "--loglevel"), "worker@%h")
+    assert command == ["celery", *expected[3:]]
+    assert compose.option(command, "--pool") == "solo"
+    assert compose.option(command, "--concurrency") == "1"
+
+
+def test_every_entry_point_the_services_name_exists(services):
+    assert PYPROJECT["project"]["scripts"]["covidscan"] == "covidscan.cli:main"
+    assert "migrate" in cli_main.commands
+    module, _, factory = services["api"]["command"][-1].partition(":")
+    assert factory == "create_app()" and callable(importlib.import_module(module).create_app)
+    celery_app = compose.option(services["worker"]["command"], "-A")
+    assert importlib.import_module(celery_app).app.main == "covidscan"
+    for name in ("migrate", "api", "worker"):
+        build = services[name]["build"]
+        assert (ROOT / build["context"] / build["dockerfile"]).is_file(), name
+
+
+def test_images_built_from_one_dockerfile_share_a_tag_of_the_project_version(services):
+    version = PYPROJECT["project"]["version"]
+    assert services["migrate"]["image"] == services["api"]["image"] == f"covidscan-api:{version}"
+    assert services["worker"]["image"] == f"covidscan-worker:{version}"
+    for name in ("redis", "postgres", "flower"):
+        assert re.search(r":\d+(\.\d+)+(-\w+)?$", services[name]["image"]), name
+
+
+def test_every_variable_the_services_set_is_read_by_someone(services):
+    known = variable_names() | set(compose.THIRD_PARTY_VARIABLES)
+    for name, service in services.items():
+        unknown = set(service.get("environment", {})) - known
+        assert not unknown, f"{name} sets {unknown}, which nothing reads"
+
+
+def test_env_example_documents_every_variable_and_nothing_else(services):
+    documented = compose.documented_names()
+    set_by_services = {v for service in services.values() for v in service.get("environment", {})}
+    interpolated = compose.referenced_variables(compose.COMPOSE_FILE) | \
+        compose.referenced_variables(compose.CPU_OVERRIDE)
+    cli_variables = {p.envvar for p in cli_main.params if getattr(p, "envvar", None)}
+    undocumented = (set_by_services | interpolated | variable_names()) - documented
+    assert not undocumented, f".env.example does not document {sorted(undocumented)}"
+    unknown = documented - (set_by_services | interpolated | variable_names() | cli_variables
+                            | compose.COMPOSE_CLI_VARIABLES)
+    assert not unknown, f".env.example documents {sorted(unknown)}, which nothing reads"
+

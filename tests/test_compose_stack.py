@@ -1,0 +1,125 @@
+"""The compose services' own command lines, run on this machine.
+
+docker-compose.yml's migrate command, its gunicorn command for the API and its
+`celery ... worker` command twice at once, with the environment compose gives them
+except where a value names a place inside the compose network (database, Redis, the
+uploads volume, the model). One job over real HTTP must be shared by both workers.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from covidscan.client import Client, collect_files
+from covidscan.embedded_redis import EmbeddedRedis, free_port
+from tests import compose
+from tests.conftest import ROOT, WorkerProcess, fresh_database_url, wait_for_job, worker_env
+from tests.images import png_bytes
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BATCH_SIZE = 4
+SCANS = 6 * BATCH_SIZE
+WORKER_NAMES = ("worker@node1", "worker@node2")  # %h is each container's hostname
+
+
+def service_env(service: dict, **local: str) -> dict[str, str]:
+    """The service's compose environment, with ``local`` values for the places it names."""
+    environment = dict(service["environment"])
+    assert set(local) <= set(environment), f"compose does not set {set(local) - set(environment)}"
+    environment.update(local)
+    env = worker_env(environment)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+def run_healthcheck(service: dict, env: dict[str, str], *replace: tuple[str, str]) -> int:
+    argv = compose.healthcheck_shell(service)
+    for old, new in replace:
+        argv = [part.replace(old, new) for part in argv]
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, timeout=60).returncode
+
+
+def start_api(service: dict, env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    command = compose.replace_option(compose.local_argv(service["command"]), "--bind",
+                                     f"127.0.0.1:{port}")
+    command = compose.replace_option(command, "--workers", "2")  # two cores here
+    log = open(log_path, "w")
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, start_new_session=True)
+    log.close()
+    python_and_port = (("python", sys.executable), ("127.0.0.1:5000", f"127.0.0.1:{port}"))
+    deadline = time.monotonic() + 60
+    while run_healthcheck(service, env, *python_and_port) != 0:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"API not ready:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.5)
+    return process, port
+
+
+@pytest.fixture
+def own_redis(tmp_path) -> Iterator[EmbeddedRedis]:
+    """A Redis of this test's own: the session's worker listens on the shared one and would
+    take (and, finding no such scans in its database, drop) this job's chunks."""
+    with EmbeddedRedis(tmp_path / "redis", persist=False) as server:
+        yield server
+
+
+@pytest.fixture
+def compose_stack(tmp_path, own_redis, tiny_model_path) -> Iterator[tuple[str, dict]]:
+    services = compose.compose_config()["services"]
+    places = {"DATABASE_URL": fresh_database_url(tmp_path, migrated=False),
+              "REDIS_URL": own_redis.url, "BLOB_DIR": str(tmp_path / "blobs"),
+              "BATCH_SIZE": str(BATCH_SIZE)}
+    migrate = subprocess.run(compose.local_argv(services["migrate"]["command"]), cwd=ROOT,
+                             env=service_env(services["migrate"], **places),
+                             capture_output=True, text=True, timeout=120)
+    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+    assert "database is up to date" in migrate.stdout
+    worker_command = compose.local_argv(services["worker"]["command"])
+    workers_env = service_env(services["worker"], **places, MODEL_PATH=str(tiny_model_path))
+    workers = [WorkerProcess(workers_env, tmp_path / f"{name}.log",
+                             command=compose.replace_option(worker_command, "--hostname", name))
+               for name in WORKER_NAMES]
+    api = None
+    try:
+        for worker in workers:
+            worker.wait_ready()
+        for name in WORKER_NAMES:
+            health_env = dict(workers_env, HOSTNAME=name.split("@")[1])
+            assert run_healthcheck(services["worker"], health_env) == 0, name
+        api, port = start_api(services["api"], service_env(services["api"], **places),
+                              tmp_path / "api.log")
+        yield f"http://127.0.0.1:{port}", services
+    finally:
+        if api is not None:
+            api.terminate()
+            api.wait(30)
+        for worker in workers:
+            worker.stop()
+
+
+def test_two_workers_share_one_job_submitted_over_http(compose_stack, tmp_path):
+    url, _ = compose_stack
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for i in range(SCANS):
+        (folder / f"slice_{i:02d}.png").write_bytes(png_bytes(48, seed=i))
+    client = Client(url, timeout=60)
+    job = client.submit(collect_files([folder]), name="compose")
+    final = wait_for_job(client, job["id"])
+    assert final["status"] == "succeeded" and final["counts"]["succeeded"] == SCANS
+    rows = list(client.results(job["id"]))
+    assert len(rows) == SCANS and all(0.0 <= r["probability_covid"] <= 1.0 for r in rows)
+    by_worker = Counter(row["worker"] for row in rows)
+    assert set(by_worker) == set(WORKER_NAMES), by_worker
+    # Whole chunks: a chunk is classified by one worker.
+    assert all(count % BATCH_SIZE == 0 for count in by_worker.values()), by_worker

@@ -1,0 +1,259 @@
+"""The web page in a real headless Chromium, against the real API over HTTP, a real
+Redis and a real Celery worker: upload, watch, filter, download."""
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.browser import LiveServer, chromium, require_chromium
+from tests.images import png_bytes, write_folder, zip_bytes
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 120
+
+
+@pytest.fixture(autouse=True)
+def _needs_chromium():
+    """Checked before the worker starts, so a missing browser costs nothing."""
+    require_chromium()
+
+
+@pytest.fixture
+def live_server(stack_config, worker):
+    from api import create_app
+
+    with LiveServer(create_app(stack_config)) as server:
+        yield server
+
+
+@pytest.fixture
+def browser(tmp_path):
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with chromium(downloads) as driver:
+        driver.downloads = downloads
+        yield driver
+
+
+def wait_until(driver, condition, timeout: float = TIMEOUT, what: str = "condition"):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(
+        lambda d: condition(d), message=f"timed out waiting for {what}")
+
+
+def by_id(driver, element_id: str):
+    return driver.find_element("id", element_id)
+
+
+def table_rows(driver) -> list[dict[str, str]]:
+    """The visible results table, one dict per row keyed by column label."""
+    return driver.execute_script("""
+        return Array.from(document.querySelectorAll('#results tbody tr')).map((tr) => {
+          const row = {};
+          tr.querySelectorAll('td').forEach((td) => { row[td.dataset.label] = td.textContent.trim(); });
+          const img = tr.querySelector('img');
+          row.thumbnailWidth = img && img.complete ? img.naturalWidth : 0;
+          return row;
+        });""")
+
+
+def upload_through_the_page(driver, base_url: str, paths: list[Path], name: str) -> str:
+    driver.get(base_url + "/")
+    by_id(driver, "files").send_keys("\n".join(str(p) for p in paths))
+    wait_until(driver, lambda d: f"{len(paths)} files" in by_id(d, "selection-summary").text,
+               10, "the selection summary")
+    by_id(driver, "job-name").send_keys(name)
+    by_id(driver, "submit").click()
+    wait_until(driver, lambda d: "/jobs/" in d.current_url, 30, "the job page")
+    return driver.current_url.rsplit("/", 1)[1]
+
+
+def keyboard_order(driver, presses: int = 8) -> list[str]:
+    """The ids of the elements Tab reaches, from the top of the main content."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    driver.execute_script("document.activeElement.blur(); document.getElementById('main')"
+                          ".setAttribute('tabindex', '-1'); document.getElementById('main').focus();")
+    order = []
+    for _ in range(presses):
+        ActionChains(driver).send_keys(Keys.TAB).perform()  # as a person presses it
+        order.append(driver.switch_to.active_element.get_attribute("id"))
+    return [element_id for element_id in order if element_id]
+
+
+def wait_for_download(folder: Path, filename: str) -> Path:
+    path = folder / filename
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if path.exists() and not list(folder.glob("*.crdownload")):
+            return path
+        time.sleep(0.2)
+    raise AssertionError(f"{filename} was not downloaded; found {list(folder.iterdir())}")
+
+
+def test_upload_watch_filter_and_download_in_chromium(live_server, browser, tmp_path):
+    paths = write_folder(tmp_path / "slices", 10, size=96, corrupt=1)
+    job_id = upload_through_the_page(browser, live_server.url, paths, "browser e2e")
+
+    wait_until(browser, lambda d: by_id(d, "job-percent").text.startswith("100%"),
+               what="the progress to reach 100%")
+    wait_until(browser, lambda d: len(table_rows(d)) == 11, what="11 result rows")
+    assert by_id(browser, "count-succeeded").text == "10"
+    assert by_id(browser, "count-failed").text == "1"
+    assert by_id(browser, "job-status").text == "partially succeeded"
+    assert by_id(browser, "time-left").text == "none: finished"
+    assert "Research use only" in by_id(browser, "research-notice").text
+    assert not by_id(browser, "untrained-banner").is_displayed()  # the tiny model is trained
+
+    api = {r["filename"]: r for r in requests.get(
+        f"{live_server.url}/v1/jobs/{job_id}/results?limit=1000", timeout=10).json()["results"]}
+    probabilities = {name: r["probability_covid"] for name, r in api.items()
+                     if r["status"] == "succeeded"}
+    assert sorted(probabilities) == sorted(p.name for p in paths[:10])
+    rows = table_rows(browser)
+    good = [r for r in rows if r["Status"] == "succeeded"]
+    assert {r["File"]: float(r["P(COVID)"]) for r in good} == pytest.approx(probabilities, abs=5e-4)
+    (bad,) = [r for r in rows if r["Status"] == "failed"]
+    assert bad["File"] == "corrupt_0.png" and bad["P(COVID)"] == "–"
+    assert bad["Error"] == api["corrupt_0.png"]["error"] and "truncated or corrupt" in bad["Error"]
+    wait_until(browser, lambda d: all(r["thumbnailWidth"] > 0 for r in table_rows(d)), 30,
+               "every thumbnail (and the placeholder) to load")
+
+    by_id(browser, "filter-failed").click()
+    assert [r["File"] for r in table_rows(browser)] == ["corrupt_0.png"]
+    by_id(browser, "filter-failed").click()
+
+    by_id(browser, "sort").send_keys("P(COVID), highest first")
+    ordered = [r["File"] for r in table_rows(browser) if r["Status"] == "succeeded"]
+    assert ordered == sorted(probabilities, key=probabilities.get, reverse=True)
+
+    threshold = sorted(probabilities.values())[5]
+    by_id(browser, "filter-threshold").send_keys(repr(threshold))
+    assert {r["File"] for r in table_rows(browser)} == \
+        {name for name, p in probabilities.items() if p > threshold}
+    by_id(browser, "filter-threshold").clear()
+
+    by_id(browser, "download-csv").click()
+    csv_path = wait_for_download(browser.downloads, f"covidscan-{job_id}.csv")
+    records = list(csv.DictReader(io.StringIO(csv_path.read_text())))
+    assert len(records) == 11
+    assert {r["filename"]: float(r["probability_covid"])
+            for r in records if r["status"] == "succeeded"} == probabilities
+    (failed_record,) = [r for r in records if r["status"] == "failed"]
+    assert failed_record["filename"] == "corrupt_0.png" and failed_record["probability_covid"] == ""
+    assert failed_record["error"] == api["corrupt_0.png"]["error"]
+
+    by_id(browser, "download-json").click()
+    document = json.loads(wait_for_download(browser.downloads, f"covidscan-{job_id}.json").read_text())
+    assert document["job"]["id"] == job_id and document["job"]["counts"]["failed"] == 1
+    assert {r["filename"]: r["error"] for r in document["results"]} == \
+        {name: r["error"] for name, r in api.items()}
+
+    screenshot = tmp_path / "job-page.png"
+    assert browser.save_screenshot(str(screenshot))
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    print(f"job page screenshot: {screenshot}")
+
+
+def test_a_refused_file_is_listed_with_the_reason_and_can_be_left_out(live_server, browser,
+                                                                      tmp_path):
+    from selenium.webdriver.common.keys import Keys
+
+    paths = write_folder(tmp_path / "slices", 2, size=64)
+    notes = tmp_path / "slices" / "notes.png"
+    notes.write_text("not an image at all")
+    browser.get(live_server.url + "/")
+    unlabelled = browser.execute_script(
+        "return Array.from(document.querySelectorAll('input, select'))"
+        ".filter((e) => e.labels.length === 0).map((e) => e.id);")
+    assert unlabelled == []
+    by_id(browser, "files").send_keys("\n".join(str(p) for p in [*paths, notes]))
+    assert keyboard_order(browser)[:4] == ["files", "folder", "clear", "job-name"]
+    by_id(browser, "submit").send_keys(Keys.ENTER)
+    wait_until(browser, lambda d: by_id(d, "upload-error").is_displayed(), 30, "the refusal")
+    rejected = by_id(browser, "rejected").text
+    assert "notes.png" in rejected and "neither a PNG, a JPEG nor a ZIP" in rejected
+    assert "nothing was stored" in by_id(browser, "upload-error-text").text
+
+    by_id(browser, "drop-rejected").click()
+    wait_until(browser, lambda d: "/jobs/" in d.current_url, 30, "the job page")
+    wait_until(browser, lambda d: by_id(d, "job-percent").text.startswith("100%"),
+               what="the job to finish")
+    assert by_id(browser, "count-total").text == "2"
+
+
+def test_the_job_page_fits_a_phone_screen(live_server, tmp_path):
+    paths = write_folder(tmp_path / "slices", 2, size=64, corrupt=1)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with chromium(downloads, width=390, height=844) as phone:
+        upload_through_the_page(phone, live_server.url, paths, "phone")
+        wait_until(phone, lambda d: len(table_rows(d)) == 3, what="3 result rows")
+        overflow = phone.execute_script(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
+        assert overflow <= 0
+        assert by_id(phone, "download-csv").is_displayed()
+
+
+def test_a_folder_a_zip_and_a_dropped_file_make_one_job(live_server, browser, tmp_path):
+    folder = tmp_path / "study"
+    write_folder(folder / "series1", 2, size=64)
+    (folder / "notes.txt").write_text("a note beside the slices")
+    (folder / "more.zip").write_bytes(zip_bytes([("s/extra.png", png_bytes(48, seed=7)),
+                                                 ("s/readme.txt", b"hello")]))
+    browser.get(live_server.url + "/")
+    by_id(browser, "folder").send_keys(str(folder))
+    wait_until(browser, lambda d: "3 files" in by_id(d, "selection-summary").text, 10,
+               "the folder's PNG and ZIP files")
+    assert "notes.txt" in by_id(browser, "left-out").text
+    browser.execute_script("""
+        const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+        const data = new DataTransfer();
+        data.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));
+        document.getElementById('drop-zone').dispatchEvent(
+            new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));""",
+        base64.b64encode(png_bytes(40, seed=8)).decode())
+    wait_until(browser, lambda d: "4 files" in by_id(d, "selection-summary").text, 10,
+               "the dropped file")
+    by_id(browser, "submit").click()
+    wait_until(browser, lambda d: "/jobs/" in d.current_url, 30, "the job page")
+    wait_until(browser, lambda d: len(table_rows(d)) == 4, what="4 result rows")
+    assert sorted(r["File"] for r in table_rows(browser)) == \
+        ["dropped.png", "s/extra.png", "study/series1/slice_000.png", "study/series1/slice_001.png"]
+    skipped = by_id(browser, "skipped-list").text
+    assert "readme.txt" in skipped and "not a PNG or JPEG image" in skipped
+
+
+def test_the_upload_shows_its_progress_in_bytes(live_server, browser, tmp_path):
+    paths = write_folder(tmp_path / "slices", 8, size=256)
+    total = sum(p.stat().st_size for p in paths)
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1,
+        "uploadThroughput": total // 3})  # about three seconds of upload
+    browser.get(live_server.url + "/")
+    by_id(browser, "files").send_keys("\n".join(str(p) for p in paths))
+    by_id(browser, "submit").click()
+    seen = set()
+    while "/jobs/" not in browser.current_url:
+        text = browser.execute_script("return document.getElementById('upload-bytes').textContent")
+        if text.endswith(" sent"):  # "120.5 KiB of 400.2 KiB sent"
+            seen.add(text)
+        time.sleep(0.05)
+    sent = sorted(float(text.split()[0]) for text in seen if text.endswith(" KiB sent"))
+    assert len(sent) >= 3, seen  # several steps between nothing and everything
+    # The request's total is the files plus the multipart framing around them.
+    assert all(re.fullmatch(r"[\d.]+ (B|KiB) of [\d.]+ KiB sent", text) for text in seen), seen
+    assert min(float(text.split(" of ")[1].split()[0]) for text in seen) >= total // 1024
+    assert sent[0] < sent[-1]
