@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,25 @@ class SliceBatches(tf_keras.utils.Sequence):
             self.rng.shuffle(self.order)
 
 
+class KeepBest(tf_keras.callbacks.Callback):
+    """Save the weights whenever validation loss improves, atomically: written aside and
+    renamed, so Ctrl-C during a save never leaves a half-written best checkpoint."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.best = math.inf
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        loss = (logs or {}).get("val_loss")
+        if loss is None or not loss < self.best:
+            return
+        self.best = loss
+        partial = self.path.with_name("partial-" + self.path.name)  # same suffix, same format
+        self.model.save_weights(str(partial))
+        os.replace(partial, self.path)
+
+
 def _trainable_layers(model, fine_tune_from: Optional[str]) -> str:
     """Freeze the ResNet50 base; unfreeze it from layer ``fine_tune_from`` (name or index)."""
     base_layers = model.layers[:-3]  # the head is Flatten, Dropout, Dense
@@ -139,9 +159,7 @@ def train(data: LabelledSlices, split: Split, config: TrainConfig, out_dir: Path
                                config.batch_size)
     best = out_dir / "best.weights.h5"
     history = tf_keras.callbacks.History()
-    callbacks = [history,
-                 tf_keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss",
-                                                    save_best_only=True, save_weights_only=True),
+    callbacks = [history, KeepBest(best),
                  tf_keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience)]
     interrupted = False
     try:

@@ -187,7 +187,7 @@
         const models = body && (Array.isArray(body) ? body : body.models);
         if (!Array.isArray(models) || models.length < 2) return;
         replaceChildren($("model"), models, (m) => {
-          const value = typeof m === "string" ? m : m.name;
+          const value = typeof m === "string" ? m : (m.version ? `${m.name}:${m.version}` : m.name);
           const option = element("option", value + (m.trained === false ? " (untrained)" : ""));
           option.value = value;
           if (m.default) option.selected = true;
