@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.model_store import ModelStore, check_part
@@ -68,19 +69,16 @@ def register_model(session_factory: sessionmaker[Session], store: ModelStore,
         ModelExists: ``name:version`` is already registered.
         models.loader.ModelLoadError, ValueError: see :func:`validate_model_file`.
     """
-    from models.loader import ModelLoadError, file_sha256
-
     for what, value in (("model name", request.name), ("version", request.version)):
         if value is not None:
             check_part(what, value)
     info = validate_model_file(request).info
+    ref = f"{info.name}:{info.version}"
     with session_factory() as session:
-        if find_model(session, f"{info.name}:{info.version}") is not None:
-            raise ModelExists(f"model {info.name}:{info.version} is already registered")
-    relative = store.put(request.path, info.name, info.version)
+        if find_model(session, ref) is not None:
+            raise ModelExists(f"model {ref} is already registered")
+    relative, created = _copy_in(store, request.path, info)
     try:
-        if file_sha256(store.path(relative)) != info.sha256:
-            raise ModelLoadError(f"{request.path} changed while it was being copied")
         with session_factory.begin() as session:
             model = add_model(session, Model(
                 name=info.name, version=info.version, sha256=info.sha256, format=info.format,
@@ -90,12 +88,35 @@ def register_model(session_factory: sessionmaker[Session], store: ModelStore,
                 source=request.source or f"file {Path(request.path).resolve()}",
                 report=request.report, stored_path=relative,
             ), make_default=request.make_default)
+    except IntegrityError:  # registered by another process since the check above
+        raise ModelExists(f"model {ref} is already registered") from None
     except BaseException:
-        store.delete(relative)
+        if created:
+            store.delete(relative)
         raise
     log.info("registered model %s (sha256 %s)%s", model.ref, model.sha256[:12],
              ", the default" if model.is_default else "")
     return model
+
+
+def _copy_in(store: ModelStore, path: Path, info) -> tuple[str, bool]:
+    """Copy the file into the store; returns its stored path and whether this call copied it.
+
+    An identical copy already in place (another worker registering the same file at the
+    same moment, or a registration whose database row was lost) is reused.
+    """
+    from models.loader import ModelLoadError, file_sha256
+
+    try:
+        relative, created = store.put(path, info.name, info.version), True
+    except FileExistsError:
+        relative, created = store.relative_path(path, info.name, info.version), False
+        if not store.path(relative).exists() or file_sha256(store.path(relative)) != info.sha256:
+            raise
+    if created and file_sha256(store.path(relative)) != info.sha256:
+        store.delete(relative)
+        raise ModelLoadError(f"{path} changed while it was being copied")
+    return relative, created
 
 
 def register_or_select(session_factory: sessionmaker[Session], store: ModelStore,
@@ -120,7 +141,7 @@ def register_or_select(session_factory: sessionmaker[Session], store: ModelStore
     try:
         return register_model(session_factory, store, Registration(
             path=Path(path), make_default=no_default, source=f"MODEL_PATH {path}"))
-    except (ModelExists, FileExistsError):
+    except ModelExists:
         with session_factory() as session:  # another worker registered it first
             return models_with_sha256(session, sha256)[0]
 

@@ -34,6 +34,11 @@ class ModelStore:
             raise ValueError(f"stored model path {relative!r} escapes the model store")
         return path
 
+    def relative_path(self, source: Path, name: str, version: str) -> str:
+        """Where :meth:`put` stores ``source`` under ``name`` and ``version``."""
+        folder = f"{check_part('model name', name)}/{check_part('version', version)}"
+        return f"{folder}/{Path(source).name}"
+
     def put(self, source: Path, name: str, version: str) -> str:
         """Copy a file or SavedModel directory in; returns its path relative to the root.
 
@@ -41,8 +46,8 @@ class ModelStore:
             FileExistsError: something is already stored under that name and version.
         """
         source = Path(source)
-        folder = self.root / check_part("model name", name) / check_part("version", version)
-        target = folder / source.name
+        relative = self.relative_path(source, name, version)
+        folder = self.path(relative).parent
         if folder.exists():
             raise FileExistsError(f"{folder} already exists in the model store")
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -53,10 +58,15 @@ class ModelStore:
             else:
                 shutil.copy2(source, staging / source.name)
             staging.rename(folder)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if folder.exists():  # another process stored the same name and version first
+                raise FileExistsError(f"{folder} already exists in the model store") from exc
+            raise
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return target.relative_to(self.root).as_posix()
+        return relative
 
     def delete(self, relative: str) -> None:
         """Remove a stored model's folder (``<name>/<version>``) and, when empty, its name."""

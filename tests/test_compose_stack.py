@@ -85,7 +85,8 @@ def compose_stack(tmp_path, own_redis, tiny_model_path) -> Iterator[tuple[str, d
     assert migrate.returncode == 0, migrate.stdout + migrate.stderr
     assert "database is up to date" in migrate.stdout
     worker_command = compose.local_argv(services["worker"]["command"])
-    workers_env = service_env(services["worker"], **places, MODEL_PATH=str(tiny_model_path))
+    workers_env = service_env(services["worker"], **places, MODEL_PATH=str(tiny_model_path),
+                              MODEL_STORE_DIR=str(tmp_path / "model-store"))
     workers = [WorkerProcess(workers_env, tmp_path / f"{name}.log",
                              command=compose.replace_option(worker_command, "--hostname", name))
                for name in WORKER_NAMES]

@@ -65,3 +65,17 @@ def test_model_path_registers_once_and_never_replaces_a_chosen_default(session_f
     with session_factory() as session:
         assert [m.ref for m in list_models(session) if m.is_default] == ["m:z"]
         assert len(list_models(session)) == 2
+
+
+def test_an_identical_copy_already_in_the_store_is_reused(session_factory, tmp_path,
+                                                          tiny_model_path):
+    """Two workers registering one MODEL_PATH at once: the second finds the first's copy."""
+    from models.loader import file_sha256
+
+    store = ModelStore(tmp_path / "store")
+    version = file_sha256(tiny_model_path)[:12]
+    stored = store.put(tiny_model_path, "tiny_ct", version)
+    model = register_or_select(session_factory, store, tiny_model_path)
+    assert model.stored_path == stored and store.path(stored).exists()
+    with pytest.raises(FileExistsError):
+        store.put(tiny_model_path, "tiny_ct", version)
