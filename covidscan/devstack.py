@@ -22,9 +22,13 @@ from db import migrate
 
 
 def worker_command(loglevel: str = "INFO", name: str = "worker1@%h") -> list[str]:
-    """The worker command line the local stack, the tests and compose share."""
+    """The worker command line the local stack, the tests and compose share.
+
+    Threads, not forked processes: one model per process, WORKER_CONCURRENCY task threads
+    (read by the worker from its settings) feeding one batcher.
+    """
     return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-            "--pool", "solo", "--concurrency", "1", "--queues", "covidscan",
+            "--pool", "threads", "--queues", "covidscan",
             "--loglevel", loglevel, "--hostname", name, "--without-gossip", "--without-mingle"]
 
 

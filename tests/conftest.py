@@ -125,7 +125,8 @@ def stack_config(tmp_path_factory, redis_server) -> dict[str, str]:
     """Database and blob store shared by the session's worker and the tests that use it."""
     base = tmp_path_factory.mktemp("stack")
     return {"DATABASE_URL": fresh_database_url(base), "REDIS_URL": redis_server.url,
-            "BLOB_DIR": str(base / "blobs"), "BATCH_SIZE": "8"}
+            "BLOB_DIR": str(base / "blobs"), "BATCH_SIZE": "8",
+            "ENGINE_CACHE_DIR": str(base / "engine-cache")}
 
 
 @pytest.fixture(scope="session")
