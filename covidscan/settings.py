@@ -43,7 +43,7 @@ class Settings:
     worker_prefetch: int = 2
     worker_concurrency: int = 64
     max_batch_size: int = 32
-    max_queue_delay_ms: int = 50
+    max_queue_delay_ms: int = 200
     inference_engine: str = "auto"
     inference_precision: str = "fp32"
     engine_cache_dir: Path = DEFAULT_VAR_DIR / "engine-cache"
@@ -156,7 +156,7 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
         worker_prefetch=_read(env, "WORKER_PREFETCH", _positive_int, 2),
         worker_concurrency=_read(env, "WORKER_CONCURRENCY", _positive_int, 2 * max_batch_size),
         max_batch_size=max_batch_size,
-        max_queue_delay_ms=_read(env, "MAX_QUEUE_DELAY_MS", _delay_ms, 50),
+        max_queue_delay_ms=_read(env, "MAX_QUEUE_DELAY_MS", _delay_ms, 200),
         inference_engine=_read(env, "INFERENCE_ENGINE", _choice(ENGINES), "auto"),
         inference_precision=_read(env, "INFERENCE_PRECISION", _choice(PRECISIONS), "fp32"),
         engine_cache_dir=_read(env, "ENGINE_CACHE_DIR", lambda _n, raw: Path(raw),

@@ -18,7 +18,7 @@ JOBS, MAX_BATCH = 100, 16
 
 def batching_stats(redis_url: str) -> dict:
     control = Celery("stats", broker=redis_url, set_as_current=False)
-    replies = control.control.broadcast(BATCHING_STATS_COMMAND, reply=True, timeout=10)
+    replies = control.control.broadcast(BATCHING_STATS_COMMAND, reply=True, timeout=10, limit=1)
     (reply,) = replies
     (stats,) = reply.values()
     return stats

@@ -34,7 +34,7 @@ def test_a_wrong_value_names_its_variable(name, value):
 def test_engine_and_batching_defaults():
     settings = load_settings({})
     assert (settings.inference_engine, settings.inference_precision) == ("auto", "fp32")
-    assert (settings.max_batch_size, settings.max_queue_delay_ms) == (32, 50)
+    assert (settings.max_batch_size, settings.max_queue_delay_ms) == (32, 200)
     assert settings.worker_concurrency == 64  # two batches of task threads
     assert load_settings({"MAX_BATCH_SIZE": "8"}).worker_concurrency == 16
     assert load_settings({"INFERENCE_PRECISION": "BF16"}).inference_precision == "bf16"
