@@ -10,7 +10,7 @@ import logging
 import math
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,6 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.blobs import BlobNotFound, BlobStore
 from db.scans import ModelIdentity, ScanOutcome, claim_scans, record_outcomes
 from worker.batching import DynamicBatcher
+
+if TYPE_CHECKING:
+    from worker.group_commit import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -123,19 +126,27 @@ def classify_batch(items: Sequence[ScanInput], blobs: BlobStore, engine,
 
 def classify_chunk(session_factory: sessionmaker[Session], blobs: BlobStore, engine,
                    scan_ids: Sequence[str], pool: Optional[Executor] = None,
-                   batcher: Optional[DynamicBatcher] = None) -> ChunkReport:
+                   batcher: Optional[DynamicBatcher] = None,
+                   group: Optional["GroupCommit"] = None) -> ChunkReport:
     """Claim the chunk's unfinished scans, classify them, write all results in one transaction.
 
+    With ``group``, the claim and the write share transactions with other tasks'.
     Safe to run twice for the same ids: scans that already have a result are skipped.
     """
-    with session_factory.begin() as session:
-        items = [ScanInput(s.id, s.blob_key) for s in claim_scans(session, scan_ids)]
+    if group is not None:
+        items = group.claim(scan_ids)
+    else:
+        with session_factory.begin() as session:
+            items = [ScanInput(s.id, s.blob_key) for s in claim_scans(session, scan_ids)]
     if not items:
         log.info("chunk of %d scans: nothing left to do", len(scan_ids))
         return ChunkReport(0, 0, 0, 0)
     outcomes = classify_batch(items, blobs, engine, pool, batcher)
-    with session_factory.begin() as session:
-        written = record_outcomes(session, outcomes, identity_of(engine))
+    if group is not None:
+        written = group.record(outcomes, identity_of(engine))
+    else:
+        with session_factory.begin() as session:
+            written = record_outcomes(session, outcomes, identity_of(engine))
     failed = sum(1 for o in outcomes if o.error)
     log.info("chunk of %d scans: %d succeeded, %d failed on %s/%s", len(items),
              len(items) - failed, failed, engine.name, engine.precision)

@@ -18,6 +18,7 @@ from covidscan.settings import Settings, load_settings
 from db.blobs import BlobStore
 from db.session import make_engine, make_session_factory
 from worker.batching import DynamicBatcher
+from worker.group_commit import GroupCommit
 from worker.inference import predict_items
 
 log = logging.getLogger(__name__)
@@ -85,9 +86,11 @@ class WorkerRuntime:
     engines: EngineCache
     decode_pool: ThreadPoolExecutor
     batcher: DynamicBatcher
+    group: GroupCommit
 
     def close(self) -> None:
         self.batcher.stop(timeout=60)
+        self.group.stop(timeout=60)
         self.decode_pool.shutdown(wait=False)
         self.session_factory.kw["bind"].dispose()
 
@@ -111,14 +114,16 @@ def initialise(settings: Optional[Settings] = None) -> WorkerRuntime:
         engines.get()
         batcher = DynamicBatcher(predict_items, settings.max_batch_size,
                                  settings.max_queue_delay_ms / 1000, name="inference")
+        session_factory = make_session_factory(make_engine(settings.database_url))
         _runtime = WorkerRuntime(
             settings=settings,
-            session_factory=make_session_factory(make_engine(settings.database_url)),
+            session_factory=session_factory,
             blobs=BlobStore(settings.blob_dir),
             engines=engines,
             decode_pool=ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
                                            thread_name_prefix="decode"),
             batcher=batcher.start(),
+            group=GroupCommit(session_factory).start(),
         )
         return _runtime
 

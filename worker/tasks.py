@@ -30,7 +30,7 @@ def infer_chunk(scan_ids: list[str], precision: Optional[str] = None) -> dict[st
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     runtime = get_runtime()
     report = classify_chunk(runtime.session_factory, runtime.blobs, engine_for(None, precision),
-                            scan_ids, runtime.decode_pool, runtime.batcher)
+                            scan_ids, runtime.decode_pool, runtime.batcher, runtime.group)
     return {"claimed": report.claimed, "succeeded": report.succeeded, "failed": report.failed}
 
 
