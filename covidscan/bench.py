@@ -115,6 +115,7 @@ def timed_case(bench: Bench, submit_all, held: bool = False) -> dict[str, Any]:
     latency = finished - started
     return {"scans": len(finished), "jobs": len(job_ids), "upload_s": uploaded - started,
             "elapsed_s": elapsed, "scans_per_s": len(finished) / elapsed,
+            "after_upload_scans_per_s": len(finished) / (finished.max() - max(uploaded, started)),
             "latency_p50_s": float(np.percentile(latency, 50)),
             "latency_p95_s": float(np.percentile(latency, 95)),
             "engine": "/".join(bench.engine_of(job_ids[0])),
@@ -179,6 +180,8 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
             "end_to_end_scans_per_s": bulk["scans_per_s"], "engine_images_per_s": raw,
             "decode_ms_per_scan": 1000 * decode, "infer_ms_per_scan": 1000 / raw,
             "limit_scans_per_s": limit, "end_to_end_over_limit": bulk["scans_per_s"] / limit,
+            "after_upload_over_limit": bulk["after_upload_scans_per_s"] / limit,
+            "engine_busy_fraction": bulk["engine_busy_s"] / bulk["elapsed_s"],
             "mean_batch_fill": bulk["mean_fill"], "latency_p50_s": bulk["latency_p50_s"],
             "latency_p95_s": bulk["latency_p95_s"],
             "small_jobs_scans_per_s": small["scans_per_s"],
@@ -208,6 +211,9 @@ def print_summary(report: dict[str, Any]) -> None:
               f"({s['infer_ms_per_scan']:.2f} ms/scan); decode+preprocess {s['decode_ms_per_scan']:.2f} ms/scan")
         print(f"  limit        {s['limit_scans_per_s']:7.1f} scans/s   end-to-end/limit "
               f"{s['end_to_end_over_limit']:.2f}   ×{s['over_model_predict_fp32']:.1f} model.predict fp32")
+        print(f"  after upload {bulk['after_upload_scans_per_s']:7.1f} scans/s   /limit "
+              f"{s['after_upload_over_limit']:.2f}; engine busy {100 * s['engine_busy_fraction']:.0f}% "
+              f"of the end-to-end time")
         print(f"  batches      mean fill {s['mean_batch_fill']:.2f}; latency p50 "
               f"{s['latency_p50_s']:.2f} s, p95 {s['latency_p95_s']:.2f} s")
         small = report["precisions"][precision]["small_jobs"]
