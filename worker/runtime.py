@@ -128,6 +128,11 @@ def initialise(settings: Optional[Settings] = None) -> WorkerRuntime:
         return _runtime
 
 
+def current_runtime() -> Optional[WorkerRuntime]:
+    """The process's runtime if it has been initialised, without loading anything."""
+    return _runtime
+
+
 def get_runtime() -> WorkerRuntime:
     """The process's runtime; loads it on first use when no start-up hook did."""
     if _runtime is None:

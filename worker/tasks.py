@@ -11,10 +11,9 @@ from sqlalchemy.exc import OperationalError
 
 from covidscan.contract import BATCHING_STATS_COMMAND, INFER_TASK
 from covidscan.settings import PRECISIONS
-from worker import runtime as worker_runtime
 from worker.celery_app import app
 from worker.inference import classify_chunk
-from worker.runtime import engine_for, get_runtime, initialise
+from worker.runtime import current_runtime, engine_for, get_runtime, initialise
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ def infer_chunk(scan_ids: list[str], precision: Optional[str] = None) -> dict[st
 @inspect_command(name=BATCHING_STATS_COMMAND)
 def batching_stats(state) -> dict:
     """The batcher's counters (batches, items, sizes, busy time), for the benchmark and tests."""
-    current = worker_runtime._runtime
+    current = current_runtime()
     return current.batcher.snapshot() if current is not None else {}
 
 
