@@ -4,7 +4,7 @@ The Keras model is traced as a ``tf.function`` with a dynamic batch dimension an
 converted with ``openvino.convert_model``. The converted model is cached on disk under
 the model's SHA-256 (and the OpenVINO version), so a worker restart reads it back
 instead of converting again. A batch is split over the compiled model's optimal number
-of infer requests, which an ``AsyncInferQueue`` runs in parallel streams.
+of asynchronous infer requests, which run in parallel streams.
 """
 from __future__ import annotations
 
@@ -99,15 +99,16 @@ class OpenVINOEngine:
         # What the device settled on, which is what results record.
         actual = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self.precision = {ov_name: name for name, ov_name in OV_PRECISION.items()}.get(actual, actual)
-        self.requests = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        self._queue = ov.AsyncInferQueue(self._compiled, self.requests)
-        self._queue.set_callback(self._collect)
-        self._outputs: dict[int, np.ndarray] = {}
+        count = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        # Plain asynchronous requests, read by the calling thread after wait(): no completion
+        # callback has to take the GIL inside OpenVINO's stream threads.
+        self._requests = [self._compiled.create_infer_request() for _ in range(count)]
         self._lock = threading.Lock()
-        log.info("OpenVINO %s on %s: %d infer requests", self.precision, device, self.requests)
+        log.info("OpenVINO %s on %s: %d infer requests", self.precision, device, count)
 
-    def _collect(self, request, index: int) -> None:
-        self._outputs[index] = request.get_output_tensor(0).data.copy()
+    @property
+    def requests(self) -> int:
+        return len(self._requests)
 
     def warm_up(self) -> None:
         self.predict(np.zeros((self.batch_size, *self._input_shape), dtype=np.float32))
@@ -120,9 +121,11 @@ class OpenVINOEngine:
             return np.empty(0, dtype=np.float64)
         parts = np.array_split(batch, min(self.requests, batch.shape[0]))
         with self._lock:
-            self._outputs.clear()
-            for index, part in enumerate(parts):
-                self._queue.start_async({0: part}, index)
-            self._queue.wait_all()
-            output = np.concatenate([self._outputs[i] for i in range(len(parts))])
+            for request, part in zip(self._requests, parts):
+                request.start_async({0: part})
+            outputs = []
+            for request, _ in zip(self._requests, parts):
+                request.wait()
+                outputs.append(request.get_output_tensor(0).data.copy())
+            output = np.concatenate(outputs)
         return output[:, self.info.positive_index].astype(np.float64)
