@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test test-integration migrate clean
+.PHONY: venv run test test-integration migrate bench clean
 
 venv: $(STAMP)
 
@@ -30,3 +30,7 @@ migrate: $(STAMP)
 
 clean:
 	rm -rf var .pytest_cache
+
+# Throughput numbers from one run of the real stack (prints them; JSON in var/bench.json).
+bench: $(STAMP)
+	$(BIN)/python -m bench

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 from celery import Celery
 from flask import Flask, current_app, g
 from sqlalchemy.orm import Session, sessionmaker
 
-from covidscan.contract import INFER_QUEUE, INFER_TASK
+from covidscan.contract import INFER_QUEUE, INFER_TASK, PRECISION_OPTION
 from covidscan.settings import Settings
 from db.blobs import BlobStore
 from db.session import make_engine, make_session_factory
@@ -26,12 +26,16 @@ class TaskQueue:
                                  task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2,
                                                             "interval_step": 0.5})
 
-    def enqueue_scans(self, scan_ids: Sequence[str]) -> int:
-        """Send the scans in chunks of ``chunk_size``; returns the number of tasks sent."""
+    def enqueue_scans(self, scan_ids: Sequence[str], precision: Optional[str] = None) -> int:
+        """Send the scans in chunks of ``chunk_size``; returns the number of tasks sent.
+
+        ``precision``, when the job asks for one, travels with each chunk.
+        """
         sent = 0
+        options = {PRECISION_OPTION: precision} if precision else {}
         for start in range(0, len(scan_ids), self.chunk_size):
             chunk = list(scan_ids[start:start + self.chunk_size])
-            self._celery.send_task(INFER_TASK, args=[chunk], queue=INFER_QUEUE)
+            self._celery.send_task(INFER_TASK, args=[chunk], kwargs=options, queue=INFER_QUEUE)
             sent += 1
         return sent
 

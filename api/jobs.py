@@ -11,6 +11,7 @@ from api.models import requested_model_ref, resolve_model
 from api.problems import Problem
 from api.serialize import csv_lines, job_json, result_row
 from api.uploads import ParsedUpload, UploadLimits, iter_scans
+from covidscan.settings import PRECISIONS
 from db.jobs import NewScan, create_job, iter_results, recent_jobs, results_page, summarise_job
 from db.models import Job, new_id
 
@@ -41,6 +42,14 @@ def _job_name() -> str | None:
     return name
 
 
+def _precision() -> str | None:
+    """The optional ``precision`` form field: the numeric precision the job asks the model for."""
+    raw = (request.form.get("precision") or "").strip().lower()
+    if raw and raw not in PRECISIONS:
+        raise Problem(400, f"precision must be one of {', '.join(PRECISIONS)}, got {raw!r}")
+    return raw or None
+
+
 @bp.post("")
 def submit_job() -> tuple[Response, int, dict[str, str]]:
     """Store the uploaded scans, write the job pinned to its model, enqueue, answer 202."""
@@ -53,6 +62,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     name = _job_name()
     model_ref = requested_model_ref()
     model = resolve_model(model_ref)
+    precision = _precision()
     job_id = new_id()
     limits = UploadLimits(svc.settings.max_scan_bytes, svc.settings.max_scans_per_job)
     parsed = ParsedUpload()
@@ -75,7 +85,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         raise
     scan_ids = [scan.id for scan in job.scans]
     try:
-        svc.queue.enqueue_scans(scan_ids)
+        svc.queue.enqueue_scans(scan_ids, precision)
     except (BrokerError, OSError) as exc:
         log.error("could not enqueue job %s: %s", job_id, exc)
         session.delete(session.get(Job, job_id))

@@ -113,7 +113,7 @@ def _train_and_register(data, parts, config, out_dir: Path, session_factory, sto
                         wanted) -> None:
     from covidscan.registration import register_model
     from models.card import model_card
-    from models.engine import create_engine
+    from models.selection import reference_engine
     from models.loader import load_model_file
     from models.report_html import write_report
     from models.train import TrainingError, train as fit
@@ -126,7 +126,7 @@ def _train_and_register(data, parts, config, out_dir: Path, session_factory, sto
         click.echo("interrupted: keeping the best epoch so far", err=True)
     loaded = load_model_file(result.model_path, wanted.name, wanted.version, data.classes,
                              data.positive_index)
-    engine = create_engine(loaded, batch_size=config.batch_size)
+    engine = reference_engine(loaded, config.batch_size)
     training = {"history": result.history, "epochs_run": len(result.history.get("loss", [])),
                 "best_epoch": result.best_epoch, "interrupted": result.interrupted,
                 "base_weights": result.base_weights, "trainable": result.trainable_from,
@@ -168,7 +168,7 @@ def evaluate(model_ref: str, data_dir: Path, classes: Optional[str], output: Opt
     from covidscan.registration import load_registered
     from db.registry import get_model
     from models.dataset import DatasetError, discover, folder_map_for_model
-    from models.engine import create_engine
+    from models.selection import reference_engine
     from models.loader import ModelLoadError, load_model_file
     from models.report_html import write_report
 
@@ -186,7 +186,7 @@ def evaluate(model_ref: str, data_dir: Path, classes: Optional[str], output: Opt
             if unknown:
                 raise DatasetError(f"classes {unknown} are not the model's {list(info.classes)}")
             data = discover(data_dir, mapping, info.positive_class)
-            engine = create_engine(loaded, batch_size=batch_size)
+            engine = reference_engine(loaded, batch_size)
             report, predictions = evaluate_engine(engine, data, {"kind": "evaluation"}, batch_size)
         except (ModelLoadError, DatasetError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None

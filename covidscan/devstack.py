@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import IO, Optional
 
 import requests
 
@@ -22,9 +22,13 @@ from db import migrate
 
 
 def worker_command(loglevel: str = "INFO", name: str = "worker1@%h") -> list[str]:
-    """The worker command line the local stack, the tests and compose share."""
+    """The worker command line the local stack, the tests and compose share.
+
+    Threads, not forked processes: one model per process, WORKER_CONCURRENCY task threads
+    (read by the worker from its settings) feeding one batcher.
+    """
     return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-            "--pool", "solo", "--concurrency", "1", "--queues", "covidscan",
+            "--pool", "threads", "--queues", "covidscan",
             "--loglevel", loglevel, "--hostname", name, "--without-gossip", "--without-mingle"]
 
 
@@ -35,9 +39,11 @@ def api_command(port: int, host: str = "127.0.0.1", workers: int = 2) -> list[st
 
 
 class Stack:
-    def __init__(self, settings: Settings, var_dir: Path) -> None:
+    def __init__(self, settings: Settings, var_dir: Path, output: Optional[IO[str]] = None) -> None:
+        """``output``: where the children's logs go (default: this terminal)."""
         self.settings = settings
         self.var_dir = var_dir
+        self.output = output
         self.redis: Optional[EmbeddedRedis] = None
         self.children: list[tuple[str, subprocess.Popen]] = []
         self.stopping = threading.Event()
@@ -56,6 +62,7 @@ class Stack:
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:
         process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
+                                   stdout=self.output, stderr=self.output,
                                    start_new_session=True)
         self.children.append((name, process))
 

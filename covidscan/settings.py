@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 T = TypeVar("T")
 
 DEFAULT_VAR_DIR = Path("var")
+ENGINES = ("auto", "tensorflow", "openvino")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class ConfigError(ValueError):
@@ -41,6 +43,12 @@ class Settings:
     max_scans_per_job: int = 10_000
     visibility_timeout: int = 3600
     worker_prefetch: int = 2
+    worker_concurrency: int = 64
+    max_batch_size: int = 32
+    max_queue_delay_ms: int = 200
+    inference_engine: str = "auto"
+    inference_precision: str = "fp32"
+    engine_cache_dir: Path = DEFAULT_VAR_DIR / "engine-cache"
     port: int = 5000
     log_level: str = "INFO"
 
@@ -97,6 +105,22 @@ def _log_level(name: str, raw: str) -> str:
     return level
 
 
+def _choice(choices: tuple[str, ...]) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+        return value
+    return parse
+
+
+def _delay_ms(name: str, raw: str) -> int:
+    value = _positive_int(name, raw, minimum=0)
+    if value > 60_000:
+        raise ConfigError(f"{name} must be at most 60000 (one minute), got {value}")
+    return value
+
+
 def _model_path(name: str, raw: str) -> Path:
     path = Path(raw).expanduser()
     if not path.exists():
@@ -126,6 +150,7 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
     """
     env = os.environ if env is None else env
     var_dir = Path(env.get("COVIDSCAN_VAR_DIR") or DEFAULT_VAR_DIR)
+    max_batch_size = _read(env, "MAX_BATCH_SIZE", _positive_int, 32)
     return Settings(
         database_url=_read(env, "DATABASE_URL", normalise_database_url,
                            f"sqlite:///{(var_dir / 'covidscan.db').as_posix()}"),
@@ -140,6 +165,13 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
         max_scans_per_job=_read(env, "MAX_SCANS_PER_JOB", _positive_int, 10_000),
         visibility_timeout=_read(env, "VISIBILITY_TIMEOUT", _positive_int, 3600),
         worker_prefetch=_read(env, "WORKER_PREFETCH", _positive_int, 2),
+        worker_concurrency=_read(env, "WORKER_CONCURRENCY", _positive_int, 2 * max_batch_size),
+        max_batch_size=max_batch_size,
+        max_queue_delay_ms=_read(env, "MAX_QUEUE_DELAY_MS", _delay_ms, 200),
+        inference_engine=_read(env, "INFERENCE_ENGINE", _choice(ENGINES), "auto"),
+        inference_precision=_read(env, "INFERENCE_PRECISION", _choice(PRECISIONS), "fp32"),
+        engine_cache_dir=_read(env, "ENGINE_CACHE_DIR", lambda _n, raw: Path(raw),
+                               var_dir / "engine-cache"),
         port=_read(env, "PORT", _port, 5000),
         log_level=_read(env, "LOG_LEVEL", _log_level, "INFO"),
     )

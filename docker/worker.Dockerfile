@@ -31,8 +31,8 @@ COPY db ./db
 COPY models ./models
 COPY worker ./worker
 RUN python3 -m pip install --no-deps . \
-    && mkdir -p /data/blobs /data/model-store /models \
-    && chown covidscan:covidscan /data/blobs /data/model-store
+    && mkdir -p /data/blobs /data/model-store /data/engine-cache /models \
+    && chown covidscan:covidscan /data/blobs /data/model-store /data/engine-cache
 
 USER covidscan
 CMD ["celery", "-A", "worker.celery_app", "worker", "--pool", "solo", "--concurrency", "1", \

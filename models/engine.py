@@ -1,7 +1,9 @@
 """Inference engines: load once, warm up, then ``predict(batch) -> P(positive)``.
 
 The TensorFlow engine is the reference: one compiled call with a fixed batch
-shape (short batches are padded), so nothing retraces between batches.
+shape (short batches are padded), so nothing retraces between batches. Other
+engines (:mod:`models.openvino_engine`) are checked against it before they serve
+(:mod:`models.selection`).
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ log = logging.getLogger(__name__)
 
 
 class Engine(Protocol):
-    name: str
-    precision: str
+    name: str  # "tensorflow", "openvino": recorded with every result
+    precision: str  # "fp32", "bf16" or "fp16": what the engine actually computes in
     batch_size: int
     info: ModelInfo
 
@@ -84,10 +86,3 @@ class TensorFlowEngine:
             output = np.asarray(self._call(padded))[: part.shape[0]]
             probabilities[start:start + part.shape[0]] = output[:, self.info.positive_index]
         return probabilities
-
-
-def create_engine(model: LoadedModel, batch_size: int) -> Engine:
-    """Build the engine for this host and warm it up."""
-    engine = TensorFlowEngine(model, batch_size=batch_size)
-    engine.warm_up()
-    return engine

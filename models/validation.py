@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.engine import create_engine
 from models.loader import LoadedModel, ModelLoadError
+from models.selection import reference_engine
 
 
 def check_warm_up(loaded: LoadedModel, where: str) -> None:
-    """Build the serving engine and predict on one blank slice.
+    """Build the reference engine and predict on one blank slice.
 
     Raises:
         ModelLoadError: the prediction fails or is not finite (``where`` names the file).
     """
-    engine = create_engine(loaded, batch_size=1)
+    engine = reference_engine(loaded, batch_size=1)
     try:
         probability = engine.predict(np.zeros((1, *loaded.info.input_size, 3), dtype=np.float32))
     except (ValueError, RuntimeError) as exc:

@@ -134,6 +134,7 @@ def worker_env(config: dict[str, str], **extra: str) -> dict[str, str]:
     env.update(config)
     env.update(extra)
     env.setdefault("MODEL_STORE_DIR", str(Path(env["BLOB_DIR"]).parent / "models"))
+    env.setdefault("ENGINE_CACHE_DIR", str(Path(env["BLOB_DIR"]).parent / "engine-cache"))
     env["PYTHONPATH"] = str(ROOT)
     return env
 
@@ -144,7 +145,7 @@ def stack_config(tmp_path_factory, redis_server) -> dict[str, str]:
     base = tmp_path_factory.mktemp("stack")
     return {"DATABASE_URL": fresh_database_url(base), "REDIS_URL": redis_server.url,
             "BLOB_DIR": str(base / "blobs"), "MODEL_STORE_DIR": str(base / "models"),
-            "BATCH_SIZE": "8"}
+            "BATCH_SIZE": "8", "ENGINE_CACHE_DIR": str(base / "engine-cache")}
 
 
 @pytest.fixture(scope="session")

@@ -6,28 +6,16 @@ import zipfile
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 from PIL import Image
+
+from models.synthetic import ct_slice_array
 
 
 def ct_slice(size: int = 128, seed: int = 0, mode: str = "L") -> Image.Image:
-    """A chest-CT-like slice: dark background, bright body ellipse, darker lungs, noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size] / size
-    body = ((x - 0.5) / 0.42) ** 2 + ((y - 0.5) / 0.32) ** 2 < 1
-    lungs = (((x - 0.33) / 0.12) ** 2 + ((y - 0.5) / 0.2) ** 2 < 1) | \
-            (((x - 0.67) / 0.12) ** 2 + ((y - 0.5) / 0.2) ** 2 < 1)
-    pixels = np.where(body, 170.0, 10.0) - np.where(lungs, 130.0, 0.0)
-    pixels += rng.normal(0, 12 + 4 * (seed % 5), pixels.shape)
-    blobs = rng.integers(0, 4)
-    for _ in range(blobs):  # ground-glass-like patches
-        cx, cy, r = rng.uniform(0.25, 0.75), rng.uniform(0.35, 0.65), rng.uniform(0.03, 0.08)
-        pixels += 60 * (((x - cx) ** 2 + (y - cy) ** 2) < r * r)
-    gray = np.clip(pixels, 0, 255).astype(np.uint8)
+    """A chest-CT-like slice (see :func:`models.synthetic.ct_slice_array`) as a Pillow image."""
     if mode == "L":
-        return Image.fromarray(gray, "L")
-    tint = np.stack([gray, np.clip(gray * 0.9, 0, 255), np.clip(gray * 0.8 + 20, 0, 255)], -1)
-    return Image.fromarray(tint.astype(np.uint8), "RGB")
+        return Image.fromarray(ct_slice_array(size, seed), "L")
+    return Image.fromarray(ct_slice_array(size, seed, rgb=True), "RGB")
 
 
 def encode(image: Image.Image, fmt: str = "PNG") -> bytes:

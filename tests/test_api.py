@@ -1,5 +1,7 @@
 """The HTTP API against a real Redis and a real database (no worker: jobs stay queued)."""
+import base64
 import io
+import json
 import os
 
 import pytest
@@ -159,3 +161,31 @@ def test_submit_with_redis_down_is_503_and_keeps_nothing(app_config):
     assert "Redis" in response.get_json()["detail"]
     assert row_counts(app_config["DATABASE_URL"]) == before
     assert blob_files(app_config) == []
+
+
+def queued_task_kwargs(redis_url):
+    """The keyword arguments of every task message waiting in the queue (Celery protocol 2)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        messages = [json.loads(raw) for raw in client.lrange("covidscan", 0, -1)]
+    finally:
+        client.close()
+    return [json.loads(base64.b64decode(m["body"]))[1] for m in messages]
+
+
+def test_a_job_may_ask_for_a_precision_and_each_chunk_carries_it(client, app_config):
+    slices = [(f"p{i}.png", png_bytes(32, seed=i)) for i in range(9)]
+    response = client.post("/v1/jobs", data={**files(*slices), "precision": "BF16"},
+                           content_type="multipart/form-data")
+    assert response.status_code == 202
+    # Kombu pushes new messages at the head of the list.
+    assert queued_task_kwargs(app_config["REDIS_URL"])[:2] == [{"precision": "bf16"}] * 2
+
+
+def test_an_unknown_precision_is_400_and_keeps_nothing(client, app_config):
+    before = row_counts(app_config["DATABASE_URL"])
+    response = client.post("/v1/jobs", data={**files(("a.png", png_bytes(32))), "precision": "int8"},
+                           content_type="multipart/form-data")
+    assert response.status_code == 400
+    assert "precision must be one of fp32, bf16, fp16" in response.get_json()["detail"]
+    assert row_counts(app_config["DATABASE_URL"]) == before

@@ -144,8 +144,8 @@ def test_the_worker_runs_the_local_stacks_celery_command(services):
     command = services["worker"]["command"]
     expected = worker_command(compose.option(command, "--loglevel"), "worker@%h")
     assert command == ["celery", *expected[3:]]
-    assert compose.option(command, "--pool") == "solo"
-    assert compose.option(command, "--concurrency") == "1"
+    assert compose.option(command, "--pool") == "threads"  # never fork after TensorFlow
+    assert "--concurrency" not in command  # WORKER_CONCURRENCY, read by the worker
 
 
 def test_every_entry_point_the_services_name_exists(services):

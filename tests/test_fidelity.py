@@ -83,11 +83,11 @@ def test_the_reference_probabilities_are_not_saturated(reference):
 
 def test_the_engine_matches_the_original_pipeline_in_process(resnet_h5, slice_dir, reference):
     from db.blobs import BlobStore
-    from models.engine import create_engine
     from models.loader import load_model_file
+    from models.selection import reference_engine
     from worker.inference import ScanInput, classify_batch
 
-    engine = create_engine(load_model_file(resnet_h5), batch_size=4)
+    engine = reference_engine(load_model_file(resnet_h5), batch_size=4)
     store = BlobStore(slice_dir.parent / "fidelity_blobs")
     items = []
     for name in SLICES:
@@ -118,7 +118,8 @@ def test_served_through_the_stack_the_h5_gives_the_original_probabilities(
 
     with EmbeddedRedis(tmp_path / "redis", persist=False) as redis_server:
         config = {"DATABASE_URL": fresh_database_url(tmp_path), "REDIS_URL": redis_server.url,
-                  "BLOB_DIR": str(tmp_path / "blobs"), "BATCH_SIZE": "4"}
+                  "BLOB_DIR": str(tmp_path / "blobs"), "BATCH_SIZE": "4",
+                  "ENGINE_CACHE_DIR": str(tmp_path / "engine-cache")}
         worker = WorkerProcess(worker_env(config, MODEL_PATH=str(resnet_h5)),
                                tmp_path / "worker.log", name="fidelity@%h")
         try:

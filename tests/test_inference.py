@@ -119,3 +119,33 @@ def test_an_outcome_has_a_probability_or_an_error_never_both():
         ScanOutcome("x", probability_covid=0.5, error="boom")
     with pytest.raises(ValueError):
         ScanOutcome("x")
+
+
+@pytest.mark.database
+def test_concurrent_chunks_share_batches_and_transactions_and_each_gets_its_own_results(
+        sessions, store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.batching import DynamicBatcher
+    from worker.group_commit import GroupCommit
+    from worker.inference import predict_items
+
+    jobs = [make_job(sessions, store, [png_bytes(32, i)]) for i in range(12)]
+    jobs.append(make_job(sessions, store, [png_bytes(32, 50 + i) for i in range(5)] + [corrupt_png()]))
+    engine = MeanBrightnessEngine()
+    batcher = DynamicBatcher(predict_items, max_batch_size=8, max_delay_s=0.2).start()
+    group = GroupCommit(sessions).start()
+    try:
+        with ThreadPoolExecutor(2) as decode, ThreadPoolExecutor(len(jobs)) as tasks:
+            run = lambda ids: classify_chunk(sessions, store, engine, ids, decode, batcher, group)
+            reports = list(tasks.map(run, [ids for _, ids in jobs]))
+            again = list(tasks.map(run, [ids for _, ids in jobs]))
+    finally:
+        batcher.stop(5)
+        group.stop(5)
+    assert [(r.claimed, r.written, r.failed) for r in reports] == [(1, 1, 0)] * 12 + [(6, 6, 1)]
+    assert all(r.claimed == 0 for r in again)
+    assert sum(engine.calls) == 17 and max(engine.calls) > 1  # scans of many jobs shared batches
+    with sessions() as session:
+        statuses = [summarise_job(session, job_id).status for job_id, _ in jobs]
+    assert statuses == ["succeeded"] * 12 + ["partially_succeeded"]

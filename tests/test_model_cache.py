@@ -36,15 +36,15 @@ def test_least_recently_used_models_are_evicted_beyond_the_cap(session_factory, 
     monkeypatch.setattr("covidscan.registration.load_registered", fake_load)
     a, b, c = registered(session_factory, "a", "b", "c")
     cache = ModelCache(session_factory, ModelStore(tmp_path), 2, lambda loaded: f"engine-{loaded}")
-    assert [cache.engine_for(i) for i in (a, b, a, a, b)] == \
+    assert [cache.engines_for(i) for i in (a, b, a, a, b)] == \
         ["engine-a", "engine-b", "engine-a", "engine-a", "engine-b"]
     assert loads == ["a", "b"]
-    cache.engine_for(c)  # evicts a, the least recently used
+    cache.engines_for(c)  # evicts a, the least recently used
     assert cache.loaded() == [b, c]
-    cache.engine_for(a)
+    cache.engines_for(a)
     assert loads == ["a", "b", "c", "a"] and cache.loaded() == [c, a]
     with pytest.raises(ModelUnavailable, match="no longer registered"):
-        cache.engine_for("0" * 32)
+        cache.engines_for("0" * 32)
     with pytest.raises(ValueError, match="capacity"):
         ModelCache(session_factory, ModelStore(tmp_path), 0, str)
 

@@ -49,3 +49,23 @@ def test_the_readme_documents_every_variable():
     readme = (ROOT / "README.md").read_text()
     missing = [name for name in sorted(variable_names()) if f"| `{name}` |" not in readme]
     assert not missing, f"README's configuration table lacks {missing}"
+
+
+def test_engine_and_batching_defaults():
+    settings = load_settings({})
+    assert (settings.inference_engine, settings.inference_precision) == ("auto", "fp32")
+    assert (settings.max_batch_size, settings.max_queue_delay_ms) == (32, 200)
+    assert settings.worker_concurrency == 64  # two batches of task threads
+    assert load_settings({"MAX_BATCH_SIZE": "8"}).worker_concurrency == 16
+    assert load_settings({"INFERENCE_PRECISION": "BF16"}).inference_precision == "bf16"
+    assert load_settings({"MAX_QUEUE_DELAY_MS": "0"}).max_queue_delay_ms == 0
+
+
+@pytest.mark.parametrize("name, value", [
+    ("INFERENCE_ENGINE", "cuda"), ("INFERENCE_PRECISION", "int8"), ("MAX_BATCH_SIZE", "0"),
+    ("MAX_BATCH_SIZE", "many"), ("MAX_QUEUE_DELAY_MS", "-1"), ("MAX_QUEUE_DELAY_MS", "2.5"),
+    ("MAX_QUEUE_DELAY_MS", "600000"), ("WORKER_CONCURRENCY", "0"),
+])
+def test_a_wrong_engine_or_batching_value_names_its_variable(name, value):
+    with pytest.raises(ConfigError, match=name):
+        load_settings({name: value})

@@ -1,7 +1,8 @@
 """The Celery application. Configured lazily from the environment on first use.
 
-Run a worker with ``celery -A worker.celery_app worker --pool solo``: one model per
-process, and TensorFlow never initialised in a parent that forks.
+Run a worker with ``celery -A worker.celery_app worker --pool threads``: one model per
+process, TensorFlow never initialised in a parent that forks, and WORKER_CONCURRENCY
+task threads feeding one batcher.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ def configure(celery: Celery, settings: Settings) -> None:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_default_queue=INFER_QUEUE,
+        # Enough task threads and reserved tasks that small chunks fill whole model batches.
+        worker_concurrency=settings.worker_concurrency,
         worker_prefetch_multiplier=settings.worker_prefetch,
         worker_hijack_root_logger=True,
         worker_redirect_stdouts=False,

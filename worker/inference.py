@@ -1,17 +1,26 @@
-"""Classify a chunk of scans: the plain function behind the Celery task."""
+"""Classify scans: the plain functions behind the Celery task.
+
+A task thread claims its scans, decodes them in the shared pool and hands each tensor
+to the process's batcher as soon as it is ready, so decoding overlaps inference and
+scans of many tasks share model batches. Its results are written in one transaction.
+"""
 from __future__ import annotations
 
 import logging
 import math
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.blobs import BlobNotFound, BlobStore
 from db.scans import ModelIdentity, ScanOutcome, claim_scans, record_outcomes
+from worker.batching import DynamicBatcher
+
+if TYPE_CHECKING:
+    from worker.group_commit import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +46,22 @@ def identity_of(engine) -> ModelIdentity:
                          preprocessing=info.preprocessing)
 
 
+def predict_items(engine, tensors: Sequence[np.ndarray]) -> list:
+    """The batcher's batch function: one P(positive) or one error per tensor, in order.
+
+    A tensor of the wrong shape gets its own error; the others still run as one batch.
+    """
+    expected = (*engine.info.input_size, 3)
+    good = [i for i, t in enumerate(tensors) if t.shape == expected]
+    results: list = [ValueError(f"expected a preprocessed tensor of shape {expected}, "
+                                f"got {t.shape}") for t in tensors]
+    if good:
+        probabilities = engine.predict(np.stack([tensors[i] for i in good]))
+        for index, p in zip(good, probabilities):
+            results[index] = float(p)
+    return results
+
+
 def _load_one(blobs: BlobStore, item: ScanInput, size: tuple[int, int]):
     from models.preprocess import ImageDecodeError, load_seed_v1
 
@@ -46,35 +71,54 @@ def _load_one(blobs: BlobStore, item: ScanInput, size: tuple[int, int]):
         return str(exc)
 
 
+def _infer(items: Sequence[ScanInput], blobs: BlobStore, engine, pool: Optional[Executor],
+           batcher: Optional[DynamicBatcher]) -> list:
+    """One decode error (str), P(positive) (float) or future of it per item."""
+    size = engine.info.input_size
+    if pool is None:
+        loaded = [_load_one(blobs, item, size) for item in items]
+    else:
+        decoding = [pool.submit(_load_one, blobs, item, size) for item in items]
+        loaded = []
+        for future in decoding:  # each tensor goes to the batcher as soon as it is decoded
+            value = future.result()
+            is_tensor = batcher is not None and not isinstance(value, str)
+            loaded.append(batcher.submit(engine, value) if is_tensor else value)
+    if batcher is None:
+        good = [i for i, value in enumerate(loaded) if not isinstance(value, str)]
+        if good:
+            predicted = predict_items(engine, [loaded[i] for i in good])
+            for index, p in zip(good, predicted):
+                loaded[index] = p
+    return loaded
+
+
 def classify_batch(items: Sequence[ScanInput], blobs: BlobStore, engine,
-                   pool: Optional[Executor] = None) -> list[ScanOutcome]:
+                   pool: Optional[Executor] = None,
+                   batcher: Optional[DynamicBatcher] = None) -> list[ScanOutcome]:
     """Decode, preprocess and classify; one outcome per item, same length and order.
 
-    A scan that cannot be read or decoded, or that gets a non-finite probability,
-    fails alone with a message saying why.
+    With a ``pool`` and a ``batcher``, decoding runs in the pool and inference in the
+    batcher's batches; without, both run here. A scan that cannot be read or decoded,
+    or that gets a non-finite probability, fails alone with a message saying why.
     """
-    size = engine.info.input_size
-    if pool is not None:
-        loaded = list(pool.map(lambda item: _load_one(blobs, item, size), items))
-    else:
-        loaded = [_load_one(blobs, item, size) for item in items]
-    good = [i for i, value in enumerate(loaded) if not isinstance(value, str)]
-    probabilities: dict[int, float] = {}
-    if good:
-        batch = np.stack([loaded[i] for i in good])
-        for index, p in zip(good, engine.predict(batch)):
-            probabilities[index] = float(p)
     outcomes = []
-    for index, item in enumerate(items):
-        if isinstance(loaded[index], str):
-            outcomes.append(ScanOutcome(item.scan_id, error=loaded[index]))
-            continue
-        p = probabilities[index]
-        if not math.isfinite(p):
-            outcomes.append(ScanOutcome(item.scan_id, error="the model produced a non-finite probability"))
+    for item, value in zip(items, _infer(items, blobs, engine, pool, batcher)):
+        if isinstance(value, Future):
+            try:
+                value = value.result()
+            except ValueError as exc:  # this scan's own error; others (a broken engine) propagate
+                value = exc
+        if isinstance(value, str):
+            outcomes.append(ScanOutcome(item.scan_id, error=value))
+        elif isinstance(value, Exception):
+            outcomes.append(ScanOutcome(item.scan_id, error=f"inference failed: {value}"))
+        elif not math.isfinite(value):
+            outcomes.append(ScanOutcome(item.scan_id,
+                                        error="the model produced a non-finite probability"))
         else:
-            outcomes.append(ScanOutcome(item.scan_id, probability_covid=p,
-                                        label=engine.info.label_for(p)))
+            outcomes.append(ScanOutcome(item.scan_id, probability_covid=value,
+                                        label=engine.info.label_for(value)))
     if len(outcomes) != len(items):
         raise AssertionError(f"classify_batch made {len(outcomes)} outcomes for {len(items)} scans")
     return outcomes
@@ -82,20 +126,30 @@ def classify_batch(items: Sequence[ScanInput], blobs: BlobStore, engine,
 
 def classify_chunk(session_factory: sessionmaker[Session], blobs: BlobStore, engine,
                    scan_ids: Sequence[str], pool: Optional[Executor] = None,
+                   batcher: Optional[DynamicBatcher] = None,
+                   group: Optional["GroupCommit"] = None,
                    worker: Optional[str] = None) -> ChunkReport:
     """Claim the chunk's unfinished scans, classify them, write all results in one transaction.
 
+    With ``group``, the claim and the write share transactions with other tasks'.
     ``worker`` (the worker's name) is recorded with each result.
     Safe to run twice for the same ids: scans that already have a result are skipped.
     """
-    with session_factory.begin() as session:
-        items = [ScanInput(s.id, s.blob_key) for s in claim_scans(session, scan_ids)]
+    if group is not None:
+        items = group.claim(scan_ids)
+    else:
+        with session_factory.begin() as session:
+            items = [ScanInput(s.id, s.blob_key) for s in claim_scans(session, scan_ids)]
     if not items:
         log.info("chunk of %d scans: nothing left to do", len(scan_ids))
         return ChunkReport(0, 0, 0, 0)
-    outcomes = classify_batch(items, blobs, engine, pool)
-    with session_factory.begin() as session:
-        written = record_outcomes(session, outcomes, identity_of(engine), worker)
+    outcomes = classify_batch(items, blobs, engine, pool, batcher)
+    if group is not None:
+        written = group.record(outcomes, identity_of(engine), worker)
+    else:
+        with session_factory.begin() as session:
+            written = record_outcomes(session, outcomes, identity_of(engine), worker)
     failed = sum(1 for o in outcomes if o.error)
-    log.info("chunk of %d scans: %d succeeded, %d failed", len(items), len(items) - failed, failed)
+    log.info("chunk of %d scans: %d succeeded, %d failed on %s/%s", len(items),
+             len(items) - failed, failed, engine.name, engine.precision)
     return ChunkReport(len(items), written, len(items) - failed, failed)

@@ -12,7 +12,7 @@ import logging
 import threading
 from collections import OrderedDict
 from concurrent.futures import Executor
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,6 +22,10 @@ from db.models import Model
 from db.registry import default_model, scan_ids_by_pinned_model
 from db.scans import ModelIdentity, ScanOutcome, claim_scans, record_outcomes
 from worker.inference import ChunkReport, classify_chunk
+
+if TYPE_CHECKING:
+    from worker.batching import DynamicBatcher
+    from worker.group_commit import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +46,20 @@ def refused_identity(model: Model) -> ModelIdentity:
 
 
 class ModelCache:
-    """Warm engines by registered model id (None: the untrained default), LRU-bounded."""
+    """Warm models by registered model id (None: the untrained default), LRU-bounded.
+
+    ``build_engines`` turns a loaded model into what serves it (in the worker, its
+    engines by precision); the cache keeps that per model.
+    """
 
     def __init__(self, session_factory: sessionmaker[Session], store: ModelStore, capacity: int,
-                 build_engine: Callable[[object], object]) -> None:
+                 build_engines: Callable[[object], object]) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         self.session_factory = session_factory
         self.store = store
         self.capacity = capacity
-        self.build_engine = build_engine
+        self.build_engines = build_engines
         self._engines: OrderedDict[Optional[str], object] = OrderedDict()
         self._lock = threading.Lock()
         self.loads = 0
@@ -60,8 +68,8 @@ class ModelCache:
         """Model ids held warm, least recently used first."""
         return list(self._engines)
 
-    def engine_for(self, model_id: Optional[str]):
-        """The warm engine of a registered model, loading (and evicting) as needed.
+    def engines_for(self, model_id: Optional[str]):
+        """The warm engines of a registered model, loading (and evicting) as needed.
 
         Raises:
             ModelUnavailable: the model is no longer registered, or its file is missing,
@@ -71,7 +79,7 @@ class ModelCache:
             if model_id in self._engines:
                 self._engines.move_to_end(model_id)
                 return self._engines[model_id]
-            engine = self.build_engine(self._load(model_id))
+            engine = self.build_engines(self._load(model_id))
             self.loads += 1
             self._engines[model_id] = engine
             while len(self._engines) > self.capacity:
@@ -105,7 +113,7 @@ class ModelCache:
         with self.session_factory() as session:
             model = default_model(session)
         try:
-            self.engine_for(model.id if model else None)
+            self.engines_for(model.id if model else None)
         except ModelUnavailable as exc:  # jobs pinned to it will fail with this reason
             log.error("default model not loaded: %s", exc)
 
@@ -122,21 +130,26 @@ def fail_chunk(session_factory: sessionmaker[Session], scan_ids: Sequence[str],
 
 
 def classify_pinned(session_factory: sessionmaker[Session], blobs: BlobStore, cache: ModelCache,
-                    scan_ids: Sequence[str], pool: Optional[Executor] = None,
+                    scan_ids: Sequence[str], precision: Optional[str] = None,
+                    pool: Optional[Executor] = None, batcher: Optional["DynamicBatcher"] = None,
+                    group: Optional["GroupCommit"] = None,
                     worker: Optional[str] = None) -> ChunkReport:
     """Classify each scan with its job's pinned model; scans of a refused model fail alone.
 
-    ``worker`` (the worker's name) is recorded with each result.
+    ``precision`` picks the engine (None: INFERENCE_PRECISION); ``pool``, ``batcher`` and
+    ``group`` are passed to :func:`worker.inference.classify_chunk`; ``worker`` (the
+    worker's name) is recorded with each result.
     """
     with session_factory() as session:
         groups = scan_ids_by_pinned_model(session, scan_ids)
     reports = []
     for model_id, ids in groups.items():
         try:
-            engine = cache.engine_for(model_id)
+            engine = cache.engines_for(model_id).get(precision)
         except ModelUnavailable as exc:
             reports.append(fail_chunk(session_factory, ids, exc, worker))
             continue
-        reports.append(classify_chunk(session_factory, blobs, engine, ids, pool, worker=worker))
+        reports.append(classify_chunk(session_factory, blobs, engine, ids, pool, batcher, group,
+                                      worker))
     return ChunkReport(*(sum(getattr(r, f) for r in reports)
                          for f in ("claimed", "written", "succeeded", "failed")))

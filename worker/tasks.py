@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 from celery import signals
+from celery.worker.control import inspect_command
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError
 
-from covidscan.contract import INFER_TASK
+from covidscan.contract import BATCHING_STATS_COMMAND, INFER_TASK
+from covidscan.settings import PRECISIONS
 from worker.celery_app import app
 from worker.model_cache import classify_pinned
-from worker.runtime import get_runtime, initialise
+from worker.runtime import current_runtime, get_runtime, initialise
 
 log = logging.getLogger(__name__)
 
@@ -20,13 +23,23 @@ FORKING_POOLS = ("prefork", "processes")
 @app.task(bind=True, name=INFER_TASK, acks_late=True,
           autoretry_for=(OperationalError, RedisConnectionError),
           retry_backoff=True, retry_backoff_max=60, max_retries=8)
-def infer_chunk(self, scan_ids: list[str]) -> dict[str, int]:
+def infer_chunk(self, scan_ids: list[str], precision: Optional[str] = None) -> dict[str, int]:
     if not isinstance(scan_ids, list) or not all(isinstance(i, str) for i in scan_ids):
         raise TypeError("infer_chunk takes a list of scan id strings")
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     runtime = get_runtime()
     report = classify_pinned(runtime.session_factory, runtime.blobs, runtime.models, scan_ids,
-                             runtime.decode_pool, worker=self.request.hostname)
+                             precision, runtime.decode_pool, runtime.batcher, runtime.group,
+                             worker=self.request.hostname)
     return {"claimed": report.claimed, "succeeded": report.succeeded, "failed": report.failed}
+
+
+@inspect_command(name=BATCHING_STATS_COMMAND)
+def batching_stats(state) -> dict:
+    """The batcher's counters (batches, items, sizes, busy time), for the benchmark and tests."""
+    current = current_runtime()
+    return current.batcher.snapshot() if current is not None else {}
 
 
 def _pool_name(worker) -> str:

@@ -1,0 +1,266 @@
+"""``make bench``: throughput numbers from one run of the real stack.
+
+Starts the stack as ``make run`` does (in var/bench, with its own database and blob
+store), submits a bulk job of synthetic 512×512 PNG slices through the HTTP API and
+100 one-slice jobs at once, for each precision, then stops the stack and measures the
+engines and the decoding on the same cores. Prints a summary; writes var/bench.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import requests
+from celery import Celery
+from sqlalchemy import func, select
+
+from covidscan.contract import BATCHING_STATS_COMMAND, INFER_QUEUE
+from covidscan.devstack import Stack
+from covidscan.settings import Settings, load_settings
+from db.models import Scan, ScanStatus
+from db.session import make_engine
+
+
+class Bench:
+    """The running stack, seen through its HTTP API, its database and its worker's counters."""
+
+    def __init__(self, settings: Settings, url: str) -> None:
+        self.url = url
+        self.db = make_engine(settings.database_url)
+        self.redis_url = os.environ.get("REDIS_URL", "")
+        self.control = None
+
+    def submit(self, files: Sequence[tuple[str, bytes]], precision: str) -> str:
+        parts = [("files", (name, data, "image/png")) for name, data in files]
+        response = requests.post(f"{self.url}/v1/jobs", files=parts,
+                                 data={"precision": precision}, timeout=600)
+        response.raise_for_status()
+        return response.json()["id"]
+
+    def finished_at(self, job_ids: Sequence[str], timeout: float = 1800) -> list[float]:
+        """Wait until every scan of the jobs has a result; their finish times (epoch seconds).
+
+        Polls a cheap count, so that the waiting takes little from the cores it measures.
+        """
+        ids = list(job_ids)
+        unfinished = (select(func.count()).select_from(Scan)
+                      .where(Scan.job_id.in_(ids), Scan.status.not_in(ScanStatus.terminal())))
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.db.connect() as conn:
+                if conn.scalar(unfinished) == 0:
+                    rows = conn.execute(select(Scan.finished_at, Scan.status)
+                                        .where(Scan.job_id.in_(ids))).all()
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"jobs not finished after {timeout} s")
+            time.sleep(0.1)
+        failed = sum(status == ScanStatus.FAILED for _, status in rows)
+        if failed or not rows:
+            raise RuntimeError(f"{failed} of {len(rows)} scans failed; see var/bench/stack.log")
+        return [moment.replace(tzinfo=moment.tzinfo or timezone.utc).timestamp()
+                for moment, _ in rows]
+
+    def engine_of(self, job_id: str) -> tuple[str, str]:
+        with self.db.connect() as conn:
+            return tuple(conn.execute(select(Scan.engine, Scan.precision)
+                                      .where(Scan.job_id == job_id).limit(1)).one())
+
+    def _celery(self) -> Celery:
+        if self.control is None:
+            self.control = Celery("bench", broker=self.redis_url, set_as_current=False)
+        return self.control
+
+    def batching(self) -> dict[str, Any]:
+        (reply,) = self._celery().control.broadcast(BATCHING_STATS_COMMAND, reply=True,
+                                                      timeout=10, limit=1)
+        return next(iter(reply.values()))
+
+    def consume(self, on: bool) -> None:
+        """Resume or pause the worker's consumption of the task queue."""
+        control = self._celery().control
+        if on:
+            control.add_consumer(INFER_QUEUE, reply=True, timeout=10, limit=1)
+        else:
+            control.cancel_consumer(INFER_QUEUE, reply=True, timeout=10, limit=1)
+
+
+def batch_delta(before: dict, after: dict) -> dict[str, float]:
+    batches = after["batches"] - before["batches"]
+    items = after["items"] - before["items"]
+    mean = items / batches if batches else 0.0
+    return {"batches": batches, "items": items, "mean_batch_size": mean,
+            "mean_fill": mean / after["max_batch_size"],
+            "engine_busy_s": after["busy_seconds"] - before["busy_seconds"]}
+
+
+def timed_case(bench: Bench, submit_all, held: bool = False) -> dict[str, Any]:
+    """Run one case: ``submit_all`` returns job ids; times from its start to the last result.
+
+    ``held``: the worker stops taking tasks during the upload and the clock starts when it
+    resumes, so the jobs reach it at once rather than at the API's pace.
+    """
+    before = bench.batching()
+    if held:
+        bench.consume(False)
+    started = time.time()
+    job_ids = submit_all()
+    uploaded = time.time()
+    if held:
+        started = time.time()
+        bench.consume(True)
+    finished = np.array(bench.finished_at(job_ids))
+    elapsed = finished.max() - started
+    latency = finished - started
+    return {"scans": len(finished), "jobs": len(job_ids), "upload_s": uploaded - started,
+            "elapsed_s": elapsed, "scans_per_s": len(finished) / elapsed,
+            "after_upload_scans_per_s": len(finished) / (finished.max() - max(uploaded, started)),
+            "latency_p50_s": float(np.percentile(latency, 50)),
+            "latency_p95_s": float(np.percentile(latency, 95)),
+            "engine": "/".join(bench.engine_of(job_ids[0])),
+            **batch_delta(before, bench.batching())}
+
+
+def run(settings: Settings, var_dir: Path, pngs: list[bytes], small_jobs: int,
+        precisions: Sequence[str]) -> dict[str, Any]:
+    """Start the stack, warm every precision, then per precision: measure the engine and
+    decoding in this process, the bulk job and the one-slice jobs through the stack."""
+    url = f"http://127.0.0.1:{settings.port}"
+    report: dict[str, Any] = {"load_average_before": os.getloadavg(), "precisions": {}}
+    with open(var_dir / "stack.log", "w") as log:
+        stack = Stack(settings, var_dir, output=log)
+        try:
+            stack.start()  # before TensorFlow is imported here: no forking of a TF process
+            if stack.redis is not None:
+                os.environ["REDIS_URL"] = stack.redis.url
+            if not stack.wait_ready(120):
+                raise RuntimeError(f"the stack did not start; see {var_dir / 'stack.log'}")
+            bench = Bench(settings, url)
+            files = [(f"slice_{i:04d}.png", data) for i, data in enumerate(pngs)]
+            ones = [files[i % len(files)] for i in range(small_jobs)]
+            for precision in precisions:
+                print(f"bench: warming the worker up in {precision}…", flush=True)
+                bench.finished_at([bench.submit(files[:1], precision)])
+            from bench.engine import EngineBench
+
+            engines = EngineBench(settings.model_path, settings.inference_engine,
+                                  settings.max_batch_size, settings.engine_cache_dir, pngs)
+            print("bench: model.predict fp32 baseline…", flush=True)
+            report["baseline"] = engines.baseline()
+            for precision in precisions:
+                print(f"bench: {precision}: engine on tensors, decoding…", flush=True)
+                measured = {"engine": engines.measure(precision)}
+                print(f"bench: {precision}: bulk job of {len(files)} scans…", flush=True)
+                measured["bulk"] = timed_case(bench, lambda: [bench.submit(files, precision)])
+                print(f"bench: {precision}: {small_jobs} one-slice jobs at once…", flush=True)
+                with ThreadPoolExecutor(8) as pool:
+                    submit_ones = lambda: list(pool.map(lambda f: bench.submit([f], precision), ones))
+                    measured["small_jobs"] = timed_case(bench, submit_ones)
+                    print(f"bench: {precision}: the same, queued before the worker takes them…",
+                          flush=True)
+                    measured["small_jobs_queued"] = timed_case(bench, submit_ones, held=True)
+                report["precisions"][precision] = measured
+        finally:
+            stack.stop()
+    report["load_average_after"] = os.getloadavg()
+    return report
+
+
+def summarise(report: dict[str, Any]) -> dict[str, Any]:
+    """Per precision: the limit 1 / (decode + infer per scan) and end-to-end / limit."""
+    summary = {}
+    for precision, cases in report["precisions"].items():
+        engine, bulk, small = cases["engine"], cases["bulk"], cases["small_jobs"]
+        raw = engine["images_per_s"]
+        decode = engine["decode"]["pool_s_per_scan"]
+        limit = 1.0 / (decode + 1.0 / raw)
+        summary[precision] = {
+            "served_by": bulk["engine"], "parity_passed": engine["parity"]["passed"],
+            "end_to_end_scans_per_s": bulk["scans_per_s"], "engine_images_per_s": raw,
+            "decode_ms_per_scan": 1000 * decode, "infer_ms_per_scan": 1000 / raw,
+            "limit_scans_per_s": limit, "end_to_end_over_limit": bulk["scans_per_s"] / limit,
+            "after_upload_over_limit": bulk["after_upload_scans_per_s"] / limit,
+            "engine_busy_fraction": bulk["engine_busy_s"] / bulk["elapsed_s"],
+            "mean_batch_fill": bulk["mean_fill"], "latency_p50_s": bulk["latency_p50_s"],
+            "latency_p95_s": bulk["latency_p95_s"],
+            "small_jobs_scans_per_s": small["scans_per_s"],
+            "small_jobs_mean_batch_fill": small["mean_fill"],
+            "small_jobs_queued_scans_per_s": cases["small_jobs_queued"]["scans_per_s"],
+            "small_jobs_queued_mean_batch_fill": cases["small_jobs_queued"]["mean_fill"],
+            "over_model_predict_fp32":
+                bulk["scans_per_s"] / report["baseline"]["model_predict_fp32_images_per_s"],
+        }
+    return summary
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    base = report["baseline"]
+    print(f"\nmodel {base['model']['name']} ({'trained' if base['model']['trained'] else 'untrained'}); "
+          f"model.predict fp32 baseline {base['model_predict_fp32_images_per_s']:.1f} images/s; "
+          f"TensorFlow fp32 engine {base['tensorflow_fp32_images_per_s']:.1f} images/s; "
+          f"load average {report['load_average_before'][0]:.1f} before, "
+          f"{report['load_average_after'][0]:.1f} after")
+    for precision, s in report["summary"].items():
+        bulk = report["precisions"][precision]["bulk"]
+        print(f"\n[{precision}] served by {s['served_by']}, parity "
+              f"{'passed' if s['parity_passed'] else 'FAILED'}")
+        print(f"  end-to-end   {s['end_to_end_scans_per_s']:7.1f} scans/s  "
+              f"({bulk['scans']} scans, upload {bulk['upload_s']:.2f} s, total {bulk['elapsed_s']:.2f} s)")
+        print(f"  engine raw   {s['engine_images_per_s']:7.1f} images/s  "
+              f"({s['infer_ms_per_scan']:.2f} ms/scan); decode+preprocess {s['decode_ms_per_scan']:.2f} ms/scan")
+        print(f"  limit        {s['limit_scans_per_s']:7.1f} scans/s   end-to-end/limit "
+              f"{s['end_to_end_over_limit']:.2f}   ×{s['over_model_predict_fp32']:.1f} model.predict fp32")
+        print(f"  after upload {bulk['after_upload_scans_per_s']:7.1f} scans/s   /limit "
+              f"{s['after_upload_over_limit']:.2f}; engine busy {100 * s['engine_busy_fraction']:.0f}% "
+              f"of the end-to-end time")
+        print(f"  batches      mean fill {s['mean_batch_fill']:.2f}; latency p50 "
+              f"{s['latency_p50_s']:.2f} s, p95 {s['latency_p95_s']:.2f} s")
+        small = report["precisions"][precision]["small_jobs"]
+        print(f"  {small['jobs']} one-slice jobs at once: {s['small_jobs_scans_per_s']:.1f} scans/s, "
+              f"mean fill {s['small_jobs_mean_batch_fill']:.2f} (API took {small['upload_s']:.2f} s "
+              f"to accept them); queued first: {s['small_jobs_queued_scans_per_s']:.1f} scans/s, "
+              f"mean fill {s['small_jobs_queued_mean_batch_fill']:.2f}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scans", type=int, default=512, help="slices in the bulk job")
+    parser.add_argument("--small-jobs", type=int, default=100, help="one-slice jobs sent at once")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--out", type=Path, default=Path("var/bench.json"))
+    args = parser.parse_args(argv)
+    from models.synthetic import png_slice
+
+    base = load_settings()
+    var_dir = Path(os.environ.get("COVIDSCAN_VAR_DIR") or "var") / "bench"
+    shutil.rmtree(var_dir, ignore_errors=True)
+    var_dir.mkdir(parents=True)
+    settings = base.with_overrides(database_url=f"sqlite:///{var_dir / 'bench.db'}",
+                                   blob_dir=var_dir / "blobs", port=base.port + 100)
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    print(f"bench: making {args.scans} synthetic 512×512 PNG slices…", flush=True)
+    pngs = [png_slice(512, seed=i) for i in range(args.scans)]
+    report = run(settings, var_dir, pngs, args.small_jobs, precisions)
+    report["settings"] = {"max_batch_size": settings.max_batch_size,
+                          "max_queue_delay_ms": settings.max_queue_delay_ms,
+                          "worker_concurrency": settings.worker_concurrency,
+                          "chunk_size": settings.batch_size, "cpus": os.cpu_count()}
+    report["summary"] = summarise(report)
+    print_summary(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"\nbench: wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""In-process measurements for the benchmark: engines on preprocessed tensors, decoding.
+
+They run while the stack is idle, right before the end-to-end case they are compared
+with, so both see the same load on the shared cores.
+"""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+
+def decode_cost(pngs: Sequence[bytes], size: tuple[int, int]) -> dict[str, float]:
+    """Seconds per scan to decode and preprocess: on one thread, and with the worker's pool."""
+    from models.preprocess import load_seed_v1
+
+    started = time.perf_counter()
+    for data in pngs:
+        load_seed_v1(data, size)
+    single = (time.perf_counter() - started) / len(pngs)
+    threads = os.cpu_count() or 2
+    with ThreadPoolExecutor(threads) as pool:
+        started = time.perf_counter()
+        list(pool.map(lambda data: load_seed_v1(data, size), pngs))
+        pooled = (time.perf_counter() - started) / len(pngs)
+    return {"single_thread_s_per_scan": single, "pool_s_per_scan": pooled, "pool_threads": threads}
+
+
+def throughput(predict, batch: np.ndarray, min_seconds: float = 3.0) -> float:
+    """Images per second of ``predict`` on ``batch``, after one untimed call, over ≥ min_seconds."""
+    predict(batch)
+    calls = 0
+    started = time.perf_counter()
+    while calls < 2 or time.perf_counter() - started < min_seconds:
+        predict(batch)
+        calls += 1
+    return calls * len(batch) / (time.perf_counter() - started)
+
+
+def tensor_batch(pngs: Sequence[bytes], count: int, size: tuple[int, int]) -> np.ndarray:
+    from models.preprocess import load_seed_v1
+
+    return np.stack([load_seed_v1(pngs[i % len(pngs)], size) for i in range(count)])
+
+
+class EngineBench:
+    """The model in this process: the model.predict fp32 baseline, the TensorFlow reference,
+    and per precision the engine the worker would serve, its parity and its raw speed."""
+
+    def __init__(self, model_path: Optional[Path], engine_kind: str, batch_size: int,
+                 cache_dir: Path, pngs: Sequence[bytes]) -> None:
+        from models.loader import build_untrained, load_model_file
+        from models.selection import reference_engine
+
+        self.model = load_model_file(model_path) if model_path else build_untrained()
+        self.engine_kind, self.batch_size, self.cache_dir = engine_kind, batch_size, cache_dir
+        self.pngs = pngs[:128]
+        self.batch = tensor_batch(pngs, batch_size, self.model.info.input_size)
+        self.reference = reference_engine(self.model, batch_size)
+
+    def baseline(self) -> dict[str, Any]:
+        keras_model = self.model.keras_model
+        info = self.model.info
+        return {
+            "model": {"name": info.name, "version": info.version, "trained": info.trained},
+            "model_predict_fp32_images_per_s": throughput(
+                lambda b: keras_model.predict(b, batch_size=self.batch_size, verbose=0), self.batch),
+            "tensorflow_fp32_images_per_s": throughput(self.reference.predict, self.batch),
+        }
+
+    def measure(self, precision: str) -> dict[str, Any]:
+        from models.parity import check_parity
+        from models.selection import build_engine
+
+        engine = build_engine(self.model, self.engine_kind, precision, self.batch_size,
+                              self.cache_dir, self.reference)
+        parity = check_parity(self.reference, engine)
+        return {
+            "engine": engine.name, "precision": engine.precision,
+            "images_per_s": throughput(engine.predict, self.batch),
+            "decode": decode_cost(self.pngs, self.model.info.input_size),
+            "parity": {"max_abs_diff": parity.max_abs_diff, "label_flips": parity.label_flips,
+                       "tolerance": parity.tolerance, "passed": parity.passed},
+        }

@@ -1,0 +1,131 @@
+"""The OpenVINO engine for CPU hosts: converted once per model, kept busy with async requests.
+
+The Keras model is traced as a ``tf.function`` with a dynamic batch dimension and
+converted with ``openvino.convert_model``. The converted model is cached on disk under
+the model's SHA-256 (and the OpenVINO version), so a worker restart reads it back
+instead of converting again. A batch is split over the compiled model's optimal number
+of asynchronous infer requests, which run in parallel streams.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from models.loader import LoadedModel
+
+log = logging.getLogger(__name__)
+
+OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+CPU_CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}
+
+
+def _core():
+    import openvino as ov
+
+    return ov.Core()
+
+
+def supported_precision(precision: str, device: str = "CPU") -> str:
+    """``precision`` when the device computes in it natively, else fp32 (with a warning)."""
+    if precision == "fp32":
+        return precision
+    capabilities = _core().get_property(device, "OPTIMIZATION_CAPABILITIES")
+    if CPU_CAPABILITY[precision] in capabilities:
+        return precision
+    log.warning("%s does not support %s (capabilities %s); using fp32", device, precision,
+                ", ".join(capabilities))
+    return "fp32"
+
+
+def converted_model_path(cache_dir: Path, sha256: str) -> Path:
+    import openvino as ov
+
+    version = ov.__version__.split("-")[0]
+    return Path(cache_dir) / f"{sha256}-openvino-{version}.xml"
+
+
+def convert_cached(model: LoadedModel, cache_dir: Path):
+    """The OpenVINO model for ``model``: read from the cache, or converted and cached."""
+    import openvino as ov
+
+    path = converted_model_path(cache_dir, model.info.sha256)
+    if path.exists():
+        log.info("reading the converted model from %s", path)
+        return _core().read_model(str(path))
+    import tensorflow as tf
+
+    height, width = model.info.input_size
+    keras_model = model.keras_model
+    traced = tf.function(lambda x: keras_model(x, training=False),
+                         input_signature=[tf.TensorSpec((None, height, width, 3), tf.float32)])
+    log.info("converting %s:%s to OpenVINO", model.info.name, model.info.version)
+    converted = ov.convert_model(traced.get_concrete_function())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written under a private name, then renamed: the .xml appears only once the .bin is whole,
+    # so a concurrent or interrupted worker never reads half a model.
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.xml")
+    ov.save_model(converted, str(tmp), compress_to_fp16=False)
+    os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
+    os.replace(tmp, path)
+    log.info("cached the converted model at %s", path)
+    return converted
+
+
+class OpenVINOEngine:
+    """Runs a converted model on the CPU in fp32, bf16 or fp16 with parallel infer requests."""
+
+    name = "openvino"
+
+    def __init__(self, model: LoadedModel, precision: str, batch_size: int, cache_dir: Path,
+                 device: str = "CPU") -> None:
+        import openvino as ov
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.info = model.info
+        self.batch_size = batch_size
+        height, width = model.info.input_size
+        self._input_shape = (height, width, 3)
+        core = _core()
+        core.set_property({"CACHE_DIR": str(Path(cache_dir) / "compiled")})
+        self._compiled = core.compile_model(convert_cached(model, cache_dir), device, {
+            "INFERENCE_PRECISION_HINT": OV_PRECISION[precision],
+            "PERFORMANCE_HINT": "THROUGHPUT",
+        })
+        # What the device settled on, which is what results record.
+        actual = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.precision = {ov_name: name for name, ov_name in OV_PRECISION.items()}.get(actual, actual)
+        count = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        # Plain asynchronous requests, read by the calling thread after wait(): no completion
+        # callback has to take the GIL inside OpenVINO's stream threads.
+        self._requests = [self._compiled.create_infer_request() for _ in range(count)]
+        self._lock = threading.Lock()
+        log.info("OpenVINO %s on %s: %d infer requests", self.precision, device, count)
+
+    @property
+    def requests(self) -> int:
+        return len(self._requests)
+
+    def warm_up(self) -> None:
+        self.predict(np.zeros((self.batch_size, *self._input_shape), dtype=np.float32))
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1:] != self._input_shape:
+            raise ValueError(f"expected a batch of shape (N, {self._input_shape}), got {batch.shape}")
+        if batch.shape[0] == 0:
+            return np.empty(0, dtype=np.float64)
+        parts = np.array_split(batch, min(self.requests, batch.shape[0]))
+        with self._lock:
+            for request, part in zip(self._requests, parts):
+                request.start_async({0: part})
+            outputs = []
+            for request, _ in zip(self._requests, parts):
+                request.wait()
+                outputs.append(request.get_output_tensor(0).data.copy())
+            output = np.concatenate(outputs)
+        return output[:, self.info.positive_index].astype(np.float64)
