@@ -149,3 +149,9 @@ def test_concurrent_chunks_share_batches_and_transactions_and_each_gets_its_own_
     with sessions() as session:
         statuses = [summarise_job(session, job_id).status for job_id, _ in jobs]
     assert statuses == ["succeeded"] * 12 + ["partially_succeeded"]
+
+
+@pytest.mark.parametrize("key", ["../etc/passwd", "/etc/passwd", "job/../../x", ""])
+def test_blob_keys_cannot_leave_the_blob_directory(store, key):
+    with pytest.raises(ValueError, match="escapes"):
+        store.get(key)
