@@ -247,7 +247,9 @@ def test_the_upload_shows_its_progress_in_bytes(live_server, browser, tmp_path):
     by_id(browser, "submit").click()
     seen = set()
     while "/jobs/" not in browser.current_url:
-        text = browser.execute_script("return document.getElementById('upload-bytes').textContent")
+        # The page may navigate to the job between the URL check and this read.
+        text = browser.execute_script(
+            "const el = document.getElementById('upload-bytes'); return el ? el.textContent : ''")
         if text.endswith(" sent"):  # "120.5 KiB of 400.2 KiB sent"
             seen.add(text)
         time.sleep(0.05)
