@@ -12,7 +12,8 @@ from api.problems import Problem
 from api.serialize import csv_lines, job_json, result_row
 from api.uploads import ParsedUpload, UploadLimits, iter_scans
 from covidscan.settings import PRECISIONS
-from db.jobs import NewScan, create_job, iter_results, recent_jobs, results_page, summarise_job
+from db.jobs import (NewScan, create_job, iter_results, recent_job_summaries, results_page,
+                     summarise_job)
 from db.models import Job, new_id
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,8 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
 @bp.get("")
 def list_jobs() -> Response:
     limit = _int_arg("limit", 50, 1, 500)
-    session = db_session()
-    return jsonify(jobs=[job_json(summarise_job(session, job.id))
-                         for job in recent_jobs(session, limit)])
+    return jsonify(jobs=[job_json(summary)
+                         for summary in recent_job_summaries(db_session(), limit)])
 
 
 def _summary_or_404(job_id: str):

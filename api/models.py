@@ -17,23 +17,30 @@ UNTRAINED_NOTE = ("no model is registered: jobs run on the built-in resnet50-unt
                   "whose probabilities mean nothing")
 
 
+def _find(ref: str, missing_status: int, missing_detail: str) -> Model:
+    """The registered model ``ref`` names.
+
+    Raises:
+        Problem: 400 for a malformed reference; ``missing_status`` when none is registered.
+    """
+    try:
+        model = find_model(db_session(), ref)
+    except RegistryError as exc:
+        raise Problem(400, str(exc), model=ref) from None
+    if model is None:
+        raise Problem(missing_status, missing_detail, model=ref)
+    return model
+
+
 def resolve_model(ref: Optional[str]) -> Optional[Model]:
     """The model a job asks for, else the default; None when nothing is registered.
 
     Raises:
         Problem: 400 naming a reference that is malformed or not registered.
     """
-    session = db_session()
     if ref is None:
-        return default_model(session)
-    try:
-        model = find_model(session, ref)
-    except RegistryError as exc:
-        raise Problem(400, str(exc), model=ref) from None
-    if model is None:
-        raise Problem(400, f"unknown model {ref!r}; GET /v1/models lists the registered ones",
-                      model=ref)
-    return model
+        return default_model(db_session())
+    return _find(ref, 400, f"unknown model {ref!r}; GET /v1/models lists the registered ones")
 
 
 def requested_model_ref() -> Optional[str]:
@@ -53,13 +60,7 @@ def list_registered() -> Response:
 
 
 def _model_or_404(ref: str) -> Model:
-    try:
-        model = find_model(db_session(), ref)
-    except RegistryError as exc:
-        raise Problem(400, str(exc)) from None
-    if model is None:
-        raise Problem(404, f"no registered model {ref!r}")
-    return model
+    return _find(ref, 404, f"no registered model {ref!r}")
 
 
 @bp.get("/<ref>")

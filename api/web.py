@@ -9,7 +9,7 @@ from flask import Blueprint, render_template
 
 from api.extensions import db_session, services
 from api.serialize import job_json
-from db.jobs import recent_jobs, summarise_job
+from db.jobs import recent_job_summaries, summarise_job
 
 bp = Blueprint("web", __name__)
 
@@ -26,8 +26,7 @@ def upload_page() -> str:
 
 @bp.get("/jobs")
 def jobs_page() -> str:
-    session = db_session()
-    jobs = [job_json(summarise_job(session, job.id)) for job in recent_jobs(session, RECENT_JOBS)]
+    jobs = [job_json(summary) for summary in recent_job_summaries(db_session(), RECENT_JOBS)]
     return render_template("jobs.html", jobs=jobs)
 
 

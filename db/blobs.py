@@ -4,7 +4,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+
+from db.paths import path_under
 
 
 class BlobNotFound(FileNotFoundError):
@@ -21,11 +23,7 @@ class BlobStore:
         return f"{job_id}/{position:06d}"
 
     def _path(self, key: str) -> Path:
-        # Checked lexically, not with Path.resolve(): this runs for every scan a worker reads.
-        parts = PurePosixPath(key).parts
-        if not parts or key.startswith("/") or any(p in ("..", ".") for p in parts):
-            raise ValueError(f"blob key {key!r} escapes the blob directory")
-        return self.root.joinpath(*parts)
+        return path_under(self.root, key, "blob key")
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)

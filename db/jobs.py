@@ -81,29 +81,39 @@ def create_job(session: Session, name: Optional[str], scans: Sequence[NewScan],
     return job
 
 
-def job_counts(session: Session, job_id: str) -> JobCounts:
-    rows = session.execute(
-        select(Scan.status, func.count()).where(Scan.job_id == job_id).group_by(Scan.status)
-    ).all()
-    by_status = {ScanStatus(status).value: count for status, count in rows}
-    return JobCounts(total=sum(by_status.values()), **by_status)
+def summarise_jobs(session: Session, jobs: Sequence[Job]) -> list[JobSummary]:
+    """Counts and derived times of several jobs, in two queries whatever their number."""
+    ids = [job.id for job in jobs]
+    by_job: dict[str, dict[str, int]] = {job_id: {} for job_id in ids}
+    for job_id, status, count in session.execute(
+        select(Scan.job_id, Scan.status, func.count()).where(Scan.job_id.in_(ids))
+        .group_by(Scan.job_id, Scan.status)
+    ):
+        by_job[job_id][ScanStatus(status).value] = count
+    times = {job_id: (started, last) for job_id, started, last in session.execute(
+        select(Scan.job_id, func.min(Scan.started_at), func.max(Scan.finished_at))
+        .where(Scan.job_id.in_(ids)).group_by(Scan.job_id)
+    )}
+    summaries = []
+    for job in jobs:
+        counts = JobCounts(total=sum(by_job[job.id].values()), **by_job[job.id])
+        started, last = times.get(job.id, (None, None))
+        finished = last if counts.status not in ("queued", "running") else None
+        summaries.append(JobSummary(job=job, counts=counts, started_at=started,
+                                    finished_at=finished))
+    return summaries
 
 
 def summarise_job(session: Session, job_id: str) -> Optional[JobSummary]:
     """Return the job with its counts and derived times, or None when it does not exist."""
     job = session.get(Job, job_id)
-    if job is None:
-        return None
-    counts = job_counts(session, job_id)
-    started, last = session.execute(
-        select(func.min(Scan.started_at), func.max(Scan.finished_at)).where(Scan.job_id == job_id)
-    ).one()
-    finished = last if counts.status not in ("queued", "running") else None
-    return JobSummary(job=job, counts=counts, started_at=started, finished_at=finished)
+    return None if job is None else summarise_jobs(session, [job])[0]
 
 
-def recent_jobs(session: Session, limit: int = 50) -> list[Job]:
-    return list(session.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit)))
+def recent_job_summaries(session: Session, limit: int = 50) -> list[JobSummary]:
+    """The newest jobs first, with their counts."""
+    jobs = list(session.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit)))
+    return summarise_jobs(session, jobs)
 
 
 def results_page(session: Session, job_id: str, limit: int,

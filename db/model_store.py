@@ -11,6 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from db.paths import path_under
+
 SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -29,10 +31,7 @@ class ModelStore:
         self.root = Path(root)
 
     def path(self, relative: str) -> Path:
-        path = (self.root / relative).resolve()
-        if self.root.resolve() not in path.parents:
-            raise ValueError(f"stored model path {relative!r} escapes the model store")
-        return path
+        return path_under(self.root, relative, "stored model path")
 
     def relative_path(self, source: Path, name: str, version: str) -> str:
         """Where :meth:`put` stores ``source`` under ``name`` and ``version``."""

@@ -34,8 +34,15 @@ class Engine(Protocol):
         ...
 
 
+def gpu_names() -> list[str]:
+    """The GPUs TensorFlow sees (none on a CPU host)."""
+    import tensorflow as tf
+
+    return [gpu.name for gpu in tf.config.list_physical_devices("GPU")]
+
+
 def configure_tensorflow_devices() -> list[str]:
-    """Turn on GPU memory growth (before TensorFlow touches the GPU); return the GPU names."""
+    """Turn on GPU memory growth (once, before TensorFlow touches the GPU); return the GPU names."""
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from models.engine import Engine, TensorFlowEngine, configure_tensorflow_devices
+from models.engine import Engine, TensorFlowEngine, gpu_names
 from models.loader import LoadedModel
 from models.parity import check_parity
 
@@ -39,7 +39,7 @@ def build_engine(model: LoadedModel, kind: str, precision: str, batch_size: int,
         precision: ``fp32``, ``bf16`` or ``fp16``; the TensorFlow engine computes in fp32 only.
         reference: the model's TensorFlow fp32 engine, served when the candidate fails.
     """
-    kind = resolve_engine_kind(kind, configure_tensorflow_devices())
+    kind = resolve_engine_kind(kind, gpu_names())
     if kind == "tensorflow":
         if precision != "fp32":
             log.warning("the TensorFlow engine computes in fp32 only; %s requested", precision)
