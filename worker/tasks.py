@@ -65,3 +65,11 @@ def _load_model_before_consuming(sender=None, **_: object) -> None:
 @signals.worker_process_init.connect
 def _load_model_in_child(**_: object) -> None:
     initialise()
+
+
+@signals.worker_shutdown.connect
+def _release_runtime(**_: object) -> None:
+    """After a warm shutdown: drain the batcher and group commit, close database connections."""
+    current = current_runtime()
+    if current is not None:
+        current.close()
