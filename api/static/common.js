@@ -51,5 +51,18 @@ window.covidscan = (function () {
     return node;
   }
 
-  return { formatBytes, formatDuration, problemDetail, replaceChildren, element };
+  /** The signed-in page's CSRF token: send it (header X-CSRF-Token) with every request
+   *  that changes something (POST, PUT, PATCH, DELETE). */
+  function csrfToken() {
+    const meta = document.querySelector('meta[name="csrf-token"]');
+    return meta ? meta.content : "";
+  }
+
+  /** Headers for a state-changing request: Accept JSON, and the CSRF token. */
+  function unsafeHeaders() {
+    return { Accept: "application/json", "X-CSRF-Token": csrfToken() };
+  }
+
+  return { formatBytes, formatDuration, problemDetail, replaceChildren, element, csrfToken,
+           unsafeHeaders };
 })();
