@@ -74,7 +74,7 @@ def own_redis(tmp_path) -> Iterator[EmbeddedRedis]:
 
 
 @pytest.fixture
-def compose_stack(tmp_path, own_redis, tiny_model_path) -> Iterator[tuple[str, dict]]:
+def compose_stack(tmp_path, own_redis, tiny_model_path) -> Iterator[tuple[str, dict, str]]:
     services = compose.compose_config()["services"]
     places = {"DATABASE_URL": fresh_database_url(tmp_path, migrated=False),
               "REDIS_URL": own_redis.url, "BLOB_DIR": str(tmp_path / "blobs"),
@@ -99,7 +99,13 @@ def compose_stack(tmp_path, own_redis, tiny_model_path) -> Iterator[tuple[str, d
             assert run_healthcheck(services["worker"], health_env) == 0, name
         api, port = start_api(services["api"], service_env(services["api"], **places),
                               tmp_path / "api.log")
-        yield f"http://127.0.0.1:{port}", services
+        # As an operator would: docker compose run --rm api covidscan keys create ...
+        created = subprocess.run(
+            [sys.executable, "-m", "covidscan.cli", "keys", "create", "--owner", "ward3"],
+            cwd=ROOT, env=service_env(services["migrate"], **places), capture_output=True,
+            text=True, timeout=120)
+        assert created.returncode == 0, created.stderr
+        yield f"http://127.0.0.1:{port}", services, created.stdout.strip()
     finally:
         if api is not None:
             api.terminate()
@@ -109,12 +115,12 @@ def compose_stack(tmp_path, own_redis, tiny_model_path) -> Iterator[tuple[str, d
 
 
 def test_two_workers_share_one_job_submitted_over_http(compose_stack, tmp_path):
-    url, _ = compose_stack
+    url, _, compose_key = compose_stack
     folder = tmp_path / "slices"
     folder.mkdir()
     for i in range(SCANS):
         (folder / f"slice_{i:02d}.png").write_bytes(png_bytes(48, seed=i))
-    client = Client(url, timeout=60)
+    client = Client(url, timeout=60, api_key=compose_key)
     job = client.submit(collect_files([folder]), name="compose")
     final = wait_for_job(client, job["id"])
     assert final["status"] == "succeeded" and final["counts"]["succeeded"] == SCANS
