@@ -41,6 +41,8 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
+        if exc.response is not None:  # built already (the rate limiter's 429 problem)
+            return exc.response
         detail = exc.description or HTTPStatus(exc.code or 500).phrase
         if exc.code == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")

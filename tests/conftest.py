@@ -105,13 +105,14 @@ def app(app_config):
 
 @pytest.fixture
 def api_key(app_config) -> str:
-    """A submit+read key of the owner "alice"."""
-    return create_api_key(app_config["DATABASE_URL"])
+    """A submit+read key of an owner of this test's own (rate limits in the shared Redis
+    are counted per owner)."""
+    return create_api_key(app_config["DATABASE_URL"], owner=f"alice-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture
 def client(app, api_key):
-    """A test client signed in as "alice" (submit, read)."""
+    """A test client that sends ``api_key`` (submit, read)."""
     return authorised(app.test_client(), api_key)
 
 
