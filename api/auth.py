@@ -102,9 +102,9 @@ def owned_job(job_id: str) -> Job:
 
 def owned_scan(scan_id: str) -> Scan:
     """The scan ``scan_id`` if the caller may see its job; 404 otherwise (see :func:`owned_job`)."""
-    scan = db_session().get(Scan, scan_id)
-    principal = current_principal()
-    if scan is None or (not principal.is_admin and scan.job.owner != principal.owner):
+    session = db_session()
+    scan = session.get(Scan, scan_id)
+    if scan is None or find_job(session, scan.job_id, current_principal().job_owner) is None:
         raise Problem(404, f"no scan with id {scan_id!r}")
     return scan
 

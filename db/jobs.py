@@ -125,9 +125,8 @@ def find_job(session: Session, job_id: str, owner: object) -> Optional[Job]:
     return session.scalars(_owned(select(Job).where(Job.id == job_id), owner)).first()
 
 
-def recent_job_summaries(session: Session, limit: int = 50,
-                         owner: object = ANY_OWNER) -> list[JobSummary]:
-    """The newest jobs of ``owner`` (default: everyone's) first, with their counts."""
+def recent_job_summaries(session: Session, limit: int, owner: object) -> list[JobSummary]:
+    """The newest jobs of ``owner`` (:data:`ANY_OWNER`: everyone's) first, with their counts."""
     jobs = list(session.scalars(_owned(select(Job), owner).order_by(Job.created_at.desc())
                                 .limit(limit)))
     return summarise_jobs(session, jobs)
