@@ -21,18 +21,28 @@ from covidscan.embedded_redis import EmbeddedRedis
 from covidscan.settings import ConfigError, Settings, load_settings
 from db import migrate
 from db.audit import record
-from db.keys import create_key
+from db.keys import authenticate, create_key
 from db.session import make_engine, make_session_factory
 
 ADMIN_OWNER = "admin"
 
 
+def saved_key_works(settings: Settings) -> bool:
+    """Whether the key in ``API_KEY_FILE`` is a usable key of this database."""
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            return authenticate(session, settings.api_key_file.read_text().strip()) is not None
+    finally:
+        engine.dispose()
+
+
 def ensure_admin_key(settings: Settings) -> Optional[str]:
     """On the first start, create an administrator's key and save it to ``API_KEY_FILE``
     (mode 0600), like a notebook server's token. Returns the new key, or None when the
-    file already exists (or AUTH=off)."""
+    file already exists."""
     path = settings.api_key_file
-    if not settings.auth_enabled or path.exists():
+    if path.exists():
         return None
     engine = make_engine(settings.database_url)
     try:
@@ -107,11 +117,16 @@ class Stack:
                   "is an administrator and sees every job.", file=sys.stderr, flush=True)
             return
         key = ensure_admin_key(self.settings)
+        path = self.settings.api_key_file
         if key is not None:
             print(f"covidscan: created an administrator's API key (shown once, saved to "
-                  f"{self.settings.api_key_file}, mode 0600):\n\n    {key}\n", flush=True)
+                  f"{path}, mode 0600):\n\n    {key}\n", flush=True)
+        elif saved_key_works(self.settings):
+            print(f"covidscan: API key in {path}", flush=True)
         else:
-            print(f"covidscan: API key in {self.settings.api_key_file}", flush=True)
+            print(f"covidscan: WARNING: the key in {path} is not a valid key of this database "
+                  "(revoked, expired, or from another database); delete the file and restart "
+                  "to get a new one", file=sys.stderr, flush=True)
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:
         process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,

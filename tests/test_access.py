@@ -205,3 +205,20 @@ def test_auth_off_is_refused_unless_the_api_binds_to_loopback():
     with pytest.raises(ConfigError, match="API_HOST"):
         load_settings({"AUTH": "off", "API_HOST": "0.0.0.0"})
     assert not load_settings({"AUTH": "off", "API_HOST": "::1"}).auth_enabled
+
+
+def test_make_run_creates_one_administrators_key_and_keeps_it_private(tmp_path, database_url):
+    from covidscan.devstack import ensure_admin_key, saved_key_works
+    from covidscan.settings import load_settings
+
+    settings = load_settings({"DATABASE_URL": database_url,
+                              "API_KEY_FILE": str(tmp_path / "var" / "api-key")})
+    key = ensure_admin_key(settings)
+    assert key is not None and settings.api_key_file.read_text().strip() == key
+    assert settings.api_key_file.stat().st_mode & 0o777 == 0o600
+    assert saved_key_works(settings)
+    assert ensure_admin_key(settings) is None  # the next start keeps it
+    with session_factory(database_url).begin() as session:
+        row = revoke_key(session, key)
+        assert (row.owner, row.scopes) == ("admin", "admin")
+    assert not saved_key_works(settings)  # make run then says so
