@@ -115,6 +115,11 @@ def check_active_jobs(owner: str) -> None:
                       headers={"Retry-After": str(retry)})
 
 
+def storage_uri(redis_url: str) -> str:
+    """REDIS_URL as the ``limits`` library names it (``unix://`` is ``redis+unix://`` there)."""
+    return "redis+" + redis_url if redis_url.startswith("unix://") else redis_url
+
+
 def scan_quota() -> ScanQuota:
     return services().extras["scan_quota"]
 
@@ -123,10 +128,10 @@ def init_app(app: Flask) -> None:
     """Attach the rate limiter and the scan quota; call after :func:`api.auth.init_app`."""
     settings = app.extensions["covidscan"].settings
     limiter = Limiter(_limit_key, app=app, default_limits=[settings.rate_limit],
-                      storage_uri=settings.redis_url, strategy="moving-window",
+                      storage_uri=storage_uri(settings.redis_url), strategy="moving-window",
                       key_prefix="covidscan", swallow_errors=True, on_breach=_on_breach,
                       default_limits_exempt_when=lambda: request.endpoint in UNLIMITED_ENDPOINTS)
-    storage = storage_from_string(settings.redis_url)
+    storage = storage_from_string(storage_uri(settings.redis_url))
     app.extensions["covidscan"].extras["limiter"] = limiter
     app.extensions["covidscan"].extras["scan_quota"] = ScanQuota(
         SlidingWindowCounterRateLimiter(storage), settings.scans_per_hour)
