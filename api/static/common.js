@@ -63,6 +63,12 @@ window.covidscan = (function () {
     return { Accept: "application/json", "X-CSRF-Token": csrfToken() };
   }
 
+  /** After a 401 (the session ended or the key was revoked): sign in again, then come back. */
+  function signInAgain() {
+    window.location.assign("/login?next=" +
+                           encodeURIComponent(window.location.pathname + window.location.search));
+  }
+
   return { formatBytes, formatDuration, problemDetail, replaceChildren, element, csrfToken,
-           unsafeHeaders };
+           unsafeHeaders, signInAgain };
 })();

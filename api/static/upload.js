@@ -117,6 +117,10 @@
   }
 
   function onRejected(status, text) {
+    if (status === 401) {
+      window.covidscan.signInAgain();
+      return;
+    }
     const { detail, body } = problemDetail(status, text);
     const rejected = (body.skipped || []).slice();
     if (body.filename) {
