@@ -11,7 +11,6 @@ import hmac
 import ipaddress
 import logging
 from dataclasses import dataclass
-from functools import wraps
 from typing import Any, Callable, Optional, TypeVar
 from urllib.parse import quote
 
