@@ -83,10 +83,15 @@ def _read_limited(stream: IO[bytes], limit: int, filename: str) -> bytes:
     return data
 
 
-def _scan(filename: str, data: bytes, kind: str, limits: UploadLimits) -> ScanUpload:
-    """An image whose header declares no more than ``MAX_SCAN_PIXELS`` pixels."""
-    image_format = IMAGE_TYPES[kind]
-    check_pixels(read_header(data, image_format, filename), limits.max_scan_pixels, filename)
+def _scan(filename: str, data: bytes, kind: str, limits: UploadLimits,
+          shown_as: Optional[str] = None) -> ScanUpload:
+    """An image whose header declares no more than ``MAX_SCAN_PIXELS`` pixels.
+
+    ``shown_as``: how errors name it (an archive's entries as ``archive.zip/entry``).
+    """
+    shown_as = shown_as or filename
+    header = read_header(data, IMAGE_TYPES[kind], shown_as)
+    check_pixels(header, limits.max_scan_pixels, shown_as)
     return ScanUpload(filename, data)
 
 
@@ -116,7 +121,7 @@ def _zip_entries(stream: IO[bytes], archive_name: str, limits: UploadLimits,
                               filename=name) from None
             kind = sniff(data[:SNIFF_BYTES])
             if kind in IMAGE_TYPES:
-                yield _scan(info.filename, data, kind, limits)
+                yield _scan(info.filename, data, kind, limits, shown_as=name)
             elif kind == ZIP_TYPE:
                 parsed.skipped.append(Skipped(name, "nested ZIP archives are not expanded"))
             else:
