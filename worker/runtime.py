@@ -94,7 +94,7 @@ def register_model_path(settings: Settings, session_factory: sessionmaker[Sessio
 
     if settings.model_path is not None:
         model = register_or_select(session_factory, ModelStore(settings.model_store_dir),
-                                   settings.model_path)
+                                   settings.model_path, settings.model_trust_code)
         log.info("MODEL_PATH is %s%s", model.ref, " (the default)" if model.is_default else "")
 
 
