@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from db.models import Job, Scan, ScanStatus, utcnow
+from db.models import Scan, ScanStatus, utcnow
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,6 @@ def record_outcomes(session: Session, outcomes: Sequence[ScanOutcome],
     """
     now = utcnow()
     written = 0
-    job_ids: set[str] = set()
     for outcome in outcomes:
         result = session.execute(
             update(Scan)
@@ -87,15 +86,6 @@ def record_outcomes(session: Session, outcomes: Sequence[ScanOutcome],
             )
             .returning(Scan.job_id)
         )
-        row = result.first()
-        if row is not None:
+        if result.first() is not None:
             written += 1
-            job_ids.add(row[0])
-    if job_ids:
-        session.execute(
-            update(Job)
-            .where(Job.id.in_(job_ids), Job.model_sha256.is_(None))
-            .values(model_name=model.name, model_version=model.version,
-                    model_sha256=model.sha256, model_trained=model.trained)
-        )
     return written

@@ -97,7 +97,7 @@ def test_a_chunk_delivered_twice_neither_duplicates_nor_changes_results(sessions
         summary = summarise_job(session, job_id)
     assert after == before
     assert summary.status == "partially_succeeded" and summary.counts.total == 6
-    assert summary.job.model_name == "mean" and summary.finished_at is not None
+    assert summary.finished_at is not None
 
 
 @pytest.mark.database
@@ -111,7 +111,6 @@ def test_recording_twice_keeps_the_first_result(sessions, store):
     with sessions() as session:
         scan = session.get(Scan, scan_id)
         assert (scan.status, scan.probability_covid) == (ScanStatus.SUCCEEDED, 0.25)
-        assert summarise_job(session, job_id).job.model_trained is False
 
 
 def test_an_outcome_has_a_probability_or_an_error_never_both():

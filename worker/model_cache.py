@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.blobs import BlobStore
 from db.model_store import ModelStore
 from db.models import Model
-from db.registry import default_model, scan_ids_by_pinned_model
+from db.registry import default_model, pin_jobs, scan_ids_by_pinned_model, unpinned_job_ids
 from db.scans import ModelIdentity, ScanOutcome, claim_scans, record_outcomes
 from worker.inference import ChunkReport, classify_chunk
 
@@ -112,6 +112,12 @@ class ModelCache:
         """Load the registry's default (or the untrained default) before taking work."""
         with self.session_factory() as session:
             model = default_model(session)
+        if model is None:
+            log.warning("no model is registered (no MODEL_PATH, no `covidscan models add`): "
+                        "jobs that name no model run on the untrained default, whose "
+                        "probabilities mean nothing")
+        else:
+            log.info("jobs that name no model run on %s, the registry's default", model.ref)
         try:
             self.engines_for(model.id if model else None)
         except ModelUnavailable as exc:  # jobs pinned to it will fail with this reason
@@ -129,6 +135,33 @@ def fail_chunk(session_factory: sessionmaker[Session], scan_ids: Sequence[str],
     return ChunkReport(len(claimed), written, 0, len(claimed))
 
 
+def pin_unpinned_jobs(session_factory: sessionmaker[Session], cache: ModelCache,
+                      scan_ids: Sequence[str]) -> None:
+    """Pin the jobs of these scans that were accepted before any model was registered.
+
+    They get the registry's default as it is now (in a worker, after MODEL_PATH was
+    registered at start-up), and the untrained default only when no model is registered
+    at all; the pin is recorded on the job as if it had been made at submission.
+    """
+    with session_factory() as session:
+        job_ids = unpinned_job_ids(session, scan_ids)
+        if not job_ids:
+            return
+        model = default_model(session)
+    untrained = None
+    if model is None:
+        info = cache.engines_for(None).model.info
+        untrained = (info.name, info.version, info.sha256)
+    with session_factory.begin() as session:
+        pin_jobs(session, job_ids, model, untrained)
+    if model is not None:
+        log.info("pinned %d job(s) accepted before a model was registered to %s, the "
+                 "registry's default", len(job_ids), model.ref)
+    else:
+        log.warning("pinned %d job(s) to the untrained default %s: no model is registered, "
+                    "so its probabilities mean nothing", len(job_ids), untrained[0])
+
+
 def classify_pinned(session_factory: sessionmaker[Session], blobs: BlobStore, cache: ModelCache,
                     scan_ids: Sequence[str], precision: Optional[str] = None,
                     pool: Optional[Executor] = None, batcher: Optional["DynamicBatcher"] = None,
@@ -140,6 +173,7 @@ def classify_pinned(session_factory: sessionmaker[Session], blobs: BlobStore, ca
     ``group`` are passed to :func:`worker.inference.classify_chunk`; ``worker`` (the
     worker's name) is recorded with each result.
     """
+    pin_unpinned_jobs(session_factory, cache, scan_ids)
     with session_factory() as session:
         groups = scan_ids_by_pinned_model(session, scan_ids)
     reports = []

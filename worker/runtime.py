@@ -1,7 +1,8 @@
 """What a worker process loads once: settings, database, blob store, warm models, the batcher.
 
-At start-up ``MODEL_PATH``, when set, is registered (or found by SHA-256) and becomes the
-default if none exists; then the default model is loaded and warmed. Other models load
+At start-up ``MODEL_PATH``, when set, is registered (or found by SHA-256; ``covidscan migrate``
+and ``make run`` have usually done it already) and becomes the default if none exists; then
+the default model is loaded and warmed. Other models load
 on first use through :class:`worker.model_cache.ModelCache` (least recently used evicted).
 Engines are obtained through :func:`engine_for` only, keyed by model and precision, so the
 batcher never mixes models or precisions in one batch.
@@ -17,6 +18,7 @@ from typing import Optional
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from covidscan.registration import register_configured_model
 from covidscan.settings import Settings, load_settings
 from db.blobs import BlobStore
 from db.model_store import ModelStore
@@ -88,16 +90,6 @@ _runtime: Optional[WorkerRuntime] = None
 _runtime_lock = threading.Lock()
 
 
-def register_model_path(settings: Settings, session_factory: sessionmaker[Session]) -> None:
-    """Register MODEL_PATH (or find it by SHA-256); it becomes the default only if none exists."""
-    from covidscan.registration import register_or_select
-
-    if settings.model_path is not None:
-        model = register_or_select(session_factory, ModelStore(settings.model_store_dir),
-                                   settings.model_path, settings.model_trust_code)
-        log.info("MODEL_PATH is %s%s", model.ref, " (the default)" if model.is_default else "")
-
-
 def initialise(settings: Optional[Settings] = None) -> WorkerRuntime:
     """Warm the default model once for this process and start the batcher. Idempotent."""
     global _runtime
@@ -110,7 +102,7 @@ def initialise(settings: Optional[Settings] = None) -> WorkerRuntime:
         gpus = configure_tensorflow_devices()
         log.info("worker pid %s: GPUs %s", os.getpid(), gpus or "none, running on the CPU")
         session_factory = make_session_factory(make_engine(settings.database_url))
-        register_model_path(settings, session_factory)
+        register_configured_model(settings, session_factory)
         models = ModelCache(session_factory, ModelStore(settings.model_store_dir),
                             settings.max_loaded_models,
                             lambda model: ModelEngines(model, settings))
