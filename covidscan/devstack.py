@@ -16,7 +16,7 @@ from typing import IO, Optional
 
 import requests
 
-from covidscan.embedded_redis import EmbeddedRedis
+from covidscan.embedded_redis import EmbeddedRedis, stored_password
 from covidscan.settings import ConfigError, Settings, load_settings
 from db import migrate
 
@@ -84,9 +84,12 @@ class Stack:
             self.model = register_configured_model(self.settings)
         env = dict(os.environ)
         if not os.environ.get("REDIS_URL"):
-            self.redis = EmbeddedRedis(self.var_dir / "redis").start()
+            # A password made on first start, kept in var/ (mode 0600), carried in REDIS_URL.
+            password = stored_password(self.var_dir / "redis-password")
+            self.redis = EmbeddedRedis(self.var_dir / "redis", password=password).start()
             env["REDIS_URL"] = self.redis.url
-            print(f"covidscan: embedded Redis on {self.redis.url}")
+            print(f"covidscan: embedded Redis on {self.redis.shown_url} "
+                  f"(password in {self.var_dir / 'redis-password'})")
         env.update(DATABASE_URL=self.settings.database_url, BLOB_DIR=str(self.settings.blob_dir))
         self._spawn("worker", worker_command(self.settings.log_level), env)
         self._spawn("api", api_command(self.settings.port,
