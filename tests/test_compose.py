@@ -230,3 +230,12 @@ def test_env_example_documents_every_variable_and_nothing_else(services):
                             | compose.COMPOSE_CLI_VARIABLES)
     assert not unknown, f".env.example documents {sorted(unknown)}, which nothing reads"
 
+
+
+def test_the_front_image_is_pinned_unprivileged_and_copies_what_exists():
+    dockerfile = (ROOT / "docker" / "nginx.Dockerfile").read_text()
+    assert re.search(r"^FROM nginx:\d+\.\d+\.\d+-alpine$", dockerfile, re.MULTILINE)
+    assert re.search(r"^USER nginx$", dockerfile, re.MULTILINE)
+    for source in re.findall(r"^COPY (\S+) ", dockerfile, re.MULTILINE):
+        assert (ROOT / source).is_file(), source
+    assert "EXPOSE 8443" in dockerfile
