@@ -160,6 +160,8 @@ REFUSED = [
     ("broken-boundary", raw(b"--other\r\nContent-Disposition: form-data; name=\"files\"; "
                             b"filename=\"a.png\"\r\n\r\n" + PNG, "multipart/form-data; boundary=x"),
      400, []),
+    ("name-field-nul", files(("a.png", PNG), name="ward\x003"), 400, ["NUL"]),
+    ("model-field-nul", files(("a.png", PNG), model="tiny\x00:1"), 400, ["NUL"]),
     ("form-field-over-memory-limit", files(("a.png", PNG), name="x" * (MB + 10)), 413, []),
     # Oversize
     ("request-over-upload-limit", files(("big.png", PNG + _noise(7 * MB))), 413,
@@ -210,7 +212,8 @@ def test_hostile_upload_is_refused_with_a_problem_and_leaves_nothing(
 
 @pytest.mark.parametrize("path", ["/v1/jobs/x/results?format=xml", "/v1/jobs?limit=abc",
                                   "/v1/jobs?limit=100000", "/v1/jobs/x/results?cursor=-5",
-                                  "/v1/scans/%00/thumbnail", "/v1/jobs/" + "a" * 5000])
+                                  "/v1/scans/%00/thumbnail", "/v1/jobs/%00", "/v1/jobs?limit=1%00",
+                                  "/v1/jobs/x/results?format=csv%00", "/v1/jobs/" + "a" * 5000])
 def test_hostile_query_strings_and_paths_are_4xx(hostile_app, path):
     response = hostile_app.test_client().get(path)
     assert 400 <= response.status_code < 500
