@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import subprocess
 import sys
 import zlib
@@ -17,7 +16,7 @@ from tests.conftest import ROOT, wait_for_job
 from tests.images import corrupt_png, ct_slice, encode, png_bytes
 
 
-def _run(code: str, env_cap: int | None = None) -> dict:
+def _run(code: str) -> dict:
     """Run ``code`` in a fresh interpreter (cv2 not yet imported); it prints one JSON line."""
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
