@@ -45,6 +45,12 @@ class Settings:
     max_upload_bytes: int = 512 * 1024 * 1024
     max_scan_bytes: int = 64 * 1024 * 1024
     max_scans_per_job: int = 10_000
+    max_scan_pixels: int = 4096 * 4096
+    max_expanded_bytes: int = 512 * 1024 * 1024
+    max_archive_entries: int = 10_000
+    max_compression_ratio: int = 200
+    trusted_hosts: Optional[tuple[str, ...]] = ("localhost", "127.0.0.1")
+    model_trust_code: bool = False
     visibility_timeout: int = 3600
     worker_prefetch: int = 2
     worker_concurrency: int = 64
@@ -167,6 +173,7 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
     env = os.environ if env is None else env
     var_dir = Path(env.get("COVIDSCAN_VAR_DIR") or DEFAULT_VAR_DIR)
     max_batch_size = _read(env, "MAX_BATCH_SIZE", _positive_int, 32)
+    max_upload_bytes = _read(env, "MAX_UPLOAD_BYTES", _byte_size, 512 * 1024**2)
     return Settings(
         database_url=_read(env, "DATABASE_URL", normalise_database_url,
                            f"sqlite:///{(var_dir / 'covidscan.db').as_posix()}"),
@@ -176,9 +183,15 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
         model_store_dir=_read(env, "MODEL_STORE_DIR", _store_dir, var_dir / "models"),
         max_loaded_models=_read(env, "MAX_LOADED_MODELS", _positive_int, 2),
         batch_size=_read(env, "BATCH_SIZE", _positive_int, 32),
-        max_upload_bytes=_read(env, "MAX_UPLOAD_BYTES", _byte_size, 512 * 1024**2),
+        max_upload_bytes=max_upload_bytes,
         max_scan_bytes=_read(env, "MAX_SCAN_BYTES", _byte_size, 64 * 1024**2),
         max_scans_per_job=_read(env, "MAX_SCANS_PER_JOB", _positive_int, 10_000),
+        max_scan_pixels=_read(env, "MAX_SCAN_PIXELS", _pixel_count, 4096 * 4096),
+        max_expanded_bytes=_read(env, "MAX_EXPANDED_BYTES", _byte_size, max_upload_bytes),
+        max_archive_entries=_read(env, "MAX_ARCHIVE_ENTRIES", _positive_int, 10_000),
+        max_compression_ratio=_read(env, "MAX_COMPRESSION_RATIO", _positive_int, 200),
+        trusted_hosts=_read(env, "TRUSTED_HOSTS", _host_list, ("localhost", "127.0.0.1")),
+        model_trust_code=_read(env, "MODEL_TRUST_CODE", _flag, False),
         visibility_timeout=_read(env, "VISIBILITY_TIMEOUT", _positive_int, 3600),
         worker_prefetch=_read(env, "WORKER_PREFETCH", _positive_int, 2),
         worker_concurrency=_read(env, "WORKER_CONCURRENCY", _positive_int, 2 * max_batch_size),
@@ -242,6 +255,36 @@ def client_api_key(env: Optional[Mapping[str, str]] = None) -> Optional[str]:
         return path.read_text().strip() or None
     except OSError:
         return None
+
+
+def _pixel_count(name: str, raw: str) -> int:
+    """``16777216`` or ``4096x4096``."""
+    text = raw.strip().lower().replace("×", "x")
+    if "x" in text:
+        width, _, height = text.partition("x")
+        return _positive_int(name, width) * _positive_int(name, height)
+    return _positive_int(name, text)
+
+
+def _host_list(name: str, raw: str) -> Optional[tuple[str, ...]]:
+    """Comma-separated host names (``*`` alone: any host, for a front that checks them)."""
+    hosts = tuple(part.strip().lower() for part in raw.split(",") if part.strip())
+    if hosts == ("*",):
+        return None
+    for host in hosts:
+        if "*" in host or "/" in host or " " in host:
+            raise ConfigError(f"{name} must list host names separated by commas "
+                              f"(or be * alone), got {host!r}")
+    return hosts
+
+
+def _flag(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
 def _port(name: str, raw: str) -> int:
