@@ -96,6 +96,19 @@ def authorised(test_client, key: str):
     return test_client
 
 
+def keyed_test_clients(app, key: str):
+    """Make every ``app.test_client()`` send ``key`` (for tests that open many clients)."""
+    from flask.testing import FlaskClient
+
+    class KeyedClient(FlaskClient):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            authorised(self, key)
+
+    app.test_client_class = KeyedClient
+    return app
+
+
 @pytest.fixture
 def app(app_config):
     from api import create_app
