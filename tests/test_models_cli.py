@@ -51,8 +51,8 @@ def test_add_list_set_default_remove(registry_env, tiny_model_path, tmp_path):
     assert not stored.parent.exists()
     assert [r["version"] for r in listed(registry_env)] == ["2"]
     assert audited(registry_env["DATABASE_URL"]) == [
-        ("model.add", {"model": "tiny:1", "default": False}),
-        ("model.add", {"model": "tiny:2", "default": True}),
+        ("model.add", {"model": "tiny:1", "default": False, "trusted_code": False}),
+        ("model.add", {"model": "tiny:2", "default": True, "trusted_code": False}),
         ("model.set_default", {"model": "tiny:1"}), ("model.remove", {"model": "tiny:1"})]
 
 
