@@ -5,17 +5,20 @@ import redis
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
+from api.auth import public
 from api.extensions import db_session, services
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@public
 def healthz() -> Response:
     return jsonify(status="ok")
 
 
 @bp.get("/readyz")
+@public
 def readyz() -> tuple[Response, int]:
     checks: dict[str, str] = {}
     try:

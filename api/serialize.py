@@ -32,6 +32,7 @@ def job_json(summary: JobSummary) -> dict[str, Any]:
     return {
         "id": job.id,
         "name": job.name,
+        "owner": job.owner,
         "status": summary.status,
         "created_at": iso(job.created_at),
         "started_at": iso(summary.started_at),

@@ -15,12 +15,13 @@ from functools import lru_cache
 from flask import Blueprint, Response
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from api.extensions import db_session, services
+from api.audit import audit
+from api.auth import owned_scan, requires
+from api.extensions import services
 from api.image_header import read_header
 from api.problems import Problem
 from api.uploads import IMAGE_TYPES, SNIFF_BYTES, sniff
 from db.blobs import BlobNotFound
-from db.models import Scan
 
 log = logging.getLogger(__name__)
 bp = Blueprint("thumbnails", __name__, url_prefix="/v1/scans")
@@ -92,10 +93,10 @@ def _image_response(data: bytes, mimetype: str, cache_seconds: int) -> Response:
 
 
 @bp.get("/<scan_id>/thumbnail")
+@requires("read")
 def get_thumbnail(scan_id: str) -> Response:
-    scan = db_session().get(Scan, scan_id)
-    if scan is None:
-        raise Problem(404, f"no scan with id {scan_id!r}")
+    scan = owned_scan(scan_id)
+    audit("thumbnail.view", scan.job_id, {"scan_id": scan.id})
     svc = services()
     blobs = svc.blobs
     cache_key = scan.blob_key + THUMBNAIL_SUFFIX

@@ -1,7 +1,8 @@
 """``covidscan models``: register model files, list them, pick the default, remove them.
 
 These commands talk to the database and the model store directly (DATABASE_URL,
-MODEL_STORE_DIR), not to the API; TensorFlow is imported only by ``models add``.
+MODEL_STORE_DIR), not to the API; TensorFlow is imported only by ``models add``. Every
+change is written to the audit log under the operating-system user's name.
 """
 from __future__ import annotations
 
@@ -58,7 +59,9 @@ def models() -> None:
 def add(file: Path, name: str, version: Optional[str], classes: str, positive: Optional[str],
         preprocessing: str, make_default: bool, trust_code: bool) -> None:
     """Validate a .h5, .keras or SavedModel directory and register a copy of it."""
+    from covidscan.cli_keys import cli_actor
     from covidscan.registration import Registration, register_model
+    from db.audit import record
     from models.classes import parse_class_list
     from models.loader import ModelLoadError
 
@@ -70,6 +73,10 @@ def add(file: Path, name: str, version: Optional[str], classes: str, positive: O
                 trust_code=trust_code))
         except (ModelLoadError, ValueError, FileExistsError) as exc:
             raise click.ClickException(str(exc)) from None
+        with session_factory.begin() as session:
+            record(session, "model.add", key_id=None, owner=cli_actor(),
+                   detail={"model": model.ref, "sha256": model.sha256,
+                           "default": model.is_default, "trusted_code": model.trusted_code})
     trusted = ", its code trusted (--trust-code)" if model.trusted_code else ""
     click.echo(f"registered {model.ref} (sha256 {model.sha256}){' as the default' if model.is_default else ''}{trusted}")
 
@@ -103,12 +110,16 @@ def list_(as_json: bool) -> None:
 @click.argument("ref")
 def set_default_(ref: str) -> None:
     """Make NAME[:VERSION] the model new jobs use when they name none."""
+    from covidscan.cli_keys import cli_actor
+    from db.audit import record
     from db.registry import get_model, set_default
 
     with registry_context() as (_settings, session_factory, _store):
         with session_factory.begin() as session:
             model = get_model(session, ref)
             set_default(session, model)
+            record(session, "model.set_default", key_id=None, owner=cli_actor(),
+                   detail={"model": model.ref})
             click.echo(f"{model.ref} is the default model")
 
 
@@ -116,6 +127,8 @@ def set_default_(ref: str) -> None:
 @click.argument("ref")
 def remove(ref: str) -> None:
     """Unregister NAME:VERSION and delete its stored file (refused while jobs use it)."""
+    from covidscan.cli_keys import cli_actor
+    from db.audit import record
     from db.registry import get_model, parse_ref, remove_model
 
     with registry_context() as (_settings, session_factory, store):
@@ -125,5 +138,7 @@ def remove(ref: str) -> None:
             model = get_model(session, ref)
             stored = model.stored_path
             remove_model(session, model)
+            record(session, "model.remove", key_id=None, owner=cli_actor(),
+                   detail={"model": model.ref, "sha256": model.sha256})
         store.delete(stored)
     click.echo(f"removed {ref}")

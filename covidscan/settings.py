@@ -17,6 +17,10 @@ T = TypeVar("T")
 DEFAULT_VAR_DIR = Path("var")
 ENGINES = ("auto", "tensorflow", "openvino")
 PRECISIONS = ("fp32", "bf16", "fp16")
+AUTH_MODES = ("on", "off")
+COOKIE_SECURE_MODES = ("auto", "true", "false")
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+API_KEY_FILE_NAME = "api-key"
 
 
 class ConfigError(ValueError):
@@ -57,6 +61,18 @@ class Settings:
     engine_cache_dir: Path = DEFAULT_VAR_DIR / "engine-cache"
     port: int = 5000
     log_level: str = "INFO"
+    auth: str = "on"
+    api_host: str = "127.0.0.1"
+    api_key_file: Path = DEFAULT_VAR_DIR / API_KEY_FILE_NAME
+    session_hours: int = 12
+    session_cookie_secure: str = "auto"
+    rate_limit: str = "3000/minute"
+    scans_per_hour: int = 100_000
+    max_active_jobs: int = 500
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth == "on"
 
     def with_overrides(self, **changes: object) -> "Settings":
         """Return a copy with some fields replaced (used by tests and the local stack)."""
@@ -187,7 +203,58 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
                                var_dir / "engine-cache"),
         port=_read(env, "PORT", _port, 5000),
         log_level=_read(env, "LOG_LEVEL", _log_level, "INFO"),
+        **_access_settings(env, var_dir),
     )
+
+
+def _access_settings(env: Mapping[str, str], var_dir: Path) -> dict[str, object]:
+    """Authentication, sessions, rate limits and quotas.
+
+    ``AUTH=off`` is refused unless ``API_HOST`` is a loopback address.
+    """
+    auth = _read(env, "AUTH", _choice(AUTH_MODES), "on")
+    api_host = _read(env, "API_HOST", lambda _n, raw: raw, "127.0.0.1")
+    if auth == "off" and api_host not in LOOPBACK_HOSTS:
+        raise ConfigError(f"AUTH=off is allowed only when API_HOST is a loopback address "
+                          f"({', '.join(LOOPBACK_HOSTS)}), got API_HOST={api_host!r}")
+    return {
+        "auth": auth,
+        "api_host": api_host,
+        "api_key_file": _read(env, "API_KEY_FILE", lambda _n, raw: Path(raw).expanduser(),
+                              var_dir / API_KEY_FILE_NAME),
+        "session_hours": _read(env, "SESSION_HOURS", _positive_int, 12),
+        "session_cookie_secure": _read(env, "SESSION_COOKIE_SECURE",
+                                       _choice(COOKIE_SECURE_MODES), "auto"),
+        "rate_limit": _read(env, "RATE_LIMIT", _rate_limit, "3000/minute"),
+        "scans_per_hour": _read(env, "SCANS_PER_HOUR", _positive_int, 100_000),
+        "max_active_jobs": _read(env, "MAX_ACTIVE_JOBS", _positive_int, 500),
+    }
+
+
+def _rate_limit(name: str, raw: str) -> str:
+    """``N/second``, ``N/minute``, ``N/hour`` or ``N/day`` (also ``N per minute``)."""
+    text = raw.strip().lower().replace(" per ", "/")
+    number, _, period = text.partition("/")
+    if period not in ("second", "minute", "hour", "day") or not number.strip().isdigit() \
+            or int(number) < 1:
+        raise ConfigError(f"{name} must look like 600/minute (per second, minute, hour or day), "
+                          f"got {raw!r}")
+    return f"{int(number)}/{period}"
+
+
+def client_api_key(env: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """The key the CLI sends: ``COVIDSCAN_API_KEY``, else the file ``make run`` saved
+    (``API_KEY_FILE``, default ``<COVIDSCAN_VAR_DIR>/api-key``); None if neither."""
+    env = os.environ if env is None else env
+    key = (env.get("COVIDSCAN_API_KEY") or "").strip()
+    if key:
+        return key
+    var_dir = Path(env.get("COVIDSCAN_VAR_DIR") or DEFAULT_VAR_DIR)
+    path = Path(env.get("API_KEY_FILE") or var_dir / API_KEY_FILE_NAME).expanduser()
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _pixel_count(name: str, raw: str) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests import hostile_files as h
-from tests.conftest import ROOT
+from tests.conftest import ROOT, keyed_test_clients
 from tests.images import png_bytes
 
 # Through the real database: SQLite, and PostgreSQL in CI (which refuses NUL characters).
@@ -185,10 +185,10 @@ def _tree(path: Path) -> set[str]:
 
 
 @pytest.fixture
-def hostile_app(app_config, tmp_path):
+def hostile_app(app_config, api_key, tmp_path):
     from api import create_app
 
-    return create_app({**app_config, **LIMITS})
+    return keyed_test_clients(create_app({**app_config, **LIMITS}), api_key)
 
 
 @pytest.mark.parametrize("case, build, status, words", REFUSED, ids=[c[0] for c in REFUSED])
@@ -276,7 +276,7 @@ def test_a_formula_file_name_comes_back_quoted_in_the_csv(hostile_app):
     assert "'=HYPERLINK" in row and ',"=HYPERLINK' not in row and ",=HYPERLINK" not in row
 
 
-def test_thumbnails_obey_the_pixel_cap_and_cache_the_failure(hostile_app, app_config):
+def test_thumbnails_obey_the_pixel_cap_and_cache_the_failure(hostile_app, app_config, api_key):
     from api import create_app
 
     client = hostile_app.test_client()
@@ -284,7 +284,8 @@ def test_thumbnails_obey_the_pixel_cap_and_cache_the_failure(hostile_app, app_co
     job = client.post("/v1/jobs", data=body, content_type=content_type).get_json()
     scan_id = client.get(f"/v1/jobs/{job['id']}/results").get_json()["results"][0]["scan_id"]
     # An API with a lower cap (a setting changed after upload) refuses to decode it.
-    low = create_app({**app_config, **LIMITS, "MAX_SCAN_PIXELS": "1000x1000"}).test_client()
+    low = keyed_test_clients(create_app({**app_config, **LIMITS, "MAX_SCAN_PIXELS": "1000x1000"}),
+                             api_key).test_client()
     first = low.get(f"/v1/scans/{scan_id}/thumbnail")
     assert first.status_code == 200 and first.mimetype == "image/png"  # the placeholder
     blobs = Path(app_config["BLOB_DIR"])

@@ -98,11 +98,13 @@ def test_peak_memory_decoding_the_largest_allowed_slice_stays_under_1_gb(tmp_pat
 
 @pytest.mark.integration
 def test_hostile_scans_fail_alone_in_the_real_worker_and_a_normal_job_follows(
-        stack_config, worker):
+        stack_config, stack_key, worker):
     from api import create_app
+    from tests.conftest import authorised
 
     # An API whose pixel cap is above the worker's: the worker must refuse on its own.
-    client = create_app({**stack_config, "MAX_SCAN_PIXELS": "5000x5000"}).test_client()
+    client = authorised(create_app({**stack_config, "MAX_SCAN_PIXELS": "5000x5000"})
+                        .test_client(), stack_key)
     first_frame = encode(ct_slice(32, seed=7))
     items = [("anim.png", h.apng()), ("first.png", first_frame),
              ("poly.png", h.polyglot_png_zip()), ("poly.jpg", h.polyglot_jpeg_html()),
