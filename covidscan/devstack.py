@@ -1,7 +1,8 @@
 """``make run``: the whole stack on one machine.
 
 Applies migrations, starts an embedded Redis (unless REDIS_URL is set), one
-Celery worker and the API, and stops all of it on Ctrl-C or SIGTERM.
+Celery worker, the sweep (recovery and retention) and the API, and stops all of it
+on Ctrl-C or SIGTERM.
 """
 from __future__ import annotations
 
@@ -32,6 +33,11 @@ def worker_command(loglevel: str = "INFO", name: str = "worker1@%h") -> list[str
             "--loglevel", loglevel, "--hostname", name, "--without-gossip", "--without-mingle"]
 
 
+def sweep_command() -> list[str]:
+    """Recovery and retention every SWEEP_INTERVAL (``covidscan sweep``)."""
+    return [sys.executable, "-m", "covidscan.cli", "sweep"]
+
+
 def api_command(port: int, host: str = "127.0.0.1", workers: int = 2) -> list[str]:
     return [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}",
             "--workers", str(workers), "--threads", "4", "--timeout", "300",
@@ -58,6 +64,7 @@ class Stack:
             print(f"covidscan: embedded Redis on {self.redis.url}")
         env.update(DATABASE_URL=self.settings.database_url, BLOB_DIR=str(self.settings.blob_dir))
         self._spawn("worker", worker_command(self.settings.log_level), env)
+        self._spawn("sweep", sweep_command(), env)
         self._spawn("api", api_command(self.settings.port), env)
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:

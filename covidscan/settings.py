@@ -51,6 +51,15 @@ class Settings:
     engine_cache_dir: Path = DEFAULT_VAR_DIR / "engine-cache"
     port: int = 5000
     log_level: str = "INFO"
+    lease_seconds: int = 15
+    sweep_interval: int = 5
+    max_attempts: int = 3
+    job_retention: int = 30 * 86400
+
+    @property
+    def recovery_seconds(self) -> int:
+        """How long after a worker's death its scans are back in the queue, at most."""
+        return self.lease_seconds + self.sweep_interval
 
     def with_overrides(self, **changes: object) -> "Settings":
         """Return a copy with some fields replaced (used by tests and the local stack)."""
@@ -142,6 +151,22 @@ def _read(env: Mapping[str, str], name: str, parse: Callable[[str, str], T], def
     return parse(name, raw.strip())
 
 
+def _default(name: str):
+    """A field's default, as written once in :class:`Settings`."""
+    return Settings.__dataclass_fields__[name].default
+
+
+def _duration(name: str, raw: str) -> int:
+    """Parse ``0``, ``3600``, ``90s``, ``15m``, ``12h`` or ``30d`` into seconds."""
+    text = raw.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    unit = text[-1:] if text[-1:] in units else "s"
+    number = text[:-1] if text[-1:] in units else text
+    if not number.isdigit():
+        raise ConfigError(f"{name} must be a duration such as 0, 3600, 12h or 30d, got {raw!r}")
+    return int(number) * units[unit]
+
+
 def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
     """Read settings from ``env`` (default: ``os.environ``).
 
@@ -150,30 +175,41 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
     """
     env = os.environ if env is None else env
     var_dir = Path(env.get("COVIDSCAN_VAR_DIR") or DEFAULT_VAR_DIR)
-    max_batch_size = _read(env, "MAX_BATCH_SIZE", _positive_int, 32)
+
+    def read(name: str, parse: Callable[[str, str], T], default: object = None) -> T:
+        field = name.lower()
+        return _read(env, name, parse, _default(field) if default is None else default)
+
+    max_batch_size = read("MAX_BATCH_SIZE", _positive_int)
+    lease_seconds = read("LEASE_SECONDS", _positive_int)
     return Settings(
-        database_url=_read(env, "DATABASE_URL", normalise_database_url,
-                           f"sqlite:///{(var_dir / 'covidscan.db').as_posix()}"),
-        redis_url=_read(env, "REDIS_URL", _redis_url, "redis://127.0.0.1:6379/0"),
-        blob_dir=_read(env, "BLOB_DIR", lambda _n, raw: Path(raw), var_dir / "blobs"),
+        database_url=read("DATABASE_URL", normalise_database_url,
+                          f"sqlite:///{(var_dir / 'covidscan.db').as_posix()}"),
+        redis_url=read("REDIS_URL", _redis_url, "redis://127.0.0.1:6379/0"),
+        blob_dir=read("BLOB_DIR", lambda _n, raw: Path(raw), var_dir / "blobs"),
         model_path=_read(env, "MODEL_PATH", _model_path, None),
-        model_store_dir=_read(env, "MODEL_STORE_DIR", _store_dir, var_dir / "models"),
-        max_loaded_models=_read(env, "MAX_LOADED_MODELS", _positive_int, 2),
-        batch_size=_read(env, "BATCH_SIZE", _positive_int, 32),
-        max_upload_bytes=_read(env, "MAX_UPLOAD_BYTES", _byte_size, 512 * 1024**2),
-        max_scan_bytes=_read(env, "MAX_SCAN_BYTES", _byte_size, 64 * 1024**2),
-        max_scans_per_job=_read(env, "MAX_SCANS_PER_JOB", _positive_int, 10_000),
-        visibility_timeout=_read(env, "VISIBILITY_TIMEOUT", _positive_int, 3600),
-        worker_prefetch=_read(env, "WORKER_PREFETCH", _positive_int, 2),
-        worker_concurrency=_read(env, "WORKER_CONCURRENCY", _positive_int, 2 * max_batch_size),
+        model_store_dir=read("MODEL_STORE_DIR", _store_dir, var_dir / "models"),
+        max_loaded_models=read("MAX_LOADED_MODELS", _positive_int),
+        batch_size=read("BATCH_SIZE", _positive_int),
+        max_upload_bytes=read("MAX_UPLOAD_BYTES", _byte_size),
+        max_scan_bytes=read("MAX_SCAN_BYTES", _byte_size),
+        max_scans_per_job=read("MAX_SCANS_PER_JOB", _positive_int),
+        visibility_timeout=read("VISIBILITY_TIMEOUT", _positive_int),
+        worker_prefetch=read("WORKER_PREFETCH", _positive_int),
+        worker_concurrency=read("WORKER_CONCURRENCY", _positive_int, 2 * max_batch_size),
         max_batch_size=max_batch_size,
-        max_queue_delay_ms=_read(env, "MAX_QUEUE_DELAY_MS", _delay_ms, 200),
-        inference_engine=_read(env, "INFERENCE_ENGINE", _choice(ENGINES), "auto"),
-        inference_precision=_read(env, "INFERENCE_PRECISION", _choice(PRECISIONS), "fp32"),
-        engine_cache_dir=_read(env, "ENGINE_CACHE_DIR", lambda _n, raw: Path(raw),
-                               var_dir / "engine-cache"),
-        port=_read(env, "PORT", _port, 5000),
-        log_level=_read(env, "LOG_LEVEL", _log_level, "INFO"),
+        max_queue_delay_ms=read("MAX_QUEUE_DELAY_MS", _delay_ms),
+        inference_engine=read("INFERENCE_ENGINE", _choice(ENGINES)),
+        inference_precision=read("INFERENCE_PRECISION", _choice(PRECISIONS)),
+        engine_cache_dir=read("ENGINE_CACHE_DIR", lambda _n, raw: Path(raw),
+                              var_dir / "engine-cache"),
+        port=read("PORT", _port),
+        log_level=read("LOG_LEVEL", _log_level),
+        lease_seconds=lease_seconds,
+        sweep_interval=read("SWEEP_INTERVAL", _positive_int,
+                            min(_default("sweep_interval"), lease_seconds)),
+        max_attempts=read("MAX_ATTEMPTS", _positive_int),
+        job_retention=read("JOB_RETENTION", _duration),
     )
 
 
