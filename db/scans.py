@@ -48,19 +48,38 @@ def died_message(attempts: int) -> str:
     return f"worker died while processing this scan ({attempts} attempts)"
 
 
+CLAIM_TRIES = 5
+
+
 def claim_next(session: Session, owner: str, limit: int, lease_seconds: float) -> list[Lease]:
     """Lease up to ``limit`` waiting scans to ``owner``: highest priority first, then oldest.
 
     On PostgreSQL rows another worker is claiming are skipped (``SKIP LOCKED``); SQLite
     serialises writers. Returns the leases in job and upload order.
     """
+    for _ in range(CLAIM_TRIES):
+        leases = _claim_once(session, owner, limit, lease_seconds)
+        if leases is not None:
+            return leases
+    return []
+
+
+def _claim_once(session: Session, owner: str, limit: int,
+                lease_seconds: float) -> Optional[list[Lease]]:
+    """One try: [] when nothing waits, None when others took every row picked here."""
+    # Two statements, not UPDATE … WHERE id IN (SELECT … LIMIT): PostgreSQL may run such a
+    # subquery more than once and, skipping locked rows, claim more than ``limit``. On
+    # SQLite the UPDATE re-checks the status, so a row another worker took is not taken.
+    ids = list(session.scalars(
+        select(Scan.id).where(Scan.status == ScanStatus.QUEUED)
+        .order_by(Scan.priority, Scan.queued_at, Scan.job_id, Scan.position)
+        .limit(limit).with_for_update(skip_locked=True)))
+    if not ids:
+        return []
     now = utcnow()
-    waiting = (select(Scan.id).where(Scan.status == ScanStatus.QUEUED)
-               .order_by(Scan.priority, Scan.queued_at, Scan.job_id, Scan.position)
-               .limit(limit).with_for_update(skip_locked=True))
     rows = session.execute(
         update(Scan)
-        .where(Scan.id.in_(waiting.scalar_subquery()), Scan.status == ScanStatus.QUEUED)
+        .where(Scan.id.in_(ids), Scan.status == ScanStatus.QUEUED)
         .values(status=ScanStatus.RUNNING, lease_owner=owner,
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
                 attempts=Scan.attempts + 1,
@@ -68,6 +87,8 @@ def claim_next(session: Session, owner: str, limit: int, lease_seconds: float) -
         .returning(Scan.id, Scan.job_id, Scan.blob_key, Scan.attempts, Scan.position)
         .execution_options(synchronize_session=False)
     ).all()
+    if not rows:
+        return None
     rows.sort(key=lambda r: (r.job_id, r.position))
     return [Lease(r.id, r.job_id, r.blob_key, r.attempts) for r in rows]
 
