@@ -218,7 +218,11 @@ def sweep(once: bool, health_file: Optional[Path]) -> None:
 
 @main.command()
 def migrate() -> None:
-    """Apply database migrations to DATABASE_URL."""
+    """Apply database migrations to DATABASE_URL, then register MODEL_PATH when it is set.
+
+    Run before the API starts, so that no job is accepted while the configured model is
+    still unregistered.
+    """
     from covidscan.settings import ConfigError, load_settings
     from db import migrate as migrations
 
@@ -228,6 +232,17 @@ def migrate() -> None:
         _fail(str(exc))
     migrations.upgrade(settings.database_url)
     click.echo("database is up to date")
+    if settings.model_path is None:
+        return
+    from covidscan.registration import register_configured_model
+    from models.loader import ModelLoadError
+
+    try:
+        model = register_configured_model(settings)
+    except ModelLoadError as exc:
+        _fail(f"MODEL_PATH: {exc}")
+    click.echo(f"MODEL_PATH is registered as {model.ref}"
+               f"{' (the default)' if model.is_default else ''}")
 
 
 @main.command()

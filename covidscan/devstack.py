@@ -53,10 +53,21 @@ class Stack:
         self.redis: Optional[EmbeddedRedis] = None
         self.children: list[tuple[str, subprocess.Popen]] = []
         self.stopping = threading.Event()
+        self.model = None  # the registered MODEL_PATH model, once start() has registered it
 
     def start(self) -> None:
+        """Migrate and register MODEL_PATH, then start Redis, the worker and the API.
+
+        MODEL_PATH is registered here, before the API accepts a job, so that every job is
+        pinned to it at submission instead of waiting for the worker to load it.
+        """
+        from covidscan.registration import register_configured_model
+
         print(f"covidscan: database {self.settings.database_url}")
         migrate.upgrade(self.settings.database_url)
+        if self.settings.model_path is not None:
+            print(f"covidscan: registering MODEL_PATH {self.settings.model_path}…", flush=True)
+            self.model = register_configured_model(self.settings)
         env = dict(os.environ)
         if not os.environ.get("REDIS_URL"):
             self.redis = EmbeddedRedis(self.var_dir / "redis").start()
@@ -108,6 +119,17 @@ class Stack:
             self.redis.stop()
 
 
+def _model_line(configured) -> str:
+    """What serves jobs that name no model, for the start-up banner."""
+    if configured is None:
+        return ("the registry's default (covidscan models list); with none registered, "
+                "the untrained default, whose numbers mean nothing")
+    if configured.is_default:
+        return f"{configured.ref} (MODEL_PATH, the default)"
+    return (f"the registry's default; MODEL_PATH is registered as {configured.ref} but another "
+            "model is the default (covidscan models list)")
+
+
 def main() -> int:
     try:
         settings = load_settings()
@@ -122,13 +144,17 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+    from models.loader import ModelLoadError
+
     code = 0
     try:
-        stack.start()
+        try:
+            stack.start()
+        except ModelLoadError as exc:
+            print(f"covidscan: MODEL_PATH: {exc}", file=sys.stderr)
+            return 2
         if stack.wait_ready():
-            model = (f"{settings.model_path} (registered at start-up)" if settings.model_path
-                     else "the registry's default (covidscan models list); with none registered, "
-                          "the untrained default, whose numbers mean nothing")
+            model = _model_line(stack.model)
             print(f"\ncovidscan is running: http://127.0.0.1:{settings.port}\n"
                   f"  model: {model}\n"
                   f"  submit: covidscan submit FOLDER --wait   (or POST /v1/jobs)\n"

@@ -12,6 +12,7 @@ from typing import Any, Optional
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from covidscan.settings import Settings
 from db.model_store import ModelStore, check_part
 from db.models import Model
 from db.registry import ModelExists, add_model, default_model, find_model, models_with_sha256, \
@@ -144,6 +145,33 @@ def register_or_select(session_factory: sessionmaker[Session], store: ModelStore
     except ModelExists:
         with session_factory() as session:  # another worker registered it first
             return models_with_sha256(session, sha256)[0]
+
+
+def register_configured_model(settings: Settings,
+                              session_factory: Optional[sessionmaker[Session]] = None
+                              ) -> Optional[Model]:
+    """Register ``MODEL_PATH`` when it is set (idempotent); None when it is not.
+
+    Runs before jobs can be accepted (``covidscan migrate``, ``make run``) and again at
+    every worker's start-up, so that the configured model is the registry's default (unless
+    another was chosen with ``covidscan models set-default``) before any job is pinned.
+    Without ``session_factory`` it opens, and then closes, a connection of its own.
+
+    Raises:
+        models.loader.ModelLoadError: the file does not load or predict.
+    """
+    from db.session import make_engine, make_session_factory
+
+    if settings.model_path is None:
+        return None
+    if session_factory is not None:
+        return register_or_select(session_factory, ModelStore(settings.model_store_dir),
+                                  settings.model_path)
+    engine = make_engine(settings.database_url)
+    try:
+        return register_configured_model(settings, make_session_factory(engine))
+    finally:
+        engine.dispose()
 
 
 def load_registered(model: Model, store: ModelStore):

@@ -146,3 +146,39 @@ def scan_ids_by_pinned_model(session: Session,
         if scan_id in pinned:
             groups.setdefault(pinned[scan_id], []).append(scan_id)
     return groups
+
+
+def unpinned_job_ids(session: Session, scan_ids: Sequence[str]) -> list[str]:
+    """Jobs of these scans that are not pinned to a model yet.
+
+    A job is pinned at submission when a model is registered; one accepted while none was
+    (the API started before the configured model was registered) is pinned when its first
+    scan is classified, by :func:`pin_jobs`.
+    """
+    return list(session.scalars(
+        select(Job.id).join(Scan, Scan.job_id == Job.id)
+        .where(Scan.id.in_(list(scan_ids)), Job.model_sha256.is_(None)).distinct()
+    ))
+
+
+def pin_jobs(session: Session, job_ids: Sequence[str], model: Optional[Model],
+             untrained: Optional[tuple[str, str, str]] = None) -> int:
+    """Pin unpinned jobs to ``model``, or, when it is None, to the untrained default.
+
+    ``untrained`` is the untrained default's (name, version, sha256); it is needed only
+    when ``model`` is None. Jobs pinned meanwhile (by another worker) keep their pin.
+    Returns how many jobs this call pinned.
+    """
+    if model is not None:
+        values = dict(model_id=model.id, model_name=model.name, model_version=model.version,
+                      model_sha256=model.sha256, model_trained=model.trained)
+    elif untrained is not None:
+        name, version, sha256 = untrained
+        values = dict(model_id=None, model_name=name, model_version=version,
+                      model_sha256=sha256, model_trained=False)
+    else:
+        raise ValueError("pin_jobs needs a registered model or the untrained default's identity")
+    result = session.execute(
+        update(Job).where(Job.id.in_(list(job_ids)), Job.model_sha256.is_(None)).values(**values)
+    )
+    return result.rowcount

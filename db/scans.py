@@ -162,7 +162,6 @@ def record_outcomes(session: Session, outcomes: Sequence[ScanOutcome], leases: S
         raise ValueError(f"{len(outcomes)} outcomes for {len(leases)} leases")
     now = utcnow()
     written = 0
-    job_ids: set[str] = set()
     for outcome, lease in zip(outcomes, leases):
         if outcome.scan_id != lease.scan_id:
             raise ValueError(f"outcome for {outcome.scan_id} paired with lease of {lease.scan_id}")
@@ -179,14 +178,5 @@ def record_outcomes(session: Session, outcomes: Sequence[ScanOutcome], leases: S
             )
             .execution_options(synchronize_session=False)
         )
-        if result.rowcount:
-            written += 1
-            job_ids.add(lease.job_id)
-    if job_ids:
-        session.execute(
-            update(Job)
-            .where(Job.id.in_(job_ids), Job.model_sha256.is_(None))
-            .values(**model.job_columns())
-            .execution_options(synchronize_session=False)
-        )
+        written += result.rowcount
     return written

@@ -157,5 +157,5 @@ def build_untrained(input_size: tuple[int, int] = (224, 224)) -> LoadedModel:
     info = ModelInfo(name=UNTRAINED_NAME, version=f"seed-{UNTRAINED_SEED}",
                      sha256=weights_sha256(keras_model), trained=False, format="builtin",
                      input_size=input_size)
-    log.warning("no MODEL_PATH: serving %s, whose probabilities mean nothing", UNTRAINED_NAME)
+    log.info("built %s (fixed-seed random weights)", UNTRAINED_NAME)
     return LoadedModel(info=info, keras_model=keras_model)

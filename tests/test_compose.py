@@ -110,6 +110,8 @@ def test_the_cpu_variant_reserves_no_gpu_and_builds_on_tensorflows_cpu_image():
     assert worker["build"]["args"]["BASE_IMAGE"] == f"tensorflow/tensorflow:{tensorflow}"
     assert worker["build"]["dockerfile"] == "docker/worker.Dockerfile"
     assert worker["image"] == f"covidscan-worker-cpu:{PYPROJECT['project']['version']}"
+    migrate = compose.compose_config(compose.CPU_OVERRIDE)["services"]["migrate"]
+    assert (migrate["image"], migrate["build"]) == (worker["image"], worker["build"])
 
 
 def test_a_stopping_worker_has_time_to_finish_its_batch(services):
@@ -130,6 +132,14 @@ def test_uploads_and_models_live_on_volumes(config, services):
     assert {"uploads", "postgres-data", "redis-data"} <= set(config["volumes"])
     (models,) = [v for v in services["worker"]["volumes"] if v.endswith(":/models:ro")]
     assert models.startswith("./var/models:")  # MODELS_DIR from .env.example
+    # The migration registers MODEL_PATH into the store the workers load from.
+    for name in ("migrate", "worker"):
+        assert models in services[name]["volumes"], name
+        assert services[name]["environment"]["MODEL_PATH"] == \
+            services["worker"]["environment"]["MODEL_PATH"], name
+    store = services["worker"]["environment"]["MODEL_STORE_DIR"]
+    assert services["migrate"]["environment"]["MODEL_STORE_DIR"] == store
+    assert f"model-store:{store}" in services["migrate"]["volumes"]
 
 
 def test_the_api_runs_the_local_stacks_gunicorn_command_and_checks_readiness(services):
@@ -163,8 +173,12 @@ def test_every_entry_point_the_services_name_exists(services):
 
 def test_images_built_from_one_dockerfile_share_a_tag_of_the_project_version(services):
     version = PYPROJECT["project"]["version"]
-    assert services["migrate"]["image"] == services["api"]["image"] == f"covidscan-api:{version}"
-    assert services["worker"]["image"] == f"covidscan-worker:{version}"
+    assert services["api"]["image"] == f"covidscan-api:{version}"
+    # The migration registers MODEL_PATH, which loads the model: it runs on the worker image.
+    assert services["migrate"]["image"] == services["worker"]["image"] == \
+        f"covidscan-worker:{version}"
+    for name in ("migrate", "worker"):
+        assert services[name]["build"]["dockerfile"] == "docker/worker.Dockerfile", name
     for name in ("redis", "postgres", "flower"):
         assert re.search(r":\d+(\.\d+)+(-\w+)?$", services[name]["image"]), name
 

@@ -20,7 +20,8 @@ from covidscan.client import Client, collect_files
 from covidscan.embedded_redis import EmbeddedRedis, free_port
 from tests import compose
 from tests.conftest import ROOT, WorkerProcess, fresh_database_url, wait_for_job, worker_env
-from tests.images import png_bytes
+from tests.images import png_bytes, write_folder
+from tests.original_app import original_probabilities
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -124,3 +125,51 @@ def test_two_workers_share_one_job_submitted_over_http(compose_stack, tmp_path):
     assert set(by_worker) == set(WORKER_NAMES), by_worker
     # Whole chunks: a chunk is classified by one worker.
     assert all(count % BATCH_SIZE == 0 for count in by_worker.values()), by_worker
+
+
+def test_jobs_sent_before_the_worker_starts_run_on_model_path(tmp_path, own_redis,
+                                                            tiny_model_path):
+    """The API up before any worker (compose starts them in parallel): a job is never served
+    by the untrained default when MODEL_PATH is set. One job arrives before the migration
+    has registered the model (resolved when its first scan is classified), one after (pinned
+    at submission); the worker starts last."""
+    services = compose.compose_config()["services"]
+    places = {"DATABASE_URL": fresh_database_url(tmp_path), "REDIS_URL": own_redis.url,
+              "BLOB_DIR": str(tmp_path / "blobs"), "BATCH_SIZE": str(BATCH_SIZE)}
+    model_places = dict(places, MODEL_PATH=str(tiny_model_path),
+                        MODEL_STORE_DIR=str(tmp_path / "model-store"))
+    slices = write_folder(tmp_path / "slices", 6, size=40)
+    api, port = start_api(services["api"], service_env(services["api"], **places),
+                          tmp_path / "api.log")
+    worker = None
+    try:
+        client = Client(f"http://127.0.0.1:{port}", timeout=60)
+        early = client.submit(collect_files([tmp_path / "slices"]), name="before-migrate")
+        assert early["model"] is None  # nothing registered yet: pinned when it runs
+        migrate = subprocess.run(compose.local_argv(services["migrate"]["command"]), cwd=ROOT,
+                                 env=service_env(services["migrate"], **model_places),
+                                 capture_output=True, text=True, timeout=300)
+        assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+        assert "MODEL_PATH is registered as tiny_ct:" in migrate.stdout
+        late = client.submit(collect_files([tmp_path / "slices"]), name="after-migrate")
+        assert late["model"]["name"] == "tiny_ct"  # pinned at submission
+        worker = WorkerProcess(service_env(services["worker"], **model_places),
+                               tmp_path / "worker.log",
+                               command=compose.replace_option(
+                                   compose.local_argv(services["worker"]["command"]),
+                                   "--hostname", "worker@node1"))
+        worker.wait_ready()
+        finished = [wait_for_job(client, job["id"]) for job in (early, late)]
+        rows = [list(client.results(job["id"])) for job in (early, late)]
+    finally:
+        api.terminate()
+        api.wait(30)
+        if worker is not None:
+            worker.stop()
+    reference = original_probabilities(tiny_model_path, slices)
+    for job, results in zip(finished, rows):
+        assert job["status"] == "succeeded" and job["model"]["name"] == "tiny_ct", job
+        assert {r["filename"] for r in results} == set(reference)
+        for row in results:
+            assert row["model_name"] == "tiny_ct", row
+            assert abs(row["probability_covid"] - reference[row["filename"]]) <= 1e-4, row

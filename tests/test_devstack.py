@@ -1,4 +1,5 @@
-"""`make run`'s stack: it starts, serves a job end to end, and Ctrl-C leaves nothing running."""
+"""`make run`'s stack: it starts, serves a job end to end with MODEL_PATH even when the job
+is sent the moment the API answers, and Ctrl-C leaves nothing running."""
 import os
 import signal
 import subprocess
@@ -11,7 +12,9 @@ import requests
 
 from covidscan.embedded_redis import free_port
 from tests.conftest import ROOT
-from tests.images import corrupt_png, png_bytes
+from models.loader import file_sha256
+from tests.images import corrupt_png, write_folder
+from tests.original_app import original_probabilities
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -27,6 +30,7 @@ def wait_until(predicate, timeout, what):
 
 
 def test_the_local_stack_serves_a_job_and_stops_cleanly_on_sigint(tmp_path, tiny_model_path):
+    slices = write_folder(tmp_path / "slices", 4, size=48)
     port = free_port()
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATABASE_URL", "REDIS_URL", "BLOB_DIR")}
@@ -44,7 +48,8 @@ def test_the_local_stack_serves_a_job_and_stops_cleanly_on_sigint(tmp_path, tiny
                 return False
 
         wait_until(ready, 120, "the API to be ready")
-        files = [("files", (f"s{i}.png", png_bytes(48, i))) for i in range(4)]
+        # Submitted the moment the API is ready, before the worker has loaded anything.
+        files = [("files", (path.name, path.read_bytes())) for path in slices]
         files.append(("files", ("broken.png", corrupt_png())))
         job = requests.post(f"{base}/v1/jobs", files=files, timeout=30).json()
         final = wait_until(
@@ -53,6 +58,7 @@ def test_the_local_stack_serves_a_job_and_stops_cleanly_on_sigint(tmp_path, tiny
             180, "the job to finish")
         assert final["status"] == "partially_succeeded"
         assert final["counts"]["succeeded"] == 4
+        rows = requests.get(f"{base}/v1/jobs/{job['id']}/results", timeout=5).json()["results"]
         assert (tmp_path / "var" / "covidscan.db").exists()
         children = psutil.Process(stack.pid).children(recursive=True)
         assert len(children) >= 3  # redis-server, worker, gunicorn (+ its workers)
@@ -64,3 +70,27 @@ def test_the_local_stack_serves_a_job_and_stops_cleanly_on_sigint(tmp_path, tiny
     still_running = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert still_running == []
     assert "covidscan is running" in (tmp_path / "stack.log").read_text()
+    # MODEL_PATH served every scan, as the original app would have scored it.
+    assert final["model"] == {"name": "tiny_ct", "version": final["model"]["version"],
+                              "sha256": file_sha256(tiny_model_path), "trained": True}
+    reference = original_probabilities(tiny_model_path, slices)
+    scored = {r["filename"]: r for r in rows if r["status"] == "succeeded"}
+    assert set(scored) == set(reference)
+    for name, row in scored.items():
+        assert (row["model_name"], row["model_sha256"]) == ("tiny_ct", final["model"]["sha256"])
+        assert abs(row["probability_covid"] - reference[name]) <= 1e-4, (name, row, reference)
+
+
+def test_a_model_path_that_does_not_load_stops_the_local_stack_before_anything_starts(tmp_path):
+    not_a_model = tmp_path / "resnet_ct.h5"
+    not_a_model.write_bytes(b"not an HDF5 file")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "REDIS_URL", "BLOB_DIR")}
+    env.update(PORT=str(free_port()), COVIDSCAN_VAR_DIR=str(tmp_path / "var"),
+               MODEL_PATH=str(not_a_model), PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-m", "covidscan.devstack"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"covidscan: MODEL_PATH: {not_a_model}: cannot load" in done.stderr
+    assert "covidscan is running" not in done.stdout
+    assert not (tmp_path / "var" / "redis").exists()  # nothing was started

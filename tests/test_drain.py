@@ -41,8 +41,11 @@ class Engine:
 
 
 class Models:
+    """The model cache's shape: engines by model id, then by precision."""
+
     def __init__(self, engine):
         self.engine = engine
+        self.model = engine  # what unpinned jobs are pinned to: its ``info``
 
     def engines_for(self, model_id):
         return self

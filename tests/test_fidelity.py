@@ -4,9 +4,7 @@ The reference is the original pipeline, line for line: cv2.imread, BGR→RGB,
 cv2.resize to 224×224, divide by 255, Keras 2 model.predict, output[0].
 """
 import io
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,6 +12,7 @@ from PIL import Image
 from covidscan.embedded_redis import EmbeddedRedis
 from tests.conftest import WorkerProcess, fresh_database_url, wait_for_job, worker_env
 from tests.images import ct_slice, encode
+from tests.original_app import original_preprocess, original_probabilities
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TOLERANCE = 1e-4
@@ -43,13 +42,6 @@ SLICES = {
 }
 
 
-def original_preprocess(path: Path) -> np.ndarray:
-    img = cv2.imread(str(path))
-    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    img = cv2.resize(img, (224, 224))
-    return np.array(img) / 255
-
-
 @pytest.fixture(scope="module")
 def slice_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fidelity_slices")
@@ -69,11 +61,7 @@ def resnet_h5(slice_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(resnet_h5, slice_dir):
     """P(COVID) per file from the original app's code path."""
-    import tf_keras
-
-    model = tf_keras.models.load_model(str(resnet_h5))
-    return {name: float(model.predict(original_preprocess(slice_dir / name)[None], verbose=0)[0][0])
-            for name in SLICES}
+    return original_probabilities(resnet_h5, [slice_dir / name for name in SLICES])
 
 
 def test_the_reference_probabilities_are_not_saturated(reference):

@@ -79,3 +79,69 @@ def test_an_identical_copy_already_in_the_store_is_reused(session_factory, tmp_p
     assert model.stored_path == stored and store.path(stored).exists()
     with pytest.raises(FileExistsError):
         store.put(tiny_model_path, "tiny_ct", version)
+
+
+def unpinned_job(session_factory, model=None) -> tuple[str, list[str]]:
+    """A job as the API writes it: pinned to ``model``, or unpinned when none is registered."""
+    from db.jobs import JobOptions, NewScan, create_job
+    from db.models import new_id
+
+    job_id = new_id()
+    with session_factory.begin() as session:
+        job = create_job(session, [NewScan(f"s{i}.png", f"{job_id}/{i}", 1) for i in range(3)],
+                         job_id, JobOptions(model=model))
+        session.flush()
+        return job_id, [scan.id for scan in job.scans]
+
+
+def job_pin(session_factory, job_id):
+    from db.models import Job
+
+    with session_factory() as session:
+        job = session.get(Job, job_id)
+        return job.model_id, job.model_name, job.model_sha256, job.model_trained
+
+
+class _Untrained:
+    """Stands in for the untrained default's warm engines; records that it was asked for."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self.model = SimpleNamespace(info=SimpleNamespace(
+            name="resnet50-untrained", version="seed-1234", sha256="u" * 64))
+
+
+def test_a_job_accepted_before_registration_is_pinned_to_the_default_when_it_runs(
+        session_factory, tmp_path):
+    from worker.model_cache import pin_unpinned_jobs
+
+    built = []
+    cache = ModelCache(session_factory, ModelStore(tmp_path), 2,
+                       lambda loaded: built.append(loaded) or _Untrained())
+    early_id, early_scans = unpinned_job(session_factory)
+    assert job_pin(session_factory, early_id) == (None, None, None, None)
+    (model_id,) = registered(session_factory, "a")  # MODEL_PATH, registered by the worker
+    with session_factory.begin() as session:
+        set_default(session, get_model(session, "m:a"))
+    with session_factory() as session:
+        pinned_id, pinned_scans = unpinned_job(session_factory, get_model(session, "m:a"))
+    pin_unpinned_jobs(session_factory, cache, early_scans + pinned_scans)
+    assert job_pin(session_factory, early_id) == (model_id, "m", "a" * 64, True)
+    assert job_pin(session_factory, pinned_id) == (model_id, "m", "a" * 64, True)
+    assert built == []  # the untrained default was never loaded
+
+
+def test_with_no_model_registered_at_all_the_job_is_pinned_to_the_untrained_default(
+        session_factory, tmp_path, monkeypatch):
+    from worker.model_cache import pin_unpinned_jobs
+
+    monkeypatch.setattr("models.loader.build_untrained", lambda: "untrained")
+    cache = ModelCache(session_factory, ModelStore(tmp_path), 2, lambda loaded: _Untrained())
+    job_id, scans = unpinned_job(session_factory)
+    pin_unpinned_jobs(session_factory, cache, scans)
+    assert job_pin(session_factory, job_id) == (None, "resnet50-untrained", "u" * 64, False)
+    # A model registered later does not move a job already pinned (it may have results).
+    registered(session_factory, "b")
+    pin_unpinned_jobs(session_factory, cache, scans)
+    assert job_pin(session_factory, job_id)[1] == "resnet50-untrained"

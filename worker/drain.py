@@ -22,7 +22,7 @@ from db.identity import ModelIdentity
 from db.jobs import job_pins
 from db.scans import Lease, ScanOutcome, claim_next, record_outcomes, release_leases
 from worker.inference import classify_batch
-from worker.model_cache import ModelUnavailable
+from worker.model_cache import ModelUnavailable, pin_unpinned_jobs
 
 if TYPE_CHECKING:
     from worker.runtime import WorkerRuntime
@@ -74,6 +74,7 @@ def claim(runtime: "WorkerRuntime") -> list[Lease]:
 def classify_leases(runtime: "WorkerRuntime", leases: Sequence[Lease],
                     worker: Optional[str] = None) -> DrainReport:
     """Classify leased scans with their jobs' pinned models and write what this lease owns."""
+    pin_unpinned_jobs(runtime.session_factory, runtime.models, [lease.scan_id for lease in leases])
     with runtime.session_factory() as session:
         pins = job_pins(session, {lease.job_id for lease in leases})
     groups: dict[tuple[Optional[str], Optional[str]], list[Lease]] = defaultdict(list)

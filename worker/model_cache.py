@@ -13,14 +13,14 @@ import logging
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.identity import ModelIdentity
 from db.model_store import ModelStore
 from db.models import Model
-from db.registry import default_model
+from db.registry import default_model, pin_jobs, unpinned_job_ids
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,40 @@ class ModelCache:
         """Load the registry's default (or the untrained default) before taking work."""
         with self.session_factory() as session:
             model = default_model(session)
+        if model is None:
+            log.warning("no model is registered (no MODEL_PATH, no `covidscan models add`): "
+                        "jobs that name no model run on the untrained default, whose "
+                        "probabilities mean nothing")
+        else:
+            log.info("jobs that name no model run on %s, the registry's default", model.ref)
         try:
             self.engines_for(model.id if model else None)
         except ModelUnavailable as exc:  # jobs pinned to it will fail with this reason
             log.error("default model not loaded: %s", exc)
+
+
+def pin_unpinned_jobs(session_factory: sessionmaker[Session], cache: ModelCache,
+                      scan_ids: Sequence[str]) -> None:
+    """Pin the jobs of these scans that were accepted before any model was registered.
+
+    They get the registry's default as it is now (in a worker, after MODEL_PATH was
+    registered at start-up), and the untrained default only when no model is registered
+    at all; the pin is recorded on the job as if it had been made at submission.
+    """
+    with session_factory() as session:
+        job_ids = unpinned_job_ids(session, scan_ids)
+        if not job_ids:
+            return
+        model = default_model(session)
+    untrained = None
+    if model is None:
+        info = cache.engines_for(None).model.info
+        untrained = (info.name, info.version, info.sha256)
+    with session_factory.begin() as session:
+        pin_jobs(session, job_ids, model, untrained)
+    if model is not None:
+        log.info("pinned %d job(s) accepted before a model was registered to %s, the "
+                 "registry's default", len(job_ids), model.ref)
+    else:
+        log.warning("pinned %d job(s) to the untrained default %s: no model is registered, "
+                    "so its probabilities mean nothing", len(job_ids), untrained[0])

@@ -1,7 +1,8 @@
 """What a worker process loads once, passed to the task body as one object.
 
-At start-up ``MODEL_PATH``, when set, is registered (or found by SHA-256) and becomes the
-default if none exists; then the default model is loaded and warmed. Other models load
+At start-up ``MODEL_PATH``, when set, is registered (or found by SHA-256; ``covidscan migrate``
+and ``make run`` have usually done it already) and becomes the default if none exists; then
+the default model is loaded and warmed. Other models load
 on first use through :class:`worker.model_cache.ModelCache` (least recently used evicted).
 Engines are keyed by model and precision, so the batcher never mixes them in one batch.
 Beside the task threads run the heartbeat (renews this process's leases) and the sweep
@@ -20,6 +21,7 @@ from typing import Iterator, Optional
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from covidscan.registration import register_configured_model
 from covidscan.settings import Settings, load_settings
 from covidscan.sweep import SweepLoop, sweep_once
 from covidscan.wakeups import WakeupSender
@@ -159,16 +161,6 @@ _runtime: Optional[WorkerRuntime] = None
 _runtime_lock = threading.Lock()
 
 
-def register_model_path(settings: Settings, session_factory: sessionmaker[Session]) -> None:
-    """Register MODEL_PATH (or find it by SHA-256); it becomes the default only if none exists."""
-    from covidscan.registration import register_or_select
-
-    if settings.model_path is not None:
-        model = register_or_select(session_factory, ModelStore(settings.model_store_dir),
-                                   settings.model_path)
-        log.info("MODEL_PATH is %s%s", model.ref, " (the default)" if model.is_default else "")
-
-
 def lease_owner(node: Optional[str] = None) -> str:
     """This process's lease owner id: its node name, pid and a random part."""
     return f"{node or 'worker'}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
@@ -189,7 +181,7 @@ def initialise(settings: Optional[Settings] = None, node: Optional[str] = None) 
         gpus = configure_tensorflow_devices()
         log.info("worker pid %s: GPUs %s", os.getpid(), gpus or "none, running on the CPU")
         session_factory = make_session_factory(make_engine(settings.database_url))
-        register_model_path(settings, session_factory)
+        register_configured_model(settings, session_factory)
         models = ModelCache(session_factory, ModelStore(settings.model_store_dir),
                             settings.max_loaded_models,
                             lambda model: ModelEngines(model, settings))
