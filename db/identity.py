@@ -34,6 +34,11 @@ class ModelIdentity:
                    engine.precision, info.preprocessing)
 
     @classmethod
+    def of_untrained(cls, info: Any) -> "ModelIdentity":
+        """The built-in untrained default (its :class:`models.loader.ModelInfo`), not yet run."""
+        return cls(info.name, info.version, info.sha256, False, NOT_RUN, NOT_RUN, "seed-v1")
+
+    @classmethod
     def of_registered(cls, model: Model) -> "ModelIdentity":
         """A registered model that did not run (it was refused): no engine, no precision."""
         return cls(model.name, model.version, model.sha256, model.trained, NOT_RUN, NOT_RUN,

@@ -144,15 +144,15 @@ def pin_unpinned_jobs(session_factory: sessionmaker[Session], cache: ModelCache,
         if not job_ids:
             return
         model = default_model(session)
-    untrained = None
-    if model is None:
-        info = cache.engines_for(None).model.info
-        untrained = (info.name, info.version, info.sha256)
+    if model is not None:
+        identity = ModelIdentity.of_registered(model)
+    else:
+        identity = ModelIdentity.of_untrained(cache.engines_for(None).model.info)
     with session_factory.begin() as session:
-        pin_jobs(session, job_ids, model, untrained)
+        pin_jobs(session, job_ids, model.id if model else None, identity)
     if model is not None:
         log.info("pinned %d job(s) accepted before a model was registered to %s, the "
                  "registry's default", len(job_ids), model.ref)
     else:
         log.warning("pinned %d job(s) to the untrained default %s: no model is registered, "
-                    "so its probabilities mean nothing", len(job_ids), untrained[0])
+                    "so its probabilities mean nothing", len(job_ids), identity.name)
