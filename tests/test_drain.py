@@ -135,3 +135,32 @@ def test_a_stopping_worker_claims_nothing_and_gives_its_leases_back(runtime):
     assert drain(runtime).claimed == 0
     assert runtime.release() == 4
     assert [s.status for s in scans_of(runtime, job)] == [ScanStatus.QUEUED] * 8
+
+
+def test_the_heartbeat_renews_the_leases_of_a_busy_worker(database_url, tmp_path):
+    import time
+
+    from db.scans import claim_next
+
+    settings = load_settings({"DATABASE_URL": database_url, "BLOB_DIR": str(tmp_path / "b"),
+                              "LEASE_SECONDS": "2", "SWEEP_INTERVAL": "1"})
+    sessions = make_session_factory(make_engine(database_url))
+    runtime = WorkerRuntime(settings=settings, session_factory=sessions,
+                            blobs=BlobStore(settings.blob_dir), models=Models(Engine()),
+                            decode_pool=ThreadPoolExecutor(1),
+                            batcher=DynamicBatcher(predict_items, 4, 0.01).start(),
+                            owner="busy/1", claim_slots=threading.BoundedSemaphore(2),
+                            send_wakeups=NoWakeups())
+    job = submit(runtime, [png_bytes(32, 1)])
+    with sessions.begin() as session:  # a long batch: leased, no result for a while
+        claim_next(session, runtime.owner, 4, settings.lease_seconds)
+    runtime.start_loops()  # heartbeat every second, sweep every second
+    try:
+        time.sleep(3 * settings.lease_seconds)
+        (scan,) = scans_of(runtime, job)
+        assert (scan.status, scan.lease_owner, scan.attempts) == \
+            (ScanStatus.RUNNING, "busy/1", 1)  # never expired, never taken back
+    finally:
+        runtime.close()
+    (scan,) = scans_of(runtime, job)
+    assert scan.status == ScanStatus.QUEUED and scan.attempts == 0  # given back on close

@@ -145,3 +145,34 @@ def test_with_no_model_registered_at_all_the_job_is_pinned_to_the_untrained_defa
     registered(session_factory, "b")
     pin_unpinned_jobs(session_factory, cache, scans)
     assert job_pin(session_factory, job_id)[1] == "resnet50-untrained"
+
+
+def test_a_model_that_loads_does_not_hold_up_a_warm_one(session_factory, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    slow_started, release = threading.Event(), threading.Event()
+
+    def load(model, store):
+        if model.version == "slow":
+            slow_started.set()
+            release.wait(10)
+        return model.version
+
+    monkeypatch.setattr("covidscan.registration.load_registered", load)
+    warm, slow = registered(session_factory, "warm", "slow")
+    cache = ModelCache(session_factory, ModelStore(tmp_path), 2, lambda loaded: loaded)
+    cache.engines_for(warm)
+    results = []
+    loaders = [threading.Thread(target=lambda: results.append(cache.engines_for(slow)))
+               for _ in range(2)]
+    for thread in loaders:
+        thread.start()
+    assert slow_started.wait(10)
+    started = time.monotonic()
+    assert cache.engines_for(warm) == "warm"  # not blocked by the load in progress
+    assert time.monotonic() - started < 1
+    release.set()
+    for thread in loaders:
+        thread.join(10)
+    assert results == ["slow", "slow"] and cache.loads == 2  # one load shared by both callers
