@@ -27,6 +27,7 @@ from covidscan.sweep import SweepLoop, sweep_once
 from covidscan.wakeups import WakeupSender
 from db.blobs import BlobStore
 from db.model_store import ModelStore
+from db.outbox import add_wakeups, relay
 from db.scans import release_leases, renew_leases
 from db.session import make_engine, make_session_factory
 from worker.batching import DynamicBatcher
@@ -145,12 +146,10 @@ class WorkerRuntime:
         for loop in self.loops:
             loop.stop()
         try:
-            self.release()
-            with self.session_factory.begin() as session:  # wake whoever takes them
-                from db.outbox import add_wakeups, relay
-
-                add_wakeups(session, 1, "worker stopped")
-            relay(self.session_factory, self.send_wakeups)
+            if self.release():
+                with self.session_factory.begin() as session:  # wake whoever takes them
+                    add_wakeups(session, 1, "worker stopped")
+                relay(self.session_factory, self.send_wakeups)
         finally:
             self.decode_pool.shutdown(wait=False)
             self.send_wakeups.close()
