@@ -1,12 +1,9 @@
-"""The worker's batch logic, called as plain functions on a real database and blob store."""
+"""The worker's batch logic, called as plain functions on a real blob store."""
 import numpy as np
 import pytest
 
 from db.blobs import BlobStore
-from db.jobs import NewScan, create_job
-from db.models import new_id
 from db.scans import Lease, ScanOutcome
-from db.session import make_engine, make_session_factory
 from models.loader import ModelInfo
 from tests.images import corrupt_png, png_bytes
 from worker.inference import classify_batch
@@ -31,26 +28,6 @@ class MeanBrightnessEngine:
 @pytest.fixture
 def store(tmp_path):
     return BlobStore(tmp_path / "blobs")
-
-
-@pytest.fixture
-def sessions(database_url):
-    factory = make_session_factory(make_engine(database_url))
-    yield factory
-    factory.kw["bind"].dispose()
-
-
-def make_job(sessions, store, payloads):
-    job_id = new_id()
-    new = []
-    for i, data in enumerate(payloads):
-        key = store.key_for(job_id, i)
-        store.put(key, data)
-        new.append(NewScan(f"f{i}.png", key, len(data)))
-    with sessions.begin() as session:
-        job = create_job(session, new, job_id)
-        session.flush()
-        return job_id, [s.id for s in job.scans]
 
 
 def black_png():
