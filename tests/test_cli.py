@@ -68,3 +68,29 @@ def test_server_errors_are_reported_plainly(server_url, tmp_path):
     assert "HTTP 415" in result.output and "notes.png" in result.output
     missing = run(server_url, "status", "no-such-job")
     assert missing.exit_code != 0 and "HTTP 404" in missing.output
+
+
+@pytest.fixture
+def idle_server_url(app):
+    """An API whose database no worker serves: its jobs wait until cancelled."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.port}"
+    server.shutdown()
+
+
+def test_cancel_and_delete_a_waiting_job(idle_server_url, tmp_path):
+    write_folder(tmp_path / "slices", 5, size=32)
+    submitted = run(idle_server_url, "submit", str(tmp_path / "slices"), "--priority", "low")
+    assert submitted.exit_code == 0, submitted.output
+    job_id = submitted.output.split()[-1]
+    cancelled = run(idle_server_url, "cancel", job_id)
+    assert cancelled.exit_code == 0, cancelled.output
+    assert f"job {job_id}: cancelled (5 cancelled, 0 still running, 0 succeeded)" in \
+        cancelled.output
+    status = json.loads(run(idle_server_url, "status", job_id).output)
+    assert status["status"] == "cancelled" and status["priority"] == "low"
+    deleted = run(idle_server_url, "delete", job_id, "--yes")
+    assert deleted.exit_code == 0 and f"job {job_id} deleted" in deleted.output
+    assert "HTTP 404" in run(idle_server_url, "status", job_id).output
