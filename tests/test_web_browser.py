@@ -259,3 +259,23 @@ def test_the_upload_shows_its_progress_in_bytes(live_server, browser, tmp_path):
     assert all(re.fullmatch(r"[\d.]+ (B|KiB) of [\d.]+ KiB sent", text) for text in seen), seen
     assert min(float(text.split(" of ")[1].split()[0]) for text in seen) >= total // 1024
     assert sent[0] < sent[-1]
+
+
+def test_the_cancel_button_cancels_a_waiting_job(app, browser):
+    """An API whose database no worker serves: the job waits until the button cancels it."""
+    with LiveServer(app) as server:
+        response = requests.post(f"{server.url}/v1/jobs", files=[
+            ("files", (f"w{i}.png", png_bytes(32, seed=i), "image/png")) for i in range(3)],
+            timeout=30)
+        assert response.status_code == 202
+        job_id = response.json()["id"]
+        browser.get(f"{server.url}/jobs/{job_id}")
+        button = wait_until(browser, lambda d: by_id(d, "cancel-job").is_displayed() and
+                            by_id(d, "cancel-job"), what="the cancel button")
+        button.click()
+        wait_until(browser, lambda d: by_id(d, "job-status").text == "cancelled",
+                   what="the job to show cancelled")
+        assert by_id(browser, "count-cancelled").text == "3"
+        assert not by_id(browser, "cancel-job").is_displayed()
+        assert requests.get(f"{server.url}/v1/jobs/{job_id}", timeout=30).json()["status"] \
+            == "cancelled"
