@@ -243,3 +243,21 @@ def test_retention_deletes_expired_jobs_their_blobs_and_orphan_blobs(sessions, b
         assert session.get(Job, expired) is None
         assert session.query(Scan).filter_by(job_id=expired).count() == 0
         assert session.get(Job, forever).expires_at is None
+
+
+def test_covidscan_sweep_once_recovers_by_hand(sessions, blobs, database_url, redis_server):
+    from click.testing import CliRunner
+
+    from covidscan.cli import main
+
+    job = submit(sessions, blobs, 3)
+    claim(sessions, "dead")
+    expire_all(sessions)
+    result = CliRunner().invoke(main, ["sweep", "--once"], env={
+        "DATABASE_URL": database_url, "REDIS_URL": redis_server.url,
+        "BLOB_DIR": str(blobs.root), "MAX_ATTEMPTS": "3"})
+    assert result.exit_code == 0, result.output
+    assert "requeued=3" in result.output and "wakeups_sent=2" in result.output
+    assert statuses(sessions, job) == ["queued"] * 3
+    with sessions() as session:
+        assert pending_wakeups(session) == 0
