@@ -154,13 +154,13 @@ def test_a_model_that_loads_does_not_hold_up_a_warm_one(session_factory, tmp_pat
     slow_started, release = threading.Event(), threading.Event()
 
     def load(model, store):
-        if model.version == "slow":
+        if model.version == "s":
             slow_started.set()
             release.wait(10)
         return model.version
 
     monkeypatch.setattr("covidscan.registration.load_registered", load)
-    warm, slow = registered(session_factory, "warm", "slow")
+    warm, slow = registered(session_factory, "w", "s")
     cache = ModelCache(session_factory, ModelStore(tmp_path), 2, lambda loaded: loaded)
     cache.engines_for(warm)
     results = []
@@ -170,9 +170,9 @@ def test_a_model_that_loads_does_not_hold_up_a_warm_one(session_factory, tmp_pat
         thread.start()
     assert slow_started.wait(10)
     started = time.monotonic()
-    assert cache.engines_for(warm) == "warm"  # not blocked by the load in progress
+    assert cache.engines_for(warm) == "w"  # not blocked by the load in progress
     assert time.monotonic() - started < 1
     release.set()
     for thread in loaders:
         thread.join(10)
-    assert results == ["slow", "slow"] and cache.loads == 2  # one load shared by both callers
+    assert results == ["s", "s"] and cache.loads == 2  # one load shared by both callers
