@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Wakeup
@@ -52,4 +52,4 @@ def relay(session_factory: sessionmaker[Session], send: SendWakeups, limit: int 
 
 def pending_wakeups(session: Session) -> int:
     """Wake-up rows not sent yet."""
-    return len(session.scalars(select(Wakeup.id)).all())
+    return session.scalar(select(func.count()).select_from(Wakeup)) or 0
