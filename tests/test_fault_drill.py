@@ -30,7 +30,7 @@ from tests.conftest import ROOT, WorkerProcess, fresh_database_url
 from tests.images import png_bytes, zip_bytes
 from tests.test_compose_stack import service_env, start_api
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 SCANS = 1200
 LEASE_SECONDS, SWEEP_INTERVAL = 8, 2

@@ -11,7 +11,7 @@ from db.models import Scan, ScanStatus
 from tests.conftest import WorkerProcess, fresh_database_url, wait_for_job, worker_env
 from tests.images import png_bytes, zip_bytes
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 LOW_SCANS = 600
 
