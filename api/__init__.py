@@ -20,7 +20,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
             (``{"DATABASE_URL": ...}``) read instead of ``os.environ``; None reads the
             environment.
     """
-    from api import extensions, health, jobs, models, problems, thumbnails, web
+    from api import extensions, health, jobs, models, problems, security, thumbnails, web
 
     if isinstance(config, Settings):
         settings = config
@@ -33,6 +33,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     logging.getLogger("api").setLevel(settings.log_level)
     extensions.init_app(app, settings)
     problems.init_app(app)
+    security.init_app(app, settings.trusted_hosts)
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(models.bp)

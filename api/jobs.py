@@ -79,7 +79,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     precision = _precision()
     priority = _priority()
     job_id = new_id()
-    limits = UploadLimits(svc.settings.max_scan_bytes, svc.settings.max_scans_per_job)
+    limits = UploadLimits.from_settings(svc.settings)
     parsed = ParsedUpload()
     new_scans: list[NewScan] = []
     try:

@@ -51,8 +51,12 @@ def models() -> None:
                                  "(default: the one named like COVID, not non-COVID).")
 @click.option("--preprocessing", default="seed-v1", show_default=True)
 @click.option("--default", "make_default", is_flag=True, help="Make it the default model.")
+@click.option("--trust-code", is_flag=True,
+              help="Load it even though its layers or ops run code (Lambda layers, custom "
+                   "objects, TensorFlow ops off the allowlist). Only for files from an "
+                   "author you trust; recorded in the registry.")
 def add(file: Path, name: str, version: Optional[str], classes: str, positive: Optional[str],
-        preprocessing: str, make_default: bool) -> None:
+        preprocessing: str, make_default: bool, trust_code: bool) -> None:
     """Validate a .h5, .keras or SavedModel directory and register a copy of it."""
     from covidscan.registration import Registration, register_model
     from models.classes import parse_class_list
@@ -62,10 +66,12 @@ def add(file: Path, name: str, version: Optional[str], classes: str, positive: O
         try:
             model = register_model(session_factory, store, Registration(
                 path=file, name=name, version=version, classes=parse_class_list(classes),
-                positive=positive, preprocessing=preprocessing, make_default=make_default))
+                positive=positive, preprocessing=preprocessing, make_default=make_default,
+                trust_code=trust_code))
         except (ModelLoadError, ValueError, FileExistsError) as exc:
             raise click.ClickException(str(exc)) from None
-    click.echo(f"registered {model.ref} (sha256 {model.sha256}){' as the default' if model.is_default else ''}")
+    trusted = ", its code trusted (--trust-code)" if model.trusted_code else ""
+    click.echo(f"registered {model.ref} (sha256 {model.sha256}){' as the default' if model.is_default else ''}{trusted}")
 
 
 @models.command("list")
@@ -86,7 +92,7 @@ def list_(as_json: bool) -> None:
         return
     for row in rows:
         mark = "*" if row["default"] else " "
-        trained = "" if row["trained"] else "  UNTRAINED"
+        trained = ("" if row["trained"] else "  UNTRAINED") + ("  TRUSTED-CODE" if row["trusted_code"] else "")
         click.echo(f"{mark} {row['name']}:{row['version']}  {row['format']}  "
                    f"{row['input_size'][0]}x{row['input_size'][1]}  "
                    f"{','.join(row['classes'])} (positive {row['positive_class']})  "

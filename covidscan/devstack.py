@@ -17,7 +17,7 @@ from typing import IO, Optional
 
 import requests
 
-from covidscan.embedded_redis import EmbeddedRedis
+from covidscan.embedded_redis import EmbeddedRedis, stored_password
 from covidscan.settings import ConfigError, Settings, load_settings
 from db import migrate
 
@@ -38,7 +38,27 @@ def sweep_command() -> list[str]:
     return [sys.executable, "-m", "covidscan.cli", "sweep"]
 
 
-def api_command(port: int, host: str = "127.0.0.1", workers: int = 2) -> list[str]:
+def api_command(port: int, host: str = "127.0.0.1", threads: int = 16,
+                max_body_bytes: int = 512 * 1024**2) -> list[str]:
+    """The API as ``make run`` serves it: waitress, with nothing in front of it.
+
+    Waitress reads every request whole, headers and body, in its event loop before a
+    thread runs the app, so clients that send slowly (or half a request and stop) hold a
+    connection, not a thread; ``--channel-timeout`` drops them after a minute of silence.
+    Under docker compose nginx does that in front of gunicorn (:func:`gunicorn_command`).
+    """
+    return [sys.executable, "-m", "waitress", f"--listen={host}:{port}", f"--threads={threads}",
+            "--channel-timeout=60", "--connection-limit=1000",
+            f"--max-request-body-size={max_body_bytes}", "--ident=covidscan",
+            "--call", "api:create_app"]
+
+
+def gunicorn_command(port: int, host: str = "0.0.0.0", workers: int = 4) -> list[str]:
+    """The API behind the nginx front (docker compose): gunicorn's threaded workers.
+
+    nginx buffers each request whole before passing it on, so gunicorn's threads only
+    ever see complete requests.
+    """
     return [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}",
             "--workers", str(workers), "--threads", "4", "--timeout", "300",
             "--access-logfile", "-", "api:create_app()"]
@@ -70,13 +90,17 @@ class Stack:
             self.model = register_configured_model(self.settings)
         env = dict(os.environ)
         if not os.environ.get("REDIS_URL"):
-            self.redis = EmbeddedRedis(self.var_dir / "redis").start()
+            # A password made on first start, kept in var/ (mode 0600), carried in REDIS_URL.
+            password = stored_password(self.var_dir / "redis-password")
+            self.redis = EmbeddedRedis(self.var_dir / "redis", password=password).start()
             env["REDIS_URL"] = self.redis.url
-            print(f"covidscan: embedded Redis on {self.redis.url}")
+            print(f"covidscan: embedded Redis on {self.redis.shown_url} "
+                  f"(password in {self.var_dir / 'redis-password'})")
         env.update(DATABASE_URL=self.settings.database_url, BLOB_DIR=str(self.settings.blob_dir))
         self._spawn("worker", worker_command(self.settings.log_level), env)
         self._spawn("sweep", sweep_command(), env)
-        self._spawn("api", api_command(self.settings.port), env)
+        self._spawn("api", api_command(self.settings.port,
+                                       max_body_bytes=self.settings.max_upload_bytes), env)
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:
         process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,

@@ -41,6 +41,12 @@ class Settings:
     max_upload_bytes: int = 512 * 1024 * 1024
     max_scan_bytes: int = 64 * 1024 * 1024
     max_scans_per_job: int = 10_000
+    max_scan_pixels: int = 4096 * 4096
+    max_expanded_bytes: int = 512 * 1024 * 1024
+    max_archive_entries: int = 10_000
+    max_compression_ratio: int = 200
+    trusted_hosts: Optional[tuple[str, ...]] = ("localhost", "127.0.0.1")
+    model_trust_code: bool = False
     visibility_timeout: int = 3600
     worker_prefetch: int = 2
     worker_concurrency: int = 64
@@ -181,6 +187,7 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
         return _read(env, name, parse, _default(field) if default is None else default)
 
     max_batch_size = read("MAX_BATCH_SIZE", _positive_int)
+    max_upload_bytes = read("MAX_UPLOAD_BYTES", _byte_size)
     lease_seconds = read("LEASE_SECONDS", _positive_int)
     return Settings(
         database_url=read("DATABASE_URL", normalise_database_url,
@@ -191,9 +198,15 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
         model_store_dir=read("MODEL_STORE_DIR", _store_dir, var_dir / "models"),
         max_loaded_models=read("MAX_LOADED_MODELS", _positive_int),
         batch_size=read("BATCH_SIZE", _positive_int),
-        max_upload_bytes=read("MAX_UPLOAD_BYTES", _byte_size),
+        max_upload_bytes=max_upload_bytes,
         max_scan_bytes=read("MAX_SCAN_BYTES", _byte_size),
         max_scans_per_job=read("MAX_SCANS_PER_JOB", _positive_int),
+        max_scan_pixels=read("MAX_SCAN_PIXELS", _pixel_count),
+        max_expanded_bytes=read("MAX_EXPANDED_BYTES", _byte_size, max_upload_bytes),
+        max_archive_entries=read("MAX_ARCHIVE_ENTRIES", _positive_int),
+        max_compression_ratio=read("MAX_COMPRESSION_RATIO", _positive_int),
+        trusted_hosts=read("TRUSTED_HOSTS", _host_list),
+        model_trust_code=read("MODEL_TRUST_CODE", _flag),
         visibility_timeout=read("VISIBILITY_TIMEOUT", _positive_int),
         worker_prefetch=read("WORKER_PREFETCH", _positive_int),
         worker_concurrency=read("WORKER_CONCURRENCY", _positive_int, 2 * max_batch_size),
@@ -211,6 +224,36 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
         max_attempts=read("MAX_ATTEMPTS", _positive_int),
         job_retention=read("JOB_RETENTION", _duration),
     )
+
+
+def _pixel_count(name: str, raw: str) -> int:
+    """``16777216`` or ``4096x4096``."""
+    text = raw.strip().lower().replace("×", "x")
+    if "x" in text:
+        width, _, height = text.partition("x")
+        return _positive_int(name, width) * _positive_int(name, height)
+    return _positive_int(name, text)
+
+
+def _host_list(name: str, raw: str) -> Optional[tuple[str, ...]]:
+    """Comma-separated host names (``*`` alone: any host, for a front that checks them)."""
+    hosts = tuple(part.strip().lower() for part in raw.split(",") if part.strip())
+    if hosts == ("*",):
+        return None
+    for host in hosts:
+        if "*" in host or "/" in host or " " in host:
+            raise ConfigError(f"{name} must list host names separated by commas "
+                              f"(or be * alone), got {host!r}")
+    return hosts
+
+
+def _flag(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
 def _port(name: str, raw: str) -> int:

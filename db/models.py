@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -99,6 +100,8 @@ class Model(Base):
     report: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
     stored_path: Mapped[str] = mapped_column(String(1024))
+    # Registered with --trust-code: its layers or ops may run code when it is loaded.
+    trusted_code: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     @property
     def ref(self) -> str:

@@ -1,14 +1,14 @@
 """durable jobs: leases, attempts, priority, cancel, retention, and the wake-up outbox
 
 Revision ID: 0005_durability
-Revises: 0003_models
+Revises: 0007_trusted_models
 Create Date: 2026-11-29
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_durability"
-down_revision = "0003_models"
+down_revision = "0007_trusted_models"
 branch_labels = None
 depends_on = None
 
