@@ -1,10 +1,9 @@
-"""``/v1/jobs``: submit a bulk job, read its status and its results."""
+"""``/v1/jobs``: submit a bulk job, read its status and results, cancel it, delete it."""
 from __future__ import annotations
 
 import logging
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context, url_for
-from kombu.exceptions import OperationalError as BrokerError
 
 from api.audit import audit
 from api.auth import current_principal, owned_job, requires
@@ -15,9 +14,11 @@ from api.problems import Problem
 from api.serialize import csv_lines, job_json, result_row
 from api.uploads import ParsedUpload, UploadLimits, iter_scans
 from covidscan.settings import PRECISIONS
-from db.jobs import (JobSummary, NewScan, create_job, iter_results, recent_job_summaries,
-                     results_page, summarise_jobs)
-from db.models import Job, new_id
+from covidscan.sweep import delete_job
+from db.jobs import (JobOptions, JobSummary, NewScan, cancel_job, create_job, iter_results,
+                     recent_job_summaries, results_page, summarise_jobs)
+from db.models import PRIORITIES, new_id, priority_rank
+from db.outbox import relay
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -54,11 +55,21 @@ def _precision() -> str | None:
     return raw or None
 
 
+def _priority() -> int:
+    """The optional ``priority`` form field: high, normal (the default) or low."""
+    raw = (request.form.get("priority") or "normal").strip().lower()
+    if raw not in PRIORITIES:
+        raise Problem(400, f"priority must be one of {', '.join(PRIORITIES)}, got {raw!r}")
+    return priority_rank(raw)
+
+
 @bp.post("")
 @requires("submit")
 def submit_job() -> tuple[Response, int, dict[str, str]]:
-    """Store the uploaded scans, write the job pinned to its model, enqueue, answer 202.
+    """Store the uploaded scans; write the job, pinned to its model, with its wake-ups; 202.
 
+    The wake-ups are sent after the commit; when Redis refuses them they stay in the
+    outbox for the next sweep, and the job is accepted all the same.
     The job belongs to the caller's owner; quotas are checked before anything is stored.
     """
     svc = services()
@@ -74,6 +85,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     model_ref = requested_model_ref()
     model = resolve_model(model_ref)
     precision = _precision()
+    priority = _priority()
     job_id = new_id()
     limits = UploadLimits.from_settings(svc.settings)
     parsed = ParsedUpload()
@@ -88,26 +100,19 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
                           skipped=[s.as_dict() for s in parsed.skipped])
         scan_quota().charge(owner, len(new_scans))
         session = db_session()
-        job = create_job(session, name, new_scans, job_id, requested_model=model_ref,
-                         model=model, owner=owner)
+        job = create_job(session, new_scans, job_id, JobOptions(
+            name=name, owner=owner, requested_model=model_ref, model=model, priority=priority,
+            precision=precision, retention_seconds=svc.settings.job_retention,
+            chunk_size=svc.settings.batch_size))
         session.commit()
     except BaseException:
         db_session().rollback()
         svc.blobs.delete_job(job_id)
         raise
-    scan_ids = [scan.id for scan in job.scans]
-    try:
-        svc.queue.enqueue_scans(scan_ids, precision)
-    except (BrokerError, OSError) as exc:
-        log.error("could not enqueue job %s: %s", job_id, exc)
-        session.delete(session.get(Job, job_id))
-        session.commit()
-        svc.blobs.delete_job(job_id)
-        raise Problem(503, "the task queue (Redis) is unreachable; nothing was stored, "
-                           "try again") from None
-    log.info("job %s: %d scans accepted, %d entries skipped", job_id, len(scan_ids),
+    relay(svc.session_factory, svc.send_wakeups)
+    log.info("job %s: %d scans accepted, %d entries skipped", job_id, len(new_scans),
              len(parsed.skipped))
-    audit("job.submit", job_id, {"scans": len(scan_ids), "model": job.model_name and
+    audit("job.submit", job_id, {"scans": len(new_scans), "model": job.model_name and
                                  f"{job.model_name}:{job.model_version}"})
     body = job_json(summarise_jobs(session, [job])[0])
     body["skipped"] = [s.as_dict() for s in parsed.skipped]
@@ -127,6 +132,34 @@ def list_jobs() -> Response:
 def owned_summary(job_id: str) -> JobSummary:
     """The caller's job with its counts; 404 for a missing job or another owner's."""
     return summarise_jobs(db_session(), [owned_job(job_id)])[0]
+
+
+@bp.post("/<job_id>/cancel")
+@requires("submit")
+def cancel(job_id: str) -> Response:
+    """Cancel waiting scans at once; running ones finish. Idempotent."""
+    session = db_session()
+    job = owned_job(job_id)
+    cancelled = cancel_job(session, job)
+    session.commit()
+    audit("job.cancel", job_id, {"cancelled": cancelled})
+    log.info("job %s: cancel asked, %d waiting scans cancelled", job_id, cancelled)
+    return jsonify(job_json(owned_summary(job_id)))
+
+
+@bp.delete("/<job_id>")
+@requires("submit")
+def delete(job_id: str) -> tuple[str, int]:
+    """Delete the job, its scans, uploaded bytes and thumbnails; running work is cancelled."""
+    session = db_session()
+    cancel_job(session, owned_job(job_id))
+    session.commit()
+    session.close()
+    svc = services()
+    delete_job(svc.session_factory, svc.blobs, job_id)
+    audit("job.delete", job_id)
+    log.info("job %s deleted", job_id)
+    return "", 204
 
 
 @bp.get("/<job_id>")

@@ -34,12 +34,16 @@ def job_json(summary: JobSummary) -> dict[str, Any]:
         "name": job.name,
         "owner": job.owner,
         "status": summary.status,
+        "priority": summary.priority,
         "created_at": iso(job.created_at),
+        "cancelled_at": iso(job.cancelled_at),
+        "expires_at": iso(job.expires_at),
         "started_at": iso(summary.started_at),
         "finished_at": iso(summary.finished_at),
         "counts": summary.counts.as_dict(),
         "model": model,
-        "links": {"self": f"/v1/jobs/{job.id}", "results": f"/v1/jobs/{job.id}/results"},
+        "links": {"self": f"/v1/jobs/{job.id}", "results": f"/v1/jobs/{job.id}/results",
+                  "cancel": f"/v1/jobs/{job.id}/cancel"},
     }
 
 

@@ -14,7 +14,7 @@ from covidscan.cli_models import models
 from covidscan.cli_train import evaluate, train
 
 DEFAULT_URL = "http://127.0.0.1:5000"
-FINISHED = ("succeeded", "partially_succeeded", "failed")
+FINISHED = ("succeeded", "partially_succeeded", "failed", "cancelled")
 
 
 def _client(ctx: click.Context):
@@ -43,11 +43,13 @@ def main(ctx: click.Context, url: str) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--name", help="A name for the job.")
 @click.option("--model", help="NAME or NAME:VERSION of a registered model (default: the default).")
+@click.option("--priority", type=click.Choice(["high", "normal", "low"]), default=None,
+              help="Waiting scans of higher priority jobs are classified first (default normal).")
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
 @click.option("--poll", default=1.0, show_default=True, help="Seconds between status polls.")
 @click.pass_context
 def submit(ctx: click.Context, paths: tuple[Path, ...], name: Optional[str],
-           model: Optional[str], wait: bool, poll: float) -> None:
+           model: Optional[str], priority: Optional[str], wait: bool, poll: float) -> None:
     """Upload PNG/JPEG slices, folders of them, or ZIP archives as one job."""
     from covidscan.client import ApiError, collect_files
 
@@ -57,7 +59,7 @@ def submit(ctx: click.Context, paths: tuple[Path, ...], name: Optional[str],
     root = paths[0] if len(paths) == 1 and paths[0].is_dir() else None
     client = _client(ctx)
     try:
-        job = client.submit(files, name=name, root=root, model=model)
+        job = client.submit(files, name=name, root=root, model=model, priority=priority)
     except ApiError as exc:
         _fail(str(exc))
     click.echo(f"job {job['id']}: {job['counts']['total']} scans queued")
@@ -83,7 +85,8 @@ def _follow(client, job_id: str, poll: float) -> dict[str, Any]:
             job = client.job(job_id)
             counts = job["counts"]
             progress.update(task, total=counts["total"],
-                            completed=counts["succeeded"] + counts["failed"],
+                            completed=counts["succeeded"] + counts["failed"]
+                            + counts.get("cancelled", 0),
                             description=job["status"])
             if job["status"] in FINISHED:
                 return job
@@ -144,6 +147,77 @@ def results(ctx: click.Context, job_id: str, as_csv: bool) -> None:
             click.echo(json.dumps(row))
     except ApiError as exc:
         _fail(str(exc))
+
+
+@main.command()
+@click.argument("job_id")
+@click.pass_context
+def cancel(ctx: click.Context, job_id: str) -> None:
+    """Cancel a job: waiting scans never run, running ones finish, results are kept."""
+    from covidscan.client import ApiError
+
+    try:
+        job = _client(ctx).cancel(job_id)
+    except ApiError as exc:
+        _fail(str(exc))
+    counts = job["counts"]
+    click.echo(f"job {job_id}: {job['status']} ({counts['cancelled']} cancelled, "
+               f"{counts['running']} still running, {counts['succeeded']} succeeded)")
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def delete(ctx: click.Context, job_id: str, yes: bool) -> None:
+    """Delete a job with its results and uploaded slices, for good."""
+    from covidscan.client import ApiError
+
+    if not yes:
+        click.confirm(f"delete job {job_id}, its results and its uploaded slices?", abort=True)
+    try:
+        _client(ctx).delete(job_id)
+    except ApiError as exc:
+        _fail(str(exc))
+    click.echo(f"job {job_id} deleted")
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="One pass, then exit (default: every SWEEP_INTERVAL).")
+@click.option("--health-file", type=click.Path(path_type=Path),
+              help="Touched after every pass that succeeded (for a container healthcheck).")
+def sweep(once: bool, health_file: Optional[Path]) -> None:
+    """Recover expired leases, send waiting wake-ups, delete expired jobs and orphan blobs.
+
+    Every worker runs this on a timer; run it by hand to do it now (it talks to
+    DATABASE_URL, REDIS_URL and BLOB_DIR directly, not to the API).
+    """
+    import logging
+
+    from covidscan.settings import ConfigError, load_settings
+    from covidscan.sweep import SweepLoop, sweep_once
+    from covidscan.wakeups import WakeupSender
+    from db.blobs import BlobStore
+    from db.session import make_engine, make_session_factory
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        _fail(str(exc))
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    sessions = make_session_factory(make_engine(settings.database_url))
+    sender = WakeupSender(settings.redis_url)
+    run = lambda: sweep_once(sessions, BlobStore(settings.blob_dir), sender, settings)  # noqa: E731
+    if once:
+        report = run()
+        click.echo(" ".join(f"{key}={value}" for key, value in vars(report).items()))
+        return
+    click.echo(f"sweeping every {settings.sweep_interval} s; Ctrl-C stops")
+    try:
+        SweepLoop(run, settings.sweep_interval).run(
+            after_pass=health_file.touch if health_file else lambda: None)
+    except KeyboardInterrupt:
+        pass
 
 
 @main.command()

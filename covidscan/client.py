@@ -55,10 +55,12 @@ class Client:
         return response
 
     def submit(self, files: Sequence[Path], name: Optional[str] = None,
-               root: Optional[Path] = None, model: Optional[str] = None) -> dict[str, Any]:
+               root: Optional[Path] = None, model: Optional[str] = None,
+               priority: Optional[str] = None) -> dict[str, Any]:
         """Upload files as one job; names are relative to ``root`` when given.
 
         ``model`` (``name`` or ``name:version``) pins the job; None uses the default.
+        ``priority`` is ``high``, ``normal`` (None) or ``low``.
         """
         handles = []
         try:
@@ -69,7 +71,8 @@ class Client:
                 label = path.relative_to(root).as_posix() if root and path.is_relative_to(root) \
                     else path.name
                 parts.append(("files", (label, handle, "application/octet-stream")))
-            data = {key: value for key, value in (("name", name), ("model", model)) if value}
+            data = {key: value for key, value in
+                    (("name", name), ("model", model), ("priority", priority)) if value}
             response = self.http.post(f"{self.base_url}/v1/jobs", files=parts, data=data,
                                       timeout=self.timeout)
         finally:
@@ -80,6 +83,13 @@ class Client:
     def job(self, job_id: str) -> dict[str, Any]:
         return self._check(self.http.get(f"{self.base_url}/v1/jobs/{job_id}",
                                          timeout=self.timeout)).json()
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._check(self.http.post(f"{self.base_url}/v1/jobs/{job_id}/cancel",
+                                          timeout=self.timeout)).json()
+
+    def delete(self, job_id: str) -> None:
+        self._check(self.http.delete(f"{self.base_url}/v1/jobs/{job_id}", timeout=self.timeout))
 
     def results(self, job_id: str, page_size: int = 1000) -> Iterator[dict[str, Any]]:
         cursor: Optional[str] = None

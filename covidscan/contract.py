@@ -4,15 +4,13 @@ The API enqueues by name (it never imports the worker or TensorFlow); the worker
 registers its task under the same name. ``tests/test_contract.py`` pins both.
 """
 
-INFER_TASK = "covidscan.infer_chunk"
-"""Task that classifies a chunk of scans. Arguments: ``(scan_ids: list[str])``, and optionally
-``precision`` (see PRECISION_OPTION)."""
+WAKE_TASK = "covidscan.wake"
+"""A wake-up, without arguments: the worker that takes it classifies waiting scans from SQL,
+a batch at a time and highest priority first, until none is left. SQL says what must run;
+a lost wake-up delays work (until a sweep sends another), a duplicate one changes nothing."""
 
 INFER_QUEUE = "covidscan"
 """Queue the inference tasks travel on."""
-
-PRECISION_OPTION = "precision"
-"""Optional keyword argument of INFER_TASK: ``fp32``, ``bf16`` or ``fp16`` requested by the job."""
 
 BATCHING_STATS_COMMAND = "covidscan_batching"
 """Remote-control command a worker answers with its batching counters."""

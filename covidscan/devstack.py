@@ -2,7 +2,8 @@
 
 Applies migrations, creates an administrator's API key on the first start (printed
 once, saved where the CLI finds it), starts an embedded Redis (unless REDIS_URL is set),
-one Celery worker and the API, and stops all of it on Ctrl-C or SIGTERM.
+one Celery worker, the sweep (recovery and retention) and the API, and stops all of it
+on Ctrl-C or SIGTERM.
 """
 from __future__ import annotations
 
@@ -71,6 +72,11 @@ def worker_command(loglevel: str = "INFO", name: str = "worker1@%h") -> list[str
             "--loglevel", loglevel, "--hostname", name, "--without-gossip", "--without-mingle"]
 
 
+def sweep_command() -> list[str]:
+    """Recovery and retention every SWEEP_INTERVAL (``covidscan sweep``)."""
+    return [sys.executable, "-m", "covidscan.cli", "sweep"]
+
+
 def api_command(port: int, host: str = "127.0.0.1", threads: int = 16,
                 max_body_bytes: int = 512 * 1024**2) -> list[str]:
     """The API as ``make run`` serves it: waitress, with nothing in front of it.
@@ -132,6 +138,7 @@ class Stack:
                   f"(password in {self.var_dir / 'redis-password'})")
         env.update(DATABASE_URL=self.settings.database_url, BLOB_DIR=str(self.settings.blob_dir))
         self._spawn("worker", worker_command(self.settings.log_level), env)
+        self._spawn("sweep", sweep_command(), env)
         self._spawn("api", api_command(self.settings.port, self.settings.api_host,
                                        max_body_bytes=self.settings.max_upload_bytes), env)
 

@@ -69,10 +69,19 @@ class Settings:
     rate_limit: str = "3000/minute"
     scans_per_hour: int = 100_000
     max_active_jobs: int = 500
+    lease_seconds: int = 15
+    sweep_interval: int = 5
+    max_attempts: int = 3
+    job_retention: int = 30 * 86400
 
     @property
     def auth_enabled(self) -> bool:
         return self.auth == "on"
+
+    @property
+    def recovery_seconds(self) -> int:
+        """How long after a worker's death its scans are back in the queue, at most."""
+        return self.lease_seconds + self.sweep_interval
 
     def with_overrides(self, **changes: object) -> "Settings":
         """Return a copy with some fields replaced (used by tests and the local stack)."""
@@ -164,6 +173,22 @@ def _read(env: Mapping[str, str], name: str, parse: Callable[[str, str], T], def
     return parse(name, raw.strip())
 
 
+def _default(name: str):
+    """A field's default, as written once in :class:`Settings`."""
+    return Settings.__dataclass_fields__[name].default
+
+
+def _duration(name: str, raw: str) -> int:
+    """Parse ``0``, ``3600``, ``90s``, ``15m``, ``12h`` or ``30d`` into seconds."""
+    text = raw.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    unit = text[-1:] if text[-1:] in units else "s"
+    number = text[:-1] if text[-1:] in units else text
+    if not number.isdigit():
+        raise ConfigError(f"{name} must be a duration such as 0, 3600, 12h or 30d, got {raw!r}")
+    return int(number) * units[unit]
+
+
 def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
     """Read settings from ``env`` (default: ``os.environ``).
 
@@ -172,37 +197,48 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
     """
     env = os.environ if env is None else env
     var_dir = Path(env.get("COVIDSCAN_VAR_DIR") or DEFAULT_VAR_DIR)
-    max_batch_size = _read(env, "MAX_BATCH_SIZE", _positive_int, 32)
-    max_upload_bytes = _read(env, "MAX_UPLOAD_BYTES", _byte_size, 512 * 1024**2)
+
+    def read(name: str, parse: Callable[[str, str], T], default: object = None) -> T:
+        field = name.lower()
+        return _read(env, name, parse, _default(field) if default is None else default)
+
+    max_batch_size = read("MAX_BATCH_SIZE", _positive_int)
+    max_upload_bytes = read("MAX_UPLOAD_BYTES", _byte_size)
+    lease_seconds = read("LEASE_SECONDS", _positive_int)
     return Settings(
-        database_url=_read(env, "DATABASE_URL", normalise_database_url,
-                           f"sqlite:///{(var_dir / 'covidscan.db').as_posix()}"),
-        redis_url=_read(env, "REDIS_URL", _redis_url, "redis://127.0.0.1:6379/0"),
-        blob_dir=_read(env, "BLOB_DIR", lambda _n, raw: Path(raw), var_dir / "blobs"),
+        database_url=read("DATABASE_URL", normalise_database_url,
+                          f"sqlite:///{(var_dir / 'covidscan.db').as_posix()}"),
+        redis_url=read("REDIS_URL", _redis_url, "redis://127.0.0.1:6379/0"),
+        blob_dir=read("BLOB_DIR", lambda _n, raw: Path(raw), var_dir / "blobs"),
         model_path=_read(env, "MODEL_PATH", _model_path, None),
-        model_store_dir=_read(env, "MODEL_STORE_DIR", _store_dir, var_dir / "models"),
-        max_loaded_models=_read(env, "MAX_LOADED_MODELS", _positive_int, 2),
-        batch_size=_read(env, "BATCH_SIZE", _positive_int, 32),
+        model_store_dir=read("MODEL_STORE_DIR", _store_dir, var_dir / "models"),
+        max_loaded_models=read("MAX_LOADED_MODELS", _positive_int),
+        batch_size=read("BATCH_SIZE", _positive_int),
         max_upload_bytes=max_upload_bytes,
-        max_scan_bytes=_read(env, "MAX_SCAN_BYTES", _byte_size, 64 * 1024**2),
-        max_scans_per_job=_read(env, "MAX_SCANS_PER_JOB", _positive_int, 10_000),
-        max_scan_pixels=_read(env, "MAX_SCAN_PIXELS", _pixel_count, 4096 * 4096),
-        max_expanded_bytes=_read(env, "MAX_EXPANDED_BYTES", _byte_size, max_upload_bytes),
-        max_archive_entries=_read(env, "MAX_ARCHIVE_ENTRIES", _positive_int, 10_000),
-        max_compression_ratio=_read(env, "MAX_COMPRESSION_RATIO", _positive_int, 200),
-        trusted_hosts=_read(env, "TRUSTED_HOSTS", _host_list, ("localhost", "127.0.0.1")),
-        model_trust_code=_read(env, "MODEL_TRUST_CODE", _flag, False),
-        visibility_timeout=_read(env, "VISIBILITY_TIMEOUT", _positive_int, 3600),
-        worker_prefetch=_read(env, "WORKER_PREFETCH", _positive_int, 2),
-        worker_concurrency=_read(env, "WORKER_CONCURRENCY", _positive_int, 2 * max_batch_size),
+        max_scan_bytes=read("MAX_SCAN_BYTES", _byte_size),
+        max_scans_per_job=read("MAX_SCANS_PER_JOB", _positive_int),
+        max_scan_pixels=read("MAX_SCAN_PIXELS", _pixel_count),
+        max_expanded_bytes=read("MAX_EXPANDED_BYTES", _byte_size, max_upload_bytes),
+        max_archive_entries=read("MAX_ARCHIVE_ENTRIES", _positive_int),
+        max_compression_ratio=read("MAX_COMPRESSION_RATIO", _positive_int),
+        trusted_hosts=read("TRUSTED_HOSTS", _host_list),
+        model_trust_code=read("MODEL_TRUST_CODE", _flag),
+        visibility_timeout=read("VISIBILITY_TIMEOUT", _positive_int),
+        worker_prefetch=read("WORKER_PREFETCH", _positive_int),
+        worker_concurrency=read("WORKER_CONCURRENCY", _positive_int, 2 * max_batch_size),
         max_batch_size=max_batch_size,
-        max_queue_delay_ms=_read(env, "MAX_QUEUE_DELAY_MS", _delay_ms, 200),
-        inference_engine=_read(env, "INFERENCE_ENGINE", _choice(ENGINES), "auto"),
-        inference_precision=_read(env, "INFERENCE_PRECISION", _choice(PRECISIONS), "fp32"),
-        engine_cache_dir=_read(env, "ENGINE_CACHE_DIR", lambda _n, raw: Path(raw),
-                               var_dir / "engine-cache"),
-        port=_read(env, "PORT", _port, 5000),
-        log_level=_read(env, "LOG_LEVEL", _log_level, "INFO"),
+        max_queue_delay_ms=read("MAX_QUEUE_DELAY_MS", _delay_ms),
+        inference_engine=read("INFERENCE_ENGINE", _choice(ENGINES)),
+        inference_precision=read("INFERENCE_PRECISION", _choice(PRECISIONS)),
+        engine_cache_dir=read("ENGINE_CACHE_DIR", lambda _n, raw: Path(raw),
+                              var_dir / "engine-cache"),
+        port=read("PORT", _port),
+        log_level=read("LOG_LEVEL", _log_level),
+        lease_seconds=lease_seconds,
+        sweep_interval=read("SWEEP_INTERVAL", _positive_int,
+                            min(_default("sweep_interval"), lease_seconds)),
+        max_attempts=read("MAX_ATTEMPTS", _positive_int),
+        job_retention=read("JOB_RETENTION", _duration),
         **_access_settings(env, var_dir),
     )
 
@@ -212,8 +248,8 @@ def _access_settings(env: Mapping[str, str], var_dir: Path) -> dict[str, object]
 
     ``AUTH=off`` is refused unless ``API_HOST`` is a loopback address.
     """
-    auth = _read(env, "AUTH", _choice(AUTH_MODES), "on")
-    api_host = _read(env, "API_HOST", lambda _n, raw: raw, "127.0.0.1")
+    auth = _read(env, "AUTH", _choice(AUTH_MODES), _default("auth"))
+    api_host = _read(env, "API_HOST", lambda _n, raw: raw, _default("api_host"))
     if auth == "off" and api_host not in LOOPBACK_HOSTS:
         raise ConfigError(f"AUTH=off is allowed only when API_HOST is a loopback address "
                           f"({', '.join(LOOPBACK_HOSTS)}), got API_HOST={api_host!r}")
@@ -222,12 +258,15 @@ def _access_settings(env: Mapping[str, str], var_dir: Path) -> dict[str, object]
         "api_host": api_host,
         "api_key_file": _read(env, "API_KEY_FILE", lambda _n, raw: Path(raw).expanduser(),
                               var_dir / API_KEY_FILE_NAME),
-        "session_hours": _read(env, "SESSION_HOURS", _positive_int, 12),
+        "session_hours": _read(env, "SESSION_HOURS", _positive_int, _default("session_hours")),
         "session_cookie_secure": _read(env, "SESSION_COOKIE_SECURE",
-                                       _choice(COOKIE_SECURE_MODES), "auto"),
-        "rate_limit": _read(env, "RATE_LIMIT", _rate_limit, "3000/minute"),
-        "scans_per_hour": _read(env, "SCANS_PER_HOUR", _positive_int, 100_000),
-        "max_active_jobs": _read(env, "MAX_ACTIVE_JOBS", _positive_int, 500),
+                                       _choice(COOKIE_SECURE_MODES),
+                                       _default("session_cookie_secure")),
+        "rate_limit": _read(env, "RATE_LIMIT", _rate_limit, _default("rate_limit")),
+        "scans_per_hour": _read(env, "SCANS_PER_HOUR", _positive_int,
+                                _default("scans_per_hour")),
+        "max_active_jobs": _read(env, "MAX_ACTIVE_JOBS", _positive_int,
+                                 _default("max_active_jobs")),
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from db.paths import path_under
@@ -46,8 +47,17 @@ class BlobStore:
     def delete_job(self, job_id: str) -> None:
         shutil.rmtree(self._path(job_id), ignore_errors=True)
 
-    def check_writable(self) -> None:
-        """Raise OSError when the blob directory cannot be written."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=self.root, prefix=".probe-"):
-            pass
+    def job_dirs_older_than(self, seconds: float) -> list[str]:
+        """Job ids with a folder here last modified more than ``seconds`` ago."""
+        if not self.root.is_dir():
+            return []
+        cutoff = time.time() - seconds
+        found = []
+        for entry in os.scandir(self.root):
+            if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+                try:
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        found.append(entry.name)
+                except FileNotFoundError:  # deleted meanwhile
+                    continue
+        return found

@@ -4,14 +4,17 @@ Every function takes a ``session``; the caller owns the transaction.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Iterator, Optional, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from db.models import Job, Model, Scan, ScanStatus
+from db.identity import ModelIdentity
+from db.models import PRIORITIES, Job, Model, Scan, ScanStatus, utcnow
+from db.outbox import add_wakeups
 
 
 @dataclass(frozen=True)
@@ -28,11 +31,13 @@ class JobCounts:
     running: int = 0
     succeeded: int = 0
     failed: int = 0
+    cancelled: int = 0
 
-    @property
-    def status(self) -> str:
-        """Job status derived from scan counts."""
+    def status(self, cancel_requested: bool = False) -> str:
+        """Job status derived from scan counts (and whether a cancel was asked for)."""
         done = self.succeeded + self.failed
+        if cancel_requested:
+            return "cancelling" if self.queued + self.running else "cancelled"
         if self.total == 0 or self.queued == self.total:
             return "queued"
         if done < self.total:
@@ -45,7 +50,8 @@ class JobCounts:
 
     def as_dict(self) -> dict[str, int]:
         return {"total": self.total, "queued": self.queued, "running": self.running,
-                "succeeded": self.succeeded, "failed": self.failed}
+                "succeeded": self.succeeded, "failed": self.failed,
+                "cancelled": self.cancelled}
 
 
 @dataclass(frozen=True)
@@ -57,29 +63,91 @@ class JobSummary:
 
     @property
     def status(self) -> str:
-        return self.counts.status
+        return self.counts.status(self.job.cancelled_at is not None)
+
+    @property
+    def priority(self) -> str:
+        return PRIORITIES[self.job.priority]
 
 
-def create_job(session: Session, name: Optional[str], scans: Sequence[NewScan],
-               job_id: str, requested_model: Optional[str] = None,
-               model: Optional[Model] = None, owner: Optional[str] = None) -> Job:
-    """Add a job and its scans, in upload order, to the session (not committed).
+FINISHED_STATUSES = ("succeeded", "partially_succeeded", "failed", "cancelled")
 
-    ``model`` pins the job to a registered model; None means the untrained default.
-    ``owner`` is the owner of the key that submitted it.
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What a submission may ask for besides its scans."""
+
+    name: Optional[str] = None
+    owner: Optional[str] = None  # the owner of the key that submitted it
+    requested_model: Optional[str] = None
+    model: Optional[Model] = None
+    priority: int = 1
+    precision: Optional[str] = None
+    retention_seconds: int = 0
+    chunk_size: int = 32
+
+
+def create_job(session: Session, scans: Sequence[NewScan], job_id: str,
+               options: JobOptions = JobOptions()) -> Job:
+    """Add a job, its scans in upload order and its wake-ups to the session (not committed).
+
+    ``options.model`` pins the job to a registered model; None means the untrained
+    default. One wake-up per ``chunk_size`` scans goes into the outbox, so the job's
+    scans are spread over the workers that are free.
     """
-    job = Job(id=job_id, name=name, requested_model=requested_model, owner=owner)
+    model = options.model
+    now = utcnow()
+    job = Job(id=job_id, name=options.name, requested_model=options.requested_model,
+              owner=options.owner, priority=options.priority, precision=options.precision,
+              created_at=now,
+              expires_at=(now + timedelta(seconds=options.retention_seconds)
+                          if options.retention_seconds else None))
     if model is not None:
         job.model_id = model.id
-        job.model_name, job.model_version = model.name, model.version
-        job.model_sha256, job.model_trained = model.sha256, model.trained
+        for column, value in ModelIdentity.of_registered(model).job_columns().items():
+            setattr(job, column, value)
     job.scans = [
         Scan(position=i, filename=s.filename, blob_key=s.blob_key, size_bytes=s.size_bytes,
-             status=ScanStatus.QUEUED)
+             status=ScanStatus.QUEUED, priority=options.priority, queued_at=now)
         for i, s in enumerate(scans)
     ]
     session.add(job)
+    add_wakeups(session, math.ceil(len(scans) / options.chunk_size), f"job {job_id}")
     return job
+
+
+def cancel_job(session: Session, job: Job) -> int:
+    """Cancel a job's waiting scans at once; running ones finish and keep their result.
+
+    Idempotent; a job with nothing left to do is not marked cancelled. Returns the number
+    of scans cancelled now.
+    """
+    if job.cancelled_at is None:
+        unfinished = session.scalar(select(func.count()).where(
+            Scan.job_id == job.id, Scan.status.not_in(ScanStatus.terminal())))
+        if not unfinished:
+            return 0
+        job.cancelled_at = utcnow()
+    return session.execute(
+        update(Scan).where(Scan.job_id == job.id, Scan.status == ScanStatus.QUEUED)
+        .values(status=ScanStatus.CANCELLED, finished_at=utcnow())
+        .execution_options(synchronize_session=False)).rowcount
+
+
+def delete_job_rows(session: Session, job_id: str) -> None:
+    """Delete a job and its scans (their blobs are the caller's to delete)."""
+    session.execute(delete(Scan).where(Scan.job_id == job_id))
+    session.execute(delete(Job).where(Job.id == job_id))
+
+
+def expired_job_ids(session: Session, limit: int = 100) -> list[str]:
+    """Jobs whose retention has run out."""
+    return list(session.scalars(select(Job.id).where(Job.expires_at < utcnow())
+                                .order_by(Job.expires_at).limit(limit)))
+
+
+def existing_job_ids(session: Session, job_ids: Sequence[str]) -> set[str]:
+    return set(session.scalars(select(Job.id).where(Job.id.in_(list(job_ids)))))
 
 
 def summarise_jobs(session: Session, jobs: Sequence[Job]) -> list[JobSummary]:
@@ -99,7 +167,8 @@ def summarise_jobs(session: Session, jobs: Sequence[Job]) -> list[JobSummary]:
     for job in jobs:
         counts = JobCounts(total=sum(by_job[job.id].values()), **by_job[job.id])
         started, last = times.get(job.id, (None, None))
-        finished = last if counts.status not in ("queued", "running") else None
+        status = counts.status(job.cancelled_at is not None)
+        finished = last if status in FINISHED_STATUSES else None
         summaries.append(JobSummary(job=job, counts=counts, started_at=started,
                                     finished_at=finished))
     return summaries
@@ -165,3 +234,10 @@ def iter_results(session: Session, job_id: str, page_size: int = 500) -> Iterato
         if next_cursor is None:
             return
         cursor = next_cursor
+
+
+def job_pins(session: Session, job_ids: Sequence[str]) -> dict[str, tuple[Optional[str], Optional[str]]]:
+    """Each job's pinned model id (None: the untrained default) and requested precision."""
+    rows = session.execute(select(Job.id, Job.model_id, Job.precision)
+                           .where(Job.id.in_(list(job_ids))))
+    return {job_id: (model_id, precision) for job_id, model_id, precision in rows}

@@ -56,10 +56,26 @@ class ScanStatus(str, enum.Enum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @classmethod
     def terminal(cls) -> tuple["ScanStatus", ...]:
-        return (cls.SUCCEEDED, cls.FAILED)
+        return (cls.SUCCEEDED, cls.FAILED, cls.CANCELLED)
+
+
+PRIORITIES = ("high", "normal", "low")
+"""A job's priority names; a scan stores the index (0 = high), so a claim orders by it."""
+
+
+def priority_rank(name: str) -> int:
+    """0 for ``high``, 1 for ``normal``, 2 for ``low``.
+
+    Raises:
+        ValueError: not one of :data:`PRIORITIES`.
+    """
+    if name not in PRIORITIES:
+        raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, got {name!r}")
+    return PRIORITIES.index(name)
 
 
 class Model(Base):
@@ -117,6 +133,10 @@ class Job(Base):
     # The owner of the key that submitted it; None for jobs from before ownership existed
     # (only admins see those).
     owner: Mapped[Optional[str]] = mapped_column(String(200), index=True)
+    priority: Mapped[int] = mapped_column(Integer, default=1)
+    precision: Mapped[Optional[str]] = mapped_column(String(20))
+    cancelled_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), index=True)
 
     scans: Mapped[list["Scan"]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True,
@@ -132,6 +152,8 @@ class Scan(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "position", name="uq_scans_job_id_position"),
         Index("ix_scans_job_id_status", "job_id", "status"),
+        Index("ix_scans_status_priority", "status", "priority", "queued_at"),
+        Index("ix_scans_lease_owner", "lease_owner"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -157,6 +179,16 @@ class Scan(Base):
     worker: Mapped[Optional[str]] = mapped_column(String(200))
     started_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    # The queue, in SQL: waiting scans are taken by priority (0 = high), then in the order
+    # they were queued. A running scan is leased: its worker renews the lease while it works;
+    # an expired lease puts the scan back (or fails it after MAX_ATTEMPTS attempts).
+    priority: Mapped[int] = mapped_column(Integer, default=1)
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    lease_owner: Mapped[Optional[str]] = mapped_column(String(200))
+    lease_expires_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # How many times a result was written (audit: exactly 1 for a finished scan).
+    result_writes: Mapped[int] = mapped_column(Integer, default=0)
 
     job: Mapped[Job] = relationship(back_populates="scans")
 
@@ -218,3 +250,21 @@ class AuditEvent(Base):
 
     def __repr__(self) -> str:
         return f"AuditEvent(id={self.id!r}, action={self.action!r}, owner={self.owner!r})"
+
+
+class Wakeup(Base):
+    """The outbox: wake-ups to send to Redis, written in the transaction that made the work.
+
+    A relay sends them after the commit and deletes them; a crash or a Redis error in
+    between leaves them here for the next sweep to send.
+    """
+
+    __tablename__ = "wakeups"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    tasks: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(100))
+
+    def __repr__(self) -> str:
+        return f"Wakeup(id={self.id!r}, tasks={self.tasks}, reason={self.reason!r})"

@@ -11,6 +11,7 @@ from typing import Any, Optional, Sequence
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from db.identity import ModelIdentity
 from db.models import Job, Model, Scan, ScanStatus
 
 
@@ -133,21 +134,6 @@ def remove_model(session: Session, model: Model) -> None:
     session.flush()
 
 
-def scan_ids_by_pinned_model(session: Session,
-                             scan_ids: Sequence[str]) -> dict[Optional[str], list[str]]:
-    """Group scans by their job's pinned model id (None: the untrained default)."""
-    rows = session.execute(
-        select(Scan.id, Job.model_id).join(Job, Scan.job_id == Job.id)
-        .where(Scan.id.in_(list(scan_ids)))
-    ).all()
-    pinned = dict(rows)
-    groups: dict[Optional[str], list[str]] = {}
-    for scan_id in scan_ids:
-        if scan_id in pinned:
-            groups.setdefault(pinned[scan_id], []).append(scan_id)
-    return groups
-
-
 def unpinned_job_ids(session: Session, scan_ids: Sequence[str]) -> list[str]:
     """Jobs of these scans that are not pinned to a model yet.
 
@@ -161,24 +147,14 @@ def unpinned_job_ids(session: Session, scan_ids: Sequence[str]) -> list[str]:
     ))
 
 
-def pin_jobs(session: Session, job_ids: Sequence[str], model: Optional[Model],
-             untrained: Optional[tuple[str, str, str]] = None) -> int:
-    """Pin unpinned jobs to ``model``, or, when it is None, to the untrained default.
-
-    ``untrained`` is the untrained default's (name, version, sha256); it is needed only
-    when ``model`` is None. Jobs pinned meanwhile (by another worker) keep their pin.
-    Returns how many jobs this call pinned.
+def pin_jobs(session: Session, job_ids: Sequence[str], model_id: Optional[str],
+             identity: ModelIdentity) -> int:
+    """Pin unpinned jobs to a registered model (``model_id``), or, with None, to the
+    untrained default; ``identity`` names it. Jobs pinned meanwhile (by another worker)
+    keep their pin. Returns how many jobs this call pinned.
     """
-    if model is not None:
-        values = dict(model_id=model.id, model_name=model.name, model_version=model.version,
-                      model_sha256=model.sha256, model_trained=model.trained)
-    elif untrained is not None:
-        name, version, sha256 = untrained
-        values = dict(model_id=None, model_name=name, model_version=version,
-                      model_sha256=sha256, model_trained=False)
-    else:
-        raise ValueError("pin_jobs needs a registered model or the untrained default's identity")
     result = session.execute(
-        update(Job).where(Job.id.in_(list(job_ids)), Job.model_sha256.is_(None)).values(**values)
+        update(Job).where(Job.id.in_(list(job_ids)), Job.model_sha256.is_(None))
+        .values(model_id=model_id, **identity.job_columns())
     )
     return result.rowcount

@@ -1,26 +1,23 @@
-"""Data functions the workers use: claim scans, then record their results idempotently."""
+"""The queue in SQL: workers lease scans, renew the lease, record results once.
+
+A worker claims the next waiting scans by priority and marks them ``running`` under a
+lease (its owner id and an expiry), renewed by a heartbeat while it works. A result is
+written only by the holder of the current lease, so a redelivered or duplicated task, or
+a worker whose lease expired and was taken over, changes nothing. Leases of dead workers
+expire; :func:`expire_leases` puts their scans back, or fails a scan that has used all
+its attempts. Every function takes a ``session``; the caller owns the transaction.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Optional, Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import String, and_, cast, func, literal, select, update
 from sqlalchemy.orm import Session
 
-from db.models import Scan, ScanStatus, utcnow
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """Names the model, engine, precision and preprocessing that made a result."""
-
-    name: str
-    version: str
-    sha256: str
-    trained: bool
-    engine: str
-    precision: str
-    preprocessing: str
+from db.identity import ModelIdentity
+from db.models import Job, Scan, ScanStatus, utcnow
 
 
 @dataclass(frozen=True)
@@ -37,55 +34,149 @@ class ScanOutcome:
             raise ValueError("a scan outcome carries either a probability or an error")
 
 
-def claim_scans(session: Session, scan_ids: Sequence[str]) -> list[Scan]:
-    """Mark the unfinished scans among ``scan_ids`` running and return them in upload order.
+@dataclass(frozen=True)
+class Lease:
+    """One claimed scan: what a worker needs to classify it and to write its result."""
 
-    Scans that already have a result (a redelivered task) or no longer exist are left out.
+    scan_id: str
+    job_id: str
+    blob_key: str
+    attempt: int
+
+
+def died_message(attempts: int) -> str:
+    return f"worker died while processing this scan ({attempts} attempts)"
+
+
+CLAIM_TRIES = 5
+
+
+def claim_next(session: Session, owner: str, limit: int, lease_seconds: float) -> list[Lease]:
+    """Lease up to ``limit`` waiting scans to ``owner``: highest priority first, then oldest.
+
+    On PostgreSQL rows another worker is claiming are skipped (``SKIP LOCKED``); SQLite
+    serialises writers. Returns the leases in job and upload order.
     """
-    if not scan_ids:
+    for _ in range(CLAIM_TRIES):
+        leases = _claim_once(session, owner, limit, lease_seconds)
+        if leases is not None:
+            return leases
+    return []
+
+
+def _claim_once(session: Session, owner: str, limit: int,
+                lease_seconds: float) -> Optional[list[Lease]]:
+    """One try: [] when nothing waits, None when others took every row picked here."""
+    # Two statements, not UPDATE … WHERE id IN (SELECT … LIMIT): PostgreSQL may run such a
+    # subquery more than once and, skipping locked rows, claim more than ``limit``. On
+    # SQLite the UPDATE re-checks the status, so a row another worker took is not taken.
+    ids = list(session.scalars(
+        select(Scan.id).where(Scan.status == ScanStatus.QUEUED)
+        .order_by(Scan.priority, Scan.queued_at, Scan.job_id, Scan.position)
+        .limit(limit).with_for_update(skip_locked=True)))
+    if not ids:
         return []
-    scans = list(session.scalars(
-        select(Scan).where(Scan.id.in_(list(scan_ids)),
-                           Scan.status.not_in(ScanStatus.terminal()))
-        .order_by(Scan.job_id, Scan.position)
-    ))
     now = utcnow()
-    for scan in scans:
-        scan.status = ScanStatus.RUNNING
-        if scan.started_at is None:
-            scan.started_at = now
-    return scans
+    rows = session.execute(
+        update(Scan)
+        .where(Scan.id.in_(ids), Scan.status == ScanStatus.QUEUED)
+        .values(status=ScanStatus.RUNNING, lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                attempts=Scan.attempts + 1,
+                started_at=func.coalesce(Scan.started_at, now))
+        .returning(Scan.id, Scan.job_id, Scan.blob_key, Scan.attempts, Scan.position)
+        .execution_options(synchronize_session=False)
+    ).all()
+    if not rows:
+        return None
+    rows.sort(key=lambda r: (r.job_id, r.position))
+    return [Lease(r.id, r.job_id, r.blob_key, r.attempts) for r in rows]
 
 
-def record_outcomes(session: Session, outcomes: Sequence[ScanOutcome],
-                    model: ModelIdentity, worker: Optional[str] = None) -> int:
-    """Write outcomes for scans that have none yet; returns how many rows were written.
+def renew_leases(session: Session, owner: str, lease_seconds: float) -> int:
+    """The heartbeat: push back the expiry of every lease ``owner`` holds; returns how many."""
+    result = session.execute(
+        update(Scan).where(Scan.lease_owner == owner, Scan.status == ScanStatus.RUNNING)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False))
+    return result.rowcount
 
-    ``worker`` names the worker that produced them (its Celery node name).
-    Idempotent: a scan that already succeeded or failed keeps its first result.
+
+def release_leases(session: Session, owner: str,
+                   scan_ids: Optional[Sequence[str]] = None) -> int:
+    """Give leases back at once (a worker stopping): the scans wait again, attempt not counted.
+
+    ``scan_ids`` limits it to those scans; None releases all of ``owner``'s leases.
     """
+    query = update(Scan).where(Scan.lease_owner == owner, Scan.status == ScanStatus.RUNNING)
+    if scan_ids is not None:
+        query = query.where(Scan.id.in_(list(scan_ids)))
+    result = session.execute(
+        query.values(status=ScanStatus.QUEUED, lease_owner=None, lease_expires_at=None,
+                     attempts=Scan.attempts - 1)
+        .execution_options(synchronize_session=False))
+    return result.rowcount
+
+
+@dataclass(frozen=True)
+class Expired:
+    requeued: int
+    failed: int
+    cancelled: int
+
+
+def expire_leases(session: Session, max_attempts: int) -> Expired:
+    """Scans whose lease ran out (their worker died): back to the queue, or failed for good.
+
+    A scan of a cancelled job is cancelled; one that has had ``max_attempts`` attempts
+    fails with :func:`died_message`, so one poison file cannot crash-loop every worker.
+    """
+    now = utcnow()
+    expired = and_(Scan.status == ScanStatus.RUNNING, Scan.lease_expires_at < now)
+    cancelled_job = select(Job.id).where(Job.cancelled_at.is_not(None))
+    cleared = dict(lease_owner=None, lease_expires_at=None)
+    cancelled = session.execute(
+        update(Scan).where(expired, Scan.job_id.in_(cancelled_job))
+        .values(status=ScanStatus.CANCELLED, finished_at=now, **cleared)
+        .execution_options(synchronize_session=False)).rowcount
+    failed_rows = session.execute(
+        update(Scan).where(expired, Scan.attempts >= max_attempts)
+        .values(status=ScanStatus.FAILED, finished_at=now, error=(
+            literal("worker died while processing this scan (")
+            + cast(Scan.attempts, String) + literal(" attempts)")), **cleared)
+        .execution_options(synchronize_session=False)).rowcount
+    requeued = session.execute(
+        update(Scan).where(expired).values(status=ScanStatus.QUEUED, **cleared)
+        .execution_options(synchronize_session=False)).rowcount
+    return Expired(requeued, failed_rows, cancelled)
+
+
+def record_outcomes(session: Session, outcomes: Sequence[ScanOutcome], leases: Sequence[Lease],
+                    model: ModelIdentity, worker: Optional[str], owner: str) -> int:
+    """Write each outcome if ``owner`` still holds that scan's lease; returns rows written.
+
+    A scan whose lease expired and was taken over, was cancelled, deleted or already has
+    a result keeps what it has: a result is written once.
+    """
+    if len(outcomes) != len(leases):
+        raise ValueError(f"{len(outcomes)} outcomes for {len(leases)} leases")
     now = utcnow()
     written = 0
-    for outcome in outcomes:
+    for outcome, lease in zip(outcomes, leases):
+        if outcome.scan_id != lease.scan_id:
+            raise ValueError(f"outcome for {outcome.scan_id} paired with lease of {lease.scan_id}")
         result = session.execute(
             update(Scan)
-            .where(Scan.id == outcome.scan_id, Scan.status.not_in(ScanStatus.terminal()))
+            .where(Scan.id == lease.scan_id, Scan.status == ScanStatus.RUNNING,
+                   Scan.lease_owner == owner, Scan.attempts == lease.attempt)
             .values(
                 status=ScanStatus.FAILED if outcome.error else ScanStatus.SUCCEEDED,
-                probability_covid=outcome.probability_covid,
-                label=outcome.label,
-                error=outcome.error,
-                model_name=model.name,
-                model_version=model.version,
-                model_sha256=model.sha256,
-                engine=model.engine,
-                precision=model.precision,
-                preprocessing=model.preprocessing,
-                worker=worker,
-                finished_at=now,
+                probability_covid=outcome.probability_covid, label=outcome.label,
+                error=outcome.error, **model.scan_columns(), worker=worker, finished_at=now,
+                lease_owner=None, lease_expires_at=None,
+                result_writes=Scan.result_writes + 1,
             )
-            .returning(Scan.job_id)
+            .execution_options(synchronize_session=False)
         )
-        if result.first() is not None:
-            written += 1
+        written += result.rowcount
     return written

@@ -221,7 +221,7 @@ def wait_for_job(client, job_id: str, timeout: float = 120.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         body = read(job_id)
-        if body["status"] in ("succeeded", "partially_succeeded", "failed"):
+        if body["status"] in ("succeeded", "partially_succeeded", "failed", "cancelled"):
             return body
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} did not finish in {timeout}s: {body}")

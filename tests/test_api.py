@@ -1,12 +1,11 @@
 """The HTTP API against a real Redis and a real database (no worker: jobs stay queued)."""
-import base64
 import io
-import json
 import os
 
 import pytest
 import redis
 from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
 
 from db.models import Job, Scan
 from tests.conftest import authorised
@@ -50,8 +49,11 @@ def test_submit_answers_202_with_location_and_enqueues_chunks(client, app_config
     body = response.get_json()
     assert response.headers["Location"] == f"/v1/jobs/{body['id']}"
     assert body["status"] == "queued" and body["name"] == "ward 3"
-    assert body["counts"] == {"total": 10, "queued": 10, "running": 0, "succeeded": 0, "failed": 0}
-    assert queue_length(app_config["REDIS_URL"]) - before == 2  # BATCH_SIZE=8: chunks of 8 and 2
+    assert body["counts"] == {"total": 10, "queued": 10, "running": 0, "succeeded": 0,
+                              "failed": 0, "cancelled": 0}
+    assert body["priority"] == "normal" and body["expires_at"] > body["created_at"]
+    # BATCH_SIZE=8: two wake-ups, so the job's scans spread over two free workers.
+    assert queue_length(app_config["REDIS_URL"]) - before == 2
     results = client.get(f"/v1/jobs/{body['id']}/results").get_json()
     assert [r["filename"] for r in results["results"]] == [n for n, _ in slices]
     assert all(r["status"] == "queued" and r["probability_covid"] is None
@@ -151,6 +153,7 @@ def test_readiness_is_503_when_redis_is_unreachable(app_config):
 
 
 def test_submit_with_redis_down_is_503_and_keeps_nothing(app_config, api_key):
+    """With Redis unreachable the scan quota cannot be checked: nothing is accepted."""
     from api import create_app
     from covidscan.embedded_redis import free_port
 
@@ -165,23 +168,48 @@ def test_submit_with_redis_down_is_503_and_keeps_nothing(app_config, api_key):
     assert blob_files(app_config) == []
 
 
-def queued_task_kwargs(redis_url):
-    """The keyword arguments of every task message waiting in the queue (Celery protocol 2)."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        messages = [json.loads(raw) for raw in client.lrange("covidscan", 0, -1)]
-    finally:
-        client.close()
-    return [json.loads(base64.b64decode(m["body"]))[1] for m in messages]
+def test_wakeups_redis_refuses_after_the_commit_wait_in_the_outbox(app, app_config, api_key):
+    """A Redis error after the commit (here MISCONF, a full disk) loses nothing: the job is
+    accepted and its wake-ups stay in SQL until a relay sends them."""
+    from redis.exceptions import ResponseError
 
+    from api.extensions import Services
+    from db.outbox import pending_wakeups
 
-def test_a_job_may_ask_for_a_precision_and_each_chunk_carries_it(client, app_config):
-    slices = [(f"p{i}.png", png_bytes(32, seed=i)) for i in range(9)]
-    response = client.post("/v1/jobs", data={**files(*slices), "precision": "BF16"},
+    def refuse(tasks):
+        raise ResponseError("MISCONF Redis is configured to save RDB snapshots, but it's "
+                            "currently unable to persist to disk")
+
+    services: Services = app.extensions["covidscan"]
+    services.send_wakeups = refuse
+    client = authorised(app.test_client(), api_key)
+    response = client.post("/v1/jobs", data=files(("a.png", png_bytes(16))),
                            content_type="multipart/form-data")
     assert response.status_code == 202
-    # Kombu pushes new messages at the head of the list.
-    assert queued_task_kwargs(app_config["REDIS_URL"])[:2] == [{"precision": "bf16"}] * 2
+    assert response.get_json()["counts"]["queued"] == 1
+    engine = create_engine(app_config["DATABASE_URL"])
+    with Session(engine) as session:
+        assert pending_wakeups(session) == 1
+    engine.dispose()
+
+
+def test_a_job_may_ask_for_a_precision_and_a_priority(client, app_config):
+    slices = [(f"p{i}.png", png_bytes(32, seed=i)) for i in range(9)]
+    response = client.post("/v1/jobs", data={**files(*slices), "precision": "BF16",
+                                             "priority": "High"},
+                           content_type="multipart/form-data")
+    assert response.status_code == 202
+    assert response.get_json()["priority"] == "high"
+    engine = create_engine(app_config["DATABASE_URL"])
+    with Session(engine) as session:
+        job = session.get(Job, response.get_json()["id"])
+        assert (job.precision, job.priority) == ("bf16", 0)
+        assert {scan.priority for scan in job.scans} == {0}
+    engine.dispose()
+    bad = client.post("/v1/jobs", data={**files(("a.png", png_bytes(32))), "priority": "urgent"},
+                      content_type="multipart/form-data")
+    assert bad.status_code == 400
+    assert "priority must be one of high, normal, low" in bad.get_json()["detail"]
 
 
 def test_an_unknown_precision_is_400_and_keeps_nothing(client, app_config):

@@ -86,3 +86,30 @@ def test_the_cli_reads_the_key_file_make_run_saved(server_url, stack_key, tmp_pa
     (tmp_path / "api-key").write_text(stack_key + "\n")
     result = run(server_url, "status", "no-such-job")
     assert "HTTP 404" in result.output  # authenticated: the job is simply not there
+
+
+@pytest.fixture
+def idle_server_url(app, api_key, monkeypatch):
+    """An API whose database no worker serves: its jobs wait until cancelled."""
+    monkeypatch.setenv("COVIDSCAN_API_KEY", api_key)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.port}"
+    server.shutdown()
+
+
+def test_cancel_and_delete_a_waiting_job(idle_server_url, tmp_path):
+    write_folder(tmp_path / "slices", 5, size=32)
+    submitted = run(idle_server_url, "submit", str(tmp_path / "slices"), "--priority", "low")
+    assert submitted.exit_code == 0, submitted.output
+    job_id = submitted.output.split()[-1]
+    cancelled = run(idle_server_url, "cancel", job_id)
+    assert cancelled.exit_code == 0, cancelled.output
+    assert f"job {job_id}: cancelled (5 cancelled, 0 still running, 0 succeeded)" in \
+        cancelled.output
+    status = json.loads(run(idle_server_url, "status", job_id).output)
+    assert status["status"] == "cancelled" and status["priority"] == "low"
+    deleted = run(idle_server_url, "delete", job_id, "--yes")
+    assert deleted.exit_code == 0 and f"job {job_id} deleted" in deleted.output
+    assert "HTTP 404" in run(idle_server_url, "status", job_id).output

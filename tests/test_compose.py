@@ -17,7 +17,7 @@ from covidscan.settings import load_settings, variable_names
 from tests import compose
 from tests.conftest import ROOT
 
-LONG_RUNNING = ("redis", "postgres", "api", "worker", "flower", "nginx")
+LONG_RUNNING = ("redis", "postgres", "api", "worker", "sweep", "flower", "nginx")
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SCHEMA = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
 
@@ -52,9 +52,11 @@ def test_the_stack_refuses_to_start_without_a_database_password():
 
 
 def test_the_services_and_their_order_of_start(services):
-    assert set(services) == {"redis", "postgres", "migrate", "api", "worker", "flower", "nginx"}
+    assert set(services) == {"redis", "postgres", "migrate", "api", "worker", "sweep", "flower",
+                             "nginx"}
     assert services["nginx"]["depends_on"] == {"api": {"condition": "service_healthy"}}
-    for name in ("api", "worker"):
+    assert services["sweep"]["command"][:2] == ["covidscan", "sweep"]
+    for name in ("api", "worker", "sweep"):
         assert services[name]["depends_on"] == {
             "redis": {"condition": "service_healthy"},
             "postgres": {"condition": "service_healthy"},

@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from covidscan.contract import INFER_QUEUE, INFER_TASK
+from covidscan.contract import INFER_QUEUE, WAKE_TASK
 from tests.conftest import ROOT
 
 
@@ -10,9 +10,9 @@ def test_the_worker_registers_the_task_the_api_sends():
     from worker import tasks
     from worker.celery_app import app
 
-    assert INFER_TASK == "covidscan.infer_chunk"
-    assert tasks.infer_chunk.name == INFER_TASK
-    assert INFER_TASK in app.tasks
+    assert WAKE_TASK == "covidscan.wake"
+    assert tasks.wake.name == WAKE_TASK
+    assert WAKE_TASK in app.tasks
 
 
 def test_the_worker_app_obeys_the_queue_invariants():

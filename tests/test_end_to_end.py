@@ -4,7 +4,7 @@ import io
 import pytest
 from celery import Celery
 
-from covidscan.contract import INFER_QUEUE, INFER_TASK
+from covidscan.contract import INFER_QUEUE, WAKE_TASK
 from tests.conftest import wait_for_job
 from tests.images import corrupt_png, png_bytes, zip_bytes, encode, ct_slice
 
@@ -31,7 +31,8 @@ def test_a_bulk_job_with_one_corrupt_slice_partially_succeeds(stack_client):
     job = upload(stack_client, twenty_and_one_corrupt(), name="e2e")
     final = wait_for_job(stack_client, job["id"])
     assert final["status"] == "partially_succeeded"
-    assert final["counts"] == {"total": 21, "queued": 0, "running": 0, "succeeded": 20, "failed": 1}
+    assert final["counts"] == {"total": 21, "queued": 0, "running": 0, "succeeded": 20,
+                               "failed": 1, "cancelled": 0}
     assert final["model"]["name"] == "tiny_ct" and final["model"]["trained"] is True
     assert final["started_at"] and final["finished_at"] >= final["started_at"]
     rows = results(stack_client, job["id"])
@@ -67,14 +68,45 @@ def test_jpeg_and_rgb_slices_are_classified(stack_client):
     assert final["status"] == "succeeded" and final["counts"]["succeeded"] == 3
 
 
-def test_a_redelivered_chunk_does_not_duplicate_or_change_results(stack_client, stack_config):
+def test_redelivered_wakeups_do_not_duplicate_or_change_results(stack_client, stack_config):
+    from sqlalchemy import create_engine, select
+
+    from db.models import Scan
+
     job = upload(stack_client, [(f"r{i}.png", png_bytes(64, seed=50 + i)) for i in range(5)])
     wait_for_job(stack_client, job["id"])
     before = results(stack_client, job["id"])
     sender = Celery("redeliver", broker=stack_config["REDIS_URL"], set_as_current=False)
     sender.conf.update(task_serializer="json")
-    sender.send_task(INFER_TASK, args=[[r["scan_id"] for r in before]], queue=INFER_QUEUE)
-    # A second, later job proves the worker has consumed the redelivered chunk before it.
+    for _ in range(3):
+        sender.send_task(WAKE_TASK, queue=INFER_QUEUE)
+    # A second, later job proves the worker has consumed the wake-ups sent before it.
     wait_for_job(stack_client, upload(stack_client, [("after.png", png_bytes(32))])["id"])
     after = results(stack_client, job["id"])
     assert after == before and len(after) == 5
+    engine = create_engine(stack_config["DATABASE_URL"])
+    with engine.connect() as conn:
+        writes = conn.scalars(select(Scan.result_writes).where(Scan.job_id == job["id"])).all()
+    engine.dispose()
+    assert writes == [1] * 5
+
+
+def test_cancel_and_delete_through_the_api(stack_client, stack_config):
+    from pathlib import Path
+
+    job = upload(stack_client, [(f"c{i}.png", png_bytes(32, seed=i)) for i in range(3)])
+    final = wait_for_job(stack_client, job["id"])
+    cancelled = stack_client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert cancelled.status_code == 200
+    assert cancelled.get_json()["status"] == "succeeded"  # nothing left to cancel
+    (row, *_) = results(stack_client, job["id"])
+    assert stack_client.get(f"/v1/scans/{row['scan_id']}/thumbnail").status_code == 200
+    blob_dir = Path(stack_config["BLOB_DIR"]) / job["id"]
+    assert any(p.name.endswith(".thumb.jpg") for p in blob_dir.iterdir())
+    assert stack_client.delete(f"/v1/jobs/{job['id']}").status_code == 204
+    assert not blob_dir.exists()
+    assert stack_client.get(f"/v1/jobs/{job['id']}").status_code == 404
+    assert stack_client.get(f"/v1/jobs/{job['id']}/results").status_code == 404
+    assert stack_client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 404
+    assert stack_client.delete(f"/v1/jobs/{job['id']}").status_code == 404
+    assert final["status"] == "succeeded"

@@ -74,14 +74,15 @@ def test_the_engine_matches_the_original_pipeline_in_process(resnet_h5, slice_di
     from db.blobs import BlobStore
     from models.loader import load_model_file
     from models.selection import reference_engine
-    from worker.inference import ScanInput, classify_batch
+    from db.scans import Lease
+    from worker.inference import classify_batch
 
     engine = reference_engine(load_model_file(resnet_h5), batch_size=4)
     store = BlobStore(slice_dir.parent / "fidelity_blobs")
     items = []
     for name in SLICES:
         store.put(f"f/{name}", (slice_dir / name).read_bytes())
-        items.append(ScanInput(name, f"f/{name}"))
+        items.append(Lease(name, "f", f"f/{name}", 1))
     outcomes = classify_batch(items, store, engine)
     got = {o.scan_id: o.probability_covid for o in outcomes}
     diffs = {n: abs(got[n] - reference[n]) for n in SLICES}

@@ -12,4 +12,13 @@ from db.jobs import JobCounts
     (dict(total=3, failed=3), "failed"),
 ])
 def test_status_is_derived_from_scan_counts(counts, status):
-    assert JobCounts(**counts).status == status
+    assert JobCounts(**counts).status() == status
+
+
+@pytest.mark.parametrize("counts, status", [
+    (dict(total=3, running=1, cancelled=2), "cancelling"),
+    (dict(total=3, succeeded=1, cancelled=2), "cancelled"),
+    (dict(total=3, cancelled=3), "cancelled"),
+])
+def test_a_cancelled_job_is_cancelling_until_nothing_runs(counts, status):
+    assert JobCounts(**counts).status(cancel_requested=True) == status

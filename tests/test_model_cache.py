@@ -83,13 +83,13 @@ def test_an_identical_copy_already_in_the_store_is_reused(session_factory, tmp_p
 
 def unpinned_job(session_factory, model=None) -> tuple[str, list[str]]:
     """A job as the API writes it: pinned to ``model``, or unpinned when none is registered."""
-    from db.jobs import NewScan, create_job
+    from db.jobs import JobOptions, NewScan, create_job
     from db.models import new_id
 
     job_id = new_id()
     with session_factory.begin() as session:
-        job = create_job(session, None, [NewScan(f"s{i}.png", f"{job_id}/{i}", 1)
-                                         for i in range(3)], job_id, model=model)
+        job = create_job(session, [NewScan(f"s{i}.png", f"{job_id}/{i}", 1) for i in range(3)],
+                         job_id, JobOptions(model=model))
         session.flush()
         return job_id, [scan.id for scan in job.scans]
 
@@ -145,3 +145,34 @@ def test_with_no_model_registered_at_all_the_job_is_pinned_to_the_untrained_defa
     registered(session_factory, "b")
     pin_unpinned_jobs(session_factory, cache, scans)
     assert job_pin(session_factory, job_id)[1] == "resnet50-untrained"
+
+
+def test_a_model_that_loads_does_not_hold_up_a_warm_one(session_factory, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    slow_started, release = threading.Event(), threading.Event()
+
+    def load(model, store):
+        if model.version == "s":
+            slow_started.set()
+            release.wait(10)
+        return model.version
+
+    monkeypatch.setattr("covidscan.registration.load_registered", load)
+    warm, slow = registered(session_factory, "w", "s")
+    cache = ModelCache(session_factory, ModelStore(tmp_path), 2, lambda loaded: loaded)
+    cache.engines_for(warm)
+    results = []
+    loaders = [threading.Thread(target=lambda: results.append(cache.engines_for(slow)))
+               for _ in range(2)]
+    for thread in loaders:
+        thread.start()
+    assert slow_started.wait(10)
+    started = time.monotonic()
+    assert cache.engines_for(warm) == "w"  # not blocked by the load in progress
+    assert time.monotonic() - started < 1
+    release.set()
+    for thread in loaders:
+        thread.join(10)
+    assert results == ["s", "s"] and cache.loads == 2  # one load shared by both callers

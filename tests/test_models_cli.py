@@ -5,7 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 from covidscan.cli import main
-from db.jobs import NewScan, create_job
+from db.jobs import JobOptions, NewScan, create_job
 from db.models import ScanStatus, new_id
 from db.registry import get_model
 from db.session import make_engine, make_session_factory
@@ -106,8 +106,8 @@ def test_remove_is_refused_while_a_pinned_job_is_unfinished(registry_env, tiny_m
                "--version", "1").exit_code == 0
     engine = make_engine(registry_env["DATABASE_URL"])
     with make_session_factory(engine).begin() as session:
-        job = create_job(session, None, [NewScan("a.png", "k/0", 1)], new_id(),
-                         model=get_model(session, "t:1"))
+        job = create_job(session, [NewScan("a.png", "k/0", 1)], new_id(),
+                         JobOptions(model=get_model(session, "t:1")))
         job_id = job.id
     refused = run(registry_env, "models", "remove", "t:1")
     assert refused.exit_code == 1 and job_id in refused.output

@@ -1,7 +1,7 @@
 """The registry's data functions against a real, migrated database."""
 import pytest
 
-from db.jobs import NewScan, create_job
+from db.jobs import JobOptions, NewScan, create_job
 from db.models import Model, ScanStatus, new_id
 from db.registry import (ModelExists, ModelInUse, RegistryError, add_model, default_model,
                          find_model, get_model, list_models, models_with_sha256, parse_ref,
@@ -59,7 +59,7 @@ def test_name_and_version_are_unique(session):
 
 def test_remove_is_refused_while_a_pinned_job_is_unfinished(session):
     model = add_model(session, a_model())
-    job = create_job(session, "j", [NewScan("a.png", "k/0", 1)], new_id(), model=model)
+    job = create_job(session, [NewScan("a.png", "k/0", 1)], new_id(), JobOptions(model=model))
     session.commit()
     assert (job.model_name, job.model_version, job.model_sha256) == ("m", "1", "a" * 64)
     with pytest.raises(ModelInUse, match=job.id):

@@ -86,3 +86,22 @@ def test_engine_and_batching_defaults():
 def test_a_wrong_engine_or_batching_value_names_its_variable(name, value):
     with pytest.raises(ConfigError, match=name):
         load_settings({name: value})
+
+
+def test_durability_defaults_and_durations():
+    settings = load_settings({})
+    assert (settings.lease_seconds, settings.sweep_interval, settings.max_attempts) == (15, 5, 3)
+    assert settings.job_retention == 30 * 86400 and settings.recovery_seconds == 20
+    assert load_settings({"JOB_RETENTION": "12h"}).job_retention == 43200
+    assert load_settings({"JOB_RETENTION": "0"}).job_retention == 0
+    assert load_settings({"JOB_RETENTION": "90"}).job_retention == 90
+    assert load_settings({"LEASE_SECONDS": "3"}).sweep_interval == 3  # never above the lease
+
+
+@pytest.mark.parametrize("name, value", [
+    ("JOB_RETENTION", "soon"), ("JOB_RETENTION", "-1d"), ("LEASE_SECONDS", "0"),
+    ("SWEEP_INTERVAL", "x"), ("MAX_ATTEMPTS", "0"),
+])
+def test_a_wrong_durability_value_names_its_variable(name, value):
+    with pytest.raises(ConfigError, match=name):
+        load_settings({name: value})

@@ -289,3 +289,25 @@ def test_a_wrong_key_is_refused_and_signing_out_ends_the_session(live_server, br
     assert "not valid" in by_id(browser, "login-error").text
     by_id(browser, "api-key").send_keys(stack_key, Keys.ENTER)
     wait_until(browser, lambda d: d.current_url.endswith("/jobs"), 10, "the jobs page it asked for")
+
+
+def test_the_cancel_button_cancels_a_waiting_job(app, api_key, tmp_path):
+    """An API whose database no worker serves: the job waits until the button cancels it."""
+    auth = {"Authorization": f"Bearer {api_key}"}
+    with LiveServer(app) as server, chromium(tmp_path) as driver:
+        response = requests.post(f"{server.url}/v1/jobs", files=[
+            ("files", (f"w{i}.png", png_bytes(32, seed=i), "image/png")) for i in range(3)],
+            headers=auth, timeout=30)
+        assert response.status_code == 202
+        job_id = response.json()["id"]
+        sign_in(driver, server.url, api_key)
+        driver.get(f"{server.url}/jobs/{job_id}")
+        button = wait_until(driver, lambda d: by_id(d, "cancel-job").is_displayed() and
+                            by_id(d, "cancel-job"), what="the cancel button")
+        button.click()
+        wait_until(driver, lambda d: by_id(d, "job-status").text == "cancelled",
+                   what="the job to show cancelled")
+        assert by_id(driver, "count-cancelled").text == "3"
+        assert not by_id(driver, "cancel-job").is_displayed()
+        assert requests.get(f"{server.url}/v1/jobs/{job_id}", headers=auth,
+                            timeout=30).json()["status"] == "cancelled"

@@ -5,7 +5,7 @@ inference thread takes up to ``max_batch_size`` items of one key (one engine: a 
 never mixes models or precisions) as soon as that many are waiting, or when the oldest
 waiting item has waited ``max_delay_s``, whichever comes first, and resolves each
 item's future with its own result or error. Items of a key are batched in the order
-they were submitted; a task's large chunk simply spans several batches.
+they were submitted; a large lease of scans simply spans several batches.
 """
 from __future__ import annotations
 

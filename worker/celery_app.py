@@ -15,7 +15,7 @@ app = Celery("covidscan", set_as_current=False)
 
 
 def configure(celery: Celery, settings: Settings) -> None:
-    """Apply the invariants: JSON only, late acks, prefetch for batching, long visibility."""
+    """Apply the invariants: JSON only, late acks, wake-ups on one queue."""
     celery.conf.update(
         broker_url=settings.redis_url,
         broker_connection_retry_on_startup=True,
@@ -27,7 +27,8 @@ def configure(celery: Celery, settings: Settings) -> None:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_default_queue=INFER_QUEUE,
-        # Enough task threads and reserved tasks that small chunks fill whole model batches.
+        # Task threads run drains; how many scans a worker leases at once is bounded apart
+        # (worker.runtime), so prefetched wake-ups hold no scans.
         worker_concurrency=settings.worker_concurrency,
         worker_prefetch_multiplier=settings.worker_prefetch,
         worker_hijack_root_logger=True,

@@ -1,49 +1,30 @@
-"""Classify scans: the plain functions behind the Celery task.
+"""Classify leased scans: decode in a pool, infer in the batcher, one outcome per scan.
 
-A task thread claims its scans, decodes them in the shared pool and hands each tensor
-to the process's batcher as soon as it is ready, so decoding overlaps inference and
-scans of many tasks share model batches. Its results are written in one transaction.
+A drain (:mod:`worker.drain`) decodes its leased scans in the shared pool and hands each
+tensor to the process's batcher as soon as it is ready, so decoding overlaps inference
+and scans of several drains share model batches.
 """
 from __future__ import annotations
 
 import logging
 import math
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
-from sqlalchemy.orm import Session, sessionmaker
 
 from db.blobs import BlobNotFound, BlobStore
-from db.scans import ModelIdentity, ScanOutcome, claim_scans, record_outcomes
+from db.scans import ScanOutcome
 from worker.batching import DynamicBatcher
-
-if TYPE_CHECKING:
-    from worker.group_commit import GroupCommit
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ScanInput:
+class ScanInput(Protocol):
+    """What classifying a scan needs (a :class:`db.scans.Lease` is one)."""
+
     scan_id: str
     blob_key: str
-
-
-@dataclass(frozen=True)
-class ChunkReport:
-    claimed: int
-    written: int
-    succeeded: int
-    failed: int
-
-
-def identity_of(engine) -> ModelIdentity:
-    info = engine.info
-    return ModelIdentity(name=info.name, version=info.version, sha256=info.sha256,
-                         trained=info.trained, engine=engine.name, precision=engine.precision,
-                         preprocessing=info.preprocessing)
 
 
 def predict_items(engine, tensors: Sequence[np.ndarray]) -> list:
@@ -122,34 +103,3 @@ def classify_batch(items: Sequence[ScanInput], blobs: BlobStore, engine,
     if len(outcomes) != len(items):
         raise AssertionError(f"classify_batch made {len(outcomes)} outcomes for {len(items)} scans")
     return outcomes
-
-
-def classify_chunk(session_factory: sessionmaker[Session], blobs: BlobStore, engine,
-                   scan_ids: Sequence[str], pool: Optional[Executor] = None,
-                   batcher: Optional[DynamicBatcher] = None,
-                   group: Optional["GroupCommit"] = None,
-                   worker: Optional[str] = None) -> ChunkReport:
-    """Claim the chunk's unfinished scans, classify them, write all results in one transaction.
-
-    With ``group``, the claim and the write share transactions with other tasks'.
-    ``worker`` (the worker's name) is recorded with each result.
-    Safe to run twice for the same ids: scans that already have a result are skipped.
-    """
-    if group is not None:
-        items = group.claim(scan_ids)
-    else:
-        with session_factory.begin() as session:
-            items = [ScanInput(s.id, s.blob_key) for s in claim_scans(session, scan_ids)]
-    if not items:
-        log.info("chunk of %d scans: nothing left to do", len(scan_ids))
-        return ChunkReport(0, 0, 0, 0)
-    outcomes = classify_batch(items, blobs, engine, pool, batcher)
-    if group is not None:
-        written = group.record(outcomes, identity_of(engine), worker)
-    else:
-        with session_factory.begin() as session:
-            written = record_outcomes(session, outcomes, identity_of(engine), worker)
-    failed = sum(1 for o in outcomes if o.error)
-    log.info("chunk of %d scans: %d succeeded, %d failed on %s/%s", len(items),
-             len(items) - failed, failed, engine.name, engine.precision)
-    return ChunkReport(len(items), written, len(items) - failed, failed)

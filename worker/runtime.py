@@ -1,30 +1,36 @@
-"""What a worker process loads once: settings, database, blob store, warm models, the batcher.
+"""What a worker process loads once, passed to the task body as one object.
 
 At start-up ``MODEL_PATH``, when set, is registered (or found by SHA-256; ``covidscan migrate``
 and ``make run`` have usually done it already) and becomes the default if none exists; then
 the default model is loaded and warmed. Other models load
 on first use through :class:`worker.model_cache.ModelCache` (least recently used evicted).
-Engines are obtained through :func:`engine_for` only, keyed by model and precision, so the
-batcher never mixes models or precisions in one batch.
+Engines are keyed by model and precision, so the batcher never mixes them in one batch.
+Beside the task threads run the heartbeat (renews this process's leases) and the sweep
+(:mod:`covidscan.sweep`: expired leases, the outbox, retention).
 """
 from __future__ import annotations
 
 import logging
 import os
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Optional
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from covidscan.registration import register_configured_model
 from covidscan.settings import Settings, load_settings
+from covidscan.sweep import SweepLoop, sweep_once
+from covidscan.wakeups import WakeupSender
 from db.blobs import BlobStore
 from db.model_store import ModelStore
+from db.outbox import add_wakeups, relay
+from db.scans import release_leases, renew_leases
 from db.session import make_engine, make_session_factory
 from worker.batching import DynamicBatcher
-from worker.group_commit import GroupCommit
 from worker.inference import predict_items
 from worker.model_cache import ModelCache
 
@@ -71,27 +77,99 @@ class ModelEngines:
 
 @dataclass
 class WorkerRuntime:
+    """Everything the task body needs: sessions, stores, models, the batcher, the leases.
+
+    ``owner`` names this process in every lease it takes (unique per start, so a restarted
+    worker never mistakes its predecessor's leases for its own).
+    """
+
     settings: Settings
     session_factory: sessionmaker[Session]
     blobs: BlobStore
     models: ModelCache
     decode_pool: ThreadPoolExecutor
     batcher: DynamicBatcher
-    group: GroupCommit
+    owner: str
+    claim_slots: threading.BoundedSemaphore
+    send_wakeups: WakeupSender
+    stopping: threading.Event = field(default_factory=threading.Event)
+    loops: list[SweepLoop] = field(default_factory=list)
+    _active: int = 0
+    _active_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextmanager
+    def draining(self) -> Iterator[None]:
+        """Counts the drains running, so the sweep knows whether this worker is idle."""
+        with self._active_lock:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._active_lock:
+                self._active -= 1
+
+    @property
+    def idle(self) -> bool:
+        return self._active == 0 and not self.stopping.is_set()
+
+    def heartbeat(self) -> int:
+        """Renew every lease this process holds."""
+        with self.session_factory.begin() as session:
+            return renew_leases(session, self.owner, self.settings.lease_seconds)
+
+    def sweep(self):
+        return sweep_once(self.session_factory, self.blobs, self.send_wakeups, self.settings,
+                          idle=self.idle, clean_up=False)
+
+    def start_loops(self) -> "WorkerRuntime":
+        settings = self.settings
+        self.loops = [SweepLoop(self.heartbeat, max(1.0, settings.lease_seconds / 3),
+                                name="heartbeat").start(),
+                      SweepLoop(self.sweep, settings.sweep_interval, name="sweep").start()]
+        return self
+
+    def stop_taking_work(self) -> None:
+        """SIGTERM: drains finish the batch in hand and claim no more."""
+        self.stopping.set()
+
+    def release(self) -> int:
+        """Give back every lease this process still holds, so other workers take them now."""
+        with self.session_factory.begin() as session:
+            released = release_leases(session, self.owner)
+        if released:
+            log.info("released %d leased scans back to the queue", released)
+        return released
 
     def close(self) -> None:
+        self.stop_taking_work()
         self.batcher.stop(timeout=60)
-        self.group.stop(timeout=60)
-        self.decode_pool.shutdown(wait=False)
-        self.session_factory.kw["bind"].dispose()
+        for loop in self.loops:
+            loop.stop()
+        try:
+            if self.release():
+                with self.session_factory.begin() as session:  # wake whoever takes them
+                    add_wakeups(session, 1, "worker stopped")
+                relay(self.session_factory, self.send_wakeups)
+        finally:
+            self.decode_pool.shutdown(wait=False)
+            self.send_wakeups.close()
+            self.session_factory.kw["bind"].dispose()
 
 
 _runtime: Optional[WorkerRuntime] = None
 _runtime_lock = threading.Lock()
 
 
-def initialise(settings: Optional[Settings] = None) -> WorkerRuntime:
-    """Warm the default model once for this process and start the batcher. Idempotent."""
+def lease_owner(node: Optional[str] = None) -> str:
+    """This process's lease owner id: its node name, pid and a random part."""
+    return f"{node or 'worker'}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+
+
+def initialise(settings: Optional[Settings] = None, node: Optional[str] = None) -> WorkerRuntime:
+    """Warm the default model once for this process, start the batcher and the loops.
+
+    Idempotent.
+    """
     global _runtime
     with _runtime_lock:
         if _runtime is not None:
@@ -109,6 +187,8 @@ def initialise(settings: Optional[Settings] = None) -> WorkerRuntime:
         models.warm_default()
         batcher = DynamicBatcher(predict_items, settings.max_batch_size,
                                  settings.max_queue_delay_ms / 1000, name="inference")
+        # One claim being inferred while the next decodes: enough to keep the model busy.
+        slots = max(2, 2 * settings.max_batch_size // settings.batch_size)
         _runtime = WorkerRuntime(
             settings=settings,
             session_factory=session_factory,
@@ -117,8 +197,13 @@ def initialise(settings: Optional[Settings] = None) -> WorkerRuntime:
             decode_pool=ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
                                            thread_name_prefix="decode"),
             batcher=batcher.start(),
-            group=GroupCommit(session_factory).start(),
-        )
+            owner=lease_owner(node),
+            claim_slots=threading.BoundedSemaphore(slots),
+            send_wakeups=WakeupSender(settings.redis_url),
+        ).start_loops()
+        log.info("leases as %s: %d s, renewed every %.0f s; sweep every %d s",
+                 _runtime.owner, settings.lease_seconds, max(1.0, settings.lease_seconds / 3),
+                 settings.sweep_interval)
         return _runtime
 
 
@@ -133,18 +218,3 @@ def get_runtime() -> WorkerRuntime:
         log.warning("model was not loaded at start-up; loading it now")
         return initialise()
     return _runtime
-
-
-def engine_for(model_id: Optional[str] = None, precision: Optional[str] = None):
-    """The warm engine that serves a registered model at ``precision`` in this process.
-
-    Args:
-        model_id: the registered model's id; None for the built-in untrained default.
-        precision: ``fp32``, ``bf16`` or ``fp16``; None for INFERENCE_PRECISION. The engine
-            may compute in fp32 instead (no hardware support, failed parity); its
-            ``precision`` says what it computes in.
-
-    Raises:
-        worker.model_cache.ModelUnavailable: the model is gone, tampered or unloadable.
-    """
-    return get_runtime().models.engines_for(model_id).get(precision)

@@ -2,17 +2,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional
-
 from celery import signals
 from celery.worker.control import inspect_command
-from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError
 
-from covidscan.contract import BATCHING_STATS_COMMAND, INFER_TASK
-from covidscan.settings import PRECISIONS
+from covidscan.contract import BATCHING_STATS_COMMAND, WAKE_TASK
 from worker.celery_app import app
-from worker.model_cache import classify_pinned
+from worker.drain import drain
 from worker.runtime import current_runtime, get_runtime, initialise
 
 log = logging.getLogger(__name__)
@@ -20,18 +16,11 @@ log = logging.getLogger(__name__)
 FORKING_POOLS = ("prefork", "processes")
 
 
-@app.task(bind=True, name=INFER_TASK, acks_late=True,
-          autoretry_for=(OperationalError, RedisConnectionError),
-          retry_backoff=True, retry_backoff_max=60, max_retries=8)
-def infer_chunk(self, scan_ids: list[str], precision: Optional[str] = None) -> dict[str, int]:
-    if not isinstance(scan_ids, list) or not all(isinstance(i, str) for i in scan_ids):
-        raise TypeError("infer_chunk takes a list of scan id strings")
-    if precision is not None and precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    runtime = get_runtime()
-    report = classify_pinned(runtime.session_factory, runtime.blobs, runtime.models, scan_ids,
-                             precision, runtime.decode_pool, runtime.batcher, runtime.group,
-                             worker=self.request.hostname)
+@app.task(bind=True, name=WAKE_TASK, acks_late=True, autoretry_for=(OperationalError,),
+          retry_backoff=True, retry_backoff_max=30, max_retries=8)
+def wake(self) -> dict[str, int]:
+    """Classify waiting scans until none is left (see :mod:`worker.drain`)."""
+    report = drain(get_runtime(), worker=self.request.hostname)
     return {"claimed": report.claimed, "succeeded": report.succeeded, "failed": report.failed}
 
 
@@ -55,7 +44,7 @@ def _load_model_before_consuming(sender=None, **_: object) -> None:
         log.info("prefork pool: each child loads the model after the fork")
         return
     try:
-        initialise()
+        initialise(node=getattr(sender, "hostname", None))
     except Exception as exc:
         # Celery swallows Exceptions from signal handlers; a worker without its model must stop.
         log.exception("cannot load the model")
@@ -67,9 +56,17 @@ def _load_model_in_child(**_: object) -> None:
     initialise()
 
 
+@signals.worker_shutting_down.connect
+def _stop_taking_work(**_: object) -> None:
+    """SIGTERM: finish the batch in hand, claim nothing more."""
+    current = current_runtime()
+    if current is not None:
+        current.stop_taking_work()
+
+
 @signals.worker_shutdown.connect
 def _release_runtime(**_: object) -> None:
-    """After a warm shutdown: drain the batcher and group commit, close database connections."""
+    """After a warm shutdown: give back leases still held, stop the loops, close connections."""
     current = current_runtime()
     if current is not None:
         current.close()

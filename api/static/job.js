@@ -3,12 +3,13 @@
 "use strict";
 
 (function () {
-  const { formatDuration, problemDetail, replaceChildren, element } = window.covidscan;
+  const { formatDuration, problemDetail, replaceChildren, element, unsafeHeaders } =
+    window.covidscan;
   const $ = (id) => document.getElementById(id);
   const root = $("job");
   const jobId = root.dataset.jobId;
   const base = "/v1/jobs/" + encodeURIComponent(jobId);
-  const TERMINAL = ["succeeded", "partially_succeeded", "failed"];
+  const TERMINAL = ["succeeded", "partially_succeeded", "failed", "cancelled"];
   const POLL_MS = 1000;
   const PAGE_SIZE = 1000;
   const RENDER_STEP = 200;
@@ -22,7 +23,7 @@
   let failures = 0;
 
   const finished = () => TERMINAL.includes(job.status);
-  const doneCount = () => job.counts.succeeded + job.counts.failed;
+  const doneCount = () => job.counts.succeeded + job.counts.failed + (job.counts.cancelled || 0);
   const serverNow = () => Date.now() + (clockOffset || 0);
 
   function fetchJSON(url) {
@@ -60,7 +61,8 @@
     $("job-progress").value = done;
     const percent = counts.total ? Math.floor((100 * done) / counts.total) : 0;
     $("job-percent").textContent = percent + "% (" + done + " of " + counts.total + " scans finished)";
-    ["total", "queued", "running", "succeeded", "failed"].forEach((key) => {
+    $("cancel-job").hidden = finished() || job.status === "cancelling";
+    ["total", "queued", "running", "succeeded", "failed", "cancelled"].forEach((key) => {
       $("count-" + key).textContent = counts[key];
     });
     const status = $("job-status");
@@ -216,6 +218,22 @@
       });
   }
 
+  /* Cancel: waiting scans never run; the page keeps polling until running ones end. */
+  function cancelJob() {
+    const button = $("cancel-job");
+    button.disabled = true;
+    fetch(base + "/cancel", { method: "POST", headers: unsafeHeaders() })
+      .then((response) => response.ok ? response.json() : response.text().then((text) => {
+        throw new Error(problemDetail(response.status, text).detail);
+      }))
+      .then((body) => { job = body; showJob(); })
+      .catch((error) => {
+        $("poll-error").hidden = false;
+        $("poll-error").textContent = "Could not cancel the job: " + error.message;
+      })
+      .finally(() => { button.disabled = false; });
+  }
+
   function downloadJSON() {
     fetchAllResults().then((rows) => {
       const blob = new Blob([JSON.stringify({ job: job, results: rows }, null, 2)],
@@ -255,6 +273,7 @@
   ["input", "change"].forEach((type) => $("filter-threshold").addEventListener(type, rerender));
   $("show-more").addEventListener("click", () => { shownLimit += RENDER_STEP; renderResults(); });
   $("download-json").addEventListener("click", downloadJSON);
+  $("cancel-job").addEventListener("click", cancelJob);
   window.setInterval(() => { if (!finished()) showTimes(); }, 1000);
   showSkipped();
   showJob();

@@ -1,14 +1,14 @@
 """API keys, browser sessions, job owners and the audit log
 
 Revision ID: 0006_access
-Revises: 0007_trusted_models
+Revises: 0005_durability
 Create Date: 2026-11-29
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0006_access"
-down_revision = "0007_trusted_models"
+down_revision = "0005_durability"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,150 @@
+"""Recovery and clean-up, as a loop: run by every worker on a timer, or by hand.
+
+One pass (:func:`sweep_once`):
+
+1. leases that ran out (their worker died) put their scans back in the queue, or fail a
+   scan that has had ``MAX_ATTEMPTS`` attempts, and ask for a wake-up;
+2. wake-ups still in the outbox (a crash or a Redis error after a commit) are sent;
+3. when scans are waiting and ``idle`` says no one is on them, one more wake-up is sent
+   (a wake-up lost with a Redis restart costs at most one sweep interval);
+4. jobs past their ``expires_at`` are deleted, blobs and thumbnails included, and so are
+   blob folders that have no job row (a crash mid-upload) once ``orphan_grace`` has passed.
+
+``covidscan sweep --once`` runs one pass; ``covidscan sweep`` (a service of its own in the
+deployed stack and in ``make run``) runs it every ``SWEEP_INTERVAL`` seconds, and so does
+every worker for steps 1–3.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from covidscan.settings import Settings
+from db.blobs import BlobStore
+from db.jobs import delete_job_rows, existing_job_ids, expired_job_ids
+from db.models import Scan, ScanStatus
+from db.outbox import SendWakeups, add_wakeups, relay
+from db.scans import expire_leases
+
+log = logging.getLogger(__name__)
+
+ORPHAN_GRACE_SECONDS = 6 * 3600
+"""Blob folders without a job row are kept this long: an upload writes its blobs before
+its row commits, and the largest upload must not lose its files while it is stored."""
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    requeued: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    wakeups_sent: int = 0
+    jobs_deleted: int = 0
+    orphans_deleted: int = 0
+
+    def __bool__(self) -> bool:
+        return any(vars(self).values())
+
+
+def waiting_scans(session: Session) -> int:
+    return session.scalar(select(func.count()).where(Scan.status == ScanStatus.QUEUED)) or 0
+
+
+def delete_job(session_factory: sessionmaker[Session], blobs: BlobStore, job_id: str) -> None:
+    """Delete a job's rows, then its blobs and thumbnails (they live in one folder)."""
+    with session_factory.begin() as session:
+        delete_job_rows(session, job_id)
+    blobs.delete_job(job_id)
+
+
+def delete_expired(session_factory: sessionmaker[Session], blobs: BlobStore) -> int:
+    deleted = 0
+    while True:
+        with session_factory() as session:
+            ids = expired_job_ids(session)
+        for job_id in ids:
+            delete_job(session_factory, blobs, job_id)
+            log.info("job %s expired and was deleted", job_id)
+        deleted += len(ids)
+        if len(ids) < 100:
+            return deleted
+
+
+def delete_orphan_blobs(session_factory: sessionmaker[Session], blobs: BlobStore,
+                        grace_seconds: float) -> int:
+    candidates = blobs.job_dirs_older_than(grace_seconds)
+    if not candidates:
+        return 0
+    with session_factory() as session:
+        known = existing_job_ids(session, candidates)
+    orphans = [job_id for job_id in candidates if job_id not in known]
+    for job_id in orphans:
+        blobs.delete_job(job_id)
+        log.info("deleted blobs of %s: no job has them", job_id)
+    return len(orphans)
+
+
+def sweep_once(session_factory: sessionmaker[Session], blobs: BlobStore, send: SendWakeups,
+               settings: Settings, idle: bool = True, clean_up: bool = True,
+               orphan_grace: float = ORPHAN_GRACE_SECONDS) -> SweepReport:
+    """One pass of recovery and, with ``clean_up``, of retention (see the module's docstring).
+
+    Workers recover only (they mount the blob store read-only); ``covidscan sweep`` does both.
+    """
+    with session_factory.begin() as session:
+        expired = expire_leases(session, settings.max_attempts)
+        if expired.requeued:
+            add_wakeups(session, 1 + expired.requeued // settings.batch_size, "expired leases")
+        elif idle and waiting_scans(session):
+            add_wakeups(session, 1, "scans waiting")
+    sent = relay(session_factory, send)
+    jobs_deleted = orphans = 0
+    if clean_up:
+        jobs_deleted = delete_expired(session_factory, blobs)
+        orphans = delete_orphan_blobs(session_factory, blobs, orphan_grace)
+    report = SweepReport(expired.requeued, expired.failed, expired.cancelled, sent,
+                         jobs_deleted, orphans)
+    if expired.requeued or expired.failed or expired.cancelled:
+        log.warning("expired leases: %d scans back in the queue, %d failed after %d attempts, "
+                    "%d cancelled", expired.requeued, expired.failed, settings.max_attempts,
+                    expired.cancelled)
+    return report
+
+
+class SweepLoop:
+    """Runs a pass every ``interval`` seconds in a daemon thread until stopped.
+
+    An error in a pass (the database or Redis away) is logged; the next pass tries again.
+    """
+
+    def __init__(self, run_pass: Callable[[], object], interval: float,
+                 name: str = "sweep") -> None:
+        self.run_pass = run_pass
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self.name = name
+
+    def start(self) -> "SweepLoop":
+        self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def run(self, after_pass: Callable[[], None] = lambda: None) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.run_pass()
+            except Exception:  # noqa: BLE001 - the loop must outlive a bad pass
+                log.exception("%s: pass failed; next in %s s", self.name, self.interval)
+            else:
+                after_pass()
+
+    def stop(self, timeout: float = 10) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

@@ -1,0 +1,126 @@
+"""The task body: lease waiting scans from SQL a batch at a time and classify them.
+
+A wake-up starts a drain; it claims ``BATCH_SIZE`` scans (highest priority first),
+classifies them with each job's pinned model and precision, writes the results under
+its lease, and claims again until nothing waits. A worker holds at most
+:attr:`worker.runtime.WorkerRuntime.claim_slots` claims at once, so it leases only what it
+is about to decode, not everything Redis prefetched for it. Any error while classifying
+fails only the scans of that batch, with the reason; a worker that dies leaves leases
+that expire (see :mod:`covidscan.sweep`).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Sequence
+
+from sqlalchemy.exc import OperationalError
+
+from db.identity import ModelIdentity
+from db.jobs import job_pins
+from db.scans import Lease, ScanOutcome, claim_next, record_outcomes, release_leases
+from worker.inference import classify_batch
+from worker.model_cache import ModelUnavailable, pin_unpinned_jobs
+
+if TYPE_CHECKING:
+    from worker.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+WRITE_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class DrainReport:
+    claimed: int = 0
+    written: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+    def __add__(self, other: "DrainReport") -> "DrainReport":
+        return DrainReport(self.claimed + other.claimed, self.written + other.written,
+                           self.succeeded + other.succeeded, self.failed + other.failed)
+
+
+def drain(runtime: "WorkerRuntime", worker: Optional[str] = None) -> DrainReport:
+    """Classify waiting scans until none is left or the worker is stopping."""
+    total = DrainReport()
+    with runtime.draining():
+        while not runtime.stopping.is_set():
+            if not runtime.claim_slots.acquire(timeout=1.0):
+                continue
+            try:
+                leases = claim(runtime)
+                if not leases:
+                    break
+                if runtime.stopping.is_set():  # not begun: give them back at once
+                    with runtime.session_factory.begin() as session:
+                        release_leases(session, runtime.owner, [lease.scan_id for lease in leases])
+                    break
+                total += classify_leases(runtime, leases, worker)
+            finally:
+                runtime.claim_slots.release()
+    return total
+
+
+def claim(runtime: "WorkerRuntime") -> list[Lease]:
+    settings = runtime.settings
+    with runtime.session_factory.begin() as session:
+        return claim_next(session, runtime.owner, settings.batch_size, settings.lease_seconds)
+
+
+def classify_leases(runtime: "WorkerRuntime", leases: Sequence[Lease],
+                    worker: Optional[str] = None) -> DrainReport:
+    """Classify leased scans with their jobs' pinned models and write what this lease owns."""
+    pin_unpinned_jobs(runtime.session_factory, runtime.models, [lease.scan_id for lease in leases])
+    with runtime.session_factory() as session:
+        pins = job_pins(session, {lease.job_id for lease in leases})
+    groups: dict[tuple[Optional[str], Optional[str]], list[Lease]] = defaultdict(list)
+    for lease in leases:
+        if lease.job_id in pins:  # a deleted job's scans are gone with it
+            groups[pins[lease.job_id]].append(lease)
+    report = DrainReport(claimed=len(leases))
+    for (model_id, precision), group in groups.items():
+        outcomes, identity = _classify_group(runtime, group, model_id, precision)
+        written = _write(runtime, outcomes, group, identity, worker)
+        failed = sum(1 for o in outcomes if o.error)
+        report += DrainReport(0, written, len(outcomes) - failed, failed)
+        log.info("batch of %d scans: %d succeeded, %d failed on %s/%s", len(group),
+                 len(group) - failed, failed, identity.engine, identity.precision)
+    return report
+
+
+def _classify_group(runtime: "WorkerRuntime", group: Sequence[Lease], model_id: Optional[str],
+                    precision: Optional[str]) -> tuple[list[ScanOutcome], ModelIdentity]:
+    engine = None
+    try:
+        engine = runtime.models.engines_for(model_id).get(precision)
+        outcomes = classify_batch(group, runtime.blobs, engine, runtime.decode_pool,
+                                  runtime.batcher)
+        return outcomes, ModelIdentity.of_engine(engine)
+    except ModelUnavailable as exc:
+        return [ScanOutcome(lease.scan_id, error=str(exc)) for lease in group], exc.identity
+    except Exception as exc:  # noqa: BLE001 - fail these scans with the reason, not the worker
+        log.exception("classifying %d scans failed", len(group))
+        reason = f"classification failed: {type(exc).__name__}: {exc}"
+        identity = ModelIdentity.of_engine(engine) if engine is not None \
+            else ModelIdentity.unknown()
+        return [ScanOutcome(lease.scan_id, error=reason) for lease in group], identity
+
+
+def _write(runtime: "WorkerRuntime", outcomes: Sequence[ScanOutcome], leases: Sequence[Lease],
+           identity: ModelIdentity, worker: Optional[str]) -> int:
+    """Write in one transaction, retrying a lost database; the lease holds meanwhile."""
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        try:
+            with runtime.session_factory.begin() as session:
+                return record_outcomes(session, outcomes, leases, identity, worker,
+                                       runtime.owner)
+        except OperationalError as exc:
+            if attempt == WRITE_ATTEMPTS:
+                raise
+            log.warning("writing %d results failed (%s); retrying", len(leases), exc)
+            time.sleep(attempt)
+    return 0
