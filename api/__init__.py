@@ -20,7 +20,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
             (``{"DATABASE_URL": ...}``) read instead of ``os.environ``; None reads the
             environment.
     """
-    from api import extensions, health, jobs, models, problems, thumbnails, web
+    from api import extensions, health, jobs, models, problems, thumbnails, web, workers
 
     if isinstance(config, Settings):
         settings = config
@@ -38,4 +38,5 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     app.register_blueprint(models.bp)
     app.register_blueprint(thumbnails.bp)
     app.register_blueprint(web.bp)
+    app.register_blueprint(workers.bp)
     return app

@@ -12,7 +12,8 @@ INFER_QUEUE = "covidscan"
 """Queue the inference tasks travel on."""
 
 PRECISION_OPTION = "precision"
-"""Optional keyword argument of INFER_TASK: ``fp32``, ``bf16`` or ``fp16`` requested by the job."""
+"""Optional keyword argument of INFER_TASK: ``fp32``, ``bf16``, ``fp16``, ``int8`` or ``auto``
+requested by the job."""
 
 BATCHING_STATS_COMMAND = "covidscan_batching"
 """Remote-control command a worker answers with its batching counters."""
