@@ -20,7 +20,8 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
             (``{"DATABASE_URL": ...}``) read instead of ``os.environ``; None reads the
             environment.
     """
-    from api import extensions, health, jobs, models, problems, thumbnails, web, workers
+    from api import (audit, auth, extensions, health, jobs, limits, models, problems, security,
+                     thumbnails, web, workers)
 
     if isinstance(config, Settings):
         settings = config
@@ -33,6 +34,10 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     logging.getLogger("api").setLevel(settings.log_level)
     extensions.init_app(app, settings)
     problems.init_app(app)
+    security.init_app(app, settings.trusted_hosts)
+    auth.init_app(app)  # before the rate limiter, which counts per owner
+    limits.init_app(app)
+    app.register_blueprint(audit.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(models.bp)

@@ -1,8 +1,8 @@
 """Per-app services: database sessions, the blob store and the task queue."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
 
 from celery import Celery
 from flask import Flask, current_app, g
@@ -46,6 +46,7 @@ class Services:
     session_factory: sessionmaker[Session]
     blobs: BlobStore
     queue: TaskQueue
+    extras: dict[str, Any] = field(default_factory=dict)  # the rate limiter and the quotas
 
 
 def init_app(app: Flask, settings: Settings) -> None:

@@ -10,6 +10,7 @@ import redis
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
+from api.auth import public
 from api.extensions import db_session, services
 from db.workers import live_workers
 
@@ -17,11 +18,13 @@ bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@public
 def healthz() -> Response:
     return jsonify(status="ok")
 
 
 @bp.get("/readyz")
+@public
 def readyz() -> tuple[Response, int]:
     checks: dict[str, str] = {}
     try:

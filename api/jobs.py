@@ -6,14 +6,17 @@ import logging
 from flask import Blueprint, Response, jsonify, request, stream_with_context, url_for
 from kombu.exceptions import OperationalError as BrokerError
 
+from api.audit import audit
+from api.auth import current_principal, owned_job, requires
 from api.extensions import db_session, services
+from api.limits import check_active_jobs, scan_quota
 from api.models import requested_model_ref, resolve_model
 from api.problems import Problem
 from api.serialize import csv_lines, job_json, result_row
 from api.uploads import ParsedUpload, UploadLimits, iter_scans
 from covidscan.settings import PRECISIONS
-from db.jobs import (NewScan, create_job, iter_results, recent_job_summaries, results_page,
-                     summarise_job)
+from db.jobs import (JobSummary, NewScan, create_job, iter_results, recent_job_summaries,
+                     results_page, summarise_jobs)
 from db.models import Job, new_id
 
 log = logging.getLogger(__name__)
@@ -52,9 +55,16 @@ def _precision() -> str | None:
 
 
 @bp.post("")
+@requires("submit")
 def submit_job() -> tuple[Response, int, dict[str, str]]:
-    """Store the uploaded scans, write the job pinned to its model, enqueue, answer 202."""
+    """Store the uploaded scans, write the job pinned to its model, enqueue, answer 202.
+
+    The job belongs to the caller's owner; quotas are checked before anything is stored.
+    """
     svc = services()
+    owner = current_principal().owner
+    check_active_jobs(owner)
+    scan_quota().check_room(owner)
     parts = [(f.filename or f"file-{i + 1}", f.stream)
              for i, f in enumerate(request.files.getlist("files"))]
     if not parts:
@@ -65,7 +75,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     model = resolve_model(model_ref)
     precision = _precision()
     job_id = new_id()
-    limits = UploadLimits(svc.settings.max_scan_bytes, svc.settings.max_scans_per_job)
+    limits = UploadLimits.from_settings(svc.settings)
     parsed = ParsedUpload()
     new_scans: list[NewScan] = []
     try:
@@ -76,9 +86,10 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         if not new_scans:
             raise Problem(400, "the upload holds no PNG or JPEG images",
                           skipped=[s.as_dict() for s in parsed.skipped])
+        scan_quota().charge(owner, len(new_scans))
         session = db_session()
         job = create_job(session, name, new_scans, job_id, requested_model=model_ref,
-                         model=model)
+                         model=model, owner=owner)
         session.commit()
     except BaseException:
         db_session().rollback()
@@ -96,36 +107,41 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
                            "try again") from None
     log.info("job %s: %d scans accepted, %d entries skipped", job_id, len(scan_ids),
              len(parsed.skipped))
-    body = job_json(summarise_job(session, job_id))
+    audit("job.submit", job_id, {"scans": len(scan_ids), "model": job.model_name and
+                                 f"{job.model_name}:{job.model_version}"})
+    body = job_json(summarise_jobs(session, [job])[0])
     body["skipped"] = [s.as_dict() for s in parsed.skipped]
     location = url_for("jobs.get_job", job_id=job_id)
     return jsonify(body), 202, {"Location": location}
 
 
 @bp.get("")
+@requires("read")
 def list_jobs() -> Response:
+    """The caller's jobs, newest first (an administrator's: everyone's)."""
     limit = _int_arg("limit", 50, 1, 500)
-    return jsonify(jobs=[job_json(summary)
-                         for summary in recent_job_summaries(db_session(), limit)])
+    summaries = recent_job_summaries(db_session(), limit, current_principal().job_owner)
+    return jsonify(jobs=[job_json(summary) for summary in summaries])
 
 
-def _summary_or_404(job_id: str):
-    summary = summarise_job(db_session(), job_id)
-    if summary is None:
-        raise Problem(404, f"no job with id {job_id!r}")
-    return summary
+def owned_summary(job_id: str) -> JobSummary:
+    """The caller's job with its counts; 404 for a missing job or another owner's."""
+    return summarise_jobs(db_session(), [owned_job(job_id)])[0]
 
 
 @bp.get("/<job_id>")
+@requires("read")
 def get_job(job_id: str) -> Response:
-    return jsonify(job_json(_summary_or_404(job_id)))
+    return jsonify(job_json(owned_summary(job_id)))
 
 
 @bp.get("/<job_id>/results")
+@requires("read")
 def get_results(job_id: str) -> Response:
-    summary = _summary_or_404(job_id)
+    summary = owned_summary(job_id)
     fmt = request.args.get("format", "json")
     if fmt == "csv":
+        audit("results.csv", job_id)
         session = services().session_factory()
 
         def generate():
@@ -142,6 +158,7 @@ def get_results(job_id: str) -> Response:
     limit = _int_arg("limit", DEFAULT_PAGE, 1, MAX_PAGE)
     cursor = _int_arg("cursor", -1, -1, 2**31 - 1)
     page, next_cursor = results_page(db_session(), job_id, limit, cursor)
+    audit("results.read", job_id, {"cursor": cursor, "rows": len(page)})
     return jsonify(results=[result_row(s) for s in page],
                    next_cursor=None if next_cursor is None else str(next_cursor),
                    status=summary.status)

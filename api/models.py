@@ -5,6 +5,7 @@ from typing import Optional
 
 from flask import Blueprint, Response, jsonify, request
 
+from api.auth import ANY, requires
 from api.extensions import db_session
 from api.problems import Problem
 from api.serialize import model_json
@@ -49,6 +50,7 @@ def requested_model_ref() -> Optional[str]:
 
 
 @bp.get("")
+@requires(ANY)
 def list_registered() -> Response:
     session = db_session()
     models = [model_json(m) for m in list_models(session)]
@@ -64,11 +66,13 @@ def _model_or_404(ref: str) -> Model:
 
 
 @bp.get("/<ref>")
+@requires(ANY)
 def get_model(ref: str) -> Response:
     return jsonify(model_json(_model_or_404(ref)))
 
 
 @bp.get("/<ref>/report")
+@requires(ANY)
 def get_report(ref: str) -> Response:
     model = _model_or_404(ref)
     if model.report is None:

@@ -14,10 +14,12 @@ log = logging.getLogger(__name__)
 class Problem(Exception):
     """Raise from a view to answer with a problem document."""
 
-    def __init__(self, status: int, detail: str, **extra: Any) -> None:
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None,
+                 **extra: Any) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.headers = headers or {}
         self.extra = extra
 
 
@@ -33,10 +35,14 @@ def problem_response(status: int, detail: str, **extra: Any) -> Response:
 def init_app(app: Flask) -> None:
     @app.errorhandler(Problem)
     def _problem(exc: Problem) -> Response:
-        return problem_response(exc.status, exc.detail, **exc.extra)
+        response = problem_response(exc.status, exc.detail, **exc.extra)
+        response.headers.update(exc.headers)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
+        if exc.response is not None:  # built already (the rate limiter's 429 problem)
+            return exc.response
         detail = exc.description or HTTPStatus(exc.code or 500).phrase
         if exc.code == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")

@@ -32,6 +32,7 @@ def job_json(summary: JobSummary) -> dict[str, Any]:
     return {
         "id": job.id,
         "name": job.name,
+        "owner": job.owner,
         "status": summary.status,
         "created_at": iso(job.created_at),
         "started_at": iso(summary.started_at),
@@ -65,13 +66,25 @@ def result_row(scan: Scan) -> dict[str, Any]:
     }
 
 
+# OWASP's CSV-injection rule: a spreadsheet treats a cell starting with one of these as a
+# formula (or a field break); such cells get a leading apostrophe.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A text cell that no spreadsheet evaluates; other values unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
 def csv_lines(scans: Iterable[Scan]) -> Iterator[str]:
-    """The results as CSV text, a header line first, one chunk per row."""
+    """The results as CSV text, a header line first, one chunk per row; no cell is a formula."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for scan in scans:
-        writer.writerow(result_row(scan))
+        writer.writerow({key: spreadsheet_safe(value) for key, value in result_row(scan).items()})
         yield buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()

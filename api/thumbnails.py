@@ -1,8 +1,10 @@
 """``GET /v1/scans/<scan_id>/thumbnail``: a small preview of a scan, made with Pillow.
 
 Thumbnails are cached in the blob store beside the scan's bytes, so they are made
-once and deleted with the job. A scan whose bytes cannot be decoded (or are gone)
-gets a placeholder image rather than an error: the page shows it in the scan's row.
+once and deleted with the job. A scan whose bytes cannot be decoded (or are gone), or
+whose header declares more than ``MAX_SCAN_PIXELS`` pixels, gets a placeholder image
+rather than an error: the page shows it in the scan's row. That failure is cached too,
+so a bad scan is not decoded again on every request.
 """
 from __future__ import annotations
 
@@ -13,16 +15,20 @@ from functools import lru_cache
 from flask import Blueprint, Response
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from api.extensions import db_session, services
+from api.audit import audit
+from api.auth import owned_scan, requires
+from api.extensions import services
+from api.image_header import read_header
 from api.problems import Problem
+from api.uploads import IMAGE_TYPES, SNIFF_BYTES, sniff
 from db.blobs import BlobNotFound
-from db.models import Scan
 
 log = logging.getLogger(__name__)
 bp = Blueprint("thumbnails", __name__, url_prefix="/v1/scans")
 
 THUMBNAIL_SIZE = 128
 THUMBNAIL_SUFFIX = ".thumb.jpg"
+FAILED_SUFFIX = ".thumb.failed"
 # Pillow's 16-bit and 32-bit integer modes; scaled to 8 bits as OpenCV's imread does.
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 COLOUR_MODES = ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
@@ -32,12 +38,26 @@ class ThumbnailError(ValueError):
     """The bytes are not an image Pillow can decode."""
 
 
-def make_thumbnail(data: bytes, size: int = THUMBNAIL_SIZE) -> bytes:
+def _check_header(data: bytes, max_pixels: int) -> None:
+    kind = sniff(data[:SNIFF_BYTES])
+    if kind not in IMAGE_TYPES:
+        raise ThumbnailError("not a PNG or JPEG image")
+    try:
+        header = read_header(data, IMAGE_TYPES[kind], "the scan")
+    except Problem as exc:
+        raise ThumbnailError(exc.detail) from None
+    if header.pixels > max_pixels:
+        raise ThumbnailError(f"{header.width}×{header.height} pixels is above the limit of "
+                             f"{max_pixels} (MAX_SCAN_PIXELS)")
+
+
+def make_thumbnail(data: bytes, max_pixels: int, size: int = THUMBNAIL_SIZE) -> bytes:
     """A JPEG no larger than ``size`` pixels on either side.
 
     Raises:
-        ThumbnailError: the bytes cannot be decoded.
+        ThumbnailError: the bytes cannot be decoded, or declare more than ``max_pixels``.
     """
+    _check_header(data, max_pixels)
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.thumbnail((size, size))  # decodes at reduced size where the format allows
@@ -73,20 +93,29 @@ def _image_response(data: bytes, mimetype: str, cache_seconds: int) -> Response:
 
 
 @bp.get("/<scan_id>/thumbnail")
+@requires("read")
 def get_thumbnail(scan_id: str) -> Response:
-    scan = db_session().get(Scan, scan_id)
-    if scan is None:
-        raise Problem(404, f"no scan with id {scan_id!r}")
-    blobs = services().blobs
+    scan = owned_scan(scan_id)
+    audit("thumbnail.view", scan.job_id, {"scan_id": scan.id})
+    svc = services()
+    blobs = svc.blobs
     cache_key = scan.blob_key + THUMBNAIL_SUFFIX
+    for key, mimetype in ((cache_key, "image/jpeg"), (scan.blob_key + FAILED_SUFFIX, None)):
+        try:
+            cached = blobs.get(key)
+        except BlobNotFound:
+            continue
+        if mimetype is None:
+            return _image_response(placeholder_png(), "image/png", 3600)
+        return _image_response(cached, mimetype, 86400)
     try:
-        return _image_response(blobs.get(cache_key), "image/jpeg", 86400)
-    except BlobNotFound:
-        pass
-    try:
-        thumbnail = make_thumbnail(blobs.get(scan.blob_key))
-    except (BlobNotFound, ThumbnailError) as exc:
+        thumbnail = make_thumbnail(blobs.get(scan.blob_key), svc.settings.max_scan_pixels)
+    except BlobNotFound as exc:
         log.info("scan %s has no preview: %s", scan_id, exc)
         return _image_response(placeholder_png(), "image/png", 60)
+    except ThumbnailError as exc:
+        log.info("scan %s has no preview: %s", scan_id, exc)
+        blobs.put(scan.blob_key + FAILED_SUFFIX, str(exc).encode())
+        return _image_response(placeholder_png(), "image/png", 3600)
     blobs.put(cache_key, thumbnail)
     return _image_response(thumbnail, "image/jpeg", 86400)

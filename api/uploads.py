@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import IO, Iterable, Iterator, Optional
 
 import filetype
 
+from api.archives import check_archive, check_name, open_archive
+from api.image_header import check_pixels, read_header
 from api.problems import Problem
+from covidscan.settings import Settings
 
-IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG"}
+IMAGE_TYPES = {"image/png": "PNG", "image/apng": "PNG", "image/jpeg": "JPEG"}
 ZIP_TYPE = "application/zip"
 SNIFF_BYTES = 262
 
@@ -35,12 +39,30 @@ class Skipped:
 class UploadLimits:
     max_scan_bytes: int
     max_scans: int
+    max_scan_pixels: int = 4096 * 4096
+    max_expanded_bytes: int = 512 * 1024 * 1024
+    max_archive_entries: int = 10_000
+    max_compression_ratio: int = 200
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UploadLimits:
+        return cls(settings.max_scan_bytes, settings.max_scans_per_job, settings.max_scan_pixels,
+                   settings.max_expanded_bytes, settings.max_archive_entries,
+                   settings.max_compression_ratio)
 
 
 @dataclass
 class ParsedUpload:
     skipped: list[Skipped] = field(default_factory=list)
     count: int = 0
+    expanded_bytes: int = 0
+
+    def spend(self, size: int, limits: UploadLimits, filename: str) -> None:
+        """Count ``size`` bytes against the request's expansion budget (413 past it)."""
+        self.expanded_bytes += size
+        if self.expanded_bytes > limits.max_expanded_bytes:
+            raise Problem(413, f"the upload expands to more than {limits.max_expanded_bytes} "
+                               f"bytes at {filename} (MAX_EXPANDED_BYTES)", filename=filename)
 
 
 def sniff(head: bytes) -> Optional[str]:
@@ -61,14 +83,24 @@ def _read_limited(stream: IO[bytes], limit: int, filename: str) -> bytes:
     return data
 
 
+def _scan(filename: str, data: bytes, kind: str, limits: UploadLimits,
+          shown_as: Optional[str] = None) -> ScanUpload:
+    """An image whose header declares no more than ``MAX_SCAN_PIXELS`` pixels.
+
+    ``shown_as``: how errors name it (an archive's entries as ``archive.zip/entry``).
+    """
+    shown_as = shown_as or filename
+    header = read_header(data, IMAGE_TYPES[kind], shown_as)
+    check_pixels(header, limits.max_scan_pixels, shown_as)
+    return ScanUpload(filename, data)
+
+
 def _zip_entries(stream: IO[bytes], archive_name: str, limits: UploadLimits,
                  parsed: ParsedUpload) -> Iterator[ScanUpload]:
-    try:
-        archive = zipfile.ZipFile(stream)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise Problem(400, f"{archive_name} is not a readable ZIP archive: {exc}",
-                      filename=archive_name) from None
+    archive = open_archive(stream, archive_name)
     with archive:
+        check_archive(archive, stream, archive_name, limits.max_archive_entries,
+                      limits.max_compression_ratio)
         for info in archive.infolist():
             name = f"{archive_name}/{info.filename}"
             if info.is_dir():
@@ -79,15 +111,17 @@ def _zip_entries(stream: IO[bytes], archive_name: str, limits: UploadLimits,
             if info.file_size > limits.max_scan_bytes:
                 raise Problem(413, f"{name} is larger than the per-scan limit of "
                                    f"{limits.max_scan_bytes} bytes (MAX_SCAN_BYTES)", filename=name)
+            parsed.spend(info.file_size, limits, name)
             try:
                 with archive.open(info) as entry:
                     data = _read_limited(entry, limits.max_scan_bytes, name)
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError,
+                    zlib.error) as exc:
                 raise Problem(400, f"{name} cannot be read from the archive: {exc}",
                               filename=name) from None
             kind = sniff(data[:SNIFF_BYTES])
             if kind in IMAGE_TYPES:
-                yield ScanUpload(info.filename, data)
+                yield _scan(info.filename, data, kind, limits, shown_as=name)
             elif kind == ZIP_TYPE:
                 parsed.skipped.append(Skipped(name, "nested ZIP archives are not expanded"))
             else:
@@ -99,10 +133,12 @@ def iter_scans(parts: Iterable[tuple[str, IO[bytes]]], limits: UploadLimits,
     """Yield the scans in upload order; record skipped ZIP entries in ``parsed``.
 
     Raises:
-        Problem: 415 for a part that is neither PNG, JPEG nor ZIP; 413 over a limit;
-            400 for an unreadable archive.
+        Problem: 415 for a part that is neither PNG, JPEG nor ZIP; 413 over a limit
+            (bytes, pixels, entries, expansion); 400 for an unreadable or tricked archive,
+            an unreadable image header or a bad file name.
     """
     for filename, stream in parts:
+        check_name(filename, filename)
         head = stream.read(SNIFF_BYTES)
         stream.seek(0)
         kind = sniff(head)
@@ -110,8 +146,12 @@ def iter_scans(parts: Iterable[tuple[str, IO[bytes]]], limits: UploadLimits,
             what = "empty" if not head else "neither a PNG, a JPEG nor a ZIP archive"
             raise Problem(415, f"{filename} is {what} (checked by content, not by name)",
                           filename=filename)
-        scans = (_zip_entries(stream, filename, limits, parsed) if kind == ZIP_TYPE
-                 else [ScanUpload(filename, _read_limited(stream, limits.max_scan_bytes, filename))])
+        if kind == ZIP_TYPE:
+            scans: Iterable[ScanUpload] = _zip_entries(stream, filename, limits, parsed)
+        else:
+            data = _read_limited(stream, limits.max_scan_bytes, filename)
+            parsed.spend(len(data), limits, filename)
+            scans = [_scan(filename, data, kind, limits)]
         for scan in scans:
             parsed.count += 1
             if parsed.count > limits.max_scans:

@@ -1,22 +1,36 @@
-"""The web page: bulk upload (``/``), recent jobs (``/jobs``) and one job (``/jobs/<id>``).
+"""The web page: sign-in (``/login``), bulk upload (``/``), recent jobs (``/jobs``) and one
+job (``/jobs/<id>``).
 
 The pages are thin shells; the scripts in ``api/static`` talk to the JSON API
-(``/v1/jobs``), so the browser sees exactly what any other client sees.
+(``/v1/jobs``), so the browser sees exactly what any other client sees. A browser signs
+in once with an API key and then holds a session cookie (``HttpOnly``,
+``SameSite=Strict``, ``Secure`` under TLS); its scripts send the page's CSRF token with
+every state-changing request.
 """
 from __future__ import annotations
 
-from flask import Blueprint, render_template
+import hmac
+import secrets
 
+from flask import Blueprint, Response, redirect, render_template, request
+
+from api.auth import (ANY, SESSION_COOKIE, cookie_secure, current_principal, owned_job, public,
+                      requires)
 from api.extensions import db_session, services
+from api.problems import Problem
 from api.serialize import job_json
-from db.jobs import recent_job_summaries, summarise_job
+from db.audit import record
+from db.jobs import recent_job_summaries, summarise_jobs
+from db.keys import authenticate, close_session, open_session
 
 bp = Blueprint("web", __name__)
 
 RECENT_JOBS = 50
+LOGIN_CSRF_COOKIE = "covidscan_login"
 
 
 @bp.get("/")
+@requires(ANY)
 def upload_page() -> str:
     settings = services().settings
     return render_template("upload.html", max_upload_bytes=settings.max_upload_bytes,
@@ -25,14 +39,74 @@ def upload_page() -> str:
 
 
 @bp.get("/jobs")
+@requires("read")
 def jobs_page() -> str:
-    jobs = [job_json(summary) for summary in recent_job_summaries(db_session(), RECENT_JOBS)]
-    return render_template("jobs.html", jobs=jobs)
+    summaries = recent_job_summaries(db_session(), RECENT_JOBS, current_principal().job_owner)
+    return render_template("jobs.html", jobs=[job_json(summary) for summary in summaries])
 
 
 @bp.get("/jobs/<job_id>")
+@requires("read")
 def job_page(job_id: str) -> tuple[str, int]:
-    summary = summarise_job(db_session(), job_id)
-    if summary is None:
+    try:
+        job = owned_job(job_id)
+    except Problem:
         return render_template("missing.html", job_id=job_id), 404
-    return render_template("job.html", job=job_json(summary)), 200
+    return render_template("job.html", job=job_json(summarise_jobs(db_session(), [job])[0])), 200
+
+
+def _next_path() -> str:
+    """Where to go after signing in: a path on this site, never another site."""
+    target = request.values.get("next") or "/"
+    return target if target.startswith("/") and not target.startswith(("//", "/\\")) else "/"
+
+
+def _login_form(error: str | None = None, status: int = 200) -> Response:
+    token = secrets.token_urlsafe(32)
+    response = Response(render_template("login.html", login_token=token, next=_next_path(),
+                                        error=error), status=status)
+    response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="Strict",
+                        secure=cookie_secure(), path="/login")
+    return response
+
+
+@bp.get("/login")
+@public
+def login_page() -> Response:
+    return _login_form()
+
+
+@bp.post("/login")
+@public
+def login() -> Response:
+    """Check the key and open a session; the form carries a token matched to a cookie
+    set with it (double submit), so another site cannot sign a browser in."""
+    sent = request.form.get("login_token", "")
+    expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+        return _login_form("The sign-in form expired; try again.", 403)
+    session = db_session()
+    key = authenticate(session, request.form.get("api_key", "").strip())
+    if key is None:
+        return _login_form("That key is not valid: unknown, revoked or expired.", 401)
+    token, _row = open_session(session, key, services().settings.session_hours)
+    record(session, "session.open", key_id=key.id, owner=key.owner)
+    session.commit()
+    response = redirect(_next_path(), 303)
+    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="Strict",
+                        secure=cookie_secure(), max_age=services().settings.session_hours * 3600)
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
+    return response
+
+
+@bp.post("/logout")
+@requires(ANY)
+def logout() -> Response:
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        session = db_session()
+        close_session(session, cookie)
+        session.commit()
+    response = redirect("/login", 303)
+    response.delete_cookie(SESSION_COOKIE)
+    return response

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from api.auth import ANY, requires
 from api.extensions import db_session
 from api.serialize import iso
 from db.workers import live_workers
@@ -11,6 +12,7 @@ bp = Blueprint("workers", __name__, url_prefix="/v1/workers")
 
 
 @bp.get("")
+@requires(ANY)
 def list_workers() -> Response:
     """Per worker: ready or not, its heartbeat, and per warm model the engine, precision,
     accuracy gate and measured images/s for each precision asked of it so far."""

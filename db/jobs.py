@@ -62,12 +62,13 @@ class JobSummary:
 
 def create_job(session: Session, name: Optional[str], scans: Sequence[NewScan],
                job_id: str, requested_model: Optional[str] = None,
-               model: Optional[Model] = None) -> Job:
+               model: Optional[Model] = None, owner: Optional[str] = None) -> Job:
     """Add a job and its scans, in upload order, to the session (not committed).
 
     ``model`` pins the job to a registered model; None means the untrained default.
+    ``owner`` is the owner of the key that submitted it.
     """
-    job = Job(id=job_id, name=name, requested_model=requested_model)
+    job = Job(id=job_id, name=name, requested_model=requested_model, owner=owner)
     if model is not None:
         job.model_id = model.id
         job.model_name, job.model_version = model.name, model.version
@@ -110,10 +111,33 @@ def summarise_job(session: Session, job_id: str) -> Optional[JobSummary]:
     return None if job is None else summarise_jobs(session, [job])[0]
 
 
-def recent_job_summaries(session: Session, limit: int = 50) -> list[JobSummary]:
-    """The newest jobs first, with their counts."""
-    jobs = list(session.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit)))
+ANY_OWNER = object()
+"""Pass as ``owner`` to read every owner's jobs (administrators)."""
+
+
+def _owned(query, owner: object):
+    return query if owner is ANY_OWNER else query.where(Job.owner == owner)
+
+
+def find_job(session: Session, job_id: str, owner: object) -> Optional[Job]:
+    """The job ``job_id`` if ``owner`` owns it (or ``owner`` is :data:`ANY_OWNER`), else None:
+    another owner's job and a missing one look the same."""
+    return session.scalars(_owned(select(Job).where(Job.id == job_id), owner)).first()
+
+
+def recent_job_summaries(session: Session, limit: int, owner: object) -> list[JobSummary]:
+    """The newest jobs of ``owner`` (:data:`ANY_OWNER`: everyone's) first, with their counts."""
+    jobs = list(session.scalars(_owned(select(Job), owner).order_by(Job.created_at.desc())
+                                .limit(limit)))
     return summarise_jobs(session, jobs)
+
+
+def active_job_count(session: Session, owner: str) -> int:
+    """How many of ``owner``'s jobs still have scans queued or running."""
+    return session.scalar(
+        select(func.count(func.distinct(Scan.job_id))).join(Job, Job.id == Scan.job_id)
+        .where(Job.owner == owner,
+               Scan.status.in_([ScanStatus.QUEUED, ScanStatus.RUNNING]))) or 0
 
 
 def results_page(session: Session, job_id: str, limit: int,

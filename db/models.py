@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -83,6 +84,8 @@ class Model(Base):
     report: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
     stored_path: Mapped[str] = mapped_column(String(1024))
+    # Registered with --trust-code: its layers or ops may run code when it is loaded.
+    trusted_code: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     @property
     def ref(self) -> str:
@@ -111,6 +114,9 @@ class Job(Base):
     model_trained: Mapped[Optional[bool]] = mapped_column()
     model_id: Mapped[Optional[str]] = mapped_column(
         ForeignKey("models.id", ondelete="SET NULL"), index=True)
+    # The owner of the key that submitted it; None for jobs from before ownership existed
+    # (only admins see those).
+    owner: Mapped[Optional[str]] = mapped_column(String(200), index=True)
 
     scans: Mapped[list["Scan"]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True,
@@ -156,6 +162,62 @@ class Scan(Base):
 
     def __repr__(self) -> str:
         return f"Scan(id={self.id!r}, filename={self.filename!r}, status={self.status.value!r})"
+
+
+class ApiKey(Base):
+    """An API key: ``csk_<id>_<secret>``; only the SHA-256 of the secret is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    scopes: Mapped[str] = mapped_column(String(100))  # comma-separated, e.g. "read,submit"
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+
+    @property
+    def scope_set(self) -> frozenset[str]:
+        return frozenset(s for s in self.scopes.split(",") if s)
+
+    def __repr__(self) -> str:
+        return f"ApiKey(id={self.id!r}, owner={self.owner!r}, scopes={self.scopes!r})"
+
+
+class WebSession(Base):
+    """A browser's signed-in session: the SHA-256 of its cookie, the key that opened it
+    and the token its page must send with every state-changing request."""
+
+    __tablename__ = "web_sessions"
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    key: Mapped[ApiKey] = relationship()
+
+    def __repr__(self) -> str:
+        return f"WebSession(key_id={self.key_id!r}, expires_at={self.expires_at!r})"
+
+
+class AuditEvent(Base):
+    """Who (key, owner) did what to which job, and when. Never a slice's content or name."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    key_id: Mapped[Optional[str]] = mapped_column(String(32))
+    owner: Mapped[Optional[str]] = mapped_column(String(200), index=True)
+    action: Mapped[str] = mapped_column(String(50))
+    job_id: Mapped[Optional[str]] = mapped_column(String(32), index=True)  # no FK: outlives jobs
+    detail: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
+
+    def __repr__(self) -> str:
+        return f"AuditEvent(id={self.id!r}, action={self.action!r}, owner={self.owner!r})"
 
 
 class WorkerStatus(Base):

@@ -85,14 +85,14 @@ def detect_format(path: Path) -> str:
     raise ModelLoadError(f"{path}: unsupported model file (expected .h5, .keras or a SavedModel)")
 
 
-def _load_keras_model(path: Path, fmt: str):
+def _load_keras_model(path: Path, fmt: str, trust_code: bool):
     if fmt in ("keras2-h5", "savedmodel"):
         import tf_keras
 
         return tf_keras.models.load_model(str(path), compile=False)
     import keras
 
-    return keras.saving.load_model(str(path), compile=False, safe_mode=True)
+    return keras.saving.load_model(str(path), compile=False, safe_mode=not trust_code)
 
 
 def _input_size(keras_model, path: Path) -> tuple[int, int]:
@@ -104,8 +104,13 @@ def _input_size(keras_model, path: Path) -> tuple[int, int]:
 
 def load_model_file(path: Path, name: Optional[str] = None, version: Optional[str] = None,
                     classes: tuple[str, ...] = DEFAULT_CLASSES, positive_index: int = 0,
-                    expected_sha256: Optional[str] = None) -> LoadedModel:
+                    expected_sha256: Optional[str] = None,
+                    trust_code: bool = False) -> LoadedModel:
     """Load a model file and describe it.
+
+    A file that can run code when loaded (Lambda layers, custom objects, ops outside the
+    allowlist: see :mod:`models.trust`) is refused before it is loaded, unless
+    ``trust_code``.
 
     Args:
         path: the .h5 / .keras file or SavedModel directory.
@@ -113,9 +118,10 @@ def load_model_file(path: Path, name: Optional[str] = None, version: Optional[st
         version: defaults to the first 12 hex digits of the file's SHA-256.
         classes: class names in output order; ``positive_index`` names P(COVID).
         expected_sha256: refuse the file when its hash differs.
+        trust_code: load a file whose layers or ops run code (the operator vouches for it).
 
     Raises:
-        ModelLoadError: missing, unreadable, tampered or wrongly shaped file.
+        ModelLoadError: missing, unreadable, tampered, untrusted or wrongly shaped file.
     """
     path = Path(path)
     if not path.exists():
@@ -126,8 +132,16 @@ def load_model_file(path: Path, name: Optional[str] = None, version: Optional[st
         raise ModelLoadError(
             f"{path}: SHA-256 {sha256[:12]}… does not match the recorded {expected_sha256[:12]}…;"
             " the file changed since it was registered")
+    from models.trust import UntrustedModelError, check_trusted
+
     try:
-        keras_model = _load_keras_model(path, fmt)
+        check_trusted(path, fmt, trust_code)
+    except UntrustedModelError as exc:
+        raise ModelLoadError(str(exc)) from None
+    except Exception as exc:  # h5py and protobuf raise many types for unreadable files
+        raise ModelLoadError(f"{path}: cannot load as {fmt}: {exc}") from exc
+    try:
+        keras_model = _load_keras_model(path, fmt, trust_code)
     except Exception as exc:  # Keras raises many types for unreadable files
         raise ModelLoadError(f"{path}: cannot load as {fmt}: {exc}") from exc
     outputs = keras_model.output_shape

@@ -3,17 +3,58 @@
 The original read each slice with ``cv2.imread`` (BGR, 8-bit, 3 channels),
 converted it to RGB, resized it with ``cv2.resize`` (bilinear, no antialiasing)
 and divided by 255. Any other preprocessing must get another id.
+
+Decoding is capped: OpenCV refuses an image of more than ``OPENCV_IO_MAX_IMAGE_PIXELS``
+pixels before allocating it, but reads that variable once, when ``cv2`` is first
+imported. :func:`configure_decoding` sets it from ``MAX_SCAN_PIXELS`` and must run
+before then; this module imports ``cv2`` only when it decodes, and with the default cap
+when nothing configured it.
 """
 from __future__ import annotations
 
-import cv2
+import os
+import sys
+from types import ModuleType
+
 import numpy as np
 
 SEED_V1 = "seed-v1"
+OPENCV_PIXELS_VARIABLE = "OPENCV_IO_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 4096 * 4096
 
 
 class ImageDecodeError(ValueError):
     """The bytes of a scan are not an image OpenCV can decode."""
+
+
+def configure_decoding(max_pixels: int) -> None:
+    """Cap how many pixels OpenCV decodes in this process (``MAX_SCAN_PIXELS``).
+
+    Raises:
+        RuntimeError: ``cv2`` was already imported with another cap, which it keeps.
+    """
+    if "cv2" in sys.modules and os.environ.get(OPENCV_PIXELS_VARIABLE) != str(max_pixels):
+        raise RuntimeError(f"OpenCV was imported before its decoding cap was set to {max_pixels} "
+                           f"pixels; configure decoding first")
+    os.environ[OPENCV_PIXELS_VARIABLE] = str(max_pixels)
+
+
+def _cv2() -> ModuleType:
+    """``cv2``, imported with a decoding cap in place (the default when none was set)."""
+    if "cv2" not in sys.modules:
+        os.environ.setdefault(OPENCV_PIXELS_VARIABLE, str(DEFAULT_MAX_PIXELS))
+    import cv2
+
+    return cv2
+
+
+def _decode_failure(exc: Exception) -> ImageDecodeError:
+    message = getattr(exc, "msg", "") or str(exc)
+    if "CV_IO_MAX_IMAGE" in message or "validateInputImageSize" in str(exc):
+        cap = os.environ.get(OPENCV_PIXELS_VARIABLE, "the decoder's")
+        return ImageDecodeError(f"the image is larger than the limit of {cap} pixels "
+                                "(MAX_SCAN_PIXELS); it was not decoded")
+    return ImageDecodeError(f"could not decode image: {message}")
 
 
 def decode_rgb(data: bytes) -> np.ndarray:
@@ -24,19 +65,21 @@ def decode_rgb(data: bytes) -> np.ndarray:
     """
     if not data:
         raise ImageDecodeError("the file is empty")
+    cv2 = _cv2()
     buffer = np.frombuffer(data, dtype=np.uint8)
     try:
         bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
-    except cv2.error as exc:  # some malformed files make OpenCV raise instead of returning None
-        raise ImageDecodeError(f"could not decode image: {exc.msg or exc}") from None
-    if bgr is None or bgr.size == 0:
-        raise ImageDecodeError(
-            "could not decode image: the file is truncated or corrupt, or not a PNG or JPEG")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if bgr is None or bgr.size == 0:
+            raise ImageDecodeError(
+                "could not decode image: the file is truncated or corrupt, or not a PNG or JPEG")
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    except cv2.error as exc:  # malformed or oversized files make OpenCV raise
+        raise _decode_failure(exc) from None
 
 
 def preprocess_seed_v1(rgb: np.ndarray, size: tuple[int, int] = (224, 224)) -> np.ndarray:
     """Resize an RGB image to ``size`` (height, width) and scale to [0, 1] as float32."""
+    cv2 = _cv2()
     height, width = size
     resized = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR)
     # The original divided a uint8 array by 255 in float64; the model then ran in float32.
@@ -44,5 +87,14 @@ def preprocess_seed_v1(rgb: np.ndarray, size: tuple[int, int] = (224, 224)) -> n
 
 
 def load_seed_v1(data: bytes, size: tuple[int, int] = (224, 224)) -> np.ndarray:
-    """Decode and preprocess one scan; raises :class:`ImageDecodeError` on bad bytes."""
-    return preprocess_seed_v1(decode_rgb(data), size)
+    """Decode and preprocess one scan; raises :class:`ImageDecodeError` on bad bytes.
+
+    Every OpenCV error, in decoding or in resizing, becomes an :class:`ImageDecodeError`:
+    the scan fails alone with the reason.
+    """
+    rgb = decode_rgb(data)
+    cv2 = _cv2()
+    try:
+        return preprocess_seed_v1(rgb, size)
+    except cv2.error as exc:
+        raise _decode_failure(exc) from None

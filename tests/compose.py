@@ -28,6 +28,11 @@ THIRD_PARTY_VARIABLES = {
     "FLOWER_PURGE_OFFLINE_WORKERS": "Flower: forget workers gone that many seconds",
     "CUDA_VISIBLE_DEVICES": "CUDA (TensorFlow): which GPUs a worker may use",
     "NVIDIA_VISIBLE_DEVICES": "the NVIDIA container runtime: which GPUs a container gets",
+    "REDIS_PASSWORD": "the redis service: the password it requires",
+    "CELERY_BROKER_URL": "Flower (Celery): the broker it watches",
+    "API_UPSTREAM": "the nginx front (docker/nginx/entrypoint.sh): where the API listens",
+    "LISTEN_PORT": "the nginx front: its port inside the container",
+    "TLS_COMMON_NAME": "the nginx front: the name on its self-signed certificate",
 }
 
 # Variables the docker compose command itself reads from .env.
@@ -137,9 +142,10 @@ def merge(base: Any, override: Any) -> Any:
 
 
 def example_env() -> dict[str, str]:
-    """.env.example with the one required secret filled in, as an operator would."""
+    """.env.example with the required secrets filled in, as an operator would."""
     env = read_env_file()
     env["POSTGRES_PASSWORD"] = "s3cret"
+    env["REDIS_PASSWORD"] = "r3dis"
     return env
 
 

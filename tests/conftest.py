@@ -76,6 +76,39 @@ def app_config(tmp_path, database_url, redis_server) -> dict[str, str]:
             "BLOB_DIR": str(tmp_path / "blobs"), "BATCH_SIZE": "8"}
 
 
+def create_api_key(database_url: str, owner: str = "alice", scopes: str = "submit,read",
+                   expires_at=None) -> str:
+    """A new API key in the database, as ``covidscan keys create`` makes one."""
+    from db.keys import create_key
+    from db.session import make_engine, make_session_factory
+
+    engine = make_engine(database_url)
+    try:
+        with make_session_factory(engine).begin() as session:
+            return create_key(session, owner, scopes, expires_at).token
+    finally:
+        engine.dispose()
+
+
+def authorised(test_client, key: str):
+    """A Flask test client that sends ``key`` as a Bearer token with every request."""
+    test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    return test_client
+
+
+def keyed_test_clients(app, key: str):
+    """Make every ``app.test_client()`` send ``key`` (for tests that open many clients)."""
+    from flask.testing import FlaskClient
+
+    class KeyedClient(FlaskClient):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            authorised(self, key)
+
+    app.test_client_class = KeyedClient
+    return app
+
+
 @pytest.fixture
 def app(app_config):
     from api import create_app
@@ -84,8 +117,16 @@ def app(app_config):
 
 
 @pytest.fixture
-def client(app):
-    return app.test_client()
+def api_key(app_config) -> str:
+    """A submit+read key of an owner of this test's own (rate limits in the shared Redis
+    are counted per owner)."""
+    return create_api_key(app_config["DATABASE_URL"], owner=f"alice-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def client(app, api_key):
+    """A test client that sends ``api_key`` (submit, read)."""
+    return authorised(app.test_client(), api_key)
 
 
 @pytest.fixture(scope="session")
@@ -160,12 +201,18 @@ def worker(stack_config, tiny_model_path, tmp_path_factory) -> Iterator[WorkerPr
         process.stop()
 
 
+@pytest.fixture(scope="session")
+def stack_key(stack_config) -> str:
+    """A submit+read key in the session's shared database."""
+    return create_api_key(stack_config["DATABASE_URL"], owner="stack")
+
+
 @pytest.fixture
-def stack_client(stack_config, worker):
+def stack_client(stack_config, stack_key, worker):
     """A test client of an API that shares the running worker's database and Redis."""
     from api import create_app
 
-    return create_app(stack_config).test_client()
+    return authorised(create_app(stack_config).test_client(), stack_key)
 
 
 def wait_for_job(client, job_id: str, timeout: float = 120.0) -> dict:

@@ -9,6 +9,7 @@ import redis
 from sqlalchemy import create_engine, func, select
 
 from db.models import Job, Scan
+from tests.conftest import authorised
 from tests.images import png_bytes, zip_bytes
 
 pytestmark = pytest.mark.integration
@@ -87,10 +88,11 @@ def test_unsupported_file_is_415_and_leaves_nothing_behind(client, app_config):
     assert queue_length(app_config["REDIS_URL"]) == queued_before
 
 
-def test_upload_over_the_request_limit_is_413(app_config):
+def test_upload_over_the_request_limit_is_413(app_config, api_key):
     from api import create_app
 
-    client = create_app({**app_config, "MAX_UPLOAD_BYTES": "2000"}).test_client()
+    client = authorised(create_app({**app_config, "MAX_UPLOAD_BYTES": "2000"}).test_client(),
+                        api_key)
     response = client.post("/v1/jobs", data=files(("big.png", png_bytes(256))),
                            content_type="multipart/form-data")
     assert response.status_code == 413
@@ -148,13 +150,13 @@ def test_readiness_is_503_when_redis_is_unreachable(app_config):
     assert response.get_json()["checks"]["redis"].startswith("unreachable")
 
 
-def test_submit_with_redis_down_is_503_and_keeps_nothing(app_config):
+def test_submit_with_redis_down_is_503_and_keeps_nothing(app_config, api_key):
     from api import create_app
     from covidscan.embedded_redis import free_port
 
     before = row_counts(app_config["DATABASE_URL"])
-    client = create_app({**app_config,
-                         "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}).test_client()
+    client = authorised(create_app({**app_config, "REDIS_URL":
+                                    f"redis://127.0.0.1:{free_port()}/0"}).test_client(), api_key)
     response = client.post("/v1/jobs", data=files(("a.png", png_bytes(16))),
                            content_type="multipart/form-data")
     assert response.status_code == 503

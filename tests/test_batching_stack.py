@@ -9,7 +9,8 @@ from sqlalchemy import create_engine, func, select
 from covidscan.contract import BATCHING_STATS_COMMAND
 from covidscan.embedded_redis import EmbeddedRedis
 from db.models import Scan, ScanStatus
-from tests.conftest import WorkerProcess, fresh_database_url, worker_env
+from tests.conftest import (WorkerProcess, authorised, create_api_key, fresh_database_url,
+                            worker_env)
 from tests.images import png_bytes
 
 pytestmark = pytest.mark.integration
@@ -46,7 +47,8 @@ def test_a_hundred_one_slice_jobs_are_inferred_in_near_full_batches(tiny_model_p
     with EmbeddedRedis(tmp_path / "redis", persist=False) as redis_server:
         config = {"DATABASE_URL": fresh_database_url(tmp_path), "REDIS_URL": redis_server.url,
                   "BLOB_DIR": str(tmp_path / "blobs"), "ENGINE_CACHE_DIR": str(tmp_path / "cache")}
-        client = create_app(config).test_client()
+        client = authorised(create_app(config).test_client(),
+                            create_api_key(config["DATABASE_URL"]))
         for i in range(JOBS):  # all queued before any worker runs: they arrive at once
             response = client.post("/v1/jobs", data={"files": [(io.BytesIO(png_bytes(48, i)),
                                                                 f"one_{i}.png")]},

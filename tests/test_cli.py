@@ -13,9 +13,11 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def server_url(stack_config, worker):
+def server_url(stack_config, stack_key, worker, monkeypatch):
+    """The API over HTTP; the CLI finds its key in COVIDSCAN_API_KEY."""
     from api import create_app
 
+    monkeypatch.setenv("COVIDSCAN_API_KEY", stack_key)
     server = make_server("127.0.0.1", 0, create_app(stack_config), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -68,3 +70,19 @@ def test_server_errors_are_reported_plainly(server_url, tmp_path):
     assert "HTTP 415" in result.output and "notes.png" in result.output
     missing = run(server_url, "status", "no-such-job")
     assert missing.exit_code != 0 and "HTTP 404" in missing.output
+
+
+def test_without_a_key_the_cli_says_how_to_give_one(server_url, tmp_path, monkeypatch):
+    monkeypatch.delenv("COVIDSCAN_API_KEY")
+    monkeypatch.setenv("API_KEY_FILE", str(tmp_path / "no-such-file"))
+    result = run(server_url, "status", "some-job")
+    assert result.exit_code != 0 and "HTTP 401" in result.output
+    assert "COVIDSCAN_API_KEY" in result.output
+
+
+def test_the_cli_reads_the_key_file_make_run_saved(server_url, stack_key, tmp_path, monkeypatch):
+    monkeypatch.delenv("COVIDSCAN_API_KEY")
+    monkeypatch.setenv("COVIDSCAN_VAR_DIR", str(tmp_path))
+    (tmp_path / "api-key").write_text(stack_key + "\n")
+    result = run(server_url, "status", "no-such-job")
+    assert "HTTP 404" in result.output  # authenticated: the job is simply not there

@@ -12,12 +12,12 @@ import jsonschema
 import pytest
 
 from covidscan.cli import main as cli_main
-from covidscan.devstack import api_command, worker_command
+from covidscan.devstack import gunicorn_command, worker_command
 from covidscan.settings import load_settings, variable_names
 from tests import compose
 from tests.conftest import ROOT
 
-LONG_RUNNING = ("redis", "postgres", "api", "worker", "flower")
+LONG_RUNNING = ("redis", "postgres", "api", "worker", "flower", "nginx")
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SCHEMA = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
 
@@ -52,7 +52,8 @@ def test_the_stack_refuses_to_start_without_a_database_password():
 
 
 def test_the_services_and_their_order_of_start(services):
-    assert set(services) == {"redis", "postgres", "migrate", "api", "worker", "flower"}
+    assert set(services) == {"redis", "postgres", "migrate", "api", "worker", "flower", "nginx"}
+    assert services["nginx"]["depends_on"] == {"api": {"condition": "service_healthy"}}
     for name in ("api", "worker"):
         assert services[name]["depends_on"] == {
             "redis": {"condition": "service_healthy"},
@@ -145,9 +146,36 @@ def test_the_api_runs_the_local_stacks_gunicorn_command_and_checks_readiness(ser
     api = services["api"]
     workers = int(compose.option(api["command"], "--workers"))
     assert workers >= 2
-    assert api["command"] == ["gunicorn", *api_command(5000, "0.0.0.0", workers)[3:]]
-    assert api["ports"] == ["5000:5000"]
+    assert api["command"] == ["gunicorn", *gunicorn_command(5000, "0.0.0.0", workers)[3:]]
     assert "http://127.0.0.1:5000/readyz" in " ".join(api["healthcheck"]["test"])
+    assert api["environment"]["TRUSTED_HOSTS"].startswith("localhost,")
+
+
+def test_only_nginx_publishes_a_port_and_on_loopback_by_default(services):
+    published = {name: service["ports"] for name, service in services.items()
+                 if "ports" in service and name != "flower"}
+    assert published == {"nginx": ["127.0.0.1:8443:8443"]}
+    assert services["flower"]["ports"][0].startswith("127.0.0.1:")
+    env = dict(compose.example_env(), PUBLIC_BIND="0.0.0.0")
+    assert compose.compose_config(env=env)["services"]["nginx"]["ports"] == ["0.0.0.0:8443:8443"]
+    nginx = services["nginx"]
+    assert nginx["environment"]["API_UPSTREAM"] == "api:5000"
+    assert nginx["environment"]["MAX_UPLOAD_BYTES"] == services["api"]["environment"][
+        "MAX_UPLOAD_BYTES"]
+    assert "./var/tls:/etc/nginx/tls:ro" in nginx["volumes"]
+
+
+def test_redis_requires_the_password_every_client_carries(services):
+    env = compose.example_env()
+    env.pop("REDIS_PASSWORD")
+    with pytest.raises(ValueError, match="REDIS_PASSWORD"):
+        compose.compose_config(env=env)
+    redis = services["redis"]
+    assert "requirepass" in redis["command"][-1] and "r3dis" not in redis["command"][-1]
+    assert "REDISCLI_AUTH" in redis["healthcheck"]["test"][1]
+    for name in ("api", "worker", "migrate"):
+        assert services[name]["environment"]["REDIS_URL"] == "redis://:r3dis@redis:6379/0", name
+    assert services["flower"]["environment"]["CELERY_BROKER_URL"] == "redis://:r3dis@redis:6379/0"
 
 
 def test_the_worker_runs_the_local_stacks_celery_command(services):
@@ -165,7 +193,7 @@ def test_every_entry_point_the_services_name_exists(services):
     assert factory == "create_app()" and callable(importlib.import_module(module).create_app)
     celery_app = compose.option(services["worker"]["command"], "-A")
     assert importlib.import_module(celery_app).app.main == "covidscan"
-    for name in ("migrate", "api", "worker"):
+    for name in ("migrate", "api", "worker", "nginx"):
         build = services[name]["build"]
         assert (ROOT / build["context"] / build["dockerfile"]).is_file(), name
 
@@ -178,6 +206,7 @@ def test_images_built_from_one_dockerfile_share_a_tag_of_the_project_version(ser
         f"covidscan-worker:{version}"
     for name in ("migrate", "worker"):
         assert services[name]["build"]["dockerfile"] == "docker/worker.Dockerfile", name
+    assert services["nginx"]["image"] == f"covidscan-nginx:{version}"
     for name in ("redis", "postgres", "flower"):
         assert re.search(r":\d+(\.\d+)+(-\w+)?$", services[name]["image"]), name
 
@@ -201,3 +230,12 @@ def test_env_example_documents_every_variable_and_nothing_else(services):
                             | compose.COMPOSE_CLI_VARIABLES)
     assert not unknown, f".env.example documents {sorted(unknown)}, which nothing reads"
 
+
+
+def test_the_front_image_is_pinned_unprivileged_and_copies_what_exists():
+    dockerfile = (ROOT / "docker" / "nginx.Dockerfile").read_text()
+    assert re.search(r"^FROM nginx:\d+\.\d+\.\d+-alpine$", dockerfile, re.MULTILINE)
+    assert re.search(r"^USER nginx$", dockerfile, re.MULTILINE)
+    for source in re.findall(r"^COPY (\S+) ", dockerfile, re.MULTILINE):
+        assert (ROOT / source).is_file(), source
+    assert "EXPOSE 8443" in dockerfile

@@ -19,7 +19,8 @@ import pytest
 from covidscan.client import Client, collect_files
 from covidscan.embedded_redis import EmbeddedRedis, free_port
 from tests import compose
-from tests.conftest import ROOT, WorkerProcess, fresh_database_url, wait_for_job, worker_env
+from tests.conftest import (ROOT, WorkerProcess, create_api_key, fresh_database_url,
+                            wait_for_job, worker_env)
 from tests.images import png_bytes, write_folder
 from tests.original_app import original_probabilities
 
@@ -75,7 +76,7 @@ def own_redis(tmp_path) -> Iterator[EmbeddedRedis]:
 
 
 @pytest.fixture
-def compose_stack(tmp_path, own_redis, tiny_model_path) -> Iterator[tuple[str, dict]]:
+def compose_stack(tmp_path, own_redis, tiny_model_path) -> Iterator[tuple[str, dict, str]]:
     services = compose.compose_config()["services"]
     places = {"DATABASE_URL": fresh_database_url(tmp_path, migrated=False),
               "REDIS_URL": own_redis.url, "BLOB_DIR": str(tmp_path / "blobs"),
@@ -100,7 +101,13 @@ def compose_stack(tmp_path, own_redis, tiny_model_path) -> Iterator[tuple[str, d
             assert run_healthcheck(services["worker"], health_env) == 0, name
         api, port = start_api(services["api"], service_env(services["api"], **places),
                               tmp_path / "api.log")
-        yield f"http://127.0.0.1:{port}", services
+        # As an operator would: docker compose run --rm api covidscan keys create ...
+        created = subprocess.run(
+            [sys.executable, "-m", "covidscan.cli", "keys", "create", "--owner", "ward3"],
+            cwd=ROOT, env=service_env(services["migrate"], **places), capture_output=True,
+            text=True, timeout=120)
+        assert created.returncode == 0, created.stderr
+        yield f"http://127.0.0.1:{port}", services, created.stdout.strip()
     finally:
         if api is not None:
             api.terminate()
@@ -110,12 +117,12 @@ def compose_stack(tmp_path, own_redis, tiny_model_path) -> Iterator[tuple[str, d
 
 
 def test_two_workers_share_one_job_submitted_over_http(compose_stack, tmp_path):
-    url, _ = compose_stack
+    url, _, compose_key = compose_stack
     folder = tmp_path / "slices"
     folder.mkdir()
     for i in range(SCANS):
         (folder / f"slice_{i:02d}.png").write_bytes(png_bytes(48, seed=i))
-    client = Client(url, timeout=60)
+    client = Client(url, timeout=60, api_key=compose_key)
     job = client.submit(collect_files([folder]), name="compose")
     final = wait_for_job(client, job["id"])
     assert final["status"] == "succeeded" and final["counts"]["succeeded"] == SCANS
@@ -143,7 +150,8 @@ def test_jobs_sent_before_the_worker_starts_run_on_model_path(tmp_path, own_redi
                           tmp_path / "api.log")
     worker = None
     try:
-        client = Client(f"http://127.0.0.1:{port}", timeout=60)
+        client = Client(f"http://127.0.0.1:{port}", timeout=60,
+                        api_key=create_api_key(places["DATABASE_URL"]))
         early = client.submit(collect_files([tmp_path / "slices"]), name="before-migrate")
         assert early["model"] is None  # nothing registered yet: pinned when it runs
         migrate = subprocess.run(compose.local_argv(services["migrate"]["command"]), cwd=ROOT,

@@ -1,6 +1,7 @@
 """`make run`'s stack: it starts, serves a job end to end with MODEL_PATH even when the job
 is sent the moment the API answers, and Ctrl-C leaves nothing running."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import time
 
 import psutil
 import pytest
+import redis
 import requests
 
 from covidscan.embedded_redis import free_port
@@ -48,17 +50,34 @@ def test_the_local_stack_serves_a_job_and_stops_cleanly_on_sigint(tmp_path, tiny
                 return False
 
         wait_until(ready, 120, "the API to be ready")
+        key_file = tmp_path / "var" / "api-key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        key = key_file.read_text().strip()
+        assert key in (tmp_path / "stack.log").read_text()  # printed once, at the first start
+        auth = {"Authorization": f"Bearer {key}"}
+        assert requests.get(f"{base}/v1/jobs", timeout=5).status_code == 401
+        # The embedded Redis requires the password made on first start and kept in var/.
+        password_file = tmp_path / "var" / "redis-password"
+        assert oct(password_file.stat().st_mode & 0o777) == "0o600"
+        password = password_file.read_text().strip()
+        redis_port = int(re.search(r"127\.0\.0\.1:(\d+)/0", wait_until(
+            lambda: "embedded Redis on" in (tmp_path / "stack.log").read_text()
+            and (tmp_path / "stack.log").read_text(), 30, "the Redis line")).group(1))
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=redis_port).ping()
+        assert redis.Redis(port=redis_port, password=password).ping()
         # Submitted the moment the API is ready, before the worker has loaded anything.
         files = [("files", (path.name, path.read_bytes())) for path in slices]
         files.append(("files", ("broken.png", corrupt_png())))
-        job = requests.post(f"{base}/v1/jobs", files=files, timeout=30).json()
+        job = requests.post(f"{base}/v1/jobs", files=files, headers=auth, timeout=30).json()
         final = wait_until(
             lambda: (lambda b: b if b["status"] not in ("queued", "running") else None)(
-                requests.get(f"{base}/v1/jobs/{job['id']}", timeout=5).json()),
+                requests.get(f"{base}/v1/jobs/{job['id']}", headers=auth, timeout=5).json()),
             180, "the job to finish")
         assert final["status"] == "partially_succeeded"
         assert final["counts"]["succeeded"] == 4
-        rows = requests.get(f"{base}/v1/jobs/{job['id']}/results", timeout=5).json()["results"]
+        rows = requests.get(f"{base}/v1/jobs/{job['id']}/results", headers=auth,
+                            timeout=5).json()["results"]
         assert (tmp_path / "var" / "covidscan.db").exists()
         children = psutil.Process(stack.pid).children(recursive=True)
         assert len(children) >= 3  # redis-server, worker, gunicorn (+ its workers)
@@ -67,6 +86,7 @@ def test_the_local_stack_serves_a_job_and_stops_cleanly_on_sigint(tmp_path, tiny
         code = stack.wait(120)
         log.close()
     assert code == 0, (tmp_path / "stack.log").read_text()[-3000:]
+    assert password not in (tmp_path / "stack.log").read_text()  # never printed nor logged
     still_running = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert still_running == []
     output = (tmp_path / "stack.log").read_text()

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from covidscan.embedded_redis import EmbeddedRedis
-from tests.conftest import WorkerProcess, fresh_database_url, wait_for_job, worker_env
+from tests.conftest import (WorkerProcess, authorised, create_api_key, fresh_database_url,
+                            wait_for_job, worker_env)
 from tests.images import ct_slice, encode
 from tests.original_app import original_preprocess, original_probabilities
 
@@ -112,7 +113,8 @@ def test_served_through_the_stack_the_h5_gives_the_original_probabilities(
                                tmp_path / "worker.log", name="fidelity@%h")
         try:
             worker.wait_ready()
-            client = create_app(config).test_client()
+            client = authorised(create_app(config).test_client(),
+                                create_api_key(config["DATABASE_URL"]))
             files = [(io.BytesIO((slice_dir / n).read_bytes()), n) for n in SLICES]
             job = client.post("/v1/jobs", data={"files": files},
                               content_type="multipart/form-data").get_json()

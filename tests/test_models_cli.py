@@ -50,6 +50,24 @@ def test_add_list_set_default_remove(registry_env, tiny_model_path, tmp_path):
     assert removed.exit_code == 0, removed.output
     assert not stored.parent.exists()
     assert [r["version"] for r in listed(registry_env)] == ["2"]
+    assert audited(registry_env["DATABASE_URL"]) == [
+        ("model.add", {"model": "tiny:1", "default": False, "trusted_code": False}),
+        ("model.add", {"model": "tiny:2", "default": True, "trusted_code": False}),
+        ("model.set_default", {"model": "tiny:1"}), ("model.remove", {"model": "tiny:1"})]
+
+
+def audited(database_url):
+    """The model changes in the audit log, oldest first, each by the CLI's user."""
+    from sqlalchemy import select
+
+    from db.models import AuditEvent
+
+    engine = make_engine(database_url)
+    with make_session_factory(engine)() as session:
+        events = list(session.scalars(select(AuditEvent).order_by(AuditEvent.id)))
+    engine.dispose()
+    assert all(e.owner.startswith("cli:") and e.key_id is None for e in events)
+    return [(e.action, {k: v for k, v in e.detail.items() if k != "sha256"}) for e in events]
 
 
 def test_add_refuses_a_file_whose_outputs_do_not_match_the_classes(registry_env,

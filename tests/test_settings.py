@@ -27,10 +27,27 @@ def test_sizes_accept_units():
     ("REDIS_URL", "http://x"), ("MAX_UPLOAD_BYTES", "lots"), ("LOG_LEVEL", "loud"),
     ("MODEL_PATH", "/no/such/model.h5"), ("VISIBILITY_TIMEOUT", "-5"),
     ("MAX_LOADED_MODELS", "0"), ("MAX_LOADED_MODELS", "two"), ("MODEL_STORE_DIR", __file__),
+    ("MAX_SCAN_PIXELS", "big"), ("MAX_SCAN_PIXELS", "4096x0"), ("MAX_EXPANDED_BYTES", "-1"),
+    ("MAX_ARCHIVE_ENTRIES", "0"), ("MAX_COMPRESSION_RATIO", "x"), ("TRUSTED_HOSTS", "*.evil"),
+    ("MODEL_TRUST_CODE", "maybe"),
 ])
 def test_a_wrong_value_names_its_variable(name, value):
     with pytest.raises(ConfigError, match=name):
         load_settings({name: value})
+
+
+def test_hostile_input_limits_and_their_defaults():
+    settings = load_settings({"MAX_UPLOAD_BYTES": "100MB"})
+    assert settings.max_scan_pixels == 4096 * 4096
+    assert settings.max_expanded_bytes == 100 * 1024**2  # follows MAX_UPLOAD_BYTES
+    assert (settings.max_archive_entries, settings.max_compression_ratio) == (10_000, 200)
+    assert settings.trusted_hosts == ("localhost", "127.0.0.1")
+    assert settings.model_trust_code is False
+    custom = load_settings({"MAX_SCAN_PIXELS": "2048x1024", "TRUSTED_HOSTS": "Scans.Example.org, localhost",
+                            "MODEL_TRUST_CODE": "true", "MAX_EXPANDED_BYTES": "1GB"})
+    assert custom.max_scan_pixels == 2048 * 1024 and custom.max_expanded_bytes == 1024**3
+    assert custom.trusted_hosts == ("scans.example.org", "localhost") and custom.model_trust_code
+    assert load_settings({"TRUSTED_HOSTS": "*"}).trusted_hosts is None
 
 
 def test_variable_names_lists_every_field_and_the_var_dir():

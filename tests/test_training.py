@@ -114,7 +114,7 @@ def test_evaluate_a_model_file_with_imperfect_scores(trained, tiny_model_path):
 def serving(trained, tmp_path_factory):
     """A real worker on the training registry (default: tiny), at most two models warm."""
     from api import create_app
-    from tests.conftest import WorkerProcess, worker_env
+    from tests.conftest import WorkerProcess, authorised, create_api_key, worker_env
     from tests.models import save_tiny_h5
 
     env = trained["env"]
@@ -126,7 +126,8 @@ def serving(trained, tmp_path_factory):
     worker = WorkerProcess(worker_env(env, MAX_LOADED_MODELS="2"), log_path, name="registry@%h")
     try:
         worker.wait_ready()
-        yield create_app(env).test_client(), log_path
+        yield authorised(create_app(env).test_client(), create_api_key(env["DATABASE_URL"])), \
+            log_path
     finally:
         worker.stop()
 

@@ -71,7 +71,7 @@ def test_an_unknown_scan_is_404_problem_json(client):
     (ct_slice(90, 2).convert("P"), "RGB"),
 ])
 def test_thumbnails_of_16_bit_alpha_and_palette_slices(image, mode):
-    thumbnail = Image.open(io.BytesIO(make_thumbnail(encode(image))))
+    thumbnail = Image.open(io.BytesIO(make_thumbnail(encode(image), 4096 * 4096)))
     assert thumbnail.mode == mode and max(thumbnail.size) <= THUMBNAIL_SIZE
     low, high = thumbnail.getextrema() if mode == "L" else thumbnail.getextrema()[0]
     assert high - low > 100  # 16-bit slices are scaled to 8 bits, not clipped to white
@@ -79,7 +79,7 @@ def test_thumbnails_of_16_bit_alpha_and_palette_slices(image, mode):
 
 def test_garbage_is_a_thumbnail_error():
     with pytest.raises(ThumbnailError):
-        make_thumbnail(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+        make_thumbnail(b"\x89PNG\r\n\x1a\n" + b"\0" * 40, 4096 * 4096)
 
 
 def test_the_upload_page_shows_the_limits_and_the_notice(client):

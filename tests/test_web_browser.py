@@ -36,12 +36,23 @@ def live_server(stack_config, worker):
 
 
 @pytest.fixture
-def browser(tmp_path):
+def browser(tmp_path, live_server, stack_key):
+    """A Chromium signed in to the live server with the session's key."""
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     with chromium(downloads) as driver:
         driver.downloads = downloads
+        sign_in(driver, live_server.url, stack_key)
         yield driver
+
+
+def sign_in(driver, base_url: str, key: str) -> None:
+    """Through the sign-in form, as a person would: the page asks for the key once."""
+    driver.get(base_url + "/")
+    wait_until(driver, lambda d: "/login" in d.current_url, 10, "the sign-in page")
+    by_id(driver, "api-key").send_keys(key)
+    by_id(driver, "sign-in").click()
+    wait_until(driver, lambda d: d.find_elements("id", "upload-form"), 10, "the upload page")
 
 
 def wait_until(driver, condition, timeout: float = TIMEOUT, what: str = "condition"):
@@ -102,7 +113,7 @@ def wait_for_download(folder: Path, filename: str) -> Path:
     raise AssertionError(f"{filename} was not downloaded; found {list(folder.iterdir())}")
 
 
-def test_upload_watch_filter_and_download_in_chromium(live_server, browser, tmp_path):
+def test_upload_watch_filter_and_download_in_chromium(live_server, browser, stack_key, tmp_path):
     paths = write_folder(tmp_path / "slices", 10, size=96, corrupt=1)
     job_id = upload_through_the_page(browser, live_server.url, paths, "browser e2e")
 
@@ -117,7 +128,8 @@ def test_upload_watch_filter_and_download_in_chromium(live_server, browser, tmp_
     assert not by_id(browser, "untrained-banner").is_displayed()  # the tiny model is trained
 
     api = {r["filename"]: r for r in requests.get(
-        f"{live_server.url}/v1/jobs/{job_id}/results?limit=1000", timeout=10).json()["results"]}
+        f"{live_server.url}/v1/jobs/{job_id}/results?limit=1000", timeout=10,
+        headers={"Authorization": f"Bearer {stack_key}"}).json()["results"]}
     probabilities = {name: r["probability_covid"] for name, r in api.items()
                      if r["status"] == "succeeded"}
     assert sorted(probabilities) == sorted(p.name for p in paths[:10])
@@ -193,11 +205,12 @@ def test_a_refused_file_is_listed_with_the_reason_and_can_be_left_out(live_serve
     assert by_id(browser, "count-total").text == "2"
 
 
-def test_the_job_page_fits_a_phone_screen(live_server, tmp_path):
+def test_the_job_page_fits_a_phone_screen(live_server, stack_key, tmp_path):
     paths = write_folder(tmp_path / "slices", 2, size=64, corrupt=1)
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     with chromium(downloads, width=390, height=844) as phone:
+        sign_in(phone, live_server.url, stack_key)
         upload_through_the_page(phone, live_server.url, paths, "phone")
         wait_until(phone, lambda d: len(table_rows(d)) == 3, what="3 result rows")
         overflow = phone.execute_script(
@@ -259,3 +272,20 @@ def test_the_upload_shows_its_progress_in_bytes(live_server, browser, tmp_path):
     assert all(re.fullmatch(r"[\d.]+ (B|KiB) of [\d.]+ KiB sent", text) for text in seen), seen
     assert min(float(text.split(" of ")[1].split()[0]) for text in seen) >= total // 1024
     assert sent[0] < sent[-1]
+
+
+def test_a_wrong_key_is_refused_and_signing_out_ends_the_session(live_server, browser,
+                                                                 stack_key, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+
+    cookie = browser.get_cookie("covidscan_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    by_id(browser, "sign-out").click()
+    wait_until(browser, lambda d: "/login" in d.current_url, 10, "the sign-in page")
+    browser.get(live_server.url + "/jobs")
+    assert "/login?next=/jobs" in browser.current_url  # the old cookie no longer opens pages
+    by_id(browser, "api-key").send_keys(stack_key[:-2] + "xx", Keys.ENTER)
+    wait_until(browser, lambda d: d.find_elements("id", "login-error"), 10, "the refusal")
+    assert "not valid" in by_id(browser, "login-error").text
+    by_id(browser, "api-key").send_keys(stack_key, Keys.ENTER)
+    wait_until(browser, lambda d: d.current_url.endswith("/jobs"), 10, "the jobs page it asked for")

@@ -45,3 +45,6 @@ def _configure_from_environment(sender: Celery, **_: object) -> None:
         # wrong setting must not start on defaults, so leave through SystemExit.
         raise SystemExit(f"covidscan worker: {exc}") from None
     configure(sender, settings)
+    from models.preprocess import configure_decoding
+
+    configure_decoding(settings.max_scan_pixels)  # before anything in the worker imports cv2

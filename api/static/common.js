@@ -51,5 +51,24 @@ window.covidscan = (function () {
     return node;
   }
 
-  return { formatBytes, formatDuration, problemDetail, replaceChildren, element };
+  /** The signed-in page's CSRF token: send it (header X-CSRF-Token) with every request
+   *  that changes something (POST, PUT, PATCH, DELETE). */
+  function csrfToken() {
+    const meta = document.querySelector('meta[name="csrf-token"]');
+    return meta ? meta.content : "";
+  }
+
+  /** Headers for a state-changing request: Accept JSON, and the CSRF token. */
+  function unsafeHeaders() {
+    return { Accept: "application/json", "X-CSRF-Token": csrfToken() };
+  }
+
+  /** After a 401 (the session ended or the key was revoked): sign in again, then come back. */
+  function signInAgain() {
+    window.location.assign("/login?next=" +
+                           encodeURIComponent(window.location.pathname + window.location.search));
+  }
+
+  return { formatBytes, formatDuration, problemDetail, replaceChildren, element, csrfToken,
+           unsafeHeaders, signInAgain };
 })();

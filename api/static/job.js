@@ -32,6 +32,7 @@
         // Date has whole seconds, so it lags the server clock: keep the largest offset seen.
         if (!Number.isNaN(date)) clockOffset = Math.max(clockOffset ?? -Infinity, date - Date.now());
         if (response.ok) return response.json();
+        if (response.status === 401) window.covidscan.signInAgain();
         return response.text().then((text) => {
           const error = new Error(problemDetail(response.status, text).detail);
           error.status = response.status;

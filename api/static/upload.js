@@ -3,7 +3,7 @@
 "use strict";
 
 (function () {
-  const { formatBytes, problemDetail, replaceChildren, element } = window.covidscan;
+  const { formatBytes, problemDetail, replaceChildren, element, unsafeHeaders } = window.covidscan;
   const $ = (id) => document.getElementById(id);
   const form = $("upload-form");
   const SENDABLE = /\.(png|jpe?g|zip)$/i;
@@ -117,6 +117,10 @@
   }
 
   function onRejected(status, text) {
+    if (status === 401) {
+      window.covidscan.signInAgain();
+      return;
+    }
     const { detail, body } = problemDetail(status, text);
     const rejected = (body.skipped || []).slice();
     if (body.filename) {
@@ -156,7 +160,7 @@
 
     const request = new XMLHttpRequest();
     request.open("POST", "/v1/jobs");
-    request.setRequestHeader("Accept", "application/json");
+    Object.entries(unsafeHeaders()).forEach(([name, value]) => request.setRequestHeader(name, value));
     request.upload.addEventListener("progress", (e) => {
       if (!e.lengthComputable) return;
       $("upload-progress").value = Math.round((100 * e.loaded) / e.total);

@@ -1,14 +1,14 @@
 """workers say when they are ready and which engines serve each model
 
 Revision ID: 0008_worker_status
-Revises: 0003_models
+Revises: 0006_access
 Create Date: 2026-11-29
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0008_worker_status"
-down_revision = "0003_models"
+down_revision = "0006_access"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,58 @@
+"""The audit trail of the API, and ``GET /v1/audit`` for administrators."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from flask import Blueprint, Response, jsonify, request
+
+from api.auth import current_principal, requires
+from api.extensions import db_session
+from api.problems import Problem
+from db.audit import ACTIONS, events_page, record
+from db.models import AuditEvent
+
+bp = Blueprint("audit", __name__, url_prefix="/v1/audit")
+DEFAULT_PAGE, MAX_PAGE = 100, 1000
+
+
+def audit(action: str, job_id: Optional[str] = None,
+          detail: Optional[dict[str, Any]] = None) -> None:
+    """Record that the caller did ``action`` (to ``job_id``), and commit it."""
+    principal = current_principal()
+    session = db_session()
+    record(session, action, key_id=principal.key_id, owner=principal.owner, job_id=job_id,
+           detail=detail)
+    session.commit()
+
+
+def event_json(event: AuditEvent) -> dict[str, Any]:
+    return {"id": event.id, "at": event.at.isoformat(), "key_id": event.key_id,
+            "owner": event.owner, "action": event.action, "job_id": event.job_id,
+            "detail": event.detail}
+
+
+def _page_args() -> tuple[int, Optional[int]]:
+    try:
+        limit = int(request.args.get("limit") or DEFAULT_PAGE)
+        cursor = request.args.get("cursor")
+        before = int(cursor) if cursor else None
+    except ValueError:
+        raise Problem(400, "limit and cursor must be whole numbers") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise Problem(400, f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+    return limit, before
+
+
+@bp.get("")
+@requires("admin")
+def list_events() -> Response:
+    """Newest first; ``owner``, ``job_id`` and ``action`` filter; ``cursor`` pages back."""
+    limit, before = _page_args()
+    action = request.args.get("action") or None
+    if action is not None and action not in ACTIONS:
+        raise Problem(400, f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
+    events, next_cursor = events_page(db_session(), limit, before,
+                                      owner=request.args.get("owner") or None,
+                                      job_id=request.args.get("job_id") or None, action=action)
+    return jsonify(events=[event_json(e) for e in events],
+                   next_cursor=None if next_cursor is None else str(next_cursor))

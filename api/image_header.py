@@ -1,0 +1,59 @@
+"""Image dimensions from the PNG or JPEG header, read before anything is decoded.
+
+Pillow's format plugins parse only the header when an image is opened; building the
+plugin's image object directly skips Pillow's own decompression-bomb check, so an
+image of any declared size can be measured (and refused by our limit, with its size).
+"""
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+
+from PIL import JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
+
+from api.problems import Problem
+
+_PLUGINS = {"PNG": PngImagePlugin.PngImageFile, "JPEG": JpegImagePlugin.JpegImageFile}
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    format: str
+    width: int
+    height: int
+    frames: int = 1
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def read_header(data: bytes, image_format: str, filename: str) -> ImageHeader:
+    """The format, size and frame count an image declares.
+
+    Raises:
+        Problem: 400 when the header cannot be parsed.
+    """
+    try:
+        with _PLUGINS[image_format](io.BytesIO(data)) as image:
+            width, height = image.size
+            frames = int(getattr(image, "n_frames", 1) or 1)
+    except (UnidentifiedImageError, SyntaxError, OSError, ValueError, EOFError, IndexError,
+            KeyError, TypeError, struct.error) as exc:  # Pillow's plugins raise all of these
+        reason = str(exc) or exc.__class__.__name__
+        raise Problem(400, f"{filename} has an unreadable {image_format} header: {reason}",
+                      filename=filename) from None
+    if width < 1 or height < 1:
+        raise Problem(400, f"{filename} declares an empty image ({width}×{height})",
+                      filename=filename)
+    return ImageHeader(image_format, width, height, frames)
+
+
+def check_pixels(header: ImageHeader, max_pixels: int, filename: str) -> None:
+    """Raise a 413 Problem naming the file and its size when it has too many pixels."""
+    if header.pixels > max_pixels:
+        raise Problem(413, f"{filename} is {header.width}×{header.height} pixels "
+                           f"({header.pixels} pixels), above the limit of {max_pixels} "
+                           "(MAX_SCAN_PIXELS)",
+                      filename=filename, width=header.width, height=header.height)
