@@ -1,4 +1,9 @@
-"""Liveness and readiness."""
+"""Liveness and readiness.
+
+``/readyz`` is the API's own readiness (database and Redis reachable); it also counts the
+workers whose default model is warm, without failing when there are none, so jobs can
+queue while workers start or scale up from zero.
+"""
 from __future__ import annotations
 
 import redis
@@ -7,6 +12,7 @@ from sqlalchemy import text
 
 from api.auth import public
 from api.extensions import db_session, services
+from db.workers import live_workers
 
 bp = Blueprint("health", __name__)
 
@@ -35,4 +41,9 @@ def readyz() -> tuple[Response, int]:
     except redis.RedisError as exc:
         checks["redis"] = f"unreachable: {exc}"
     ready = all(v == "ok" for v in checks.values())
-    return jsonify(status="ready" if ready else "not ready", checks=checks), 200 if ready else 503
+    # Workers are counted, not required: jobs queue while workers scale up from zero.
+    workers = len([w for w in live_workers(db_session()) if w.ready]) \
+        if checks["database"] == "ok" else None
+    return (jsonify(status="ready" if ready else "not ready", checks=checks,
+                    workers={"ready": workers}),
+            200 if ready else 503)

@@ -53,14 +53,17 @@ class EngineBench:
 
     def __init__(self, model_path: Optional[Path], engine_kind: str, batch_size: int,
                  cache_dir: Path, pngs: Sequence[bytes]) -> None:
+        from models.calibration import default_calibration
         from models.loader import build_untrained, load_model_file
-        from models.selection import reference_engine
+        from models.selection import EngineBuilder, reference_engine
 
         self.model = load_model_file(model_path) if model_path else build_untrained()
-        self.engine_kind, self.batch_size, self.cache_dir = engine_kind, batch_size, cache_dir
+        self.batch_size = batch_size
         self.pngs = pngs[:128]
         self.batch = tensor_batch(pngs, batch_size, self.model.info.input_size)
         self.reference = reference_engine(self.model, batch_size)
+        self.builder = EngineBuilder(self.model, engine_kind, batch_size, cache_dir,
+                                     self.reference, default_calibration(self.model.info.input_size))
 
     def baseline(self) -> dict[str, Any]:
         keras_model = self.model.keras_model
@@ -73,16 +76,34 @@ class EngineBench:
         }
 
     def measure(self, precision: str) -> dict[str, Any]:
-        from models.parity import check_parity
-        from models.selection import build_engine
+        """The engine a worker would serve ``precision`` with, its gate and its raw speed."""
+        from models.selection import CONCRETE_PRECISIONS
 
-        engine = build_engine(self.model, self.engine_kind, precision, self.batch_size,
-                              self.cache_dir, self.reference)
-        parity = check_parity(self.reference, engine)
+        if precision == "auto":
+            choice = self.builder.fastest([self.builder.build(p) for p in CONCRETE_PRECISIONS])
+        else:
+            choice = self.builder.build(precision)
         return {
-            "engine": engine.name, "precision": engine.precision,
-            "images_per_s": throughput(engine.predict, self.batch),
+            "engine": choice.engine.name, "precision": choice.engine.precision,
+            "note": choice.note, "gate": None if choice.gate is None else choice.gate.as_dict(),
+            "images_per_s": throughput(choice.engine.predict, self.batch),
             "decode": decode_cost(self.pngs, self.model.info.input_size),
-            "parity": {"max_abs_diff": parity.max_abs_diff, "label_flips": parity.label_flips,
-                       "tolerance": parity.tolerance, "passed": parity.passed},
         }
+
+
+def cpu_flags() -> dict[str, Any]:
+    """The CPU model and the flags that decide which precisions are fast here."""
+    model, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
+              "amx_bf16", "amx_int8", "amx_tile")
+    return {"model": model, "cpus": os.cpu_count(),
+            "flags": [flag for flag in wanted if flag in flags]}

@@ -142,3 +142,51 @@ def remove(ref: str) -> None:
                    detail={"model": model.ref, "sha256": model.sha256})
         store.delete(stored)
     click.echo(f"removed {ref}")
+
+
+@models.command("calibrate")
+@click.argument("ref")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+def calibrate(ref: str, data_dir: Path, batch_size: int) -> None:
+    """Store DATA_DIR's slices as the calibration set of NAME[:VERSION] for int8.
+
+    Quantizes on them, runs the accuracy gate (no label flips, max |ΔP| ≤ 0.02 on the
+    calibration and held-out slices) and, when DATA_DIR has one sub-folder per class, checks
+    that int8's ROC AUC is within 0.005 of fp32's; the result goes into the model's report.
+    Workers load the set the next time they load the model.
+    """
+    from covidscan.registration import load_registered
+    from db.registry import get_model
+    from models import calibration as sets
+    from models.dataset import IMAGE_SUFFIXES, DatasetError, discover, folder_map_for_model
+    from models.loader import ModelLoadError
+    from models.quantization import calibrate as run_calibration
+
+    with registry_context() as (settings, session_factory, store):
+        with session_factory() as session:
+            model = get_model(session, ref)
+        try:
+            loaded = load_registered(model, store)
+            try:
+                labelled = discover(data_dir, folder_map_for_model(
+                    data_dir, loaded.info.classes, loaded.info.positive_class),
+                    loaded.info.positive_class)
+                paths = list(labelled.paths)
+            except DatasetError:  # not one folder per class: unlabelled slices
+                labelled = None
+                paths = sorted(p for p in data_dir.rglob("*")
+                               if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found, gate = run_calibration(loaded, paths, f"{data_dir.resolve()}",
+                                          settings.engine_cache_dir, batch_size, labelled)
+        except (ModelLoadError, sets.CalibrationError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+        sets.save(found, store.path(model.stored_path).parent / sets.CALIBRATION_FILE)
+        with session_factory.begin() as session:
+            row = get_model(session, model.ref)
+            row.report = {**(row.report or {}), "int8_gate": gate.as_dict()}
+    click.echo(f"calibration set of {model.ref}: {len(found.calibration)} slices, "
+               f"{len(found.held_out)} held out, from {data_dir}")
+    click.echo(f"int8 gate {'passed' if gate.passed else 'FAILED'}: {gate.describe()}")
+    if not gate.passed:
+        raise SystemExit(1)

@@ -165,16 +165,22 @@ class Stack:
                                    start_new_session=True)
         self.children.append((name, process))
 
-    def wait_ready(self, timeout: float = 60.0) -> bool:
+    def wait_ready(self, timeout: float = 600.0) -> bool:
+        """Wait until the API is ready and a worker has its default model warm.
+
+        The first start converts (and, for ``auto`` or ``int8``, quantizes and times) the
+        model's engines, which is why the default wait is long.
+        """
         url = f"{self.base_url}/readyz"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self.stopping.is_set():
             if self.exited():
                 return False
             try:
-                if requests.get(url, timeout=1).status_code == 200:
+                answer = requests.get(url, timeout=2)
+                if answer.status_code == 200 and (answer.json()["workers"]["ready"] or 0) > 0:
                     return True
-            except requests.RequestException:
+            except (requests.RequestException, ValueError, KeyError, TypeError):
                 pass
             time.sleep(0.3)
         return False

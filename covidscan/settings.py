@@ -16,7 +16,9 @@ T = TypeVar("T")
 
 DEFAULT_VAR_DIR = Path("var")
 ENGINES = ("auto", "tensorflow", "openvino")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "auto")
+"""What INFERENCE_PRECISION and a job's ``precision`` may ask for; ``auto`` is the fastest
+engine that passed its accuracy gate on this worker."""
 AUTH_MODES = ("on", "off")
 COOKIE_SECURE_MODES = ("auto", "true", "false")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")

@@ -268,3 +268,24 @@ class Wakeup(Base):
 
     def __repr__(self) -> str:
         return f"Wakeup(id={self.id!r}, tasks={self.tasks}, reason={self.reason!r})"
+
+
+class WorkerStatus(Base):
+    """A live worker: ready once its default model is warm, with a heartbeat.
+
+    ``engines`` lists, per loaded model, which engine and precision serve each requested
+    precision, their accuracy gates and measured images/s. A row whose heartbeat is older
+    than a few intervals belongs to a worker that died; readers ignore it.
+    """
+
+    __tablename__ = "worker_status"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ready: Mapped[bool] = mapped_column(Boolean, default=False)
+    engines: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+    def __repr__(self) -> str:
+        return f"WorkerStatus(name={self.name!r}, ready={self.ready})"

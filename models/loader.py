@@ -55,6 +55,7 @@ class ModelInfo:
 class LoadedModel:
     info: ModelInfo
     keras_model: Any = field(repr=False)
+    path: Optional[Path] = None  # the file it was loaded from; None for the built-in default
 
 
 def file_sha256(path: Path) -> str:
@@ -153,7 +154,7 @@ def load_model_file(path: Path, name: Optional[str] = None, version: Optional[st
                      input_size=_input_size(keras_model, path), classes=tuple(classes),
                      positive_index=positive_index)
     log.info("loaded model %s:%s (%s, sha256 %s)", info.name, info.version, fmt, sha256[:12])
-    return LoadedModel(info=info, keras_model=keras_model)
+    return LoadedModel(info=info, keras_model=keras_model, path=path)
 
 
 def weights_sha256(keras_model) -> str:

@@ -12,15 +12,17 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
+from models.calibration import CalibrationSet
 from models.loader import LoadedModel
 
 log = logging.getLogger(__name__)
 
 OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
-CPU_CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}
+CPU_CAPABILITY = {"bf16": "BF16", "fp16": "FP16", "int8": "INT8"}
 
 
 def _core():
@@ -41,11 +43,24 @@ def supported_precision(precision: str, device: str = "CPU") -> str:
     return "fp32"
 
 
-def converted_model_path(cache_dir: Path, sha256: str) -> Path:
+def converted_model_path(cache_dir: Path, sha256: str, variant: str = "") -> Path:
     import openvino as ov
 
     version = ov.__version__.split("-")[0]
-    return Path(cache_dir) / f"{sha256}-openvino-{version}.xml"
+    return Path(cache_dir) / f"{sha256}-openvino-{version}{variant}.xml"
+
+
+def _save_atomically(ov_model, path: Path) -> None:
+    """Written under a private name, then renamed: the .xml appears only once the .bin is
+    whole, so a concurrent or interrupted worker never reads half a model."""
+    import openvino as ov
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.xml")
+    ov.save_model(ov_model, str(tmp), compress_to_fp16=False)
+    os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
+    os.replace(tmp, path)
+    log.info("cached %s", path)
 
 
 def convert_cached(model: LoadedModel, cache_dir: Path):
@@ -64,15 +79,28 @@ def convert_cached(model: LoadedModel, cache_dir: Path):
                          input_signature=[tf.TensorSpec((None, height, width, 3), tf.float32)])
     log.info("converting %s:%s to OpenVINO", model.info.name, model.info.version)
     converted = ov.convert_model(traced.get_concrete_function())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written under a private name, then renamed: the .xml appears only once the .bin is whole,
-    # so a concurrent or interrupted worker never reads half a model.
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.xml")
-    ov.save_model(converted, str(tmp), compress_to_fp16=False)
-    os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
-    os.replace(tmp, path)
-    log.info("cached the converted model at %s", path)
+    _save_atomically(converted, path)
     return converted
+
+
+def quantize_cached(model: LoadedModel, calibration: CalibrationSet, cache_dir: Path):
+    """The int8 OpenVINO model: NNCF post-training quantization of the converted model on
+    ``calibration.calibration``, cached under the model's and the set's SHA-256."""
+    path = converted_model_path(cache_dir, model.info.sha256, f"-int8-{calibration.sha256[:16]}")
+    if path.exists():
+        log.info("reading the int8 model from %s", path)
+        return _core().read_model(str(path))
+    import nncf
+
+    samples = calibration.calibration
+    log.info("quantizing %s:%s to int8 on %d slices (%s)", model.info.name, model.info.version,
+             len(samples), calibration.source)
+    quantized = nncf.quantize(convert_cached(model, cache_dir),
+                              nncf.Dataset([samples[i:i + 1] for i in range(len(samples))]),
+                              subset_size=len(samples),
+                              preset=nncf.QuantizationPreset.PERFORMANCE)
+    _save_atomically(quantized, path)
+    return quantized
 
 
 class OpenVINOEngine:
@@ -81,9 +109,8 @@ class OpenVINOEngine:
     name = "openvino"
 
     def __init__(self, model: LoadedModel, precision: str, batch_size: int, cache_dir: Path,
-                 device: str = "CPU") -> None:
-        import openvino as ov
-
+                 device: str = "CPU", calibration: Optional[CalibrationSet] = None) -> None:
+        """``precision`` ``int8`` quantizes on ``calibration`` (required then)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.info = model.info
@@ -92,13 +119,19 @@ class OpenVINOEngine:
         self._input_shape = (height, width, 3)
         core = _core()
         core.set_property({"CACHE_DIR": str(Path(cache_dir) / "compiled")})
-        self._compiled = core.compile_model(convert_cached(model, cache_dir), device, {
-            "INFERENCE_PRECISION_HINT": OV_PRECISION[precision],
-            "PERFORMANCE_HINT": "THROUGHPUT",
-        })
+        if precision == "int8":
+            if calibration is None:
+                raise ValueError("an int8 engine needs a calibration set")
+            # Quantized layers run in int8; the few left in floating point run in f32.
+            ov_model, hint = quantize_cached(model, calibration, cache_dir), "f32"
+        else:
+            ov_model, hint = convert_cached(model, cache_dir), OV_PRECISION[precision]
+        self._compiled = core.compile_model(ov_model, device, {
+            "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT"})
         # What the device settled on, which is what results record.
         actual = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        self.precision = {ov_name: name for name, ov_name in OV_PRECISION.items()}.get(actual, actual)
+        self.precision = "int8" if precision == "int8" else \
+            {ov_name: name for name, ov_name in OV_PRECISION.items()}.get(actual, actual)
         count = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         # Plain asynchronous requests, read by the calling thread after wait(): no completion
         # callback has to take the GIL inside OpenVINO's stream threads.

@@ -6,8 +6,13 @@ from pathlib import Path
 import numpy as np
 
 
-def save_tiny_h5(path: Path, input_size: int = 32, seed: int = 7) -> Path:
-    """A small CNN with the original head (Flatten, Dropout, Dense(2, softmax)) saved as H5."""
+def save_tiny_h5(path: Path, input_size: int = 32, seed: int = 7,
+                 bias_shift: float = 0.0) -> Path:
+    """A small CNN with the original head (Flatten, Dropout, Dense(2, softmax)) saved as H5.
+
+    Its probabilities sit near 0.5; ``bias_shift`` moves the head's logits apart so they do
+    not (a model whose labels a rounding error cannot flip).
+    """
     import tf_keras
 
     tf_keras.utils.set_random_seed(seed)
@@ -18,6 +23,10 @@ def save_tiny_h5(path: Path, input_size: int = 32, seed: int = 7) -> Path:
     x = tf_keras.layers.Dropout(0.5)(x)
     outputs = tf_keras.layers.Dense(2, activation="softmax")(x)
     model = tf_keras.Model(inputs, outputs)
+    if bias_shift:
+        kernel, bias = model.layers[-1].get_weights()
+        model.layers[-1].set_weights([kernel, bias + np.array([bias_shift, -bias_shift],
+                                                               dtype=bias.dtype)])
     model.save(str(path), save_format="h5")
     return path
 

@@ -214,8 +214,9 @@ def test_a_job_may_ask_for_a_precision_and_a_priority(client, app_config):
 
 def test_an_unknown_precision_is_400_and_keeps_nothing(client, app_config):
     before = row_counts(app_config["DATABASE_URL"])
-    response = client.post("/v1/jobs", data={**files(("a.png", png_bytes(32))), "precision": "int8"},
+    response = client.post("/v1/jobs", data={**files(("a.png", png_bytes(32))), "precision": "int4"},
                            content_type="multipart/form-data")
     assert response.status_code == 400
-    assert "precision must be one of fp32, bf16, fp16" in response.get_json()["detail"]
+    assert "precision must be one of fp32, bf16, fp16, int8, auto, got 'int4'" in \
+        response.get_json()["detail"]
     assert row_counts(app_config["DATABASE_URL"]) == before

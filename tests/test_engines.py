@@ -66,7 +66,7 @@ def test_a_precision_the_cpu_lacks_falls_back_to_fp32_with_a_warning(monkeypatch
     assert "does not support bf16" in caplog.text
 
 
-def test_an_engine_failing_parity_is_not_served(tiny, reference, tmp_path, monkeypatch, caplog):
+def test_an_engine_failing_its_gate_is_not_served(tiny, reference, tmp_path, monkeypatch, caplog):
     from models import openvino_engine
     from models.selection import build_engine
 
@@ -78,7 +78,7 @@ def test_an_engine_failing_parity_is_not_served(tiny, reference, tmp_path, monke
     with caplog.at_level(logging.WARNING):
         engine = build_engine(tiny, "openvino", "bf16", 8, tmp_path, reference)
     assert engine is reference
-    assert "fails the parity check" in caplog.text and "serving TensorFlow fp32" in caplog.text
+    assert "fails the accuracy gate" in caplog.text and "serving TensorFlow fp32" in caplog.text
 
 
 def test_the_tensorflow_engine_serves_fp32_whatever_is_asked(tiny, reference, tmp_path):
@@ -102,6 +102,8 @@ def test_auto_is_tensorflow_on_a_gpu_and_openvino_on_a_cpu(requested, gpus, kind
     ([0.105, 0.695, 0.40], "bf16", True),
     ([0.10, 0.70, 0.52], "fp16", False),       # 0.12 off and a label flip
     ([0.10, 0.70, np.nan], "bf16", False),
+    ([0.115, 0.685, 0.41], "int8", True),      # int8 may move P by 0.02
+    ([0.125, 0.70, 0.40], "int8", False),      # 0.025 off
 ])
 def test_the_parity_rule(candidate, precision, passed):
     report = compare(np.array([0.10, 0.70, 0.40]), np.array(candidate), precision)
@@ -117,3 +119,91 @@ def test_the_calibration_batch_is_fixed():
     first, second = calibration_batch((32, 32)), calibration_batch((32, 32))
     assert first.shape == (16, 32, 32, 3) and first.dtype == np.float32
     assert np.array_equal(first, second) and 0 <= first.min() and first.max() <= 1
+
+
+@pytest.fixture(scope="module")
+def confident(tmp_path_factory):
+    """A tiny model whose P(COVID) stays well away from 0.5, so int8 can pass its gate."""
+    from models.loader import load_model_file
+    from models.selection import reference_engine
+    from tests.models import save_tiny_h5
+
+    model = load_model_file(save_tiny_h5(tmp_path_factory.mktemp("confident") / "confident.h5",
+                                         bias_shift=1.0))
+    return model, reference_engine(model, batch_size=8)
+
+
+def test_int8_is_quantized_once_gated_and_cached_by_model_and_calibration(confident, tmp_path,
+                                                                         monkeypatch):
+    import nncf
+
+    from models.calibration import default_calibration
+    from models.openvino_engine import converted_model_path
+    from models.selection import EngineBuilder
+
+    tiny, reference = confident
+    calibration = default_calibration(tiny.info.input_size)
+    builder = EngineBuilder(tiny, "openvino", 8, tmp_path, reference, calibration)
+    choice = builder.build("int8")
+    assert (choice.engine.name, choice.engine.precision) == ("openvino", "int8"), choice.note
+    assert choice.gate.passed and set(choice.gate.parts) == {"calibration", "held_out"}
+    assert choice.gate.parts["held_out"].count == len(calibration.held_out) == 32
+    assert choice.gate.calibration["generated"] is True
+    batch = calibration_batch(tiny.info.input_size, count=11)
+    assert np.abs(choice.engine.predict(batch) - reference.predict(batch)).max() <= 0.02
+    cached = converted_model_path(tmp_path, tiny.info.sha256,
+                                  f"-int8-{calibration.sha256[:16]}")
+    assert cached.exists()
+
+    def no_quantization(*_args, **_kwargs):
+        raise AssertionError("quantized again instead of reading the cache")
+
+    monkeypatch.setattr(nncf, "quantize", no_quantization)
+    again = EngineBuilder(tiny, "openvino", 8, tmp_path, reference, calibration).build("int8")
+    assert again.engine.precision == "int8"
+
+
+def test_an_int8_engine_whose_recorded_auc_check_failed_is_not_served(confident, tmp_path):
+    from models.calibration import default_calibration
+    from models.selection import EngineBuilder
+
+    tiny, reference = confident
+    failed_auc = {"int8": {"fp32": 0.91, "candidate": 0.89, "limit": 0.005, "passed": False}}
+    choice = EngineBuilder(tiny, "openvino", 8, tmp_path, reference,
+                           default_calibration(tiny.info.input_size), failed_auc).build("int8")
+    assert choice.engine is reference and not choice.gate.passed
+    assert "failed its accuracy gate" in choice.note
+    assert "ROC AUC 0.8900 vs fp32 0.9100" in choice.gate.describe()
+
+
+class FixedSpeed:
+    """An engine whose speed is given: ``auto``'s choice is tested on numbers, not timing."""
+
+    name = "openvino"
+
+    def __init__(self, precision, speed):
+        self.precision, self.speed = precision, speed
+
+
+@pytest.mark.parametrize("speeds, passed, chosen", [
+    ({"fp32": 30, "bf16": 18, "int8": 95}, {"bf16", "int8"}, "int8"),
+    ({"fp32": 30, "bf16": 18, "int8": 95}, {"bf16"}, "fp32"),   # int8 failed: bf16 is slower
+    ({"fp32": 30, "bf16": 80, "int8": 95}, {"bf16"}, "bf16"),   # a CPU with AMX
+])
+def test_auto_serves_the_fastest_engine_that_passed_its_gate(tiny, reference, tmp_path,
+                                                            monkeypatch, speeds, passed, chosen):
+    from models import selection
+    from models.calibration import default_calibration
+
+    fp32 = FixedSpeed("fp32", speeds["fp32"])
+    choices = [selection.Choice("fp32", fp32, "passed")]
+    for precision in ("bf16", "int8"):
+        engine = FixedSpeed(precision, speeds[precision]) if precision in passed else fp32
+        choices.append(selection.Choice(precision, engine, "gate"))
+    monkeypatch.setattr(selection, "measure_images_per_second", lambda engine, batch: engine.speed)
+    builder = selection.EngineBuilder(tiny, "openvino", 8, tmp_path, reference,
+                                      default_calibration(tiny.info.input_size))
+    best = builder.fastest(choices)
+    assert best.requested == "auto" and best.engine.precision == chosen
+    assert {c.requested: c.images_per_second for c in choices}["int8"] == \
+        (speeds["int8"] if "int8" in passed else speeds["fp32"])

@@ -75,11 +75,13 @@ def test_engine_and_batching_defaults():
     assert settings.worker_concurrency == 64  # two batches of task threads
     assert load_settings({"MAX_BATCH_SIZE": "8"}).worker_concurrency == 16
     assert load_settings({"INFERENCE_PRECISION": "BF16"}).inference_precision == "bf16"
+    for precision in ("int8", "auto"):
+        assert load_settings({"INFERENCE_PRECISION": precision}).inference_precision == precision
     assert load_settings({"MAX_QUEUE_DELAY_MS": "0"}).max_queue_delay_ms == 0
 
 
 @pytest.mark.parametrize("name, value", [
-    ("INFERENCE_ENGINE", "cuda"), ("INFERENCE_PRECISION", "int8"), ("MAX_BATCH_SIZE", "0"),
+    ("INFERENCE_ENGINE", "cuda"), ("INFERENCE_PRECISION", "int4"), ("MAX_BATCH_SIZE", "0"),
     ("MAX_BATCH_SIZE", "many"), ("MAX_QUEUE_DELAY_MS", "-1"), ("MAX_QUEUE_DELAY_MS", "2.5"),
     ("MAX_QUEUE_DELAY_MS", "600000"), ("WORKER_CONCURRENCY", "0"),
 ])

@@ -58,6 +58,10 @@ class ModelCache:
         with self._lock:
             return list(self._engines)
 
+    def warm(self) -> list[object]:
+        """What ``build_engines`` made for each model held warm, least recently used first."""
+        return list(self._engines.values())
+
     def engines_for(self, model_id: Optional[str]):
         """The warm engines of a registered model, loading (and evicting) as needed.
 

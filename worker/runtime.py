@@ -17,7 +17,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -33,46 +33,76 @@ from db.session import make_engine, make_session_factory
 from worker.batching import DynamicBatcher
 from worker.inference import predict_items
 from worker.model_cache import ModelCache
+from worker.presence import Presence
 
 log = logging.getLogger(__name__)
 
 
 class ModelEngines:
-    """One loaded model's warm engines by precision; each is built once, on first use.
+    """One loaded model's warm engines by requested precision; each is built once, on first use.
 
-    The TensorFlow fp32 engine of the model is the reference other engines are checked
-    against, and what serves when they fail the check.
+    The TensorFlow fp32 engine of the model is the reference other engines are gated
+    against, and what serves when they fail. ``auto`` is the fastest engine that passed.
     """
 
-    def __init__(self, model, settings: Settings) -> None:
-        from models.selection import reference_engine
+    def __init__(self, model, settings: Settings,
+                 on_change: Optional[Callable[[], None]] = None) -> None:
+        """``on_change`` is called after each new engine is built (the worker's status row)."""
+        from models.calibration import default_calibration, for_model
+        from models.selection import EngineBuilder, reference_engine
 
         self.model = model
         self.settings = settings
-        self._lock = threading.Lock()
-        self._engines: dict[str, object] = {}
-        self.reference = reference_engine(model, settings.max_batch_size)
+        self.on_change = on_change
+        self._lock = threading.RLock()
+        self._choices: dict[str, object] = {}
+        size = model.info.input_size
+        calibration = (for_model(model.path, size) if model.path is not None
+                       else default_calibration(size))
+        self.builder = EngineBuilder(model, settings.inference_engine, settings.max_batch_size,
+                                     settings.engine_cache_dir,
+                                     reference_engine(model, settings.max_batch_size),
+                                     calibration, calibration.auc)
         self.get()  # warm the default precision before any work arrives
 
-    def get(self, precision: Optional[str] = None):
-        """The warm engine at ``precision`` (None: INFERENCE_PRECISION)."""
-        from models.selection import build_engine
+    @property
+    def reference(self):
+        return self.builder.reference
 
-        settings = self.settings
-        wanted = precision or settings.inference_precision
-        engine = self._engines.get(wanted)
-        if engine is not None:  # the common case: no lock, so a slow build blocks no one else
-            return engine
+    def get(self, precision: Optional[str] = None):
+        """The warm engine for ``precision`` (None: INFERENCE_PRECISION)."""
+        return self.choice(precision).engine
+
+    def choice(self, precision: Optional[str] = None):
+        """The :class:`models.selection.Choice` serving ``precision``, built on first use."""
+        from models.selection import CONCRETE_PRECISIONS
+
+        wanted = precision or self.settings.inference_precision
+        found = self._choices.get(wanted)
+        if found is not None:  # the common case: no lock, so a slow build blocks no one else
+            return found
         with self._lock:
-            engine = self._engines.get(wanted)
-            if engine is None:
-                engine = build_engine(self.model, settings.inference_engine, wanted,
-                                      settings.max_batch_size, settings.engine_cache_dir,
-                                      self.reference)
-                self._engines[wanted] = engine
-                log.info("model %s:%s, %s requested: serving on %s/%s", self.model.info.name,
-                         self.model.info.version, wanted, engine.name, engine.precision)
-            return engine
+            found = self._choices.get(wanted)
+            if found is None:
+                if wanted == "auto":
+                    found = self.builder.fastest([self.choice(p) for p in CONCRETE_PRECISIONS])
+                else:
+                    found = self.builder.build(wanted)
+                self._choices[wanted] = found
+                log.info("model %s:%s, %s requested: serving on %s/%s (%s)",
+                         self.model.info.name, self.model.info.version, wanted,
+                         found.engine.name, found.engine.precision, found.note)
+                if self.on_change is not None:
+                    self.on_change()
+            return found
+
+    def describe(self) -> dict:
+        """The choices made so far, as plain values (what ``GET /v1/workers`` shows)."""
+        info = self.model.info
+        return {"model": {"name": info.name, "version": info.version, "sha256": info.sha256},
+                "calibration": self.builder.calibration.describe(),
+                "engines": {requested: choice.as_dict()
+                            for requested, choice in list(self._choices.items())}}
 
 
 @dataclass
@@ -96,6 +126,16 @@ class WorkerRuntime:
     loops: list[SweepLoop] = field(default_factory=list)
     _active: int = 0
     _active_lock: threading.Lock = field(default_factory=threading.Lock)
+    presence: Optional[Presence] = None
+
+    def engines(self) -> list[dict]:
+        """Per warm model, what serves each requested precision (see ModelEngines.describe)."""
+        return [engines.describe() for engines in self.models.warm()]
+
+    def announce(self, name: str) -> None:
+        """Tell the API this worker is ready (its default model is warm) and keep telling it."""
+        if self.presence is None:
+            self.presence = Presence(self.session_factory, name, self.engines).start()
 
     @contextmanager
     def draining(self) -> Iterator[None]:
@@ -141,6 +181,8 @@ class WorkerRuntime:
         return released
 
     def close(self) -> None:
+        if self.presence is not None:
+            self.presence.stop()
         self.stop_taking_work()
         self.batcher.stop(timeout=60)
         for loop in self.loops:
@@ -183,7 +225,7 @@ def initialise(settings: Optional[Settings] = None, node: Optional[str] = None) 
         register_configured_model(settings, session_factory)
         models = ModelCache(session_factory, ModelStore(settings.model_store_dir),
                             settings.max_loaded_models,
-                            lambda model: ModelEngines(model, settings))
+                            lambda model: ModelEngines(model, settings, _engines_changed))
         models.warm_default()
         batcher = DynamicBatcher(predict_items, settings.max_batch_size,
                                  settings.max_queue_delay_ms / 1000, name="inference")
@@ -205,6 +247,11 @@ def initialise(settings: Optional[Settings] = None, node: Optional[str] = None) 
                  _runtime.owner, settings.lease_seconds, max(1.0, settings.lease_seconds / 3),
                  settings.sweep_interval)
         return _runtime
+
+
+def _engines_changed() -> None:
+    if _runtime is not None and _runtime.presence is not None:
+        _runtime.presence.refresh()
 
 
 def current_runtime() -> Optional[WorkerRuntime]:

@@ -51,6 +51,16 @@ def _load_model_before_consuming(sender=None, **_: object) -> None:
         raise SystemExit(f"covidscan worker: cannot load the model: {exc}") from None
 
 
+@signals.worker_ready.connect
+def _announce_ready(sender=None, **_: object) -> None:
+    """The default model is warm (loaded in worker_init): count this worker as ready."""
+    current = current_runtime()
+    if current is None:  # prefork: the children hold the models, each loads its own
+        log.info("no model in this process; readiness is not announced")
+        return
+    current.announce(sender.hostname)
+
+
 @signals.worker_process_init.connect
 def _load_model_in_child(**_: object) -> None:
     initialise()
