@@ -30,6 +30,9 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
+    # A bulk upload sends one part per slice: allow as many as a job may hold (Werkzeug's
+    # default of 1,000 parts refused larger folders with a misleading 413).
+    app.config["MAX_FORM_PARTS"] = settings.max_scans_per_job + 100
     app.json.sort_keys = False
     logging.getLogger("api").setLevel(settings.log_level)
     extensions.init_app(app, settings)

@@ -220,3 +220,12 @@ def test_an_unknown_precision_is_400_and_keeps_nothing(client, app_config):
     assert "precision must be one of fp32, bf16, fp16, int8, auto, got 'int4'" in \
         response.get_json()["detail"]
     assert row_counts(app_config["DATABASE_URL"]) == before
+
+
+def test_a_folder_of_more_than_a_thousand_slices_is_one_job(client):
+    """One multipart part per slice, as `covidscan submit FOLDER` sends them."""
+    tiny = png_bytes(8)
+    slices = [(f"s{i:04d}.png", tiny) for i in range(1100)]
+    response = client.post("/v1/jobs", data=files(*slices), content_type="multipart/form-data")
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["counts"]["total"] == 1100
