@@ -16,13 +16,18 @@ DEFAULT_PAGE, MAX_PAGE = 100, 1000
 
 
 def audit(action: str, job_id: Optional[str] = None,
-          detail: Optional[dict[str, Any]] = None) -> None:
-    """Record that the caller did ``action`` (to ``job_id``), and commit it."""
+          detail: Optional[dict[str, Any]] = None, commit: bool = True) -> None:
+    """Record that the caller did ``action`` (to ``job_id``), and commit it.
+
+    ``commit=False`` leaves it in the request's transaction, so that it is written with
+    what it records or not at all.
+    """
     principal = current_principal()
     session = db_session()
     record(session, action, key_id=principal.key_id, owner=principal.owner, job_id=job_id,
            detail=detail)
-    session.commit()
+    if commit:
+        session.commit()
 
 
 def event_json(event: AuditEvent) -> dict[str, Any]:

@@ -104,7 +104,9 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
             name=name, owner=owner, requested_model=model_ref, model=model, priority=priority,
             precision=precision, retention_seconds=svc.settings.job_retention,
             chunk_size=svc.settings.batch_size))
-        session.commit()
+        audit("job.submit", job_id, {"scans": len(new_scans), "model": job.model_name and
+                                     f"{job.model_name}:{job.model_version}"}, commit=False)
+        session.commit()  # the job, its scans, its wake-ups and its audit row, or none
     except BaseException:
         db_session().rollback()
         svc.blobs.delete_job(job_id)
@@ -112,8 +114,6 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     relay(svc.session_factory, svc.send_wakeups)
     log.info("job %s: %d scans accepted, %d entries skipped", job_id, len(new_scans),
              len(parsed.skipped))
-    audit("job.submit", job_id, {"scans": len(new_scans), "model": job.model_name and
-                                 f"{job.model_name}:{job.model_version}"})
     body = job_json(summarise_jobs(session, [job])[0])
     body["skipped"] = [s.as_dict() for s in parsed.skipped]
     location = url_for("jobs.get_job", job_id=job_id)
