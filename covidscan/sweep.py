@@ -29,6 +29,7 @@ from db.blobs import BlobStore
 from db.jobs import delete_job_rows, existing_job_ids, expired_job_ids
 from db.models import Scan, ScanStatus
 from db.outbox import SendWakeups, add_wakeups, relay
+from db.keys import delete_expired_sessions
 from db.scans import expire_leases
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,8 @@ def sweep_once(session_factory: sessionmaker[Session], blobs: BlobStore, send: S
     if clean_up:
         jobs_deleted = delete_expired(session_factory, blobs)
         orphans = delete_orphan_blobs(session_factory, blobs, orphan_grace)
+        with session_factory.begin() as session:
+            delete_expired_sessions(session)
     report = SweepReport(expired.requeued, expired.failed, expired.cancelled, sent,
                          jobs_deleted, orphans)
     if expired.requeued or expired.failed or expired.cancelled:

@@ -148,3 +148,8 @@ def find_session(session: Session, token: str) -> Optional[WebSession]:
 
 def close_session(session: Session, token: str) -> None:
     session.execute(delete(WebSession).where(WebSession.token_sha256 == _sha256(token)))
+
+
+def delete_expired_sessions(session: Session) -> int:
+    """Remove browser sessions past their expiry; returns how many."""
+    return session.execute(delete(WebSession).where(WebSession.expires_at < utcnow())).rowcount

@@ -261,3 +261,24 @@ def test_covidscan_sweep_once_recovers_by_hand(sessions, blobs, database_url, re
     assert statuses(sessions, job) == ["queued"] * 3
     with sessions() as session:
         assert pending_wakeups(session) == 0
+
+
+def test_the_sweep_deletes_expired_browser_sessions(sessions, blobs):
+    from datetime import timedelta
+
+    from db.keys import create_key, open_session
+    from db.models import WebSession, utcnow
+
+    with sessions.begin() as session:
+        key = create_key(session, "alice", "read").row
+        session.flush()
+        _, stale = open_session(session, key, hours=1)
+        stale.expires_at = utcnow() - timedelta(minutes=1)
+        _, live = open_session(session, key, hours=1)
+        live_id = live.token_sha256
+    sweep_once(sessions, blobs, Sent(), SETTINGS, clean_up=False)
+    with sessions() as session:
+        assert session.query(WebSession).count() == 2  # workers do not clean up
+    sweep_once(sessions, blobs, Sent(), SETTINGS)
+    with sessions() as session:
+        assert [s.token_sha256 for s in session.query(WebSession)] == [live_id]
