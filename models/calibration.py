@@ -57,7 +57,8 @@ class CalibrationSet:
                 "sha256": self.sha256}
 
 
-def _synthetic(input_size: tuple[int, int], count: int, first_seed: int) -> np.ndarray:
+def synthetic_slices(input_size: tuple[int, int], count: int, first_seed: int) -> np.ndarray:
+    """Generated CT-like slices (grayscale and tinted, several sizes), preprocessed with seed-v1."""
     images = []
     for i in range(count):
         rgb = ct_slice_array(size=96 + 32 * (i % 6), seed=first_seed + i, rgb=bool(i % 2))
@@ -69,8 +70,8 @@ def _synthetic(input_size: tuple[int, int], count: int, first_seed: int) -> np.n
 
 def default_calibration(input_size: tuple[int, int]) -> CalibrationSet:
     """The generated set: 64 slices to calibrate on, 32 others held out."""
-    return CalibrationSet(_synthetic(input_size, DEFAULT_CALIBRATION, 20_000),
-                          _synthetic(input_size, DEFAULT_HELD_OUT, 30_000), GENERATED_SOURCE)
+    return CalibrationSet(synthetic_slices(input_size, DEFAULT_CALIBRATION, 20_000),
+                          synthetic_slices(input_size, DEFAULT_HELD_OUT, 30_000), GENERATED_SOURCE)
 
 
 def from_images(paths: Sequence[Path], input_size: tuple[int, int],

@@ -11,9 +11,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from models.calibration import CalibrationSet
-from models.preprocess import preprocess_seed_v1
-from models.synthetic import ct_slice_array
+from models.calibration import CalibrationSet, synthetic_slices
 
 CALIBRATION_SIZE = 16
 FP32_TOLERANCE = 1e-4
@@ -24,14 +22,8 @@ TOLERANCES = {"fp32": FP32_TOLERANCE, "bf16": REDUCED_TOLERANCE, "fp16": REDUCED
 
 
 def calibration_batch(input_size: tuple[int, int], count: int = CALIBRATION_SIZE) -> np.ndarray:
-    """Fixed synthetic slices (grayscale and tinted, several sizes), preprocessed with seed-v1."""
-    images = []
-    for i in range(count):
-        rgb = ct_slice_array(size=96 + 32 * (i % 5), seed=1000 + i, rgb=bool(i % 2))
-        if rgb.ndim == 2:
-            rgb = np.repeat(rgb[:, :, None], 3, axis=2)
-        images.append(preprocess_seed_v1(rgb, input_size))
-    return np.stack(images)
+    """A fixed batch of generated slices, for checks that need no model's calibration set."""
+    return synthetic_slices(input_size, count, 1000)
 
 
 @dataclass(frozen=True)
