@@ -1,8 +1,8 @@
 """The ``covidscan`` command: submit jobs, follow them, read results, run the stack."""
 from __future__ import annotations
 
-import os
 import sys
+from collections import Counter
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -47,9 +47,12 @@ def main(ctx: click.Context, url: str) -> None:
               help="Waiting scans of higher priority jobs are classified first (default normal).")
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
 @click.option("--poll", default=1.0, show_default=True, help="Seconds between status polls.")
+@click.option("--table", is_flag=True,
+              help="With --wait, also print every scan's result (default: a summary).")
 @click.pass_context
 def submit(ctx: click.Context, paths: tuple[Path, ...], name: Optional[str],
-           model: Optional[str], priority: Optional[str], wait: bool, poll: float) -> None:
+           model: Optional[str], priority: Optional[str], wait: bool, poll: float,
+           table: bool) -> None:
     """Upload PNG/JPEG slices, folders of them, or ZIP archives as one job."""
     from covidscan.client import ApiError, collect_files
 
@@ -69,7 +72,7 @@ def submit(ctx: click.Context, paths: tuple[Path, ...], name: Optional[str],
         click.echo(job["id"])
         return
     job = _follow(client, job["id"], poll)
-    _print_summary(client, job)
+    _print_summary(client, job, table)
     if job["status"] == "failed":
         sys.exit(1)
 
@@ -93,24 +96,71 @@ def _follow(client, job_id: str, poll: float) -> dict[str, Any]:
             time.sleep(poll)
 
 
-def _print_summary(client, job: dict[str, Any]) -> None:
+MAX_FAILURES_SHOWN = 20
+
+
+def _print_summary(client, job: dict[str, Any], full_table: bool = False) -> None:
+    """Counts, the failed scans with their reasons, and where the rest is.
+
+    Every row only with ``full_table``: a 5,000-slice job is read from a file, not a screen.
+    """
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"job {job['id']}: {job['status']}")
-    for column in ("filename", "status", "P(COVID)", "label", "error"):
-        table.add_column(column)
-    for row in client.results(job["id"]):
-        p = row["probability_covid"]
-        table.add_row(row["filename"], row["status"], "" if p is None else f"{p:.4f}",
-                      row["label"] or "", row["error"] or "")
     console = Console()
-    console.print(table)
+    rows = list(client.results(job["id"]))
+    if full_table:
+        table = Table(title=f"job {job['id']}: {job['status']}")
+        for column in ("filename", "status", "P(COVID)", "label", "error"):
+            table.add_column(column)
+        for row in rows:
+            p = row["probability_covid"]
+            table.add_row(row["filename"], row["status"], "" if p is None else f"{p:.4f}",
+                          row["label"] or "", row["error"] or "")
+        console.print(table)
+    else:
+        console.print(f"job {job['id']}: {job['status']}")
     counts = job["counts"]
-    console.print(f"{counts['succeeded']} succeeded, {counts['failed']} failed of {counts['total']}")
+    console.print(f"{counts['succeeded']} succeeded, {counts['failed']} failed of {counts['total']}"
+                  + (f", {counts['cancelled']} cancelled" if counts.get("cancelled") else ""))
+    labels = Counter(row["label"] for row in rows if row["status"] == "succeeded")
+    if labels:
+        console.print("labels: " + ", ".join(f"{name} {n}" for name, n in labels.most_common()))
+    failed = [row for row in rows if row["status"] == "failed"]
+    if failed and not full_table:
+        console.print("failed scans:", markup=False)
+        for row in failed[:MAX_FAILURES_SHOWN]:
+            console.print(f"  {row['filename']}: {row['error']}", markup=False, highlight=False,
+                          soft_wrap=True)
+        if len(failed) > MAX_FAILURES_SHOWN:
+            console.print(f"  … and {len(failed) - MAX_FAILURES_SHOWN} more")
+    if not full_table:
+        console.print(f"every result: covidscan results {job['id']} --csv > results.csv "
+                      "(or --table to print them here)", markup=False, highlight=False,
+                      soft_wrap=True)
     model = job.get("model") or {}
     if model and not model.get("trained", True):
         console.print("[bold red]untrained model: these probabilities mean nothing[/]")
+
+
+@main.command()
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 500))
+@click.pass_context
+def jobs(ctx: click.Context, limit: int) -> None:
+    """Your most recent jobs, newest first: id, status, counts, model, name."""
+    from covidscan.client import ApiError
+
+    try:
+        found = _client(ctx).jobs(limit)
+    except ApiError as exc:
+        _fail(str(exc))
+    if not found:
+        click.echo("no jobs")
+    for job in found:
+        counts, model = job["counts"], job.get("model") or {}
+        click.echo(f"{job['id']}  {job['created_at'][:19]}  {job['status']:<19}  "
+                   f"{counts['succeeded']}/{counts['total']} succeeded, {counts['failed']} failed  "
+                   f"{(model.get('name') or '-')}  {job.get('name') or ''}".rstrip())
 
 
 @main.command()

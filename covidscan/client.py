@@ -80,6 +80,11 @@ class Client:
                 handle.close()
         return self._check(response).json()
 
+    def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The caller's most recent jobs, newest first."""
+        return self._check(self.http.get(f"{self.base_url}/v1/jobs", params={"limit": limit},
+                                         timeout=self.timeout)).json()["jobs"]
+
     def job(self, job_id: str) -> dict[str, Any]:
         return self._check(self.http.get(f"{self.base_url}/v1/jobs/{job_id}",
                                          timeout=self.timeout)).json()

@@ -113,3 +113,28 @@ def test_cancel_and_delete_a_waiting_job(idle_server_url, tmp_path):
     deleted = run(idle_server_url, "delete", job_id, "--yes")
     assert deleted.exit_code == 0 and f"job {job_id} deleted" in deleted.output
     assert "HTTP 404" in run(idle_server_url, "status", job_id).output
+
+
+def test_wait_prints_a_summary_not_every_row_unless_asked(server_url, tmp_path):
+    write_folder(tmp_path / "many", 30, size=32, corrupt=2)
+    result = run(server_url, "submit", str(tmp_path / "many"), "--wait", "--poll", "0.2")
+    assert result.exit_code == 0, result.output
+    job_id = result.output.split()[1].rstrip(":")
+    assert "30 succeeded, 2 failed of 32" in result.output
+    assert "failed scans:" in result.output
+    assert result.output.count("could not decode image") == 2  # each failure with its reason
+    assert "slice_007.png" not in result.output  # no row for a scan that succeeded
+    assert f"covidscan results {job_id} --csv > results.csv" in result.output
+    listed = run(server_url, "jobs", "--limit", "5")
+    assert listed.exit_code == 0 and job_id in listed.output
+    line = next(line for line in listed.output.splitlines() if line.startswith(job_id))
+    assert "partially_succeeded" in line and "30/32 succeeded, 2 failed" in line
+
+
+def test_wait_with_table_prints_every_row(server_url, tmp_path):
+    write_folder(tmp_path / "few", 3, size=32)
+    result = run(server_url, "submit", str(tmp_path / "few"), "--wait", "--table",
+                 "--poll", "0.2")
+    assert result.exit_code == 0, result.output
+    assert all(f"slice_00{i}.png" in result.output for i in range(3))
+    assert "3 succeeded, 0 failed of 3" in result.output
