@@ -81,6 +81,9 @@ def test_the_local_stack_serves_a_job_and_stops_cleanly_on_sigint(tmp_path, tiny
         assert (tmp_path / "var" / "covidscan.db").exists()
         children = psutil.Process(stack.pid).children(recursive=True)
         assert len(children) >= 3  # redis-server, worker, gunicorn (+ its workers)
+        # The banner follows the worker's readiness; the job may finish before it is polled.
+        wait_until(lambda: "covidscan is running" in (tmp_path / "stack.log").read_text(),
+                   30, "the start-up banner")
     finally:
         stack.send_signal(signal.SIGINT)
         code = stack.wait(120)

@@ -1,4 +1,5 @@
 """Workers say when they are ready and what serves each model; /readyz counts them."""
+import time
 from datetime import timedelta
 
 import pytest
@@ -73,3 +74,35 @@ def test_a_job_asking_for_auto_runs_on_the_engine_the_worker_measured_fastest(st
         choice = engines[name]
         assert choice["note"] == "passed its accuracy gate" or "serving TensorFlow fp32" in \
             choice["note"], choice
+
+
+@pytest.mark.database
+def test_an_announcement_the_database_refused_is_written_on_the_next_try(database_url):
+    from sqlalchemy.exc import OperationalError
+
+    from worker.presence import Presence
+
+    engine = make_engine(database_url)
+    sessions = make_session_factory(engine)
+    refusals = [OperationalError("INSERT", {}, Exception("database is locked"))]
+
+    class RefusesOnce:
+        def begin(self):
+            if refusals:
+                raise refusals.pop()
+            return sessions.begin()
+
+    presence = Presence(RefusesOnce(), "w3@host", lambda: [], interval=30).start()
+    try:
+        deadline = utcnow() + timedelta(seconds=10)
+        found = []
+        while not found and utcnow() < deadline:
+            with sessions() as session:
+                found = [w.name for w in live_workers(session)]
+            time.sleep(0.05)
+        assert found == ["w3@host"]  # within about a second, not at the next 30 s beat
+    finally:
+        presence.stop()
+    with sessions() as session:
+        assert live_workers(session) == []
+    engine.dispose()

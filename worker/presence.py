@@ -32,15 +32,34 @@ class Presence:
         self._stop = threading.Event()
         self._changed = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._announced = False
+        self._written = False
 
     def start(self) -> "Presence":
-        """Announce the worker ready, then renew the row every ``interval`` seconds."""
-        with self.session_factory.begin() as session:
-            announce(session, self.name, os.getpid(), self.engines())
-        log.info("%s is ready: its default model is warm", self.name)
+        """Announce the worker ready, then renew the row every ``interval`` seconds.
+
+        A database that refuses the first announcement (away, or locked beyond its busy
+        timeout) does not lose it: the loop tries again every second until it is written.
+        """
+        self._written = self._write()
         self._thread = threading.Thread(target=self._loop, name="presence", daemon=True)
         self._thread.start()
         return self
+
+    def _write(self) -> bool:
+        """Announce this worker, or renew its row (announcing it again if gone); False on error."""
+        try:
+            with self.session_factory.begin() as session:
+                # The first write replaces a row a previous start under this name left.
+                if not self._announced or not beat(session, self.name, self.engines()):
+                    announce(session, self.name, os.getpid(), self.engines())
+        except SQLAlchemyError as exc:  # the database is away; the loop tries again
+            log.warning("worker status not written (tried again in 1 s): %s", exc)
+            return False
+        if not self._announced:
+            self._announced = True
+            log.info("%s is ready: its default model is warm", self.name)
+        return True
 
     def refresh(self) -> None:
         """Write the engines now rather than at the next beat (a new engine was built)."""
@@ -48,16 +67,11 @@ class Presence:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._changed.wait(self.interval)
+            self._changed.wait(self.interval if self._written else min(1.0, self.interval))
             self._changed.clear()
             if self._stop.is_set():
                 return
-            try:
-                with self.session_factory.begin() as session:
-                    if not beat(session, self.name, self.engines()):
-                        announce(session, self.name, os.getpid(), self.engines())
-            except SQLAlchemyError as exc:  # the database is away; try again next beat
-                log.warning("worker status heartbeat failed: %s", exc)
+            self._written = self._write()
 
     def stop(self) -> None:
         """Stop the heartbeat and remove the row, so the worker is no longer counted."""
