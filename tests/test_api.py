@@ -14,6 +14,13 @@ from tests.images import png_bytes, zip_bytes
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+def app_config(app_config):
+    """Redis database 1: the session's worker consumes wake-ups on database 0, and these
+    tests count the wake-ups the API leaves on the queue."""
+    return {**app_config, "REDIS_URL": app_config["REDIS_URL"].rsplit("/", 1)[0] + "/1"}
+
+
 def files(*items):
     return {"files": [(io.BytesIO(data), name) for name, data in items]}
 
