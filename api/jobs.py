@@ -8,7 +8,7 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context, ur
 from api.audit import audit
 from api.auth import current_principal, owned_job, requires
 from api.extensions import db_session, services
-from api.limits import check_active_jobs, scan_quota
+from api.limits import check_active_jobs, confirm_active_jobs, scan_quota
 from api.models import requested_model_ref, resolve_model
 from api.problems import Problem
 from api.serialize import csv_lines, job_json, result_row
@@ -16,7 +16,7 @@ from api.uploads import ParsedUpload, UploadLimits, iter_scans
 from covidscan.settings import PRECISIONS
 from covidscan.sweep import delete_job
 from db.jobs import (JobOptions, JobSummary, NewScan, cancel_job, create_job, iter_results,
-                     recent_job_summaries, results_page, summarise_jobs)
+                     lock_owner, recent_job_summaries, results_page, summarise_jobs)
 from db.models import PRIORITIES, new_id, priority_rank
 from db.outbox import relay
 
@@ -100,10 +100,12 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
                           skipped=[s.as_dict() for s in parsed.skipped])
         scan_quota().charge(owner, len(new_scans))
         session = db_session()
+        lock_owner(session, owner)
         job = create_job(session, new_scans, job_id, JobOptions(
             name=name, owner=owner, requested_model=model_ref, model=model, priority=priority,
             precision=precision, retention_seconds=svc.settings.job_retention,
             chunk_size=svc.settings.batch_size))
+        confirm_active_jobs(session, owner)  # requests racing past the first check
         audit("job.submit", job_id, {"scans": len(new_scans), "model": job.model_name and
                                      f"{job.model_name}:{job.model_version}"}, commit=False)
         session.commit()  # the job, its scans, its wake-ups and its audit row, or none

@@ -21,6 +21,7 @@ from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 from redis import RedisError
+from sqlalchemy.orm import Session
 
 from api.extensions import db_session, services
 from api.problems import Problem, problem_response
@@ -104,15 +105,35 @@ class ScanQuota:
 def check_active_jobs(owner: str) -> None:
     """Refuse a new job while the owner has ``MAX_ACTIVE_JOBS`` unfinished ones.
 
+    A cheap check before anything is stored; :func:`confirm_active_jobs` settles races.
+
     Raises:
         Problem: 429 with Retry-After.
     """
     limit = services().settings.max_active_jobs
     if active_job_count(db_session(), owner) >= limit:
-        retry = ACTIVE_JOBS_RETRY_SECONDS
-        raise Problem(429, f"this owner already has {limit} unfinished jobs (MAX_ACTIVE_JOBS); "
-                           "wait until some finish", retry_after=retry,
-                      headers={"Retry-After": str(retry)})
+        raise _too_many_jobs(limit)
+
+
+def confirm_active_jobs(session: Session, owner: str) -> None:
+    """Inside the transaction that adds the owner's new job, after its insert: refuse it
+    if, with the jobs other requests committed meanwhile, the owner is over the limit.
+
+    Call :func:`db.jobs.lock_owner` first in the same transaction.
+
+    Raises:
+        Problem: 429 with Retry-After; the caller rolls back.
+    """
+    limit = services().settings.max_active_jobs
+    if active_job_count(session, owner) > limit:
+        raise _too_many_jobs(limit)
+
+
+def _too_many_jobs(limit: int) -> Problem:
+    retry = ACTIVE_JOBS_RETRY_SECONDS
+    return Problem(429, f"this owner already has {limit} unfinished jobs (MAX_ACTIVE_JOBS); "
+                        "wait until some finish", retry_after=retry,
+                   headers={"Retry-After": str(retry)})
 
 
 def storage_uri(redis_url: str) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterator, Optional, Sequence
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from db.identity import ModelIdentity
@@ -199,6 +199,18 @@ def recent_job_summaries(session: Session, limit: int, owner: object) -> list[Jo
     jobs = list(session.scalars(_owned(select(Job), owner).order_by(Job.created_at.desc())
                                 .limit(limit)))
     return summarise_jobs(session, jobs)
+
+
+def lock_owner(session: Session, owner: str) -> None:
+    """Serialise the transactions that add jobs for ``owner`` until this one ends.
+
+    PostgreSQL takes a transaction-scoped advisory lock on the owner; SQLite needs none,
+    as its writers already take turns (the count after the job's insert sees every
+    committed job and no one else's uncommitted one).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:owner))"),
+                        {"owner": owner})
 
 
 def active_job_count(session: Session, owner: str) -> int:

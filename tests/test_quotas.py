@@ -87,3 +87,26 @@ def test_a_wrong_limit_names_its_variable(name, value):
 
     with pytest.raises(ConfigError, match=name):
         load_settings({name: value})
+
+
+def test_racing_submissions_cannot_pass_the_unfinished_jobs_cap_together(app_config):
+    import threading
+
+    config = {**app_config, "MAX_ACTIVE_JOBS": "1"}
+    apps = [create_app(config), create_app(config)]  # two API processes on one database
+    key = create_api_key(app_config["DATABASE_URL"], new_owner())
+    clients = [authorised(apps[i % 2].test_client(), key) for i in range(6)]
+    start = threading.Barrier(len(clients))
+    statuses: list[int] = []
+
+    def submit(client):
+        start.wait()
+        statuses.append(upload(client, 4).status_code)
+
+    threads = [threading.Thread(target=submit, args=(c,)) for c in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(statuses) == [202] + [429] * 5
+    assert len(clients[0].get("/v1/jobs").get_json()["jobs"]) == 1
