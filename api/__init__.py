@@ -8,6 +8,7 @@ import logging
 from typing import Mapping, Optional
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from covidscan.settings import Settings, load_settings
 
@@ -28,6 +29,11 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     else:
         settings = load_settings(config)
     app = Flask(__name__)
+    if settings.proxy_hops:
+        # Behind PROXY_HOPS trusted proxies (nginx in compose), the client's address and
+        # scheme are what the nearest of them recorded, for per-address limits and cookies.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops,  # type: ignore
+                                x_proto=settings.proxy_hops)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
     # A bulk upload sends one part per slice: allow as many as a job may hold (Werkzeug's

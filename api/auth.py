@@ -18,6 +18,7 @@ from flask import Flask, current_app, g, redirect, request
 from flask.typing import ResponseReturnValue
 
 from api.extensions import db_session, services
+from api.limits import failed_sign_ins
 from api.problems import Problem, problem_response
 from db.jobs import ANY_OWNER, find_job
 from db.keys import authenticate, find_session
@@ -108,6 +109,11 @@ def owned_scan(scan_id: str) -> Scan:
     return scan
 
 
+def client_address() -> str:
+    """The caller's address (behind PROXY_HOPS trusted proxies, the one they were given)."""
+    return request.remote_addr or "unknown"
+
+
 def _is_loopback(address: Optional[str]) -> bool:
     try:
         return address is not None and ipaddress.ip_address(address).is_loopback
@@ -164,8 +170,15 @@ def _authorise() -> Optional[ResponseReturnValue]:
             raise Problem(403, "AUTH=off serves loopback clients only")
         g.principal = Principal(None, LOCAL_OWNER, frozenset({"admin"}), "auth-off")
         return None
+    # Wrong keys are counted per address; an expired session cookie is not (a page left
+    # open keeps polling with one), and a request with no credentials costs nothing.
+    with_key = _bearer_token() is not None
+    if with_key:
+        failed_sign_ins().check(client_address())
     principal = _identify()
     if principal is None:
+        if with_key:
+            failed_sign_ins().record(client_address())
         return _unauthenticated(for_page=(request.endpoint or "").startswith("web."))
     g.principal = principal
     if not principal.allows(scope):

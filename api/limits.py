@@ -3,12 +3,15 @@
 - ``RATE_LIMIT`` requests per owner (Flask-Limiter, moving window);
 - ``SCANS_PER_HOUR`` scans submitted per owner (a sliding window charged with the number
   of scans of each accepted job);
-- ``MAX_ACTIVE_JOBS`` unfinished jobs per owner (counted in SQL, which holds the truth).
+- ``MAX_ACTIVE_JOBS`` unfinished jobs per owner (counted in SQL, which holds the truth);
+- ``FAILED_AUTH_LIMIT`` failed sign-ins per client address (a wrong, revoked or expired
+  key or session): beyond it, the address is refused before its key is even looked up.
 
 Each answers 429 problem+json with ``Retry-After``.
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import time
@@ -16,10 +19,10 @@ from dataclasses import dataclass
 
 from flask import Flask, Response, g, request
 from flask_limiter import Limiter, RequestLimit
-from limits import RateLimitItemPerHour
+from limits import RateLimitItemPerHour, parse
 from limits.errors import StorageError
 from limits.storage import storage_from_string
-from limits.strategies import SlidingWindowCounterRateLimiter
+from limits.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 from redis import RedisError
 from sqlalchemy.orm import Session
 
@@ -102,6 +105,59 @@ class ScanQuota:
                                       f"{remaining} are left this hour")
 
 
+@dataclass
+class FailedSignIns:
+    """Failed authentications per client address, in Redis (every API process counts)."""
+
+    limiter: MovingWindowRateLimiter
+    limit: str
+
+    @property
+    def item(self):
+        return parse(self.limit)
+
+    def check(self, address: str) -> None:
+        """Refuse an address that has failed too often, before its credentials are checked.
+
+        Raises:
+            Problem: 429 with Retry-After. Redis being away lets the request through.
+        """
+        if _is_loopback(address):
+            return
+        try:
+            if self.limiter.test(self.item, address):
+                return
+            reset_at = self.limiter.get_window_stats(self.item, address).reset_time
+        except (StorageError, RedisError) as exc:
+            log.warning("failed sign-ins not counted, Redis is unreachable: %s", exc)
+            return
+        retry = _retry_after(reset_at)
+        raise Problem(429, f"too many failed sign-ins from this address (FAILED_AUTH_LIMIT "
+                           f"{self.limit}); wait and try again with a valid key",
+                      retry_after=retry, headers={"Retry-After": str(retry)})
+
+    def record(self, address: str) -> None:
+        if _is_loopback(address):
+            return
+        try:
+            self.limiter.hit(self.item, address)
+        except (StorageError, RedisError) as exc:
+            log.warning("failed sign-in not counted, Redis is unreachable: %s", exc)
+
+
+def _is_loopback(address: str) -> bool:
+    """Loopback callers are not counted: they are this host (``make run``'s CLI and page),
+    or a proxy on it that PROXY_HOPS does not name, whose every client would be locked out."""
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def failed_sign_ins() -> FailedSignIns:
+    return services().extras["failed_sign_ins"]
+
+
 def check_active_jobs(owner: str) -> None:
     """Refuse a new job while the owner has ``MAX_ACTIVE_JOBS`` unfinished ones.
 
@@ -154,5 +210,7 @@ def init_app(app: Flask) -> None:
                       default_limits_exempt_when=lambda: request.endpoint in UNLIMITED_ENDPOINTS)
     storage = storage_from_string(storage_uri(settings.redis_url))
     app.extensions["covidscan"].extras["limiter"] = limiter
+    app.extensions["covidscan"].extras["failed_sign_ins"] = FailedSignIns(
+        MovingWindowRateLimiter(storage), settings.failed_auth_limit)
     app.extensions["covidscan"].extras["scan_quota"] = ScanQuota(
         SlidingWindowCounterRateLimiter(storage), settings.scans_per_hour)

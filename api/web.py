@@ -14,9 +14,10 @@ import secrets
 
 from flask import Blueprint, Response, redirect, render_template, request
 
-from api.auth import (ANY, SESSION_COOKIE, cookie_secure, current_principal, owned_job, public,
-                      requires)
+from api.auth import (ANY, SESSION_COOKIE, client_address, cookie_secure, current_principal,
+                      owned_job, public, requires)
 from api.extensions import db_session, services
+from api.limits import failed_sign_ins
 from api.problems import Problem
 from api.serialize import job_json
 from db.audit import record
@@ -85,9 +86,16 @@ def login() -> Response:
     expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
         return _login_form("The sign-in form expired; try again.", 403)
+    try:
+        failed_sign_ins().check(client_address())
+    except Problem as refused:
+        response = _login_form(refused.detail, 429)
+        response.headers.update(refused.headers)
+        return response
     session = db_session()
     key = authenticate(session, request.form.get("api_key", "").strip())
     if key is None:
+        failed_sign_ins().record(client_address())
         return _login_form("That key is not valid: unknown, revoked or expired.", 401)
     token, _row = open_session(session, key, services().settings.session_hours)
     record(session, "session.open", key_id=key.id, owner=key.owner)

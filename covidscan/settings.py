@@ -71,6 +71,8 @@ class Settings:
     rate_limit: str = "3000/minute"
     scans_per_hour: int = 100_000
     max_active_jobs: int = 500
+    failed_auth_limit: str = "60/minute"
+    proxy_hops: int = 0
     lease_seconds: int = 15
     sweep_interval: int = 5
     max_attempts: int = 3
@@ -269,6 +271,10 @@ def _access_settings(env: Mapping[str, str], var_dir: Path) -> dict[str, object]
                                 _default("scans_per_hour")),
         "max_active_jobs": _read(env, "MAX_ACTIVE_JOBS", _positive_int,
                                  _default("max_active_jobs")),
+        "failed_auth_limit": _read(env, "FAILED_AUTH_LIMIT", _rate_limit,
+                                   _default("failed_auth_limit")),
+        "proxy_hops": _read(env, "PROXY_HOPS", lambda n, raw: _positive_int(n, raw, minimum=0),
+                            _default("proxy_hops")),
     }
 
 

@@ -110,3 +110,43 @@ def test_racing_submissions_cannot_pass_the_unfinished_jobs_cap_together(app_con
         thread.join(60)
     assert sorted(statuses) == [202] + [429] * 5
     assert len(clients[0].get("/v1/jobs").get_json()["jobs"]) == 1
+
+
+def test_wrong_keys_are_refused_per_address_before_they_are_looked_up(app_config):
+    config = {**app_config, "FAILED_AUTH_LIMIT": "3/minute"}
+    first, second = create_app(config), create_app(config)  # two API processes
+    address = f"10.9.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
+    here = {"REMOTE_ADDR": address}
+    wrong = {"Authorization": "Bearer csk_not-a-key"}
+    statuses = [app.test_client().get("/v1/jobs", headers=wrong, environ_base=here).status_code
+                for app in (first, second, first)]
+    assert statuses == [401, 401, 401]
+    detail = assert_429(second.test_client().get("/v1/jobs", headers=wrong, environ_base=here))
+    assert "FAILED_AUTH_LIMIT" in detail
+    # The address is refused even with a good key until the window passes; others are not.
+    good = {"Authorization": f"Bearer {create_api_key(app_config['DATABASE_URL'], new_owner())}"}
+    assert first.test_client().get("/v1/jobs", headers=good,
+                                   environ_base=here).status_code == 429
+    assert first.test_client().get("/v1/jobs", headers=good,
+                                   environ_base={"REMOTE_ADDR": "10.8.0.1"}).status_code == 200
+    # Requests without any key are not counted: a page left open cannot lock anyone out.
+    for _ in range(5):
+        assert first.test_client().get("/v1/jobs", environ_base={
+            "REMOTE_ADDR": "10.8.0.2"}).status_code == 401
+    assert first.test_client().get("/v1/jobs", headers=good, environ_base={
+        "REMOTE_ADDR": "10.8.0.2"}).status_code == 200
+
+
+def test_behind_a_trusted_proxy_failed_sign_ins_count_per_forwarded_client(app_config):
+    app = create_app({**app_config, "FAILED_AUTH_LIMIT": "2/minute", "PROXY_HOPS": "1"})
+    proxy = {"REMOTE_ADDR": "10.7.0.1"}  # every request arrives from the proxy
+    wrong = {"Authorization": "Bearer csk_not-a-key"}
+    attacker = {**wrong, "X-Forwarded-For": f"203.0.113.{uuid.uuid4().int % 250}"}
+    for _ in range(2):
+        assert app.test_client().get("/v1/jobs", headers=attacker,
+                                     environ_base=proxy).status_code == 401
+    assert app.test_client().get("/v1/jobs", headers=attacker,
+                                 environ_base=proxy).status_code == 429
+    good = {"Authorization": f"Bearer {create_api_key(app_config['DATABASE_URL'], new_owner())}",
+            "X-Forwarded-For": "198.51.100.7"}
+    assert app.test_client().get("/v1/jobs", headers=good, environ_base=proxy).status_code == 200

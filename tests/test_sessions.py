@@ -101,3 +101,18 @@ def test_signing_out_needs_the_token_too(app, key):
     sign_in(browser, key)
     assert browser.post("/logout").status_code == 403
     assert browser.get("/v1/jobs").status_code == 200
+
+
+def test_the_sign_in_form_refuses_an_address_after_too_many_wrong_keys(app_config, key):
+    from api import create_app
+
+    app = create_app({**app_config, "FAILED_AUTH_LIMIT": "2/minute"})
+    browser = app.test_client()
+    browser.environ_base["REMOTE_ADDR"] = "192.0.2.44"
+    assert [sign_in(browser, "csk_wrong").status_code for _ in range(2)] == [401, 401]
+    refused = sign_in(browser, key)
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    assert "too many failed sign-ins" in refused.get_data(as_text=True)
+    local = app.test_client()  # loopback (this host) is never counted
+    assert [sign_in(local, "csk_wrong").status_code for _ in range(3)] == [401] * 3
+    assert sign_in(local, key).status_code == 303
