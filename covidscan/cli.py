@@ -257,7 +257,8 @@ def sweep(once: bool, health_file: Optional[Path]) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
     sessions = make_session_factory(make_engine(settings.database_url))
     sender = WakeupSender(settings.redis_url)
-    run = lambda: sweep_once(sessions, BlobStore(settings.blob_dir), sender, settings)  # noqa: E731
+    run = lambda: sweep_once(sessions, BlobStore(settings.blob_dir), sender, settings,  # noqa: E731
+                             send_deliveries=sender.deliver)
     if once:
         report = run()
         click.echo(" ".join(f"{key}={value}" for key, value in vars(report).items()))
