@@ -38,6 +38,8 @@ REQUEUE_AFTER = 300.0
 """An event sent to the queue and still due this long after is sent again (a lost message)."""
 SHORT_RETRY = 300.0
 """Retries due sooner than this go to the queue with a countdown; later ones wait for a sweep."""
+COUNTDOWN_MARGIN = 0.2
+"""Seconds added to a retry's countdown so that its message does not arrive before it is due."""
 USER_AGENT = "covidscan-webhooks/1"
 
 SendDeliveries = Callable[[Sequence[str], Optional[float]], None]
@@ -178,7 +180,7 @@ def deliver_event(session_factory: sessionmaker[Session], settings: Settings, ev
     delay = (when - now).total_seconds() if when is not None else None
     if recorded and send is not None and delay is not None and delay <= SHORT_RETRY:
         try:
-            send([event.id], max(delay, 0.0))
+            send([event.id], max(delay, 0.0) + COUNTDOWN_MARGIN)
             with session_factory.begin() as session:
                 mark_queued(session, [event.id])
         except Exception as exc:  # noqa: BLE001 - the sweep sends it when due

@@ -121,7 +121,13 @@ def claim_event(session: Session, event_id: str, lease_seconds: float) -> Option
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds),
                 attempts=WebhookEvent.attempts + 1)
         .execution_options(synchronize_session=False)).rowcount
-    return session.get(WebhookEvent, event_id, populate_existing=True) if claimed else None
+    if not claimed:  # a message that came early leaves the event to the sweep when it is due
+        session.execute(update(WebhookEvent).where(
+            WebhookEvent.id == event_id, WebhookEvent.state == PENDING,
+            WebhookEvent.next_attempt_at > now).values(queued_at=None)
+            .execution_options(synchronize_session=False))
+        return None
+    return session.get(WebhookEvent, event_id, populate_existing=True)
 
 
 def endpoint_secret(session: Session, owner: Optional[str], url: str) -> Optional[str]:
