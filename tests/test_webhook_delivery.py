@@ -126,3 +126,13 @@ def test_a_wrong_webhook_setting_names_its_variable(name, value):
 def test_the_secret_never_shows_in_the_settings_repr():
     settings = load_settings({"WEBHOOK_SECRET": SECRET})
     assert settings.webhook_secret == SECRET and SECRET not in repr(settings)
+
+
+def test_make_run_keeps_one_valid_webhook_secret_private(tmp_path):
+    from covidscan.devstack import stored_webhook_secret
+
+    path = tmp_path / "var" / "webhook-secret"
+    secret = stored_webhook_secret(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert load_settings({"WEBHOOK_SECRET": secret}).webhook_secret == secret
+    assert stored_webhook_secret(path) == secret  # the next start keeps it
