@@ -20,7 +20,7 @@ from api.serialize import iso
 from covidscan.destinations import RefusedDestination, check
 from covidscan.settings import ConfigError, webhook_secret
 from db.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
-from db.webhooks import endpoint_secret, job_deliveries
+from db.webhooks import endpoint_secret, job_deliveries, stop_endpoint_events
 
 bp = Blueprint("webhooks", __name__)
 MAX_ENDPOINTS = 20
@@ -109,14 +109,17 @@ def list_endpoints() -> Response:
 @bp.delete("/v1/webhooks/<webhook_id>")
 @requires("submit")
 def delete_endpoint(webhook_id: str) -> tuple[str, int]:
-    """Events already made for it are still delivered, signed with the server's secret."""
+    """Its pending events stop, but those of jobs whose own callback_url it is (they are
+    signed with the server's secret from now on)."""
     session = db_session()
     row = session.get(WebhookEndpoint, webhook_id)
     principal = current_principal()
     if row is None or (row.owner != principal.owner and not principal.is_admin):
         raise Problem(404, f"no webhook with id {webhook_id!r}")
+    stopped = stop_endpoint_events(session, row.owner, row.url)
     session.delete(row)
-    audit("webhook.delete", None, {"endpoint_id": webhook_id}, commit=False)
+    audit("webhook.delete", None, {"endpoint_id": webhook_id, "events_stopped": stopped},
+          commit=False)
     session.commit()
     return "", 204
 

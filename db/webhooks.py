@@ -176,6 +176,17 @@ def record_attempt(session: Session, event: WebhookEvent, attempt: Attempt, outc
     return True
 
 
+def stop_endpoint_events(session: Session, owner: str, url: str) -> int:
+    """An endpoint deleted: its pending events stop (``failed``), except those of jobs that
+    named the URL as their own callback_url. Returns how many stopped."""
+    return session.execute(
+        update(WebhookEvent).where(
+            WebhookEvent.owner == owner, WebhookEvent.url == url, WebhookEvent.state == PENDING,
+            WebhookEvent.job_id.not_in(select(Job.id).where(Job.callback_url == url)))
+        .values(state=FAILED, next_attempt_at=None, lease_expires_at=None, finished_at=utcnow())
+        .execution_options(synchronize_session=False)).rowcount
+
+
 def job_deliveries(session: Session, job_id: str) -> list[tuple[WebhookEvent, list[WebhookDelivery]]]:
     """A job's events with their attempts, oldest first."""
     events = list(session.scalars(select(WebhookEvent).where(WebhookEvent.job_id == job_id)

@@ -266,3 +266,16 @@ def test_retries_stop_when_the_window_has_passed(hooks_app, config, sessions):
                             .values(created_at=utcnow() - timedelta(hours=25)))
         assert deliver(sessions, config, event.id) == "failed"
     assert events(sessions, job_id)[0].state == "failed"
+
+
+def test_deleting_an_endpoint_stops_its_pending_events_but_not_a_jobs_own(hooks_app, config,
+                                                                          sessions):
+    alice = client_of(hooks_app, config, "alice")
+    endpoint = alice.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/all",
+                                                "secret": OWN_SECRET}).get_json()
+    plain = submit(alice).get_json()["id"]
+    named = submit(alice, "http://127.0.0.1:9/all").get_json()["id"]
+    finish_all(sessions)
+    assert alice.delete(f"/v1/webhooks/{endpoint['id']}").status_code == 204
+    assert [e.state for e in events(sessions, plain)] == ["failed"]
+    assert [e.state for e in events(sessions, named)] == ["pending"]
