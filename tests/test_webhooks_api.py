@@ -279,3 +279,38 @@ def test_deleting_an_endpoint_stops_its_pending_events_but_not_a_jobs_own(hooks_
     assert alice.delete(f"/v1/webhooks/{endpoint['id']}").status_code == 204
     assert [e.state for e in events(sessions, plain)] == ["failed"]
     assert [e.state for e in events(sessions, named)] == ["pending"]
+
+
+def test_two_writers_finishing_one_job_at_once_make_exactly_one_event(hooks_app, config,
+                                                                      sessions):
+    """Each writes one of the job's two last scans; neither commit may miss the other's."""
+    import threading
+    import time
+
+    alice = client_of(hooks_app, config, "alice")
+    job_id = submit(alice, "http://127.0.0.1:9/job").get_json()["id"]
+    with sessions.begin() as session:
+        first = claim_next(session, "w1", 1, 60)
+    with sessions.begin() as session:
+        second = claim_next(session, "w2", 1, 60)
+    made = {}
+
+    def write(name, leases, owner):
+        with sessions.begin() as session:
+            record_outcomes(session, [ScanOutcome(lease.scan_id, 0.5, "COVID") for lease in leases],
+                            leases, IDENTITY, owner, owner)
+            made[name] = record_finished_jobs(session, [job_id])
+            if name == "first":
+                started.set()
+                time.sleep(0.5)  # the other writer runs meanwhile, and must wait for this one
+
+    started = threading.Event()
+    writer = threading.Thread(target=write, args=("first", first, "w1"))
+    writer.start()
+    started.wait(10)
+    write("second", second, "w2")
+    writer.join()
+    assert len(made["first"]) + len(made["second"]) == 1
+    with sessions.begin() as session:
+        assert record_finished_jobs(session) == []
+    assert len(events(sessions, job_id)) == 1
