@@ -22,7 +22,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
             environment.
     """
     from api import (audit, auth, extensions, health, jobs, limits, models, problems, security,
-                     thumbnails, web, workers)
+                     thumbnails, web, webhooks, workers)
 
     if isinstance(config, Settings):
         settings = config
@@ -52,5 +52,6 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     app.register_blueprint(models.bp)
     app.register_blueprint(thumbnails.bp)
     app.register_blueprint(web.bp)
+    app.register_blueprint(webhooks.bp)
     app.register_blueprint(workers.bp)
     return app

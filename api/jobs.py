@@ -13,12 +13,15 @@ from api.models import requested_model_ref, resolve_model
 from api.problems import Problem
 from api.serialize import csv_lines, job_json, result_row
 from api.uploads import ParsedUpload, UploadLimits, iter_scans
+from api.webhooks import callback_url_field
 from covidscan.settings import PRECISIONS
 from covidscan.sweep import delete_job
+from covidscan.webhooks import relay_events
 from db.jobs import (JobOptions, JobSummary, NewScan, cancel_job, create_job, iter_results,
                      lock_owner, recent_job_summaries, results_page, summarise_jobs)
 from db.models import PRIORITIES, new_id, priority_rank
 from db.outbox import relay
+from db.webhooks import record_finished_jobs
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -86,6 +89,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     model = resolve_model(model_ref)
     precision = _precision()
     priority = _priority()
+    callback_url = callback_url_field()
     job_id = new_id()
     limits = UploadLimits.from_settings(svc.settings)
     parsed = ParsedUpload()
@@ -106,6 +110,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
             precision=precision, retention_seconds=svc.settings.job_retention,
             chunk_size=svc.settings.batch_size))
         confirm_active_jobs(session, owner)  # requests racing past the first check
+        job.callback_url = callback_url
         audit("job.submit", job_id, {"scans": len(new_scans), "model": job.model_name and
                                      f"{job.model_name}:{job.model_version}"}, commit=False)
         session.commit()  # the job, its scans, its wake-ups and its audit row, or none
@@ -143,7 +148,10 @@ def cancel(job_id: str) -> Response:
     session = db_session()
     job = owned_job(job_id)
     cancelled = cancel_job(session, job)
+    events = record_finished_jobs(session, [job_id])  # ended now: its events, in this commit
     session.commit()
+    if events:
+        relay_events(services().session_factory, services().send_wakeups.deliver)
     audit("job.cancel", job_id, {"cancelled": cancelled})
     log.info("job %s: cancel asked, %d waiting scans cancelled", job_id, cancelled)
     return jsonify(job_json(owned_summary(job_id)))

@@ -42,8 +42,10 @@ def job_json(summary: JobSummary) -> dict[str, Any]:
         "finished_at": iso(summary.finished_at),
         "counts": summary.counts.as_dict(),
         "model": model,
+        "callback_url": job.callback_url,
         "links": {"self": f"/v1/jobs/{job.id}", "results": f"/v1/jobs/{job.id}/results",
-                  "cancel": f"/v1/jobs/{job.id}/cancel"},
+                  "cancel": f"/v1/jobs/{job.id}/cancel",
+                  "deliveries": f"/v1/jobs/{job.id}/deliveries"},
     }
 
 

@@ -45,14 +45,16 @@ def main(ctx: click.Context, url: str) -> None:
 @click.option("--model", help="NAME or NAME:VERSION of a registered model (default: the default).")
 @click.option("--priority", type=click.Choice(["high", "normal", "low"]), default=None,
               help="Waiting scans of higher priority jobs are classified first (default normal).")
+@click.option("--callback-url", metavar="URL",
+              help="POST a signed event to URL when the job ends (see the README's Webhooks).")
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
 @click.option("--poll", default=1.0, show_default=True, help="Seconds between status polls.")
 @click.option("--table", is_flag=True,
               help="With --wait, also print every scan's result (default: a summary).")
 @click.pass_context
 def submit(ctx: click.Context, paths: tuple[Path, ...], name: Optional[str],
-           model: Optional[str], priority: Optional[str], wait: bool, poll: float,
-           table: bool) -> None:
+           model: Optional[str], priority: Optional[str], callback_url: Optional[str],
+           wait: bool, poll: float, table: bool) -> None:
     """Upload PNG/JPEG slices, folders of them, or ZIP archives as one job."""
     from covidscan.client import ApiError, collect_files
 
@@ -62,7 +64,8 @@ def submit(ctx: click.Context, paths: tuple[Path, ...], name: Optional[str],
     root = paths[0] if len(paths) == 1 and paths[0].is_dir() else None
     client = _client(ctx)
     try:
-        job = client.submit(files, name=name, root=root, model=model, priority=priority)
+        job = client.submit(files, name=name, root=root, model=model, priority=priority,
+                            callback_url=callback_url)
     except ApiError as exc:
         _fail(str(exc))
     click.echo(f"job {job['id']}: {job['counts']['total']} scans queued")
@@ -257,7 +260,8 @@ def sweep(once: bool, health_file: Optional[Path]) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
     sessions = make_session_factory(make_engine(settings.database_url))
     sender = WakeupSender(settings.redis_url)
-    run = lambda: sweep_once(sessions, BlobStore(settings.blob_dir), sender, settings)  # noqa: E731
+    run = lambda: sweep_once(sessions, BlobStore(settings.blob_dir), sender, settings,  # noqa: E731
+                             send_deliveries=sender.deliver)
     if once:
         report = run()
         click.echo(" ".join(f"{key}={value}" for key, value in vars(report).items()))

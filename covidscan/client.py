@@ -56,11 +56,13 @@ class Client:
 
     def submit(self, files: Sequence[Path], name: Optional[str] = None,
                root: Optional[Path] = None, model: Optional[str] = None,
-               priority: Optional[str] = None) -> dict[str, Any]:
+               priority: Optional[str] = None,
+               callback_url: Optional[str] = None) -> dict[str, Any]:
         """Upload files as one job; names are relative to ``root`` when given.
 
         ``model`` (``name`` or ``name:version``) pins the job; None uses the default.
-        ``priority`` is ``high``, ``normal`` (None) or ``low``.
+        ``priority`` is ``high``, ``normal`` (None) or ``low``. ``callback_url`` gets a
+        signed event when the job ends.
         """
         handles = []
         try:
@@ -72,13 +74,19 @@ class Client:
                     else path.name
                 parts.append(("files", (label, handle, "application/octet-stream")))
             data = {key: value for key, value in
-                    (("name", name), ("model", model), ("priority", priority)) if value}
+                    (("name", name), ("model", model), ("priority", priority),
+                     ("callback_url", callback_url)) if value}
             response = self.http.post(f"{self.base_url}/v1/jobs", files=parts, data=data,
                                       timeout=self.timeout)
         finally:
             for handle in handles:
                 handle.close()
         return self._check(response).json()
+
+    def deliveries(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's webhook events and every attempt to deliver each."""
+        return self._check(self.http.get(f"{self.base_url}/v1/jobs/{job_id}/deliveries",
+                                         timeout=self.timeout)).json()["events"]
 
     def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
         """The caller's most recent jobs, newest first."""

@@ -14,3 +14,7 @@ INFER_QUEUE = "covidscan"
 
 BATCHING_STATS_COMMAND = "covidscan_batching"
 """Remote-control command a worker answers with its batching counters."""
+
+DELIVER_TASK = "covidscan.deliver_webhook"
+"""One attempt to deliver a job's webhook event, with the event id as its one argument. SQL
+says whether the event is due; a duplicate or late message finds it taken and does nothing."""

@@ -7,7 +7,9 @@ on Ctrl-C or SIGTERM.
 """
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -59,6 +61,19 @@ def ensure_admin_key(settings: Settings) -> Optional[str]:
     with os.fdopen(descriptor, "w") as handle:
         handle.write(new.token + "\n")
     return new.token
+
+
+def stored_webhook_secret(path: Path) -> str:
+    """The ``whsec_`` secret kept in ``path`` (mode 0600), made on first use."""
+    path = Path(path)
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secret + "\n")
+    return secret
 
 
 def worker_command(loglevel: str = "INFO", name: str = "worker1@%h") -> list[str]:
@@ -137,6 +152,11 @@ class Stack:
             print(f"covidscan: embedded Redis on {self.redis.shown_url} "
                   f"(password in {self.var_dir / 'redis-password'})")
         env.update(DATABASE_URL=self.settings.database_url, BLOB_DIR=str(self.settings.blob_dir))
+        if self.settings.webhook_secret is None:
+            # Made on first start, kept in var/ (mode 0600): signs the events of callback URLs.
+            env["WEBHOOK_SECRET"] = stored_webhook_secret(self.var_dir / "webhook-secret")
+            print(f"covidscan: webhooks are signed with the secret in "
+                  f"{self.var_dir / 'webhook-secret'}")
         self._spawn("worker", worker_command(self.settings.log_level), env)
         self._spawn("sweep", sweep_command(), env)
         self._spawn("api", api_command(self.settings.port, self.settings.api_host,

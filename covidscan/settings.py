@@ -6,8 +6,10 @@ entry points turn that into a one-line message and a non-zero exit.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, TypeVar
 from urllib.parse import urlsplit
@@ -77,6 +79,11 @@ class Settings:
     sweep_interval: int = 5
     max_attempts: int = 3
     job_retention: int = 30 * 86400
+    webhook_secret: Optional[str] = field(default=None, repr=False)  # never in a log line
+    webhook_allowed_hosts: tuple[str, ...] = ()
+    webhook_timeout: int = 10
+    webhook_retry_base_ms: int = 30_000
+    webhook_retry_window: int = 86400
 
     @property
     def auth_enabled(self) -> bool:
@@ -244,7 +251,64 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
         max_attempts=read("MAX_ATTEMPTS", _positive_int),
         job_retention=read("JOB_RETENTION", _duration),
         **_access_settings(env, var_dir),
+        **_webhook_settings(env),
     )
+
+
+WEBHOOK_SECRET_PREFIX = "whsec_"
+MIN_WEBHOOK_SECRET_BYTES = 24
+
+
+def webhook_secret(name: str, raw: str) -> str:
+    """A Standard Webhooks secret: ``whsec_`` and the base64 of at least 24 random bytes.
+
+    Raises:
+        ConfigError: another prefix, not base64, or too short (the message names ``name``).
+    """
+    text = raw.strip()
+    if not text.startswith(WEBHOOK_SECRET_PREFIX):
+        raise ConfigError(f"{name} must start with {WEBHOOK_SECRET_PREFIX} "
+                          f"(whsec_ and base64 of random bytes)")
+    try:
+        encoded = text[len(WEBHOOK_SECRET_PREFIX):]
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{name} must be {WEBHOOK_SECRET_PREFIX} followed by base64") from None
+    if len(key) < MIN_WEBHOOK_SECRET_BYTES:
+        raise ConfigError(f"{name} must hold at least {MIN_WEBHOOK_SECRET_BYTES} bytes "
+                          f"(base64 of {MIN_WEBHOOK_SECRET_BYTES}), got {len(key)}")
+    return text
+
+
+def _webhook_settings(env: Mapping[str, str]) -> dict[str, object]:
+    """Where job events may be sent, how they are signed and how long delivery is retried."""
+    window = _read(env, "WEBHOOK_RETRY_WINDOW", _duration, _default("webhook_retry_window"))
+    if window < 1:
+        raise ConfigError("WEBHOOK_RETRY_WINDOW must be at least 1 second, got 0")
+    return {
+        "webhook_secret": _read(env, "WEBHOOK_SECRET", webhook_secret, None),
+        "webhook_allowed_hosts": _read(env, "WEBHOOK_ALLOWED_HOSTS", _allowed_hosts, ()),
+        "webhook_timeout": _read(env, "WEBHOOK_TIMEOUT", _timeout,
+                                 _default("webhook_timeout")),
+        "webhook_retry_base_ms": _read(env, "WEBHOOK_RETRY_BASE_MS", _positive_int,
+                                       _default("webhook_retry_base_ms")),
+        "webhook_retry_window": window,
+    }
+
+
+def _allowed_hosts(name: str, raw: str) -> tuple[str, ...]:
+    """Host names or IP addresses, comma-separated (no wildcards: each is named)."""
+    hosts = _host_list(name, raw)
+    if hosts is None:
+        raise ConfigError(f"{name} must name each host (a * would turn SSRF protection off)")
+    return tuple(host.strip("[]") for host in hosts)
+
+
+def _timeout(name: str, raw: str) -> int:
+    value = _positive_int(name, raw)
+    if value > 120:
+        raise ConfigError(f"{name} must be at most 120 seconds, got {value}")
+    return value
 
 
 def _access_settings(env: Mapping[str, str], var_dir: Path) -> dict[str, object]:

@@ -7,12 +7,16 @@ One pass (:func:`sweep_once`):
 2. wake-ups still in the outbox (a crash or a Redis error after a commit) are sent;
 3. when scans are waiting and ``idle`` says no one is on them, one more wake-up is sent
    (a wake-up lost with a Redis restart costs at most one sweep interval);
-4. jobs past their ``expires_at`` are deleted, blobs and thumbnails included, and so are
-   blob folders that have no job row (a crash mid-upload) once ``orphan_grace`` has passed.
+4. jobs that have ended without their webhook events (two workers wrote their last scans
+   at once, or leases expired into failures) get them, and events whose delivery is due
+   and that no queue holds are sent to the queue (:mod:`covidscan.webhooks`);
+5. jobs past their ``expires_at`` are deleted, blobs, thumbnails and webhook deliveries
+   included, and so are blob folders that have no job row (a crash mid-upload) once
+   ``orphan_grace`` has passed.
 
 ``covidscan sweep --once`` runs one pass; ``covidscan sweep`` (a service of its own in the
 deployed stack and in ``make run``) runs it every ``SWEEP_INTERVAL`` seconds, and so does
-every worker for steps 1–3.
+every worker for steps 1–4.
 """
 from __future__ import annotations
 
@@ -25,12 +29,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from covidscan.settings import Settings
+from covidscan.webhooks import SendDeliveries, relay_events
 from db.blobs import BlobStore
 from db.jobs import delete_job_rows, existing_job_ids, expired_job_ids
 from db.models import Scan, ScanStatus
 from db.outbox import SendWakeups, add_wakeups, relay
 from db.keys import delete_expired_sessions
 from db.scans import expire_leases
+from db.webhooks import delete_job_webhooks, record_finished_jobs
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,8 @@ class SweepReport:
     wakeups_sent: int = 0
     jobs_deleted: int = 0
     orphans_deleted: int = 0
+    events_made: int = 0
+    events_queued: int = 0
 
     def __bool__(self) -> bool:
         return any(vars(self).values())
@@ -59,6 +67,7 @@ def waiting_scans(session: Session) -> int:
 def delete_job(session_factory: sessionmaker[Session], blobs: BlobStore, job_id: str) -> None:
     """Delete a job's rows, then its blobs and thumbnails (they live in one folder)."""
     with session_factory.begin() as session:
+        delete_job_webhooks(session, job_id)
         delete_job_rows(session, job_id)
     blobs.delete_job(job_id)
 
@@ -92,7 +101,8 @@ def delete_orphan_blobs(session_factory: sessionmaker[Session], blobs: BlobStore
 
 def sweep_once(session_factory: sessionmaker[Session], blobs: BlobStore, send: SendWakeups,
                settings: Settings, idle: bool = True, clean_up: bool = True,
-               orphan_grace: float = ORPHAN_GRACE_SECONDS) -> SweepReport:
+               orphan_grace: float = ORPHAN_GRACE_SECONDS,
+               send_deliveries: Optional[SendDeliveries] = None) -> SweepReport:
     """One pass of recovery and, with ``clean_up``, of retention (see the module's docstring).
 
     Workers recover only (they mount the blob store read-only); ``covidscan sweep`` does both.
@@ -104,6 +114,9 @@ def sweep_once(session_factory: sessionmaker[Session], blobs: BlobStore, send: S
         elif idle and waiting_scans(session):
             add_wakeups(session, 1, "scans waiting")
     sent = relay(session_factory, send)
+    with session_factory.begin() as session:
+        events_made = len(record_finished_jobs(session))
+    events_queued = relay_events(session_factory, send_deliveries) if send_deliveries else 0
     jobs_deleted = orphans = 0
     if clean_up:
         jobs_deleted = delete_expired(session_factory, blobs)
@@ -111,7 +124,7 @@ def sweep_once(session_factory: sessionmaker[Session], blobs: BlobStore, send: S
         with session_factory.begin() as session:
             delete_expired_sessions(session)
     report = SweepReport(expired.requeued, expired.failed, expired.cancelled, sent,
-                         jobs_deleted, orphans)
+                         jobs_deleted, orphans, events_made, events_queued)
     if expired.requeued or expired.failed or expired.cancelled:
         log.warning("expired leases: %d scans back in the queue, %d failed after %d attempts, "
                     "%d cancelled", expired.requeued, expired.failed, settings.max_attempts,

@@ -1,12 +1,15 @@
-"""Send wake-ups to Redis by task name (the API, the sweep and the workers share this).
+"""Send wake-ups and webhook deliveries to Redis by task name (the API, the sweep and the
+workers share this).
 
 Never imports the worker: the task name in :mod:`covidscan.contract` is the contract.
 """
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 from celery import Celery
 
-from covidscan.contract import INFER_QUEUE, WAKE_TASK
+from covidscan.contract import DELIVER_TASK, INFER_QUEUE, WAKE_TASK
 
 
 class WakeupSender:
@@ -26,6 +29,13 @@ class WakeupSender:
         with self._celery.producer_or_acquire() as producer:
             for _ in range(tasks):
                 self._celery.send_task(WAKE_TASK, queue=INFER_QUEUE, producer=producer)
+
+    def deliver(self, event_ids: Sequence[str], countdown: Optional[float] = None) -> None:
+        """One :data:`covidscan.contract.DELIVER_TASK` per webhook event, after ``countdown`` s."""
+        with self._celery.producer_or_acquire() as producer:
+            for event_id in event_ids:
+                self._celery.send_task(DELIVER_TASK, args=[event_id], queue=INFER_QUEUE,
+                                       countdown=countdown, producer=producer)
 
     def close(self) -> None:
         self._celery.close()

@@ -137,6 +137,12 @@ class Job(Base):
     precision: Mapped[Optional[str]] = mapped_column(String(20))
     cancelled_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), index=True)
+    # Where the "job finished" event goes besides the owner's endpoints (db.webhooks).
+    callback_url: Mapped[Optional[str]] = mapped_column(String(2000))
+    # "pending" until the job's end has been turned into its events, then "done" (once);
+    # None for jobs from before webhooks existed.
+    finish_event: Mapped[Optional[str]] = mapped_column(String(10), default="pending",
+                                                        index=True)
 
     scans: Mapped[list["Scan"]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True,
@@ -289,3 +295,76 @@ class WorkerStatus(Base):
 
     def __repr__(self) -> str:
         return f"WorkerStatus(name={self.name!r}, ready={self.ready})"
+
+
+class WebhookEndpoint(Base):
+    """A URL an owner registered: it gets the events of every job of that owner.
+
+    ``secret`` (``whsec_…``) signs what is sent to it; None: the server's WEBHOOK_SECRET.
+    """
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (UniqueConstraint("owner", "url", name="uq_webhook_endpoints_owner_url"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(200))
+    url: Mapped[str] = mapped_column(String(2000))
+    secret: Mapped[Optional[str]] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"WebhookEndpoint(id={self.id!r}, owner={self.owner!r})"
+
+
+class WebhookEvent(Base):
+    """One job's end, to one destination: the message and where its delivery stands.
+
+    ``id`` is the ``webhook-id`` every attempt carries (receivers de-duplicate on it).
+    ``state``: pending, delivered, gone (the receiver answered 410) or failed (retries
+    ran out).
+    """
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        UniqueConstraint("job_id", "url", name="uq_webhook_events_job_id_url"),
+        Index("ix_webhook_events_state_next_attempt_at", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    owner: Mapped[Optional[str]] = mapped_column(String(200))
+    url: Mapped[str] = mapped_column(String(2000))
+    type: Mapped[str] = mapped_column(String(50))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    queued_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    lease_expires_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+
+    def __repr__(self) -> str:
+        return f"WebhookEvent(id={self.id!r}, job_id={self.job_id!r}, state={self.state!r})"
+
+
+class WebhookDelivery(Base):
+    """One attempt to deliver a :class:`WebhookEvent`, whatever came of it."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(ForeignKey("webhook_events.id", ondelete="CASCADE"),
+                                          index=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    status_code: Mapped[Optional[int]] = mapped_column(Integer)
+    error: Mapped[Optional[str]] = mapped_column(String(500))
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16))  # delivered, retry, gone or failed
+    next_attempt_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+
+    def __repr__(self) -> str:
+        return f"WebhookDelivery(event_id={self.event_id!r}, attempt={self.attempt}, " \
+               f"outcome={self.outcome!r})"

@@ -20,7 +20,7 @@ from tests.images import png_bytes
 pytestmark = pytest.mark.integration
 
 # Route arguments that name something an owner owns, and those that do not.
-OWNED_ARGUMENTS = {"job_id", "scan_id"}
+OWNED_ARGUMENTS = {"job_id", "scan_id", "webhook_id"}
 UNOWNED_ARGUMENTS = {"ref", "filename"}  # registered models; static files
 PUBLIC_ENDPOINTS = {"health.healthz", "health.readyz", "static", "web.login_page", "web.login"}
 
@@ -61,8 +61,10 @@ def owners(app, app_config):
     admin = authorised(app.test_client(), create_api_key(url, "root", "admin"))
     job = submit(alice, "a.png", "b.png")
     scans = alice.get(f"/v1/jobs/{job['id']}/results").get_json()["results"]
+    webhook = alice.post("/v1/webhooks", json={"url": "https://93.184.215.14/hook",
+                                               "secret": "whsec_" + "a" * 44}).get_json()
     return {"alice": alice, "bob": bob, "admin": admin, "job_id": job["id"],
-            "scan_id": scans[0]["scan_id"], "app": app}
+            "scan_id": scans[0]["scan_id"], "webhook_id": webhook["id"], "app": app}
 
 
 def build(app, endpoint, method, values):

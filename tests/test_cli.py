@@ -72,6 +72,15 @@ def test_server_errors_are_reported_plainly(server_url, tmp_path):
     assert missing.exit_code != 0 and "HTTP 404" in missing.output
 
 
+def test_submit_sends_the_callback_url_and_a_refusal_says_why(server_url, tmp_path):
+    write_folder(tmp_path / "slices", 1, size=24)
+    result = run(server_url, "submit", str(tmp_path / "slices"), "--callback-url",
+                 "http://169.254.169.254/latest/")
+    assert result.exit_code != 0
+    assert "HTTP 400" in result.output and "callback_url" in result.output
+    assert "metadata" in result.output
+
+
 def test_without_a_key_the_cli_says_how_to_give_one(server_url, tmp_path, monkeypatch):
     monkeypatch.delenv("COVIDSCAN_API_KEY")
     monkeypatch.setenv("API_KEY_FILE", str(tmp_path / "no-such-file"))

@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from covidscan.contract import INFER_QUEUE, WAKE_TASK
+from covidscan.contract import DELIVER_TASK, INFER_QUEUE, WAKE_TASK
 from tests.conftest import ROOT
 
 
@@ -13,6 +13,15 @@ def test_the_worker_registers_the_task_the_api_sends():
     assert WAKE_TASK == "covidscan.wake"
     assert tasks.wake.name == WAKE_TASK
     assert WAKE_TASK in app.tasks
+
+
+def test_the_worker_registers_the_webhook_task_the_api_and_the_sweep_send():
+    from worker import tasks
+    from worker.celery_app import app
+
+    assert DELIVER_TASK == "covidscan.deliver_webhook"
+    assert tasks.deliver_webhook.name == DELIVER_TASK
+    assert DELIVER_TASK in app.tasks
 
 
 def test_the_worker_app_obeys_the_queue_invariants():

@@ -20,7 +20,9 @@ from sqlalchemy.exc import OperationalError
 
 from db.identity import ModelIdentity
 from db.jobs import job_pins
+from covidscan.webhooks import relay_events
 from db.scans import Lease, ScanOutcome, claim_next, record_outcomes, release_leases
+from db.webhooks import record_finished_jobs
 from worker.inference import classify_batch
 from worker.model_cache import ModelUnavailable, pin_unpinned_jobs
 
@@ -116,11 +118,17 @@ def _write(runtime: "WorkerRuntime", outcomes: Sequence[ScanOutcome], leases: Se
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         try:
             with runtime.session_factory.begin() as session:
-                return record_outcomes(session, outcomes, leases, identity, worker,
-                                       runtime.owner)
+                written = record_outcomes(session, outcomes, leases, identity, worker,
+                                          runtime.owner)
+                # A job these results end gets its webhook events in the same transaction.
+                events = record_finished_jobs(session, {lease.job_id for lease in leases})
         except OperationalError as exc:
             if attempt == WRITE_ATTEMPTS:
                 raise
             log.warning("writing %d results failed (%s); retrying", len(leases), exc)
             time.sleep(attempt)
+            continue
+        if events:
+            relay_events(runtime.session_factory, runtime.send_wakeups.deliver)
+        return written
     return 0

@@ -159,7 +159,8 @@ class WorkerRuntime:
 
     def sweep(self):
         return sweep_once(self.session_factory, self.blobs, self.send_wakeups, self.settings,
-                          idle=self.idle, clean_up=False)
+                          idle=self.idle, clean_up=False,
+                          send_deliveries=self.send_wakeups.deliver)
 
     def start_loops(self) -> "WorkerRuntime":
         settings = self.settings

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import logging
+from typing import Optional
+
 from celery import signals
 from celery.worker.control import inspect_command
 from sqlalchemy.exc import OperationalError
 
-from covidscan.contract import BATCHING_STATS_COMMAND, WAKE_TASK
+from covidscan.contract import BATCHING_STATS_COMMAND, DELIVER_TASK, WAKE_TASK
+from covidscan.webhooks import deliver_event
 from worker.celery_app import app
 from worker.drain import drain
 from worker.runtime import current_runtime, get_runtime, initialise
@@ -22,6 +25,15 @@ def wake(self) -> dict[str, int]:
     """Classify waiting scans until none is left (see :mod:`worker.drain`)."""
     report = drain(get_runtime(), worker=self.request.hostname)
     return {"claimed": report.claimed, "succeeded": report.succeeded, "failed": report.failed}
+
+
+@app.task(name=DELIVER_TASK, acks_late=True, autoretry_for=(OperationalError,),
+          retry_backoff=True, retry_backoff_max=30, max_retries=8)
+def deliver_webhook(event_id: str) -> Optional[str]:
+    """One attempt to deliver a job's webhook event (see :mod:`covidscan.webhooks`)."""
+    runtime = get_runtime()
+    return deliver_event(runtime.session_factory, runtime.settings, event_id,
+                         runtime.send_wakeups.deliver)
 
 
 @inspect_command(name=BATCHING_STATS_COMMAND)

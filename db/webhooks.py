@@ -1,0 +1,204 @@
+"""Job events for webhooks, in SQL: made once when a job ends, then delivered and recorded.
+
+When a job ends (succeeded, partially succeeded, failed or cancelled), :func:`record_finished_jobs`
+turns it into one event per destination (its ``callback_url`` and its owner's endpoints)
+in the caller's transaction, the one that made the job end, and marks the job so it is
+never done twice. A job whose end no transaction noticed (two workers writing its last
+scans at once) is found by the sweep, which calls it without ids. Deliveries claim an
+event under a lease, and every attempt is a :class:`db.models.WebhookDelivery` row.
+Every function takes a ``session``; the caller owns the transaction.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Iterable, Optional
+
+from sqlalchemy import delete, exists, or_, select, update
+from sqlalchemy.orm import Session
+
+from db.jobs import FINISHED_STATUSES, summarise_jobs
+from db.models import (Job, Scan, ScanStatus, WebhookDelivery, WebhookEndpoint, WebhookEvent,
+                       utcnow)
+
+PENDING, DONE = "pending", "done"
+DELIVERED, GONE, FAILED, RETRY = "delivered", "gone", "failed", "retry"
+
+
+def aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes for timezone-aware columns; they are UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def iso_utc(moment: Optional[datetime]) -> Optional[str]:
+    return None if moment is None else \
+        aware(moment).astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def new_event_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
+
+
+def _unfinished(job_id_column) -> object:
+    return exists().where(Scan.job_id == job_id_column,
+                          Scan.status.not_in(ScanStatus.terminal()))
+
+
+def record_finished_jobs(session: Session, job_ids: Optional[Iterable[str]] = None,
+                         limit: int = 100) -> list[str]:
+    """Make the events of the jobs among ``job_ids`` that have just ended; returns their ids.
+
+    None looks at every job still waiting for its event (the sweep). The job rows are
+    locked first (PostgreSQL), so of two transactions finishing one job the later one
+    sees the other's scans and makes the events; a job's events are made exactly once.
+    """
+    query = select(Job).where(Job.finish_event == PENDING)
+    if job_ids is not None:
+        query = query.where(Job.id.in_(sorted(set(job_ids))))
+    else:
+        query = query.where(~_unfinished(Job.id)).limit(limit)
+    jobs = list(session.scalars(query.order_by(Job.id).with_for_update()))
+    if not jobs:
+        return []
+    created: list[str] = []
+    for summary in summarise_jobs(session, jobs):
+        if summary.status not in FINISHED_STATUSES:
+            continue
+        job = summary.job
+        job.finish_event = DONE
+        payload = {"type": f"job.{summary.status}", "timestamp": iso_utc(utcnow()),
+                   "data": {"job_id": job.id, "status": summary.status,
+                            "counts": summary.counts.as_dict(),
+                            "finished_at": iso_utc(summary.finished_at)}}
+        for url in destinations(session, job):
+            event = WebhookEvent(id=new_event_id(), job_id=job.id, owner=job.owner, url=url,
+                                 type=payload["type"], payload=payload, state=PENDING,
+                                 attempts=0, next_attempt_at=utcnow())
+            session.add(event)
+            created.append(event.id)
+    session.flush()
+    return created
+
+
+def destinations(session: Session, job: Job) -> list[str]:
+    """The job's callback URL, then its owner's endpoints, each URL once."""
+    urls = [job.callback_url] if job.callback_url else []
+    if job.owner is not None:
+        urls += session.scalars(select(WebhookEndpoint.url).where(WebhookEndpoint.owner == job.owner)
+                                .order_by(WebhookEndpoint.created_at))
+    return list(dict.fromkeys(urls))
+
+
+def due_event_ids(session: Session, requeue_after: float, limit: int = 100) -> list[str]:
+    """Events whose next attempt is due and that no queue holds (or held long ago)."""
+    now = utcnow()
+    return list(session.scalars(
+        select(WebhookEvent.id).where(
+            WebhookEvent.state == PENDING, WebhookEvent.next_attempt_at <= now,
+            or_(WebhookEvent.queued_at.is_(None),
+                WebhookEvent.queued_at < now - timedelta(seconds=requeue_after)),
+            or_(WebhookEvent.lease_expires_at.is_(None), WebhookEvent.lease_expires_at < now))
+        .order_by(WebhookEvent.next_attempt_at).limit(limit)))
+
+
+def mark_queued(session: Session, event_ids: Iterable[str]) -> None:
+    session.execute(update(WebhookEvent).where(WebhookEvent.id.in_(list(event_ids)))
+                    .values(queued_at=utcnow()).execution_options(synchronize_session=False))
+
+
+def claim_event(session: Session, event_id: str, lease_seconds: float) -> Optional[WebhookEvent]:
+    """Take the event for one attempt if it is due and no one holds it; None otherwise.
+
+    The attempt is counted now, so a delivery that dies mid-way still counts.
+    """
+    now = utcnow()
+    claimed = session.execute(
+        update(WebhookEvent).where(
+            WebhookEvent.id == event_id, WebhookEvent.state == PENDING,
+            WebhookEvent.next_attempt_at <= now,
+            or_(WebhookEvent.lease_expires_at.is_(None), WebhookEvent.lease_expires_at < now))
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds),
+                attempts=WebhookEvent.attempts + 1)
+        .execution_options(synchronize_session=False)).rowcount
+    if not claimed:  # a message that came early leaves the event to the sweep when it is due
+        session.execute(update(WebhookEvent).where(
+            WebhookEvent.id == event_id, WebhookEvent.state == PENDING,
+            WebhookEvent.next_attempt_at > now).values(queued_at=None)
+            .execution_options(synchronize_session=False))
+        return None
+    return session.get(WebhookEvent, event_id, populate_existing=True)
+
+
+def endpoint_secret(session: Session, owner: Optional[str], url: str) -> Optional[str]:
+    """The secret ``owner`` registered for ``url``, or None (the server's then signs)."""
+    if owner is None:
+        return None
+    return session.scalar(select(WebhookEndpoint.secret).where(
+        WebhookEndpoint.owner == owner, WebhookEndpoint.url == url))
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one delivery attempt saw."""
+
+    status_code: Optional[int]
+    error: Optional[str]
+    duration_ms: int
+    retry_after: Optional[float] = None  # seconds the receiver asked to wait
+
+    @property
+    def delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def record_attempt(session: Session, event: WebhookEvent, attempt: Attempt, outcome: str,
+                   next_attempt_at: Optional[datetime]) -> bool:
+    """Record the attempt of the claim on ``event`` and where the event stands now.
+
+    Returns False (nothing written) when the event is gone (its job deleted) or another
+    claim has taken it since.
+    """
+    state = PENDING if outcome == RETRY else outcome
+    updated = session.execute(
+        update(WebhookEvent).where(WebhookEvent.id == event.id,
+                                   WebhookEvent.attempts == event.attempts,
+                                   WebhookEvent.state == PENDING)
+        .values(state=state, next_attempt_at=next_attempt_at, lease_expires_at=None,
+                queued_at=None, finished_at=None if state == PENDING else utcnow())
+        .execution_options(synchronize_session=False)).rowcount
+    if not updated:
+        return False
+    session.add(WebhookDelivery(
+        event_id=event.id, job_id=event.job_id, attempt=event.attempts,
+        status_code=attempt.status_code, error=attempt.error and attempt.error[:500],
+        duration_ms=attempt.duration_ms, outcome=outcome, next_attempt_at=next_attempt_at))
+    return True
+
+
+def stop_endpoint_events(session: Session, owner: str, url: str) -> int:
+    """An endpoint deleted: its pending events stop (``failed``), except those of jobs that
+    named the URL as their own callback_url. Returns how many stopped."""
+    return session.execute(
+        update(WebhookEvent).where(
+            WebhookEvent.owner == owner, WebhookEvent.url == url, WebhookEvent.state == PENDING,
+            WebhookEvent.job_id.not_in(select(Job.id).where(Job.callback_url == url)))
+        .values(state=FAILED, next_attempt_at=None, lease_expires_at=None, finished_at=utcnow())
+        .execution_options(synchronize_session=False)).rowcount
+
+
+def job_deliveries(session: Session, job_id: str) -> list[tuple[WebhookEvent, list[WebhookDelivery]]]:
+    """A job's events with their attempts, oldest first."""
+    events = list(session.scalars(select(WebhookEvent).where(WebhookEvent.job_id == job_id)
+                                  .order_by(WebhookEvent.created_at, WebhookEvent.id)))
+    attempts: dict[str, list[WebhookDelivery]] = {event.id: [] for event in events}
+    for row in session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)
+                               .order_by(WebhookDelivery.id)):
+        attempts.setdefault(row.event_id, []).append(row)
+    return [(event, attempts[event.id]) for event in events]
+
+
+def delete_job_webhooks(session: Session, job_id: str) -> None:
+    """A deleted job's events and attempts go with it (SQLite may not cascade)."""
+    session.execute(delete(WebhookDelivery).where(WebhookDelivery.job_id == job_id))
+    session.execute(delete(WebhookEvent).where(WebhookEvent.job_id == job_id))
