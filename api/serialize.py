@@ -42,6 +42,7 @@ def job_json(summary: JobSummary) -> dict[str, Any]:
         "finished_at": iso(summary.finished_at),
         "counts": summary.counts.as_dict(),
         "model": model,
+        "explain": job.explain,
         "links": {"self": f"/v1/jobs/{job.id}", "results": f"/v1/jobs/{job.id}/results",
                   "cancel": f"/v1/jobs/{job.id}/cancel"},
     }

@@ -138,6 +138,9 @@ def _split(keras_model, target, container, dense):
 class GradCam:
     """Grad-CAM of a loaded model over fixed-size, padded batches (one compiled call)."""
 
+    name = "tensorflow"  # recorded like an engine's: the Keras model, in fp32
+    precision = "fp32"
+
     def __init__(self, model: LoadedModel, batch_size: int = 8) -> None:
         import tensorflow as tf
 
