@@ -45,14 +45,16 @@ def main(ctx: click.Context, url: str) -> None:
 @click.option("--model", help="NAME or NAME:VERSION of a registered model (default: the default).")
 @click.option("--priority", type=click.Choice(["high", "normal", "low"]), default=None,
               help="Waiting scans of higher priority jobs are classified first (default normal).")
+@click.option("--explain", is_flag=True,
+              help="Also compute a Grad-CAM heatmap of every scan (GET /v1/scans/<id>/heatmap).")
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
 @click.option("--poll", default=1.0, show_default=True, help="Seconds between status polls.")
 @click.option("--table", is_flag=True,
               help="With --wait, also print every scan's result (default: a summary).")
 @click.pass_context
 def submit(ctx: click.Context, paths: tuple[Path, ...], name: Optional[str],
-           model: Optional[str], priority: Optional[str], wait: bool, poll: float,
-           table: bool) -> None:
+           model: Optional[str], priority: Optional[str], explain: bool, wait: bool,
+           poll: float, table: bool) -> None:
     """Upload PNG/JPEG slices, folders of them, or ZIP archives as one job."""
     from covidscan.client import ApiError, collect_files
 
@@ -62,7 +64,8 @@ def submit(ctx: click.Context, paths: tuple[Path, ...], name: Optional[str],
     root = paths[0] if len(paths) == 1 and paths[0].is_dir() else None
     client = _client(ctx)
     try:
-        job = client.submit(files, name=name, root=root, model=model, priority=priority)
+        job = client.submit(files, name=name, root=root, model=model, priority=priority,
+                            explain="gradcam" if explain else None)
     except ApiError as exc:
         _fail(str(exc))
     click.echo(f"job {job['id']}: {job['counts']['total']} scans queued")

@@ -56,11 +56,13 @@ class Client:
 
     def submit(self, files: Sequence[Path], name: Optional[str] = None,
                root: Optional[Path] = None, model: Optional[str] = None,
-               priority: Optional[str] = None) -> dict[str, Any]:
+               priority: Optional[str] = None,
+               explain: Optional[str] = None) -> dict[str, Any]:
         """Upload files as one job; names are relative to ``root`` when given.
 
         ``model`` (``name`` or ``name:version``) pins the job; None uses the default.
-        ``priority`` is ``high``, ``normal`` (None) or ``low``.
+        ``priority`` is ``high``, ``normal`` (None) or ``low``; ``explain`` (``gradcam``)
+        asks for a heatmap of every scan.
         """
         handles = []
         try:
@@ -72,7 +74,8 @@ class Client:
                     else path.name
                 parts.append(("files", (label, handle, "application/octet-stream")))
             data = {key: value for key, value in
-                    (("name", name), ("model", model), ("priority", priority)) if value}
+                    (("name", name), ("model", model), ("priority", priority),
+                     ("explain", explain)) if value}
             response = self.http.post(f"{self.base_url}/v1/jobs", files=parts, data=data,
                                       timeout=self.timeout)
         finally:
