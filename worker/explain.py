@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WRITE_ATTEMPTS = 3
-UNTRAINED_NOTE = "UNTRAINED MODEL: this map means nothing"
+UNTRAINED_NOTE = "UNTRAINED MODEL: means nothing"
 
 
 def claim(runtime: "WorkerRuntime") -> list[ExplanationLease]:
