@@ -63,12 +63,12 @@ def request_explanation(session: Session, scan: Scan, priority: int,
                         method: str = GRADCAM) -> tuple[Explanation, bool]:
     """The scan's explanation, queued now unless one is waiting, running or done.
 
-    A failed one is queued again. Returns it and whether it was (re)queued; a queued one
-    gets a wake-up in the same transaction.
+    A failed or cancelled one is queued again. Returns it and whether it was (re)queued;
+    a queued one gets a wake-up in the same transaction.
     """
     found = session.scalars(select(Explanation).where(
         Explanation.scan_id == scan.id, Explanation.method == method)).first()
-    if found is not None and found.status != ScanStatus.FAILED:
+    if found is not None and found.status not in (ScanStatus.FAILED, ScanStatus.CANCELLED):
         return found, False
     if found is None:
         found = Explanation(scan_id=scan.id, job_id=scan.job_id, method=method)

@@ -109,3 +109,25 @@ def test_explain_must_name_a_known_method(client):
     response = client.post("/v1/jobs", data=data, content_type="multipart/form-data")
     assert response.status_code == 400 and "explain must be one of gradcam" in \
         response.get_json()["detail"]
+
+
+def test_a_heatmap_not_computed_yet_says_where_it_stands(client):
+    """No worker: the explanation waits with its scan; cancelling the job cancels both."""
+    data = {"files": [(io.BytesIO(png_bytes(32)), "a.png")], "explain": "gradcam"}
+    job = client.post("/v1/jobs", data=data, content_type="multipart/form-data").get_json()
+    (row,) = rows(client, job["id"])
+    assert row["explanation"] == "queued"
+    waiting = client.get(f"/v1/scans/{row['scan_id']}/heatmap")
+    assert waiting.status_code == 202 and waiting.headers["Retry-After"]
+    assert waiting.get_json()["status"] == "queued" and waiting.get_json()["layer"] is None
+    for query, problem in (("format=tiff", "format must be png or npy"),
+                           ("view=xray", "view must be one of overlay, heatmap, slice")):
+        bad = client.get(f"/v1/scans/{row['scan_id']}/heatmap?{query}")
+        assert bad.status_code == 400 and problem in bad.get_json()["detail"]
+    again = client.post(f"/v1/scans/{row['scan_id']}/explanation")
+    assert again.status_code == 202 and again.get_json()["status"] == "queued"
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
+    cancelled = client.get(f"/v1/scans/{row['scan_id']}/heatmap")
+    assert cancelled.status_code == 409 and "cancelled" in cancelled.get_json()["detail"]
+    refused = client.post(f"/v1/scans/{row['scan_id']}/explanation")
+    assert refused.status_code == 409 and "no result to explain" in refused.get_json()["detail"]
