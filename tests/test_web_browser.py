@@ -326,7 +326,9 @@ def heatmap_state(driver) -> dict:
 
 
 def test_a_heatmap_is_asked_for_from_its_row_and_shown_in_the_viewer(live_server, browser,
-                                                                     stack_key):
+                                                                     stack_key, tiny_model_path):
+    from tests.test_explanations import last_conv_layer
+
     response = requests.post(f"{live_server.url}/v1/jobs", files=[
         ("files", (f"h{i}.png", png_bytes(64, seed=i), "image/png")) for i in range(2)],
         headers={"Authorization": f"Bearer {stack_key}"}, timeout=30)
@@ -342,7 +344,7 @@ def test_a_heatmap_is_asked_for_from_its_row_and_shown_in_the_viewer(live_server
     browser.execute_script("const s = document.getElementById('viewer-opacity');"
                            "s.value = 20; s.dispatchEvent(new Event('input'));")
     assert heatmap_state(browser)["opacity"] == "0.2"
-    assert "layer conv2d_1" in by_id(browser, "viewer-meta").text
+    assert f"layer {last_conv_layer(tiny_model_path)} " in by_id(browser, "viewer-meta").text
     assert not by_id(browser, "viewer-untrained").is_displayed()  # the tiny model is trained
     assert by_id(browser, "viewer-next").get_attribute("disabled")  # the other row: not asked
     by_id(browser, "viewer-close").click()
