@@ -17,6 +17,7 @@ from api.webhooks import callback_url_field
 from covidscan.settings import PRECISIONS
 from covidscan.sweep import delete_job
 from covidscan.webhooks import relay_events
+from db.explanations import METHODS, explained_scan_ids, queue_job_explanations
 from db.jobs import (JobOptions, JobSummary, NewScan, cancel_job, create_job, iter_results,
                      lock_owner, recent_job_summaries, results_page, summarise_jobs)
 from db.models import PRIORITIES, new_id, priority_rank
@@ -58,6 +59,14 @@ def _precision() -> str | None:
     return raw or None
 
 
+def _explain() -> str | None:
+    """The optional ``explain`` form field: ``gradcam`` explains every scan once classified."""
+    raw = (request.form.get("explain") or "").strip().lower()
+    if raw and raw not in METHODS:
+        raise Problem(400, f"explain must be one of {', '.join(METHODS)}, got {raw!r}")
+    return raw or None
+
+
 def _priority() -> int:
     """The optional ``priority`` form field: high, normal (the default) or low."""
     raw = (request.form.get("priority") or "normal").strip().lower()
@@ -90,6 +99,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     precision = _precision()
     priority = _priority()
     callback_url = callback_url_field()
+    explain = _explain()
     job_id = new_id()
     limits = UploadLimits.from_settings(svc.settings)
     parsed = ParsedUpload()
@@ -108,9 +118,11 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         job = create_job(session, new_scans, job_id, JobOptions(
             name=name, owner=owner, requested_model=model_ref, model=model, priority=priority,
             precision=precision, retention_seconds=svc.settings.job_retention,
-            chunk_size=svc.settings.batch_size))
+            chunk_size=svc.settings.batch_size, explain=explain))
         confirm_active_jobs(session, owner)  # requests racing past the first check
         job.callback_url = callback_url
+        if explain:
+            queue_job_explanations(session, job, explain)
         audit("job.submit", job_id, {"scans": len(new_scans), "model": job.model_name and
                                      f"{job.model_name}:{job.model_version}"}, commit=False)
         session.commit()  # the job, its scans, its wake-ups and its audit row, or none
@@ -202,6 +214,8 @@ def get_results(job_id: str) -> Response:
     cursor = _int_arg("cursor", -1, -1, 2**31 - 1)
     page, next_cursor = results_page(db_session(), job_id, limit, cursor)
     audit("results.read", job_id, {"cursor": cursor, "rows": len(page)})
-    return jsonify(results=[result_row(s) for s in page],
+    explained = explained_scan_ids(db_session(), [s.id for s in page])
+    rows = [dict(result_row(s), explanation=explained.get(s.id)) for s in page]
+    return jsonify(results=rows,
                    next_cursor=None if next_cursor is None else str(next_cursor),
                    status=summary.status)

@@ -43,6 +43,7 @@ def job_json(summary: JobSummary) -> dict[str, Any]:
         "counts": summary.counts.as_dict(),
         "model": model,
         "callback_url": job.callback_url,
+        "explain": job.explain,
         "links": {"self": f"/v1/jobs/{job.id}", "results": f"/v1/jobs/{job.id}/results",
                   "cancel": f"/v1/jobs/{job.id}/cancel",
                   "deliveries": f"/v1/jobs/{job.id}/deliveries"},

@@ -3,7 +3,10 @@
 Starts the stack as ``make run`` does (in var/bench, with its own database and blob
 store), submits a bulk job of synthetic 512×512 PNG slices through the HTTP API and
 100 one-slice jobs at once, for each precision, then stops the stack and measures the
-engines and the decoding on the same cores. Prints a summary; writes var/bench.json.
+engines and the decoding on the same cores. Before the precisions, what explanations
+cost (:mod:`bench.explain`): Grad-CAM against fp32 inference per scan, in this process and
+through the stack. ``--precisions "" --small-jobs 0`` runs that part alone. Prints a
+summary; writes var/bench.json.
 """
 from __future__ import annotations
 
@@ -162,7 +165,7 @@ def first_result(bench: Bench, stack: Stack, launched: float,
 
 
 def run(settings: Settings, var_dir: Path, pngs: list[bytes], small_jobs: int,
-        precisions: Sequence[str]) -> dict[str, Any]:
+        precisions: Sequence[str], explain_scans: int = 0) -> dict[str, Any]:
     """Start the stack, warm every precision, then per precision: measure the engine and
     decoding in this process, the bulk job and the one-slice jobs through the stack."""
     url = f"http://127.0.0.1:{settings.port}"
@@ -185,8 +188,11 @@ def run(settings: Settings, var_dir: Path, pngs: list[bytes], small_jobs: int,
 
             engines = EngineBench(settings.model_path, settings.inference_engine,
                                   settings.max_batch_size, settings.engine_cache_dir, pngs)
-            print("bench: model.predict fp32 baseline…", flush=True)
-            report["baseline"] = engines.baseline()
+            if explain_scans:
+                report["explain"] = explain_cases(bench, engines, files[:explain_scans])
+            if precisions:
+                print("bench: model.predict fp32 baseline…", flush=True)
+                report["baseline"] = engines.baseline()
             for precision in precisions:
                 print(f"bench: {precision}: engine on tensors, decoding…", flush=True)
                 measured = {"engine": engines.measure(precision)}
@@ -204,6 +210,17 @@ def run(settings: Settings, var_dir: Path, pngs: list[bytes], small_jobs: int,
             stack.stop()
     report["load_average_after"] = os.getloadavg()
     return report
+
+
+def explain_cases(bench: Bench, engines, files) -> dict[str, Any]:
+    """Explanations against plain fp32 inference, in this process and through the stack."""
+    from bench import explain
+
+    print("bench: explanations: Grad-CAM and fp32 inference on tensors…", flush=True)
+    local = explain.in_process(engines.model, engines.batch_size, [data for _, data in files])
+    print(f"bench: explanations: {len(files)} scans without, then with, explanations…",
+          flush=True)
+    return {"in_process": local, "stack": explain.through_the_stack(bench, files)}
 
 
 def summarise(report: dict[str, Any]) -> dict[str, Any]:
@@ -234,13 +251,19 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_summary(report: dict[str, Any]) -> None:
-    base = report["baseline"]
     cpu = report["cpu"]
     print(f"\nCPU {cpu['model']}, {cpu['cpus']} cores; flags: {' '.join(cpu['flags']) or 'none'}")
     cold = report["cold_start"]
     print(f"cold start: API ready {cold['api_ready_s']:.1f} s, a worker ready "
           f"{cold['worker_ready_s']:.1f} s, first result {cold['first_result_s']:.1f} s "
           "after the stack was started (first job sent at the API's first /readyz)")
+    if "explain" in report:
+        from bench.explain import print_explain
+
+        print_explain(report["explain"])
+    if "baseline" not in report:
+        return
+    base = report["baseline"]
     print(f"\nmodel {base['model']['name']} ({'trained' if base['model']['trained'] else 'untrained'}); "
           f"model.predict fp32 baseline {base['model_predict_fp32_images_per_s']:.1f} images/s; "
           f"TensorFlow fp32 engine {base['tensorflow_fp32_images_per_s']:.1f} images/s; "
@@ -276,7 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scans", type=int, default=512, help="slices in the bulk job")
     parser.add_argument("--small-jobs", type=int, default=100, help="one-slice jobs sent at once")
-    parser.add_argument("--precisions", default="fp32,bf16,int8,auto")
+    parser.add_argument("--precisions", default="fp32,bf16,int8,auto",
+                        help="comma-separated; empty measures nothing but what else is asked")
+    parser.add_argument("--explain-scans", type=int, default=64,
+                        help="slices in the with/without explanations case (0: skip it)")
     parser.add_argument("--out", type=Path, default=Path("var/bench.json"))
     args = parser.parse_args(argv)
     from models.synthetic import png_slice
@@ -291,13 +317,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     print(f"bench: making {args.scans} synthetic 512×512 PNG slices…", flush=True)
     pngs = [png_slice(512, seed=i) for i in range(args.scans)]
-    report = run(settings, var_dir, pngs, args.small_jobs, precisions)
+    report = run(settings, var_dir, pngs, args.small_jobs, precisions, args.explain_scans)
     report["cpu"] = cpu_flags()
     report["settings"] = {"max_batch_size": settings.max_batch_size,
                           "max_queue_delay_ms": settings.max_queue_delay_ms,
                           "worker_concurrency": settings.worker_concurrency,
                           "chunk_size": settings.batch_size, "cpus": os.cpu_count()}
-    report["summary"] = summarise(report)
+    report["summary"] = summarise(report) if precisions else {}
     print_summary(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

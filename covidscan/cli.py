@@ -47,6 +47,8 @@ def main(ctx: click.Context, url: str) -> None:
               help="Waiting scans of higher priority jobs are classified first (default normal).")
 @click.option("--callback-url", metavar="URL",
               help="POST a signed event to URL when the job ends (see the README's Webhooks).")
+@click.option("--explain", is_flag=True,
+              help="Also compute a Grad-CAM heatmap of every scan (GET /v1/scans/<id>/heatmap).")
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
 @click.option("--poll", default=1.0, show_default=True, help="Seconds between status polls.")
 @click.option("--table", is_flag=True,
@@ -54,7 +56,7 @@ def main(ctx: click.Context, url: str) -> None:
 @click.pass_context
 def submit(ctx: click.Context, paths: tuple[Path, ...], name: Optional[str],
            model: Optional[str], priority: Optional[str], callback_url: Optional[str],
-           wait: bool, poll: float, table: bool) -> None:
+           explain: bool, wait: bool, poll: float, table: bool) -> None:
     """Upload PNG/JPEG slices, folders of them, or ZIP archives as one job."""
     from covidscan.client import ApiError, collect_files
 
@@ -65,7 +67,8 @@ def submit(ctx: click.Context, paths: tuple[Path, ...], name: Optional[str],
     client = _client(ctx)
     try:
         job = client.submit(files, name=name, root=root, model=model, priority=priority,
-                            callback_url=callback_url)
+                            callback_url=callback_url,
+                            explain="gradcam" if explain else None)
     except ApiError as exc:
         _fail(str(exc))
     click.echo(f"job {job['id']}: {job['counts']['total']} scans queued")

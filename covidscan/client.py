@@ -57,12 +57,14 @@ class Client:
     def submit(self, files: Sequence[Path], name: Optional[str] = None,
                root: Optional[Path] = None, model: Optional[str] = None,
                priority: Optional[str] = None,
-               callback_url: Optional[str] = None) -> dict[str, Any]:
+               callback_url: Optional[str] = None,
+               explain: Optional[str] = None) -> dict[str, Any]:
         """Upload files as one job; names are relative to ``root`` when given.
 
         ``model`` (``name`` or ``name:version``) pins the job; None uses the default.
         ``priority`` is ``high``, ``normal`` (None) or ``low``. ``callback_url`` gets a
-        signed event when the job ends.
+        signed event when the job ends; ``explain`` (``gradcam``) asks for a heatmap of
+        every scan.
         """
         handles = []
         try:
@@ -75,7 +77,7 @@ class Client:
                 parts.append(("files", (label, handle, "application/octet-stream")))
             data = {key: value for key, value in
                     (("name", name), ("model", model), ("priority", priority),
-                     ("callback_url", callback_url)) if value}
+                     ("callback_url", callback_url), ("explain", explain)) if value}
             response = self.http.post(f"{self.base_url}/v1/jobs", files=parts, data=data,
                                       timeout=self.timeout)
         finally:

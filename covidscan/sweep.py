@@ -2,7 +2,7 @@
 
 One pass (:func:`sweep_once`):
 
-1. leases that ran out (their worker died) put their scans back in the queue, or fail a
+1. leases that ran out (their worker died) put their scans and explanations back in the queue, or fail a
    scan that has had ``MAX_ATTEMPTS`` attempts, and ask for a wake-up;
 2. wake-ups still in the outbox (a crash or a Redis error after a commit) are sent;
 3. when scans are waiting and ``idle`` says no one is on them, one more wake-up is sent
@@ -35,6 +35,7 @@ from db.jobs import delete_job_rows, existing_job_ids, expired_job_ids
 from db.models import Scan, ScanStatus
 from db.outbox import SendWakeups, add_wakeups, relay
 from db.keys import delete_expired_sessions
+from db.explanations import expire_explanation_leases, waiting_explanations
 from db.scans import expire_leases
 from db.webhooks import delete_job_webhooks, record_finished_jobs
 
@@ -109,10 +110,12 @@ def sweep_once(session_factory: sessionmaker[Session], blobs: BlobStore, send: S
     """
     with session_factory.begin() as session:
         expired = expire_leases(session, settings.max_attempts)
-        if expired.requeued:
-            add_wakeups(session, 1 + expired.requeued // settings.batch_size, "expired leases")
-        elif idle and waiting_scans(session):
-            add_wakeups(session, 1, "scans waiting")
+        explanations = expire_explanation_leases(session, settings.max_attempts)
+        if expired.requeued or explanations:
+            add_wakeups(session, 1 + (expired.requeued + explanations) // settings.batch_size,
+                        "expired leases")
+        elif idle and (waiting_scans(session) or waiting_explanations(session)):
+            add_wakeups(session, 1, "work waiting")
     sent = relay(session_factory, send)
     with session_factory.begin() as session:
         events_made = len(record_finished_jobs(session))

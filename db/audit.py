@@ -14,7 +14,8 @@ from db.models import AuditEvent
 
 ACTIONS = ("job.submit", "results.read", "results.csv", "thumbnail.view",
            "job.cancel", "job.delete", "model.add", "model.set_default", "model.remove",
-           "key.create", "key.revoke", "session.open", "webhook.create", "webhook.delete")
+           "key.create", "key.revoke", "session.open", "webhook.create", "webhook.delete",
+           "explanation.request", "heatmap.view")
 
 
 def record(session: Session, action: str, *, key_id: Optional[str], owner: Optional[str],

@@ -55,6 +55,10 @@ class ModelIdentity:
                 "model_sha256": self.sha256, "engine": self.engine,
                 "precision": self.precision, "preprocessing": self.preprocessing}
 
+    def explanation_columns(self) -> dict[str, Any]:
+        """The :class:`db.models.Explanation` columns that record it."""
+        return {**self.scan_columns(), "model_trained": self.trained}
+
     def job_columns(self) -> dict[str, Any]:
         """The :class:`db.models.Job` columns that record the model a job was pinned to."""
         return {"model_name": self.name, "model_version": self.version,

@@ -13,7 +13,7 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from db.identity import ModelIdentity
-from db.models import PRIORITIES, Job, Model, Scan, ScanStatus, utcnow
+from db.models import PRIORITIES, Explanation, Job, Model, Scan, ScanStatus, utcnow
 from db.outbox import add_wakeups
 
 
@@ -85,6 +85,7 @@ class JobOptions:
     precision: Optional[str] = None
     retention_seconds: int = 0
     chunk_size: int = 32
+    explain: Optional[str] = None  # "gradcam": explain every scan once it has a result
 
 
 def create_job(session: Session, scans: Sequence[NewScan], job_id: str,
@@ -99,7 +100,7 @@ def create_job(session: Session, scans: Sequence[NewScan], job_id: str,
     now = utcnow()
     job = Job(id=job_id, name=options.name, requested_model=options.requested_model,
               owner=options.owner, priority=options.priority, precision=options.precision,
-              created_at=now,
+              created_at=now, explain=options.explain,
               expires_at=(now + timedelta(seconds=options.retention_seconds)
                           if options.retention_seconds else None))
     if model is not None:
@@ -128,6 +129,11 @@ def cancel_job(session: Session, job: Job) -> int:
         if not unfinished:
             return 0
         job.cancelled_at = utcnow()
+    session.execute(
+        update(Explanation).where(Explanation.job_id == job.id,
+                                  Explanation.status == ScanStatus.QUEUED)
+        .values(status=ScanStatus.CANCELLED, finished_at=utcnow())
+        .execution_options(synchronize_session=False))
     return session.execute(
         update(Scan).where(Scan.job_id == job.id, Scan.status == ScanStatus.QUEUED)
         .values(status=ScanStatus.CANCELLED, finished_at=utcnow())
@@ -135,7 +141,8 @@ def cancel_job(session: Session, job: Job) -> int:
 
 
 def delete_job_rows(session: Session, job_id: str) -> None:
-    """Delete a job and its scans (their blobs are the caller's to delete)."""
+    """Delete a job, its scans and their explanations (blobs are the caller's to delete)."""
+    session.execute(delete(Explanation).where(Explanation.job_id == job_id))
     session.execute(delete(Scan).where(Scan.job_id == job_id))
     session.execute(delete(Job).where(Job.id == job_id))
 

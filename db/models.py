@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -143,6 +144,8 @@ class Job(Base):
     # None for jobs from before webhooks existed.
     finish_event: Mapped[Optional[str]] = mapped_column(String(10), default="pending",
                                                         index=True)
+    # Explanations asked for at submission ("gradcam"), or None.
+    explain: Mapped[Optional[str]] = mapped_column(String(20))
 
     scans: Mapped[list["Scan"]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True,
@@ -200,6 +203,62 @@ class Scan(Base):
 
     def __repr__(self) -> str:
         return f"Scan(id={self.id!r}, filename={self.filename!r}, status={self.status.value!r})"
+
+
+class Explanation(Base):
+    """Where the model looked for one scan (Grad-CAM), and the pictures of it.
+
+    Queued like a scan: a worker leases it once its scan has a result, computes it with
+    the job's model in fp32 and writes it under its lease. The pictures are kept here,
+    not in the blob store (workers cannot write there), and are loaded only when asked for.
+    """
+
+    __tablename__ = "explanations"
+    __table_args__ = (
+        UniqueConstraint("scan_id", "method", name="uq_explanations_scan_id_method"),
+        Index("ix_explanations_status_priority", "status", "priority", "queued_at"),
+        Index("ix_explanations_lease_owner", "lease_owner"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    scan_id: Mapped[str] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    method: Mapped[str] = mapped_column(String(20))
+    status: Mapped[ScanStatus] = mapped_column(
+        SqlEnum(ScanStatus, name="explanation_status", native_enum=False, length=16,
+                values_callable=lambda e: [m.value for m in e]),
+        default=ScanStatus.QUEUED,
+    )
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    priority: Mapped[int] = mapped_column(Integer, default=1)
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    lease_owner: Mapped[Optional[str]] = mapped_column(String(200))
+    lease_expires_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    # What was explained, and by what: layer, class, score (logit or probability), model.
+    layer: Mapped[Optional[str]] = mapped_column(String(200))
+    class_name: Mapped[Optional[str]] = mapped_column(String(100))
+    class_index: Mapped[Optional[int]] = mapped_column(Integer)
+    score: Mapped[Optional[str]] = mapped_column(String(20))
+    probability_covid: Mapped[Optional[float]] = mapped_column(Float)
+    model_name: Mapped[Optional[str]] = mapped_column(String(200))
+    model_version: Mapped[Optional[str]] = mapped_column(String(100))
+    model_sha256: Mapped[Optional[str]] = mapped_column(String(64))
+    model_trained: Mapped[Optional[bool]] = mapped_column(Boolean)
+    engine: Mapped[Optional[str]] = mapped_column(String(50))
+    precision: Mapped[Optional[str]] = mapped_column(String(20))
+    preprocessing: Mapped[Optional[str]] = mapped_column(String(50))
+    height: Mapped[Optional[int]] = mapped_column(Integer)
+    width: Mapped[Optional[int]] = mapped_column(Integer)
+    overlay_png: Mapped[Optional[bytes]] = mapped_column(LargeBinary, deferred=True)
+    heatmap_png: Mapped[Optional[bytes]] = mapped_column(LargeBinary, deferred=True)
+    slice_png: Mapped[Optional[bytes]] = mapped_column(LargeBinary, deferred=True)
+    map_npy: Mapped[Optional[bytes]] = mapped_column(LargeBinary, deferred=True)
+
+    def __repr__(self) -> str:
+        return (f"Explanation(scan_id={self.scan_id!r}, method={self.method!r}, "
+                f"status={self.status.value!r})")
 
 
 class ApiKey(Base):

@@ -45,8 +45,9 @@ def session_factory(database_url):
     return make_session_factory(make_engine(database_url))
 
 
-def submit(client, *names):
-    data = {"files": [(io.BytesIO(png_bytes(24, seed=i)), name) for i, name in enumerate(names)]}
+def submit(client, *names, **form):
+    data = {"files": [(io.BytesIO(png_bytes(24, seed=i)), name) for i, name in enumerate(names)],
+            **form}
     response = client.post("/v1/jobs", data=data, content_type="multipart/form-data")
     assert response.status_code == 202, response.get_json()
     return response.get_json()
@@ -59,7 +60,7 @@ def owners(app, app_config):
     alice = authorised(app.test_client(), create_api_key(url, "alice"))
     bob = authorised(app.test_client(), create_api_key(url, "bob"))
     admin = authorised(app.test_client(), create_api_key(url, "root", "admin"))
-    job = submit(alice, "a.png", "b.png")
+    job = submit(alice, "a.png", "b.png", explain="gradcam")  # every scan route serves it
     scans = alice.get(f"/v1/jobs/{job['id']}/results").get_json()["results"]
     webhook = alice.post("/v1/webhooks", json={"url": "https://93.184.215.14/hook",
                                                "secret": "whsec_" + "a" * 44}).get_json()

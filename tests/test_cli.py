@@ -110,7 +110,8 @@ def idle_server_url(app, api_key, monkeypatch):
 
 def test_cancel_and_delete_a_waiting_job(idle_server_url, tmp_path):
     write_folder(tmp_path / "slices", 5, size=32)
-    submitted = run(idle_server_url, "submit", str(tmp_path / "slices"), "--priority", "low")
+    submitted = run(idle_server_url, "submit", str(tmp_path / "slices"), "--priority", "low",
+                    "--explain")
     assert submitted.exit_code == 0, submitted.output
     job_id = submitted.output.split()[-1]
     cancelled = run(idle_server_url, "cancel", job_id)
@@ -119,6 +120,7 @@ def test_cancel_and_delete_a_waiting_job(idle_server_url, tmp_path):
         cancelled.output
     status = json.loads(run(idle_server_url, "status", job_id).output)
     assert status["status"] == "cancelled" and status["priority"] == "low"
+    assert status["explain"] == "gradcam"
     deleted = run(idle_server_url, "delete", job_id, "--yes")
     assert deleted.exit_code == 0 and f"job {job_id} deleted" in deleted.output
     assert "HTTP 404" in run(idle_server_url, "status", job_id).output

@@ -311,3 +311,73 @@ def test_the_cancel_button_cancels_a_waiting_job(app, api_key, tmp_path):
         assert not by_id(driver, "cancel-job").is_displayed()
         assert requests.get(f"{server.url}/v1/jobs/{job_id}", headers=auth,
                             timeout=30).json()["status"] == "cancelled"
+
+
+def heatmap_state(driver) -> dict:
+    return driver.execute_script("""
+        const img = document.querySelector('#results tbody tr .heatmap-thumb');
+        const dialog = document.getElementById('heatmap-viewer');
+        const slice = document.getElementById('viewer-slice');
+        return {thumb: img && img.complete ? img.naturalWidth : 0, open: dialog.open,
+                slice: slice.complete ? slice.naturalWidth : 0,
+                opacity: document.getElementById('viewer-heatmap').style.opacity,
+                notes: Array.from(document.querySelectorAll('.untrained-note'))
+                  .map((n) => n.textContent)};""")
+
+
+def test_a_heatmap_is_asked_for_from_its_row_and_shown_in_the_viewer(live_server, browser,
+                                                                     stack_key, tiny_model_path):
+    from tests.test_explanations import last_conv_layer
+
+    response = requests.post(f"{live_server.url}/v1/jobs", files=[
+        ("files", (f"h{i}.png", png_bytes(64, seed=i), "image/png")) for i in range(2)],
+        headers={"Authorization": f"Bearer {stack_key}"}, timeout=30)
+    job_id = response.json()["id"]
+    browser.get(f"{live_server.url}/jobs/{job_id}")
+    wait_until(browser, lambda d: [r["Status"] for r in table_rows(d)] == ["succeeded"] * 2,
+               what="two classified rows")
+    browser.find_element("css selector", "#results tbody tr .heatmap-toggle").click()
+    wait_until(browser, lambda d: heatmap_state(d)["thumb"] > 0, what="the row's heatmap")
+    browser.find_element("css selector", "#results tbody tr .heatmap-thumb").click()
+    wait_until(browser, lambda d: heatmap_state(d)["open"] and heatmap_state(d)["slice"] == 32,
+               30, "the viewer with the slice as the model saw it")
+    browser.execute_script("const s = document.getElementById('viewer-opacity');"
+                           "s.value = 20; s.dispatchEvent(new Event('input'));")
+    assert heatmap_state(browser)["opacity"] == "0.2"
+    assert f"layer {last_conv_layer(tiny_model_path)} " in by_id(browser, "viewer-meta").text
+    assert not by_id(browser, "viewer-untrained").is_displayed()  # the tiny model is trained
+    assert by_id(browser, "viewer-next").get_attribute("disabled")  # the other row: not asked
+    by_id(browser, "viewer-close").click()
+    browser.find_element("css selector", "#results tbody tr .heatmap-toggle").click()
+    assert heatmap_state(browser)["thumb"] == 0
+
+
+def test_a_heatmap_of_the_untrained_default_says_so(app, api_key, database_url, tmp_path):
+    """No worker process: the task body runs here, with the untrained default's Grad-CAM."""
+    from models.gradcam import GradCam
+    from models.loader import build_untrained
+    from tests.test_explain_drain import make_runtime
+    from worker.drain import drain
+
+    with LiveServer(app) as server, chromium(tmp_path) as driver:
+        response = requests.post(f"{server.url}/v1/jobs", data={"explain": "gradcam"}, files=[
+            ("files", ("u.png", png_bytes(64, seed=1), "image/png"))],
+            headers={"Authorization": f"Bearer {api_key}"}, timeout=30)
+        job_id = response.json()["id"]
+        runtime = make_runtime(database_url, tmp_path,
+                               lambda _engine: GradCam(build_untrained((64, 64)), 1))
+        try:
+            assert drain(runtime).explained == 1
+        finally:
+            runtime.close()
+        sign_in(driver, server.url, api_key)
+        driver.get(f"{server.url}/jobs/{job_id}")
+        toggle = wait_until(driver, lambda d: d.find_elements(
+            "css selector", "#results tbody tr .heatmap-toggle"), what="the row")[0]
+        toggle.click()
+        wait_until(driver, lambda d: heatmap_state(d)["thumb"] > 0, what="the row's heatmap")
+        assert heatmap_state(driver)["notes"] == ["untrained model: means nothing"]
+        driver.find_element("css selector", "#results tbody tr .heatmap-thumb").click()
+        wait_until(driver, lambda d: by_id(d, "viewer-untrained").is_displayed(), 30,
+                   "the viewer's untrained warning")
+        assert "this heatmap means nothing" in by_id(driver, "viewer-untrained").text

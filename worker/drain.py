@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from sqlalchemy.exc import OperationalError
 
+from covidscan.webhooks import relay_events
+from db.explanations import release_explanation_leases
 from db.identity import ModelIdentity
 from db.jobs import job_pins
-from covidscan.webhooks import relay_events
 from db.scans import Lease, ScanOutcome, claim_next, record_outcomes, release_leases
 from db.webhooks import record_finished_jobs
+from worker import explain
 from worker.inference import classify_batch
 from worker.model_cache import ModelUnavailable, pin_unpinned_jobs
 
@@ -40,14 +42,17 @@ class DrainReport:
     written: int = 0
     succeeded: int = 0
     failed: int = 0
+    explained: int = 0
 
     def __add__(self, other: "DrainReport") -> "DrainReport":
         return DrainReport(self.claimed + other.claimed, self.written + other.written,
-                           self.succeeded + other.succeeded, self.failed + other.failed)
+                           self.succeeded + other.succeeded, self.failed + other.failed,
+                           self.explained + other.explained)
 
 
 def drain(runtime: "WorkerRuntime", worker: Optional[str] = None) -> DrainReport:
-    """Classify waiting scans until none is left or the worker is stopping."""
+    """Classify waiting scans, then explain waiting explanations, until none is left or the
+    worker is stopping. Scans come first: each claim looks for scans before explanations."""
     total = DrainReport()
     with runtime.draining():
         while not runtime.stopping.is_set():
@@ -56,7 +61,11 @@ def drain(runtime: "WorkerRuntime", worker: Optional[str] = None) -> DrainReport
             try:
                 leases = claim(runtime)
                 if not leases:
-                    break
+                    explained = _explain_next(runtime)
+                    if explained is None:
+                        break
+                    total += DrainReport(explained=explained)
+                    continue
                 if runtime.stopping.is_set():  # not begun: give them back at once
                     with runtime.session_factory.begin() as session:
                         release_leases(session, runtime.owner, [lease.scan_id for lease in leases])
@@ -65,6 +74,19 @@ def drain(runtime: "WorkerRuntime", worker: Optional[str] = None) -> DrainReport
             finally:
                 runtime.claim_slots.release()
     return total
+
+
+def _explain_next(runtime: "WorkerRuntime") -> Optional[int]:
+    """Compute one claim of explanations; None when none waits."""
+    leases = explain.claim(runtime)
+    if not leases:
+        return None
+    if runtime.stopping.is_set():
+        with runtime.session_factory.begin() as session:
+            release_explanation_leases(session, runtime.owner,
+                                       [lease.explanation_id for lease in leases])
+        return None
+    return explain.explain_leases(runtime, leases)
 
 
 def claim(runtime: "WorkerRuntime") -> list[Lease]:

@@ -43,7 +43,8 @@ def predict_items(engine, tensors: Sequence[np.ndarray]) -> list:
     return results
 
 
-def _load_one(blobs: BlobStore, item: ScanInput, size: tuple[int, int]):
+def load_tensor(blobs: BlobStore, item: ScanInput, size: tuple[int, int]):
+    """The scan's seed-v1 tensor, or the reason it cannot be read or decoded (a str)."""
     from models.preprocess import ImageDecodeError, load_seed_v1
 
     try:
@@ -57,9 +58,9 @@ def _infer(items: Sequence[ScanInput], blobs: BlobStore, engine, pool: Optional[
     """One decode error (str), P(positive) (float) or future of it per item."""
     size = engine.info.input_size
     if pool is None:
-        loaded = [_load_one(blobs, item, size) for item in items]
+        loaded = [load_tensor(blobs, item, size) for item in items]
     else:
-        decoding = [pool.submit(_load_one, blobs, item, size) for item in items]
+        decoding = [pool.submit(load_tensor, blobs, item, size) for item in items]
         loaded = []
         for future in decoding:  # each tensor goes to the batcher as soon as it is decoded
             value = future.result()

@@ -28,6 +28,7 @@ from covidscan.wakeups import WakeupSender
 from db.blobs import BlobStore
 from db.model_store import ModelStore
 from db.outbox import add_wakeups, relay
+from db.explanations import release_explanation_leases, renew_explanation_leases
 from db.scans import release_leases, renew_leases
 from db.session import make_engine, make_session_factory
 from worker.batching import DynamicBatcher
@@ -56,6 +57,7 @@ class ModelEngines:
         self.on_change = on_change
         self._lock = threading.RLock()
         self._choices: dict[str, object] = {}
+        self._explainer = None
         size = model.info.input_size
         calibration = (for_model(model.path, size) if model.path is not None
                        else default_calibration(size))
@@ -95,6 +97,26 @@ class ModelEngines:
                 if self.on_change is not None:
                     self.on_change()
             return found
+
+    def explainer(self):
+        """The model's Grad-CAM (:class:`models.gradcam.GradCam`), built and warmed on first use.
+
+        Only workers that explain something pay for it: jobs without explanations never
+        build one.
+        """
+        if self._explainer is None:
+            from models.gradcam import GradCam
+
+            with self._lock:
+                if self._explainer is None:
+                    explainer = GradCam(self.model, min(self.settings.batch_size,
+                                                        self.settings.max_batch_size))
+                    explainer.warm_up()
+                    log.info("model %s:%s: Grad-CAM on layer %s (%s score)",
+                             self.model.info.name, self.model.info.version, explainer.layer,
+                             explainer.score)
+                    self._explainer = explainer
+        return self._explainer
 
     def describe(self) -> dict:
         """The choices made so far, as plain values (what ``GET /v1/workers`` shows)."""
@@ -153,9 +175,11 @@ class WorkerRuntime:
         return self._active == 0 and not self.stopping.is_set()
 
     def heartbeat(self) -> int:
-        """Renew every lease this process holds."""
+        """Renew every lease this process holds (scans and explanations)."""
         with self.session_factory.begin() as session:
-            return renew_leases(session, self.owner, self.settings.lease_seconds)
+            seconds = self.settings.lease_seconds
+            return (renew_leases(session, self.owner, seconds)
+                    + renew_explanation_leases(session, self.owner, seconds))
 
     def sweep(self):
         return sweep_once(self.session_factory, self.blobs, self.send_wakeups, self.settings,
@@ -177,8 +201,11 @@ class WorkerRuntime:
         """Give back every lease this process still holds, so other workers take them now."""
         with self.session_factory.begin() as session:
             released = release_leases(session, self.owner)
-        if released:
-            log.info("released %d leased scans back to the queue", released)
+            explanations = release_explanation_leases(session, self.owner)
+        if released or explanations:
+            log.info("released %d leased scans and %d explanations back to the queue",
+                     released, explanations)
+            released += explanations
         return released
 
     def close(self) -> None:

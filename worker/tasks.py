@@ -24,7 +24,8 @@ FORKING_POOLS = ("prefork", "processes")
 def wake(self) -> dict[str, int]:
     """Classify waiting scans until none is left (see :mod:`worker.drain`)."""
     report = drain(get_runtime(), worker=self.request.hostname)
-    return {"claimed": report.claimed, "succeeded": report.succeeded, "failed": report.failed}
+    return {"claimed": report.claimed, "succeeded": report.succeeded, "failed": report.failed,
+            "explained": report.explained}
 
 
 @app.task(name=DELIVER_TASK, acks_late=True, autoretry_for=(OperationalError,),

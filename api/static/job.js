@@ -162,12 +162,14 @@
     row.appendChild(cell("Label", r.label || "–"));
     row.appendChild(cell("Status", r.status, "status status-" + r.status));
     row.appendChild(cell("Error", r.error || "", "error-text"));
+    row.appendChild(cell("Heatmap", window.covidscan.heatmaps.cell(r)));
     return row;
   }
 
   function renderResults() {
     const rows = visibleRows();
     const shown = rows.slice(0, shownLimit);
+    window.covidscan.heatmaps.setOrder(shown.map((r) => r.scan_id));
     replaceChildren(document.querySelector("#results tbody"), shown, makeRow);
     $("shown-count").textContent = "Showing " + shown.length + " of " + rows.length +
       " matching scans (" + results.length + " in the job).";
@@ -274,6 +276,7 @@
   $("show-more").addEventListener("click", () => { shownLimit += RENDER_STEP; renderResults(); });
   $("download-json").addEventListener("click", downloadJSON);
   $("cancel-job").addEventListener("click", cancelJob);
+  window.covidscan.heatmaps.init(renderResults);
   window.setInterval(() => { if (!finished()) showTimes(); }, 1000);
   showSkipped();
   showJob();

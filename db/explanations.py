@@ -1,0 +1,203 @@
+"""The explanation queue in SQL: asked for, leased by a worker once the scan has a result.
+
+The same shape as :mod:`db.scans`: a worker claims waiting explanations (highest priority
+first) under a lease renewed by its heartbeat, writes each result only while it holds
+that lease, and an expired lease puts the explanation back (or fails it after
+``max_attempts``). An explanation waits until its scan has a result; a scan that failed
+or was cancelled fails its explanation with the reason. Every function takes a
+``session``; the caller owns the transaction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Optional, Sequence
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.orm import Session
+
+from db.identity import ModelIdentity
+from db.models import Explanation, Job, Scan, ScanStatus, utcnow
+from db.outbox import add_wakeups
+
+GRADCAM = "gradcam"
+METHODS = (GRADCAM,)
+
+
+@dataclass(frozen=True)
+class ExplanationLease:
+    """One claimed explanation: what a worker needs to compute and write it."""
+
+    explanation_id: str
+    scan_id: str
+    job_id: str
+    blob_key: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class ExplanationOutcome:
+    """A computed explanation (what it records and its pictures), or the reason there is none."""
+
+    explanation_id: str
+    error: Optional[str] = None
+    details: Optional[dict[str, Any]] = None  # layer, class_name, class_index, score, …
+    pictures: Optional[dict[str, bytes]] = None  # overlay_png, heatmap_png, slice_png, map_npy
+
+    def __post_init__(self) -> None:
+        if (self.error is None) == (self.pictures is None):
+            raise ValueError("an explanation outcome carries either pictures or an error")
+
+
+def queue_job_explanations(session: Session, job: Job, method: str = GRADCAM) -> int:
+    """Queue an explanation of every scan of a new job (flushed, not committed)."""
+    session.flush()
+    for scan in job.scans:
+        session.add(Explanation(scan_id=scan.id, job_id=job.id, method=method,
+                                status=ScanStatus.QUEUED, priority=job.priority,
+                                queued_at=utcnow(), attempts=0))
+    return len(job.scans)
+
+
+def request_explanation(session: Session, scan: Scan, priority: int,
+                        method: str = GRADCAM) -> tuple[Explanation, bool]:
+    """The scan's explanation, queued now unless one is waiting, running or done.
+
+    A failed or cancelled one is queued again. Returns it and whether it was (re)queued;
+    a queued one gets a wake-up in the same transaction.
+    """
+    found = session.scalars(select(Explanation).where(
+        Explanation.scan_id == scan.id, Explanation.method == method)).first()
+    if found is not None and found.status not in (ScanStatus.FAILED, ScanStatus.CANCELLED):
+        return found, False
+    if found is None:
+        found = Explanation(scan_id=scan.id, job_id=scan.job_id, method=method)
+        session.add(found)
+    found.status, found.error, found.priority = ScanStatus.QUEUED, None, priority
+    found.queued_at, found.attempts, found.finished_at = utcnow(), 0, None
+    add_wakeups(session, 1, f"explanation of scan {scan.id}")
+    return found, True
+
+
+def find_explanation(session: Session, scan_id: str,
+                     method: str = GRADCAM) -> Optional[Explanation]:
+    return session.scalars(select(Explanation).where(
+        Explanation.scan_id == scan_id, Explanation.method == method)).first()
+
+
+def explained_scan_ids(session: Session, scan_ids: Sequence[str]) -> dict[str, str]:
+    """Each of these scans' explanation status (scans without one are left out)."""
+    rows = session.execute(select(Explanation.scan_id, Explanation.status)
+                           .where(Explanation.scan_id.in_(list(scan_ids))))
+    return {scan_id: ScanStatus(status).value for scan_id, status in rows}
+
+
+def _fail_unexplainable(session: Session) -> int:
+    """Explanations of scans that failed or were cancelled fail with the scan's reason."""
+    no_result = select(Scan.id).where(Scan.status.in_([ScanStatus.FAILED, ScanStatus.CANCELLED]))
+    return session.execute(
+        update(Explanation)
+        .where(Explanation.status == ScanStatus.QUEUED, Explanation.scan_id.in_(no_result))
+        .values(status=ScanStatus.FAILED, finished_at=utcnow(),
+                error="the scan has no result to explain (it failed or was cancelled)")
+        .execution_options(synchronize_session=False)).rowcount
+
+
+def claim_explanations(session: Session, owner: str, limit: int,
+                       lease_seconds: float) -> list[ExplanationLease]:
+    """Lease up to ``limit`` waiting explanations whose scans have a result."""
+    _fail_unexplainable(session)
+    ids = list(session.scalars(
+        select(Explanation.id).join(Scan, Scan.id == Explanation.scan_id)
+        .where(Explanation.status == ScanStatus.QUEUED, Scan.status == ScanStatus.SUCCEEDED)
+        .order_by(Explanation.priority, Explanation.queued_at).limit(limit)
+        .with_for_update(skip_locked=True, of=Explanation)))
+    if not ids:
+        return []
+    now = utcnow()
+    claimed = session.execute(
+        update(Explanation)
+        .where(Explanation.id.in_(ids), Explanation.status == ScanStatus.QUEUED)
+        .values(status=ScanStatus.RUNNING, lease_owner=owner, attempts=Explanation.attempts + 1,
+                lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .returning(Explanation.id, Explanation.attempts)
+        .execution_options(synchronize_session=False)).all()
+    attempts = dict(claimed)
+    rows = session.execute(select(Explanation.id, Scan.id, Scan.job_id, Scan.blob_key)
+                           .join(Scan, Scan.id == Explanation.scan_id)
+                           .where(Explanation.id.in_(list(attempts)))
+                           .order_by(Scan.job_id, Scan.position))
+    return [ExplanationLease(e_id, scan_id, job_id, key, attempts[e_id])
+            for e_id, scan_id, job_id, key in rows]
+
+
+def waiting_explanations(session: Session) -> int:
+    """Explanations a worker could take now (their scans have a result)."""
+    return session.scalar(
+        select(func.count()).select_from(Explanation).join(Scan, Scan.id == Explanation.scan_id)
+        .where(Explanation.status == ScanStatus.QUEUED,
+               Scan.status.in_(ScanStatus.terminal()))) or 0
+
+
+def renew_explanation_leases(session: Session, owner: str, lease_seconds: float) -> int:
+    return session.execute(
+        update(Explanation)
+        .where(Explanation.lease_owner == owner, Explanation.status == ScanStatus.RUNNING)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)).rowcount
+
+
+def release_explanation_leases(session: Session, owner: str,
+                               ids: Optional[Sequence[str]] = None) -> int:
+    """Give leases back at once (a worker stopping); the attempt is not counted."""
+    query = update(Explanation).where(Explanation.lease_owner == owner,
+                                      Explanation.status == ScanStatus.RUNNING)
+    if ids is not None:
+        query = query.where(Explanation.id.in_(list(ids)))
+    return session.execute(
+        query.values(status=ScanStatus.QUEUED, lease_owner=None, lease_expires_at=None,
+                     attempts=Explanation.attempts - 1)
+        .execution_options(synchronize_session=False)).rowcount
+
+
+def expire_explanation_leases(session: Session, max_attempts: int) -> int:
+    """Explanations whose worker died: back in the queue, or failed after ``max_attempts``.
+
+    Returns how many went back to the queue.
+    """
+    now = utcnow()
+    expired = and_(Explanation.status == ScanStatus.RUNNING, Explanation.lease_expires_at < now)
+    cleared = dict(lease_owner=None, lease_expires_at=None)
+    session.execute(
+        update(Explanation).where(expired, Explanation.attempts >= max_attempts)
+        .values(status=ScanStatus.FAILED, finished_at=now, **cleared,
+                error="worker died while computing this explanation")
+        .execution_options(synchronize_session=False))
+    return session.execute(
+        update(Explanation).where(expired).values(status=ScanStatus.QUEUED, **cleared)
+        .execution_options(synchronize_session=False)).rowcount
+
+
+def record_explanations(session: Session, outcomes: Sequence[ExplanationOutcome],
+                        leases: Sequence[ExplanationLease], model: ModelIdentity,
+                        owner: str) -> int:
+    """Write each outcome if ``owner`` still holds its lease; returns rows written."""
+    if len(outcomes) != len(leases):
+        raise ValueError(f"{len(outcomes)} outcomes for {len(leases)} leases")
+    now = utcnow()
+    written = 0
+    for outcome, lease in zip(outcomes, leases):
+        if outcome.explanation_id != lease.explanation_id:
+            raise ValueError(f"outcome of {outcome.explanation_id} paired with the lease of "
+                             f"{lease.explanation_id}")
+        values = dict(outcome.details or {}, **(outcome.pictures or {}))
+        written += session.execute(
+            update(Explanation)
+            .where(Explanation.id == lease.explanation_id,
+                   Explanation.status == ScanStatus.RUNNING,
+                   Explanation.lease_owner == owner, Explanation.attempts == lease.attempt)
+            .values(status=ScanStatus.FAILED if outcome.error else ScanStatus.SUCCEEDED,
+                    error=outcome.error, finished_at=now, lease_owner=None,
+                    lease_expires_at=None, **model.explanation_columns(), **values)
+            .execution_options(synchronize_session=False)).rowcount
+    return written
