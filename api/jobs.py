@@ -9,14 +9,16 @@ from api.audit import audit
 from api.auth import current_principal, owned_job, requires
 from api.extensions import db_session, services
 from api.limits import check_active_jobs, scan_quota
+from api.metrics import job_submitted
 from api.models import requested_model_ref, resolve_model
 from api.problems import Problem
 from api.serialize import csv_lines, job_json, result_row
 from api.uploads import ParsedUpload, UploadLimits, iter_scans
+from covidscan.metrics import count_finished
 from covidscan.settings import PRECISIONS
 from covidscan.sweep import delete_job
-from db.jobs import (JobOptions, JobSummary, NewScan, cancel_job, create_job, iter_results,
-                     recent_job_summaries, results_page, summarise_jobs)
+from db.jobs import (JobOptions, JobSummary, NewScan, cancel_job, create_job, ended_jobs,
+                     iter_results, recent_job_summaries, results_page, summarise_jobs)
 from db.models import PRIORITIES, new_id, priority_rank
 from db.outbox import relay
 
@@ -112,6 +114,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         svc.blobs.delete_job(job_id)
         raise
     relay(svc.session_factory, svc.send_wakeups)
+    job_submitted(PRIORITIES[priority], len(new_scans))
     log.info("job %s: %d scans accepted, %d entries skipped", job_id, len(new_scans),
              len(parsed.skipped))
     body = job_json(summarise_jobs(session, [job])[0])
@@ -141,7 +144,9 @@ def cancel(job_id: str) -> Response:
     session = db_session()
     job = owned_job(job_id)
     cancelled = cancel_job(session, job)
+    ended = ended_jobs(session, [job_id]) if cancelled else {}  # this cancel ended it
     session.commit()
+    count_finished(ended.values())
     audit("job.cancel", job_id, {"cancelled": cancelled})
     log.info("job %s: cancel asked, %d waiting scans cancelled", job_id, cancelled)
     return jsonify(job_json(owned_summary(job_id)))

@@ -24,6 +24,7 @@ from typing import Callable, Optional
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from covidscan.metrics import count_recovered
 from covidscan.settings import Settings
 from db.blobs import BlobStore
 from db.jobs import delete_job_rows, existing_job_ids, expired_job_ids
@@ -103,6 +104,7 @@ def sweep_once(session_factory: sessionmaker[Session], blobs: BlobStore, send: S
             add_wakeups(session, 1 + expired.requeued // settings.batch_size, "expired leases")
         elif idle and waiting_scans(session):
             add_wakeups(session, 1, "scans waiting")
+    count_recovered(expired.requeued, expired.failed, expired.cancelled)
     sent = relay(session_factory, send)
     jobs_deleted = orphans = 0
     if clean_up:

@@ -236,6 +236,22 @@ def iter_results(session: Session, job_id: str, page_size: int = 500) -> Iterato
         cursor = next_cursor
 
 
+def lock_jobs(session: Session, job_ids: Sequence[str]) -> None:
+    """Lock these jobs' rows until the transaction ends, so that two transactions finishing
+    scans of one job see each other's writes (:func:`ended_jobs`). PostgreSQL row locks, in
+    id order; SQLite runs one writer at a time anyway."""
+    if session.get_bind().dialect.name != "sqlite" and job_ids:
+        session.execute(select(Job.id).where(Job.id.in_(sorted(set(job_ids))))
+                        .order_by(Job.id).with_for_update())
+
+
+def ended_jobs(session: Session, job_ids: Sequence[str]) -> dict[str, str]:
+    """The final status of each of these jobs that has nothing queued or running left."""
+    jobs = list(session.scalars(select(Job).where(Job.id.in_(sorted(set(job_ids))))))
+    return {summary.job.id: summary.status for summary in summarise_jobs(session, jobs)
+            if summary.status in FINISHED_STATUSES}
+
+
 def job_pins(session: Session, job_ids: Sequence[str]) -> dict[str, tuple[Optional[str], Optional[str]]]:
     """Each job's pinned model id (None: the untrained default) and requested precision."""
     rows = session.execute(select(Job.id, Job.model_id, Job.precision)

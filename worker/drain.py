@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from sqlalchemy.exc import OperationalError
 
+from covidscan.metrics import count_finished
 from db.identity import ModelIdentity
-from db.jobs import job_pins
-from db.scans import Lease, ScanOutcome, claim_next, record_outcomes, release_leases
+from db.jobs import ended_jobs, job_pins, lock_jobs
+from db.scans import Lease, ScanOutcome, claim_next, release_leases, write_outcomes
+from worker import metrics
 from worker.inference import classify_batch
 from worker.model_cache import ModelUnavailable, pin_unpinned_jobs
 
@@ -112,12 +114,21 @@ def _classify_group(runtime: "WorkerRuntime", group: Sequence[Lease], model_id: 
 
 def _write(runtime: "WorkerRuntime", outcomes: Sequence[ScanOutcome], leases: Sequence[Lease],
            identity: ModelIdentity, worker: Optional[str]) -> int:
-    """Write in one transaction, retrying a lost database; the lease holds meanwhile."""
+    """Write in one transaction, retrying a lost database; the lease holds meanwhile.
+
+    The jobs' rows are locked first, so that of two writers finishing one job's last scans,
+    the later sees the earlier's results and counts the job as ended, once.
+    """
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         try:
-            with runtime.session_factory.begin() as session:
-                return record_outcomes(session, outcomes, leases, identity, worker,
-                                       runtime.owner)
+            with metrics.timed(metrics.WRITE), runtime.session_factory.begin() as session:
+                lock_jobs(session, [lease.job_id for lease in leases])
+                written = write_outcomes(session, outcomes, leases, identity, worker,
+                                         runtime.owner)
+                ended = ended_jobs(session, [lease.job_id for _, lease in written])
+            metrics.scans_written(identity, written)
+            count_finished(ended.values())
+            return len(written)
         except OperationalError as exc:
             if attempt == WRITE_ATTEMPTS:
                 raise
