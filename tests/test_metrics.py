@@ -150,3 +150,50 @@ def test_the_queue_is_read_from_sql_at_scrape_time(app, app_config, metrics_key_
     assert value(samples, "covidscan_scans_waiting", priority="normal") == 0
     age = value(samples, "covidscan_oldest_waiting_scan_age_seconds")
     assert 0 <= age < 600  # seconds since the first submission
+
+
+@pytest.mark.database
+def test_two_writers_ending_one_job_at_once_count_it_once(database_url):
+    """Each of two workers writes the last scan of its lease at the same time; whichever
+    commits second sees the other's result and is the one that says the job ended."""
+    import threading
+
+    from db.identity import ModelIdentity
+    from db.jobs import NewScan, create_job, ended_jobs, lock_jobs
+    from db.scans import ScanOutcome, claim_next, write_outcomes
+    from db.session import make_engine, make_session_factory
+
+    sessions = make_session_factory(make_engine(database_url))
+    with sessions.begin() as session:
+        create_job(session, [NewScan(f"{i}.png", f"j/{i}", 1) for i in range(2)], "j" * 32)
+    leases = {}
+    for owner in ("a", "b"):
+        with sessions.begin() as session:
+            leases[owner] = claim_next(session, owner, 1, lease_seconds=60)
+    identity = ModelIdentity("m", "1", "0" * 64, True, "tensorflow", "fp32", "seed-v1")
+    ended: dict[str, dict] = {}
+    a_wrote, b_started = threading.Event(), threading.Event()
+
+    def write(owner: str, before_commit=lambda: None) -> None:
+        with sessions.begin() as session:
+            lock_jobs(session, ["j" * 32])
+            (lease,) = leases[owner]
+            written = write_outcomes(session, [ScanOutcome(lease.scan_id, 0.5, "NonCOVID")],
+                                     [lease], identity, owner, owner)
+            assert len(written) == 1
+            ended[owner] = ended_jobs(session, ["j" * 32])
+            before_commit()
+
+    def a_waits_for_b_to_start() -> None:
+        a_wrote.set()
+        b_started.wait(10)
+        threading.Event().wait(0.5)  # b is now blocked on a's lock (or a's write)
+
+    first = threading.Thread(target=write, args=("a", a_waits_for_b_to_start))
+    first.start()
+    a_wrote.wait(10)
+    second = threading.Thread(target=lambda: (b_started.set(), write("b")))
+    second.start()
+    first.join(30)
+    second.join(30)
+    assert ended == {"a": {}, "b": {"j" * 32: "succeeded"}}
