@@ -31,8 +31,6 @@ from db.scans import queue_depth
 
 log = logging.getLogger(__name__)
 
-PREFIX = "covidscan_"
-
 SCANS_RECOVERED = Counter(
     "covidscan_scans_recovered_total",
     "Scans whose worker's lease expired (the worker died), by what became of them: "

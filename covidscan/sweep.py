@@ -24,14 +24,14 @@ from typing import Callable, Optional
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from covidscan.metrics import count_recovered
+from covidscan.metrics import count_finished, count_recovered
 from covidscan.settings import Settings
 from db.blobs import BlobStore
-from db.jobs import delete_job_rows, existing_job_ids, expired_job_ids
-from db.models import Scan, ScanStatus
+from db.jobs import delete_job_rows, ended_jobs, existing_job_ids, expired_job_ids, lock_jobs
+from db.models import Scan, ScanStatus, utcnow
 from db.outbox import SendWakeups, add_wakeups, relay
 from db.keys import delete_expired_sessions
-from db.scans import expire_leases
+from db.scans import expire_leases, jobs_ending_by_expiry
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +99,19 @@ def sweep_once(session_factory: sessionmaker[Session], blobs: BlobStore, send: S
     Workers recover only (they mount the blob store read-only); ``covidscan sweep`` does both.
     """
     with session_factory.begin() as session:
-        expired = expire_leases(session, settings.max_attempts)
+        now = utcnow()
+        # A job whose last scans this pass fails or cancels ends here: lock the jobs first,
+        # as a worker writing results does, so that the job's end is counted once.
+        lock_jobs(session, jobs_ending_by_expiry(settings.max_attempts, now))
+        expired = expire_leases(session, settings.max_attempts, now)
+        ended = ended_jobs(session, list(expired.ended_scans_of)) if expired.ended_scans_of \
+            else {}
         if expired.requeued:
             add_wakeups(session, 1 + expired.requeued // settings.batch_size, "expired leases")
         elif idle and waiting_scans(session):
             add_wakeups(session, 1, "scans waiting")
     count_recovered(expired.requeued, expired.failed, expired.cancelled)
+    count_finished(ended.values())
     sent = relay(session_factory, send)
     jobs_deleted = orphans = 0
     if clean_up:

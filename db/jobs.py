@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterator, Optional, Sequence
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from db.identity import ModelIdentity
@@ -236,13 +236,16 @@ def iter_results(session: Session, job_id: str, page_size: int = 500) -> Iterato
         cursor = next_cursor
 
 
-def lock_jobs(session: Session, job_ids: Sequence[str]) -> None:
-    """Lock these jobs' rows until the transaction ends, so that two transactions finishing
-    scans of one job see each other's writes (:func:`ended_jobs`). PostgreSQL row locks, in
-    id order; SQLite runs one writer at a time anyway."""
-    if session.get_bind().dialect.name != "sqlite" and job_ids:
-        session.execute(select(Job.id).where(Job.id.in_(sorted(set(job_ids))))
-                        .order_by(Job.id).with_for_update())
+def lock_jobs(session: Session, job_ids: Sequence[str] | Select) -> None:
+    """Lock these jobs' rows (ids, or a query of ids) until the transaction ends, so that two
+    transactions ending scans of one job see each other's writes (:func:`ended_jobs`).
+    PostgreSQL row locks, in id order; SQLite runs one writer at a time anyway, and the
+    query is not even run there (a read before the first write would pin a snapshot)."""
+    if session.get_bind().dialect.name == "sqlite":
+        return
+    ids = job_ids if isinstance(job_ids, Select) else sorted(set(job_ids))
+    if isinstance(ids, Select) or ids:
+        session.execute(select(Job.id).where(Job.id.in_(ids)).order_by(Job.id).with_for_update())
 
 
 def ended_jobs(session: Session, job_ids: Sequence[str]) -> dict[str, str]:

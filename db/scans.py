@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Optional, Sequence
 
-from sqlalchemy import String, and_, cast, func, literal, select, update
+from sqlalchemy import Select, String, and_, cast, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from db.identity import ModelIdentity
@@ -125,32 +125,45 @@ class Expired:
     requeued: int
     failed: int
     cancelled: int
+    ended_scans_of: frozenset[str] = frozenset()  # jobs with a scan failed or cancelled here
 
 
-def expire_leases(session: Session, max_attempts: int) -> Expired:
-    """Scans whose lease ran out (their worker died): back to the queue, or failed for good.
+def _expired(now: datetime):
+    return and_(Scan.status == ScanStatus.RUNNING, Scan.lease_expires_at < now)
+
+
+def jobs_ending_by_expiry(max_attempts: int, now: datetime) -> Select:
+    """A query of the jobs :func:`expire_leases` at ``now`` would end a scan of."""
+    cancelled_job = select(Job.id).where(Job.cancelled_at.is_not(None))
+    return select(Scan.job_id).where(
+        _expired(now), (Scan.attempts >= max_attempts) | Scan.job_id.in_(cancelled_job))
+
+
+def expire_leases(session: Session, max_attempts: int, now: Optional[datetime] = None) -> Expired:
+    """Scans whose lease ran out before ``now`` (their worker died): back to the queue, or
+    failed for good.
 
     A scan of a cancelled job is cancelled; one that has had ``max_attempts`` attempts
     fails with :func:`died_message`, so one poison file cannot crash-loop every worker.
     """
-    now = utcnow()
-    expired = and_(Scan.status == ScanStatus.RUNNING, Scan.lease_expires_at < now)
+    now = now or utcnow()
+    expired = _expired(now)
     cancelled_job = select(Job.id).where(Job.cancelled_at.is_not(None))
     cleared = dict(lease_owner=None, lease_expires_at=None)
-    cancelled = session.execute(
+    cancelled = session.scalars(
         update(Scan).where(expired, Scan.job_id.in_(cancelled_job))
         .values(status=ScanStatus.CANCELLED, finished_at=now, **cleared)
-        .execution_options(synchronize_session=False)).rowcount
-    failed_rows = session.execute(
+        .returning(Scan.job_id).execution_options(synchronize_session=False)).all()
+    failed = session.scalars(
         update(Scan).where(expired, Scan.attempts >= max_attempts)
         .values(status=ScanStatus.FAILED, finished_at=now, error=(
             literal("worker died while processing this scan (")
             + cast(Scan.attempts, String) + literal(" attempts)")), **cleared)
-        .execution_options(synchronize_session=False)).rowcount
+        .returning(Scan.job_id).execution_options(synchronize_session=False)).all()
     requeued = session.execute(
         update(Scan).where(expired).values(status=ScanStatus.QUEUED, **cleared)
         .execution_options(synchronize_session=False)).rowcount
-    return Expired(requeued, failed_rows, cancelled)
+    return Expired(requeued, len(failed), len(cancelled), frozenset(cancelled + failed))
 
 
 def record_outcomes(session: Session, outcomes: Sequence[ScanOutcome], leases: Sequence[Lease],

@@ -116,7 +116,7 @@ def metrics_key_for():
 
 
 def test_scans_recovered_from_expired_leases_are_counted_by_outcome(app_config):
-    from covidscan.metrics import SCANS_RECOVERED
+    from covidscan.metrics import JOBS_FINISHED, SCANS_RECOVERED
     from covidscan.settings import load_settings
     from covidscan.sweep import sweep_once
     from db.blobs import BlobStore
@@ -130,12 +130,26 @@ def test_scans_recovered_from_expired_leases_are_counted_by_outcome(app_config):
         create_job(session, [NewScan(f"{i}.png", f"j/{i}", 1) for i in range(3)], "j" * 32)
     with sessions.begin() as session:  # a worker leases them and dies at once
         assert len(claim_next(session, "dead/1/x", 3, lease_seconds=-1)) == 3
-    requeued = SCANS_RECOVERED.labels("requeued")
-    before = requeued._value.get()
-    report = sweep_once(sessions, BlobStore(settings.blob_dir), lambda tasks: None, settings,
-                        clean_up=False)
-    assert report.requeued == 3
-    assert requeued._value.get() - before == 3
+    counters = {"requeued": SCANS_RECOVERED.labels("requeued"),
+                "failed": SCANS_RECOVERED.labels("failed"),
+                "job failed": JOBS_FINISHED.labels("failed")}
+    before = {name: counter._value.get() for name, counter in counters.items()}
+
+    def moved():
+        return {name: counter._value.get() - before[name] for name, counter in counters.items()}
+
+    def sweep(**changes):
+        return sweep_once(sessions, BlobStore(settings.blob_dir), lambda tasks: None,
+                          settings.with_overrides(**changes), clean_up=False)
+
+    assert sweep().requeued == 3
+    assert moved() == {"requeued": 3, "failed": 0, "job failed": 0}
+    with sessions.begin() as session:  # the second worker dies too; no attempt is left
+        assert len(claim_next(session, "dead/2/y", 3, lease_seconds=-1)) == 3
+    assert sweep(max_attempts=2).failed == 3
+    assert moved() == {"requeued": 3, "failed": 3, "job failed": 1}  # the job ended there
+    assert sweep(max_attempts=2).failed == 0
+    assert moved()["job failed"] == 1
 
 
 def test_the_queue_is_read_from_sql_at_scrape_time(app, app_config, metrics_key_for):
