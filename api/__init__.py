@@ -21,8 +21,8 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
             (``{"DATABASE_URL": ...}``) read instead of ``os.environ``; None reads the
             environment.
     """
-    from api import (audit, auth, explanations, extensions, health, jobs, limits, models, problems,
-                     security, thumbnails, web, webhooks, workers)
+    from api import (audit, auth, explanations, extensions, health, jobs, limits, metrics, models,
+                     problems, security, thumbnails, web, webhooks, workers)
 
     if isinstance(config, Settings):
         settings = config
@@ -42,6 +42,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     app.json.sort_keys = False
     logging.getLogger("api").setLevel(settings.log_level)
     extensions.init_app(app, settings)
+    metrics.init_app(app)  # first: its timer sees requests that later hooks refuse
     problems.init_app(app)
     security.init_app(app, settings.trusted_hosts)
     auth.init_app(app)  # before the rate limiter, which counts per owner

@@ -9,11 +9,13 @@ from api.audit import audit
 from api.auth import current_principal, owned_job, requires
 from api.extensions import db_session, services
 from api.limits import check_active_jobs, confirm_active_jobs, scan_quota
+from api.metrics import job_submitted
 from api.models import requested_model_ref, resolve_model
 from api.problems import Problem
 from api.serialize import csv_lines, job_json, result_row
 from api.uploads import ParsedUpload, UploadLimits, iter_scans
 from api.webhooks import callback_url_field
+from covidscan.metrics import count_finished
 from covidscan.settings import PRECISIONS
 from covidscan.sweep import delete_job
 from covidscan.webhooks import relay_events
@@ -131,6 +133,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         svc.blobs.delete_job(job_id)
         raise
     relay(svc.session_factory, svc.send_wakeups)
+    job_submitted(PRIORITIES[priority], len(new_scans))
     log.info("job %s: %d scans accepted, %d entries skipped", job_id, len(new_scans),
              len(parsed.skipped))
     body = job_json(summarise_jobs(session, [job])[0])
@@ -160,9 +163,10 @@ def cancel(job_id: str) -> Response:
     session = db_session()
     job = owned_job(job_id)
     cancelled = cancel_job(session, job)
-    events = record_finished_jobs(session, [job_id])  # ended now: its events, in this commit
+    finished = record_finished_jobs(session, [job_id])  # ended now: recorded in this commit
     session.commit()
-    if events:
+    count_finished(finished.statuses.values())
+    if finished.event_ids:
         relay_events(services().session_factory, services().send_wakeups.deliver)
     audit("job.cancel", job_id, {"cancelled": cancelled})
     log.info("job %s: cancel asked, %d waiting scans cancelled", job_id, cancelled)

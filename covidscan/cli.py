@@ -269,6 +269,12 @@ def sweep(once: bool, health_file: Optional[Path]) -> None:
         report = run()
         click.echo(" ".join(f"{key}={value}" for key, value in vars(report).items()))
         return
+    from covidscan.metrics import serve
+
+    try:
+        serve(settings, "sweep")  # what it recovers (METRICS_PORT; 0: off)
+    except OSError as exc:
+        _fail(f"cannot serve metrics on METRICS_PORT: {exc}")
     click.echo(f"sweeping every {settings.sweep_interval} s; Ctrl-C stops")
     try:
         SweepLoop(run, settings.sweep_interval).run(

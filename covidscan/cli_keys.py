@@ -61,7 +61,8 @@ def keys() -> None:
 @click.option("--owner", required=True, help="Who the key's jobs belong to (several keys may "
                                               "share an owner).")
 @click.option("--scopes", default="submit,read", show_default=True,
-              help="Comma-separated: submit, read, admin (admin: every job, the audit log).")
+              help="Comma-separated: submit, read, metrics (GET /metrics only), admin "
+                   "(admin: every job, the audit log).")
 @click.option("--expires", help="30d, 12h, 2w, or a date such as 2027-01-31 (default: never).")
 def create(owner: str, scopes: str, expires: Optional[str]) -> None:
     """Create a key and print it once: only its hash is stored."""

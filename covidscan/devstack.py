@@ -20,7 +20,7 @@ from typing import IO, Optional
 
 import requests
 
-from covidscan.embedded_redis import EmbeddedRedis, stored_password
+from covidscan.embedded_redis import EmbeddedRedis, free_port, stored_password
 from covidscan.settings import ConfigError, Settings, load_settings
 from db import migrate
 from db.audit import record
@@ -128,6 +128,7 @@ class Stack:
         self.children: list[tuple[str, subprocess.Popen]] = []
         self.stopping = threading.Event()
         self.model = None  # the registered MODEL_PATH model, once start() has registered it
+        self.metrics_ports: dict[str, int] = {}  # the worker's and the sweep's METRICS_PORT
 
     def start(self) -> None:
         """Migrate and register MODEL_PATH, then start Redis, the worker and the API.
@@ -157,10 +158,30 @@ class Stack:
             env["WEBHOOK_SECRET"] = stored_webhook_secret(self.var_dir / "webhook-secret")
             print(f"covidscan: webhooks are signed with the secret in "
                   f"{self.var_dir / 'webhook-secret'}")
-        self._spawn("worker", worker_command(self.settings.log_level), env)
-        self._spawn("sweep", sweep_command(), env)
+        self._spawn("worker", worker_command(self.settings.log_level),
+                    self._metrics_env(env, "worker", self.settings.metrics_port))
+        self._spawn("sweep", sweep_command(), self._metrics_env(env, "sweep"))
         self._spawn("api", api_command(self.settings.port, self.settings.api_host,
                                        max_body_bytes=self.settings.max_upload_bytes), env)
+
+    def _metrics_env(self, env: dict[str, str], name: str, port: int = 0) -> dict[str, str]:
+        """``env`` with a METRICS_PORT of the child's own (METRICS_PORT, else a free one) and
+        without PROMETHEUS_MULTIPROC_DIR (single processes; only a gunicorn API needs it)."""
+        port = port or free_port()
+        self.metrics_ports[name] = port
+        child = {k: v for k, v in env.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        child["METRICS_PORT"] = str(port)
+        return child
+
+    def metrics_lines(self) -> str:
+        """Where each process of the stack serves its Prometheus metrics."""
+        host = self.settings.metrics_host
+        access = ("public" if self.settings.metrics_access == "public"
+                  else "a key with the metrics or admin scope")
+        lines = [f"  metrics: {self.base_url}/metrics ({access})"]
+        lines += [f"           http://{host}:{port}/metrics ({name})"
+                  for name, port in self.metrics_ports.items()]
+        return "\n".join(lines) + "\n"
 
     def _announce_access(self) -> None:
         if not self.settings.auth_enabled:
@@ -274,6 +295,7 @@ def main() -> int:
                   f"  access: {access}\n"
                   f"  model: {model}\n"
                   f"  submit: covidscan submit FOLDER --wait   (or POST /v1/jobs)\n"
+                  f"{stack.metrics_lines()}"
                   "  Ctrl-C stops everything.\n", flush=True)
         while not stack.stopping.is_set():
             problem = stack.exited()

@@ -22,6 +22,8 @@ PRECISIONS = ("fp32", "bf16", "fp16", "int8", "auto")
 """What INFERENCE_PRECISION and a job's ``precision`` may ask for; ``auto`` is the fastest
 engine that passed its accuracy gate on this worker."""
 AUTH_MODES = ("on", "off")
+METRICS_ACCESS_MODES = ("key", "public")
+"""Who may read the API's ``/metrics``: a key with the ``metrics`` (or ``admin``) scope, or anyone."""
 COOKIE_SECURE_MODES = ("auto", "true", "false")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 API_KEY_FILE_NAME = "api-key"
@@ -84,6 +86,10 @@ class Settings:
     webhook_timeout: int = 10
     webhook_retry_base_ms: int = 30_000
     webhook_retry_window: int = 86400
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    metrics_access: str = "key"
+    prometheus_multiproc_dir: Optional[Path] = None
 
     @property
     def auth_enabled(self) -> bool:
@@ -250,6 +256,10 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
                             min(_default("sweep_interval"), lease_seconds)),
         max_attempts=read("MAX_ATTEMPTS", _positive_int),
         job_retention=read("JOB_RETENTION", _duration),
+        metrics_port=read("METRICS_PORT", _optional_port),
+        metrics_host=read("METRICS_HOST", lambda _n, raw: raw),
+        metrics_access=read("METRICS_ACCESS", _choice(METRICS_ACCESS_MODES)),
+        prometheus_multiproc_dir=_read(env, "PROMETHEUS_MULTIPROC_DIR", _existing_dir, None),
         **_access_settings(env, var_dir),
         **_webhook_settings(env),
     )
@@ -403,6 +413,18 @@ def _port(name: str, raw: str) -> int:
     if value > 65535:
         raise ConfigError(f"{name} must be a TCP port between 1 and 65535, got {value}")
     return value
+
+
+def _optional_port(name: str, raw: str) -> int:
+    """A TCP port, or 0 for none."""
+    return 0 if raw.strip() == "0" else _port(name, raw)
+
+
+def _existing_dir(name: str, raw: str) -> Path:
+    path = Path(raw).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"{name} must be an existing directory, got {raw!r}")
+    return path
 
 
 class _ReadRecorder(Mapping[str, str]):

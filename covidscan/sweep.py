@@ -28,6 +28,7 @@ from typing import Callable, Optional
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from covidscan.metrics import count_finished, count_recovered
 from covidscan.settings import Settings
 from covidscan.webhooks import SendDeliveries, relay_events
 from db.blobs import BlobStore
@@ -116,9 +117,12 @@ def sweep_once(session_factory: sessionmaker[Session], blobs: BlobStore, send: S
                         "expired leases")
         elif idle and (waiting_scans(session) or waiting_explanations(session)):
             add_wakeups(session, 1, "work waiting")
+    count_recovered(expired.requeued, expired.failed, expired.cancelled)
     sent = relay(session_factory, send)
     with session_factory.begin() as session:
-        events_made = len(record_finished_jobs(session))
+        finished = record_finished_jobs(session)
+    count_finished(finished.statuses.values())  # ended by this pass, or missed by no one
+    events_made = len(finished.event_ids)
     events_queued = relay_events(session_factory, send_deliveries) if send_deliveries else 0
     jobs_deleted = orphans = 0
     if clean_up:

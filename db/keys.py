@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from db.models import ApiKey, WebSession, utcnow
 
 KEY_PREFIX = "csk_"
-SCOPES = ("submit", "read", "admin")
+SCOPES = ("submit", "read", "metrics", "admin")
 
 
 class ApiKeyError(ValueError):

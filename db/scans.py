@@ -10,7 +10,7 @@ its attempts. Every function takes a ``session``; the caller owns the transactio
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Optional, Sequence
 
 from sqlalchemy import String, and_, cast, func, literal, select, update
@@ -42,6 +42,7 @@ class Lease:
     job_id: str
     blob_key: str
     attempt: int
+    queued_at: Optional[datetime] = None  # when its job was submitted (end-to-end latency)
 
 
 def died_message(attempts: int) -> str:
@@ -84,13 +85,14 @@ def _claim_once(session: Session, owner: str, limit: int,
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
                 attempts=Scan.attempts + 1,
                 started_at=func.coalesce(Scan.started_at, now))
-        .returning(Scan.id, Scan.job_id, Scan.blob_key, Scan.attempts, Scan.position)
+        .returning(Scan.id, Scan.job_id, Scan.blob_key, Scan.attempts, Scan.position,
+                   Scan.queued_at)
         .execution_options(synchronize_session=False)
     ).all()
     if not rows:
         return None
     rows.sort(key=lambda r: (r.job_id, r.position))
-    return [Lease(r.id, r.job_id, r.blob_key, r.attempts) for r in rows]
+    return [Lease(r.id, r.job_id, r.blob_key, r.attempts, r.queued_at) for r in rows]
 
 
 def renew_leases(session: Session, owner: str, lease_seconds: float) -> int:
@@ -125,30 +127,35 @@ class Expired:
     cancelled: int
 
 
-def expire_leases(session: Session, max_attempts: int) -> Expired:
-    """Scans whose lease ran out (their worker died): back to the queue, or failed for good.
+def _expired(now: datetime):
+    return and_(Scan.status == ScanStatus.RUNNING, Scan.lease_expires_at < now)
+
+
+def expire_leases(session: Session, max_attempts: int, now: Optional[datetime] = None) -> Expired:
+    """Scans whose lease ran out before ``now`` (their worker died): back to the queue, or
+    failed for good.
 
     A scan of a cancelled job is cancelled; one that has had ``max_attempts`` attempts
     fails with :func:`died_message`, so one poison file cannot crash-loop every worker.
     """
-    now = utcnow()
-    expired = and_(Scan.status == ScanStatus.RUNNING, Scan.lease_expires_at < now)
+    now = now or utcnow()
+    expired = _expired(now)
     cancelled_job = select(Job.id).where(Job.cancelled_at.is_not(None))
     cleared = dict(lease_owner=None, lease_expires_at=None)
-    cancelled = session.execute(
+    cancelled = session.scalars(
         update(Scan).where(expired, Scan.job_id.in_(cancelled_job))
         .values(status=ScanStatus.CANCELLED, finished_at=now, **cleared)
-        .execution_options(synchronize_session=False)).rowcount
-    failed_rows = session.execute(
+        .returning(Scan.job_id).execution_options(synchronize_session=False)).all()
+    failed = session.scalars(
         update(Scan).where(expired, Scan.attempts >= max_attempts)
         .values(status=ScanStatus.FAILED, finished_at=now, error=(
             literal("worker died while processing this scan (")
             + cast(Scan.attempts, String) + literal(" attempts)")), **cleared)
-        .execution_options(synchronize_session=False)).rowcount
+        .returning(Scan.job_id).execution_options(synchronize_session=False)).all()
     requeued = session.execute(
         update(Scan).where(expired).values(status=ScanStatus.QUEUED, **cleared)
         .execution_options(synchronize_session=False)).rowcount
-    return Expired(requeued, failed_rows, cancelled)
+    return Expired(requeued, len(failed), len(cancelled))
 
 
 def record_outcomes(session: Session, outcomes: Sequence[ScanOutcome], leases: Sequence[Lease],
@@ -158,10 +165,17 @@ def record_outcomes(session: Session, outcomes: Sequence[ScanOutcome], leases: S
     A scan whose lease expired and was taken over, was cancelled, deleted or already has
     a result keeps what it has: a result is written once.
     """
+    return len(write_outcomes(session, outcomes, leases, model, worker, owner))
+
+
+def write_outcomes(session: Session, outcomes: Sequence[ScanOutcome], leases: Sequence[Lease],
+                   model: ModelIdentity, worker: Optional[str],
+                   owner: str) -> list[tuple[ScanOutcome, Lease]]:
+    """:func:`record_outcomes`, returning the outcomes written (with their leases)."""
     if len(outcomes) != len(leases):
         raise ValueError(f"{len(outcomes)} outcomes for {len(leases)} leases")
     now = utcnow()
-    written = 0
+    written: list[tuple[ScanOutcome, Lease]] = []
     for outcome, lease in zip(outcomes, leases):
         if outcome.scan_id != lease.scan_id:
             raise ValueError(f"outcome for {outcome.scan_id} paired with lease of {lease.scan_id}")
@@ -178,5 +192,29 @@ def record_outcomes(session: Session, outcomes: Sequence[ScanOutcome], leases: S
             )
             .execution_options(synchronize_session=False)
         )
-        written += result.rowcount
+        if result.rowcount:
+            written.append((outcome, lease))
     return written
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """The queue as SQL sees it now (what the API's ``/metrics`` reports)."""
+
+    waiting: dict[int, int]  # by priority rank (0 = high)
+    leased: int
+    oldest_waiting: Optional[datetime]
+
+
+def queue_depth(session: Session) -> QueueDepth:
+    """Waiting scans by priority, leased scans, the oldest waiting scan's queue time.
+
+    Three aggregate queries that use the ``(status, priority, queued_at)`` index.
+    """
+    waiting = {int(priority): count for priority, count in session.execute(
+        select(Scan.priority, func.count()).where(Scan.status == ScanStatus.QUEUED)
+        .group_by(Scan.priority))}
+    leased = session.scalar(select(func.count()).where(Scan.status == ScanStatus.RUNNING)) or 0
+    oldest = session.scalar(select(func.min(Scan.queued_at))
+                            .where(Scan.status == ScanStatus.QUEUED))
+    return QueueDepth(waiting, leased, oldest)

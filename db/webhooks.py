@@ -45,13 +45,23 @@ def _unfinished(job_id_column) -> object:
                           Scan.status.not_in(ScanStatus.terminal()))
 
 
-def record_finished_jobs(session: Session, job_ids: Optional[Iterable[str]] = None,
-                         limit: int = 100) -> list[str]:
-    """Make the events of the jobs among ``job_ids`` that have just ended; returns their ids.
+@dataclass(frozen=True)
+class FinishedJobs:
+    """What :func:`record_finished_jobs` did: the jobs that ended, each once (their final
+    status, for the jobs-finished metric), and the events made for them."""
 
-    None looks at every job still waiting for its event (the sweep). The job rows are
-    locked first (PostgreSQL), so of two transactions finishing one job the later one
-    sees the other's scans and makes the events; a job's events are made exactly once.
+    statuses: dict[str, str]
+    event_ids: list[str]
+
+
+def record_finished_jobs(session: Session, job_ids: Optional[Iterable[str]] = None,
+                         limit: int = 100) -> FinishedJobs:
+    """Mark the jobs among ``job_ids`` that have just ended, and make their events.
+
+    This is the one moment a job's end is recorded: exactly once per job. None looks at
+    every job whose end is still unrecorded (the sweep). The job rows are locked
+    (PostgreSQL), so of two transactions finishing one job the later one sees the other's
+    scans and records the end.
     """
     query = select(Job).where(Job.finish_event == PENDING)
     if job_ids is not None:
@@ -60,13 +70,15 @@ def record_finished_jobs(session: Session, job_ids: Optional[Iterable[str]] = No
         query = query.where(~_unfinished(Job.id)).limit(limit)
     jobs = list(session.scalars(query.order_by(Job.id).with_for_update()))
     if not jobs:
-        return []
+        return FinishedJobs({}, [])
     created: list[str] = []
+    statuses: dict[str, str] = {}
     for summary in summarise_jobs(session, jobs):
         if summary.status not in FINISHED_STATUSES:
             continue
         job = summary.job
         job.finish_event = DONE
+        statuses[job.id] = summary.status
         payload = {"type": f"job.{summary.status}", "timestamp": iso_utc(utcnow()),
                    "data": {"job_id": job.id, "status": summary.status,
                             "counts": summary.counts.as_dict(),
@@ -78,7 +90,7 @@ def record_finished_jobs(session: Session, job_ids: Optional[Iterable[str]] = No
             session.add(event)
             created.append(event.id)
     session.flush()
-    return created
+    return FinishedJobs(statuses, created)
 
 
 def destinations(session: Session, job: Job) -> list[str]:

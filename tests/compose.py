@@ -33,6 +33,12 @@ THIRD_PARTY_VARIABLES = {
     "API_UPSTREAM": "the nginx front (docker/nginx/entrypoint.sh): where the API listens",
     "LISTEN_PORT": "the nginx front: its port inside the container",
     "TLS_COMMON_NAME": "the nginx front: the name on its self-signed certificate",
+    "GF_AUTH_ANONYMOUS_ENABLED": "Grafana: viewers need not sign in",
+    "GF_AUTH_ANONYMOUS_ORG_ROLE": "Grafana: what anonymous viewers may do",
+    "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH": "Grafana: the dashboard shown first",
+    "GF_ANALYTICS_REPORTING_ENABLED": "Grafana: usage reports (off)",
+    "GF_ANALYTICS_CHECK_FOR_UPDATES": "Grafana: update checks (off)",
+    "GF_ANALYTICS_CHECK_FOR_PLUGIN_UPDATES": "Grafana: plugin update checks (off)",
 }
 
 # Variables the docker compose command itself reads from .env.

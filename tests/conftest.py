@@ -191,9 +191,15 @@ def stack_config(tmp_path_factory, redis_server) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def worker(stack_config, tiny_model_path, tmp_path_factory) -> Iterator[WorkerProcess]:
-    """One real Celery worker serving the tiny H5 model, for the whole session."""
+    """One real Celery worker serving the tiny H5 model, for the whole session; its
+    Prometheus metrics at ``worker.metrics_url``."""
+    from covidscan.embedded_redis import free_port
+
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-    process = WorkerProcess(worker_env(stack_config, MODEL_PATH=str(tiny_model_path)), log_path)
+    metrics_port = free_port()
+    process = WorkerProcess(worker_env(stack_config, MODEL_PATH=str(tiny_model_path),
+                                       METRICS_PORT=str(metrics_port)), log_path)
+    process.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     try:
         process.wait_ready()
         yield process

@@ -17,7 +17,9 @@ from covidscan.settings import load_settings, variable_names
 from tests import compose
 from tests.conftest import ROOT
 
-LONG_RUNNING = ("redis", "postgres", "api", "worker", "sweep", "flower", "nginx")
+LONG_RUNNING = ("redis", "postgres", "api", "worker", "sweep", "flower", "nginx", "prometheus",
+                "grafana")
+MONITORING = ("flower", "prometheus", "grafana")
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SCHEMA = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
 
@@ -53,7 +55,7 @@ def test_the_stack_refuses_to_start_without_a_database_password():
 
 def test_the_services_and_their_order_of_start(services):
     assert set(services) == {"redis", "postgres", "migrate", "api", "worker", "sweep", "flower",
-                             "nginx"}
+                             "nginx", "prometheus", "grafana"}
     assert services["nginx"]["depends_on"] == {"api": {"condition": "service_healthy"}}
     assert services["sweep"]["command"][:2] == ["covidscan", "sweep"]
     for name in ("api", "worker", "sweep"):
@@ -64,8 +66,9 @@ def test_the_services_and_their_order_of_start(services):
         }
     assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     assert services["migrate"]["command"] == ["covidscan", "migrate"]
-    assert services["flower"]["profiles"] == ["monitoring"]
-    assert all("profiles" not in services[name] for name in services if name != "flower")
+    for name in MONITORING:
+        assert services[name]["profiles"] == ["monitoring"], name
+    assert all("profiles" not in services[name] for name in services if name not in MONITORING)
 
 
 def test_healthchecks_and_restart_policies_everywhere(services):
@@ -155,9 +158,10 @@ def test_the_api_runs_the_local_stacks_gunicorn_command_and_checks_readiness(ser
 
 def test_only_nginx_publishes_a_port_and_on_loopback_by_default(services):
     published = {name: service["ports"] for name, service in services.items()
-                 if "ports" in service and name != "flower"}
+                 if "ports" in service and name not in MONITORING}
     assert published == {"nginx": ["127.0.0.1:8443:8443"]}
-    assert services["flower"]["ports"][0].startswith("127.0.0.1:")
+    for name in MONITORING:
+        assert [port.split(":")[0] for port in services[name]["ports"]] == ["127.0.0.1"], name
     env = dict(compose.example_env(), PUBLIC_BIND="0.0.0.0")
     assert compose.compose_config(env=env)["services"]["nginx"]["ports"] == ["0.0.0.0:8443:8443"]
     nginx = services["nginx"]
@@ -209,8 +213,8 @@ def test_images_built_from_one_dockerfile_share_a_tag_of_the_project_version(ser
     for name in ("migrate", "worker"):
         assert services[name]["build"]["dockerfile"] == "docker/worker.Dockerfile", name
     assert services["nginx"]["image"] == f"covidscan-nginx:{version}"
-    for name in ("redis", "postgres", "flower"):
-        assert re.search(r":\d+(\.\d+)+(-\w+)?$", services[name]["image"]), name
+    for name in ("redis", "postgres", "flower", "prometheus", "grafana"):
+        assert re.search(r":v?\d+(\.\d+)+(-\w+)?$", services[name]["image"]), name
 
 
 def test_every_variable_the_services_set_is_read_by_someone(services):
@@ -241,3 +245,104 @@ def test_the_front_image_is_pinned_unprivileged_and_copies_what_exists():
     for source in re.findall(r"^COPY (\S+) ", dockerfile, re.MULTILINE):
         assert (ROOT / source).is_file(), source
     assert "EXPOSE 8443" in dockerfile
+
+
+def _mounted(service: dict, target: str):
+    """The repository path mounted at ``target`` in ``service`` (read-only)."""
+    for volume in service["volumes"]:
+        source, _, rest = volume.partition(":")
+        if rest.split(":")[0] == target:
+            assert source.startswith("./") and rest.endswith(":ro"), volume
+            return ROOT / source[2:]
+    raise AssertionError(f"nothing is mounted at {target}")
+
+
+def test_prometheus_scrapes_the_api_every_worker_replica_and_the_sweep(services):
+    import yaml
+
+    prometheus = services["prometheus"]
+    config_path = _mounted(prometheus, "/etc/prometheus/prometheus.yml")
+    assert f"--config.file={'/etc/prometheus/prometheus.yml'}" in prometheus["command"]
+    jobs = {job["job_name"]: job for job in yaml.safe_load(config_path.read_text())
+            ["scrape_configs"]}
+    api_port = compose.option(services["api"]["command"], "--bind").rsplit(":", 1)[1]
+    assert jobs["covidscan-api"]["static_configs"] == [{"targets": [f"api:{api_port}"]}]
+    api = services["api"]["environment"]
+    assert api["METRICS_ACCESS"] == "public"  # nginx refuses /metrics from outside
+    assert "api" in api["TRUSTED_HOSTS"].split(",")  # the Host header Prometheus sends
+    # gunicorn's processes add up their values in a directory that is empty at each start.
+    assert f"{api['PROMETHEUS_MULTIPROC_DIR']}:mode=1777" in services["api"]["tmpfs"]
+    for name in ("worker", "sweep"):
+        # Docker's DNS answers a service name with every replica's address.
+        (discovery,) = jobs[f"covidscan-{name}"]["dns_sd_configs"]
+        assert discovery["names"] == [name] and discovery["type"] == "A"
+        environment = services[name]["environment"]
+        assert str(discovery["port"]) == environment["METRICS_PORT"], name
+        assert environment["METRICS_HOST"] == "0.0.0.0", name
+        assert "ports" not in services[name], name
+    nginx = (ROOT / "docker" / "nginx" / "nginx.conf.template").read_text()
+    assert "location = /metrics {" in nginx
+
+
+def test_grafana_is_provisioned_from_the_repository(services):
+    import yaml
+
+    grafana = services["grafana"]
+    provisioning = _mounted(grafana, "/etc/grafana/provisioning")
+    dashboards = _mounted(grafana, "/etc/grafana/dashboards")
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"]
+    assert source["url"] == "http://prometheus:9090" and source["type"] == "prometheus"
+    assert services["prometheus"]["ports"][0].endswith(":9090")
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "covidscan.yml").read_text())[
+        "providers"]
+    assert provider["options"]["path"] == "/etc/grafana/dashboards"
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith("/etc/grafana/dashboards/")
+    dashboard = json.loads((dashboards / home.rsplit("/", 1)[1]).read_text())
+    assert {panel["datasource"]["uid"] for panel in dashboard["panels"]} == {source["uid"]}
+    assert grafana["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+
+
+def defined_metric_names() -> set[str]:
+    """Every series name covidscan's code can expose (counters with ``_total``, histograms
+    with ``_bucket``, ``_sum`` and ``_count``), from the metric objects themselves."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    import api.metrics
+    import covidscan.metrics
+    import worker.metrics
+
+    families = [family for module in (api.metrics, covidscan.metrics, worker.metrics)
+                for metric in vars(module).values() if isinstance(metric, MetricWrapperBase)
+                for family in metric.describe()]
+    families += list(covidscan.metrics.QueueCollector(None).describe())
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
+                "gauge": ("",)}
+    return {family.name + suffix for family in families for suffix in suffixes[family.type]}
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads((ROOT / "docker" / "grafana" / "dashboards" / "covidscan.json")
+                           .read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def test_the_dashboard_queries_only_metrics_the_code_defines():
+    defined = defined_metric_names()
+    assert all(name.startswith("covidscan_") for name in defined)
+    queries = dashboard_queries()
+    used = set()
+    for expr in queries:
+        # Series names: covidscan_… anywhere, and any name followed by a selector or a range.
+        used |= set(re.findall(r"\bcovidscan_\w+", expr))
+        used |= set(re.findall(r"\b([a-z_:][a-z0-9_:]*)\s*[{\[]", expr))
+    unknown = used - defined - {"up"}  # up: Prometheus' own, per scrape target
+    assert not unknown, f"the dashboard queries metrics nothing defines: {sorted(unknown)}"
+    # What an operator looks at first: throughput, queue, batch fill, latency, errors.
+    text = "\n".join(queries)
+    for needed in ("rate(covidscan_scans_classified_total", "covidscan_scans_waiting",
+                   "covidscan_batch_fill_ratio_sum",
+                   "histogram_quantile(0.99, sum by (le) (rate(covidscan_scan_latency_seconds",
+                   'status="failed"', 'status=~"5.."'):
+        assert needed in text, needed

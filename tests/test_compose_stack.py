@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import requests
 
 from covidscan.client import Client, collect_files
 from covidscan.embedded_redis import EmbeddedRedis, free_port
@@ -23,6 +24,7 @@ from tests.conftest import (ROOT, WorkerProcess, create_api_key, fresh_database_
                             wait_for_job, worker_env)
 from tests.images import png_bytes, write_folder
 from tests.original_app import original_probabilities
+from tests.scrape import parse, value
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,6 +41,18 @@ def service_env(service: dict, **local: str) -> dict[str, str]:
     env = worker_env(environment)
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     return env
+
+
+def api_places(tmp_path: Path) -> dict[str, str]:
+    """The API's tmpfs for gunicorn's metrics, here a folder."""
+    folder = tmp_path / "prometheus-multiproc"
+    folder.mkdir(exist_ok=True)
+    return {"PROMETHEUS_MULTIPROC_DIR": str(folder)}
+
+
+def worker_metrics_places() -> dict[str, str]:
+    """A port of its own for a worker's metrics (in compose each container has 9100)."""
+    return {"METRICS_PORT": str(free_port()), "METRICS_HOST": "127.0.0.1"}
 
 
 def run_healthcheck(service: dict, env: dict[str, str], *replace: tuple[str, str]) -> int:
@@ -89,9 +103,10 @@ def compose_stack(tmp_path, own_redis, tiny_model_path) -> Iterator[tuple[str, d
     worker_command = compose.local_argv(services["worker"]["command"])
     workers_env = service_env(services["worker"], **places, MODEL_PATH=str(tiny_model_path),
                               MODEL_STORE_DIR=str(tmp_path / "model-store"))
-    workers = [WorkerProcess(workers_env, tmp_path / f"{name}.log",
+    metrics_envs = [dict(workers_env, **worker_metrics_places()) for _ in WORKER_NAMES]
+    workers = [WorkerProcess(env, tmp_path / f"{name}.log",
                              command=compose.replace_option(worker_command, "--hostname", name))
-               for name in WORKER_NAMES]
+               for name, env in zip(WORKER_NAMES, metrics_envs)]
     api = None
     try:
         for worker in workers:
@@ -99,7 +114,8 @@ def compose_stack(tmp_path, own_redis, tiny_model_path) -> Iterator[tuple[str, d
         for name in WORKER_NAMES:
             health_env = dict(workers_env, HOSTNAME=name.split("@")[1])
             assert run_healthcheck(services["worker"], health_env) == 0, name
-        api, port = start_api(services["api"], service_env(services["api"], **places),
+        api, port = start_api(services["api"],
+                              service_env(services["api"], **places, **api_places(tmp_path)),
                               tmp_path / "api.log")
         # As an operator would: docker compose run --rm api covidscan keys create ...
         created = subprocess.run(
@@ -107,7 +123,8 @@ def compose_stack(tmp_path, own_redis, tiny_model_path) -> Iterator[tuple[str, d
             cwd=ROOT, env=service_env(services["migrate"], **places), capture_output=True,
             text=True, timeout=120)
         assert created.returncode == 0, created.stderr
-        yield f"http://127.0.0.1:{port}", services, created.stdout.strip()
+        yield (f"http://127.0.0.1:{port}", services, created.stdout.strip(),
+               [f"http://127.0.0.1:{env['METRICS_PORT']}/metrics" for env in metrics_envs])
     finally:
         if api is not None:
             api.terminate()
@@ -117,7 +134,7 @@ def compose_stack(tmp_path, own_redis, tiny_model_path) -> Iterator[tuple[str, d
 
 
 def test_two_workers_share_one_job_submitted_over_http(compose_stack, tmp_path):
-    url, _, compose_key = compose_stack
+    url, _, compose_key, worker_metrics = compose_stack
     folder = tmp_path / "slices"
     folder.mkdir()
     for i in range(SCANS):
@@ -132,6 +149,27 @@ def test_two_workers_share_one_job_submitted_over_http(compose_stack, tmp_path):
     assert set(by_worker) == set(WORKER_NAMES), by_worker
     # Whole chunks: a chunk is classified by one worker.
     assert all(count % BATCH_SIZE == 0 for count in by_worker.values()), by_worker
+    # Each worker's metrics count what it wrote; the API's /metrics (public, as compose sets
+    # it) adds up gunicorn's two processes, whichever of them answered each request.
+    for metrics_url, name in zip(worker_metrics, WORKER_NAMES):
+        samples = parse(requests.get(metrics_url, timeout=10).text)
+        assert value(samples, "covidscan_scans_classified_total",
+                     status="succeeded") == by_worker[name], name
+    def processes_that_answered() -> set[str]:  # prometheus_client writes <type>_<pid>.db
+        return {f.stem.rsplit("_", 1)[-1] for f in (tmp_path / "prometheus-multiproc").glob("*.db")}
+
+    sent = 0
+    while (len(processes_that_answered()) < 2 or sent < 20) and sent < 500:  # both answered
+        assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+        sent += 1
+    assert len(processes_that_answered()) == 2
+    for _ in range(4):
+        samples = parse(requests.get(f"{url}/metrics", timeout=10).text)
+        assert value(samples, "covidscan_jobs_submitted_total") == 1
+        assert value(samples, "covidscan_scans_submitted_total") == SCANS
+        assert value(samples, "covidscan_http_request_duration_seconds_count",
+                     route="/healthz") == sent
+        assert value(samples, "covidscan_scans_waiting") == 0
 
 
 def test_jobs_sent_before_the_worker_starts_run_on_model_path(tmp_path, own_redis,
@@ -146,7 +184,8 @@ def test_jobs_sent_before_the_worker_starts_run_on_model_path(tmp_path, own_redi
     model_places = dict(places, MODEL_PATH=str(tiny_model_path),
                         MODEL_STORE_DIR=str(tmp_path / "model-store"))
     slices = write_folder(tmp_path / "slices", 6, size=40)
-    api, port = start_api(services["api"], service_env(services["api"], **places),
+    api, port = start_api(services["api"],
+                          service_env(services["api"], **places, **api_places(tmp_path)),
                           tmp_path / "api.log")
     worker = None
     try:
@@ -161,7 +200,8 @@ def test_jobs_sent_before_the_worker_starts_run_on_model_path(tmp_path, own_redi
         assert "MODEL_PATH is registered as tiny_ct:" in migrate.stdout
         late = client.submit(collect_files([tmp_path / "slices"]), name="after-migrate")
         assert late["model"]["name"] == "tiny_ct"  # pinned at submission
-        worker = WorkerProcess(service_env(services["worker"], **model_places),
+        worker = WorkerProcess(service_env(services["worker"], **model_places,
+                                           **worker_metrics_places()),
                                tmp_path / "worker.log",
                                command=compose.replace_option(
                                    compose.local_argv(services["worker"]["command"]),

@@ -16,6 +16,7 @@ from covidscan.embedded_redis import free_port
 from tests.conftest import ROOT
 from models.loader import file_sha256
 from tests.images import corrupt_png, write_folder
+from tests.scrape import parse, value
 from tests.original_app import original_probabilities
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -79,6 +80,21 @@ def test_the_local_stack_serves_a_job_and_stops_cleanly_on_sigint(tmp_path, tiny
         rows = requests.get(f"{base}/v1/jobs/{job['id']}/results", headers=auth,
                             timeout=5).json()["results"]
         assert (tmp_path / "var" / "covidscan.db").exists()
+        # Each process's metrics where the banner says; the job counted once, by status.
+        banner = wait_until(lambda: re.findall(r"(http://127\.0\.0\.1:\d+/metrics) \((\w+)\)",
+                                               (tmp_path / "stack.log").read_text()),
+                            30, "the metrics lines")
+        urls = {name: url for url, name in banner}
+        assert set(urls) == {"worker", "sweep"}
+        worker_metrics = parse(requests.get(urls["worker"], timeout=5).text)
+        assert value(worker_metrics, "covidscan_scans_classified_total", model="tiny_ct",
+                     status="succeeded") == 4
+        assert value(worker_metrics, "covidscan_jobs_finished_total",
+                     status="partially_succeeded") == 1
+        assert requests.get(urls["sweep"], timeout=5).status_code == 200
+        assert requests.get(f"{base}/metrics", timeout=5).status_code == 401
+        api_metrics = parse(requests.get(f"{base}/metrics", headers=auth, timeout=5).text)
+        assert value(api_metrics, "covidscan_scans_submitted_total", priority="normal") == 5
         children = psutil.Process(stack.pid).children(recursive=True)
         assert len(children) >= 3  # redis-server, worker, gunicorn (+ its workers)
         # The banner follows the worker's readiness; the job may finish before it is polled.

@@ -28,7 +28,7 @@ from db.models import Scan, ScanStatus
 from tests import compose
 from tests.conftest import ROOT, WorkerProcess, create_api_key, fresh_database_url
 from tests.images import png_bytes, zip_bytes
-from tests.test_compose_stack import service_env, start_api
+from tests.test_compose_stack import api_places, service_env, start_api, worker_metrics_places
 
 pytestmark = pytest.mark.integration
 
@@ -80,14 +80,15 @@ class Drill:
         self.starts += 1
         command = compose.replace_option(compose.local_argv(self.services["worker"]["command"]),
                                          "--hostname", name)
-        worker = WorkerProcess(self.worker_env, self.tmp_path / f"{name}-{self.starts}.log",
-                               command=command)
+        worker = WorkerProcess(dict(self.worker_env, **worker_metrics_places()),
+                               self.tmp_path / f"{name}-{self.starts}.log", command=command)
         self.workers[name] = worker
         return worker
 
     def start_api(self) -> str:
         self.api, port = start_api(self.services["api"],
-                                   service_env(self.services["api"], **self.places),
+                                   service_env(self.services["api"], **self.places,
+                                               **api_places(self.tmp_path)),
                                    self.tmp_path / "api.log")
         return f"http://127.0.0.1:{port}"
 

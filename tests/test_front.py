@@ -185,6 +185,14 @@ def test_the_front_limits_bodies_keeps_headers_and_checks_hosts(gunicorn):
         assert page.headers["Strict-Transport-Security"].startswith("max-age=")
         foreign = _https(f"{base}/healthz", headers={"Host": "evil.example"})
         assert foreign.status == 400
+        # /metrics exists on the API (401 here: no key) but never through the front.
+        hidden = _https(f"{base}/metrics")
+        assert hidden.status == 404 and hidden.headers["Content-Type"] == "application/problem+json"
+        direct = urllib.request.Request(f"http://127.0.0.1:{gunicorn}/metrics",
+                                        headers={"Host": "localhost"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(direct, timeout=10)
+        assert refused.value.code == 401
     finally:
         front.stop()
 

@@ -29,7 +29,9 @@ def test_sizes_accept_units():
     ("MAX_LOADED_MODELS", "0"), ("MAX_LOADED_MODELS", "two"), ("MODEL_STORE_DIR", __file__),
     ("MAX_SCAN_PIXELS", "big"), ("MAX_SCAN_PIXELS", "4096x0"), ("MAX_EXPANDED_BYTES", "-1"),
     ("MAX_ARCHIVE_ENTRIES", "0"), ("MAX_COMPRESSION_RATIO", "x"), ("TRUSTED_HOSTS", "*.evil"),
-    ("MODEL_TRUST_CODE", "maybe"),
+    ("MODEL_TRUST_CODE", "maybe"), ("METRICS_PORT", "70000"), ("METRICS_PORT", "-1"),
+    ("METRICS_ACCESS", "anyone"), ("PROMETHEUS_MULTIPROC_DIR", "/no/such/dir"),
+    ("PROMETHEUS_MULTIPROC_DIR", __file__),
 ])
 def test_a_wrong_value_names_its_variable(name, value):
     with pytest.raises(ConfigError, match=name):
@@ -107,3 +109,15 @@ def test_durability_defaults_and_durations():
 def test_a_wrong_durability_value_names_its_variable(name, value):
     with pytest.raises(ConfigError, match=name):
         load_settings({name: value})
+
+
+def test_metrics_are_off_on_workers_and_need_a_key_on_the_api_by_default(tmp_path):
+    settings = load_settings({})
+    assert (settings.metrics_port, settings.metrics_host, settings.metrics_access) == \
+        (0, "127.0.0.1", "key")
+    assert settings.prometheus_multiproc_dir is None
+    custom = load_settings({"METRICS_PORT": "9100", "METRICS_ACCESS": "Public",
+                            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    assert (custom.metrics_port, custom.metrics_access) == (9100, "public")
+    assert custom.prometheus_multiproc_dir == tmp_path
+    assert load_settings({"METRICS_PORT": "0"}).metrics_port == 0

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 RunBatch = Callable[[Hashable, list[Any]], Sequence[Any]]
 """Runs one batch of one key: returns one result, or one exception instance, per item, in order."""
+OnBatch = Callable[[Hashable, list[float], float, bool], None]
+"""Told of each batch run: its key, each item's wait in seconds, the run's seconds, whether it failed."""
 
 
 class BatchSizeMismatch(RuntimeError):
@@ -57,7 +59,7 @@ class DynamicBatcher:
     """Merges submitted items into batches of one key; flushes on size or deadline."""
 
     def __init__(self, run_batch: RunBatch, max_batch_size: int, max_delay_s: float,
-                 name: str = "batcher") -> None:
+                 name: str = "batcher", on_batch: Optional[OnBatch] = None) -> None:
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be a whole number ≥ 1, got {max_batch_size!r}")
         if not max_delay_s >= 0:
@@ -66,6 +68,7 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_delay_s = float(max_delay_s)
         self.name = name
+        self.on_batch = on_batch
         self._queues: dict[Hashable, deque[_Pending]] = {}
         self._cond = threading.Condition()
         self._stopping = False
@@ -134,6 +137,7 @@ class DynamicBatcher:
             self._execute(*batch)
 
     def _execute(self, key: Hashable, pending: list[_Pending]) -> None:
+        started_at = time.monotonic()
         started = time.perf_counter()
         try:
             results = list(self.run_batch(key, [p.item for p in pending]))
@@ -155,6 +159,11 @@ class DynamicBatcher:
             stats.busy_seconds += elapsed
             stats.sizes[len(pending)] = stats.sizes.get(len(pending), 0) + 1
         log.debug("%s: batch of %d in %.3f s", self.name, len(pending), elapsed)
+        if self.on_batch is not None:
+            try:
+                self.on_batch(key, [started_at - p.enqueued for p in pending], elapsed, failed)
+            except Exception:  # noqa: BLE001 - metrics must never fail a batch
+                log.exception("%s: on_batch failed", self.name)
         for entry, result in zip(pending, results):
             if isinstance(result, BaseException):
                 entry.future.set_exception(result)

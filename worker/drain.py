@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from sqlalchemy.exc import OperationalError
 
+from covidscan.metrics import count_finished
 from covidscan.webhooks import relay_events
 from db.explanations import release_explanation_leases
 from db.identity import ModelIdentity
 from db.jobs import job_pins
-from db.scans import Lease, ScanOutcome, claim_next, record_outcomes, release_leases
+from db.scans import Lease, ScanOutcome, claim_next, release_leases, write_outcomes
 from db.webhooks import record_finished_jobs
-from worker import explain
+from worker import explain, metrics
 from worker.inference import classify_batch
 from worker.model_cache import ModelUnavailable, pin_unpinned_jobs
 
@@ -136,21 +137,28 @@ def _classify_group(runtime: "WorkerRuntime", group: Sequence[Lease], model_id: 
 
 def _write(runtime: "WorkerRuntime", outcomes: Sequence[ScanOutcome], leases: Sequence[Lease],
            identity: ModelIdentity, worker: Optional[str]) -> int:
-    """Write in one transaction, retrying a lost database; the lease holds meanwhile."""
+    """Write in one transaction, retrying a lost database; the lease holds meanwhile.
+
+    Of two writers finishing one job's last scans, the later sees the earlier's results
+    and records the job's end, once (:func:`db.webhooks.record_finished_jobs`).
+    """
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         try:
-            with runtime.session_factory.begin() as session:
-                written = record_outcomes(session, outcomes, leases, identity, worker,
-                                          runtime.owner)
-                # A job these results end gets its webhook events in the same transaction.
-                events = record_finished_jobs(session, {lease.job_id for lease in leases})
+            with metrics.timed(metrics.WRITE), runtime.session_factory.begin() as session:
+                written = write_outcomes(session, outcomes, leases, identity, worker,
+                                         runtime.owner)
+                # A job these results end is recorded, with its webhook events, in this
+                # transaction.
+                finished = record_finished_jobs(session, {lease.job_id for lease in leases})
         except OperationalError as exc:
             if attempt == WRITE_ATTEMPTS:
                 raise
             log.warning("writing %d results failed (%s); retrying", len(leases), exc)
             time.sleep(attempt)
             continue
-        if events:
+        metrics.scans_written(identity, written)
+        count_finished(finished.statuses.values())
+        if finished.event_ids:
             relay_events(runtime.session_factory, runtime.send_wakeups.deliver)
-        return written
+        return len(written)
     return 0

@@ -16,6 +16,7 @@ import numpy as np
 from db.blobs import BlobNotFound, BlobStore
 from db.scans import ScanOutcome
 from worker.batching import DynamicBatcher
+from worker.metrics import DECODE, timed
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ def load_tensor(blobs: BlobStore, item: ScanInput, size: tuple[int, int]):
     from models.preprocess import ImageDecodeError, load_seed_v1
 
     try:
-        return load_seed_v1(blobs.get(item.blob_key), size)
+        with timed(DECODE):
+            return load_seed_v1(blobs.get(item.blob_key), size)
     except (ImageDecodeError, BlobNotFound) as exc:
         return str(exc)
 

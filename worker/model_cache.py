@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import Future
 from typing import Callable, Optional, Sequence
@@ -21,6 +22,7 @@ from db.identity import ModelIdentity
 from db.model_store import ModelStore
 from db.models import Model
 from db.registry import default_model, pin_jobs, unpinned_job_ids
+from worker.metrics import model_loaded
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,10 @@ class ModelCache:
         if not loader:
             return pending.result()
         try:
-            engines = self.build_engines(self._load(model_id))
+            started = time.perf_counter()
+            model = self._load(model_id)
+            model_loaded(model, time.perf_counter() - started)
+            engines = self.build_engines(model)
         except BaseException as exc:
             with self._lock:
                 del self._loading[model_id]

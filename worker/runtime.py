@@ -31,6 +31,7 @@ from db.outbox import add_wakeups, relay
 from db.explanations import release_explanation_leases, renew_explanation_leases
 from db.scans import release_leases, renew_leases
 from db.session import make_engine, make_session_factory
+from worker import metrics
 from worker.batching import DynamicBatcher
 from worker.inference import predict_items
 from worker.model_cache import ModelCache
@@ -89,7 +90,9 @@ class ModelEngines:
                 if wanted == "auto":
                     found = self.builder.fastest([self.choice(p) for p in CONCRETE_PRECISIONS])
                 else:
-                    found = self.builder.build(wanted)
+                    info = self.model.info
+                    with metrics.timed(metrics.ENGINE_BUILD, info.name, info.version, wanted):
+                        found = self.builder.build(wanted)
                 self._choices[wanted] = found
                 log.info("model %s:%s, %s requested: serving on %s/%s (%s)",
                          self.model.info.name, self.model.info.version, wanted,
@@ -178,8 +181,10 @@ class WorkerRuntime:
         """Renew every lease this process holds (scans and explanations)."""
         with self.session_factory.begin() as session:
             seconds = self.settings.lease_seconds
-            return (renew_leases(session, self.owner, seconds)
+            held = (renew_leases(session, self.owner, seconds)
                     + renew_explanation_leases(session, self.owner, seconds))
+        metrics.LEASES_HELD.set(held)
+        return held
 
     def sweep(self):
         return sweep_once(self.session_factory, self.blobs, self.send_wakeups, self.settings,
@@ -256,7 +261,8 @@ def initialise(settings: Optional[Settings] = None, node: Optional[str] = None) 
                             lambda model: ModelEngines(model, settings, _engines_changed))
         models.warm_default()
         batcher = DynamicBatcher(predict_items, settings.max_batch_size,
-                                 settings.max_queue_delay_ms / 1000, name="inference")
+                                 settings.max_queue_delay_ms / 1000, name="inference",
+                                 on_batch=metrics.BatchObserver(settings.max_batch_size))
         # One claim being inferred while the next decodes: enough to keep the model busy.
         slots = max(2, 2 * settings.max_batch_size // settings.batch_size)
         _runtime = WorkerRuntime(

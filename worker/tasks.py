@@ -8,7 +8,9 @@ from celery import signals
 from celery.worker.control import inspect_command
 from sqlalchemy.exc import OperationalError
 
+from covidscan import metrics
 from covidscan.contract import BATCHING_STATS_COMMAND, DELIVER_TASK, WAKE_TASK
+from covidscan.settings import load_settings
 from covidscan.webhooks import deliver_event
 from worker.celery_app import app
 from worker.drain import drain
@@ -56,6 +58,11 @@ def _load_model_before_consuming(sender=None, **_: object) -> None:
     if any(p in _pool_name(sender) for p in FORKING_POOLS):
         log.info("prefork pool: each child loads the model after the fork")
         return
+    try:  # first: a worker warming its model (minutes, the first time) is already watched
+        metrics.serve(load_settings(), "worker")
+    except OSError as exc:
+        raise SystemExit(f"covidscan worker: cannot serve metrics on METRICS_PORT: {exc}") \
+            from None
     try:
         initialise(node=getattr(sender, "hostname", None))
     except Exception as exc:

@@ -1,0 +1,130 @@
+"""Prometheus metrics: how a process serves them, the queue read from SQL, and the sweep's.
+
+Names follow Prometheus' conventions: a ``covidscan_`` prefix, base units (seconds, ratios),
+``_total`` on counters, and labels with a bounded set of values (model name and version,
+precision, status, priority, route; never a job, scan or owner id). Each process defines
+what it updates: :mod:`api.metrics` (HTTP requests, submissions, the queue at scrape time),
+:mod:`worker.metrics` (batches, stage timings, models, leases) and this module (the sweep,
+which workers and ``covidscan sweep`` both run).
+
+The API under gunicorn runs several processes: with ``PROMETHEUS_MULTIPROC_DIR`` set,
+prometheus_client keeps every process's values in files there and ``/metrics`` adds them up.
+Workers and the sweep are single processes that serve their own ``/metrics`` on
+``METRICS_PORT``.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Iterable, Iterator, Optional
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from covidscan.settings import Settings
+from db.models import PRIORITIES
+from db.scans import queue_depth
+
+log = logging.getLogger(__name__)
+
+SCANS_RECOVERED = Counter(
+    "covidscan_scans_recovered_total",
+    "Scans whose worker's lease expired (the worker died), by what became of them: "
+    "requeued, failed (attempts used up) or cancelled (their job was cancelled).",
+    ["outcome"])
+JOBS_FINISHED = Counter(
+    "covidscan_jobs_finished_total",
+    "Jobs that ended, by final status (succeeded, partially_succeeded, failed, cancelled), "
+    "counted by the process whose write ended them.",
+    ["status"])
+
+
+def count_recovered(requeued: int, failed: int, cancelled: int) -> None:
+    for outcome, count in (("requeued", requeued), ("failed", failed),
+                           ("cancelled", cancelled)):
+        if count:
+            SCANS_RECOVERED.labels(outcome).inc(count)
+
+
+def count_finished(statuses: Iterable[str]) -> None:
+    for status in statuses:
+        JOBS_FINISHED.labels(status).inc()
+
+
+class QueueCollector(Collector):
+    """The queue, from SQL, each time Prometheus scrapes (nothing to keep in step)."""
+
+    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+        self.session_factory = session_factory
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (GaugeMetricFamily("covidscan_scans_waiting",
+                                  "Scans queued and not yet leased by a worker, by job priority.",
+                                  labels=["priority"]),
+                GaugeMetricFamily("covidscan_scans_leased",
+                                  "Scans leased by a worker right now (being classified).",
+                                  labels=[]),
+                GaugeMetricFamily("covidscan_oldest_waiting_scan_age_seconds",
+                                  "How long the oldest waiting scan has waited (0: none waits).",
+                                  labels=[]))
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric families, without values (no query)."""
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            with self.session_factory() as session:
+                depth = queue_depth(session)
+        except SQLAlchemyError as exc:  # the scrape still answers, without the queue
+            log.warning("metrics: cannot read the queue: %s", exc.__class__.__name__)
+            return
+        waiting, leased, age = self._families()
+        for rank, name in enumerate(PRIORITIES):
+            waiting.add_metric([name], depth.waiting.get(rank, 0))
+        leased.add_metric([], depth.leased)
+        oldest = depth.oldest_waiting
+        if oldest is None:
+            age.add_metric([], 0.0)
+        else:
+            oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=timezone.utc)
+            age.add_metric([], max(0.0, (datetime.now(timezone.utc) - oldest).total_seconds()))
+        yield from (waiting, leased, age)
+
+
+class _Everything(Collector):
+    """This process's own metrics (the default registry), inside a scrape registry."""
+
+    def collect(self) -> Iterator[Metric]:
+        return REGISTRY.collect()
+
+
+def scrape_registry(settings: Settings,
+                    extra: Optional[Collector] = None) -> CollectorRegistry:
+    """What ``/metrics`` shows: this process's metrics, or with PROMETHEUS_MULTIPROC_DIR the
+    sum over every process writing there; plus ``extra`` (computed at scrape time)."""
+    registry = CollectorRegistry(auto_describe=False)
+    if settings.prometheus_multiproc_dir is not None:
+        MultiProcessCollector(registry, str(settings.prometheus_multiproc_dir))
+    else:
+        registry.register(_Everything())
+    if extra is not None:
+        registry.register(extra)
+    return registry
+
+
+def serve(settings: Settings, what: str) -> Optional[int]:
+    """Serve this process's metrics on METRICS_HOST:METRICS_PORT; returns the port, or None
+    when METRICS_PORT is 0 (off)."""
+    if not settings.metrics_port:
+        return None
+    server, _thread = start_http_server(settings.metrics_port, settings.metrics_host,
+                                        registry=REGISTRY)
+    port = server.server_port
+    log.info("%s metrics on http://%s:%d/metrics", what, settings.metrics_host, port)
+    return port
