@@ -21,7 +21,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
             environment.
     """
     from api import (audit, auth, extensions, health, jobs, limits, models, problems, security,
-                     thumbnails, web, workers)
+                     series, thumbnails, web, workers)
 
     if isinstance(config, Settings):
         settings = config
@@ -44,6 +44,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(models.bp)
+    app.register_blueprint(series.bp)
     app.register_blueprint(thumbnails.bp)
     app.register_blueprint(web.bp)
     app.register_blueprint(workers.bp)

@@ -7,6 +7,7 @@ entry points turn that into a one-line message and a non-zero exit.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, TypeVar
@@ -75,6 +76,7 @@ class Settings:
     sweep_interval: int = 5
     max_attempts: int = 3
     job_retention: int = 30 * 86400
+    series_rule: str = "top10pct-mean"
 
     @property
     def auth_enabled(self) -> bool:
@@ -241,6 +243,7 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
                             min(_default("sweep_interval"), lease_seconds)),
         max_attempts=read("MAX_ATTEMPTS", _positive_int),
         job_retention=read("JOB_RETENTION", _duration),
+        series_rule=read("SERIES_RULE", _series_rule),
         **_access_settings(env, var_dir),
     )
 
@@ -270,6 +273,18 @@ def _access_settings(env: Mapping[str, str], var_dir: Path) -> dict[str, object]
         "max_active_jobs": _read(env, "MAX_ACTIVE_JOBS", _positive_int,
                                  _default("max_active_jobs")),
     }
+
+
+SERIES_RULE = re.compile(r"^(?:top(?P<percent>[1-9][0-9]?|100)pct-mean|mean|max)$")
+
+
+def _series_rule(name: str, raw: str) -> str:
+    """How a DICOM series' P(COVID) is made: ``topNpct-mean`` (N = 1…100), ``mean`` or ``max``."""
+    text = raw.strip().lower()
+    if not SERIES_RULE.match(text):
+        raise ConfigError(f"{name} must be topNpct-mean (N from 1 to 100, e.g. top10pct-mean), "
+                          f"mean or max, got {raw!r}")
+    return text
 
 
 def _rate_limit(name: str, raw: str) -> str:

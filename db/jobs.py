@@ -5,9 +5,9 @@ Every function takes a ``session``; the caller owns the transaction.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
@@ -22,6 +22,8 @@ class NewScan:
     filename: str
     blob_key: str
     size_bytes: int
+    # A DICOM slice's :class:`db.models.Scan` columns (frame, UIDs, position); empty otherwise.
+    dicom: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class JobOptions:
     precision: Optional[str] = None
     retention_seconds: int = 0
     chunk_size: int = 32
+    series_rule: Optional[str] = None  # recorded when the job holds DICOM slices
 
 
 def create_job(session: Session, scans: Sequence[NewScan], job_id: str,
@@ -99,7 +102,7 @@ def create_job(session: Session, scans: Sequence[NewScan], job_id: str,
     now = utcnow()
     job = Job(id=job_id, name=options.name, requested_model=options.requested_model,
               owner=options.owner, priority=options.priority, precision=options.precision,
-              created_at=now,
+              created_at=now, series_rule=options.series_rule,
               expires_at=(now + timedelta(seconds=options.retention_seconds)
                           if options.retention_seconds else None))
     if model is not None:
@@ -108,7 +111,7 @@ def create_job(session: Session, scans: Sequence[NewScan], job_id: str,
             setattr(job, column, value)
     job.scans = [
         Scan(position=i, filename=s.filename, blob_key=s.blob_key, size_bytes=s.size_bytes,
-             status=ScanStatus.QUEUED, priority=options.priority, queued_at=now)
+             status=ScanStatus.QUEUED, priority=options.priority, queued_at=now, **s.dicom)
         for i, s in enumerate(scans)
     ]
     session.add(job)

@@ -28,6 +28,8 @@ class ScanOutcome:
     probability_covid: Optional[float] = None
     label: Optional[str] = None
     error: Optional[str] = None
+    # When this scan was preprocessed otherwise than the model's own way (a DICOM window).
+    preprocessing: Optional[str] = None
 
     def __post_init__(self) -> None:
         if (self.error is None) == (self.probability_covid is None):
@@ -42,6 +44,7 @@ class Lease:
     job_id: str
     blob_key: str
     attempt: int
+    frame: Optional[int] = None  # the frame of a multi-frame DICOM file
 
 
 def died_message(attempts: int) -> str:
@@ -84,13 +87,13 @@ def _claim_once(session: Session, owner: str, limit: int,
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
                 attempts=Scan.attempts + 1,
                 started_at=func.coalesce(Scan.started_at, now))
-        .returning(Scan.id, Scan.job_id, Scan.blob_key, Scan.attempts, Scan.position)
+        .returning(Scan.id, Scan.job_id, Scan.blob_key, Scan.attempts, Scan.position, Scan.frame)
         .execution_options(synchronize_session=False)
     ).all()
     if not rows:
         return None
     rows.sort(key=lambda r: (r.job_id, r.position))
-    return [Lease(r.id, r.job_id, r.blob_key, r.attempts) for r in rows]
+    return [Lease(r.id, r.job_id, r.blob_key, r.attempts, r.frame) for r in rows]
 
 
 def renew_leases(session: Session, owner: str, lease_seconds: float) -> int:
@@ -172,7 +175,7 @@ def record_outcomes(session: Session, outcomes: Sequence[ScanOutcome], leases: S
             .values(
                 status=ScanStatus.FAILED if outcome.error else ScanStatus.SUCCEEDED,
                 probability_covid=outcome.probability_covid, label=outcome.label,
-                error=outcome.error, **model.scan_columns(), worker=worker, finished_at=now,
+                error=outcome.error, **_identity_columns(model, outcome), worker=worker, finished_at=now,
                 lease_owner=None, lease_expires_at=None,
                 result_writes=Scan.result_writes + 1,
             )
@@ -180,3 +183,10 @@ def record_outcomes(session: Session, outcomes: Sequence[ScanOutcome], leases: S
         )
         written += result.rowcount
     return written
+
+
+def _identity_columns(model: ModelIdentity, outcome: ScanOutcome) -> dict:
+    columns = model.scan_columns()
+    if outcome.preprocessing is not None:
+        columns["preprocessing"] = outcome.preprocessing
+    return columns
