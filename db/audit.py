@@ -14,7 +14,7 @@ from db.models import AuditEvent
 
 ACTIONS = ("job.submit", "results.read", "results.csv", "thumbnail.view",
            "job.cancel", "job.delete", "model.add", "model.set_default", "model.remove",
-           "key.create", "key.revoke", "session.open", "series.read")
+           "key.create", "key.revoke", "session.open", "series.read", "series.sr")
 
 
 def record(session: Session, action: str, *, key_id: Optional[str], owner: Optional[str],

@@ -46,3 +46,51 @@ def test_a_zipped_series_is_ordered_and_aggregated_by_the_recorded_rule(stack_cl
     assert series["probability_covid"] == pytest.approx(aggregate(probabilities, "top10pct-mean"))
     assert series["label"] == ("COVID" if series["probability_covid"] >= 0.5 else "NonCOVID")
     assert len(set(probabilities)) > 1  # the slices differ, so the rule is not trivially met
+    check_structured_report(stack_client, job_id, series, rows)
+
+
+def check_structured_report(client, job_id, series, rows):
+    """The series' SR, parsed back: TID 1500 content, every classified instance referenced,
+    the algorithm named, research use only, and no patient identifier."""
+    import highdicom as hd
+    import pydicom
+
+    response = client.get(f"/v1/jobs/{job_id}/series/{series['series_uid']}/sr")
+    assert response.status_code == 200 and response.mimetype == "application/dicom"
+    raw = response.get_data()
+    dataset = pydicom.dcmread(io.BytesIO(raw))
+    assert dataset.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    assert dataset.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    assert dataset.ContentQualification == "RESEARCH"
+    assert "research use only" in dataset.SeriesDescription
+    assert dataset.StudyInstanceUID == series["study_uid"]
+    referenced = {item.ReferencedSOPInstanceUID
+                  for study in dataset.CurrentRequestedProcedureEvidenceSequence
+                  for s in study.ReferencedSeriesSequence for item in s.ReferencedSOPSequence}
+    assert len(referenced) == SLICES
+    report = hd.sr.Comprehensive3DSR.from_dataset(dataset)
+    [group] = report.content.get_image_measurement_groups()
+    [evaluation] = group.get_qualitative_evaluations()
+    assert evaluation.name.meaning == "COVID-19"
+    assert evaluation.value.meaning == ("Yes" if series["label"] == "COVID" else "No")
+    [measurement] = group.get_measurements()
+    assert measurement.value == pytest.approx(series["probability_covid"], abs=1e-6)
+    texts = text_items(dataset)
+    assert texts["Algorithm Name"] == [f"covidscan {rows[0]['model_name']}"]
+    assert texts["Algorithm Version"] == [rows[0]["model_version"]]
+    assert f"sha256={rows[0]['model_sha256']}" in texts["Algorithm Parameters"]
+    assert "series rule=top10pct-mean" in texts["Algorithm Parameters"]
+    assert "research use only" in texts["Algorithm Parameters"]
+    for secret in (b"Doe", d.PATIENT_ID.encode(), d.ACCESSION.encode(), d.BIRTH_DATE.encode()):
+        assert secret not in raw
+
+
+def text_items(dataset) -> dict[str, list[str]]:
+    """Every TEXT content item of an SR, by its concept name's meaning."""
+    found: dict[str, list[str]] = {}
+    for item in dataset.get("ContentSequence", []):
+        if item.get("ValueType") == "TEXT":
+            found.setdefault(item.ConceptNameCodeSequence[0].CodeMeaning, []).append(item.TextValue)
+        for meaning, values in text_items(item).items():
+            found.setdefault(meaning, []).extend(values)
+    return found

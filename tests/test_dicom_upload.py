@@ -125,3 +125,13 @@ def test_no_patient_identifier_is_returned_or_logged(client, caplog):
     for secret in (d.PATIENT_NAME, "Doe", d.PATIENT_ID, d.ACCESSION, d.BIRTH_DATE):
         assert secret not in text
     assert "study_uid,series_uid,instance_number,slice_position" in answers[2].decode()
+
+
+def test_the_structured_report_waits_for_results_and_names_an_unknown_series(client):
+    response = post(client, [("ct", d.ct_bytes())])
+    job_id = response.get_json()["id"]
+    [row] = results(client, job_id)
+    waiting = client.get(f"/v1/jobs/{job_id}/series/{row['series_uid']}/sr")
+    assert waiting.status_code == 409 and "no slice" in waiting.get_json()["detail"]
+    unknown = client.get(f"/v1/jobs/{job_id}/series/1.2.3/sr")
+    assert unknown.status_code == 404 and "1.2.3" in unknown.get_json()["detail"]
