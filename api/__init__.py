@@ -20,8 +20,8 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
             (``{"DATABASE_URL": ...}``) read instead of ``os.environ``; None reads the
             environment.
     """
-    from api import (audit, auth, extensions, health, jobs, limits, models, problems, security,
-                     series, thumbnails, web, workers)
+    from api import (audit, auth, dicomweb, extensions, health, jobs, limits, models, problems,
+                     security, series, thumbnails, web, workers)
 
     if isinstance(config, Settings):
         settings = config
@@ -41,6 +41,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     auth.init_app(app)  # before the rate limiter, which counts per owner
     limits.init_app(app)
     app.register_blueprint(audit.bp)
+    app.register_blueprint(dicomweb.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(models.bp)

@@ -119,6 +119,30 @@ def create_job(session: Session, scans: Sequence[NewScan], job_id: str,
     return job
 
 
+def next_position(session: Session, job_id: str) -> int:
+    """The upload position the job's next scan gets (0 for an empty job)."""
+    last = session.scalar(select(func.max(Scan.position)).where(Scan.job_id == job_id))
+    return 0 if last is None else last + 1
+
+
+def append_scans(session: Session, job: Job, scans: Sequence[NewScan], chunk_size: int,
+                 series_rule: Optional[str] = None) -> None:
+    """Add scans after the job's last one, with their wake-ups (not committed).
+
+    A job that had finished runs again for them; its series rule, once recorded, stays.
+    """
+    start = next_position(session, job.id)
+    now = utcnow()
+    session.add_all([
+        Scan(job_id=job.id, position=start + i, filename=s.filename, blob_key=s.blob_key,
+             size_bytes=s.size_bytes, status=ScanStatus.QUEUED, priority=job.priority,
+             queued_at=now, **s.dicom)
+        for i, s in enumerate(scans)])
+    if job.series_rule is None:
+        job.series_rule = series_rule
+    add_wakeups(session, math.ceil(len(scans) / chunk_size), f"job {job.id}")
+
+
 def cancel_job(session: Session, job: Job) -> int:
     """Cancel a job's waiting scans at once; running ones finish and keep their result.
 
