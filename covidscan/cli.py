@@ -45,24 +45,28 @@ def main(ctx: click.Context, url: str) -> None:
 @click.option("--model", help="NAME or NAME:VERSION of a registered model (default: the default).")
 @click.option("--priority", type=click.Choice(["high", "normal", "low"]), default=None,
               help="Waiting scans of higher priority jobs are classified first (default normal).")
+@click.option("--allow-modality", metavar="MODALITIES",
+              help="DICOM modalities to classify besides CT, e.g. MR,PT (others are skipped).")
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
 @click.option("--poll", default=1.0, show_default=True, help="Seconds between status polls.")
 @click.option("--table", is_flag=True,
               help="With --wait, also print every scan's result (default: a summary).")
 @click.pass_context
 def submit(ctx: click.Context, paths: tuple[Path, ...], name: Optional[str],
-           model: Optional[str], priority: Optional[str], wait: bool, poll: float,
-           table: bool) -> None:
-    """Upload PNG/JPEG slices, folders of them, or ZIP archives as one job."""
+           model: Optional[str], priority: Optional[str], allow_modality: Optional[str],
+           wait: bool, poll: float, table: bool) -> None:
+    """Upload PNG/JPEG/DICOM slices, folders of them (a PACS export too), or ZIP archives
+    as one job."""
     from covidscan.client import ApiError, collect_files
 
     files = collect_files(list(paths))
     if not files:
-        _fail("no PNG, JPEG or ZIP files found in " + ", ".join(map(str, paths)))
+        _fail("no PNG, JPEG, DICOM or ZIP files found in " + ", ".join(map(str, paths)))
     root = paths[0] if len(paths) == 1 and paths[0].is_dir() else None
     client = _client(ctx)
     try:
-        job = client.submit(files, name=name, root=root, model=model, priority=priority)
+        job = client.submit(files, name=name, root=root, model=model, priority=priority,
+                            allow_modality=allow_modality)
     except ApiError as exc:
         _fail(str(exc))
     click.echo(f"job {job['id']}: {job['counts']['total']} scans queued")
