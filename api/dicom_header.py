@@ -19,6 +19,14 @@ DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory (DICOMDI
 DEFAULT_MODALITIES = ("CT",)
 
 
+def quiet_validation() -> None:
+    """Stop pydicom's value checks on reading: their warnings quote values (a malformed
+    birth date, a name too long), which would put patient data in the logs."""
+    from pydicom import config
+
+    config.settings.reading_validation_mode = config.IGNORE
+
+
 def is_dicom(head: bytes) -> bool:
     """DICOM Part 10: a 128-byte preamble, then ``DICM`` (whatever the file is called)."""
     return head[128:132] == b"DICM"
@@ -146,6 +154,7 @@ def read_dicom_header(data: bytes, shown_as: str,
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    quiet_validation()
     try:
         # The bytes are already in memory (within MAX_SCAN_BYTES); parsing copies the
         # pixel data element, it does not decode it.

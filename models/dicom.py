@@ -95,9 +95,12 @@ def read_frame(data: bytes, frame: int = 0):
             or a transfer syntax no installed plugin decodes (the message names it).
     """
     import pydicom
+    from pydicom import config
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import pixel_array
 
+    # pydicom's value checks warn quoting values (a malformed birth date): keep them out of logs
+    config.settings.reading_validation_mode = config.IGNORE
     try:
         dataset = pydicom.dcmread(io.BytesIO(data))
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:

@@ -127,6 +127,17 @@ def test_no_patient_identifier_is_returned_or_logged(client, caplog):
     assert "study_uid,series_uid,instance_number,slice_position" in answers[2].decode()
 
 
+def test_malformed_patient_values_are_not_quoted_in_logs(client, caplog, tmp_path):
+    from models.dicom import grey_slice
+
+    body = d.ct_bytes(PatientBirthDate="1950-01-01-SECRET", PatientName="Doe^Jane" * 12)
+    with caplog.at_level(logging.DEBUG):
+        response = post(client, [("odd.dcm", body)])
+        grey_slice(body, 0, (1500, -600))
+    assert response.status_code == 202
+    assert "SECRET" not in caplog.text and "Doe" not in caplog.text
+
+
 def test_the_structured_report_waits_for_results_and_names_an_unknown_series(client):
     response = post(client, [("ct", d.ct_bytes())])
     job_id = response.get_json()["id"]
