@@ -10,6 +10,7 @@ from typing import Any, Optional
 import click
 
 from covidscan.cli_keys import keys
+from covidscan.dicom_listen import dicom_listen
 from covidscan.cli_models import models
 from covidscan.cli_train import evaluate, train
 
@@ -312,6 +313,7 @@ def run() -> None:
 
 
 main.add_command(keys)
+main.add_command(dicom_listen)
 main.add_command(models)
 main.add_command(train)
 main.add_command(evaluate)
