@@ -20,7 +20,8 @@
     return node;
   }
 
-  /* One bar per slice in patient-axis order: height = P(COVID); failed slices a grey tick. */
+  /* One bar per slice in patient-axis order: height = P(COVID); a failed slice is a grey
+     tick, a slice still waiting a faint one. */
   function stripChart(series) {
     const slices = series.slices;
     const chart = svg("svg", { viewBox: `0 0 ${WIDTH} ${HEIGHT}`, class: "strip-chart",
@@ -30,25 +31,28 @@
     title.textContent = `${slices.length} slices from feet to head; ${fired.length} at ` +
       "P(COVID) ≥ 50%";
     chart.appendChild(title);
-    chart.appendChild(svg("line", { x1: 0, x2: WIDTH, y1: HEIGHT / 2, y2: HEIGHT / 2,
-                                    class: "strip-threshold" }));
     const step = WIDTH / Math.max(slices.length, 1);
     slices.forEach((s, index) => {
       const p = s.probability_covid;
       const failed = s.status === "failed";
-      const height = failed ? 6 : p === null ? 0 : Math.max(1, p * HEIGHT);
+      const waiting = !failed && (p === null || p === undefined);
+      const height = failed ? 6 : waiting ? 3 : Math.max(1, p * HEIGHT);
       const bar = svg("rect", {
         x: (index * step).toFixed(2), width: Math.max(step - 0.5, 0.5).toFixed(2),
         y: (HEIGHT - height).toFixed(2), height: height.toFixed(2),
-        class: failed ? "strip-failed" : p !== null && p >= 0.5 ? "strip-positive" : "strip-negative",
+        class: failed ? "strip-failed" : waiting ? "strip-waiting" :
+          p >= 0.5 ? "strip-positive" : "strip-negative",
       });
       const tip = svg("title", {});
       const where = s.slice_position !== null ? `position ${s.slice_position} mm` :
         `instance ${s.instance_number ?? "?"}`;
-      tip.textContent = `slice ${index + 1} (${where}): ${failed ? "failed" : percent(p)}`;
+      tip.textContent = `slice ${index + 1} (${where}): ` +
+        (failed ? "failed" : waiting ? s.status : percent(p));
       bar.appendChild(tip);
       chart.appendChild(bar);
     });
+    chart.appendChild(svg("line", { x1: 0, x2: WIDTH, y1: HEIGHT / 2, y2: HEIGHT / 2,
+                                    class: "strip-threshold" }));  // over the bars
     return chart;
   }
 
@@ -60,7 +64,8 @@
     tr.appendChild(element("td", series.modality || "–"));
     tr.appendChild(element("td", `${series.slice_count}` + (series.failed ? ` (${series.failed} failed)` : "")));
     tr.appendChild(element("td", percent(series.probability_covid)));
-    tr.appendChild(element("td", series.label || (series.pending ? "pending" : "–")));
+    const label = series.label || (series.pending ? "pending" : "–");
+    tr.appendChild(element("td", series.label && series.pending ? label + " (so far)" : label));
     const chart = element("td");
     chart.appendChild(stripChart(series));
     tr.appendChild(chart);
