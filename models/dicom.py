@@ -88,7 +88,10 @@ def _one_line(exc: Exception, limit: int = 400) -> str:
 
 
 def read_frame(data: bytes, frame: int = 0):
-    """Parse a DICOM file and decode one frame: (dataset, stored values).
+    """Parse a DICOM file's header and decode one frame: (header, stored values).
+
+    Only that frame's pixel data is read and decoded, so each frame of a large
+    multi-frame file costs one frame, not the whole file.
 
     Raises:
         ImageDecodeError: not DICOM, no pixel data, a frame out of range, a colour image,
@@ -102,31 +105,49 @@ def read_frame(data: bytes, frame: int = 0):
     # pydicom's value checks warn quoting values (a malformed birth date): keep them out of logs
     config.settings.reading_validation_mode = config.IGNORE
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data))
+        dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
         raise ImageDecodeError(f"could not read the DICOM file: {exc}") from None
-    if "PixelData" not in dataset:
-        raise ImageDecodeError("the DICOM object holds no pixel data")
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     if not 0 <= frame < frames:
         raise ImageDecodeError(f"frame {frame} is out of range (the file has {frames})")
     if int(dataset.get("SamplesPerPixel", 1)) != 1:
         raise ImageDecodeError("the DICOM image is not greyscale (SamplesPerPixel is not 1)")
     try:
-        stored = pixel_array(dataset, index=frame if frames > 1 else None, raw=True)
+        stored = pixel_array(io.BytesIO(data), index=frame if frames > 1 else None, raw=True)
+    except AttributeError as exc:
+        if "no pixel data" in str(exc):
+            raise ImageDecodeError("the DICOM object holds no pixel data") from None
+        raise ImageDecodeError(f"could not decode {_syntax_name(dataset)}: "
+                               f"{_one_line(exc)}") from None
     except NotImplementedError as exc:
         raise ImageDecodeError(f"{_syntax_name(dataset)} cannot be decoded here "
                                f"({_one_line(exc)})") from None
-    except (RuntimeError, ValueError, KeyError, AttributeError, TypeError, OSError) as exc:
+    except (RuntimeError, ValueError, KeyError, TypeError, OSError, EOFError) as exc:
         raise ImageDecodeError(f"could not decode {_syntax_name(dataset)}: "
                                f"{_one_line(exc)}") from None
     return dataset, np.asarray(stored)
 
 
-def hounsfield(dataset, stored: np.ndarray) -> np.ndarray:
+def _rescale(dataset, frame: int) -> tuple[float, float]:
+    """(slope, intercept): a frame's own, else the shared functional group's (enhanced
+    multi-frame images keep them there), else the image's."""
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame),
+                          ("SharedFunctionalGroupsSequence", 0)):
+        sequence = dataset.get(groups)
+        if sequence and len(sequence) > index:
+            transform = sequence[index].get("PixelValueTransformationSequence")
+            if transform and "RescaleSlope" in transform[0]:
+                return float(transform[0].RescaleSlope), float(transform[0].RescaleIntercept)
+    slope = dataset.get("RescaleSlope")
+    intercept = dataset.get("RescaleIntercept")
+    return (float(slope) if slope not in (None, "") else 1.0,
+            float(intercept) if intercept not in (None, "") else 0.0)
+
+
+def hounsfield(dataset, stored: np.ndarray, frame: int = 0) -> np.ndarray:
     """Stored values → Hounsfield units with the modality LUT (slope and intercept)."""
-    slope = float(dataset.get("RescaleSlope", 1) or 1)
-    intercept = float(dataset.get("RescaleIntercept", 0) or 0)
+    slope, intercept = _rescale(dataset, frame)
     return stored.astype(np.float64) * slope + intercept
 
 
@@ -136,8 +157,8 @@ def grey_slice(data: bytes, frame: int, window: tuple[float, float]) -> np.ndarr
     if stored.ndim != 2:
         raise ImageDecodeError(f"expected a 2-D frame, got shape {stored.shape}")
     monochrome1 = str(dataset.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
-    return window_to_grey(hounsfield(dataset, stored), window, _padding_mask(dataset, stored),
-                          monochrome1)
+    return window_to_grey(hounsfield(dataset, stored, frame), window,
+                          _padding_mask(dataset, stored), monochrome1)
 
 
 def load_dicom_seed_v1(data: bytes, frame: int, window: tuple[float, float],

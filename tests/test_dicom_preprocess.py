@@ -1,6 +1,7 @@
 """DICOM in the worker: the tensor the model gets is HU → window → seed-v1, computed here
 independently; compressed syntaxes decode to the same pixels; an undecodable one fails the
 scan naming it; MONOCHROME1 and padding; the preprocessing id names the window."""
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -128,3 +129,30 @@ def test_window_parsing():
     for bad in ("1500", "a,b", "0,40", "-5,40"):
         with pytest.raises(ValueError):
             parse_window(bad)
+
+
+def test_enhanced_frames_take_their_rescale_from_the_functional_groups(tmp_path):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    dataset = pydicom.dcmread(io.BytesIO(d.multiframe_ct(2)))
+    slope, intercept = dataset.RescaleSlope, dataset.RescaleIntercept
+    del dataset.RescaleSlope, dataset.RescaleIntercept
+    transform = Dataset()
+    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = \
+        slope, intercept, "HU"
+    dataset.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence = \
+        Sequence([transform])
+    enhanced = d.to_bytes(dataset)
+    plain = d.multiframe_ct(2)
+    _, engine = run(tmp_path, [enhanced, plain], frames=[1, 1])
+    np.testing.assert_array_equal(engine.fed[0], engine.fed[1])
+
+
+@pytest.mark.parametrize("body, reason", [
+    (lambda: d.ct_bytes()[:-5000], "could not decode"),
+    (d.structured_report, "holds no pixel data"),
+], ids=["truncated", "no-pixels"])
+def test_a_broken_dicom_file_fails_alone_with_the_reason(tmp_path, body, reason):
+    outcomes, engine = run(tmp_path, [body(), d.ct_path().read_bytes()])
+    assert reason in outcomes[0].error and outcomes[1].error is None
