@@ -40,8 +40,16 @@ class RecordingEngine:
         return np.full(len(batch), 0.25)
 
 
-def run(tmp_path: Path, files: list[bytes], engine=None, frames=None):
-    blobs = BlobStore(tmp_path / "blobs")
+class CountingBlobStore(BlobStore):
+    reads = 0
+
+    def get(self, key):
+        self.reads += 1
+        return super().get(key)
+
+
+def run(tmp_path: Path, files: list[bytes], engine=None, frames=None, blobs=None):
+    blobs = blobs or BlobStore(tmp_path / "blobs")
     items = []
     for index, data in enumerate(files):
         blobs.put(f"job/{index:06d}", data)
@@ -118,9 +126,14 @@ def test_monochrome1_is_inverted_and_padding_is_black(tmp_path):
 
 def test_each_frame_of_a_multi_frame_file_is_its_own_tensor(tmp_path):
     data = d.multiframe_ct(3)
-    _, engine = run(tmp_path, [data, data, data], frames=[0, 1, 2])
+    blobs = CountingBlobStore(tmp_path / "blobs")
+    blobs.put("job/000000", data)
+    items = [Item(f"s{i}", "job/000000", i) for i in range(3)]
+    engine = RecordingEngine()
+    classify_batch(items, blobs, engine)
     means = [float(t.mean()) for t in engine.fed]
     assert means[0] < means[1] < means[2]  # frame i is the slice + 10·i HU
+    assert blobs.reads == 1  # the file is read once for its three frames
 
 
 def test_window_parsing():

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+from collections import OrderedDict
 from concurrent.futures import Executor, Future
 from typing import Optional, Protocol, Sequence
 
@@ -44,7 +46,32 @@ def predict_items(engine, tensors: Sequence[np.ndarray]) -> list:
     return results
 
 
-def _load_one(blobs: BlobStore, item: ScanInput, info) -> tuple[object, Optional[str]]:
+class FrameFiles:
+    """Reads scan bytes; a multi-frame file's bytes are kept for its other frames in the
+    batch (at most ``keep`` files at once), so a file is read once, not once per frame."""
+
+    def __init__(self, blobs: BlobStore, keep: int = 2) -> None:
+        self.blobs = blobs
+        self.keep = keep
+        self._files: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, item: ScanInput) -> bytes:
+        if getattr(item, "frame", None) is None:
+            return self.blobs.get(item.blob_key)
+        with self._lock:
+            if item.blob_key in self._files:
+                self._files.move_to_end(item.blob_key)
+                return self._files[item.blob_key]
+        data = self.blobs.get(item.blob_key)
+        with self._lock:
+            self._files[item.blob_key] = data
+            while len(self._files) > self.keep:
+                self._files.popitem(last=False)
+        return data
+
+
+def _load_one(files: FrameFiles, item: ScanInput, info) -> tuple[object, Optional[str]]:
     """The tensor (or the reason there is none) and, for a DICOM slice, the preprocessing id
     naming its window (``info`` is the engine's :class:`models.loader.ModelInfo`)."""
     from models.dicom import is_dicom, load_dicom_seed_v1, preprocessing_id
@@ -52,7 +79,7 @@ def _load_one(blobs: BlobStore, item: ScanInput, info) -> tuple[object, Optional
 
     preprocessing = None
     try:
-        data = blobs.get(item.blob_key)
+        data = files.get(item)
         if is_dicom(data):
             preprocessing = preprocessing_id(info.dicom_window, info.preprocessing)
             return load_dicom_seed_v1(data, getattr(item, "frame", None) or 0,
@@ -67,12 +94,13 @@ def _infer(items: Sequence[ScanInput], blobs: BlobStore, engine, pool: Optional[
     """One decode error (str), P(positive) (float) or future of it per item, and each item's
     own preprocessing id (None: the model's)."""
     info = engine.info
+    files = FrameFiles(blobs)
     if pool is None:
-        pairs = [_load_one(blobs, item, info) for item in items]
+        pairs = [_load_one(files, item, info) for item in items]
         loaded = [value for value, _ in pairs]
         preprocessing = [how for _, how in pairs]
     else:
-        decoding = [pool.submit(_load_one, blobs, item, info) for item in items]
+        decoding = [pool.submit(_load_one, files, item, info) for item in items]
         loaded, preprocessing = [], []
         for future in decoding:  # each tensor goes to the batcher as soon as it is decoded
             value, how = future.result()
