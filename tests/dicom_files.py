@@ -130,3 +130,24 @@ def zip_of(entries: dict[str, bytes]) -> bytes:
         for name, data in entries.items():
             archive.writestr(name, data)
     return buffer.getvalue()
+
+
+def ct_compressed_by_gdcm(syntax: str, folder: Path) -> bytes:
+    """CT_small re-encoded by GDCM (pydicom cannot encode JPEG Lossless or JPEG-LS without
+    a GPL plugin); ``syntax`` names a ``gdcm.TransferSyntax`` constant."""
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(ct_path()))
+    assert reader.Read()
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, syntax)))
+    change.SetInput(reader.GetImage())
+    assert change.Change()
+    out = folder / f"ct-{syntax}.dcm"
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(out))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write()
+    return out.read_bytes()

@@ -99,6 +99,17 @@ def test_compressed_ct_decodes_to_the_same_tensor(tmp_path, syntax):
     np.testing.assert_array_equal(engine.fed[0], engine.fed[1])
 
 
+@pytest.mark.parametrize("syntax, uid", [
+    ("JPEGLosslessProcess14_1", "1.2.840.10008.1.2.4.70"),
+    ("JPEGLSLossless", "1.2.840.10008.1.2.4.80"),
+])
+def test_jpeg_lossless_and_jpeg_ls_ct_decode_to_the_same_tensor(tmp_path, syntax, uid):
+    compressed = d.ct_compressed_by_gdcm(syntax, tmp_path)
+    assert pydicom.dcmread(io.BytesIO(compressed)).file_meta.TransferSyntaxUID == uid
+    _, engine = run(tmp_path, [compressed, d.ct_path().read_bytes()])
+    np.testing.assert_array_equal(engine.fed[0], engine.fed[1])
+
+
 def test_an_undecodable_syntax_fails_the_scan_naming_it(tmp_path):
     # JPEG Extended with 12-bit samples ships with pydicom; no licence-compatible plugin decodes it
     lossy = Path(pydicom.__file__).parent / "data" / "test_files" / "JPEG-lossy.dcm"
