@@ -21,8 +21,8 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
             (``{"DATABASE_URL": ...}``) read instead of ``os.environ``; None reads the
             environment.
     """
-    from api import (audit, auth, explanations, extensions, health, jobs, limits, metrics, models,
-                     problems, security, thumbnails, web, webhooks, workers)
+    from api import (audit, auth, dicomweb, explanations, extensions, health, jobs, limits, metrics,
+                     models, problems, security, series, thumbnails, web, webhooks, workers)
 
     if isinstance(config, Settings):
         settings = config
@@ -49,9 +49,11 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     limits.init_app(app)
     app.register_blueprint(audit.bp)
     app.register_blueprint(explanations.bp)
+    app.register_blueprint(dicomweb.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(models.bp)
+    app.register_blueprint(series.bp)
     app.register_blueprint(thumbnails.bp)
     app.register_blueprint(web.bp)
     app.register_blueprint(webhooks.bp)

@@ -7,6 +7,7 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context, ur
 
 from api.audit import audit
 from api.auth import current_principal, owned_job, requires
+from api.dicom_upload import allowed_modalities, scans_of
 from api.extensions import db_session, services
 from api.limits import check_active_jobs, confirm_active_jobs, scan_quota
 from api.metrics import job_submitted
@@ -94,7 +95,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
              for i, f in enumerate(request.files.getlist("files"))]
     if not parts:
         raise Problem(400, "no files: send one or more multipart parts named 'files' "
-                           "(PNG or JPEG slices, or ZIP archives of them)")
+                           "(PNG, JPEG or DICOM slices, or ZIP archives of them)")
     name = _job_name()
     model_ref = requested_model_ref()
     model = resolve_model(model_ref)
@@ -105,14 +106,15 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     job_id = new_id()
     limits = UploadLimits.from_settings(svc.settings)
     parsed = ParsedUpload()
+    limits.modalities = allowed_modalities()
     new_scans: list[NewScan] = []
     try:
-        for position, upload in enumerate(iter_scans(parts, limits, parsed)):
-            key = svc.blobs.key_for(job_id, position)
-            svc.blobs.put(key, upload.data)
-            new_scans.append(NewScan(upload.filename, key, len(upload.data)))
+        for upload in iter_scans(parts, limits, parsed):
+            key = svc.blobs.key_for(job_id, len(new_scans))
+            svc.blobs.put(key, upload.data)  # once per file: a multi-frame file's frames share it
+            new_scans.extend(scans_of(upload, key))
         if not new_scans:
-            raise Problem(400, "the upload holds no PNG or JPEG images",
+            raise Problem(400, "the upload holds no PNG, JPEG or DICOM images",
                           skipped=[s.as_dict() for s in parsed.skipped])
         scan_quota().charge(owner, len(new_scans))
         session = db_session()
@@ -120,7 +122,8 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         job = create_job(session, new_scans, job_id, JobOptions(
             name=name, owner=owner, requested_model=model_ref, model=model, priority=priority,
             precision=precision, retention_seconds=svc.settings.job_retention,
-            chunk_size=svc.settings.batch_size, explain=explain))
+            chunk_size=svc.settings.batch_size, explain=explain,
+            series_rule=svc.settings.series_rule if any(s.dicom for s in new_scans) else None))
         confirm_active_jobs(session, owner)  # requests racing past the first check
         job.callback_url = callback_url
         if explain:

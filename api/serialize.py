@@ -12,7 +12,8 @@ from db.registry import describe
 
 RESULT_COLUMNS = ("scan_id", "filename", "status", "probability_covid", "label", "error",
                   "model_name", "model_version", "model_sha256", "engine", "precision",
-                  "preprocessing", "worker")
+                  "preprocessing", "worker", "study_uid", "series_uid", "instance_number",
+                  "slice_position")
 
 
 def iso(moment: Optional[datetime]) -> Optional[str]:
@@ -45,7 +46,7 @@ def job_json(summary: JobSummary) -> dict[str, Any]:
         "callback_url": job.callback_url,
         "explain": job.explain,
         "links": {"self": f"/v1/jobs/{job.id}", "results": f"/v1/jobs/{job.id}/results",
-                  "cancel": f"/v1/jobs/{job.id}/cancel",
+                  "series": f"/v1/jobs/{job.id}/series", "cancel": f"/v1/jobs/{job.id}/cancel",
                   "deliveries": f"/v1/jobs/{job.id}/deliveries"},
     }
 
@@ -70,6 +71,11 @@ def result_row(scan: Scan) -> dict[str, Any]:
         "precision": scan.precision,
         "preprocessing": scan.preprocessing,
         "worker": scan.worker,
+        # DICOM slices only (None for PNG and JPEG); no patient identifiers are kept.
+        "study_uid": scan.study_uid,
+        "series_uid": scan.series_uid,
+        "instance_number": scan.instance_number,
+        "slice_position": scan.slice_position,
     }
 
 

@@ -1,4 +1,4 @@
-"""Cheap checks on uploaded parts: PNG, JPEG or a ZIP of them, told apart by content."""
+"""Cheap checks on uploaded parts: PNG, JPEG, DICOM or a ZIP of them, told apart by content."""
 from __future__ import annotations
 
 import zipfile
@@ -9,6 +9,8 @@ from typing import IO, Iterable, Iterator, Optional
 import filetype
 
 from api.archives import check_archive, check_name, open_archive
+from api.dicom_header import (DEFAULT_MODALITIES, DICOM_TYPE, DicomSlice, NotAnImage,
+                              check_complete, is_dicom, read_dicom_header)
 from api.image_header import check_pixels, read_header
 from api.problems import Problem
 from covidscan.settings import Settings
@@ -24,6 +26,12 @@ class ScanUpload:
 
     filename: str
     data: bytes
+    # A DICOM file: one entry per frame (each frame is a scan); empty for PNG and JPEG.
+    dicom: tuple[DicomSlice, ...] = ()
+
+    @property
+    def scan_count(self) -> int:
+        return len(self.dicom) or 1
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,8 @@ class UploadLimits:
     max_expanded_bytes: int = 512 * 1024 * 1024
     max_archive_entries: int = 10_000
     max_compression_ratio: int = 200
+    # Which DICOM modalities are classified; other DICOM images are skipped with the reason.
+    modalities: tuple[str, ...] = DEFAULT_MODALITIES
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UploadLimits:
@@ -66,7 +76,9 @@ class ParsedUpload:
 
 
 def sniff(head: bytes) -> Optional[str]:
-    """MIME type of the content (PNG, JPEG or ZIP), or None for anything else."""
+    """MIME type of the content (PNG, JPEG, DICOM or ZIP), or None for anything else."""
+    if is_dicom(head):
+        return DICOM_TYPE
     kind = filetype.guess(head)
     if kind is None:
         return ZIP_TYPE if head.startswith(b"PK\x05\x06") else None  # empty ZIP
@@ -83,13 +95,23 @@ def _read_limited(stream: IO[bytes], limit: int, filename: str) -> bytes:
     return data
 
 
-def _scan(filename: str, data: bytes, kind: str, limits: UploadLimits,
-          shown_as: Optional[str] = None) -> ScanUpload:
-    """An image whose header declares no more than ``MAX_SCAN_PIXELS`` pixels.
+def _scan(filename: str, data: bytes, kind: str, limits: UploadLimits, parsed: ParsedUpload,
+          shown_as: Optional[str] = None) -> Optional[ScanUpload]:
+    """An image whose header declares no more than ``MAX_SCAN_PIXELS`` pixels (per frame);
+    None for a DICOM object that is not a slice to classify (recorded as skipped).
 
     ``shown_as``: how errors name it (an archive's entries as ``archive.zip/entry``).
     """
     shown_as = shown_as or filename
+    if kind == DICOM_TYPE:
+        try:
+            dicom = read_dicom_header(data, shown_as, limits.modalities)
+        except NotAnImage as exc:
+            parsed.skipped.append(Skipped(shown_as, str(exc)))
+            return None
+        check_pixels(dicom, limits.max_scan_pixels, shown_as)
+        check_complete(dicom, shown_as)
+        return ScanUpload(filename, data, dicom.slices)
     header = read_header(data, IMAGE_TYPES[kind], shown_as)
     check_pixels(header, limits.max_scan_pixels, shown_as)
     return ScanUpload(filename, data)
@@ -120,12 +142,14 @@ def _zip_entries(stream: IO[bytes], archive_name: str, limits: UploadLimits,
                 raise Problem(400, f"{name} cannot be read from the archive: {exc}",
                               filename=name) from None
             kind = sniff(data[:SNIFF_BYTES])
-            if kind in IMAGE_TYPES:
-                yield _scan(info.filename, data, kind, limits, shown_as=name)
+            if kind in IMAGE_TYPES or kind == DICOM_TYPE:
+                scan = _scan(info.filename, data, kind, limits, parsed, shown_as=name)
+                if scan is not None:
+                    yield scan
             elif kind == ZIP_TYPE:
                 parsed.skipped.append(Skipped(name, "nested ZIP archives are not expanded"))
             else:
-                parsed.skipped.append(Skipped(name, "not a PNG or JPEG image"))
+                parsed.skipped.append(Skipped(name, "not a PNG, JPEG or DICOM image"))
 
 
 def iter_scans(parts: Iterable[tuple[str, IO[bytes]]], limits: UploadLimits,
@@ -133,7 +157,7 @@ def iter_scans(parts: Iterable[tuple[str, IO[bytes]]], limits: UploadLimits,
     """Yield the scans in upload order; record skipped ZIP entries in ``parsed``.
 
     Raises:
-        Problem: 415 for a part that is neither PNG, JPEG nor ZIP; 413 over a limit
+        Problem: 415 for a part that is neither PNG, JPEG, DICOM nor ZIP; 413 over a limit
             (bytes, pixels, entries, expansion); 400 for an unreadable or tricked archive,
             an unreadable image header or a bad file name.
     """
@@ -143,7 +167,7 @@ def iter_scans(parts: Iterable[tuple[str, IO[bytes]]], limits: UploadLimits,
         stream.seek(0)
         kind = sniff(head)
         if kind is None:
-            what = "empty" if not head else "neither a PNG, a JPEG nor a ZIP archive"
+            what = "empty" if not head else "neither a PNG, a JPEG, a DICOM file nor a ZIP archive"
             raise Problem(415, f"{filename} is {what} (checked by content, not by name)",
                           filename=filename)
         if kind == ZIP_TYPE:
@@ -151,9 +175,10 @@ def iter_scans(parts: Iterable[tuple[str, IO[bytes]]], limits: UploadLimits,
         else:
             data = _read_limited(stream, limits.max_scan_bytes, filename)
             parsed.spend(len(data), limits, filename)
-            scans = [_scan(filename, data, kind, limits)]
+            scan = _scan(filename, data, kind, limits, parsed)
+            scans = [] if scan is None else [scan]
         for scan in scans:
-            parsed.count += 1
+            parsed.count += scan.scan_count
             if parsed.count > limits.max_scans:
                 raise Problem(413, f"a job holds at most {limits.max_scans} scans "
                                    "(MAX_SCANS_PER_JOB)")

@@ -10,6 +10,7 @@ from typing import Any, Optional
 import click
 
 from covidscan.cli_keys import keys
+from covidscan.dicom_listen import dicom_listen
 from covidscan.cli_models import models
 from covidscan.cli_train import evaluate, train
 
@@ -49,6 +50,8 @@ def main(ctx: click.Context, url: str) -> None:
               help="POST a signed event to URL when the job ends (see the README's Webhooks).")
 @click.option("--explain", is_flag=True,
               help="Also compute a Grad-CAM heatmap of every scan (GET /v1/scans/<id>/heatmap).")
+@click.option("--allow-modality", metavar="MODALITIES",
+              help="DICOM modalities to classify besides CT, e.g. MR,PT (others are skipped).")
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
 @click.option("--poll", default=1.0, show_default=True, help="Seconds between status polls.")
 @click.option("--table", is_flag=True,
@@ -56,19 +59,22 @@ def main(ctx: click.Context, url: str) -> None:
 @click.pass_context
 def submit(ctx: click.Context, paths: tuple[Path, ...], name: Optional[str],
            model: Optional[str], priority: Optional[str], callback_url: Optional[str],
-           explain: bool, wait: bool, poll: float, table: bool) -> None:
-    """Upload PNG/JPEG slices, folders of them, or ZIP archives as one job."""
+           explain: bool, allow_modality: Optional[str], wait: bool, poll: float,
+           table: bool) -> None:
+    """Upload PNG/JPEG/DICOM slices, folders of them (a PACS export too), or ZIP archives
+    as one job."""
     from covidscan.client import ApiError, collect_files
 
     files = collect_files(list(paths))
     if not files:
-        _fail("no PNG, JPEG or ZIP files found in " + ", ".join(map(str, paths)))
+        _fail("no PNG, JPEG, DICOM or ZIP files found in " + ", ".join(map(str, paths)))
     root = paths[0] if len(paths) == 1 and paths[0].is_dir() else None
     client = _client(ctx)
     try:
         job = client.submit(files, name=name, root=root, model=model, priority=priority,
                             callback_url=callback_url,
-                            explain="gradcam" if explain else None)
+                            explain="gradcam" if explain else None,
+                            allow_modality=allow_modality)
     except ApiError as exc:
         _fail(str(exc))
     click.echo(f"job {job['id']}: {job['counts']['total']} scans queued")
@@ -321,6 +327,7 @@ def run() -> None:
 
 
 main.add_command(keys)
+main.add_command(dicom_listen)
 main.add_command(models)
 main.add_command(train)
 main.add_command(evaluate)

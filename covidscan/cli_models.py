@@ -52,13 +52,23 @@ def models() -> None:
                                  "(default: the one named like COVID, not non-COVID).")
 @click.option("--preprocessing", default="seed-v1", show_default=True)
 @click.option("--default", "make_default", is_flag=True, help="Make it the default model.")
+@click.option("--dicom-window", metavar="W,L",
+              help="Window (width,level in Hounsfield units) DICOM slices are seen through "
+                   "before the preprocessing; default the lung window 1500,-600.")
 @click.option("--trust-code", is_flag=True,
               help="Load it even though its layers or ops run code (Lambda layers, custom "
                    "objects, TensorFlow ops off the allowlist). Only for files from an "
                    "author you trust; recorded in the registry.")
 def add(file: Path, name: str, version: Optional[str], classes: str, positive: Optional[str],
-        preprocessing: str, make_default: bool, trust_code: bool) -> None:
+        preprocessing: str, make_default: bool, dicom_window: Optional[str],
+        trust_code: bool) -> None:
     """Validate a .h5, .keras or SavedModel directory and register a copy of it."""
+    from models.dicom import parse_window
+
+    try:
+        window = parse_window(dicom_window) if dicom_window else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--dicom-window") from None
     from covidscan.cli_keys import cli_actor
     from covidscan.registration import Registration, register_model
     from db.audit import record
@@ -70,7 +80,7 @@ def add(file: Path, name: str, version: Optional[str], classes: str, positive: O
             model = register_model(session_factory, store, Registration(
                 path=file, name=name, version=version, classes=parse_class_list(classes),
                 positive=positive, preprocessing=preprocessing, make_default=make_default,
-                trust_code=trust_code))
+                trust_code=trust_code, dicom_window=window))
         except (ModelLoadError, ValueError, FileExistsError) as exc:
             raise click.ClickException(str(exc)) from None
         with session_factory.begin() as session:

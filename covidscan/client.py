@@ -6,7 +6,14 @@ from typing import Any, Iterator, Optional, Sequence
 
 import requests
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".zip"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".zip", ".dcm", ".dicom"}
+
+
+def _sendable(path: Path) -> bool:
+    """PNG, JPEG, ZIP or DICOM by name; a file without an extension too, as PACS exports name
+    DICOM files (IM000001). The server tells them apart by content."""
+    return not path.name.startswith(".") and (path.suffix.lower() in IMAGE_SUFFIXES
+                                              or not path.suffix)
 
 
 class ApiError(RuntimeError):
@@ -19,13 +26,11 @@ class ApiError(RuntimeError):
 
 
 def collect_files(paths: Sequence[Path]) -> list[Path]:
-    """Expand folders (recursively, PNG/JPEG/ZIP by extension, sorted); keep files as given."""
+    """Expand folders (recursively, PNG/JPEG/ZIP/DICOM by name, sorted); keep files as given."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*")
-                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                                and not p.name.startswith(".")))
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and _sendable(p)))
         elif path.is_file():
             files.append(path)
         else:
@@ -57,14 +62,14 @@ class Client:
     def submit(self, files: Sequence[Path], name: Optional[str] = None,
                root: Optional[Path] = None, model: Optional[str] = None,
                priority: Optional[str] = None,
-               callback_url: Optional[str] = None,
-               explain: Optional[str] = None) -> dict[str, Any]:
+               callback_url: Optional[str] = None, explain: Optional[str] = None,
+               allow_modality: Optional[str] = None) -> dict[str, Any]:
         """Upload files as one job; names are relative to ``root`` when given.
 
         ``model`` (``name`` or ``name:version``) pins the job; None uses the default.
         ``priority`` is ``high``, ``normal`` (None) or ``low``. ``callback_url`` gets a
         signed event when the job ends; ``explain`` (``gradcam``) asks for a heatmap of
-        every scan.
+        every scan; ``allow_modality``: DICOM modalities to classify besides CT (``MR,PT``).
         """
         handles = []
         try:
@@ -77,7 +82,8 @@ class Client:
                 parts.append(("files", (label, handle, "application/octet-stream")))
             data = {key: value for key, value in
                     (("name", name), ("model", model), ("priority", priority),
-                     ("callback_url", callback_url), ("explain", explain)) if value}
+                     ("callback_url", callback_url), ("explain", explain),
+                     ("allow_modality", allow_modality)) if value}
             response = self.http.post(f"{self.base_url}/v1/jobs", files=parts, data=data,
                                       timeout=self.timeout)
         finally:

@@ -38,6 +38,7 @@ class Registration:
     report: Optional[dict[str, Any]] = None
     trained: bool = True
     trust_code: bool = False
+    dicom_window: Optional[tuple[float, float]] = None  # (width, level); None: the lung window
 
 
 def validate_model_file(request: Registration):
@@ -62,6 +63,11 @@ def validate_model_file(request: Registration):
                              trust_code=request.trust_code)
     check_warm_up(loaded, str(request.path))
     return loaded
+
+
+def _window_columns(window: Optional[tuple[float, float]]) -> dict[str, Optional[float]]:
+    width, level = window if window is not None else (None, None)
+    return {"dicom_window_width": width, "dicom_window_level": level}
 
 
 def register_model(session_factory: sessionmaker[Session], store: ModelStore,
@@ -90,6 +96,7 @@ def register_model(session_factory: sessionmaker[Session], store: ModelStore,
                 preprocessing=request.preprocessing, trained=request.trained,
                 source=request.source or f"file {Path(request.path).resolve()}",
                 report=request.report, stored_path=relative, trusted_code=request.trust_code,
+                **_window_columns(request.dicom_window),
             ), make_default=request.make_default)
     except IntegrityError:  # registered by another process since the check above
         raise ModelExists(f"model {ref} is already registered") from None
@@ -193,5 +200,9 @@ def load_registered(model: Model, store: ModelStore):
                              version=model.version, classes=classes,
                              positive_index=classes.index(model.positive_class),
                              expected_sha256=model.sha256, trust_code=model.trusted_code)
-    loaded.info = replace(loaded.info, trained=model.trained, preprocessing=model.preprocessing)
+    window = loaded.info.dicom_window
+    if model.dicom_window_width is not None and model.dicom_window_level is not None:
+        window = (model.dicom_window_width, model.dicom_window_level)
+    loaded.info = replace(loaded.info, trained=model.trained, preprocessing=model.preprocessing,
+                          dicom_window=window)
     return loaded

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, TypeVar
@@ -90,6 +91,7 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     metrics_access: str = "key"
     prometheus_multiproc_dir: Optional[Path] = None
+    series_rule: str = "top10pct-mean"
 
     @property
     def auth_enabled(self) -> bool:
@@ -260,6 +262,7 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
         metrics_host=read("METRICS_HOST", lambda _n, raw: raw),
         metrics_access=read("METRICS_ACCESS", _choice(METRICS_ACCESS_MODES)),
         prometheus_multiproc_dir=_read(env, "PROMETHEUS_MULTIPROC_DIR", _existing_dir, None),
+        series_rule=read("SERIES_RULE", _series_rule),
         **_access_settings(env, var_dir),
         **_webhook_settings(env),
     )
@@ -350,6 +353,18 @@ def _access_settings(env: Mapping[str, str], var_dir: Path) -> dict[str, object]
         "proxy_hops": _read(env, "PROXY_HOPS", lambda n, raw: _positive_int(n, raw, minimum=0),
                             _default("proxy_hops")),
     }
+
+
+SERIES_RULE = re.compile(r"^(?:top(?P<percent>[1-9][0-9]?|100)pct-mean|mean|max)$")
+
+
+def _series_rule(name: str, raw: str) -> str:
+    """How a DICOM series' P(COVID) is made: ``topNpct-mean`` (N = 1…100), ``mean`` or ``max``."""
+    text = raw.strip().lower()
+    if not SERIES_RULE.match(text):
+        raise ConfigError(f"{name} must be topNpct-mean (N from 1 to 100, e.g. top10pct-mean), "
+                          f"mean or max, got {raw!r}")
+    return text
 
 
 def _rate_limit(name: str, raw: str) -> str:

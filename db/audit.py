@@ -15,7 +15,7 @@ from db.models import AuditEvent
 ACTIONS = ("job.submit", "results.read", "results.csv", "thumbnail.view",
            "job.cancel", "job.delete", "model.add", "model.set_default", "model.remove",
            "key.create", "key.revoke", "session.open", "webhook.create", "webhook.delete",
-           "explanation.request", "heatmap.view")
+           "explanation.request", "heatmap.view", "series.read", "series.sr")
 
 
 def record(session: Session, action: str, *, key_id: Optional[str], owner: Optional[str],

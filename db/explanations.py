@@ -33,6 +33,7 @@ class ExplanationLease:
     job_id: str
     blob_key: str
     attempt: int
+    frame: Optional[int] = None  # of a multi-frame DICOM file
 
 
 @dataclass(frozen=True)
@@ -123,12 +124,12 @@ def claim_explanations(session: Session, owner: str, limit: int,
         .returning(Explanation.id, Explanation.attempts)
         .execution_options(synchronize_session=False)).all()
     attempts = dict(claimed)
-    rows = session.execute(select(Explanation.id, Scan.id, Scan.job_id, Scan.blob_key)
+    rows = session.execute(select(Explanation.id, Scan.id, Scan.job_id, Scan.blob_key, Scan.frame)
                            .join(Scan, Scan.id == Explanation.scan_id)
                            .where(Explanation.id.in_(list(attempts)))
                            .order_by(Scan.job_id, Scan.position))
-    return [ExplanationLease(e_id, scan_id, job_id, key, attempts[e_id])
-            for e_id, scan_id, job_id, key in rows]
+    return [ExplanationLease(e_id, scan_id, job_id, key, attempts[e_id], frame)
+            for e_id, scan_id, job_id, key, frame in rows]
 
 
 def waiting_explanations(session: Session) -> int:

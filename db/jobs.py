@@ -5,9 +5,9 @@ Every function takes a ``session``; the caller owns the transaction.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
@@ -22,6 +22,8 @@ class NewScan:
     filename: str
     blob_key: str
     size_bytes: int
+    # A DICOM slice's :class:`db.models.Scan` columns (frame, UIDs, position); empty otherwise.
+    dicom: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class JobOptions:
     retention_seconds: int = 0
     chunk_size: int = 32
     explain: Optional[str] = None  # "gradcam": explain every scan once it has a result
+    series_rule: Optional[str] = None  # recorded when the job holds DICOM slices
 
 
 def create_job(session: Session, scans: Sequence[NewScan], job_id: str,
@@ -100,7 +103,7 @@ def create_job(session: Session, scans: Sequence[NewScan], job_id: str,
     now = utcnow()
     job = Job(id=job_id, name=options.name, requested_model=options.requested_model,
               owner=options.owner, priority=options.priority, precision=options.precision,
-              created_at=now, explain=options.explain,
+              created_at=now, explain=options.explain, series_rule=options.series_rule,
               expires_at=(now + timedelta(seconds=options.retention_seconds)
                           if options.retention_seconds else None))
     if model is not None:
@@ -109,12 +112,36 @@ def create_job(session: Session, scans: Sequence[NewScan], job_id: str,
             setattr(job, column, value)
     job.scans = [
         Scan(position=i, filename=s.filename, blob_key=s.blob_key, size_bytes=s.size_bytes,
-             status=ScanStatus.QUEUED, priority=options.priority, queued_at=now)
+             status=ScanStatus.QUEUED, priority=options.priority, queued_at=now, **s.dicom)
         for i, s in enumerate(scans)
     ]
     session.add(job)
     add_wakeups(session, math.ceil(len(scans) / options.chunk_size), f"job {job_id}")
     return job
+
+
+def next_position(session: Session, job_id: str) -> int:
+    """The upload position the job's next scan gets (0 for an empty job)."""
+    last = session.scalar(select(func.max(Scan.position)).where(Scan.job_id == job_id))
+    return 0 if last is None else last + 1
+
+
+def append_scans(session: Session, job: Job, scans: Sequence[NewScan], chunk_size: int,
+                 series_rule: Optional[str] = None) -> None:
+    """Add scans after the job's last one, with their wake-ups (not committed).
+
+    A job that had finished runs again for them; its series rule, once recorded, stays.
+    """
+    start = next_position(session, job.id)
+    now = utcnow()
+    session.add_all([
+        Scan(job_id=job.id, position=start + i, filename=s.filename, blob_key=s.blob_key,
+             size_bytes=s.size_bytes, status=ScanStatus.QUEUED, priority=job.priority,
+             queued_at=now, **s.dicom)
+        for i, s in enumerate(scans)])
+    if job.series_rule is None:
+        job.series_rule = series_rule
+    add_wakeups(session, math.ceil(len(scans) / chunk_size), f"job {job.id}")
 
 
 def cancel_job(session: Session, job: Job) -> int:

@@ -103,6 +103,10 @@ class Model(Base):
     stored_path: Mapped[str] = mapped_column(String(1024))
     # Registered with --trust-code: its layers or ops may run code when it is loaded.
     trusted_code: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The window (width, level in Hounsfield units) DICOM slices are seen through before the
+    # model's own preprocessing; None: the lung window (1500, -600).
+    dicom_window_width: Mapped[Optional[float]] = mapped_column(Float)
+    dicom_window_level: Mapped[Optional[float]] = mapped_column(Float)
 
     @property
     def ref(self) -> str:
@@ -146,6 +150,8 @@ class Job(Base):
                                                         index=True)
     # Explanations asked for at submission ("gradcam"), or None.
     explain: Mapped[Optional[str]] = mapped_column(String(20))
+    # How a DICOM series' P(COVID) is made from its slices' (db.series), fixed at submission.
+    series_rule: Mapped[Optional[str]] = mapped_column(String(50))
 
     scans: Mapped[list["Scan"]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True,
@@ -163,6 +169,7 @@ class Scan(Base):
         Index("ix_scans_job_id_status", "job_id", "status"),
         Index("ix_scans_status_priority", "status", "priority", "queued_at"),
         Index("ix_scans_lease_owner", "lease_owner"),
+        Index("ix_scans_job_id_series_uid", "job_id", "series_uid"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -198,6 +205,16 @@ class Scan(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # How many times a result was written (audit: exactly 1 for a finished scan).
     result_writes: Mapped[int] = mapped_column(Integer, default=0)
+    # DICOM slices only: where the slice sits (no patient identifiers are kept in SQL).
+    # ``frame`` is the frame of a multi-frame file (its frames share one blob).
+    frame: Mapped[Optional[int]] = mapped_column(Integer)
+    study_uid: Mapped[Optional[str]] = mapped_column(String(64))
+    series_uid: Mapped[Optional[str]] = mapped_column(String(64))
+    sop_instance_uid: Mapped[Optional[str]] = mapped_column(String(64))
+    sop_class_uid: Mapped[Optional[str]] = mapped_column(String(64))
+    modality: Mapped[Optional[str]] = mapped_column(String(16))
+    instance_number: Mapped[Optional[int]] = mapped_column(Integer)
+    slice_position: Mapped[Optional[float]] = mapped_column(Float)
 
     job: Mapped[Job] = relationship(back_populates="scans")
 

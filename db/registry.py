@@ -50,7 +50,9 @@ def describe(model: Model) -> dict[str, Any]:
             "classes": list(model.classes), "positive_class": model.positive_class,
             "preprocessing": model.preprocessing, "trained": model.trained,
             "source": model.source, "default": model.is_default, "created_at": model.created_at,
-            "has_report": model.report is not None, "trusted_code": model.trusted_code}
+            "has_report": model.report is not None, "trusted_code": model.trusted_code,
+            "dicom_window": (None if model.dicom_window_width is None
+                             else [model.dicom_window_width, model.dicom_window_level])}
 
 
 def list_models(session: Session) -> list[Model]:

@@ -28,6 +28,8 @@ class ScanOutcome:
     probability_covid: Optional[float] = None
     label: Optional[str] = None
     error: Optional[str] = None
+    # When this scan was preprocessed otherwise than the model's own way (a DICOM window).
+    preprocessing: Optional[str] = None
 
     def __post_init__(self) -> None:
         if (self.error is None) == (self.probability_covid is None):
@@ -43,6 +45,7 @@ class Lease:
     blob_key: str
     attempt: int
     queued_at: Optional[datetime] = None  # when its job was submitted (end-to-end latency)
+    frame: Optional[int] = None  # the frame of a multi-frame DICOM file
 
 
 def died_message(attempts: int) -> str:
@@ -86,13 +89,13 @@ def _claim_once(session: Session, owner: str, limit: int,
                 attempts=Scan.attempts + 1,
                 started_at=func.coalesce(Scan.started_at, now))
         .returning(Scan.id, Scan.job_id, Scan.blob_key, Scan.attempts, Scan.position,
-                   Scan.queued_at)
+                   Scan.queued_at, Scan.frame)
         .execution_options(synchronize_session=False)
     ).all()
     if not rows:
         return None
     rows.sort(key=lambda r: (r.job_id, r.position))
-    return [Lease(r.id, r.job_id, r.blob_key, r.attempts, r.queued_at) for r in rows]
+    return [Lease(r.id, r.job_id, r.blob_key, r.attempts, r.queued_at, r.frame) for r in rows]
 
 
 def renew_leases(session: Session, owner: str, lease_seconds: float) -> int:
@@ -186,7 +189,7 @@ def write_outcomes(session: Session, outcomes: Sequence[ScanOutcome], leases: Se
             .values(
                 status=ScanStatus.FAILED if outcome.error else ScanStatus.SUCCEEDED,
                 probability_covid=outcome.probability_covid, label=outcome.label,
-                error=outcome.error, **model.scan_columns(), worker=worker, finished_at=now,
+                error=outcome.error, **_identity_columns(model, outcome), worker=worker, finished_at=now,
                 lease_owner=None, lease_expires_at=None,
                 result_writes=Scan.result_writes + 1,
             )
@@ -218,3 +221,8 @@ def queue_depth(session: Session) -> QueueDepth:
     oldest = session.scalar(select(func.min(Scan.queued_at))
                             .where(Scan.status == ScanStatus.QUEUED))
     return QueueDepth(waiting, leased, oldest)
+def _identity_columns(model: ModelIdentity, outcome: ScanOutcome) -> dict:
+    columns = model.scan_columns()
+    if outcome.preprocessing is not None:
+        columns["preprocessing"] = outcome.preprocessing
+    return columns

@@ -38,6 +38,8 @@ class ModelInfo:
     classes: tuple[str, ...] = DEFAULT_CLASSES
     positive_index: int = 0
     preprocessing: str = SEED_V1
+    # (width, level) in HU that DICOM slices are windowed with before ``preprocessing``
+    dicom_window: tuple[float, float] = (1500.0, -600.0)
 
     @property
     def positive_class(self) -> str:

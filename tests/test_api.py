@@ -73,7 +73,7 @@ def test_zip_upload_reports_entries_it_did_not_take(client):
                        content_type="multipart/form-data").get_json()
     assert body["counts"]["total"] == 1
     assert body["skipped"] == [{"filename": "set.zip/a/readme.txt",
-                                "reason": "not a PNG or JPEG image"}]
+                                "reason": "not a PNG, JPEG or DICOM image"}]
 
 
 def test_no_files_is_400_problem_json(client):

@@ -149,3 +149,20 @@ def test_wait_with_table_prints_every_row(server_url, tmp_path):
     assert result.exit_code == 0, result.output
     assert all(f"slice_00{i}.png" in result.output for i in range(3))
     assert "3 succeeded, 0 failed of 3" in result.output
+
+
+def test_a_pacs_folder_of_extensionless_dicom_files_is_submitted(idle_server_url, tmp_path):
+    from tests import dicom_files as d
+
+    folder = tmp_path / "PACS" / "SE1"
+    folder.mkdir(parents=True)
+    files, _ = d.ct_series(2)
+    for index, body in enumerate(files):
+        (folder / f"IM{index:04d}").write_bytes(body)
+    (folder / "MR0").write_bytes(d.ct_bytes(Modality="MR"))
+    (folder / ".DS_Store").write_bytes(b"junk")
+    plain = run(idle_server_url, "submit", str(tmp_path / "PACS"))
+    assert plain.exit_code == 0, plain.output
+    assert "2 scans queued" in plain.output and "modality MR" in plain.output
+    allowed = run(idle_server_url, "submit", str(tmp_path / "PACS"), "--allow-modality", "MR")
+    assert allowed.exit_code == 0 and "3 scans queued" in allowed.output

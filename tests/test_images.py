@@ -25,11 +25,11 @@ REQUIREMENTS = {
     "worker": ROOT / "requirements-worker.txt",
 }
 # Copied with their packages but never run in that image: the local stack (both), and the
-# CLI and its HTTP client (the worker).
+# CLI, its HTTP client and the C-STORE receiver (the worker).
 NOT_RUN = {
     "api": {"covidscan/devstack.py", "covidscan/embedded_redis.py"},
     "worker": {"covidscan/devstack.py", "covidscan/embedded_redis.py", "covidscan/cli.py",
-               "covidscan/client.py"},
+               "covidscan/client.py", "covidscan/dicom_listen.py"},
 }
 PROJECT_PACKAGES = {"api", "db", "models", "worker", "covidscan", "tests"}
 # Needed though the code never imports them by name: the programs the services run

@@ -30,7 +30,7 @@ def test_zip_entries_become_scans_named_by_their_path_and_others_are_reported():
     scans, parsed = parse([("first.png", png_bytes(16, seed=1)), ("batch.zip", archive)])
     assert [s.filename for s in scans] == ["first.png", "ct/a.png", "ct/b.jpg"]
     assert {s.filename: s.reason for s in parsed.skipped} == {
-        "batch.zip/ct/notes.txt": "not a PNG or JPEG image",
+        "batch.zip/ct/notes.txt": "not a PNG, JPEG or DICOM image",
         "batch.zip/inner.zip": "nested ZIP archives are not expanded",
     }
 

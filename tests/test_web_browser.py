@@ -195,7 +195,7 @@ def test_a_refused_file_is_listed_with_the_reason_and_can_be_left_out(live_serve
     by_id(browser, "submit").send_keys(Keys.ENTER)
     wait_until(browser, lambda d: by_id(d, "upload-error").is_displayed(), 30, "the refusal")
     rejected = by_id(browser, "rejected").text
-    assert "notes.png" in rejected and "neither a PNG, a JPEG nor a ZIP" in rejected
+    assert "notes.png" in rejected and "neither a PNG, a JPEG, a DICOM file nor a ZIP" in rejected
     assert "nothing was stored" in by_id(browser, "upload-error-text").text
 
     by_id(browser, "drop-rejected").click()
@@ -245,7 +245,7 @@ def test_a_folder_a_zip_and_a_dropped_file_make_one_job(live_server, browser, tm
     assert sorted(r["File"] for r in table_rows(browser)) == \
         ["dropped.png", "s/extra.png", "study/series1/slice_000.png", "study/series1/slice_001.png"]
     skipped = by_id(browser, "skipped-list").text
-    assert "readme.txt" in skipped and "not a PNG or JPEG image" in skipped
+    assert "readme.txt" in skipped and "not a PNG, JPEG or DICOM image" in skipped
 
 
 def test_the_upload_shows_its_progress_in_bytes(live_server, browser, tmp_path):
@@ -381,3 +381,31 @@ def test_a_heatmap_of_the_untrained_default_says_so(app, api_key, database_url, 
         wait_until(driver, lambda d: by_id(d, "viewer-untrained").is_displayed(), 30,
                    "the viewer's untrained warning")
         assert "this heatmap means nothing" in by_id(driver, "viewer-untrained").text
+def test_a_dicom_folder_shows_its_series_with_a_strip_chart(live_server, browser, stack_key,
+                                                            tmp_path):
+    from tests import dicom_files as d
+
+    folder = tmp_path / "PACS" / "SE1"
+    folder.mkdir(parents=True)
+    files, _ = d.ct_series(6, seed=3)
+    paths = []
+    for index, body in enumerate(files):  # PACS exports: no extension
+        paths.append(folder / f"IM{index:04d}")
+        paths[-1].write_bytes(body)
+    job_id = upload_through_the_page(browser, live_server.url, paths, "dicom")
+    wait_until(browser, lambda d: by_id(d, "job-status").text in ("succeeded",), what="the job")
+    wait_until(browser, lambda d: by_id(d, "series-panel").is_displayed(), 20, "the series view")
+    wait_until(browser, lambda d: "%" in d.find_element(
+        "css selector", "#series tbody tr td:nth-child(4)").text, 20, "the series result")
+    bars = browser.execute_script("""
+        return Array.from(document.querySelectorAll('#series .strip-chart rect')).map(
+          (r) => r.querySelector('title').textContent);""")
+    assert len(bars) == 6
+    positions = [float(re.search(r"position (-?[\d.]+) mm", b).group(1)) for b in bars]
+    assert positions == sorted(positions)  # feet to head, whatever the upload order
+    body = requests.get(f"{live_server.url}/v1/jobs/{job_id}/series",
+                        headers={"Authorization": f"Bearer {stack_key}"}, timeout=10).json()
+    [series] = body["series"]
+    shown = browser.find_element("css selector", "#series tbody tr td:nth-child(4)").text
+    assert shown == f"{100 * series['probability_covid']:.1f}%"
+    assert "Doe" not in browser.page_source and d.PATIENT_ID not in browser.page_source

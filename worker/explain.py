@@ -19,7 +19,7 @@ from db.explanations import (ExplanationLease, ExplanationOutcome, claim_explana
                              record_explanations)
 from db.identity import ModelIdentity
 from db.jobs import job_pins
-from worker.inference import load_tensor
+from worker.inference import FrameFiles, load_tensor
 from worker.model_cache import ModelUnavailable
 
 if TYPE_CHECKING:
@@ -82,11 +82,13 @@ def explain_batch(items: Sequence[ExplanationLease], blobs, explainer,
 
     from models.heatmap_image import render
 
-    size = explainer.info.input_size
+    info = explainer.info
+    size = info.input_size
+    files = FrameFiles(blobs)
     if pool is None:
-        loaded = [load_tensor(blobs, item, size) for item in items]
+        loaded = [load_tensor(files, item, info)[0] for item in items]
     else:
-        loaded = list(pool.map(lambda item: load_tensor(blobs, item, size), items))
+        loaded = list(pool.map(lambda item: load_tensor(files, item, info)[0], items))
     good = [i for i, value in enumerate(loaded) if not isinstance(value, str)]
     outcomes: list[Optional[ExplanationOutcome]] = [
         None if i in good else ExplanationOutcome(item.explanation_id, error=loaded[i])

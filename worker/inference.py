@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+from collections import OrderedDict
 from concurrent.futures import Executor, Future
 from typing import Optional, Protocol, Sequence
 
@@ -26,6 +28,7 @@ class ScanInput(Protocol):
 
     scan_id: str
     blob_key: str
+    frame: Optional[int]  # of a multi-frame DICOM file; None otherwise
 
 
 def predict_items(engine, tensors: Sequence[np.ndarray]) -> list:
@@ -44,37 +47,75 @@ def predict_items(engine, tensors: Sequence[np.ndarray]) -> list:
     return results
 
 
-def load_tensor(blobs: BlobStore, item: ScanInput, size: tuple[int, int]):
-    """The scan's seed-v1 tensor, or the reason it cannot be read or decoded (a str)."""
+class FrameFiles:
+    """Reads scan bytes; a multi-frame file's bytes are kept for its other frames in the
+    batch (at most ``keep`` files at once), so a file is read once, not once per frame."""
+
+    def __init__(self, blobs: BlobStore, keep: int = 2) -> None:
+        self.blobs = blobs
+        self.keep = keep
+        self._files: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, item: ScanInput) -> bytes:
+        if getattr(item, "frame", None) is None:
+            return self.blobs.get(item.blob_key)
+        with self._lock:
+            if item.blob_key in self._files:
+                self._files.move_to_end(item.blob_key)
+                return self._files[item.blob_key]
+        data = self.blobs.get(item.blob_key)
+        with self._lock:
+            self._files[item.blob_key] = data
+            while len(self._files) > self.keep:
+                self._files.popitem(last=False)
+        return data
+
+
+def load_tensor(files: FrameFiles, item: ScanInput, info) -> tuple[object, Optional[str]]:
+    """The tensor (or the reason there is none) and, for a DICOM slice, the preprocessing id
+    naming its window (``info`` is the engine's :class:`models.loader.ModelInfo`)."""
+    from models.dicom import is_dicom, load_dicom_seed_v1, preprocessing_id
     from models.preprocess import ImageDecodeError, load_seed_v1
 
+    preprocessing = None
     try:
         with timed(DECODE):
-            return load_seed_v1(blobs.get(item.blob_key), size)
+            data = files.get(item)
+            if is_dicom(data):
+                preprocessing = preprocessing_id(info.dicom_window, info.preprocessing)
+                return load_dicom_seed_v1(data, getattr(item, "frame", None) or 0,
+                                          info.dicom_window, info.input_size), preprocessing
+            return load_seed_v1(data, info.input_size), None
     except (ImageDecodeError, BlobNotFound) as exc:
-        return str(exc)
+        return str(exc), preprocessing
 
 
 def _infer(items: Sequence[ScanInput], blobs: BlobStore, engine, pool: Optional[Executor],
-           batcher: Optional[DynamicBatcher]) -> list:
-    """One decode error (str), P(positive) (float) or future of it per item."""
-    size = engine.info.input_size
+           batcher: Optional[DynamicBatcher]) -> tuple[list, list[Optional[str]]]:
+    """One decode error (str), P(positive) (float) or future of it per item, and each item's
+    own preprocessing id (None: the model's)."""
+    info = engine.info
+    files = FrameFiles(blobs)
     if pool is None:
-        loaded = [load_tensor(blobs, item, size) for item in items]
+        pairs = [load_tensor(files, item, info) for item in items]
+        loaded = [value for value, _ in pairs]
+        preprocessing = [how for _, how in pairs]
     else:
-        decoding = [pool.submit(load_tensor, blobs, item, size) for item in items]
-        loaded = []
+        decoding = [pool.submit(load_tensor, files, item, info) for item in items]
+        loaded, preprocessing = [], []
         for future in decoding:  # each tensor goes to the batcher as soon as it is decoded
-            value = future.result()
+            value, how = future.result()
             is_tensor = batcher is not None and not isinstance(value, str)
             loaded.append(batcher.submit(engine, value) if is_tensor else value)
+            preprocessing.append(how)
     if batcher is None:
         good = [i for i, value in enumerate(loaded) if not isinstance(value, str)]
         if good:
             predicted = predict_items(engine, [loaded[i] for i in good])
             for index, p in zip(good, predicted):
                 loaded[index] = p
-    return loaded
+    return loaded, preprocessing
 
 
 def classify_batch(items: Sequence[ScanInput], blobs: BlobStore, engine,
@@ -87,22 +128,24 @@ def classify_batch(items: Sequence[ScanInput], blobs: BlobStore, engine,
     or that gets a non-finite probability, fails alone with a message saying why.
     """
     outcomes = []
-    for item, value in zip(items, _infer(items, blobs, engine, pool, batcher)):
+    values, preprocessing = _infer(items, blobs, engine, pool, batcher)
+    for item, value, how in zip(items, values, preprocessing):
         if isinstance(value, Future):
             try:
                 value = value.result()
             except ValueError as exc:  # this scan's own error; others (a broken engine) propagate
                 value = exc
         if isinstance(value, str):
-            outcomes.append(ScanOutcome(item.scan_id, error=value))
+            outcomes.append(ScanOutcome(item.scan_id, error=value, preprocessing=how))
         elif isinstance(value, Exception):
-            outcomes.append(ScanOutcome(item.scan_id, error=f"inference failed: {value}"))
+            outcomes.append(ScanOutcome(item.scan_id, error=f"inference failed: {value}",
+                                        preprocessing=how))
         elif not math.isfinite(value):
-            outcomes.append(ScanOutcome(item.scan_id,
+            outcomes.append(ScanOutcome(item.scan_id, preprocessing=how,
                                         error="the model produced a non-finite probability"))
         else:
             outcomes.append(ScanOutcome(item.scan_id, probability_covid=value,
-                                        label=engine.info.label_for(value)))
+                                        label=engine.info.label_for(value), preprocessing=how))
     if len(outcomes) != len(items):
         raise AssertionError(f"classify_batch made {len(outcomes)} outcomes for {len(items)} scans")
     return outcomes

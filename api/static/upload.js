@@ -6,12 +6,13 @@
   const { formatBytes, problemDetail, replaceChildren, element, unsafeHeaders } = window.covidscan;
   const $ = (id) => document.getElementById(id);
   const form = $("upload-form");
-  const SENDABLE = /\.(png|jpe?g|zip)$/i;
+  // DICOM files often have no extension (IM000001): the server tells them apart by content.
+  const SENDABLE = /(\.(png|jpe?g|zip|dcm|dicom)|(^|\/)[^./]+)$/i;
   const LIST_LIMIT = 200;
   const maxUploadBytes = Number(form.dataset.maxUploadBytes);
 
   let selected = [];   // [{file, name}] in the order they were added
-  let leftOut = [];    // names found in folders that are not PNG, JPEG or ZIP
+  let leftOut = [];    // names found in folders that are not PNG, JPEG, DICOM or ZIP
   let rejectedName = null;
 
   function add(file, name, fromFolder) {
@@ -41,7 +42,7 @@
     const note = $("left-out");
     note.hidden = leftOut.length === 0;
     note.textContent = leftOut.length === 0 ? "" : "Not sent from the folder (not .png, .jpg, " +
-      ".jpeg or .zip): " + leftOut.slice(0, 20).join(", ") + (leftOut.length > 20 ? ", …" : "");
+      ".jpeg, .dcm, .zip or without extension): " + leftOut.slice(0, 20).join(", ") + (leftOut.length > 20 ? ", …" : "");
     $("submit").disabled = count === 0;
     $("clear").disabled = count === 0 && leftOut.length === 0;
   }

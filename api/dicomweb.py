@@ -1,0 +1,164 @@
+"""DICOMweb STOW-RS: ``POST /v1/dicomweb/studies`` stores DICOM instances into a job.
+
+The body is ``multipart/related; type="application/dicom"``, one Part 10 instance a part.
+The instances go through the same header checks as ``POST /v1/jobs`` (limits, modality,
+non-images); those that pass are stored in a new job, or appended to the caller's job
+named by ``?job=<id>``. The answer is the standard STOW response (``application/dicom+json``):
+``ReferencedSOPSequence`` for the stored instances, ``FailedSOPSequence`` with a failure
+reason for the others; 200 when all were stored, 202 when some were, 409 when none was.
+``Location`` names the job.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any, Optional
+
+from flask import Blueprint, Response, json, request, url_for
+
+from api.audit import audit
+from api.auth import current_principal, owned_job, requires
+from api.dicom_upload import scans_of
+from api.extensions import db_session, services
+from api.limits import check_active_jobs, scan_quota
+from api.models import resolve_model
+from api.problems import Problem
+from api.uploads import ParsedUpload, UploadLimits, iter_scans
+from db.jobs import JobOptions, NewScan, append_scans, create_job, next_position
+from db.models import new_id
+from db.outbox import relay
+
+log = logging.getLogger(__name__)
+bp = Blueprint("dicomweb", __name__, url_prefix="/v1/dicomweb")
+
+DICOM_JSON = "application/dicom+json"
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+CANNOT_UNDERSTAND = 0xC000
+
+
+def _boundary() -> bytes:
+    mimetype = request.mimetype
+    options = request.mimetype_params
+    kind = options.get("type", "").strip('"').lower()
+    if mimetype != "multipart/related" or kind != "application/dicom" \
+            or not options.get("boundary"):
+        raise Problem(415, 'STOW-RS takes multipart/related; type="application/dicom" with a '
+                           f"boundary, got {request.content_type!r}")
+    return options["boundary"].strip('"').encode("latin-1")
+
+
+def split_parts(body: bytes, boundary: bytes) -> list[bytes]:
+    """The bodies of a multipart/related message's parts (RFC 2046), in order.
+
+    Raises:
+        Problem: 400 for a part without headers or not of type application/dicom.
+    """
+    delimiter = b"--" + boundary
+    pieces = body.split(delimiter)
+    parts = []
+    for piece in pieces[1:]:
+        if piece.startswith(b"--"):  # the closing delimiter
+            break
+        piece = piece[2:] if piece.startswith(b"\r\n") else piece
+        headers, separator, content = piece.partition(b"\r\n\r\n")
+        if not separator:
+            raise Problem(400, "a multipart part has no header block")
+        kind = next((line.split(b":", 1)[1].strip().lower() for line in headers.split(b"\r\n")
+                     if line.lower().startswith(b"content-type:")), b"application/dicom")
+        if not kind.startswith(b"application/dicom"):
+            raise Problem(415, f"a part is {kind.decode('latin-1')!r}, not application/dicom")
+        parts.append(content[:-2] if content.endswith(b"\r\n") else content)
+    return parts
+
+
+def _uids(data: bytes) -> tuple[Optional[str], Optional[str]]:
+    """An instance's SOP class and instance UIDs, for its line in the response."""
+    import pydicom
+
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True,
+                                  specific_tags=["SOPClassUID", "SOPInstanceUID"])
+        return dataset.get("SOPClassUID"), dataset.get("SOPInstanceUID")
+    except Exception:  # noqa: BLE001 - an unreadable part is reported as not understood
+        return None, None
+
+
+def _sop_item(sop_class: Optional[str], sop_instance: Optional[str],
+              reason: Optional[int] = None) -> dict[str, Any]:
+    item: dict[str, Any] = {"00081150": {"vr": "UI", "Value": [str(sop_class)] if sop_class else []},
+                            "00081155": {"vr": "UI",
+                                         "Value": [str(sop_instance)] if sop_instance else []}}
+    if reason is not None:
+        item["00081197"] = {"vr": "US", "Value": [reason]}
+    return item
+
+
+@bp.post("/studies")
+@requires("submit")
+def store_instances() -> Response:
+    """Store the instances in a new job (or ``?job=<id>``) and answer the STOW response."""
+    svc = services()
+    owner = current_principal().owner
+    boundary = _boundary()
+    parts = split_parts(request.get_data(cache=False), boundary)
+    if not parts:
+        raise Problem(400, "the request holds no parts")
+    existing = request.args.get("job")
+    job = owned_job(existing) if existing else None
+    if job is not None and job.cancelled_at is not None:
+        raise Problem(409, f"job {job.id} was cancelled; it takes no more instances")
+    if job is None:
+        check_active_jobs(owner)
+    scan_quota().check_room(owner)
+    job_id = job.id if job is not None else new_id()
+    start = next_position(db_session(), job_id) if job is not None else 0
+    named = [(f"instance-{i + 1}", io.BytesIO(data)) for i, data in enumerate(parts)]
+    limits = UploadLimits.from_settings(svc.settings)
+    parsed = ParsedUpload()
+    stored: list[tuple[Optional[str], Optional[str]]] = []
+    failed: list[dict[str, Any]] = []
+    new_scans: list[NewScan] = []
+    try:
+        for upload in iter_scans(named, limits, parsed):
+            if not upload.dicom:  # a PNG or JPEG sent as application/dicom
+                failed.append(_sop_item(None, None, CANNOT_UNDERSTAND))
+                continue
+            key = svc.blobs.key_for(job_id, start + len(new_scans))
+            svc.blobs.put(key, upload.data)
+            new_scans.extend(scans_of(upload, key))
+            stored.append((upload.dicom[0].sop_class_uid, upload.dicom[0].sop_instance_uid))
+        failed += [_sop_item(*_uids(parts[int(s.filename.rsplit("-", 1)[1]) - 1]),
+                             SOP_CLASS_NOT_SUPPORTED) for s in parsed.skipped]
+        if new_scans:
+            _write(job, job_id, new_scans, owner)
+    except BaseException:
+        db_session().rollback()
+        if job is None:
+            svc.blobs.delete_job(job_id)
+        # else: blobs written for an existing job stay unreferenced until the job is deleted
+        raise
+    if new_scans:
+        relay(svc.session_factory, svc.send_wakeups)
+    log.info("job %s: STOW-RS stored %d instances, %d failed", job_id, len(stored), len(failed))
+    body: dict[str, Any] = {"00081199": {"vr": "SQ", "Value": [_sop_item(*s) for s in stored]}}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    status = 200 if not failed else (202 if stored else 409)
+    headers = {"Location": url_for("jobs.get_job", job_id=job_id)} if new_scans else {}
+    return Response(json.dumps(body), status=status, mimetype=DICOM_JSON, headers=headers)
+
+
+def _write(job, job_id: str, new_scans: list[NewScan], owner: str) -> None:
+    """Write the new job (or the appended scans), its wake-ups and its audit row at once."""
+    svc = services()
+    session = db_session()
+    scan_quota().charge(owner, len(new_scans))
+    if job is None:
+        create_job(session, new_scans, job_id, JobOptions(
+            name="DICOMweb STOW-RS", owner=owner, model=resolve_model(None),
+            retention_seconds=svc.settings.job_retention, chunk_size=svc.settings.batch_size,
+            series_rule=svc.settings.series_rule))
+    else:
+        append_scans(session, job, new_scans, svc.settings.batch_size, svc.settings.series_rule)
+    audit("job.submit", job_id, {"scans": len(new_scans), "via": "stow-rs"}, commit=False)
+    session.commit()

@@ -1,0 +1,82 @@
+"""``GET /v1/jobs/<id>/series``: a job's DICOM series, each with its P(COVID) and its slices."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from api.audit import audit
+from api.auth import owned_job, requires
+from api.extensions import db_session, services
+from api.problems import Problem
+from db.blobs import BlobNotFound
+from db.models import Job, Model, ScanStatus
+from db.series import find_series, job_series
+
+bp = Blueprint("series", __name__, url_prefix="/v1/jobs")
+
+DEFAULT_CLASSES = ("COVID", "NonCOVID")
+
+
+def class_names(job: Job) -> tuple[str, str]:
+    """(positive, other) class names of the job's model, for a series' label."""
+    model = db_session().get(Model, job.model_id) if job.model_id else None
+    if model is None:
+        return DEFAULT_CLASSES
+    others = [c for c in model.classes if c != model.positive_class]
+    return model.positive_class, (others[0] if len(others) == 1 else f"not {model.positive_class}")
+
+
+@bp.get("/<job_id>/series")
+@requires("read")
+def list_series(job_id: str) -> Response:
+    """Each DICOM series of the job: UIDs, modality, counts, P(COVID), label and the rule.
+
+    ``?slices=1`` adds the slices in order along the patient axis with their probabilities.
+    PNG and JPEG scans belong to no series; their results are per slice only.
+    """
+    job = owned_job(job_id)
+    with_slices = request.args.get("slices", "0") in ("1", "true", "yes")
+    positive, negative = class_names(job)
+    rule = job.series_rule
+    found = [s.as_dict(positive, negative, with_slices)
+             for s in job_series(db_session(), job.id, rule)]
+    audit("series.read", job_id, {"series": len(found)})
+    return jsonify(series=found, rule=rule)
+
+
+@bp.get("/<job_id>/series/<series_uid>/sr")
+@requires("read")
+def series_report(job_id: str, series_uid: str) -> Response:
+    """The series' result as a DICOM Structured Report (``application/dicom``).
+
+    404 for a series the job does not have; 409 while no slice of it has a result.
+    """
+    from api.dicom_sr import SeriesFinding, build_report, evidence_header
+
+    job = owned_job(job_id)
+    series = find_series(db_session(), job.id, job.series_rule, series_uid)
+    if series is None:
+        raise Problem(404, f"job {job_id} has no DICOM series {series_uid!r}")
+    done = [s for s in series.slices if s.status == ScanStatus.SUCCEEDED]
+    if not done or series.probability_covid is None:
+        raise Problem(409, f"no slice of series {series_uid} has a result yet")
+    positive, negative = class_names(job)
+    first = done[0]
+    finding = SeriesFinding(series.probability_covid,
+                            series.label(positive, negative) == positive, series.rule,
+                            first.model_name or "unknown", first.model_version or "unknown",
+                            first.model_sha256 or "", first.preprocessing or "")
+    evidence, frames = [], {}
+    blobs = services().blobs
+    for blob_key in dict.fromkeys(s.blob_key for s in done):
+        try:
+            evidence.append(evidence_header(blobs.get(blob_key)))
+        except BlobNotFound:
+            raise Problem(410, f"the stored slices of series {series_uid} are gone") from None
+    for scan in done:
+        if scan.frame is not None:
+            frames.setdefault(scan.sop_instance_uid, []).append(scan.frame + 1)
+    document = build_report(evidence, finding, frames)
+    audit("series.sr", job_id, {"series_uid": series_uid, "instances": len(evidence)})
+    filename = f"covidscan-sr-{job.id[:12]}-{series_uid[-16:]}.dcm"
+    return Response(document, mimetype="application/dicom",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
