@@ -57,7 +57,7 @@ def waiting_scans(session: Session) -> int:
 
 
 def delete_job(session_factory: sessionmaker[Session], blobs: BlobStore, job_id: str) -> None:
-    """Delete a job's rows, then its blobs and thumbnails (they live in one folder)."""
+    """Delete a job's rows, then its blobs and thumbnails (they share the job's key prefix)."""
     with session_factory.begin() as session:
         delete_job_rows(session, job_id)
     blobs.delete_job(job_id)
@@ -78,7 +78,7 @@ def delete_expired(session_factory: sessionmaker[Session], blobs: BlobStore) -> 
 
 def delete_orphan_blobs(session_factory: sessionmaker[Session], blobs: BlobStore,
                         grace_seconds: float) -> int:
-    candidates = blobs.job_dirs_older_than(grace_seconds)
+    candidates = blobs.job_ids_older_than(grace_seconds)
     if not candidates:
         return 0
     with session_factory() as session:

@@ -25,7 +25,7 @@ from covidscan.registration import register_configured_model
 from covidscan.settings import Settings, load_settings
 from covidscan.sweep import SweepLoop, sweep_once
 from covidscan.wakeups import WakeupSender
-from db.blobs import BlobStore
+from db.blobs import BlobStore, open_blob_store
 from db.model_store import ModelStore
 from db.outbox import add_wakeups, relay
 from db.scans import release_leases, renew_leases
@@ -234,7 +234,7 @@ def initialise(settings: Optional[Settings] = None, node: Optional[str] = None) 
         _runtime = WorkerRuntime(
             settings=settings,
             session_factory=session_factory,
-            blobs=BlobStore(settings.blob_dir),
+            blobs=open_blob_store(settings.blob_dir, settings.blob_store),
             models=models,
             decode_pool=ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
                                            thread_name_prefix="decode"),
