@@ -20,8 +20,8 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
             (``{"DATABASE_URL": ...}``) read instead of ``os.environ``; None reads the
             environment.
     """
-    from api import (audit, auth, extensions, health, jobs, limits, models, problems, security,
-                     thumbnails, web, workers)
+    from api import (audit, auth, direct_uploads, extensions, health, jobs, limits, models,
+                     problems, security, thumbnails, web, workers)
 
     if isinstance(config, Settings):
         settings = config
@@ -43,6 +43,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     app.register_blueprint(audit.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(direct_uploads.bp)
     app.register_blueprint(models.bp)
     app.register_blueprint(thumbnails.bp)
     app.register_blueprint(web.bp)

@@ -3,27 +3,25 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, jsonify, request, stream_with_context, url_for
+from flask import Blueprint, Response, jsonify, request, stream_with_context
 
 from api.audit import audit
 from api.auth import current_principal, owned_job, requires
+from api.direct_uploads import create_direct_upload
 from api.extensions import db_session, services
+from api.job_intake import JobRequest, accept_job
 from api.limits import check_active_jobs, scan_quota
-from api.models import requested_model_ref, resolve_model
 from api.problems import Problem
 from api.serialize import csv_lines, job_json, result_row
 from api.uploads import ParsedUpload, UploadLimits, iter_scans
-from covidscan.settings import PRECISIONS
 from covidscan.sweep import delete_job
-from db.jobs import (JobOptions, JobSummary, NewScan, cancel_job, create_job, iter_results,
-                     recent_job_summaries, results_page, summarise_jobs)
-from db.models import PRIORITIES, new_id, priority_rank
-from db.outbox import relay
+from db.jobs import (JobSummary, NewScan, cancel_job, iter_results, recent_job_summaries,
+                     results_page, summarise_jobs)
+from db.models import new_id
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
-MAX_NAME_LENGTH = 200
 DEFAULT_PAGE, MAX_PAGE = 100, 1000
 
 
@@ -40,29 +38,6 @@ def _int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
     return value
 
 
-def _job_name() -> str | None:
-    name = (request.form.get("name") or "").strip() or None
-    if name is not None and len(name) > MAX_NAME_LENGTH:
-        raise Problem(400, f"name is longer than {MAX_NAME_LENGTH} characters")
-    return name
-
-
-def _precision() -> str | None:
-    """The optional ``precision`` form field: the numeric precision the job asks the model for."""
-    raw = (request.form.get("precision") or "").strip().lower()
-    if raw and raw not in PRECISIONS:
-        raise Problem(400, f"precision must be one of {', '.join(PRECISIONS)}, got {raw!r}")
-    return raw or None
-
-
-def _priority() -> int:
-    """The optional ``priority`` form field: high, normal (the default) or low."""
-    raw = (request.form.get("priority") or "normal").strip().lower()
-    if raw not in PRIORITIES:
-        raise Problem(400, f"priority must be one of {', '.join(PRIORITIES)}, got {raw!r}")
-    return priority_rank(raw)
-
-
 @bp.post("")
 @requires("submit")
 def submit_job() -> tuple[Response, int, dict[str, str]]:
@@ -72,6 +47,8 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     outbox for the next sweep, and the job is accepted all the same.
     The job belongs to the caller's owner; quotas are checked before anything is stored.
     """
+    if request.is_json:
+        return create_direct_upload()
     svc = services()
     owner = current_principal().owner
     check_active_jobs(owner)
@@ -81,11 +58,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     if not parts:
         raise Problem(400, "no files: send one or more multipart parts named 'files' "
                            "(PNG or JPEG slices, or ZIP archives of them)")
-    name = _job_name()
-    model_ref = requested_model_ref()
-    model = resolve_model(model_ref)
-    precision = _precision()
-    priority = _priority()
+    job_request = JobRequest.from_fields(request.form)
     job_id = new_id()
     limits = UploadLimits.from_settings(svc.settings)
     parsed = ParsedUpload()
@@ -98,26 +71,11 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         if not new_scans:
             raise Problem(400, "the upload holds no PNG or JPEG images",
                           skipped=[s.as_dict() for s in parsed.skipped])
-        scan_quota().charge(owner, len(new_scans))
-        session = db_session()
-        job = create_job(session, new_scans, job_id, JobOptions(
-            name=name, owner=owner, requested_model=model_ref, model=model, priority=priority,
-            precision=precision, retention_seconds=svc.settings.job_retention,
-            chunk_size=svc.settings.batch_size))
-        audit("job.submit", job_id, {"scans": len(new_scans), "model": job.model_name and
-                                     f"{job.model_name}:{job.model_version}"}, commit=False)
-        session.commit()  # the job, its scans, its wake-ups and its audit row, or none
     except BaseException:
-        db_session().rollback()
         svc.blobs.delete_job(job_id)
         raise
-    relay(svc.session_factory, svc.send_wakeups)
-    log.info("job %s: %d scans accepted, %d entries skipped", job_id, len(new_scans),
-             len(parsed.skipped))
-    body = job_json(summarise_jobs(session, [job])[0])
-    body["skipped"] = [s.as_dict() for s in parsed.skipped]
-    location = url_for("jobs.get_job", job_id=job_id)
-    return jsonify(body), 202, {"Location": location}
+    return accept_job(job_id, owner, job_request, new_scans,
+                      [s.as_dict() for s in parsed.skipped])
 
 
 @bp.get("")

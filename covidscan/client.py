@@ -1,12 +1,14 @@
 """A small HTTP client for the covidscan API (used by the CLI)."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import requests
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".zip"}
+UPLOAD_THREADS = 8
 
 
 class ApiError(RuntimeError):
@@ -61,24 +63,57 @@ class Client:
 
         ``model`` (``name`` or ``name:version``) pins the job; None uses the default.
         ``priority`` is ``high``, ``normal`` (None) or ``low``.
+        Slices go straight to the object store when the server offers presigned uploads
+        (and no file is a ZIP); otherwise in one multipart request.
         """
+        labels = [path.relative_to(root).as_posix() if root and path.is_relative_to(root)
+                  else path.name for path in files]
+        data = {key: value for key, value in
+                (("name", name), ("model", model), ("priority", priority)) if value}
+        if not any(path.suffix.lower() == ".zip" for path in files):
+            job = self._submit_direct(files, labels, data)
+            if job is not None:
+                return job
         handles = []
         try:
             parts = []
-            for path in files:
+            for path, label in zip(files, labels):
                 handle = open(path, "rb")
                 handles.append(handle)
-                label = path.relative_to(root).as_posix() if root and path.is_relative_to(root) \
-                    else path.name
                 parts.append(("files", (label, handle, "application/octet-stream")))
-            data = {key: value for key, value in
-                    (("name", name), ("model", model), ("priority", priority)) if value}
             response = self.http.post(f"{self.base_url}/v1/jobs", files=parts, data=data,
                                       timeout=self.timeout)
         finally:
             for handle in handles:
                 handle.close()
         return self._check(response).json()
+
+    def _submit_direct(self, files: Sequence[Path], labels: Sequence[str],
+                       fields: dict[str, str]) -> Optional[dict[str, Any]]:
+        """The two-step upload: ask for presigned URLs, PUT each slice, start the job.
+
+        None when the server takes multipart uploads only (415)."""
+        body = {"files": [{"filename": label, "size": path.stat().st_size}
+                          for path, label in zip(files, labels)], **fields}
+        response = self.http.post(f"{self.base_url}/v1/jobs", json=body, timeout=self.timeout)
+        if response.status_code == 415:
+            return None
+        created = self._check(response).json()
+        store = requests.Session()  # never sends the API key to the object store
+
+        def put(item: tuple[dict[str, Any], Path]) -> None:
+            part, path = item
+            with open(path, "rb") as handle:
+                answer = store.request(part["method"], part["url"], data=handle,
+                                       headers=part["headers"], timeout=self.timeout)
+            if answer.status_code >= 300:
+                raise ApiError(answer.status_code, f"the object store refused {part['filename']}: "
+                                                   f"{answer.text[:300]}")
+
+        with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+            list(pool.map(put, zip(created["parts"], files)))
+        return self._check(self.http.post(f"{self.base_url}{created['start_url']}",
+                                          timeout=self.timeout)).json()
 
     def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
         """The caller's most recent jobs, newest first."""

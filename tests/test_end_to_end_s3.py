@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import test_end_to_end as e2e
+from tests import test_cli, test_end_to_end as e2e
 from tests.conftest import ROOT, WorkerProcess, create_api_key, fresh_database_url, wait_for_job
-from tests.images import png_bytes
+from tests.images import png_bytes, write_folder, zip_bytes
 from tests.test_end_to_end import stored_keys, upload
 
 # Every end-to-end test of the filesystem store, collected here again against S3.
@@ -72,3 +72,36 @@ def test_a_worker_with_only_the_database_redis_and_s3_classifies_a_job(
     assert not Path(stack_config["BLOB_DIR"]).exists()
     assert not (worker_home / "var" / "blobs").exists()
     assert "remote-worker@" in Path(worker.log_path).read_text()
+
+
+server_url = test_cli.server_url  # the API over HTTP, in front of this module's S3 stack
+
+
+def audited_actions(stack_config, job_id):
+    from sqlalchemy import create_engine, select
+
+    from db.models import AuditEvent
+
+    engine = create_engine(stack_config["DATABASE_URL"])
+    with engine.connect() as conn:
+        actions = conn.scalars(select(AuditEvent.action).where(AuditEvent.job_id == job_id)
+                               .order_by(AuditEvent.id)).all()
+    engine.dispose()
+    return actions
+
+
+def test_the_cli_sends_slices_straight_to_the_store_and_zips_through_the_api(
+        server_url, tmp_path, stack_config):
+    write_folder(tmp_path / "slices", 6, size=48, corrupt=1)
+    result = test_cli.run(server_url, "submit", str(tmp_path / "slices"), "--wait",
+                          "--poll", "0.2")
+    assert result.exit_code == 0, result.output
+    assert "6 succeeded, 1 failed of 7" in result.output
+    job_id = result.output.split()[1].rstrip(":")
+    assert audited_actions(stack_config, job_id)[:2] == ["job.upload_urls", "job.submit"]
+    archive = tmp_path / "all.zip"
+    archive.write_bytes(zip_bytes([("z.png", png_bytes(32))]))
+    zipped = test_cli.run(server_url, "submit", str(archive), "--wait", "--poll", "0.2")
+    assert zipped.exit_code == 0, zipped.output
+    zip_job = zipped.output.split()[1].rstrip(":")
+    assert audited_actions(stack_config, zip_job)[0] == "job.submit"  # one multipart request

@@ -1,0 +1,109 @@
+"""What a job submission asks for, and accepting a job whose slices are stored.
+
+Shared by the one-step upload (multipart, ``api/jobs.py``) and the two-step one
+(presigned uploads to the object store, ``api/direct_uploads.py``).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+from flask import Response, jsonify, url_for
+from sqlalchemy.exc import IntegrityError
+
+from api.audit import audit
+from api.extensions import db_session, services
+from api.limits import scan_quota
+from api.models import resolve_model
+from api.problems import Problem
+from api.serialize import job_json
+from covidscan.settings import PRECISIONS
+from db.jobs import JobOptions, NewScan, create_job, summarise_jobs
+from db.models import PRIORITIES, Job, priority_rank
+from db.outbox import relay
+
+log = logging.getLogger(__name__)
+
+MAX_NAME_LENGTH = 200
+
+
+def _text(fields: Mapping[str, Any], name: str) -> str:
+    value = fields.get(name)
+    if value is not None and not isinstance(value, str):
+        raise Problem(400, f"{name} must be a string")
+    return (value or "").strip()
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """The optional ``name``, ``model``, ``precision`` and ``priority`` of a submission."""
+
+    name: Optional[str] = None
+    model_ref: Optional[str] = None
+    precision: Optional[str] = None
+    priority: str = "normal"
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> "JobRequest":
+        """Read and check the fields (a form or a JSON object).
+
+        Raises:
+            Problem: 400 naming the field that is too long or not one of its choices.
+        """
+        name = _text(fields, "name") or None
+        if name is not None and len(name) > MAX_NAME_LENGTH:
+            raise Problem(400, f"name is longer than {MAX_NAME_LENGTH} characters")
+        precision = _text(fields, "precision").lower() or None
+        if precision is not None and precision not in PRECISIONS:
+            raise Problem(400, f"precision must be one of {', '.join(PRECISIONS)}, "
+                               f"got {precision!r}")
+        priority = _text(fields, "priority").lower() or "normal"
+        if priority not in PRIORITIES:
+            raise Problem(400, f"priority must be one of {', '.join(PRIORITIES)}, "
+                               f"got {priority!r}")
+        request = cls(name, _text(fields, "model") or None, precision, priority)
+        resolve_model(request.model_ref)  # 400 now for an unknown model
+        return request
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def accept_job(job_id: str, owner: str, job_request: JobRequest, new_scans: Sequence[NewScan],
+               skipped: Sequence[dict[str, str]] = ()) -> tuple[Response, int, dict[str, str]]:
+    """Charge the quota, write the job, its scans, wake-ups and audit row in one
+    transaction, send the wake-ups; 202 with the job. Blobs are deleted on any error."""
+    svc = services()
+    try:
+        if db_session().get(Job, job_id) is not None:
+            raise Problem(409, f"job {job_id} has already started")
+        scan_quota().charge(owner, len(new_scans))
+        session = db_session()
+        model = resolve_model(job_request.model_ref)
+        job = create_job(session, new_scans, job_id, JobOptions(
+            name=job_request.name, owner=owner, requested_model=job_request.model_ref,
+            model=model, priority=priority_rank(job_request.priority),
+            precision=job_request.precision, retention_seconds=svc.settings.job_retention,
+            chunk_size=svc.settings.batch_size))
+        audit("job.submit", job_id, {"scans": len(new_scans), "model": job.model_name and
+                                     f"{job.model_name}:{job.model_version}"}, commit=False)
+        session.commit()  # the job, its scans, its wake-ups and its audit row, or none
+    except IntegrityError:  # the same job started twice at once: the first one has its blobs
+        db_session().rollback()
+        raise Problem(409, f"job {job_id} has already started") from None
+    except Problem as exc:
+        db_session().rollback()
+        if exc.status != 409:
+            svc.blobs.delete_job(job_id)
+        raise
+    except BaseException:
+        db_session().rollback()
+        svc.blobs.delete_job(job_id)
+        raise
+    relay(svc.session_factory, svc.send_wakeups)
+    log.info("job %s: %d scans accepted, %d entries skipped", job_id, len(new_scans),
+             len(skipped))
+    body = job_json(summarise_jobs(session, [job])[0])
+    body["skipped"] = list(skipped)
+    return jsonify(body), 202, {"Location": url_for("jobs.get_job", job_id=job_id)}
