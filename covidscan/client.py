@@ -92,7 +92,9 @@ class Client:
                        fields: dict[str, str]) -> Optional[dict[str, Any]]:
         """The two-step upload: ask for presigned URLs, PUT each slice, start the job.
 
-        None when the server takes multipart uploads only (415)."""
+        None when the server takes multipart uploads only (415), or when this machine cannot
+        reach the object store at the URLs the server hands out (S3_PUBLIC_ENDPOINT_URL
+        unset); the upload left behind is deleted by the server's sweep."""
         body = {"files": [{"filename": label, "size": path.stat().st_size}
                           for path, label in zip(files, labels)], **fields}
         response = self.http.post(f"{self.base_url}/v1/jobs", json=body, timeout=self.timeout)
@@ -110,8 +112,11 @@ class Client:
                 raise ApiError(answer.status_code, f"the object store refused {part['filename']}: "
                                                    f"{answer.text[:300]}")
 
-        with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
-            list(pool.map(put, zip(created["parts"], files)))
+        try:
+            with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+                list(pool.map(put, zip(created["parts"], files)))
+        except requests.ConnectionError:
+            return None
         return self._check(self.http.post(f"{self.base_url}{created['start_url']}",
                                           timeout=self.timeout)).json()
 

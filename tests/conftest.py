@@ -182,8 +182,9 @@ def worker_env(config: dict[str, str], **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "DATABASE_URL")}
     env.update(config)
     env.update(extra)
-    env.setdefault("MODEL_STORE_DIR", str(Path(env["BLOB_DIR"]).parent / "models"))
-    env.setdefault("ENGINE_CACHE_DIR", str(Path(env["BLOB_DIR"]).parent / "engine-cache"))
+    if "BLOB_DIR" in env:
+        env.setdefault("MODEL_STORE_DIR", str(Path(env["BLOB_DIR"]).parent / "models"))
+        env.setdefault("ENGINE_CACHE_DIR", str(Path(env["BLOB_DIR"]).parent / "engine-cache"))
     env["PYTHONPATH"] = str(ROOT)
     return env
 

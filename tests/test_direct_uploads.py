@@ -108,3 +108,24 @@ def test_a_url_takes_only_the_declared_size_and_another_owner_cannot_start(
                        create_api_key(s3_config["DATABASE_URL"], owner="mallory"))
     assert other.post(created["start_url"]).status_code == 404
     assert "Authorization" not in part["headers"]
+
+
+def test_a_client_that_cannot_reach_the_store_falls_back_to_one_request(s3_config, tmp_path):
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from covidscan.client import Client
+    from tests.images import write_folder
+
+    config = dict(s3_config, S3_PUBLIC_ENDPOINT_URL="http://127.0.0.1:9")  # nothing listens
+    key = create_api_key(config["DATABASE_URL"], owner="dave")
+    server = make_server("127.0.0.1", 0, create_app(config), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = Client(f"http://127.0.0.1:{server.port}", timeout=30, api_key=key)
+        job = client.submit(write_folder(tmp_path / "slices", 2, size=24))
+    finally:
+        server.shutdown()
+    assert job["status"] == "queued" and job["counts"]["total"] == 2
+    assert stored_keys(s3_config, job["id"]) == [f"{job['id']}/{i:06d}" for i in range(2)]
