@@ -25,6 +25,9 @@ class BlobNotFound(FileNotFoundError):
 class BlobStore(abc.ABC):
     """Bytes by key; keys are ``<job_id>/<name>``, written whole (a reader never sees half)."""
 
+    fetch_concurrency = 1
+    """Readers per core that keep a reader of many keys busy (more for a store over a network)."""
+
     def key_for(self, job_id: str, position: int) -> str:
         return f"{job_id}/{position:06d}"
 

@@ -30,6 +30,8 @@ class S3BlobStore(BlobStore):
     """Objects ``<prefix><job_id>/<name>`` in one bucket; the bucket must exist
     (``covidscan migrate`` creates it when it can)."""
 
+    fetch_concurrency = 4  # a GET waits a few milliseconds on the network
+
     def __init__(self, location: S3Location) -> None:
         self.location = location
         self.bucket = location.bucket

@@ -231,13 +231,16 @@ def initialise(settings: Optional[Settings] = None, node: Optional[str] = None) 
                                  settings.max_queue_delay_ms / 1000, name="inference")
         # One claim being inferred while the next decodes: enough to keep the model busy.
         slots = max(2, 2 * settings.max_batch_size // settings.batch_size)
+        blobs = open_blob_store(settings.blob_dir, settings.blob_store)
+        # A decode thread waits on the network for each object: more of them keep batches
+        # full while a read is in flight.
+        decoders = (os.cpu_count() or 2) * blobs.fetch_concurrency
         _runtime = WorkerRuntime(
             settings=settings,
             session_factory=session_factory,
-            blobs=open_blob_store(settings.blob_dir, settings.blob_store),
+            blobs=blobs,
             models=models,
-            decode_pool=ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
-                                           thread_name_prefix="decode"),
+            decode_pool=ThreadPoolExecutor(max_workers=decoders, thread_name_prefix="decode"),
             batcher=batcher.start(),
             owner=lease_owner(node),
             claim_slots=threading.BoundedSemaphore(slots),
