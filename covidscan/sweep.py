@@ -8,7 +8,8 @@ One pass (:func:`sweep_once`):
 3. when scans are waiting and ``idle`` says no one is on them, one more wake-up is sent
    (a wake-up lost with a Redis restart costs at most one sweep interval);
 4. jobs past their ``expires_at`` are deleted, blobs and thumbnails included, and so are
-   blob folders that have no job row (a crash mid-upload) once ``orphan_grace`` has passed.
+   the blobs of job ids that have no job row (a crash mid-upload, a two-step upload never
+   started) once ``orphan_grace`` has passed.
 
 ``covidscan sweep --once`` runs one pass; ``covidscan sweep`` (a service of its own in the
 deployed stack and in ``make run``) runs it every ``SWEEP_INTERVAL`` seconds, and so does
@@ -35,7 +36,7 @@ from db.scans import expire_leases
 log = logging.getLogger(__name__)
 
 ORPHAN_GRACE_SECONDS = 6 * 3600
-"""Blob folders without a job row are kept this long: an upload writes its blobs before
+"""Blobs without a job row are kept this long: an upload writes its blobs before
 its row commits, and the largest upload must not lose its files while it is stored."""
 
 
