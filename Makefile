@@ -31,6 +31,8 @@ migrate: $(STAMP)
 clean:
 	rm -rf var .pytest_cache
 
-# Throughput numbers from one run of the real stack (prints them; JSON in var/bench.json).
+# Throughput numbers from one run of the real stack (prints them; JSON in var/bench.json),
+# then the S3 blob store against the folder store (var/bench-blob-stores.json).
 bench: $(STAMP)
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.blob_stores

@@ -21,8 +21,9 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
             (``{"DATABASE_URL": ...}``) read instead of ``os.environ``; None reads the
             environment.
     """
-    from api import (audit, auth, dicomweb, explanations, extensions, health, jobs, limits, metrics,
-                     models, problems, security, series, thumbnails, web, webhooks, workers)
+    from api import (audit, auth, dicomweb, direct_uploads, explanations, extensions, health, jobs,
+                     limits, metrics, models, problems, security, series, thumbnails, web,
+                     webhooks, workers)
 
     if isinstance(config, Settings):
         settings = config
@@ -52,6 +53,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     app.register_blueprint(dicomweb.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(direct_uploads.bp)
     app.register_blueprint(models.bp)
     app.register_blueprint(series.bp)
     app.register_blueprint(thumbnails.bp)

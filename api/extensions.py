@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from covidscan.settings import Settings
 from covidscan.wakeups import WakeupSender
-from db.blobs import BlobStore
+from db.blobs import BlobStore, open_blob_store
 from db.session import make_engine, make_session_factory
 
 
@@ -26,7 +26,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.extensions["covidscan"] = Services(
         settings=settings,
         session_factory=make_session_factory(make_engine(settings.database_url)),
-        blobs=BlobStore(settings.blob_dir),
+        blobs=open_blob_store(settings.blob_dir, settings.blob_store),
         send_wakeups=WakeupSender(settings.redis_url),
     )
 

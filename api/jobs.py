@@ -3,34 +3,30 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, jsonify, request, stream_with_context, url_for
+from flask import Blueprint, Response, jsonify, request, stream_with_context
 
 from api.audit import audit
 from api.auth import current_principal, owned_job, requires
 from api.dicom_upload import allowed_modalities, scans_of
+from api.direct_uploads import create_direct_upload
 from api.extensions import db_session, services
-from api.limits import check_active_jobs, confirm_active_jobs, scan_quota
-from api.metrics import job_submitted
-from api.models import requested_model_ref, resolve_model
+from api.job_intake import JobRequest, accept_job
+from api.limits import check_active_jobs, scan_quota
 from api.problems import Problem
 from api.serialize import csv_lines, job_json, result_row
 from api.uploads import ParsedUpload, UploadLimits, iter_scans
-from api.webhooks import callback_url_field
 from covidscan.metrics import count_finished
-from covidscan.settings import PRECISIONS
 from covidscan.sweep import delete_job
 from covidscan.webhooks import relay_events
-from db.explanations import METHODS, explained_scan_ids, queue_job_explanations
-from db.jobs import (JobOptions, JobSummary, NewScan, cancel_job, create_job, iter_results,
-                     lock_owner, recent_job_summaries, results_page, summarise_jobs)
-from db.models import PRIORITIES, new_id, priority_rank
-from db.outbox import relay
+from db.explanations import explained_scan_ids
+from db.jobs import (JobSummary, NewScan, cancel_job, iter_results, recent_job_summaries,
+                     results_page, summarise_jobs)
+from db.models import new_id
 from db.webhooks import record_finished_jobs
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
-MAX_NAME_LENGTH = 200
 DEFAULT_PAGE, MAX_PAGE = 100, 1000
 
 
@@ -47,37 +43,6 @@ def _int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
     return value
 
 
-def _job_name() -> str | None:
-    name = (request.form.get("name") or "").strip() or None
-    if name is not None and len(name) > MAX_NAME_LENGTH:
-        raise Problem(400, f"name is longer than {MAX_NAME_LENGTH} characters")
-    return name
-
-
-def _precision() -> str | None:
-    """The optional ``precision`` form field: the numeric precision the job asks the model for."""
-    raw = (request.form.get("precision") or "").strip().lower()
-    if raw and raw not in PRECISIONS:
-        raise Problem(400, f"precision must be one of {', '.join(PRECISIONS)}, got {raw!r}")
-    return raw or None
-
-
-def _explain() -> str | None:
-    """The optional ``explain`` form field: ``gradcam`` explains every scan once classified."""
-    raw = (request.form.get("explain") or "").strip().lower()
-    if raw and raw not in METHODS:
-        raise Problem(400, f"explain must be one of {', '.join(METHODS)}, got {raw!r}")
-    return raw or None
-
-
-def _priority() -> int:
-    """The optional ``priority`` form field: high, normal (the default) or low."""
-    raw = (request.form.get("priority") or "normal").strip().lower()
-    if raw not in PRIORITIES:
-        raise Problem(400, f"priority must be one of {', '.join(PRIORITIES)}, got {raw!r}")
-    return priority_rank(raw)
-
-
 @bp.post("")
 @requires("submit")
 def submit_job() -> tuple[Response, int, dict[str, str]]:
@@ -87,6 +52,8 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     outbox for the next sweep, and the job is accepted all the same.
     The job belongs to the caller's owner; quotas are checked before anything is stored.
     """
+    if request.is_json:
+        return create_direct_upload()
     svc = services()
     owner = current_principal().owner
     check_active_jobs(owner)
@@ -96,13 +63,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     if not parts:
         raise Problem(400, "no files: send one or more multipart parts named 'files' "
                            "(PNG, JPEG or DICOM slices, or ZIP archives of them)")
-    name = _job_name()
-    model_ref = requested_model_ref()
-    model = resolve_model(model_ref)
-    precision = _precision()
-    priority = _priority()
-    callback_url = callback_url_field()
-    explain = _explain()
+    job_request = JobRequest.from_fields(request.form)
     job_id = new_id()
     limits = UploadLimits.from_settings(svc.settings)
     parsed = ParsedUpload()
@@ -116,33 +77,11 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         if not new_scans:
             raise Problem(400, "the upload holds no PNG, JPEG or DICOM images",
                           skipped=[s.as_dict() for s in parsed.skipped])
-        scan_quota().charge(owner, len(new_scans))
-        session = db_session()
-        lock_owner(session, owner)
-        job = create_job(session, new_scans, job_id, JobOptions(
-            name=name, owner=owner, requested_model=model_ref, model=model, priority=priority,
-            precision=precision, retention_seconds=svc.settings.job_retention,
-            chunk_size=svc.settings.batch_size, explain=explain,
-            series_rule=svc.settings.series_rule if any(s.dicom for s in new_scans) else None))
-        confirm_active_jobs(session, owner)  # requests racing past the first check
-        job.callback_url = callback_url
-        if explain:
-            queue_job_explanations(session, job, explain)
-        audit("job.submit", job_id, {"scans": len(new_scans), "model": job.model_name and
-                                     f"{job.model_name}:{job.model_version}"}, commit=False)
-        session.commit()  # the job, its scans, its wake-ups and its audit row, or none
     except BaseException:
-        db_session().rollback()
         svc.blobs.delete_job(job_id)
         raise
-    relay(svc.session_factory, svc.send_wakeups)
-    job_submitted(PRIORITIES[priority], len(new_scans))
-    log.info("job %s: %d scans accepted, %d entries skipped", job_id, len(new_scans),
-             len(parsed.skipped))
-    body = job_json(summarise_jobs(session, [job])[0])
-    body["skipped"] = [s.as_dict() for s in parsed.skipped]
-    location = url_for("jobs.get_job", job_id=job_id)
-    return jsonify(body), 202, {"Location": location}
+    return accept_job(job_id, owner, job_request, new_scans,
+                      [s.as_dict() for s in parsed.skipped])
 
 
 @bp.get("")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from api.auth import ANY, requires
 from api.extensions import db_session
@@ -43,10 +43,6 @@ def resolve_model(ref: Optional[str]) -> Optional[Model]:
         return default_model(db_session())
     return _find(ref, 400, f"unknown model {ref!r}; GET /v1/models lists the registered ones")
 
-
-def requested_model_ref() -> Optional[str]:
-    """The optional ``model`` form field of a job submission."""
-    return (request.form.get("model") or "").strip() or None
 
 
 @bp.get("")

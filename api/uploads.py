@@ -152,6 +152,27 @@ def _zip_entries(stream: IO[bytes], archive_name: str, limits: UploadLimits,
                 parsed.skipped.append(Skipped(name, "not a PNG, JPEG or DICOM image"))
 
 
+def check_stored_slice(filename: str, head: bytes, size: int, limits: UploadLimits) -> None:
+    """The checks of :func:`iter_scans` for one slice already in the blob store, from its
+    size and its first bytes (``head``, which must hold the whole image header).
+
+    Raises:
+        Problem: 413 over MAX_SCAN_BYTES or MAX_SCAN_PIXELS; 415 for anything but a PNG or
+            JPEG (ZIP archives included: they go through the multipart upload); 400 for
+            an unreadable header.
+    """
+    if size > limits.max_scan_bytes:
+        raise Problem(413, f"{filename} is larger than the per-scan limit of "
+                           f"{limits.max_scan_bytes} bytes (MAX_SCAN_BYTES)", filename=filename)
+    kind = sniff(head[:SNIFF_BYTES])
+    if kind not in IMAGE_TYPES:
+        what = ("a ZIP archive (send archives in a multipart upload)" if kind == ZIP_TYPE
+                else "empty" if not head else "neither a PNG nor a JPEG image")
+        raise Problem(415, f"{filename} is {what} (checked by content, not by name)",
+                      filename=filename)
+    _scan(filename, head, kind, limits)
+
+
 def iter_scans(parts: Iterable[tuple[str, IO[bytes]]], limits: UploadLimits,
                parsed: ParsedUpload) -> Iterator[ScanUpload]:
     """Yield the scans in upload order; record skipped ZIP entries in ``parsed``.

@@ -37,9 +37,12 @@ def checked_url(field: str, raw: str) -> str:
     return raw
 
 
-def callback_url_field() -> Optional[str]:
-    """The optional ``callback_url`` form field of a submission, checked, or None."""
-    raw = (request.form.get("callback_url") or "").strip()
+def checked_callback_url(raw: str) -> Optional[str]:
+    """A submission's optional ``callback_url`` (empty: None), checked for the caller.
+
+    Raises:
+        Problem: 400 for an internal address, or when nothing could sign its events.
+    """
     if not raw:
         return None
     url = checked_url("callback_url", raw)

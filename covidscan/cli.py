@@ -252,14 +252,14 @@ def sweep(once: bool, health_file: Optional[Path]) -> None:
     """Recover expired leases, send waiting wake-ups, delete expired jobs and orphan blobs.
 
     Every worker runs this on a timer; run it by hand to do it now (it talks to
-    DATABASE_URL, REDIS_URL and BLOB_DIR directly, not to the API).
+    DATABASE_URL, REDIS_URL and the blob store directly, not to the API).
     """
     import logging
 
     from covidscan.settings import ConfigError, load_settings
     from covidscan.sweep import SweepLoop, sweep_once
     from covidscan.wakeups import WakeupSender
-    from db.blobs import BlobStore
+    from db.blobs import open_blob_store
     from db.session import make_engine, make_session_factory
 
     try:
@@ -269,7 +269,8 @@ def sweep(once: bool, health_file: Optional[Path]) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
     sessions = make_session_factory(make_engine(settings.database_url))
     sender = WakeupSender(settings.redis_url)
-    run = lambda: sweep_once(sessions, BlobStore(settings.blob_dir), sender, settings,  # noqa: E731
+    blobs = open_blob_store(settings.blob_dir, settings.blob_store)
+    run = lambda: sweep_once(sessions, blobs, sender, settings,  # noqa: E731
                              send_deliveries=sender.deliver)
     if once:
         report = run()
@@ -291,7 +292,8 @@ def sweep(once: bool, health_file: Optional[Path]) -> None:
 
 @main.command()
 def migrate() -> None:
-    """Apply database migrations to DATABASE_URL, then register MODEL_PATH when it is set.
+    """Apply database migrations to DATABASE_URL, create BLOB_STORE's bucket when it is
+    missing, then register MODEL_PATH when it is set.
 
     Run before the API starts, so that no job is accepted while the configured model is
     still unregistered.
@@ -305,6 +307,11 @@ def migrate() -> None:
         _fail(str(exc))
     migrations.upgrade(settings.database_url)
     click.echo("database is up to date")
+    if settings.blob_store is not None:
+        from db.s3_blobs import S3BlobStore
+
+        created = S3BlobStore(settings.blob_store).ensure_bucket()
+        click.echo(f"bucket {settings.blob_store.bucket} {'created' if created else 'exists'}")
     if settings.model_path is None:
         return
     from covidscan.registration import register_configured_model

@@ -1,12 +1,15 @@
 """A small HTTP client for the covidscan API (used by the CLI)."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import requests
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".zip", ".dcm", ".dicom"}
+DIRECT_SUFFIXES = {".png", ".jpg", ".jpeg"}  # what a presigned upload may carry
+UPLOAD_THREADS = 8
 
 
 def _sendable(path: Path) -> bool:
@@ -70,20 +73,27 @@ class Client:
         ``priority`` is ``high``, ``normal`` (None) or ``low``. ``callback_url`` gets a
         signed event when the job ends; ``explain`` (``gradcam``) asks for a heatmap of
         every scan; ``allow_modality``: DICOM modalities to classify besides CT (``MR,PT``).
+        PNG and JPEG slices go straight to the object store when the server offers
+        presigned uploads; ZIPs and DICOM files go in one multipart request.
         """
+        labels = [path.relative_to(root).as_posix() if root and path.is_relative_to(root)
+                  else path.name for path in files]
+        data = {key: value for key, value in
+                (("name", name), ("model", model), ("priority", priority),
+                 ("callback_url", callback_url), ("explain", explain)) if value}
+        if not allow_modality and all(path.suffix.lower() in DIRECT_SUFFIXES for path in files):
+            job = self._submit_direct(files, labels, data)
+            if job is not None:
+                return job
+        if allow_modality:
+            data["allow_modality"] = allow_modality
         handles = []
         try:
             parts = []
-            for path in files:
+            for path, label in zip(files, labels):
                 handle = open(path, "rb")
                 handles.append(handle)
-                label = path.relative_to(root).as_posix() if root and path.is_relative_to(root) \
-                    else path.name
                 parts.append(("files", (label, handle, "application/octet-stream")))
-            data = {key: value for key, value in
-                    (("name", name), ("model", model), ("priority", priority),
-                     ("callback_url", callback_url), ("explain", explain),
-                     ("allow_modality", allow_modality)) if value}
             response = self.http.post(f"{self.base_url}/v1/jobs", files=parts, data=data,
                                       timeout=self.timeout)
         finally:
@@ -95,6 +105,37 @@ class Client:
         """The job's webhook events and every attempt to deliver each."""
         return self._check(self.http.get(f"{self.base_url}/v1/jobs/{job_id}/deliveries",
                                          timeout=self.timeout)).json()["events"]
+    def _submit_direct(self, files: Sequence[Path], labels: Sequence[str],
+                       fields: dict[str, str]) -> Optional[dict[str, Any]]:
+        """The two-step upload: ask for presigned URLs, PUT each slice, start the job.
+
+        None when the server takes multipart uploads only (415), or when this machine cannot
+        reach the object store at the URLs the server hands out (S3_PUBLIC_ENDPOINT_URL
+        unset); the upload left behind is deleted by the server's sweep."""
+        body = {"files": [{"filename": label, "size": path.stat().st_size}
+                          for path, label in zip(files, labels)], **fields}
+        response = self.http.post(f"{self.base_url}/v1/jobs", json=body, timeout=self.timeout)
+        if response.status_code == 415:
+            return None
+        created = self._check(response).json()
+        store = requests.Session()  # never sends the API key to the object store
+
+        def put(item: tuple[dict[str, Any], Path]) -> None:
+            part, path = item
+            with open(path, "rb") as handle:
+                answer = store.request(part["method"], part["url"], data=handle,
+                                       headers=part["headers"], timeout=self.timeout)
+            if answer.status_code >= 300:
+                raise ApiError(answer.status_code, f"the object store refused {part['filename']}: "
+                                                   f"{answer.text[:300]}")
+
+        try:
+            with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+                list(pool.map(put, zip(created["parts"], files)))
+        except requests.ConnectionError:
+            return None
+        return self._check(self.http.post(f"{self.base_url}{created['start_url']}",
+                                          timeout=self.timeout)).json()
 
     def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
         """The caller's most recent jobs, newest first."""

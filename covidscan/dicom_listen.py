@@ -122,11 +122,12 @@ def serve(settings: Settings, host: str, port: int, ae_title: str, owner: str,
     from pynetdicom import AE, AllStoragePresentationContexts, evt
 
     from covidscan.wakeups import WakeupSender
-    from db.blobs import BlobStore
+    from db.blobs import open_blob_store
     from db.session import make_engine, make_session_factory
 
     engine = make_engine(settings.database_url)
-    receiver = StoreReceiver(settings, make_session_factory(engine), BlobStore(settings.blob_dir),
+    blobs = open_blob_store(settings.blob_dir, settings.blob_store)
+    receiver = StoreReceiver(settings, make_session_factory(engine), blobs,
                              WakeupSender(settings.redis_url), owner, modalities)
     ae = AE(ae_title=ae_title)
     ae.supported_contexts = AllStoragePresentationContexts

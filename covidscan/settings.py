@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, TypeVar
 from urllib.parse import urlsplit
 
+from db.blobs import S3Location
+
 T = TypeVar("T")
 
 DEFAULT_VAR_DIR = Path("var")
@@ -45,6 +47,10 @@ class Settings:
     database_url: str
     redis_url: str
     blob_dir: Path
+    blob_store: Optional[S3Location] = None
+    """``BLOB_STORE=s3://BUCKET/PREFIX`` (with S3_ENDPOINT_URL and the AWS_* variables), else
+    None: the directory BLOB_DIR."""
+    upload_url_seconds: int = 3600
     model_path: Optional[Path] = None
     model_store_dir: Path = DEFAULT_VAR_DIR / "models"
     max_loaded_models: int = 2
@@ -229,6 +235,8 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
                           f"sqlite:///{(var_dir / 'covidscan.db').as_posix()}"),
         redis_url=read("REDIS_URL", _redis_url, "redis://127.0.0.1:6379/0"),
         blob_dir=read("BLOB_DIR", lambda _n, raw: Path(raw), var_dir / "blobs"),
+        blob_store=_s3_location(env),
+        upload_url_seconds=read("UPLOAD_URL_SECONDS", _positive_int),
         model_path=_read(env, "MODEL_PATH", _model_path, None),
         model_store_dir=read("MODEL_STORE_DIR", _store_dir, var_dir / "models"),
         max_loaded_models=read("MAX_LOADED_MODELS", _positive_int),
@@ -365,6 +373,44 @@ def _series_rule(name: str, raw: str) -> str:
         raise ConfigError(f"{name} must be topNpct-mean (N from 1 to 100, e.g. top10pct-mean), "
                           f"mean or max, got {raw!r}")
     return text
+def _endpoint_url(name: str, raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name} must be an http:// or https:// URL, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _s3_location(env: Mapping[str, str]) -> Optional[S3Location]:
+    """``BLOB_STORE=s3://BUCKET/PREFIX`` and how to reach it; None (the filesystem store,
+    BLOB_DIR) when BLOB_STORE is unset. Credentials: AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY (with AWS_SESSION_TOKEN), else boto3's own chain (an instance
+    or pod role)."""
+    raw = (env.get("BLOB_STORE") or "").strip()
+    key_id = (env.get("AWS_ACCESS_KEY_ID") or "").strip() or None
+    secret = (env.get("AWS_SECRET_ACCESS_KEY") or "").strip() or None
+    token = (env.get("AWS_SESSION_TOKEN") or "").strip() or None
+    region = (env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1").strip()
+    endpoint = _read(env, "S3_ENDPOINT_URL", _endpoint_url, None)
+    public = _read(env, "S3_PUBLIC_ENDPOINT_URL", _endpoint_url, endpoint)
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    bucket = parts.netloc
+    if parts.scheme != "s3" or not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket) \
+            or parts.query or parts.fragment:
+        raise ConfigError("BLOB_STORE must be s3://BUCKET or s3://BUCKET/PREFIX (a bucket name "
+                          f"of 3-63 lower-case letters, digits, dots and dashes), got {raw!r}; "
+                          "leave it unset to keep blobs in BLOB_DIR")
+    prefix = parts.path.strip("/")
+    if ".." in prefix.split("/"):
+        raise ConfigError(f"BLOB_STORE's prefix must not contain '..', got {raw!r}")
+    if bool(key_id) != bool(secret):
+        missing = "AWS_SECRET_ACCESS_KEY" if key_id else "AWS_ACCESS_KEY_ID"
+        raise ConfigError(f"{missing} is missing: set both AWS_ACCESS_KEY_ID and "
+                          "AWS_SECRET_ACCESS_KEY, or neither (to use the instance's role)")
+    return S3Location(bucket=bucket, prefix=prefix + "/" if prefix else "",
+                      endpoint_url=endpoint, public_endpoint_url=public, region=region,
+                      access_key_id=key_id, secret_access_key=secret, session_token=token)
 
 
 def _rate_limit(name: str, raw: str) -> str:

@@ -11,8 +11,8 @@ One pass (:func:`sweep_once`):
    at once, or leases expired into failures) get them, and events whose delivery is due
    and that no queue holds are sent to the queue (:mod:`covidscan.webhooks`);
 5. jobs past their ``expires_at`` are deleted, blobs, thumbnails and webhook deliveries
-   included, and so are blob folders that have no job row (a crash mid-upload) once
-   ``orphan_grace`` has passed.
+   included, and so are the blobs of job ids that have no job row (a crash mid-upload, a
+   two-step upload never started) once ``orphan_grace`` has passed.
 
 ``covidscan sweep --once`` runs one pass; ``covidscan sweep`` (a service of its own in the
 deployed stack and in ``make run``) runs it every ``SWEEP_INTERVAL`` seconds, and so does
@@ -43,7 +43,7 @@ from db.webhooks import delete_job_webhooks, record_finished_jobs
 log = logging.getLogger(__name__)
 
 ORPHAN_GRACE_SECONDS = 6 * 3600
-"""Blob folders without a job row are kept this long: an upload writes its blobs before
+"""Blobs without a job row are kept this long: an upload writes its blobs before
 its row commits, and the largest upload must not lose its files while it is stored."""
 
 
@@ -67,7 +67,7 @@ def waiting_scans(session: Session) -> int:
 
 
 def delete_job(session_factory: sessionmaker[Session], blobs: BlobStore, job_id: str) -> None:
-    """Delete a job's rows, then its blobs and thumbnails (they live in one folder)."""
+    """Delete a job's rows, then its blobs and thumbnails (they share the job's key prefix)."""
     with session_factory.begin() as session:
         delete_job_webhooks(session, job_id)
         delete_job_rows(session, job_id)
@@ -89,7 +89,7 @@ def delete_expired(session_factory: sessionmaker[Session], blobs: BlobStore) -> 
 
 def delete_orphan_blobs(session_factory: sessionmaker[Session], blobs: BlobStore,
                         grace_seconds: float) -> int:
-    candidates = blobs.job_dirs_older_than(grace_seconds)
+    candidates = blobs.job_ids_older_than(grace_seconds)
     if not candidates:
         return 0
     with session_factory() as session:

@@ -1,11 +1,19 @@
-"""Blob store for uploaded scan bytes: a directory shared by the API and the workers."""
+"""Blob stores for scan bytes and what is derived from them (thumbnails and the like).
+
+One interface, two implementations: :class:`FileBlobStore` (a directory, ``BLOB_DIR``) and
+:class:`db.s3_blobs.S3BlobStore` (an S3-compatible bucket, ``BLOB_STORE=s3://BUCKET/PREFIX``).
+Every key starts with the job id, ``<job_id>/<name>``: deleting a job deletes that prefix.
+"""
 from __future__ import annotations
 
+import abc
 import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from db.paths import path_under
 
@@ -14,14 +22,58 @@ class BlobNotFound(FileNotFoundError):
     """The bytes of a scan are missing from the blob store."""
 
 
-class BlobStore:
+class BlobStore(abc.ABC):
+    """Bytes by key; keys are ``<job_id>/<name>``, written whole (a reader never sees half)."""
+
+    fetch_concurrency = 1
+    """Readers per core that keep a reader of many keys busy (more for a store over a network)."""
+
+    def key_for(self, job_id: str, position: int) -> str:
+        return f"{job_id}/{position:06d}"
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key``, replacing what was there."""
+
+    @abc.abstractmethod
+    def get(self, key: str, length: Optional[int] = None) -> bytes:
+        """The bytes under ``key`` (only the first ``length`` when given).
+
+        Raises:
+            BlobNotFound: nothing is stored under ``key``.
+        """
+
+    @abc.abstractmethod
+    def size(self, key: str) -> int:
+        """How many bytes are stored under ``key``. Raises BlobNotFound."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete one key; a missing key is not an error."""
+
+    @abc.abstractmethod
+    def keys(self, job_id: str) -> list[str]:
+        """Every key of a job, sorted."""
+
+    @abc.abstractmethod
+    def delete_job(self, job_id: str) -> None:
+        """Delete every key of a job."""
+
+    @abc.abstractmethod
+    def job_ids_older_than(self, seconds: float) -> list[str]:
+        """Job ids that have blobs here, none of them written in the last ``seconds``."""
+
+    def upload_url(self, key: str, size: int, expires: int) -> Optional[str]:
+        """A URL a client can PUT ``size`` bytes to for ``key``, or None if the store
+        takes bytes only through the API."""
+        return None
+
+
+class FileBlobStore(BlobStore):
     """Stores bytes under ``<root>/<job_id>/<name>``, written atomically."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-
-    def key_for(self, job_id: str, position: int) -> str:
-        return f"{job_id}/{position:06d}"
 
     def _path(self, key: str) -> Path:
         return path_under(self.root, key, "blob key")
@@ -38,16 +90,33 @@ class BlobStore:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, length: Optional[int] = None) -> bytes:
         try:
-            return self._path(key).read_bytes()
+            with self._path(key).open("rb") as handle:
+                return handle.read() if length is None else handle.read(length)
         except FileNotFoundError:
             raise BlobNotFound(f"uploaded bytes are missing from the blob store ({key})") from None
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise BlobNotFound(f"uploaded bytes are missing from the blob store ({key})") from None
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def keys(self, job_id: str) -> list[str]:
+        folder = self._path(job_id)
+        if not folder.is_dir():
+            return []
+        return sorted(f"{job_id}/{p.relative_to(folder).as_posix()}" for p in folder.rglob("*")
+                      if p.is_file() and not p.name.startswith(".upload-"))
 
     def delete_job(self, job_id: str) -> None:
         shutil.rmtree(self._path(job_id), ignore_errors=True)
 
-    def job_dirs_older_than(self, seconds: float) -> list[str]:
+    def job_ids_older_than(self, seconds: float) -> list[str]:
         """Job ids with a folder here last modified more than ``seconds`` ago."""
         if not self.root.is_dir():
             return []
@@ -61,3 +130,34 @@ class BlobStore:
                 except FileNotFoundError:  # deleted meanwhile
                     continue
         return found
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """Where an S3 blob store keeps its objects and how to reach it.
+
+    ``public_endpoint_url``: the endpoint presigned upload URLs name (clients outside the
+    cluster may reach the store under another name than the API does).
+    """
+
+    bucket: str
+    prefix: str = ""
+    endpoint_url: Optional[str] = None
+    public_endpoint_url: Optional[str] = None
+    region: str = "us-east-1"
+    access_key_id: Optional[str] = None
+    secret_access_key: Optional[str] = field(default=None, repr=False)
+    session_token: Optional[str] = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+def open_blob_store(blob_dir: Path, s3: Optional[S3Location]) -> BlobStore:
+    """The S3 store when ``s3`` is set (``BLOB_STORE``), else the directory ``blob_dir``."""
+    if s3 is None:
+        return FileBlobStore(blob_dir)
+    from db.s3_blobs import S3BlobStore
+
+    return S3BlobStore(s3)

@@ -152,6 +152,8 @@ def example_env() -> dict[str, str]:
     env = read_env_file()
     env["POSTGRES_PASSWORD"] = "s3cret"
     env["REDIS_PASSWORD"] = "r3dis"
+    env["AWS_ACCESS_KEY_ID"] = "k3y"
+    env["AWS_SECRET_ACCESS_KEY"] = "s3cr3tkey"
     return env
 
 

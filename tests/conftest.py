@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from covidscan.embedded_redis import EmbeddedRedis
+from covidscan.embedded_s3 import EmbeddedS3
 from covidscan.settings import normalise_database_url
 from db import migrate
 
@@ -62,6 +63,13 @@ def _drop_postgres_schemas() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory) -> Iterator[EmbeddedRedis]:
     with EmbeddedRedis(tmp_path_factory.mktemp("redis"), persist=False) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[EmbeddedS3]:
+    """A real S3-compatible store (SeaweedFS) with one bucket, for the whole session."""
+    with EmbeddedS3(tmp_path_factory.mktemp("s3")) as server:
         yield server
 
 
@@ -140,13 +148,13 @@ class WorkerProcess:
     """A real ``celery worker`` subprocess: the local stack's command line, or ``command``."""
 
     def __init__(self, env: dict[str, str], log_path: Path, name: str = "test-worker@%h",
-                 command: Optional[list[str]] = None) -> None:
+                 command: Optional[list[str]] = None, cwd: Path = ROOT) -> None:
         from covidscan.devstack import worker_command
 
         self.log_path = log_path
         self.log = open(log_path, "w")
         self.process = subprocess.Popen(
-            command or worker_command("INFO", name), cwd=ROOT, env=env, stdout=self.log,
+            command or worker_command("INFO", name), cwd=cwd, env=env, stdout=self.log,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def wait_ready(self, timeout: float = 180.0) -> None:
@@ -174,8 +182,9 @@ def worker_env(config: dict[str, str], **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "DATABASE_URL")}
     env.update(config)
     env.update(extra)
-    env.setdefault("MODEL_STORE_DIR", str(Path(env["BLOB_DIR"]).parent / "models"))
-    env.setdefault("ENGINE_CACHE_DIR", str(Path(env["BLOB_DIR"]).parent / "engine-cache"))
+    if "BLOB_DIR" in env:
+        env.setdefault("MODEL_STORE_DIR", str(Path(env["BLOB_DIR"]).parent / "models"))
+        env.setdefault("ENGINE_CACHE_DIR", str(Path(env["BLOB_DIR"]).parent / "engine-cache"))
     env["PYTHONPATH"] = str(ROOT)
     return env
 

@@ -17,8 +17,8 @@ from covidscan.settings import load_settings, variable_names
 from tests import compose
 from tests.conftest import ROOT
 
-LONG_RUNNING = ("redis", "postgres", "api", "worker", "sweep", "flower", "nginx", "prometheus",
-                "grafana")
+LONG_RUNNING = ("redis", "postgres", "seaweedfs", "api", "worker", "sweep", "flower", "nginx",
+                "prometheus", "grafana")
 MONITORING = ("flower", "prometheus", "grafana")
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SCHEMA = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
@@ -54,8 +54,8 @@ def test_the_stack_refuses_to_start_without_a_database_password():
 
 
 def test_the_services_and_their_order_of_start(services):
-    assert set(services) == {"redis", "postgres", "migrate", "api", "worker", "sweep", "flower",
-                             "nginx", "prometheus", "grafana"}
+    assert set(services) == {"redis", "postgres", "seaweedfs", "migrate", "api", "worker",
+                             "sweep", "flower", "nginx", "prometheus", "grafana"}
     assert services["nginx"]["depends_on"] == {"api": {"condition": "service_healthy"}}
     assert services["sweep"]["command"][:2] == ["covidscan", "sweep"]
     for name in ("api", "worker", "sweep"):
@@ -64,7 +64,8 @@ def test_the_services_and_their_order_of_start(services):
             "postgres": {"condition": "service_healthy"},
             "migrate": {"condition": "service_completed_successfully"},
         }
-    assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"},
+                                                 "seaweedfs": {"condition": "service_healthy"}}
     assert services["migrate"]["command"] == ["covidscan", "migrate"]
     for name in MONITORING:
         assert services[name]["profiles"] == ["monitoring"], name
@@ -128,13 +129,40 @@ def test_a_stopping_worker_has_time_to_finish_its_batch(services):
     assert services["worker"]["stop_signal"] == "SIGTERM"  # Celery's warm shutdown
 
 
-def test_uploads_and_models_live_on_volumes(config, services):
-    blob_dir = services["api"]["environment"]["BLOB_DIR"]
-    assert services["worker"]["environment"]["BLOB_DIR"] == blob_dir
-    assert f"uploads:{blob_dir}" in services["api"]["volumes"]
-    assert f"uploads:{blob_dir}:ro" in services["worker"]["volumes"]  # workers only read
+def test_blobs_live_in_the_object_store_and_workers_mount_no_uploads(config, services):
+    stores = {name: load_settings(services[name]["environment"]).blob_store
+              for name in ("migrate", "api", "worker", "sweep")}
+    assert {location.url for location in stores.values()} == {"s3://covidscan/blobs/"}
+    assert {location.endpoint_url for location in stores.values()} == {"http://seaweedfs:8333"}
+    for name, service in services.items():
+        assert "BLOB_DIR" not in service.get("environment", {}), name
+        assert not [v for v in service.get("volumes", []) if "blobs" in v or "uploads" in v]
+    assert "uploads" not in config["volumes"]
+    assert "objects:/data" in services["seaweedfs"]["volumes"]
     assert "postgres-data:/var/lib/postgresql/data" in services["postgres"]["volumes"]
-    assert {"uploads", "postgres-data", "redis-data"} <= set(config["volumes"])
+    assert {"objects", "postgres-data", "redis-data"} <= set(config["volumes"])
+
+
+def test_the_object_store_holds_the_key_pair_out_of_its_command_line(services):
+    seaweedfs = services["seaweedfs"]
+    assert re.fullmatch(r"chrislusf/seaweedfs:\d+\.\d+", seaweedfs["image"])
+    script = seaweedfs["command"][0]
+    assert "k3y" not in script and "s3cr3tkey" not in script
+    assert "-s3.config=/tmp/s3.json" in script and "umask 077" in script
+    assert seaweedfs["environment"]["AWS_ACCESS_KEY_ID"] == \
+        services["worker"]["environment"]["AWS_ACCESS_KEY_ID"] == "k3y"
+    assert "8333/healthz" in seaweedfs["healthcheck"]["test"][1]
+    env = compose.example_env()
+    env.pop("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(ValueError, match="AWS_SECRET_ACCESS_KEY"):
+        compose.compose_config(env=env)
+    managed = dict(compose.example_env(), BLOB_STORE="s3://my-bucket/covidscan",
+                   S3_ENDPOINT_URL="")
+    worker = compose.compose_config(env=managed)["services"]["worker"]["environment"]
+    assert load_settings(worker).blob_store.endpoint_url is None  # AWS S3 itself
+
+
+def test_models_live_on_volumes(services):
     (models,) = [v for v in services["worker"]["volumes"] if v.endswith(":/models:ro")]
     assert models.startswith("./var/models:")  # MODELS_DIR from .env.example
     # The migration registers MODEL_PATH into the store the workers load from.
@@ -213,7 +241,7 @@ def test_images_built_from_one_dockerfile_share_a_tag_of_the_project_version(ser
     for name in ("migrate", "worker"):
         assert services[name]["build"]["dockerfile"] == "docker/worker.Dockerfile", name
     assert services["nginx"]["image"] == f"covidscan-nginx:{version}"
-    for name in ("redis", "postgres", "flower", "prometheus", "grafana"):
+    for name in ("redis", "postgres", "flower", "seaweedfs", "prometheus", "grafana"):
         assert re.search(r":v?\d+(\.\d+)+(-\w+)?$", services[name]["image"]), name
 
 

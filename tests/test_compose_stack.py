@@ -90,11 +90,12 @@ def own_redis(tmp_path) -> Iterator[EmbeddedRedis]:
 
 
 @pytest.fixture
-def compose_stack(tmp_path, own_redis, tiny_model_path) -> Iterator[tuple[str, dict, str]]:
+def compose_stack(tmp_path, own_redis, tiny_model_path, s3_server
+                  ) -> Iterator[tuple[str, dict, str]]:
     services = compose.compose_config()["services"]
     places = {"DATABASE_URL": fresh_database_url(tmp_path, migrated=False),
-              "REDIS_URL": own_redis.url, "BLOB_DIR": str(tmp_path / "blobs"),
-              "BATCH_SIZE": str(BATCH_SIZE)}
+              "REDIS_URL": own_redis.url, "BATCH_SIZE": str(BATCH_SIZE),
+              **s3_server.env(prefix=f"compose-{tmp_path.name}")}
     migrate = subprocess.run(compose.local_argv(services["migrate"]["command"]), cwd=ROOT,
                              env=service_env(services["migrate"], **places),
                              capture_output=True, text=True, timeout=120)
@@ -173,14 +174,14 @@ def test_two_workers_share_one_job_submitted_over_http(compose_stack, tmp_path):
 
 
 def test_jobs_sent_before_the_worker_starts_run_on_model_path(tmp_path, own_redis,
-                                                            tiny_model_path):
+                                                            tiny_model_path, s3_server):
     """The API up before any worker (compose starts them in parallel): a job is never served
     by the untrained default when MODEL_PATH is set. One job arrives before the migration
     has registered the model (resolved when its first scan is classified), one after (pinned
     at submission); the worker starts last."""
     services = compose.compose_config()["services"]
     places = {"DATABASE_URL": fresh_database_url(tmp_path), "REDIS_URL": own_redis.url,
-              "BLOB_DIR": str(tmp_path / "blobs"), "BATCH_SIZE": str(BATCH_SIZE)}
+              "BATCH_SIZE": str(BATCH_SIZE), **s3_server.env(prefix=f"early-{tmp_path.name}")}
     model_places = dict(places, MODEL_PATH=str(tiny_model_path),
                         MODEL_STORE_DIR=str(tmp_path / "model-store"))
     slices = write_folder(tmp_path / "slices", 6, size=40)

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from db.blobs import BlobStore
+from db.blobs import FileBlobStore
 from models.dicom import parse_window, preprocessing_id
 from models.loader import ModelInfo
 from tests import dicom_files as d
@@ -40,7 +40,7 @@ class RecordingEngine:
         return np.full(len(batch), 0.25)
 
 
-class CountingBlobStore(BlobStore):
+class CountingBlobStore(FileBlobStore):
     reads = 0
 
     def get(self, key):
@@ -49,7 +49,7 @@ class CountingBlobStore(BlobStore):
 
 
 def run(tmp_path: Path, files: list[bytes], engine=None, frames=None, blobs=None):
-    blobs = blobs or BlobStore(tmp_path / "blobs")
+    blobs = blobs or FileBlobStore(tmp_path / "blobs")
     items = []
     for index, data in enumerate(files):
         blobs.put(f"job/{index:06d}", data)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from covidscan.settings import load_settings
-from db.blobs import BlobStore
+from db.blobs import FileBlobStore
 from db.jobs import JobOptions, NewScan, create_job, summarise_job
 from db.models import Job, Scan, ScanStatus, new_id
 from db.session import make_engine, make_session_factory
@@ -69,7 +69,7 @@ def runtime(database_url, tmp_path):
     sessions = make_session_factory(make_engine(database_url))
     batcher = DynamicBatcher(predict_items, 4, 0.01).start()
     built = WorkerRuntime(settings=settings, session_factory=sessions,
-                          blobs=BlobStore(settings.blob_dir), models=Models(Engine()),
+                          blobs=FileBlobStore(settings.blob_dir), models=Models(Engine()),
                           decode_pool=ThreadPoolExecutor(2), batcher=batcher, owner="test/1",
                           claim_slots=threading.BoundedSemaphore(2), send_wakeups=NoWakeups())
     yield built
@@ -146,7 +146,7 @@ def test_the_heartbeat_renews_the_leases_of_a_busy_worker(database_url, tmp_path
                               "LEASE_SECONDS": "2", "SWEEP_INTERVAL": "1"})
     sessions = make_session_factory(make_engine(database_url))
     runtime = WorkerRuntime(settings=settings, session_factory=sessions,
-                            blobs=BlobStore(settings.blob_dir), models=Models(Engine()),
+                            blobs=FileBlobStore(settings.blob_dir), models=Models(Engine()),
                             decode_pool=ThreadPoolExecutor(1),
                             batcher=DynamicBatcher(predict_items, 4, 0.01).start(),
                             owner="busy/1", claim_slots=threading.BoundedSemaphore(2),

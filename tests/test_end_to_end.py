@@ -91,9 +91,16 @@ def test_redelivered_wakeups_do_not_duplicate_or_change_results(stack_client, st
     assert writes == [1] * 5
 
 
-def test_cancel_and_delete_through_the_api(stack_client, stack_config):
-    from pathlib import Path
+def stored_keys(stack_config, job_id):
+    """The job's keys in the blob store the stack uses (a folder or a bucket)."""
+    from covidscan.settings import load_settings
+    from db.blobs import open_blob_store
 
+    settings = load_settings(stack_config)
+    return open_blob_store(settings.blob_dir, settings.blob_store).keys(job_id)
+
+
+def test_cancel_and_delete_through_the_api(stack_client, stack_config):
     job = upload(stack_client, [(f"c{i}.png", png_bytes(32, seed=i)) for i in range(3)])
     final = wait_for_job(stack_client, job["id"])
     cancelled = stack_client.post(f"/v1/jobs/{job['id']}/cancel")
@@ -101,10 +108,10 @@ def test_cancel_and_delete_through_the_api(stack_client, stack_config):
     assert cancelled.get_json()["status"] == "succeeded"  # nothing left to cancel
     (row, *_) = results(stack_client, job["id"])
     assert stack_client.get(f"/v1/scans/{row['scan_id']}/thumbnail").status_code == 200
-    blob_dir = Path(stack_config["BLOB_DIR"]) / job["id"]
-    assert any(p.name.endswith(".thumb.jpg") for p in blob_dir.iterdir())
+    keys = stored_keys(stack_config, job["id"])
+    assert len(keys) == 4 and any(key.endswith(".thumb.jpg") for key in keys)
     assert stack_client.delete(f"/v1/jobs/{job['id']}").status_code == 204
-    assert not blob_dir.exists()
+    assert stored_keys(stack_config, job["id"]) == []
     assert stack_client.get(f"/v1/jobs/{job['id']}").status_code == 404
     assert stack_client.get(f"/v1/jobs/{job['id']}/results").status_code == 404
     assert stack_client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 404

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import undefer
 
 from covidscan.settings import load_settings
-from db.blobs import BlobStore
+from db.blobs import FileBlobStore
 from db.explanations import claim_explanations, expire_explanation_leases, queue_job_explanations
 from db.jobs import JobOptions, NewScan, create_job
 from db.models import Explanation, Job, ScanStatus, new_id
@@ -69,7 +69,7 @@ def make_runtime(database_url, tmp_path, explainer_for):
     engine = Engine()
     return WorkerRuntime(settings=settings,
                          session_factory=make_session_factory(make_engine(database_url)),
-                         blobs=BlobStore(settings.blob_dir),
+                         blobs=FileBlobStore(settings.blob_dir),
                          models=Models(engine, explainer_for(engine)),
                          decode_pool=ThreadPoolExecutor(2),
                          batcher=DynamicBatcher(predict_items, 4, 0.01).start(), owner="test/1",

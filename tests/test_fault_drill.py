@@ -43,13 +43,12 @@ KILL_TRIES = 3
 class Drill:
     """The stack under test and the faults done to it, with a log of when."""
 
-    def __init__(self, tmp_path: Path, tiny_model_path: Path) -> None:
+    def __init__(self, tmp_path: Path, tiny_model_path: Path, s3_env: dict[str, str]) -> None:
         self.tmp_path = tmp_path
         self.services = compose.compose_config()["services"]
         self.redis = EmbeddedRedis(tmp_path / "redis", persist=True).start()
         self.places = {"DATABASE_URL": fresh_database_url(tmp_path, migrated=False),
-                       "REDIS_URL": self.redis.url, "BLOB_DIR": str(tmp_path / "blobs"),
-                       "BATCH_SIZE": "8"}
+                       "REDIS_URL": self.redis.url, "BATCH_SIZE": "8", **s3_env}
         self.worker_env = service_env(
             self.services["worker"], **self.places, MODEL_PATH=str(tiny_model_path),
             MODEL_STORE_DIR=str(tmp_path / "model-store"), MAX_BATCH_SIZE="8",
@@ -190,8 +189,8 @@ class Recovery(threading.Thread):
 
 
 @pytest.fixture
-def drill(tmp_path, tiny_model_path):
-    built = Drill(tmp_path, tiny_model_path)
+def drill(tmp_path, tiny_model_path, s3_server):
+    built = Drill(tmp_path, tiny_model_path, s3_server.env(prefix=f"drill-{tmp_path.name}"))
     try:
         yield built
     finally:

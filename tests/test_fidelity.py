@@ -71,14 +71,14 @@ def test_the_reference_probabilities_are_not_saturated(reference):
 
 
 def test_the_engine_matches_the_original_pipeline_in_process(resnet_h5, slice_dir, reference):
-    from db.blobs import BlobStore
+    from db.blobs import FileBlobStore
     from models.loader import load_model_file
     from models.selection import reference_engine
     from db.scans import Lease
     from worker.inference import classify_batch
 
     engine = reference_engine(load_model_file(resnet_h5), batch_size=4)
-    store = BlobStore(slice_dir.parent / "fidelity_blobs")
+    store = FileBlobStore(slice_dir.parent / "fidelity_blobs")
     items = []
     for name in SLICES:
         store.put(f"f/{name}", (slice_dir / name).read_bytes())

@@ -159,7 +159,7 @@ REFUSED = [
     ("model-malformed", files(("a.png", PNG), model="../../etc/passwd"), None, []),
     ("files-as-text-field", raw(*_multipart([], {"files": "not a file"})), 400, ["no files"]),
     ("no-body", raw(b"", "multipart/form-data; boundary=x"), 400, []),
-    ("json-body", raw(b'{"files": []}', "application/json"), 400, ["no files"]),
+    ("json-body", raw(b'{"files": []}', "application/json"), 415, ["multipart/form-data"]),
     ("broken-boundary", raw(b"--other\r\nContent-Disposition: form-data; name=\"files\"; "
                             b"filename=\"a.png\"\r\n\r\n" + PNG, "multipart/form-data; boundary=x"),
      400, []),

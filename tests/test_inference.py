@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from db.blobs import BlobStore
+from db.blobs import FileBlobStore
 from db.scans import Lease, ScanOutcome
 from models.loader import ModelInfo
 from tests.images import corrupt_png, png_bytes
@@ -27,7 +27,7 @@ class MeanBrightnessEngine:
 
 @pytest.fixture
 def store(tmp_path):
-    return BlobStore(tmp_path / "blobs")
+    return FileBlobStore(tmp_path / "blobs")
 
 
 def black_png():

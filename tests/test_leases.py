@@ -8,7 +8,7 @@ from sqlalchemy import update
 
 from covidscan.settings import load_settings
 from covidscan.sweep import sweep_once
-from db.blobs import BlobStore
+from db.blobs import FileBlobStore
 from db.identity import ModelIdentity
 from db.jobs import JobOptions, NewScan, cancel_job, create_job, summarise_job
 from db.models import Job, Scan, ScanStatus, new_id, utcnow
@@ -32,7 +32,7 @@ def sessions(database_url):
 
 @pytest.fixture
 def blobs(tmp_path):
-    return BlobStore(tmp_path / "blobs")
+    return FileBlobStore(tmp_path / "blobs")
 
 
 class Sent:

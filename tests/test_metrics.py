@@ -119,7 +119,7 @@ def test_scans_recovered_from_expired_leases_are_counted_by_outcome(app_config):
     from covidscan.metrics import JOBS_FINISHED, SCANS_RECOVERED
     from covidscan.settings import load_settings
     from covidscan.sweep import sweep_once
-    from db.blobs import BlobStore
+    from db.blobs import FileBlobStore
     from db.jobs import NewScan, create_job
     from db.scans import claim_next
     from db.session import make_engine, make_session_factory
@@ -139,7 +139,7 @@ def test_scans_recovered_from_expired_leases_are_counted_by_outcome(app_config):
         return {name: counter._value.get() - before[name] for name, counter in counters.items()}
 
     def sweep(**changes):
-        return sweep_once(sessions, BlobStore(settings.blob_dir), lambda tasks: None,
+        return sweep_once(sessions, FileBlobStore(settings.blob_dir), lambda tasks: None,
                           settings.with_overrides(**changes), clean_up=False)
 
     assert sweep().requeued == 3

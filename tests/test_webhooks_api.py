@@ -11,7 +11,7 @@ from api import create_app
 from covidscan.settings import load_settings
 from covidscan.sweep import sweep_once
 from covidscan.webhooks import deliver_event
-from db.blobs import BlobStore
+from db.blobs import FileBlobStore
 from db.identity import ModelIdentity
 from db.models import Job, Scan, ScanStatus, WebhookDelivery, WebhookEvent, utcnow
 from db.scans import ScanOutcome, claim_next, record_outcomes
@@ -149,11 +149,11 @@ def test_a_job_no_writer_noticed_ending_gets_its_event_from_the_sweep(hooks_app,
                         .values(status=ScanStatus.FAILED, error="x", finished_at=utcnow()))
     assert events(sessions) == []
     settings = load_settings(config)
-    report = sweep_once(sessions, BlobStore(tmp_path / "blobs"), lambda n: None, settings,
+    report = sweep_once(sessions, FileBlobStore(tmp_path / "blobs"), lambda n: None, settings,
                         send_deliveries=lambda ids, countdown: None)
     assert report.events_made == 1 and report.events_queued == 1
     assert [e.type for e in events(sessions)] == ["job.failed"]
-    again = sweep_once(sessions, BlobStore(tmp_path / "blobs"), lambda n: None, settings,
+    again = sweep_once(sessions, FileBlobStore(tmp_path / "blobs"), lambda n: None, settings,
                        send_deliveries=lambda ids, countdown: None)
     assert again.events_made == 0 and again.events_queued == 0  # queued already
     assert len(events(sessions)) == 1

@@ -25,7 +25,7 @@ from covidscan.registration import register_configured_model
 from covidscan.settings import Settings, load_settings
 from covidscan.sweep import SweepLoop, sweep_once
 from covidscan.wakeups import WakeupSender
-from db.blobs import BlobStore
+from db.blobs import BlobStore, open_blob_store
 from db.model_store import ModelStore
 from db.outbox import add_wakeups, relay
 from db.explanations import release_explanation_leases, renew_explanation_leases
@@ -265,13 +265,16 @@ def initialise(settings: Optional[Settings] = None, node: Optional[str] = None) 
                                  on_batch=metrics.BatchObserver(settings.max_batch_size))
         # One claim being inferred while the next decodes: enough to keep the model busy.
         slots = max(2, 2 * settings.max_batch_size // settings.batch_size)
+        blobs = open_blob_store(settings.blob_dir, settings.blob_store)
+        # A decode thread waits on the network for each object: more of them keep batches
+        # full while a read is in flight.
+        decoders = (os.cpu_count() or 2) * blobs.fetch_concurrency
         _runtime = WorkerRuntime(
             settings=settings,
             session_factory=session_factory,
-            blobs=BlobStore(settings.blob_dir),
+            blobs=blobs,
             models=models,
-            decode_pool=ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
-                                           thread_name_prefix="decode"),
+            decode_pool=ThreadPoolExecutor(max_workers=decoders, thread_name_prefix="decode"),
             batcher=batcher.start(),
             owner=lease_owner(node),
             claim_slots=threading.BoundedSemaphore(slots),

@@ -1,0 +1,171 @@
+"""The two-step upload: slices go straight to the object store, not through the API.
+
+1. ``POST /v1/jobs`` with a JSON body ``{"files": [{"filename", "size"}], "name", ...}``
+   answers 201 with one presigned ``PUT`` URL per slice (S3 store only; the folder store
+   answers 415: send a multipart upload instead). The URL is signed for that size.
+2. The client PUTs each slice to its URL.
+3. ``POST /v1/jobs/<id>/start`` reads each object's size and header back from the store and
+   applies the checks of a multipart upload (every file is hostile until its header is
+   checked); a bad one refuses the job, naming every bad slice, and nothing is kept.
+   Otherwise the job is accepted as a multipart upload is (202).
+
+Until it starts, the job is only a manifest beside its slices (``<id>/upload.json``): no
+row, no scan a worker could lease. One that never starts is deleted with the orphan blobs.
+"""
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional, Union
+
+from flask import Blueprint, Response, jsonify, request, url_for
+
+from api.archives import check_name
+from api.audit import audit
+from api.auth import current_principal, owned_job, requires
+from api.extensions import db_session, services
+from api.job_intake import JobRequest, accept_job
+from api.limits import check_active_jobs, scan_quota
+from api.problems import Problem
+from api.serialize import job_json
+from api.uploads import UploadLimits, check_stored_slice
+from db.blobs import BlobNotFound, BlobStore
+from db.jobs import NewScan, find_job, summarise_jobs
+from db.models import new_id
+
+bp = Blueprint("direct_uploads", __name__, url_prefix="/v1/jobs")
+
+MANIFEST = "upload.json"
+HEADER_BYTES = 1024 * 1024
+"""How much of each slice the start step reads: PNG and JPEG headers come first, and this
+leaves room for large ICC profiles and metadata before them."""
+READERS = 16
+
+
+def _declared_files(body: dict[str, Any], limits: UploadLimits, budget: int) -> list[dict]:
+    files = body.get("files")
+    if not isinstance(files, list) or not files:
+        raise Problem(400, 'files must be a non-empty list of {"filename", "size"} objects')
+    if len(files) > limits.max_scans:
+        raise Problem(413, f"a job holds at most {limits.max_scans} scans (MAX_SCANS_PER_JOB)")
+    declared, total = [], 0
+    for entry in files:
+        filename = entry.get("filename") if isinstance(entry, dict) else None
+        size = entry.get("size") if isinstance(entry, dict) else None
+        if not isinstance(filename, str) or not isinstance(size, int) or isinstance(size, bool):
+            raise Problem(400, 'each file must be {"filename": string, "size": whole number}')
+        check_name(filename, filename)
+        if size < 1:
+            raise Problem(400, f"{filename} is empty", filename=filename)
+        if size > limits.max_scan_bytes:
+            raise Problem(413, f"{filename} is larger than the per-scan limit of "
+                               f"{limits.max_scan_bytes} bytes (MAX_SCAN_BYTES)",
+                          filename=filename)
+        total += size
+        if total > budget:
+            raise Problem(413, f"the upload is more than {budget} bytes at {filename} "
+                               "(MAX_EXPANDED_BYTES)", filename=filename)
+        declared.append({"filename": filename, "size": size})
+    return declared
+
+
+def create_direct_upload() -> tuple[Response, int]:
+    """Step 1 (``POST /v1/jobs`` with JSON): presigned upload URLs and the start URL."""
+    svc = services()
+    job_id = new_id()
+    expires = svc.settings.upload_url_seconds
+    if svc.blobs.upload_url(svc.blobs.key_for(job_id, 0), 1, expires) is None:
+        raise Problem(415, "this server takes slices in a multipart/form-data POST /v1/jobs; "
+                           "presigned uploads need the S3 blob store (BLOB_STORE=s3://...)")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise Problem(400, "the body must be a JSON object with a files list")
+    owner = current_principal().owner
+    check_active_jobs(owner)
+    scan_quota().check_room(owner)
+    limits = UploadLimits.from_settings(svc.settings)
+    files = _declared_files(body, limits, svc.settings.max_expanded_bytes)
+    job_request = JobRequest.from_fields(body)
+    parts = []
+    for position, entry in enumerate(files):
+        url = svc.blobs.upload_url(svc.blobs.key_for(job_id, position), entry["size"], expires)
+        parts.append({**entry, "method": "PUT", "url": url,
+                      "headers": {"Content-Length": str(entry["size"])}})
+    manifest = {"owner": owner, "request": job_request.as_dict(), "files": files}
+    svc.blobs.put(f"{job_id}/{MANIFEST}", json.dumps(manifest).encode())
+    audit("job.upload_urls", job_id, {"scans": len(files)})
+    return jsonify(id=job_id, status="awaiting_upload", expires_in=expires, parts=parts,
+                   start_url=url_for("direct_uploads.start_job", job_id=job_id)), 201
+
+
+def _manifest(job_id: str) -> Optional[dict[str, Any]]:
+    """The caller's pending upload; None if the caller's job has started already.
+
+    Raises:
+        Problem: 404 for no such upload or job, or another owner's (the same answer).
+    """
+    try:
+        manifest = json.loads(services().blobs.get(f"{job_id}/{MANIFEST}"))
+    except (BlobNotFound, ValueError):
+        manifest = None
+    principal = current_principal()
+    if manifest is None and find_job(db_session(), job_id, principal.job_owner):
+        return None
+    if manifest is None or (manifest["owner"] != principal.owner and not principal.is_admin):
+        raise Problem(404, f"no job with id {job_id!r}")
+    return manifest
+
+
+def _check_one(blobs: BlobStore, job_id: str, position: int, entry: dict,
+               limits: UploadLimits) -> Union[NewScan, Problem, None]:
+    """The slice as a new scan, a Problem saying why it is refused, or None if missing.
+
+    Runs in a thread of its own: it takes the store, not the request's context."""
+    key, filename = blobs.key_for(job_id, position), entry["filename"]
+    try:
+        head = blobs.get(key, HEADER_BYTES)  # one request for a slice smaller than this
+        size = len(head) if len(head) < HEADER_BYTES else blobs.size(key)
+        if size != entry["size"]:
+            return Problem(400, f"{filename} has {size} bytes, not the {entry['size']} declared",
+                           filename=filename)
+        check_stored_slice(filename, head, size, limits)
+    except BlobNotFound:
+        return None
+    except Problem as exc:
+        return exc
+    return NewScan(filename, key, size)
+
+
+@bp.post("/<job_id>/start")
+@requires("submit")
+def start_job(job_id: str) -> tuple[Response, int, dict[str, str]]:
+    """Step 3: check every uploaded slice's header, then accept the job (202).
+
+    Idempotent: a job that has started already answers 200 with its state."""
+    svc = services()
+    manifest = _manifest(job_id)
+    if manifest is None:
+        return jsonify(job_json(summarise_jobs(db_session(), [owned_job(job_id)])[0])), 200, {}
+    files = manifest["files"]
+    limits = UploadLimits.from_settings(svc.settings)
+    with ThreadPoolExecutor(READERS, thread_name_prefix="header") as pool:
+        outcomes = list(pool.map(lambda item: _check_one(svc.blobs, job_id, *item, limits),
+                                 enumerate(files)))
+    missing = [f["filename"] for f, outcome in zip(files, outcomes) if outcome is None]
+    if missing:
+        raise Problem(409, f"{len(missing)} of {len(files)} slices are not uploaded yet: "
+                           f"{', '.join(missing[:20])}", missing=missing)
+    refused = [o for o in outcomes if isinstance(o, Problem)]
+    if refused:
+        svc.blobs.delete_job(job_id)
+        raise Problem(refused[0].status,
+                      f"{len(refused)} of {len(files)} slices were refused and nothing was "
+                      f"kept: {'; '.join(p.detail for p in refused[:20])}",
+                      refused=[{"filename": p.extra.get("filename"), "status": p.status,
+                                "detail": p.detail} for p in refused])
+    check_active_jobs(manifest["owner"])
+    response = accept_job(job_id, manifest["owner"], JobRequest(**manifest["request"]),
+                          [o for o in outcomes if isinstance(o, NewScan)])
+    svc.blobs.delete(f"{job_id}/{MANIFEST}")
+    return response
+
