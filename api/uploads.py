@@ -167,10 +167,11 @@ def check_stored_slice(filename: str, head: bytes, size: int, limits: UploadLimi
     kind = sniff(head[:SNIFF_BYTES])
     if kind not in IMAGE_TYPES:
         what = ("a ZIP archive (send archives in a multipart upload)" if kind == ZIP_TYPE
+                else "a DICOM file (send DICOM in a multipart upload)" if kind == DICOM_TYPE
                 else "empty" if not head else "neither a PNG nor a JPEG image")
         raise Problem(415, f"{filename} is {what} (checked by content, not by name)",
                       filename=filename)
-    _scan(filename, head, kind, limits)
+    _scan(filename, head, kind, limits, ParsedUpload())
 
 
 def iter_scans(parts: Iterable[tuple[str, IO[bytes]]], limits: UploadLimits,
