@@ -1,7 +1,7 @@
 """``covidscan models``: register model files, list them, pick the default, remove them.
 
 These commands talk to the database and the model store directly (DATABASE_URL,
-MODEL_STORE_DIR), not to the API; TensorFlow is imported only by ``models add``. Every
+MODEL_STORE_DIR, and the bucket when BLOB_STORE is set), not to the API; TensorFlow is imported only by ``models add``. Every
 change is written to the audit log under the operating-system user's name.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ def registry_context() -> Iterator[tuple]:
     """Settings, a session factory and the model store; registry errors become CLI errors."""
     from covidscan.settings import ConfigError, load_settings
     from db import migrate
-    from db.model_store import ModelStore
+    from db.model_store import open_model_store
     from db.registry import RegistryError
     from db.session import make_engine, make_session_factory
 
@@ -30,7 +30,8 @@ def registry_context() -> Iterator[tuple]:
     migrate.upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     try:
-        yield settings, make_session_factory(engine), ModelStore(settings.model_store_dir)
+        yield settings, make_session_factory(engine), open_model_store(
+            settings.model_store_dir, settings.blob_store)
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
@@ -192,6 +193,7 @@ def calibrate(ref: str, data_dir: Path, batch_size: int) -> None:
         except (ModelLoadError, sets.CalibrationError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
         sets.save(found, store.path(model.stored_path).parent / sets.CALIBRATION_FILE)
+        store.put_beside(model.stored_path, sets.CALIBRATION_FILE)
         with session_factory.begin() as session:
             row = get_model(session, model.ref)
             row.report = {**(row.report or {}), "int8_gate": gate.as_dict()}

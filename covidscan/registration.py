@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from covidscan.settings import Settings
-from db.model_store import ModelStore, check_part
+from db.model_store import ModelStore, check_part, open_model_store
 from db.models import Model
 from db.registry import ModelExists, add_model, default_model, find_model, models_with_sha256, \
     set_default
@@ -121,6 +121,7 @@ def _copy_in(store: ModelStore, path: Path, info) -> tuple[str, bool]:
         relative, created = store.put(path, info.name, info.version), True
     except FileExistsError:
         relative, created = store.relative_path(path, info.name, info.version), False
+        store.resolve(relative)  # stored from another host: fetch it to compare
         if not store.path(relative).exists() or file_sha256(store.path(relative)) != info.sha256:
             raise
     if created and file_sha256(store.path(relative)) != info.sha256:
@@ -176,7 +177,8 @@ def register_configured_model(settings: Settings,
     if settings.model_path is None:
         return None
     if session_factory is not None:
-        return register_or_select(session_factory, ModelStore(settings.model_store_dir),
+        return register_or_select(session_factory, open_model_store(settings.model_store_dir,
+                                                                   settings.blob_store),
                                   settings.model_path, settings.model_trust_code)
     engine = make_engine(settings.database_url)
     try:
@@ -186,17 +188,27 @@ def register_configured_model(settings: Settings,
 
 
 def load_registered(model: Model, store: ModelStore):
-    """Load a registered model's stored file, refusing it when its SHA-256 changed.
+    """Load a registered model's stored file (fetched first from the bucket when the store
+    is mirrored and this host lacks it), refusing it when its SHA-256 changed.
 
     Raises:
         models.loader.ModelLoadError: missing, tampered or unloadable file.
     """
     from dataclasses import replace
 
-    from models.loader import load_model_file
+    from models.loader import ModelLoadError, file_sha256, load_model_file
+
+    def same_sha256(fetched: Path) -> None:
+        if not fetched.exists():
+            raise ModelLoadError(f"the model store's copy of {model.ref} lacks "
+                                 f"{fetched.name}; refusing it")
+        if file_sha256(fetched) != model.sha256:
+            raise ModelLoadError(f"the model store's copy of {model.ref} has changed since "
+                                 f"it was registered (its SHA-256 is not {model.sha256}); "
+                                 "refusing it")
 
     classes = tuple(model.classes)
-    loaded = load_model_file(store.path(model.stored_path), name=model.name,
+    loaded = load_model_file(store.resolve(model.stored_path, same_sha256), name=model.name,
                              version=model.version, classes=classes,
                              positive_index=classes.index(model.positive_class),
                              expected_sha256=model.sha256, trust_code=model.trusted_code)

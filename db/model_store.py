@@ -2,7 +2,12 @@
 
 A registered model lives at ``<root>/<name>/<version>/<original file or directory name>``;
 the registry records that path relative to the root, so the store can be mounted
-anywhere as long as ``MODEL_STORE_DIR`` points at it.
+anywhere as long as ``MODEL_STORE_DIR`` points at it. Files written later beside a model
+(its calibration set) go in the same ``<name>/<version>`` folder.
+
+With ``BLOB_STORE`` set, :func:`open_model_store` returns
+:class:`db.s3_model_store.MirroredModelStore`: the folder is then a cache of the bucket,
+so a worker on another host needs no shared folder.
 """
 from __future__ import annotations
 
@@ -10,7 +15,9 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable, Optional
 
+from db.blobs import S3Location
 from db.paths import path_under
 
 SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -32,6 +39,20 @@ class ModelStore:
 
     def path(self, relative: str) -> Path:
         return path_under(self.root, relative, "stored model path")
+
+    def resolve(self, relative: str,
+                verify: Optional[Callable[[Path], None]] = None) -> Path:
+        """The local path of a stored model, fetched first where the store is mirrored.
+
+        ``verify`` is called on a fetched copy before it takes the model's place (it raises
+        to refuse it); a folder store fetches nothing, so it is not called here.
+        """
+        return self.path(relative)
+
+    def put_beside(self, relative: str, name: str) -> None:
+        """Publish the file ``name`` written into a stored model's folder (a folder store
+        has nothing more to do)."""
+        path_under(self.path(relative).parent, name, "file beside a model")
 
     def relative_path(self, source: Path, name: str, version: str) -> str:
         """Where :meth:`put` stores ``source`` under ``name`` and ``version``."""
@@ -75,3 +96,13 @@ class ModelStore:
             folder.parent.rmdir()
         except OSError:
             pass
+
+
+def open_model_store(root: Path, s3: Optional[S3Location]) -> ModelStore:
+    """The folder ``root`` (``MODEL_STORE_DIR``), mirrored to the bucket when ``s3`` is set
+    (``BLOB_STORE``)."""
+    if s3 is None:
+        return ModelStore(root)
+    from db.s3_model_store import MirroredModelStore
+
+    return MirroredModelStore(root, s3)

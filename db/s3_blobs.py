@@ -13,9 +13,12 @@ from db.blobs import BlobNotFound, BlobStore, S3Location
 
 MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
+MODELS_FOLDER = "models"
+"""Registered models live under ``<prefix>models/`` (:mod:`db.s3_model_store`); job ids are
+hex UUIDs, so no job's blobs share it, and the orphan sweep passes it over."""
 
 
-def _client(location: S3Location, endpoint_url: Optional[str]):
+def s3_client(location: S3Location, endpoint_url: Optional[str]):
     config = Config(s3={"addressing_style": "path"}, signature_version="s3v4",
                     max_pool_connections=64, retries={"mode": "standard", "max_attempts": 5},
                     connect_timeout=5, read_timeout=60)
@@ -36,10 +39,10 @@ class S3BlobStore(BlobStore):
         self.location = location
         self.bucket = location.bucket
         self.prefix = location.prefix
-        self.s3 = _client(location, location.endpoint_url)
+        self.s3 = s3_client(location, location.endpoint_url)
         public = location.public_endpoint_url
         self._signer = self.s3 if not public or public == location.endpoint_url \
-            else _client(location, public)
+            else s3_client(location, public)
 
     def _object(self, key: str) -> str:
         parts = PurePosixPath(key).parts
@@ -76,7 +79,9 @@ class S3BlobStore(BlobStore):
     def delete(self, key: str) -> None:
         self.s3.delete_object(Bucket=self.bucket, Key=self._object(key))
 
-    def _objects(self, prefix: str) -> Iterator[dict]:
+    def objects(self, prefix: str) -> Iterator[dict]:
+        """Every object whose name starts with ``prefix`` (the whole name, store prefix
+        included), as listed."""
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
                                                                   Prefix=prefix)
         for page in pages:
@@ -84,25 +89,32 @@ class S3BlobStore(BlobStore):
 
     def keys(self, job_id: str) -> list[str]:
         start = len(self.prefix)
-        return sorted(o["Key"][start:] for o in self._objects(self._object(job_id) + "/"))
+        return sorted(o["Key"][start:] for o in self.objects(self._object(job_id) + "/"))
 
     def delete_job(self, job_id: str) -> None:
-        keys = [o["Key"] for o in self._objects(self._object(job_id) + "/")]
+        if job_id == MODELS_FOLDER:
+            raise ValueError(f"{job_id!r} holds the registered models, not a job's blobs")
+        self.delete_keys([o["Key"] for o in self.objects(self._object(job_id) + "/")],
+                         f"job {job_id}")
+
+    def delete_keys(self, keys: list[str], owner: str) -> None:
+        """Delete whole object names (prefix included) in batches; ``owner`` names them
+        in the error."""
         for i in range(0, len(keys), DELETE_BATCH):
             batch = [{"Key": key} for key in keys[i:i + DELETE_BATCH]]
             response = self.s3.delete_objects(Bucket=self.bucket,
                                               Delete={"Objects": batch, "Quiet": True})
             errors = response.get("Errors") or []
             if errors:
-                raise OSError(f"the blob store kept {len(errors)} objects of job {job_id}: "
+                raise OSError(f"the blob store kept {len(errors)} objects of {owner}: "
                               f"{errors[0].get('Code')} {errors[0].get('Message')}")
 
     def job_ids_older_than(self, seconds: float) -> list[str]:
         """Job ids whose newest object is more than ``seconds`` old (one full listing)."""
         newest: dict[str, datetime] = {}
-        for obj in self._objects(self.prefix):
+        for obj in self.objects(self.prefix):
             job_id, slash, _ = obj["Key"][len(self.prefix):].partition("/")
-            if slash and job_id and not job_id.startswith("."):
+            if slash and job_id and not job_id.startswith(".") and job_id != MODELS_FOLDER:
                 seen = newest.get(job_id)
                 if seen is None or obj["LastModified"] > seen:
                     newest[job_id] = obj["LastModified"]

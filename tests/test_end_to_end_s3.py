@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import test_cli, test_end_to_end as e2e
+from tests import test_cli, test_end_to_end as e2e, test_models_cli
 from tests.conftest import ROOT, WorkerProcess, create_api_key, fresh_database_url, wait_for_job
 from tests.images import png_bytes, write_folder, zip_bytes
 from tests.test_end_to_end import stored_keys, upload
@@ -72,6 +72,27 @@ def test_a_worker_with_only_the_database_redis_and_s3_classifies_a_job(
     assert not Path(stack_config["BLOB_DIR"]).exists()
     assert not (worker_home / "var" / "blobs").exists()
     assert "remote-worker@" in Path(worker.log_path).read_text()
+
+
+def test_a_model_added_with_the_cli_reaches_a_worker_through_the_bucket(
+        stack_client, stack_config, worker, worker_home, tmp_path):
+    """Registered on the API's host (its own MODEL_STORE_DIR), served by the worker, whose
+    store never had it: fetched from the bucket, checked against the registry's SHA-256."""
+    from tests.models import save_tiny_h5
+
+    model_file = save_tiny_h5(tmp_path / "remote_ct.h5", seed=8)
+    added = test_models_cli.run(stack_config, "models", "add", str(model_file),
+                                "--name", "remote", "--version", "1")
+    assert added.exit_code == 0, added.output
+    fetched = worker_home / "var" / "models" / "remote" / "1" / "remote_ct.h5"
+    assert not fetched.parent.exists()
+    job = upload(stack_client, [(f"m{i}.png", png_bytes(48, seed=90 + i)) for i in range(2)],
+                 model="remote:1")
+    final = wait_for_job(stack_client, job["id"])
+    assert final["status"] == "succeeded" and final["counts"]["succeeded"] == 2
+    assert (final["model"]["name"], final["model"]["version"]) == ("remote", "1")
+    assert fetched.read_bytes() == model_file.read_bytes()
+    assert "fetched model remote/1/remote_ct.h5" in Path(worker.log_path).read_text()
 
 
 server_url = test_cli.server_url  # the API over HTTP, in front of this module's S3 stack

@@ -174,10 +174,13 @@ def test_the_config_and_secret_name_only_settings_covidscan_reads(rendered):
     assert set(config) | set(secret) - {"KEDA_POSTGRES_CONNECTION"} <= variable_names()
     settings = load_settings(dict(config, AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s"))
     assert settings.blob_store is not None and "BLOB_DIR" not in config
-    # MODEL_PATH only where the model volume is mounted (the API would refuse a missing file).
+    # MODEL_PATH only where the model volume is mounted (the API would refuse a missing file):
+    # the migrate Job registers it, copying it to the bucket, where workers fetch it from.
     assert "MODEL_PATH" not in config
-    for kind, name in (("Deployment", "covidscan-worker"), ("Job", "covidscan-migrate")):
-        spec = one(docs, kind, name)["spec"]["template"]["spec"]
-        (path,) = [e["value"] for e in spec["containers"][0]["env"] if e["name"] == "MODEL_PATH"]
-        mounts = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
-        assert str(Path(path).parent) in mounts
+    spec = one(docs, "Job", "covidscan-migrate")["spec"]["template"]["spec"]
+    (path,) = [e["value"] for e in spec["containers"][0]["env"] if e["name"] == "MODEL_PATH"]
+    mounts = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+    assert str(Path(path).parent) in mounts
+    worker = one(docs, "Deployment", "covidscan-worker")["spec"]["template"]["spec"]
+    assert "MODEL_PATH" not in {e["name"] for e in worker["containers"][0]["env"]}
+    assert not [v for v in worker["volumes"] if "persistentVolumeClaim" in v]

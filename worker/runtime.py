@@ -26,7 +26,7 @@ from covidscan.settings import Settings, load_settings
 from covidscan.sweep import SweepLoop, sweep_once
 from covidscan.wakeups import WakeupSender
 from db.blobs import BlobStore, open_blob_store
-from db.model_store import ModelStore
+from db.model_store import open_model_store
 from db.outbox import add_wakeups, relay
 from db.explanations import release_explanation_leases, renew_explanation_leases
 from db.scans import release_leases, renew_leases
@@ -256,7 +256,8 @@ def initialise(settings: Optional[Settings] = None, node: Optional[str] = None) 
         log.info("worker pid %s: GPUs %s", os.getpid(), gpus or "none, running on the CPU")
         session_factory = make_session_factory(make_engine(settings.database_url))
         register_configured_model(settings, session_factory)
-        models = ModelCache(session_factory, ModelStore(settings.model_store_dir),
+        store = open_model_store(settings.model_store_dir, settings.blob_store)
+        models = ModelCache(session_factory, store,
                             settings.max_loaded_models,
                             lambda model: ModelEngines(model, settings, _engines_changed))
         models.warm_default()
