@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test test-integration migrate bench clean
+.PHONY: venv run test test-integration migrate bench clean openapi
 
 venv: $(STAMP)
 
@@ -34,3 +34,7 @@ clean:
 # Throughput numbers from one run of the real stack (prints them; JSON in var/bench.json).
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The committed copy of the API's OpenAPI document (tests/test_openapi.py fails when it drifts).
+openapi: $(STAMP)
+	$(BIN)/covidscan openapi > docs/openapi.json

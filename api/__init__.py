@@ -22,6 +22,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     """
     from api import (audit, auth, extensions, health, jobs, limits, models, problems, security,
                      thumbnails, web, workers)
+    from api import docs
 
     if isinstance(config, Settings):
         settings = config
@@ -41,6 +42,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     auth.init_app(app)  # before the rate limiter, which counts per owner
     limits.init_app(app)
     app.register_blueprint(audit.bp)
+    app.register_blueprint(docs.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(models.bp)

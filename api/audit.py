@@ -7,7 +7,9 @@ from flask import Blueprint, Response, jsonify, request
 
 from api.auth import current_principal, requires
 from api.extensions import db_session
+from api.openapi import operation
 from api.problems import Problem
+from api.schemas import AuditPage, AuditQuery
 from db.audit import ACTIONS, events_page, record
 from db.models import AuditEvent
 
@@ -50,6 +52,7 @@ def _page_args() -> tuple[int, Optional[int]]:
 
 @bp.get("")
 @requires("admin")
+@operation("The audit log (administrators)", query=AuditQuery, responses={200: AuditPage})
 def list_events() -> Response:
     """Newest first; ``owner``, ``job_id`` and ``action`` filter; ``cursor`` pages back."""
     limit, before = _page_args()

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.integration
 # Route arguments that name something an owner owns, and those that do not.
 OWNED_ARGUMENTS = {"job_id", "scan_id"}
 UNOWNED_ARGUMENTS = {"ref", "filename"}  # registered models; static files
-PUBLIC_ENDPOINTS = {"health.healthz", "health.readyz", "static", "web.login_page", "web.login"}
+PUBLIC_ENDPOINTS = {"health.healthz", "health.readyz", "static", "web.login_page", "web.login",
+                    "docs.openapi_json", "docs.docs_page", "docs.docs_asset"}
 
 
 def _routes():
