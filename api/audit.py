@@ -15,6 +15,7 @@ from db.models import AuditEvent
 
 bp = Blueprint("audit", __name__, url_prefix="/v1/audit")
 DEFAULT_PAGE, MAX_PAGE = 100, 1000
+MAX_CURSOR = 2**31 - 1
 
 
 def audit(action: str, job_id: Optional[str] = None,
@@ -47,6 +48,9 @@ def _page_args() -> tuple[int, Optional[int]]:
         raise Problem(400, "limit and cursor must be whole numbers") from None
     if not 1 <= limit <= MAX_PAGE:
         raise Problem(400, f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+    if before is not None and not 0 <= before <= MAX_CURSOR:
+        # An event id is a 32-bit integer column: a larger cursor is no cursor we gave out.
+        raise Problem(400, f"cursor must be between 0 and {MAX_CURSOR}, got {before}")
     return limit, before
 
 

@@ -189,7 +189,9 @@ def get_job(job_id: str) -> Response:
            errors=(404,))
 def get_results(job_id: str) -> Response:
     summary = owned_summary(job_id)
-    fmt = request.args.get("format", "json")
+    fmt = request.args.get("format") or "json"  # empty means the default, as for the others
+    limit = _int_arg("limit", DEFAULT_PAGE, 1, MAX_PAGE)  # checked for CSV too: one contract
+    cursor = _int_arg("cursor", -1, -1, 2**31 - 1)
     if fmt == "csv":
         audit("results.csv", job_id)
         session = services().session_factory()
@@ -205,8 +207,6 @@ def get_results(job_id: str) -> Response:
                         headers={"Content-Disposition": f'attachment; filename="{filename}"'})
     if fmt != "json":
         raise Problem(400, f"format must be json or csv, got {fmt!r}")
-    limit = _int_arg("limit", DEFAULT_PAGE, 1, MAX_PAGE)
-    cursor = _int_arg("cursor", -1, -1, 2**31 - 1)
     page, next_cursor = results_page(db_session(), job_id, limit, cursor)
     audit("results.read", job_id, {"cursor": cursor, "rows": len(page)})
     return jsonify(results=[result_row(s) for s in page],

@@ -9,7 +9,7 @@ from api.auth import ANY, requires
 from api.extensions import db_session
 from api.openapi import Reply, operation
 from api.problems import Problem
-from api.schemas import ModelList, RegisteredModel
+from api.schemas import ModelList, ModelRefPath, RegisteredModel
 from api.serialize import model_json
 from db.models import Model
 from db.registry import RegistryError, default_model, find_model, list_models
@@ -71,14 +71,14 @@ def _model_or_404(ref: str) -> Model:
 @bp.get("/<ref>")
 @requires(ANY)
 @operation("One registered model", responses={200: RegisteredModel}, errors=(404,),
-           path={"ref": "name or name:version"})
+           path=ModelRefPath)
 def get_model(ref: str) -> Response:
     return jsonify(model_json(_model_or_404(ref)))
 
 
 @bp.get("/<ref>/report")
 @requires(ANY)
-@operation("A model's evaluation report", errors=(404,), path={"ref": "name or name:version"},
+@operation("A model's evaluation report", errors=(404,), path=ModelRefPath,
            responses={200: Reply("The report covidscan evaluate wrote",
                                  media={"application/json": {"schema": {"type": "object"}}})})
 def get_report(ref: str) -> Response:

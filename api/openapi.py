@@ -26,6 +26,7 @@ OPENAPI_VERSION = "3.1.0"
 REF = "#/components/schemas/{model}"
 PROBLEM_MEDIA = "application/problem+json"
 DOCUMENTED_PREFIXES = ("/v1/", "/healthz", "/readyz")
+NO_NUL = "^[^\\x00]*$"
 PATH_PARAMETERS = {"job_id": "a job's id", "scan_id": "a scan's id (`scan_id` of a result)"}
 UNLIMITED = frozenset({"/healthz", "/readyz"})  # api/limits.py: not rate limited
 ERRORS = {
@@ -60,13 +61,13 @@ class Operation:
     form: Optional[type[BaseModel]] = None
     form_encoding: Mapping[str, str] = field(default_factory=dict)
     errors: tuple[int, ...] = ()
-    path: Mapping[str, str] = field(default_factory=dict)  # path parameter descriptions
+    path: Optional[type[BaseModel]] = None
 
 
 def operation(summary: str, *, responses: Mapping[int, Union[Reply, type[BaseModel]]],
               query: Optional[type[BaseModel]] = None, form: Optional[type[BaseModel]] = None,
               form_encoding: Optional[Mapping[str, str]] = None, errors: tuple[int, ...] = (),
-              path: Optional[Mapping[str, str]] = None) -> Callable[[F], F]:
+              path: Optional[type[BaseModel]] = None) -> Callable[[F], F]:
     """Describe a view in the OpenAPI document (see README, "Describing a new route").
 
     Args:
@@ -77,10 +78,11 @@ def operation(summary: str, *, responses: Mapping[int, Union[Reply, type[BaseMod
         form_encoding: form field -> the content types its parts may have.
         errors: the problem statuses this view answers besides those every route may
             (400, and 401, 403 and 429 where they apply).
-        path: path parameter -> description.
+        path: a model describing path parameters that are more than a string (those it
+            leaves out are described by :data:`PATH_PARAMETERS`).
     """
     declared = Operation(summary, responses, query, form, dict(form_encoding or {}),
-                         errors, dict(path or {}))
+                         errors, path)
 
     def mark(view: F) -> F:
         view.openapi = declared  # type: ignore[attr-defined]
@@ -103,29 +105,56 @@ def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def _fields(model: type[BaseModel]) -> tuple[dict[str, Any], set[str]]:
+def _text(schema: dict[str, Any]) -> dict[str, Any]:
+    """A free text field, as the API takes it: without NUL (api/security.py refuses it)."""
+    if schema.get("type") == "string" and "enum" not in schema and "pattern" not in schema \
+            and schema.get("format") != "binary":
+        schema["pattern"] = NO_NUL
+    return schema
+
+
+def _fields(model: Optional[type[BaseModel]]) -> tuple[dict[str, Any], set[str]]:
+    if model is None:
+        return {}, set()
     schema = model.model_json_schema(ref_template=REF)
-    properties = {name: _without_null(prop) for name, prop in schema["properties"].items()}
+    properties = {name: _text(_without_null(prop)) for name, prop in schema["properties"].items()}
     for prop in properties.values():
         prop.pop("title", None)
     return properties, set(schema.get("required", ()))
 
 
 def _parameters(rule: Any, declared: Operation) -> list[dict[str, Any]]:
-    parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"},
-                   "description": declared.path.get(name, PATH_PARAMETERS.get(name, name))}
-                  for name in re.findall(r"<(?:[^:<>]+:)?([^<>]+)>", rule.rule)]
+    described, _required = _fields(declared.path)
+    parameters = []
+    for name in re.findall(r"<(?:[^:<>]+:)?([^<>]+)>", rule.rule):
+        schema = described.get(name) or {"type": "string", "pattern": NO_NUL}
+        description = schema.pop("description", PATH_PARAMETERS.get(name, name))
+        parameters.append({"name": name, "in": "path", "required": True,
+                           "description": description, "schema": schema})
     if declared.query is not None:
         properties, required = _fields(declared.query)
         for name, schema in properties.items():
             description = schema.pop("description", "")
-            parameters.append({"name": name, "in": "query", "required": name in required,
-                               "description": description, "schema": schema})
+            parameter = {"name": name, "in": "query", "required": name in required,
+                         "description": description, "schema": schema}
+            if name not in required:  # an empty value means the default, as in an HTML form
+                parameter["allowEmptyValue"] = True
+            parameters.append(parameter)
     return parameters
 
 
+def _or_empty(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional form field may also be sent empty, which means the default."""
+    if "enum" not in schema and schema.get("pattern", NO_NUL) == NO_NUL:
+        return schema  # free text: empty is one of its values already
+    notes = {k: schema.pop(k) for k in ("description", "default") if k in schema}
+    return {"anyOf": [schema, {"const": ""}], **notes}
+
+
 def _form_body(declared: Operation) -> dict[str, Any]:
-    properties, required = _fields(declared.form)  # type: ignore[arg-type]
+    properties, required = _fields(declared.form)
+    properties = {name: prop if name in required else _or_empty(prop)
+                  for name, prop in properties.items()}
     media: dict[str, Any] = {"schema": {"type": "object", "properties": properties,
                                         "required": sorted(required)}}
     if declared.form_encoding:

@@ -23,6 +23,8 @@ Priority = Literal[PRIORITIES]  # type: ignore[valid-type]
 Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
 Action = Literal[ACTIONS]  # type: ignore[valid-type]
 Timestamp = Optional[str]  # ISO 8601 in UTC, `Z`-suffixed
+# `name` or `name:version`, neither part empty nor padded with spaces (db/registry.parse_ref)
+MODEL_REF = r"^[^:/\s\x00-\x1f\x7f-\x9f]+(:[^/\s\x00-\x1f\x7f-\x9f]+)?$"
 
 
 class Strict(BaseModel):
@@ -234,10 +236,10 @@ class Problem(BaseModel):
 class SubmitJobForm(BaseModel):
     """A bulk job, as `multipart/form-data`."""
 
-    files: list[bytes] = Field(description="one part per PNG or JPEG slice, or ZIP archive of "
+    files: list[bytes] = Field(min_length=1, description="one part per PNG or JPEG slice, or ZIP archive of "
                                            "them; told apart by content, not by name")
     name: Optional[str] = Field(None, max_length=200, description="a name for the job")
-    model: Optional[str] = Field(None, description="`name` or `name:version` of a "
+    model: Optional[str] = Field(None, pattern=MODEL_REF, description="`name` or `name:version` of a "
                                                    "registered model (default: the default)")
     precision: Optional[Precision] = Field(None, description="the numeric precision asked of "
                                                              "the model (default: the "
@@ -265,3 +267,8 @@ class AuditQuery(BaseModel):
     owner: Optional[str] = Field(None, description="only this owner's events")
     job_id: Optional[str] = Field(None, description="only this job's events")
     action: Optional[Action] = Field(None, description="only this action")
+
+
+class ModelRefPath(BaseModel):
+    ref: str = Field(pattern=MODEL_REF, description="`name` or `name:version` of a registered "
+                                                    "model")

@@ -2,6 +2,7 @@
 
 The live checks of the document against the running API are in tests/test_openapi_stack.py.
 """
+import io
 import json
 import re
 from html.parser import HTMLParser
@@ -12,7 +13,8 @@ import pytest
 from api import create_app
 from api.auth import PUBLIC
 from api.openapi import build_spec, spec_text, undocumented_rules
-from tests.conftest import ROOT
+from tests.conftest import ROOT, authorised, create_api_key
+from tests.images import png_bytes
 
 COMMITTED = ROOT / "docs" / "openapi.json"
 REGENERATE = "run `make openapi` (or `covidscan openapi > docs/openapi.json`) and commit it"
@@ -87,7 +89,10 @@ def test_security_and_errors_follow_the_views_declared_scopes(offline_app, spec)
     assert {"413", "415", "202"} <= set(submit["responses"])
     form = submit["requestBody"]["content"]["multipart/form-data"]
     assert form["schema"]["required"] == ["files"]
-    assert form["schema"]["properties"]["priority"]["enum"] == ["high", "normal", "low"]
+    priority = form["schema"]["properties"]["priority"]
+    assert priority["anyOf"] == [{"type": "string", "enum": ["high", "normal", "low"]},
+                                 {"const": ""}]  # empty means the default, normal
+    assert priority["default"] == "normal"
     assert spec["paths"]["/healthz"]["get"]["security"] == []
     assert spec["paths"]["/v1/audit"]["get"]["x-required-scope"] == "admin"
 
@@ -133,3 +138,34 @@ def test_the_document_and_the_docs_page_are_served_without_a_key_or_another_site
         assert asset.status_code == 200 and len(asset.get_data()) > 100, url
     assert b"Apache License" in client.get("/docs/assets/LICENSE").get_data()
     assert client.get("/docs/assets/../../__init__.py").status_code == 404
+
+
+# What the property-based tests found, pinned (tests/test_openapi_stack.py finds them by chance).
+
+@pytest.mark.integration
+@pytest.mark.parametrize("query", ["limit=5&limit=7", "limit=5&limit="])
+def test_a_query_parameter_given_twice_is_refused(client, query):
+    response = client.get(f"/v1/jobs?{query}")
+    assert response.status_code == 400 and "given more than once: limit" in \
+        response.get_json()["detail"]
+    assert client.get("/v1/jobs?limit=5").status_code == 200
+
+
+@pytest.mark.integration
+def test_results_check_their_paging_arguments_for_csv_too_and_empty_is_the_default(client):
+    job = client.post("/v1/jobs", data={"files": [(io.BytesIO(png_bytes(24)), "a.png")]},
+                      content_type="multipart/form-data").get_json()
+    base = f"/v1/jobs/{job['id']}/results"
+    assert client.get(f"{base}?format=csv&limit=0").status_code == 400
+    assert client.get(f"{base}?format=csv").status_code == 200
+    assert client.get(f"{base}?format=").get_json()["results"][0]["filename"] == "a.png"
+
+
+@pytest.mark.integration
+def test_an_audit_cursor_beyond_any_event_id_is_refused(app, app_config):
+    admin = authorised(app.test_client(), create_api_key(app_config["DATABASE_URL"], "root",
+                                                         "admin"))
+    for cursor in (2**31, 2**70, -1):
+        response = admin.get(f"/v1/audit?cursor={cursor}")
+        assert response.status_code == 400 and "cursor" in response.get_json()["detail"]
+    assert admin.get(f"/v1/audit?cursor={2**31 - 1}").status_code == 200
