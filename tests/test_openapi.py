@@ -169,3 +169,13 @@ def test_an_audit_cursor_beyond_any_event_id_is_refused(app, app_config):
         response = admin.get(f"/v1/audit?cursor={cursor}")
         assert response.status_code == 400 and "cursor" in response.get_json()["detail"]
     assert admin.get(f"/v1/audit?cursor={2**31 - 1}").status_code == 200
+
+
+def test_a_method_a_route_does_not_serve_is_405_with_the_allowed_ones(offline_app, spec):
+    client = offline_app.test_client()
+    for path, item in spec["paths"].items():
+        url = path.replace("{", "").replace("}", "")
+        response = client.open(url, method="TRACE")
+        assert response.status_code == 405 and response.mimetype == "application/problem+json"
+        allowed = {method.strip() for method in response.headers["Allow"].split(",")}
+        assert {method.upper() for method in item} <= allowed, (path, allowed)
