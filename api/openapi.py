@@ -239,7 +239,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
     for rule, method, view, declared in described:
         scope = getattr(view, "required_scope", "admin")
         item: dict[str, Any] = {
-            "operationId": rule.endpoint, "tags": [rule.endpoint.split(".")[0]],
+            "operationId": rule.endpoint.replace(".", "_"), "tags": [rule.endpoint.split(".")[0]],
             "summary": declared.summary, "description": inspect.getdoc(view) or "",
             "security": _security(scope),
             "parameters": _parameters(rule, declared),
