@@ -20,6 +20,7 @@ from pydantic.json_schema import models_json_schema
 
 from api import schemas
 from api.auth import ANY, PUBLIC
+from api.limits import UNLIMITED_ENDPOINTS
 
 F = TypeVar("F", bound=Callable[..., Any])
 OPENAPI_VERSION = "3.1.0"
@@ -28,7 +29,6 @@ PROBLEM_MEDIA = "application/problem+json"
 DOCUMENTED_PREFIXES = ("/v1/", "/healthz", "/readyz")
 NO_NUL = "^[^\\x00]*$"
 PATH_PARAMETERS = {"job_id": "a job's id", "scan_id": "a scan's id (`scan_id` of a result)"}
-UNLIMITED = frozenset({"/healthz", "/readyz"})  # api/limits.py: not rate limited
 ERRORS = {
     400: "Bad request: the problem names the field, file or value",
     401: "No valid API key (unknown, revoked, expired or missing)",
@@ -178,11 +178,11 @@ def _reply(reply: Union[Reply, type[BaseModel]], refs: Mapping[type[BaseModel], 
     return body
 
 
-def _errors(rule: str, scope: str, declared: Operation) -> dict[str, Any]:
+def _errors(endpoint: str, scope: str, declared: Operation) -> dict[str, Any]:
     statuses = {400, *declared.errors}
     if scope != PUBLIC:
         statuses |= {401, 403}
-    if rule not in UNLIMITED:
+    if endpoint not in UNLIMITED_ENDPOINTS:  # the rate limiter counts every other route
         statuses.add(429)
     return {str(status): {"$ref": f"#/components/responses/Problem{status}"}
             for status in sorted(statuses)}
@@ -248,7 +248,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
             item["requestBody"] = _form_body(declared)
         item["responses"] = {str(status): _reply(reply, refs_of)
                              for status, reply in sorted(declared.responses.items())}
-        item["responses"].update(_errors(rule.rule, scope, declared))
+        item["responses"].update(_errors(rule.endpoint, scope, declared))
         if scope not in (PUBLIC, ANY):
             item["x-required-scope"] = scope
         paths.setdefault(_openapi_path(rule.rule), {})[method.lower()] = item
