@@ -144,11 +144,14 @@ def _parameters(rule: Any, declared: Operation) -> list[dict[str, Any]]:
 
 
 def _or_empty(schema: dict[str, Any]) -> dict[str, Any]:
-    """An optional form field may also be sent empty, which means the default."""
-    if "enum" not in schema and schema.get("pattern", NO_NUL) == NO_NUL:
-        return schema  # free text: empty is one of its values already
-    notes = {k: schema.pop(k) for k in ("description", "default") if k in schema}
-    return {"anyOf": [schema, {"const": ""}], **notes}
+    """An optional form field may also be sent empty, which means the default. (Written
+    into the enum or the pattern rather than as an ``anyOf``, whose one branch a client or
+    a test generator may take for the whole.)"""
+    if "enum" in schema and "" not in schema["enum"]:
+        schema["enum"] = [*schema["enum"], ""]
+    elif schema.get("pattern", NO_NUL) != NO_NUL:
+        schema["pattern"] = f"^$|{schema['pattern']}"
+    return schema
 
 
 def _form_body(declared: Operation) -> dict[str, Any]:
