@@ -37,4 +37,4 @@ bench: $(STAMP)
 
 # The committed copy of the API's OpenAPI document (tests/test_openapi.py fails when it drifts).
 openapi: $(STAMP)
-	$(BIN)/covidscan openapi > docs/openapi.json
+	$(BIN)/covidscan openapi > docs/openapi.json.tmp && mv docs/openapi.json.tmp docs/openapi.json
