@@ -42,11 +42,21 @@ def refuse_nul_characters() -> None:
         raise Problem(400, "the request contains a NUL character in its path, query or form fields")
 
 
+def refuse_repeated_parameters() -> None:
+    """400 for an API query parameter given twice: every one is a single value, and which of
+    two a proxy, a cache and the API would each pick is anyone's guess."""
+    if request.path.startswith("/v1/"):
+        repeated = sorted(name for name, values in request.args.lists() if len(values) > 1)
+        if repeated:
+            raise Problem(400, f"query parameters given more than once: {', '.join(repeated)}")
+
+
 def init_app(app: Flask, trusted_hosts: tuple[str, ...] | None) -> None:
     """Check the Host header against ``trusted_hosts`` (None: any), refuse NUL characters
-    and add the headers."""
+    and repeated API query parameters, and add the headers."""
     app.config["TRUSTED_HOSTS"] = list(trusted_hosts) if trusted_hosts is not None else None
     app.before_request(refuse_nul_characters)
+    app.before_request(refuse_repeated_parameters)
 
     @app.after_request
     def _security_headers(response: Response) -> Response:
