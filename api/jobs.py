@@ -14,8 +14,8 @@ from api.job_intake import JobRequest, accept_job
 from api.limits import check_active_jobs, scan_quota
 from api.openapi import Reply, operation
 from api.problems import Problem
-from api.schemas import (Job, JobList, JobListQuery, ResultsPage, ResultsQuery, SubmitJobForm,
-                         SubmittedJob)
+from api.schemas import (DirectUpload, DirectUploadRequest, Job, JobList, JobListQuery,
+                         ResultsPage, ResultsQuery, SubmitJobForm, SubmittedJob)
 from api.serialize import csv_lines, job_json, result_row
 from api.uploads import ParsedUpload, UploadLimits, iter_scans
 from covidscan.metrics import count_finished
@@ -48,9 +48,11 @@ def _int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
 
 @bp.post("")
 @requires("submit")
-@operation("Submit a bulk job", form=SubmitJobForm,
-           form_encoding={"files": "image/png, image/jpeg, application/zip"},
-           responses={202: Reply("Accepted: the job, queued", SubmittedJob,
+@operation("Submit a bulk job", form=SubmitJobForm, body=DirectUploadRequest,
+           form_encoding={"files": "image/png, image/jpeg, application/dicom, application/zip"},
+           responses={201: Reply("A two-step upload (JSON body; S3 store only, the folder "
+                                 "store answers 415): where to PUT each slice", DirectUpload),
+                      202: Reply("Accepted: the job, queued", SubmittedJob,
                                  headers={"Location": "the job's URL"})},
            errors=(413, 415, 503))
 def submit_job() -> tuple[Response, int, dict[str, str]]:

@@ -26,9 +26,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 OPENAPI_VERSION = "3.1.0"
 REF = "#/components/schemas/{model}"
 PROBLEM_MEDIA = "application/problem+json"
-DOCUMENTED_PREFIXES = ("/v1/", "/healthz", "/readyz")
-NO_NUL = "^[^\\x00]*$"
-PATH_PARAMETERS = {"job_id": "a job's id", "scan_id": "a scan's id (`scan_id` of a result)"}
+DOCUMENTED_PREFIXES = ("/v1/", "/healthz", "/readyz", "/metrics")
+NO_NUL = schemas.NO_NUL
+PATH_PARAMETERS = {"job_id": "a job's id", "scan_id": "a scan's id (`scan_id` of a result)",
+                   "series_uid": "a DICOM SeriesInstanceUID of the job",
+                   "webhook_id": "a webhook endpoint's id"}
 ERRORS = {
     400: "Bad request: the problem names the field, file or value",
     401: "No valid API key (unknown, revoked, expired or missing)",
@@ -37,7 +39,9 @@ ERRORS = {
     404: "Not found, or another owner's (the same answer)",
     413: "Over a limit: the request, a slice, the number of slices, the pixels or an "
          "archive's expansion",
-    415: "A part that is neither PNG, JPEG nor ZIP (checked by content)",
+    409: "Conflict with the current state (the problem says which)",
+    410: "The stored bytes are gone",
+    415: "A body or part of a type the route does not take (parts are checked by content)",
     429: "A rate limit or quota is reached; Retry-After says when to try again",
     503: "Redis, which holds the quotas, is unreachable; nothing was stored",
 }
@@ -62,12 +66,16 @@ class Operation:
     form_encoding: Mapping[str, str] = field(default_factory=dict)
     errors: tuple[int, ...] = ()
     path: Optional[type[BaseModel]] = None
+    body: Optional[type[BaseModel]] = None
+    body_media: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 def operation(summary: str, *, responses: Mapping[int, Union[Reply, type[BaseModel]]],
               query: Optional[type[BaseModel]] = None, form: Optional[type[BaseModel]] = None,
               form_encoding: Optional[Mapping[str, str]] = None, errors: tuple[int, ...] = (),
-              path: Optional[type[BaseModel]] = None) -> Callable[[F], F]:
+              path: Optional[type[BaseModel]] = None, body: Optional[type[BaseModel]] = None,
+              body_media: Optional[Mapping[str, Mapping[str, Any]]] = None
+              ) -> Callable[[F], F]:
     """Describe a view in the OpenAPI document (see README, "Describing a new route").
 
     Args:
@@ -80,9 +88,11 @@ def operation(summary: str, *, responses: Mapping[int, Union[Reply, type[BaseMod
             (400, and 401, 403 and 429 where they apply).
         path: a model describing path parameters that are more than a string (those it
             leaves out are described by :data:`PATH_PARAMETERS`).
+        body: a model of the ``application/json`` body (besides ``form``, if both are taken).
+        body_media: other media types the body may have -> their OpenAPI media objects.
     """
     declared = Operation(summary, responses, query, form, dict(form_encoding or {}),
-                         errors, path)
+                         errors, path, body, dict(body_media or {}))
 
     def mark(view: F) -> F:
         view.openapi = declared  # type: ignore[attr-defined]
@@ -154,6 +164,17 @@ def _or_empty(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def _request_body(declared: Operation, refs: Mapping[type[BaseModel], Any]) -> dict[str, Any]:
+    """The form, the JSON body and any other media, whichever the view takes."""
+    content: dict[str, Any] = {}
+    if declared.form is not None:
+        content.update(_form_body(declared)["content"])
+    if declared.body is not None:
+        content["application/json"] = {"schema": refs[declared.body]}
+    content.update({media: dict(spec) for media, spec in declared.body_media.items()})
+    return {"required": True, "content": content}
+
+
 def _form_body(declared: Operation) -> dict[str, Any]:
     properties, required = _fields(declared.form)
     properties = {name: prop if name in required else _or_empty(prop)
@@ -213,7 +234,8 @@ def _components(refs_of: dict, schema_defs: dict) -> dict[str, Any]:
         "securitySchemes": {
             "apiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "csk_…",
                        "description": "An API key (`covidscan keys create`); scopes "
-                                      "`submit`, `read`, `admin` (admin may do everything)."},
+                                      "`submit`, `read`, `metrics`, `admin` (admin may do "
+                                      "everything)."},
             "browserSession": {"type": "apiKey", "in": "cookie", "name": "covidscan_session",
                                "description": "The web page's session after /login; a "
                                               "state-changing request also sends the page's "
@@ -235,6 +257,8 @@ def build_spec(app: Flask) -> dict[str, Any]:
     for *_ignored, declared in described:
         models |= {r if not isinstance(r, Reply) else r.model
                    for r in declared.responses.values()} - {None}
+        if declared.body is not None:
+            models.add(declared.body)
     ordered = sorted(models, key=lambda m: m.__name__)
     keys, defs = models_json_schema([(m, "serialization") for m in ordered], ref_template=REF)
     refs_of = {model: keys[(model, "serialization")] for model in ordered}
@@ -247,11 +271,16 @@ def build_spec(app: Flask) -> dict[str, Any]:
             "security": _security(scope),
             "parameters": _parameters(rule, declared),
         }
-        if declared.form is not None:
-            item["requestBody"] = _form_body(declared)
+        if declared.form is not None or declared.body is not None or declared.body_media:
+            item["requestBody"] = _request_body(declared, refs_of)
         item["responses"] = {str(status): _reply(reply, refs_of)
                              for status, reply in sorted(declared.responses.items())}
-        item["responses"].update(_errors(rule.endpoint, scope, declared))
+        for status, error in _errors(rule.endpoint, scope, declared).items():
+            if status in item["responses"]:  # an answer of its own, or else a problem
+                item["responses"][status].setdefault("content", {})[PROBLEM_MEDIA] = {
+                    "schema": refs_of[schemas.Problem]}
+            else:
+                item["responses"][status] = error
         if scope not in (PUBLIC, ANY):
             item["x-required-scope"] = scope
         paths.setdefault(_openapi_path(rule.rule), {})[method.lower()] = item
