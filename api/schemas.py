@@ -318,7 +318,8 @@ class ExplanationState(Strict):
     layer: Optional[str]
     class_name: Optional[str]
     class_index: Optional[int]
-    score: Optional[float]
+    score: Optional[str] = Field(description="what the gradients were taken of: `logit` "
+                                             "or `probability`")
     probability_covid: Optional[float]
     size: Optional[list[int]] = Field(description="[height, width] of the map")
     model: Optional[ExplanationModel]
