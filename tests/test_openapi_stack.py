@@ -30,6 +30,8 @@ MAX_EXAMPLES = 25  # per operation and mode: a bounded run, not an exhaustive on
 # Limits high enough that the generated requests meet the API rather than the rate limiter.
 ROOMY_LIMITS = {"RATE_LIMIT": "100000/minute", "SCANS_PER_HOUR": "100000",
                 "MAX_ACTIVE_JOBS": "10000",
+                # the ignored-auth check calls every operation with a wrong key too
+                "FAILED_AUTH_LIMIT": "100000/minute",
                 "WEBHOOK_SECRET": "whsec_" + "a" * 44,  # webhooks without a secret of their own
                 "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1"}  # where the test registers them
 PUBLIC_URL = "http://127.0.0.1:9/hook"  # allowed below; an address literal needs no DNS
