@@ -10,6 +10,7 @@ from api.extensions import db_session
 from api.openapi import operation
 from api.problems import Problem
 from api.schemas import AuditPage, AuditQuery
+from api.security import whole_number
 from db.audit import ACTIONS, events_page, record
 from db.models import AuditEvent
 
@@ -41,9 +42,9 @@ def event_json(event: AuditEvent) -> dict[str, Any]:
 
 def _page_args() -> tuple[int, Optional[int]]:
     try:
-        limit = int(request.args.get("limit") or DEFAULT_PAGE)
+        limit = whole_number(request.args.get("limit") or str(DEFAULT_PAGE))
         cursor = request.args.get("cursor")
-        before = int(cursor) if cursor else None
+        before = whole_number(cursor) if cursor else None
     except ValueError:
         raise Problem(400, "limit and cursor must be whole numbers") from None
     if not 1 <= limit <= MAX_PAGE:

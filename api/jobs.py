@@ -16,6 +16,7 @@ from api.openapi import Reply, operation
 from api.problems import Problem
 from api.schemas import (DirectUpload, DirectUploadRequest, Job, JobList, JobListQuery,
                          ResultsPage, ResultsQuery, SubmitJobForm, SubmittedJob)
+from api.security import whole_number
 from api.serialize import csv_lines, job_json, result_row
 from api.uploads import ParsedUpload, UploadLimits, iter_scans
 from covidscan.metrics import count_finished
@@ -38,7 +39,7 @@ def _int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = whole_number(raw)
     except ValueError:
         raise Problem(400, f"{name} must be a whole number, got {raw!r}") from None
     if not minimum <= value <= maximum:

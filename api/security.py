@@ -7,6 +7,8 @@ rebinding from reaching the API through a browser.
 """
 from __future__ import annotations
 
+import re
+
 from flask import Flask, Response, request
 
 from api.problems import Problem
@@ -29,6 +31,22 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
+
+
+WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+(\.0*)?")
+
+
+def whole_number(raw: str) -> int:
+    """A query parameter the document declares an integer: ``300``, or ``300.0`` (in JSON
+    Schema a number with a zero fraction is an integer, and clients may write it so).
+
+    Raises:
+        ValueError: anything else.
+    """
+    text = raw.strip()
+    if not WHOLE_NUMBER.fullmatch(text):
+        raise ValueError(raw)
+    return int(text.split(".", 1)[0])
 
 
 def refuse_nul_characters() -> None:
