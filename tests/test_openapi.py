@@ -178,3 +178,24 @@ def test_a_method_a_route_does_not_serve_is_405_with_the_allowed_ones(offline_ap
         assert response.status_code == 405 and response.mimetype == "application/problem+json"
         allowed = {method.strip() for method in response.headers["Allow"].split(",")}
         assert {method.upper() for method in item} <= allowed, (path, allowed)
+
+
+@pytest.mark.integration
+def test_a_whole_number_with_a_zero_fraction_is_an_integer(client):
+    assert client.get("/v1/jobs?limit=300.0").status_code == 200  # JSON Schema's integer
+    for bad in ("3.5", "1e2", "ten"):
+        response = client.get(f"/v1/jobs?limit={bad}")
+        assert response.status_code == 400 and "limit" in response.get_json()["detail"]
+
+
+@pytest.mark.integration
+def test_the_new_routes_check_their_query_and_take_empty_as_the_default(client):
+    job = client.post("/v1/jobs", data={"files": [(io.BytesIO(png_bytes(24)), "a.png")]},
+                      content_type="multipart/form-data").get_json()
+    series = f"/v1/jobs/{job['id']}/series"
+    assert client.get(f"{series}?slices=maybe").status_code == 400
+    assert client.get(f"{series}?slices=1").get_json() == {"series": [], "rule": None}
+    assert client.get(f"{series}?slices=").status_code == 200
+    # an empty format or view means the default: the unknown scan is what is wrong here
+    assert client.get("/v1/scans/nope/heatmap?format=&view=").status_code == 404
+    assert client.get("/v1/scans/nope/heatmap?format=gif").status_code == 400
