@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test test-integration migrate bench clean
+.PHONY: venv run test test-integration migrate bench clean openapi
 
 venv: $(STAMP)
 
@@ -36,3 +36,7 @@ clean:
 bench: $(STAMP)
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.blob_stores
+
+# The committed copy of the API's OpenAPI document (tests/test_openapi.py fails when it drifts).
+openapi: $(STAMP)
+	$(BIN)/covidscan openapi > docs/openapi.json.tmp && mv docs/openapi.json.tmp docs/openapi.json

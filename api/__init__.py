@@ -24,6 +24,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     from api import (audit, auth, dicomweb, direct_uploads, explanations, extensions, health, jobs,
                      limits, metrics, models, problems, security, series, thumbnails, web,
                      webhooks, workers)
+    from api import docs
 
     if isinstance(config, Settings):
         settings = config
@@ -51,6 +52,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     app.register_blueprint(audit.bp)
     app.register_blueprint(explanations.bp)
     app.register_blueprint(dicomweb.bp)
+    app.register_blueprint(docs.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(direct_uploads.bp)

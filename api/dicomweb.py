@@ -21,8 +21,10 @@ from api.auth import current_principal, owned_job, requires
 from api.dicom_upload import scans_of
 from api.extensions import db_session, services
 from api.limits import check_active_jobs, scan_quota
+from api.openapi import Reply, operation
 from api.models import resolve_model
 from api.problems import Problem
+from api.schemas import StowQuery
 from api.uploads import ParsedUpload, UploadLimits, iter_scans
 from db.jobs import JobOptions, NewScan, append_scans, create_job, next_position
 from db.models import new_id
@@ -93,8 +95,32 @@ def _sop_item(sop_class: Optional[str], sop_instance: Optional[str],
     return item
 
 
+def _stow_reply(description: str) -> Reply:
+    return Reply(description, media={DICOM_JSON: {"schema": STOW_RESPONSE}},
+                 headers={"Location": "the job's URL (when an instance was stored)"})
+
+
+_SEQUENCE = {"type": "object", "additionalProperties": False, "required": ["vr", "Value"],
+             "properties": {"vr": {"const": "SQ"}, "Value": {"type": "array", "items": {
+                 "type": "object", "additionalProperties": {"type": "object"}}}}}
+STOW_RESPONSE = {"type": "object", "additionalProperties": False,
+                 "required": ["00081199"],
+                 "description": "ReferencedSOPSequence (0008,1199): the stored instances; "
+                                "FailedSOPSequence (0008,1198): the others, each with its "
+                                "FailureReason (0008,1197)",
+                 "properties": {"00081199": _SEQUENCE, "00081198": _SEQUENCE}}
+
+
 @bp.post("/studies")
 @requires("submit")
+@operation("DICOMweb STOW-RS: store instances in a job", query=StowQuery,
+           body_media={'multipart/related; type="application/dicom"': {
+               "schema": {"type": "string", "format": "binary"}}},
+           responses={200: _stow_reply("Every instance stored"),
+                      202: _stow_reply("Some instances stored, the others failed"),
+                      409: _stow_reply("No instance stored (or, as a problem, the job named "
+                                       "was cancelled)")},
+           errors=(404, 409, 413, 415, 503))
 def store_instances() -> Response:
     """Store the instances in a new job (or ``?job=<id>``) and answer the STOW response."""
     svc = services()

@@ -25,6 +25,8 @@ from api.audit import audit
 from api.auth import current_principal, owned_job, requires
 from api.extensions import db_session, services
 from api.job_intake import JobRequest, accept_job
+from api.openapi import Reply, operation
+from api.schemas import Job, SubmittedJob
 from api.limits import check_active_jobs, scan_quota
 from api.problems import Problem
 from api.serialize import job_json
@@ -138,6 +140,11 @@ def _check_one(blobs: BlobStore, job_id: str, position: int, entry: dict,
 
 @bp.post("/<job_id>/start")
 @requires("submit")
+@operation("Start a two-step upload once its slices are uploaded",
+           responses={200: Reply("Started already: the job as it is", Job),
+                      202: Reply("Accepted: the job, queued", SubmittedJob,
+                                 headers={"Location": "the job's URL"})},
+           errors=(404, 409, 413, 415, 503))
 def start_job(job_id: str) -> tuple[Response, int, dict[str, str]]:
     """Step 3: check every uploaded slice's header, then accept the job (202).
 

@@ -16,7 +16,9 @@ from flask import Blueprint, Response, jsonify, request
 from api.audit import audit
 from api.auth import owned_scan, requires
 from api.extensions import db_session, services
+from api.openapi import Reply, operation
 from api.problems import Problem
+from api.schemas import ExplanationState, HeatmapQuery
 from api.serialize import iso
 from db.explanations import GRADCAM, find_explanation, request_explanation
 from db.models import Explanation, Job, ScanStatus
@@ -68,6 +70,10 @@ def _owned_explanation(scan_id: str) -> Explanation:
 
 @bp.post("/<scan_id>/explanation")
 @requires("submit")
+@operation("Ask for a Grad-CAM heatmap of a scan",
+           responses={200: Reply("Done already", ExplanationState),
+                      202: Reply("Queued (or waiting, or running)", ExplanationState)},
+           errors=(404, 409))
 def ask(scan_id: str) -> tuple[Response, int]:
     """Queue a Grad-CAM of the scan (202); one already waiting, running or done is kept."""
     scan = owned_scan(scan_id)
@@ -88,16 +94,28 @@ def ask(scan_id: str) -> tuple[Response, int]:
 
 @bp.get("/<scan_id>/explanation")
 @requires("read")
+@operation("A scan's explanation: its state and what made it",
+           responses={200: ExplanationState}, errors=(404,))
 def get_explanation(scan_id: str) -> Response:
     return jsonify(explanation_json(_owned_explanation(scan_id)))
 
 
 @bp.get("/<scan_id>/heatmap")
 @requires("read")
+@operation("A scan's heatmap: a PNG, or the map as a NumPy array", query=HeatmapQuery,
+           responses={200: Reply("The picture (`format=png`) or the array (`format=npy`)",
+                                 media={"image/png": {"schema": {"type": "string",
+                                                                 "format": "binary"}},
+                                        "application/octet-stream": {"schema": {
+                                            "type": "string", "format": "binary"}}}),
+                      202: Reply("Not computed yet: the explanation's state",
+                                 ExplanationState,
+                                 headers={"Retry-After": "seconds to wait"})},
+           errors=(404, 409))
 def get_heatmap(scan_id: str) -> Response | tuple[Response, int, dict[str, str]]:
     """The stored picture (or array); 202 with the explanation's state while it is not ready."""
-    fmt = request.args.get("format", "png")
-    view = request.args.get("view", "overlay")
+    fmt = request.args.get("format") or "png"  # empty means the default, as elsewhere
+    view = request.args.get("view") or "overlay"
     if fmt not in ("png", "npy"):
         raise Problem(400, f"format must be png or npy, got {fmt!r}")
     if view not in VIEWS:

@@ -12,6 +12,8 @@ from sqlalchemy import text
 
 from api.auth import public
 from api.extensions import db_session, services
+from api.openapi import Reply, operation
+from api.schemas import Health, Readiness
 from db.workers import live_workers
 
 bp = Blueprint("health", __name__)
@@ -19,12 +21,15 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/healthz")
 @public
+@operation("The process is alive", responses={200: Health})
 def healthz() -> Response:
     return jsonify(status="ok")
 
 
 @bp.get("/readyz")
 @public
+@operation("The database and Redis answer", responses={
+    200: Readiness, 503: Reply("Not ready: the checks say which failed", Readiness)})
 def readyz() -> tuple[Response, int]:
     checks: dict[str, str] = {}
     try:

@@ -12,7 +12,11 @@ from api.direct_uploads import create_direct_upload
 from api.extensions import db_session, services
 from api.job_intake import JobRequest, accept_job
 from api.limits import check_active_jobs, scan_quota
+from api.openapi import Reply, operation
 from api.problems import Problem
+from api.schemas import (DirectUpload, DirectUploadRequest, Job, JobList, JobListQuery,
+                         ResultsPage, ResultsQuery, SubmitJobForm, SubmittedJob)
+from api.security import whole_number
 from api.serialize import csv_lines, job_json, result_row
 from api.uploads import ParsedUpload, UploadLimits, iter_scans
 from covidscan.metrics import count_finished
@@ -35,7 +39,7 @@ def _int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = whole_number(raw)
     except ValueError:
         raise Problem(400, f"{name} must be a whole number, got {raw!r}") from None
     if not minimum <= value <= maximum:
@@ -45,6 +49,13 @@ def _int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
 
 @bp.post("")
 @requires("submit")
+@operation("Submit a bulk job", form=SubmitJobForm, body=DirectUploadRequest,
+           form_encoding={"files": "image/png, image/jpeg, application/dicom, application/zip"},
+           responses={201: Reply("A two-step upload (JSON body; S3 store only, the folder "
+                                 "store answers 415): where to PUT each slice", DirectUpload),
+                      202: Reply("Accepted: the job, queued", SubmittedJob,
+                                 headers={"Location": "the job's URL"})},
+           errors=(413, 415, 503))
 def submit_job() -> tuple[Response, int, dict[str, str]]:
     """Store the uploaded scans; write the job, pinned to its model, with its wake-ups; 202.
 
@@ -86,6 +97,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
 
 @bp.get("")
 @requires("read")
+@operation("The caller's recent jobs", query=JobListQuery, responses={200: JobList})
 def list_jobs() -> Response:
     """The caller's jobs, newest first (an administrator's: everyone's)."""
     limit = _int_arg("limit", 50, 1, 500)
@@ -100,6 +112,7 @@ def owned_summary(job_id: str) -> JobSummary:
 
 @bp.post("/<job_id>/cancel")
 @requires("submit")
+@operation("Cancel a job", responses={200: Job}, errors=(404,))
 def cancel(job_id: str) -> Response:
     """Cancel waiting scans at once; running ones finish. Idempotent."""
     session = db_session()
@@ -117,6 +130,8 @@ def cancel(job_id: str) -> Response:
 
 @bp.delete("/<job_id>")
 @requires("submit")
+@operation("Delete a job", responses={204: Reply("Deleted, with its scans and bytes")},
+           errors=(404,))
 def delete(job_id: str) -> tuple[str, int]:
     """Delete the job, its scans, uploaded bytes and thumbnails; running work is cancelled."""
     session = db_session()
@@ -132,15 +147,22 @@ def delete(job_id: str) -> tuple[str, int]:
 
 @bp.get("/<job_id>")
 @requires("read")
+@operation("A job's status and counts", responses={200: Job}, errors=(404,))
 def get_job(job_id: str) -> Response:
     return jsonify(job_json(owned_summary(job_id)))
 
 
 @bp.get("/<job_id>/results")
 @requires("read")
+@operation("A job's results, a page at a time (JSON) or all at once (CSV)", query=ResultsQuery,
+           responses={200: Reply("A page of results, or every row as CSV", ResultsPage,
+                                 media={"text/csv": {"schema": {"type": "string"}}})},
+           errors=(404,))
 def get_results(job_id: str) -> Response:
     summary = owned_summary(job_id)
-    fmt = request.args.get("format", "json")
+    fmt = request.args.get("format") or "json"  # empty means the default, as for the others
+    limit = _int_arg("limit", DEFAULT_PAGE, 1, MAX_PAGE)  # checked for CSV too: one contract
+    cursor = _int_arg("cursor", -1, -1, 2**31 - 1)
     if fmt == "csv":
         audit("results.csv", job_id)
         session = services().session_factory()
@@ -156,8 +178,6 @@ def get_results(job_id: str) -> Response:
                         headers={"Content-Disposition": f'attachment; filename="{filename}"'})
     if fmt != "json":
         raise Problem(400, f"format must be json or csv, got {fmt!r}")
-    limit = _int_arg("limit", DEFAULT_PAGE, 1, MAX_PAGE)
-    cursor = _int_arg("cursor", -1, -1, 2**31 - 1)
     page, next_cursor = results_page(db_session(), job_id, limit, cursor)
     audit("results.read", job_id, {"cursor": cursor, "rows": len(page)})
     explained = explained_scan_ids(db_session(), [s.id for s in page])

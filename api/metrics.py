@@ -16,6 +16,7 @@ from prometheus_client.exposition import choose_encoder
 
 from api.auth import public, requires
 from api.extensions import services
+from api.openapi import Reply, operation
 from covidscan.metrics import QueueCollector, scrape_registry
 
 METRICS_SCOPE = "metrics"
@@ -69,4 +70,8 @@ def init_app(app: Flask) -> None:
         return _metrics_page()
 
     view = public(metrics) if access == "public" else requires(METRICS_SCOPE)(metrics)
+    text = {"schema": {"type": "string"}}
+    view = operation("Prometheus metrics (outside /v1)", responses={200: Reply(
+        "The metrics in Prometheus' text format (OpenMetrics when the Accept header asks)",
+        media={"text/plain": text, "application/openmetrics-text": text})})(view)
     app.add_url_rule("/metrics", "metrics", view, methods=["GET"])

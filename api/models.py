@@ -7,7 +7,9 @@ from flask import Blueprint, Response, jsonify
 
 from api.auth import ANY, requires
 from api.extensions import db_session
+from api.openapi import Reply, operation
 from api.problems import Problem
+from api.schemas import ModelList, ModelRefPath, RegisteredModel
 from api.serialize import model_json
 from db.models import Model
 from db.registry import RegistryError, default_model, find_model, list_models
@@ -47,6 +49,7 @@ def resolve_model(ref: Optional[str]) -> Optional[Model]:
 
 @bp.get("")
 @requires(ANY)
+@operation("The registered models, the default named", responses={200: ModelList})
 def list_registered() -> Response:
     session = db_session()
     models = [model_json(m) for m in list_models(session)]
@@ -63,12 +66,17 @@ def _model_or_404(ref: str) -> Model:
 
 @bp.get("/<ref>")
 @requires(ANY)
+@operation("One registered model", responses={200: RegisteredModel}, errors=(404,),
+           path=ModelRefPath)
 def get_model(ref: str) -> Response:
     return jsonify(model_json(_model_or_404(ref)))
 
 
 @bp.get("/<ref>/report")
 @requires(ANY)
+@operation("A model's evaluation report", errors=(404,), path=ModelRefPath,
+           responses={200: Reply("The report covidscan evaluate wrote",
+                                 media={"application/json": {"schema": {"type": "object"}}})})
 def get_report(ref: str) -> Response:
     model = _model_or_404(ref)
     if model.report is None:

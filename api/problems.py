@@ -47,7 +47,11 @@ def init_app(app: Flask) -> None:
         if exc.code == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             detail = f"the upload is larger than the limit of {limit} bytes (MAX_UPLOAD_BYTES)"
-        return problem_response(exc.code or 500, detail)
+        response = problem_response(exc.code or 500, detail)
+        for name, value in exc.get_headers():  # e.g. a 405's Allow, which RFC 9110 requires
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

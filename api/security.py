@@ -7,6 +7,8 @@ rebinding from reaching the API through a browser.
 """
 from __future__ import annotations
 
+import re
+
 from flask import Flask, Response, request
 
 from api.problems import Problem
@@ -31,6 +33,22 @@ SECURITY_HEADERS = {
 }
 
 
+WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+(\.0*)?")
+
+
+def whole_number(raw: str) -> int:
+    """A query parameter the document declares an integer: ``300``, or ``300.0`` (in JSON
+    Schema a number with a zero fraction is an integer, and clients may write it so).
+
+    Raises:
+        ValueError: anything else.
+    """
+    text = raw.strip()
+    if not WHOLE_NUMBER.fullmatch(text):
+        raise ValueError(raw)
+    return int(text.split(".", 1)[0])
+
+
 def refuse_nul_characters() -> None:
     """400 for a NUL in the path, the query or a form field: no id, name or reference holds
     one, and PostgreSQL cannot even compare text with one (it would be a 500)."""
@@ -42,11 +60,21 @@ def refuse_nul_characters() -> None:
         raise Problem(400, "the request contains a NUL character in its path, query or form fields")
 
 
+def refuse_repeated_parameters() -> None:
+    """400 for an API query parameter given twice: every one is a single value, and which of
+    two a proxy, a cache and the API would each pick is anyone's guess."""
+    if request.path.startswith("/v1/"):
+        repeated = sorted(name for name, values in request.args.lists() if len(values) > 1)
+        if repeated:
+            raise Problem(400, f"query parameters given more than once: {', '.join(repeated)}")
+
+
 def init_app(app: Flask, trusted_hosts: tuple[str, ...] | None) -> None:
     """Check the Host header against ``trusted_hosts`` (None: any), refuse NUL characters
-    and add the headers."""
+    and repeated API query parameters, and add the headers."""
     app.config["TRUSTED_HOSTS"] = list(trusted_hosts) if trusted_hosts is not None else None
     app.before_request(refuse_nul_characters)
+    app.before_request(refuse_repeated_parameters)
 
     @app.after_request
     def _security_headers(response: Response) -> Response:

@@ -6,7 +6,9 @@ from flask import Blueprint, Response, jsonify, request
 from api.audit import audit
 from api.auth import owned_job, requires
 from api.extensions import db_session, services
+from api.openapi import Reply, operation
 from api.problems import Problem
+from api.schemas import SeriesList, SeriesQuery
 from db.blobs import BlobNotFound
 from db.models import Job, Model, ScanStatus
 from db.series import find_series, job_series
@@ -14,6 +16,7 @@ from db.series import find_series, job_series
 bp = Blueprint("series", __name__, url_prefix="/v1/jobs")
 
 DEFAULT_CLASSES = ("COVID", "NonCOVID")
+SLICES_VALUES = ("0", "1", "true", "false")
 
 
 def class_names(job: Job) -> tuple[str, str]:
@@ -27,6 +30,8 @@ def class_names(job: Job) -> tuple[str, str]:
 
 @bp.get("/<job_id>/series")
 @requires("read")
+@operation("A job's DICOM series and their P(COVID)", query=SeriesQuery,
+           responses={200: SeriesList}, errors=(404,))
 def list_series(job_id: str) -> Response:
     """Each DICOM series of the job: UIDs, modality, counts, P(COVID), label and the rule.
 
@@ -34,7 +39,10 @@ def list_series(job_id: str) -> Response:
     PNG and JPEG scans belong to no series; their results are per slice only.
     """
     job = owned_job(job_id)
-    with_slices = request.args.get("slices", "0") in ("1", "true", "yes")
+    raw = request.args.get("slices") or "0"
+    if raw not in SLICES_VALUES:
+        raise Problem(400, f"slices must be 1 or 0 (true or false), got {raw!r}")
+    with_slices = raw in ("1", "true")
     positive, negative = class_names(job)
     rule = job.series_rule
     found = [s.as_dict(positive, negative, with_slices)
@@ -45,6 +53,11 @@ def list_series(job_id: str) -> Response:
 
 @bp.get("/<job_id>/series/<series_uid>/sr")
 @requires("read")
+@operation("A series' result as a DICOM Structured Report",
+           responses={200: Reply("The Comprehensive 3D SR (Part 10 file)", media={
+               "application/dicom": {"schema": {"type": "string", "format": "binary"}}},
+               headers={"Content-Disposition": "attachment; its file name"})},
+           errors=(404, 409, 410))
 def series_report(job_id: str, series_uid: str) -> Response:
     """The series' result as a DICOM Structured Report (``application/dicom``).
 

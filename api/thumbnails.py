@@ -19,6 +19,7 @@ from api.audit import audit
 from api.auth import owned_scan, requires
 from api.extensions import services
 from api.image_header import read_header
+from api.openapi import Reply, operation
 from api.problems import Problem
 from api.uploads import IMAGE_TYPES, SNIFF_BYTES, sniff
 from db.blobs import BlobNotFound
@@ -94,6 +95,9 @@ def _image_response(data: bytes, mimetype: str, cache_seconds: int) -> Response:
 
 @bp.get("/<scan_id>/thumbnail")
 @requires("read")
+@operation("A scan's thumbnail", errors=(404,), responses={200: Reply(
+    "A JPEG at most 128 px on a side, or a PNG placeholder for a scan without a preview",
+    media={"image/jpeg": {"schema": {}}, "image/png": {"schema": {}}})})
 def get_thumbnail(scan_id: str) -> Response:
     scan = owned_scan(scan_id)
     audit("thumbnail.view", scan.job_id, {"scan_id": scan.id})

@@ -15,7 +15,9 @@ from sqlalchemy.exc import IntegrityError
 from api.audit import audit
 from api.auth import current_principal, owned_job, requires
 from api.extensions import db_session, services
+from api.openapi import Reply, operation
 from api.problems import Problem
+from api.schemas import DeliveryList, Webhook, WebhookList, WebhookRequest
 from api.serialize import iso
 from covidscan.destinations import RefusedDestination, check
 from covidscan.settings import ConfigError, webhook_secret
@@ -70,6 +72,8 @@ def _body() -> dict[str, str]:
 
 @bp.post("/v1/webhooks")
 @requires("submit")
+@operation("Register a webhook endpoint", form=WebhookRequest, body=WebhookRequest,
+           responses={201: Reply("Registered", Webhook)}, errors=(409,))
 def create_endpoint() -> tuple[Response, int]:
     """Register a URL for every job of the caller's owner, with an optional ``whsec_`` secret."""
     body = _body()
@@ -103,6 +107,7 @@ def create_endpoint() -> tuple[Response, int]:
 
 @bp.get("/v1/webhooks")
 @requires("read")
+@operation("The caller's webhook endpoints", responses={200: WebhookList})
 def list_endpoints() -> Response:
     rows = db_session().scalars(select(WebhookEndpoint).where(
         WebhookEndpoint.owner == current_principal().owner).order_by(WebhookEndpoint.created_at))
@@ -111,6 +116,7 @@ def list_endpoints() -> Response:
 
 @bp.delete("/v1/webhooks/<webhook_id>")
 @requires("submit")
+@operation("Delete a webhook endpoint", responses={204: Reply("Deleted")}, errors=(404,))
 def delete_endpoint(webhook_id: str) -> tuple[str, int]:
     """Its pending events stop, but those of jobs whose own callback_url it is (they are
     signed with the server's secret from now on)."""
@@ -142,6 +148,7 @@ def event_json(event: WebhookEvent, attempts: list[WebhookDelivery]) -> dict[str
 
 @bp.get("/v1/jobs/<job_id>/deliveries")
 @requires("read")
+@operation("A job's webhook deliveries", responses={200: DeliveryList}, errors=(404,))
 def list_deliveries(job_id: str) -> Response:
     """The job's webhook events and every attempt to deliver each."""
     job = owned_job(job_id)

@@ -326,6 +326,14 @@ def migrate() -> None:
 
 
 @main.command()
+def openapi() -> None:
+    """Print the API's OpenAPI 3.1 document (`make openapi` writes docs/openapi.json)."""
+    from api.openapi import spec_text
+
+    click.echo(spec_text(), nl=False)
+
+
+@main.command()
 def run() -> None:
     """Start the whole stack on this machine (what `make run` does)."""
     from covidscan import devstack

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.integration
 # Route arguments that name something an owner owns, and those that do not.
 OWNED_ARGUMENTS = {"job_id", "scan_id", "webhook_id", "series_uid"}  # a series is a job's
 UNOWNED_ARGUMENTS = {"ref", "filename"}  # registered models; static files
-PUBLIC_ENDPOINTS = {"health.healthz", "health.readyz", "static", "web.login_page", "web.login"}
+PUBLIC_ENDPOINTS = {"health.healthz", "health.readyz", "static", "web.login_page", "web.login",
+                    "docs.openapi_json", "docs.docs_page", "docs.docs_asset"}
 
 
 def _routes():

@@ -1,0 +1,478 @@
+"""The shapes of the API's bodies, as pydantic models, for the OpenAPI document.
+
+The views build their JSON by hand (`api/serialize.py`); these models describe it and
+nothing more. They are strict (every field required, no other field allowed), so the
+contract tests fail when a view's output and its model part ways: a field added to a
+response is added here too. Forms and query strings are described by models whose
+optional fields are `None` by default.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from covidscan.settings import PRECISIONS
+from db.audit import ACTIONS
+from db.explanations import METHODS
+from db.models import PRIORITIES
+
+JobStatus = Literal["queued", "running", "succeeded", "partially_succeeded", "failed",
+                    "cancelling", "cancelled"]
+ScanStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Priority = Literal[PRIORITIES]  # type: ignore[valid-type]
+Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
+Action = Literal[ACTIONS]  # type: ignore[valid-type]
+Timestamp = Optional[str]  # ISO 8601 in UTC, `Z`-suffixed
+# `name` or `name:version`, neither part empty nor padded with spaces (db/registry.parse_ref)
+NO_NUL = "^[^\\x00]*$"
+MODEL_REF = r"^[^:/\s\x00-\x1f\x7f-\x9f]+(:[^/\s\x00-\x1f\x7f-\x9f]+)?$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# Responses
+
+
+class Counts(Strict):
+    """Scans of a job by status."""
+
+    total: int
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+
+
+class JobModel(Strict):
+    """The model a job is pinned to (null until one is registered)."""
+
+    name: str
+    version: str
+    sha256: str
+    trained: bool
+
+
+class JobLinks(Strict):
+    """Where to read, page and cancel the job, its DICOM series and webhook deliveries."""
+
+    self: str
+    results: str
+    series: str
+    cancel: str
+    deliveries: str
+
+
+class Job(Strict):
+    """A bulk job: its status is derived from its scans' counts."""
+
+    id: str
+    name: Optional[str]
+    owner: Optional[str]
+    status: JobStatus
+    priority: Priority
+    created_at: Timestamp
+    cancelled_at: Timestamp
+    expires_at: Timestamp = Field(description="when retention deletes the job; "
+                                              "null with JOB_RETENTION=0")
+    started_at: Timestamp
+    finished_at: Timestamp
+    counts: Counts
+    model: Optional[JobModel]
+    callback_url: Optional[str] = Field(description="gets a signed event when the job ends")
+    explain: Optional[Literal[METHODS]] = Field(  # type: ignore[valid-type]
+        description="the heatmap made of every scan, null for none")
+    links: JobLinks
+
+
+class SkippedEntry(Strict):
+    """An archive entry that is not a scan (a text file, a nested or encrypted entry)."""
+
+    filename: str
+    reason: str
+
+
+class SubmittedJob(Job):
+    """The new job, and what of the upload was skipped."""
+
+    skipped: list[SkippedEntry]
+
+
+class JobList(Strict):
+    """The caller's jobs, newest first."""
+
+    jobs: list[Job]
+
+
+class Result(Strict):
+    """One scan's result; `probability_covid` and `label` are null until it succeeds."""
+
+    scan_id: str
+    filename: str
+    status: ScanStatus
+    probability_covid: Optional[float]
+    label: Optional[str]
+    error: Optional[str]
+    model_name: Optional[str]
+    model_version: Optional[str]
+    model_sha256: Optional[str]
+    engine: Optional[str]
+    precision: Optional[str]
+    preprocessing: Optional[str]
+    worker: Optional[str]
+    study_uid: Optional[str] = Field(description="DICOM slices only; null otherwise")
+    series_uid: Optional[str]
+    instance_number: Optional[int]
+    slice_position: Optional[float] = Field(description="along the patient axis, in mm")
+    explanation: Optional[ScanStatus] = Field(description="the state of the scan's heatmap; "
+                                                          "null when none was asked for")
+
+
+class ResultsPage(Strict):
+    """A page of results in upload order, and the job's status."""
+
+    results: list[Result]
+    next_cursor: Optional[str] = Field(description="pass as `cursor` for the next page; "
+                                                   "null on the last")
+    status: JobStatus
+
+
+class ModelLinks(Strict):
+    """Where the model's evaluation report is."""
+
+    report: str
+
+
+class RegisteredModel(Strict):
+    """A model in the registry."""
+
+    name: str
+    version: str
+    sha256: str
+    format: str
+    input_size: list[int] = Field(description="[height, width]")
+    classes: list[str]
+    positive_class: str
+    preprocessing: str
+    trained: bool
+    source: str
+    default: bool
+    created_at: Timestamp
+    has_report: bool
+    trusted_code: bool
+    dicom_window: Optional[list[float]] = Field(description="[width, level] for DICOM slices; "
+                                                            "null: the lung window")
+    links: ModelLinks
+
+
+class ModelList(Strict):
+    """The registered models."""
+
+    models: list[RegisteredModel]
+    default: Optional[str] = Field(description="`name:version` of the default model")
+    note: Optional[str] = Field(None, description="present when no model is registered")
+
+
+class Worker(Strict):
+    """A live worker (heartbeat within 30 s)."""
+
+    name: str
+    ready: bool
+    started_at: Timestamp
+    heartbeat_at: Timestamp
+    models: list[dict[str, Any]] = Field(description="per warm model: engines, precisions, "
+                                                     "accuracy gates and measured images/s")
+
+
+class WorkerList(Strict):
+    """The live workers."""
+
+    workers: list[Worker]
+
+
+class AuditEvent(Strict):
+    """Who did what to which job, and when."""
+
+    id: int
+    at: str
+    key_id: Optional[str]
+    owner: Optional[str]
+    action: Action
+    job_id: Optional[str]
+    detail: Optional[dict[str, Any]]
+
+
+class AuditPage(Strict):
+    """Audit events, newest first."""
+
+    events: list[AuditEvent]
+    next_cursor: Optional[str]
+
+
+class Health(Strict):
+    """The process is alive."""
+
+    status: Literal["ok"]
+
+
+class ReadyWorkers(Strict):
+    """Workers counted, not required: jobs queue while workers start."""
+
+    ready: Optional[int] = Field(description="workers whose default model is warm; null "
+                                             "when the database is unreachable")
+
+
+class Readiness(Strict):
+    """The database and Redis answer."""
+
+    status: Literal["ready", "not ready"]
+    checks: dict[str, str] = Field(description="`database` and `redis`: `ok` or why not")
+    workers: ReadyWorkers
+
+
+class UploadPart(Strict):
+    """Where to PUT one slice's bytes (signed for its size; send no API key there)."""
+
+    filename: str
+    size: int
+    method: Literal["PUT"]
+    url: str
+    headers: dict[str, str]
+
+
+class DirectUpload(Strict):
+    """A two-step upload: PUT each slice to its URL, then POST `start_url`."""
+
+    id: str
+    status: Literal["awaiting_upload"]
+    expires_in: int = Field(description="seconds the upload URLs stay valid")
+    parts: list[UploadPart]
+    start_url: str
+
+
+class SeriesSlice(Strict):
+    """A slice of a series, in order along the patient axis."""
+
+    scan_id: str
+    instance_number: Optional[int]
+    frame: Optional[int]
+    slice_position: Optional[float]
+    status: ScanStatus
+    probability_covid: Optional[float]
+
+
+class Series(Strict):
+    """A DICOM series of the job and its P(COVID) under `rule`."""
+
+    study_uid: str
+    series_uid: str
+    modality: Optional[str]
+    slice_count: int
+    succeeded: int
+    failed: int
+    pending: int
+    probability_covid: Optional[float]
+    label: Optional[str]
+    rule: str
+    slices: Optional[list[SeriesSlice]] = Field(None, description="with `?slices=1` only")
+
+
+class SeriesList(Strict):
+    """The job's DICOM series (PNG and JPEG scans belong to none)."""
+
+    series: list[Series]
+    rule: Optional[str] = Field(description="the series rule recorded with the job; null "
+                                            "for a job without DICOM slices")
+
+
+class ExplanationModel(Strict):
+    """The model and the way it ran for the explanation."""
+
+    name: Optional[str]
+    version: Optional[str]
+    sha256: str
+    trained: Optional[bool]
+    engine: Optional[str]
+    precision: Optional[str]
+    preprocessing: Optional[str]
+
+
+class ExplanationLinks(Strict):
+    """Where the explanation, its picture and its array are."""
+
+    self: str
+    heatmap: str
+    raw: str
+
+
+class ExplanationState(Strict):
+    """A scan's Grad-CAM heatmap: its state and what made it."""
+
+    scan_id: str
+    method: Literal[METHODS]  # type: ignore[valid-type]
+    status: ScanStatus
+    error: Optional[str]
+    layer: Optional[str]
+    class_name: Optional[str]
+    class_index: Optional[int]
+    score: Optional[str] = Field(description="what the gradients were taken of: `logit` "
+                                             "or `probability`")
+    probability_covid: Optional[float]
+    size: Optional[list[int]] = Field(description="[height, width] of the map")
+    model: Optional[ExplanationModel]
+    queued_at: Timestamp
+    finished_at: Timestamp
+    links: ExplanationLinks
+
+
+class Webhook(Strict):
+    """A registered webhook endpoint (its secret is never shown)."""
+
+    id: str
+    url: str
+    own_secret: bool = Field(description="signed with its own secret, else the server's")
+    created_at: Timestamp
+
+
+class WebhookList(Strict):
+    """The caller's webhook endpoints."""
+
+    webhooks: list[Webhook]
+
+
+class DeliveryAttempt(Strict):
+    """One attempt to deliver an event."""
+
+    attempt: int
+    at: Timestamp
+    status_code: Optional[int]
+    error: Optional[str]
+    duration_ms: Optional[int]
+    outcome: str
+    next_attempt_at: Timestamp
+
+
+class DeliveryEvent(Strict):
+    """A webhook event of the job and every attempt to deliver it."""
+
+    id: str
+    type: str
+    url: str
+    state: Literal["pending", "delivered", "gone", "failed"]
+    created_at: Timestamp
+    next_attempt_at: Timestamp
+    attempts: list[DeliveryAttempt]
+
+
+class DeliveryList(Strict):
+    """The job's webhook events."""
+
+    events: list[DeliveryEvent]
+
+
+class Problem(BaseModel):
+    """An error, as RFC 9457 `application/problem+json`; some carry more members
+    (`filename`, `skipped`, `model`, `retry_after`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    status: int
+    title: str
+    detail: str
+
+
+# Requests
+
+
+class SubmitJobForm(BaseModel):
+    """A bulk job, as `multipart/form-data`."""
+
+    files: list[bytes] = Field(min_length=1, description="one part per PNG, JPEG or DICOM "
+                                                         "file, or ZIP archive of them; told "
+                                                         "apart by content, not by name")
+    name: Optional[str] = Field(None, max_length=200, description="a name for the job")
+    model: Optional[str] = Field(None, pattern=MODEL_REF, description="`name` or `name:version` of a "
+                                                   "registered model (default: the default)")
+    precision: Optional[Precision] = Field(None, description="the numeric precision asked of "
+                                                             "the model (default: the "
+                                                             "worker's INFERENCE_PRECISION)")
+    priority: Priority = Field("normal", description="waiting scans of higher priority jobs "
+                                                     "are classified first")
+    callback_url: Optional[str] = Field(None, description="gets a signed event when the job "
+                                                          "ends (public addresses only)")
+    explain: Optional[Literal[METHODS]] = Field(  # type: ignore[valid-type]
+        None, description="`gradcam`: a heatmap of every scan")
+    allow_modality: Optional[str] = Field(None, description="DICOM modalities to classify "
+                                                            "besides CT, e.g. `MR,PT`")
+
+
+class UploadFile(BaseModel):
+    filename: str = Field(pattern=NO_NUL)
+    size: int = Field(ge=1, description="bytes; the upload URL is signed for it")
+
+
+class DirectUploadRequest(BaseModel):
+    """A two-step upload (S3 store only): the slices to be PUT, and the job's options."""
+
+    files: list[UploadFile] = Field(min_length=1)
+    name: Optional[str] = Field(None, max_length=200, pattern=NO_NUL)
+    model: Optional[str] = Field(None, pattern=MODEL_REF)
+    precision: Optional[Precision] = None
+    priority: Optional[Priority] = None
+    callback_url: Optional[str] = Field(None, pattern=NO_NUL)
+    explain: Optional[Literal[METHODS]] = None  # type: ignore[valid-type]
+
+
+class WebhookRequest(BaseModel):
+    """An endpoint for every job of the caller's owner (JSON, or a form with these fields)."""
+
+    url: str = Field(pattern=NO_NUL, description="http(s) URL of a public address")
+    secret: Optional[str] = Field(None, pattern=NO_NUL,
+                                  description="`whsec_…`, at least 24 bytes (default: the "
+                                              "server's WEBHOOK_SECRET)")
+
+
+class SeriesQuery(BaseModel):
+    slices: Optional[Literal["0", "1", "true", "false"]] = Field(
+        None, description="`1` adds each series' slices in order")
+
+
+class HeatmapQuery(BaseModel):
+    format: Literal["png", "npy"] = Field("png", description="`npy`: the map as an array")
+    view: Literal["overlay", "heatmap", "slice"] = Field(
+        "overlay", description="the PNG's layer (the overlay has a legend)")
+
+
+class StowQuery(BaseModel):
+    job: Optional[str] = Field(None, description="append to this job of yours (default: a "
+                                                 "new job)")
+
+
+class JobListQuery(BaseModel):
+    limit: int = Field(50, ge=1, le=500, description="how many jobs, newest first")
+
+
+class ResultsQuery(BaseModel):
+    format: Literal["json", "csv"] = Field("json", description="`csv` streams every row "
+                                                               "with a header line")
+    limit: int = Field(100, ge=1, le=1000, description="rows per page (JSON only)")
+    cursor: Optional[int] = Field(None, ge=-1, le=2**31 - 1,
+                                  description="`next_cursor` of the previous page")
+
+
+class AuditQuery(BaseModel):
+    limit: int = Field(100, ge=1, le=1000, description="events per page, newest first")
+    cursor: Optional[int] = Field(None, ge=0, le=2**31 - 1,
+                                  description="`next_cursor` of the previous page")
+    owner: Optional[str] = Field(None, description="only this owner's events")
+    job_id: Optional[str] = Field(None, description="only this job's events")
+    action: Optional[Action] = Field(None, description="only this action")
+
+
+class ModelRefPath(BaseModel):
+    ref: str = Field(pattern=MODEL_REF, description="`name` or `name:version` of a registered "
+                                                    "model")
