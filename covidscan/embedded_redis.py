@@ -37,7 +37,34 @@ def stored_password(path: Path) -> str:
     return password
 
 
-class EmbeddedRedis:
+class EmbeddedProcess:
+    """A server process this one starts (``start`` returns self once it answers) and stops:
+    SIGTERM, then SIGKILL after ``stop_timeout`` seconds. A context manager."""
+
+    process: Optional[subprocess.Popen] = None
+    stop_timeout: float = 10.0
+
+    def start(self):  # pragma: no cover - every subclass has its own
+        raise NotImplementedError
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(self.stop_timeout if timeout is None else timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+class EmbeddedRedis(EmbeddedProcess):
     """Start ``redis-server`` on 127.0.0.1; ``persist`` keeps an append-only file in ``data_dir``.
 
     With a ``password``, Redis refuses clients without it (``requirepass``). The password
@@ -94,19 +121,3 @@ class EmbeddedRedis:
                         f"embedded Redis did not start on port {self.port}; "
                         f"see {self.data_dir / 'redis.log'}") from None
                 time.sleep(0.1)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def __enter__(self) -> "EmbeddedRedis":
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from covidscan.embedded_redis import free_port
+from covidscan.embedded_redis import EmbeddedProcess, free_port
 
 
 def weed_binary() -> str:
@@ -24,11 +24,13 @@ def weed_binary() -> str:
     return found
 
 
-class EmbeddedS3:
+class EmbeddedS3(EmbeddedProcess):
     """``weed server -s3`` on 127.0.0.1 with one access key and one bucket.
 
     The key and secret are made at random and reach weed through a file of mode 0600.
     """
+
+    stop_timeout = 15.0
 
     def __init__(self, data_dir: Path, bucket: str = "covidscan") -> None:
         self.data_dir = Path(data_dir)
@@ -94,19 +96,3 @@ class EmbeddedS3:
                     raise RuntimeError(f"SeaweedFS did not start on port {self.ports['s3']}; "
                                        f"see {self.data_dir / 'weed.log'}") from None
                 time.sleep(0.3)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def __enter__(self) -> "EmbeddedS3":
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
