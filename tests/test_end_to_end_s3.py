@@ -24,9 +24,11 @@ API_ONLY = ("BLOB_DIR", "BLOB_STORE", "MODEL_PATH", "MODEL_STORE_DIR", "ENGINE_C
 
 @pytest.fixture(scope="module")
 def stack_config(tmp_path_factory, redis_server, s3_server):
-    """The API's settings: the S3 store; its own BLOB_DIR must stay unused."""
+    """The API's settings: the S3 store; its own BLOB_DIR must stay unused. Redis database
+    2: the session's worker (database 0) must not take this stack's wake-ups."""
     base = tmp_path_factory.mktemp("api-s3")
-    return {"DATABASE_URL": fresh_database_url(base), "REDIS_URL": redis_server.url,
+    return {"DATABASE_URL": fresh_database_url(base),
+            "REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/2",
             "BLOB_DIR": str(base / "blobs"), "MODEL_STORE_DIR": str(base / "models"),
             "BATCH_SIZE": "8", **s3_server.env(prefix=f"e2e-{base.name}")}
 
