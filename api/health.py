@@ -1,8 +1,8 @@
 """Liveness and readiness.
 
-``/readyz`` is the API's own readiness (database and Redis reachable); it also counts the
-workers whose default model is warm, without failing when there are none, so jobs can
-queue while workers start or scale up from zero.
+``/readyz`` is the API's own readiness (database, Redis and the blob store reachable); it
+also counts the workers whose default model is warm, without failing when there are none,
+so jobs can queue while workers start or scale up from zero.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 @public
-@operation("The database and Redis answer", responses={
+@operation("The database, Redis and the blob store answer", responses={
     200: Readiness, 503: Reply("Not ready: the checks say which failed", Readiness)})
 def readyz() -> tuple[Response, int]:
     checks: dict[str, str] = {}
@@ -45,6 +45,7 @@ def readyz() -> tuple[Response, int]:
         checks["redis"] = "ok"
     except redis.RedisError as exc:
         checks["redis"] = f"unreachable: {exc}"
+    checks["blob_store"] = services().blobs.problem() or "ok"
     ready = all(v == "ok" for v in checks.values())
     # Workers are counted, not required: jobs queue while workers scale up from zero.
     workers = len([w for w in live_workers(db_session()) if w.ready]) \

@@ -226,10 +226,11 @@ class ReadyWorkers(Strict):
 
 
 class Readiness(Strict):
-    """The database and Redis answer."""
+    """The database, Redis and the blob store answer."""
 
     status: Literal["ready", "not ready"]
-    checks: dict[str, str] = Field(description="`database` and `redis`: `ok` or why not")
+    checks: dict[str, str] = Field(description="`database`, `redis` and `blob_store`: `ok` "
+                                               "or why not")
     workers: ReadyWorkers
 
 

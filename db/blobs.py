@@ -68,6 +68,10 @@ class BlobStore(abc.ABC):
         takes bytes only through the API."""
         return None
 
+    def problem(self) -> Optional[str]:
+        """Why the store cannot take uploads now (for ``/readyz``), or None when it can."""
+        return None
+
 
 class FileBlobStore(BlobStore):
     """Stores bytes under ``<root>/<job_id>/<name>``, written atomically."""

@@ -7,7 +7,7 @@ from typing import Iterator, Optional
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from db.blobs import BlobNotFound, BlobStore, S3Location
 
@@ -18,10 +18,16 @@ MODELS_FOLDER = "models"
 hex UUIDs, so no job's blobs share it, and the orphan sweep passes it over."""
 
 
-def s3_client(location: S3Location, endpoint_url: Optional[str]):
-    config = Config(s3={"addressing_style": "path"}, signature_version="s3v4",
-                    max_pool_connections=64, retries={"mode": "standard", "max_attempts": 5},
-                    connect_timeout=5, read_timeout=60)
+def s3_client(location: S3Location, endpoint_url: Optional[str], quick: bool = False):
+    """A client; ``quick``: one attempt with 2 s timeouts (a health check must not hang)."""
+    if quick:
+        config = Config(s3={"addressing_style": "path"}, signature_version="s3v4",
+                        retries={"mode": "standard", "max_attempts": 1},
+                        connect_timeout=2, read_timeout=2)
+    else:
+        config = Config(s3={"addressing_style": "path"}, signature_version="s3v4",
+                        max_pool_connections=64, retries={"mode": "standard", "max_attempts": 5},
+                        connect_timeout=5, read_timeout=60)
     return boto3.session.Session().client(
         "s3", endpoint_url=endpoint_url, region_name=location.region, config=config,
         aws_access_key_id=location.access_key_id,
@@ -43,6 +49,7 @@ class S3BlobStore(BlobStore):
         public = location.public_endpoint_url
         self._signer = self.s3 if not public or public == location.endpoint_url \
             else s3_client(location, public)
+        self._quick = None  # the health check's client, made when first asked
 
     def _object(self, key: str) -> str:
         parts = PurePosixPath(key).parts
@@ -125,6 +132,19 @@ class S3BlobStore(BlobStore):
         return self._signer.generate_presigned_url(
             "put_object", ExpiresIn=expires,
             Params={"Bucket": self.bucket, "Key": self._object(key), "ContentLength": size})
+
+    def problem(self) -> Optional[str]:
+        """None when the bucket answers; else why not (its URL, never the credentials)."""
+        if self._quick is None:
+            self._quick = s3_client(self.location, self.location.endpoint_url, quick=True)
+        try:
+            self._quick.head_bucket(Bucket=self.bucket)
+            return None
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "error")
+            return f"{self.location.url}: {code}"
+        except BotoCoreError as exc:
+            return f"{self.location.url} unreachable: {exc.__class__.__name__}"
 
     def ensure_bucket(self) -> bool:
         """Create the bucket unless it exists; True if it was created."""

@@ -145,7 +145,7 @@ def test_health_and_readiness(client):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.get_json()["checks"] == {"database": "ok", "redis": "ok"}
+    assert ready.get_json()["checks"] == {"database": "ok", "redis": "ok", "blob_store": "ok"}
 
 
 def test_readiness_is_503_when_redis_is_unreachable(app_config):

@@ -105,3 +105,24 @@ def test_s3_settings_and_the_secret_stays_out_of_repr():
     assert location.endpoint_url == location.public_endpoint_url == "http://seaweedfs:8333"
     assert "s3cr3t" not in repr(settings)
     assert load_settings({}).blob_store is None
+
+
+@pytest.mark.integration
+def test_readyz_checks_the_object_store_and_names_it_when_it_does_not_answer(
+        app_config, s3_server):
+    from api import create_app
+    from covidscan.embedded_redis import free_port
+
+    ready = create_app({**app_config, **s3_server.env()}).test_client().get("/readyz")
+    assert ready.status_code == 200 and ready.get_json()["checks"]["blob_store"] == "ok"
+    missing = {**app_config, **s3_server.env(), "BLOB_STORE": "s3://no-such-bucket-here/x"}
+    answer = create_app(missing).test_client().get("/readyz")
+    assert answer.status_code == 503
+    assert answer.get_json()["checks"]["blob_store"].startswith("s3://no-such-bucket-here/x/")
+    away = {**app_config, **s3_server.env(),
+            "S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    answer = create_app(away).test_client().get("/readyz")
+    assert answer.status_code == 503
+    detail = answer.get_json()["checks"]["blob_store"]
+    assert "unreachable" in detail and s3_server.secret_key not in detail
+    assert answer.get_json()["checks"]["database"] == "ok"
