@@ -59,9 +59,13 @@ class MirroredModelStore(ModelStore):
             raise FileExistsError(f"{self.bucket.location.url}{MODELS_FOLDER}/{name}/{version} "
                                   "already exists in the model store")
         relative = super().put(source, name, version)
-        folder = self.path(relative).parent
+        # Only what this call copied in: another process may already be writing beside it
+        # (a worker storing its calibration set), and such a file must not fail the upload.
+        stored = self.path(relative)
+        files = [stored] if stored.is_file() else \
+            sorted(p for p in stored.rglob("*") if p.is_file())
         try:
-            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            for path in files:
                 self._upload(relative, path)
         except BaseException:
             self.delete(relative)

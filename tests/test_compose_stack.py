@@ -143,8 +143,9 @@ def test_two_workers_share_one_job_submitted_over_http(compose_stack, tmp_path):
     client = Client(url, timeout=60, api_key=compose_key)
     job = client.submit(collect_files([folder]), name="compose")
     final = wait_for_job(client, job["id"])
-    assert final["status"] == "succeeded" and final["counts"]["succeeded"] == SCANS
     rows = list(client.results(job["id"]))
+    assert final["status"] == "succeeded" and final["counts"]["succeeded"] == SCANS, \
+        sorted({row["error"] for row in rows if row["error"]})
     assert len(rows) == SCANS and all(0.0 <= r["probability_covid"] <= 1.0 for r in rows)
     by_worker = Counter(row["worker"] for row in rows)
     assert set(by_worker) == set(WORKER_NAMES), by_worker
