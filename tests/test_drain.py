@@ -62,16 +62,21 @@ class NoWakeups:
         pass
 
 
-@pytest.fixture
-def runtime(database_url, tmp_path):
+def runtime_with(database_url, tmp_path, models) -> WorkerRuntime:
+    """The task body's runtime on a real database and folder store, serving ``models``."""
     settings = load_settings({"DATABASE_URL": database_url, "BLOB_DIR": str(tmp_path / "blobs"),
                               "BATCH_SIZE": "4"})
-    sessions = make_session_factory(make_engine(database_url))
-    batcher = DynamicBatcher(predict_items, 4, 0.01).start()
-    built = WorkerRuntime(settings=settings, session_factory=sessions,
-                          blobs=FileBlobStore(settings.blob_dir), models=Models(Engine()),
-                          decode_pool=ThreadPoolExecutor(2), batcher=batcher, owner="test/1",
-                          claim_slots=threading.BoundedSemaphore(2), send_wakeups=NoWakeups())
+    return WorkerRuntime(settings=settings,
+                         session_factory=make_session_factory(make_engine(database_url)),
+                         blobs=FileBlobStore(settings.blob_dir), models=models,
+                         decode_pool=ThreadPoolExecutor(2),
+                         batcher=DynamicBatcher(predict_items, 4, 0.01).start(), owner="test/1",
+                         claim_slots=threading.BoundedSemaphore(2), send_wakeups=NoWakeups())
+
+
+@pytest.fixture
+def runtime(database_url, tmp_path):
+    built = runtime_with(database_url, tmp_path, Models(Engine()))
     yield built
     built.close()
 

@@ -2,8 +2,6 @@
 lease; the real Grad-CAM of the untrained default says so. Database, blob store, pool and
 batcher are real; the classifying engine is the fake of tests/test_drain.py."""
 import io
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -11,18 +9,12 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import undefer
 
-from covidscan.settings import load_settings
-from db.blobs import FileBlobStore
 from db.explanations import claim_explanations, expire_explanation_leases, queue_job_explanations
 from db.jobs import JobOptions, NewScan, create_job
 from db.models import Explanation, Job, ScanStatus, new_id
-from db.session import make_engine, make_session_factory
 from tests.images import corrupt_png, png_bytes
-from tests.test_drain import Engine, NoWakeups
-from worker.batching import DynamicBatcher
+from tests.test_drain import Engine, runtime_with
 from worker.drain import drain
-from worker.inference import predict_items
-from worker.runtime import WorkerRuntime
 
 pytestmark = pytest.mark.database
 
@@ -64,16 +56,8 @@ class Models:
 
 
 def make_runtime(database_url, tmp_path, explainer_for):
-    settings = load_settings({"DATABASE_URL": database_url, "BLOB_DIR": str(tmp_path / "blobs"),
-                              "BATCH_SIZE": "4"})
     engine = Engine()
-    return WorkerRuntime(settings=settings,
-                         session_factory=make_session_factory(make_engine(database_url)),
-                         blobs=FileBlobStore(settings.blob_dir),
-                         models=Models(engine, explainer_for(engine)),
-                         decode_pool=ThreadPoolExecutor(2),
-                         batcher=DynamicBatcher(predict_items, 4, 0.01).start(), owner="test/1",
-                         claim_slots=threading.BoundedSemaphore(2), send_wakeups=NoWakeups())
+    return runtime_with(database_url, tmp_path, Models(engine, explainer_for(engine)))
 
 
 def submit(runtime, payloads, explain):
