@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from sqlalchemy.exc import OperationalError
@@ -46,9 +46,8 @@ class DrainReport:
     explained: int = 0
 
     def __add__(self, other: "DrainReport") -> "DrainReport":
-        return DrainReport(self.claimed + other.claimed, self.written + other.written,
-                           self.succeeded + other.succeeded, self.failed + other.failed,
-                           self.explained + other.explained)
+        return DrainReport(*(getattr(self, f.name) + getattr(other, f.name)
+                             for f in fields(self)))
 
 
 def drain(runtime: "WorkerRuntime", worker: Optional[str] = None) -> DrainReport:
