@@ -81,9 +81,12 @@ class JobRequest:
 
 
 def accept_job(job_id: str, owner: str, job_request: JobRequest, new_scans: Sequence[NewScan],
-               skipped: Sequence[dict[str, str]] = ()) -> tuple[Response, int, dict[str, str]]:
+               skipped: Sequence[dict[str, str]] = (),
+               open_seconds: int = 0) -> tuple[Response, int, dict[str, str]]:
     """Charge the quota, write the job, its scans, wake-ups and audit row in one
-    transaction, send the wake-ups; 202 with the job. Blobs are deleted on any error."""
+    transaction, send the wake-ups; 202 with the job. Blobs are deleted on any error.
+
+    ``open_seconds`` > 0: the job stays open for more parts (it may start with none)."""
     svc = services()
     try:
         if db_session().get(Job, job_id) is not None:
@@ -97,13 +100,15 @@ def accept_job(job_id: str, owner: str, job_request: JobRequest, new_scans: Sequ
             model=model, priority=priority_rank(job_request.priority),
             precision=job_request.precision, retention_seconds=svc.settings.job_retention,
             chunk_size=svc.settings.batch_size, explain=job_request.explain,
-            series_rule=svc.settings.series_rule if any(s.dicom for s in new_scans) else None))
+            series_rule=svc.settings.series_rule if any(s.dicom for s in new_scans) else None,
+            open_seconds=open_seconds))
         confirm_active_jobs(session, owner)  # requests racing past the first check
         job.callback_url = job_request.callback_url
         if job_request.explain:
             queue_job_explanations(session, job, job_request.explain)
         audit("job.submit", job_id, {"scans": len(new_scans), "model": job.model_name and
-                                     f"{job.model_name}:{job.model_version}"}, commit=False)
+                                     f"{job.model_name}:{job.model_version}",
+                                     **({"open": True} if open_seconds else {})}, commit=False)
         session.commit()  # the job, its scans, its wake-ups and its audit row, or none
     except IntegrityError:  # the same job started twice at once: the first one has its blobs
         db_session().rollback()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Optional, Sequence
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 
@@ -12,9 +13,10 @@ from api.direct_uploads import create_direct_upload
 from api.extensions import db_session, services
 from api.job_intake import JobRequest, accept_job
 from api.limits import check_active_jobs, scan_quota
+from api.metrics import scans_added
 from api.openapi import Reply, operation
 from api.problems import Problem
-from api.schemas import (DirectUpload, DirectUploadRequest, Job, JobList, JobListQuery,
+from api.schemas import (AddScansForm, DirectUpload, DirectUploadRequest, Job, JobList, JobListQuery,
                          ResultsPage, ResultsQuery, SubmitJobForm, SubmittedJob)
 from api.security import whole_number
 from api.serialize import csv_lines, job_json, result_row
@@ -22,10 +24,12 @@ from api.uploads import ParsedUpload, UploadLimits, iter_scans
 from covidscan.metrics import count_finished
 from covidscan.sweep import delete_job
 from covidscan.webhooks import relay_events
-from db.explanations import explained_scan_ids
-from db.jobs import (JobSummary, NewScan, cancel_job, iter_results, recent_job_summaries,
-                     results_page, summarise_jobs)
-from db.models import new_id
+from db.explanations import explained_scan_ids, queue_job_explanations
+from db.jobs import (JobSummary, NewScan, append_scans, cancel_job, iter_results,
+                     job_scan_count, recent_job_summaries, results_page, seal_job,
+                     summarise_jobs, take_part)
+from db.models import PRIORITIES, new_id
+from db.outbox import relay
 from db.webhooks import record_finished_jobs
 
 log = logging.getLogger(__name__)
@@ -67,32 +71,151 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         return create_direct_upload()
     svc = services()
     owner = current_principal().owner
+    is_open = _flag("open")
     check_active_jobs(owner)
     scan_quota().check_room(owner)
-    parts = [(f.filename or f"file-{i + 1}", f.stream)
-             for i, f in enumerate(request.files.getlist("files"))]
-    if not parts:
-        raise Problem(400, "no files: send one or more multipart parts named 'files' "
-                           "(PNG, JPEG or DICOM slices, or ZIP archives of them)")
+    parts = _file_parts(required=not is_open)
     job_request = JobRequest.from_fields(request.form)
     job_id = new_id()
-    limits = UploadLimits.from_settings(svc.settings)
-    parsed = ParsedUpload()
-    limits.modalities = allowed_modalities()
     new_scans: list[NewScan] = []
+    skipped: list[dict[str, str]] = []
+    if parts:
+        new_scans, skipped = _store_scans(parts, lambda i: svc.blobs.key_for(job_id, i),
+                                          job_id=job_id)
+    return accept_job(job_id, owner, job_request, new_scans, skipped,
+                      open_seconds=svc.settings.open_job_timeout if is_open else 0)
+
+
+def _flag(name: str) -> bool:
+    raw = (request.form.get(name) or "").strip().lower()
+    if raw in ("", "false", "0", "no"):
+        return False
+    if raw in ("true", "1", "yes"):
+        return True
+    raise Problem(400, f"{name} must be true or false, got {raw!r}")
+
+
+def _file_parts(required: bool = True) -> list[tuple[str, object]]:
+    parts = [(f.filename or f"file-{i + 1}", f.stream)
+             for i, f in enumerate(request.files.getlist("files"))]
+    if required and not parts:
+        raise Problem(400, "no files: send one or more multipart parts named 'files' "
+                           "(PNG, JPEG or DICOM slices, or ZIP archives of them)")
+    return parts
+
+
+def _store_scans(parts, key_of, job_id: Optional[str] = None,
+                 already: int = 0) -> tuple[list[NewScan], list[dict[str, str]]]:
+    """Check every part and store each file under ``key_of(index)``; the scans and what
+    was skipped. On any error the files stored so far are deleted (with ``job_id``, the
+    job's whole folder: a new job's) and the error goes on.
+
+    ``already``: scans the job holds, counted against MAX_SCANS_PER_JOB.
+    """
+    svc = services()
+    limits = UploadLimits.from_settings(svc.settings)
+    limits.modalities = allowed_modalities()
+    parsed = ParsedUpload(count=already)
+    new_scans: list[NewScan] = []
+    keys: list[str] = []
     try:
         for upload in iter_scans(parts, limits, parsed):
-            key = svc.blobs.key_for(job_id, len(new_scans))
+            key = key_of(len(keys))
+            keys.append(key)
             svc.blobs.put(key, upload.data)  # once per file: a multi-frame file's frames share it
             new_scans.extend(scans_of(upload, key))
         if not new_scans:
             raise Problem(400, "the upload holds no PNG, JPEG or DICOM images",
                           skipped=[s.as_dict() for s in parsed.skipped])
     except BaseException:
-        svc.blobs.delete_job(job_id)
+        delete_blobs(job_id, keys)
         raise
-    return accept_job(job_id, owner, job_request, new_scans,
-                      [s.as_dict() for s in parsed.skipped])
+    return new_scans, [s.as_dict() for s in parsed.skipped]
+
+
+def delete_blobs(job_id: Optional[str], keys: Sequence[str]) -> None:
+    blobs = services().blobs
+    if job_id is not None:
+        blobs.delete_job(job_id)
+    else:
+        for key in keys:
+            blobs.delete(key)
+
+
+@bp.post("/<job_id>/scans")
+@requires("submit")
+@operation("Add scans to an open job", form=AddScansForm,
+           responses={202: Reply("Accepted: the job, with what of this part was skipped",
+                                 SubmittedJob)},
+           errors=(404, 409, 413, 415, 503))
+def add_scans(job_id: str) -> tuple[Response, int]:
+    """Store one more part of an open job's scans; they are queued at once.
+
+    A part is taken whole or not at all: a refused part leaves nothing behind, and the
+    parts taken before it stay. Each part keeps the job open for OPEN_JOB_TIMEOUT more.
+    """
+    svc = services()
+    owner = current_principal().owner
+    session = db_session()
+    job = owned_job(job_id)
+    if job.open_until is None:
+        raise Problem(409, f"job {job_id} is {'cancelled' if job.cancelled_at else 'sealed'}; "
+                           "it takes no more scans")
+    scan_quota().check_room(owner)
+    parts = _file_parts()
+    part = new_id()[:12]
+    already = job_scan_count(session, job_id)
+    session.rollback()  # read outside the part's transaction, which begins with its lock
+    new_scans, skipped = _store_scans(parts, lambda i: svc.blobs.part_key(job_id, part, i),
+                                      already=already)
+    try:
+        if not take_part(session, job_id, svc.settings.open_job_timeout):
+            raise Problem(409, f"job {job_id} was sealed or cancelled while this part was "
+                               "sent; the part was not kept")
+        total = job_scan_count(session, job_id) + len(new_scans)  # parts sent at once
+        if total > svc.settings.max_scans_per_job:
+            raise Problem(413, f"a job holds at most {svc.settings.max_scans_per_job} scans "
+                               "(MAX_SCANS_PER_JOB)")
+        scan_quota().charge(owner, len(new_scans))
+        rows = append_scans(session, job, new_scans, svc.settings.batch_size,
+                            svc.settings.series_rule if any(s.dicom for s in new_scans) else None)
+        if job.explain:
+            queue_job_explanations(session, job, job.explain, rows)
+        audit("job.add_scans", job_id, {"scans": len(new_scans)}, commit=False)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        delete_blobs(None, [s.blob_key for s in new_scans])
+        raise
+    relay(svc.session_factory, svc.send_wakeups)
+    scans_added(PRIORITIES[job.priority], len(new_scans))
+    log.info("job %s: a part of %d scans accepted, %d entries skipped", job_id, len(new_scans),
+             len(skipped))
+    body = job_json(owned_summary(job_id))
+    body["skipped"] = skipped
+    return jsonify(body), 202
+
+
+@bp.post("/<job_id>/seal")
+@requires("submit")
+@operation("Seal an open job: it takes no more scans and ends when they do",
+           responses={200: Job}, errors=(404, 409))
+def seal(job_id: str) -> Response:
+    """Idempotent: sealing a sealed job answers the job as it is."""
+    session = db_session()
+    job = owned_job(job_id)
+    if job.open_until is not None:
+        if not job_scan_count(session, job_id):
+            raise Problem(409, f"job {job_id} holds no scans yet: add some, or delete it")
+        seal_job(session, job)
+        finished = record_finished_jobs(session, [job_id])  # all done already: ended now
+        audit("job.seal", job_id, commit=False)
+        session.commit()
+        count_finished(finished.statuses.values())
+        if finished.event_ids:
+            relay_events(services().session_factory, services().send_wakeups.deliver)
+        log.info("job %s sealed", job_id)
+    return jsonify(job_json(owned_summary(job_id)))
 
 
 @bp.get("")

@@ -38,6 +38,11 @@ def job_submitted(priority: str, scans: int) -> None:
     SCANS_SUBMITTED.labels(priority).inc(scans)
 
 
+def scans_added(priority: str, scans: int) -> None:
+    """Scans of a part added to an open job."""
+    SCANS_SUBMITTED.labels(priority).inc(scans)
+
+
 def _start_timer() -> None:
     g.metrics_started = time.perf_counter()
 

@@ -17,7 +17,7 @@ from db.audit import ACTIONS
 from db.explanations import METHODS
 from db.models import PRIORITIES
 
-JobStatus = Literal["queued", "running", "succeeded", "partially_succeeded", "failed",
+JobStatus = Literal["open", "queued", "running", "succeeded", "partially_succeeded", "failed",
                     "cancelling", "cancelled"]
 ScanStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Priority = Literal[PRIORITIES]  # type: ignore[valid-type]
@@ -82,6 +82,9 @@ class Job(Strict):
     finished_at: Timestamp
     counts: Counts
     model: Optional[JobModel]
+    open_until: Timestamp = Field(description="while the job takes more scans (`open`): when "
+                                              "the sweep seals it unless a part comes first; "
+                                              "null once sealed")
     callback_url: Optional[str] = Field(description="gets a signed event when the job ends")
     explain: Optional[Literal[METHODS]] = Field(  # type: ignore[valid-type]
         description="the heatmap made of every scan, null for none")
@@ -389,12 +392,19 @@ class Problem(BaseModel):
 # Requests
 
 
+FILES_DESCRIPTION = ("one part per PNG, JPEG or DICOM file, or ZIP archive of them; told "
+                     "apart by content, not by name")
+
+
 class SubmitJobForm(BaseModel):
     """A bulk job, as `multipart/form-data`."""
 
-    files: list[bytes] = Field(min_length=1, description="one part per PNG, JPEG or DICOM "
-                                                         "file, or ZIP archive of them; told "
-                                                         "apart by content, not by name")
+    files: list[bytes] = Field(default_factory=list,
+                               description=FILES_DESCRIPTION + "; at least one unless `open`")
+    open: bool = Field(False, description="keep the job open for more scans "
+                                          "(`POST /v1/jobs/{job_id}/scans`) until it is sealed "
+                                          "(`POST /v1/jobs/{job_id}/seal`): its scans are "
+                                          "classified while the rest is sent")
     name: Optional[str] = Field(None, max_length=200, description="a name for the job")
     model: Optional[str] = Field(None, pattern=MODEL_REF, description="`name` or `name:version` of a "
                                                    "registered model (default: the default)")
@@ -407,6 +417,14 @@ class SubmitJobForm(BaseModel):
                                                           "ends (public addresses only)")
     explain: Optional[Literal[METHODS]] = Field(  # type: ignore[valid-type]
         None, description="`gradcam`: a heatmap of every scan")
+    allow_modality: Optional[str] = Field(None, description="DICOM modalities to classify "
+                                                            "besides CT, e.g. `MR,PT`")
+
+
+class AddScansForm(BaseModel):
+    """One more part of an open job's scans, as `multipart/form-data`."""
+
+    files: list[bytes] = Field(min_length=1, description=FILES_DESCRIPTION)
     allow_modality: Optional[str] = Field(None, description="DICOM modalities to classify "
                                                             "besides CT, e.g. `MR,PT`")
 

@@ -43,6 +43,7 @@ def job_json(summary: JobSummary) -> dict[str, Any]:
         "finished_at": iso(summary.finished_at),
         "counts": summary.counts.as_dict(),
         "model": model,
+        "open_until": iso(job.open_until),
         "callback_url": job.callback_url,
         "explain": job.explain,
         "links": {"self": f"/v1/jobs/{job.id}", "results": f"/v1/jobs/{job.id}/results",

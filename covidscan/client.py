@@ -10,6 +10,10 @@ import requests
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".zip", ".dcm", ".dicom"}
 DIRECT_SUFFIXES = {".png", ".jpg", ".jpeg"}  # what a presigned upload may carry
 UPLOAD_THREADS = 8
+PART_FILES = 64
+"""Files per request of a multipart upload: a larger upload goes as an open job, part by
+part, so that its first slices are classified while the rest is sent."""
+PART_BYTES = 32 * 1024 * 1024
 
 
 def _sendable(path: Path) -> bool:
@@ -43,10 +47,15 @@ def collect_files(paths: Sequence[Path]) -> list[Path]:
 
 class Client:
     def __init__(self, base_url: str, timeout: float = 300.0,
-                 api_key: Optional[str] = None) -> None:
-        """``api_key`` (``csk_…``) is sent as ``Authorization: Bearer`` with every request."""
+                 api_key: Optional[str] = None, part_files: int = PART_FILES,
+                 part_bytes: int = PART_BYTES) -> None:
+        """``api_key`` (``csk_…``) is sent as ``Authorization: Bearer`` with every request.
+        ``part_files``, ``part_bytes``: the most files and bytes one request of a multipart
+        upload carries (a single larger file goes alone)."""
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.part_files = part_files
+        self.part_bytes = part_bytes
         self.http = requests.Session()
         if api_key:
             self.http.headers["Authorization"] = f"Bearer {api_key}"
@@ -74,7 +83,10 @@ class Client:
         signed event when the job ends; ``explain`` (``gradcam``) asks for a heatmap of
         every scan; ``allow_modality``: DICOM modalities to classify besides CT (``MR,PT``).
         PNG and JPEG slices go straight to the object store when the server offers
-        presigned uploads; ZIPs and DICOM files go in one multipart request.
+        presigned uploads. Otherwise they go as multipart requests: one, or, for more than
+        one part's worth, an open job that takes them part by part and is then sealed.
+        If a part is refused, the job is deleted and the error raised: the upload is taken
+        whole or not at all, as a single request's is.
         """
         labels = [path.relative_to(root).as_posix() if root and path.is_relative_to(root)
                   else path.name for path in files]
@@ -87,14 +99,56 @@ class Client:
                 return job
         if allow_modality:
             data["allow_modality"] = allow_modality
+        parts = self._parts(files, labels)
+        if len(parts) == 1:
+            return self._post_files("/v1/jobs", parts[0], data)
+        job = self._post_files("/v1/jobs", parts[0], {**data, "open": "true"})
+        skipped = list(job.get("skipped", []))
+        try:
+            for part in parts[1:]:
+                added = self._post_files(f"/v1/jobs/{job['id']}/scans", part,
+                                         {"allow_modality": allow_modality} if allow_modality
+                                         else {})
+                skipped += added.get("skipped", [])
+        except BaseException as exc:
+            try:
+                self.delete(job["id"])
+            except (ApiError, requests.RequestException):
+                pass  # the server's sweep seals what it holds after OPEN_JOB_TIMEOUT
+            if isinstance(exc, ApiError):
+                raise ApiError(exc.status, f"{exc.detail} (job {job['id']} was deleted: "
+                                           "nothing of this upload was kept)") from None
+            raise
+        sealed = self._check(self.http.post(f"{self.base_url}/v1/jobs/{job['id']}/seal",
+                                            timeout=self.timeout)).json()
+        return {**sealed, "skipped": skipped}
+
+    def _parts(self, files: Sequence[Path],
+               labels: Sequence[str]) -> list[list[tuple[Path, str]]]:
+        """The files in request-sized parts, in order: at most ``part_files`` files and,
+        unless one file is larger, ``part_bytes`` bytes each."""
+        parts: list[list[tuple[Path, str]]] = [[]]
+        size = 0
+        for path, label in zip(files, labels):
+            length = path.stat().st_size
+            if parts[-1] and (len(parts[-1]) >= self.part_files
+                              or size + length > self.part_bytes):
+                parts.append([])
+                size = 0
+            parts[-1].append((path, label))
+            size += length
+        return parts
+
+    def _post_files(self, route: str, part: Sequence[tuple[Path, str]],
+                    data: dict[str, str]) -> dict[str, Any]:
         handles = []
         try:
-            parts = []
-            for path, label in zip(files, labels):
+            fields = []
+            for path, label in part:
                 handle = open(path, "rb")
                 handles.append(handle)
-                parts.append(("files", (label, handle, "application/octet-stream")))
-            response = self.http.post(f"{self.base_url}/v1/jobs", files=parts, data=data,
+                fields.append(("files", (label, handle, "application/octet-stream")))
+            response = self.http.post(f"{self.base_url}{route}", files=fields, data=data,
                                       timeout=self.timeout)
         finally:
             for handle in handles:

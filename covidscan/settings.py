@@ -88,6 +88,7 @@ class Settings:
     sweep_interval: int = 5
     max_attempts: int = 3
     job_retention: int = 30 * 86400
+    open_job_timeout: int = 3600
     webhook_secret: Optional[str] = field(default=None, repr=False)  # never in a log line
     webhook_allowed_hosts: tuple[str, ...] = ()
     webhook_timeout: int = 10
@@ -214,6 +215,13 @@ def _duration(name: str, raw: str) -> int:
     return int(number) * units[unit]
 
 
+def _positive_duration(name: str, raw: str) -> int:
+    seconds = _duration(name, raw)
+    if seconds < 1:
+        raise ConfigError(f"{name} must be a duration of at least 1 second, got {raw!r}")
+    return seconds
+
+
 def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
     """Read settings from ``env`` (default: ``os.environ``).
 
@@ -266,6 +274,7 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
                             min(_default("sweep_interval"), lease_seconds)),
         max_attempts=read("MAX_ATTEMPTS", _positive_int),
         job_retention=read("JOB_RETENTION", _duration),
+        open_job_timeout=read("OPEN_JOB_TIMEOUT", _positive_duration),
         metrics_port=read("METRICS_PORT", _optional_port),
         metrics_host=read("METRICS_HOST", lambda _n, raw: raw),
         metrics_access=read("METRICS_ACCESS", _choice(METRICS_ACCESS_MODES)),

@@ -7,16 +7,18 @@ One pass (:func:`sweep_once`):
 2. wake-ups still in the outbox (a crash or a Redis error after a commit) are sent;
 3. when scans are waiting and ``idle`` says no one is on them, one more wake-up is sent
    (a wake-up lost with a Redis restart costs at most one sweep interval);
-4. jobs that have ended without their webhook events (two workers wrote their last scans
+4. open jobs that no part has reached within ``OPEN_JOB_TIMEOUT`` are sealed (deleted,
+   when they hold no scan);
+5. jobs that have ended without their webhook events (two workers wrote their last scans
    at once, or leases expired into failures) get them, and events whose delivery is due
    and that no queue holds are sent to the queue (:mod:`covidscan.webhooks`);
-5. jobs past their ``expires_at`` are deleted, blobs, thumbnails and webhook deliveries
+6. jobs past their ``expires_at`` are deleted, blobs, thumbnails and webhook deliveries
    included, and so are the blobs of job ids that have no job row (a crash mid-upload, a
    two-step upload never started) once ``orphan_grace`` has passed.
 
 ``covidscan sweep --once`` runs one pass; ``covidscan sweep`` (a service of its own in the
 deployed stack and in ``make run``) runs it every ``SWEEP_INTERVAL`` seconds, and so does
-every worker for steps 1–4.
+every worker for steps 1–5.
 """
 from __future__ import annotations
 
@@ -32,8 +34,9 @@ from covidscan.metrics import count_finished, count_recovered
 from covidscan.settings import Settings
 from covidscan.webhooks import SendDeliveries, relay_events
 from db.blobs import BlobStore
-from db.jobs import delete_job_rows, existing_job_ids, expired_job_ids
-from db.models import Scan, ScanStatus
+from db.jobs import (delete_job_rows, existing_job_ids, expired_job_ids, job_scan_count,
+                     lapsed_open_job_ids)
+from db.models import Job, Scan, ScanStatus, utcnow
 from db.outbox import SendWakeups, add_wakeups, relay
 from db.keys import delete_expired_sessions
 from db.explanations import expire_explanation_leases, waiting_explanations
@@ -57,6 +60,7 @@ class SweepReport:
     orphans_deleted: int = 0
     events_made: int = 0
     events_queued: int = 0
+    jobs_sealed: int = 0
 
     def __bool__(self) -> bool:
         return any(vars(self).values())
@@ -85,6 +89,31 @@ def delete_expired(session_factory: sessionmaker[Session], blobs: BlobStore) -> 
         deleted += len(ids)
         if len(ids) < 100:
             return deleted
+
+
+def seal_lapsed_jobs(session_factory: sessionmaker[Session], blobs: BlobStore,
+                     clean_up: bool) -> int:
+    """Seal the open jobs no part has reached within OPEN_JOB_TIMEOUT: their scans are
+    kept and the jobs end when those do. A lapsed job that holds no scan is deleted (by a
+    pass that cleans up: only it may delete blobs, such as a refused part's leftovers)."""
+    sealed = 0
+    with session_factory() as session:
+        ids = lapsed_open_job_ids(session)
+    for job_id in ids:
+        with session_factory.begin() as session:
+            job = session.scalars(select(Job).where(Job.id == job_id, Job.open_until < utcnow())
+                                  .with_for_update()).first()
+            if job is None:
+                continue  # sealed, deleted or sent a part meanwhile
+            empty = job_scan_count(session, job_id) == 0
+            if not empty:
+                job.open_until = None
+                sealed += 1
+                log.info("job %s: no part within OPEN_JOB_TIMEOUT; sealed", job_id)
+        if empty and clean_up:
+            delete_job(session_factory, blobs, job_id)
+            log.info("job %s: open with no scans past OPEN_JOB_TIMEOUT; deleted", job_id)
+    return sealed
 
 
 def delete_orphan_blobs(session_factory: sessionmaker[Session], blobs: BlobStore,
@@ -119,6 +148,7 @@ def sweep_once(session_factory: sessionmaker[Session], blobs: BlobStore, send: S
             add_wakeups(session, 1, "work waiting")
     count_recovered(expired.requeued, expired.failed, expired.cancelled)
     sent = relay(session_factory, send)
+    sealed = seal_lapsed_jobs(session_factory, blobs, clean_up)
     with session_factory.begin() as session:
         finished = record_finished_jobs(session)
     count_finished(finished.statuses.values())  # ended by this pass, or missed by no one
@@ -131,7 +161,7 @@ def sweep_once(session_factory: sessionmaker[Session], blobs: BlobStore, send: S
         with session_factory.begin() as session:
             delete_expired_sessions(session)
     report = SweepReport(expired.requeued, expired.failed, expired.cancelled, sent,
-                         jobs_deleted, orphans, events_made, events_queued)
+                         jobs_deleted, orphans, events_made, events_queued, sealed)
     if expired.requeued or expired.failed or expired.cancelled:
         log.warning("expired leases: %d scans back in the queue, %d failed after %d attempts, "
                     "%d cancelled", expired.requeued, expired.failed, settings.max_attempts,

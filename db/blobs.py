@@ -31,6 +31,11 @@ class BlobStore(abc.ABC):
     def key_for(self, job_id: str, position: int) -> str:
         return f"{job_id}/{position:06d}"
 
+    def part_key(self, job_id: str, part: str, index: int) -> str:
+        """The key of a file of a part added to an open job: unique before the part's
+        scans have positions."""
+        return f"{job_id}/{part}-{index:06d}"
+
     @abc.abstractmethod
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` under ``key``, replacing what was there."""

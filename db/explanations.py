@@ -50,14 +50,17 @@ class ExplanationOutcome:
             raise ValueError("an explanation outcome carries either pictures or an error")
 
 
-def queue_job_explanations(session: Session, job: Job, method: str = GRADCAM) -> int:
-    """Queue an explanation of every scan of a new job (flushed, not committed)."""
+def queue_job_explanations(session: Session, job: Job, method: str = GRADCAM,
+                           scans: Optional[Sequence[Scan]] = None) -> int:
+    """Queue an explanation of every scan of a new job, or of the ``scans`` just added to
+    it (flushed, not committed)."""
     session.flush()
-    for scan in job.scans:
+    scans = job.scans if scans is None else scans
+    for scan in scans:
         session.add(Explanation(scan_id=scan.id, job_id=job.id, method=method,
                                 status=ScanStatus.QUEUED, priority=job.priority,
                                 queued_at=utcnow(), attempts=0))
-    return len(job.scans)
+    return len(scans)
 
 
 def request_explanation(session: Session, scan: Scan, priority: int,

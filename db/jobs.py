@@ -5,7 +5,7 @@ Every function takes a ``session``; the caller owns the transaction.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
@@ -35,11 +35,14 @@ class JobCounts:
     failed: int = 0
     cancelled: int = 0
 
-    def status(self, cancel_requested: bool = False) -> str:
-        """Job status derived from scan counts (and whether a cancel was asked for)."""
+    def status(self, cancel_requested: bool = False, is_open: bool = False) -> str:
+        """Job status derived from scan counts, whether a cancel was asked for and whether
+        the job still takes scans (``open``: it cannot have ended)."""
         done = self.succeeded + self.failed
         if cancel_requested:
             return "cancelling" if self.queued + self.running else "cancelled"
+        if is_open:
+            return "open"
         if self.total == 0 or self.queued == self.total:
             return "queued"
         if done < self.total:
@@ -65,7 +68,8 @@ class JobSummary:
 
     @property
     def status(self) -> str:
-        return self.counts.status(self.job.cancelled_at is not None)
+        return self.counts.status(self.job.cancelled_at is not None,
+                                  self.job.open_until is not None)
 
     @property
     def priority(self) -> str:
@@ -89,6 +93,9 @@ class JobOptions:
     chunk_size: int = 32
     explain: Optional[str] = None  # "gradcam": explain every scan once it has a result
     series_rule: Optional[str] = None  # recorded when the job holds DICOM slices
+    # > 0: the job stays open for more scans (POST /v1/jobs/<id>/scans) until it is sealed,
+    # or until this many seconds pass without a new part.
+    open_seconds: int = 0
 
 
 def create_job(session: Session, scans: Sequence[NewScan], job_id: str,
@@ -105,7 +112,9 @@ def create_job(session: Session, scans: Sequence[NewScan], job_id: str,
               owner=options.owner, priority=options.priority, precision=options.precision,
               created_at=now, explain=options.explain, series_rule=options.series_rule,
               expires_at=(now + timedelta(seconds=options.retention_seconds)
-                          if options.retention_seconds else None))
+                          if options.retention_seconds else None),
+              open_until=(now + timedelta(seconds=options.open_seconds)
+                          if options.open_seconds else None))
     if model is not None:
         job.model_id = model.id
         for column, value in ModelIdentity.of_registered(model).job_columns().items():
@@ -126,36 +135,71 @@ def next_position(session: Session, job_id: str) -> int:
     return 0 if last is None else last + 1
 
 
+def job_scan_count(session: Session, job_id: str) -> int:
+    return session.scalar(select(func.count()).select_from(Scan).where(Scan.job_id == job_id)) or 0
+
+
 def append_scans(session: Session, job: Job, scans: Sequence[NewScan], chunk_size: int,
-                 series_rule: Optional[str] = None) -> None:
-    """Add scans after the job's last one, with their wake-ups (not committed).
+                 series_rule: Optional[str] = None) -> list[Scan]:
+    """Add scans after the job's last one, with their wake-ups (not committed); the rows.
 
     A job that had finished runs again for them; its series rule, once recorded, stays.
     """
     start = next_position(session, job.id)
     now = utcnow()
-    session.add_all([
-        Scan(job_id=job.id, position=start + i, filename=s.filename, blob_key=s.blob_key,
-             size_bytes=s.size_bytes, status=ScanStatus.QUEUED, priority=job.priority,
-             queued_at=now, **s.dicom)
-        for i, s in enumerate(scans)])
+    rows = [Scan(job_id=job.id, position=start + i, filename=s.filename, blob_key=s.blob_key,
+                 size_bytes=s.size_bytes, status=ScanStatus.QUEUED, priority=job.priority,
+                 queued_at=now, **s.dicom)
+            for i, s in enumerate(scans)]
+    session.add_all(rows)
     if job.series_rule is None:
         job.series_rule = series_rule
     add_wakeups(session, math.ceil(len(scans) / chunk_size), f"job {job.id}")
+    return rows
+
+
+def take_part(session: Session, job_id: str, open_seconds: int) -> bool:
+    """Begin adding a part to an open job: extend its deadline and hold it until commit.
+
+    The update is the lock (a row lock on PostgreSQL, the write lock on SQLite), so parts
+    sent at once get their positions one after the other. False when the job is not open
+    (sealed, cancelled or gone); then nothing was changed.
+    """
+    moved = session.execute(
+        update(Job).where(Job.id == job_id, Job.open_until.is_not(None),
+                          Job.cancelled_at.is_(None))
+        .values(open_until=utcnow() + timedelta(seconds=open_seconds))
+        .execution_options(synchronize_session=False))
+    return moved.rowcount == 1
+
+
+def seal_job(session: Session, job: Job) -> bool:
+    """Take no more scans; the job ends once its scans do. False if it was sealed already."""
+    if job.open_until is None:
+        return False
+    job.open_until = None
+    return True
+
+
+def lapsed_open_job_ids(session: Session, limit: int = 100) -> list[str]:
+    """Open jobs whose last part is older than their open time allows."""
+    return list(session.scalars(select(Job.id).where(Job.open_until < utcnow())
+                                .order_by(Job.open_until).limit(limit)))
 
 
 def cancel_job(session: Session, job: Job) -> int:
     """Cancel a job's waiting scans at once; running ones finish and keep their result.
 
-    Idempotent; a job with nothing left to do is not marked cancelled. Returns the number
-    of scans cancelled now.
+    Idempotent; a sealed job with nothing left to do is not marked cancelled, an open one is
+    (and takes no more parts). Returns the number of scans cancelled now.
     """
     if job.cancelled_at is None:
         unfinished = session.scalar(select(func.count()).where(
             Scan.job_id == job.id, Scan.status.not_in(ScanStatus.terminal())))
-        if not unfinished:
+        if not unfinished and job.open_until is None:
             return 0
         job.cancelled_at = utcnow()
+    job.open_until = None  # an open job takes no more parts
     session.execute(
         update(Explanation).where(Explanation.job_id == job.id,
                                   Explanation.status == ScanStatus.QUEUED)
@@ -201,10 +245,10 @@ def summarise_jobs(session: Session, jobs: Sequence[Job]) -> list[JobSummary]:
     for job in jobs:
         counts = JobCounts(total=sum(by_job[job.id].values()), **by_job[job.id])
         started, last = times.get(job.id, (None, None))
-        status = counts.status(job.cancelled_at is not None)
-        finished = last if status in FINISHED_STATUSES else None
-        summaries.append(JobSummary(job=job, counts=counts, started_at=started,
-                                    finished_at=finished))
+        summary = JobSummary(job=job, counts=counts, started_at=started, finished_at=None)
+        if summary.status in FINISHED_STATUSES:
+            summary = replace(summary, finished_at=last)
+        summaries.append(summary)
     return summaries
 
 

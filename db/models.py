@@ -152,6 +152,9 @@ class Job(Base):
     explain: Mapped[Optional[str]] = mapped_column(String(20))
     # How a DICOM series' P(COVID) is made from its slices' (db.series), fixed at submission.
     series_rule: Mapped[Optional[str]] = mapped_column(String(50))
+    # Set while the job takes more scans (POST /v1/jobs/<id>/scans): until it is sealed, or
+    # until this moment, after which the sweep seals it. None for a sealed job.
+    open_until: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), index=True)
 
     scans: Mapped[list["Scan"]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True,

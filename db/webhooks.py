@@ -67,7 +67,7 @@ def record_finished_jobs(session: Session, job_ids: Optional[Iterable[str]] = No
     if job_ids is not None:
         query = query.where(Job.id.in_(sorted(set(job_ids))))
     else:
-        query = query.where(~_unfinished(Job.id)).limit(limit)
+        query = query.where(Job.open_until.is_(None), ~_unfinished(Job.id)).limit(limit)
     jobs = list(session.scalars(query.order_by(Job.id).with_for_update()))
     if not jobs:
         return FinishedJobs({}, [])

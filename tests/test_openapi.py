@@ -88,7 +88,13 @@ def test_security_and_errors_follow_the_views_declared_scopes(offline_app, spec)
     assert submit["security"] == [{"apiKey": ["submit"]}, {"browserSession": ["submit"]}]
     assert {"413", "415", "202"} <= set(submit["responses"])
     form = submit["requestBody"]["content"]["multipart/form-data"]
-    assert form["schema"]["required"] == ["files"]
+    assert form["schema"]["required"] == []  # files may follow in parts when `open`
+    assert form["schema"]["properties"]["open"]["type"] == "boolean"
+    part = spec["paths"]["/v1/jobs/{job_id}/scans"]["post"]
+    assert {"202", "404", "409", "413", "415"} <= set(part["responses"])
+    assert part["requestBody"]["content"]["multipart/form-data"]["schema"]["required"] == \
+        ["files"]
+    assert spec["paths"]["/v1/jobs/{job_id}/seal"]["post"]["security"] == submit["security"]
     priority = form["schema"]["properties"]["priority"]
     assert priority["enum"] == ["high", "normal", "low", ""]  # empty means the default
     assert priority["default"] == "normal"
