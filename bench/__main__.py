@@ -1,8 +1,9 @@
 """``make bench``: throughput numbers from one run of the real stack.
 
 Starts the stack as ``make run`` does (in var/bench, with its own database and blob
-store), submits a bulk job of synthetic 512×512 PNG slices through the HTTP API and
-100 one-slice jobs at once, for each precision, then stops the stack and measures the
+store), submits a bulk job of synthetic 512×512 PNG slices through the HTTP API (in one
+request, then as ``covidscan submit`` sends a folder: parts of an open job) and 100
+one-slice jobs at once, for each precision, then stops the stack and measures the
 engines and the decoding on the same cores. Before the precisions, what explanations
 cost (:mod:`bench.explain`): Grad-CAM against fp32 inference per scan, in this process and
 through the stack. ``--precisions "" --small-jobs 0`` runs that part alone. Prints a
@@ -44,6 +45,13 @@ class Bench:
         self.control = None
         self.headers = ({"Authorization": f"Bearer {settings.api_key_file.read_text().strip()}"}
                         if settings.auth_enabled else {})
+
+    def submit_as_cli(self, paths: Sequence[Path], precision: str) -> str:
+        """As ``covidscan submit`` sends a folder: over 64 files, parts of an open job."""
+        from covidscan.client import Client
+
+        key = self.headers.get("Authorization", "").removeprefix("Bearer ") or None
+        return Client(self.url, timeout=600, api_key=key).submit(paths, precision=precision)["id"]
 
     def submit(self, files: Sequence[tuple[str, bytes]], precision: str) -> str:
         parts = [("files", (name, data, "image/png")) for name, data in files]
@@ -100,6 +108,25 @@ class Bench:
             control.cancel_consumer(INFER_QUEUE, reply=True, timeout=10, limit=1)
 
 
+def cpu_seconds(stack: Stack) -> dict[str, float]:
+    """User + system CPU seconds so far of each process of the stack (with its children)
+    and of this one, which sends the uploads and polls the database."""
+    import psutil
+
+    pids = [(name, process.pid) for name, process in stack.children]
+    if stack.redis is not None and stack.redis.process is not None:
+        pids.append(("redis", stack.redis.process.pid))
+    spent = {}
+    for name, pid in pids:
+        try:
+            root = psutil.Process(pid)
+            spent[name] = sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(True)])
+        except psutil.Error:
+            spent[name] = 0.0
+    spent["bench client"] = sum(psutil.Process().cpu_times()[:2])  # not its children: those
+    return spent
+
+
 def batch_delta(before: dict, after: dict) -> dict[str, float]:
     batches = after["batches"] - before["batches"]
     items = after["items"] - before["items"]
@@ -118,6 +145,7 @@ def timed_case(bench: Bench, submit_all, held: bool = False) -> dict[str, Any]:
     before = bench.batching()
     if held:
         bench.consume(False)
+    cpu_before = cpu_seconds(bench.stack)
     started = time.time()
     job_ids = submit_all()
     uploaded = time.time()
@@ -125,6 +153,8 @@ def timed_case(bench: Bench, submit_all, held: bool = False) -> dict[str, Any]:
         started = time.time()
         bench.consume(True)
     finished = np.array(bench.finished_at(job_ids))
+    cpu = {name: spent - cpu_before.get(name, 0.0)
+           for name, spent in cpu_seconds(bench.stack).items()}
     elapsed = finished.max() - started
     latency = finished - started
     return {"scans": len(finished), "jobs": len(job_ids), "upload_s": uploaded - started,
@@ -133,6 +163,7 @@ def timed_case(bench: Bench, submit_all, held: bool = False) -> dict[str, Any]:
             "latency_p50_s": float(np.percentile(latency, 50)),
             "latency_p95_s": float(np.percentile(latency, 95)),
             "engine": "/".join(bench.engine_of(job_ids[0])),
+            "cpu_seconds": cpu,  # from the start to this poll, which sees the last result
             **batch_delta(before, bench.batching())}
 
 
@@ -178,7 +209,13 @@ def run(settings: Settings, var_dir: Path, pngs: list[bytes], small_jobs: int,
             if stack.redis is not None:
                 os.environ["REDIS_URL"] = stack.redis.url
             bench = Bench(settings, url)
+            bench.stack = stack
             files = [(f"slice_{i:04d}.png", data) for i, data in enumerate(pngs)]
+            folder = var_dir / "slices"
+            folder.mkdir()
+            for name, data in files:
+                (folder / name).write_bytes(data)
+            paths = sorted(folder.iterdir())
             report["cold_start"] = first_result(bench, stack, launched, files[0])
             ones = [files[i % len(files)] for i in range(small_jobs)]
             for precision in precisions:
@@ -198,6 +235,10 @@ def run(settings: Settings, var_dir: Path, pngs: list[bytes], small_jobs: int,
                 measured = {"engine": engines.measure(precision)}
                 print(f"bench: {precision}: bulk job of {len(files)} scans…", flush=True)
                 measured["bulk"] = timed_case(bench, lambda: [bench.submit(files, precision)])
+                print(f"bench: {precision}: the same folder sent by covidscan submit "
+                      "(an open job, part by part)…", flush=True)
+                measured["bulk_parts"] = timed_case(
+                    bench, lambda: [bench.submit_as_cli(paths, precision)])
                 print(f"bench: {precision}: {small_jobs} one-slice jobs at once…", flush=True)
                 with ThreadPoolExecutor(8) as pool:
                     submit_ones = lambda: list(pool.map(lambda f: bench.submit([f], precision), ones))
@@ -228,6 +269,7 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
     summary = {}
     for precision, cases in report["precisions"].items():
         engine, bulk, small = cases["engine"], cases["bulk"], cases["small_jobs"]
+        parts = cases["bulk_parts"]
         raw = engine["images_per_s"]
         decode = engine["decode"]["pool_s_per_scan"]
         limit = 1.0 / (decode + 1.0 / raw)
@@ -237,6 +279,11 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
             "decode_ms_per_scan": 1000 * decode, "infer_ms_per_scan": 1000 / raw,
             "limit_scans_per_s": limit, "end_to_end_over_limit": bulk["scans_per_s"] / limit,
             "after_upload_over_limit": bulk["after_upload_scans_per_s"] / limit,
+            "in_parts_scans_per_s": parts["scans_per_s"],
+            "in_parts_over_limit": parts["scans_per_s"] / limit,
+            "in_parts_over_model_predict_fp32":
+                parts["scans_per_s"] / report["baseline"]["model_predict_fp32_images_per_s"],
+            "in_parts_engine_busy_fraction": parts["engine_busy_s"] / parts["elapsed_s"],
             "engine_busy_fraction": bulk["engine_busy_s"] / bulk["elapsed_s"],
             "mean_batch_fill": bulk["mean_fill"], "latency_p50_s": bulk["latency_p50_s"],
             "latency_p95_s": bulk["latency_p95_s"],
@@ -286,6 +333,17 @@ def print_summary(report: dict[str, Any]) -> None:
         print(f"  after upload {bulk['after_upload_scans_per_s']:7.1f} scans/s   /limit "
               f"{s['after_upload_over_limit']:.2f}; engine busy {100 * s['engine_busy_fraction']:.0f}% "
               f"of the end-to-end time")
+        parts = report["precisions"][precision]["bulk_parts"]
+        print(f"  in parts     {s['in_parts_scans_per_s']:7.1f} scans/s   /limit "
+              f"{s['in_parts_over_limit']:.2f}   ×{s['in_parts_over_model_predict_fp32']:.1f} "
+              f"model.predict fp32 (covidscan submit: an open job, sent in "
+              f"{parts['upload_s']:.2f} s; engine busy "
+              f"{100 * s['in_parts_engine_busy_fraction']:.0f}%)")
+        for label, case in (("one request", bulk), ("in parts", parts)):
+            cpu = case["cpu_seconds"]
+            print(f"  CPU seconds, {label}: " + ", ".join(
+                f"{name} {spent:.2f}" for name, spent in cpu.items())
+                + f" (of {report['settings']['cpus'] * case['elapsed_s']:.2f} on {report['settings']['cpus']} cores)")
         print(f"  batches      mean fill {s['mean_batch_fill']:.2f}; latency p50 "
               f"{s['latency_p50_s']:.2f} s, p95 {s['latency_p95_s']:.2f} s")
         small = report["precisions"][precision]["small_jobs"]

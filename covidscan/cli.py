@@ -12,6 +12,7 @@ import click
 from covidscan.cli_keys import keys
 from covidscan.dicom_listen import dicom_listen
 from covidscan.cli_models import models
+from covidscan.settings import PRECISIONS
 from covidscan.cli_train import evaluate, train
 
 DEFAULT_URL = "http://127.0.0.1:5000"
@@ -48,6 +49,9 @@ def main(ctx: click.Context, url: str) -> None:
               help="Waiting scans of higher priority jobs are classified first (default normal).")
 @click.option("--callback-url", metavar="URL",
               help="POST a signed event to URL when the job ends (see the README's Webhooks).")
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              help="The numeric precision asked of the model (default: the worker's "
+                   "INFERENCE_PRECISION; see the README's Precisions).")
 @click.option("--explain", is_flag=True,
               help="Also compute a Grad-CAM heatmap of every scan (GET /v1/scans/<id>/heatmap).")
 @click.option("--allow-modality", metavar="MODALITIES",
@@ -59,8 +63,8 @@ def main(ctx: click.Context, url: str) -> None:
 @click.pass_context
 def submit(ctx: click.Context, paths: tuple[Path, ...], name: Optional[str],
            model: Optional[str], priority: Optional[str], callback_url: Optional[str],
-           explain: bool, allow_modality: Optional[str], wait: bool, poll: float,
-           table: bool) -> None:
+           precision: Optional[str], explain: bool, allow_modality: Optional[str], wait: bool,
+           poll: float, table: bool) -> None:
     """Upload PNG/JPEG/DICOM slices, folders of them (a PACS export too), or ZIP archives
     as one job."""
     from covidscan.client import ApiError, collect_files
@@ -74,7 +78,7 @@ def submit(ctx: click.Context, paths: tuple[Path, ...], name: Optional[str],
         job = client.submit(files, name=name, root=root, model=model, priority=priority,
                             callback_url=callback_url,
                             explain="gradcam" if explain else None,
-                            allow_modality=allow_modality)
+                            allow_modality=allow_modality, precision=precision)
     except ApiError as exc:
         _fail(str(exc))
     click.echo(f"job {job['id']}: {job['counts']['total']} scans queued")

@@ -75,13 +75,15 @@ class Client:
                root: Optional[Path] = None, model: Optional[str] = None,
                priority: Optional[str] = None,
                callback_url: Optional[str] = None, explain: Optional[str] = None,
-               allow_modality: Optional[str] = None) -> dict[str, Any]:
+               allow_modality: Optional[str] = None,
+               precision: Optional[str] = None) -> dict[str, Any]:
         """Upload files as one job; names are relative to ``root`` when given.
 
         ``model`` (``name`` or ``name:version``) pins the job; None uses the default.
         ``priority`` is ``high``, ``normal`` (None) or ``low``. ``callback_url`` gets a
         signed event when the job ends; ``explain`` (``gradcam``) asks for a heatmap of
-        every scan; ``allow_modality``: DICOM modalities to classify besides CT (``MR,PT``).
+        every scan; ``allow_modality``: DICOM modalities to classify besides CT (``MR,PT``);
+        ``precision``: asked of the model (None: the worker's ``INFERENCE_PRECISION``).
         PNG and JPEG slices go straight to the object store when the server offers
         presigned uploads. Otherwise they go as multipart requests: one, or, for more than
         one part's worth, an open job that takes them part by part and is then sealed.
@@ -92,7 +94,8 @@ class Client:
                   else path.name for path in files]
         data = {key: value for key, value in
                 (("name", name), ("model", model), ("priority", priority),
-                 ("callback_url", callback_url), ("explain", explain)) if value}
+                 ("callback_url", callback_url), ("explain", explain),
+                  ("precision", precision)) if value}
         if not allow_modality and all(path.suffix.lower() in DIRECT_SUFFIXES for path in files):
             job = self._submit_direct(files, labels, data)
             if job is not None:
