@@ -66,6 +66,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     The wake-ups are sent after the commit; when Redis refuses them they stay in the
     outbox for the next sweep, and the job is accepted all the same.
     The job belongs to the caller's owner; quotas are checked before anything is stored.
+    With ``open=true`` the job takes more parts (:func:`add_scans`) until :func:`seal`.
     """
     if request.is_json:
         return create_direct_upload()

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -40,8 +41,10 @@ class CalibrationSet:
     # class folders), {"fp32": …, "candidate": …, "limit": 0.005, "passed": …}.
     auc: Optional[dict[str, dict[str, Any]]] = None
 
-    @property
+    @cached_property
     def sha256(self) -> str:
+        """Of the arrays, once: the worker's heartbeat describes its engines every few
+        seconds, and hashing tens of MB each time took CPU from inference."""
         digest = hashlib.sha256()
         for part in (self.calibration, self.held_out):
             digest.update(np.ascontiguousarray(part, dtype=np.float32).tobytes())

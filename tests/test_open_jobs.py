@@ -95,6 +95,22 @@ def test_a_refused_part_leaves_nothing_and_the_parts_before_it_stay(client, app_
         ["kept_00.png", "kept_01.png"]
 
 
+def test_every_part_of_an_open_job_asked_to_explain_is_explained(client, app_config):
+    from db.models import Explanation
+
+    job = open_job(client, slices("a", 2), explain="gradcam")
+    add(client, job["id"], slices("b", 3))
+    engine = make_engine(app_config["DATABASE_URL"])
+    try:
+        with make_session_factory(engine)() as session:
+            explained = set(session.scalars(select(Explanation.scan_id)
+                                            .where(Explanation.job_id == job["id"])))
+            scans = set(session.scalars(select(Scan.id).where(Scan.job_id == job["id"])))
+    finally:
+        engine.dispose()
+    assert len(scans) == 5 and explained == scans
+
+
 def test_an_empty_open_job_cannot_be_sealed_and_a_cancelled_one_takes_no_parts(client):
     job = open_job(client)
     assert job["counts"]["total"] == 0 and job["status"] == "open"
