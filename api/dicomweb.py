@@ -26,7 +26,7 @@ from api.models import resolve_model
 from api.problems import Problem
 from api.schemas import StowQuery
 from api.uploads import ParsedUpload, UploadLimits, iter_scans
-from db.jobs import JobOptions, NewScan, append_scans, create_job, next_position
+from db.jobs import JobOptions, NewScan, append_scans, create_job, lock_job
 from db.models import new_id
 from db.outbox import relay
 
@@ -137,7 +137,10 @@ def store_instances() -> Response:
         check_active_jobs(owner)
     scan_quota().check_room(owner)
     job_id = job.id if job is not None else new_id()
-    start = next_position(db_session(), job_id) if job is not None else 0
+    # An existing job's new files get keys of this request's own: requests appending to
+    # one job at once must not write over each other's bytes before their positions exist.
+    part = new_id()[:12]
+    keys: list[str] = []
     named = [(f"instance-{i + 1}", io.BytesIO(data)) for i, data in enumerate(parts)]
     limits = UploadLimits.from_settings(svc.settings)
     parsed = ParsedUpload()
@@ -149,7 +152,9 @@ def store_instances() -> Response:
             if not upload.dicom:  # a PNG or JPEG sent as application/dicom
                 failed.append(_sop_item(None, None, CANNOT_UNDERSTAND))
                 continue
-            key = svc.blobs.key_for(job_id, start + len(new_scans))
+            key = svc.blobs.key_for(job_id, len(keys)) if job is None \
+                else svc.blobs.part_key(job_id, part, len(keys))
+            keys.append(key)
             svc.blobs.put(key, upload.data)
             new_scans.extend(scans_of(upload, key))
             stored.append((upload.dicom[0].sop_class_uid, upload.dicom[0].sop_instance_uid))
@@ -161,7 +166,9 @@ def store_instances() -> Response:
         db_session().rollback()
         if job is None:
             svc.blobs.delete_job(job_id)
-        # else: blobs written for an existing job stay unreferenced until the job is deleted
+        else:
+            for key in keys:
+                svc.blobs.delete(key)
         raise
     if new_scans:
         relay(svc.session_factory, svc.send_wakeups)
@@ -185,6 +192,7 @@ def _write(job, job_id: str, new_scans: list[NewScan], owner: str) -> None:
             retention_seconds=svc.settings.job_retention, chunk_size=svc.settings.batch_size,
             series_rule=svc.settings.series_rule))
     else:
+        lock_job(session, job.id)  # appends to one job take turns for their positions
         append_scans(session, job, new_scans, svc.settings.batch_size, svc.settings.series_rule)
     audit("job.submit", job_id, {"scans": len(new_scans), "via": "stow-rs"}, commit=False)
     session.commit()

@@ -158,6 +158,13 @@ def append_scans(session: Session, job: Job, scans: Sequence[NewScan], chunk_siz
     return rows
 
 
+def lock_job(session: Session, job_id: str) -> None:
+    """Hold the job's row until commit (a row lock on PostgreSQL, the write lock on SQLite),
+    so that transactions appending scans to it get their positions one after the other."""
+    session.execute(update(Job).where(Job.id == job_id).values(priority=Job.priority)
+                    .execution_options(synchronize_session=False))
+
+
 def take_part(session: Session, job_id: str, open_seconds: int) -> bool:
     """Begin adding a part to an open job: extend its deadline and hold it until commit.
 

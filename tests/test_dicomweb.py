@@ -89,3 +89,47 @@ def multipart(bodies, boundary=b"XyZ"):
 def test_split_parts_returns_each_body_unchanged():
     bodies = [b"\r\n--Xy\r\nabc", b"", d.ct_bytes()]
     assert split_parts(multipart(bodies), b"XyZ") == bodies
+
+
+def test_stow_requests_appending_to_one_job_at_once_keep_every_instance_apart(
+        server, client, api_key, app_config):
+    """Each request's instances get positions and stored bytes of their own: none is lost,
+    and no scan points at another instance's bytes."""
+    import threading
+    from pathlib import Path
+
+    from sqlalchemy import select
+
+    from db.models import Scan
+    from db.session import make_engine, make_session_factory
+
+    files, _ = d.ct_series(9, seed=7)
+    datasets = [pydicom.dcmread(io.BytesIO(body)) for body in files]
+    dicomweb(server, api_key).store_instances(datasets[:1])
+    [job] = jobs(client)
+    errors = []
+
+    def send(batch):
+        try:
+            dicomweb(server, api_key, job=job["id"]).store_instances(batch)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(datasets[1 + 2 * i:3 + 2 * i],))
+               for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    engine = make_engine(app_config["DATABASE_URL"])
+    try:
+        with make_session_factory(engine)() as session:
+            scans = list(session.scalars(select(Scan).where(Scan.job_id == job["id"])))
+    finally:
+        engine.dispose()
+    assert sorted(s.position for s in scans) == list(range(9))
+    blobs = Path(app_config["BLOB_DIR"])
+    stored = {s.sop_instance_uid: pydicom.dcmread(blobs / s.blob_key).SOPInstanceUID
+              for s in scans}
+    assert stored == {str(ds.SOPInstanceUID): ds.SOPInstanceUID for ds in datasets}
