@@ -1,4 +1,5 @@
-"""``GET /v1/scans/<scan_id>/thumbnail``: a small preview of a scan, made with Pillow.
+"""``GET /v1/scans/<scan_id>/thumbnail``: a small preview of a scan, made with Pillow (a
+DICOM slice's with pydicom, in its model's window, as the model sees it).
 
 Thumbnails are cached in the blob store beside the scan's bytes, so they are made
 once and deleted with the job. A scan whose bytes cannot be decoded (or are gone), or
@@ -11,17 +12,19 @@ from __future__ import annotations
 import io
 import logging
 from functools import lru_cache
+from typing import Optional
 
 from flask import Blueprint, Response
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from api.audit import audit
 from api.auth import owned_scan, requires
-from api.extensions import services
+from api.extensions import db_session, services
 from api.image_header import read_header
 from api.openapi import Reply, operation
 from api.problems import Problem
 from api.uploads import IMAGE_TYPES, SNIFF_BYTES, sniff
+from models.dicom import is_dicom
 from db.blobs import BlobNotFound
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,40 @@ def make_thumbnail(data: bytes, max_pixels: int, size: int = THUMBNAIL_SIZE) -> 
     return buffer.getvalue()
 
 
+def make_dicom_thumbnail(data: bytes, frame: int, window: tuple[float, float],
+                         max_pixels: int, modality: Optional[str] = None,
+                         size: int = THUMBNAIL_SIZE) -> bytes:
+    """A JPEG of one frame of a DICOM slice as the model sees it: in ``window`` (width,
+    level in Hounsfield units), no larger than ``size`` pixels on either side.
+
+    Raises:
+        ThumbnailError: the header cannot be read or declares more than ``max_pixels``, or
+            the frame cannot be decoded here (the reason is pydicom's).
+    """
+    from api.dicom_header import NotAnImage, read_dicom_header
+    from models.dicom import grey_slice
+    from models.preprocess import ImageDecodeError
+
+    try:  # the modality the upload accepted it as (the job's allow_modality)
+        header = read_dicom_header(data, "the scan", modalities=(modality or "CT",))
+    except NotAnImage as exc:
+        raise ThumbnailError(str(exc)) from None
+    except Problem as exc:
+        raise ThumbnailError(exc.detail) from None
+    if header.pixels > max_pixels:
+        raise ThumbnailError(f"{header.width}×{header.height} pixels is above the limit of "
+                             f"{max_pixels} (MAX_SCAN_PIXELS)")
+    try:
+        grey = grey_slice(data, frame, window)
+    except ImageDecodeError as exc:
+        raise ThumbnailError(str(exc)) from None
+    image = Image.fromarray(grey)
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return buffer.getvalue()
+
+
 @lru_cache(maxsize=1)
 def placeholder_png(size: int = THUMBNAIL_SIZE) -> bytes:
     """A grey square with a cross: what a scan without a preview shows."""
@@ -93,6 +130,19 @@ def _image_response(data: bytes, mimetype: str, cache_seconds: int) -> Response:
     return response
 
 
+def _window_of(scan) -> tuple[float, float]:
+    """The DICOM window of the model the scan's job is pinned to, else the lung window."""
+    from db.models import Job, Model
+    from models.dicom import LUNG_WINDOW
+
+    session = db_session()
+    job = session.get(Job, scan.job_id)
+    model = session.get(Model, job.model_id) if job is not None and job.model_id else None
+    if model is not None and model.dicom_window_width is not None:
+        return model.dicom_window_width, model.dicom_window_level
+    return LUNG_WINDOW
+
+
 @bp.get("/<scan_id>/thumbnail")
 @requires("read")
 @operation("A scan's thumbnail", errors=(404,), responses={200: Reply(
@@ -103,8 +153,10 @@ def get_thumbnail(scan_id: str) -> Response:
     audit("thumbnail.view", scan.job_id, {"scan_id": scan.id})
     svc = services()
     blobs = svc.blobs
-    cache_key = scan.blob_key + THUMBNAIL_SUFFIX
-    for key, mimetype in ((cache_key, "image/jpeg"), (scan.blob_key + FAILED_SUFFIX, None)):
+    # The frames of a multi-frame DICOM file share its blob, each with a thumbnail of its own.
+    base = scan.blob_key if scan.frame is None else f"{scan.blob_key}.f{scan.frame}"
+    cache_key = base + THUMBNAIL_SUFFIX
+    for key, mimetype in ((cache_key, "image/jpeg"), (base + FAILED_SUFFIX, None)):
         try:
             cached = blobs.get(key)
         except BlobNotFound:
@@ -113,13 +165,18 @@ def get_thumbnail(scan_id: str) -> Response:
             return _image_response(placeholder_png(), "image/png", 3600)
         return _image_response(cached, mimetype, 86400)
     try:
-        thumbnail = make_thumbnail(blobs.get(scan.blob_key), svc.settings.max_scan_pixels)
+        data = blobs.get(scan.blob_key)
+        if is_dicom(data):
+            thumbnail = make_dicom_thumbnail(data, scan.frame or 0, _window_of(scan),
+                                             svc.settings.max_scan_pixels, scan.modality)
+        else:
+            thumbnail = make_thumbnail(data, svc.settings.max_scan_pixels)
     except BlobNotFound as exc:
         log.info("scan %s has no preview: %s", scan_id, exc)
         return _image_response(placeholder_png(), "image/png", 60)
     except ThumbnailError as exc:
         log.info("scan %s has no preview: %s", scan_id, exc)
-        blobs.put(scan.blob_key + FAILED_SUFFIX, str(exc).encode())
+        blobs.put(base + FAILED_SUFFIX, str(exc).encode())
         return _image_response(placeholder_png(), "image/png", 3600)
     blobs.put(cache_key, thumbnail)
     return _image_response(thumbnail, "image/jpeg", 86400)

@@ -122,3 +122,31 @@ def test_static_assets_are_shipped(client, asset):
     response = client.get(f"/static/{asset}")
     assert response.status_code == 200 and len(response.data) > 500
     assert b"://" not in response.data  # nothing fetched from elsewhere
+
+
+def test_a_dicom_slice_has_a_thumbnail_of_each_frame_in_the_lung_window(client, app_config):
+    """As the model sees it: windowed (width 1500, level -600), each frame its own."""
+    from models.dicom import LUNG_WINDOW, grey_slice
+    from tests import dicom_files as d
+
+    single, multi = d.ct_bytes(), d.multiframe_ct(frames=3, spacing=5.0)
+    job = submit(client, ("ct.dcm", single), ("multi.dcm", multi))
+    rows = client.get(f"/v1/jobs/{job['id']}/results").get_json()["results"]
+    thumbnails = {}
+    for row in rows:
+        response = client.get(f"/v1/scans/{row['scan_id']}/thumbnail")
+        assert response.status_code == 200 and response.mimetype == "image/jpeg", row
+        thumbnails[(row["filename"], row["slice_position"])] = image_of(response)
+    assert len(thumbnails) == 4
+    expected = Image.fromarray(grey_slice(single, 0, LUNG_WINDOW))
+    expected.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+    [shown] = [image for (name, _), image in thumbnails.items() if name == "ct.dcm"]
+    assert shown.size == expected.size
+    difference = np.abs(np.asarray(shown.convert("L"), float) - np.asarray(expected, float))
+    assert difference.mean() < 3  # JPEG's loss, not another window or frame
+    frames = [np.asarray(image.convert("L"), float)
+              for (name, _), image in sorted(thumbnails.items()) if name == "multi.dcm"]
+    assert len(frames) == 3 and not np.array_equal(frames[0], frames[2])
+    cached = sorted(p.name for p in (Path(app_config["BLOB_DIR"]) / job["id"]).iterdir()
+                    if p.name.endswith(".thumb.jpg"))
+    assert len(cached) == 4 and sum(".f" in name for name in cached) == 3
