@@ -409,3 +409,46 @@ def test_a_dicom_folder_shows_its_series_with_a_strip_chart(live_server, browser
     shown = browser.find_element("css selector", "#series tbody tr td:nth-child(4)").text
     assert shown == f"{100 * series['probability_covid']:.1f}%"
     assert "Doe" not in browser.page_source and d.PATIENT_ID not in browser.page_source
+
+
+def test_a_large_selection_goes_in_parts_as_one_job_or_not_at_all(live_server, browser,
+                                                                  stack_config, tmp_path):
+    """70 files: parts of 64 and 6 files, one job, sealed; a refused file in the second part
+    deletes the job, so nothing of that upload is kept."""
+    from sqlalchemy import select
+
+    from db.models import AuditEvent
+    from db.session import make_engine, make_session_factory
+
+    paths = write_folder(tmp_path / "many", 70, size=32)
+    job_id = upload_through_the_page(browser, live_server.url, paths, "in parts")
+    wait_until(browser, lambda d: by_id(d, "job-percent").text.startswith("100%"),
+               what="the job to finish")
+    assert by_id(browser, "count-total").text == "70"
+    engine = make_engine(stack_config["DATABASE_URL"])
+    try:
+        with make_session_factory(engine)() as session:
+            actions = list(session.scalars(select(AuditEvent.action)
+                                           .where(AuditEvent.job_id == job_id)
+                                           .order_by(AuditEvent.id)))
+    finally:
+        engine.dispose()
+    assert actions[:3] == ["job.submit", "job.add_scans", "job.seal"]
+
+    notes = tmp_path / "many" / "zz_notes.png"  # sorted last: in the second part
+    notes.write_text("not an image at all")
+    browser.get(live_server.url + "/")
+    by_id(browser, "files").send_keys("\n".join(str(p) for p in sorted([*paths, notes])))
+    by_id(browser, "submit").click()
+    wait_until(browser, lambda d: by_id(d, "upload-error").is_displayed(), 60, "the refusal")
+    assert "zz_notes.png" in by_id(browser, "rejected").text
+    assert "nothing was stored" in by_id(browser, "upload-error-text").text
+    with make_session_factory(engine)() as session:
+        opened = [job for job, detail in session.execute(
+            select(AuditEvent.job_id, AuditEvent.detail)
+            .where(AuditEvent.action == "job.submit").order_by(AuditEvent.id))
+            if (detail or {}).get("open")]
+        deleted = set(session.scalars(select(AuditEvent.job_id)
+                                      .where(AuditEvent.action == "job.delete")))
+    engine.dispose()
+    assert opened[-1] != job_id and opened[-1] in deleted  # the refused upload's job is gone

@@ -1,5 +1,6 @@
 /* The upload page: collect files (pickers, a folder, drag and drop), send them to
-   POST /v1/jobs with byte progress, then go to the job's page. */
+   POST /v1/jobs with byte progress (a large selection as parts of an open job, sealed at
+   the end), then go to the job's page. */
 "use strict";
 
 (function () {
@@ -144,44 +145,123 @@
     window.location.assign("/jobs/" + encodeURIComponent(job.id));
   }
 
+  /* The selection in request-sized parts, in order: at most PART_FILES files and, unless
+     one file is larger, PART_BYTES bytes each. More than one part goes as an open job. */
+  const PART_FILES = 64;
+  const PART_BYTES = Math.min(32 * 1024 * 1024, maxUploadBytes);
+
+  function parts() {
+    const out = [[]];
+    let size = 0;
+    selected.forEach((s) => {
+      const last = out[out.length - 1];
+      if (last.length > 0 && (last.length >= PART_FILES || size + s.file.size > PART_BYTES)) {
+        out.push([]);
+        size = 0;
+      }
+      out[out.length - 1].push(s);
+      size += s.file.size;
+    });
+    return out;
+  }
+
+  /* POST a form with byte progress; resolves to {status, text}, rejects on a network error. */
+  function send(url, data, onProgress) {
+    return new Promise((resolve, reject) => {
+      const request = new XMLHttpRequest();
+      request.open("POST", url);
+      Object.entries(unsafeHeaders()).forEach(([name, value]) => request.setRequestHeader(name, value));
+      request.upload.addEventListener("progress", (e) => {
+        if (e.lengthComputable) onProgress(e.loaded, e.total);
+      });
+      request.addEventListener("load", () => resolve({ status: request.status, text: request.responseText }));
+      request.addEventListener("error", () => reject(new Error("network")));
+      request.send(data);
+    });
+  }
+
+  function showProgress(loaded, total) {
+    $("upload-progress").value = Math.round((100 * loaded) / total);
+    $("upload-bytes").textContent = formatBytes(loaded) + " of " + formatBytes(total) + " sent";
+  }
+
+  function formOf(files, fields) {
+    const data = new FormData();
+    Object.entries(fields).forEach(([name, value]) => data.append(name, value));
+    files.forEach((s) => data.append("files", s.file, s.name));
+    return data;
+  }
+
+  /* Delete an open job whose part was refused: an upload is taken whole or not at all. */
+  function discard(jobId) {
+    return fetch("/v1/jobs/" + encodeURIComponent(jobId), { method: "DELETE", headers: unsafeHeaders() })
+      .catch(() => { /* the server's sweep seals it after OPEN_JOB_TIMEOUT */ });
+  }
+
+  async function sendInParts(pieces, fields) {
+    const total = totalBytes();
+    let before = 0;
+    let job = null;
+    for (let i = 0; i < pieces.length; i += 1) {
+      const piece = pieces[i];
+      const bytes = piece.reduce((sum, s) => sum + s.file.size, 0);
+      const url = job ? "/v1/jobs/" + encodeURIComponent(job.id) + "/scans" : "/v1/jobs";
+      let answer;
+      try {
+        answer = await send(url, formOf(piece, job ? {} : Object.assign({ open: "true" }, fields)),
+          (loaded, requestTotal) => showProgress(before + bytes * loaded / requestTotal, total));
+      } catch (error) {
+        if (job) await discard(job.id);
+        throw error;
+      }
+      if (answer.status !== 202) {
+        if (job) await discard(job.id);
+        return answer;
+      }
+      const body = JSON.parse(answer.text);
+      job = job || body;
+      job.skipped = i === 0 ? body.skipped : (job.skipped || []).concat(body.skipped || []);
+      before += bytes;
+    }
+    $("upload-bytes").textContent = "All bytes sent; the server is sealing the job…";
+    const sealed = await fetch("/v1/jobs/" + encodeURIComponent(job.id) + "/seal",
+                               { method: "POST", headers: unsafeHeaders() });
+    if (!sealed.ok) return { status: sealed.status, text: await sealed.text() };
+    return { status: 202, text: JSON.stringify(Object.assign(await sealed.json(), { skipped: job.skipped })) };
+  }
+
   function upload(event) {
     event.preventDefault();
     if (selected.length === 0) return;
     hideError();
-    if (totalBytes() > maxUploadBytes) {
-      showError("The selection is " + formatBytes(totalBytes()) + ", over the server's limit of " +
-        formatBytes(maxUploadBytes) + " per upload (MAX_UPLOAD_BYTES). Split it into several jobs.", []);
+    const tooLarge = selected.find((s) => s.file.size > maxUploadBytes);
+    if (tooLarge) {
+      showError(tooLarge.name + " is " + formatBytes(tooLarge.file.size) + ", over the server's " +
+        "limit of " + formatBytes(maxUploadBytes) + " per request (MAX_UPLOAD_BYTES).", []);
       return;
     }
-    const data = new FormData();
+    const fields = {};
     const name = $("job-name").value.trim();
-    if (name) data.append("name", name);
-    if (!$("model-field").hidden && $("model").value) data.append("model", $("model").value);
-    selected.forEach((s) => data.append("files", s.file, s.name));
-
-    const request = new XMLHttpRequest();
-    request.open("POST", "/v1/jobs");
-    Object.entries(unsafeHeaders()).forEach(([name, value]) => request.setRequestHeader(name, value));
-    request.upload.addEventListener("progress", (e) => {
-      if (!e.lengthComputable) return;
-      $("upload-progress").value = Math.round((100 * e.loaded) / e.total);
-      $("upload-bytes").textContent = formatBytes(e.loaded) + " of " + formatBytes(e.total) + " sent";
-    });
-    request.upload.addEventListener("load", () => {
-      $("upload-bytes").textContent = "All bytes sent; the server is storing the scans…";
-    });
-    request.addEventListener("load", () => {
-      if (request.status === 202) onAccepted(request.responseText);
-      else onRejected(request.status, request.responseText);
-    });
-    request.addEventListener("error", () =>
-      showError("The upload did not reach the server (network error). Nothing was stored; " +
-                "try again.", []));
+    if (name) fields.name = name;
+    if (!$("model-field").hidden && $("model").value) fields.model = $("model").value;
+    const pieces = parts();
     setBusy(true);
     $("upload-progress").value = 0;
     $("upload-bytes").textContent = "0 B of " + formatBytes(totalBytes()) + " sent";
     $("upload-status").hidden = false;
-    request.send(data);
+    const sent = pieces.length === 1 ?
+      send("/v1/jobs", formOf(pieces[0], fields), (loaded, total) => {
+        showProgress(loaded, total);
+        if (loaded === total) {
+          $("upload-bytes").textContent = "All bytes sent; the server is storing the scans…";
+        }
+      }) :
+      sendInParts(pieces, fields);
+    sent.then((answer) => {
+      if (answer.status === 202) onAccepted(answer.text);
+      else onRejected(answer.status, answer.text);
+    }, () => showError("The upload did not reach the server (network error). Nothing was " +
+                       "stored; try again.", []));
   }
 
   /* Offer a model choice only when the server lists more than one. */
