@@ -24,7 +24,7 @@ from api.image_header import read_header
 from api.openapi import Reply, operation
 from api.problems import Problem
 from api.uploads import IMAGE_TYPES, SNIFF_BYTES, sniff
-from models.dicom import is_dicom
+from covidscan.dicom_pixels import is_dicom
 from db.blobs import BlobNotFound
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,8 @@ def make_dicom_thumbnail(data: bytes, frame: int, window: tuple[float, float],
             the frame cannot be decoded here (the reason is pydicom's).
     """
     from api.dicom_header import NotAnImage, read_dicom_header
-    from models.dicom import grey_slice
-    from models.preprocess import ImageDecodeError
+    from covidscan.dicom_pixels import grey_slice
+    from covidscan.image_errors import ImageDecodeError
 
     try:  # the modality the upload accepted it as (the job's allow_modality)
         header = read_dicom_header(data, "the scan", modalities=(modality or "CT",))
@@ -133,7 +133,7 @@ def _image_response(data: bytes, mimetype: str, cache_seconds: int) -> Response:
 def _window_of(scan) -> tuple[float, float]:
     """The DICOM window of the model the scan's job is pinned to, else the lung window."""
     from db.models import Job, Model
-    from models.dicom import LUNG_WINDOW
+    from covidscan.dicom_pixels import LUNG_WINDOW
 
     session = db_session()
     job = session.get(Job, scan.job_id)

@@ -18,13 +18,11 @@ from types import ModuleType
 
 import numpy as np
 
+from covidscan.image_errors import ImageDecodeError  # noqa: F401 - raised here, caught by callers
+
 SEED_V1 = "seed-v1"
 OPENCV_PIXELS_VARIABLE = "OPENCV_IO_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_PIXELS = 4096 * 4096
-
-
-class ImageDecodeError(ValueError):
-    """The bytes of a scan are not an image OpenCV can decode."""
 
 
 def configure_decoding(max_pixels: int) -> None:

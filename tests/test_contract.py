@@ -52,3 +52,15 @@ def test_importing_the_worker_loads_no_model_and_connects_nowhere():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                             env={"PATH": "/usr/bin:/bin", "REDIS_URL": "redis://127.0.0.1:1/0"})
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_dicom_thumbnail_needs_nothing_the_api_image_lacks():
+    """The API image holds api/, db/ and covidscan/ only: no models package, no OpenCV."""
+    code = ("import sys; sys.modules['models'] = None; sys.modules['cv2'] = None; "
+            "from pydicom.data import get_testdata_file; "
+            "from api.thumbnails import make_dicom_thumbnail; "
+            "data = open(get_testdata_file('CT_small.dcm'), 'rb').read(); "
+            "jpeg = make_dicom_thumbnail(data, 0, (1500.0, -600.0), 4096 * 4096); "
+            "print(jpeg[:3] == bytes([0xFF, 0xD8, 0xFF]))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "True", result.stdout + result.stderr

@@ -127,7 +127,7 @@ def test_monochrome1_is_inverted_and_padding_is_black(tmp_path):
     dataset.PhotometricInterpretation = "MONOCHROME1"
     inverted = d.to_bytes(dataset)
     _, engine = run(tmp_path, [plain, inverted])
-    from models.dicom import grey_slice
+    from covidscan.dicom_pixels import grey_slice
 
     grey, grey1 = grey_slice(plain, 0, (1500, -600)), grey_slice(inverted, 0, (1500, -600))
     assert (grey[:8] == 0).all() and (grey1[:8] == 0).all()

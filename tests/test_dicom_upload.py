@@ -128,7 +128,7 @@ def test_no_patient_identifier_is_returned_or_logged(client, caplog):
 
 
 def test_malformed_patient_values_are_not_quoted_in_logs(client, caplog, tmp_path):
-    from models.dicom import grey_slice
+    from covidscan.dicom_pixels import grey_slice
 
     body = d.ct_bytes(PatientBirthDate="1950-01-01-SECRET", PatientName="Doe^Jane" * 12)
     with caplog.at_level(logging.DEBUG):

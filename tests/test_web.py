@@ -126,7 +126,7 @@ def test_static_assets_are_shipped(client, asset):
 
 def test_a_dicom_slice_has_a_thumbnail_of_each_frame_in_the_lung_window(client, app_config):
     """As the model sees it: windowed (width 1500, level -600), each frame its own."""
-    from models.dicom import LUNG_WINDOW, grey_slice
+    from covidscan.dicom_pixels import LUNG_WINDOW, grey_slice
     from tests import dicom_files as d
 
     single, multi = d.ct_bytes(), d.multiframe_ct(frames=3, spacing=5.0)

@@ -75,7 +75,8 @@ class FrameFiles:
 def load_tensor(files: FrameFiles, item: ScanInput, info) -> tuple[object, Optional[str]]:
     """The tensor (or the reason there is none) and, for a DICOM slice, the preprocessing id
     naming its window (``info`` is the engine's :class:`models.loader.ModelInfo`)."""
-    from models.dicom import is_dicom, load_dicom_seed_v1, preprocessing_id
+    from covidscan.dicom_pixels import is_dicom
+    from models.dicom import load_dicom_seed_v1, preprocessing_id
     from models.preprocess import ImageDecodeError, load_seed_v1
 
     preprocessing = None
