@@ -26,7 +26,7 @@ from api.models import resolve_model
 from api.problems import Problem
 from api.schemas import StowQuery
 from api.uploads import ParsedUpload, UploadLimits, iter_scans
-from db.jobs import JobOptions, NewScan, append_scans, create_job, lock_job
+from db.jobs import JobOptions, NewScan, append_scans, create_job
 from db.models import new_id
 from db.outbox import relay
 
@@ -192,7 +192,6 @@ def _write(job, job_id: str, new_scans: list[NewScan], owner: str) -> None:
             retention_seconds=svc.settings.job_retention, chunk_size=svc.settings.batch_size,
             series_rule=svc.settings.series_rule))
     else:
-        lock_job(session, job.id)  # appends to one job take turns for their positions
         append_scans(session, job, new_scans, svc.settings.batch_size, svc.settings.series_rule)
     audit("job.submit", job_id, {"scans": len(new_scans), "via": "stow-rs"}, commit=False)
     session.commit()

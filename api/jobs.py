@@ -16,8 +16,8 @@ from api.limits import check_active_jobs, scan_quota
 from api.metrics import scans_added
 from api.openapi import Reply, operation
 from api.problems import Problem
-from api.schemas import (AddScansForm, DirectUpload, DirectUploadRequest, Job, JobList, JobListQuery,
-                         ResultsPage, ResultsQuery, SubmitJobForm, SubmittedJob)
+from api.schemas import (AddScansForm, DirectUpload, DirectUploadRequest, Job, JobList,
+                         JobListQuery, ResultsPage, ResultsQuery, SubmitJobForm, SubmittedJob)
 from api.security import whole_number
 from api.serialize import csv_lines, job_json, result_row
 from api.uploads import ParsedUpload, UploadLimits, iter_scans
@@ -208,7 +208,7 @@ def seal(job_id: str) -> Response:
     if job.open_until is not None:
         if not job_scan_count(session, job_id):
             raise Problem(409, f"job {job_id} holds no scans yet: add some, or delete it")
-        seal_job(session, job)
+        seal_job(job)
         finished = record_finished_jobs(session, [job_id])  # all done already: ended now
         audit("job.seal", job_id, commit=False)
         session.commit()

@@ -71,6 +71,10 @@ def make_thumbnail(data: bytes, max_pixels: int, size: int = THUMBNAIL_SIZE) -> 
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError,
             SyntaxError) as exc:  # Pillow's plugins raise SyntaxError for malformed headers
         raise ThumbnailError(str(exc) or exc.__class__.__name__) from None
+    return _jpeg(image)
+
+
+def _jpeg(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=80)
     return buffer.getvalue()
@@ -105,9 +109,7 @@ def make_dicom_thumbnail(data: bytes, frame: int, window: tuple[float, float],
         raise ThumbnailError(str(exc)) from None
     image = Image.fromarray(grey)
     image.thumbnail((size, size))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=80)
-    return buffer.getvalue()
+    return _jpeg(image)
 
 
 @lru_cache(maxsize=1)

@@ -35,7 +35,7 @@ from covidscan.settings import Settings
 from covidscan.webhooks import SendDeliveries, relay_events
 from db.blobs import BlobStore
 from db.jobs import (delete_job_rows, existing_job_ids, expired_job_ids, job_scan_count,
-                     lapsed_open_job_ids)
+                     lapsed_open_job_ids, seal_job)
 from db.models import Job, Scan, ScanStatus, utcnow
 from db.outbox import SendWakeups, add_wakeups, relay
 from db.keys import delete_expired_sessions
@@ -107,7 +107,7 @@ def seal_lapsed_jobs(session_factory: sessionmaker[Session], blobs: BlobStore,
                 continue  # sealed, deleted or sent a part meanwhile
             empty = job_scan_count(session, job_id) == 0
             if not empty:
-                job.open_until = None
+                seal_job(job)
                 sealed += 1
                 log.info("job %s: no part within OPEN_JOB_TIMEOUT; sealed", job_id)
         if empty and clean_up:

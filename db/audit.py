@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 
 from db.models import AuditEvent
 
-ACTIONS = ("job.submit", "job.add_scans", "job.seal", "job.upload_urls", "results.read", "results.csv", "thumbnail.view",
+ACTIONS = ("job.submit", "job.add_scans", "job.seal", "job.upload_urls", "results.read",
+           "results.csv", "thumbnail.view",
            "job.cancel", "job.delete", "model.add", "model.set_default", "model.remove",
            "key.create", "key.revoke", "session.open", "webhook.create", "webhook.delete",
            "explanation.request", "heatmap.view", "series.read", "series.sr")

@@ -144,7 +144,10 @@ def append_scans(session: Session, job: Job, scans: Sequence[NewScan], chunk_siz
     """Add scans after the job's last one, with their wake-ups (not committed); the rows.
 
     A job that had finished runs again for them; its series rule, once recorded, stays.
+    The job's row is held from here to the commit, so that appends sent at once get their
+    positions one after the other.
     """
+    _lock_job(session, job.id)
     start = next_position(session, job.id)
     now = utcnow()
     rows = [Scan(job_id=job.id, position=start + i, filename=s.filename, blob_key=s.blob_key,
@@ -158,7 +161,7 @@ def append_scans(session: Session, job: Job, scans: Sequence[NewScan], chunk_siz
     return rows
 
 
-def lock_job(session: Session, job_id: str) -> None:
+def _lock_job(session: Session, job_id: str) -> None:
     """Hold the job's row until commit (a row lock on PostgreSQL, the write lock on SQLite),
     so that transactions appending scans to it get their positions one after the other."""
     session.execute(update(Job).where(Job.id == job_id).values(priority=Job.priority)
@@ -166,11 +169,10 @@ def lock_job(session: Session, job_id: str) -> None:
 
 
 def take_part(session: Session, job_id: str, open_seconds: int) -> bool:
-    """Begin adding a part to an open job: extend its deadline and hold it until commit.
-
-    The update is the lock (a row lock on PostgreSQL, the write lock on SQLite), so parts
-    sent at once get their positions one after the other. False when the job is not open
-    (sealed, cancelled or gone); then nothing was changed.
+    """Begin adding a part to an open job: extend its deadline and hold its row until
+    commit (as :func:`append_scans` does), so that the job's scan count read next is the
+    one the part is added to. False when the job is not open (sealed, cancelled or gone);
+    then nothing was changed.
     """
     moved = session.execute(
         update(Job).where(Job.id == job_id, Job.open_until.is_not(None),
@@ -180,12 +182,9 @@ def take_part(session: Session, job_id: str, open_seconds: int) -> bool:
     return moved.rowcount == 1
 
 
-def seal_job(session: Session, job: Job) -> bool:
-    """Take no more scans; the job ends once its scans do. False if it was sealed already."""
-    if job.open_until is None:
-        return False
+def seal_job(job: Job) -> None:
+    """Take no more scans; the job ends once its scans do (not committed)."""
     job.open_until = None
-    return True
 
 
 def lapsed_open_job_ids(session: Session, limit: int = 100) -> list[str]:
@@ -206,7 +205,7 @@ def cancel_job(session: Session, job: Job) -> int:
         if not unfinished and job.open_until is None:
             return 0
         job.cancelled_at = utcnow()
-    job.open_until = None  # an open job takes no more parts
+    seal_job(job)  # an open job takes no more parts
     session.execute(
         update(Explanation).where(Explanation.job_id == job.id,
                                   Explanation.status == ScanStatus.QUEUED)

@@ -9,6 +9,7 @@ import pytest
 
 from covidscan.settings import load_settings
 from db.blobs import FileBlobStore
+from db.explanations import queue_job_explanations
 from db.jobs import JobOptions, NewScan, create_job, summarise_job
 from db.models import Job, Scan, ScanStatus, new_id
 from db.session import make_engine, make_session_factory
@@ -81,7 +82,9 @@ def runtime(database_url, tmp_path):
     built.close()
 
 
-def submit(runtime, payloads):
+def submit(runtime, payloads, explain=None):
+    """A job of ``payloads`` stored in the runtime's blob store (with ``explain``, every
+    scan's explanation queued as at submission)."""
     job_id = new_id()
     scans = []
     for i, data in enumerate(payloads):
@@ -89,7 +92,9 @@ def submit(runtime, payloads):
         runtime.blobs.put(key, data)
         scans.append(NewScan(f"{i}.png", key, len(data)))
     with runtime.session_factory.begin() as session:
-        create_job(session, scans, job_id, JobOptions(chunk_size=4))
+        job = create_job(session, scans, job_id, JobOptions(chunk_size=4, explain=explain))
+        if explain:
+            queue_job_explanations(session, job)
     return job_id
 
 

@@ -9,11 +9,10 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import undefer
 
-from db.explanations import claim_explanations, expire_explanation_leases, queue_job_explanations
-from db.jobs import JobOptions, NewScan, create_job
-from db.models import Explanation, Job, ScanStatus, new_id
+from db.explanations import claim_explanations, expire_explanation_leases
+from db.models import Explanation, Job, ScanStatus
 from tests.images import corrupt_png, png_bytes
-from tests.test_drain import Engine, runtime_with
+from tests.test_drain import Engine, runtime_with, submit
 from worker.drain import drain
 
 pytestmark = pytest.mark.database
@@ -58,20 +57,6 @@ class Models:
 def make_runtime(database_url, tmp_path, explainer_for):
     engine = Engine()
     return runtime_with(database_url, tmp_path, Models(engine, explainer_for(engine)))
-
-
-def submit(runtime, payloads, explain):
-    job_id = new_id()
-    scans = []
-    for i, data in enumerate(payloads):
-        key = runtime.blobs.key_for(job_id, i)
-        runtime.blobs.put(key, data)
-        scans.append(NewScan(f"{i}.png", key, len(data)))
-    with runtime.session_factory.begin() as session:
-        job = create_job(session, scans, job_id, JobOptions(chunk_size=4, explain=explain))
-        if explain:
-            queue_job_explanations(session, job)
-    return job_id
 
 
 def explanations(runtime, job_id):

@@ -10,16 +10,10 @@ from sqlalchemy import func, select
 from db.models import Explanation
 from db.session import make_engine, make_session_factory
 from tests.conftest import authorised, create_api_key, wait_for_job
+from tests.test_end_to_end import upload
 from tests.images import corrupt_png, png_bytes
 
 pytestmark = pytest.mark.integration
-
-
-def upload(client, items, **form):
-    data = {"files": [(io.BytesIO(d), n) for n, d in items], **form}
-    response = client.post("/v1/jobs", data=data, content_type="multipart/form-data")
-    assert response.status_code == 202, response.get_json()
-    return response.get_json()
 
 
 def wait_for_explanation(client, scan_id, timeout=120.0):
