@@ -36,14 +36,23 @@ def decode_cost(pngs: Sequence[bytes], size: tuple[int, int],
     return {"single_thread_s_per_scan": single, "pool_s_per_scan": pooled, "pool_threads": threads}
 
 
-def throughput(predict, batch: np.ndarray, min_seconds: float = 3.0) -> float:
-    """Images per second of ``predict`` on ``batch``, after one untimed call, over ≥ min_seconds."""
+def throughput(predict, batch: np.ndarray, min_seconds: float = 3.0, callers: int = 1) -> float:
+    """Images per second of ``predict`` on ``batch``, after one untimed call, over ≥ min_seconds.
+
+    ``callers`` threads call it at once, as the worker's batcher does for an engine that
+    takes its next batch while one runs (``concurrent_batches``)."""
     predict(batch)
-    calls = 0
     started = time.perf_counter()
-    while calls < 2 or time.perf_counter() - started < min_seconds:
-        predict(batch)
-        calls += 1
+
+    def call() -> int:
+        calls = 0
+        while calls < 2 or time.perf_counter() - started < min_seconds:
+            predict(batch)
+            calls += 1
+        return calls
+
+    with ThreadPoolExecutor(callers) as pool:
+        calls = sum(pool.map(lambda _: call(), range(callers)))
     return calls * len(batch) / (time.perf_counter() - started)
 
 
@@ -92,7 +101,8 @@ class EngineBench:
         return {
             "engine": choice.engine.name, "precision": choice.engine.precision,
             "note": choice.note, "gate": None if choice.gate is None else choice.gate.as_dict(),
-            "images_per_s": throughput(choice.engine.predict, self.batch),
+            "images_per_s": throughput(choice.engine.predict, self.batch, callers=getattr(
+                choice.engine, "concurrent_batches", 1)),
             "decode": decode_cost(self.pngs, self.model.info.input_size),
         }
 

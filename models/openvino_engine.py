@@ -4,13 +4,19 @@ The Keras model is traced as a ``tf.function`` with a dynamic batch dimension an
 converted with ``openvino.convert_model``. The converted model is cached on disk under
 the model's SHA-256 (and the OpenVINO version), so a worker restart reads it back
 instead of converting again. A batch is split over the compiled model's optimal number
-of asynchronous infer requests, which run in parallel streams.
+of infer requests, which run in parallel streams. Each request has a thread of its own
+that takes the next part from one line as soon as its last is done, so a stream slowed
+by other work on its core (decoding, the API) does not idle the others at the end of
+every batch: while one batch runs, the next waits in line (``concurrent_batches``).
 """
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
+import weakref
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Optional
 
@@ -107,6 +113,8 @@ class OpenVINOEngine:
     """Runs a converted model on the CPU in fp32, bf16 or fp16 with parallel infer requests."""
 
     name = "openvino"
+    # Batches the batcher may hand over at once: one running, the next waiting in line.
+    concurrent_batches = 2
 
     def __init__(self, model: LoadedModel, precision: str, batch_size: int, cache_dir: Path,
                  device: str = "CPU", calibration: Optional[CalibrationSet] = None) -> None:
@@ -132,16 +140,17 @@ class OpenVINOEngine:
         actual = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self.precision = "int8" if precision == "int8" else \
             {ov_name: name for name, ov_name in OV_PRECISION.items()}.get(actual, actual)
-        count = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        # Plain asynchronous requests, read by the calling thread after wait(): no completion
-        # callback has to take the GIL inside OpenVINO's stream threads.
-        self._requests = [self._compiled.create_infer_request() for _ in range(count)]
-        self._lock = threading.Lock()
-        log.info("OpenVINO %s on %s: %d infer requests", self.precision, device, count)
-
-    @property
-    def requests(self) -> int:
-        return len(self._requests)
+        self.requests = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        # One thread per request, blocked in infer() (which releases the GIL) or on the line:
+        # no completion callback has to take the GIL inside OpenVINO's stream threads.
+        self._line: queue.SimpleQueue = queue.SimpleQueue()
+        for index in range(self.requests):
+            threading.Thread(target=_serve_requests,
+                             args=(self._compiled.create_infer_request(), self._line),
+                             name=f"openvino-{self.precision}-{index}", daemon=True).start()
+        # The threads end when the engine is dropped (an evicted model), not with the process.
+        weakref.finalize(self, _stop_serving, self._line, self.requests)
+        log.info("OpenVINO %s on %s: %d infer requests", self.precision, device, self.requests)
 
     def warm_up(self) -> None:
         self.predict(np.zeros((self.batch_size, *self._input_shape), dtype=np.float32))
@@ -152,13 +161,26 @@ class OpenVINOEngine:
             raise ValueError(f"expected a batch of shape (N, {self._input_shape}), got {batch.shape}")
         if batch.shape[0] == 0:
             return np.empty(0, dtype=np.float64)
-        parts = np.array_split(batch, min(self.requests, batch.shape[0]))
-        with self._lock:
-            for request, part in zip(self._requests, parts):
-                request.start_async({0: part})
-            outputs = []
-            for request, _ in zip(self._requests, parts):
-                request.wait()
-                outputs.append(request.get_output_tensor(0).data.copy())
-            output = np.concatenate(outputs)
+        futures = []
+        for part in np.array_split(batch, min(self.requests, batch.shape[0])):
+            future: Future = Future()
+            self._line.put((part, future))
+            futures.append(future)
+        output = np.concatenate([future.result() for future in futures])
         return output[:, self.info.positive_index].astype(np.float64)
+
+
+def _serve_requests(request, line: queue.SimpleQueue) -> None:
+    """Run parts from ``line`` on one infer request until told to stop (None)."""
+    while (job := line.get()) is not None:
+        part, future = job
+        try:
+            request.infer({0: part})
+            future.set_result(request.get_output_tensor(0).data.copy())
+        except BaseException as exc:  # noqa: BLE001 - the caller of predict() gets it
+            future.set_exception(exc)
+
+
+def _stop_serving(line: queue.SimpleQueue, threads: int) -> None:
+    for _ in range(threads):
+        line.put(None)

@@ -154,3 +154,96 @@ def test_stopping_runs_what_is_queued_then_refuses_new_items():
 def test_wrong_batch_settings_are_refused_when_the_batcher_is_built(size, delay):
     with pytest.raises(ValueError):
         DynamicBatcher(Recorder(), max_batch_size=size, max_delay_s=delay)
+
+
+class Engine:
+    """A key that allows two batches at once, as the OpenVINO engine does."""
+
+    concurrent_batches = 2
+
+
+class Blocking:
+    """A batch function whose batches run until released; records which ran at once."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most_at_once = 0
+        self.started = threading.Semaphore(0)
+        self.release = threading.Semaphore(0)
+        self.batches = []
+
+    def __call__(self, key, items):
+        with self.lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+            self.batches.append(list(items))
+        self.started.release()
+        assert self.release.acquire(timeout=5)
+        with self.lock:
+            self.running -= 1
+        return items
+
+
+def test_an_engine_that_takes_two_batches_gets_its_next_full_batch_while_one_runs():
+    run = Blocking()
+    batcher = DynamicBatcher(run, max_batch_size=2, max_delay_s=60, concurrency=2).start()
+    key = Engine()
+    futures = [batcher.submit(key, i) for i in range(4)]
+    assert run.started.acquire(timeout=5) and run.started.acquire(timeout=5)  # both running
+    assert run.batches == [[0, 1], [2, 3]] and run.most_at_once == 2
+    run.release.release()
+    run.release.release()
+    assert [f.result(timeout=5) for f in futures] == [0, 1, 2, 3]
+    batcher.stop(timeout=5)
+
+
+def test_a_partial_batch_waits_behind_a_running_one_and_may_still_fill():
+    run = Blocking()
+    batcher = DynamicBatcher(run, max_batch_size=3, max_delay_s=0.01, concurrency=2).start()
+    key = Engine()
+    first = [batcher.submit(key, i) for i in range(3)]
+    assert run.started.acquire(timeout=5)
+    late = [batcher.submit(key, 3)]
+    time.sleep(0.1)  # well past the deadline: still not taken, as a batch of key runs
+    assert run.batches == [[0, 1, 2]]
+    late += [batcher.submit(key, 4), batcher.submit(key, 5)]  # fills it: taken at once
+    assert run.started.acquire(timeout=5)
+    assert run.batches == [[0, 1, 2], [3, 4, 5]]
+    run.release.release()
+    run.release.release()
+    assert [f.result(timeout=5) for f in first + late] == list(range(6))
+    batcher.stop(timeout=5)
+
+
+def test_a_key_that_does_not_say_it_takes_two_runs_one_batch_at_a_time():
+    run = Blocking()
+    batcher = DynamicBatcher(run, max_batch_size=2, max_delay_s=60, concurrency=2).start()
+    futures = [batcher.submit("tensorflow", i) for i in range(4)]
+    for _ in range(2):
+        assert run.started.acquire(timeout=5)
+        time.sleep(0.05)  # a second batch, if it were allowed, would have started by now
+        assert run.running == 1
+        run.release.release()
+    assert [f.result(timeout=5) for f in futures] == [0, 1, 2, 3]
+    assert run.most_at_once == 1
+    batcher.stop(timeout=5)
+
+
+def test_busy_time_counts_overlapping_batches_once():
+    run = Blocking()
+    batcher = DynamicBatcher(run, max_batch_size=1, max_delay_s=60, concurrency=2).start()
+    key = Engine()
+    started = time.monotonic()
+    futures = [batcher.submit(key, i) for i in range(2)]
+    assert run.started.acquire(timeout=5) and run.started.acquire(timeout=5)
+    time.sleep(0.2)
+    run.release.release()
+    run.release.release()
+    for future in futures:
+        future.result(timeout=5)
+    wall = time.monotonic() - started
+    batcher.stop(timeout=5)
+    stats = batcher.snapshot()
+    assert stats["batches"] == 2
+    assert 0.2 <= stats["busy_seconds"] <= wall  # two batches of ≥ 0.2 s each, side by side

@@ -44,6 +44,38 @@ def test_openvino_fp32_matches_the_reference_and_is_cached_by_sha256(tiny, refer
     assert again.name == "openvino"
 
 
+
+def test_openvino_batches_from_two_threads_at_once_each_get_their_own_results(tiny, reference,
+                                                                               tmp_path):
+    """The batcher hands the engine its next batch while one runs: both come back whole,
+    each with its own images' probabilities, and the request threads end with the engine."""
+    import gc
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from models.selection import build_engine
+
+    before = set(threading.enumerate())
+    engine = build_engine(tiny, "openvino", "fp32", 8, tmp_path, reference)
+    assert engine.concurrent_batches == 2
+    threads = [t for t in set(threading.enumerate()) - before
+               if t.name.startswith("openvino-fp32-")]
+    assert len(threads) == engine.requests
+    batch = calibration_batch(tiny.info.input_size, count=24)
+    batches = [batch[i:i + 8] for i in range(0, 24, 8)] * 4
+    expected = reference.predict(batch)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(engine.predict, batches))
+    for i, result in enumerate(results):
+        assert np.abs(result - expected[(i % 3) * 8:(i % 3) * 8 + 8]).max() <= 1e-4
+
+    assert all(thread.is_alive() for thread in threads)
+    del engine, results
+    gc.collect()
+    for thread in threads:
+        thread.join(timeout=5)
+    assert not any(thread.is_alive() for thread in threads)
+
 def test_bf16_serves_on_this_cpu_within_the_reduced_tolerance(tiny, reference, tmp_path):
     from models.openvino_engine import supported_precision
     from models.selection import build_engine

@@ -35,7 +35,9 @@ BATCH_WAIT = Histogram(
     "covidscan_batch_wait_seconds", "Time a decoded scan waited for its batch to run.",
     MODEL_LABELS, buckets=STAGE_BUCKETS)
 INFERENCE = Histogram(
-    "covidscan_inference_seconds", "Time of one model call (one batch).", MODEL_LABELS,
+    "covidscan_inference_seconds",
+    "Time of one model call (one batch), from its hand-over to the engine to its results.",
+    MODEL_LABELS,
     buckets=STAGE_BUCKETS)
 DECODE = Histogram(
     "covidscan_decode_seconds", "Time to read, decode and preprocess one scan.",

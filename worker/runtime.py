@@ -263,7 +263,8 @@ def initialise(settings: Optional[Settings] = None, node: Optional[str] = None) 
         models.warm_default()
         batcher = DynamicBatcher(predict_items, settings.max_batch_size,
                                  settings.max_queue_delay_ms / 1000, name="inference",
-                                 on_batch=metrics.BatchObserver(settings.max_batch_size))
+                                 on_batch=metrics.BatchObserver(settings.max_batch_size),
+                                 concurrency=2)
         # One claim being inferred while the next decodes: enough to keep the model busy.
         slots = max(2, 2 * settings.max_batch_size // settings.batch_size)
         blobs = open_blob_store(settings.blob_dir, settings.blob_store)
