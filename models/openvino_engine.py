@@ -144,9 +144,15 @@ class OpenVINOEngine:
         # One thread per request, blocked in infer() (which releases the GIL) or on the line:
         # no completion callback has to take the GIL inside OpenVINO's stream threads.
         self._line: queue.SimpleQueue = queue.SimpleQueue()
-        for index in range(self.requests):
-            threading.Thread(target=_serve_requests,
-                             args=(self._compiled.create_infer_request(), self._line),
+        requests = [self._compiled.create_infer_request() for _ in range(self.requests)]
+        # The first calls into OpenVINO's Python bindings initialise static state (pybind11's
+        # NumPy API among it) under the GIL; two threads making them at once can deadlock.
+        # So each request runs once here, in this thread, before its own thread starts.
+        probe = np.zeros((1, *self._input_shape), dtype=np.float32)
+        for request in requests:
+            _run_part(request, probe)
+        for index, request in enumerate(requests):
+            threading.Thread(target=_serve_requests, args=(request, self._line),
                              name=f"openvino-{self.precision}-{index}", daemon=True).start()
         # The threads end when the engine is dropped (an evicted model), not with the process.
         weakref.finalize(self, _stop_serving, self._line, self.requests)
@@ -170,13 +176,17 @@ class OpenVINOEngine:
         return output[:, self.info.positive_index].astype(np.float64)
 
 
+def _run_part(request, part: np.ndarray) -> np.ndarray:
+    request.infer({0: part})
+    return request.get_output_tensor(0).data.copy()
+
+
 def _serve_requests(request, line: queue.SimpleQueue) -> None:
     """Run parts from ``line`` on one infer request until told to stop (None)."""
     while (job := line.get()) is not None:
         part, future = job
         try:
-            request.infer({0: part})
-            future.set_result(request.get_output_tensor(0).data.copy())
+            future.set_result(_run_part(request, part))
         except BaseException as exc:  # noqa: BLE001 - the caller of predict() gets it
             future.set_exception(exc)
 
