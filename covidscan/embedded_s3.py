@@ -24,6 +24,10 @@ def weed_binary() -> str:
     return found
 
 
+class _PortTaken(Exception):
+    """SeaweedFS could not bind a port picked for it."""
+
+
 class EmbeddedS3(EmbeddedProcess):
     """``weed server -s3`` on 127.0.0.1 with one access key and one bucket.
 
@@ -72,6 +76,14 @@ class EmbeddedS3(EmbeddedProcess):
                 f"-s3.config={self._config_file().resolve()}"]
 
     def start(self, timeout: float = 60.0) -> "EmbeddedS3":
+        for _ in range(3):
+            try:
+                return self._start_once(timeout)
+            except _PortTaken:  # another process took a port between its pick and the bind
+                self.ports = {name: free_port() for name in self.ports}
+        return self._start_once(timeout)
+
+    def _start_once(self, timeout: float) -> "EmbeddedS3":
         from db.blobs import S3Location
         from db.s3_blobs import S3BlobStore
 
@@ -93,6 +105,9 @@ class EmbeddedS3(EmbeddedProcess):
             except Exception:  # noqa: BLE001 - not up yet: connection refused, 5xx, ...
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
+                    if "address already in use" in (self.data_dir / "weed.log").read_text(
+                            errors="replace"):
+                        raise _PortTaken() from None
                     raise RuntimeError(f"SeaweedFS did not start on port {self.ports['s3']}; "
                                        f"see {self.data_dir / 'weed.log'}") from None
                 time.sleep(0.3)

@@ -126,3 +126,23 @@ def test_readyz_checks_the_object_store_and_names_it_when_it_does_not_answer(
     detail = answer.get_json()["checks"]["blob_store"]
     assert "unreachable" in detail and s3_server.secret_key not in detail
     assert answer.get_json()["checks"]["database"] == "ok"
+
+
+def test_the_embedded_s3_starts_on_other_ports_when_one_picked_for_it_is_taken(tmp_path):
+    """A port picked free can be taken by another process before SeaweedFS binds it."""
+    import socket
+
+    from covidscan.embedded_s3 import EmbeddedS3
+
+    s3 = EmbeddedS3(tmp_path / "s3")
+    taken = s3.ports["s3.grpc"]
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        s3.start()
+        try:
+            assert s3.ports["s3.grpc"] != taken
+            assert "address already in use" not in (tmp_path / "s3" / "weed.log").read_text()
+            assert requests.get(s3.endpoint_url, timeout=10).status_code < 500
+        finally:
+            s3.stop()
