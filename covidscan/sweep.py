@@ -41,6 +41,7 @@ from db.outbox import SendWakeups, add_wakeups, relay
 from db.keys import delete_expired_sessions
 from db.explanations import expire_explanation_leases, waiting_explanations
 from db.scans import expire_leases
+from db.session import in_transaction
 from db.webhooks import delete_job_webhooks, record_finished_jobs
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,11 @@ def waiting_scans(session: Session) -> int:
 
 def delete_job(session_factory: sessionmaker[Session], blobs: BlobStore, job_id: str) -> None:
     """Delete a job's rows, then its blobs and thumbnails (they share the job's key prefix)."""
-    with session_factory.begin() as session:
+    def rows(session: Session) -> None:
         delete_job_webhooks(session, job_id)
         delete_job_rows(session, job_id)
+
+    in_transaction(session_factory, rows)
     blobs.delete_job(job_id)
 
 

@@ -218,7 +218,14 @@ def cancel_job(session: Session, job: Job) -> int:
 
 
 def delete_job_rows(session: Session, job_id: str) -> None:
-    """Delete a job, its scans and their explanations (blobs are the caller's to delete)."""
+    """Delete a job, its scans and their explanations (blobs are the caller's to delete).
+
+    The scans are locked first in upload order, the order in which a worker writes a
+    batch's results, so this and a worker finishing some of the job's scans queue behind
+    one another rather than deadlock.
+    """
+    session.execute(select(Scan.id).where(Scan.job_id == job_id)
+                    .order_by(Scan.position).with_for_update()).all()
     session.execute(delete(Explanation).where(Explanation.job_id == job_id))
     session.execute(delete(Scan).where(Scan.job_id == job_id))
     session.execute(delete(Job).where(Job.id == job_id))

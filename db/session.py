@@ -1,8 +1,22 @@
 """Engine and session factory. Nothing connects until a session is used."""
 from __future__ import annotations
 
+import logging
+import random
+import time
+from typing import Callable, TypeVar
+
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# PostgreSQL's deadlock_detected and serialization_failure: it rolled the transaction back,
+# and running it again is the documented answer.
+CONFLICTS = frozenset({"40P01", "40001"})
+CONFLICT_ATTEMPTS = 5
 
 
 def make_engine(database_url: str) -> Engine:
@@ -24,3 +38,26 @@ def make_engine(database_url: str) -> Engine:
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """A transaction PostgreSQL aborted to resolve a deadlock or a serialization conflict."""
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in CONFLICTS
+
+
+def in_transaction(session_factory: sessionmaker[Session], work: Callable[[Session], T],
+                   attempts: int = CONFLICT_ATTEMPTS) -> T:
+    """Run ``work`` in one transaction and commit; run it again, whole, when PostgreSQL
+    aborted it to break a deadlock with another writer (a worker writing results, the
+    heartbeat) that locked the same rows in another order. Other errors propagate."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with session_factory.begin() as session:
+                return work(session)
+        except DBAPIError as exc:
+            if attempt == attempts or not is_conflict(exc):
+                raise
+            log.info("transaction aborted by a conflict (SQLSTATE %s); running it again",
+                     exc.orig.sqlstate)
+            time.sleep(random.uniform(0.02, 0.1) * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover

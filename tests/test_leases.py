@@ -1,13 +1,15 @@
 """The queue in SQL, as plain functions on a real database: leases, attempts, priority,
 cancel, the outbox, retention."""
+import threading
+import time
 from datetime import timedelta
 
 import pytest
 from redis.exceptions import ResponseError
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from covidscan.settings import load_settings
-from covidscan.sweep import sweep_once
+from covidscan.sweep import delete_job, sweep_once
 from db.blobs import FileBlobStore
 from db.identity import ModelIdentity
 from db.jobs import JobOptions, NewScan, cancel_job, create_job, summarise_job
@@ -16,6 +18,8 @@ from db.outbox import pending_wakeups, relay
 from db.scans import (ScanOutcome, claim_next, expire_leases, record_outcomes, release_leases,
                       renew_leases)
 from db.session import make_engine, make_session_factory
+
+from tests.conftest import POSTGRES_URL
 
 pytestmark = pytest.mark.database
 
@@ -243,6 +247,45 @@ def test_retention_deletes_expired_jobs_their_blobs_and_orphan_blobs(sessions, b
         assert session.get(Job, expired) is None
         assert session.query(Scan).filter_by(job_id=expired).count() == 0
         assert session.get(Job, forever).expires_at is None
+
+
+@pytest.mark.skipif(not POSTGRES_URL.startswith("postgres"),
+                    reason="SQLite serialises writers: only PostgreSQL deadlocks")
+def test_a_delete_that_deadlocks_with_a_writer_is_run_again_and_deletes_the_job(
+        sessions, blobs, caplog):
+    caplog.set_level("INFO", logger="db.session")
+    job = submit(sessions, blobs, 3)
+    with sessions() as session:
+        first, *_, last = [scan.id for scan in session.get(Job, job).scans]
+    writer = sessions()  # a writer locking the job's scans last one first
+    writer.execute(update(Scan).where(Scan.id == last).values(worker="w@host"))
+    failures = []
+
+    def delete():
+        try:
+            delete_job(sessions, blobs, job)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+
+    deleting = threading.Thread(target=delete)
+    deleting.start()
+    with sessions() as watcher:  # the delete holds the first scans and waits for the last
+        deadline = time.monotonic() + 10
+        while not watcher.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted")):
+            assert time.monotonic() < deadline, "the delete never waited for the writer"
+            time.sleep(0.02)
+    # The writer now wants the first scan: a deadlock. PostgreSQL aborts the delete, the
+    # first to wait; it must run again once the writer commits, not fail.
+    writer.execute(update(Scan).where(Scan.id == first).values(worker="w@host"))
+    writer.commit()
+    writer.close()
+    deleting.join(30)
+    assert not deleting.is_alive() and failures == []
+    assert "SQLSTATE 40P01" in caplog.text
+    with sessions() as session:
+        assert session.get(Job, job) is None
+        assert session.query(Scan).filter_by(job_id=job).count() == 0
+    assert not (blobs.root / job).exists()
 
 
 def test_covidscan_sweep_once_recovers_by_hand(sessions, blobs, database_url, redis_server):
