@@ -1,6 +1,7 @@
 """A small HTTP client for the covidscan API (used by the CLI)."""
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -11,6 +12,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".zip", ".dcm", ".dicom"}
 DIRECT_SUFFIXES = {".png", ".jpg", ".jpeg"}  # what a presigned upload may carry
 UPLOAD_THREADS = 8
 PART_FILES = 64
+DISCARD_ATTEMPTS = 3  # deleting the open job of an upload refused part-way
 """Files per request of a multipart upload: a larger upload goes as an open job, part by
 part, so that its first slices are classified while the rest is sent."""
 PART_BYTES = 32 * 1024 * 1024
@@ -114,17 +116,40 @@ class Client:
                                          else {})
                 skipped += added.get("skipped", [])
         except BaseException as exc:
-            try:
-                self.delete(job["id"])
-            except (ApiError, requests.RequestException):
-                pass  # the server's sweep seals what it holds after OPEN_JOB_TIMEOUT
+            fate = self._discard(job["id"])
             if isinstance(exc, ApiError):
-                raise ApiError(exc.status, f"{exc.detail} (job {job['id']} was deleted: "
-                                           "nothing of this upload was kept)") from None
+                raise ApiError(exc.status, f"{exc.detail} ({fate})") from None
+            exc.add_note(fate)
             raise
         sealed = self._check(self.http.post(f"{self.base_url}/v1/jobs/{job['id']}/seal",
                                             timeout=self.timeout)).json()
         return {**sealed, "skipped": skipped}
+
+    def _discard(self, job_id: str) -> str:
+        """Delete the open job of an upload that failed part-way; says what became of it.
+
+        A busy or unreachable server is asked again twice. If the job still stands, the
+        parts sent so far are in it (the sweep seals it after OPEN_JOB_TIMEOUT): the
+        answer says so and how to delete it, rather than claim nothing was kept.
+        """
+        reason: Optional[str] = None
+        for attempt in range(DISCARD_ATTEMPTS):
+            if attempt:
+                time.sleep(0.5 * attempt)
+            try:
+                self.delete(job_id)
+                reason = None
+                break
+            except ApiError as exc:
+                reason = None if exc.status == 404 else str(exc)  # 404: already gone
+                if exc.status < 500:
+                    break
+            except requests.RequestException as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+        if reason is None:
+            return f"job {job_id} was deleted: nothing of this upload was kept"
+        return (f"job {job_id} could not be deleted ({reason}); the parts sent before the "
+                f"failure are kept in it: delete it with `covidscan delete {job_id}`")
 
     def _parts(self, files: Sequence[Path],
                labels: Sequence[str]) -> list[list[tuple[Path, str]]]:

@@ -221,6 +221,32 @@ def test_the_client_sends_a_large_upload_in_parts_as_one_job(server, tmp_path):
     assert gone.value.status == 404
 
 
+def test_the_client_says_so_when_the_refused_uploads_job_could_not_be_deleted(server, tmp_path):
+    url, key, _ = server
+
+    class BusyServer(Client):  # every DELETE answered like a server in trouble
+        deletes = 0
+
+        def delete(self, job_id):
+            BusyServer.deletes += 1
+            raise ApiError(503, "the database is not answering")
+
+    write_folder(tmp_path / "slices", 4, size=32)
+    (tmp_path / "slices" / "zz_notes.png").write_text("not an image")
+    with pytest.raises(ApiError) as refused:
+        BusyServer(url, api_key=key, part_files=3).submit(
+            sorted((tmp_path / "slices").iterdir()))
+    detail = refused.value.detail
+    assert refused.value.status == 415 and "zz_notes.png" in detail
+    assert "was deleted" not in detail and "could not be deleted" in detail
+    assert "the database is not answering" in detail and BusyServer.deletes == 3
+    left = detail.split("job ")[1].split()[0]
+    assert f"covidscan delete {left}" in detail
+    client = Client(url, api_key=key)
+    assert client.job(left)["counts"]["total"] == 3  # the first part is there, as it says
+    client.delete(left)
+
+
 @pytest.fixture
 def server(app_config, api_key):
     """The API over HTTP (no worker)."""

@@ -412,7 +412,8 @@ def test_a_dicom_folder_shows_its_series_with_a_strip_chart(live_server, browser
 
 
 def test_a_large_selection_goes_in_parts_as_one_job_or_not_at_all(live_server, browser,
-                                                                  stack_config, tmp_path):
+                                                                  stack_config, stack_key,
+                                                                  tmp_path):
     """70 files: parts of 64 and 6 files, one job, sealed; a refused file in the second part
     deletes the job, so nothing of that upload is kept."""
     from sqlalchemy import select
@@ -452,3 +453,22 @@ def test_a_large_selection_goes_in_parts_as_one_job_or_not_at_all(live_server, b
                                       .where(AuditEvent.action == "job.delete")))
     engine.dispose()
     assert opened[-1] != job_id and opened[-1] in deleted  # the refused upload's job is gone
+
+    # A server that cannot delete the job: the page says what was kept, not "nothing".
+    browser.get(live_server.url + "/")
+    browser.execute_script("""
+        const realFetch = window.fetch;
+        window.fetch = (url, options) => (options && options.method === "DELETE") ?
+          Promise.resolve(new Response("{}", { status: 503 })) : realFetch(url, options);""")
+    by_id(browser, "files").send_keys("\n".join(str(p) for p in sorted([*paths, notes])))
+    by_id(browser, "submit").click()
+    wait_until(browser, lambda d: by_id(d, "upload-error").is_displayed(), 60, "the refusal")
+    said = by_id(browser, "upload-error-text").text
+    assert "nothing was stored" not in said and "could not be deleted" in said
+    kept = re.search(r"kept as job ([0-9a-f]{32})", said).group(1)
+    assert f"covidscan delete {kept}" in said
+    headers = {"Authorization": f"Bearer {stack_key}"}
+    job = requests.get(f"{live_server.url}/v1/jobs/{kept}", headers=headers, timeout=10).json()
+    assert job["counts"]["total"] == 64  # the first part, as the page says
+    assert requests.delete(f"{live_server.url}/v1/jobs/{kept}", headers=headers,
+                           timeout=10).status_code == 204

@@ -118,7 +118,15 @@
     if (!busy) render();
   }
 
-  function onRejected(status, text) {
+  /* What became of the parts an upload refused part-way had already sent. */
+  function fate(kept) {
+    return kept ?
+      " The parts sent before were kept as job " + kept + ", which could not be deleted: " +
+      "delete it with `covidscan delete " + kept + "` (DELETE /v1/jobs/" + kept + ")." :
+      "";
+  }
+
+  function onRejected(status, text, kept) {
     if (status === 401) {
       window.covidscan.signInAgain();
       return;
@@ -130,7 +138,8 @@
       // Only a file picked on its own can be dropped from the selection, not a ZIP entry.
       if (selected.some((s) => s.name === body.filename)) rejectedName = body.filename;
     }
-    showError("The server did not accept this upload (nothing was stored): " + detail, rejected);
+    showError(kept ? "The server did not accept this upload: " + detail + "." + fate(kept) :
+      "The server did not accept this upload (nothing was stored): " + detail, rejected);
   }
 
   function onAccepted(text) {
@@ -192,10 +201,22 @@
     return data;
   }
 
-  /* Delete an open job whose part was refused: an upload is taken whole or not at all. */
-  function discard(jobId) {
-    return fetch("/v1/jobs/" + encodeURIComponent(jobId), { method: "DELETE", headers: unsafeHeaders() })
-      .catch(() => { /* the server's sweep seals it after OPEN_JOB_TIMEOUT */ });
+  /* Delete an open job whose part was refused: an upload is taken whole or not at all.
+     A busy or unreachable server is asked again twice; resolves to whether the job is gone
+     (if not, the sweep seals what it holds after OPEN_JOB_TIMEOUT, and the user is told). */
+  async function discard(jobId) {
+    for (let attempt = 0; attempt < 3; attempt += 1) {
+      if (attempt) await new Promise((resolve) => setTimeout(resolve, 500 * attempt));
+      try {
+        const answer = await fetch("/v1/jobs/" + encodeURIComponent(jobId),
+                                   { method: "DELETE", headers: unsafeHeaders() });
+        if (answer.ok || answer.status === 404) return true;
+        if (answer.status < 500) return false;
+      } catch (ignored) {
+        /* network error: ask again */
+      }
+    }
+    return false;
   }
 
   async function sendInParts(pieces, fields) {
@@ -211,11 +232,11 @@
         answer = await send(url, formOf(piece, job ? {} : Object.assign({ open: "true" }, fields)),
           (loaded, requestTotal) => showProgress(before + bytes * loaded / requestTotal, total));
       } catch (error) {
-        if (job) await discard(job.id);
+        if (job && !(await discard(job.id))) error.kept = job.id;
         throw error;
       }
       if (answer.status !== 202) {
-        if (job) await discard(job.id);
+        if (job && !(await discard(job.id))) answer.kept = job.id;
         return answer;
       }
       const body = JSON.parse(answer.text);
@@ -259,9 +280,10 @@
       sendInParts(pieces, fields);
     sent.then((answer) => {
       if (answer.status === 202) onAccepted(answer.text);
-      else onRejected(answer.status, answer.text);
-    }, () => showError("The upload did not reach the server (network error). Nothing was " +
-                       "stored; try again.", []));
+      else onRejected(answer.status, answer.text, answer.kept);
+    }, (error) => showError(error.kept ?
+      "The upload did not reach the server (network error)." + fate(error.kept) :
+      "The upload did not reach the server (network error). Nothing was stored; try again.", []));
   }
 
   /* Offer a model choice only when the server lists more than one. */
