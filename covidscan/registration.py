@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -98,15 +99,35 @@ def register_model(session_factory: sessionmaker[Session], store: ModelStore,
                 report=request.report, stored_path=relative, trusted_code=request.trust_code,
                 **_window_columns(request.dicom_window),
             ), make_default=request.make_default)
-    except IntegrityError:  # registered by another process since the check above
+    except (IntegrityError, ModelExists):  # registered by another process since the check
+        # That process may have found this copy in place and recorded it: it stays.
+        _forget_copy(session_factory, store, relative, created)
         raise ModelExists(f"model {ref} is already registered") from None
     except BaseException:
-        if created:
-            store.delete(relative)
+        _forget_copy(session_factory, store, relative, created)
         raise
     log.info("registered model %s (sha256 %s)%s", model.ref, model.sha256[:12],
              ", the default" if model.is_default else "")
     return model
+
+
+def _forget_copy(session_factory: sessionmaker[Session], store: ModelStore, relative: str,
+                 created: bool) -> None:
+    """Delete the copy this registration made, unless a registered model names it: another
+    worker registering the same file at the same moment reuses a copy in place (see
+    :func:`_copy_in`) and may have recorded it first. When that cannot be checked, the
+    copy is kept: a stray folder costs disk, a deleted one breaks a registered model."""
+    if not created:
+        return
+    try:
+        with session_factory() as session:
+            if session.scalar(select(Model.id).where(Model.stored_path == relative)) is not None:
+                log.info("stored copy %s is registered by another process; kept", relative)
+                return
+    except Exception:  # noqa: BLE001 - the database is what failed; keep the copy
+        log.warning("could not check whether stored copy %s is registered; kept", relative)
+        return
+    store.delete(relative)
 
 
 def _copy_in(store: ModelStore, path: Path, info) -> tuple[str, bool]:

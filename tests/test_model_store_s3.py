@@ -9,6 +9,7 @@ from covidscan.settings import load_settings
 from covidscan.sweep import delete_orphan_blobs
 from db.blobs import open_blob_store
 from db.model_store import open_model_store
+from db.registry import ModelExists, find_model
 from db.session import make_engine, make_session_factory
 from models.loader import ModelLoadError
 
@@ -85,3 +86,30 @@ def test_a_name_and_version_taken_in_the_bucket_is_refused_on_another_host(
     with pytest.raises(FileExistsError, match="tiny/v3 already exists"):
         open_model_store(tmp_path / "b", settings.blob_store).put(tiny_model_path, "tiny", "v3")
     assert not (tmp_path / "b" / "tiny" / "v3").exists()
+
+
+def test_a_registration_that_loses_the_race_keeps_the_copy_the_winner_recorded(
+        settings, session_factory, tmp_path, tiny_model_path):
+    """Two workers register MODEL_PATH at once on one host: the first copies the file in,
+    the second finds that copy, reuses it and records its row first. The first, refused,
+    must not delete a copy a registered model now names."""
+    request = Registration(path=tiny_model_path, name="tiny", version="v4")
+    mirrored = type(open_model_store(tmp_path / "a", settings.blob_store))
+
+    class RacedStore(mirrored):
+        def put(self, source, name, version):
+            relative = super().put(source, name, version)
+            # The other worker, between this copy and this worker's row:
+            register_model(session_factory, mirrored(tmp_path / "a", settings.blob_store),
+                           request)
+            return relative
+
+    with pytest.raises(ModelExists, match="tiny:v4 is already registered"):
+        register_model(session_factory, RacedStore(tmp_path / "a", settings.blob_store),
+                       request)
+    with session_factory() as session:
+        model = find_model(session, "tiny:v4")
+    assert (tmp_path / "a" / model.stored_path).exists()
+    store_b = open_model_store(tmp_path / "b", settings.blob_store)
+    assert objects(store_b) == ["tiny/v4/tiny_ct.h5"]
+    assert load_registered(model, store_b).info.sha256 == model.sha256
