@@ -99,13 +99,30 @@ class Bench:
                                                       timeout=10, limit=1)
         return next(iter(reply.values()))
 
-    def consume(self, on: bool) -> None:
-        """Resume or pause the worker's consumption of the task queue."""
+    def hold(self, held: bool) -> None:
+        """Stop or resume the worker's consumption of the task queue.
+
+        Stopping waits until the worker has run every task it had already taken: the
+        wake-ups Redis handed it ahead of time (prefetched, left from the case before) would
+        otherwise still run and take the new scans while they arrive. (Freezing the process
+        instead could freeze it inside a SQLite write, and stall the API's writes.)
+        """
         control = self._celery().control
-        if on:
-            control.add_consumer(INFER_QUEUE, reply=True, timeout=10, limit=1)
-        else:
+        if held:
             control.cancel_consumer(INFER_QUEUE, reply=True, timeout=10, limit=1)
+            deadline = time.monotonic() + 60
+            while True:
+                inspect = control.inspect(timeout=5, limit=1)
+                taken = [task for tasks in [*(inspect.active() or {}).values(),
+                                            *(inspect.reserved() or {}).values()]
+                         for task in tasks]
+                if not taken:
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the worker still runs {len(taken)} tasks after 60 s")
+                time.sleep(0.2)
+        else:
+            control.add_consumer(INFER_QUEUE, reply=True, timeout=10, limit=1)
 
 
 def cpu_seconds(stack: Stack) -> dict[str, float]:
@@ -139,19 +156,21 @@ def batch_delta(before: dict, after: dict) -> dict[str, float]:
 def timed_case(bench: Bench, submit_all, held: bool = False) -> dict[str, Any]:
     """Run one case: ``submit_all`` returns job ids; times from its start to the last result.
 
-    ``held``: the worker stops taking tasks during the upload and the clock starts when it
+    ``held``: the worker takes no task during the upload and the clock starts when it
     resumes, so the jobs reach it at once rather than at the API's pace.
     """
     before = bench.batching()
-    if held:
-        bench.consume(False)
     cpu_before = cpu_seconds(bench.stack)
-    started = time.time()
-    job_ids = submit_all()
-    uploaded = time.time()
     if held:
+        bench.hold(True)
+    try:
         started = time.time()
-        bench.consume(True)
+        job_ids = submit_all()
+        uploaded = time.time()
+    finally:
+        if held:
+            started = time.time()
+            bench.hold(False)
     finished = np.array(bench.finished_at(job_ids))
     cpu = {name: spent - cpu_before.get(name, 0.0)
            for name, spent in cpu_seconds(bench.stack).items()}
