@@ -14,9 +14,10 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from api.audit import audit
-from api.auth import owned_scan, requires
+from api.auth import current_principal, owned_scan, requires
 from api.extensions import db_session, services
 from api.openapi import Reply, operation
+from api.limits import scan_quota
 from api.problems import Problem
 from api.schemas import ExplanationState, HeatmapQuery
 from api.serialize import iso
@@ -73,7 +74,7 @@ def _owned_explanation(scan_id: str) -> Explanation:
 @operation("Ask for a Grad-CAM heatmap of a scan",
            responses={200: Reply("Done already", ExplanationState),
                       202: Reply("Queued (or waiting, or running)", ExplanationState)},
-           errors=(404, 409))
+           errors=(404, 409, 503))
 def ask(scan_id: str) -> tuple[Response, int]:
     """Queue a Grad-CAM of the scan (202); one already waiting, running or done is kept."""
     scan = owned_scan(scan_id)
@@ -81,6 +82,9 @@ def ask(scan_id: str) -> tuple[Response, int]:
     if scan.status in (ScanStatus.FAILED, ScanStatus.CANCELLED):
         raise Problem(409, f"scan {scan_id!r} {scan.status.value}: it has no result to explain")
     priority = session.get(Job, scan.job_id).priority
+    found = find_explanation(session, scan.id)
+    if found is None or found.status in (ScanStatus.FAILED, ScanStatus.CANCELLED):
+        scan_quota().charge(current_principal().owner, 0, explanations=1)  # it will queue
     explanation, queued = request_explanation(session, scan, priority, GRADCAM)
     audit("explanation.request", scan.job_id, {"scan_id": scan.id, "queued": queued},
           commit=False)

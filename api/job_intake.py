@@ -91,7 +91,8 @@ def accept_job(job_id: str, owner: str, job_request: JobRequest, new_scans: Sequ
     try:
         if db_session().get(Job, job_id) is not None:
             raise Problem(409, f"job {job_id} has already started")
-        scan_quota().charge(owner, len(new_scans))
+        scan_quota().charge(owner, len(new_scans),
+                            len(new_scans) if job_request.explain else 0)
         session = db_session()
         model = resolve_model(job_request.model_ref)
         lock_owner(session, owner)

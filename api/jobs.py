@@ -177,7 +177,7 @@ def add_scans(job_id: str) -> tuple[Response, int]:
         if total > svc.settings.max_scans_per_job:
             raise Problem(413, f"a job holds at most {svc.settings.max_scans_per_job} scans "
                                "(MAX_SCANS_PER_JOB)")
-        scan_quota().charge(owner, len(new_scans))
+        scan_quota().charge(owner, len(new_scans), len(new_scans) if job.explain else 0)
         rows = append_scans(session, job, new_scans, svc.settings.batch_size,
                             svc.settings.series_rule if any(s.dicom for s in new_scans) else None)
         if job.explain:

@@ -2,7 +2,7 @@
 
 - ``RATE_LIMIT`` requests per owner (Flask-Limiter, moving window);
 - ``SCANS_PER_HOUR`` scans submitted per owner (a sliding window charged with the number
-  of scans of each accepted job);
+  of scans of each accepted job, and one more for each explanation queued);
 - ``MAX_ACTIVE_JOBS`` unfinished jobs per owner (counted in SQL, which holds the truth);
 - ``FAILED_AUTH_LIMIT`` failed sign-ins per client address (a wrong, revoked or expired
   key or session): beyond it, the address is refused before its key is even looked up.
@@ -86,22 +86,31 @@ class ScanQuota:
             raise Problem(503, "Redis, which holds the quotas, is unreachable; nothing was "
                                "stored, try again") from None
 
-    def charge(self, owner: str, scans: int) -> None:
-        """Count ``scans`` against the owner's hour, or refuse all of them.
+    def charge(self, owner: str, scans: int, explanations: int = 0) -> None:
+        """Count ``scans`` and ``explanations`` against the owner's hour, or refuse them all.
+
+        An explanation (a Grad-CAM, which costs more than the scan's inference) counts as
+        one scan.
 
         Raises:
             Problem: 429 with Retry-After when they do not fit; 503 when Redis is unreachable.
         """
         try:
-            allowed = self.limiter.hit(self.item, owner, cost=scans)
+            allowed = self.limiter.hit(self.item, owner, cost=scans + explanations)
         except (StorageError, RedisError, OSError) as exc:
             log.error("rate-limit storage unreachable: %s", exc)
             raise Problem(503, "Redis, which holds the quotas, is unreachable; nothing was "
                                "stored, try again") from None
         if not allowed:
             remaining = self.limiter.get_window_stats(self.item, owner).remaining
-            raise self._refuse(owner, f"this job's {scans} scans exceed the quota of "
-                                      f"{self.per_hour} scans per hour (SCANS_PER_HOUR); "
+            if not scans:
+                what = "this explanation exceeds" if explanations == 1 else \
+                    f"these {explanations} explanations exceed"
+            else:
+                what = f"this job's {scans} scans" + (
+                    f" and their {explanations} explanations" if explanations else "") + " exceed"
+            raise self._refuse(owner, f"{what} the quota of {self.per_hour} scans per "
+                                      "hour (SCANS_PER_HOUR; an explanation counts as a scan); "
                                       f"{remaining} are left this hour")
 
 

@@ -150,3 +150,30 @@ def test_behind_a_trusted_proxy_failed_sign_ins_count_per_forwarded_client(app_c
     good = {"Authorization": f"Bearer {create_api_key(app_config['DATABASE_URL'], new_owner())}",
             "X-Forwarded-For": "198.51.100.7"}
     assert app.test_client().get("/v1/jobs", headers=good, environ_base=proxy).status_code == 200
+
+
+def test_explanations_count_against_scans_per_hour(app_config):
+    app = create_app({**app_config, "SCANS_PER_HOUR": "5"})
+    client = authorised(app.test_client(), create_api_key(app_config["DATABASE_URL"], new_owner()))
+
+    def submit(scans, **form):
+        files = [(io.BytesIO(png_bytes(16, seed=i)), f"s{i}.png") for i in range(scans)]
+        return client.post("/v1/jobs", data={"files": files, **form},
+                           content_type="multipart/form-data")
+
+    explained = submit(2, explain="gradcam")  # two scans and their two Grad-CAMs: 4 of 5
+    assert explained.status_code == 202
+    stored = blob_files(app_config["BLOB_DIR"])
+    detail = assert_429(submit(1, explain="gradcam"))
+    assert "1 scans and their 1 explanations" in detail and "1 are left" in detail
+    assert blob_files(app_config["BLOB_DIR"]) == stored
+    plain = submit(1)  # the last one
+    assert plain.status_code == 202
+
+    [row] = client.get(f"/v1/jobs/{plain.get_json()['id']}/results").get_json()["results"]
+    detail = assert_429(client.post(f"/v1/scans/{row['scan_id']}/explanation"))
+    assert "this explanation exceeds" in detail and "SCANS_PER_HOUR" in detail
+    assert client.get(f"/v1/scans/{row['scan_id']}/explanation").status_code == 404
+    # Asking again for one already queued queues nothing, so costs nothing.
+    first = client.get(f"/v1/jobs/{explained.get_json()['id']}/results").get_json()["results"][0]
+    assert client.post(f"/v1/scans/{first['scan_id']}/explanation").status_code == 202
