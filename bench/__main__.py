@@ -258,18 +258,29 @@ def run(settings: Settings, var_dir: Path, pngs: list[bytes], small_jobs: int,
                       "(an open job, part by part)…", flush=True)
                 measured["bulk_parts"] = timed_case(
                     bench, lambda: [bench.submit_as_cli(paths, precision)])
-                print(f"bench: {precision}: {small_jobs} one-slice jobs at once…", flush=True)
-                with ThreadPoolExecutor(8) as pool:
-                    submit_ones = lambda: list(pool.map(lambda f: bench.submit([f], precision), ones))
-                    measured["small_jobs"] = timed_case(bench, submit_ones)
-                    print(f"bench: {precision}: the same, queued before the worker takes them…",
-                          flush=True)
-                    measured["small_jobs_queued"] = timed_case(bench, submit_ones, held=True)
+                if small_jobs:
+                    measured.update(small_job_cases(bench, ones, precision))
                 report["precisions"][precision] = measured
         finally:
             stack.stop()
     report["load_average_after"] = os.getloadavg()
     return report
+
+
+def small_job_cases(bench: Bench, ones: Sequence[tuple[str, bytes]],
+                    precision: str) -> dict[str, Any]:
+    """One-slice jobs from 8 client threads at once; then the same queued while the worker
+    is held."""
+    measured = {}
+    print(f"bench: {precision}: {len(ones)} one-slice jobs at once…", flush=True)
+    with ThreadPoolExecutor(8) as pool:
+        def submit_ones() -> list[str]:
+            return list(pool.map(lambda f: bench.submit([f], precision), ones))
+
+        measured["small_jobs"] = timed_case(bench, submit_ones)
+        print(f"bench: {precision}: the same, queued before the worker takes them…", flush=True)
+        measured["small_jobs_queued"] = timed_case(bench, submit_ones, held=True)
+    return measured
 
 
 def explain_cases(bench: Bench, engines, files) -> dict[str, Any]:
@@ -287,7 +298,7 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
     """Per precision: the limit 1 / (decode + infer per scan) and end-to-end / limit."""
     summary = {}
     for precision, cases in report["precisions"].items():
-        engine, bulk, small = cases["engine"], cases["bulk"], cases["small_jobs"]
+        engine, bulk = cases["engine"], cases["bulk"]
         parts = cases["bulk_parts"]
         raw = engine["images_per_s"]
         decode = engine["decode"]["pool_s_per_scan"]
@@ -306,13 +317,16 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
             "engine_busy_fraction": bulk["engine_busy_s"] / bulk["elapsed_s"],
             "mean_batch_fill": bulk["mean_fill"], "latency_p50_s": bulk["latency_p50_s"],
             "latency_p95_s": bulk["latency_p95_s"],
-            "small_jobs_scans_per_s": small["scans_per_s"],
-            "small_jobs_mean_batch_fill": small["mean_fill"],
-            "small_jobs_queued_scans_per_s": cases["small_jobs_queued"]["scans_per_s"],
-            "small_jobs_queued_mean_batch_fill": cases["small_jobs_queued"]["mean_fill"],
             "over_model_predict_fp32":
                 bulk["scans_per_s"] / report["baseline"]["model_predict_fp32_images_per_s"],
         }
+        if "small_jobs" in cases:  # not with --small-jobs 0
+            summary[precision].update({
+                "small_jobs_scans_per_s": cases["small_jobs"]["scans_per_s"],
+                "small_jobs_mean_batch_fill": cases["small_jobs"]["mean_fill"],
+                "small_jobs_queued_scans_per_s": cases["small_jobs_queued"]["scans_per_s"],
+                "small_jobs_queued_mean_batch_fill": cases["small_jobs_queued"]["mean_fill"],
+            })
     return summary
 
 
@@ -365,7 +379,9 @@ def print_summary(report: dict[str, Any]) -> None:
                 + f" (of {report['settings']['cpus'] * case['elapsed_s']:.2f} on {report['settings']['cpus']} cores)")
         print(f"  batches      mean fill {s['mean_batch_fill']:.2f}; latency p50 "
               f"{s['latency_p50_s']:.2f} s, p95 {s['latency_p95_s']:.2f} s")
-        small = report["precisions"][precision]["small_jobs"]
+        small = report["precisions"][precision].get("small_jobs")
+        if small is None:
+            continue
         print(f"  {small['jobs']} one-slice jobs at once: {s['small_jobs_scans_per_s']:.1f} scans/s, "
               f"mean fill {s['small_jobs_mean_batch_fill']:.2f} (API took {small['upload_s']:.2f} s "
               f"to accept them); queued first: {s['small_jobs_queued_scans_per_s']:.1f} scans/s, "
