@@ -16,8 +16,8 @@ from flask import Blueprint, Response, jsonify, request
 from api.audit import audit
 from api.auth import current_principal, owned_scan, requires
 from api.extensions import db_session, services
-from api.openapi import Reply, operation
 from api.limits import scan_quota
+from api.openapi import Reply, operation
 from api.problems import Problem
 from api.schemas import ExplanationState, HeatmapQuery
 from api.serialize import iso

@@ -12,10 +12,10 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".zip", ".dcm", ".dicom"}
 DIRECT_SUFFIXES = {".png", ".jpg", ".jpeg"}  # what a presigned upload may carry
 UPLOAD_THREADS = 8
 PART_FILES = 64
-DISCARD_ATTEMPTS = 3  # deleting the open job of an upload refused part-way
 """Files per request of a multipart upload: a larger upload goes as an open job, part by
 part, so that its first slices are classified while the rest is sent."""
 PART_BYTES = 32 * 1024 * 1024
+DISCARD_ATTEMPTS = 3  # deleting the open job of an upload refused part-way
 
 
 def _sendable(path: Path) -> bool:
