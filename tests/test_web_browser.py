@@ -56,9 +56,13 @@ def sign_in(driver, base_url: str, key: str) -> None:
 
 
 def wait_until(driver, condition, timeout: float = TIMEOUT, what: str = "condition"):
+    """Poll ``condition``; an element the page re-rendered between finding and reading it
+    (stale) counts as not yet, like one not found."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(
+    return WebDriverWait(driver, timeout, poll_frequency=0.2, ignored_exceptions=(
+        NoSuchElementException, StaleElementReferenceException)).until(
         lambda d: condition(d), message=f"timed out waiting for {what}")
 
 
@@ -406,8 +410,9 @@ def test_a_dicom_folder_shows_its_series_with_a_strip_chart(live_server, browser
     body = requests.get(f"{live_server.url}/v1/jobs/{job_id}/series",
                         headers={"Authorization": f"Bearer {stack_key}"}, timeout=10).json()
     [series] = body["series"]
-    shown = browser.find_element("css selector", "#series tbody tr td:nth-child(4)").text
-    assert shown == f"{100 * series['probability_covid']:.1f}%"
+    shown = browser.execute_script(  # in one step: the page may re-render the table meanwhile
+        "return document.querySelector('#series tbody tr td:nth-child(4)').textContent")
+    assert shown.strip() == f"{100 * series['probability_covid']:.1f}%"
     assert "Doe" not in browser.page_source and d.PATIENT_ID not in browser.page_source
 
 
