@@ -82,10 +82,9 @@ def ask(scan_id: str) -> tuple[Response, int]:
     if scan.status in (ScanStatus.FAILED, ScanStatus.CANCELLED):
         raise Problem(409, f"scan {scan_id!r} {scan.status.value}: it has no result to explain")
     priority = session.get(Job, scan.job_id).priority
-    found = find_explanation(session, scan.id)
-    if found is None or found.status in (ScanStatus.FAILED, ScanStatus.CANCELLED):
-        scan_quota().charge(current_principal().owner, 0, explanations=1)  # it will queue
     explanation, queued = request_explanation(session, scan, priority, GRADCAM)
+    if queued:  # refused: the session closes uncommitted, so nothing was queued
+        scan_quota().charge(current_principal().owner, 0, explanations=1)
     audit("explanation.request", scan.job_id, {"scan_id": scan.id, "queued": queued},
           commit=False)
     session.commit()

@@ -113,13 +113,12 @@ class Bench:
             deadline = time.monotonic() + 60
             while True:
                 inspect = control.inspect(timeout=5, limit=1)
-                taken = [task for tasks in [*(inspect.active() or {}).values(),
-                                            *(inspect.reserved() or {}).values()]
-                         for task in tasks]
+                taken = sum(len(tasks) for replies in (inspect.active(), inspect.reserved())
+                            for tasks in (replies or {}).values())
                 if not taken:
                     return
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the worker still runs {len(taken)} tasks after 60 s")
+                    raise RuntimeError(f"the worker still runs {taken} tasks after 60 s")
                 time.sleep(0.2)
         else:
             control.add_consumer(INFER_QUEUE, reply=True, timeout=10, limit=1)

@@ -40,11 +40,6 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def is_conflict(exc: BaseException) -> bool:
-    """A transaction PostgreSQL aborted to resolve a deadlock or a serialization conflict."""
-    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in CONFLICTS
-
-
 def in_transaction(session_factory: sessionmaker[Session], work: Callable[[Session], T],
                    attempts: int = CONFLICT_ATTEMPTS) -> T:
     """Run ``work`` in one transaction and commit; run it again, whole, when PostgreSQL
@@ -55,7 +50,7 @@ def in_transaction(session_factory: sessionmaker[Session], work: Callable[[Sessi
             with session_factory.begin() as session:
                 return work(session)
         except DBAPIError as exc:
-            if attempt == attempts or not is_conflict(exc):
+            if attempt == attempts or getattr(exc.orig, "sqlstate", None) not in CONFLICTS:
                 raise
             log.info("transaction aborted by a conflict (SQLSTATE %s); running it again",
                      exc.orig.sqlstate)
