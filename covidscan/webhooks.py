@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from covidscan.destinations import Destination, RefusedDestination, check
 from covidscan.settings import Settings
 from db.models import WebhookEvent, utcnow
+from db.session import in_transaction
 from db.webhooks import (DELIVERED, FAILED, GONE, RETRY, Attempt, aware, claim_event,
                          due_event_ids, endpoint_secret, mark_queued, record_attempt)
 
@@ -175,8 +176,9 @@ def deliver_event(session_factory: sessionmaker[Session], settings: Settings, ev
     else:
         when = next_attempt(event.created_at, event.attempts, now, settings, attempt.retry_after)
         outcome = RETRY if when is not None else FAILED
-    with session_factory.begin() as session:
-        recorded = record_attempt(session, event, attempt, outcome, when)
+    recorded = in_transaction(  # the POST is made: its record must not be lost to a deadlock
+        session_factory, lambda session: record_attempt(session, event, attempt, outcome, when,
+                                                         at=now))
     log.info("webhook %s of job %s, attempt %d: %s (%s)", event.id, event.job_id,
              event.attempts, outcome, attempt.status_code or attempt.error)
     delay = (when - now).total_seconds() if when is not None else None
@@ -193,16 +195,15 @@ def deliver_event(session_factory: sessionmaker[Session], settings: Settings, ev
 def relay_events(session_factory: sessionmaker[Session], send: SendDeliveries,
                  limit: int = 100) -> int:
     """Send a delivery task for each due event no queue holds; returns how many were sent."""
-    with session_factory() as session:
+    with session_factory.begin() as session:  # the events stay locked until marked queued
         ids = due_event_ids(session, REQUEUE_AFTER, limit)
-    if not ids:
-        return 0
-    try:
-        send(ids, None)
-    except Exception as exc:  # noqa: BLE001 - any Redis error: the next relay tries again
-        log.warning("webhook deliveries not queued, kept for the next relay: %s: %s",
-                    type(exc).__name__, exc)
-        return 0
-    with session_factory.begin() as session:
+        if not ids:
+            return 0
+        try:
+            send(ids, None)
+        except Exception as exc:  # noqa: BLE001 - any Redis error: the next relay tries again
+            log.warning("webhook deliveries not queued, kept for the next relay: %s: %s",
+                        type(exc).__name__, exc)
+            return 0
         mark_queued(session, ids)
     return len(ids)

@@ -103,7 +103,10 @@ def destinations(session: Session, job: Job) -> list[str]:
 
 
 def due_event_ids(session: Session, requeue_after: float, limit: int = 100) -> list[str]:
-    """Events whose next attempt is due and that no queue holds (or held long ago)."""
+    """Events whose next attempt is due and that no queue holds (or held long ago), locked
+    for this transaction (PostgreSQL). Rows another relay has locked are skipped, not
+    waited for: relays run in the API, every worker and the sweep at once, and waiting on
+    each other's rows in different orders would deadlock them."""
     now = utcnow()
     return list(session.scalars(
         select(WebhookEvent.id).where(
@@ -111,7 +114,8 @@ def due_event_ids(session: Session, requeue_after: float, limit: int = 100) -> l
             or_(WebhookEvent.queued_at.is_(None),
                 WebhookEvent.queued_at < now - timedelta(seconds=requeue_after)),
             or_(WebhookEvent.lease_expires_at.is_(None), WebhookEvent.lease_expires_at < now))
-        .order_by(WebhookEvent.next_attempt_at).limit(limit)))
+        .order_by(WebhookEvent.next_attempt_at).limit(limit)
+        .with_for_update(skip_locked=True)))
 
 
 def mark_queued(session: Session, event_ids: Iterable[str]) -> None:
@@ -165,8 +169,11 @@ class Attempt:
 
 
 def record_attempt(session: Session, event: WebhookEvent, attempt: Attempt, outcome: str,
-                   next_attempt_at: Optional[datetime]) -> bool:
+                   next_attempt_at: Optional[datetime], at: Optional[datetime] = None) -> bool:
     """Record the attempt of the claim on ``event`` and where the event stands now.
+
+    ``at`` is when the attempt ended (its answer seen), the moment ``next_attempt_at`` was
+    reckoned from; a commit held up behind a lock does not move it.
 
     Returns False (nothing written) when the event is gone (its job deleted) or another
     claim has taken it since.
@@ -182,7 +189,7 @@ def record_attempt(session: Session, event: WebhookEvent, attempt: Attempt, outc
     if not updated:
         return False
     session.add(WebhookDelivery(
-        event_id=event.id, job_id=event.job_id, attempt=event.attempts,
+        event_id=event.id, job_id=event.job_id, attempt=event.attempts, at=at or utcnow(),
         status_code=attempt.status_code, error=attempt.error and attempt.error[:500],
         duration_ms=attempt.duration_ms, outcome=outcome, next_attempt_at=next_attempt_at))
     return True

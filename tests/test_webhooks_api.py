@@ -2,6 +2,7 @@
 event per job, delivery attempts against a receiver on the loopback, deletion."""
 import base64
 import io
+import time
 from datetime import timedelta
 
 import pytest
@@ -10,14 +11,14 @@ from sqlalchemy import func, select, update
 from api import create_app
 from covidscan.settings import load_settings
 from covidscan.sweep import sweep_once
-from covidscan.webhooks import deliver_event
+from covidscan.webhooks import deliver_event, relay_events
 from db.blobs import FileBlobStore
 from db.identity import ModelIdentity
 from db.models import Job, Scan, ScanStatus, WebhookDelivery, WebhookEvent, utcnow
 from db.scans import ScanOutcome, claim_next, record_outcomes
 from db.session import make_engine, make_session_factory
 from db.webhooks import record_finished_jobs
-from tests.conftest import authorised, create_api_key
+from tests.conftest import POSTGRES_URL, authorised, create_api_key
 from tests.images import png_bytes
 from tests.webhook_receiver import Receiver
 
@@ -285,7 +286,6 @@ def test_two_writers_finishing_one_job_at_once_make_exactly_one_event(hooks_app,
                                                                       sessions):
     """Each writes one of the job's two last scans; neither commit may miss the other's."""
     import threading
-    import time
 
     alice = client_of(hooks_app, config, "alice")
     job_id = submit(alice, "http://127.0.0.1:9/job").get_json()["id"]
@@ -317,3 +317,30 @@ def test_two_writers_finishing_one_job_at_once_make_exactly_one_event(hooks_app,
     with sessions.begin() as session:
         assert record_finished_jobs(session).event_ids == []
     assert len(events(sessions, job_id)) == 1
+
+
+@pytest.mark.skipif(not POSTGRES_URL.startswith("postgres"),
+                    reason="SQLite serialises writers: relays there cannot overlap on rows")
+def test_relays_running_at_once_send_each_due_event_once(hooks_app, config, sessions):
+    """The API, every worker and the sweep relay due events; one that finds the rows
+    another is sending skips them instead of sending them again or waiting on them."""
+    import threading
+
+    alice = client_of(hooks_app, config, "alice")
+    for _ in range(4):
+        assert submit(alice, "http://127.0.0.1:9/job", count=1).status_code == 202
+    assert len(finish_all(sessions)) == 4
+    sent, sending = [], threading.Event()
+
+    def slow_send(ids, countdown):
+        sent.append(list(ids))
+        sending.set()
+        time.sleep(0.5)  # the second relay runs while the first holds its events
+
+    first = threading.Thread(target=relay_events, args=(sessions, slow_send))
+    first.start()
+    assert sending.wait(10)
+    assert relay_events(sessions, slow_send) == 0
+    first.join()
+    assert sorted(sent[0]) == sorted(event.id for event in events(sessions)) and len(sent) == 1
+    assert relay_events(sessions, slow_send) == 0  # marked queued: not sent again so soon
