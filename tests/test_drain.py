@@ -174,3 +174,25 @@ def test_the_heartbeat_renews_the_leases_of_a_busy_worker(database_url, tmp_path
         runtime.close()
     (scan,) = scans_of(runtime, job)
     assert scan.status == ScanStatus.QUEUED and scan.attempts == 0  # given back on close
+
+
+def test_start_up_objects_are_frozen_after_the_garbage_is_collected():
+    import gc
+    import weakref
+
+    from worker.runtime import freeze_long_lived_objects
+
+    class Node:
+        pass
+
+    kept, garbage = Node(), Node()
+    garbage.self = garbage  # a cycle: only a collection frees it
+    dead = weakref.ref(garbage)
+    del garbage
+    try:
+        frozen = freeze_long_lived_objects()
+        assert dead() is None  # collected before the freeze, not kept for ever
+        assert frozen == gc.get_freeze_count() > 0
+        assert not any(obj is kept for obj in gc.get_objects())  # left out of collections
+    finally:
+        gc.unfreeze()
