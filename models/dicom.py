@@ -37,4 +37,4 @@ def load_dicom_seed_v1(data: bytes, frame: int, window: tuple[float, float],
         ImageDecodeError: see :func:`read_frame`.
     """
     grey = grey_slice(data, frame, window)
-    return preprocess_seed_v1(np.repeat(grey[:, :, None], 3, axis=2), size)
+    return preprocess_seed_v1(grey, size)

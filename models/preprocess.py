@@ -76,23 +76,51 @@ def decode_rgb(data: bytes) -> np.ndarray:
 
 
 def preprocess_seed_v1(rgb: np.ndarray, size: tuple[int, int] = (224, 224)) -> np.ndarray:
-    """Resize an RGB image to ``size`` (height, width) and scale to [0, 1] as float32."""
+    """Resize an RGB image to ``size`` (height, width) and scale to [0, 1] as float32.
+
+    A 2-D (grey) image gives what its RGB copy (the grey in all three channels) gives:
+    the resize and the scaling work on each channel alone, so they run once and the
+    result is repeated.
+    """
     cv2 = _cv2()
     height, width = size
     resized = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR)
     # The original divided a uint8 array by 255 in float64; the model then ran in float32.
-    return (resized / 255.0).astype(np.float32)
+    scaled = (resized / 255.0).astype(np.float32)
+    return np.repeat(scaled[:, :, None], 3, axis=2) if scaled.ndim == 2 else scaled
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def is_grey8_png(data: bytes) -> bool:
+    """The PNG header says 8-bit greyscale without alpha (colour type 0, bit depth 8)."""
+    return len(data) >= 26 and data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" \
+        and data[24] == 8 and data[25] == 0
 
 
 def load_seed_v1(data: bytes, size: tuple[int, int] = (224, 224)) -> np.ndarray:
     """Decode and preprocess one scan; raises :class:`ImageDecodeError` on bad bytes.
 
-    Every OpenCV error, in decoding or in resizing, becomes an :class:`ImageDecodeError`:
-    the scan fails alone with the reason.
+    An 8-bit greyscale PNG (what CT slices usually are) is decoded as one channel: the
+    3-channel read the original made only repeats it, so the tensor is the same, for
+    about a third less work. Every other image is read as the original read it. Every
+    OpenCV error, in decoding or in resizing, becomes an :class:`ImageDecodeError`: the
+    scan fails alone with the reason.
     """
-    rgb = decode_rgb(data)
     cv2 = _cv2()
+    if is_grey8_png(data):
+        try:
+            grey = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+        except cv2.error as exc:
+            raise _decode_failure(exc) from None
+        if grey is None or grey.size == 0:
+            raise ImageDecodeError(
+                "could not decode image: the file is truncated or corrupt, or not a PNG or JPEG")
+        image = grey
+    else:
+        image = decode_rgb(data)
     try:
-        return preprocess_seed_v1(rgb, size)
+        return preprocess_seed_v1(image, size)
     except cv2.error as exc:
         raise _decode_failure(exc) from None
