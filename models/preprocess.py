@@ -23,6 +23,7 @@ from covidscan.image_errors import ImageDecodeError  # noqa: F401 - raised here,
 SEED_V1 = "seed-v1"
 OPENCV_PIXELS_VARIABLE = "OPENCV_IO_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_PIXELS = 4096 * 4096
+UNDECODABLE = "could not decode image: the file is truncated or corrupt, or not a PNG or JPEG"
 
 
 def configure_decoding(max_pixels: int) -> None:
@@ -68,8 +69,7 @@ def decode_rgb(data: bytes) -> np.ndarray:
     try:
         bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
         if bgr is None or bgr.size == 0:
-            raise ImageDecodeError(
-                "could not decode image: the file is truncated or corrupt, or not a PNG or JPEG")
+            raise ImageDecodeError(UNDECODABLE)
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     except cv2.error as exc:  # malformed or oversized files make OpenCV raise
         raise _decode_failure(exc) from None
@@ -104,7 +104,7 @@ def load_seed_v1(data: bytes, size: tuple[int, int] = (224, 224)) -> np.ndarray:
 
     An 8-bit greyscale PNG (what CT slices usually are) is decoded as one channel: the
     3-channel read the original made only repeats it, so the tensor is the same, for
-    about a third less work. Every other image is read as the original read it. Every
+    about a quarter less work. Every other image is read as the original read it. Every
     OpenCV error, in decoding or in resizing, becomes an :class:`ImageDecodeError`: the
     scan fails alone with the reason.
     """
@@ -115,8 +115,7 @@ def load_seed_v1(data: bytes, size: tuple[int, int] = (224, 224)) -> np.ndarray:
         except cv2.error as exc:
             raise _decode_failure(exc) from None
         if grey is None or grey.size == 0:
-            raise ImageDecodeError(
-                "could not decode image: the file is truncated or corrupt, or not a PNG or JPEG")
+            raise ImageDecodeError(UNDECODABLE)
         image = grey
     else:
         image = decode_rgb(data)
