@@ -62,17 +62,26 @@ def decode_rgb(data: bytes) -> np.ndarray:
     Raises:
         ImageDecodeError: the bytes are empty, truncated or not a supported image.
     """
+    cv2 = _cv2()
+    bgr = _imdecode(data, cv2.IMREAD_COLOR)
+    try:
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    except cv2.error as exc:
+        raise _decode_failure(exc) from None
+
+
+def _imdecode(data: bytes, flags: int) -> np.ndarray:
+    """``cv2.imdecode`` with every way it fails as an :class:`ImageDecodeError`."""
     if not data:
         raise ImageDecodeError("the file is empty")
     cv2 = _cv2()
-    buffer = np.frombuffer(data, dtype=np.uint8)
     try:
-        bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
-        if bgr is None or bgr.size == 0:
-            raise ImageDecodeError(UNDECODABLE)
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     except cv2.error as exc:  # malformed or oversized files make OpenCV raise
         raise _decode_failure(exc) from None
+    if image is None or image.size == 0:
+        raise ImageDecodeError(UNDECODABLE)
+    return image
 
 
 def preprocess_seed_v1(rgb: np.ndarray, size: tuple[int, int] = (224, 224)) -> np.ndarray:
@@ -109,16 +118,7 @@ def load_seed_v1(data: bytes, size: tuple[int, int] = (224, 224)) -> np.ndarray:
     scan fails alone with the reason.
     """
     cv2 = _cv2()
-    if is_grey8_png(data):
-        try:
-            grey = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
-        except cv2.error as exc:
-            raise _decode_failure(exc) from None
-        if grey is None or grey.size == 0:
-            raise ImageDecodeError(UNDECODABLE)
-        image = grey
-    else:
-        image = decode_rgb(data)
+    image = _imdecode(data, cv2.IMREAD_GRAYSCALE) if is_grey8_png(data) else decode_rgb(data)
     try:
         return preprocess_seed_v1(image, size)
     except cv2.error as exc:
