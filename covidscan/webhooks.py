@@ -176,9 +176,9 @@ def deliver_event(session_factory: sessionmaker[Session], settings: Settings, ev
     else:
         when = next_attempt(event.created_at, event.attempts, now, settings, attempt.retry_after)
         outcome = RETRY if when is not None else FAILED
-    recorded = in_transaction(  # the POST is made: its record must not be lost to a deadlock
-        session_factory, lambda session: record_attempt(session, event, attempt, outcome, when,
-                                                         at=now))
+    # The POST is made: its record must not be lost to a deadlock.
+    recorded = in_transaction(session_factory, lambda session: record_attempt(
+        session, event, attempt, outcome, when, now))
     log.info("webhook %s of job %s, attempt %d: %s (%s)", event.id, event.job_id,
              event.attempts, outcome, attempt.status_code or attempt.error)
     delay = (when - now).total_seconds() if when is not None else None

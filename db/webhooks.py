@@ -169,7 +169,7 @@ class Attempt:
 
 
 def record_attempt(session: Session, event: WebhookEvent, attempt: Attempt, outcome: str,
-                   next_attempt_at: Optional[datetime], at: Optional[datetime] = None) -> bool:
+                   next_attempt_at: Optional[datetime], at: datetime) -> bool:
     """Record the attempt of the claim on ``event`` and where the event stands now.
 
     ``at`` is when the attempt ended (its answer seen), the moment ``next_attempt_at`` was
@@ -189,7 +189,7 @@ def record_attempt(session: Session, event: WebhookEvent, attempt: Attempt, outc
     if not updated:
         return False
     session.add(WebhookDelivery(
-        event_id=event.id, job_id=event.job_id, attempt=event.attempts, at=at or utcnow(),
+        event_id=event.id, job_id=event.job_id, attempt=event.attempts, at=at,
         status_code=attempt.status_code, error=attempt.error and attempt.error[:500],
         duration_ms=attempt.duration_ms, outcome=outcome, next_attempt_at=next_attempt_at))
     return True
