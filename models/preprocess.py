@@ -23,6 +23,7 @@ from covidscan.image_errors import ImageDecodeError  # noqa: F401 - raised here,
 SEED_V1 = "seed-v1"
 OPENCV_PIXELS_VARIABLE = "OPENCV_IO_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_PIXELS = 4096 * 4096
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 UNDECODABLE = "could not decode image: the file is truncated or corrupt, or not a PNG or JPEG"
 
 
@@ -97,9 +98,6 @@ def preprocess_seed_v1(rgb: np.ndarray, size: tuple[int, int] = (224, 224)) -> n
     # The original divided a uint8 array by 255 in float64; the model then ran in float32.
     scaled = (resized / 255.0).astype(np.float32)
     return np.repeat(scaled[:, :, None], 3, axis=2) if scaled.ndim == 2 else scaled
-
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def is_grey8_png(data: bytes) -> bool:

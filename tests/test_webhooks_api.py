@@ -2,6 +2,7 @@
 event per job, delivery attempts against a receiver on the loopback, deletion."""
 import base64
 import io
+import threading
 import time
 from datetime import timedelta
 
@@ -285,8 +286,6 @@ def test_deleting_an_endpoint_stops_its_pending_events_but_not_a_jobs_own(hooks_
 def test_two_writers_finishing_one_job_at_once_make_exactly_one_event(hooks_app, config,
                                                                       sessions):
     """Each writes one of the job's two last scans; neither commit may miss the other's."""
-    import threading
-
     alice = client_of(hooks_app, config, "alice")
     job_id = submit(alice, "http://127.0.0.1:9/job").get_json()["id"]
     with sessions.begin() as session:
@@ -324,8 +323,6 @@ def test_two_writers_finishing_one_job_at_once_make_exactly_one_event(hooks_app,
 def test_relays_running_at_once_send_each_due_event_once(hooks_app, config, sessions):
     """The API, every worker and the sweep relay due events; one that finds the rows
     another is sending skips them instead of sending them again or waiting on them."""
-    import threading
-
     alice = client_of(hooks_app, config, "alice")
     for _ in range(4):
         assert submit(alice, "http://127.0.0.1:9/job", count=1).status_code == 202
