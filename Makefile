@@ -16,7 +16,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m covidscan.devstack
+	$(BIN)/python -m devtools.devstack
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

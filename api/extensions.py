@@ -8,7 +8,7 @@ from flask import Flask, current_app, g
 from sqlalchemy.orm import Session, sessionmaker
 
 from covidscan.settings import Settings
-from covidscan.wakeups import WakeupSender
+from core.wakeups import WakeupSender
 from db.blobs import BlobStore, open_blob_store
 from db.session import make_engine, make_session_factory
 

@@ -21,9 +21,9 @@ from api.schemas import (AddScansForm, DirectUpload, DirectUploadRequest, Job, J
 from api.security import whole_number
 from api.serialize import csv_lines, job_json, result_row
 from api.uploads import ParsedUpload, UploadLimits, iter_scans
-from covidscan.metrics import count_finished
-from covidscan.sweep import delete_job
-from covidscan.webhooks import relay_events
+from core.metrics import count_finished
+from core.sweep import delete_job
+from core.webhooks import relay_events
 from db.explanations import explained_scan_ids, queue_job_explanations
 from db.jobs import (JobSummary, NewScan, append_scans, cancel_job, iter_results,
                      job_scan_count, recent_job_summaries, results_page, seal_job,

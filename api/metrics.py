@@ -17,7 +17,7 @@ from prometheus_client.exposition import choose_encoder
 from api.auth import public, requires
 from api.extensions import services
 from api.openapi import Reply, operation
-from covidscan.metrics import QueueCollector, scrape_registry
+from core.metrics import QueueCollector, scrape_registry
 
 METRICS_SCOPE = "metrics"
 UNMATCHED_ROUTE = "<unmatched>"

@@ -1,7 +1,7 @@
 """``/v1/webhooks``: an owner's endpoints; ``/v1/jobs/<id>/deliveries``: what was sent.
 
 An endpoint gets the events of every job of its owner; a job's ``callback_url`` gets that
-job's. Each URL is checked against SSRF (:mod:`covidscan.destinations`) when it arrives,
+job's. Each URL is checked against SSRF (:mod:`core.webhook_targets`) when it arrives,
 and again before every delivery.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from api.openapi import Reply, operation
 from api.problems import Problem
 from api.schemas import DeliveryList, Webhook, WebhookList, WebhookRequest
 from api.serialize import iso
-from covidscan.destinations import RefusedDestination, check
+from core.webhook_targets import RefusedDestination, check
 from covidscan.settings import ConfigError, webhook_secret
 from db.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from db.webhooks import endpoint_secret, job_deliveries, stop_endpoint_events

@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 
 from bench.engine import cpu_flags
 from covidscan.contract import BATCHING_STATS_COMMAND, INFER_QUEUE
-from covidscan.devstack import Stack
+from devtools.devstack import Stack
 from covidscan.settings import Settings, load_settings
 from db.models import Scan, ScanStatus
 from db.session import make_engine
@@ -48,7 +48,7 @@ class Bench:
 
     def submit_as_cli(self, paths: Sequence[Path], precision: str) -> str:
         """As ``covidscan submit`` sends a folder: over 64 files, parts of an open job."""
-        from covidscan.client import Client
+        from cli.client import Client
 
         key = self.headers.get("Authorization", "").removeprefix("Bearer ") or None
         return Client(self.url, timeout=600, api_key=key).submit(paths, precision=precision)["id"]

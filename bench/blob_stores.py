@@ -22,9 +22,9 @@ from typing import Any, Sequence
 
 from bench.__main__ import Bench
 from bench.engine import cpu_flags
-from covidscan.client import Client
-from covidscan.devstack import Stack
-from covidscan.embedded_s3 import EmbeddedS3
+from cli.client import Client
+from devtools.devstack import Stack
+from devtools.embedded_s3 import EmbeddedS3
 from covidscan.settings import load_settings
 
 S3_VARIABLES = ("BLOB_STORE", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")

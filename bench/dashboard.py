@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import requests
 
-from covidscan.devstack import Stack
+from devtools.devstack import Stack
 from covidscan.settings import load_settings
 from tests.scrape import Sample, parse, value
 

@@ -20,8 +20,11 @@ RUN pip install -r requirements-api.txt
 
 COPY pyproject.toml README.md ./
 COPY covidscan ./covidscan
+COPY core ./core
+COPY cli ./cli
 COPY db ./db
 COPY api ./api
+COPY dicomnet ./dicomnet
 RUN pip install --no-deps . \
     && mkdir -p /data/blobs \
     && chown covidscan:covidscan /data/blobs

@@ -27,6 +27,8 @@ assert found == '${TENSORFLOW_VERSION}', f'base image has tensorflow {found}, ex
 
 COPY pyproject.toml README.md ./
 COPY covidscan ./covidscan
+COPY core ./core
+COPY cli ./cli
 COPY db ./db
 COPY models ./models
 COPY worker ./worker

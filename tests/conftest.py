@@ -13,8 +13,8 @@ from typing import Iterator, Optional
 import pytest
 from sqlalchemy import create_engine, text
 
-from covidscan.embedded_redis import EmbeddedRedis
-from covidscan.embedded_s3 import EmbeddedS3
+from devtools.embedded_redis import EmbeddedRedis
+from devtools.embedded_s3 import EmbeddedS3
 from covidscan.settings import normalise_database_url
 from db import migrate
 
@@ -149,7 +149,7 @@ class WorkerProcess:
 
     def __init__(self, env: dict[str, str], log_path: Path, name: str = "test-worker@%h",
                  command: Optional[list[str]] = None, cwd: Path = ROOT) -> None:
-        from covidscan.devstack import worker_command
+        from devtools.devstack import worker_command
 
         self.log_path = log_path
         self.log = open(log_path, "w")
@@ -202,7 +202,7 @@ def stack_config(tmp_path_factory, redis_server) -> dict[str, str]:
 def worker(stack_config, tiny_model_path, tmp_path_factory) -> Iterator[WorkerProcess]:
     """One real Celery worker serving the tiny H5 model, for the whole session; its
     Prometheus metrics at ``worker.metrics_url``."""
-    from covidscan.embedded_redis import free_port
+    from devtools.embedded_redis import free_port
 
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     metrics_port = free_port()

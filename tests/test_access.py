@@ -233,7 +233,7 @@ def test_auth_off_is_refused_unless_the_api_binds_to_loopback():
 
 
 def test_make_run_creates_one_administrators_key_and_keeps_it_private(tmp_path, database_url):
-    from covidscan.devstack import ensure_admin_key, saved_key_works
+    from devtools.devstack import ensure_admin_key, saved_key_works
     from covidscan.settings import load_settings
 
     settings = load_settings({"DATABASE_URL": database_url,

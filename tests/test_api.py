@@ -150,7 +150,7 @@ def test_health_and_readiness(client):
 
 def test_readiness_is_503_when_redis_is_unreachable(app_config):
     from api import create_app
-    from covidscan.embedded_redis import free_port
+    from devtools.embedded_redis import free_port
 
     client = create_app({**app_config,
                          "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}).test_client()
@@ -162,7 +162,7 @@ def test_readiness_is_503_when_redis_is_unreachable(app_config):
 def test_submit_with_redis_down_is_503_and_keeps_nothing(app_config, api_key):
     """With Redis unreachable the scan quota cannot be checked: nothing is accepted."""
     from api import create_app
-    from covidscan.embedded_redis import free_port
+    from devtools.embedded_redis import free_port
 
     before = row_counts(app_config["DATABASE_URL"])
     client = authorised(create_app({**app_config, "REDIS_URL":

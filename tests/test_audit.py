@@ -6,7 +6,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from covidscan.cli import main
+from cli.main import main
 from tests.conftest import authorised, create_api_key
 from tests.images import png_bytes
 

@@ -7,7 +7,7 @@ from celery import Celery
 from sqlalchemy import create_engine, func, select
 
 from covidscan.contract import BATCHING_STATS_COMMAND
-from covidscan.embedded_redis import EmbeddedRedis
+from devtools.embedded_redis import EmbeddedRedis
 from db.models import Scan, ScanStatus
 from tests.conftest import (WorkerProcess, authorised, create_api_key, fresh_database_url,
                             worker_env)

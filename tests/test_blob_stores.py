@@ -5,7 +5,7 @@ import pytest
 import requests
 
 from covidscan.settings import ConfigError, load_settings
-from covidscan.sweep import delete_orphan_blobs
+from core.sweep import delete_orphan_blobs
 from db.blobs import BlobNotFound, FileBlobStore, open_blob_store
 from db.session import make_engine, make_session_factory
 
@@ -111,7 +111,7 @@ def test_s3_settings_and_the_secret_stays_out_of_repr():
 def test_readyz_checks_the_object_store_and_names_it_when_it_does_not_answer(
         app_config, s3_server):
     from api import create_app
-    from covidscan.embedded_redis import free_port
+    from devtools.embedded_redis import free_port
 
     ready = create_app({**app_config, **s3_server.env()}).test_client().get("/readyz")
     assert ready.status_code == 200 and ready.get_json()["checks"]["blob_store"] == "ok"
@@ -132,7 +132,7 @@ def test_the_embedded_s3_starts_on_other_ports_when_one_picked_for_it_is_taken(t
     """A port picked free can be taken by another process before SeaweedFS binds it."""
     import socket
 
-    from covidscan.embedded_s3 import EmbeddedS3
+    from devtools.embedded_s3 import EmbeddedS3
 
     s3 = EmbeddedS3(tmp_path / "s3")
     taken = s3.ports["s3.grpc"]

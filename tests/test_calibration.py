@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from covidscan.cli import main
+from cli.main import main
 from models import calibration as sets
 from tests.blob_data import write_blob_dataset
 from tests.images import write_folder

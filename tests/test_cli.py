@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 from werkzeug.serving import make_server
 
-from covidscan.cli import main
+from cli.main import main
 from tests.images import write_folder, zip_bytes
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ import tomllib
 import jsonschema
 import pytest
 
-from covidscan.cli import main as cli_main
-from covidscan.devstack import gunicorn_command, worker_command
+from cli.main import main as cli_main
+from devtools.devstack import gunicorn_command, worker_command
 from covidscan.settings import load_settings, variable_names
 from tests import compose
 from tests.conftest import ROOT
@@ -226,7 +226,7 @@ def test_the_worker_runs_the_local_stacks_celery_command(services):
 
 
 def test_every_entry_point_the_services_name_exists(services):
-    assert PYPROJECT["project"]["scripts"]["covidscan"] == "covidscan.cli:main"
+    assert PYPROJECT["project"]["scripts"]["covidscan"] == "cli.main:main"
     assert "migrate" in cli_main.commands
     module, _, factory = services["api"]["command"][-1].partition(":")
     assert factory == "create_app()" and callable(importlib.import_module(module).create_app)
@@ -343,13 +343,13 @@ def defined_metric_names() -> set[str]:
     from prometheus_client.metrics import MetricWrapperBase
 
     import api.metrics
-    import covidscan.metrics
+    import core.metrics
     import worker.metrics
 
-    families = [family for module in (api.metrics, covidscan.metrics, worker.metrics)
+    families = [family for module in (api.metrics, core.metrics, worker.metrics)
                 for metric in vars(module).values() if isinstance(metric, MetricWrapperBase)
                 for family in metric.describe()]
-    families += list(covidscan.metrics.QueueCollector(None).describe())
+    families += list(core.metrics.QueueCollector(None).describe())
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
                 "gauge": ("",)}
     return {family.name + suffix for family in families for suffix in suffixes[family.type]}

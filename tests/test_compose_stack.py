@@ -17,8 +17,8 @@ from typing import Iterator
 import pytest
 import requests
 
-from covidscan.client import Client, collect_files
-from covidscan.embedded_redis import EmbeddedRedis, free_port
+from cli.client import Client, collect_files
+from devtools.embedded_redis import EmbeddedRedis, free_port
 from tests import compose
 from tests.conftest import (ROOT, WorkerProcess, create_api_key, fresh_database_url,
                             wait_for_job, worker_env)
@@ -120,7 +120,7 @@ def compose_stack(tmp_path, own_redis, tiny_model_path, s3_server
                               tmp_path / "api.log")
         # As an operator would: docker compose run --rm api covidscan keys create ...
         created = subprocess.run(
-            [sys.executable, "-m", "covidscan.cli", "keys", "create", "--owner", "ward3"],
+            [sys.executable, "-m", "cli.main", "keys", "create", "--owner", "ward3"],
             cwd=ROOT, env=service_env(services["migrate"], **places), capture_output=True,
             text=True, timeout=120)
         assert created.returncode == 0, created.stderr

@@ -12,7 +12,7 @@ import pytest
 import redis
 import requests
 
-from covidscan.embedded_redis import free_port
+from devtools.embedded_redis import free_port
 from tests.conftest import ROOT
 from models.loader import file_sha256
 from tests.images import corrupt_png, write_folder
@@ -40,7 +40,7 @@ def test_the_local_stack_serves_a_job_and_stops_cleanly_on_sigint(tmp_path, tiny
     env.update(PORT=str(port), COVIDSCAN_VAR_DIR=str(tmp_path / "var"),
                MODEL_PATH=str(tiny_model_path), PYTHONPATH=str(ROOT))
     log = open(tmp_path / "stack.log", "w")
-    stack = subprocess.Popen([sys.executable, "-m", "covidscan.devstack"], cwd=ROOT, env=env,
+    stack = subprocess.Popen([sys.executable, "-m", "devtools.devstack"], cwd=ROOT, env=env,
                              stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -131,7 +131,7 @@ def test_a_model_path_that_does_not_load_stops_the_local_stack_before_anything_s
            if k not in ("DATABASE_URL", "REDIS_URL", "BLOB_DIR")}
     env.update(PORT=str(free_port()), COVIDSCAN_VAR_DIR=str(tmp_path / "var"),
                MODEL_PATH=str(not_a_model), PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-m", "covidscan.devstack"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "devtools.devstack"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"covidscan: MODEL_PATH: {not_a_model}: cannot load" in done.stderr

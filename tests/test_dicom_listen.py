@@ -39,7 +39,7 @@ def listener(app_config, tmp_path):
     port = free_port()
     env = {**os.environ, **app_config, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "covidscan.cli", "dicom-listen", "--port", str(port),
+        [sys.executable, "-m", "cli.main", "dicom-listen", "--port", str(port),
          "--ae-title", "COVIDSCAN", "--owner", "radiology"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

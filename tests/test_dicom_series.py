@@ -2,7 +2,7 @@
 import pytest
 from click.testing import CliRunner
 
-from covidscan.cli import main
+from cli.main import main
 from covidscan.settings import ConfigError, load_settings
 from db.series import aggregate
 
@@ -49,7 +49,7 @@ def test_models_add_records_the_dicom_window(tmp_path, database_url, tiny_model_
     with make_session_factory(make_engine(database_url))() as session:
         model = get_model(session, "t:1")
         assert (model.dicom_window_width, model.dicom_window_level) == (400.0, 40.0)
-    from covidscan.registration import load_registered
+    from worker.registration import load_registered
     from db.model_store import ModelStore
 
     loaded = load_registered(model, ModelStore(tmp_path / "store"))

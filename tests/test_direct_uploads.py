@@ -115,7 +115,7 @@ def test_a_client_that_cannot_reach_the_store_falls_back_to_one_request(s3_confi
 
     from werkzeug.serving import make_server
 
-    from covidscan.client import Client
+    from cli.client import Client
     from tests.images import write_folder
 
     config = dict(s3_config, S3_PUBLIC_ENDPOINT_URL="http://127.0.0.1:9")  # nothing listens

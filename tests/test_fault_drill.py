@@ -22,8 +22,8 @@ from typing import Callable, Optional
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from covidscan.client import Client
-from covidscan.embedded_redis import EmbeddedRedis
+from cli.client import Client
+from devtools.embedded_redis import EmbeddedRedis
 from db.models import Scan, ScanStatus
 from tests import compose
 from tests.conftest import ROOT, WorkerProcess, create_api_key, fresh_database_url

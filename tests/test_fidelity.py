@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covidscan.embedded_redis import EmbeddedRedis
+from devtools.embedded_redis import EmbeddedRedis
 from tests.conftest import (WorkerProcess, authorised, create_api_key, fresh_database_url,
                             wait_for_job, worker_env)
 from tests.images import ct_slice, encode

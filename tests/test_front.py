@@ -19,8 +19,8 @@ from typing import Iterator
 
 import pytest
 
-from covidscan.devstack import api_command, gunicorn_command
-from covidscan.embedded_redis import free_port
+from devtools.devstack import api_command, gunicorn_command
+from devtools.embedded_redis import free_port
 from tests.conftest import ROOT, fresh_database_url
 from tests.slow_clients import half_requests, healthz_seconds
 

@@ -27,9 +27,9 @@ REQUIREMENTS = {
 # Copied with their packages but never run in that image: the local stack (both), and the
 # CLI, its HTTP client and the C-STORE receiver (the worker).
 NOT_RUN = {
-    "api": {"covidscan/devstack.py", "covidscan/embedded_redis.py"},
-    "worker": {"covidscan/devstack.py", "covidscan/embedded_redis.py", "covidscan/cli.py",
-               "covidscan/client.py", "covidscan/dicom_listen.py"},
+    "api": {"devtools/devstack.py", "devtools/embedded_redis.py"},
+    "worker": {"devtools/devstack.py", "devtools/embedded_redis.py", "cli/main.py",
+               "cli/client.py", "dicomnet/listener.py"},
 }
 PROJECT_PACKAGES = {"api", "db", "models", "worker", "covidscan", "tests"}
 # Needed though the code never imports them by name: the programs the services run

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text, update
 
-from covidscan.devstack import worker_command
+from devtools.devstack import worker_command
 from covidscan.settings import load_settings, variable_names
 from tests import compose
 from tests.conftest import ROOT

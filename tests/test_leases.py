@@ -9,7 +9,7 @@ from redis.exceptions import ResponseError
 from sqlalchemy import text, update
 
 from covidscan.settings import load_settings
-from covidscan.sweep import delete_job, sweep_once
+from core.sweep import delete_job, sweep_once
 from db.blobs import FileBlobStore
 from db.identity import ModelIdentity
 from db.jobs import JobOptions, NewScan, cancel_job, create_job, summarise_job
@@ -291,7 +291,7 @@ def test_a_delete_that_deadlocks_with_a_writer_is_run_again_and_deletes_the_job(
 def test_covidscan_sweep_once_recovers_by_hand(sessions, blobs, database_url, redis_server):
     from click.testing import CliRunner
 
-    from covidscan.cli import main
+    from cli.main import main
 
     job = submit(sessions, blobs, 3)
     claim(sessions, "dead")

@@ -116,9 +116,9 @@ def metrics_key_for():
 
 
 def test_scans_recovered_from_expired_leases_are_counted_by_outcome(app_config):
-    from covidscan.metrics import JOBS_FINISHED, SCANS_RECOVERED
+    from core.metrics import JOBS_FINISHED, SCANS_RECOVERED
     from covidscan.settings import load_settings
-    from covidscan.sweep import sweep_once
+    from core.sweep import sweep_once
     from db.blobs import FileBlobStore
     from db.jobs import NewScan, create_job
     from db.scans import claim_next

@@ -1,7 +1,7 @@
 """The worker's model cache (LRU) and MODEL_PATH's registration semantics."""
 import pytest
 
-from covidscan.registration import register_or_select
+from worker.registration import register_or_select
 from db.model_store import ModelStore
 from db.registry import list_models, set_default, get_model
 from db.session import make_engine, make_session_factory
@@ -33,7 +33,7 @@ def test_least_recently_used_models_are_evicted_beyond_the_cap(session_factory, 
         loads.append(model.version)
         return model.version
 
-    monkeypatch.setattr("covidscan.registration.load_registered", fake_load)
+    monkeypatch.setattr("worker.registration.load_registered", fake_load)
     a, b, c = registered(session_factory, "a", "b", "c")
     cache = ModelCache(session_factory, ModelStore(tmp_path), 2, lambda loaded: f"engine-{loaded}")
     assert [cache.engines_for(i) for i in (a, b, a, a, b)] == \
@@ -159,7 +159,7 @@ def test_a_model_that_loads_does_not_hold_up_a_warm_one(session_factory, tmp_pat
             release.wait(10)
         return model.version
 
-    monkeypatch.setattr("covidscan.registration.load_registered", load)
+    monkeypatch.setattr("worker.registration.load_registered", load)
     warm, slow = registered(session_factory, "w", "s")
     cache = ModelCache(session_factory, ModelStore(tmp_path), 2, lambda loaded: loaded)
     cache.engines_for(warm)

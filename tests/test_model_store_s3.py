@@ -4,9 +4,9 @@ import uuid
 
 import pytest
 
-from covidscan.registration import Registration, load_registered, register_model
+from worker.registration import Registration, load_registered, register_model
 from covidscan.settings import load_settings
-from covidscan.sweep import delete_orphan_blobs
+from core.sweep import delete_orphan_blobs
 from db.blobs import open_blob_store
 from db.model_store import open_model_store
 from db.registry import ModelExists, find_model

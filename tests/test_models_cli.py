@@ -4,7 +4,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from covidscan.cli import main
+from cli.main import main
 from db.jobs import JobOptions, NewScan, create_job
 from db.models import ScanStatus, new_id
 from db.registry import get_model

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from covidscan.client import ApiError, Client
+from cli.client import ApiError, Client
 from db.models import AuditEvent, Job, Scan
 from db.session import make_engine, make_session_factory
 from tests.conftest import authorised, create_api_key, keyed_test_clients, wait_for_job
@@ -169,7 +169,7 @@ def test_parts_sent_at_once_get_one_position_each_and_respect_the_job_limit(smal
 def test_the_sweep_seals_a_lapsed_job_and_deletes_a_lapsed_empty_one(app_config, api_key):
     from api import create_app
     from covidscan.settings import load_settings
-    from covidscan.sweep import sweep_once
+    from core.sweep import sweep_once
     from db.blobs import FileBlobStore
 
     config = {**app_config, "OPEN_JOB_TIMEOUT": "1"}

@@ -6,7 +6,7 @@ import time
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from covidscan.embedded_redis import EmbeddedRedis
+from devtools.embedded_redis import EmbeddedRedis
 from db.models import Scan, ScanStatus
 from tests.conftest import (WorkerProcess, authorised, create_api_key, fresh_database_url,
                             wait_for_job, worker_env)

@@ -20,7 +20,7 @@ def test_sigint_after_an_epoch_registers_the_best_model_so_far(tmp_path):
            "MODEL_STORE_DIR": str(tmp_path / "store"), "MODEL_PATH": "",
            "PYTHONPATH": str(ROOT)}
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "covidscan.cli", "train", str(data), "--epochs", "500",
+    command = [sys.executable, "-m", "cli.main", "train", str(data), "--epochs", "500",
                "--patience", "500", "--image-size", "32", "--batch-size", "8",
                "--name", "stopped", "--version", "1", "--output", str(run)]
     with open(tmp_path / "train.log", "w") as log:

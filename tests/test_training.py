@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from covidscan.cli import main
+from cli.main import main
 from tests.blob_data import blob_slice, write_blob_dataset
 from tests.models import save_calibrated_notop
 from tests.test_evaluation import check_against_direct
@@ -26,7 +26,7 @@ def cli(env, *args):
 @pytest.fixture(scope="module")
 def own_redis(tmp_path_factory):
     """A Redis of this module's own: the session's worker must not take these tasks."""
-    from covidscan.embedded_redis import EmbeddedRedis
+    from devtools.embedded_redis import EmbeddedRedis
 
     with EmbeddedRedis(tmp_path_factory.mktemp("redis"), persist=False) as server:
         yield server

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from covidscan.cli import main
+from cli.main import main
 from models.loader import ModelLoadError, load_model_file
 from models.trust import config_problems, h5_problems, savedmodel_problems
 
@@ -126,7 +126,7 @@ def test_cli_refuses_then_records_trust_code(tmp_path, database_url, lambda_h5):
 
 @pytest.mark.database
 def test_model_path_follows_the_same_rule(tmp_path, database_url, lambda_h5):
-    from covidscan.registration import load_registered, register_or_select
+    from worker.registration import load_registered, register_or_select
     from db.model_store import ModelStore
     from db.session import make_engine, make_session_factory
 

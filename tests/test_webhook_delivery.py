@@ -6,9 +6,9 @@ from email.utils import format_datetime
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from covidscan.destinations import RefusedDestination, check
+from core.webhook_targets import RefusedDestination, check
 from covidscan.settings import ConfigError, load_settings
-from covidscan.webhooks import (JITTER, MAX_RETRY_DELAY, next_attempt, parse_retry_after,
+from core.webhooks import (JITTER, MAX_RETRY_DELAY, next_attempt, parse_retry_after,
                                 retry_delay, signed_headers)
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
@@ -129,7 +129,7 @@ def test_the_secret_never_shows_in_the_settings_repr():
 
 
 def test_make_run_keeps_one_valid_webhook_secret_private(tmp_path):
-    from covidscan.devstack import stored_webhook_secret
+    from devtools.devstack import stored_webhook_secret
 
     path = tmp_path / "var" / "webhook-secret"
     secret = stored_webhook_secret(path)

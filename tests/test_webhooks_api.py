@@ -11,8 +11,8 @@ from sqlalchemy import func, select, update
 
 from api import create_app
 from covidscan.settings import load_settings
-from covidscan.sweep import sweep_once
-from covidscan.webhooks import deliver_event, relay_events
+from core.sweep import sweep_once
+from core.webhooks import deliver_event, relay_events
 from db.blobs import FileBlobStore
 from db.identity import ModelIdentity
 from db.models import Job, Scan, ScanStatus, WebhookDelivery, WebhookEvent, utcnow

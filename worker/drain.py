@@ -6,7 +6,7 @@ its lease, and claims again until nothing waits. A worker holds at most
 :attr:`worker.runtime.WorkerRuntime.claim_slots` claims at once, so it leases only what it
 is about to decode, not everything Redis prefetched for it. Any error while classifying
 fails only the scans of that batch, with the reason; a worker that dies leaves leases
-that expire (see :mod:`covidscan.sweep`).
+that expire (see :mod:`core.sweep`).
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from sqlalchemy.exc import OperationalError
 
-from covidscan.metrics import count_finished
-from covidscan.webhooks import relay_events
+from core.metrics import count_finished
+from core.webhooks import relay_events
 from db.explanations import release_explanation_leases
 from db.identity import ModelIdentity
 from db.jobs import job_pins

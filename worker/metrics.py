@@ -1,4 +1,4 @@
-"""A worker's Prometheus metrics (served on METRICS_PORT by :func:`covidscan.metrics.serve`).
+"""A worker's Prometheus metrics (served on METRICS_PORT by :func:`core.metrics.serve`).
 
 Labels name the model (name and version) and the precision the engine runs at, and a
 status; never a job or a scan. Scans are counted when their result is written (a

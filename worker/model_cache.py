@@ -105,7 +105,7 @@ class ModelCache:
         return engines
 
     def _load(self, model_id: Optional[str]):
-        from covidscan.registration import load_registered
+        from worker.registration import load_registered
         from models.loader import ModelLoadError, build_untrained
 
         if model_id is None:

@@ -6,7 +6,7 @@ the default model is loaded and warmed. Other models load
 on first use through :class:`worker.model_cache.ModelCache` (least recently used evicted).
 Engines are keyed by model and precision, so the batcher never mixes them in one batch.
 Beside the task threads run the heartbeat (renews this process's leases) and the sweep
-(:mod:`covidscan.sweep`: expired leases, the outbox, retention).
+(:mod:`core.sweep`: expired leases, the outbox, retention).
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ from typing import Callable, Iterator, Optional
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from covidscan.registration import register_configured_model
+from worker.registration import register_configured_model
 from covidscan.settings import Settings, load_settings
-from covidscan.sweep import SweepLoop, sweep_once
-from covidscan.wakeups import WakeupSender
+from core.sweep import SweepLoop, sweep_once
+from core.wakeups import WakeupSender
 from db.blobs import BlobStore, open_blob_store
 from db.model_store import open_model_store
 from db.outbox import add_wakeups, relay

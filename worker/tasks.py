@@ -8,10 +8,10 @@ from celery import signals
 from celery.worker.control import inspect_command
 from sqlalchemy.exc import OperationalError
 
-from covidscan import metrics
+from core import metrics
 from covidscan.contract import BATCHING_STATS_COMMAND, DELIVER_TASK, WAKE_TASK
 from covidscan.settings import load_settings
-from covidscan.webhooks import deliver_event
+from core.webhooks import deliver_event
 from worker.celery_app import app
 from worker.drain import drain
 from worker.runtime import current_runtime, get_runtime, initialise
@@ -33,7 +33,7 @@ def wake(self) -> dict[str, int]:
 @app.task(name=DELIVER_TASK, acks_late=True, autoretry_for=(OperationalError,),
           retry_backoff=True, retry_backoff_max=30, max_retries=8)
 def deliver_webhook(event_id: str) -> Optional[str]:
-    """One attempt to deliver a job's webhook event (see :mod:`covidscan.webhooks`)."""
+    """One attempt to deliver a job's webhook event (see :mod:`core.webhooks`)."""
     runtime = get_runtime()
     return deliver_event(runtime.session_factory, runtime.settings, event_id,
                          runtime.send_wakeups.deliver)

@@ -121,7 +121,7 @@ def serve(settings: Settings, host: str, port: int, ae_title: str, owner: str,
     """Run the receiver until interrupted."""
     from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-    from covidscan.wakeups import WakeupSender
+    from core.wakeups import WakeupSender
     from db.blobs import open_blob_store
     from db.session import make_engine, make_session_factory
 

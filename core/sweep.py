@@ -11,7 +11,7 @@ One pass (:func:`sweep_once`):
    when they hold no scan);
 5. jobs that have ended without their webhook events (two workers wrote their last scans
    at once, or leases expired into failures) get them, and events whose delivery is due
-   and that no queue holds are sent to the queue (:mod:`covidscan.webhooks`);
+   and that no queue holds are sent to the queue (:mod:`core.webhooks`);
 6. jobs past their ``expires_at`` are deleted, blobs, thumbnails and webhook deliveries
    included, and so are the blobs of job ids that have no job row (a crash mid-upload, a
    two-step upload never started) once ``orphan_grace`` has passed.
@@ -30,9 +30,9 @@ from typing import Callable, Optional
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from covidscan.metrics import count_finished, count_recovered
+from core.metrics import count_finished, count_recovered
 from covidscan.settings import Settings
-from covidscan.webhooks import SendDeliveries, relay_events
+from core.webhooks import SendDeliveries, relay_events
 from db.blobs import BlobStore
 from db.jobs import (delete_job_rows, existing_job_ids, expired_job_ids, job_scan_count,
                      lapsed_open_job_ids, seal_job)

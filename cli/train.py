@@ -14,8 +14,8 @@ from typing import Any, Optional
 
 import click
 
-from covidscan.cli_models import registry_context
-from covidscan.registration import Registration
+from cli.models import registry_context
+from worker.registration import Registration
 
 
 def _stamp() -> str:
@@ -111,7 +111,7 @@ def train(data_dir: Path, name: Optional[str], version: Optional[str], epochs: i
 
 def _train_and_register(data, parts, config, out_dir: Path, session_factory, store,
                         wanted) -> None:
-    from covidscan.registration import register_model
+    from worker.registration import register_model
     from models.card import model_card
     from models.selection import reference_engine
     from models.loader import load_model_file
@@ -165,7 +165,7 @@ def _train_and_register(data, parts, config, out_dir: Path, session_factory, sto
 def evaluate(model_ref: str, data_dir: Path, classes: Optional[str], output: Optional[Path],
              batch_size: int, attach: bool) -> None:
     """Evaluate MODEL (a registered NAME[:VERSION], or a model file) on DATA_DIR."""
-    from covidscan.registration import load_registered
+    from worker.registration import load_registered
     from db.registry import get_model
     from models.dataset import DatasetError, discover, folder_map_for_model
     from models.selection import reference_engine

@@ -20,7 +20,7 @@ from typing import IO, Optional
 
 import requests
 
-from covidscan.embedded_redis import EmbeddedRedis, free_port, stored_password
+from devtools.embedded_redis import EmbeddedRedis, free_port, stored_password
 from covidscan.settings import ConfigError, Settings, load_settings
 from db import migrate
 from db.audit import record
@@ -89,7 +89,7 @@ def worker_command(loglevel: str = "INFO", name: str = "worker1@%h") -> list[str
 
 def sweep_command() -> list[str]:
     """Recovery and retention every SWEEP_INTERVAL (``covidscan sweep``)."""
-    return [sys.executable, "-m", "covidscan.cli", "sweep"]
+    return [sys.executable, "-m", "cli.main", "sweep"]
 
 
 def api_command(port: int, host: str = "127.0.0.1", threads: int = 16,
@@ -139,7 +139,7 @@ class Stack:
         MODEL_PATH is registered here, before the API accepts a job, so that every job is
         pinned to it at submission instead of waiting for the worker to load it.
         """
-        from covidscan.registration import register_configured_model
+        from worker.registration import register_configured_model
 
         print(f"covidscan: database {self.settings.database_url}")
         migrate.upgrade(self.settings.database_url)

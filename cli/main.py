@@ -9,18 +9,18 @@ from typing import Any, Optional
 
 import click
 
-from covidscan.cli_keys import keys
-from covidscan.dicom_listen import dicom_listen
-from covidscan.cli_models import models
+from cli.keys import keys
+from dicomnet.listener import dicom_listen
+from cli.models import models
 from covidscan.settings import PRECISIONS
-from covidscan.cli_train import evaluate, train
+from cli.train import evaluate, train
 
 DEFAULT_URL = "http://127.0.0.1:5000"
 FINISHED = ("succeeded", "partially_succeeded", "failed", "cancelled")
 
 
 def _client(ctx: click.Context):
-    from covidscan.client import Client
+    from cli.client import Client
     from covidscan.settings import client_api_key
 
     return Client(ctx.obj["url"], api_key=client_api_key())
@@ -67,7 +67,7 @@ def submit(ctx: click.Context, paths: tuple[Path, ...], name: Optional[str],
            poll: float, table: bool) -> None:
     """Upload PNG/JPEG/DICOM slices, folders of them (a PACS export too), or ZIP archives
     as one job."""
-    from covidscan.client import ApiError, collect_files
+    from cli.client import ApiError, collect_files
 
     files = collect_files(list(paths))
     if not files:
@@ -164,7 +164,7 @@ def _print_summary(client, job: dict[str, Any], full_table: bool = False) -> Non
 @click.pass_context
 def jobs(ctx: click.Context, limit: int) -> None:
     """Your most recent jobs, newest first: id, status, counts, model, name."""
-    from covidscan.client import ApiError
+    from cli.client import ApiError
 
     try:
         found = _client(ctx).jobs(limit)
@@ -186,7 +186,7 @@ def status(ctx: click.Context, job_id: str) -> None:
     """Show a job's status and counts as JSON."""
     import json
 
-    from covidscan.client import ApiError
+    from cli.client import ApiError
 
     try:
         click.echo(json.dumps(_client(ctx).job(job_id), indent=2))
@@ -202,7 +202,7 @@ def results(ctx: click.Context, job_id: str, as_csv: bool) -> None:
     """Print a job's results (JSON, one object a line, or CSV)."""
     import json
 
-    from covidscan.client import ApiError
+    from cli.client import ApiError
 
     client = _client(ctx)
     try:
@@ -220,7 +220,7 @@ def results(ctx: click.Context, job_id: str, as_csv: bool) -> None:
 @click.pass_context
 def cancel(ctx: click.Context, job_id: str) -> None:
     """Cancel a job: waiting scans never run, running ones finish, results are kept."""
-    from covidscan.client import ApiError
+    from cli.client import ApiError
 
     try:
         job = _client(ctx).cancel(job_id)
@@ -237,7 +237,7 @@ def cancel(ctx: click.Context, job_id: str) -> None:
 @click.pass_context
 def delete(ctx: click.Context, job_id: str, yes: bool) -> None:
     """Delete a job with its results and uploaded slices, for good."""
-    from covidscan.client import ApiError
+    from cli.client import ApiError
 
     if not yes:
         click.confirm(f"delete job {job_id}, its results and its uploaded slices?", abort=True)
@@ -261,8 +261,8 @@ def sweep(once: bool, health_file: Optional[Path]) -> None:
     import logging
 
     from covidscan.settings import ConfigError, load_settings
-    from covidscan.sweep import SweepLoop, sweep_once
-    from covidscan.wakeups import WakeupSender
+    from core.sweep import SweepLoop, sweep_once
+    from core.wakeups import WakeupSender
     from db.blobs import open_blob_store
     from db.session import make_engine, make_session_factory
 
@@ -280,7 +280,7 @@ def sweep(once: bool, health_file: Optional[Path]) -> None:
         report = run()
         click.echo(" ".join(f"{key}={value}" for key, value in vars(report).items()))
         return
-    from covidscan.metrics import serve
+    from core.metrics import serve
 
     try:
         serve(settings, "sweep")  # what it recovers (METRICS_PORT; 0: off)
@@ -318,7 +318,7 @@ def migrate() -> None:
         click.echo(f"bucket {settings.blob_store.bucket} {'created' if created else 'exists'}")
     if settings.model_path is None:
         return
-    from covidscan.registration import register_configured_model
+    from worker.registration import register_configured_model
     from models.loader import ModelLoadError
 
     try:
@@ -340,7 +340,7 @@ def openapi() -> None:
 @main.command()
 def run() -> None:
     """Start the whole stack on this machine (what `make run` does)."""
-    from covidscan import devstack
+    from devtools import devstack
 
     sys.exit(devstack.main())
 

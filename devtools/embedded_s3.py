@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from covidscan.embedded_redis import EmbeddedProcess, free_port
+from devtools.embedded_redis import EmbeddedProcess, free_port
 
 
 def weed_binary() -> str:

@@ -1,7 +1,7 @@
 """Deliver job events: sign per Standard Webhooks, POST, record, retry with backoff.
 
 One attempt (:func:`deliver_event`) claims the event in SQL, checks the destination again
-(:mod:`covidscan.destinations`), POSTs the JSON body signed with ``standardwebhooks``
+(:mod:`core.webhook_targets`), POSTs the JSON body signed with ``standardwebhooks``
 (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``), follows no redirect, and
 records what happened. A 2xx delivers; 410 stops for good; anything else (a timeout, a
 refused destination, a 5xx, a 429…) is tried again after :func:`retry_delay`, or later when
@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence
 import urllib3
 from sqlalchemy.orm import Session, sessionmaker
 
-from covidscan.destinations import Destination, RefusedDestination, check
+from core.webhook_targets import Destination, RefusedDestination, check
 from covidscan.settings import Settings
 from db.models import WebhookEvent, utcnow
 from db.session import in_transaction

@@ -14,7 +14,7 @@ from typing import Optional
 
 import click
 
-from covidscan.cli_models import registry_context
+from cli.models import registry_context
 
 DURATION = re.compile(r"^(\d+)\s*([hdw])$")
 UNITS = {"h": "hours", "d": "days", "w": "weeks"}

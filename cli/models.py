@@ -70,8 +70,8 @@ def add(file: Path, name: str, version: Optional[str], classes: str, positive: O
         window = parse_window(dicom_window) if dicom_window else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--dicom-window") from None
-    from covidscan.cli_keys import cli_actor
-    from covidscan.registration import Registration, register_model
+    from cli.keys import cli_actor
+    from worker.registration import Registration, register_model
     from db.audit import record
     from models.classes import parse_class_list
     from models.loader import ModelLoadError
@@ -121,7 +121,7 @@ def list_(as_json: bool) -> None:
 @click.argument("ref")
 def set_default_(ref: str) -> None:
     """Make NAME[:VERSION] the model new jobs use when they name none."""
-    from covidscan.cli_keys import cli_actor
+    from cli.keys import cli_actor
     from db.audit import record
     from db.registry import get_model, set_default
 
@@ -138,7 +138,7 @@ def set_default_(ref: str) -> None:
 @click.argument("ref")
 def remove(ref: str) -> None:
     """Unregister NAME:VERSION and delete its stored file (refused while jobs use it)."""
-    from covidscan.cli_keys import cli_actor
+    from cli.keys import cli_actor
     from db.audit import record
     from db.registry import get_model, parse_ref, remove_model
 
@@ -167,7 +167,7 @@ def calibrate(ref: str, data_dir: Path, batch_size: int) -> None:
     that int8's ROC AUC is within 0.005 of fp32's; the result goes into the model's report.
     Workers load the set the next time they load the model.
     """
-    from covidscan.registration import load_registered
+    from worker.registration import load_registered
     from db.registry import get_model
     from models import calibration as sets
     from models.dataset import IMAGE_SUFFIXES, DatasetError, discover, folder_map_for_model

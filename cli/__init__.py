@@ -1,0 +1,1 @@
+"""The `covidscan` command: HTTP client commands and operator commands (each imports lazily)."""

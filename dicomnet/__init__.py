@@ -1,0 +1,1 @@
+"""The DICOM network adapter: the C-STORE listener (and, later, the SCU side)."""
