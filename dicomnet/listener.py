@@ -120,6 +120,9 @@ def serve(settings: Settings, host: str, port: int, ae_title: str, owner: str,
           modalities: tuple[str, ...], ready: Optional[threading.Event] = None) -> None:
     """Run the receiver until interrupted."""
     from pynetdicom import AE, AllStoragePresentationContexts, evt
+    from pynetdicom.sop_class import Verification
+
+    from covidscan.dicom_syntaxes import DECODED_TRANSFER_SYNTAXES
 
     from core.wakeups import WakeupSender
     from db.blobs import open_blob_store
@@ -130,7 +133,12 @@ def serve(settings: Settings, host: str, port: int, ae_title: str, owner: str,
     receiver = StoreReceiver(settings, make_session_factory(engine), blobs,
                              WakeupSender(settings.redis_url), owner, modalities)
     ae = AE(ae_title=ae_title)
-    ae.supported_contexts = AllStoragePresentationContexts
+    # A PACS administrator's first step is "test this modality" (C-ECHO); every storage SOP
+    # class is offered in every transfer syntax the pipeline decodes, so a PACS that cannot
+    # transcode (JPEG 2000 archives) can still push.
+    ae.add_supported_context(Verification)
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, DECODED_TRANSFER_SYNTAXES)
     handlers = [(evt.EVT_C_STORE, receiver.on_store), (evt.EVT_RELEASED, receiver.on_release),
                 (evt.EVT_ABORTED, receiver.on_release)]
     server = ae.start_server((host, port), block=False, evt_handlers=handlers)

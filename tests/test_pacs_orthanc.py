@@ -1,0 +1,71 @@
+"""A real PACS (Orthanc) talks to ``covidscan dicom-listen`` as a hospital's would."""
+import os
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import select
+
+from db.models import Job, Scan
+from db.session import make_engine, make_session_factory
+from devtools.embedded_redis import free_port
+from tests import dicom_files as d
+from tests.conftest import ROOT
+from tests.pacs import Orthanc, require_orthanc
+from tests.test_dicom_listen import wait_for_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def listener_port(app_config):
+    port = free_port()
+    env = {**os.environ, **app_config, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "dicom-listen", "--port", str(port),
+         "--ae-title", "COVIDSCAN", "--owner", "radiology"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_port(port, process)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+@pytest.fixture
+def orthanc(tmp_path, listener_port):
+    require_orthanc()
+    with Orthanc(tmp_path / "orthanc", free_port(), free_port(),
+                 {"covidscan": ("COVIDSCAN", listener_port)}) as pacs:
+        yield pacs
+
+
+def test_the_pacs_verifies_the_listener_with_c_echo(orthanc):
+    answer = orthanc.echo("covidscan")
+    assert answer.status_code == 200, answer.text
+
+
+def test_a_series_sent_by_the_pacs_becomes_one_job(orthanc, app_config):
+    files, ordered = d.ct_series(12, seed=7)
+    study = {orthanc.upload(body)["ParentStudy"] for body in files}
+    assert len(study) == 1
+    sent = orthanc.send("covidscan", sorted(study))
+    assert sent.status_code == 200, sent.text
+    with make_session_factory(make_engine(app_config["DATABASE_URL"]))() as session:
+        [job] = session.scalars(select(Job)).all()
+        scans = session.scalars(select(Scan).where(Scan.job_id == job.id)).all()
+    assert job.owner == "radiology"
+    assert sorted(s.sop_instance_uid for s in scans) == sorted(ordered)
+
+
+@pytest.mark.parametrize("syntax", ["JPEG2000Lossless", "JPEGLSLossless", "RLELossless"])
+def test_a_compressed_slice_is_pushed_as_the_pacs_holds_it(orthanc, app_config, tmp_path,
+                                                           syntax):
+    """Orthanc cannot transcode JPEG 2000: the listener must accept what the PACS holds."""
+    instance = orthanc.upload(d.ct_compressed_by_gdcm(syntax, tmp_path))
+    sent = orthanc.send("covidscan", [instance["ID"]])
+    assert sent.status_code == 200, sent.text
+    with make_session_factory(make_engine(app_config["DATABASE_URL"]))() as session:
+        [scan] = session.scalars(select(Scan)).all()
+    assert scan.modality == "CT"
