@@ -21,7 +21,7 @@ import requests
 
 from devtools.devstack import Stack
 from covidscan.settings import load_settings
-from tests.scrape import Sample, parse, value
+from devtools.scrape import Sample, parse, value
 
 Scrape = tuple[float, list[Sample], list[Sample]]  # time, API samples, worker samples
 JOBS = (("normal", 240, 4, 0.0), ("high", 60, 0, 25.0), ("low", 120, 2, 45.0))
@@ -179,8 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=3.0, help="seconds between scrapes")
     parser.add_argument("--out", type=Path, default=Path("docs/dashboard.png"))
     args = parser.parse_args(argv)
-    from models.synthetic import png_slice
-    from tests.images import corrupt_png
+    from models.synthetic import corrupt_png, png_slice
 
     base = load_settings()
     var_dir = Path(os.environ.get("COVIDSCAN_VAR_DIR") or "var") / "dashboard"

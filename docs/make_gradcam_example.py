@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 from models.gradcam import GradCam  # noqa: E402
 from models.heatmap_image import render  # noqa: E402
 from models.loader import build_untrained, load_model_file  # noqa: E402
-from tests.models import blob_slices, save_blob_model  # noqa: E402
+from models.synthetic import blob_slices, save_blob_model  # noqa: E402
 
 
 def main() -> None:
