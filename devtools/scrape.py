@@ -23,5 +23,7 @@ def parse(text: str) -> list[Sample]:
 def value(samples: list[Sample], name: str, **labels: str) -> float:
     """The sum of ``name``'s samples whose labels include ``labels``."""
     return sum(
-        v for n, sample_labels, v in samples if n == name and labels.items() <= sample_labels.items()
+        v
+        for n, sample_labels, v in samples
+        if n == name and labels.items() <= sample_labels.items()
     )

@@ -16,8 +16,9 @@ def ct_slice_array(size: int = 128, seed: int = 0, rgb: bool = False) -> np.ndar
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:size, 0:size] / size
     body = ((x - 0.5) / 0.42) ** 2 + ((y - 0.5) / 0.32) ** 2 < 1
-    lungs = (((x - 0.33) / 0.12) ** 2 + ((y - 0.5) / 0.2) ** 2 < 1) | \
-            (((x - 0.67) / 0.12) ** 2 + ((y - 0.5) / 0.2) ** 2 < 1)
+    lungs = (((x - 0.33) / 0.12) ** 2 + ((y - 0.5) / 0.2) ** 2 < 1) | (
+        ((x - 0.67) / 0.12) ** 2 + ((y - 0.5) / 0.2) ** 2 < 1
+    )
     pixels = np.where(body, 170.0, 10.0) - np.where(lungs, 130.0, 0.0)
     pixels += rng.normal(0, 12 + 4 * (seed % 5), pixels.shape)
     blobs = rng.integers(0, 4)
@@ -42,7 +43,7 @@ def png_slice(size: int = 512, seed: int = 0) -> bytes:
 
 
 def corrupt_png(size: int = 128) -> bytes:
-    """A PNG signature and header followed by a truncated stream: passes sniffing, fails decoding."""
+    """A PNG signature and header, then a truncated stream: passes sniffing, fails decoding."""
     return png_slice(size, seed=999)[:120]
 
 
