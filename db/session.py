@@ -1,10 +1,12 @@
 """Engine and session factory. Nothing connects until a session is used."""
+
 from __future__ import annotations
 
 import logging
 import random
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
@@ -40,8 +42,11 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def in_transaction(session_factory: sessionmaker[Session], work: Callable[[Session], T],
-                   attempts: int = CONFLICT_ATTEMPTS) -> T:
+def in_transaction(
+    session_factory: sessionmaker[Session],
+    work: Callable[[Session], T],
+    attempts: int = CONFLICT_ATTEMPTS,
+) -> T:
     """Run ``work`` in one transaction and commit; run it again, whole, when PostgreSQL
     aborted it to break a deadlock with another writer (a worker writing results, the
     heartbeat) that locked the same rows in another order. Other errors propagate."""
@@ -52,7 +57,9 @@ def in_transaction(session_factory: sessionmaker[Session], work: Callable[[Sessi
         except DBAPIError as exc:
             if attempt == attempts or getattr(exc.orig, "sqlstate", None) not in CONFLICTS:
                 raise
-            log.info("transaction aborted by a conflict (SQLSTATE %s); running it again",
-                     exc.orig.sqlstate)
+            log.info(
+                "transaction aborted by a conflict (SQLSTATE %s); running it again",
+                exc.orig.sqlstate,
+            )
             time.sleep(random.uniform(0.02, 0.1) * attempt)
     raise AssertionError("unreachable")  # pragma: no cover

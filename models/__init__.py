@@ -3,6 +3,7 @@
 Depends on NumPy, OpenCV and TensorFlow only (no Flask, Celery or SQL). Import
 the submodules you need; importing this package loads nothing heavy.
 """
+
 import sys
 
 # OpenVINO's model tools and NNCF send usage events to Google Analytics unless the user
