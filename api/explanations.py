@@ -23,7 +23,7 @@ from api.problems import Problem
 from api.schemas import ExplanationState, HeatmapQuery
 from api.serialize import iso
 from db.explanations import GRADCAM, find_explanation, request_explanation
-from db.models import Explanation, Job, ScanStatus
+from db.models import Explanation, ScanStatus
 from db.outbox import relay
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def ask(scan_id: str) -> tuple[Response, int]:
     session = db_session()
     if scan.status in (ScanStatus.FAILED, ScanStatus.CANCELLED):
         raise Problem(409, f"scan {scan_id!r} {scan.status.value}: it has no result to explain")
-    priority = session.get(Job, scan.job_id).priority
+    priority = scan.job.priority
     explanation, queued = request_explanation(session, scan, priority, GRADCAM)
     if queued:  # refused: the session closes uncommitted, so nothing was queued
         scan_quota().charge(current_principal().owner, 0, explanations=1)

@@ -64,7 +64,7 @@ def _observe(response: Response) -> Response:
 def _metrics_page() -> Response:
     svc = services()
     registry = scrape_registry(svc.settings, QueueCollector(svc.session_factory))
-    encode, content_type = choose_encoder(request.headers.get("Accept"))  # as Prometheus asks
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))  # as Prometheus asks
     return Response(
         encode(registry),
         mimetype=None,

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import requests
@@ -40,8 +40,9 @@ from devtools.devstack import Stack
 class Bench:
     """The running stack, seen through its HTTP API, its database and its worker's counters."""
 
-    def __init__(self, settings: Settings, url: str) -> None:
+    def __init__(self, settings: Settings, url: str, stack: Optional[Stack] = None) -> None:
         self.url = url
+        self.stack = stack  # whose processes' CPU time timed_case measures
         self.db = make_engine(settings.database_url)
         self.redis_url = os.environ.get("REDIS_URL", "")
         self.control = None
@@ -95,15 +96,21 @@ class Bench:
         failed = sum(status == ScanStatus.FAILED for _, status in rows)
         if failed or not rows:
             raise RuntimeError(f"{failed} of {len(rows)} scans failed; see var/bench/stack.log")
-        return [moment.replace(tzinfo=moment.tzinfo or UTC).timestamp() for moment, _ in rows]
+        return [
+            moment.replace(tzinfo=moment.tzinfo or UTC).timestamp()
+            for moment, _ in rows
+            if moment is not None  # every scan is finished here: none is
+        ]
 
     def engine_of(self, job_id: str) -> tuple[str, str]:
+        """The engine and precision that served a finished job's first scan."""
         with self.db.connect() as conn:
-            return tuple(
-                conn.execute(
-                    select(Scan.engine, Scan.precision).where(Scan.job_id == job_id).limit(1)
-                ).one()
-            )
+            engine, precision = conn.execute(
+                select(Scan.engine, Scan.precision).where(Scan.job_id == job_id).limit(1)
+            ).one()
+        if engine is None or precision is None:
+            raise RuntimeError(f"job {job_id}'s first scan names no engine; it has no result")
+        return engine, precision
 
     def _celery(self) -> Celery:
         if self.control is None:
@@ -182,8 +189,11 @@ def timed_case(bench: Bench, submit_all, held: bool = False) -> dict[str, Any]:
     ``held``: the worker takes no task during the upload and the clock starts when it
     resumes, so the jobs reach it at once rather than at the API's pace.
     """
+    if bench.stack is None:
+        raise ValueError("timed_case measures the stack's CPU time: build the Bench with it")
+    stack = bench.stack
     before = bench.batching()
-    cpu_before = cpu_seconds(bench.stack)
+    cpu_before = cpu_seconds(stack)
     if held:
         bench.hold(True)
     try:
@@ -195,9 +205,7 @@ def timed_case(bench: Bench, submit_all, held: bool = False) -> dict[str, Any]:
             started = time.time()
             bench.hold(False)
     finished = np.array(bench.finished_at(job_ids))
-    cpu = {
-        name: spent - cpu_before.get(name, 0.0) for name, spent in cpu_seconds(bench.stack).items()
-    }
+    cpu = {name: spent - cpu_before.get(name, 0.0) for name, spent in cpu_seconds(stack).items()}
     elapsed = finished.max() - started
     latency = finished - started
     return {
@@ -270,8 +278,7 @@ def run(
             stack.start()  # before TensorFlow is imported here: no forking of a TF process
             if stack.redis is not None:
                 os.environ["REDIS_URL"] = stack.redis.url
-            bench = Bench(settings, url)
-            bench.stack = stack
+            bench = Bench(settings, url, stack)
             files = [(f"slice_{i:04d}.png", data) for i, data in enumerate(pngs)]
             folder = var_dir / "slices"
             folder.mkdir()

@@ -28,6 +28,8 @@ Scrape = tuple[float, list[Sample], list[Sample]]  # time, API samples, worker s
 JOBS = (("normal", 240, 4, 0.0), ("high", 60, 0, 25.0), ("low", 120, 2, 45.0))
 """Priority, slices, undecodable slices, seconds after the start it is sent."""
 WINDOW_S = 30.0
+API, WORKER = 1, 2
+"""A scrape's sides: the API's samples, the worker's."""
 
 
 def quantile(q: float, buckets: dict[float, float]) -> float:
@@ -55,6 +57,10 @@ def buckets_of(samples: list[Sample], name: str) -> dict[float, float]:
     return found
 
 
+def side_of(scrape: Scrape, side: int) -> list[Sample]:
+    return scrape[1] if side == API else scrape[2]
+
+
 class Series:
     """Values over time from a list of scrapes."""
 
@@ -80,7 +86,9 @@ class Series:
         )
 
     def gauge(self, side: int, name: str, **labels: str):
-        return zip(*[(s[0] - self.t0, value(s[side], name, **labels)) for s in self.scrapes])
+        return zip(
+            *[(s[0] - self.t0, value(side_of(s, side), name, **labels)) for s in self.scrapes]
+        )
 
     def ratio(self, side: int, name: str):
         def mean(a, b):
@@ -100,9 +108,6 @@ class Series:
             )
 
         return zip(*[(t, one(a, b)) for t, (a, b) in self._pairs(WINDOW_S)])
-
-
-API, WORKER = 1, 2
 
 
 def draw(scrapes: list[Scrape], out: Path) -> None:

@@ -7,7 +7,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import click
 
@@ -28,7 +28,7 @@ def _client(ctx: click.Context):
     return Client(ctx.obj["url"], api_key=client_api_key())
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     raise click.ClickException(message)
 
 
@@ -404,6 +404,7 @@ def migrate() -> None:
         model = register_configured_model(settings)
     except ModelLoadError as exc:
         _fail(f"MODEL_PATH: {exc}")
+    assert model is not None, "MODEL_PATH is set, so it is registered"
     click.echo(
         f"MODEL_PATH is registered as {model.ref}{' (the default)' if model.is_default else ''}"
     )

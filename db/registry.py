@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from db.identity import ModelIdentity
 from db.models import Job, Model, Scan, ScanStatus
+from db.session import rows_changed
 
 
 class RegistryError(ValueError):
@@ -186,9 +187,9 @@ def pin_jobs(
     untrained default; ``identity`` names it. Jobs pinned meanwhile (by another worker)
     keep their pin. Returns how many jobs this call pinned.
     """
-    result = session.execute(
+    return rows_changed(
+        session,
         update(Job)
         .where(Job.id.in_(list(job_ids)), Job.model_sha256.is_(None))
-        .values(model_id=model_id, **identity.job_columns())
+        .values(model_id=model_id, **identity.job_columns()),
     )
-    return result.rowcount

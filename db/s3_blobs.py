@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
-from typing import Optional
+from typing import Any, Optional
 
 import boto3
 from botocore.config import Config
@@ -67,7 +67,7 @@ class S3BlobStore(BlobStore):
             if not public or public == location.endpoint_url
             else s3_client(location, public)
         )
-        self._quick = None  # the health check's client, made when first asked
+        self._quick: Any = None  # the health check's client (boto3's), made when first asked
 
     def _object(self, key: str) -> str:
         parts = PurePosixPath(key).parts

@@ -25,6 +25,7 @@ from covidscan.settings import ConfigError, Settings, load_settings
 from db import migrate
 from db.audit import record
 from db.keys import authenticate, create_key
+from db.models import Model
 from db.session import make_engine, make_session_factory
 from devtools.embedded_redis import EmbeddedRedis, free_port, stored_password
 
@@ -175,7 +176,9 @@ class Stack:
         self.redis: Optional[EmbeddedRedis] = None
         self.children: list[tuple[str, subprocess.Popen]] = []
         self.stopping = threading.Event()
-        self.model = None  # the registered MODEL_PATH model, once start() has registered it
+        self.model: Optional[Model] = (
+            None  # the registered MODEL_PATH model, once start() has registered it
+        )
         self.metrics_ports: dict[str, int] = {}  # the worker's and the sweep's METRICS_PORT
 
     def start(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 
@@ -48,7 +49,7 @@ def _output_rank(layer) -> int:
     return len(shape)
 
 
-def find_target_layer(keras_model) -> tuple[object, object]:
+def find_target_layer(keras_model: Any) -> tuple[Any, Optional[Any]]:
     """The last layer with a 4-D output before the head, and the nested model holding it.
 
     Returns:

@@ -158,7 +158,7 @@ def train(data: LabelledSlices, split: Split, config: TrainConfig, out_dir: Path
         model = build_resnet_classifier(
             (config.image_size, config.image_size),
             len(data.classes),
-            base_weights=config.imagenet_weights and str(config.imagenet_weights),
+            base_weights=str(config.imagenet_weights) if config.imagenet_weights else None,
             seed=config.seed,
         )
     except (ValueError, OSError) as exc:

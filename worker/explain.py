@@ -48,7 +48,7 @@ def claim(runtime: WorkerRuntime) -> list[ExplanationLease]:
 def explain_leases(runtime: WorkerRuntime, leases: Sequence[ExplanationLease]) -> int:
     """Compute and write leased explanations with their jobs' models; returns rows written."""
     with runtime.session_factory() as session:
-        pins = job_pins(session, {lease.job_id for lease in leases})
+        pins = job_pins(session, sorted({lease.job_id for lease in leases}))
     groups: dict[Optional[str], list[ExplanationLease]] = defaultdict(list)
     for lease in leases:
         if lease.job_id in pins:  # a deleted job's explanations are gone with it
@@ -105,17 +105,18 @@ def explain_batch(
         loaded = [load_tensor(files, item, info)[0] for item in items]
     else:
         loaded = list(pool.map(lambda item: load_tensor(files, item, info)[0], items))
-    good = [i for i, value in enumerate(loaded) if not isinstance(value, str)]
     outcomes: list[Optional[ExplanationOutcome]] = [
-        None if i in good else ExplanationOutcome(item.explanation_id, error=loaded[i])
-        for i, item in enumerate(items)
+        ExplanationOutcome(item.explanation_id, error=value) if isinstance(value, str) else None
+        for item, value in zip(items, loaded)
     ]
+    tensors = {i: value for i, value in enumerate(loaded) if isinstance(value, np.ndarray)}
+    good = list(tensors)
     if good:
-        heatmaps = explainer.explain(np.stack([loaded[i] for i in good]))
+        heatmaps = explainer.explain(np.stack([tensors[i] for i in good]))
         note = None if explainer.info.trained else UNTRAINED_NOTE
         described = explainer.describe()
         for index, heatmap in zip(good, heatmaps):
-            images = render(loaded[index], heatmap.cam, note)
+            images = render(tensors[index], heatmap.cam, note)
             details = {
                 "layer": described["layer"],
                 "class_name": described["class_name"],
@@ -128,9 +129,10 @@ def explain_batch(
             outcomes[index] = ExplanationOutcome(
                 items[index].explanation_id, details=details, pictures=asdict(images)
             )
-    if any(outcome is None for outcome in outcomes):
+    done = [outcome for outcome in outcomes if outcome is not None]
+    if len(done) != len(items):
         raise AssertionError("explain_batch left an item without an outcome")
-    return outcomes  # type: ignore[return-value]
+    return done
 
 
 def _write(

@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Optional
+from typing import TYPE_CHECKING, Generic, Optional, Protocol, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,7 +26,20 @@ from db.models import Model
 from db.registry import default_model, pin_jobs, unpinned_job_ids
 from worker.metrics import model_loaded
 
+if TYPE_CHECKING:
+    from models.loader import LoadedModel
+
 log = logging.getLogger(__name__)
+
+
+class ServesModel(Protocol):
+    """What a cache entry is built into: it keeps the loaded model it serves."""
+
+    @property
+    def model(self) -> LoadedModel: ...
+
+
+EnginesT = TypeVar("EnginesT", bound=ServesModel)
 
 
 class ModelUnavailable(RuntimeError):
@@ -37,7 +50,7 @@ class ModelUnavailable(RuntimeError):
         self.identity = identity
 
 
-class ModelCache:
+class ModelCache(Generic[EnginesT]):
     """Warm models by registered model id (None: the untrained default), LRU-bounded.
 
     ``build_engines`` turns a loaded model into what serves it (in the worker, its
@@ -49,7 +62,7 @@ class ModelCache:
         session_factory: sessionmaker[Session],
         store: ModelStore,
         capacity: int,
-        build_engines: Callable[[object], object],
+        build_engines: Callable[[LoadedModel], EnginesT],
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
@@ -57,8 +70,8 @@ class ModelCache:
         self.store = store
         self.capacity = capacity
         self.build_engines = build_engines
-        self._engines: OrderedDict[Optional[str], object] = OrderedDict()
-        self._loading: dict[Optional[str], Future] = {}
+        self._engines: OrderedDict[Optional[str], EnginesT] = OrderedDict()
+        self._loading: dict[Optional[str], Future[EnginesT]] = {}
         self._lock = threading.Lock()
         self.loads = 0
 
@@ -67,11 +80,11 @@ class ModelCache:
         with self._lock:
             return list(self._engines)
 
-    def warm(self) -> list[object]:
+    def warm(self) -> list[EnginesT]:
         """What ``build_engines`` made for each model held warm, least recently used first."""
         return list(self._engines.values())
 
-    def engines_for(self, model_id: Optional[str]):
+    def engines_for(self, model_id: Optional[str]) -> EnginesT:
         """The warm engines of a registered model, loading (and evicting) as needed.
 
         Concurrent callers for one model share a single load; callers for warm models
@@ -85,12 +98,12 @@ class ModelCache:
             if model_id in self._engines:
                 self._engines.move_to_end(model_id)
                 return self._engines[model_id]
-            pending = self._loading.get(model_id)
-            loader = pending is None
-            if loader:
-                pending = self._loading[model_id] = Future()
-        if not loader:
-            return pending.result()
+            waiting = self._loading.get(model_id)
+            if waiting is None:  # this caller loads it; later ones wait for its result
+                pending: Future[EnginesT] = Future()
+                self._loading[model_id] = pending
+        if waiting is not None:
+            return waiting.result()
         try:
             started = time.perf_counter()
             model = self._load(model_id)
@@ -111,7 +124,7 @@ class ModelCache:
         pending.set_result(engines)
         return engines
 
-    def _load(self, model_id: Optional[str]):
+    def _load(self, model_id: Optional[str]) -> LoadedModel:
         from models.loader import ModelLoadError, build_untrained
         from worker.registration import load_registered
 

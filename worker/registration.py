@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -25,6 +25,9 @@ from db.registry import (
     models_with_sha256,
     set_default,
 )
+
+if TYPE_CHECKING:
+    from models.loader import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +255,7 @@ def register_configured_model(
         engine.dispose()
 
 
-def load_registered(model: Model, store: ModelStore):
+def load_registered(model: Model, store: ModelStore) -> LoadedModel:
     """Load a registered model's stored file (fetched first from the bucket when the store
     is mirrored and this host lacks it), refusing it when its SHA-256 changed.
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -40,6 +40,11 @@ from worker.model_cache import ModelCache
 from worker.presence import Presence
 from worker.registration import register_configured_model
 
+if TYPE_CHECKING:
+    from models.gradcam import GradCam
+    from models.loader import LoadedModel
+    from models.selection import Choice
+
 log = logging.getLogger(__name__)
 
 
@@ -51,7 +56,7 @@ class ModelEngines:
     """
 
     def __init__(
-        self, model, settings: Settings, on_change: Optional[Callable[[], None]] = None
+        self, model: LoadedModel, settings: Settings, on_change: Optional[Callable[[], None]] = None
     ) -> None:
         """``on_change`` is called after each new engine is built (the worker's status row)."""
         from models.calibration import default_calibration, for_model
@@ -61,8 +66,8 @@ class ModelEngines:
         self.settings = settings
         self.on_change = on_change
         self._lock = threading.RLock()
-        self._choices: dict[str, object] = {}
-        self._explainer = None
+        self._choices: dict[str, Choice] = {}
+        self._explainer: Optional[GradCam] = None
         size = model.info.input_size
         calibration = (
             for_model(model.path, size) if model.path is not None else default_calibration(size)
@@ -86,7 +91,7 @@ class ModelEngines:
         """The warm engine for ``precision`` (None: INFERENCE_PRECISION)."""
         return self.choice(precision).engine
 
-    def choice(self, precision: Optional[str] = None):
+    def choice(self, precision: Optional[str] = None) -> Choice:
         """The :class:`models.selection.Choice` serving ``precision``, built on first use."""
         from models.selection import CONCRETE_PRECISIONS
 
@@ -117,7 +122,7 @@ class ModelEngines:
                     self.on_change()
             return found
 
-    def explainer(self):
+    def explainer(self) -> GradCam:
         """The model's Grad-CAM (:class:`models.gradcam.GradCam`), built and warmed on first use.
 
         Only workers that explain something pay for it: jobs without explanations never
@@ -165,7 +170,7 @@ class WorkerRuntime:
     settings: Settings
     session_factory: sessionmaker[Session]
     blobs: BlobStore
-    models: ModelCache
+    models: ModelCache[ModelEngines]
     decode_pool: ThreadPoolExecutor
     batcher: DynamicBatcher
     owner: str
