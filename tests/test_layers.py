@@ -108,15 +108,19 @@ def module_name(path: Path) -> str:
 
 
 def sources(*top: str) -> list[Path]:
-    """The ``.py`` files under the given top-level folders (all of them when none is named)."""
-    folders = [ROOT / name for name in top] if top else [ROOT]
-    skipped = {".venv", "var", "build", "node_modules"}
-    return sorted(
-        path
-        for folder in folders
-        for path in folder.rglob("*.py")
-        if not skipped & set(path.relative_to(ROOT).parts)
-    )
+    """The ``.py`` files under the given top-level folders (the whole checkout when none is
+    named, less the virtualenv, the run data in var/ and hidden folders)."""
+    if not top:
+        skipped = {"var", "build", "node_modules"}
+        top = tuple(
+            entry.name
+            for entry in ROOT.iterdir()
+            if entry.is_dir() and not entry.name.startswith(".") and entry.name not in skipped
+        )
+        loose = list(ROOT.glob("*.py"))
+    else:
+        loose = []
+    return sorted(loose + [path for name in top for path in (ROOT / name).rglob("*.py")])
 
 
 def is_within(module: str, package: str) -> bool:
