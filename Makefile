@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test test-integration migrate bench clean openapi
+.PHONY: venv run test test-integration lint migrate bench clean openapi
 
 venv: $(STAMP)
 
@@ -21,6 +21,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Lint, format and types: ruff and mypy, configured in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
 # The tests that talk to Redis, a Celery worker and the database (DATABASE_URL picks it).
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest -q -m integration
@@ -29,7 +35,7 @@ migrate: $(STAMP)
 	$(BIN)/covidscan migrate
 
 clean:
-	rm -rf var .pytest_cache
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache
 
 # Throughput numbers from one run of the real stack (prints them; JSON in var/bench.json),
 # then the S3 blob store against the folder store (var/bench-blob-stores.json).

@@ -6,6 +6,7 @@ script of our own (``static/docs.js``) keeps the Content-Security-Policy free of
 code. Both are public: the contract is no secret, and every call made from the page
 still needs a key (the page's Authorize button).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Per-app services: database sessions, the blob store and the wake-up sender."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,8 +8,8 @@ from typing import Any
 from flask import Flask, current_app, g
 from sqlalchemy.orm import Session, sessionmaker
 
-from covidscan.settings import Settings
 from core.wakeups import WakeupSender
+from covidscan.settings import Settings
 from db.blobs import BlobStore, open_blob_store
 from db.session import make_engine, make_session_factory
 

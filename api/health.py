@@ -4,6 +4,7 @@
 also counts the workers whose default model is warm, without failing when there are none,
 so jobs can queue while workers start or scale up from zero.
 """
+
 from __future__ import annotations
 
 import redis
@@ -28,8 +29,10 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 @public
-@operation("The database, Redis and the blob store answer", responses={
-    200: Readiness, 503: Reply("Not ready: the checks say which failed", Readiness)})
+@operation(
+    "The database, Redis and the blob store answer",
+    responses={200: Readiness, 503: Reply("Not ready: the checks say which failed", Readiness)},
+)
 def readyz() -> tuple[Response, int]:
     checks: dict[str, str] = {}
     try:
@@ -38,8 +41,9 @@ def readyz() -> tuple[Response, int]:
     except Exception as exc:  # any driver error means not ready
         checks["database"] = f"unreachable: {exc.__class__.__name__}: {exc}"
     try:
-        client = redis.Redis.from_url(services().settings.redis_url, socket_timeout=2,
-                                      socket_connect_timeout=2)
+        client = redis.Redis.from_url(
+            services().settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+        )
         client.ping()
         client.close()
         checks["redis"] = "ok"
@@ -48,8 +52,14 @@ def readyz() -> tuple[Response, int]:
     checks["blob_store"] = services().blobs.problem() or "ok"
     ready = all(v == "ok" for v in checks.values())
     # Workers are counted, not required: jobs queue while workers scale up from zero.
-    workers = len([w for w in live_workers(db_session()) if w.ready]) \
-        if checks["database"] == "ok" else None
-    return (jsonify(status="ready" if ready else "not ready", checks=checks,
-                    workers={"ready": workers}),
-            200 if ready else 503)
+    workers = (
+        len([w for w in live_workers(db_session()) if w.ready])
+        if checks["database"] == "ok"
+        else None
+    )
+    return (
+        jsonify(
+            status="ready" if ready else "not ready", checks=checks, workers={"ready": workers}
+        ),
+        200 if ready else 503,
+    )

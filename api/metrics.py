@@ -6,6 +6,7 @@ for a Prometheus that scrapes the API on an internal network (docker compose doe
 nginx front refuses ``/metrics`` from outside). The numbers hold no patient data: counts
 and timings with bounded labels (route, method, status, priority).
 """
+
 from __future__ import annotations
 
 import time
@@ -26,11 +27,14 @@ HTTP_DURATION = Histogram(
     "covidscan_http_request_duration_seconds",
     "Time the API took to answer, by route (the URL rule, not the path), method and status.",
     ["route", "method", "status"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
-JOBS_SUBMITTED = Counter("covidscan_jobs_submitted_total", "Jobs accepted, by priority.",
-                         ["priority"])
-SCANS_SUBMITTED = Counter("covidscan_scans_submitted_total",
-                          "Scans accepted in jobs, by priority.", ["priority"])
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+JOBS_SUBMITTED = Counter(
+    "covidscan_jobs_submitted_total", "Jobs accepted, by priority.", ["priority"]
+)
+SCANS_SUBMITTED = Counter(
+    "covidscan_scans_submitted_total", "Scans accepted in jobs, by priority.", ["priority"]
+)
 
 
 def job_submitted(priority: str, scans: int) -> None:
@@ -52,16 +56,20 @@ def _observe(response: Response) -> Response:
     if started is not None:
         route = request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
         HTTP_DURATION.labels(route, request.method, str(response.status_code)).observe(
-            time.perf_counter() - started)
+            time.perf_counter() - started
+        )
     return response
 
 
 def _metrics_page() -> Response:
     svc = services()
     registry = scrape_registry(svc.settings, QueueCollector(svc.session_factory))
-    encode, content_type = choose_encoder(request.headers.get("Accept"))  # as Prometheus asks
-    return Response(encode(registry), mimetype=None,
-                    headers={"Content-Type": content_type, "Cache-Control": "no-store"})
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))  # as Prometheus asks
+    return Response(
+        encode(registry),
+        mimetype=None,
+        headers={"Content-Type": content_type, "Cache-Control": "no-store"},
+    )
 
 
 def init_app(app: Flask) -> None:
@@ -76,7 +84,13 @@ def init_app(app: Flask) -> None:
 
     view = public(metrics) if access == "public" else requires(METRICS_SCOPE)(metrics)
     text = {"schema": {"type": "string"}}
-    view = operation("Prometheus metrics (outside /v1)", responses={200: Reply(
-        "The metrics in Prometheus' text format (OpenMetrics when the Accept header asks)",
-        media={"text/plain": text, "application/openmetrics-text": text})})(view)
+    view = operation(
+        "Prometheus metrics (outside /v1)",
+        responses={
+            200: Reply(
+                "The metrics in Prometheus' text format (OpenMetrics when the Accept header asks)",
+                media={"text/plain": text, "application/openmetrics-text": text},
+            )
+        },
+    )(view)
     app.add_url_rule("/metrics", "metrics", view, methods=["GET"])

@@ -1,4 +1,5 @@
 """``/v1/models``: the registered models, the default marked, and their evaluation reports."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -16,8 +17,10 @@ from db.registry import RegistryError, default_model, find_model, list_models
 
 bp = Blueprint("models", __name__, url_prefix="/v1/models")
 
-UNTRAINED_NOTE = ("no model is registered: jobs run on the built-in resnet50-untrained, "
-                  "whose probabilities mean nothing")
+UNTRAINED_NOTE = (
+    "no model is registered: jobs run on the built-in resnet50-untrained, "
+    "whose probabilities mean nothing"
+)
 
 
 def _find(ref: str, missing_status: int, missing_detail: str) -> Model:
@@ -46,7 +49,6 @@ def resolve_model(ref: Optional[str]) -> Optional[Model]:
     return _find(ref, 400, f"unknown model {ref!r}; GET /v1/models lists the registered ones")
 
 
-
 @bp.get("")
 @requires(ANY)
 @operation("The registered models, the default named", responses={200: ModelList})
@@ -66,17 +68,26 @@ def _model_or_404(ref: str) -> Model:
 
 @bp.get("/<ref>")
 @requires(ANY)
-@operation("One registered model", responses={200: RegisteredModel}, errors=(404,),
-           path=ModelRefPath)
+@operation(
+    "One registered model", responses={200: RegisteredModel}, errors=(404,), path=ModelRefPath
+)
 def get_model(ref: str) -> Response:
     return jsonify(model_json(_model_or_404(ref)))
 
 
 @bp.get("/<ref>/report")
 @requires(ANY)
-@operation("A model's evaluation report", errors=(404,), path=ModelRefPath,
-           responses={200: Reply("The report covidscan evaluate wrote",
-                                 media={"application/json": {"schema": {"type": "object"}}})})
+@operation(
+    "A model's evaluation report",
+    errors=(404,),
+    path=ModelRefPath,
+    responses={
+        200: Reply(
+            "The report covidscan evaluate wrote",
+            media={"application/json": {"schema": {"type": "object"}}},
+        )
+    },
+)
 def get_report(ref: str) -> Response:
     model = _model_or_404(ref)
     if model.report is None:

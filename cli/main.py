@@ -1,19 +1,21 @@
 """The ``covidscan`` command: submit jobs, follow them, read results, run the stack."""
+
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections import Counter
 import time
+from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import click
 
 from cli.keys import keys
-from dicomnet.listener import dicom_listen
 from cli.models import models
-from covidscan.settings import PRECISIONS
 from cli.train import evaluate, train
+from covidscan.settings import PRECISIONS
+from dicomnet.listener import dicom_listen
 
 DEFAULT_URL = "http://127.0.0.1:5000"
 FINISHED = ("succeeded", "partially_succeeded", "failed", "cancelled")
@@ -26,15 +28,20 @@ def _client(ctx: click.Context):
     return Client(ctx.obj["url"], api_key=client_api_key())
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     raise click.ClickException(message)
 
 
 @click.group()
-@click.option("--url", envvar="COVIDSCAN_URL", default=DEFAULT_URL, show_default=True,
-              help="The covidscan server (or COVIDSCAN_URL). The API key comes from "
-                   "COVIDSCAN_API_KEY, else the file make run saved (API_KEY_FILE, "
-                   "default var/api-key).")
+@click.option(
+    "--url",
+    envvar="COVIDSCAN_URL",
+    default=DEFAULT_URL,
+    show_default=True,
+    help="The covidscan server (or COVIDSCAN_URL). The API key comes from "
+    "COVIDSCAN_API_KEY, else the file make run saved (API_KEY_FILE, "
+    "default var/api-key).",
+)
 @click.pass_context
 def main(ctx: click.Context, url: str) -> None:
     """Bulk COVID-19 classification of chest CT slices."""
@@ -45,26 +52,55 @@ def main(ctx: click.Context, url: str) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--name", help="A name for the job.")
 @click.option("--model", help="NAME or NAME:VERSION of a registered model (default: the default).")
-@click.option("--priority", type=click.Choice(["high", "normal", "low"]), default=None,
-              help="Waiting scans of higher priority jobs are classified first (default normal).")
-@click.option("--callback-url", metavar="URL",
-              help="POST a signed event to URL when the job ends (see the README's Webhooks).")
-@click.option("--precision", type=click.Choice(PRECISIONS),
-              help="The numeric precision asked of the model (default: the worker's "
-                   "INFERENCE_PRECISION; see the README's Precisions).")
-@click.option("--explain", is_flag=True,
-              help="Also compute a Grad-CAM heatmap of every scan (GET /v1/scans/<id>/heatmap).")
-@click.option("--allow-modality", metavar="MODALITIES",
-              help="DICOM modalities to classify besides CT, e.g. MR,PT (others are skipped).")
+@click.option(
+    "--priority",
+    type=click.Choice(["high", "normal", "low"]),
+    default=None,
+    help="Waiting scans of higher priority jobs are classified first (default normal).",
+)
+@click.option(
+    "--callback-url",
+    metavar="URL",
+    help="POST a signed event to URL when the job ends (see the README's Webhooks).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    help="The numeric precision asked of the model (default: the worker's "
+    "INFERENCE_PRECISION; see the README's Precisions).",
+)
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="Also compute a Grad-CAM heatmap of every scan (GET /v1/scans/<id>/heatmap).",
+)
+@click.option(
+    "--allow-modality",
+    metavar="MODALITIES",
+    help="DICOM modalities to classify besides CT, e.g. MR,PT (others are skipped).",
+)
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
 @click.option("--poll", default=1.0, show_default=True, help="Seconds between status polls.")
-@click.option("--table", is_flag=True,
-              help="With --wait, also print every scan's result (default: a summary).")
+@click.option(
+    "--table",
+    is_flag=True,
+    help="With --wait, also print every scan's result (default: a summary).",
+)
 @click.pass_context
-def submit(ctx: click.Context, paths: tuple[Path, ...], name: Optional[str],
-           model: Optional[str], priority: Optional[str], callback_url: Optional[str],
-           precision: Optional[str], explain: bool, allow_modality: Optional[str], wait: bool,
-           poll: float, table: bool) -> None:
+def submit(
+    ctx: click.Context,
+    paths: tuple[Path, ...],
+    name: Optional[str],
+    model: Optional[str],
+    priority: Optional[str],
+    callback_url: Optional[str],
+    precision: Optional[str],
+    explain: bool,
+    allow_modality: Optional[str],
+    wait: bool,
+    poll: float,
+    table: bool,
+) -> None:
     """Upload PNG/JPEG/DICOM slices, folders of them (a PACS export too), or ZIP archives
     as one job."""
     from cli.client import ApiError, collect_files
@@ -75,10 +111,17 @@ def submit(ctx: click.Context, paths: tuple[Path, ...], name: Optional[str],
     root = paths[0] if len(paths) == 1 and paths[0].is_dir() else None
     client = _client(ctx)
     try:
-        job = client.submit(files, name=name, root=root, model=model, priority=priority,
-                            callback_url=callback_url,
-                            explain="gradcam" if explain else None,
-                            allow_modality=allow_modality, precision=precision)
+        job = client.submit(
+            files,
+            name=name,
+            root=root,
+            model=model,
+            priority=priority,
+            callback_url=callback_url,
+            explain="gradcam" if explain else None,
+            allow_modality=allow_modality,
+            precision=precision,
+        )
     except ApiError as exc:
         _fail(str(exc))
     click.echo(f"job {job['id']}: {job['counts']['total']} scans queued")
@@ -94,19 +137,32 @@ def submit(ctx: click.Context, paths: tuple[Path, ...], name: Optional[str],
 
 
 def _follow(client, job_id: str, poll: float) -> dict[str, Any]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), transient=False) as progress:
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    ) as progress:
         task = progress.add_task("classifying", total=None)
         while True:
             job = client.job(job_id)
             counts = job["counts"]
-            progress.update(task, total=counts["total"],
-                            completed=counts["succeeded"] + counts["failed"]
-                            + counts.get("cancelled", 0),
-                            description=job["status"])
+            progress.update(
+                task,
+                total=counts["total"],
+                completed=counts["succeeded"] + counts["failed"] + counts.get("cancelled", 0),
+                description=job["status"],
+            )
             if job["status"] in FINISHED:
                 return job
             time.sleep(poll)
@@ -131,14 +187,21 @@ def _print_summary(client, job: dict[str, Any], full_table: bool = False) -> Non
             table.add_column(column)
         for row in rows:
             p = row["probability_covid"]
-            table.add_row(row["filename"], row["status"], "" if p is None else f"{p:.4f}",
-                          row["label"] or "", row["error"] or "")
+            table.add_row(
+                row["filename"],
+                row["status"],
+                "" if p is None else f"{p:.4f}",
+                row["label"] or "",
+                row["error"] or "",
+            )
         console.print(table)
     else:
         console.print(f"job {job['id']}: {job['status']}")
     counts = job["counts"]
-    console.print(f"{counts['succeeded']} succeeded, {counts['failed']} failed of {counts['total']}"
-                  + (f", {counts['cancelled']} cancelled" if counts.get("cancelled") else ""))
+    console.print(
+        f"{counts['succeeded']} succeeded, {counts['failed']} failed of {counts['total']}"
+        + (f", {counts['cancelled']} cancelled" if counts.get("cancelled") else "")
+    )
     labels = Counter(row["label"] for row in rows if row["status"] == "succeeded")
     if labels:
         console.print("labels: " + ", ".join(f"{name} {n}" for name, n in labels.most_common()))
@@ -146,14 +209,22 @@ def _print_summary(client, job: dict[str, Any], full_table: bool = False) -> Non
     if failed and not full_table:
         console.print("failed scans:", markup=False)
         for row in failed[:MAX_FAILURES_SHOWN]:
-            console.print(f"  {row['filename']}: {row['error']}", markup=False, highlight=False,
-                          soft_wrap=True)
+            console.print(
+                f"  {row['filename']}: {row['error']}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
         if len(failed) > MAX_FAILURES_SHOWN:
             console.print(f"  … and {len(failed) - MAX_FAILURES_SHOWN} more")
     if not full_table:
-        console.print(f"every result: covidscan results {job['id']} --csv > results.csv "
-                      "(or --table to print them here)", markup=False, highlight=False,
-                      soft_wrap=True)
+        console.print(
+            f"every result: covidscan results {job['id']} --csv > results.csv "
+            "(or --table to print them here)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     model = job.get("model") or {}
     if model and not model.get("trained", True):
         console.print("[bold red]untrained model: these probabilities mean nothing[/]")
@@ -174,9 +245,11 @@ def jobs(ctx: click.Context, limit: int) -> None:
         click.echo("no jobs")
     for job in found:
         counts, model = job["counts"], job.get("model") or {}
-        click.echo(f"{job['id']}  {job['created_at'][:19]}  {job['status']:<19}  "
-                   f"{counts['succeeded']}/{counts['total']} succeeded, {counts['failed']} failed  "
-                   f"{(model.get('name') or '-')}  {job.get('name') or ''}".rstrip())
+        click.echo(
+            f"{job['id']}  {job['created_at'][:19]}  {job['status']:<19}  "
+            f"{counts['succeeded']}/{counts['total']} succeeded, {counts['failed']} failed  "
+            f"{(model.get('name') or '-')}  {job.get('name') or ''}".rstrip()
+        )
 
 
 @main.command()
@@ -227,8 +300,10 @@ def cancel(ctx: click.Context, job_id: str) -> None:
     except ApiError as exc:
         _fail(str(exc))
     counts = job["counts"]
-    click.echo(f"job {job_id}: {job['status']} ({counts['cancelled']} cancelled, "
-               f"{counts['running']} still running, {counts['succeeded']} succeeded)")
+    click.echo(
+        f"job {job_id}: {job['status']} ({counts['cancelled']} cancelled, "
+        f"{counts['running']} still running, {counts['succeeded']} succeeded)"
+    )
 
 
 @main.command()
@@ -250,8 +325,11 @@ def delete(ctx: click.Context, job_id: str, yes: bool) -> None:
 
 @main.command()
 @click.option("--once", is_flag=True, help="One pass, then exit (default: every SWEEP_INTERVAL).")
-@click.option("--health-file", type=click.Path(path_type=Path),
-              help="Touched after every pass that succeeded (for a container healthcheck).")
+@click.option(
+    "--health-file",
+    type=click.Path(path_type=Path),
+    help="Touched after every pass that succeeded (for a container healthcheck).",
+)
 def sweep(once: bool, health_file: Optional[Path]) -> None:
     """Recover expired leases, send waiting wake-ups, delete expired jobs and orphan blobs.
 
@@ -260,9 +338,9 @@ def sweep(once: bool, health_file: Optional[Path]) -> None:
     """
     import logging
 
-    from covidscan.settings import ConfigError, load_settings
-    from core.sweep import SweepLoop, sweep_once
+    from core.sweep import SweepLoop, SweepReport, sweep_once
     from core.wakeups import WakeupSender
+    from covidscan.settings import ConfigError, load_settings
     from db.blobs import open_blob_store
     from db.session import make_engine, make_session_factory
 
@@ -274,8 +352,10 @@ def sweep(once: bool, health_file: Optional[Path]) -> None:
     sessions = make_session_factory(make_engine(settings.database_url))
     sender = WakeupSender(settings.redis_url)
     blobs = open_blob_store(settings.blob_dir, settings.blob_store)
-    run = lambda: sweep_once(sessions, blobs, sender, settings,  # noqa: E731
-                             send_deliveries=sender.deliver)
+
+    def run() -> SweepReport:
+        return sweep_once(sessions, blobs, sender, settings, send_deliveries=sender.deliver)
+
     if once:
         report = run()
         click.echo(" ".join(f"{key}={value}" for key, value in vars(report).items()))
@@ -287,11 +367,10 @@ def sweep(once: bool, health_file: Optional[Path]) -> None:
     except OSError as exc:
         _fail(f"cannot serve metrics on METRICS_PORT: {exc}")
     click.echo(f"sweeping every {settings.sweep_interval} s; Ctrl-C stops")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         SweepLoop(run, settings.sweep_interval).run(
-            after_pass=health_file.touch if health_file else lambda: None)
-    except KeyboardInterrupt:
-        pass
+            after_pass=health_file.touch if health_file else lambda: None
+        )
 
 
 @main.command()
@@ -318,15 +397,17 @@ def migrate() -> None:
         click.echo(f"bucket {settings.blob_store.bucket} {'created' if created else 'exists'}")
     if settings.model_path is None:
         return
-    from worker.registration import register_configured_model
     from models.loader import ModelLoadError
+    from worker.registration import register_configured_model
 
     try:
         model = register_configured_model(settings)
     except ModelLoadError as exc:
         _fail(f"MODEL_PATH: {exc}")
-    click.echo(f"MODEL_PATH is registered as {model.ref}"
-               f"{' (the default)' if model.is_default else ''}")
+    assert model is not None, "MODEL_PATH is set, so it is registered"
+    click.echo(
+        f"MODEL_PATH is registered as {model.ref}{' (the default)' if model.is_default else ''}"
+    )
 
 
 @main.command()

@@ -1,15 +1,18 @@
 """``covidscan models``: register model files, list them, pick the default, remove them.
 
 These commands talk to the database and the model store directly (DATABASE_URL,
-MODEL_STORE_DIR, and the bucket when BLOB_STORE is set), not to the API; TensorFlow is imported only by ``models add``. Every
-change is written to the audit log under the operating-system user's name.
+MODEL_STORE_DIR, and the bucket when BLOB_STORE is set), not to the API; TensorFlow is imported
+only by ``models add``. Every change is written to the audit log under the operating-system
+user's name.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import click
 
@@ -30,8 +33,11 @@ def registry_context() -> Iterator[tuple]:
     migrate.upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     try:
-        yield settings, make_session_factory(engine), open_model_store(
-            settings.model_store_dir, settings.blob_store)
+        yield (
+            settings,
+            make_session_factory(engine),
+            open_model_store(settings.model_store_dir, settings.blob_store),
+        )
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
@@ -47,22 +53,43 @@ def models() -> None:
 @click.argument("file", type=click.Path(exists=True, path_type=Path))
 @click.option("--name", required=True, help="Registry name (letters, digits, . _ -).")
 @click.option("--version", help="Default: the first 12 hex digits of the file's SHA-256.")
-@click.option("--classes", default="COVID,NonCOVID", show_default=True,
-              help="Class names in output order, separated by commas.")
-@click.option("--positive", help="The class whose probability is reported "
-                                 "(default: the one named like COVID, not non-COVID).")
+@click.option(
+    "--classes",
+    default="COVID,NonCOVID",
+    show_default=True,
+    help="Class names in output order, separated by commas.",
+)
+@click.option(
+    "--positive",
+    help="The class whose probability is reported "
+    "(default: the one named like COVID, not non-COVID).",
+)
 @click.option("--preprocessing", default="seed-v1", show_default=True)
 @click.option("--default", "make_default", is_flag=True, help="Make it the default model.")
-@click.option("--dicom-window", metavar="W,L",
-              help="Window (width,level in Hounsfield units) DICOM slices are seen through "
-                   "before the preprocessing; default the lung window 1500,-600.")
-@click.option("--trust-code", is_flag=True,
-              help="Load it even though its layers or ops run code (Lambda layers, custom "
-                   "objects, TensorFlow ops off the allowlist). Only for files from an "
-                   "author you trust; recorded in the registry.")
-def add(file: Path, name: str, version: Optional[str], classes: str, positive: Optional[str],
-        preprocessing: str, make_default: bool, dicom_window: Optional[str],
-        trust_code: bool) -> None:
+@click.option(
+    "--dicom-window",
+    metavar="W,L",
+    help="Window (width,level in Hounsfield units) DICOM slices are seen through "
+    "before the preprocessing; default the lung window 1500,-600.",
+)
+@click.option(
+    "--trust-code",
+    is_flag=True,
+    help="Load it even though its layers or ops run code (Lambda layers, custom "
+    "objects, TensorFlow ops off the allowlist). Only for files from an "
+    "author you trust; recorded in the registry.",
+)
+def add(
+    file: Path,
+    name: str,
+    version: Optional[str],
+    classes: str,
+    positive: Optional[str],
+    preprocessing: str,
+    make_default: bool,
+    dicom_window: Optional[str],
+    trust_code: bool,
+) -> None:
     """Validate a .h5, .keras or SavedModel directory and register a copy of it."""
     from models.dicom import parse_window
 
@@ -71,25 +98,46 @@ def add(file: Path, name: str, version: Optional[str], classes: str, positive: O
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--dicom-window") from None
     from cli.keys import cli_actor
-    from worker.registration import Registration, register_model
     from db.audit import record
     from models.classes import parse_class_list
     from models.loader import ModelLoadError
+    from worker.registration import Registration, register_model
 
     with registry_context() as (_settings, session_factory, store):
         try:
-            model = register_model(session_factory, store, Registration(
-                path=file, name=name, version=version, classes=parse_class_list(classes),
-                positive=positive, preprocessing=preprocessing, make_default=make_default,
-                trust_code=trust_code, dicom_window=window))
+            model = register_model(
+                session_factory,
+                store,
+                Registration(
+                    path=file,
+                    name=name,
+                    version=version,
+                    classes=parse_class_list(classes),
+                    positive=positive,
+                    preprocessing=preprocessing,
+                    make_default=make_default,
+                    trust_code=trust_code,
+                    dicom_window=window,
+                ),
+            )
         except (ModelLoadError, ValueError, FileExistsError) as exc:
             raise click.ClickException(str(exc)) from None
         with session_factory.begin() as session:
-            record(session, "model.add", key_id=None, owner=cli_actor(),
-                   detail={"model": model.ref, "sha256": model.sha256,
-                           "default": model.is_default, "trusted_code": model.trusted_code})
+            record(
+                session,
+                "model.add",
+                key_id=None,
+                owner=cli_actor(),
+                detail={
+                    "model": model.ref,
+                    "sha256": model.sha256,
+                    "default": model.is_default,
+                    "trusted_code": model.trusted_code,
+                },
+            )
+    default = " as the default" if model.is_default else ""
     trusted = ", its code trusted (--trust-code)" if model.trusted_code else ""
-    click.echo(f"registered {model.ref} (sha256 {model.sha256}){' as the default' if model.is_default else ''}{trusted}")
+    click.echo(f"registered {model.ref} (sha256 {model.sha256}){default}{trusted}")
 
 
 @models.command("list")
@@ -98,9 +146,11 @@ def list_(as_json: bool) -> None:
     """Registered models; * marks the default."""
     from db.registry import describe, list_models
 
-    with registry_context() as (_settings, session_factory, _store):
-        with session_factory() as session:
-            rows = [describe(m) for m in list_models(session)]
+    with (
+        registry_context() as (_settings, session_factory, _store),
+        session_factory() as session,
+    ):
+        rows = [describe(m) for m in list_models(session)]
     if as_json:
         for row in rows:
             click.echo(json.dumps(row, default=str))
@@ -110,11 +160,15 @@ def list_(as_json: bool) -> None:
         return
     for row in rows:
         mark = "*" if row["default"] else " "
-        trained = ("" if row["trained"] else "  UNTRAINED") + ("  TRUSTED-CODE" if row["trusted_code"] else "")
-        click.echo(f"{mark} {row['name']}:{row['version']}  {row['format']}  "
-                   f"{row['input_size'][0]}x{row['input_size'][1]}  "
-                   f"{','.join(row['classes'])} (positive {row['positive_class']})  "
-                   f"sha256 {row['sha256'][:12]}{trained}")
+        trained = ("" if row["trained"] else "  UNTRAINED") + (
+            "  TRUSTED-CODE" if row["trusted_code"] else ""
+        )
+        click.echo(
+            f"{mark} {row['name']}:{row['version']}  {row['format']}  "
+            f"{row['input_size'][0]}x{row['input_size'][1]}  "
+            f"{','.join(row['classes'])} (positive {row['positive_class']})  "
+            f"sha256 {row['sha256'][:12]}{trained}"
+        )
 
 
 @models.command("set-default")
@@ -125,13 +179,20 @@ def set_default_(ref: str) -> None:
     from db.audit import record
     from db.registry import get_model, set_default
 
-    with registry_context() as (_settings, session_factory, _store):
-        with session_factory.begin() as session:
-            model = get_model(session, ref)
-            set_default(session, model)
-            record(session, "model.set_default", key_id=None, owner=cli_actor(),
-                   detail={"model": model.ref})
-            click.echo(f"{model.ref} is the default model")
+    with (
+        registry_context() as (_settings, session_factory, _store),
+        session_factory.begin() as session,
+    ):
+        model = get_model(session, ref)
+        set_default(session, model)
+        record(
+            session,
+            "model.set_default",
+            key_id=None,
+            owner=cli_actor(),
+            detail={"model": model.ref},
+        )
+        click.echo(f"{model.ref} is the default model")
 
 
 @models.command("remove")
@@ -149,8 +210,13 @@ def remove(ref: str) -> None:
             model = get_model(session, ref)
             stored = model.stored_path
             remove_model(session, model)
-            record(session, "model.remove", key_id=None, owner=cli_actor(),
-                   detail={"model": model.ref, "sha256": model.sha256})
+            record(
+                session,
+                "model.remove",
+                key_id=None,
+                owner=cli_actor(),
+                detail={"model": model.ref, "sha256": model.sha256},
+            )
         store.delete(stored)
     click.echo(f"removed {ref}")
 
@@ -167,12 +233,12 @@ def calibrate(ref: str, data_dir: Path, batch_size: int) -> None:
     that int8's ROC AUC is within 0.005 of fp32's; the result goes into the model's report.
     Workers load the set the next time they load the model.
     """
-    from worker.registration import load_registered
     from db.registry import get_model
     from models import calibration as sets
     from models.dataset import IMAGE_SUFFIXES, DatasetError, discover, folder_map_for_model
     from models.loader import ModelLoadError
     from models.quantization import calibrate as run_calibration
+    from worker.registration import load_registered
 
     with registry_context() as (settings, session_factory, store):
         with session_factory() as session:
@@ -180,16 +246,27 @@ def calibrate(ref: str, data_dir: Path, batch_size: int) -> None:
         try:
             loaded = load_registered(model, store)
             try:
-                labelled = discover(data_dir, folder_map_for_model(
-                    data_dir, loaded.info.classes, loaded.info.positive_class),
-                    loaded.info.positive_class)
+                labelled = discover(
+                    data_dir,
+                    folder_map_for_model(data_dir, loaded.info.classes, loaded.info.positive_class),
+                    loaded.info.positive_class,
+                )
                 paths = list(labelled.paths)
             except DatasetError:  # not one folder per class: unlabelled slices
                 labelled = None
-                paths = sorted(p for p in data_dir.rglob("*")
-                               if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            found, gate = run_calibration(loaded, paths, f"{data_dir.resolve()}",
-                                          settings.engine_cache_dir, batch_size, labelled)
+                paths = sorted(
+                    p
+                    for p in data_dir.rglob("*")
+                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                )
+            found, gate = run_calibration(
+                loaded,
+                paths,
+                f"{data_dir.resolve()}",
+                settings.engine_cache_dir,
+                batch_size,
+                labelled,
+            )
         except (ModelLoadError, sets.CalibrationError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
         sets.save(found, store.path(model.stored_path).parent / sets.CALIBRATION_FILE)
@@ -197,8 +274,10 @@ def calibrate(ref: str, data_dir: Path, batch_size: int) -> None:
         with session_factory.begin() as session:
             row = get_model(session, model.ref)
             row.report = {**(row.report or {}), "int8_gate": gate.as_dict()}
-    click.echo(f"calibration set of {model.ref}: {len(found.calibration)} slices, "
-               f"{len(found.held_out)} held out, from {data_dir}")
+    click.echo(
+        f"calibration set of {model.ref}: {len(found.calibration)} slices, "
+        f"{len(found.held_out)} held out, from {data_dir}"
+    )
     click.echo(f"int8 gate {'passed' if gate.passed else 'FAILED'}: {gate.describe()}")
     if not gate.passed:
         raise SystemExit(1)

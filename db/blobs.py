@@ -4,6 +4,7 @@ One interface, two implementations: :class:`FileBlobStore` (a directory, ``BLOB_
 :class:`db.s3_blobs.S3BlobStore` (an S3-compatible bucket, ``BLOB_STORE=s3://BUCKET/PREFIX``).
 Every key starts with the job id, ``<job_id>/<name>``: deleting a job deletes that prefix.
 """
+
 from __future__ import annotations
 
 import abc
@@ -119,8 +120,11 @@ class FileBlobStore(BlobStore):
         folder = self._path(job_id)
         if not folder.is_dir():
             return []
-        return sorted(f"{job_id}/{p.relative_to(folder).as_posix()}" for p in folder.rglob("*")
-                      if p.is_file() and not p.name.startswith(".upload-"))
+        return sorted(
+            f"{job_id}/{p.relative_to(folder).as_posix()}"
+            for p in folder.rglob("*")
+            if p.is_file() and not p.name.startswith(".upload-")
+        )
 
     def delete_job(self, job_id: str) -> None:
         shutil.rmtree(self._path(job_id), ignore_errors=True)

@@ -1,4 +1,5 @@
 """Apply Alembic migrations programmatically (``covidscan migrate`` and the local stack)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +20,7 @@ def alembic_config(database_url: str) -> Config:
 def upgrade(database_url: str, revision: str = "head") -> None:
     """Bring the database at ``database_url`` up to ``revision``; creates SQLite folders."""
     if database_url.startswith("sqlite:///"):
-        path = database_url[len("sqlite:///"):]
+        path = database_url[len("sqlite:///") :]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(database_url), revision)

@@ -9,13 +9,16 @@ With ``BLOB_STORE`` set, :func:`open_model_store` returns
 :class:`db.s3_model_store.MirroredModelStore`: the folder is then a cache of the bucket,
 so a worker on another host needs no shared folder.
 """
+
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from db.blobs import S3Location
 from db.paths import path_under
@@ -26,8 +29,10 @@ SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 def check_part(what: str, value: str) -> str:
     """Model names and versions become folder names: letters, digits, ``.``, ``_``, ``-``."""
     if not SAFE_PART.match(value):
-        raise ValueError(f"{what} {value!r} must start with a letter or digit and hold only "
-                         "letters, digits, '.', '_' and '-' (at most 100 characters)")
+        raise ValueError(
+            f"{what} {value!r} must start with a letter or digit and hold only "
+            "letters, digits, '.', '_' and '-' (at most 100 characters)"
+        )
     return value
 
 
@@ -40,8 +45,7 @@ class ModelStore:
     def path(self, relative: str) -> Path:
         return path_under(self.root, relative, "stored model path")
 
-    def resolve(self, relative: str,
-                verify: Optional[Callable[[Path], None]] = None) -> Path:
+    def resolve(self, relative: str, verify: Optional[Callable[[Path], None]] = None) -> Path:
         """The local path of a stored model, fetched first where the store is mirrored.
 
         ``verify`` is called on a fetched copy before it takes the model's place (it raises
@@ -92,10 +96,8 @@ class ModelStore:
         """Remove a stored model's folder (``<name>/<version>``) and, when empty, its name."""
         folder = self.path(relative).parent
         shutil.rmtree(folder, ignore_errors=True)
-        try:
+        with contextlib.suppress(OSError):  # the name still has other versions
             folder.parent.rmdir()
-        except OSError:
-            pass
 
 
 def open_model_store(root: Path, s3: Optional[S3Location]) -> ModelStore:

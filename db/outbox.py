@@ -5,10 +5,11 @@ transaction as the work, and sending them afterwards, means a crash or a Redis e
 between the commit and the send loses no wake-up: the rows stay until a relay (the API
 right after its commit, or any sweep) has sent them. A wake-up sent twice is harmless.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,14 +36,16 @@ def relay(session_factory: sessionmaker[Session], send: SendWakeups, limit: int 
     """
     sent = 0
     with session_factory() as session:
-        rows = list(session.execute(select(Wakeup.id, Wakeup.tasks)
-                                    .order_by(Wakeup.id).limit(limit)))
+        rows = list(
+            session.execute(select(Wakeup.id, Wakeup.tasks).order_by(Wakeup.id).limit(limit))
+        )
     for row_id, tasks in rows:
         try:
             send(tasks)
         except Exception as exc:  # any Redis error (connection, MISCONF, OOM…): try later
-            log.warning("wake-ups not sent, kept for the next relay: %s: %s",
-                        type(exc).__name__, exc)
+            log.warning(
+                "wake-ups not sent, kept for the next relay: %s: %s", type(exc).__name__, exc
+            )
             break
         with session_factory.begin() as session:
             session.execute(delete(Wakeup).where(Wakeup.id == row_id))

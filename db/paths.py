@@ -1,4 +1,5 @@
 """Paths under a store's root, given as relative keys that must not leave it."""
+
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath

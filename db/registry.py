@@ -4,15 +4,18 @@ Every function takes a ``session``; the caller owns the transaction. A reference
 is ``name`` or ``name:version``; a bare name means that name's default model if it
 is the default, else its newest version.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from db.identity import ModelIdentity
 from db.models import Job, Model, Scan, ScanStatus
+from db.session import rows_changed
 
 
 class RegistryError(ValueError):
@@ -45,14 +48,27 @@ def parse_ref(ref: str) -> tuple[str, Optional[str]]:
 
 def describe(model: Model) -> dict[str, Any]:
     """A registered model's metadata as plain values (``created_at`` stays a datetime)."""
-    return {"name": model.name, "version": model.version, "sha256": model.sha256,
-            "format": model.format, "input_size": [model.input_height, model.input_width],
-            "classes": list(model.classes), "positive_class": model.positive_class,
-            "preprocessing": model.preprocessing, "trained": model.trained,
-            "source": model.source, "default": model.is_default, "created_at": model.created_at,
-            "has_report": model.report is not None, "trusted_code": model.trusted_code,
-            "dicom_window": (None if model.dicom_window_width is None
-                             else [model.dicom_window_width, model.dicom_window_level])}
+    return {
+        "name": model.name,
+        "version": model.version,
+        "sha256": model.sha256,
+        "format": model.format,
+        "input_size": [model.input_height, model.input_width],
+        "classes": list(model.classes),
+        "positive_class": model.positive_class,
+        "preprocessing": model.preprocessing,
+        "trained": model.trained,
+        "source": model.source,
+        "default": model.is_default,
+        "created_at": model.created_at,
+        "has_report": model.report is not None,
+        "trusted_code": model.trusted_code,
+        "dicom_window": (
+            None
+            if model.dicom_window_width is None
+            else [model.dicom_window_width, model.dicom_window_level]
+        ),
+    }
 
 
 def list_models(session: Session) -> list[Model]:
@@ -84,10 +100,13 @@ def get_model(session: Session, ref: str) -> Model:
 
 def models_with_sha256(session: Session, sha256: str) -> list[Model]:
     """Registered models whose file has this hash, the default first, then the oldest."""
-    return list(session.scalars(
-        select(Model).where(Model.sha256 == sha256)
-        .order_by(Model.is_default.desc(), Model.created_at)
-    ))
+    return list(
+        session.scalars(
+            select(Model)
+            .where(Model.sha256 == sha256)
+            .order_by(Model.is_default.desc(), Model.created_at)
+        )
+    )
 
 
 def add_model(session: Session, model: Model, make_default: bool = False) -> Model:
@@ -115,11 +134,17 @@ def set_default(session: Session, model: Model) -> None:
 
 def unfinished_job_ids(session: Session, model: Model) -> list[str]:
     """Jobs pinned to ``model`` that still have queued or running scans."""
-    return list(session.scalars(
-        select(Job.id).where(Job.model_id == model.id)
-        .where(select(Scan.id).where(Scan.job_id == Job.id,
-                                     Scan.status.not_in(ScanStatus.terminal())).exists())
-    ))
+    return list(
+        session.scalars(
+            select(Job.id)
+            .where(Job.model_id == model.id)
+            .where(
+                select(Scan.id)
+                .where(Scan.job_id == Job.id, Scan.status.not_in(ScanStatus.terminal()))
+                .exists()
+            )
+        )
+    )
 
 
 def remove_model(session: Session, model: Model) -> None:
@@ -130,8 +155,10 @@ def remove_model(session: Session, model: Model) -> None:
     """
     busy = unfinished_job_ids(session, model)
     if busy:
-        raise ModelInUse(f"model {model.ref} is pinned by {len(busy)} unfinished job(s), "
-                         f"e.g. {busy[0]}; remove it when they have finished")
+        raise ModelInUse(
+            f"model {model.ref} is pinned by {len(busy)} unfinished job(s), "
+            f"e.g. {busy[0]}; remove it when they have finished"
+        )
     session.delete(model)
     session.flush()
 
@@ -143,20 +170,26 @@ def unpinned_job_ids(session: Session, scan_ids: Sequence[str]) -> list[str]:
     (the API started before the configured model was registered) is pinned when its first
     scan is classified, by :func:`pin_jobs`.
     """
-    return list(session.scalars(
-        select(Job.id).join(Scan, Scan.job_id == Job.id)
-        .where(Scan.id.in_(list(scan_ids)), Job.model_sha256.is_(None)).distinct()
-    ))
+    return list(
+        session.scalars(
+            select(Job.id)
+            .join(Scan, Scan.job_id == Job.id)
+            .where(Scan.id.in_(list(scan_ids)), Job.model_sha256.is_(None))
+            .distinct()
+        )
+    )
 
 
-def pin_jobs(session: Session, job_ids: Sequence[str], model_id: Optional[str],
-             identity: ModelIdentity) -> int:
+def pin_jobs(
+    session: Session, job_ids: Sequence[str], model_id: Optional[str], identity: ModelIdentity
+) -> int:
     """Pin unpinned jobs to a registered model (``model_id``), or, with None, to the
     untrained default; ``identity`` names it. Jobs pinned meanwhile (by another worker)
     keep their pin. Returns how many jobs this call pinned.
     """
-    result = session.execute(
-        update(Job).where(Job.id.in_(list(job_ids)), Job.model_sha256.is_(None))
-        .values(model_id=model_id, **identity.job_columns())
+    return rows_changed(
+        session,
+        update(Job)
+        .where(Job.id.in_(list(job_ids)), Job.model_sha256.is_(None))
+        .values(model_id=model_id, **identity.job_columns()),
     )
-    return result.rowcount

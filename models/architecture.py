@@ -2,13 +2,18 @@
 
 ResNet50 base (``include_top=False``) → Flatten → Dropout(0.5) → Dense(n, softmax).
 """
+
 from __future__ import annotations
 
 from typing import Optional
 
 
-def build_resnet_classifier(input_size: tuple[int, int] = (224, 224), n_classes: int = 2,
-                            base_weights: Optional[str] = None, seed: Optional[int] = None):
+def build_resnet_classifier(
+    input_size: tuple[int, int] = (224, 224),
+    n_classes: int = 2,
+    base_weights: Optional[str] = None,
+    seed: Optional[int] = None,
+):
     """Return an uncompiled ``tf_keras`` model of the original shape.
 
     Args:
@@ -24,7 +29,8 @@ def build_resnet_classifier(input_size: tuple[int, int] = (224, 224), n_classes:
         tf_keras.utils.set_random_seed(seed)
     height, width = input_size
     base = tf_keras.applications.ResNet50(
-        include_top=False, weights=None, input_shape=(height, width, 3))
+        include_top=False, weights=None, input_shape=(height, width, 3)
+    )
     if base_weights is not None:
         base.load_weights(base_weights)
     x = tf_keras.layers.Flatten()(base.output)

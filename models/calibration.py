@@ -6,15 +6,17 @@ set of CT-like slices the project generates (:func:`models.synthetic.ct_slice_ar
 reported as such. Every set has two parts: ``calibration`` (what quantization sees) and
 ``held_out`` (what only the accuracy gate sees).
 """
+
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -55,9 +57,13 @@ class CalibrationSet:
         return self.source == GENERATED_SOURCE
 
     def describe(self) -> dict[str, object]:
-        return {"source": self.source, "generated": self.generated,
-                "calibration": len(self.calibration), "held_out": len(self.held_out),
-                "sha256": self.sha256}
+        return {
+            "source": self.source,
+            "generated": self.generated,
+            "calibration": len(self.calibration),
+            "held_out": len(self.held_out),
+            "sha256": self.sha256,
+        }
 
 
 def synthetic_slices(input_size: tuple[int, int], count: int, first_seed: int) -> np.ndarray:
@@ -73,12 +79,14 @@ def synthetic_slices(input_size: tuple[int, int], count: int, first_seed: int) -
 
 def default_calibration(input_size: tuple[int, int]) -> CalibrationSet:
     """The generated set: 64 slices to calibrate on, 32 others held out."""
-    return CalibrationSet(synthetic_slices(input_size, DEFAULT_CALIBRATION, 20_000),
-                          synthetic_slices(input_size, DEFAULT_HELD_OUT, 30_000), GENERATED_SOURCE)
+    return CalibrationSet(
+        synthetic_slices(input_size, DEFAULT_CALIBRATION, 20_000),
+        synthetic_slices(input_size, DEFAULT_HELD_OUT, 30_000),
+        GENERATED_SOURCE,
+    )
 
 
-def from_images(paths: Sequence[Path], input_size: tuple[int, int],
-                source: str) -> CalibrationSet:
+def from_images(paths: Sequence[Path], input_size: tuple[int, int], source: str) -> CalibrationSet:
     """Preprocess image files; every fourth one (in name order) is held out.
 
     Raises:
@@ -91,8 +99,10 @@ def from_images(paths: Sequence[Path], input_size: tuple[int, int],
         except (ImageDecodeError, OSError):
             continue
     if len(tensors) < MIN_SLICES:
-        raise CalibrationError(f"{source}: {len(tensors)} readable PNG/JPEG slices; "
-                               f"a calibration set needs at least {MIN_SLICES}")
+        raise CalibrationError(
+            f"{source}: {len(tensors)} readable PNG/JPEG slices; "
+            f"a calibration set needs at least {MIN_SLICES}"
+        )
     held = [t for i, t in enumerate(tensors) if i % 4 == 3]
     kept = [t for i, t in enumerate(tensors) if i % 4 != 3]
     return CalibrationSet(np.stack(kept), np.stack(held), source)
@@ -101,9 +111,13 @@ def from_images(paths: Sequence[Path], input_size: tuple[int, int],
 def save(calibration: CalibrationSet, path: Path) -> None:
     """Write atomically: a reader never sees half a set."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, calibration=calibration.calibration,
-                        held_out=calibration.held_out, source=np.array(calibration.source),
-                        auc=np.array(json.dumps(calibration.auc)))
+    np.savez_compressed(
+        buffer,
+        calibration=calibration.calibration,
+        held_out=calibration.held_out,
+        source=np.array(calibration.source),
+        auc=np.array(json.dumps(calibration.auc)),
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(buffer.getvalue())
@@ -114,15 +128,19 @@ def load(path: Path, input_size: tuple[int, int]) -> CalibrationSet:
     """Read a stored set and check that it fits the model's input size."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            found = CalibrationSet(data["calibration"].astype(np.float32),
-                                   data["held_out"].astype(np.float32), str(data["source"]),
-                                   json.loads(str(data["auc"])) if "auc" in data else None)
+            found = CalibrationSet(
+                data["calibration"].astype(np.float32),
+                data["held_out"].astype(np.float32),
+                str(data["source"]),
+                json.loads(str(data["auc"])) if "auc" in data else None,
+            )
     except (OSError, KeyError, ValueError) as exc:
         raise CalibrationError(f"{path}: not a calibration set: {exc}") from None
     expected = (*input_size, 3)
     if found.calibration.shape[1:] != expected or found.held_out.shape[1:] != expected:
-        raise CalibrationError(f"{path}: slices of shape {found.calibration.shape[1:]}, "
-                               f"the model takes {expected}")
+        raise CalibrationError(
+            f"{path}: slices of shape {found.calibration.shape[1:]}, the model takes {expected}"
+        )
     return found
 
 

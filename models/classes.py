@@ -1,8 +1,10 @@
 """Class names: which one is positive (P(COVID)) when the user does not say."""
+
 from __future__ import annotations
 
 import re
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 NEGATED_COVID = re.compile(r"non[\s_-]*covid", re.IGNORECASE)
 
@@ -16,8 +18,9 @@ def parse_class_list(raw: str) -> tuple[str, ...]:
     """``"COVID,NonCOVID"`` → ``("COVID", "NonCOVID")``; at least two distinct names."""
     names = tuple(part.strip() for part in raw.split(",") if part.strip())
     if len(names) < 2 or len(set(names)) != len(names):
-        raise ValueError(f"classes must be two or more distinct names separated by commas, "
-                         f"got {raw!r}")
+        raise ValueError(
+            f"classes must be two or more distinct names separated by commas, got {raw!r}"
+        )
     return names
 
 
@@ -33,6 +36,7 @@ def positive_index(classes: Sequence[str], positive: Optional[str] = None) -> in
         return list(classes).index(positive)
     candidates = [i for i, name in enumerate(classes) if looks_positive(name)]
     if len(candidates) != 1:
-        raise ValueError(f"cannot tell the positive class among {', '.join(classes)}: "
-                         "name it with --positive")
+        raise ValueError(
+            f"cannot tell the positive class among {', '.join(classes)}: name it with --positive"
+        )
     return candidates[0]

@@ -4,13 +4,15 @@
 dataset), or ``CT_COVID/`` and ``CT_NonCOVID/`` (UCSD COVID-CT). Images are found
 recursively inside each class folder by extension (.png, .jpg, .jpeg).
 """
+
 from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -43,14 +45,19 @@ class LabelledSlices:
         """1 for the positive class, 0 for every other."""
         return (self.labels == self.positive_index).astype(int)
 
-    def subset(self, indices: Sequence[int]) -> "LabelledSlices":
-        return LabelledSlices(self.root, tuple(self.paths[i] for i in indices),
-                              self.labels[list(indices)], self.classes, self.positive_index,
-                              self.folders)
+    def subset(self, indices: Sequence[int]) -> LabelledSlices:
+        return LabelledSlices(
+            self.root,
+            tuple(self.paths[i] for i in indices),
+            self.labels[list(indices)],
+            self.classes,
+            self.positive_index,
+            self.folders,
+        )
 
 
 def parse_folder_map(raw: str) -> dict[str, str]:
-    """``"CT_COVID=COVID,CT_NonCOVID=NonCOVID"`` (or just ``"COVID,non-COVID"``), in output order."""
+    """``"CT_COVID=COVID,CT_NonCOVID=NonCOVID"`` (or ``"COVID,non-COVID"``), in output order."""
     mapping: dict[str, str] = {}
     for part in (p.strip() for p in raw.split(",")):
         if not part:
@@ -63,12 +70,16 @@ def parse_folder_map(raw: str) -> dict[str, str]:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
 
 
-def discover(root: Path, folder_map: Optional[dict[str, str]] = None,
-             positive: Optional[str] = None) -> LabelledSlices:
+def discover(
+    root: Path, folder_map: Optional[dict[str, str]] = None, positive: Optional[str] = None
+) -> LabelledSlices:
     """Find the class folders and their images.
 
     Without ``folder_map`` every sub-folder holding images is a class named after it,
@@ -84,8 +95,10 @@ def discover(root: Path, folder_map: Optional[dict[str, str]] = None,
         found = sorted(p.name for p in root.iterdir() if p.is_dir() and _images_in(p))
         folder_map = {name: name for name in found}
         if len(found) < 2:
-            raise DatasetError(f"{root} needs one sub-folder of images per class (two or more); "
-                               f"found {found or 'none'}")
+            raise DatasetError(
+                f"{root} needs one sub-folder of images per class (two or more); "
+                f"found {found or 'none'}"
+            )
     classes = list(dict.fromkeys(folder_map.values()))
     try:
         pos = positive_index(classes, positive)
@@ -102,8 +115,9 @@ def discover(root: Path, folder_map: Optional[dict[str, str]] = None,
             raise DatasetError(f"{root / folder} holds no PNG or JPEG images")
         paths.extend(images)
         labels.extend([classes.index(name)] * len(images))
-    return LabelledSlices(root, tuple(paths), np.array(labels, dtype=int), tuple(classes), pos,
-                          dict(folder_map))
+    return LabelledSlices(
+        root, tuple(paths), np.array(labels, dtype=int), tuple(classes), pos, dict(folder_map)
+    )
 
 
 def folder_map_for_model(root: Path, classes: Sequence[str], positive: str) -> dict[str, str]:
@@ -118,8 +132,10 @@ def folder_map_for_model(root: Path, classes: Sequence[str], positive: str) -> d
     negative = [c for c in classes if c != positive]
     if len(classes) == 2 and len(folders) == 2 and sum(map(looks_positive, folders)) == 1:
         return {f: positive if looks_positive(f) else negative[0] for f in folders}
-    raise DatasetError(f"cannot map the folders {folders} of {root} onto the model's classes "
-                       f"{list(classes)}: give --classes FOLDER=CLASS,...")
+    raise DatasetError(
+        f"cannot map the folders {folders} of {root} onto the model's classes "
+        f"{list(classes)}: give --classes FOLDER=CLASS,..."
+    )
 
 
 @dataclass(frozen=True)
@@ -139,8 +155,9 @@ def group_of(path: Path, root: Path, pattern: re.Pattern) -> str:
     return match.group(1) if match.groups() else match.group(0)
 
 
-def split(data: LabelledSlices, val_split: float = 0.2, seed: int = 42,
-          group_regex: Optional[str] = None) -> Split:
+def split(
+    data: LabelledSlices, val_split: float = 0.2, seed: int = 42, group_regex: Optional[str] = None
+) -> Split:
     """Stratified split with a fixed seed; with ``group_regex`` no group straddles it.
 
     Raises:
@@ -153,8 +170,9 @@ def split(data: LabelledSlices, val_split: float = 0.2, seed: int = 42,
     indices = np.arange(len(data.paths))
     if group_regex is None:
         try:
-            train, val = train_test_split(indices, test_size=val_split, random_state=seed,
-                                          stratify=data.labels)
+            train, val = train_test_split(
+                indices, test_size=val_split, random_state=seed, stratify=data.labels
+            )
         except ValueError as exc:
             raise DatasetError(f"cannot split {len(indices)} slices: {exc}") from None
         return Split(sorted(train.tolist()), sorted(val.tolist()), grouped=False)
@@ -165,9 +183,11 @@ def split(data: LabelledSlices, val_split: float = 0.2, seed: int = 42,
     groups = [group_of(p, data.root, pattern) for p in data.paths]
     folds = max(2, round(1 / val_split))
     if len(set(groups)) < folds:
-        raise DatasetError(f"{len(set(groups))} groups are too few for a {val_split:.0%} "
-                           f"validation split by group")
+        raise DatasetError(
+            f"{len(set(groups))} groups are too few for a {val_split:.0%} validation split by group"
+        )
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     train, val = next(splitter.split(indices, data.labels, groups))
-    return Split(sorted(train.tolist()), sorted(val.tolist()), grouped=True,
-                 groups=len(set(groups)))
+    return Split(
+        sorted(train.tolist()), sorted(val.tolist()), grouped=True, groups=len(set(groups))
+    )

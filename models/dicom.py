@@ -1,6 +1,7 @@
 """DICOM CT slices to model tensors: the windowed 8-bit grey slice
 (:mod:`covidscan.dicom_pixels`), as RGB, through ``seed-v1`` unchanged.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,8 +30,9 @@ def parse_window(text: str) -> tuple[float, float]:
     return width, level
 
 
-def load_dicom_seed_v1(data: bytes, frame: int, window: tuple[float, float],
-                       size: tuple[int, int] = (224, 224)) -> np.ndarray:
+def load_dicom_seed_v1(
+    data: bytes, frame: int, window: tuple[float, float], size: tuple[int, int] = (224, 224)
+) -> np.ndarray:
     """The tensor the model gets for one DICOM frame (``seed-v1`` on the windowed slice).
 
     Raises:

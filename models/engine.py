@@ -5,6 +5,7 @@ shape (short batches are padded), so nothing retraces between batches. Other
 engines (:mod:`models.openvino_engine`) are checked against it before they serve
 (:mod:`models.selection`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,7 @@ class Engine(Protocol):
         """
         ...
 
-    def warm_up(self) -> None:
-        ...
+    def warm_up(self) -> None: ...
 
 
 def gpu_names() -> list[str]:
@@ -81,15 +81,17 @@ class TensorFlowEngine:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1:] != self._input_shape:
-            raise ValueError(f"expected a batch of shape (N, {self._input_shape}), got {batch.shape}")
+            raise ValueError(
+                f"expected a batch of shape (N, {self._input_shape}), got {batch.shape}"
+            )
         count = batch.shape[0]
         probabilities = np.empty(count, dtype=np.float64)
         for start in range(0, count, self.batch_size):
-            part = batch[start:start + self.batch_size]
+            part = batch[start : start + self.batch_size]
             padded = part
             if part.shape[0] < self.batch_size:
                 padded = np.zeros((self.batch_size, *self._input_shape), dtype=np.float32)
                 padded[: part.shape[0]] = part
             output = np.asarray(self._call(padded))[: part.shape[0]]
-            probabilities[start:start + part.shape[0]] = output[:, self.info.positive_index]
+            probabilities[start : start + part.shape[0]] = output[:, self.info.positive_index]
         return probabilities

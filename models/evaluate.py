@@ -5,10 +5,12 @@ the Brier score from the scores themselves, the rest at the serving threshold 0.
 (the label a result gets). "Sensitivity" is the recall of the positive class,
 "specificity" the recall of the other(s).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -50,12 +52,21 @@ def _rounded(values: Sequence[float]) -> list[float]:
     return [round(float(v), 6) for v in values]
 
 
-def binary_metrics(y_true: np.ndarray, scores: np.ndarray,
-                   threshold: float = THRESHOLD) -> dict[str, Any]:
+def binary_metrics(
+    y_true: np.ndarray, scores: np.ndarray, threshold: float = THRESHOLD
+) -> dict[str, Any]:
     """Accuracy, sensitivity, specificity, precision, F1, ROC AUC, Brier score, confusion
     matrix, ROC and reliability curves for 0/1 labels and P(positive) scores."""
-    from sklearn.metrics import (accuracy_score, brier_score_loss, confusion_matrix, f1_score,
-                                 precision_score, recall_score, roc_auc_score, roc_curve)
+    from sklearn.metrics import (
+        accuracy_score,
+        brier_score_loss,
+        confusion_matrix,
+        f1_score,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+        roc_curve,
+    )
 
     y_true = np.asarray(y_true, dtype=int)
     scores = np.asarray(scores, dtype=float)
@@ -77,11 +88,17 @@ def binary_metrics(y_true: np.ndarray, scores: np.ndarray,
         "n": int(len(y_true)),
         "n_positive": int(y_true.sum()),
         "metrics": {k: None if v is None else round(float(v), 6) for k, v in metrics.items()},
-        "confusion_matrix": {"rows": "true positive, true negative",
-                             "columns": "predicted positive, predicted negative",
-                             "matrix": [[tp, fn], [fp, tn]]},
-        "calibration": {"bins": CALIBRATION_BINS, "mean_predicted": _rounded(mean_predicted),
-                        "fraction_positive": _rounded(fraction_positive), "counts": counts},
+        "confusion_matrix": {
+            "rows": "true positive, true negative",
+            "columns": "predicted positive, predicted negative",
+            "matrix": [[tp, fn], [fp, tn]],
+        },
+        "calibration": {
+            "bins": CALIBRATION_BINS,
+            "mean_predicted": _rounded(mean_predicted),
+            "fraction_positive": _rounded(fraction_positive),
+            "counts": counts,
+        },
     }
     if both:
         fpr, tpr, _ = roc_curve(y_true, scores, pos_label=1)
@@ -96,30 +113,39 @@ def _reliability(y_true: np.ndarray, scores: np.ndarray) -> tuple[list, list, li
     from sklearn.calibration import calibration_curve
 
     fraction_positive, mean_predicted = calibration_curve(
-        y_true, scores, n_bins=CALIBRATION_BINS, strategy="uniform")
+        y_true, scores, n_bins=CALIBRATION_BINS, strategy="uniform"
+    )
     edges = np.linspace(0.0, 1.0, CALIBRATION_BINS + 1)  # the bins calibration_curve uses
     bins = np.searchsorted(edges[1:-1], scores)
     counts = [int(c) for c in np.bincount(bins, minlength=CALIBRATION_BINS) if c > 0]
     return list(mean_predicted), list(fraction_positive), counts
 
 
-def evaluation_report(data: LabelledSlices, scored: Scored, model: dict[str, Any],
-                      extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def evaluation_report(
+    data: LabelledSlices,
+    scored: Scored,
+    model: dict[str, Any],
+    extra: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
     """The JSON report: the model, the data (folders and counts), the metrics, the failures."""
     ok = ~np.isnan(scored.scores)
     if not ok.any():
-        raise ValueError("no slice could be scored: " + "; ".join(
-            list(scored.failures.values())[:3]))
+        raise ValueError(
+            "no slice could be scored: " + "; ".join(list(scored.failures.values())[:3])
+        )
     report = {
         "model": model,
-        "data": {"root": str(data.root), "folders": data.counts(),
-                 "class_of_folder": data.folders,
-                 "positive_class": data.classes[data.positive_index]},
+        "data": {
+            "root": str(data.root),
+            "folders": data.counts(),
+            "class_of_folder": data.folders,
+            "positive_class": data.classes[data.positive_index],
+        },
         **binary_metrics(data.binary_labels()[ok], scored.scores[ok]),
-        "failed": [{"path": str(data.paths[i]), "error": e}
-                   for i, e in sorted(scored.failures.items())],
+        "failed": [
+            {"path": str(data.paths[i]), "error": e} for i, e in sorted(scored.failures.items())
+        ],
     }
     if extra:
         report.update(extra)
     return report
-

@@ -9,10 +9,12 @@ layer (its input times its kernel plus its bias), else the output probability; w
 one was used is recorded. Runs in fp32 on the Keras model: the reduced-precision engines
 give no gradients.
 """
+
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 
@@ -47,7 +49,7 @@ def _output_rank(layer) -> int:
     return len(shape)
 
 
-def find_target_layer(keras_model) -> tuple[object, object]:
+def find_target_layer(keras_model: Any) -> tuple[Any, Optional[Any]]:
     """The last layer with a 4-D output before the head, and the nested model holding it.
 
     Returns:
@@ -113,6 +115,7 @@ def _split(keras_model, target, container, dense):
             def head(conv):
                 found = head_model(conv, training=False)
                 return (None, found[0]) if dense is None else (found[0], found[1])
+
             return features, head
         inner_features = model_cls(container.inputs, target.output)
         if target is container.layers[-1]:  # a base without its top: nothing after it
@@ -120,10 +123,11 @@ def _split(keras_model, target, container, dense):
         else:
             inner_head = model_cls(target.output, container.output)
         index = keras_model.layers.index(container)
-        before, after = keras_model.layers[:index], keras_model.layers[index + 1:]
+        before, after = keras_model.layers[:index], keras_model.layers[index + 1 :]
     except (ValueError, KeyError, AttributeError) as exc:
         raise ExplanationUnsupported(
-            f"cannot split the model at {target.name} for Grad-CAM: {exc}") from None
+            f"cannot split the model at {target.name} for Grad-CAM: {exc}"
+        ) from None
 
     def nested_features(x):
         x, _ = _chain(before, x)
@@ -132,6 +136,7 @@ def _split(keras_model, target, container, dense):
     def nested_head(conv):
         output, dense_input = _chain(after, inner_head(conv, training=False), dense)
         return dense_input, output
+
     return nested_features, nested_head
 
 
@@ -178,13 +183,19 @@ class GradCam:
             cam = tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=(1, 2), keepdims=True))
             return cam, output[:, positive], peak
 
-        self._call = tf.function(explain, input_signature=[
-            tf.TensorSpec((batch_size, height, width, 3), tf.float32)])
+        self._call = tf.function(
+            explain, input_signature=[tf.TensorSpec((batch_size, height, width, 3), tf.float32)]
+        )
 
     def describe(self) -> dict:
         """What every explanation records besides the model: method, layer, class, score."""
-        return {"method": METHOD, "layer": self.layer, "class_name": self.info.positive_class,
-                "class_index": self.info.positive_index, "score": self.score}
+        return {
+            "method": METHOD,
+            "layer": self.layer,
+            "class_name": self.info.positive_class,
+            "class_index": self.info.positive_index,
+            "score": self.score,
+        }
 
     def warm_up(self) -> None:
         self.explain(np.zeros((1, *self._input_shape), dtype=np.float32))
@@ -193,13 +204,17 @@ class GradCam:
         """One :class:`Heatmap` per slice of an ``(N, H, W, 3)`` float32 batch, in order."""
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1:] != self._input_shape:
-            raise ValueError(f"expected a batch of shape (N, {self._input_shape}), got {batch.shape}")
+            raise ValueError(
+                f"expected a batch of shape (N, {self._input_shape}), got {batch.shape}"
+            )
         found: list[Heatmap] = []
         for start in range(0, batch.shape[0], self.batch_size):
-            part = batch[start:start + self.batch_size]
+            part = batch[start : start + self.batch_size]
             padded = np.zeros((self.batch_size, *self._input_shape), dtype=np.float32)
             padded[: part.shape[0]] = part
             cams, probabilities, peaks = (np.asarray(t) for t in self._call(padded))
-            found.extend(Heatmap(cams[i].astype(np.float32), float(probabilities[i]),
-                                 float(peaks[i])) for i in range(part.shape[0]))
+            found.extend(
+                Heatmap(cams[i].astype(np.float32), float(probabilities[i]), float(peaks[i]))
+                for i in range(part.shape[0])
+            )
         return found

@@ -5,6 +5,7 @@ like equal steps in colour, and it reads in greyscale and to colour-blind reader
 from matplotlib. Every picture is at the size the model saw the slice (``seed-v1``: the
 resized slice), so the map lines up with what the model was given, not with the upload.
 """
+
 from __future__ import annotations
 
 import io
@@ -54,8 +55,13 @@ def _png(rgb: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
-def _text(image: np.ndarray, text: str, origin: tuple[int, int], scale: float = 0.4,
-          colour: tuple[int, int, int] = (20, 20, 20)) -> None:
+def _text(
+    image: np.ndarray,
+    text: str,
+    origin: tuple[int, int],
+    scale: float = 0.4,
+    colour: tuple[int, int, int] = (20, 20, 20),
+) -> None:
     from models.preprocess import _cv2
 
     cv2 = _cv2()
@@ -85,8 +91,9 @@ def overlay(slice_rgb: np.ndarray, cam: np.ndarray, note: Optional[str] = None) 
     height, width = blended.shape[:2]
     scale = max(1, -(-MIN_OVERLAY_SIDE // max(height, width)))
     if scale > 1:
-        blended = cv2.resize(blended, (width * scale, height * scale),
-                             interpolation=cv2.INTER_NEAREST)
+        blended = cv2.resize(
+            blended, (width * scale, height * scale), interpolation=cv2.INTER_NEAREST
+        )
     picture = np.ascontiguousarray(np.concatenate([blended, _legend(blended.shape[0])], axis=1))
     if note:
         cv2.rectangle(picture, (0, 0), (blended.shape[1] - 1, 16), (255, 255, 255), -1)
@@ -105,6 +112,9 @@ def render(tensor: np.ndarray, cam: np.ndarray, note: Optional[str] = None) -> H
     slice_rgb = np.clip(np.asarray(tensor) * 255.0, 0, 255).round().astype(np.uint8)
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(cam, dtype=np.float16), allow_pickle=False)
-    return HeatmapImages(overlay_png=_png(overlay(slice_rgb, cam, note)),
-                         heatmap_png=_png(colourise(cam)), slice_png=_png(slice_rgb),
-                         map_npy=buffer.getvalue())
+    return HeatmapImages(
+        overlay_png=_png(overlay(slice_rgb, cam, note)),
+        heatmap_png=_png(colourise(cam)),
+        slice_png=_png(slice_rgb),
+        map_npy=buffer.getvalue(),
+    )

@@ -4,6 +4,7 @@ Formats: Keras 2 HDF5 (``.h5``, as the original notebooks saved ``resnet_ct.h5``
 Keras 3 ``.keras`` (loaded with ``safe_mode`` on) and TensorFlow SavedModel
 directories. Nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -104,10 +105,15 @@ def _input_size(keras_model, path: Path) -> tuple[int, int]:
     return int(shape[1]), int(shape[2])
 
 
-def load_model_file(path: Path, name: Optional[str] = None, version: Optional[str] = None,
-                    classes: tuple[str, ...] = DEFAULT_CLASSES, positive_index: int = 0,
-                    expected_sha256: Optional[str] = None,
-                    trust_code: bool = False) -> LoadedModel:
+def load_model_file(
+    path: Path,
+    name: Optional[str] = None,
+    version: Optional[str] = None,
+    classes: tuple[str, ...] = DEFAULT_CLASSES,
+    positive_index: int = 0,
+    expected_sha256: Optional[str] = None,
+    trust_code: bool = False,
+) -> LoadedModel:
     """Load a model file and describe it.
 
     A file that can run code when loaded (Lambda layers, custom objects, ops outside the
@@ -133,7 +139,8 @@ def load_model_file(path: Path, name: Optional[str] = None, version: Optional[st
     if expected_sha256 is not None and sha256 != expected_sha256:
         raise ModelLoadError(
             f"{path}: SHA-256 {sha256[:12]}… does not match the recorded {expected_sha256[:12]}…;"
-            " the file changed since it was registered")
+            " the file changed since it was registered"
+        )
     from models.trust import UntrustedModelError, check_trusted
 
     try:
@@ -149,12 +156,19 @@ def load_model_file(path: Path, name: Optional[str] = None, version: Optional[st
     outputs = keras_model.output_shape
     if outputs[-1] != len(classes):
         raise ModelLoadError(
-            f"{path}: the model has {outputs[-1]} outputs but {len(classes)} classes were given")
+            f"{path}: the model has {outputs[-1]} outputs but {len(classes)} classes were given"
+        )
     default_name = path.stem if path.is_file() else path.name
-    info = ModelInfo(name=name or default_name,
-                     version=version or sha256[:12], sha256=sha256, trained=True, format=fmt,
-                     input_size=_input_size(keras_model, path), classes=tuple(classes),
-                     positive_index=positive_index)
+    info = ModelInfo(
+        name=name or default_name,
+        version=version or sha256[:12],
+        sha256=sha256,
+        trained=True,
+        format=fmt,
+        input_size=_input_size(keras_model, path),
+        classes=tuple(classes),
+        positive_index=positive_index,
+    )
     log.info("loaded model %s:%s (%s, sha256 %s)", info.name, info.version, fmt, sha256[:12])
     return LoadedModel(info=info, keras_model=keras_model, path=path)
 
@@ -171,8 +185,13 @@ def build_untrained(input_size: tuple[int, int] = (224, 224)) -> LoadedModel:
     from models.architecture import build_resnet_classifier
 
     keras_model = build_resnet_classifier(input_size, len(DEFAULT_CLASSES), seed=UNTRAINED_SEED)
-    info = ModelInfo(name=UNTRAINED_NAME, version=f"seed-{UNTRAINED_SEED}",
-                     sha256=weights_sha256(keras_model), trained=False, format="builtin",
-                     input_size=input_size)
+    info = ModelInfo(
+        name=UNTRAINED_NAME,
+        version=f"seed-{UNTRAINED_SEED}",
+        sha256=weights_sha256(keras_model),
+        trained=False,
+        format="builtin",
+        input_size=input_size,
+    )
     log.info("built %s (fixed-seed random weights)", UNTRAINED_NAME)
     return LoadedModel(info=info, keras_model=keras_model)

@@ -9,6 +9,7 @@ that takes the next part from one line as soon as its last is done, so a stream 
 by other work on its core (decoding, the API) does not idle the others at the end of
 every batch: while one batch runs, the next waits in line (``concurrent_batches``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,8 +45,12 @@ def supported_precision(precision: str, device: str = "CPU") -> str:
     capabilities = _core().get_property(device, "OPTIMIZATION_CAPABILITIES")
     if CPU_CAPABILITY[precision] in capabilities:
         return precision
-    log.warning("%s does not support %s (capabilities %s); using fp32", device, precision,
-                ", ".join(capabilities))
+    log.warning(
+        "%s does not support %s (capabilities %s); using fp32",
+        device,
+        precision,
+        ", ".join(capabilities),
+    )
     return "fp32"
 
 
@@ -81,8 +86,10 @@ def convert_cached(model: LoadedModel, cache_dir: Path):
 
     height, width = model.info.input_size
     keras_model = model.keras_model
-    traced = tf.function(lambda x: keras_model(x, training=False),
-                         input_signature=[tf.TensorSpec((None, height, width, 3), tf.float32)])
+    traced = tf.function(
+        lambda x: keras_model(x, training=False),
+        input_signature=[tf.TensorSpec((None, height, width, 3), tf.float32)],
+    )
     log.info("converting %s:%s to OpenVINO", model.info.name, model.info.version)
     converted = ov.convert_model(traced.get_concrete_function())
     _save_atomically(converted, path)
@@ -99,12 +106,19 @@ def quantize_cached(model: LoadedModel, calibration: CalibrationSet, cache_dir: 
     import nncf
 
     samples = calibration.calibration
-    log.info("quantizing %s:%s to int8 on %d slices (%s)", model.info.name, model.info.version,
-             len(samples), calibration.source)
-    quantized = nncf.quantize(convert_cached(model, cache_dir),
-                              nncf.Dataset([samples[i:i + 1] for i in range(len(samples))]),
-                              subset_size=len(samples),
-                              preset=nncf.QuantizationPreset.PERFORMANCE)
+    log.info(
+        "quantizing %s:%s to int8 on %d slices (%s)",
+        model.info.name,
+        model.info.version,
+        len(samples),
+        calibration.source,
+    )
+    quantized = nncf.quantize(
+        convert_cached(model, cache_dir),
+        nncf.Dataset([samples[i : i + 1] for i in range(len(samples))]),
+        subset_size=len(samples),
+        preset=nncf.QuantizationPreset.PERFORMANCE,
+    )
     _save_atomically(quantized, path)
     return quantized
 
@@ -116,8 +130,15 @@ class OpenVINOEngine:
     # Batches the batcher may hand over at once: one running, the next waiting in line.
     concurrent_batches = 2
 
-    def __init__(self, model: LoadedModel, precision: str, batch_size: int, cache_dir: Path,
-                 device: str = "CPU", calibration: Optional[CalibrationSet] = None) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        precision: str,
+        batch_size: int,
+        cache_dir: Path,
+        device: str = "CPU",
+        calibration: Optional[CalibrationSet] = None,
+    ) -> None:
         """``precision`` ``int8`` quantizes on ``calibration`` (required then)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -134,12 +155,16 @@ class OpenVINOEngine:
             ov_model, hint = quantize_cached(model, calibration, cache_dir), "f32"
         else:
             ov_model, hint = convert_cached(model, cache_dir), OV_PRECISION[precision]
-        self._compiled = core.compile_model(ov_model, device, {
-            "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT"})
+        self._compiled = core.compile_model(
+            ov_model, device, {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT"}
+        )
         # What the device settled on, which is what results record.
         actual = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        self.precision = "int8" if precision == "int8" else \
-            {ov_name: name for name, ov_name in OV_PRECISION.items()}.get(actual, actual)
+        self.precision = (
+            "int8"
+            if precision == "int8"
+            else {ov_name: name for name, ov_name in OV_PRECISION.items()}.get(actual, actual)
+        )
         self.requests = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         # One thread per request, blocked in infer() (which releases the GIL) or on the line:
         # no completion callback has to take the GIL inside OpenVINO's stream threads.
@@ -152,8 +177,12 @@ class OpenVINOEngine:
         for request in requests:
             _run_part(request, probe)
         for index, request in enumerate(requests):
-            threading.Thread(target=_serve_requests, args=(request, self._line),
-                             name=f"openvino-{self.precision}-{index}", daemon=True).start()
+            threading.Thread(
+                target=_serve_requests,
+                args=(request, self._line),
+                name=f"openvino-{self.precision}-{index}",
+                daemon=True,
+            ).start()
         # The threads end when the engine is dropped (an evicted model), not with the process.
         weakref.finalize(self, _stop_serving, self._line, self.requests)
         log.info("OpenVINO %s on %s: %d infer requests", self.precision, device, self.requests)
@@ -164,7 +193,9 @@ class OpenVINOEngine:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1:] != self._input_shape:
-            raise ValueError(f"expected a batch of shape (N, {self._input_shape}), got {batch.shape}")
+            raise ValueError(
+                f"expected a batch of shape (N, {self._input_shape}), got {batch.shape}"
+            )
         if batch.shape[0] == 0:
             return np.empty(0, dtype=np.float64)
         futures = []
@@ -187,7 +218,7 @@ def _serve_requests(request, line: queue.SimpleQueue) -> None:
         part, future = job
         try:
             future.set_result(_run_part(request, part))
-        except BaseException as exc:  # noqa: BLE001 - the caller of predict() gets it
+        except BaseException as exc:
             future.set_exception(exc)
 
 

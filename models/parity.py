@@ -4,6 +4,7 @@ A candidate serves only after it matches the reference on the model's calibratio
 (:mod:`models.calibration`), both the part int8 quantization saw and the held-out part:
 no label flips, and max |ΔP(positive)| within the precision's tolerance.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,8 +18,12 @@ CALIBRATION_SIZE = 16
 FP32_TOLERANCE = 1e-4
 REDUCED_TOLERANCE = 1e-2
 INT8_TOLERANCE = 2e-2
-TOLERANCES = {"fp32": FP32_TOLERANCE, "bf16": REDUCED_TOLERANCE, "fp16": REDUCED_TOLERANCE,
-              "int8": INT8_TOLERANCE}
+TOLERANCES = {
+    "fp32": FP32_TOLERANCE,
+    "bf16": REDUCED_TOLERANCE,
+    "fp16": REDUCED_TOLERANCE,
+    "int8": INT8_TOLERANCE,
+}
 
 
 def calibration_batch(input_size: tuple[int, int], count: int = CALIBRATION_SIZE) -> np.ndarray:
@@ -38,17 +43,26 @@ class ParityReport:
 
     @property
     def passed(self) -> bool:
-        return bool(np.isfinite(self.max_abs_diff)) and self.max_abs_diff <= self.tolerance \
+        return (
+            bool(np.isfinite(self.max_abs_diff))
+            and self.max_abs_diff <= self.tolerance
             and self.label_flips == 0
+        )
 
     def describe(self) -> str:
-        return (f"max |ΔP| {self.max_abs_diff:.2e} (limit {self.tolerance:.0e}), "
-                f"{self.label_flips} label flips")
+        return (
+            f"max |ΔP| {self.max_abs_diff:.2e} (limit {self.tolerance:.0e}), "
+            f"{self.label_flips} label flips"
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        return {"slices": self.count, "max_abs_diff": self.max_abs_diff,
-                "label_flips": self.label_flips, "tolerance": self.tolerance,
-                "passed": self.passed}
+        return {
+            "slices": self.count,
+            "max_abs_diff": self.max_abs_diff,
+            "label_flips": self.label_flips,
+            "tolerance": self.tolerance,
+            "passed": self.passed,
+        }
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray, precision: str) -> ParityReport:
@@ -81,14 +95,20 @@ class GateReport:
     def describe(self) -> str:
         text = "; ".join(f"{name}: {part.describe()}" for name, part in self.parts.items())
         if self.auc is not None:
-            text += (f"; ROC AUC {self.auc['candidate']:.4f} vs fp32 {self.auc['fp32']:.4f} "
-                     f"(limit {self.auc['limit']})")
+            text += (
+                f"; ROC AUC {self.auc['candidate']:.4f} vs fp32 {self.auc['fp32']:.4f} "
+                f"(limit {self.auc['limit']})"
+            )
         return text
 
     def as_dict(self) -> dict[str, Any]:
-        return {"precision": self.precision, "passed": self.passed,
-                "parts": {name: part.as_dict() for name, part in self.parts.items()},
-                "calibration": self.calibration, "auc": self.auc}
+        return {
+            "precision": self.precision,
+            "passed": self.passed,
+            "parts": {name: part.as_dict() for name, part in self.parts.items()},
+            "calibration": self.calibration,
+            "auc": self.auc,
+        }
 
 
 class ReferenceScores:
@@ -96,19 +116,23 @@ class ReferenceScores:
 
     def __init__(self, reference, calibration: CalibrationSet) -> None:
         self.calibration = calibration
-        self.values = {"calibration": reference.predict(calibration.calibration),
-                       "held_out": reference.predict(calibration.held_out)}
+        self.values = {
+            "calibration": reference.predict(calibration.calibration),
+            "held_out": reference.predict(calibration.held_out),
+        }
 
 
-def check_gate(scores: ReferenceScores, candidate,
-               recorded_auc: Optional[dict[str, Any]] = None) -> GateReport:
+def check_gate(
+    scores: ReferenceScores, candidate, recorded_auc: Optional[dict[str, Any]] = None
+) -> GateReport:
     """Run ``candidate`` on both parts of the calibration set and compare with the reference.
 
     ``recorded_auc`` is the model report's ROC AUC check for this precision, if any
     (``covidscan models calibrate`` with labelled slices writes it).
     """
-    sets = {"calibration": scores.calibration.calibration,
-            "held_out": scores.calibration.held_out}
-    parts = {name: compare(scores.values[name], candidate.predict(batch), candidate.precision)
-             for name, batch in sets.items()}
+    sets = {"calibration": scores.calibration.calibration, "held_out": scores.calibration.held_out}
+    parts = {
+        name: compare(scores.values[name], candidate.predict(batch), candidate.precision)
+        for name, batch in sets.items()
+    }
     return GateReport(candidate.precision, parts, scores.calibration.describe(), recorded_auc)

@@ -10,6 +10,7 @@ imported. :func:`configure_decoding` sets it from ``MAX_SCAN_PIXELS`` and must r
 before then; this module imports ``cv2`` only when it decodes, and with the default cap
 when nothing configured it.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,7 @@ from types import ModuleType
 
 import numpy as np
 
-from covidscan.image_errors import ImageDecodeError  # noqa: F401 - raised here, caught by callers
+from covidscan.image_errors import ImageDecodeError
 
 SEED_V1 = "seed-v1"
 OPENCV_PIXELS_VARIABLE = "OPENCV_IO_MAX_IMAGE_PIXELS"
@@ -34,8 +35,10 @@ def configure_decoding(max_pixels: int) -> None:
         RuntimeError: ``cv2`` was already imported with another cap, which it keeps.
     """
     if "cv2" in sys.modules and os.environ.get(OPENCV_PIXELS_VARIABLE) != str(max_pixels):
-        raise RuntimeError(f"OpenCV was imported before its decoding cap was set to {max_pixels} "
-                           f"pixels; configure decoding first")
+        raise RuntimeError(
+            f"OpenCV was imported before its decoding cap was set to {max_pixels} "
+            f"pixels; configure decoding first"
+        )
     os.environ[OPENCV_PIXELS_VARIABLE] = str(max_pixels)
 
 
@@ -52,8 +55,10 @@ def _decode_failure(exc: Exception) -> ImageDecodeError:
     message = getattr(exc, "msg", "") or str(exc)
     if "CV_IO_MAX_IMAGE" in message or "validateInputImageSize" in str(exc):
         cap = os.environ.get(OPENCV_PIXELS_VARIABLE, "the decoder's")
-        return ImageDecodeError(f"the image is larger than the limit of {cap} pixels "
-                                "(MAX_SCAN_PIXELS); it was not decoded")
+        return ImageDecodeError(
+            f"the image is larger than the limit of {cap} pixels "
+            "(MAX_SCAN_PIXELS); it was not decoded"
+        )
     return ImageDecodeError(f"could not decode image: {message}")
 
 
@@ -102,8 +107,13 @@ def preprocess_seed_v1(rgb: np.ndarray, size: tuple[int, int] = (224, 224)) -> n
 
 def is_grey8_png(data: bytes) -> bool:
     """The PNG header says 8-bit greyscale without alpha (colour type 0, bit depth 8)."""
-    return len(data) >= 26 and data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" \
-        and data[24] == 8 and data[25] == 0
+    return (
+        len(data) >= 26
+        and data[:8] == PNG_SIGNATURE
+        and data[12:16] == b"IHDR"
+        and data[24] == 8
+        and data[25] == 0
+    )
 
 
 def load_seed_v1(data: bytes, size: tuple[int, int] = (224, 224)) -> np.ndarray:

@@ -6,6 +6,7 @@ training slices (rotation 20°, width and height shift 0.2, horizontal flip);
 preprocessing ``seed-v1``. Early stopping on validation loss keeps the best epoch's
 weights on disk, so Ctrl-C still leaves a usable model. Uses the Keras 2 API (tf_keras).
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,12 @@ from models.preprocess import load_seed_v1
 
 log = logging.getLogger(__name__)
 
-AUGMENTATION = {"rotation_range": 20, "width_shift_range": 0.2, "height_shift_range": 0.2,
-                "horizontal_flip": True}
+AUGMENTATION = {
+    "rotation_range": 20,
+    "width_shift_range": 0.2,
+    "height_shift_range": 0.2,
+    "horizontal_flip": True,
+}
 
 
 class TrainingError(RuntimeError):
@@ -61,12 +66,14 @@ class TrainResult:
 class SliceBatches(tf_keras.utils.Sequence):
     """Batches of seed-v1 slices with one-hot labels, augmented and shuffled when training."""
 
-    def __init__(self, data: LabelledSlices, size: int, batch_size: int,
-                 augment: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self, data: LabelledSlices, size: int, batch_size: int, augment: bool = False, seed: int = 0
+    ) -> None:
         super().__init__()
         self.data, self.size, self.batch_size = data, (size, size), batch_size
-        self.generator = (tf_keras.preprocessing.image.ImageDataGenerator(**AUGMENTATION)
-                          if augment else None)
+        self.generator = (
+            tf_keras.preprocessing.image.ImageDataGenerator(**AUGMENTATION) if augment else None
+        )
         self.rng = np.random.default_rng(seed)
         self.order = np.arange(len(data.paths))
         if augment:
@@ -76,9 +83,10 @@ class SliceBatches(tf_keras.utils.Sequence):
         return math.ceil(len(self.order) / self.batch_size)
 
     def __getitem__(self, index: int):
-        chosen = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        images = np.stack([load_seed_v1(self.data.paths[i].read_bytes(), self.size)
-                           for i in chosen])
+        chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        images = np.stack(
+            [load_seed_v1(self.data.paths[i].read_bytes(), self.size) for i in chosen]
+        )
         if self.generator is not None:
             images = np.stack([self.generator.random_transform(image) for image in images])
         labels = tf_keras.utils.to_categorical(self.data.labels[chosen], len(self.data.classes))
@@ -121,8 +129,10 @@ def _trainable_layers(model, fine_tune_from: Optional[str]) -> str:
     elif fine_tune_from.lstrip("-").isdigit() and -len(names) <= int(fine_tune_from) < len(names):
         start = int(fine_tune_from) % len(names)
     else:
-        raise TrainingError(f"--fine-tune-from {fine_tune_from!r} is neither a ResNet50 layer "
-                            f"name (e.g. conv5_block1_1_conv) nor an index below {len(names)}")
+        raise TrainingError(
+            f"--fine-tune-from {fine_tune_from!r} is neither a ResNet50 layer "
+            f"name (e.g. conv5_block1_1_conv) nor an index below {len(names)}"
+        )
     for layer in base_layers[start:]:
         layer.trainable = True
     return f"head and base from layer {names[start]} (index {start})"
@@ -145,26 +155,42 @@ def train(data: LabelledSlices, split: Split, config: TrainConfig, out_dir: Path
     out_dir.mkdir(parents=True, exist_ok=True)
     tf_keras.utils.set_random_seed(config.seed)
     try:
-        model = build_resnet_classifier((config.image_size, config.image_size), len(data.classes),
-                                        base_weights=config.imagenet_weights and
-                                        str(config.imagenet_weights), seed=config.seed)
+        model = build_resnet_classifier(
+            (config.image_size, config.image_size),
+            len(data.classes),
+            base_weights=str(config.imagenet_weights) if config.imagenet_weights else None,
+            seed=config.seed,
+        )
     except (ValueError, OSError) as exc:
         raise TrainingError(f"cannot build the ResNet50 base: {exc}") from None
     trainable = _trainable_layers(model, config.fine_tune_from)
-    model.compile(optimizer=tf_keras.optimizers.Adam(), loss="categorical_crossentropy",
-                  metrics=["accuracy"])
-    train_batches = SliceBatches(data.subset(split.train), config.image_size, config.batch_size,
-                                 augment=True, seed=config.seed)
-    val_batches = SliceBatches(data.subset(split.validation), config.image_size,
-                               config.batch_size)
+    model.compile(
+        optimizer=tf_keras.optimizers.Adam(), loss="categorical_crossentropy", metrics=["accuracy"]
+    )
+    train_batches = SliceBatches(
+        data.subset(split.train),
+        config.image_size,
+        config.batch_size,
+        augment=True,
+        seed=config.seed,
+    )
+    val_batches = SliceBatches(data.subset(split.validation), config.image_size, config.batch_size)
     best = out_dir / "best.weights.h5"
     history = tf_keras.callbacks.History()
-    callbacks = [history, KeepBest(best),
-                 tf_keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience)]
+    callbacks = [
+        history,
+        KeepBest(best),
+        tf_keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
+    ]
     interrupted = False
     try:
-        model.fit(train_batches, validation_data=val_batches, epochs=config.epochs,
-                  callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+        model.fit(
+            train_batches,
+            validation_data=val_batches,
+            epochs=config.epochs,
+            callbacks=callbacks,
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
     except KeyboardInterrupt:
         interrupted = True
         log.warning("training interrupted; keeping the best epoch so far")
@@ -175,5 +201,11 @@ def train(data: LabelledSlices, split: Split, config: TrainConfig, out_dir: Path
     model.save(str(model_path), save_format="h5")
     curves = {k: [float(v) for v in values] for k, values in history.history.items()}
     best_epoch = int(np.argmin(curves["val_loss"])) + 1 if curves.get("val_loss") else 0
-    return TrainResult(model_path, curves, best_epoch, interrupted,
-                       _base_weights(config.imagenet_weights), trainable)
+    return TrainResult(
+        model_path,
+        curves,
+        best_epoch,
+        interrupted,
+        _base_weights(config.imagenet_weights),
+        trainable,
+    )

@@ -11,61 +11,235 @@ regularizer, constraint and activation in it must be a built-in on the lists bel
 SavedModel: every op in ``saved_model.pb`` (graphs and function library) must be on the
 op list, and the Keras layer metadata beside it passes the same layer check.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-ALLOWED_LAYERS = frozenset({
-    "Functional", "Model", "Sequential", "InputLayer",
-    "Dense", "Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose", "SeparableConv2D",
-    "DepthwiseConv2D", "BatchNormalization", "LayerNormalization", "GroupNormalization",
-    "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "ThresholdedReLU",
-    "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Dot",
-    "ZeroPadding1D", "ZeroPadding2D", "Cropping2D", "UpSampling2D",
-    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
-    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D",
-    "GlobalMaxPooling2D", "Flatten", "Reshape", "Permute", "RepeatVector",
-    "Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
-    "Rescaling", "Resizing", "CenterCrop", "Normalization",
-})
-ALLOWED_OBJECTS = frozenset({
-    # initializers
-    "Zeros", "Ones", "Constant", "GlorotUniform", "GlorotNormal", "HeUniform", "HeNormal",
-    "LecunUniform", "LecunNormal", "RandomUniform", "RandomNormal", "TruncatedNormal",
-    "VarianceScaling", "Orthogonal", "Identity",
-    # regularizers and constraints
-    "L1", "L2", "L1L2", "MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm",
-    # dtype policies; shapes and specs in a SavedModel's Keras metadata
-    "Policy", "DTypePolicy", "__tuple__", "InputSpec", "TensorShape", "TypeSpec",
-})
-ALLOWED_ACTIVATIONS = frozenset({
-    "linear", "relu", "relu6", "sigmoid", "hard_sigmoid", "softmax", "softplus", "softsign",
-    "tanh", "elu", "selu", "swish", "silu", "gelu", "exponential", "leaky_relu", "mish",
-})
-ALLOWED_OPS = frozenset({
-    # graph plumbing and variables
-    "Const", "Identity", "IdentityN", "NoOp", "Placeholder", "PlaceholderWithDefault",
-    "PartitionedCall", "StatefulPartitionedCall", "VarHandleOp", "ReadVariableOp",
-    "AssignVariableOp", "DisableCopyOnRead", "VarIsInitializedOp", "StopGradient",
-    # every SavedModel's own checkpoint save/restore functions
-    "SaveV2", "RestoreV2", "MergeV2Checkpoints", "ShardedFilename", "StringJoin",
-    "StaticRegexFullMatch",
-    # arithmetic and shapes
-    "AddV2", "Add", "Sub", "Mul", "RealDiv", "Neg", "Square", "Sqrt", "Rsqrt", "Exp", "Log",
-    "Maximum", "Minimum", "Mean", "Sum", "Max", "Min", "Prod", "MatMul", "BatchMatMulV2",
-    "BiasAdd", "Cast", "Shape", "Pack", "Unpack", "Reshape", "Squeeze", "ExpandDims",
-    "Transpose", "ConcatV2", "StridedSlice", "Slice", "Split", "SplitV", "Tile", "Fill",
-    "ZerosLike", "OnesLike", "Range", "Pad", "PadV2", "MirrorPad", "Erf",
-    "GreaterEqual", "Greater", "Less", "LessEqual", "Equal", "NotEqual", "LogicalAnd",
-    "LogicalNot", "LogicalOr", "Select", "SelectV2",
-    # neural-network ops
-    "Conv2D", "Conv3D", "DepthwiseConv2dNative", "Conv2DBackpropInput", "FusedBatchNormV3",
-    "Relu", "Relu6", "Elu", "Selu", "LeakyRelu", "Sigmoid", "Tanh", "Softplus", "Softsign",
-    "Softmax", "LogSoftmax", "MaxPool", "AvgPool", "MaxPool3D", "AvgPool3D",
-    "ResizeBilinear", "ResizeNearestNeighbor", "RandomUniform", "RandomStandardNormal",
-})
+ALLOWED_LAYERS = frozenset(
+    {
+        "Functional",
+        "Model",
+        "Sequential",
+        "InputLayer",
+        "Dense",
+        "Conv1D",
+        "Conv2D",
+        "Conv3D",
+        "Conv2DTranspose",
+        "SeparableConv2D",
+        "DepthwiseConv2D",
+        "BatchNormalization",
+        "LayerNormalization",
+        "GroupNormalization",
+        "Activation",
+        "ReLU",
+        "LeakyReLU",
+        "PReLU",
+        "ELU",
+        "Softmax",
+        "ThresholdedReLU",
+        "Add",
+        "Subtract",
+        "Multiply",
+        "Average",
+        "Maximum",
+        "Minimum",
+        "Concatenate",
+        "Dot",
+        "ZeroPadding1D",
+        "ZeroPadding2D",
+        "Cropping2D",
+        "UpSampling2D",
+        "MaxPooling1D",
+        "MaxPooling2D",
+        "MaxPooling3D",
+        "AveragePooling1D",
+        "AveragePooling2D",
+        "GlobalAveragePooling1D",
+        "GlobalAveragePooling2D",
+        "GlobalMaxPooling1D",
+        "GlobalMaxPooling2D",
+        "Flatten",
+        "Reshape",
+        "Permute",
+        "RepeatVector",
+        "Dropout",
+        "SpatialDropout2D",
+        "GaussianNoise",
+        "GaussianDropout",
+        "AlphaDropout",
+        "Rescaling",
+        "Resizing",
+        "CenterCrop",
+        "Normalization",
+    }
+)
+ALLOWED_OBJECTS = frozenset(
+    {
+        # initializers
+        "Zeros",
+        "Ones",
+        "Constant",
+        "GlorotUniform",
+        "GlorotNormal",
+        "HeUniform",
+        "HeNormal",
+        "LecunUniform",
+        "LecunNormal",
+        "RandomUniform",
+        "RandomNormal",
+        "TruncatedNormal",
+        "VarianceScaling",
+        "Orthogonal",
+        "Identity",
+        # regularizers and constraints
+        "L1",
+        "L2",
+        "L1L2",
+        "MaxNorm",
+        "MinMaxNorm",
+        "NonNeg",
+        "UnitNorm",
+        # dtype policies; shapes and specs in a SavedModel's Keras metadata
+        "Policy",
+        "DTypePolicy",
+        "__tuple__",
+        "InputSpec",
+        "TensorShape",
+        "TypeSpec",
+    }
+)
+ALLOWED_ACTIVATIONS = frozenset(
+    {
+        "linear",
+        "relu",
+        "relu6",
+        "sigmoid",
+        "hard_sigmoid",
+        "softmax",
+        "softplus",
+        "softsign",
+        "tanh",
+        "elu",
+        "selu",
+        "swish",
+        "silu",
+        "gelu",
+        "exponential",
+        "leaky_relu",
+        "mish",
+    }
+)
+ALLOWED_OPS = frozenset(
+    {
+        # graph plumbing and variables
+        "Const",
+        "Identity",
+        "IdentityN",
+        "NoOp",
+        "Placeholder",
+        "PlaceholderWithDefault",
+        "PartitionedCall",
+        "StatefulPartitionedCall",
+        "VarHandleOp",
+        "ReadVariableOp",
+        "AssignVariableOp",
+        "DisableCopyOnRead",
+        "VarIsInitializedOp",
+        "StopGradient",
+        # every SavedModel's own checkpoint save/restore functions
+        "SaveV2",
+        "RestoreV2",
+        "MergeV2Checkpoints",
+        "ShardedFilename",
+        "StringJoin",
+        "StaticRegexFullMatch",
+        # arithmetic and shapes
+        "AddV2",
+        "Add",
+        "Sub",
+        "Mul",
+        "RealDiv",
+        "Neg",
+        "Square",
+        "Sqrt",
+        "Rsqrt",
+        "Exp",
+        "Log",
+        "Maximum",
+        "Minimum",
+        "Mean",
+        "Sum",
+        "Max",
+        "Min",
+        "Prod",
+        "MatMul",
+        "BatchMatMulV2",
+        "BiasAdd",
+        "Cast",
+        "Shape",
+        "Pack",
+        "Unpack",
+        "Reshape",
+        "Squeeze",
+        "ExpandDims",
+        "Transpose",
+        "ConcatV2",
+        "StridedSlice",
+        "Slice",
+        "Split",
+        "SplitV",
+        "Tile",
+        "Fill",
+        "ZerosLike",
+        "OnesLike",
+        "Range",
+        "Pad",
+        "PadV2",
+        "MirrorPad",
+        "Erf",
+        "GreaterEqual",
+        "Greater",
+        "Less",
+        "LessEqual",
+        "Equal",
+        "NotEqual",
+        "LogicalAnd",
+        "LogicalNot",
+        "LogicalOr",
+        "Select",
+        "SelectV2",
+        # neural-network ops
+        "Conv2D",
+        "Conv3D",
+        "DepthwiseConv2dNative",
+        "Conv2DBackpropInput",
+        "FusedBatchNormV3",
+        "Relu",
+        "Relu6",
+        "Elu",
+        "Selu",
+        "LeakyRelu",
+        "Sigmoid",
+        "Tanh",
+        "Softplus",
+        "Softsign",
+        "Softmax",
+        "LogSoftmax",
+        "MaxPool",
+        "AvgPool",
+        "MaxPool3D",
+        "AvgPool3D",
+        "ResizeBilinear",
+        "ResizeNearestNeighbor",
+        "RandomUniform",
+        "RandomStandardNormal",
+    }
+)
 
 
 class UntrustedModelError(ValueError):
@@ -108,10 +282,14 @@ def config_problems(config: Any) -> list[str]:
         class_name = obj["class_name"]
         module = obj.get("module")
         if class_name in ("Lambda", "TFOpLambda", "SlicingOpLambda"):
-            problems.append(f"{_object_name(obj)} runs Python code or a named TensorFlow "
-                            "function when loaded")
-        elif class_name not in ALLOWED_LAYERS | ALLOWED_OBJECTS or obj.get("registered_name") \
-                not in (None, class_name) or (module and not str(module).startswith("keras")):
+            problems.append(
+                f"{_object_name(obj)} runs Python code or a named TensorFlow function when loaded"
+            )
+        elif (
+            class_name not in ALLOWED_LAYERS | ALLOWED_OBJECTS
+            or obj.get("registered_name") not in (None, class_name)
+            or (module and not str(module).startswith("keras"))
+        ):
             problems.append(f"{_object_name(obj)} is a custom object, not a built-in layer")
     for activation in _activations(config):
         if activation not in ALLOWED_ACTIVATIONS:
@@ -141,8 +319,9 @@ def savedmodel_problems(path: Path) -> list[str]:
         ops.update(node.op for node in graph.graph_def.node)
         for function in graph.graph_def.library.function:
             ops.update(node.op for node in function.node_def)
-    problems = [f"op {op} is not on the list of allowed TensorFlow ops"
-                for op in sorted(ops - ALLOWED_OPS)]
+    problems = [
+        f"op {op} is not on the list of allowed TensorFlow ops" for op in sorted(ops - ALLOWED_OPS)
+    ]
     metadata_path = path / "keras_metadata.pb"
     if metadata_path.exists():
         from tf_keras.protobuf import saved_metadata_pb2
@@ -164,9 +343,11 @@ def check_trusted(path: Path, fmt: str, trust_code: bool) -> None:
         return
     problems = h5_problems(path) if fmt == "keras2-h5" else savedmodel_problems(path)
     if problems:
-        shown = "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)"
-                                          if len(problems) > 5 else "")
+        shown = "; ".join(problems[:5]) + (
+            f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        )
         raise UntrustedModelError(
             f"{path}: refused, the file can run code when loaded: {shown}. Load it only if you "
             "trust its author: covidscan models add --trust-code (MODEL_TRUST_CODE=true for "
-            "MODEL_PATH)")
+            "MODEL_PATH)"
+        )

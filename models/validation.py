@@ -1,4 +1,5 @@
 """The checks a loaded model passes before it is registered."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Synthetic CT-like slices and archives for tests and the benchmark."""
+"""Synthetic CT-like slices and archives for the tests."""
 from __future__ import annotations
 
 import io
@@ -8,7 +8,7 @@ from typing import Iterable
 
 from PIL import Image
 
-from models.synthetic import ct_slice_array
+from models.synthetic import corrupt_png, ct_slice_array
 
 
 def ct_slice(size: int = 128, seed: int = 0, mode: str = "L") -> Image.Image:
@@ -26,11 +26,6 @@ def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
 
 def png_bytes(size: int = 128, seed: int = 0, mode: str = "L") -> bytes:
     return encode(ct_slice(size, seed, mode), "PNG")
-
-
-def corrupt_png(size: int = 128) -> bytes:
-    """A PNG signature and header followed by a truncated stream: passes sniffing, fails decoding."""
-    return png_bytes(size, seed=999)[:120]
 
 
 def write_folder(folder: Path, count: int, size: int = 128, corrupt: int = 0) -> list[Path]:

@@ -24,7 +24,7 @@ from tests.conftest import (ROOT, WorkerProcess, create_api_key, fresh_database_
                             wait_for_job, worker_env)
 from tests.images import png_bytes, write_folder
 from tests.original_app import original_probabilities
-from tests.scrape import parse, value
+from devtools.scrape import parse, value
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -49,7 +49,10 @@ def test_stratified_split_is_fixed_by_the_seed(ucsd_like):
 def test_group_split_keeps_each_patient_on_one_side(ucsd_like):
     data = discover(ucsd_like)
     parts = split(data, 0.2, 3, group_regex=r"(p\d+)_s")
-    patient = lambda i: data.paths[i].name.split("_")[0]
+
+    def patient(i):
+        return data.paths[i].name.split("_")[0]
+
     assert parts.grouped and parts.groups == 10
     assert not {patient(i) for i in parts.train} & {patient(i) for i in parts.validation}
     assert set(data.labels[parts.validation].tolist()) == {0, 1}

@@ -16,7 +16,7 @@ from devtools.embedded_redis import free_port
 from tests.conftest import ROOT
 from models.loader import file_sha256
 from tests.images import corrupt_png, write_folder
-from tests.scrape import parse, value
+from devtools.scrape import parse, value
 from tests.original_app import original_probabilities
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -55,8 +55,11 @@ def test_a_zip_of_the_same_slices_gives_the_same_results(stack_client):
     plain = wait_for_job(stack_client, upload(stack_client, items)["id"])
     zipped = wait_for_job(stack_client, upload(stack_client, [("all.zip", zip_bytes(items))])["id"])
     assert zipped["counts"] == plain["counts"]
-    by_name = lambda rows: {r["filename"]: (r["status"], r["probability_covid"], r["label"])
-                            for r in rows}
+
+    def by_name(rows):
+        return {r["filename"]: (r["status"], r["probability_covid"], r["label"])
+                for r in rows}
+
     assert by_name(results(stack_client, zipped["id"])) == \
         by_name(results(stack_client, plain["id"]))
 

@@ -127,7 +127,8 @@ class Drill:
             name = order[attempt % len(order)]
             partner = once_working if attempt == 0 else ""
             self.wait(f"{name} holding leases after {at_least} scans",
-                      lambda: self.done() >= at_least and len(self.leases_of(name)) > 0
+                      lambda name=name, partner=partner: self.done() >= at_least
+                      and len(self.leases_of(name)) > 0
                       and (not partner or len(self.leases_of(partner)) > 0))
             victim = self.workers[name]
             dead_owner = f"{name}/{victim.process.pid}/%"

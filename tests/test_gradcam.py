@@ -9,7 +9,7 @@ import pytest
 from models.gradcam import GradCam, find_target_layer
 from models.heatmap_image import colormap_lut, render
 from models.loader import build_untrained, load_model_file
-from tests.models import blob_slices, save_blob_model
+from models.synthetic import blob_slices, save_blob_model
 
 RADIUS = 5
 CELL = 8  # the last conv layer's cell, in pixels of the 64×64 slice

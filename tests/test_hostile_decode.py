@@ -67,7 +67,7 @@ def test_configuring_the_cap_after_opencv_was_imported_is_an_error():
 
 
 def _largest_png(side: int = 4096) -> bytes:
-    """The largest slice MAX_SCAN_PIXELS allows, in its widest form: 16-bit RGBA, 8 bytes a pixel."""
+    """The largest slice MAX_SCAN_PIXELS allows, in its widest form: 16-bit RGBA, 8 bytes each."""
     compressor = zlib.compressobj(1)
     row = b"\0" + bytes(range(256)) * (side * 8 // 256)
     body = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()

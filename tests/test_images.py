@@ -31,7 +31,8 @@ NOT_RUN = {
     "worker": {"devtools/devstack.py", "devtools/embedded_redis.py", "cli/main.py",
                "cli/client.py", "dicomnet/listener.py"},
 }
-PROJECT_PACKAGES = {"api", "db", "models", "worker", "covidscan", "tests"}
+PROJECT_PACKAGES = {"api", "cli", "core", "covidscan", "db", "devtools", "dicomnet", "models",
+                    "tests", "worker"}
 # Needed though the code never imports them by name: the programs the services run
 # (docker-compose.yml) and the PostgreSQL driver SQLAlchemy loads for DATABASE_URL.
 ALSO_NEEDED = {"api": {"gunicorn", "psycopg"}, "worker": {"celery", "psycopg"}}

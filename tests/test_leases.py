@@ -72,8 +72,8 @@ def claim(sessions, owner, limit=4, lease=15):
 
 def write(sessions, leases, owner, p=0.25):
     with sessions.begin() as session:
-        return record_outcomes(session, [ScanOutcome(l.scan_id, p, "NonCOVID") for l in leases],
-                               leases, IDENTITY, "w@host", owner)
+        outcomes = [ScanOutcome(lease.scan_id, p, "NonCOVID") for lease in leases]
+        return record_outcomes(session, outcomes, leases, IDENTITY, "w@host", owner)
 
 
 def expire_all(sessions):
@@ -92,16 +92,16 @@ def test_a_worker_claims_only_what_it_asks_for_and_two_never_share(sessions, blo
     job = submit(sessions, blobs, 10)
     first, second = claim(sessions, "a"), claim(sessions, "b")
     assert len(first) == len(second) == 4
-    assert not {l.scan_id for l in first} & {l.scan_id for l in second}
+    assert not {lease.scan_id for lease in first} & {lease.scan_id for lease in second}
     assert statuses(sessions, job).count("running") == 8
-    assert [l.attempt for l in first] == [1] * 4
+    assert [lease.attempt for lease in first] == [1] * 4
 
 
 def test_priority_is_strict_among_waiting_scans(sessions, blobs):
     low = submit(sessions, blobs, 5, priority=2)
     normal = submit(sessions, blobs, 3, priority=1)
     high = submit(sessions, blobs, 2, priority=0)
-    order = [[l.job_id for l in claim(sessions, "w")] for _ in range(3)]
+    order = [[lease.job_id for lease in claim(sessions, "w")] for _ in range(3)]
     assert sorted(order[0]) == sorted([high] * 2 + [normal] * 2)
     assert sorted(order[1]) == sorted([normal] + [low] * 3)
     assert order[2] == [low] * 2
@@ -128,7 +128,7 @@ def test_an_expired_lease_goes_back_and_its_late_worker_cannot_write(sessions, b
     report = sweep_once(sessions, blobs, Sent(), SETTINGS)
     assert report.requeued == 2 and statuses(sessions, job) == ["queued"] * 2
     alive = claim(sessions, "alive")
-    assert [l.attempt for l in alive] == [2, 2]
+    assert [lease.attempt for lease in alive] == [2, 2]
     assert write(sessions, dead, "dead") == 0  # it woke up after all: too late
     assert write(sessions, alive, "alive") == 2
 
@@ -163,7 +163,7 @@ def test_released_leases_wait_again_without_using_an_attempt(sessions, blobs):
     with sessions.begin() as session:
         assert release_leases(session, "stopping") == 4
     assert statuses(sessions, job).count("queued") == 6
-    assert {l.attempt for l in claim(sessions, "next", limit=6)} == {1}
+    assert {lease.attempt for lease in claim(sessions, "next", limit=6)} == {1}
 
 
 def test_cancel_stops_waiting_scans_and_keeps_finished_results(sessions, blobs):

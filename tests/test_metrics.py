@@ -11,7 +11,7 @@ import requests
 
 from tests.conftest import authorised, create_api_key, wait_for_job
 from tests.images import corrupt_png, png_bytes
-from tests.scrape import parse, value
+from devtools.scrape import parse, value
 
 pytestmark = pytest.mark.integration
 

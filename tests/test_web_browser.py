@@ -75,7 +75,9 @@ def table_rows(driver) -> list[dict[str, str]]:
     return driver.execute_script("""
         return Array.from(document.querySelectorAll('#results tbody tr')).map((tr) => {
           const row = {};
-          tr.querySelectorAll('td').forEach((td) => { row[td.dataset.label] = td.textContent.trim(); });
+          tr.querySelectorAll('td').forEach((td) => {
+            row[td.dataset.label] = td.textContent.trim();
+          });
           const img = tr.querySelector('img');
           row.thumbnailWidth = img && img.complete ? img.naturalWidth : 0;
           return row;

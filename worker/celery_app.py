@@ -4,6 +4,7 @@ Run a worker with ``celery -A worker.celery_app worker --pool threads``: one mod
 process, TensorFlow never initialised in a parent that forks, and WORKER_CONCURRENCY
 task threads feeding one batcher.
 """
+
 from __future__ import annotations
 
 from celery import Celery

@@ -24,11 +24,14 @@ log = logging.getLogger(__name__)
 
 
 class ScanInput(Protocol):
-    """What classifying a scan needs (a :class:`db.scans.Lease` is one)."""
+    """What classifying a scan needs (a :class:`db.scans.Lease` is one); read only."""
 
-    scan_id: str
-    blob_key: str
-    frame: Optional[int]  # of a multi-frame DICOM file; None otherwise
+    @property
+    def scan_id(self) -> str: ...
+    @property
+    def blob_key(self) -> str: ...
+    @property
+    def frame(self) -> Optional[int]: ...  # of a multi-frame DICOM file; None otherwise
 
 
 def predict_items(engine, tensors: Sequence[np.ndarray]) -> list:

@@ -4,12 +4,14 @@ The API counts ready workers from these rows (``/readyz``) and shows which engin
 precision serve each model on each worker, with their gates and measured speed
 (``GET /v1/workers``). A worker that dies stops renewing; its row goes stale.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import threading
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,9 +24,13 @@ log = logging.getLogger(__name__)
 class Presence:
     """Keeps this worker's row in ``worker_status`` while it runs."""
 
-    def __init__(self, session_factory: sessionmaker[Session], name: str,
-                 engines: Callable[[], list[dict[str, Any]]],
-                 interval: float = HEARTBEAT_SECONDS) -> None:
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        name: str,
+        engines: Callable[[], list[dict[str, Any]]],
+        interval: float = HEARTBEAT_SECONDS,
+    ) -> None:
         self.session_factory = session_factory
         self.name = name
         self.engines = engines
@@ -35,7 +41,7 @@ class Presence:
         self._announced = False
         self._written = False
 
-    def start(self) -> "Presence":
+    def start(self) -> Presence:
         """Announce the worker ready, then renew the row every ``interval`` seconds.
 
         A database that refuses the first announcement (away, or locked beyond its busy

@@ -2,12 +2,13 @@
 record them in SQL. Shared by ``covidscan models add``, ``covidscan train`` and the
 worker's ``MODEL_PATH`` start-up step. TensorFlow is imported only when a file is loaded.
 """
+
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -16,8 +17,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from covidscan.settings import Settings
 from db.model_store import ModelStore, check_part, open_model_store
 from db.models import Model
-from db.registry import ModelExists, add_model, default_model, find_model, models_with_sha256, \
-    set_default
+from db.registry import (
+    ModelExists,
+    add_model,
+    default_model,
+    find_model,
+    models_with_sha256,
+    set_default,
+)
+
+if TYPE_CHECKING:
+    from models.loader import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +67,19 @@ def validate_model_file(request: Registration):
     from models.validation import check_warm_up
 
     if request.preprocessing not in KNOWN_PREPROCESSING:
-        raise ValueError(f"unknown preprocessing {request.preprocessing!r}; known: "
-                         + ", ".join(KNOWN_PREPROCESSING))
+        raise ValueError(
+            f"unknown preprocessing {request.preprocessing!r}; known: "
+            + ", ".join(KNOWN_PREPROCESSING)
+        )
     index = positive_index(request.classes, request.positive)
-    loaded = load_model_file(request.path, request.name, request.version, request.classes, index,
-                             trust_code=request.trust_code)
+    loaded = load_model_file(
+        request.path,
+        request.name,
+        request.version,
+        request.classes,
+        index,
+        trust_code=request.trust_code,
+    )
     check_warm_up(loaded, str(request.path))
     return loaded
 
@@ -71,8 +89,9 @@ def _window_columns(window: Optional[tuple[float, float]]) -> dict[str, Optional
     return {"dicom_window_width": width, "dicom_window_level": level}
 
 
-def register_model(session_factory: sessionmaker[Session], store: ModelStore,
-                   request: Registration) -> Model:
+def register_model(
+    session_factory: sessionmaker[Session], store: ModelStore, request: Registration
+) -> Model:
     """Validate, copy into the store and record a model file.
 
     Raises:
@@ -90,15 +109,27 @@ def register_model(session_factory: sessionmaker[Session], store: ModelStore,
     relative, created = _copy_in(store, request.path, info)
     try:
         with session_factory.begin() as session:
-            model = add_model(session, Model(
-                name=info.name, version=info.version, sha256=info.sha256, format=info.format,
-                input_height=info.input_size[0], input_width=info.input_size[1],
-                classes=list(info.classes), positive_class=info.positive_class,
-                preprocessing=request.preprocessing, trained=request.trained,
-                source=request.source or f"file {Path(request.path).resolve()}",
-                report=request.report, stored_path=relative, trusted_code=request.trust_code,
-                **_window_columns(request.dicom_window),
-            ), make_default=request.make_default)
+            model = add_model(
+                session,
+                Model(
+                    name=info.name,
+                    version=info.version,
+                    sha256=info.sha256,
+                    format=info.format,
+                    input_height=info.input_size[0],
+                    input_width=info.input_size[1],
+                    classes=list(info.classes),
+                    positive_class=info.positive_class,
+                    preprocessing=request.preprocessing,
+                    trained=request.trained,
+                    source=request.source or f"file {Path(request.path).resolve()}",
+                    report=request.report,
+                    stored_path=relative,
+                    trusted_code=request.trust_code,
+                    **_window_columns(request.dicom_window),
+                ),
+                make_default=request.make_default,
+            )
     except (IntegrityError, ModelExists):  # registered by another process since the check
         # That process may have found this copy in place and recorded it: it stays.
         _forget_copy(session_factory, store, relative, created)
@@ -106,13 +137,18 @@ def register_model(session_factory: sessionmaker[Session], store: ModelStore,
     except BaseException:
         _forget_copy(session_factory, store, relative, created)
         raise
-    log.info("registered model %s (sha256 %s)%s", model.ref, model.sha256[:12],
-             ", the default" if model.is_default else "")
+    log.info(
+        "registered model %s (sha256 %s)%s",
+        model.ref,
+        model.sha256[:12],
+        ", the default" if model.is_default else "",
+    )
     return model
 
 
-def _forget_copy(session_factory: sessionmaker[Session], store: ModelStore, relative: str,
-                 created: bool) -> None:
+def _forget_copy(
+    session_factory: sessionmaker[Session], store: ModelStore, relative: str, created: bool
+) -> None:
     """Delete the copy this registration made, unless a registered model names it: another
     worker registering the same file at the same moment reuses a copy in place (see
     :func:`_copy_in`) and may have recorded it first. When that cannot be checked, the
@@ -124,7 +160,7 @@ def _forget_copy(session_factory: sessionmaker[Session], store: ModelStore, rela
             if session.scalar(select(Model.id).where(Model.stored_path == relative)) is not None:
                 log.info("stored copy %s is registered by another process; kept", relative)
                 return
-    except Exception:  # noqa: BLE001 - the database is what failed; keep the copy
+    except Exception:
         log.warning("could not check whether stored copy %s is registered; kept", relative)
         return
     store.delete(relative)
@@ -151,8 +187,9 @@ def _copy_in(store: ModelStore, path: Path, info) -> tuple[str, bool]:
     return relative, created
 
 
-def register_or_select(session_factory: sessionmaker[Session], store: ModelStore,
-                       path: Path, trust_code: bool = False) -> Model:
+def register_or_select(
+    session_factory: sessionmaker[Session], store: ModelStore, path: Path, trust_code: bool = False
+) -> Model:
     """``MODEL_PATH``: the registered model with this file's SHA-256, else register it.
 
     Either way it becomes the default only when no default exists, so a default chosen
@@ -172,17 +209,24 @@ def register_or_select(session_factory: sessionmaker[Session], store: ModelStore
             return model
         no_default = default_model(session) is None
     try:
-        return register_model(session_factory, store, Registration(
-            path=Path(path), make_default=no_default, source=f"MODEL_PATH {path}",
-            trust_code=trust_code))
+        return register_model(
+            session_factory,
+            store,
+            Registration(
+                path=Path(path),
+                make_default=no_default,
+                source=f"MODEL_PATH {path}",
+                trust_code=trust_code,
+            ),
+        )
     except ModelExists:
         with session_factory() as session:  # another worker registered it first
             return models_with_sha256(session, sha256)[0]
 
 
-def register_configured_model(settings: Settings,
-                              session_factory: Optional[sessionmaker[Session]] = None
-                              ) -> Optional[Model]:
+def register_configured_model(
+    settings: Settings, session_factory: Optional[sessionmaker[Session]] = None
+) -> Optional[Model]:
     """Register ``MODEL_PATH`` when it is set (idempotent); None when it is not.
 
     Runs before jobs can be accepted (``covidscan migrate``, ``make run``) and again at
@@ -198,9 +242,12 @@ def register_configured_model(settings: Settings,
     if settings.model_path is None:
         return None
     if session_factory is not None:
-        return register_or_select(session_factory, open_model_store(settings.model_store_dir,
-                                                                   settings.blob_store),
-                                  settings.model_path, settings.model_trust_code)
+        return register_or_select(
+            session_factory,
+            open_model_store(settings.model_store_dir, settings.blob_store),
+            settings.model_path,
+            settings.model_trust_code,
+        )
     engine = make_engine(settings.database_url)
     try:
         return register_configured_model(settings, make_session_factory(engine))
@@ -208,7 +255,7 @@ def register_configured_model(settings: Settings,
         engine.dispose()
 
 
-def load_registered(model: Model, store: ModelStore):
+def load_registered(model: Model, store: ModelStore) -> LoadedModel:
     """Load a registered model's stored file (fetched first from the bucket when the store
     is mirrored and this host lacks it), refusing it when its SHA-256 changed.
 
@@ -221,21 +268,30 @@ def load_registered(model: Model, store: ModelStore):
 
     def same_sha256(fetched: Path) -> None:
         if not fetched.exists():
-            raise ModelLoadError(f"the model store's copy of {model.ref} lacks "
-                                 f"{fetched.name}; refusing it")
+            raise ModelLoadError(
+                f"the model store's copy of {model.ref} lacks {fetched.name}; refusing it"
+            )
         if file_sha256(fetched) != model.sha256:
-            raise ModelLoadError(f"the model store's copy of {model.ref} has changed since "
-                                 f"it was registered (its SHA-256 is not {model.sha256}); "
-                                 "refusing it")
+            raise ModelLoadError(
+                f"the model store's copy of {model.ref} has changed since "
+                f"it was registered (its SHA-256 is not {model.sha256}); "
+                "refusing it"
+            )
 
     classes = tuple(model.classes)
-    loaded = load_model_file(store.resolve(model.stored_path, same_sha256), name=model.name,
-                             version=model.version, classes=classes,
-                             positive_index=classes.index(model.positive_class),
-                             expected_sha256=model.sha256, trust_code=model.trusted_code)
+    loaded = load_model_file(
+        store.resolve(model.stored_path, same_sha256),
+        name=model.name,
+        version=model.version,
+        classes=classes,
+        positive_index=classes.index(model.positive_class),
+        expected_sha256=model.sha256,
+        trust_code=model.trusted_code,
+    )
     window = loaded.info.dicom_window
     if model.dicom_window_width is not None and model.dicom_window_level is not None:
         window = (model.dicom_window_width, model.dicom_window_level)
-    loaded.info = replace(loaded.info, trained=model.trained, preprocessing=model.preprocessing,
-                          dicom_window=window)
+    loaded.info = replace(
+        loaded.info, trained=model.trained, preprocessing=model.preprocessing, dicom_window=window
+    )
     return loaded

@@ -8,6 +8,7 @@ Engines are keyed by model and precision, so the batcher never mixes them in one
 Beside the task threads run the heartbeat (renews this process's leases) and the sweep
 (:mod:`core.sweep`: expired leases, the outbox, retention).
 """
+
 from __future__ import annotations
 
 import gc
@@ -15,21 +16,21 @@ import logging
 import os
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Optional
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.registration import register_configured_model
-from covidscan.settings import Settings, load_settings
 from core.sweep import SweepLoop, sweep_once
 from core.wakeups import WakeupSender
+from covidscan.settings import Settings, load_settings
 from db.blobs import BlobStore, open_blob_store
+from db.explanations import release_explanation_leases, renew_explanation_leases
 from db.model_store import open_model_store
 from db.outbox import add_wakeups, relay
-from db.explanations import release_explanation_leases, renew_explanation_leases
 from db.scans import release_leases, renew_leases
 from db.session import make_engine, make_session_factory
 from worker import metrics
@@ -37,6 +38,12 @@ from worker.batching import DynamicBatcher
 from worker.inference import predict_items
 from worker.model_cache import ModelCache
 from worker.presence import Presence
+from worker.registration import register_configured_model
+
+if TYPE_CHECKING:
+    from models.gradcam import GradCam
+    from models.loader import LoadedModel
+    from models.selection import Choice
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +55,9 @@ class ModelEngines:
     against, and what serves when they fail. ``auto`` is the fastest engine that passed.
     """
 
-    def __init__(self, model, settings: Settings,
-                 on_change: Optional[Callable[[], None]] = None) -> None:
+    def __init__(
+        self, model: LoadedModel, settings: Settings, on_change: Optional[Callable[[], None]] = None
+    ) -> None:
         """``on_change`` is called after each new engine is built (the worker's status row)."""
         from models.calibration import default_calibration, for_model
         from models.selection import EngineBuilder, reference_engine
@@ -58,15 +66,21 @@ class ModelEngines:
         self.settings = settings
         self.on_change = on_change
         self._lock = threading.RLock()
-        self._choices: dict[str, object] = {}
-        self._explainer = None
+        self._choices: dict[str, Choice] = {}
+        self._explainer: Optional[GradCam] = None
         size = model.info.input_size
-        calibration = (for_model(model.path, size) if model.path is not None
-                       else default_calibration(size))
-        self.builder = EngineBuilder(model, settings.inference_engine, settings.max_batch_size,
-                                     settings.engine_cache_dir,
-                                     reference_engine(model, settings.max_batch_size),
-                                     calibration, calibration.auc)
+        calibration = (
+            for_model(model.path, size) if model.path is not None else default_calibration(size)
+        )
+        self.builder = EngineBuilder(
+            model,
+            settings.inference_engine,
+            settings.max_batch_size,
+            settings.engine_cache_dir,
+            reference_engine(model, settings.max_batch_size),
+            calibration,
+            calibration.auc,
+        )
         self.get()  # warm the default precision before any work arrives
 
     @property
@@ -77,7 +91,7 @@ class ModelEngines:
         """The warm engine for ``precision`` (None: INFERENCE_PRECISION)."""
         return self.choice(precision).engine
 
-    def choice(self, precision: Optional[str] = None):
+    def choice(self, precision: Optional[str] = None) -> Choice:
         """The :class:`models.selection.Choice` serving ``precision``, built on first use."""
         from models.selection import CONCRETE_PRECISIONS
 
@@ -95,14 +109,20 @@ class ModelEngines:
                     with metrics.timed(metrics.ENGINE_BUILD, info.name, info.version, wanted):
                         found = self.builder.build(wanted)
                 self._choices[wanted] = found
-                log.info("model %s:%s, %s requested: serving on %s/%s (%s)",
-                         self.model.info.name, self.model.info.version, wanted,
-                         found.engine.name, found.engine.precision, found.note)
+                log.info(
+                    "model %s:%s, %s requested: serving on %s/%s (%s)",
+                    self.model.info.name,
+                    self.model.info.version,
+                    wanted,
+                    found.engine.name,
+                    found.engine.precision,
+                    found.note,
+                )
                 if self.on_change is not None:
                     self.on_change()
             return found
 
-    def explainer(self):
+    def explainer(self) -> GradCam:
         """The model's Grad-CAM (:class:`models.gradcam.GradCam`), built and warmed on first use.
 
         Only workers that explain something pay for it: jobs without explanations never
@@ -113,22 +133,30 @@ class ModelEngines:
 
             with self._lock:
                 if self._explainer is None:
-                    explainer = GradCam(self.model, min(self.settings.batch_size,
-                                                        self.settings.max_batch_size))
+                    explainer = GradCam(
+                        self.model, min(self.settings.batch_size, self.settings.max_batch_size)
+                    )
                     explainer.warm_up()
-                    log.info("model %s:%s: Grad-CAM on layer %s (%s score)",
-                             self.model.info.name, self.model.info.version, explainer.layer,
-                             explainer.score)
+                    log.info(
+                        "model %s:%s: Grad-CAM on layer %s (%s score)",
+                        self.model.info.name,
+                        self.model.info.version,
+                        explainer.layer,
+                        explainer.score,
+                    )
                     self._explainer = explainer
         return self._explainer
 
     def describe(self) -> dict:
         """The choices made so far, as plain values (what ``GET /v1/workers`` shows)."""
         info = self.model.info
-        return {"model": {"name": info.name, "version": info.version, "sha256": info.sha256},
-                "calibration": self.builder.calibration.describe(),
-                "engines": {requested: choice.as_dict()
-                            for requested, choice in list(self._choices.items())}}
+        return {
+            "model": {"name": info.name, "version": info.version, "sha256": info.sha256},
+            "calibration": self.builder.calibration.describe(),
+            "engines": {
+                requested: choice.as_dict() for requested, choice in list(self._choices.items())
+            },
+        }
 
 
 @dataclass
@@ -142,7 +170,7 @@ class WorkerRuntime:
     settings: Settings
     session_factory: sessionmaker[Session]
     blobs: BlobStore
-    models: ModelCache
+    models: ModelCache[ModelEngines]
     decode_pool: ThreadPoolExecutor
     batcher: DynamicBatcher
     owner: str
@@ -182,21 +210,31 @@ class WorkerRuntime:
         """Renew every lease this process holds (scans and explanations)."""
         with self.session_factory.begin() as session:
             seconds = self.settings.lease_seconds
-            held = (renew_leases(session, self.owner, seconds)
-                    + renew_explanation_leases(session, self.owner, seconds))
+            held = renew_leases(session, self.owner, seconds) + renew_explanation_leases(
+                session, self.owner, seconds
+            )
         metrics.LEASES_HELD.set(held)
         return held
 
     def sweep(self):
-        return sweep_once(self.session_factory, self.blobs, self.send_wakeups, self.settings,
-                          idle=self.idle, clean_up=False,
-                          send_deliveries=self.send_wakeups.deliver)
+        return sweep_once(
+            self.session_factory,
+            self.blobs,
+            self.send_wakeups,
+            self.settings,
+            idle=self.idle,
+            clean_up=False,
+            send_deliveries=self.send_wakeups.deliver,
+        )
 
-    def start_loops(self) -> "WorkerRuntime":
+    def start_loops(self) -> WorkerRuntime:
         settings = self.settings
-        self.loops = [SweepLoop(self.heartbeat, max(1.0, settings.lease_seconds / 3),
-                                name="heartbeat").start(),
-                      SweepLoop(self.sweep, settings.sweep_interval, name="sweep").start()]
+        self.loops = [
+            SweepLoop(
+                self.heartbeat, max(1.0, settings.lease_seconds / 3), name="heartbeat"
+            ).start(),
+            SweepLoop(self.sweep, settings.sweep_interval, name="sweep").start(),
+        ]
         return self
 
     def stop_taking_work(self) -> None:
@@ -209,8 +247,11 @@ class WorkerRuntime:
             released = release_leases(session, self.owner)
             explanations = release_explanation_leases(session, self.owner)
         if released or explanations:
-            log.info("released %d leased scans and %d explanations back to the queue",
-                     released, explanations)
+            log.info(
+                "released %d leased scans and %d explanations back to the queue",
+                released,
+                explanations,
+            )
             released += explanations
         return released
 
@@ -258,14 +299,21 @@ def initialise(settings: Optional[Settings] = None, node: Optional[str] = None) 
         session_factory = make_session_factory(make_engine(settings.database_url))
         register_configured_model(settings, session_factory)
         store = open_model_store(settings.model_store_dir, settings.blob_store)
-        models = ModelCache(session_factory, store,
-                            settings.max_loaded_models,
-                            lambda model: ModelEngines(model, settings, _engines_changed))
+        models = ModelCache(
+            session_factory,
+            store,
+            settings.max_loaded_models,
+            lambda model: ModelEngines(model, settings, _engines_changed),
+        )
         models.warm_default()
-        batcher = DynamicBatcher(predict_items, settings.max_batch_size,
-                                 settings.max_queue_delay_ms / 1000, name="inference",
-                                 on_batch=metrics.BatchObserver(settings.max_batch_size),
-                                 concurrency=2)
+        batcher = DynamicBatcher(
+            predict_items,
+            settings.max_batch_size,
+            settings.max_queue_delay_ms / 1000,
+            name="inference",
+            on_batch=metrics.BatchObserver(settings.max_batch_size),
+            concurrency=2,
+        )
         # One claim being inferred while the next decodes: enough to keep the model busy.
         slots = max(2, 2 * settings.max_batch_size // settings.batch_size)
         blobs = open_blob_store(settings.blob_dir, settings.blob_store)
@@ -283,9 +331,13 @@ def initialise(settings: Optional[Settings] = None, node: Optional[str] = None) 
             claim_slots=threading.BoundedSemaphore(slots),
             send_wakeups=WakeupSender(settings.redis_url),
         ).start_loops()
-        log.info("leases as %s: %d s, renewed every %.0f s; sweep every %d s",
-                 _runtime.owner, settings.lease_seconds, max(1.0, settings.lease_seconds / 3),
-                 settings.sweep_interval)
+        log.info(
+            "leases as %s: %d s, renewed every %.0f s; sweep every %d s",
+            _runtime.owner,
+            settings.lease_seconds,
+            max(1.0, settings.lease_seconds / 3),
+            settings.sweep_interval,
+        )
         freeze_long_lived_objects()
         return _runtime
 

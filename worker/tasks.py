@@ -1,4 +1,5 @@
 """Celery tasks: thin wrappers that decode arguments and call plain functions."""
+
 from __future__ import annotations
 
 import logging
@@ -9,9 +10,9 @@ from celery.worker.control import inspect_command
 from sqlalchemy.exc import OperationalError
 
 from core import metrics
+from core.webhooks import deliver_event
 from covidscan.contract import BATCHING_STATS_COMMAND, DELIVER_TASK, WAKE_TASK
 from covidscan.settings import load_settings
-from core.webhooks import deliver_event
 from worker.celery_app import app
 from worker.drain import drain
 from worker.runtime import current_runtime, get_runtime, initialise
@@ -21,22 +22,40 @@ log = logging.getLogger(__name__)
 FORKING_POOLS = ("prefork", "processes")
 
 
-@app.task(bind=True, name=WAKE_TASK, acks_late=True, autoretry_for=(OperationalError,),
-          retry_backoff=True, retry_backoff_max=30, max_retries=8)
+@app.task(
+    bind=True,
+    name=WAKE_TASK,
+    acks_late=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    retry_backoff_max=30,
+    max_retries=8,
+)
 def wake(self) -> dict[str, int]:
     """Classify waiting scans until none is left (see :mod:`worker.drain`)."""
     report = drain(get_runtime(), worker=self.request.hostname)
-    return {"claimed": report.claimed, "succeeded": report.succeeded, "failed": report.failed,
-            "explained": report.explained}
+    return {
+        "claimed": report.claimed,
+        "succeeded": report.succeeded,
+        "failed": report.failed,
+        "explained": report.explained,
+    }
 
 
-@app.task(name=DELIVER_TASK, acks_late=True, autoretry_for=(OperationalError,),
-          retry_backoff=True, retry_backoff_max=30, max_retries=8)
+@app.task(
+    name=DELIVER_TASK,
+    acks_late=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    retry_backoff_max=30,
+    max_retries=8,
+)
 def deliver_webhook(event_id: str) -> Optional[str]:
     """One attempt to deliver a job's webhook event (see :mod:`core.webhooks`)."""
     runtime = get_runtime()
-    return deliver_event(runtime.session_factory, runtime.settings, event_id,
-                         runtime.send_wakeups.deliver)
+    return deliver_event(
+        runtime.session_factory, runtime.settings, event_id, runtime.send_wakeups.deliver
+    )
 
 
 @inspect_command(name=BATCHING_STATS_COMMAND)
@@ -61,8 +80,7 @@ def _load_model_before_consuming(sender=None, **_: object) -> None:
     try:  # first: a worker warming its model (minutes, the first time) is already watched
         metrics.serve(load_settings(), "worker")
     except OSError as exc:
-        raise SystemExit(f"covidscan worker: cannot serve metrics on METRICS_PORT: {exc}") \
-            from None
+        raise SystemExit(f"covidscan worker: cannot serve metrics on METRICS_PORT: {exc}") from None
     try:
         initialise(node=getattr(sender, "hostname", None))
     except Exception as exc:
