@@ -6,6 +6,7 @@ import pytest
 
 from db.series import aggregate
 from tests import dicom_files as d
+from tests.dicom_validators import iod_errors
 from tests.conftest import wait_for_job
 
 pytestmark = pytest.mark.integration
@@ -83,6 +84,7 @@ def check_structured_report(client, job_id, series, rows):
     assert "research use only" in texts["Algorithm Parameters"]
     for secret in (b"Doe", d.PATIENT_ID.encode(), d.ACCESSION.encode(), d.BIRTH_DATE.encode()):
         assert secret not in raw
+    assert iod_errors(raw) == []
 
 
 def text_items(dataset) -> dict[str, list[str]]:
