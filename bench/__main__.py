@@ -220,7 +220,7 @@ def run(settings: Settings, var_dir: Path, pngs: list[bytes], small_jobs: int,
     url = f"http://127.0.0.1:{settings.port}"
     report: dict[str, Any] = {"load_average_before": os.getloadavg(), "precisions": {}}
     with open(var_dir / "stack.log", "w") as log:
-        stack = Stack(settings, var_dir, output=log)
+        stack = Stack(settings, output=log)
         try:
             launched = time.time()
             stack.start()  # before TensorFlow is imported here: no forking of a TF process
@@ -400,10 +400,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from models.synthetic import png_slice
 
     base = load_settings()
-    var_dir = Path(os.environ.get("COVIDSCAN_VAR_DIR") or "var") / "bench"
+    var_dir = base.var_dir / "bench"
     shutil.rmtree(var_dir, ignore_errors=True)
     var_dir.mkdir(parents=True)
-    settings = base.with_overrides(database_url=f"sqlite:///{var_dir / 'bench.db'}",
+    settings = base.with_overrides(var_dir=var_dir,
+                                   database_url=f"sqlite:///{var_dir / 'bench.db'}",
                                    blob_dir=var_dir / "blobs", port=base.port + 100,
                                    api_key_file=var_dir / "api-key")
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]

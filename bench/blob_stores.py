@@ -40,10 +40,11 @@ class StoreStack:
         os.environ.update(extra_env)  # read by the stack's processes as they start
         try:
             self.settings = load_settings().with_overrides(
-                database_url=f"sqlite:///{var_dir / 'bench.db'}", blob_dir=var_dir / "blobs",
+                var_dir=var_dir, database_url=f"sqlite:///{var_dir / 'bench.db'}",
+                blob_dir=var_dir / "blobs",
                 port=port, api_key_file=var_dir / "api-key")
             self.log = open(var_dir / "stack.log", "w")
-            self.stack = Stack(self.settings, var_dir, output=self.log)
+            self.stack = Stack(self.settings, output=self.log)
             self.stack.start()
         finally:
             for name in extra_env:
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from models.synthetic import png_slice
 
-    var_dir = Path(os.environ.get("COVIDSCAN_VAR_DIR") or "var") / "bench-blob-stores"
+    var_dir = load_settings().var_dir / "bench-blob-stores"
     shutil.rmtree(var_dir, ignore_errors=True)
     (var_dir / "slices").mkdir(parents=True)
     print(f"bench: making {args.scans} synthetic 512×512 PNG slices…", flush=True)
