@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 from urllib.parse import urlsplit
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -34,7 +34,7 @@ class S3Location:
         return f"s3://{self.bucket}/{self.prefix}"
 
     @classmethod
-    def from_url(cls, url: str, **reach: Optional[str]) -> "S3Location":
+    def from_url(cls, url: str, **reach: Any) -> "S3Location":
         """Parse ``s3://BUCKET`` or ``s3://BUCKET/PREFIX``; ``reach`` sets the other fields.
 
         Raises:

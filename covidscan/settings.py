@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, TypeVar
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (Field, JsonValue, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from covidscan.config_types import (
@@ -28,8 +29,10 @@ __all__ = ["ConfigError", "Settings", "ClientSettings", "load_settings", "client
            "variable_names", "config_table", "webhook_secret", "normalise_database_url",
            "PRECISIONS", "LOOPBACK_HOSTS"]
 
-T = TypeVar("T")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+T = TypeVar("T", bound=BaseSettings)
 
 
 class ConfigError(ValueError):
@@ -41,7 +44,7 @@ def setting(default: Any = None, doc: str = "", *, derived: Optional[Callable[..
     """A field: ``default`` (as an operator would write it, parsed like a value) or one
     ``derived`` from the fields above it; ``doc`` is its row in the configuration table,
     ``shown`` its default there when the value alone would not say it (``{}`` is the value)."""
-    extra = {"shown": shown} if shown else None
+    extra: Optional[dict[str, JsonValue]] = {"shown": shown} if shown else None
     if derived is not None:
         return Field(default_factory=derived, alias=alias, description=doc, repr=not secret,
                      json_schema_extra=extra)
@@ -68,7 +71,9 @@ class _Base(BaseSettings):
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings],
                                    init_settings: PydanticBaseSettingsSource,
-                                   **_others: PydanticBaseSettingsSource
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
                                    ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Values come from :func:`load_settings` only: building one never reads the
         environment (nor a .env file) on its own."""
@@ -307,12 +312,13 @@ class ClientSettings(_Base):
 
 
 def _load(model: type[T], env: Optional[Mapping[str, str]]) -> T:
+    """``model`` from the variables ``env`` sets to something other than blanks."""
     env = os.environ if env is None else env
-    given = {}
-    for name, field in model.model_fields.items():  # type: ignore[attr-defined]
-        raw = env.get(field.alias)
+    given: dict[str, Any] = {}
+    for field in model.model_fields.values():
+        raw = env.get(str(field.alias))
         if raw is not None and raw.strip():
-            given[field.alias] = raw.strip()
+            given[str(field.alias)] = raw.strip()
     try:
         return model(**given)
     except ValidationError as exc:
@@ -380,7 +386,7 @@ def normalise_database_url(name: str, raw: str) -> str:
 def variable_names() -> frozenset[str]:
     """The name of every environment variable :func:`load_settings` reads (deployment files
     and their tests check against it)."""
-    return frozenset(field.alias for field in Settings.model_fields.values())
+    return frozenset(str(field.alias) for field in Settings.model_fields.values())
 
 
 def config_table() -> str:
@@ -391,7 +397,8 @@ def config_table() -> str:
         for name, field in model.model_fields.items():
             if model is ClientSettings and name in Settings.model_fields:
                 continue
-            shown = (field.json_schema_extra or {}).get("shown", "{}")
+            extra = field.json_schema_extra
+            shown = extra.get("shown", "{}") if isinstance(extra, dict) else "{}"
             value = field.default if isinstance(field.default, str) else getattr(defaults, name)
             rows.append(f"| `{field.alias}` | {str(shown).replace('{}', _shown(value))} "
                         f"| {field.description} |")
