@@ -395,12 +395,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated; empty measures nothing but what else is asked")
     parser.add_argument("--explain-scans", type=int, default=64,
                         help="slices in the with/without explanations case (0: skip it)")
-    parser.add_argument("--out", type=Path, default=Path("var/bench.json"))
+    parser.add_argument("--out", type=Path,
+                        help="the report (default COVIDSCAN_VAR_DIR/bench.json)")
     args = parser.parse_args(argv)
     from models.synthetic import png_slice
 
     base = load_settings()
     var_dir = base.var_dir / "bench"
+    args.out = args.out or base.var_dir / "bench.json"
     shutil.rmtree(var_dir, ignore_errors=True)
     var_dir.mkdir(parents=True)
     settings = base.with_overrides(var_dir=var_dir,
