@@ -30,8 +30,6 @@ __all__ = ["ConfigError", "Settings", "ClientSettings", "load_settings", "client
            "PRECISIONS", "LOOPBACK_HOSTS"]
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
-
-
 T = TypeVar("T", bound=BaseSettings)
 
 
