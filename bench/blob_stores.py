@@ -42,13 +42,11 @@ class StoreStack:
         os.environ.update(extra_env)  # read by the stack's processes as they start
         try:
             self.settings = load_settings().with_overrides(
-                database_url=f"sqlite:///{var_dir / 'bench.db'}",
+                var_dir=var_dir, database_url=f"sqlite:///{var_dir / 'bench.db'}",
                 blob_dir=var_dir / "blobs",
-                port=port,
-                api_key_file=var_dir / "api-key",
-            )
+                port=port, api_key_file=var_dir / "api-key")
             self.log = open(var_dir / "stack.log", "w")
-            self.stack = Stack(self.settings, var_dir, output=self.log)
+            self.stack = Stack(self.settings, output=self.log)
             self.stack.start()
         finally:
             for name in extra_env:
@@ -91,11 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scans", type=int, default=256, help="slices in each bulk job")
     parser.add_argument("--rounds", type=int, default=3, help="bulk jobs per store (median)")
-    parser.add_argument("--out", type=Path, default=Path("var/bench-blob-stores.json"))
+    parser.add_argument("--out", type=Path,
+                        help="the report (default COVIDSCAN_VAR_DIR/bench-blob-stores.json)")
     args = parser.parse_args(argv)
     from models.synthetic import png_slice
 
-    var_dir = Path(os.environ.get("COVIDSCAN_VAR_DIR") or "var") / "bench-blob-stores"
+    var_dir = load_settings().var_dir / "bench-blob-stores"
+    args.out = args.out or var_dir.parent / "bench-blob-stores.json"
     shutil.rmtree(var_dir, ignore_errors=True)
     (var_dir / "slices").mkdir(parents=True)
     print(f"bench: making {args.scans} synthetic 512×512 PNG slices…", flush=True)

@@ -11,7 +11,6 @@ way PromQL's ``rate()`` and ``histogram_quantile()`` compute them. Grafana is no
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import time
@@ -271,17 +270,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from models.synthetic import corrupt_png, png_slice
 
     base = load_settings()
-    var_dir = Path(os.environ.get("COVIDSCAN_VAR_DIR") or "var") / "dashboard"
+    var_dir = base.var_dir / "dashboard"
     shutil.rmtree(var_dir, ignore_errors=True)
     var_dir.mkdir(parents=True)
-    settings = base.with_overrides(
-        database_url=f"sqlite:///{var_dir / 'dashboard.db'}",
-        blob_dir=var_dir / "blobs",
-        port=base.port + 200,
-        api_key_file=var_dir / "api-key",
-    )
+    settings = base.with_overrides(var_dir=var_dir,
+                                   database_url=f"sqlite:///{var_dir / 'dashboard.db'}",
+                                   blob_dir=var_dir / "blobs", port=base.port + 200,
+                                   api_key_file=var_dir / "api-key")
     with open(var_dir / "stack.log", "w") as log:
-        stack = Stack(settings, var_dir, output=log)
+        stack = Stack(settings, output=log)
         try:
             stack.start()
             if not stack.wait_ready(900):

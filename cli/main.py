@@ -17,15 +17,18 @@ from cli.train import evaluate, train
 from covidscan.settings import PRECISIONS
 from dicomnet.listener import dicom_listen
 
-DEFAULT_URL = "http://127.0.0.1:5000"
 FINISHED = ("succeeded", "partially_succeeded", "failed", "cancelled")
 
 
 def _client(ctx: click.Context):
     from cli.client import Client
-    from covidscan.settings import client_api_key
+    from covidscan.settings import ConfigError, load_client_settings
 
-    return Client(ctx.obj["url"], api_key=client_api_key())
+    try:
+        settings = load_client_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    return Client(ctx.obj["url"] or settings.covidscan_url, api_key=settings.api_key())
 
 
 def _fail(message: str) -> NoReturn:
@@ -33,17 +36,11 @@ def _fail(message: str) -> NoReturn:
 
 
 @click.group()
-@click.option(
-    "--url",
-    envvar="COVIDSCAN_URL",
-    default=DEFAULT_URL,
-    show_default=True,
-    help="The covidscan server (or COVIDSCAN_URL). The API key comes from "
-    "COVIDSCAN_API_KEY, else the file make run saved (API_KEY_FILE, "
-    "default var/api-key).",
-)
+@click.option("--url", help="The covidscan server (default: COVIDSCAN_URL, else the one make run "
+                            "starts). The API key comes from COVIDSCAN_API_KEY, else the file "
+                            "make run saved (API_KEY_FILE, default COVIDSCAN_VAR_DIR/api-key).")
 @click.pass_context
-def main(ctx: click.Context, url: str) -> None:
+def main(ctx: click.Context, url: Optional[str]) -> None:
     """Bulk COVID-19 classification of chest CT slices."""
     ctx.ensure_object(dict)["url"] = url
 

@@ -18,6 +18,25 @@ import click
 from cli.models import registry_context
 
 
+class _Recipe:
+    """An option's default as the training recipe writes it (``models.train_config``), read
+    when needed; ``--help`` shows it where the recipe is installed (not in the API image)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self) -> Any:
+        from models.train_config import TrainConfig
+
+        return getattr(TrainConfig, self.name)
+
+    def __str__(self) -> str:
+        try:
+            return str(self())
+        except ImportError:
+            return "the recipe's"
+
+
 def _stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
 
@@ -66,49 +85,27 @@ def _folder_map(raw: Optional[str]):
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--name", help="Registry name (default: resnet50-<data folder name>).")
 @click.option("--version", help="Default: the first 12 hex digits of the model's SHA-256.")
-@click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
-@click.option(
-    "--image-size",
-    type=click.IntRange(32),
-    default=224,
-    show_default=True,
-    help="Square input size the model is trained at.",
-)
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option(
-    "--fine-tune-from",
-    metavar="LAYER",
-    help="Unfreeze the ResNet50 base from this layer (name or index) on.",
-)
-@click.option(
-    "--imagenet-weights",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A local ResNet50 'notop' weights file; without one the base is random.",
-)
-@click.option(
-    "--group-regex",
-    help="Regex on the slice's path whose first group names the "
-    "patient: all of a patient's slices land on one side.",
-)
-@click.option("--val-split", type=float, default=0.2, show_default=True)
-@click.option("--seed", type=int, default=42, show_default=True)
-@click.option(
-    "--patience",
-    type=click.IntRange(1),
-    default=5,
-    show_default=True,
-    help="Epochs without a better validation loss before stopping.",
-)
-@click.option(
-    "--classes",
-    help="FOLDER=CLASS,... in output order (default: folder names, the positive class first).",
-)
+@click.option("--epochs", type=click.IntRange(1), default=_Recipe("epochs"), show_default=True)
+@click.option("--image-size", type=click.IntRange(32), default=_Recipe("image_size"),
+              show_default=True, help="Square input size the model is trained at.")
+@click.option("--batch-size", type=click.IntRange(1), default=_Recipe("batch_size"),
+              show_default=True)
+@click.option("--fine-tune-from", metavar="LAYER",
+              help="Unfreeze the ResNet50 base from this layer (name or index) on.")
+@click.option("--imagenet-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A local ResNet50 'notop' weights file; without one the base is random.")
+@click.option("--group-regex", help="Regex on the slice's path whose first group names the "
+                                    "patient: all of a patient's slices land on one side.")
+@click.option("--val-split", type=float, default=_Recipe("val_split"), show_default=True)
+@click.option("--seed", type=int, default=_Recipe("seed"), show_default=True)
+@click.option("--patience", type=click.IntRange(1), default=_Recipe("patience"),
+              show_default=True, help="Epochs without a better validation loss before stopping.")
+@click.option("--classes", help="FOLDER=CLASS,... in output order (default: folder names, "
+                                "the positive class first).")
 @click.option("--positive", help="The positive class (default: the one named like COVID).")
-@click.option(
-    "--output",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where the model, checkpoint and reports go (default var/training/NAME-TIME).",
-)
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the model, checkpoint and reports go (default "
+                   "COVIDSCAN_VAR_DIR/training/NAME-TIME).")
 @click.option("--default", "make_default", is_flag=True, help="Make it the default model.")
 def train(
     data_dir: Path,
@@ -132,7 +129,8 @@ def train(
     evaluate it on the held-out split and register it with its report and model card."""
     from db.model_store import check_part
     from models.dataset import DatasetError, discover, split
-    from models.train import TrainConfig
+    from models.train_config import TrainConfig
+    from worker.registration import Registration
 
     name = name or "resnet50-" + re.sub(r"[^A-Za-z0-9._-]+", "-", data_dir.resolve().name)
     try:
@@ -141,40 +139,19 @@ def train(
         parts = split(data, val_split, seed, group_regex)
     except (ValueError, DatasetError) as exc:
         raise click.ClickException(str(exc)) from None
-    out_dir = output or Path("var") / "training" / f"{name}-{_stamp()}"
-    click.echo(
-        f"{len(data.paths)} slices in {data.counts()}; classes {list(data.classes)}, "
-        f"positive {data.classes[data.positive_index]}"
-    )
-    click.echo(
-        f"split: {len(parts.train)} training, {len(parts.validation)} validation"
-        f"{f' ({parts.groups} groups)' if parts.grouped else ''}; output in {out_dir}"
-    )
-    config = TrainConfig(
-        epochs=epochs,
-        image_size=image_size,
-        batch_size=batch_size,
-        val_split=val_split,
-        seed=seed,
-        fine_tune_from=fine_tune_from,
-        imagenet_weights=imagenet_weights,
-        group_regex=group_regex,
-        patience=patience,
-    )
-    from worker.registration import Registration
-
-    with registry_context() as (_settings, session_factory, store):
-        _train_and_register(
-            data,
-            parts,
-            config,
-            out_dir,
-            session_factory,
-            store,
-            Registration(
-                path=out_dir / "model.h5", name=name, version=version, make_default=make_default
-            ),
-        )
+    config = TrainConfig(epochs=epochs, image_size=image_size, batch_size=batch_size,
+                         val_split=val_split, seed=seed, fine_tune_from=fine_tune_from,
+                         imagenet_weights=imagenet_weights, group_regex=group_regex,
+                         patience=patience)
+    with registry_context() as (settings, session_factory, store):
+        out_dir = output or settings.var_dir / "training" / f"{name}-{_stamp()}"
+        click.echo(f"{len(data.paths)} slices in {data.counts()}; classes "
+                   f"{list(data.classes)}, positive {data.classes[data.positive_index]}")
+        click.echo(f"split: {len(parts.train)} training, {len(parts.validation)} validation"
+                   f"{f' ({parts.groups} groups)' if parts.grouped else ''}; output in {out_dir}")
+        _train_and_register(data, parts, config, out_dir, session_factory, store,
+                            Registration(path=out_dir / "model.h5", name=name, version=version,
+                                         make_default=make_default))
 
 
 def _train_and_register(data, parts, config, out_dir: Path, session_factory, store, wanted) -> None:
@@ -249,17 +226,12 @@ def _train_and_register(data, parts, config, out_dir: Path, session_factory, sto
 @click.command()
 @click.argument("model_ref", metavar="MODEL")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "--classes",
-    help="FOLDER=CLASS,... mapping the data's folders onto the model's "
-    "classes (default: by name, or COVID-like vs the other).",
-)
-@click.option(
-    "--output",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where the reports go (default var/reports/NAME-VERSION-TIME).",
-)
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--classes", help="FOLDER=CLASS,... mapping the data's folders onto the model's "
+                                "classes (default: by name, or COVID-like vs the other).")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the reports go (default COVIDSCAN_VAR_DIR/reports/NAME-VERSION-TIME).")
+@click.option("--batch-size", type=click.IntRange(1), default=_Recipe("batch_size"),
+              show_default=True)
 @click.option("--attach", is_flag=True, help="Store the report with the registered model.")
 def evaluate(
     model_ref: str,
@@ -277,7 +249,7 @@ def evaluate(
     from models.selection import reference_engine
     from worker.registration import load_registered
 
-    with registry_context() as (_settings, session_factory, store):
+    with registry_context() as (settings, session_factory, store):
         try:
             if Path(model_ref).exists():
                 loaded = load_model_file(Path(model_ref))
@@ -296,10 +268,9 @@ def evaluate(
             report, predictions = evaluate_engine(engine, data, {"kind": "evaluation"}, batch_size)
         except (ModelLoadError, DatasetError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
-        out_dir = output or Path("var") / "reports" / f"{info.name}-{info.version}-{_stamp()}"
-        files = write_report(
-            report, out_dir, f"Evaluation: {info.name}:{info.version} on {data_dir}", predictions
-        )
+        out_dir = output or settings.var_dir / "reports" / f"{info.name}-{info.version}-{_stamp()}"
+        files = write_report(report, out_dir, f"Evaluation: {info.name}:{info.version} on "
+                                              f"{data_dir}", predictions)
         if attach:
             with session_factory.begin() as session:
                 get_model(session, f"{info.name}:{info.version}").report = report

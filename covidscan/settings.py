@@ -1,104 +1,276 @@
 """Configuration from environment variables, read and validated in one place.
 
-Each process (API, worker, local stack, CLI) calls :func:`load_settings` once at
-start-up. A wrong value raises :class:`ConfigError` naming the variable, and the
-entry points turn that into a one-line message and a non-zero exit.
+Each process (API, worker, local stack, CLI) calls :func:`load_settings` once at start-up.
+A setting is one field of :class:`Settings`, written once: its variable (the field name in
+upper case), its default and what it means; the README's configuration table is made from
+them (:func:`config_table`). A wrong value raises :class:`ConfigError` naming the variable,
+and the entry points turn that into a one-line message and a non-zero exit.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import os
-import re
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Optional, TypeVar
-from urllib.parse import urlsplit
+from typing import Any, Callable, Mapping, Optional, TypeVar
 
-from db.blobs import S3Location
+from pydantic import (Field, JsonValue, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-T = TypeVar("T")
+from covidscan.config_types import (
+    PRECISIONS, AnyPath, AuthMode, Bytes, CookieSecure, Count, CountOrZero, DatabaseUrl,
+    DelayMs, Engine, ExistingFolder, ExistingPath, Flag, Folder, Hosts, HttpUrl, LogLevel,
+    MetricsAccess, NamedHosts, OptionalText, Pixels, Port, PortOrOff, PositiveSeconds,
+    Precision, RateLimit, RedisUrl, Seconds, SeriesRule, Text, Timeout, WebhookSecret,
+    webhook_secret as _webhook_secret)
+from covidscan.s3_location import S3Location
+from covidscan.series_rule import DEFAULT_RULE
 
-DEFAULT_VAR_DIR = Path("var")
-ENGINES = ("auto", "tensorflow", "openvino")
-PRECISIONS = ("fp32", "bf16", "fp16", "int8", "auto")
-"""What INFERENCE_PRECISION and a job's ``precision`` may ask for; ``auto`` is the fastest
-engine that passed its accuracy gate on this worker."""
-AUTH_MODES = ("on", "off")
-METRICS_ACCESS_MODES = ("key", "public")
-"""Who may read the API's ``/metrics``: a key with the ``metrics`` (or ``admin``) scope, or anyone."""
-COOKIE_SECURE_MODES = ("auto", "true", "false")
+__all__ = ["ConfigError", "Settings", "ClientSettings", "load_settings", "client_api_key",
+           "variable_names", "config_table", "webhook_secret", "normalise_database_url",
+           "PRECISIONS", "LOOPBACK_HOSTS"]
+
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
-API_KEY_FILE_NAME = "api-key"
+T = TypeVar("T", bound=BaseSettings)
 
 
 class ConfigError(ValueError):
     """A configuration variable is missing or has an invalid value."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything a covidscan process can be configured with.
+def setting(default: Any = None, doc: str = "", *, derived: Optional[Callable[..., Any]] = None,
+            shown: Optional[str] = None, alias: Optional[str] = None, secret: bool = False) -> Any:
+    """A field: ``default`` (as an operator would write it, parsed like a value) or one
+    ``derived`` from the fields above it; ``doc`` is its row in the configuration table,
+    ``shown`` its default there when the value alone would not say it (``{}`` is the value)."""
+    extra: Optional[dict[str, JsonValue]] = {"shown": shown} if shown else None
+    if derived is not None:
+        return Field(default_factory=derived, alias=alias, description=doc, repr=not secret,
+                     json_schema_extra=extra)
+    return Field(default, alias=alias, description=doc, repr=not secret, json_schema_extra=extra)
 
-    The README's configuration table documents each field under its
-    environment variable name (the field name in upper case).
-    """
 
-    database_url: str
-    redis_url: str
-    blob_dir: Path
-    blob_store: Optional[S3Location] = None
-    """``BLOB_STORE=s3://BUCKET/PREFIX`` (with S3_ENDPOINT_URL and the AWS_* variables), else
-    None: the directory BLOB_DIR."""
-    upload_url_seconds: int = 3600
-    model_path: Optional[Path] = None
-    model_store_dir: Path = DEFAULT_VAR_DIR / "models"
-    max_loaded_models: int = 2
-    batch_size: int = 32
-    max_upload_bytes: int = 512 * 1024 * 1024
-    max_scan_bytes: int = 64 * 1024 * 1024
-    max_scans_per_job: int = 10_000
-    max_scan_pixels: int = 4096 * 4096
-    max_expanded_bytes: int = 512 * 1024 * 1024
-    max_archive_entries: int = 10_000
-    max_compression_ratio: int = 200
-    trusted_hosts: Optional[tuple[str, ...]] = ("localhost", "127.0.0.1")
-    model_trust_code: bool = False
-    visibility_timeout: int = 3600
-    worker_prefetch: int = 2
-    worker_concurrency: int = 64
-    max_batch_size: int = 32
-    max_queue_delay_ms: int = 200
-    inference_engine: str = "auto"
-    inference_precision: str = "fp32"
-    engine_cache_dir: Path = DEFAULT_VAR_DIR / "engine-cache"
-    port: int = 5000
-    log_level: str = "INFO"
-    auth: str = "on"
-    api_host: str = "127.0.0.1"
-    api_key_file: Path = DEFAULT_VAR_DIR / API_KEY_FILE_NAME
-    session_hours: int = 12
-    session_cookie_secure: str = "auto"
-    rate_limit: str = "3000/minute"
-    scans_per_hour: int = 100_000
-    max_active_jobs: int = 500
-    failed_auth_limit: str = "60/minute"
-    proxy_hops: int = 0
-    lease_seconds: int = 15
-    sweep_interval: int = 5
-    max_attempts: int = 3
-    job_retention: int = 30 * 86400
-    open_job_timeout: int = 3600
-    webhook_secret: Optional[str] = field(default=None, repr=False)  # never in a log line
-    webhook_allowed_hosts: tuple[str, ...] = ()
-    webhook_timeout: int = 10
-    webhook_retry_base_ms: int = 30_000
-    webhook_retry_window: int = 86400
-    metrics_port: int = 0
-    metrics_host: str = "127.0.0.1"
-    metrics_access: str = "key"
-    prometheus_multiproc_dir: Optional[Path] = None
-    series_rule: str = "top10pct-mean"
+def _under_var(name: str) -> Callable[[dict[str, Any]], Path]:
+    return lambda fields: fields["var_dir"] / name
+
+
+class _Base(BaseSettings):
+    """What every covidscan process and the CLI share: where local state lives."""
+
+    model_config = SettingsConfigDict(frozen=True, alias_generator=str.upper, extra="forbid",
+                                      validate_by_name=True, validate_default=True)
+
+    var_dir: AnyPath = setting(
+        "var", "where `make run` keeps the SQLite file, blobs, Redis data and the keys it makes; "
+        "the variables below default to paths in it.", alias="COVIDSCAN_VAR_DIR")
+    api_key_file: AnyPath = setting(
+        derived=_under_var("api-key"), doc="where `make run` saves its first administrator's key "
+        "(mode 0600) and the CLI looks for one.")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Values come from :func:`load_settings` only: building one never reads the
+        environment (nor a .env file) on its own."""
+        return (init_settings,)
+
+
+class Settings(_Base):
+    """Everything a covidscan process can be configured with."""
+
+    database_url: DatabaseUrl = setting(
+        derived=lambda f: f"sqlite:///{(f['var_dir'] / 'covidscan.db').as_posix()}",
+        doc="`sqlite:///path` or `postgresql://user@host:port/db` (psycopg 3).")
+    redis_url: RedisUrl = setting(
+        "redis://127.0.0.1:6379/0", "the Celery broker; when it is unset, `make run` starts an "
+        "embedded Redis.")
+    blob_dir: AnyPath = setting(
+        derived=_under_var("blobs"), doc="where uploaded bytes and thumbnails are kept when "
+        "`BLOB_STORE` is unset; then shared by the API, the workers and `covidscan sweep`.")
+    s3_endpoint_url: HttpUrl = setting(
+        None, "the S3 API's URL for SeaweedFS, MinIO, Ceph or another provider, e.g. "
+        "`http://seaweedfs:8333`.", shown="none (AWS S3)")
+    s3_public_endpoint_url: HttpUrl = setting(
+        derived=lambda f: f.get("s3_endpoint_url"), shown="`S3_ENDPOINT_URL`",
+        doc="the endpoint presigned upload URLs name, when clients reach the store under "
+        "another address than the API does.")
+    aws_access_key_id: OptionalText = setting(
+        None, "with `AWS_SECRET_ACCESS_KEY` (both or neither): the S3 credentials; with "
+        "neither, boto3's own chain (instance profile, pod identity, `~/.aws`).", secret=True)
+    aws_secret_access_key: OptionalText = setting(
+        None, "see `AWS_ACCESS_KEY_ID`; never logged.", secret=True)
+    aws_session_token: OptionalText = setting(None, "for temporary credentials.", secret=True)
+    aws_default_region: Text = setting("us-east-1", "read when `AWS_REGION` is unset.")
+    aws_region: Text = setting(derived=lambda f: f.get("aws_default_region"),
+                               shown="`AWS_DEFAULT_REGION`", doc="the bucket's region.")
+    blob_store: Optional[S3Location] = setting(
+        None, "`s3://BUCKET/PREFIX`: keep every blob as an object in an S3-compatible bucket "
+        "instead (see \"Object storage\"); workers then need no shared folder.",
+        shown="none (the folder `BLOB_DIR`)")
+    upload_url_seconds: Count = setting(
+        3600, "how long presigned upload URLs of the two-step upload stay valid (S3 store only).")
+    model_path: ExistingPath = setting(
+        None, "a `.h5`, `.keras` or SavedModel directory registered (or found by SHA-256) by "
+        "`make run` and `covidscan migrate` before the API starts, and by each worker at "
+        "start-up; the default only if none exists.")
+    model_store_dir: Folder = setting(
+        derived=_under_var("models"), doc="where registered model files are kept; shared by the "
+        "CLI and the workers, or, with `BLOB_STORE`, each host's cache of the models in the "
+        "bucket.")
+    max_loaded_models: Count = setting(
+        2, "models a worker keeps warm at once (least recently used evicted).")
+    batch_size: Count = setting(
+        32, "scans a worker leases at a time; the API sends one wake-up per `BATCH_SIZE` scans "
+        "of a job, so a job spreads over the free workers.")
+    max_batch_size: Count = setting(
+        32, "most scans per model call; the worker merges scans of many tasks and jobs up to "
+        "this.")
+    max_queue_delay_ms: DelayMs = setting(
+        200, "longest a scan waits for its batch to fill (0–60000); a batch runs when full or "
+        "when its oldest scan has waited this long.")
+    worker_concurrency: Count = setting(
+        derived=lambda f: 2 * f.get("max_batch_size", 1), shown="2 × `MAX_BATCH_SIZE`",
+        doc="task threads per worker process. Whatever it is, a worker holds at most "
+        "max(2, 2 × `MAX_BATCH_SIZE` / `BATCH_SIZE`) leases of `BATCH_SIZE` scans at once.")
+    inference_engine: Engine = setting(
+        "auto", "`auto` (TensorFlow on a GPU, OpenVINO on a CPU), `tensorflow` or `openvino`.")
+    inference_precision: Precision = setting(
+        "fp32", "`fp32`, `bf16`, `fp16`, `int8` or `auto` (the fastest engine that passed its "
+        "gate): the default for jobs that do not ask for one.")
+    engine_cache_dir: AnyPath = setting(
+        derived=_under_var("engine-cache"),
+        doc="converted OpenVINO models (by the model's SHA-256) and compiled blobs.")
+    max_upload_bytes: Bytes = setting(
+        "512MB", "largest request (`413` above it); accepts `MB`, `GB`, `KiB`…")
+    max_scan_bytes: Bytes = setting("64MB", "largest single slice, also inside ZIPs.")
+    max_scans_per_job: Count = setting(10_000, "most slices in one job.")
+    max_scan_pixels: Pixels = setting(
+        "4096x4096", "most pixels a slice may declare (`16777216` or `4096x4096`); checked from "
+        "the header at upload, and OpenCV's decoding cap in the workers.")
+    max_expanded_bytes: Bytes = setting(
+        derived=lambda f: f.get("max_upload_bytes"), shown="`MAX_UPLOAD_BYTES`",
+        doc="most bytes a request may expand to, every ZIP entry (skipped ones too) counted.")
+    max_archive_entries: Count = setting(
+        10_000, "most entries in one ZIP, directories and skipped entries included.")
+    max_compression_ratio: Count = setting(
+        200, "most a ZIP entry may expand relative to its compressed size.")
+    trusted_hosts: Hosts = setting(
+        "localhost,127.0.0.1", "host names the API answers to (the `Host` header); others get "
+        "400. `*` alone turns the check off.")
+    model_trust_code: Flag = setting(
+        False, "`true` lets `MODEL_PATH` be registered even when its layers or ops run code "
+        "when loaded (see \"Model files that run code\").")
+    visibility_timeout: Count = setting(
+        3600, "seconds before Redis hands an unacknowledged wake-up to another worker. Recovery "
+        "from a dead worker does not wait for it (see `LEASE_SECONDS`).")
+    worker_prefetch: Count = setting(
+        2, "wake-ups a worker reserves ahead, per task thread; scans are leased only when about "
+        "to be decoded.")
+    lease_seconds: Count = setting(
+        15, "a worker's lease on the scans it works on, renewed every third of it. A dead "
+        "worker's scans are back in the queue at most `LEASE_SECONDS` + `SWEEP_INTERVAL` after "
+        "its death.")
+    sweep_interval: Count = setting(
+        derived=lambda f: min(5, f.get("lease_seconds", 5)), shown="{} (at most `LEASE_SECONDS`)",
+        doc="seconds between two sweeps (in every worker and in `covidscan sweep`).")
+    max_attempts: Count = setting(
+        3, "attempts a scan gets; a scan whose attempts all ended with their worker's death "
+        "fails with \"worker died while processing this scan (3 attempts)\".")
+    series_rule: SeriesRule = setting(
+        DEFAULT_RULE, "how a DICOM series' P(COVID) is made from its slices': `topNpct-mean` "
+        "(mean of the highest N %, at least one slice; N from 1 to 100), `mean` or `max`. "
+        "Recorded with each job at submission.")
+    open_job_timeout: PositiveSeconds = setting(
+        "1h", "how long an open job waits for its next part before the sweep seals it (deletes "
+        "it, when it holds no scan): `90s`, `15m`, `1h`, or seconds.")
+    job_retention: Seconds = setting(
+        "30d", "how long a job, its results and its slices are kept after submission: `30d`, "
+        "`12h`, `90m`, `3600` (seconds); `0` keeps them for ever. Sets each job's "
+        "`expires_at`; the sweep deletes expired jobs.")
+    port: Port = setting(5000, "the API's port under `make run` (waitress, loopback only).")
+    log_level: LogLevel = setting("INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+    auth: AuthMode = setting(
+        "on", "`off` disables keys; refused unless `API_HOST` is loopback (see *Security "
+        "model*).")
+    api_host: Text = setting(
+        "127.0.0.1", "the address `make run` binds the API to; compose sets `0.0.0.0`.")
+    session_hours: Count = setting(12, "how long a web page's sign-in lasts.")
+    session_cookie_secure: CookieSecure = setting(
+        "auto", "`auto` (Secure when the request came over TLS), `true` or `false`.")
+    rate_limit: RateLimit = setting(
+        "3000/minute", "requests per owner (`N/second`, `minute`, `hour` or `day`).")
+    scans_per_hour: Count = setting(
+        100_000, "scans each owner may submit per hour; an explanation counts as a scan.")
+    max_active_jobs: Count = setting(500, "unfinished jobs each owner may have at once.")
+    failed_auth_limit: RateLimit = setting(
+        "60/minute", "wrong API keys (bearer or sign-in form) per client address before it is "
+        "refused with 429; loopback is not counted.")
+    proxy_hops: CountOrZero = setting(
+        0, "trusted proxies in front of the API that set `X-Forwarded-For`/`-Proto` (compose: "
+        "1, nginx); per-address limits and `Secure` cookies then see the client.")
+    webhook_secret: WebhookSecret = setting(
+        None, "`whsec_` and the base64 of at least 24 random bytes: signs the events sent to a "
+        "job's `callback_url` and to endpoints registered without a secret of their own (see "
+        "*Webhooks*). Without it, only endpoints with their own secret can be used; `make run` "
+        "makes one in `<COVIDSCAN_VAR_DIR>/webhook-secret` (mode 0600).", secret=True)
+    webhook_allowed_hosts: NamedHosts = setting(
+        (), "host names or addresses (comma-separated, no wildcards) webhooks may reach even "
+        "though they resolve to loopback, private or link-local addresses.")
+    webhook_timeout: Timeout = setting(
+        10, "seconds to connect, and to wait for each read, when delivering a webhook (1–120).")
+    webhook_retry_base_ms: Count = setting(
+        30_000, "the first wait after a failed delivery; each next wait doubles (jittered, at "
+        "most 6 h).")
+    webhook_retry_window: PositiveSeconds = setting(
+        "24h", "how long a delivery is retried after the job ended (`24h`, `2d`, `3600`); the "
+        "last try is at its end.")
+    metrics_access: MetricsAccess = setting(
+        "key", "who may read the API's `/metrics`: `key` (a key with the `metrics` or `admin` "
+        "scope) or `public` (compose sets it: Prometheus scrapes the API on the internal "
+        "network and nginx refuses `/metrics` from outside). See *Metrics*.")
+    metrics_port: PortOrOff = setting(
+        0, "the port a worker (and `covidscan sweep`) serves its own Prometheus metrics on; "
+        "`make run` picks free ports and prints them, compose uses 9100 inside each "
+        "container.", shown="{} (off)")
+    metrics_host: Text = setting(
+        "127.0.0.1", "the address that port is bound to; compose sets `0.0.0.0` (the "
+        "container's network only, never published).")
+    prometheus_multiproc_dir: ExistingFolder = setting(
+        None, "an existing, empty directory: the API's processes (gunicorn) keep their metrics "
+        "there and `/metrics` adds them up. Compose sets a tmpfs; `make run` (waitress, one "
+        "process) needs none.")
+
+    @field_validator("blob_store", mode="before")
+    @classmethod
+    def _s3_location(cls, raw: Any, info: ValidationInfo) -> Any:
+        """``BLOB_STORE=s3://BUCKET/PREFIX`` with the S3 and AWS variables above it."""
+        if not isinstance(raw, str):
+            return raw
+        reach = info.data
+        try:
+            location = S3Location.from_url(
+                raw.strip(), endpoint_url=reach.get("s3_endpoint_url"),
+                public_endpoint_url=reach.get("s3_public_endpoint_url"),
+                region=reach.get("aws_region"), access_key_id=reach.get("aws_access_key_id"),
+                secret_access_key=reach.get("aws_secret_access_key"),
+                session_token=reach.get("aws_session_token"))
+        except ValueError as exc:
+            raise ValueError(f"{exc}; leave it unset to keep blobs in BLOB_DIR") from None
+        if bool(location.access_key_id) != bool(location.secret_access_key):
+            missing = "AWS_SECRET_ACCESS_KEY" if location.access_key_id else "AWS_ACCESS_KEY_ID"
+            raise ConfigError(f"{missing} is missing: set both AWS_ACCESS_KEY_ID and "
+                              "AWS_SECRET_ACCESS_KEY, or neither (to use the instance's role)")
+        return location
+
+    @model_validator(mode="after")
+    def _loopback_without_auth(self) -> "Settings":
+        if self.auth == "off" and self.api_host not in LOOPBACK_HOSTS:
+            raise ConfigError(f"AUTH=off is allowed only when API_HOST is a loopback address "
+                              f"({', '.join(LOOPBACK_HOSTS)}), got API_HOST={self.api_host!r}")
+        return self
 
     @property
     def auth_enabled(self) -> bool:
@@ -110,183 +282,81 @@ class Settings:
         return self.lease_seconds + self.sweep_interval
 
     def with_overrides(self, **changes: object) -> "Settings":
-        """Return a copy with some fields replaced (used by tests and the local stack)."""
-        return replace(self, **changes)
+        """Return a copy with some fields replaced (used by tests, benches and the local
+        stack; the values are taken as given)."""
+        return self.model_copy(update=changes)
+
+    def was_set(self, name: str) -> bool:
+        """Whether the field ``name`` came from a variable rather than its default."""
+        return name in self.model_fields_set
 
 
-def _positive_int(name: str, raw: str, minimum: int = 1) -> int:
+class ClientSettings(_Base):
+    """What the ``covidscan`` command's HTTP client reads besides its options."""
+
+    covidscan_url: Text = setting(
+        "http://127.0.0.1:5000", "the server the CLI talks to (`--url` overrides it).")
+    covidscan_api_key: OptionalText = setting(
+        None, "the key the CLI sends; else the file in `API_KEY_FILE`.", secret=True)
+
+    def api_key(self) -> Optional[str]:
+        """``COVIDSCAN_API_KEY``, else the key in ``API_KEY_FILE``; None if neither."""
+        if self.covidscan_api_key:
+            return self.covidscan_api_key
+        try:
+            return self.api_key_file.read_text().strip() or None
+        except OSError:
+            return None
+
+
+def _load(model: type[T], env: Optional[Mapping[str, str]]) -> T:
+    """``model`` from the variables ``env`` sets to something other than blanks."""
+    env = os.environ if env is None else env
+    given: dict[str, Any] = {}
+    for field in model.model_fields.values():
+        raw = env.get(str(field.alias))
+        if raw is not None and raw.strip():
+            given[str(field.alias)] = raw.strip()
     try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
+        return model(**given)
+    except ValidationError as exc:
+        raise _config_error(exc) from None
 
 
-def _byte_size(name: str, raw: str) -> int:
-    """Parse sizes such as ``1048576``, ``512MB``, ``64MiB`` or ``2G``."""
-    text = raw.strip().upper().replace(" ", "")
-    units = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1024**2, "MB": 1024**2,
-             "MIB": 1024**2, "G": 1024**3, "GB": 1024**3, "GIB": 1024**3}
-    number = text.rstrip("KMGIB")
-    unit = text[len(number):]
-    if not number or unit not in units:
-        raise ConfigError(f"{name} must be a size such as 1048576, 512MB or 2GB, got {raw!r}")
-    value = _positive_int(name, number) * units[unit]
-    return value
-
-
-def normalise_database_url(name: str, raw: str) -> str:
-    """Validate a database URL and pick the psycopg 3 driver for plain ``postgresql://``."""
-    scheme = urlsplit(raw).scheme
-    if scheme in ("postgres", "postgresql"):
-        return "postgresql+psycopg://" + raw.split("://", 1)[1]
-    if scheme in ("sqlite", "postgresql+psycopg"):
-        return raw
-    raise ConfigError(
-        f"{name} must be a sqlite:/// or postgresql:// URL, got scheme {scheme or 'none'!r}"
-    )
-
-
-def _redis_url(name: str, raw: str) -> str:
-    if urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(f"{name} must be a redis://, rediss:// or unix:// URL, got {raw!r}")
-    return raw
-
-
-def _log_level(name: str, raw: str) -> str:
-    level = raw.strip().upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise ConfigError(f"{name} must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {raw!r}")
-    return level
-
-
-def _choice(choices: tuple[str, ...]) -> Callable[[str, str], str]:
-    def parse(name: str, raw: str) -> str:
-        value = raw.strip().lower()
-        if value not in choices:
-            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
-        return value
-    return parse
-
-
-def _delay_ms(name: str, raw: str) -> int:
-    value = _positive_int(name, raw, minimum=0)
-    if value > 60_000:
-        raise ConfigError(f"{name} must be at most 60000 (one minute), got {value}")
-    return value
-
-
-def _model_path(name: str, raw: str) -> Path:
-    path = Path(raw).expanduser()
-    if not path.exists():
-        raise ConfigError(f"{name} points at {raw!r}, which does not exist")
-    return path
-
-
-def _store_dir(name: str, raw: str) -> Path:
-    path = Path(raw).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{name} points at {raw!r}, which is a file, not a directory")
-    return path
-
-
-def _read(env: Mapping[str, str], name: str, parse: Callable[[str, str], T], default: T) -> T:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    return parse(name, raw.strip())
-
-
-def _default(name: str):
-    """A field's default, as written once in :class:`Settings`."""
-    return Settings.__dataclass_fields__[name].default
-
-
-def _duration(name: str, raw: str) -> int:
-    """Parse ``0``, ``3600``, ``90s``, ``15m``, ``12h`` or ``30d`` into seconds."""
-    text = raw.strip().lower()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    unit = text[-1:] if text[-1:] in units else "s"
-    number = text[:-1] if text[-1:] in units else text
-    if not number.isdigit():
-        raise ConfigError(f"{name} must be a duration such as 0, 3600, 12h or 30d, got {raw!r}")
-    return int(number) * units[unit]
-
-
-def _positive_duration(name: str, raw: str) -> int:
-    seconds = _duration(name, raw)
-    if seconds < 1:
-        raise ConfigError(f"{name} must be a duration of at least 1 second, got {raw!r}")
-    return seconds
+def _config_error(exc: ValidationError) -> ConfigError:
+    """One message naming each variable that is wrong."""
+    messages = []
+    for problem in exc.errors(include_url=False):
+        if problem["type"] == "default_factory_not_called":  # follows a field named already
+            continue
+        cause = (problem.get("ctx") or {}).get("error")
+        if isinstance(cause, ConfigError):  # names its variables itself
+            messages.append(str(cause))
+            continue
+        name = ".".join(str(part) for part in problem["loc"]) or "a setting"
+        messages.append(f"{name} {cause if isinstance(cause, ValueError) else problem['msg']}")
+    return ConfigError("; ".join(messages))
 
 
 def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
-    """Read settings from ``env`` (default: ``os.environ``).
+    """Read settings from ``env`` (default: ``os.environ``); unset or blank variables take
+    their defaults.
 
     Raises:
         ConfigError: a variable has an invalid value; the message names it.
     """
-    env = os.environ if env is None else env
-    var_dir = Path(env.get("COVIDSCAN_VAR_DIR") or DEFAULT_VAR_DIR)
-
-    def read(name: str, parse: Callable[[str, str], T], default: object = None) -> T:
-        field = name.lower()
-        return _read(env, name, parse, _default(field) if default is None else default)
-
-    max_batch_size = read("MAX_BATCH_SIZE", _positive_int)
-    max_upload_bytes = read("MAX_UPLOAD_BYTES", _byte_size)
-    lease_seconds = read("LEASE_SECONDS", _positive_int)
-    return Settings(
-        database_url=read("DATABASE_URL", normalise_database_url,
-                          f"sqlite:///{(var_dir / 'covidscan.db').as_posix()}"),
-        redis_url=read("REDIS_URL", _redis_url, "redis://127.0.0.1:6379/0"),
-        blob_dir=read("BLOB_DIR", lambda _n, raw: Path(raw), var_dir / "blobs"),
-        blob_store=_s3_location(env),
-        upload_url_seconds=read("UPLOAD_URL_SECONDS", _positive_int),
-        model_path=_read(env, "MODEL_PATH", _model_path, None),
-        model_store_dir=read("MODEL_STORE_DIR", _store_dir, var_dir / "models"),
-        max_loaded_models=read("MAX_LOADED_MODELS", _positive_int),
-        batch_size=read("BATCH_SIZE", _positive_int),
-        max_upload_bytes=max_upload_bytes,
-        max_scan_bytes=read("MAX_SCAN_BYTES", _byte_size),
-        max_scans_per_job=read("MAX_SCANS_PER_JOB", _positive_int),
-        max_scan_pixels=read("MAX_SCAN_PIXELS", _pixel_count),
-        max_expanded_bytes=read("MAX_EXPANDED_BYTES", _byte_size, max_upload_bytes),
-        max_archive_entries=read("MAX_ARCHIVE_ENTRIES", _positive_int),
-        max_compression_ratio=read("MAX_COMPRESSION_RATIO", _positive_int),
-        trusted_hosts=read("TRUSTED_HOSTS", _host_list),
-        model_trust_code=read("MODEL_TRUST_CODE", _flag),
-        visibility_timeout=read("VISIBILITY_TIMEOUT", _positive_int),
-        worker_prefetch=read("WORKER_PREFETCH", _positive_int),
-        worker_concurrency=read("WORKER_CONCURRENCY", _positive_int, 2 * max_batch_size),
-        max_batch_size=max_batch_size,
-        max_queue_delay_ms=read("MAX_QUEUE_DELAY_MS", _delay_ms),
-        inference_engine=read("INFERENCE_ENGINE", _choice(ENGINES)),
-        inference_precision=read("INFERENCE_PRECISION", _choice(PRECISIONS)),
-        engine_cache_dir=read("ENGINE_CACHE_DIR", lambda _n, raw: Path(raw),
-                              var_dir / "engine-cache"),
-        port=read("PORT", _port),
-        log_level=read("LOG_LEVEL", _log_level),
-        lease_seconds=lease_seconds,
-        sweep_interval=read("SWEEP_INTERVAL", _positive_int,
-                            min(_default("sweep_interval"), lease_seconds)),
-        max_attempts=read("MAX_ATTEMPTS", _positive_int),
-        job_retention=read("JOB_RETENTION", _duration),
-        open_job_timeout=read("OPEN_JOB_TIMEOUT", _positive_duration),
-        metrics_port=read("METRICS_PORT", _optional_port),
-        metrics_host=read("METRICS_HOST", lambda _n, raw: raw),
-        metrics_access=read("METRICS_ACCESS", _choice(METRICS_ACCESS_MODES)),
-        prometheus_multiproc_dir=_read(env, "PROMETHEUS_MULTIPROC_DIR", _existing_dir, None),
-        series_rule=read("SERIES_RULE", _series_rule),
-        **_access_settings(env, var_dir),
-        **_webhook_settings(env),
-    )
+    return _load(Settings, env)
 
 
-WEBHOOK_SECRET_PREFIX = "whsec_"
-MIN_WEBHOOK_SECRET_BYTES = 24
+def load_client_settings(env: Optional[Mapping[str, str]] = None) -> ClientSettings:
+    """The CLI client's settings from ``env`` (default: ``os.environ``). Raises ConfigError."""
+    return _load(ClientSettings, env)
+
+
+def client_api_key(env: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """The key the CLI sends: ``COVIDSCAN_API_KEY``, else the file ``make run`` saved
+    (``API_KEY_FILE``, default ``<COVIDSCAN_VAR_DIR>/api-key``); None if neither."""
+    return load_client_settings(env).api_key()
 
 
 def webhook_secret(name: str, raw: str) -> str:
@@ -295,231 +365,55 @@ def webhook_secret(name: str, raw: str) -> str:
     Raises:
         ConfigError: another prefix, not base64, or too short (the message names ``name``).
     """
-    text = raw.strip()
-    if not text.startswith(WEBHOOK_SECRET_PREFIX):
-        raise ConfigError(f"{name} must start with {WEBHOOK_SECRET_PREFIX} "
-                          f"(whsec_ and base64 of random bytes)")
     try:
-        encoded = text[len(WEBHOOK_SECRET_PREFIX):]
-        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise ConfigError(f"{name} must be {WEBHOOK_SECRET_PREFIX} followed by base64") from None
-    if len(key) < MIN_WEBHOOK_SECRET_BYTES:
-        raise ConfigError(f"{name} must hold at least {MIN_WEBHOOK_SECRET_BYTES} bytes "
-                          f"(base64 of {MIN_WEBHOOK_SECRET_BYTES}), got {len(key)}")
-    return text
+        return _webhook_secret(raw.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{name} {exc}") from None
 
 
-def _webhook_settings(env: Mapping[str, str]) -> dict[str, object]:
-    """Where job events may be sent, how they are signed and how long delivery is retried."""
-    window = _read(env, "WEBHOOK_RETRY_WINDOW", _duration, _default("webhook_retry_window"))
-    if window < 1:
-        raise ConfigError("WEBHOOK_RETRY_WINDOW must be at least 1 second, got 0")
-    return {
-        "webhook_secret": _read(env, "WEBHOOK_SECRET", webhook_secret, None),
-        "webhook_allowed_hosts": _read(env, "WEBHOOK_ALLOWED_HOSTS", _allowed_hosts, ()),
-        "webhook_timeout": _read(env, "WEBHOOK_TIMEOUT", _timeout,
-                                 _default("webhook_timeout")),
-        "webhook_retry_base_ms": _read(env, "WEBHOOK_RETRY_BASE_MS", _positive_int,
-                                       _default("webhook_retry_base_ms")),
-        "webhook_retry_window": window,
-    }
+def normalise_database_url(name: str, raw: str) -> str:
+    """Validate a database URL and pick the psycopg 3 driver for plain ``postgresql://``."""
+    from covidscan.config_types import database_url
 
-
-def _allowed_hosts(name: str, raw: str) -> tuple[str, ...]:
-    """Host names or IP addresses, comma-separated (no wildcards: each is named)."""
-    hosts = _host_list(name, raw)
-    if hosts is None:
-        raise ConfigError(f"{name} must name each host (a * would turn SSRF protection off)")
-    return tuple(host.strip("[]") for host in hosts)
-
-
-def _timeout(name: str, raw: str) -> int:
-    value = _positive_int(name, raw)
-    if value > 120:
-        raise ConfigError(f"{name} must be at most 120 seconds, got {value}")
-    return value
-
-
-def _access_settings(env: Mapping[str, str], var_dir: Path) -> dict[str, object]:
-    """Authentication, sessions, rate limits and quotas.
-
-    ``AUTH=off`` is refused unless ``API_HOST`` is a loopback address.
-    """
-    auth = _read(env, "AUTH", _choice(AUTH_MODES), _default("auth"))
-    api_host = _read(env, "API_HOST", lambda _n, raw: raw, _default("api_host"))
-    if auth == "off" and api_host not in LOOPBACK_HOSTS:
-        raise ConfigError(f"AUTH=off is allowed only when API_HOST is a loopback address "
-                          f"({', '.join(LOOPBACK_HOSTS)}), got API_HOST={api_host!r}")
-    return {
-        "auth": auth,
-        "api_host": api_host,
-        "api_key_file": _read(env, "API_KEY_FILE", lambda _n, raw: Path(raw).expanduser(),
-                              var_dir / API_KEY_FILE_NAME),
-        "session_hours": _read(env, "SESSION_HOURS", _positive_int, _default("session_hours")),
-        "session_cookie_secure": _read(env, "SESSION_COOKIE_SECURE",
-                                       _choice(COOKIE_SECURE_MODES),
-                                       _default("session_cookie_secure")),
-        "rate_limit": _read(env, "RATE_LIMIT", _rate_limit, _default("rate_limit")),
-        "scans_per_hour": _read(env, "SCANS_PER_HOUR", _positive_int,
-                                _default("scans_per_hour")),
-        "max_active_jobs": _read(env, "MAX_ACTIVE_JOBS", _positive_int,
-                                 _default("max_active_jobs")),
-        "failed_auth_limit": _read(env, "FAILED_AUTH_LIMIT", _rate_limit,
-                                   _default("failed_auth_limit")),
-        "proxy_hops": _read(env, "PROXY_HOPS", lambda n, raw: _positive_int(n, raw, minimum=0),
-                            _default("proxy_hops")),
-    }
-
-
-SERIES_RULE = re.compile(r"^(?:top(?P<percent>[1-9][0-9]?|100)pct-mean|mean|max)$")
-
-
-def _series_rule(name: str, raw: str) -> str:
-    """How a DICOM series' P(COVID) is made: ``topNpct-mean`` (N = 1…100), ``mean`` or ``max``."""
-    text = raw.strip().lower()
-    if not SERIES_RULE.match(text):
-        raise ConfigError(f"{name} must be topNpct-mean (N from 1 to 100, e.g. top10pct-mean), "
-                          f"mean or max, got {raw!r}")
-    return text
-def _endpoint_url(name: str, raw: str) -> str:
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{name} must be an http:// or https:// URL, got {raw!r}")
-    return raw.rstrip("/")
-
-
-def _s3_location(env: Mapping[str, str]) -> Optional[S3Location]:
-    """``BLOB_STORE=s3://BUCKET/PREFIX`` and how to reach it; None (the filesystem store,
-    BLOB_DIR) when BLOB_STORE is unset. Credentials: AWS_ACCESS_KEY_ID and
-    AWS_SECRET_ACCESS_KEY (with AWS_SESSION_TOKEN), else boto3's own chain (an instance
-    or pod role)."""
-    raw = (env.get("BLOB_STORE") or "").strip()
-    key_id = (env.get("AWS_ACCESS_KEY_ID") or "").strip() or None
-    secret = (env.get("AWS_SECRET_ACCESS_KEY") or "").strip() or None
-    token = (env.get("AWS_SESSION_TOKEN") or "").strip() or None
-    region = (env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1").strip()
-    endpoint = _read(env, "S3_ENDPOINT_URL", _endpoint_url, None)
-    public = _read(env, "S3_PUBLIC_ENDPOINT_URL", _endpoint_url, endpoint)
-    if not raw:
-        return None
-    parts = urlsplit(raw)
-    bucket = parts.netloc
-    if parts.scheme != "s3" or not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket) \
-            or parts.query or parts.fragment:
-        raise ConfigError("BLOB_STORE must be s3://BUCKET or s3://BUCKET/PREFIX (a bucket name "
-                          f"of 3-63 lower-case letters, digits, dots and dashes), got {raw!r}; "
-                          "leave it unset to keep blobs in BLOB_DIR")
-    prefix = parts.path.strip("/")
-    if ".." in prefix.split("/"):
-        raise ConfigError(f"BLOB_STORE's prefix must not contain '..', got {raw!r}")
-    if bool(key_id) != bool(secret):
-        missing = "AWS_SECRET_ACCESS_KEY" if key_id else "AWS_ACCESS_KEY_ID"
-        raise ConfigError(f"{missing} is missing: set both AWS_ACCESS_KEY_ID and "
-                          "AWS_SECRET_ACCESS_KEY, or neither (to use the instance's role)")
-    return S3Location(bucket=bucket, prefix=prefix + "/" if prefix else "",
-                      endpoint_url=endpoint, public_endpoint_url=public, region=region,
-                      access_key_id=key_id, secret_access_key=secret, session_token=token)
-
-
-def _rate_limit(name: str, raw: str) -> str:
-    """``N/second``, ``N/minute``, ``N/hour`` or ``N/day`` (also ``N per minute``)."""
-    text = raw.strip().lower().replace(" per ", "/")
-    number, _, period = text.partition("/")
-    if period not in ("second", "minute", "hour", "day") or not number.strip().isdigit() \
-            or int(number) < 1:
-        raise ConfigError(f"{name} must look like 600/minute (per second, minute, hour or day), "
-                          f"got {raw!r}")
-    return f"{int(number)}/{period}"
-
-
-def client_api_key(env: Optional[Mapping[str, str]] = None) -> Optional[str]:
-    """The key the CLI sends: ``COVIDSCAN_API_KEY``, else the file ``make run`` saved
-    (``API_KEY_FILE``, default ``<COVIDSCAN_VAR_DIR>/api-key``); None if neither."""
-    env = os.environ if env is None else env
-    key = (env.get("COVIDSCAN_API_KEY") or "").strip()
-    if key:
-        return key
-    var_dir = Path(env.get("COVIDSCAN_VAR_DIR") or DEFAULT_VAR_DIR)
-    path = Path(env.get("API_KEY_FILE") or var_dir / API_KEY_FILE_NAME).expanduser()
     try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
-
-
-def _pixel_count(name: str, raw: str) -> int:
-    """``16777216`` or ``4096x4096``."""
-    text = raw.strip().lower().replace("×", "x")
-    if "x" in text:
-        width, _, height = text.partition("x")
-        return _positive_int(name, width) * _positive_int(name, height)
-    return _positive_int(name, text)
-
-
-def _host_list(name: str, raw: str) -> Optional[tuple[str, ...]]:
-    """Comma-separated host names (``*`` alone: any host, for a front that checks them)."""
-    hosts = tuple(part.strip().lower() for part in raw.split(",") if part.strip())
-    if hosts == ("*",):
-        return None
-    for host in hosts:
-        if "*" in host or "/" in host or " " in host:
-            raise ConfigError(f"{name} must list host names separated by commas "
-                              f"(or be * alone), got {host!r}")
-    return hosts
-
-
-def _flag(name: str, raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
-
-
-def _port(name: str, raw: str) -> int:
-    value = _positive_int(name, raw)
-    if value > 65535:
-        raise ConfigError(f"{name} must be a TCP port between 1 and 65535, got {value}")
-    return value
-
-
-def _optional_port(name: str, raw: str) -> int:
-    """A TCP port, or 0 for none."""
-    return 0 if raw.strip() == "0" else _port(name, raw)
-
-
-def _existing_dir(name: str, raw: str) -> Path:
-    path = Path(raw).expanduser()
-    if not path.is_dir():
-        raise ConfigError(f"{name} must be an existing directory, got {raw!r}")
-    return path
-
-
-class _ReadRecorder(Mapping[str, str]):
-    """An empty environment that remembers every name looked up in it."""
-
-    def __init__(self) -> None:
-        self.names: set[str] = set()
-
-    def __getitem__(self, name: str) -> str:
-        self.names.add(name)
-        raise KeyError(name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
+        return database_url(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} {exc}") from None
 
 
 def variable_names() -> frozenset[str]:
-    """The names of every environment variable :func:`load_settings` reads.
+    """The name of every environment variable :func:`load_settings` reads (deployment files
+    and their tests check against it)."""
+    return frozenset(str(field.alias) for field in Settings.model_fields.values())
 
-    Found by letting it read an empty, recording environment, so the list cannot
-    drift from the code (deployment files and their tests check against it).
-    """
-    recorder = _ReadRecorder()
-    load_settings(recorder)
-    return frozenset(recorder.names)
+
+def config_table() -> str:
+    """The README's configuration table (Markdown): each variable, its default, its meaning."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for model in (Settings, ClientSettings):
+        defaults = model()
+        for name, field in model.model_fields.items():
+            if model is ClientSettings and name in Settings.model_fields:
+                continue
+            extra = field.json_schema_extra
+            shown = extra.get("shown", "{}") if isinstance(extra, dict) else "{}"
+            value = field.default if isinstance(field.default, str) else getattr(defaults, name)
+            rows.append(f"| `{field.alias}` | {str(shown).replace('{}', _shown(value))} "
+                        f"| {field.description} |")
+    return "\n".join(rows) + "\n"
+
+
+def _shown(value: object) -> str:
+    if value is None or value == ():
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, tuple):
+        return f"`{','.join(value)}`"
+    return f"`{value.as_posix() if isinstance(value, Path) else value}`"
+
+
+if __name__ == "__main__":  # python -m covidscan.settings: the table the README shows
+    print(config_table(), end="")

@@ -12,10 +12,10 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from covidscan.s3_location import S3Location
 from db.paths import path_under
 
 
@@ -143,28 +143,6 @@ class FileBlobStore(BlobStore):
                 except FileNotFoundError:  # deleted meanwhile
                     continue
         return found
-
-
-@dataclass(frozen=True)
-class S3Location:
-    """Where an S3 blob store keeps its objects and how to reach it.
-
-    ``public_endpoint_url``: the endpoint presigned upload URLs name (clients outside the
-    cluster may reach the store under another name than the API does).
-    """
-
-    bucket: str
-    prefix: str = ""
-    endpoint_url: Optional[str] = None
-    public_endpoint_url: Optional[str] = None
-    region: str = "us-east-1"
-    access_key_id: Optional[str] = None
-    secret_access_key: Optional[str] = field(default=None, repr=False)
-    session_token: Optional[str] = field(default=None, repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}"
 
 
 def open_blob_store(blob_dir: Path, s3: Optional[S3Location]) -> BlobStore:

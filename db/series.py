@@ -10,7 +10,6 @@ noisy slice deciding alone. The label is the positive class at P ≥ 0.5, as for
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -18,10 +17,8 @@ from typing import Any, Optional
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from covidscan.series_rule import DEFAULT_RULE, top_percent
 from db.models import Scan, ScanStatus
-
-DEFAULT_RULE = "top10pct-mean"
-_TOP = re.compile(r"^top(\d{1,3})pct-mean$")
 
 
 def aggregate(probabilities: Sequence[float], rule: str = DEFAULT_RULE) -> Optional[float]:
@@ -33,14 +30,10 @@ def aggregate(probabilities: Sequence[float], rule: str = DEFAULT_RULE) -> Optio
     if not probabilities:
         return None
     ranked = sorted(probabilities, reverse=True)
-    if rule == "mean":
-        return sum(ranked) / len(ranked)
-    if rule == "max":
-        return ranked[0]
-    match = _TOP.match(rule)
-    if match is None or not 1 <= int(match.group(1)) <= 100:
-        raise ValueError(f"unknown series rule {rule!r}")
-    count = max(1, math.ceil(int(match.group(1)) / 100 * len(ranked)))
+    percent = top_percent(rule)
+    if percent is None:
+        return ranked[0] if rule == "max" else sum(ranked) / len(ranked)
+    count = max(1, math.ceil(percent / 100 * len(ranked)))
     return sum(ranked[:count]) / count
 
 

@@ -168,10 +168,11 @@ def gunicorn_command(port: int, host: str = "0.0.0.0", workers: int = 4) -> list
 
 
 class Stack:
-    def __init__(self, settings: Settings, var_dir: Path, output: Optional[IO[str]] = None) -> None:
-        """``output``: where the children's logs go (default: this terminal)."""
+    def __init__(self, settings: Settings, output: Optional[IO[str]] = None) -> None:
+        """``output``: where the children's logs go (default: this terminal). Local state
+        (embedded Redis, generated secrets) lives in ``settings.var_dir``."""
         self.settings = settings
-        self.var_dir = var_dir
+        self.var_dir = settings.var_dir
         self.output = output
         self.redis: Optional[EmbeddedRedis] = None
         self.children: list[tuple[str, subprocess.Popen]] = []
@@ -196,7 +197,7 @@ class Stack:
             print(f"covidscan: registering MODEL_PATH {self.settings.model_path}…", flush=True)
             self.model = register_configured_model(self.settings)
         env = dict(os.environ)
-        if not os.environ.get("REDIS_URL"):
+        if not self.settings.was_set("redis_url"):
             # A password made on first start, kept in var/ (mode 0600), carried in REDIS_URL.
             password = stored_password(self.var_dir / "redis-password")
             self.redis = EmbeddedRedis(self.var_dir / "redis", password=password).start()
@@ -360,8 +361,7 @@ def main() -> int:
     except ConfigError as exc:
         print(f"covidscan: {exc}", file=sys.stderr)
         return 2
-    var_dir = Path(os.environ.get("COVIDSCAN_VAR_DIR") or "var")
-    stack = Stack(settings, var_dir)
+    stack = Stack(settings)
 
     def _on_signal(signum: int, _frame: object) -> None:
         stack.stopping.set()

@@ -23,6 +23,7 @@ import tf_keras
 from models.architecture import build_resnet_classifier
 from models.dataset import LabelledSlices, Split
 from models.preprocess import load_seed_v1
+from models.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +37,6 @@ AUGMENTATION = {
 
 class TrainingError(RuntimeError):
     """Training cannot start or left nothing usable; the message says why."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The recipe's knobs; the defaults are the original notebooks'."""
-
-    epochs: int = 20
-    image_size: int = 224
-    batch_size: int = 32
-    val_split: float = 0.2
-    seed: int = 42
-    fine_tune_from: Optional[str] = None
-    imagenet_weights: Optional[Path] = None
-    group_regex: Optional[str] = None
-    patience: int = 5
 
 
 @dataclass

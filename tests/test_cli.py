@@ -166,3 +166,26 @@ def test_a_pacs_folder_of_extensionless_dicom_files_is_submitted(idle_server_url
     assert "2 scans queued" in plain.output and "modality MR" in plain.output
     allowed = run(idle_server_url, "submit", str(tmp_path / "PACS"), "--allow-modality", "MR")
     assert allowed.exit_code == 0 and "3 scans queued" in allowed.output
+
+
+def test_without_url_the_cli_talks_to_covidscan_url(server_url, monkeypatch):
+    monkeypatch.setenv("COVIDSCAN_URL", server_url)
+    result = CliRunner().invoke(main, ["jobs"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    monkeypatch.setenv("COVIDSCAN_URL", "http://127.0.0.1:9")  # nothing listens there
+    assert CliRunner().invoke(main, ["jobs"]).exit_code != 0
+
+
+def test_train_and_evaluate_defaults_are_the_recipes():
+    import click
+
+    from cli.train import evaluate, train
+    from models.train_config import TrainConfig
+
+    for command, names in ((train, ("epochs", "image_size", "batch_size", "val_split", "seed",
+                                    "patience")), (evaluate, ("batch_size",))):
+        context = click.Context(command)
+        defaults = {p.name: p.get_default(context) for p in command.params}
+        assert {name: defaults[name] for name in names} == \
+            {name: getattr(TrainConfig, name) for name in names}
+    assert "[default: 20; x>=1]" in CliRunner().invoke(train, ["--help"]).output

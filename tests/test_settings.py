@@ -53,23 +53,70 @@ def test_hostile_input_limits_and_their_defaults():
 
 
 def test_variable_names_lists_every_field_and_the_var_dir():
-    from dataclasses import fields
-
     from covidscan.settings import Settings, variable_names
 
     names = variable_names()
     s3 = {"S3_ENDPOINT_URL", "S3_PUBLIC_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
           "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION"}  # parts of BLOB_STORE
-    assert {f.name.upper() for f in fields(Settings)} | {"COVIDSCAN_VAR_DIR"} | s3 == names
+    fields = {name.upper() for name in Settings.model_fields} - {"VAR_DIR"}
+    assert fields | {"COVIDSCAN_VAR_DIR"} == names and s3 <= names
 
 
-def test_the_readme_documents_every_variable():
-    from covidscan.settings import variable_names
+def test_the_readme_configuration_table_is_the_one_the_settings_make():
+    """Every variable with its default and meaning, as the fields say; no other row."""
+    from covidscan.settings import config_table
     from tests.conftest import ROOT
 
     readme = (ROOT / "README.md").read_text()
-    missing = [name for name in sorted(variable_names()) if f"| `{name}` |" not in readme]
-    assert not missing, f"README's configuration table lacks {missing}"
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    table = "".join(line + "\n" for line in section.splitlines() if line.startswith("|"))
+    assert table == config_table(), \
+        "README's configuration table differs: paste `python -m covidscan.settings` into it"
+
+
+def test_the_table_shows_each_default_a_setting_takes():
+    from covidscan.settings import config_table, load_settings
+
+    settings, rows = load_settings({}), config_table().splitlines()[2:]
+    shown = {row.split(" | ")[0].strip("| `"): row.split(" | ")[1] for row in rows}
+    assert shown["BATCH_SIZE"] == str(settings.batch_size)
+    assert shown["DATABASE_URL"] == f"`{settings.database_url}`"
+    assert shown["BLOB_DIR"] == f"`{settings.blob_dir}`" == "`var/blobs`"
+    assert shown["SWEEP_INTERVAL"].startswith(f"{settings.sweep_interval} ")
+    assert shown["SERIES_RULE"] == f"`{settings.series_rule}`"
+    assert load_settings({"MAX_UPLOAD_BYTES": shown["MAX_UPLOAD_BYTES"].strip("`")}) == settings
+    assert {"COVIDSCAN_VAR_DIR", "COVIDSCAN_URL", "COVIDSCAN_API_KEY"} <= set(shown)
+
+
+def test_paths_under_var_follow_covidscan_var_dir(tmp_path):
+    from covidscan.settings import client_api_key
+
+    settings = load_settings({"COVIDSCAN_VAR_DIR": str(tmp_path)})
+    assert settings.database_url == f"sqlite:///{tmp_path.as_posix()}/covidscan.db"
+    assert (settings.blob_dir, settings.model_store_dir, settings.engine_cache_dir,
+            settings.api_key_file) == (tmp_path / "blobs", tmp_path / "models",
+                                       tmp_path / "engine-cache", tmp_path / "api-key")
+    (tmp_path / "api-key").write_text("saved\n")
+    assert client_api_key({"COVIDSCAN_VAR_DIR": str(tmp_path)}) == "saved"
+    assert client_api_key({"COVIDSCAN_VAR_DIR": str(tmp_path), "COVIDSCAN_API_KEY": "k"}) == "k"
+
+
+def test_settings_are_frozen_and_read_nothing_on_their_own(monkeypatch):
+    from pydantic import ValidationError
+
+    from covidscan.settings import Settings
+
+    monkeypatch.setenv("BATCH_SIZE", "7")
+    assert Settings().batch_size == 32  # only load_settings reads the environment
+    assert load_settings().batch_size == 7
+    with pytest.raises(ValidationError):
+        Settings().batch_size = 8
+    assert Settings().with_overrides(batch_size=8).batch_size == 8
+
+
+def test_several_wrong_values_are_named_together():
+    with pytest.raises(ConfigError, match="BATCH_SIZE must be at least 1, got 0; PORT must be"):
+        load_settings({"BATCH_SIZE": "0", "PORT": "x"})
 
 
 def test_engine_and_batching_defaults():
