@@ -44,7 +44,8 @@ class LeaseQueue(Generic[L]):
 
     Args:
         model: the mapped class; it has ``id``, ``attempts`` and ``lease_expires_at``, and
-            unless ``leased`` is None, the other :class:`db.models.LeaseMixin` columns.
+            unless ``leased`` is None, the other :class:`db.models.LeaseMixin` columns and
+            ``job_id``, ``error`` and ``finished_at`` (what :meth:`expire` writes).
         leases: turns the claimed rows (``id``, ``attempts``, then ``returning``) into what
             the worker gets, in the order it should work on them.
         returning: more columns of a claimed row to hand to ``leases``.

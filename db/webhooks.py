@@ -141,7 +141,7 @@ def claim_event(session: Session, event_id: str, lease_seconds: float) -> Option
             WebhookEvent.next_attempt_at > now).values(queued_at=None)
             .execution_options(synchronize_session=False))
         return None
-    return next(iter(_events(session, claimed)), None)
+    return _events(session, claimed)[0]
 
 
 def endpoint_secret(session: Session, owner: Optional[str], url: str) -> Optional[str]:
