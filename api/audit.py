@@ -11,6 +11,7 @@ from api.openapi import operation
 from api.problems import Problem
 from api.schemas import AuditPage, AuditQuery
 from api.security import whole_number
+from api.serialize import iso
 from db.audit import ACTIONS, events_page, record
 from db.models import AuditEvent
 
@@ -35,7 +36,7 @@ def audit(action: str, job_id: Optional[str] = None,
 
 
 def event_json(event: AuditEvent) -> dict[str, Any]:
-    return {"id": event.id, "at": event.at.isoformat(), "key_id": event.key_id,
+    return {"id": event.id, "at": iso(event.at), "key_id": event.key_id,
             "owner": event.owner, "action": event.action, "job_id": event.job_id,
             "detail": event.detail}
 

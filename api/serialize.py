@@ -3,25 +3,17 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator
 
 from db.jobs import JobSummary
 from db.models import Model, Scan
+from db.models import iso_utc as iso  # the answers' one time format (api.* import it here)
 from db.registry import describe
 
 RESULT_COLUMNS = ("scan_id", "filename", "status", "probability_covid", "label", "error",
                   "model_name", "model_version", "model_sha256", "engine", "precision",
                   "preprocessing", "worker", "study_uid", "series_uid", "instance_number",
                   "slice_position")
-
-
-def iso(moment: Optional[datetime]) -> Optional[str]:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:  # SQLite hands back naive datetimes; they are stored in UTC
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def job_json(summary: JobSummary) -> dict[str, Any]:

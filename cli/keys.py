@@ -91,6 +91,7 @@ def create(owner: str, scopes: str, expires: Optional[str]) -> None:
 def list_(as_json: bool) -> None:
     """Every key: id, owner, scopes, created, expires, revoked (never the secret)."""
     from db.keys import list_keys, usable
+    from db.models import iso_utc
 
     with registry_context() as (_settings, session_factory, _store):
         with session_factory() as session:
@@ -100,7 +101,7 @@ def list_(as_json: bool) -> None:
                     for k in list_keys(session)]
     if as_json:
         for row in rows:
-            click.echo(json.dumps(row, default=str))
+            click.echo(json.dumps(row, default=iso_utc))  # its times, as the API writes them
         return
     if not rows:
         click.echo("no keys: create one with covidscan keys create --owner NAME")

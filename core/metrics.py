@@ -92,7 +92,6 @@ class QueueCollector(Collector):
         if oldest is None:
             age.add_metric([], 0.0)
         else:
-            oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=timezone.utc)
             age.add_metric([], max(0.0, (datetime.now(timezone.utc) - oldest).total_seconds()))
         yield from (waiting, leased, age)
 

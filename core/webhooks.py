@@ -25,7 +25,7 @@ from core.webhook_targets import Destination, RefusedDestination, check
 from covidscan.settings import Settings
 from db.models import WebhookEvent, utcnow
 from db.session import in_transaction
-from db.webhooks import (DELIVERED, FAILED, GONE, RETRY, Attempt, aware, claim_event,
+from db.webhooks import (DELIVERED, FAILED, GONE, RETRY, Attempt, claim_event,
                          due_event_ids, endpoint_secret, mark_queued, record_attempt)
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def next_attempt(created_at: datetime, failures: int, now: datetime, settings: S
     Retries go on until ``WEBHOOK_RETRY_WINDOW`` after ``created_at``, the last one at that
     moment at the latest; never sooner than a receiver's ``Retry-After`` asked.
     """
-    deadline = aware(created_at) + timedelta(seconds=settings.webhook_retry_window)
+    deadline = created_at + timedelta(seconds=settings.webhook_retry_window)
     if now >= deadline:
         return None
     delay = retry_delay(failures, settings.webhook_retry_base_ms / 1000, rng)

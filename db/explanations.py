@@ -1,24 +1,25 @@
 """The explanation queue in SQL: asked for, leased by a worker once the scan has a result.
 
-The same shape as :mod:`db.scans`: a worker claims waiting explanations (highest priority
-first) under a lease renewed by its heartbeat, writes each result only while it holds
-that lease, and an expired lease puts the explanation back (or fails it after
-``max_attempts``). An explanation waits until its scan has a result; a scan that failed
-or was cancelled fails its explanation with the reason. Every function takes a
-``session``; the caller owns the transaction.
+The same lease queue as the scans' (:mod:`db.queue`): a worker claims waiting
+explanations (highest priority first) under a lease renewed by its heartbeat, writes each
+result only while it holds that lease, and an expired lease puts the explanation back (or
+fails it after ``max_attempts``, or cancels it when its job was cancelled). An explanation
+waits until its scan has a result; a scan that failed or was cancelled fails its
+explanation with the reason. Every function takes a ``session``; the caller owns the
+transaction.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, Optional, Sequence
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import Row, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from db.identity import ModelIdentity
 from db.models import Explanation, Job, Scan, ScanStatus, utcnow
 from db.outbox import add_wakeups
+from db.queue import LeaseQueue
 
 GRADCAM = "gradcam"
 METHODS = (GRADCAM,)
@@ -107,32 +108,30 @@ def _fail_unexplainable(session: Session) -> int:
         .execution_options(synchronize_session=False)).rowcount
 
 
+def _leases(session: Session, rows: Sequence[Row[Any]]) -> list[ExplanationLease]:
+    """Claimed explanations with their scans' blobs, in job and upload order."""
+    attempts = {row.id: row.attempts for row in rows}
+    found = session.execute(
+        select(Explanation.id, Scan.id, Scan.job_id, Scan.blob_key, Scan.frame)
+        .join(Scan, Scan.id == Explanation.scan_id)
+        .where(Explanation.id.in_(list(attempts))).order_by(Scan.job_id, Scan.position))
+    return [ExplanationLease(e_id, scan_id, job_id, key, attempts[e_id], frame)
+            for e_id, scan_id, job_id, key, frame in found]
+
+
+EXPLANATIONS: LeaseQueue[ExplanationLease] = LeaseQueue(
+    Explanation, leases=_leases,
+    claimable=lambda now: exists().where(Scan.id == Explanation.scan_id,
+                                         Scan.status == ScanStatus.SUCCEEDED),
+    died="worker died while computing this explanation")
+"""Waiting explanations whose scans have a result, by priority, then queue time."""
+
+
 def claim_explanations(session: Session, owner: str, limit: int,
                        lease_seconds: float) -> list[ExplanationLease]:
     """Lease up to ``limit`` waiting explanations whose scans have a result."""
     _fail_unexplainable(session)
-    ids = list(session.scalars(
-        select(Explanation.id).join(Scan, Scan.id == Explanation.scan_id)
-        .where(Explanation.status == ScanStatus.QUEUED, Scan.status == ScanStatus.SUCCEEDED)
-        .order_by(Explanation.priority, Explanation.queued_at).limit(limit)
-        .with_for_update(skip_locked=True, of=Explanation)))
-    if not ids:
-        return []
-    now = utcnow()
-    claimed = session.execute(
-        update(Explanation)
-        .where(Explanation.id.in_(ids), Explanation.status == ScanStatus.QUEUED)
-        .values(status=ScanStatus.RUNNING, lease_owner=owner, attempts=Explanation.attempts + 1,
-                lease_expires_at=now + timedelta(seconds=lease_seconds))
-        .returning(Explanation.id, Explanation.attempts)
-        .execution_options(synchronize_session=False)).all()
-    attempts = dict(claimed)
-    rows = session.execute(select(Explanation.id, Scan.id, Scan.job_id, Scan.blob_key, Scan.frame)
-                           .join(Scan, Scan.id == Explanation.scan_id)
-                           .where(Explanation.id.in_(list(attempts)))
-                           .order_by(Scan.job_id, Scan.position))
-    return [ExplanationLease(e_id, scan_id, job_id, key, attempts[e_id], frame)
-            for e_id, scan_id, job_id, key, frame in rows]
+    return EXPLANATIONS.claim(session, owner, limit, lease_seconds)
 
 
 def waiting_explanations(session: Session) -> int:
@@ -144,42 +143,20 @@ def waiting_explanations(session: Session) -> int:
 
 
 def renew_explanation_leases(session: Session, owner: str, lease_seconds: float) -> int:
-    return session.execute(
-        update(Explanation)
-        .where(Explanation.lease_owner == owner, Explanation.status == ScanStatus.RUNNING)
-        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
-        .execution_options(synchronize_session=False)).rowcount
+    return EXPLANATIONS.renew(session, owner, lease_seconds)
 
 
 def release_explanation_leases(session: Session, owner: str,
                                ids: Optional[Sequence[str]] = None) -> int:
     """Give leases back at once (a worker stopping); the attempt is not counted."""
-    query = update(Explanation).where(Explanation.lease_owner == owner,
-                                      Explanation.status == ScanStatus.RUNNING)
-    if ids is not None:
-        query = query.where(Explanation.id.in_(list(ids)))
-    return session.execute(
-        query.values(status=ScanStatus.QUEUED, lease_owner=None, lease_expires_at=None,
-                     attempts=Explanation.attempts - 1)
-        .execution_options(synchronize_session=False)).rowcount
+    return EXPLANATIONS.release(session, owner, ids)
 
 
 def expire_explanation_leases(session: Session, max_attempts: int) -> int:
-    """Explanations whose worker died: back in the queue, or failed after ``max_attempts``.
-
-    Returns how many went back to the queue.
+    """Explanations whose worker died: back in the queue, or failed after ``max_attempts``
+    (cancelled when their job was). Returns how many went back to the queue.
     """
-    now = utcnow()
-    expired = and_(Explanation.status == ScanStatus.RUNNING, Explanation.lease_expires_at < now)
-    cleared = dict(lease_owner=None, lease_expires_at=None)
-    session.execute(
-        update(Explanation).where(expired, Explanation.attempts >= max_attempts)
-        .values(status=ScanStatus.FAILED, finished_at=now, **cleared,
-                error="worker died while computing this explanation")
-        .execution_options(synchronize_session=False))
-    return session.execute(
-        update(Explanation).where(expired).values(status=ScanStatus.QUEUED, **cleared)
-        .execution_options(synchronize_session=False)).rowcount
+    return EXPLANATIONS.expire(session, max_attempts).requeued
 
 
 def record_explanations(session: Session, outcomes: Sequence[ExplanationOutcome],

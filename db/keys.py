@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Optional
 
 from sqlalchemy import delete, select
@@ -87,12 +87,7 @@ def usable(row: Optional[ApiKey], now: Optional[datetime] = None) -> bool:
     if row is None or row.revoked_at is not None:
         return False
     now = now or utcnow()
-    return row.expires_at is None or _aware(row.expires_at) > now
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands datetimes back without their zone; they were stored in UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return row.expires_at is None or row.expires_at > now
 
 
 def authenticate(session: Session, token: str) -> Optional[ApiKey]:
@@ -131,7 +126,7 @@ def open_session(session: Session, key: ApiKey, hours: int) -> tuple[str, WebSes
     token = secrets.token_urlsafe(32)
     expires = utcnow() + timedelta(hours=hours)
     if key.expires_at is not None:
-        expires = min(expires, _aware(key.expires_at))
+        expires = min(expires, key.expires_at)
     row = WebSession(token_sha256=_sha256(token), key_id=key.id,
                      csrf_token=secrets.token_urlsafe(32), expires_at=expires)
     session.add(row)
@@ -141,7 +136,7 @@ def open_session(session: Session, key: ApiKey, hours: int) -> tuple[str, WebSes
 def find_session(session: Session, token: str) -> Optional[WebSession]:
     """The live session the cookie ``token`` names whose key is still usable, else None."""
     row = session.get(WebSession, _sha256(token))
-    if row is None or _aware(row.expires_at) <= utcnow() or not usable(row.key):
+    if row is None or row.expires_at <= utcnow() or not usable(row.key):
         return None
     return row
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from sqlalchemy import (
     JSON,
@@ -29,7 +29,9 @@ from sqlalchemy import (
     false,
 )
 from sqlalchemy import Enum as SqlEnum
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -42,6 +44,43 @@ NAMING_CONVENTION = {
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def iso_utc(moment: Optional[datetime]) -> Optional[str]:
+    """``2026-12-07T19:56:42.123456Z`` (ISO 8601 in UTC), the one time format of every
+    answer and event; None for None."""
+    if moment is None:
+        return None
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A moment in UTC: stored timezone-aware, always read back aware and in UTC.
+
+    SQLite keeps no zone (it hands back naive datetimes, stored in UTC); PostgreSQL hands
+    them back in the connection's zone. Either way a reader gets UTC. A naive datetime is
+    refused: its zone would be a guess.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Optional[datetime],
+                           dialect: Dialect) -> Optional[datetime]:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"a naive datetime ({value.isoformat()}) has no zone: "
+                             "pass an aware one (db.models.utcnow())")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: Optional[datetime],
+                             dialect: Dialect) -> Optional[datetime]:
+        if value is None:
+            return None
+        if value.tzinfo is None:  # SQLite: stored in UTC
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
 
 
 def new_id() -> str:
@@ -79,6 +118,36 @@ def priority_rank(name: str) -> int:
     return PRIORITIES.index(name)
 
 
+class Leasable:
+    """A row held under a lease (:mod:`db.queue`): until when, and how many attempts it had."""
+
+    lease_expires_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class LeaseMixin(Leasable):
+    """The columns of a row that workers lease from a queue in SQL (:mod:`db.queue`).
+
+    A waiting row (``queued``) is taken by priority (0 = high), then in the order it was
+    queued. A ``running`` row is leased: its owner renews the lease while it works; an
+    expired lease puts it back, or fails it after the last allowed attempt.
+    """
+
+    status_enum_name: ClassVar[str]
+    """The name of the status column's enum type (one per table)."""
+
+    @declared_attr
+    def status(cls) -> Mapped[ScanStatus]:
+        return mapped_column(
+            SqlEnum(ScanStatus, name=cls.status_enum_name, native_enum=False, length=16,
+                    values_callable=lambda e: [m.value for m in e]),
+            default=ScanStatus.QUEUED)
+
+    priority: Mapped[int] = mapped_column(Integer, default=1)
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    lease_owner: Mapped[Optional[str]] = mapped_column(String(200))
+
+
 class Model(Base):
     """A registered classifier: a file in the model store and what it is."""
 
@@ -97,7 +166,7 @@ class Model(Base):
     preprocessing: Mapped[str] = mapped_column(String(50))
     trained: Mapped[bool] = mapped_column(Boolean)
     source: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     report: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
     stored_path: Mapped[str] = mapped_column(String(1024))
@@ -126,7 +195,7 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[Optional[str]] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow,
                                                  index=True)
     requested_model: Mapped[Optional[str]] = mapped_column(String(200))
     model_name: Mapped[Optional[str]] = mapped_column(String(200))
@@ -140,8 +209,8 @@ class Job(Base):
     owner: Mapped[Optional[str]] = mapped_column(String(200), index=True)
     priority: Mapped[int] = mapped_column(Integer, default=1)
     precision: Mapped[Optional[str]] = mapped_column(String(20))
-    cancelled_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
-    expires_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), index=True)
+    cancelled_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    expires_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime(), index=True)
     # Where the "job finished" event goes besides the owner's endpoints (db.webhooks).
     callback_url: Mapped[Optional[str]] = mapped_column(String(2000))
     # "pending" until the job's end has been turned into its events, then "done" (once);
@@ -154,7 +223,7 @@ class Job(Base):
     series_rule: Mapped[Optional[str]] = mapped_column(String(50))
     # Set while the job takes more scans (POST /v1/jobs/<id>/scans): until it is sealed, or
     # until this moment, after which the sweep seals it. None for a sealed job.
-    open_until: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), index=True)
+    open_until: Mapped[Optional[datetime]] = mapped_column(UTCDateTime(), index=True)
 
     scans: Mapped[list["Scan"]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True,
@@ -165,8 +234,11 @@ class Job(Base):
         return f"Job(id={self.id!r}, name={self.name!r})"
 
 
-class Scan(Base):
+class Scan(LeaseMixin, Base):
+    """One uploaded slice: queued, leased by a worker, then its result (or why none)."""
+
     __tablename__ = "scans"
+    status_enum_name = "scan_status"
     __table_args__ = (
         UniqueConstraint("job_id", "position", name="uq_scans_job_id_position"),
         Index("ix_scans_job_id_status", "job_id", "status"),
@@ -181,11 +253,6 @@ class Scan(Base):
     filename: Mapped[str] = mapped_column(String(1024))
     blob_key: Mapped[str] = mapped_column(String(300))
     size_bytes: Mapped[int] = mapped_column(Integer)
-    status: Mapped[ScanStatus] = mapped_column(
-        SqlEnum(ScanStatus, name="scan_status", native_enum=False, length=16,
-                values_callable=lambda e: [m.value for m in e]),
-        default=ScanStatus.QUEUED,
-    )
     probability_covid: Mapped[Optional[float]] = mapped_column(Float)
     label: Mapped[Optional[str]] = mapped_column(String(100))
     error: Mapped[Optional[str]] = mapped_column(Text)
@@ -196,16 +263,8 @@ class Scan(Base):
     precision: Mapped[Optional[str]] = mapped_column(String(20))
     preprocessing: Mapped[Optional[str]] = mapped_column(String(50))
     worker: Mapped[Optional[str]] = mapped_column(String(200))
-    started_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
-    # The queue, in SQL: waiting scans are taken by priority (0 = high), then in the order
-    # they were queued. A running scan is leased: its worker renews the lease while it works;
-    # an expired lease puts the scan back (or fails it after MAX_ATTEMPTS attempts).
-    priority: Mapped[int] = mapped_column(Integer, default=1)
-    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    lease_owner: Mapped[Optional[str]] = mapped_column(String(200))
-    lease_expires_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
     # How many times a result was written (audit: exactly 1 for a finished scan).
     result_writes: Mapped[int] = mapped_column(Integer, default=0)
     # DICOM slices only: where the slice sits (no patient identifiers are kept in SQL).
@@ -225,7 +284,7 @@ class Scan(Base):
         return f"Scan(id={self.id!r}, filename={self.filename!r}, status={self.status.value!r})"
 
 
-class Explanation(Base):
+class Explanation(LeaseMixin, Base):
     """Where the model looked for one scan (Grad-CAM), and the pictures of it.
 
     Queued like a scan: a worker leases it once its scan has a result, computes it with
@@ -234,6 +293,7 @@ class Explanation(Base):
     """
 
     __tablename__ = "explanations"
+    status_enum_name = "explanation_status"
     __table_args__ = (
         UniqueConstraint("scan_id", "method", name="uq_explanations_scan_id_method"),
         Index("ix_explanations_status_priority", "status", "priority", "queued_at"),
@@ -244,18 +304,8 @@ class Explanation(Base):
     scan_id: Mapped[str] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"))
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     method: Mapped[str] = mapped_column(String(20))
-    status: Mapped[ScanStatus] = mapped_column(
-        SqlEnum(ScanStatus, name="explanation_status", native_enum=False, length=16,
-                values_callable=lambda e: [m.value for m in e]),
-        default=ScanStatus.QUEUED,
-    )
     error: Mapped[Optional[str]] = mapped_column(Text)
-    priority: Mapped[int] = mapped_column(Integer, default=1)
-    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    lease_owner: Mapped[Optional[str]] = mapped_column(String(200))
-    lease_expires_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
     # What was explained, and by what: layer, class, score (logit or probability), model.
     layer: Mapped[Optional[str]] = mapped_column(String(200))
     class_name: Mapped[Optional[str]] = mapped_column(String(100))
@@ -290,9 +340,9 @@ class ApiKey(Base):
     owner: Mapped[str] = mapped_column(String(200), index=True)
     scopes: Mapped[str] = mapped_column(String(100))  # comma-separated, e.g. "read,submit"
     secret_sha256: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    expires_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
 
     @property
     def scope_set(self) -> frozenset[str]:
@@ -311,8 +361,8 @@ class WebSession(Base):
     token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
     csrf_token: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     key: Mapped[ApiKey] = relationship()
 
@@ -326,7 +376,7 @@ class AuditEvent(Base):
     __tablename__ = "audit_events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     key_id: Mapped[Optional[str]] = mapped_column(String(32))
     owner: Mapped[Optional[str]] = mapped_column(String(200), index=True)
     action: Mapped[str] = mapped_column(String(50))
@@ -347,7 +397,7 @@ class Wakeup(Base):
     __tablename__ = "wakeups"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     tasks: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(String(100))
 
@@ -367,8 +417,8 @@ class WorkerStatus(Base):
 
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     pid: Mapped[int] = mapped_column(Integer)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     ready: Mapped[bool] = mapped_column(Boolean, default=False)
     engines: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
 
@@ -389,18 +439,19 @@ class WebhookEndpoint(Base):
     owner: Mapped[str] = mapped_column(String(200))
     url: Mapped[str] = mapped_column(String(2000))
     secret: Mapped[Optional[str]] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     def __repr__(self) -> str:
         return f"WebhookEndpoint(id={self.id!r}, owner={self.owner!r})"
 
 
-class WebhookEvent(Base):
+class WebhookEvent(Leasable, Base):
     """One job's end, to one destination: the message and where its delivery stands.
 
     ``id`` is the ``webhook-id`` every attempt carries (receivers de-duplicate on it).
     ``state``: pending, delivered, gone (the receiver answered 410) or failed (retries
-    ran out).
+    ran out). An attempt holds a pending event under a lease (:mod:`db.queue`); the state
+    stays pending meanwhile, and an expired lease frees the event by itself.
     """
 
     __tablename__ = "webhook_events"
@@ -415,13 +466,12 @@ class WebhookEvent(Base):
     url: Mapped[str] = mapped_column(String(2000))
     type: Mapped[str] = mapped_column(String(50))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     state: Mapped[str] = mapped_column(String(16), default="pending")
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
-    queued_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
-    lease_expires_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    # When a delivery task was last sent to the broker for it (None: no queue holds it).
+    queued_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
 
     def __repr__(self) -> str:
         return f"WebhookEvent(id={self.id!r}, job_id={self.job_id!r}, state={self.state!r})"
@@ -437,12 +487,12 @@ class WebhookDelivery(Base):
                                           index=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     attempt: Mapped[int] = mapped_column(Integer)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     status_code: Mapped[Optional[int]] = mapped_column(Integer)
     error: Mapped[Optional[str]] = mapped_column(String(500))
     duration_ms: Mapped[int] = mapped_column(Integer)
     outcome: Mapped[str] = mapped_column(String(16))  # delivered, retry, gone or failed
-    next_attempt_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
 
     def __repr__(self) -> str:
         return f"WebhookDelivery(event_id={self.event_id!r}, attempt={self.attempt}, " \

@@ -1,23 +1,25 @@
-"""The queue in SQL: workers lease scans, renew the lease, record results once.
+"""The scan queue in SQL: workers lease scans, renew the lease, record results once.
 
-A worker claims the next waiting scans by priority and marks them ``running`` under a
-lease (its owner id and an expiry), renewed by a heartbeat while it works. A result is
-written only by the holder of the current lease, so a redelivered or duplicated task, or
-a worker whose lease expired and was taken over, changes nothing. Leases of dead workers
-expire; :func:`expire_leases` puts their scans back, or fails a scan that has used all
-its attempts. Every function takes a ``session``; the caller owns the transaction.
+The lease protocol is :mod:`db.queue`'s (:data:`SCANS`). A worker claims the next waiting
+scans by priority and marks them ``running`` under a lease (its owner id and an expiry),
+renewed by a heartbeat while it works. A result is written only by the holder of the
+current lease, so a redelivered or duplicated task, or a worker whose lease expired and was
+taken over, changes nothing. Leases of dead workers expire; :func:`expire_leases` puts
+their scans back, or fails a scan that has used all its attempts. Every function takes a
+``session``; the caller owns the transaction.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Optional, Sequence
+from datetime import datetime
+from typing import Any, Optional, Sequence
 
-from sqlalchemy import String, and_, cast, func, literal, select, update
+from sqlalchemy import Row, String, cast, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from db.identity import ModelIdentity
-from db.models import Job, Scan, ScanStatus, utcnow
+from db.models import Scan, ScanStatus, utcnow
+from db.queue import Expired, LeaseQueue
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,20 @@ def died_message(attempts: int) -> str:
     return f"worker died while processing this scan ({attempts} attempts)"
 
 
-CLAIM_TRIES = 5
+def _leases(session: Session, rows: Sequence[Row[Any]]) -> list[Lease]:
+    """Claimed scans in job and upload order."""
+    rows = sorted(rows, key=lambda r: (r.job_id, r.position))
+    return [Lease(r.id, r.job_id, r.blob_key, r.attempts, r.queued_at, r.frame) for r in rows]
+
+
+SCANS: LeaseQueue[Lease] = LeaseQueue(
+    Scan, leases=_leases,
+    returning=(Scan.job_id, Scan.blob_key, Scan.position, Scan.queued_at, Scan.frame),
+    tie_break=(Scan.job_id, Scan.position),
+    on_claim=lambda now: {"started_at": func.coalesce(Scan.started_at, now)},
+    died=(literal("worker died while processing this scan (") + cast(Scan.attempts, String)
+          + literal(" attempts)")))
+"""Waiting scans, by priority, then queue time, then job and upload order."""
 
 
 def claim_next(session: Session, owner: str, limit: int, lease_seconds: float) -> list[Lease]:
@@ -61,50 +76,12 @@ def claim_next(session: Session, owner: str, limit: int, lease_seconds: float) -
     On PostgreSQL rows another worker is claiming are skipped (``SKIP LOCKED``); SQLite
     serialises writers. Returns the leases in job and upload order.
     """
-    for _ in range(CLAIM_TRIES):
-        leases = _claim_once(session, owner, limit, lease_seconds)
-        if leases is not None:
-            return leases
-    return []
-
-
-def _claim_once(session: Session, owner: str, limit: int,
-                lease_seconds: float) -> Optional[list[Lease]]:
-    """One try: [] when nothing waits, None when others took every row picked here."""
-    # Two statements, not UPDATE … WHERE id IN (SELECT … LIMIT): PostgreSQL may run such a
-    # subquery more than once and, skipping locked rows, claim more than ``limit``. On
-    # SQLite the UPDATE re-checks the status, so a row another worker took is not taken.
-    ids = list(session.scalars(
-        select(Scan.id).where(Scan.status == ScanStatus.QUEUED)
-        .order_by(Scan.priority, Scan.queued_at, Scan.job_id, Scan.position)
-        .limit(limit).with_for_update(skip_locked=True)))
-    if not ids:
-        return []
-    now = utcnow()
-    rows = session.execute(
-        update(Scan)
-        .where(Scan.id.in_(ids), Scan.status == ScanStatus.QUEUED)
-        .values(status=ScanStatus.RUNNING, lease_owner=owner,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                attempts=Scan.attempts + 1,
-                started_at=func.coalesce(Scan.started_at, now))
-        .returning(Scan.id, Scan.job_id, Scan.blob_key, Scan.attempts, Scan.position,
-                   Scan.queued_at, Scan.frame)
-        .execution_options(synchronize_session=False)
-    ).all()
-    if not rows:
-        return None
-    rows.sort(key=lambda r: (r.job_id, r.position))
-    return [Lease(r.id, r.job_id, r.blob_key, r.attempts, r.queued_at, r.frame) for r in rows]
+    return SCANS.claim(session, owner, limit, lease_seconds)
 
 
 def renew_leases(session: Session, owner: str, lease_seconds: float) -> int:
     """The heartbeat: push back the expiry of every lease ``owner`` holds; returns how many."""
-    result = session.execute(
-        update(Scan).where(Scan.lease_owner == owner, Scan.status == ScanStatus.RUNNING)
-        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
-        .execution_options(synchronize_session=False))
-    return result.rowcount
+    return SCANS.renew(session, owner, lease_seconds)
 
 
 def release_leases(session: Session, owner: str,
@@ -113,25 +90,7 @@ def release_leases(session: Session, owner: str,
 
     ``scan_ids`` limits it to those scans; None releases all of ``owner``'s leases.
     """
-    query = update(Scan).where(Scan.lease_owner == owner, Scan.status == ScanStatus.RUNNING)
-    if scan_ids is not None:
-        query = query.where(Scan.id.in_(list(scan_ids)))
-    result = session.execute(
-        query.values(status=ScanStatus.QUEUED, lease_owner=None, lease_expires_at=None,
-                     attempts=Scan.attempts - 1)
-        .execution_options(synchronize_session=False))
-    return result.rowcount
-
-
-@dataclass(frozen=True)
-class Expired:
-    requeued: int
-    failed: int
-    cancelled: int
-
-
-def _expired(now: datetime):
-    return and_(Scan.status == ScanStatus.RUNNING, Scan.lease_expires_at < now)
+    return SCANS.release(session, owner, scan_ids)
 
 
 def expire_leases(session: Session, max_attempts: int, now: Optional[datetime] = None) -> Expired:
@@ -141,24 +100,7 @@ def expire_leases(session: Session, max_attempts: int, now: Optional[datetime] =
     A scan of a cancelled job is cancelled; one that has had ``max_attempts`` attempts
     fails with :func:`died_message`, so one poison file cannot crash-loop every worker.
     """
-    now = now or utcnow()
-    expired = _expired(now)
-    cancelled_job = select(Job.id).where(Job.cancelled_at.is_not(None))
-    cleared = dict(lease_owner=None, lease_expires_at=None)
-    cancelled = session.scalars(
-        update(Scan).where(expired, Scan.job_id.in_(cancelled_job))
-        .values(status=ScanStatus.CANCELLED, finished_at=now, **cleared)
-        .returning(Scan.job_id).execution_options(synchronize_session=False)).all()
-    failed = session.scalars(
-        update(Scan).where(expired, Scan.attempts >= max_attempts)
-        .values(status=ScanStatus.FAILED, finished_at=now, error=(
-            literal("worker died while processing this scan (")
-            + cast(Scan.attempts, String) + literal(" attempts)")), **cleared)
-        .returning(Scan.job_id).execution_options(synchronize_session=False)).all()
-    requeued = session.execute(
-        update(Scan).where(expired).values(status=ScanStatus.QUEUED, **cleared)
-        .execution_options(synchronize_session=False)).rowcount
-    return Expired(requeued, len(failed), len(cancelled))
+    return SCANS.expire(session, max_attempts, now)
 
 
 def record_outcomes(session: Session, outcomes: Sequence[ScanOutcome], leases: Sequence[Lease],
@@ -189,7 +131,8 @@ def write_outcomes(session: Session, outcomes: Sequence[ScanOutcome], leases: Se
             .values(
                 status=ScanStatus.FAILED if outcome.error else ScanStatus.SUCCEEDED,
                 probability_covid=outcome.probability_covid, label=outcome.label,
-                error=outcome.error, **_identity_columns(model, outcome), worker=worker, finished_at=now,
+                error=outcome.error, **_identity_columns(model, outcome), worker=worker,
+                finished_at=now,
                 lease_owner=None, lease_expires_at=None,
                 result_writes=Scan.result_writes + 1,
             )
@@ -221,6 +164,8 @@ def queue_depth(session: Session) -> QueueDepth:
     oldest = session.scalar(select(func.min(Scan.queued_at))
                             .where(Scan.status == ScanStatus.QUEUED))
     return QueueDepth(waiting, leased, oldest)
+
+
 def _identity_columns(model: ModelIdentity, outcome: ScanOutcome) -> dict:
     columns = model.scan_columns()
     if outcome.preprocessing is not None:

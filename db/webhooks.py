@@ -5,35 +5,27 @@ turns it into one event per destination (its ``callback_url`` and its owner's en
 in the caller's transaction, the one that made the job end, and marks the job so it is
 never done twice. A job whose end no transaction noticed (two workers writing its last
 scans at once) is found by the sweep, which calls it without ids. Deliveries claim an
-event under a lease, and every attempt is a :class:`db.models.WebhookDelivery` row.
+event under a lease (:data:`EVENTS`, a :mod:`db.queue` lease queue), and every attempt is
+a :class:`db.models.WebhookDelivery` row.
 Every function takes a ``session``; the caller owns the transaction.
 """
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Iterable, Optional
+from datetime import datetime, timedelta
+from typing import Any, Iterable, Optional, Sequence
 
-from sqlalchemy import delete, exists, or_, select, update
+from sqlalchemy import Row, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.jobs import FINISHED_STATUSES, summarise_jobs
 from db.models import (Job, Scan, ScanStatus, WebhookDelivery, WebhookEndpoint, WebhookEvent,
-                       utcnow)
+                       iso_utc, utcnow)
+from db.queue import LeaseQueue
 
 PENDING, DONE = "pending", "done"
 DELIVERED, GONE, FAILED, RETRY = "delivered", "gone", "failed", "retry"
-
-
-def aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes for timezone-aware columns; they are UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
-
-
-def iso_utc(moment: Optional[datetime]) -> Optional[str]:
-    return None if moment is None else \
-        aware(moment).astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def new_event_id() -> str:
@@ -97,9 +89,27 @@ def destinations(session: Session, job: Job) -> list[str]:
     """The job's callback URL, then its owner's endpoints, each URL once."""
     urls = [job.callback_url] if job.callback_url else []
     if job.owner is not None:
-        urls += session.scalars(select(WebhookEndpoint.url).where(WebhookEndpoint.owner == job.owner)
+        urls += session.scalars(select(WebhookEndpoint.url)
+                                .where(WebhookEndpoint.owner == job.owner)
                                 .order_by(WebhookEndpoint.created_at))
     return list(dict.fromkeys(urls))
+
+
+def _events(session: Session, rows: Sequence[Row[Any]]) -> list[WebhookEvent]:
+    return [event for row in rows
+            if (event := session.get(WebhookEvent, row.id, populate_existing=True)) is not None]
+
+
+EVENTS: LeaseQueue[WebhookEvent] = LeaseQueue(
+    WebhookEvent, leases=_events, status=WebhookEvent.state, waiting=PENDING, leased=None,
+    claimable=lambda now: WebhookEvent.next_attempt_at <= now,
+    order_by=(WebhookEvent.next_attempt_at,))
+"""Pending events whose next attempt is due, by due time; a lease holds one for an attempt.
+
+No priority and no owner: an event is claimed by id, by the delivery task its message
+names. Its state stays pending under the lease, which frees it when it expires; retries
+stop after a time window (:func:`core.webhooks.next_attempt`), not a count of attempts.
+"""
 
 
 def due_event_ids(session: Session, requeue_after: float, limit: int = 100) -> list[str]:
@@ -108,14 +118,9 @@ def due_event_ids(session: Session, requeue_after: float, limit: int = 100) -> l
     waited for: relays run in the API, every worker and the sweep at once, and waiting on
     each other's rows in different orders would deadlock them."""
     now = utcnow()
-    return list(session.scalars(
-        select(WebhookEvent.id).where(
-            WebhookEvent.state == PENDING, WebhookEvent.next_attempt_at <= now,
-            or_(WebhookEvent.queued_at.is_(None),
-                WebhookEvent.queued_at < now - timedelta(seconds=requeue_after)),
-            or_(WebhookEvent.lease_expires_at.is_(None), WebhookEvent.lease_expires_at < now))
-        .order_by(WebhookEvent.next_attempt_at).limit(limit)
-        .with_for_update(skip_locked=True)))
+    return EVENTS.pick(session, limit, or_(
+        WebhookEvent.queued_at.is_(None),
+        WebhookEvent.queued_at < now - timedelta(seconds=requeue_after)), now=now)
 
 
 def mark_queued(session: Session, event_ids: Iterable[str]) -> None:
@@ -129,21 +134,14 @@ def claim_event(session: Session, event_id: str, lease_seconds: float) -> Option
     The attempt is counted now, so a delivery that dies mid-way still counts.
     """
     now = utcnow()
-    claimed = session.execute(
-        update(WebhookEvent).where(
-            WebhookEvent.id == event_id, WebhookEvent.state == PENDING,
-            WebhookEvent.next_attempt_at <= now,
-            or_(WebhookEvent.lease_expires_at.is_(None), WebhookEvent.lease_expires_at < now))
-        .values(lease_expires_at=now + timedelta(seconds=lease_seconds),
-                attempts=WebhookEvent.attempts + 1)
-        .execution_options(synchronize_session=False)).rowcount
+    claimed = EVENTS.take(session, [event_id], None, lease_seconds, now)
     if not claimed:  # a message that came early leaves the event to the sweep when it is due
         session.execute(update(WebhookEvent).where(
             WebhookEvent.id == event_id, WebhookEvent.state == PENDING,
             WebhookEvent.next_attempt_at > now).values(queued_at=None)
             .execution_options(synchronize_session=False))
         return None
-    return session.get(WebhookEvent, event_id, populate_existing=True)
+    return _events(session, claimed)[0]
 
 
 def endpoint_secret(session: Session, owner: Optional[str], url: str) -> Optional[str]:
@@ -206,7 +204,8 @@ def stop_endpoint_events(session: Session, owner: str, url: str) -> int:
         .execution_options(synchronize_session=False)).rowcount
 
 
-def job_deliveries(session: Session, job_id: str) -> list[tuple[WebhookEvent, list[WebhookDelivery]]]:
+def job_deliveries(session: Session,
+                   job_id: str) -> list[tuple[WebhookEvent, list[WebhookDelivery]]]:
     """A job's events with their attempts, oldest first."""
     events = list(session.scalars(select(WebhookEvent).where(WebhookEvent.job_id == job_id)
                                   .order_by(WebhookEvent.created_at, WebhookEvent.id)))

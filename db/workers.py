@@ -4,7 +4,7 @@ Every function takes a ``session``; the caller owns the transaction.
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Optional
 
 from sqlalchemy import delete, select, update
@@ -42,11 +42,6 @@ def withdraw(session: Session, name: str) -> None:
 
 def live_workers(session: Session, now: Optional[datetime] = None) -> list[WorkerStatus]:
     """Workers whose heartbeat is recent, by name."""
-    now = now or datetime.now(timezone.utc)
+    now = now or utcnow()
     rows = session.scalars(select(WorkerStatus).order_by(WorkerStatus.name))
-    return [row for row in rows if _aware(row.heartbeat_at) >= now - STALE_AFTER]
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite returns naive datetimes for timezone-aware columns; they are UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+    return [row for row in rows if row.heartbeat_at >= now - STALE_AFTER]

@@ -105,7 +105,6 @@ def scans_written(identity: Any, written: Sequence[tuple[Any, Any]],
         SCANS_CLASSIFIED.labels(*labels, "failed" if outcome.error else "succeeded").inc()
         queued = lease.queued_at
         if queued is not None:
-            queued = queued if queued.tzinfo else queued.replace(tzinfo=timezone.utc)
             latency.observe(max(0.0, (now - queued).total_seconds()))
 
 

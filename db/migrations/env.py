@@ -1,11 +1,21 @@
 """Alembic environment: runs migrations online against ``sqlalchemy.url``."""
+from typing import Any
+
 from alembic import context
 
-from db.models import Base
+from db.models import Base, UTCDateTime
 from db.session import make_engine
 
 config = context.config
 target_metadata = Base.metadata
+
+
+def render_item(kind: str, item: Any, autogen_context: Any) -> Any:
+    """A new revision spells UTCDateTime as what the database stores, so that migrations do
+    not import the models."""
+    if kind == "type" and isinstance(item, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
 
 
 def run_migrations_online() -> None:
@@ -15,7 +25,8 @@ def run_migrations_online() -> None:
     engine = make_engine(url)
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata,
-                          render_as_batch=connection.dialect.name == "sqlite")
+                          render_as_batch=connection.dialect.name == "sqlite",
+                          render_item=render_item)
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()
