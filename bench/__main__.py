@@ -20,7 +20,6 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC
 from pathlib import Path
 from typing import Any, Optional
 
@@ -97,7 +96,7 @@ class Bench:
         if failed or not rows:
             raise RuntimeError(f"{failed} of {len(rows)} scans failed; see var/bench/stack.log")
         return [
-            moment.replace(tzinfo=moment.tzinfo or UTC).timestamp()
+            moment.timestamp()
             for moment, _ in rows
             if moment is not None  # every scan is finished here: none is
         ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import UTC
 from typing import Any
 
 import requests
@@ -69,7 +68,7 @@ def explained_at(bench, job_ids: Sequence[str], timeout: float = 1800) -> list[f
         time.sleep(0.1)
     if not rows or any(status != ScanStatus.SUCCEEDED for _, status in rows):
         raise RuntimeError("explanations failed; see var/bench/stack.log")
-    return [moment.replace(tzinfo=moment.tzinfo or UTC).timestamp() for moment, _ in rows]
+    return [moment.timestamp() for moment, _ in rows]
 
 
 def through_the_stack(bench, files: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
