@@ -16,7 +16,7 @@ import random
 import time
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import urllib3
 from sqlalchemy.orm import Session, sessionmaker
@@ -115,8 +115,8 @@ def post(destination: Destination, body: bytes, headers: dict[str, str],
     ``timeout`` bounds the connect and each read of the status line and headers.
     """
     started = time.monotonic()
-    options = dict(timeout=urllib3.Timeout(connect=timeout, read=timeout), retries=False,
-                   maxsize=1)
+    options: dict[str, Any] = dict(timeout=urllib3.Timeout(connect=timeout, read=timeout),
+                                   retries=False, maxsize=1)
     if destination.scheme == "https":
         pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(
             destination.address, destination.port, server_hostname=destination.host,

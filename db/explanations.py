@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from db.identity import ModelIdentity
 from db.models import Explanation, Job, Scan, ScanStatus, utcnow
+from db.session import rows_changed
 from db.outbox import add_wakeups
 from db.queue import LeaseQueue
 
@@ -100,12 +101,12 @@ def explained_scan_ids(session: Session, scan_ids: Sequence[str]) -> dict[str, s
 def _fail_unexplainable(session: Session) -> int:
     """Explanations of scans that failed or were cancelled fail with the scan's reason."""
     no_result = select(Scan.id).where(Scan.status.in_([ScanStatus.FAILED, ScanStatus.CANCELLED]))
-    return session.execute(
+    return rows_changed(session, 
         update(Explanation)
         .where(Explanation.status == ScanStatus.QUEUED, Explanation.scan_id.in_(no_result))
         .values(status=ScanStatus.FAILED, finished_at=utcnow(),
                 error="the scan has no result to explain (it failed or was cancelled)")
-        .execution_options(synchronize_session=False)).rowcount
+        .execution_options(synchronize_session=False))
 
 
 def _leases(session: Session, rows: Sequence[Row[Any]]) -> list[ExplanationLease]:
@@ -172,7 +173,7 @@ def record_explanations(session: Session, outcomes: Sequence[ExplanationOutcome]
             raise ValueError(f"outcome of {outcome.explanation_id} paired with the lease of "
                              f"{lease.explanation_id}")
         values = dict(outcome.details or {}, **(outcome.pictures or {}))
-        written += session.execute(
+        written += rows_changed(session, 
             update(Explanation)
             .where(Explanation.id == lease.explanation_id,
                    Explanation.status == ScanStatus.RUNNING,
@@ -180,5 +181,5 @@ def record_explanations(session: Session, outcomes: Sequence[ExplanationOutcome]
             .values(status=ScanStatus.FAILED if outcome.error else ScanStatus.SUCCEEDED,
                     error=outcome.error, finished_at=now, lease_owner=None,
                     lease_expires_at=None, **model.explanation_columns(), **values)
-            .execution_options(synchronize_session=False)).rowcount
+            .execution_options(synchronize_session=False))
     return written

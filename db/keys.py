@@ -19,6 +19,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from db.models import ApiKey, WebSession, utcnow
+from db.session import rows_changed
 
 KEY_PREFIX = "csk_"
 SCOPES = ("submit", "read", "metrics", "admin")
@@ -147,4 +148,4 @@ def close_session(session: Session, token: str) -> None:
 
 def delete_expired_sessions(session: Session) -> int:
     """Remove browser sessions past their expiry; returns how many."""
-    return session.execute(delete(WebSession).where(WebSession.expires_at < utcnow())).rowcount
+    return rows_changed(session, delete(WebSession).where(WebSession.expires_at < utcnow()))

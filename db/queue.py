@@ -23,6 +23,7 @@ from sqlalchemy import ColumnElement, Row, and_, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from db.models import Job, ScanStatus, utcnow
+from db.session import rows_changed
 
 L = TypeVar("L")
 
@@ -146,10 +147,10 @@ class LeaseQueue(Generic[L]):
 
     def renew(self, session: Session, owner: str, lease_seconds: float) -> int:
         """The heartbeat: push back the expiry of every lease ``owner`` holds; returns how many."""
-        return session.execute(
+        return rows_changed(session, 
             update(self.model).where(self._held(owner))
             .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
-            .execution_options(synchronize_session=False)).rowcount
+            .execution_options(synchronize_session=False))
 
     def release(self, session: Session, owner: str, ids: Optional[Sequence[Any]] = None) -> int:
         """Give leases back at once (a worker stopping): the rows wait again, their attempt
@@ -158,10 +159,10 @@ class LeaseQueue(Generic[L]):
         query = update(model).where(self._held(owner))
         if ids is not None:
             query = query.where(model.id.in_(list(ids)))
-        return session.execute(
+        return rows_changed(session, 
             query.values({self.status: self.waiting, model.lease_owner: None,
                           model.lease_expires_at: None, model.attempts: model.attempts - 1})
-            .execution_options(synchronize_session=False)).rowcount
+            .execution_options(synchronize_session=False))
 
     def expire(self, session: Session, max_attempts: int,
                now: Optional[datetime] = None) -> Expired:
@@ -176,8 +177,8 @@ class LeaseQueue(Generic[L]):
         ended = {**cleared, model.finished_at: now}
 
         def count(condition: ColumnElement[bool], values: dict[Any, Any]) -> int:
-            return session.execute(update(model).where(condition).values(values)
-                                   .execution_options(synchronize_session=False)).rowcount
+            return rows_changed(session, update(model).where(condition).values(values)
+                                   .execution_options(synchronize_session=False))
 
         cancelled = count(and_(expired, model.job_id.in_(cancelled_job)),
                           {**ended, self.status: ScanStatus.CANCELLED})

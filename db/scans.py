@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from db.identity import ModelIdentity
 from db.models import Scan, ScanStatus, utcnow
 from db.queue import Expired, LeaseQueue
+from db.session import rows_changed
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def write_outcomes(session: Session, outcomes: Sequence[ScanOutcome], leases: Se
     for outcome, lease in zip(outcomes, leases):
         if outcome.scan_id != lease.scan_id:
             raise ValueError(f"outcome for {outcome.scan_id} paired with lease of {lease.scan_id}")
-        result = session.execute(
+        changed = rows_changed(session,
             update(Scan)
             .where(Scan.id == lease.scan_id, Scan.status == ScanStatus.RUNNING,
                    Scan.lease_owner == owner, Scan.attempts == lease.attempt)
@@ -138,7 +139,7 @@ def write_outcomes(session: Session, outcomes: Sequence[ScanOutcome], leases: Se
             )
             .execution_options(synchronize_session=False)
         )
-        if result.rowcount:
+        if changed:
             written.append((outcome, lease))
     return written
 

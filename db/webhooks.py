@@ -16,13 +16,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Optional, Sequence
 
-from sqlalchemy import Row, delete, exists, or_, select, update
+from sqlalchemy import Exists, Row, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.jobs import FINISHED_STATUSES, summarise_jobs
-from db.models import (Job, Scan, ScanStatus, WebhookDelivery, WebhookEndpoint, WebhookEvent,
-                       iso_utc, utcnow)
+from db.models import (
+    Job,
+    Scan,
+    ScanStatus,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+    iso_utc,
+    utcnow,
+)
 from db.queue import LeaseQueue
+from db.session import rows_changed
 
 PENDING, DONE = "pending", "done"
 DELIVERED, GONE, FAILED, RETRY = "delivered", "gone", "failed", "retry"
@@ -32,7 +41,7 @@ def new_event_id() -> str:
     return f"msg_{uuid.uuid4().hex}"
 
 
-def _unfinished(job_id_column) -> object:
+def _unfinished(job_id_column: Any) -> Exists:
     return exists().where(Scan.job_id == job_id_column,
                           Scan.status.not_in(ScanStatus.terminal()))
 
@@ -177,13 +186,13 @@ def record_attempt(session: Session, event: WebhookEvent, attempt: Attempt, outc
     claim has taken it since.
     """
     state = PENDING if outcome == RETRY else outcome
-    updated = session.execute(
+    updated = rows_changed(session, 
         update(WebhookEvent).where(WebhookEvent.id == event.id,
                                    WebhookEvent.attempts == event.attempts,
                                    WebhookEvent.state == PENDING)
         .values(state=state, next_attempt_at=next_attempt_at, lease_expires_at=None,
                 queued_at=None, finished_at=None if state == PENDING else utcnow())
-        .execution_options(synchronize_session=False)).rowcount
+        .execution_options(synchronize_session=False))
     if not updated:
         return False
     session.add(WebhookDelivery(
@@ -196,12 +205,12 @@ def record_attempt(session: Session, event: WebhookEvent, attempt: Attempt, outc
 def stop_endpoint_events(session: Session, owner: str, url: str) -> int:
     """An endpoint deleted: its pending events stop (``failed``), except those of jobs that
     named the URL as their own callback_url. Returns how many stopped."""
-    return session.execute(
+    return rows_changed(session, 
         update(WebhookEvent).where(
             WebhookEvent.owner == owner, WebhookEvent.url == url, WebhookEvent.state == PENDING,
             WebhookEvent.job_id.not_in(select(Job.id).where(Job.callback_url == url)))
         .values(state=FAILED, next_attempt_at=None, lease_expires_at=None, finished_at=utcnow())
-        .execution_options(synchronize_session=False)).rowcount
+        .execution_options(synchronize_session=False))
 
 
 def job_deliveries(session: Session,

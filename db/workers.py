@@ -11,6 +11,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from db.models import WorkerStatus, utcnow
+from db.session import rows_changed
 
 HEARTBEAT_SECONDS = 10
 STALE_AFTER = timedelta(seconds=3 * HEARTBEAT_SECONDS)
@@ -32,8 +33,8 @@ def beat(session: Session, name: str, engines: Optional[list[dict[str, Any]]] = 
     values: dict[str, Any] = {"heartbeat_at": utcnow()}
     if engines is not None:
         values["engines"] = engines
-    return session.execute(update(WorkerStatus).where(WorkerStatus.name == name)
-                           .values(**values)).rowcount > 0
+    return rows_changed(session, update(WorkerStatus).where(WorkerStatus.name == name)
+                           .values(**values)) > 0
 
 
 def withdraw(session: Session, name: str) -> None:
