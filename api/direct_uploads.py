@@ -31,6 +31,7 @@ from api.limits import check_active_jobs, scan_quota
 from api.problems import Problem
 from api.serialize import job_json
 from api.uploads import UploadLimits, check_stored_slice
+from covidscan.contract import UploadStatus
 from db.blobs import BlobNotFound, BlobStore
 from db.jobs import NewScan, find_job, summarise_jobs
 from db.models import new_id
@@ -96,7 +97,7 @@ def create_direct_upload() -> tuple[Response, int]:
     manifest = {"owner": owner, "request": job_request.as_dict(), "files": files}
     svc.blobs.put(f"{job_id}/{MANIFEST}", json.dumps(manifest).encode())
     audit("job.upload_urls", job_id, {"scans": len(files)})
-    return jsonify(id=job_id, status="awaiting_upload", expires_in=expires, parts=parts,
+    return jsonify(id=job_id, status=UploadStatus.AWAITING_UPLOAD, expires_in=expires, parts=parts,
                    start_url=url_for("direct_uploads.start_job", job_id=job_id)), 201
 
 

@@ -12,14 +12,12 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from covidscan.contract import DeliveryOutcome, DeliveryState, JobStatus, ScanStatus, UploadStatus
 from covidscan.settings import PRECISIONS
 from db.audit import ACTIONS
 from db.explanations import METHODS
 from db.models import PRIORITIES
 
-JobStatus = Literal["open", "queued", "running", "succeeded", "partially_succeeded", "failed",
-                    "cancelling", "cancelled"]
-ScanStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Priority = Literal[PRIORITIES]  # type: ignore[valid-type]
 Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
 Action = Literal[ACTIONS]  # type: ignore[valid-type]
@@ -251,7 +249,7 @@ class DirectUpload(Strict):
     """A two-step upload: PUT each slice to its URL, then POST `start_url`."""
 
     id: str
-    status: Literal["awaiting_upload"]
+    status: UploadStatus
     expires_in: int = Field(description="seconds the upload URLs stay valid")
     parts: list[UploadPart]
     start_url: str
@@ -355,7 +353,7 @@ class DeliveryAttempt(Strict):
     status_code: Optional[int]
     error: Optional[str]
     duration_ms: Optional[int]
-    outcome: str
+    outcome: DeliveryOutcome
     next_attempt_at: Timestamp
 
 
@@ -365,7 +363,7 @@ class DeliveryEvent(Strict):
     id: str
     type: str
     url: str
-    state: Literal["pending", "delivered", "gone", "failed"]
+    state: DeliveryState
     created_at: Timestamp
     next_attempt_at: Timestamp
     attempts: list[DeliveryAttempt]

@@ -12,11 +12,11 @@ import click
 from cli.keys import keys
 from dicomnet.listener import dicom_listen
 from cli.models import models
+from covidscan.contract import JobStatus, ScanStatus
 from covidscan.settings import PRECISIONS
 from cli.train import evaluate, train
 
 DEFAULT_URL = "http://127.0.0.1:5000"
-FINISHED = ("succeeded", "partially_succeeded", "failed", "cancelled")
 
 
 def _client(ctx: click.Context):
@@ -89,7 +89,7 @@ def submit(ctx: click.Context, paths: tuple[Path, ...], name: Optional[str],
         return
     job = _follow(client, job["id"], poll)
     _print_summary(client, job, table)
-    if job["status"] == "failed":
+    if job["status"] == JobStatus.FAILED:
         sys.exit(1)
 
 
@@ -107,7 +107,7 @@ def _follow(client, job_id: str, poll: float) -> dict[str, Any]:
                             completed=counts["succeeded"] + counts["failed"]
                             + counts.get("cancelled", 0),
                             description=job["status"])
-            if job["status"] in FINISHED:
+            if job["status"] in JobStatus.finished():
                 return job
             time.sleep(poll)
 
@@ -139,10 +139,10 @@ def _print_summary(client, job: dict[str, Any], full_table: bool = False) -> Non
     counts = job["counts"]
     console.print(f"{counts['succeeded']} succeeded, {counts['failed']} failed of {counts['total']}"
                   + (f", {counts['cancelled']} cancelled" if counts.get("cancelled") else ""))
-    labels = Counter(row["label"] for row in rows if row["status"] == "succeeded")
+    labels = Counter(row["label"] for row in rows if row["status"] == ScanStatus.SUCCEEDED)
     if labels:
         console.print("labels: " + ", ".join(f"{name} {n}" for name, n in labels.most_common()))
-    failed = [row for row in rows if row["status"] == "failed"]
+    failed = [row for row in rows if row["status"] == ScanStatus.FAILED]
     if failed and not full_table:
         console.print("failed scans:", markup=False)
         for row in failed[:MAX_FAILURES_SHOWN]:

@@ -18,12 +18,14 @@ from typing import Iterable, Optional
 from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
+from covidscan.contract import DeliveryOutcome, DeliveryState
 from db.jobs import FINISHED_STATUSES, summarise_jobs
 from db.models import (Job, Scan, ScanStatus, WebhookDelivery, WebhookEndpoint, WebhookEvent,
                        utcnow)
 
-PENDING, DONE = "pending", "done"
-DELIVERED, GONE, FAILED, RETRY = "delivered", "gone", "failed", "retry"
+PENDING, DONE = DeliveryState.PENDING, "done"  # also a job's finish_event: pending, then done
+DELIVERED, GONE, FAILED, RETRY = (DeliveryOutcome.DELIVERED, DeliveryOutcome.GONE,
+                                  DeliveryOutcome.FAILED, DeliveryOutcome.RETRY)
 
 
 def aware(moment: datetime) -> datetime:
