@@ -90,6 +90,7 @@ class JobOptions:
     model: Optional[Model] = None
     priority: int = 1
     precision: Optional[str] = None
+    callback_url: Optional[str] = None  # gets a signed event when the job ends
     retention_seconds: int = 0
     chunk_size: int = 32
     explain: Optional[str] = None  # "gradcam": explain every scan once it has a result
@@ -111,7 +112,8 @@ def create_job(session: Session, scans: Sequence[NewScan], job_id: str,
     now = utcnow()
     job = Job(id=job_id, name=options.name, requested_model=options.requested_model,
               owner=options.owner, priority=options.priority, precision=options.precision,
-              created_at=now, explain=options.explain, series_rule=options.series_rule,
+              callback_url=options.callback_url, created_at=now, explain=options.explain,
+              series_rule=options.series_rule,
               expires_at=(now + timedelta(seconds=options.retention_seconds)
                           if options.retention_seconds else None),
               open_until=(now + timedelta(seconds=options.open_seconds)
