@@ -2,10 +2,10 @@
 
 A form, a query string and a JSON object are read alike, into the pydantic model that also
 describes them in the OpenAPI document (``api/schemas.py``): text is trimmed, an empty value
-means the default (as in an HTML form), a choice may be written in any case, and true and
-false are the words of :func:`covidscan.contract.parse_flag`. A value the model refuses is a
-400 whose detail names the field, says what it must be and what was sent (which is also a
-member of the problem, under the field's name).
+or null means the default (as an empty field of an HTML form does), a choice may be written
+in any case, and true and false are the words of :func:`covidscan.contract.parse_flag`.
+A value the model refuses is a 400 whose detail names the field, says what it must be and
+what was sent (which is also a member of the problem, under the field's name).
 """
 from __future__ import annotations
 
@@ -62,6 +62,8 @@ class Fields(BaseModel):
             return data
         read = {}
         for name, value in data.items():
+            if value is None:
+                continue  # null, like an empty value, means the default
             if isinstance(value, str):
                 value = value.strip()
                 if not value:

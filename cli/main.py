@@ -15,6 +15,7 @@ from cli.models import models
 from covidscan.contract import JobStatus, ScanStatus
 from covidscan.settings import PRECISIONS
 from cli.train import evaluate, train
+from db.models import PRIORITIES
 
 DEFAULT_URL = "http://127.0.0.1:5000"
 
@@ -45,7 +46,7 @@ def main(ctx: click.Context, url: str) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--name", help="A name for the job.")
 @click.option("--model", help="NAME or NAME:VERSION of a registered model (default: the default).")
-@click.option("--priority", type=click.Choice(["high", "normal", "low"]), default=None,
+@click.option("--priority", type=click.Choice(PRIORITIES), default=None,
               help="Waiting scans of higher priority jobs are classified first (default normal).")
 @click.option("--callback-url", metavar="URL",
               help="POST a signed event to URL when the job ends (see the README's Webhooks).")
@@ -67,18 +68,25 @@ def submit(ctx: click.Context, paths: tuple[Path, ...], name: Optional[str],
            poll: float, table: bool) -> None:
     """Upload PNG/JPEG/DICOM slices, folders of them (a PACS export too), or ZIP archives
     as one job."""
+    from pydantic import ValidationError
+
+    from api.fields import problem_text
+    from api.schemas import SubmissionOptions
     from cli.client import ApiError, collect_files
 
+    try:  # checked here as the server checks them: a mistake costs no upload
+        options = SubmissionOptions.model_validate(
+            {"name": name, "model": model, "priority": priority, "callback_url": callback_url,
+             "precision": precision, "explain": "gradcam" if explain else None})
+    except ValidationError as exc:
+        _fail(problem_text(exc, SubmissionOptions))
     files = collect_files(list(paths))
     if not files:
         _fail("no PNG, JPEG, DICOM or ZIP files found in " + ", ".join(map(str, paths)))
     root = paths[0] if len(paths) == 1 and paths[0].is_dir() else None
     client = _client(ctx)
     try:
-        job = client.submit(files, name=name, root=root, model=model, priority=priority,
-                            callback_url=callback_url,
-                            explain="gradcam" if explain else None,
-                            allow_modality=allow_modality, precision=precision)
+        job = client.submit(files, options, root=root, allow_modality=allow_modality)
     except ApiError as exc:
         _fail(str(exc))
     click.echo(f"job {job['id']}: {job['counts']['total']} scans queued")
