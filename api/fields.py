@@ -25,7 +25,7 @@ M = TypeVar("M", bound=BaseModel)
 NO_NUL = "^[^\\x00]*$"
 # `name` or `name:version`, neither part empty nor padded with spaces (db/registry.parse_ref)
 MODEL_REF = r"^[^:/\s\x00-\x1f\x7f-\x9f]+(:[^/\s\x00-\x1f\x7f-\x9f]+)?$"
-PROBLEM_MEMBERS = ("type", "status", "title", "detail")
+RESERVED = ("type", "status", "title", "detail", "headers")  # a problem's own members
 PATTERN_WORDS = {NO_NUL: "text without NUL characters",
                  MODEL_REF: "NAME or NAME:VERSION of a registered model"}
 
@@ -134,9 +134,9 @@ def validated(model: type[M], fields: Mapping[str, Any]) -> M:
         raise Problem(400, problem_text(exc, model), **refused_values(exc)) from None
 
 
-def refused_values(error: ValidationError) -> dict[str, str]:
+def refused_values(error: ValidationError) -> dict[str, Any]:
     """Each refused text field with the value sent (``{"model": "alpha:"}``): a client may
     read it beside the detail, as the problem's other members."""
     return {str(e["loc"][0]): e["input"] for e in error.errors(include_url=False)
             if len(e["loc"]) == 1 and isinstance(e["input"], str)
-            and e["loc"][0] not in PROBLEM_MEMBERS}
+            and e["loc"][0] not in RESERVED}
