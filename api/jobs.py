@@ -58,7 +58,9 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         return create_direct_upload()
     svc = services()
     owner = current_principal().owner
-    form = validated(SubmitJobForm, request.form)
+    fields = request.form.to_dict()
+    fields.pop("files", None)  # files are file parts (_file_parts), never a text field
+    form = validated(SubmitJobForm, fields)
     check_active_jobs(owner)
     scan_quota().check_room(owner)
     parts = _file_parts(required=not form.open)
