@@ -24,13 +24,15 @@ from api.archives import check_name
 from api.audit import audit
 from api.auth import current_principal, owned_job, requires
 from api.extensions import db_session, services
-from api.job_intake import JobRequest, accept_job
+from api.fields import validated
+from api.job_intake import accept_job, checked_options
 from api.openapi import Reply, operation
-from api.schemas import Job, SubmittedJob
+from api.schemas import Job, SubmissionOptions, SubmittedJob
 from api.limits import check_active_jobs, scan_quota
 from api.problems import Problem
 from api.serialize import job_json
 from api.uploads import UploadLimits, check_stored_slice
+from covidscan.contract import UploadStatus
 from db.blobs import BlobNotFound, BlobStore
 from db.jobs import NewScan, find_job, summarise_jobs
 from db.models import new_id
@@ -87,16 +89,16 @@ def create_direct_upload() -> tuple[Response, int]:
     scan_quota().check_room(owner)
     limits = UploadLimits.from_settings(svc.settings)
     files = _declared_files(body, limits, svc.settings.max_expanded_bytes)
-    job_request = JobRequest.from_fields(body)
+    job_request = checked_options(validated(SubmissionOptions, body))
     parts = []
     for position, entry in enumerate(files):
         url = svc.blobs.upload_url(svc.blobs.key_for(job_id, position), entry["size"], expires)
         parts.append({**entry, "method": "PUT", "url": url,
                       "headers": {"Content-Length": str(entry["size"])}})
-    manifest = {"owner": owner, "request": job_request.as_dict(), "files": files}
+    manifest = {"owner": owner, "request": job_request.model_dump(), "files": files}
     svc.blobs.put(f"{job_id}/{MANIFEST}", json.dumps(manifest).encode())
     audit("job.upload_urls", job_id, {"scans": len(files)})
-    return jsonify(id=job_id, status="awaiting_upload", expires_in=expires, parts=parts,
+    return jsonify(id=job_id, status=UploadStatus.AWAITING_UPLOAD, expires_in=expires, parts=parts,
                    start_url=url_for("direct_uploads.start_job", job_id=job_id)), 201
 
 
@@ -171,7 +173,10 @@ def start_job(job_id: str) -> tuple[Response, int, dict[str, str]]:
                       refused=[{"filename": p.extra.get("filename"), "status": p.status,
                                 "detail": p.detail} for p in refused])
     check_active_jobs(manifest["owner"])
-    response = accept_job(job_id, manifest["owner"], JobRequest(**manifest["request"]),
+    stored = manifest["request"]
+    if "model_ref" in stored:  # a manifest written before the options had one shape
+        stored["model"] = stored.pop("model_ref")
+    response = accept_job(job_id, manifest["owner"], SubmissionOptions.model_validate(stored),
                           [o for o in outcomes if isinstance(o, NewScan)])
     svc.blobs.delete(f"{job_id}/{MANIFEST}")
     return response

@@ -17,6 +17,7 @@ from flask import Blueprint, Response, jsonify, request
 from api.audit import audit
 from api.auth import current_principal, owned_scan, requires
 from api.extensions import db_session, services
+from api.fields import validated
 from api.limits import scan_quota
 from api.openapi import Reply, operation
 from api.problems import Problem
@@ -143,12 +144,8 @@ def get_explanation(scan_id: str) -> Response:
 )
 def get_heatmap(scan_id: str) -> Response | tuple[Response, int, dict[str, str]]:
     """The stored picture (or array); 202 with the explanation's state while it is not ready."""
-    fmt = request.args.get("format") or "png"  # empty means the default, as elsewhere
-    view = request.args.get("view") or "overlay"
-    if fmt not in ("png", "npy"):
-        raise Problem(400, f"format must be png or npy, got {fmt!r}")
-    if view not in VIEWS:
-        raise Problem(400, f"view must be one of {', '.join(VIEWS)}, got {view!r}")
+    query = validated(HeatmapQuery, request.args)
+    fmt, view = query.format, query.view
     explanation = _owned_explanation(scan_id)
     if explanation.status == ScanStatus.FAILED or explanation.status == ScanStatus.CANCELLED:
         raise Problem(

@@ -11,14 +11,14 @@ from api.auth import current_principal, owned_job, requires
 from api.dicom_upload import allowed_modalities, scans_of
 from api.direct_uploads import create_direct_upload
 from api.extensions import db_session, services
-from api.job_intake import JobRequest, accept_job
+from api.fields import validated
+from api.job_intake import accept_job, checked_options
 from api.limits import check_active_jobs, scan_quota
 from api.metrics import scans_added
 from api.openapi import Reply, operation
 from api.problems import Problem
 from api.schemas import (AddScansForm, DirectUpload, DirectUploadRequest, Job, JobList,
                          JobListQuery, ResultsPage, ResultsQuery, SubmitJobForm, SubmittedJob)
-from api.security import whole_number
 from api.serialize import csv_lines, job_json, result_row
 from api.uploads import ParsedUpload, UploadLimits, iter_scans
 from core.metrics import count_finished
@@ -35,20 +35,6 @@ from db.webhooks import record_finished_jobs
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
-DEFAULT_PAGE, MAX_PAGE = 100, 1000
-
-
-def _int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = whole_number(raw)
-    except ValueError:
-        raise Problem(400, f"{name} must be a whole number, got {raw!r}") from None
-    if not minimum <= value <= maximum:
-        raise Problem(400, f"{name} must be between {minimum} and {maximum}, got {value}")
-    return value
 
 
 @bp.post("")
@@ -72,11 +58,13 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         return create_direct_upload()
     svc = services()
     owner = current_principal().owner
-    is_open = _flag("open")
+    fields = request.form.to_dict()
+    fields.pop("files", None)  # files are file parts (_file_parts), never a text field
+    form = validated(SubmitJobForm, fields)
     check_active_jobs(owner)
     scan_quota().check_room(owner)
-    parts = _file_parts(required=not is_open)
-    job_request = JobRequest.from_fields(request.form)
+    parts = _file_parts(required=not form.open)
+    job_request = checked_options(form)
     job_id = new_id()
     new_scans: list[NewScan] = []
     skipped: list[dict[str, str]] = []
@@ -84,16 +72,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         new_scans, skipped = _store_scans(parts, lambda i: svc.blobs.key_for(job_id, i),
                                           job_id=job_id)
     return accept_job(job_id, owner, job_request, new_scans, skipped,
-                      open_seconds=svc.settings.open_job_timeout if is_open else 0)
-
-
-def _flag(name: str) -> bool:
-    raw = (request.form.get(name) or "").strip().lower()
-    if raw in ("", "false", "0", "no"):
-        return False
-    if raw in ("true", "1", "yes"):
-        return True
-    raise Problem(400, f"{name} must be true or false, got {raw!r}")
+                      open_seconds=svc.settings.open_job_timeout if form.open else 0)
 
 
 def _file_parts(required: bool = True) -> list[tuple[str, object]]:
@@ -224,8 +203,8 @@ def seal(job_id: str) -> Response:
 @operation("The caller's recent jobs", query=JobListQuery, responses={200: JobList})
 def list_jobs() -> Response:
     """The caller's jobs, newest first (an administrator's: everyone's)."""
-    limit = _int_arg("limit", 50, 1, 500)
-    summaries = recent_job_summaries(db_session(), limit, current_principal().job_owner)
+    query = validated(JobListQuery, request.args)
+    summaries = recent_job_summaries(db_session(), query.limit, current_principal().job_owner)
     return jsonify(jobs=[job_json(summary) for summary in summaries])
 
 
@@ -284,10 +263,9 @@ def get_job(job_id: str) -> Response:
            errors=(404,))
 def get_results(job_id: str) -> Response:
     summary = owned_summary(job_id)
-    fmt = request.args.get("format") or "json"  # empty means the default, as for the others
-    limit = _int_arg("limit", DEFAULT_PAGE, 1, MAX_PAGE)  # checked for CSV too: one contract
-    cursor = _int_arg("cursor", -1, -1, 2**31 - 1)
-    if fmt == "csv":
+    query = validated(ResultsQuery, request.args)  # limit and cursor checked for CSV too
+    cursor = -1 if query.cursor is None else query.cursor
+    if query.format == "csv":
         audit("results.csv", job_id)
         session = services().session_factory()
 
@@ -300,9 +278,7 @@ def get_results(job_id: str) -> Response:
         filename = f"covidscan-{summary.job.id}.csv"
         return Response(stream_with_context(generate()), mimetype="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="{filename}"'})
-    if fmt != "json":
-        raise Problem(400, f"format must be json or csv, got {fmt!r}")
-    page, next_cursor = results_page(db_session(), job_id, limit, cursor)
+    page, next_cursor = results_page(db_session(), job_id, query.limit, cursor)
     audit("results.read", job_id, {"cursor": cursor, "rows": len(page)})
     explained = explained_scan_ids(db_session(), [s.id for s in page])
     rows = [dict(result_row(s), explanation=explained.get(s.id)) for s in page]

@@ -1,9 +1,10 @@
 """The shapes of the API's bodies, as pydantic models, for the OpenAPI document.
 
-The views build their JSON by hand (`api/serialize.py`); these models describe it and
-nothing more. They are strict (every field required, no other field allowed), so the
-contract tests fail when a view's output and its model part ways: a field added to a
-response is added here too. Forms and query strings are described by models whose
+The views build their JSON by hand (`api/serialize.py`); these models describe it. They
+are strict (every field required, no other field allowed), so the contract tests fail when
+a view's output and its model part ways: a field added to a response is added here too.
+Forms, JSON bodies and query strings are described by models that the views also read them
+with (`api.fields.validated`), so what the document says is what the API checks; their
 optional fields are `None` by default.
 """
 from __future__ import annotations
@@ -12,21 +13,19 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.fields import MODEL_REF, NO_NUL, Fields, Flag
+from covidscan.contract import DeliveryOutcome, DeliveryState, JobStatus, ScanStatus, UploadStatus
 from covidscan.settings import PRECISIONS
 from db.audit import ACTIONS
 from db.explanations import METHODS
 from db.models import PRIORITIES
 
-JobStatus = Literal["open", "queued", "running", "succeeded", "partially_succeeded", "failed",
-                    "cancelling", "cancelled"]
-ScanStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Priority = Literal[PRIORITIES]  # type: ignore[valid-type]
 Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
 Action = Literal[ACTIONS]  # type: ignore[valid-type]
 Timestamp = Optional[str]  # ISO 8601 in UTC, `Z`-suffixed
-# `name` or `name:version`, neither part empty nor padded with spaces (db/registry.parse_ref)
-NO_NUL = "^[^\\x00]*$"
-MODEL_REF = r"^[^:/\s\x00-\x1f\x7f-\x9f]+(:[^/\s\x00-\x1f\x7f-\x9f]+)?$"
+ExplainMethod = Literal[METHODS]  # type: ignore[valid-type]
+MAX_NAME_LENGTH = 200
 
 
 class Strict(BaseModel):
@@ -86,8 +85,8 @@ class Job(Strict):
                                               "the sweep seals it unless a part comes first; "
                                               "null once sealed")
     callback_url: Optional[str] = Field(description="gets a signed event when the job ends")
-    explain: Optional[Literal[METHODS]] = Field(  # type: ignore[valid-type]
-        description="the heatmap made of every scan, null for none")
+    explain: Optional[ExplainMethod] = Field(description="the heatmap made of every scan, "
+                                                         "null for none")
     links: JobLinks
 
 
@@ -251,7 +250,7 @@ class DirectUpload(Strict):
     """A two-step upload: PUT each slice to its URL, then POST `start_url`."""
 
     id: str
-    status: Literal["awaiting_upload"]
+    status: UploadStatus
     expires_in: int = Field(description="seconds the upload URLs stay valid")
     parts: list[UploadPart]
     start_url: str
@@ -355,7 +354,7 @@ class DeliveryAttempt(Strict):
     status_code: Optional[int]
     error: Optional[str]
     duration_ms: Optional[int]
-    outcome: str
+    outcome: DeliveryOutcome
     next_attempt_at: Timestamp
 
 
@@ -365,7 +364,7 @@ class DeliveryEvent(Strict):
     id: str
     type: str
     url: str
-    state: Literal["pending", "delivered", "gone", "failed"]
+    state: DeliveryState
     created_at: Timestamp
     next_attempt_at: Timestamp
     attempts: list[DeliveryAttempt]
@@ -396,27 +395,45 @@ FILES_DESCRIPTION = ("one part per PNG, JPEG or DICOM file, or ZIP archive of th
                      "apart by content, not by name")
 
 
-class SubmitJobForm(BaseModel):
-    """A bulk job, as `multipart/form-data`."""
+class SubmissionOptions(Fields):
+    """What a submission asks for besides its scans: the same fields in a form, in a JSON
+    body and as the CLI's options (``cli/client.py`` sends them)."""
 
-    files: list[bytes] = Field(default_factory=list,
-                               description=FILES_DESCRIPTION + "; at least one unless `open`")
-    open: bool = Field(False, description="keep the job open for more scans "
-                                          "(`POST /v1/jobs/{job_id}/scans`) until it is sealed "
-                                          "(`POST /v1/jobs/{job_id}/seal`): its scans are "
-                                          "classified while the rest is sent")
-    name: Optional[str] = Field(None, max_length=200, description="a name for the job")
-    model: Optional[str] = Field(None, pattern=MODEL_REF, description="`name` or `name:version` of a "
-                                                   "registered model (default: the default)")
+    name: Optional[str] = Field(None, max_length=MAX_NAME_LENGTH, pattern=NO_NUL,
+                                description="a name for the job")
+    model: Optional[str] = Field(None, pattern=MODEL_REF, description="`name` or "
+                                 "`name:version` of a registered model (default: the default)")
     precision: Optional[Precision] = Field(None, description="the numeric precision asked of "
                                                              "the model (default: the "
                                                              "worker's INFERENCE_PRECISION)")
     priority: Priority = Field("normal", description="waiting scans of higher priority jobs "
                                                      "are classified first")
-    callback_url: Optional[str] = Field(None, description="gets a signed event when the job "
-                                                          "ends (public addresses only)")
-    explain: Optional[Literal[METHODS]] = Field(  # type: ignore[valid-type]
-        None, description="`gradcam`: a heatmap of every scan")
+    callback_url: Optional[str] = Field(None, pattern=NO_NUL,
+                                        description="gets a signed event when the job ends "
+                                                    "(public addresses only)")
+    explain: Optional[ExplainMethod] = Field(None, description="`gradcam`: a heatmap of "
+                                                               "every scan")
+
+    def options(self) -> "SubmissionOptions":
+        """Only the options (a form or a body model also holds its files)."""
+        return SubmissionOptions.model_construct(
+            **{name: getattr(self, name) for name in SubmissionOptions.model_fields})
+
+    def form_fields(self) -> dict[str, str]:
+        """The options that differ from the defaults, as a client sends them."""
+        return {name: str(value) for name, value in self.options().model_dump().items()
+                if value != SubmissionOptions.model_fields[name].default}
+
+
+class SubmitJobForm(SubmissionOptions):
+    """A bulk job, as `multipart/form-data`."""
+
+    files: list[bytes] = Field(default_factory=list,
+                               description=FILES_DESCRIPTION + "; at least one unless `open`")
+    open: Flag = Field(False, description="keep the job open for more scans "
+                                          "(`POST /v1/jobs/{job_id}/scans`) until it is sealed "
+                                          "(`POST /v1/jobs/{job_id}/seal`): its scans are "
+                                          "classified while the rest is sent")
     allow_modality: Optional[str] = Field(None, description="DICOM modalities to classify "
                                                             "besides CT, e.g. `MR,PT`")
 
@@ -434,16 +451,10 @@ class UploadFile(BaseModel):
     size: int = Field(ge=1, description="bytes; the upload URL is signed for it")
 
 
-class DirectUploadRequest(BaseModel):
+class DirectUploadRequest(SubmissionOptions):
     """A two-step upload (S3 store only): the slices to be PUT, and the job's options."""
 
     files: list[UploadFile] = Field(min_length=1)
-    name: Optional[str] = Field(None, max_length=200, pattern=NO_NUL)
-    model: Optional[str] = Field(None, pattern=MODEL_REF)
-    precision: Optional[Precision] = None
-    priority: Optional[Priority] = None
-    callback_url: Optional[str] = Field(None, pattern=NO_NUL)
-    explain: Optional[Literal[METHODS]] = None  # type: ignore[valid-type]
 
 
 class WebhookRequest(BaseModel):
@@ -455,27 +466,26 @@ class WebhookRequest(BaseModel):
                                               "server's WEBHOOK_SECRET)")
 
 
-class SeriesQuery(BaseModel):
-    slices: Optional[Literal["0", "1", "true", "false"]] = Field(
-        None, description="`1` adds each series' slices in order")
+class SeriesQuery(Fields):
+    slices: Flag = Field(False, description="`true` adds each series' slices in order")
 
 
-class HeatmapQuery(BaseModel):
+class HeatmapQuery(Fields):
     format: Literal["png", "npy"] = Field("png", description="`npy`: the map as an array")
     view: Literal["overlay", "heatmap", "slice"] = Field(
         "overlay", description="the PNG's layer (the overlay has a legend)")
 
 
-class StowQuery(BaseModel):
+class StowQuery(Fields):
     job: Optional[str] = Field(None, description="append to this job of yours (default: a "
                                                  "new job)")
 
 
-class JobListQuery(BaseModel):
+class JobListQuery(Fields):
     limit: int = Field(50, ge=1, le=500, description="how many jobs, newest first")
 
 
-class ResultsQuery(BaseModel):
+class ResultsQuery(Fields):
     format: Literal["json", "csv"] = Field("json", description="`csv` streams every row "
                                                                "with a header line")
     limit: int = Field(100, ge=1, le=1000, description="rows per page (JSON only)")
@@ -483,7 +493,7 @@ class ResultsQuery(BaseModel):
                                   description="`next_cursor` of the previous page")
 
 
-class AuditQuery(BaseModel):
+class AuditQuery(Fields):
     limit: int = Field(100, ge=1, le=1000, description="events per page, newest first")
     cursor: Optional[int] = Field(None, ge=0, le=2**31 - 1,
                                   description="`next_cursor` of the previous page")

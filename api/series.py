@@ -6,6 +6,7 @@ from flask import Blueprint, Response, jsonify, request
 from api.audit import audit
 from api.auth import owned_job, requires
 from api.extensions import db_session, services
+from api.fields import validated
 from api.openapi import Reply, operation
 from api.problems import Problem
 from api.schemas import SeriesList, SeriesQuery
@@ -16,7 +17,6 @@ from db.series import find_series, job_series
 bp = Blueprint("series", __name__, url_prefix="/v1/jobs")
 
 DEFAULT_CLASSES = ("COVID", "NonCOVID")
-SLICES_VALUES = ("0", "1", "true", "false")
 
 
 def class_names(job: Job) -> tuple[str, str]:
@@ -35,14 +35,11 @@ def class_names(job: Job) -> tuple[str, str]:
 def list_series(job_id: str) -> Response:
     """Each DICOM series of the job: UIDs, modality, counts, P(COVID), label and the rule.
 
-    ``?slices=1`` adds the slices in order along the patient axis with their probabilities.
+    ``?slices=true`` adds the slices in order along the patient axis with their probabilities.
     PNG and JPEG scans belong to no series; their results are per slice only.
     """
     job = owned_job(job_id)
-    raw = request.args.get("slices") or "0"
-    if raw not in SLICES_VALUES:
-        raise Problem(400, f"slices must be 1 or 0 (true or false), got {raw!r}")
-    with_slices = raw in ("1", "true")
+    with_slices = validated(SeriesQuery, request.args).slices
     positive, negative = class_names(job)
     rule = job.series_rule
     found = [s.as_dict(positive, negative, with_slices)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from typing import Any
 
 from flask import Blueprint, Response, redirect, render_template, request
 
@@ -20,6 +21,7 @@ from api.extensions import db_session, services
 from api.limits import failed_sign_ins
 from api.problems import Problem
 from api.serialize import job_json
+from covidscan.contract import JobStatus, ScanStatus
 from db.audit import record
 from db.jobs import recent_job_summaries, summarise_jobs
 from db.keys import authenticate, close_session, open_session
@@ -28,6 +30,19 @@ bp = Blueprint("web", __name__)
 
 RECENT_JOBS = 50
 LOGIN_CSRF_COOKIE = "covidscan_login"
+
+
+def page_contract() -> dict[str, Any]:
+    """The states the page's scripts compare with, as the API spells them: every page carries
+    them (``<html data-contract>``), so that no script spells a status of its own."""
+    return {"JobStatus": {status.name: status.value for status in JobStatus},
+            "ScanStatus": {status.name: status.value for status in ScanStatus},
+            "finishedJobStatuses": [status.value for status in JobStatus.finished()]}
+
+
+@bp.app_context_processor
+def _contract() -> dict[str, Any]:
+    return {"contract": page_contract()}
 
 
 @bp.get("/")

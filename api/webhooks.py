@@ -20,6 +20,7 @@ from api.problems import Problem
 from api.schemas import DeliveryList, Webhook, WebhookList, WebhookRequest
 from api.serialize import iso
 from core.webhook_targets import RefusedDestination, check
+from covidscan.contract import DeliveryState
 from covidscan.settings import ConfigError, webhook_secret
 from db.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from db.webhooks import endpoint_secret, job_deliveries, stop_endpoint_events
@@ -142,7 +143,7 @@ def delivery_json(row: WebhookDelivery) -> dict[str, Any]:
 def event_json(event: WebhookEvent, attempts: list[WebhookDelivery]) -> dict[str, Any]:
     return {"id": event.id, "type": event.type, "url": event.url, "state": event.state,
             "created_at": iso(event.created_at), "next_attempt_at": iso(event.next_attempt_at)
-            if event.state == "pending" else None,
+            if event.state == DeliveryState.PENDING else None,
             "attempts": [delivery_json(row) for row in attempts]}
 
 

@@ -53,10 +53,12 @@ class Bench:
 
     def submit_as_cli(self, paths: Sequence[Path], precision: str) -> str:
         """As ``covidscan submit`` sends a folder: over 64 files, parts of an open job."""
+        from api.schemas import SubmissionOptions
         from cli.client import Client
 
         key = self.headers.get("Authorization", "").removeprefix("Bearer ") or None
-        return Client(self.url, timeout=600, api_key=key).submit(paths, precision=precision)["id"]
+        options = SubmissionOptions(precision=precision)
+        return Client(self.url, timeout=600, api_key=key).submit(paths, options)["id"]
 
     def submit(self, files: Sequence[tuple[str, bytes]], precision: str) -> str:
         parts = [("files", (name, data, "image/png")) for name, data in files]

@@ -6,9 +6,12 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import requests
+
+if TYPE_CHECKING:
+    from api.schemas import SubmissionOptions
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".zip", ".dcm", ".dicom"}
 DIRECT_SUFFIXES = {".png", ".jpg", ".jpeg"}  # what a presigned upload may carry
@@ -81,47 +84,23 @@ class Client:
             raise ApiError(response.status_code, detail)
         return response
 
-    def submit(
-        self,
-        files: Sequence[Path],
-        name: Optional[str] = None,
-        root: Optional[Path] = None,
-        model: Optional[str] = None,
-        priority: Optional[str] = None,
-        callback_url: Optional[str] = None,
-        explain: Optional[str] = None,
-        allow_modality: Optional[str] = None,
-        precision: Optional[str] = None,
-    ) -> dict[str, Any]:
+    def submit(self, files: Sequence[Path], options: Optional["SubmissionOptions"] = None,
+               root: Optional[Path] = None,
+               allow_modality: Optional[str] = None) -> dict[str, Any]:
         """Upload files as one job; names are relative to ``root`` when given.
 
-        ``model`` (``name`` or ``name:version``) pins the job; None uses the default.
-        ``priority`` is ``high``, ``normal`` (None) or ``low``. ``callback_url`` gets a
-        signed event when the job ends; ``explain`` (``gradcam``) asks for a heatmap of
-        every scan; ``allow_modality``: DICOM modalities to classify besides CT (``MR,PT``);
-        ``precision``: asked of the model (None: the worker's ``INFERENCE_PRECISION``).
+        ``options``: the job's name, model, precision, priority, callback URL and
+        explanation, as the API takes them (:class:`api.schemas.SubmissionOptions`; None:
+        the defaults); ``allow_modality``: DICOM modalities to classify besides CT (``MR,PT``).
         PNG and JPEG slices go straight to the object store when the server offers
         presigned uploads. Otherwise they go as multipart requests: one, or, for more than
         one part's worth, an open job that takes them part by part and is then sealed.
         If a part is refused, the job is deleted and the error raised: the upload is taken
         whole or not at all, as a single request's is.
         """
-        labels = [
-            path.relative_to(root).as_posix() if root and path.is_relative_to(root) else path.name
-            for path in files
-        ]
-        data = {
-            key: value
-            for key, value in (
-                ("name", name),
-                ("model", model),
-                ("priority", priority),
-                ("callback_url", callback_url),
-                ("explain", explain),
-                ("precision", precision),
-            )
-            if value
-        }
+        labels = [path.relative_to(root).as_posix() if root and path.is_relative_to(root)
+                  else path.name for path in files]
+        data = options.form_fields() if options is not None else {}
         if not allow_modality and all(path.suffix.lower() in DIRECT_SUFFIXES for path in files):
             job = self._submit_direct(files, labels, data)
             if job is not None:

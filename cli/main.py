@@ -13,11 +13,13 @@ import click
 
 from cli.keys import keys
 from cli.models import models
-from cli.train import evaluate, train
+from covidscan.contract import JobStatus, ScanStatus
 from covidscan.settings import PRECISIONS
+from cli.train import evaluate, train
 from dicomnet.listener import dicom_listen
+from db.models import PRIORITIES
 
-FINISHED = ("succeeded", "partially_succeeded", "failed", "cancelled")
+DEFAULT_URL = "http://127.0.0.1:5000"
 
 
 def _client(ctx: click.Context):
@@ -49,33 +51,17 @@ def main(ctx: click.Context, url: Optional[str]) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--name", help="A name for the job.")
 @click.option("--model", help="NAME or NAME:VERSION of a registered model (default: the default).")
-@click.option(
-    "--priority",
-    type=click.Choice(["high", "normal", "low"]),
-    default=None,
-    help="Waiting scans of higher priority jobs are classified first (default normal).",
-)
-@click.option(
-    "--callback-url",
-    metavar="URL",
-    help="POST a signed event to URL when the job ends (see the README's Webhooks).",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(PRECISIONS),
-    help="The numeric precision asked of the model (default: the worker's "
-    "INFERENCE_PRECISION; see the README's Precisions).",
-)
-@click.option(
-    "--explain",
-    is_flag=True,
-    help="Also compute a Grad-CAM heatmap of every scan (GET /v1/scans/<id>/heatmap).",
-)
-@click.option(
-    "--allow-modality",
-    metavar="MODALITIES",
-    help="DICOM modalities to classify besides CT, e.g. MR,PT (others are skipped).",
-)
+@click.option("--priority", type=click.Choice(PRIORITIES), default=None,
+              help="Waiting scans of higher priority jobs are classified first (default normal).")
+@click.option("--callback-url", metavar="URL",
+              help="POST a signed event to URL when the job ends (see the README's Webhooks).")
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              help="The numeric precision asked of the model (default: the worker's "
+                   "INFERENCE_PRECISION; see the README's Precisions).")
+@click.option("--explain", is_flag=True,
+              help="Also compute a Grad-CAM heatmap of every scan (GET /v1/scans/<id>/heatmap).")
+@click.option("--allow-modality", metavar="MODALITIES",
+              help="DICOM modalities to classify besides CT, e.g. MR,PT (others are skipped).")
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
 @click.option("--poll", default=1.0, show_default=True, help="Seconds between status polls.")
 @click.option(
@@ -100,25 +86,25 @@ def submit(
 ) -> None:
     """Upload PNG/JPEG/DICOM slices, folders of them (a PACS export too), or ZIP archives
     as one job."""
+    from pydantic import ValidationError
+
+    from api.fields import problem_text
+    from api.schemas import SubmissionOptions
     from cli.client import ApiError, collect_files
 
+    try:  # checked here as the server checks them: a mistake costs no upload
+        options = SubmissionOptions.model_validate(
+            {"name": name, "model": model, "priority": priority, "callback_url": callback_url,
+             "precision": precision, "explain": "gradcam" if explain else None})
+    except ValidationError as exc:
+        _fail(problem_text(exc, SubmissionOptions))
     files = collect_files(list(paths))
     if not files:
         _fail("no PNG, JPEG, DICOM or ZIP files found in " + ", ".join(map(str, paths)))
     root = paths[0] if len(paths) == 1 and paths[0].is_dir() else None
     client = _client(ctx)
     try:
-        job = client.submit(
-            files,
-            name=name,
-            root=root,
-            model=model,
-            priority=priority,
-            callback_url=callback_url,
-            explain="gradcam" if explain else None,
-            allow_modality=allow_modality,
-            precision=precision,
-        )
+        job = client.submit(files, options, root=root, allow_modality=allow_modality)
     except ApiError as exc:
         _fail(str(exc))
     click.echo(f"job {job['id']}: {job['counts']['total']} scans queued")
@@ -129,7 +115,7 @@ def submit(
         return
     job = _follow(client, job["id"], poll)
     _print_summary(client, job, table)
-    if job["status"] == "failed":
+    if job["status"] == JobStatus.FAILED:
         sys.exit(1)
 
 
@@ -154,13 +140,11 @@ def _follow(client, job_id: str, poll: float) -> dict[str, Any]:
         while True:
             job = client.job(job_id)
             counts = job["counts"]
-            progress.update(
-                task,
-                total=counts["total"],
-                completed=counts["succeeded"] + counts["failed"] + counts.get("cancelled", 0),
-                description=job["status"],
-            )
-            if job["status"] in FINISHED:
+            progress.update(task, total=counts["total"],
+                            completed=counts["succeeded"] + counts["failed"]
+                            + counts.get("cancelled", 0),
+                            description=job["status"])
+            if job["status"] in JobStatus.finished():
                 return job
             time.sleep(poll)
 
@@ -195,14 +179,12 @@ def _print_summary(client, job: dict[str, Any], full_table: bool = False) -> Non
     else:
         console.print(f"job {job['id']}: {job['status']}")
     counts = job["counts"]
-    console.print(
-        f"{counts['succeeded']} succeeded, {counts['failed']} failed of {counts['total']}"
-        + (f", {counts['cancelled']} cancelled" if counts.get("cancelled") else "")
-    )
-    labels = Counter(row["label"] for row in rows if row["status"] == "succeeded")
+    console.print(f"{counts['succeeded']} succeeded, {counts['failed']} failed of {counts['total']}"
+                  + (f", {counts['cancelled']} cancelled" if counts.get("cancelled") else ""))
+    labels = Counter(row["label"] for row in rows if row["status"] == ScanStatus.SUCCEEDED)
     if labels:
         console.print("labels: " + ", ".join(f"{name} {n}" for name, n in labels.most_common()))
-    failed = [row for row in rows if row["status"] == "failed"]
+    failed = [row for row in rows if row["status"] == ScanStatus.FAILED]
     if failed and not full_table:
         console.print("failed scans:", markup=False)
         for row in failed[:MAX_FAILURES_SHOWN]:

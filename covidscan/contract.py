@@ -1,8 +1,11 @@
-"""The one contract between the API and the workers: the task name and its arguments.
+"""The contract every layer shares: task names, the states of scans, jobs and deliveries,
+and the words for true and false.
 
 The API enqueues by name (it never imports the worker or TensorFlow); the worker
 registers its task under the same name. ``tests/test_contract.py`` pins both.
+Standard library only: the worker, the API, the CLI and the database models import it.
 """
+from enum import StrEnum
 
 WAKE_TASK = "covidscan.wake"
 """A wake-up, without arguments: the worker that takes it classifies waiting scans from SQL,
@@ -18,3 +21,86 @@ BATCHING_STATS_COMMAND = "covidscan_batching"
 DELIVER_TASK = "covidscan.deliver_webhook"
 """One attempt to deliver a job's webhook event, with the event id as its one argument. SQL
 says whether the event is due; a duplicate or late message finds it taken and does nothing."""
+
+
+# States: each set is written here once; the database, the API's JSON, its OpenAPI document,
+# the CLI and the page's scripts (served by api/web.py) take them from here.
+
+
+class ScanStatus(StrEnum):
+    """A scan's (or its heatmap's) state: waiting, taken by a worker, or ended."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @classmethod
+    def terminal(cls) -> tuple["ScanStatus", ...]:
+        return (cls.SUCCEEDED, cls.FAILED, cls.CANCELLED)
+
+
+class JobStatus(StrEnum):
+    """A job's status, derived from its scans' counts: `open` while it takes more scans,
+    `cancelling` while the scans running when it was cancelled finish."""
+
+    OPEN = "open"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIALLY_SUCCEEDED = "partially_succeeded"
+    FAILED = "failed"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+    @classmethod
+    def finished(cls) -> tuple["JobStatus", ...]:
+        """The statuses a job ends in (it may run again if an open job takes more scans)."""
+        return (cls.SUCCEEDED, cls.PARTIALLY_SUCCEEDED, cls.FAILED, cls.CANCELLED)
+
+
+class UploadStatus(StrEnum):
+    """A two-step upload before it is started: its slices are being uploaded."""
+
+    AWAITING_UPLOAD = "awaiting_upload"
+
+
+class DeliveryState(StrEnum):
+    """A webhook event: waiting for a (next) attempt, or ended."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    GONE = "gone"  # the receiver answered 410
+    FAILED = "failed"  # retries ran out, or the endpoint was deleted
+
+
+class DeliveryOutcome(StrEnum):
+    """One attempt to deliver a webhook event."""
+
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    GONE = "gone"
+    FAILED = "failed"
+
+
+# The words a query parameter, a form field or a setting may use for true and false.
+
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
+
+
+def parse_flag(raw: str) -> bool:
+    """True or false from one of :data:`TRUE_WORDS` or :data:`FALSE_WORDS` (any case, spaces
+    around ignored).
+
+    Raises:
+        ValueError: any other word, with a message that lists the accepted ones.
+    """
+    word = raw.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(f"must be true or false ({'/'.join(TRUE_WORDS)} or "
+                     f"{'/'.join(FALSE_WORDS)}), got {raw!r}")

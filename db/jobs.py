@@ -12,6 +12,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
+from covidscan.contract import JobStatus
 from db.identity import ModelIdentity
 from db.models import PRIORITIES, Explanation, Job, Model, Scan, ScanStatus, utcnow
 from db.outbox import add_wakeups
@@ -35,23 +36,23 @@ class JobCounts:
     failed: int = 0
     cancelled: int = 0
 
-    def status(self, cancel_requested: bool = False, is_open: bool = False) -> str:
+    def status(self, cancel_requested: bool = False, is_open: bool = False) -> JobStatus:
         """Job status derived from scan counts, whether a cancel was asked for and whether
         the job still takes scans (``open``: it cannot have ended)."""
         done = self.succeeded + self.failed
         if cancel_requested:
-            return "cancelling" if self.queued + self.running else "cancelled"
+            return JobStatus.CANCELLING if self.queued + self.running else JobStatus.CANCELLED
         if is_open:
-            return "open"
+            return JobStatus.OPEN
         if self.total == 0 or self.queued == self.total:
-            return "queued"
+            return JobStatus.QUEUED
         if done < self.total:
-            return "running"
+            return JobStatus.RUNNING
         if self.failed == 0:
-            return "succeeded"
+            return JobStatus.SUCCEEDED
         if self.succeeded == 0:
-            return "failed"
-        return "partially_succeeded"
+            return JobStatus.FAILED
+        return JobStatus.PARTIALLY_SUCCEEDED
 
     def as_dict(self) -> dict[str, int]:
         return {"total": self.total, "queued": self.queued, "running": self.running,
@@ -67,7 +68,7 @@ class JobSummary:
     finished_at: Optional[datetime]
 
     @property
-    def status(self) -> str:
+    def status(self) -> JobStatus:
         return self.counts.status(self.job.cancelled_at is not None,
                                   self.job.open_until is not None)
 
@@ -76,7 +77,7 @@ class JobSummary:
         return PRIORITIES[self.job.priority]
 
 
-FINISHED_STATUSES = ("succeeded", "partially_succeeded", "failed", "cancelled")
+FINISHED_STATUSES = JobStatus.finished()
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class JobOptions:
     model: Optional[Model] = None
     priority: int = 1
     precision: Optional[str] = None
+    callback_url: Optional[str] = None  # gets a signed event when the job ends
     retention_seconds: int = 0
     chunk_size: int = 32
     explain: Optional[str] = None  # "gradcam": explain every scan once it has a result
@@ -110,7 +112,8 @@ def create_job(session: Session, scans: Sequence[NewScan], job_id: str,
     now = utcnow()
     job = Job(id=job_id, name=options.name, requested_model=options.requested_model,
               owner=options.owner, priority=options.priority, precision=options.precision,
-              created_at=now, explain=options.explain, series_rule=options.series_rule,
+              callback_url=options.callback_url, created_at=now, explain=options.explain,
+              series_rule=options.series_rule,
               expires_at=(now + timedelta(seconds=options.retention_seconds)
                           if options.retention_seconds else None),
               open_until=(now + timedelta(seconds=options.open_seconds)

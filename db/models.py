@@ -8,7 +8,6 @@ default.
 """
 from __future__ import annotations
 
-import enum
 import uuid
 from datetime import datetime, timezone
 from typing import Any, ClassVar, Optional
@@ -32,6 +31,8 @@ from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+from covidscan.contract import ScanStatus
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -89,18 +90,6 @@ def new_id() -> str:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-class ScanStatus(str, enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @classmethod
-    def terminal(cls) -> tuple["ScanStatus", ...]:
-        return (cls.SUCCEEDED, cls.FAILED, cls.CANCELLED)
 
 
 PRIORITIES = ("high", "normal", "low")

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Optional, Sequence
 from sqlalchemy import Exists, Row, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
+from covidscan.contract import DeliveryOutcome, DeliveryState
 from db.jobs import FINISHED_STATUSES, summarise_jobs
 from db.models import (
     Job,
@@ -33,8 +34,9 @@ from db.models import (
 from db.queue import LeaseQueue
 from db.session import rows_changed
 
-PENDING, DONE = "pending", "done"
-DELIVERED, GONE, FAILED, RETRY = "delivered", "gone", "failed", "retry"
+PENDING, DONE = DeliveryState.PENDING, "done"  # also a job's finish_event: pending, then done
+DELIVERED, GONE, FAILED, RETRY = (DeliveryOutcome.DELIVERED, DeliveryOutcome.GONE,
+                                  DeliveryOutcome.FAILED, DeliveryOutcome.RETRY)
 
 
 def new_event_id() -> str:

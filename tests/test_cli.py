@@ -72,6 +72,18 @@ def test_server_errors_are_reported_plainly(server_url, tmp_path):
     assert missing.exit_code != 0 and "HTTP 404" in missing.output
 
 
+@pytest.mark.parametrize("option, value, problem", [
+    ("--model", "alpha:", "model must be NAME or NAME:VERSION of a registered model"),
+    ("--name", "x" * 201, "name is longer than 200 characters"),
+])
+def test_submit_checks_its_options_as_the_server_does_before_sending_anything(
+        tmp_path, option, value, problem):
+    write_folder(tmp_path / "slices", 1, size=24)
+    result = run("http://127.0.0.1:9", "submit", str(tmp_path / "slices"), option, value)
+    assert result.exit_code != 0
+    assert problem in result.output and "Connection" not in result.output
+
+
 def test_submit_sends_the_callback_url_and_a_refusal_says_why(server_url, tmp_path):
     write_folder(tmp_path / "slices", 1, size=24)
     result = run(server_url, "submit", str(tmp_path / "slices"), "--callback-url",

@@ -17,6 +17,7 @@ from typing import Iterator
 import pytest
 import requests
 
+from api.schemas import SubmissionOptions
 from cli.client import Client, collect_files
 from devtools.embedded_redis import EmbeddedRedis, free_port
 from tests import compose
@@ -141,7 +142,7 @@ def test_two_workers_share_one_job_submitted_over_http(compose_stack, tmp_path):
     for i in range(SCANS):
         (folder / f"slice_{i:02d}.png").write_bytes(png_bytes(48, seed=i))
     client = Client(url, timeout=60, api_key=compose_key)
-    job = client.submit(collect_files([folder]), name="compose")
+    job = client.submit(collect_files([folder]), SubmissionOptions(name="compose"))
     final = wait_for_job(client, job["id"])
     rows = list(client.results(job["id"]))
     assert final["status"] == "succeeded" and final["counts"]["succeeded"] == SCANS, \
@@ -193,14 +194,16 @@ def test_jobs_sent_before_the_worker_starts_run_on_model_path(tmp_path, own_redi
     try:
         client = Client(f"http://127.0.0.1:{port}", timeout=60,
                         api_key=create_api_key(places["DATABASE_URL"]))
-        early = client.submit(collect_files([tmp_path / "slices"]), name="before-migrate")
+        early = client.submit(collect_files([tmp_path / "slices"]),
+                              SubmissionOptions(name="before-migrate"))
         assert early["model"] is None  # nothing registered yet: pinned when it runs
         migrate = subprocess.run(compose.local_argv(services["migrate"]["command"]), cwd=ROOT,
                                  env=service_env(services["migrate"], **model_places),
                                  capture_output=True, text=True, timeout=300)
         assert migrate.returncode == 0, migrate.stdout + migrate.stderr
         assert "MODEL_PATH is registered as tiny_ct:" in migrate.stdout
-        late = client.submit(collect_files([tmp_path / "slices"]), name="after-migrate")
+        late = client.submit(collect_files([tmp_path / "slices"]),
+                             SubmissionOptions(name="after-migrate"))
         assert late["model"]["name"] == "tiny_ct"  # pinned at submission
         worker = WorkerProcess(service_env(services["worker"], **model_places,
                                            **worker_metrics_places()),

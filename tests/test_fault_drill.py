@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import pytest
 from sqlalchemy import create_engine, func, select
 
+from api.schemas import SubmissionOptions
 from cli.client import Client
 from devtools.embedded_redis import EmbeddedRedis
 from db.models import Scan, ScanStatus
@@ -210,7 +211,7 @@ def test_every_scan_succeeds_exactly_once_through_kills_and_redis_restarts(drill
     archive.write_bytes(zip_bytes((f"slice_{i:04d}.png", png_bytes(32, seed=i))
                                   for i in range(SCANS)))
     drill.note("workers and API ready; submitting")
-    job = client.submit([archive], name="drill")
+    job = client.submit([archive], SubmissionOptions(name="drill"))
     drill.note(f"job {job['id']} accepted: {job['counts']['total']} scans")
 
     a, b = NAMES

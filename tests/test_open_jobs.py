@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from api.schemas import SubmissionOptions
 from cli.client import ApiError, Client
 from db.models import AuditEvent, Job, Scan
 from db.session import make_engine, make_session_factory
@@ -200,7 +201,7 @@ def test_the_client_sends_a_large_upload_in_parts_as_one_job(server, tmp_path):
     url, key, database_url = server
     write_folder(tmp_path / "slices", 7, size=32)
     client = Client(url, api_key=key, part_files=3)
-    job = client.submit(sorted((tmp_path / "slices").iterdir()), name="parts")
+    job = client.submit(sorted((tmp_path / "slices").iterdir()), SubmissionOptions(name="parts"))
     assert job["counts"]["total"] == 7 and job["open_until"] is None
     engine = make_engine(database_url)
     with make_session_factory(engine)() as session:

@@ -13,6 +13,8 @@ from typing import Any, Iterator, Optional, Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from covidscan.contract import ScanStatus
+
 MODEL_LABELS = ["model", "version", "precision"]
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -102,7 +104,8 @@ def scans_written(identity: Any, written: Sequence[tuple[Any, Any]],
     labels = (identity.name, identity.version, identity.precision)
     latency = SCAN_LATENCY.labels(*labels)
     for outcome, lease in written:
-        SCANS_CLASSIFIED.labels(*labels, "failed" if outcome.error else "succeeded").inc()
+        SCANS_CLASSIFIED.labels(*labels, ScanStatus.FAILED if outcome.error
+                                else ScanStatus.SUCCEEDED).inc()
         queued = lease.queued_at
         if queued is not None:
             latency.observe(max(0.0, (now - queued).total_seconds()))

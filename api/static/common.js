@@ -69,6 +69,10 @@ window.covidscan = (function () {
                            encodeURIComponent(window.location.pathname + window.location.search));
   }
 
-  return { formatBytes, formatDuration, problemDetail, replaceChildren, element, csrfToken,
-           unsafeHeaders, signInAgain };
+  /** The API's states as the server spells them (covidscan/contract.py; api/web.py puts
+   *  them on every page as <html data-contract>): compare with contract.ScanStatus.FAILED. */
+  const contract = JSON.parse(document.documentElement.dataset.contract);
+
+  return { contract, formatBytes, formatDuration, problemDetail, replaceChildren, element,
+           csrfToken, unsafeHeaders, signInAgain };
 })();

@@ -4,7 +4,9 @@
 "use strict";
 
 window.covidscan.heatmaps = (function () {
-  const { element, problemDetail, unsafeHeaders } = window.covidscan;
+  const { contract, element, problemDetail, unsafeHeaders } = window.covidscan;
+  const { ScanStatus } = contract;
+  const waiting = (state) => state.status === ScanStatus.QUEUED || state.status === ScanStatus.RUNNING;
   const $ = (id) => document.getElementById(id);
   const POLL_MS = 1500;
   const shown = new Set();      // scan ids whose heatmap is toggled on
@@ -34,11 +36,11 @@ window.covidscan.heatmaps = (function () {
     }).then((body) => {
       states.set(id, body);
       onChange();
-      if (shown.has(id) && (body.status === "queued" || body.status === "running")) {
+      if (shown.has(id) && waiting(body)) {
         window.setTimeout(() => follow(id), POLL_MS);
       }
     }).catch((error) => {
-      states.set(id, { status: "failed", error: error.message });
+      states.set(id, { status: ScanStatus.FAILED, error: error.message });
       onChange();
     });
   }
@@ -48,7 +50,7 @@ window.covidscan.heatmaps = (function () {
     if (shown.has(id)) shown.delete(id);
     else {
       shown.add(id);
-      if (!states.has(id) || states.get(id).status !== "succeeded") follow(id);
+      if (!states.has(id) || states.get(id).status !== ScanStatus.SUCCEEDED) follow(id);
     }
     onChange();
   }
@@ -62,14 +64,14 @@ window.covidscan.heatmaps = (function () {
     button.type = "button";
     button.setAttribute("aria-pressed", on ? "true" : "false");
     button.setAttribute("aria-label", (on ? "Hide" : "Show") + " the heatmap of " + row.filename);
-    button.disabled = row.status !== "succeeded";
+    button.disabled = row.status !== ScanStatus.SUCCEEDED;
     button.addEventListener("click", () => toggle(row));
     wrap.appendChild(button);
     if (!on) return wrap;
     const state = states.get(id);
-    if (!state || state.status === "queued" || state.status === "running") {
+    if (!state || waiting(state)) {
       wrap.appendChild(element("span", "computing…", "hint"));
-    } else if (state.status !== "succeeded") {
+    } else if (state.status !== ScanStatus.SUCCEEDED) {
       wrap.appendChild(element("span", state.error || state.status, "error-text"));
     } else {
       const img = element("img", null, "heatmap-thumb");
@@ -89,7 +91,7 @@ window.covidscan.heatmaps = (function () {
   /* The viewer: the slice as the model saw it under the coloured map, opacity adjustable. */
   function open(id) {
     const state = states.get(id);
-    if (!state || state.status !== "succeeded") return;
+    if (!state || state.status !== ScanStatus.SUCCEEDED) return;
     current = id;
     $("viewer-slice").src = scanUrl(id, "/heatmap?view=slice");
     $("viewer-heatmap").src = scanUrl(id, "/heatmap?view=heatmap");
@@ -100,7 +102,7 @@ window.covidscan.heatmaps = (function () {
     $("viewer-meta").textContent = "P(COVID) " + state.probability_covid.toFixed(3) +
       " · class " + state.class_name + " (" + state.score + ") · layer " + state.layer +
       " · " + model.name + " " + model.version + " (" + model.engine + ", " + model.precision + ")";
-    const ready = order.filter((s) => states.has(s) && states.get(s).status === "succeeded");
+    const ready = order.filter((s) => states.has(s) && states.get(s).status === ScanStatus.SUCCEEDED);
     const at = ready.indexOf(id);
     $("viewer-prev").disabled = at <= 0;
     $("viewer-next").disabled = at < 0 || at >= ready.length - 1;
@@ -109,7 +111,7 @@ window.covidscan.heatmaps = (function () {
   }
 
   function step(delta) {
-    const ready = order.filter((s) => states.has(s) && states.get(s).status === "succeeded");
+    const ready = order.filter((s) => states.has(s) && states.get(s).status === ScanStatus.SUCCEEDED);
     const next = ready[ready.indexOf(current) + delta];
     if (next) open(next);
   }

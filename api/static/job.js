@@ -3,13 +3,14 @@
 "use strict";
 
 (function () {
-  const { formatDuration, problemDetail, replaceChildren, element, unsafeHeaders } =
+  const { contract, formatDuration, problemDetail, replaceChildren, element, unsafeHeaders } =
     window.covidscan;
+  const { JobStatus, ScanStatus } = contract;
   const $ = (id) => document.getElementById(id);
   const root = $("job");
   const jobId = root.dataset.jobId;
   const base = "/v1/jobs/" + encodeURIComponent(jobId);
-  const TERMINAL = ["succeeded", "partially_succeeded", "failed", "cancelled"];
+  const TERMINAL = contract.finishedJobStatuses;
   const POLL_MS = 1000;
   const PAGE_SIZE = 1000;
   const RENDER_STEP = 200;
@@ -61,8 +62,8 @@
     $("job-progress").value = done;
     const percent = counts.total ? Math.floor((100 * done) / counts.total) : 0;
     $("job-percent").textContent = percent + "% (" + done + " of " + counts.total + " scans finished)";
-    $("cancel-job").hidden = finished() || job.status === "cancelling";
-    ["total", "queued", "running", "succeeded", "failed", "cancelled"].forEach((key) => {
+    $("cancel-job").hidden = finished() || job.status === JobStatus.CANCELLING;
+    ["total", ...Object.values(ScanStatus)].forEach((key) => {  // the counts' keys
       $("count-" + key).textContent = counts[key];
     });
     const status = $("job-status");
@@ -108,7 +109,7 @@
 
   function visibleRows() {
     let rows = results.slice();
-    if ($("filter-failed").checked) rows = rows.filter((r) => r.status === "failed");
+    if ($("filter-failed").checked) rows = rows.filter((r) => r.status === ScanStatus.FAILED);
     if ($("filter-covid").checked) rows = rows.filter((r) => r.label === "COVID");
     const above = threshold();
     if (above !== null) {

@@ -4,7 +4,8 @@
 "use strict";
 
 (function () {
-  const { element, replaceChildren } = window.covidscan;
+  const { contract, element, replaceChildren } = window.covidscan;
+  const { ScanStatus } = contract;
   const SVG = "http://www.w3.org/2000/svg";
   const WIDTH = 600, HEIGHT = 64, POLL_MS = 3000;
   const root = document.getElementById("job");
@@ -34,7 +35,7 @@
     const step = WIDTH / Math.max(slices.length, 1);
     slices.forEach((s, index) => {
       const p = s.probability_covid;
-      const failed = s.status === "failed";
+      const failed = s.status === ScanStatus.FAILED;
       const waiting = !failed && (p === null || p === undefined);
       const height = failed ? 6 : waiting ? 3 : Math.max(1, p * HEIGHT);
       const bar = svg("rect", {
@@ -47,7 +48,7 @@
       const where = s.slice_position !== null ? `position ${s.slice_position} mm` :
         `instance ${s.instance_number ?? "?"}`;
       tip.textContent = `slice ${index + 1} (${where}): ` +
-        (failed ? "failed" : waiting ? s.status : percent(p));
+        (failed || waiting ? s.status : percent(p));
       bar.appendChild(tip);
       chart.appendChild(bar);
     });
