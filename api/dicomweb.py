@@ -18,14 +18,13 @@ from flask import Blueprint, Response, json, request, url_for
 
 from api.audit import audit
 from api.auth import current_principal, owned_job, requires
-from api.dicom_upload import scans_of
 from api.extensions import db_session, services
 from api.limits import check_active_jobs, scan_quota
 from api.openapi import Reply, operation
 from api.models import resolve_model
 from api.problems import Problem
 from api.schemas import StowQuery
-from api.uploads import ParsedUpload, UploadLimits, iter_scans
+from core.intake import ParsedUpload, UploadLimits, iter_scans, scans_of
 from db.jobs import JobOptions, NewScan, append_scans, create_job
 from db.models import new_id
 from db.outbox import relay
