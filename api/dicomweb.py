@@ -109,9 +109,9 @@ def not_an_instance(part: Part, name: str) -> Optional[str]:
 
 def _sop_item(sop_class: Optional[str], sop_instance: Optional[str],
               reason: Optional[int] = None, comment: Optional[str] = None) -> dict[str, Any]:
-    item: dict[str, Any] = {"00081150": {"vr": "UI", "Value": [str(sop_class)] if sop_class else []},
-                            "00081155": {"vr": "UI",
-                                         "Value": [str(sop_instance)] if sop_instance else []}}
+    item: dict[str, Any] = {
+        "00081150": {"vr": "UI", "Value": [str(sop_class)] if sop_class else []},
+        "00081155": {"vr": "UI", "Value": [str(sop_instance)] if sop_instance else []}}
     if reason is not None:
         item["00081197"] = {"vr": "US", "Value": [reason]}
     if comment:
