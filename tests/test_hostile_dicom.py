@@ -233,3 +233,74 @@ def test_the_listener_maps_each_refusal_to_its_dicom_status():
     assert [dicom_status(error("x")) for error in (TooLarge, OverQuota, Unsupported,
                                                    Malformed, Conflict)] == \
         [0xA700, 0xA700, 0x0122, 0xC000, 0xC000]
+
+
+def _pydicom_test_files() -> list[Path]:
+    import pydicom
+
+    base = Path(pydicom.__file__).parent / "data" / "test_files"
+    return sorted(p for p in base.rglob("*.dcm") if p.read_bytes()[128:132] == b"DICM")
+
+
+def test_the_header_budget_refuses_no_part10_file_pydicom_ships():
+    """Deflated, big endian, implicit VR, encapsulated, enhanced multi-frame, private
+    sequences: what real writers produce stays within the budget."""
+    from core.intake.dicom_budget import HeaderBudget, check_structure
+
+    files = _pydicom_test_files()
+    assert len(files) > 50
+    for path in files:
+        syntax, parsed = check_structure(path.read_bytes(), path.name, HeaderBudget())
+        assert parsed[128:132] == b"DICM", path.name
+
+
+def test_a_deflated_file_is_handed_on_inflated_behind_an_explicit_vr_meta():
+    import io
+
+    import pydicom
+
+    from core.intake.dicom_budget import DEFLATED, HeaderBudget, check_structure
+
+    syntax, parsed = check_structure(b.deflated_ct(), "deflated.dcm", HeaderBudget())
+    assert syntax == DEFLATED
+    dataset = pydicom.dcmread(io.BytesIO(parsed))
+    assert dataset.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert (dataset.pixel_array == d.ct_dataset().pixel_array).all()
+
+
+class _Event:
+    """What the C-STORE handler reads from pynetdicom's event: the association and the
+    instance as sent."""
+
+    def __init__(self, assoc: object, data: bytes) -> None:
+        self.assoc, self._data = assoc, data
+
+    def encoded_dataset(self) -> bytes:
+        return self._data
+
+
+@pytest.mark.parametrize("data, status", [
+    (SIXTY_FOUR_MB_BOMB, 0xA700), (b.tiny_many_frames(3_000_000), 0xA700),
+    (b.corrupt_deflate(), 0xC000), (b.nested_sequences(300), 0xC000),
+    (d.structured_report(), 0x0122),
+], ids=["deflate-bomb", "frames", "corrupt-deflate", "nested", "report"])
+def test_the_c_store_handler_refuses_hostile_instances_with_their_dicom_status(
+        config, data, status):
+    from covidscan.settings import load_settings
+    from db.blobs import open_blob_store
+    from db.session import make_engine, make_session_factory
+    from dicomnet.listener import StoreReceiver
+
+    settings = load_settings(config)
+    engine = make_engine(settings.database_url)
+    try:
+        receiver = StoreReceiver(settings, make_session_factory(engine),
+                                 open_blob_store(settings.blob_dir, settings.blob_store),
+                                 lambda *args: None, owner="pacs")
+        association = object()
+        assert receiver.on_store(_Event(association, data)) == status
+        assert stored_blobs(config) == [] and job_rows(config) == 0
+        assert receiver.on_store(_Event(association, d.ct_bytes())) == 0x0000
+        assert job_rows(config) == 1 and len(stored_blobs(config)) == 1
+    finally:
+        engine.dispose()

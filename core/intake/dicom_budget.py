@@ -62,8 +62,7 @@ def _walk(data: bytes, pos: int, budget: HeaderBudget, shown_as: str, *, implici
 
     Raises:
         TooLarge: more elements than the budget, or more frames than the job has room for.
-        Malformed: sequences nested deeper than ``budget.max_depth``, or a frame count that
-            is not a number.
+        Malformed: sequences nested deeper than ``budget.max_depth``.
     """
     order = "<" if little else ">"
     tag_length = struct.Struct(order + "HHL")
@@ -106,8 +105,12 @@ def _walk(data: bytes, pos: int, budget: HeaderBudget, shown_as: str, *, implici
         if implicit and not meta:
             pos += 8
         else:
-            _, _, vr, length = explicit_head.unpack_from(data, pos)
+            _, _, vr, short_length = explicit_head.unpack_from(data, pos)
             pos += 8
+            if b"AA" <= vr <= b"ZZ":
+                length = short_length
+            else:  # not a VR: read on as implicit VR, as pydicom does (a 4-byte length)
+                vr = None
             if vr in _LONG_VRS:
                 if pos + 4 > size:
                     break
@@ -131,7 +134,7 @@ def _walk(data: bytes, pos: int, budget: HeaderBudget, shown_as: str, *, implici
         if not ends and tag in want:
             values[tag] = (start, data[pos:pos + length])
             if tag == _NUMBER_OF_FRAMES:
-                frames = _frames(values[tag][1], shown_as)
+                frames = _frames(values[tag][1])
                 _check_frames(frames, budget, shown_as)
                 allowed = budget.max_elements + budget.elements_per_frame * max(frames, 1)
         pos += length
@@ -159,15 +162,12 @@ def _implicit_vr(tag: int) -> Optional[bytes]:
         return None
 
 
-def _frames(value: bytes, shown_as: str) -> int:
-    text = value.decode("ascii", "replace").strip(" \x00")
-    if not text:
-        return 1
+def _frames(value: bytes) -> int:
+    """The frame count as the header read takes it: one when it is not a whole number."""
     try:
-        return int(text)
+        return int(value.decode("ascii", "replace").strip(" \x00"))
     except ValueError:
-        raise Malformed(f"{shown_as} declares a number of frames that is not a whole number",
-                        filename=shown_as) from None
+        return 1
 
 
 def _check_frames(frames: int, budget: HeaderBudget, shown_as: str) -> None:
@@ -241,8 +241,7 @@ def check_structure(data: bytes, shown_as: str, budget: HeaderBudget) -> tuple[s
     Raises:
         TooLarge: inflates past the budget's bytes, declares more frames than the job has
             room for, or holds too many elements.
-        Malformed: a corrupt or truncated deflate stream, sequences nested too deep, or a
-            frame count that is not a number.
+        Malformed: a corrupt or truncated deflate stream, or sequences nested too deep.
     """
     walked = _walk(data, PART10_START, budget, shown_as, implicit=False, little=True,
                    meta=True, want=(_TRANSFER_SYNTAX, _GROUP_LENGTH))
