@@ -4,29 +4,35 @@ The body is ``multipart/related; type="application/dicom"``, one Part 10 instanc
 The instances go through the same header checks as ``POST /v1/jobs`` (limits, modality,
 non-images); those that pass are stored in a new job, or appended to the caller's job
 named by ``?job=<id>``. The answer is the standard STOW response (``application/dicom+json``):
-``ReferencedSOPSequence`` for the stored instances, ``FailedSOPSequence`` with a failure
-reason for the others; 200 when all were stored, 202 when some were, 409 when none was.
-``Location`` names the job.
+``ReferencedSOPSequence`` for the stored instances, ``FailedSOPSequence`` for the others,
+each with its FailureReason (0xC000 for a part that is not a readable DICOM instance: another
+content type, a ZIP archive, a PNG, an unreadable header; 0x0122 for a non-image or another
+modality) and the reason in words in ErrorComment (0000,0902); 200 when all were stored, 202
+when some were, 409 when none was. ``Location`` names the job. A limit (bytes, frames, scans
+per job, quota) refuses the whole request, and nothing is stored.
 """
 from __future__ import annotations
 
 import io
 import logging
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
 
 from flask import Blueprint, Response, json, request, url_for
 
 from api.audit import audit
 from api.auth import current_principal, owned_job, requires
-from api.dicom_upload import scans_of
 from api.extensions import db_session, services
 from api.limits import check_active_jobs, scan_quota
 from api.openapi import Reply, operation
 from api.models import resolve_model
 from api.problems import Problem
 from api.schemas import StowQuery
-from api.uploads import ParsedUpload, UploadLimits, iter_scans
-from db.jobs import JobOptions, NewScan, append_scans, create_job
+from core.errors import Malformed, Unsupported
+from core.intake import (DICOM_TYPE, IMAGE_TYPES, SNIFF_BYTES, ZIP_TYPE, ParsedUpload,
+                         ScanUpload, UploadLimits, iter_scans, scans_of, sniff)
+from core.intake.dicom_budget import file_meta_uids
+from db.jobs import JobOptions, NewScan, append_scans, create_job, job_scan_count
 from db.models import new_id
 from db.outbox import relay
 
@@ -49,11 +55,20 @@ def _boundary() -> bytes:
     return options["boundary"].strip('"').encode("latin-1")
 
 
-def split_parts(body: bytes, boundary: bytes) -> list[bytes]:
-    """The bodies of a multipart/related message's parts (RFC 2046), in order.
+@dataclass(frozen=True)
+class Part:
+    """One part of a multipart/related body: its media type (lower case) and its bytes."""
+
+    media_type: str
+    body: bytes
+
+
+def split_typed_parts(body: bytes, boundary: bytes) -> list[Part]:
+    """The parts of a multipart/related message (RFC 2046), in order; a part without a
+    Content-Type is application/dicom (the request's ``type``).
 
     Raises:
-        Problem: 400 for a part without headers or not of type application/dicom.
+        Problem: 400 for a part without a header block.
     """
     delimiter = b"--" + boundary
     pieces = body.split(delimiter)
@@ -67,32 +82,79 @@ def split_parts(body: bytes, boundary: bytes) -> list[bytes]:
             raise Problem(400, "a multipart part has no header block")
         kind = next((line.split(b":", 1)[1].strip().lower() for line in headers.split(b"\r\n")
                      if line.lower().startswith(b"content-type:")), b"application/dicom")
-        if not kind.startswith(b"application/dicom"):
-            raise Problem(415, f"a part is {kind.decode('latin-1')!r}, not application/dicom")
-        parts.append(content[:-2] if content.endswith(b"\r\n") else content)
+        media_type = kind.split(b";", 1)[0].strip().decode("latin-1")
+        parts.append(Part(media_type, content[:-2] if content.endswith(b"\r\n") else content))
     return parts
 
 
-def _uids(data: bytes) -> tuple[Optional[str], Optional[str]]:
-    """An instance's SOP class and instance UIDs, for its line in the response."""
-    import pydicom
+def split_parts(body: bytes, boundary: bytes) -> list[bytes]:
+    """The bodies of a multipart/related message's parts, in order."""
+    return [part.body for part in split_typed_parts(body, boundary)]
 
-    try:
-        dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True,
-                                  specific_tags=["SOPClassUID", "SOPInstanceUID"])
-        return dataset.get("SOPClassUID"), dataset.get("SOPInstanceUID")
-    except Exception:  # noqa: BLE001 - an unreadable part is reported as not understood
-        return None, None
+
+def not_an_instance(part: Part, name: str) -> Optional[str]:
+    """Why a part cannot be a DICOM instance (told by its type and its content, never
+    expanded or parsed), or None for a part that may be one."""
+    if part.media_type != DICOM_TYPE:
+        return f"{name} is {part.media_type or 'untyped'}, not application/dicom"
+    kind = sniff(part.body[:SNIFF_BYTES])
+    if kind == ZIP_TYPE:
+        return f"{name} is a ZIP archive, not a DICOM instance (archives are not expanded here)"
+    if kind in IMAGE_TYPES:
+        return f"{name} is a {IMAGE_TYPES[kind]} image, not a DICOM instance"
+    if kind != DICOM_TYPE:
+        return f"{name} is not a DICOM Part 10 instance" if part.body else f"{name} is empty"
+    return None
 
 
 def _sop_item(sop_class: Optional[str], sop_instance: Optional[str],
-              reason: Optional[int] = None) -> dict[str, Any]:
-    item: dict[str, Any] = {"00081150": {"vr": "UI", "Value": [str(sop_class)] if sop_class else []},
-                            "00081155": {"vr": "UI",
-                                         "Value": [str(sop_instance)] if sop_instance else []}}
+              reason: Optional[int] = None, comment: Optional[str] = None) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "00081150": {"vr": "UI", "Value": [str(sop_class)] if sop_class else []},
+        "00081155": {"vr": "UI", "Value": [str(sop_instance)] if sop_instance else []}}
     if reason is not None:
         item["00081197"] = {"vr": "US", "Value": [reason]}
+    if comment:
+        item["00000902"] = {"vr": "LO", "Value": [comment[:64]]}  # ErrorComment: LO, 64 chars
     return item
+
+
+def _failed(part: Part, reason: int, comment: str) -> dict[str, Any]:
+    """A FailedSOPSequence item, with the UIDs the part's file meta names (if any)."""
+    return _sop_item(*file_meta_uids(part.body), reason=reason, comment=comment)
+
+
+def instances(parts: list[Part], limits: UploadLimits, parsed: ParsedUpload,
+              stored: list[tuple[Optional[str], Optional[str]]],
+              failed: list[dict[str, Any]]) -> Iterator[ScanUpload]:
+    """The instances to store, each part checked on its own; a part that is not one, or is
+    unreadable, a non-image or another modality, goes to ``failed`` (a FailedSOPSequence
+    item), the others to ``stored`` (their UIDs) as they are yielded.
+
+    Raises:
+        TooLarge: an instance over a limit (bytes, frames, scans per job): the request is
+            refused whole.
+    """
+    for index, part in enumerate(parts):
+        name = f"instance-{index + 1}"
+        reason = not_an_instance(part, name)
+        if reason is not None:
+            failed.append(_failed(part, CANNOT_UNDERSTAND, reason))
+            continue
+        skipped = len(parsed.skipped)
+        try:
+            uploads = list(iter_scans([(name, io.BytesIO(part.body))], limits, parsed))
+        except (Malformed, Unsupported) as exc:
+            failed.append(_failed(part, SOP_CLASS_NOT_SUPPORTED
+                                  if isinstance(exc, Unsupported) else CANNOT_UNDERSTAND,
+                                  exc.detail))
+            continue
+        if len(parsed.skipped) > skipped:  # a report, another modality, ...
+            failed.append(_failed(part, SOP_CLASS_NOT_SUPPORTED,
+                                  f"{name}: {parsed.skipped[-1].reason}"))
+        for upload in uploads:
+            stored.append((upload.dicom[0].sop_class_uid, upload.dicom[0].sop_instance_uid))
+            yield upload
 
 
 def _stow_reply(description: str) -> Reply:
@@ -126,7 +188,7 @@ def store_instances() -> Response:
     svc = services()
     owner = current_principal().owner
     boundary = _boundary()
-    parts = split_parts(request.get_data(cache=False), boundary)
+    parts = split_typed_parts(request.get_data(cache=False), boundary)
     if not parts:
         raise Problem(400, "the request holds no parts")
     existing = request.args.get("job")
@@ -139,27 +201,21 @@ def store_instances() -> Response:
     job_id = job.id if job is not None else new_id()
     # An existing job's new files get keys of this request's own: requests appending to
     # one job at once must not write over each other's bytes before their positions exist.
-    part = new_id()[:12]
+    part_key = new_id()[:12]
     keys: list[str] = []
-    named = [(f"instance-{i + 1}", io.BytesIO(data)) for i, data in enumerate(parts)]
     limits = UploadLimits.from_settings(svc.settings)
-    parsed = ParsedUpload()
+    # An appended instance counts against MAX_SCANS_PER_JOB with the job's scans.
+    parsed = ParsedUpload(count=job_scan_count(db_session(), job.id) if job is not None else 0)
     stored: list[tuple[Optional[str], Optional[str]]] = []
     failed: list[dict[str, Any]] = []
     new_scans: list[NewScan] = []
     try:
-        for upload in iter_scans(named, limits, parsed):
-            if not upload.dicom:  # a PNG or JPEG sent as application/dicom
-                failed.append(_sop_item(None, None, CANNOT_UNDERSTAND))
-                continue
+        for upload in instances(parts, limits, parsed, stored, failed):
             key = svc.blobs.key_for(job_id, len(keys)) if job is None \
-                else svc.blobs.part_key(job_id, part, len(keys))
+                else svc.blobs.part_key(job_id, part_key, len(keys))
             keys.append(key)
             svc.blobs.put(key, upload.data)
             new_scans.extend(scans_of(upload, key))
-            stored.append((upload.dicom[0].sop_class_uid, upload.dicom[0].sop_instance_uid))
-        failed += [_sop_item(*_uids(parts[int(s.filename.rsplit("-", 1)[1]) - 1]),
-                             SOP_CLASS_NOT_SUPPORTED) for s in parsed.skipped]
         if new_scans:
             _write(job, job_id, new_scans, owner)
     except BaseException:

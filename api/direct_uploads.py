@@ -20,7 +20,6 @@ from typing import Any, Optional, Union
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from api.archives import check_name
 from api.audit import audit
 from api.auth import current_principal, owned_job, requires
 from api.extensions import db_session, services
@@ -29,10 +28,12 @@ from api.job_intake import accept_job, checked_options
 from api.openapi import Reply, operation
 from api.schemas import Job, SubmissionOptions, SubmittedJob
 from api.limits import check_active_jobs, scan_quota
-from api.problems import Problem
+from api.problems import Problem, as_problem
 from api.serialize import job_json
-from api.uploads import UploadLimits, check_stored_slice
 from covidscan.contract import UploadStatus
+from core.errors import IntakeError
+from core.intake import UploadLimits, check_stored_slice
+from core.intake.archives import check_name
 from db.blobs import BlobNotFound, BlobStore
 from db.jobs import NewScan, find_job, summarise_jobs
 from db.models import new_id
@@ -135,8 +136,8 @@ def _check_one(blobs: BlobStore, job_id: str, position: int, entry: dict,
         check_stored_slice(filename, head, size, limits)
     except BlobNotFound:
         return None
-    except Problem as exc:
-        return exc
+    except IntakeError as exc:
+        return as_problem(exc)
     return NewScan(filename, key, size)
 
 

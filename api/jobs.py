@@ -8,7 +8,6 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context
 
 from api.audit import audit
 from api.auth import current_principal, owned_job, requires
-from api.dicom_upload import allowed_modalities, scans_of
 from api.direct_uploads import create_direct_upload
 from api.extensions import db_session, services
 from api.fields import validated
@@ -20,7 +19,7 @@ from api.problems import Problem
 from api.schemas import (AddScansForm, DirectUpload, DirectUploadRequest, Job, JobList,
                          JobListQuery, ResultsPage, ResultsQuery, SubmitJobForm, SubmittedJob)
 from api.serialize import csv_lines, job_json, result_row
-from api.uploads import ParsedUpload, UploadLimits, iter_scans
+from core.intake import ParsedUpload, UploadLimits, iter_scans, parse_modalities, scans_of
 from core.metrics import count_finished
 from core.sweep import delete_job
 from core.webhooks import relay_events
@@ -94,7 +93,7 @@ def _store_scans(parts, key_of, job_id: Optional[str] = None,
     """
     svc = services()
     limits = UploadLimits.from_settings(svc.settings)
-    limits.modalities = allowed_modalities()
+    limits.modalities = parse_modalities(request.form.get("allow_modality") or "")
     parsed = ParsedUpload(count=already)
     new_scans: list[NewScan] = []
     keys: list[str] = []

@@ -1,4 +1,7 @@
-"""Errors as RFC 9457 ``application/problem+json`` with ``status``, ``title`` and ``detail``."""
+"""Errors as RFC 9457 ``application/problem+json`` with ``status``, ``title`` and ``detail``.
+
+The core's domain errors (:mod:`core.errors`) are mapped to statuses here, once.
+"""
 from __future__ import annotations
 
 import logging
@@ -7,6 +10,9 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
+
+from core.errors import (Conflict, IntakeError, Malformed, NotFound, OverQuota, TooLarge,
+                         Unsupported)
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +27,24 @@ class Problem(Exception):
         self.detail = detail
         self.headers = headers or {}
         self.extra = extra
+
+
+STATUSES: dict[type[IntakeError], int] = {
+    TooLarge: 413, Unsupported: 415, Malformed: 400, OverQuota: 429, Conflict: 409,
+    NotFound: 404}
+
+
+def status_of(error: IntakeError) -> int:
+    """The HTTP status of a domain error (400 for a kind without one of its own)."""
+    return next((status for kind, status in STATUSES.items() if isinstance(error, kind)), 400)
+
+
+def as_problem(error: IntakeError) -> Problem:
+    """The problem a domain error answers: its status, detail and members (``filename``,
+    ``skipped``, ...), with ``Retry-After`` for a quota that frees up on its own."""
+    retry_after = error.extra.get("retry_after")
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return Problem(status_of(error), error.detail, headers, **error.extra)
 
 
 def problem_response(status: int, detail: str, **extra: Any) -> Response:
@@ -38,6 +62,10 @@ def init_app(app: Flask) -> None:
         response = problem_response(exc.status, exc.detail, **exc.extra)
         response.headers.update(exc.headers)
         return response
+
+    @app.errorhandler(IntakeError)
+    def _intake(exc: IntakeError) -> Response:
+        return _problem(as_problem(exc))
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:

@@ -24,10 +24,22 @@ log = logging.getLogger(__name__)
 SUCCESS, NOT_SUPPORTED, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0x0122, 0xA700, 0xC000
 
 
+def dicom_status(error: Exception) -> int:
+    """The C-STORE status of a refusal by the core: over a limit or a quota 0xA700, a kind
+    not taken 0x0122, anything else (a malformed instance) 0xC000."""
+    from core.errors import OverQuota, TooLarge, Unsupported
+
+    if isinstance(error, (TooLarge, OverQuota)):
+        return OUT_OF_RESOURCES
+    if isinstance(error, Unsupported):
+        return NOT_SUPPORTED
+    return CANNOT_UNDERSTAND
+
+
 @dataclass
 class _Association:
     job_id: str
-    parsed: Any  # api.uploads.ParsedUpload: counts against the per-job limits
+    parsed: Any  # core.intake.ParsedUpload: counts against the per-job limits
     stored: int = 0
     refused: int = 0
     created: bool = False
@@ -47,7 +59,7 @@ class StoreReceiver:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _association(self, event) -> _Association:
-        from api.uploads import ParsedUpload
+        from core.intake import ParsedUpload
         from db.models import new_id
 
         with self._lock:
@@ -58,8 +70,8 @@ class StoreReceiver:
 
     def on_store(self, event) -> int:
         """Check, store and record one instance; the status answers the C-STORE."""
-        from api.problems import Problem
-        from api.uploads import UploadLimits, iter_scans
+        from core.errors import IntakeError
+        from core.intake import UploadLimits, iter_scans
 
         state = self._association(event)
         data = event.encoded_dataset()
@@ -69,10 +81,10 @@ class StoreReceiver:
         name = f"c-store-{state.stored + state.refused + 1}"
         try:
             uploads = list(iter_scans([(name, io.BytesIO(data))], limits, state.parsed))
-        except Problem as exc:
+        except IntakeError as exc:
             state.refused += 1
             log.info("job %s: instance refused: %s", state.job_id, exc.detail)
-            return OUT_OF_RESOURCES if exc.status == 413 else CANNOT_UNDERSTAND
+            return dicom_status(exc)
         if len(state.parsed.skipped) > skipped_before or not uploads or not uploads[0].dicom:
             state.refused += 1
             return NOT_SUPPORTED
@@ -81,7 +93,7 @@ class StoreReceiver:
         return SUCCESS
 
     def _record(self, state: _Association, upload) -> None:
-        from api.dicom_upload import scans_of
+        from core.intake import scans_of
         from db.jobs import JobOptions, append_scans, create_job, next_position
         from db.models import Job
         from db.outbox import relay
