@@ -8,6 +8,9 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from core.errors import (Conflict, DomainError, Malformed, NotFound, OverQuota, TooLarge,
+                         Unavailable, Unsupported)
+
 log = logging.getLogger(__name__)
 
 
@@ -21,6 +24,24 @@ class Problem(Exception):
         self.detail = detail
         self.headers = headers or {}
         self.extra = extra
+
+
+STATUS_OF = ((OverQuota, 429), (TooLarge, 413), (Unsupported, 415), (NotFound, 404),
+             (Conflict, 409), (Unavailable, 503), (Malformed, 400))
+"""The HTTP status of each domain error (the first class that matches)."""
+
+
+def status_of(exc: DomainError) -> int:
+    return next((status for kind, status in STATUS_OF if isinstance(exc, kind)), 400)
+
+
+def problem_of(exc: DomainError) -> Problem:
+    """A domain error as the problem the API answers (429 and 503 with Retry-After)."""
+    retry = getattr(exc, "retry_after", None)
+    if retry is None:
+        return Problem(status_of(exc), exc.detail, **exc.extra)
+    return Problem(status_of(exc), exc.detail, headers={"Retry-After": str(retry)},
+                   retry_after=retry, **exc.extra)
 
 
 def problem_response(status: int, detail: str, **extra: Any) -> Response:
@@ -38,6 +59,10 @@ def init_app(app: Flask) -> None:
         response = problem_response(exc.status, exc.detail, **exc.extra)
         response.headers.update(exc.headers)
         return response
+
+    @app.errorhandler(DomainError)
+    def _domain(exc: DomainError) -> Response:
+        return _problem(problem_of(exc))
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
