@@ -99,6 +99,8 @@ class Settings:
     metrics_access: str = "key"
     prometheus_multiproc_dir: Optional[Path] = None
     series_rule: str = "top10pct-mean"
+    dicom_allowed_ae_titles: tuple[str, ...] = ()
+    """Calling AE titles the C-STORE listener accepts associations from; empty: any."""
 
     @property
     def auth_enabled(self) -> bool:
@@ -280,6 +282,7 @@ def load_settings(env: Optional[Mapping[str, str]] = None) -> Settings:
         metrics_access=read("METRICS_ACCESS", _choice(METRICS_ACCESS_MODES)),
         prometheus_multiproc_dir=_read(env, "PROMETHEUS_MULTIPROC_DIR", _existing_dir, None),
         series_rule=read("SERIES_RULE", _series_rule),
+        dicom_allowed_ae_titles=read("DICOM_ALLOWED_AE_TITLES", _ae_titles),
         **_access_settings(env, var_dir),
         **_webhook_settings(env),
     )
@@ -455,6 +458,16 @@ def _pixel_count(name: str, raw: str) -> int:
         width, _, height = text.partition("x")
         return _positive_int(name, width) * _positive_int(name, height)
     return _positive_int(name, text)
+
+
+def _ae_titles(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated DICOM AE titles (1 to 16 characters of printable ASCII, no backslash)."""
+    titles = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for title in titles:
+        if len(title) > 16 or not title.isascii() or not title.isprintable() or "\\" in title:
+            raise ConfigError(f"{name} must list AE titles (1 to 16 printable ASCII characters, "
+                              f"no backslash) separated by commas, got {title!r}")
+    return titles
 
 
 def _host_list(name: str, raw: str) -> Optional[tuple[str, ...]]:
