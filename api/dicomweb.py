@@ -17,13 +17,12 @@ from typing import Any, Optional
 from flask import Blueprint, Response, json, request, url_for
 
 from api.auth import owned_job, requires
-from api.dicom_upload import scans_of
 from api.extensions import db_session, services
 from api.job_intake import actor, job_service
 from api.openapi import Reply, operation
 from api.problems import Problem
 from api.schemas import StowQuery
-from api.uploads import ParsedUpload, UploadLimits, iter_scans
+from core.intake import ParsedUpload, UploadLimits, iter_scans, scans_of
 from core.jobs.storing import store_uploads
 from db.jobs import job_scan_count
 from db.models import new_id

@@ -23,16 +23,17 @@ from typing import Any, Optional, Union
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from api.archives import check_name
 from api.audit import audit
 from api.auth import current_principal, owned_job, requires
 from api.extensions import db_session, services
 from api.job_intake import JobRequest, accept_job, job_service
 from api.openapi import Reply, operation
 from api.schemas import Job, SubmittedJob
-from api.problems import Problem
+from api.problems import Problem, as_problem
 from api.serialize import job_json
-from api.uploads import UploadLimits, check_stored_slice
+from core.errors import IntakeError
+from core.intake import UploadLimits, check_stored_slice
+from core.intake.archives import check_name
 from db.blobs import BlobNotFound, BlobStore
 from db.jobs import NewScan, find_job, summarise_jobs
 from core.jobs.service import Actor
@@ -143,8 +144,8 @@ def _check_one(blobs: BlobStore, job_id: str, position: int, entry: dict,
         check_stored_slice(filename, head, size, limits)
     except BlobNotFound:
         return None
-    except Problem as exc:
-        return exc
+    except IntakeError as exc:
+        return as_problem(exc)
     return NewScan(filename, key, size)
 
 

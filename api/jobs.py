@@ -8,7 +8,6 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context
 
 from api.audit import audit
 from api.auth import current_principal, owned_job, requires
-from api.dicom_upload import allowed_modalities, scans_of
 from api.direct_uploads import create_direct_upload
 from api.extensions import db_session, services
 from api.job_intake import JobRequest, accept_job, actor, job_service
@@ -18,7 +17,7 @@ from api.schemas import (AddScansForm, DirectUpload, DirectUploadRequest, Job, J
                          JobListQuery, ResultsPage, ResultsQuery, SubmitJobForm, SubmittedJob)
 from api.security import whole_number
 from api.serialize import csv_lines, job_json, result_row
-from api.uploads import ParsedUpload, UploadLimits, iter_scans
+from core.intake import ParsedUpload, UploadLimits, iter_scans, parse_modalities, scans_of
 from core.jobs.storing import discard, store_uploads
 from db.explanations import explained_scan_ids
 from db.jobs import (JobSummary, NewScan, iter_results, job_scan_count, recent_job_summaries,
@@ -107,7 +106,7 @@ def _store_scans(parts, key_of, job_id: Optional[str] = None,
     """
     svc = services()
     limits = UploadLimits.from_settings(svc.settings)
-    limits.modalities = allowed_modalities()
+    limits.modalities = parse_modalities(request.form.get("allow_modality") or "")
     parsed = ParsedUpload(count=already)
     new_scans = store_uploads(svc.blobs, iter_scans(parts, limits, parsed), key_of, scans_of,
                               job_id)

@@ -1,4 +1,7 @@
-"""Errors as RFC 9457 ``application/problem+json`` with ``status``, ``title`` and ``detail``."""
+"""Errors as RFC 9457 ``application/problem+json`` with ``status``, ``title`` and ``detail``.
+
+The core's domain errors (:mod:`core.errors`) are mapped to statuses here, once.
+"""
 from __future__ import annotations
 
 import logging
@@ -8,7 +11,7 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from core.errors import (Conflict, DomainError, Malformed, NotFound, OverQuota, TooLarge,
+from core.errors import (Conflict, IntakeError, Malformed, NotFound, OverQuota, TooLarge,
                          Unavailable, Unsupported)
 
 log = logging.getLogger(__name__)
@@ -26,22 +29,22 @@ class Problem(Exception):
         self.extra = extra
 
 
-STATUS_OF = ((OverQuota, 429), (TooLarge, 413), (Unsupported, 415), (NotFound, 404),
-             (Conflict, 409), (Unavailable, 503), (Malformed, 400))
-"""The HTTP status of each domain error (the first class that matches)."""
+STATUSES: dict[type[IntakeError], int] = {
+    TooLarge: 413, Unsupported: 415, Malformed: 400, OverQuota: 429, Conflict: 409,
+    NotFound: 404, Unavailable: 503}
 
 
-def status_of(exc: DomainError) -> int:
-    return next((status for kind, status in STATUS_OF if isinstance(exc, kind)), 400)
+def status_of(error: IntakeError) -> int:
+    """The HTTP status of a domain error (400 for a kind without one of its own)."""
+    return next((status for kind, status in STATUSES.items() if isinstance(error, kind)), 400)
 
 
-def problem_of(exc: DomainError) -> Problem:
-    """A domain error as the problem the API answers (429 and 503 with Retry-After)."""
-    retry = getattr(exc, "retry_after", None)
-    if retry is None:
-        return Problem(status_of(exc), exc.detail, **exc.extra)
-    return Problem(status_of(exc), exc.detail, headers={"Retry-After": str(retry)},
-                   retry_after=retry, **exc.extra)
+def as_problem(error: IntakeError) -> Problem:
+    """The problem a domain error answers: its status, detail and members (``filename``,
+    ``skipped``, ...), with ``Retry-After`` for a quota that frees up on its own."""
+    retry_after = error.extra.get("retry_after")
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return Problem(status_of(error), error.detail, headers, **error.extra)
 
 
 def problem_response(status: int, detail: str, **extra: Any) -> Response:
@@ -60,9 +63,9 @@ def init_app(app: Flask) -> None:
         response.headers.update(exc.headers)
         return response
 
-    @app.errorhandler(DomainError)
-    def _domain(exc: DomainError) -> Response:
-        return _problem(problem_of(exc))
+    @app.errorhandler(IntakeError)
+    def _intake(exc: IntakeError) -> Response:
+        return _problem(as_problem(exc))
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:

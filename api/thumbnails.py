@@ -20,10 +20,11 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 from api.audit import audit
 from api.auth import owned_scan, requires
 from api.extensions import db_session, services
-from api.image_header import read_header
 from api.openapi import Reply, operation
 from api.problems import Problem
-from api.uploads import IMAGE_TYPES, SNIFF_BYTES, sniff
+from core.errors import IntakeError
+from core.intake import IMAGE_TYPES, SNIFF_BYTES, sniff
+from core.intake.image_header import read_header
 from covidscan.dicom_pixels import is_dicom
 from db.blobs import BlobNotFound
 
@@ -48,7 +49,7 @@ def _check_header(data: bytes, max_pixels: int) -> None:
         raise ThumbnailError("not a PNG or JPEG image")
     try:
         header = read_header(data, IMAGE_TYPES[kind], "the scan")
-    except Problem as exc:
+    except IntakeError as exc:
         raise ThumbnailError(exc.detail) from None
     if header.pixels > max_pixels:
         raise ThumbnailError(f"{header.width}×{header.height} pixels is above the limit of "
@@ -90,7 +91,7 @@ def make_dicom_thumbnail(data: bytes, frame: int, window: tuple[float, float],
         ThumbnailError: the header cannot be read or declares more than ``max_pixels``, or
             the frame cannot be decoded here (the reason is pydicom's).
     """
-    from api.dicom_header import NotAnImage, read_dicom_header
+    from core.intake.dicom_header import NotAnImage, read_dicom_header
     from covidscan.dicom_pixels import grey_slice
     from covidscan.image_errors import ImageDecodeError
 
@@ -98,7 +99,7 @@ def make_dicom_thumbnail(data: bytes, frame: int, window: tuple[float, float],
         header = read_dicom_header(data, "the scan", modalities=(modality or "CT",))
     except NotAnImage as exc:
         raise ThumbnailError(str(exc)) from None
-    except Problem as exc:
+    except IntakeError as exc:
         raise ThumbnailError(exc.detail) from None
     if header.pixels > max_pixels:
         raise ThumbnailError(f"{header.width}×{header.height} pixels is above the limit of "

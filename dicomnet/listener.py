@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 
 import click
 
-from core.errors import Conflict, DomainError, OverQuota, TooLarge, Unavailable
+from core.errors import Conflict
 from core.jobs.service import Actor, JobService
 from core.jobs.storing import discard, store_uploads
 from covidscan.settings import Settings
@@ -32,11 +32,23 @@ SUCCESS, NOT_SUPPORTED, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0x0122, 0x
 VIA, JOB_NAME = "c-store", "DICOM C-STORE"
 
 
+def dicom_status(error: Exception) -> int:
+    """The C-STORE status of a refusal by the core: over a limit or a quota 0xA700, a kind
+    not taken 0x0122, anything else (a malformed instance) 0xC000."""
+    from core.errors import OverQuota, TooLarge, Unavailable, Unsupported
+
+    if isinstance(error, (TooLarge, OverQuota, Unavailable)):
+        return OUT_OF_RESOURCES
+    if isinstance(error, Unsupported):
+        return NOT_SUPPORTED
+    return CANNOT_UNDERSTAND
+
+
 @dataclass
 class _Association:
     job_id: str
     calling_ae: str
-    parsed: Any  # api.uploads.ParsedUpload: counts against the per-job limits
+    parsed: Any  # core.intake.ParsedUpload: counts against the per-job limits
     stored: int = 0
     refused: int = 0
     files: int = 0  # files stored under the job's keys, kept or not: each gets its own
@@ -56,7 +68,7 @@ class StoreReceiver:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _association(self, event) -> _Association:
-        from api.uploads import ParsedUpload
+        from core.intake import ParsedUpload
         from db.models import new_id
 
         with self._lock:
@@ -71,8 +83,8 @@ class StoreReceiver:
 
     def on_store(self, event) -> int:
         """Check, store and record one instance; the status answers the C-STORE."""
-        from api.problems import Problem
-        from api.uploads import UploadLimits, iter_scans
+        from core.errors import IntakeError
+        from core.intake import UploadLimits, iter_scans
 
         state = self._association(event)
         data = event.encoded_dataset()
@@ -82,29 +94,25 @@ class StoreReceiver:
         name = f"c-store-{state.stored + state.refused + 1}"
         try:
             uploads = list(iter_scans([(name, io.BytesIO(data))], limits, state.parsed))
-        except Problem as exc:
+        except IntakeError as exc:
             state.refused += 1
             log.info("job %s: instance refused: %s", state.job_id, exc.detail)
-            return OUT_OF_RESOURCES if exc.status == 413 else CANNOT_UNDERSTAND
+            return dicom_status(exc)
         if len(state.parsed.skipped) > skipped_before or not uploads or not uploads[0].dicom:
             state.refused += 1
             return NOT_SUPPORTED
         try:
             self._record(state, uploads[0])
-        except (OverQuota, TooLarge) as exc:
+        except IntakeError as exc:  # the quota, MAX_ACTIVE_JOBS, MAX_SCANS_PER_JOB, Redis
             state.refused += 1
             log.warning("job %s: instance from %s refused for owner %s: %s", state.job_id,
                         state.calling_ae, self.owner, exc.detail)
-            return OUT_OF_RESOURCES
-        except DomainError as exc:
-            state.refused += 1
-            log.warning("job %s: instance refused: %s", state.job_id, exc.detail)
-            return OUT_OF_RESOURCES if isinstance(exc, Unavailable) else CANNOT_UNDERSTAND
+            return dicom_status(exc)
         state.stored += 1
         return SUCCESS
 
     def _record(self, state: _Association, upload) -> None:
-        from api.dicom_upload import scans_of
+        from core.intake import scans_of
         from db.models import Job
 
         blobs = self.jobs.blobs

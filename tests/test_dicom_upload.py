@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from api.dicom_header import read_dicom_header
+from core.intake.dicom_header import read_dicom_header
 from tests import dicom_files as d
 from tests.images import png_bytes
 

@@ -2,8 +2,9 @@ import io
 
 import pytest
 
-from api.problems import Problem
-from api.uploads import ParsedUpload, UploadLimits, iter_scans, sniff
+from api.problems import status_of
+from core.errors import Malformed, TooLarge, Unsupported
+from core.intake import ParsedUpload, UploadLimits, iter_scans, sniff
 from tests.images import encode, ct_slice, png_bytes, zip_bytes
 
 LIMITS = UploadLimits(max_scan_bytes=1024 * 1024, max_scans=100)
@@ -36,26 +37,26 @@ def test_zip_entries_become_scans_named_by_their_path_and_others_are_reported():
 
 
 def test_a_file_that_is_no_image_is_415_naming_it():
-    with pytest.raises(Problem) as info:
+    with pytest.raises(Unsupported) as info:
         parse([("ok.png", png_bytes(16)), ("report.png", b"%PDF-1.4 not a png")])
-    assert info.value.status == 415
+    assert status_of(info.value) == 415
     assert "report.png" in info.value.detail
 
 
 def test_a_scan_over_the_size_limit_is_413():
-    with pytest.raises(Problem) as info:
+    with pytest.raises(TooLarge) as info:
         parse([("big.png", png_bytes(256))], UploadLimits(max_scan_bytes=1000, max_scans=10))
-    assert info.value.status == 413 and "big.png" in info.value.detail
+    assert status_of(info.value) == 413 and "big.png" in info.value.detail
 
 
 def test_too_many_scans_is_413():
     archive = zip_bytes([(f"{i}.png", png_bytes(8, seed=i)) for i in range(4)])
-    with pytest.raises(Problem) as info:
+    with pytest.raises(TooLarge) as info:
         parse([("a.zip", archive)], UploadLimits(max_scan_bytes=10**6, max_scans=3))
-    assert info.value.status == 413 and "MAX_SCANS_PER_JOB" in info.value.detail
+    assert status_of(info.value) == 413 and "MAX_SCANS_PER_JOB" in info.value.detail
 
 
 def test_a_broken_zip_is_400_naming_it():
-    with pytest.raises(Problem) as info:
+    with pytest.raises(Malformed) as info:
         parse([("broken.zip", b"PK\x03\x04" + b"\0" * 40)])
-    assert info.value.status == 400 and "broken.zip" in info.value.detail
+    assert status_of(info.value) == 400 and "broken.zip" in info.value.detail

@@ -8,12 +8,17 @@ from typing import IO, Iterable, Iterator, Optional
 
 import filetype
 
-from api.archives import check_archive, check_name, open_archive
-from api.dicom_header import (DEFAULT_MODALITIES, DICOM_TYPE, DicomSlice, NotAnImage,
-                              check_complete, is_dicom, read_dicom_header)
-from api.image_header import check_pixels, read_header
-from api.problems import Problem
+from core.errors import Malformed, TooLarge, Unsupported
+from core.intake.archives import check_archive, check_name, open_archive
+from core.intake.dicom_header import (DEFAULT_MODALITIES, DICOM_TYPE, DicomSlice, NotAnImage,
+                                      check_complete, is_dicom, read_dicom_header)
+from core.intake.image_header import check_pixels, read_header
+from core.intake.scans import parse_modalities, scans_of
 from covidscan.settings import Settings
+
+__all__ = ["IMAGE_TYPES", "SNIFF_BYTES", "ZIP_TYPE", "ParsedUpload", "ScanUpload", "Skipped",
+           "UploadLimits", "check_stored_slice", "iter_scans", "parse_modalities", "scans_of",
+           "sniff"]
 
 IMAGE_TYPES = {"image/png": "PNG", "image/apng": "PNG", "image/jpeg": "JPEG"}
 ZIP_TYPE = "application/zip"
@@ -68,11 +73,11 @@ class ParsedUpload:
     expanded_bytes: int = 0
 
     def spend(self, size: int, limits: UploadLimits, filename: str) -> None:
-        """Count ``size`` bytes against the request's expansion budget (413 past it)."""
+        """Count ``size`` bytes against the request's expansion budget (TooLarge past it)."""
         self.expanded_bytes += size
         if self.expanded_bytes > limits.max_expanded_bytes:
-            raise Problem(413, f"the upload expands to more than {limits.max_expanded_bytes} "
-                               f"bytes at {filename} (MAX_EXPANDED_BYTES)", filename=filename)
+            raise TooLarge(f"the upload expands to more than {limits.max_expanded_bytes} "
+                           f"bytes at {filename} (MAX_EXPANDED_BYTES)", filename=filename)
 
 
 def sniff(head: bytes) -> Optional[str]:
@@ -90,8 +95,8 @@ def sniff(head: bytes) -> Optional[str]:
 def _read_limited(stream: IO[bytes], limit: int, filename: str) -> bytes:
     data = stream.read(limit + 1)
     if len(data) > limit:
-        raise Problem(413, f"{filename} is larger than the per-scan limit of {limit} bytes "
-                           "(MAX_SCAN_BYTES)", filename=filename)
+        raise TooLarge(f"{filename} is larger than the per-scan limit of {limit} bytes "
+                       "(MAX_SCAN_BYTES)", filename=filename)
     return data
 
 
@@ -131,16 +136,16 @@ def _zip_entries(stream: IO[bytes], archive_name: str, limits: UploadLimits,
                 parsed.skipped.append(Skipped(name, "encrypted ZIP entries are not supported"))
                 continue
             if info.file_size > limits.max_scan_bytes:
-                raise Problem(413, f"{name} is larger than the per-scan limit of "
-                                   f"{limits.max_scan_bytes} bytes (MAX_SCAN_BYTES)", filename=name)
+                raise TooLarge(f"{name} is larger than the per-scan limit of "
+                               f"{limits.max_scan_bytes} bytes (MAX_SCAN_BYTES)", filename=name)
             parsed.spend(info.file_size, limits, name)
             try:
                 with archive.open(info) as entry:
                     data = _read_limited(entry, limits.max_scan_bytes, name)
             except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError,
                     zlib.error) as exc:
-                raise Problem(400, f"{name} cannot be read from the archive: {exc}",
-                              filename=name) from None
+                raise Malformed(f"{name} cannot be read from the archive: {exc}",
+                                filename=name) from None
             kind = sniff(data[:SNIFF_BYTES])
             if kind in IMAGE_TYPES or kind == DICOM_TYPE:
                 scan = _scan(info.filename, data, kind, limits, parsed, shown_as=name)
@@ -157,20 +162,21 @@ def check_stored_slice(filename: str, head: bytes, size: int, limits: UploadLimi
     size and its first bytes (``head``, which must hold the whole image header).
 
     Raises:
-        Problem: 413 over MAX_SCAN_BYTES or MAX_SCAN_PIXELS; 415 for anything but a PNG or
-            JPEG (ZIP archives included: they go through the multipart upload); 400 for
-            an unreadable header.
+        TooLarge: over MAX_SCAN_BYTES or MAX_SCAN_PIXELS.
+        Unsupported: anything but a PNG or JPEG (ZIP archives included: they go through
+            the multipart upload).
+        Malformed: an unreadable header.
     """
     if size > limits.max_scan_bytes:
-        raise Problem(413, f"{filename} is larger than the per-scan limit of "
-                           f"{limits.max_scan_bytes} bytes (MAX_SCAN_BYTES)", filename=filename)
+        raise TooLarge(f"{filename} is larger than the per-scan limit of "
+                       f"{limits.max_scan_bytes} bytes (MAX_SCAN_BYTES)", filename=filename)
     kind = sniff(head[:SNIFF_BYTES])
     if kind not in IMAGE_TYPES:
         what = ("a ZIP archive (send archives in a multipart upload)" if kind == ZIP_TYPE
                 else "a DICOM file (send DICOM in a multipart upload)" if kind == DICOM_TYPE
                 else "empty" if not head else "neither a PNG nor a JPEG image")
-        raise Problem(415, f"{filename} is {what} (checked by content, not by name)",
-                      filename=filename)
+        raise Unsupported(f"{filename} is {what} (checked by content, not by name)",
+                          filename=filename)
     _scan(filename, head, kind, limits, ParsedUpload())  # PNG or JPEG: nothing is skipped
 
 
@@ -179,9 +185,10 @@ def iter_scans(parts: Iterable[tuple[str, IO[bytes]]], limits: UploadLimits,
     """Yield the scans in upload order; record skipped ZIP entries in ``parsed``.
 
     Raises:
-        Problem: 415 for a part that is neither PNG, JPEG, DICOM nor ZIP; 413 over a limit
-            (bytes, pixels, entries, expansion); 400 for an unreadable or tricked archive,
-            an unreadable image header or a bad file name.
+        Unsupported: a part that is neither PNG, JPEG, DICOM nor ZIP.
+        TooLarge: over a limit (bytes, pixels, entries, expansion, scans per job).
+        Malformed: an unreadable or tricked archive, an unreadable image header or a bad
+            file name.
     """
     for filename, stream in parts:
         check_name(filename, filename)
@@ -190,8 +197,8 @@ def iter_scans(parts: Iterable[tuple[str, IO[bytes]]], limits: UploadLimits,
         kind = sniff(head)
         if kind is None:
             what = "empty" if not head else "neither a PNG, a JPEG, a DICOM file nor a ZIP archive"
-            raise Problem(415, f"{filename} is {what} (checked by content, not by name)",
-                          filename=filename)
+            raise Unsupported(f"{filename} is {what} (checked by content, not by name)",
+                              filename=filename)
         if kind == ZIP_TYPE:
             scans: Iterable[ScanUpload] = _zip_entries(stream, filename, limits, parsed)
         else:
@@ -202,6 +209,6 @@ def iter_scans(parts: Iterable[tuple[str, IO[bytes]]], limits: UploadLimits,
         for scan in scans:
             parsed.count += scan.scan_count
             if parsed.count > limits.max_scans:
-                raise Problem(413, f"a job holds at most {limits.max_scans} scans "
-                                   "(MAX_SCANS_PER_JOB)")
+                raise TooLarge(f"a job holds at most {limits.max_scans} scans "
+                               "(MAX_SCANS_PER_JOB)")
             yield scan

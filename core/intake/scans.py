@@ -2,25 +2,30 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from flask import request
-
-from api.dicom_header import DEFAULT_MODALITIES
-from api.problems import Problem
-from api.uploads import ScanUpload
+from core.errors import Malformed
+from core.intake.dicom_header import DEFAULT_MODALITIES
 from db.jobs import NewScan
+
+if TYPE_CHECKING:
+    from core.intake import ScanUpload
 
 _MODALITY = re.compile(r"^[A-Z0-9]{1,16}$")
 
 
-def allowed_modalities() -> tuple[str, ...]:
-    """CT, plus the modalities the optional ``allow_modality`` form field names (``MR,PT``)."""
-    raw = (request.form.get("allow_modality") or "").strip().upper()
+def parse_modalities(raw: str, name: str = "allow_modality") -> tuple[str, ...]:
+    """CT, plus the modalities ``raw`` names (``MR,PT``; any case, blanks ignored).
+
+    Raises:
+        Malformed: a name that is not a DICOM modality code (``name`` says which field).
+    """
+    raw = (raw or "").strip().upper()
     extra = [m.strip() for m in raw.split(",") if m.strip()]
     for modality in extra:
         if not _MODALITY.match(modality):
-            raise Problem(400, f"allow_modality must be DICOM modality codes separated by commas "
-                               f"(e.g. MR,PT), got {raw!r}")
+            raise Malformed(f"{name} must be DICOM modality codes separated by commas "
+                            f"(e.g. MR,PT), got {raw!r}")
     return tuple(dict.fromkeys([*DEFAULT_MODALITIES, *extra]))
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from PIL import JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
-from api.problems import Problem
+from core.errors import Malformed, TooLarge
 
 _PLUGINS = {"PNG": PngImagePlugin.PngImageFile, "JPEG": JpegImagePlugin.JpegImageFile}
 
@@ -33,7 +33,7 @@ def read_header(data: bytes, image_format: str, filename: str) -> ImageHeader:
     """The format, size and frame count an image declares.
 
     Raises:
-        Problem: 400 when the header cannot be parsed.
+        Malformed: the header cannot be parsed or declares an empty image.
     """
     try:
         with _PLUGINS[image_format](io.BytesIO(data)) as image:
@@ -42,18 +42,18 @@ def read_header(data: bytes, image_format: str, filename: str) -> ImageHeader:
     except (UnidentifiedImageError, SyntaxError, OSError, ValueError, EOFError, IndexError,
             KeyError, TypeError, struct.error) as exc:  # Pillow's plugins raise all of these
         reason = str(exc) or exc.__class__.__name__
-        raise Problem(400, f"{filename} has an unreadable {image_format} header: {reason}",
-                      filename=filename) from None
+        raise Malformed(f"{filename} has an unreadable {image_format} header: {reason}",
+                        filename=filename) from None
     if width < 1 or height < 1:
-        raise Problem(400, f"{filename} declares an empty image ({width}×{height})",
-                      filename=filename)
+        raise Malformed(f"{filename} declares an empty image ({width}×{height})",
+                        filename=filename)
     return ImageHeader(image_format, width, height, frames)
 
 
 def check_pixels(header: ImageHeader, max_pixels: int, filename: str) -> None:
-    """Raise a 413 Problem naming the file and its size when it has too many pixels."""
+    """Refuse (TooLarge) an image of more than ``max_pixels`` pixels, naming it and its size."""
     if header.pixels > max_pixels:
-        raise Problem(413, f"{filename} is {header.width}×{header.height} pixels "
-                           f"({header.pixels} pixels), above the limit of {max_pixels} "
-                           "(MAX_SCAN_PIXELS)",
-                      filename=filename, width=header.width, height=header.height)
+        raise TooLarge(f"{filename} is {header.width}×{header.height} pixels "
+                       f"({header.pixels} pixels), above the limit of {max_pixels} "
+                       "(MAX_SCAN_PIXELS)",
+                       filename=filename, width=header.width, height=header.height)

@@ -10,7 +10,7 @@ import struct
 import zipfile
 from typing import IO
 
-from api.problems import Problem
+from core.errors import Malformed, TooLarge
 
 MAX_NAME_BYTES = 1024
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
@@ -25,30 +25,30 @@ def printable(name: str, limit: int = 200) -> str:
 
 
 def check_name(name: str, where: str) -> None:
-    """Refuse a file name with a NUL, undecodable bytes or more than 1,024 bytes (400)."""
+    """Refuse (Malformed) a file name with a NUL, undecodable bytes or more than 1,024 bytes."""
     where = printable(where)
     if "\x00" in name:
-        raise Problem(400, f"{where}: a file name contains a NUL character", filename=where)
+        raise Malformed(f"{where}: a file name contains a NUL character", filename=where)
     try:
         encoded = name.encode("utf-8")
     except UnicodeEncodeError:
-        raise Problem(400, f"{where}: a file name is not valid UTF-8", filename=where) from None
+        raise Malformed(f"{where}: a file name is not valid UTF-8", filename=where) from None
     if len(encoded) > MAX_NAME_BYTES:
-        raise Problem(400, f"a file name is {len(encoded)} bytes long, above the limit of "
-                           f"{MAX_NAME_BYTES}", filename=where)
+        raise Malformed(f"a file name is {len(encoded)} bytes long, above the limit of "
+                        f"{MAX_NAME_BYTES}", filename=where)
 
 
 def open_archive(stream: IO[bytes], archive_name: str) -> zipfile.ZipFile:
-    """Open a ZIP archive, answering 400 for one that cannot be read or whose names lie."""
+    """Open a ZIP archive, refusing (Malformed) one that cannot be read or whose names lie."""
     try:
         return zipfile.ZipFile(stream)
     except UnicodeDecodeError:
-        raise Problem(400, f"{archive_name}: an entry name is flagged UTF-8 but is not valid "
-                           "UTF-8", filename=archive_name) from None
+        raise Malformed(f"{archive_name}: an entry name is flagged UTF-8 but is not valid "
+                        "UTF-8", filename=archive_name) from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
             struct.error, NotImplementedError) as exc:
-        raise Problem(400, f"{archive_name} is not a readable ZIP archive: {exc}",
-                      filename=archive_name) from None
+        raise Malformed(f"{archive_name} is not a readable ZIP archive: {exc}",
+                        filename=archive_name) from None
 
 
 def _data_extent(stream: IO[bytes], info: zipfile.ZipInfo, archive_name: str) -> tuple[int, int]:
@@ -56,8 +56,8 @@ def _data_extent(stream: IO[bytes], info: zipfile.ZipInfo, archive_name: str) ->
     stream.seek(info.header_offset)
     header = stream.read(_LOCAL_HEADER.size)
     if len(header) != _LOCAL_HEADER.size or header[:4] != _LOCAL_SIGNATURE:
-        raise Problem(400, f"{archive_name}/{info.filename}: the archive directory points at "
-                           "no local entry header", filename=archive_name)
+        raise Malformed(f"{archive_name}/{info.filename}: the archive directory points at "
+                        "no local entry header", filename=archive_name)
     fields = _LOCAL_HEADER.unpack(header)
     name_length, extra_length = fields[-2], fields[-1]
     end = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length + info.compress_size
@@ -71,24 +71,24 @@ def check_archive(archive: zipfile.ZipFile, stream: IO[bytes], archive_name: str
     """Refuse, before expanding anything, an archive that could not be a plain batch of slices.
 
     Raises:
-        Problem: 413 for too many entries or an entry that expands more than ``max_ratio``
-            times; 400 for entries that overlap or names that are NUL-bearing, undecodable
-            or longer than 1,024 bytes.
+        TooLarge: too many entries, or an entry that expands more than ``max_ratio`` times.
+        Malformed: entries that overlap, or names that are NUL-bearing, undecodable or
+            longer than 1,024 bytes.
     """
     infos = archive.infolist()
     if len(infos) > max_entries:
-        raise Problem(413, f"{archive_name} holds {len(infos)} entries, above the limit of "
-                           f"{max_entries} per archive (MAX_ARCHIVE_ENTRIES)",
-                      filename=archive_name)
+        raise TooLarge(f"{archive_name} holds {len(infos)} entries, above the limit of "
+                       f"{max_entries} per archive (MAX_ARCHIVE_ENTRIES)",
+                       filename=archive_name)
     extents = []
     for info in infos:
         check_name(info.orig_filename, f"{archive_name}/{info.filename}")
         if info.file_size > 0 and info.file_size > max_ratio * max(info.compress_size, 1):
             ratio = info.file_size / max(info.compress_size, 1)
-            raise Problem(413, f"{archive_name}/{info.filename} expands {ratio:.0f} times "
-                               f"({info.compress_size} → {info.file_size} bytes), above the "
-                               f"limit of {max_ratio} (MAX_COMPRESSION_RATIO)",
-                          filename=f"{archive_name}/{info.filename}")
+            raise TooLarge(f"{archive_name}/{info.filename} expands {ratio:.0f} times "
+                           f"({info.compress_size} → {info.file_size} bytes), above the "
+                           f"limit of {max_ratio} (MAX_COMPRESSION_RATIO)",
+                           filename=f"{archive_name}/{info.filename}")
         extents.append((*_data_extent(stream, info, archive_name), info.filename))
     extents.sort()
     directory_start = archive.start_dir
@@ -96,6 +96,6 @@ def check_archive(archive: zipfile.ZipFile, stream: IO[bytes], archive_name: str
         limit = directory_start if following is None else following[0]
         if end > limit:
             other = "the archive directory" if following is None else following[2]
-            raise Problem(400, f"{archive_name}: entries {name} and {other} overlap "
-                               "(overlapping ZIP entries are refused)", filename=archive_name)
+            raise Malformed(f"{archive_name}: entries {name} and {other} overlap "
+                            "(overlapping ZIP entries are refused)", filename=archive_name)
     stream.seek(0)

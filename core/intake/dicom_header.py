@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from api.problems import Problem
+from core.errors import Malformed
 
 DICOM_TYPE = "application/dicom"
 DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory (DICOMDIR)
@@ -79,12 +79,12 @@ class DicomHeader:
 
 
 def check_complete(header: DicomHeader, shown_as: str) -> None:
-    """Refuse (400) uncompressed pixel data shorter than its declared frames need."""
+    """Refuse (Malformed) uncompressed pixel data shorter than its declared frames need."""
     expected = header.rows * header.columns * header.frames * header.bits_allocated // 8
     if header.native_bytes is not None and header.native_bytes < expected:
-        raise Problem(400, f"{shown_as} is truncated: its pixel data is {header.native_bytes} "
-                           f"bytes, {header.frames} frame(s) of {header.columns}×{header.rows} "
-                           f"at {header.bits_allocated} bits need {expected}", filename=shown_as)
+        raise Malformed(f"{shown_as} is truncated: its pixel data is {header.native_bytes} "
+                        f"bytes, {header.frames} frame(s) of {header.columns}×{header.rows} "
+                        f"at {header.bits_allocated} bits need {expected}", filename=shown_as)
 
 
 class NotAnImage(ValueError):
@@ -147,7 +147,7 @@ def read_dicom_header(data: bytes, shown_as: str,
     """Parse a DICOM file's header (pixel data is skipped, not decoded).
 
     Raises:
-        Problem: 400 when the file cannot be parsed or declares an empty image.
+        Malformed: the file cannot be parsed or declares an empty image.
         NotAnImage: a directory, a report, an object without pixels, another modality
             than ``modalities``, or a colour image.
     """
@@ -177,8 +177,8 @@ def read_dicom_header(data: bytes, shown_as: str,
         stored_bytes = len(dataset.PixelData) if has_pixels else 0
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, AttributeError,
             IndexError, OverflowError, OSError, struct.error) as exc:
-        raise Problem(400, f"{shown_as} has an unreadable DICOM header: "
-                           f"{str(exc) or type(exc).__name__}", filename=shown_as) from None
+        raise Malformed(f"{shown_as} has an unreadable DICOM header: "
+                        f"{str(exc) or type(exc).__name__}", filename=shown_as) from None
     if sop_class == DIRECTORY_SOP_CLASS:
         raise NotAnImage("a DICOMDIR (a directory of the media, not an image) is ignored")
     if not has_pixels:
@@ -190,8 +190,8 @@ def read_dicom_header(data: bytes, shown_as: str,
     if samples != 1:
         raise NotAnImage(f"a colour DICOM image ({samples} samples per pixel) is not a CT slice")
     if rows < 1 or columns < 1 or bits not in (1, 8, 16, 32):
-        raise Problem(400, f"{shown_as} declares an empty or malformed image ({columns}×{rows} "
-                           f"pixels, {bits} bits allocated)", filename=shown_as)
+        raise Malformed(f"{shown_as} declares an empty or malformed image ({columns}×{rows} "
+                        f"pixels, {bits} bits allocated)", filename=shown_as)
     slices = tuple(DicomSlice(index if frames > 1 else None, study, series, instance, sop_class,
                               modality, instance_number, position)
                    for index, position in enumerate(positions))
