@@ -117,8 +117,9 @@ def _ct_instances(stack: Stack, count: int) -> list[bytes]:
 
 def send_stow(stack: Stack, count: int) -> bool:
     boundary = b"EntryPaths"
-    body = b"".join(b"--" + boundary + b"\r\nContent-Type: application/dicom\r\n\r\n" + part
-                    + b"\r\n" for part in _ct_instances(stack, count)) + b"--" + boundary + b"--\r\n"
+    head = b"--" + boundary + b"\r\nContent-Type: application/dicom\r\n\r\n"
+    body = b"".join(head + part + b"\r\n" for part in _ct_instances(stack, count))
+    body += b"--" + boundary + b"--\r\n"
     response = stack.client.post(
         "/v1/dicomweb/studies", data=body,
         content_type='multipart/related; type="application/dicom"; boundary=EntryPaths')
