@@ -4,14 +4,18 @@ The body is ``multipart/related; type="application/dicom"``, one Part 10 instanc
 The instances go through the same header checks as ``POST /v1/jobs`` (limits, modality,
 non-images); those that pass are stored in a new job, or appended to the caller's job
 named by ``?job=<id>``. The answer is the standard STOW response (``application/dicom+json``):
-``ReferencedSOPSequence`` for the stored instances, ``FailedSOPSequence`` with a failure
-reason for the others; 200 when all were stored, 202 when some were, 409 when none was.
-``Location`` names the job.
+``ReferencedSOPSequence`` for the stored instances, ``FailedSOPSequence`` for the others,
+each with its FailureReason (0xC000 for a part that is not a readable DICOM instance: another
+content type, a ZIP archive, a PNG, an unreadable header; 0x0122 for a non-image or another
+modality) and the reason in words in ErrorComment (0000,0902); 200 when all were stored, 202
+when some were, 409 when none was. ``Location`` names the job. A limit (bytes, frames, scans
+per job, quota) refuses the whole request, and nothing is stored.
 """
 from __future__ import annotations
 
 import io
 import logging
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from flask import Blueprint, Response, json, request, url_for
@@ -22,7 +26,10 @@ from api.job_intake import actor, job_service
 from api.openapi import Reply, operation
 from api.problems import Problem
 from api.schemas import StowQuery
-from core.intake import ParsedUpload, UploadLimits, iter_scans, scans_of
+from core.errors import Malformed, Unsupported
+from core.intake import (DICOM_TYPE, IMAGE_TYPES, SNIFF_BYTES, ZIP_TYPE, ParsedUpload,
+                         UploadLimits, iter_scans, scans_of, sniff)
+from core.intake.dicom_budget import file_meta_uids
 from core.jobs.storing import store_uploads
 from db.jobs import job_scan_count
 from db.models import new_id
@@ -46,11 +53,20 @@ def _boundary() -> bytes:
     return options["boundary"].strip('"').encode("latin-1")
 
 
-def split_parts(body: bytes, boundary: bytes) -> list[bytes]:
-    """The bodies of a multipart/related message's parts (RFC 2046), in order.
+@dataclass(frozen=True)
+class Part:
+    """One part of a multipart/related body: its media type (lower case) and its bytes."""
+
+    media_type: str
+    body: bytes
+
+
+def split_typed_parts(body: bytes, boundary: bytes) -> list[Part]:
+    """The parts of a multipart/related message (RFC 2046), in order; a part without a
+    Content-Type is application/dicom (the request's ``type``).
 
     Raises:
-        Problem: 400 for a part without headers or not of type application/dicom.
+        Problem: 400 for a part without a header block.
     """
     delimiter = b"--" + boundary
     pieces = body.split(delimiter)
@@ -64,32 +80,46 @@ def split_parts(body: bytes, boundary: bytes) -> list[bytes]:
             raise Problem(400, "a multipart part has no header block")
         kind = next((line.split(b":", 1)[1].strip().lower() for line in headers.split(b"\r\n")
                      if line.lower().startswith(b"content-type:")), b"application/dicom")
-        if not kind.startswith(b"application/dicom"):
-            raise Problem(415, f"a part is {kind.decode('latin-1')!r}, not application/dicom")
-        parts.append(content[:-2] if content.endswith(b"\r\n") else content)
+        media_type = kind.split(b";", 1)[0].strip().decode("latin-1")
+        parts.append(Part(media_type, content[:-2] if content.endswith(b"\r\n") else content))
     return parts
 
 
-def _uids(data: bytes) -> tuple[Optional[str], Optional[str]]:
-    """An instance's SOP class and instance UIDs, for its line in the response."""
-    import pydicom
+def split_parts(body: bytes, boundary: bytes) -> list[bytes]:
+    """The bodies of a multipart/related message's parts, in order."""
+    return [part.body for part in split_typed_parts(body, boundary)]
 
-    try:
-        dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True,
-                                  specific_tags=["SOPClassUID", "SOPInstanceUID"])
-        return dataset.get("SOPClassUID"), dataset.get("SOPInstanceUID")
-    except Exception:  # noqa: BLE001 - an unreadable part is reported as not understood
-        return None, None
+
+def not_an_instance(part: Part, name: str) -> Optional[str]:
+    """Why a part cannot be a DICOM instance (told by its type and its content, never
+    expanded or parsed), or None for a part that may be one."""
+    if part.media_type != DICOM_TYPE:
+        return f"{name} is {part.media_type or 'untyped'}, not application/dicom"
+    kind = sniff(part.body[:SNIFF_BYTES])
+    if kind == ZIP_TYPE:
+        return f"{name} is a ZIP archive, not a DICOM instance (archives are not expanded here)"
+    if kind in IMAGE_TYPES:
+        return f"{name} is a {IMAGE_TYPES[kind]} image, not a DICOM instance"
+    if kind != DICOM_TYPE:
+        return f"{name} is not a DICOM Part 10 instance" if part.body else f"{name} is empty"
+    return None
 
 
 def _sop_item(sop_class: Optional[str], sop_instance: Optional[str],
-              reason: Optional[int] = None) -> dict[str, Any]:
-    item: dict[str, Any] = {"00081150": {"vr": "UI", "Value": [str(sop_class)] if sop_class else []},
-                            "00081155": {"vr": "UI",
-                                         "Value": [str(sop_instance)] if sop_instance else []}}
+              reason: Optional[int] = None, comment: Optional[str] = None) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "00081150": {"vr": "UI", "Value": [str(sop_class)] if sop_class else []},
+        "00081155": {"vr": "UI", "Value": [str(sop_instance)] if sop_instance else []}}
     if reason is not None:
         item["00081197"] = {"vr": "US", "Value": [reason]}
+    if comment:
+        item["00000902"] = {"vr": "LO", "Value": [comment[:64]]}  # ErrorComment: LO, 64 chars
     return item
+
+
+def _failed(part: Part, reason: int, comment: str) -> dict[str, Any]:
+    """A FailedSOPSequence item, with the UIDs the part's file meta names (if any)."""
+    return _sop_item(*file_meta_uids(part.body), reason=reason, comment=comment)
 
 
 def _stow_reply(description: str) -> Reply:
@@ -124,7 +154,7 @@ def store_instances() -> Response:
     caller = actor("stow-rs")
     session = db_session()
     boundary = _boundary()
-    parts = split_parts(request.get_data(cache=False), boundary)
+    parts = split_typed_parts(request.get_data(cache=False), boundary)
     if not parts:
         raise Problem(400, "the request holds no parts")
     existing = request.args.get("job")
@@ -135,28 +165,41 @@ def store_instances() -> Response:
     job_id = job.id if job is not None else new_id()
     # An existing job's new files get keys of this request's own: requests appending to
     # one job at once must not write over each other's bytes before their positions exist.
-    part = new_id()[:12]
-    named = [(f"instance-{i + 1}", io.BytesIO(data)) for i, data in enumerate(parts)]
+    part_key = new_id()[:12]
     limits = UploadLimits.from_settings(svc.settings)
-    parsed = ParsedUpload(count=job_scan_count(session, job_id) if job is not None else 0)
+    # An appended instance counts against MAX_SCANS_PER_JOB with the job's scans.
+    parsed = ParsedUpload(count=job_scan_count(session, job.id) if job is not None else 0)
     stored: list[tuple[Optional[str], Optional[str]]] = []
     failed: list[dict[str, Any]] = []
 
-    def instances(uploads):
-        for upload in uploads:
-            if not upload.dicom:  # a PNG or JPEG sent as application/dicom
-                failed.append(_sop_item(None, None, CANNOT_UNDERSTAND))
+    def instances():
+        """The checked instances to store; each failed part is listed in ``failed``."""
+        for index, part in enumerate(parts):
+            name = f"instance-{index + 1}"
+            reason = not_an_instance(part, name)
+            if reason is not None:
+                failed.append(_failed(part, CANNOT_UNDERSTAND, reason))
                 continue
-            stored.append((upload.dicom[0].sop_class_uid, upload.dicom[0].sop_instance_uid))
-            yield upload
+            skipped = len(parsed.skipped)
+            try:
+                uploads = list(iter_scans([(name, io.BytesIO(part.body))], limits, parsed))
+            except (Malformed, Unsupported) as exc:  # limits (TooLarge) refuse the request
+                failed.append(_failed(part, SOP_CLASS_NOT_SUPPORTED
+                                      if isinstance(exc, Unsupported) else CANNOT_UNDERSTAND,
+                                      exc.detail))
+                continue
+            if len(parsed.skipped) > skipped:  # a report, another modality, ...
+                failed.append(_failed(part, SOP_CLASS_NOT_SUPPORTED,
+                                      f"{name}: {parsed.skipped[-1].reason}"))
+            for upload in uploads:
+                stored.append((upload.dicom[0].sop_class_uid, upload.dicom[0].sop_instance_uid))
+                yield upload
 
     new_scans = store_uploads(
-        svc.blobs, instances(iter_scans(named, limits, parsed)),
+        svc.blobs, instances(),
         (lambda i: svc.blobs.key_for(job_id, i)) if job is None
-        else (lambda i: svc.blobs.part_key(job_id, part, i)),
+        else (lambda i: svc.blobs.part_key(job_id, part_key, i)),
         scans_of, job_id if job is None else None)
-    failed += [_sop_item(*_uids(parts[int(s.filename.rsplit("-", 1)[1]) - 1]),
-                         SOP_CLASS_NOT_SUPPORTED) for s in parsed.skipped]
     if new_scans and job is None:
         job_service().submit(session, caller, job_id, new_scans, name="DICOMweb STOW-RS")
     elif new_scans:

@@ -21,7 +21,6 @@ from api.audit import audit
 from api.auth import owned_scan, requires
 from api.extensions import db_session, services
 from api.openapi import Reply, operation
-from api.problems import Problem
 from core.errors import IntakeError
 from core.intake import IMAGE_TYPES, SNIFF_BYTES, sniff
 from core.intake.image_header import read_header

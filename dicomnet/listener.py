@@ -139,23 +139,30 @@ class StoreReceiver:
                      state.job_id, state.calling_ae, state.stored, state.refused)
 
 
+def job_service(settings: Settings, session_factory: Any, send_wakeups: Any) -> JobService:
+    """The job service the receiver submits to: the settings' blob store and the hourly
+    quota in their Redis, as the API has them."""
+    from core.quota import ScanQuota
+    from db.blobs import open_blob_store
+
+    return JobService(settings, session_factory,
+                      open_blob_store(settings.blob_dir, settings.blob_store),
+                      ScanQuota.open(settings.redis_url, settings.scans_per_hour), send_wakeups)
+
+
 def start(settings: Settings, host: str, port: int, ae_title: str, owner: str,
           modalities: tuple[str, ...]) -> tuple[Any, Callable[[], None]]:
     """Start the receiver in background threads: the pynetdicom server and a function
     that stops it and closes what it opened."""
     from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-    from core.quota import ScanQuota
     from core.wakeups import WakeupSender
-    from db.blobs import open_blob_store
     from db.session import make_engine, make_session_factory
 
     engine = make_engine(settings.database_url)
     send_wakeups = WakeupSender(settings.redis_url)
-    jobs = JobService(settings, make_session_factory(engine),
-                      open_blob_store(settings.blob_dir, settings.blob_store),
-                      ScanQuota.open(settings.redis_url, settings.scans_per_hour), send_wakeups)
-    receiver = StoreReceiver(jobs, owner, modalities)
+    receiver = StoreReceiver(job_service(settings, make_session_factory(engine), send_wakeups),
+                             owner, modalities)
     ae = AE(ae_title=ae_title)
     ae.supported_contexts = AllStoragePresentationContexts
     ae.require_calling_aet = list(settings.dicom_allowed_ae_titles)  # empty: any caller

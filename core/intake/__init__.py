@@ -10,6 +10,7 @@ import filetype
 
 from core.errors import Malformed, TooLarge, Unsupported
 from core.intake.archives import check_archive, check_name, open_archive
+from core.intake.dicom_budget import HeaderBudget
 from core.intake.dicom_header import (DEFAULT_MODALITIES, DICOM_TYPE, DicomSlice, NotAnImage,
                                       check_complete, is_dicom, read_dicom_header)
 from core.intake.image_header import check_pixels, read_header
@@ -72,6 +73,18 @@ class ParsedUpload:
     count: int = 0
     expanded_bytes: int = 0
 
+    def header_budget(self, limits: UploadLimits, counted: int) -> HeaderBudget:
+        """What reading the next DICOM header may cost: its inflated bytes within
+        MAX_SCAN_BYTES and what is left of MAX_EXPANDED_BYTES (``counted``: its own bytes,
+        spent already), its frames within what is left of MAX_SCANS_PER_JOB."""
+        room = limits.max_expanded_bytes - self.expanded_bytes + counted
+        by_scan = limits.max_scan_bytes <= room
+        return HeaderBudget(max_bytes=limits.max_scan_bytes if by_scan else max(room, 0),
+                            bytes_limit_name="MAX_SCAN_BYTES" if by_scan
+                            else "MAX_EXPANDED_BYTES",
+                            max_frames=max(limits.max_scans - self.count, 0),
+                            frames_limit=limits.max_scans)
+
     def spend(self, size: int, limits: UploadLimits, filename: str) -> None:
         """Count ``size`` bytes against the request's expansion budget (TooLarge past it)."""
         self.expanded_bytes += size
@@ -110,7 +123,8 @@ def _scan(filename: str, data: bytes, kind: str, limits: UploadLimits, parsed: P
     shown_as = shown_as or filename
     if kind == DICOM_TYPE:
         try:
-            dicom = read_dicom_header(data, shown_as, limits.modalities)
+            dicom = read_dicom_header(data, shown_as, limits.modalities,
+                                      parsed.header_budget(limits, len(data)))
         except NotAnImage as exc:
             parsed.skipped.append(Skipped(shown_as, str(exc)))
             return None

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import io
 import struct
+import zlib
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from core.errors import Malformed
+from core.errors import Malformed, TooLarge
+from core.intake.dicom_budget import HeaderBudget, check_structure
 
 DICOM_TYPE = "application/dicom"
 DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory (DICOMDIR)
@@ -143,11 +145,15 @@ def _frame_positions(dataset, frames: int) -> list[Optional[float]]:
 
 
 def read_dicom_header(data: bytes, shown_as: str,
-                      modalities: Sequence[str] = DEFAULT_MODALITIES) -> DicomHeader:
-    """Parse a DICOM file's header (pixel data is skipped, not decoded).
+                      modalities: Sequence[str] = DEFAULT_MODALITIES,
+                      budget: Optional[HeaderBudget] = None) -> DicomHeader:
+    """Parse a DICOM file's header (pixel data is skipped, not decoded), once its structure
+    is within ``budget`` (:func:`core.intake.dicom_budget.check_structure`).
 
     Raises:
-        Malformed: the file cannot be parsed or declares an empty image.
+        TooLarge: over the budget (inflated bytes, frames, elements).
+        Malformed: the file cannot be parsed, nests sequences too deep or declares an
+            empty image.
         NotAnImage: a directory, a report, an object without pixels, another modality
             than ``modalities``, or a colour image.
     """
@@ -155,17 +161,23 @@ def read_dicom_header(data: bytes, shown_as: str,
     from pydicom.errors import InvalidDicomError
 
     quiet_validation()
+    budget = budget or HeaderBudget()
+    syntax, parsed = check_structure(data, shown_as, budget)
     try:
-        # The bytes are already in memory (within MAX_SCAN_BYTES); parsing copies the
-        # pixel data element, it does not decode it.
-        dataset = pydicom.dcmread(io.BytesIO(data))
+        # The bytes are in memory and within the budget (a Deflated data set inflated
+        # already); parsing copies the pixel data element, it does not decode it.
+        dataset = pydicom.dcmread(io.BytesIO(parsed))
         has_pixels = "PixelData" in dataset
         sop_class = _uid(dataset, "SOPClassUID") or _uid(dataset.file_meta,
                                                           "MediaStorageSOPClassUID")
-        syntax = _uid(dataset.file_meta, "TransferSyntaxUID") or "unknown"
         modality = str(dataset.get("Modality", "") or "").strip().upper() or None
         rows, columns = _int(dataset.get("Rows")) or 0, _int(dataset.get("Columns")) or 0
         frames = _int(dataset.get("NumberOfFrames")) or 1
+        if frames < 1:
+            raise Malformed(f"{shown_as} declares {frames} frames", filename=shown_as)
+        if frames > budget.max_frames:  # the structure check has refused it already
+            raise TooLarge(f"{shown_as} declares {frames} frames, more than the job has "
+                           "room for (MAX_SCANS_PER_JOB)", filename=shown_as)
         bits = _int(dataset.get("BitsAllocated")) or 0
         samples = _int(dataset.get("SamplesPerPixel")) or 1
         positions = _frame_positions(dataset, frames) if has_pixels else []
@@ -176,9 +188,12 @@ def read_dicom_header(data: bytes, shown_as: str,
             dataset.file_meta.TransferSyntaxUID.is_encapsulated
         stored_bytes = len(dataset.PixelData) if has_pixels else 0
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, AttributeError,
-            IndexError, OverflowError, OSError, struct.error) as exc:
+            IndexError, OverflowError, OSError, struct.error, zlib.error) as exc:
         raise Malformed(f"{shown_as} has an unreadable DICOM header: "
                         f"{str(exc) or type(exc).__name__}", filename=shown_as) from None
+    except RecursionError:  # the structure check bounds nesting; kept as a last guard
+        raise Malformed(f"{shown_as} nests DICOM sequences too deep to read",
+                        filename=shown_as) from None
     if sop_class == DIRECTORY_SOP_CLASS:
         raise NotAnImage("a DICOMDIR (a directory of the media, not an image) is ignored")
     if not has_pixels:
@@ -195,6 +210,6 @@ def read_dicom_header(data: bytes, shown_as: str,
     slices = tuple(DicomSlice(index if frames > 1 else None, study, series, instance, sop_class,
                               modality, instance_number, position)
                    for index, position in enumerate(positions))
-    return DicomHeader(rows, columns, frames, bits, samples, syntax, slices,
+    return DicomHeader(rows, columns, frames, bits, samples, syntax or "unknown", slices,
                        None if encapsulated else stored_bytes)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass
+from typing import Protocol
 
 from PIL import JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
@@ -50,7 +51,20 @@ def read_header(data: bytes, image_format: str, filename: str) -> ImageHeader:
     return ImageHeader(image_format, width, height, frames)
 
 
-def check_pixels(header: ImageHeader, max_pixels: int, filename: str) -> None:
+class Measured(Protocol):
+    """What a header declares about its size (a PNG's or JPEG's, or a DICOM frame's)."""
+
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def height(self) -> int: ...
+
+    @property
+    def pixels(self) -> int: ...
+
+
+def check_pixels(header: Measured, max_pixels: int, filename: str) -> None:
     """Refuse (TooLarge) an image of more than ``max_pixels`` pixels, naming it and its size."""
     if header.pixels > max_pixels:
         raise TooLarge(f"{filename} is {header.width}×{header.height} pixels "
