@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from flask import Blueprint, Response, json, request, url_for
 
@@ -28,7 +28,7 @@ from api.problems import Problem
 from api.schemas import StowQuery
 from core.errors import Malformed, Unsupported
 from core.intake import (DICOM_TYPE, IMAGE_TYPES, SNIFF_BYTES, ZIP_TYPE, ParsedUpload,
-                         UploadLimits, iter_scans, scans_of, sniff)
+                         ScanUpload, UploadLimits, iter_scans, scans_of, sniff)
 from core.intake.dicom_budget import file_meta_uids
 from core.jobs.storing import store_uploads
 from db.jobs import job_scan_count
@@ -122,6 +122,39 @@ def _failed(part: Part, reason: int, comment: str) -> dict[str, Any]:
     return _sop_item(*file_meta_uids(part.body), reason=reason, comment=comment)
 
 
+def instances(parts: list[Part], limits: UploadLimits, parsed: ParsedUpload,
+              stored: list[tuple[Optional[str], Optional[str]]],
+              failed: list[dict[str, Any]]) -> Iterator[ScanUpload]:
+    """The instances to store, each part checked on its own; a part that is not one, or is
+    unreadable, a non-image or another modality, goes to ``failed`` (a FailedSOPSequence
+    item), the others to ``stored`` (their UIDs) as they are yielded.
+
+    Raises:
+        TooLarge: an instance over a limit (bytes, frames, scans per job): the request is
+            refused whole.
+    """
+    for index, part in enumerate(parts):
+        name = f"instance-{index + 1}"
+        reason = not_an_instance(part, name)
+        if reason is not None:
+            failed.append(_failed(part, CANNOT_UNDERSTAND, reason))
+            continue
+        skipped = len(parsed.skipped)
+        try:
+            uploads = list(iter_scans([(name, io.BytesIO(part.body))], limits, parsed))
+        except (Malformed, Unsupported) as exc:
+            failed.append(_failed(part, SOP_CLASS_NOT_SUPPORTED
+                                  if isinstance(exc, Unsupported) else CANNOT_UNDERSTAND,
+                                  exc.detail))
+            continue
+        if len(parsed.skipped) > skipped:  # a report, another modality, ...
+            failed.append(_failed(part, SOP_CLASS_NOT_SUPPORTED,
+                                  f"{name}: {parsed.skipped[-1].reason}"))
+        for upload in uploads:
+            stored.append((upload.dicom[0].sop_class_uid, upload.dicom[0].sop_instance_uid))
+            yield upload
+
+
 def _stow_reply(description: str) -> Reply:
     return Reply(description, media={DICOM_JSON: {"schema": STOW_RESPONSE}},
                  headers={"Location": "the job's URL (when an instance was stored)"})
@@ -171,32 +204,8 @@ def store_instances() -> Response:
     parsed = ParsedUpload(count=job_scan_count(session, job.id) if job is not None else 0)
     stored: list[tuple[Optional[str], Optional[str]]] = []
     failed: list[dict[str, Any]] = []
-
-    def instances():
-        """The checked instances to store; each failed part is listed in ``failed``."""
-        for index, part in enumerate(parts):
-            name = f"instance-{index + 1}"
-            reason = not_an_instance(part, name)
-            if reason is not None:
-                failed.append(_failed(part, CANNOT_UNDERSTAND, reason))
-                continue
-            skipped = len(parsed.skipped)
-            try:
-                uploads = list(iter_scans([(name, io.BytesIO(part.body))], limits, parsed))
-            except (Malformed, Unsupported) as exc:  # limits (TooLarge) refuse the request
-                failed.append(_failed(part, SOP_CLASS_NOT_SUPPORTED
-                                      if isinstance(exc, Unsupported) else CANNOT_UNDERSTAND,
-                                      exc.detail))
-                continue
-            if len(parsed.skipped) > skipped:  # a report, another modality, ...
-                failed.append(_failed(part, SOP_CLASS_NOT_SUPPORTED,
-                                      f"{name}: {parsed.skipped[-1].reason}"))
-            for upload in uploads:
-                stored.append((upload.dicom[0].sop_class_uid, upload.dicom[0].sop_instance_uid))
-                yield upload
-
     new_scans = store_uploads(
-        svc.blobs, instances(),
+        svc.blobs, instances(parts, limits, parsed, stored, failed),
         (lambda i: svc.blobs.key_for(job_id, i)) if job is None
         else (lambda i: svc.blobs.part_key(job_id, part_key, i)),
         scans_of, job_id if job is None else None)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import func, select
@@ -269,15 +268,27 @@ def test_a_deflated_file_is_handed_on_inflated_behind_an_explicit_vr_meta():
     assert (dataset.pixel_array == d.ct_dataset().pixel_array).all()
 
 
-class _Event:
-    """What the C-STORE handler reads from pynetdicom's event: the association and the
-    instance as sent."""
+class _Association:
+    class requestor:  # noqa: N801 - pynetdicom's attribute
+        ae_title = "HOSTILE"
 
-    def __init__(self, assoc: object, data: bytes) -> None:
+
+class _Event:
+    """What the C-STORE handler reads from pynetdicom's event: the association (and its
+    calling AE title) and the instance as sent."""
+
+    def __init__(self, assoc: _Association, data: bytes) -> None:
         self.assoc, self._data = assoc, data
 
     def encoded_dataset(self) -> bytes:
         return self._data
+
+
+def _receiver(settings, session_factory, send_wakeups):
+    """The C-STORE handlers as the listener builds them, over the test's stores."""
+    from dicomnet.listener import StoreReceiver, job_service
+
+    return StoreReceiver(job_service(settings, session_factory, send_wakeups), owner="pacs")
 
 
 @pytest.mark.parametrize("data, status", [
@@ -287,19 +298,20 @@ class _Event:
 ], ids=["deflate-bomb", "frames", "corrupt-deflate", "nested", "report"])
 def test_the_c_store_handler_refuses_hostile_instances_with_their_dicom_status(
         config, data, status):
+    from core.wakeups import WakeupSender
     from covidscan.settings import load_settings
     from db.session import make_engine, make_session_factory
-    from dicomnet.listener import StoreReceiver, job_service
 
     settings = load_settings(config)
     engine = make_engine(settings.database_url)
+    send_wakeups = WakeupSender(settings.redis_url)
     try:
-        receiver = StoreReceiver(job_service(settings, make_session_factory(engine),
-                                             lambda *args: None), owner="pacs")
-        association = SimpleNamespace(requestor=SimpleNamespace(ae_title="PACS"))
+        receiver = _receiver(settings, make_session_factory(engine), send_wakeups)
+        association = _Association()
         assert receiver.on_store(_Event(association, data)) == status
         assert stored_blobs(config) == [] and job_rows(config) == 0
         assert receiver.on_store(_Event(association, d.ct_bytes())) == 0x0000
         assert job_rows(config) == 1 and len(stored_blobs(config)) == 1
     finally:
+        send_wakeups.close()
         engine.dispose()
