@@ -186,7 +186,6 @@ def seen(stack: Stack) -> Seen:
         with make_session_factory(engine)() as session:
             scans = len(session.scalars(select(Scan.id).join(Job, Job.id == Scan.job_id)
                                         .where(Job.owner == stack.owner)).all())
-            job_ids = list(session.scalars(select(Job.id).where(Job.owner == stack.owner)))
             rows = session.scalars(select(AuditEvent).where(
                 AuditEvent.owner == stack.owner, AuditEvent.action.in_(SUBMISSION))
                 .order_by(AuditEvent.id)).all()
