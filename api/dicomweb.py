@@ -20,21 +20,19 @@ from typing import Any, Iterator, Optional
 
 from flask import Blueprint, Response, json, request, url_for
 
-from api.audit import audit
-from api.auth import current_principal, owned_job, requires
+from api.auth import owned_job, requires
 from api.extensions import db_session, services
-from api.limits import check_active_jobs, scan_quota
+from api.job_intake import actor, job_service
 from api.openapi import Reply, operation
-from api.models import resolve_model
 from api.problems import Problem
 from api.schemas import StowQuery
 from core.errors import Malformed, Unsupported
 from core.intake import (DICOM_TYPE, IMAGE_TYPES, SNIFF_BYTES, ZIP_TYPE, ParsedUpload,
                          ScanUpload, UploadLimits, iter_scans, scans_of, sniff)
 from core.intake.dicom_budget import file_meta_uids
-from db.jobs import JobOptions, NewScan, append_scans, create_job, job_scan_count
+from core.jobs.storing import store_uploads
+from db.jobs import job_scan_count
 from db.models import new_id
-from db.outbox import relay
 
 log = logging.getLogger(__name__)
 bp = Blueprint("dicomweb", __name__, url_prefix="/v1/dicomweb")
@@ -186,7 +184,8 @@ STOW_RESPONSE = {"type": "object", "additionalProperties": False,
 def store_instances() -> Response:
     """Store the instances in a new job (or ``?job=<id>``) and answer the STOW response."""
     svc = services()
-    owner = current_principal().owner
+    caller = actor("stow-rs")
+    session = db_session()
     boundary = _boundary()
     parts = split_typed_parts(request.get_data(cache=False), boundary)
     if not parts:
@@ -195,39 +194,26 @@ def store_instances() -> Response:
     job = owned_job(existing) if existing else None
     if job is not None and job.cancelled_at is not None:
         raise Problem(409, f"job {job.id} was cancelled; it takes no more instances")
-    if job is None:
-        check_active_jobs(owner)
-    scan_quota().check_room(owner)
+    job_service().check_room(session, caller.owner, new_job=job is None)
     job_id = job.id if job is not None else new_id()
     # An existing job's new files get keys of this request's own: requests appending to
     # one job at once must not write over each other's bytes before their positions exist.
     part_key = new_id()[:12]
-    keys: list[str] = []
     limits = UploadLimits.from_settings(svc.settings)
     # An appended instance counts against MAX_SCANS_PER_JOB with the job's scans.
-    parsed = ParsedUpload(count=job_scan_count(db_session(), job.id) if job is not None else 0)
+    parsed = ParsedUpload(count=job_scan_count(session, job.id) if job is not None else 0)
     stored: list[tuple[Optional[str], Optional[str]]] = []
     failed: list[dict[str, Any]] = []
-    new_scans: list[NewScan] = []
-    try:
-        for upload in instances(parts, limits, parsed, stored, failed):
-            key = svc.blobs.key_for(job_id, len(keys)) if job is None \
-                else svc.blobs.part_key(job_id, part_key, len(keys))
-            keys.append(key)
-            svc.blobs.put(key, upload.data)
-            new_scans.extend(scans_of(upload, key))
-        if new_scans:
-            _write(job, job_id, new_scans, owner)
-    except BaseException:
-        db_session().rollback()
-        if job is None:
-            svc.blobs.delete_job(job_id)
-        else:
-            for key in keys:
-                svc.blobs.delete(key)
-        raise
-    if new_scans:
-        relay(svc.session_factory, svc.send_wakeups)
+    new_scans = store_uploads(
+        svc.blobs, instances(parts, limits, parsed, stored, failed),
+        (lambda i: svc.blobs.key_for(job_id, i)) if job is None
+        else (lambda i: svc.blobs.part_key(job_id, part_key, i)),
+        scans_of, job_id if job is None else None)
+    if new_scans and job is None:
+        job_service().submit(session, caller, job_id, new_scans, name="DICOMweb STOW-RS")
+    elif new_scans:
+        session.rollback()  # the append's transaction begins with its locks
+        job_service().append(session, caller, job, new_scans)
     log.info("job %s: STOW-RS stored %d instances, %d failed", job_id, len(stored), len(failed))
     body: dict[str, Any] = {"00081199": {"vr": "SQ", "Value": [_sop_item(*s) for s in stored]}}
     if failed:
@@ -236,18 +222,3 @@ def store_instances() -> Response:
     headers = {"Location": url_for("jobs.get_job", job_id=job_id)} if new_scans else {}
     return Response(json.dumps(body), status=status, mimetype=DICOM_JSON, headers=headers)
 
-
-def _write(job, job_id: str, new_scans: list[NewScan], owner: str) -> None:
-    """Write the new job (or the appended scans), its wake-ups and its audit row at once."""
-    svc = services()
-    session = db_session()
-    scan_quota().charge(owner, len(new_scans))
-    if job is None:
-        create_job(session, new_scans, job_id, JobOptions(
-            name="DICOMweb STOW-RS", owner=owner, model=resolve_model(None),
-            retention_seconds=svc.settings.job_retention, chunk_size=svc.settings.batch_size,
-            series_rule=svc.settings.series_rule))
-    else:
-        append_scans(session, job, new_scans, svc.settings.batch_size, svc.settings.series_rule)
-    audit("job.submit", job_id, {"scans": len(new_scans), "via": "stow-rs"}, commit=False)
-    session.commit()

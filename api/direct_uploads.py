@@ -4,10 +4,13 @@
    answers 201 with one presigned ``PUT`` URL per slice (S3 store only; the folder store
    answers 415: send a multipart upload instead). The URL is signed for that size.
 2. The client PUTs each slice to its URL.
-3. ``POST /v1/jobs/<id>/start`` reads each object's size and header back from the store and
+3. ``POST /v1/jobs/<id>/start`` has the store copy each object to the key the job's scan
+   reads, which no upload URL can write, then reads the copy's size and header back and
    applies the checks of a multipart upload (every file is hostile until its header is
    checked); a bad one refuses the job, naming every bad slice, and nothing is kept.
-   Otherwise the job is accepted as a multipart upload is (202).
+   Otherwise the job is accepted as a multipart upload is (202). A PUT to an upload URL
+   after the start (the URLs stay valid until they expire) changes nothing a worker reads:
+   what was checked is what is classified.
 
 Until it starts, the job is only a manifest beside its slices (``<id>/upload.json``): no
 row, no scan a worker could lease. One that never starts is deleted with the orphan blobs.
@@ -24,10 +27,9 @@ from api.audit import audit
 from api.auth import current_principal, owned_job, requires
 from api.extensions import db_session, services
 from api.fields import validated
-from api.job_intake import accept_job, checked_options
+from api.job_intake import accept_job, checked_options, job_service
 from api.openapi import Reply, operation
 from api.schemas import Job, SubmissionOptions, SubmittedJob
-from api.limits import check_active_jobs, scan_quota
 from api.problems import Problem, as_problem
 from api.serialize import job_json
 from covidscan.contract import UploadStatus
@@ -36,6 +38,7 @@ from core.intake import UploadLimits, check_stored_slice
 from core.intake.archives import check_name
 from db.blobs import BlobNotFound, BlobStore
 from db.jobs import NewScan, find_job, summarise_jobs
+from core.jobs.service import Actor
 from db.models import new_id
 
 bp = Blueprint("direct_uploads", __name__, url_prefix="/v1/jobs")
@@ -45,6 +48,11 @@ HEADER_BYTES = 1024 * 1024
 """How much of each slice the start step reads: PNG and JPEG headers come first, and this
 leaves room for large ICC profiles and metadata before them."""
 READERS = 16
+
+
+def upload_key(job_id: str, position: int) -> str:
+    """Where the presigned URL of a slice writes: the start step copies it from there."""
+    return f"{job_id}/upload-{position:06d}"
 
 
 def _declared_files(body: dict[str, Any], limits: UploadLimits, budget: int) -> list[dict]:
@@ -79,21 +87,20 @@ def create_direct_upload() -> tuple[Response, int]:
     svc = services()
     job_id = new_id()
     expires = svc.settings.upload_url_seconds
-    if svc.blobs.upload_url(svc.blobs.key_for(job_id, 0), 1, expires) is None:
+    if svc.blobs.upload_url(upload_key(job_id, 0), 1, expires) is None:
         raise Problem(415, "this server takes slices in a multipart/form-data POST /v1/jobs; "
                            "presigned uploads need the S3 blob store (BLOB_STORE=s3://...)")
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise Problem(400, "the body must be a JSON object with a files list")
     owner = current_principal().owner
-    check_active_jobs(owner)
-    scan_quota().check_room(owner)
+    job_service().check_room(db_session(), owner)
     limits = UploadLimits.from_settings(svc.settings)
     files = _declared_files(body, limits, svc.settings.max_expanded_bytes)
     job_request = checked_options(validated(SubmissionOptions, body))
     parts = []
     for position, entry in enumerate(files):
-        url = svc.blobs.upload_url(svc.blobs.key_for(job_id, position), entry["size"], expires)
+        url = svc.blobs.upload_url(upload_key(job_id, position), entry["size"], expires)
         parts.append({**entry, "method": "PUT", "url": url,
                       "headers": {"Content-Length": str(entry["size"])}})
     manifest = {"owner": owner, "request": job_request.model_dump(), "files": files}
@@ -125,9 +132,12 @@ def _check_one(blobs: BlobStore, job_id: str, position: int, entry: dict,
                limits: UploadLimits) -> Union[NewScan, Problem, None]:
     """The slice as a new scan, a Problem saying why it is refused, or None if missing.
 
+    The slice is copied first to the scan's key, which no upload URL writes, and the copy
+    is checked: a PUT racing the start, or coming after it, cannot change what was checked.
     Runs in a thread of its own: it takes the store, not the request's context."""
     key, filename = blobs.key_for(job_id, position), entry["filename"]
     try:
+        blobs.copy(upload_key(job_id, position), key)
         head = blobs.get(key, HEADER_BYTES)  # one request for a slice smaller than this
         size = len(head) if len(head) < HEADER_BYTES else blobs.size(key)
         if size != entry["size"]:
@@ -173,12 +183,16 @@ def start_job(job_id: str) -> tuple[Response, int, dict[str, str]]:
                       f"kept: {'; '.join(p.detail for p in refused[:20])}",
                       refused=[{"filename": p.extra.get("filename"), "status": p.status,
                                 "detail": p.detail} for p in refused])
-    check_active_jobs(manifest["owner"])
+    owner = manifest["owner"]
+    job_service().check_room(db_session(), owner)
     stored = manifest["request"]
     if "model_ref" in stored:  # a manifest written before the options had one shape
         stored["model"] = stored.pop("model_ref")
-    response = accept_job(job_id, manifest["owner"], SubmissionOptions.model_validate(stored),
+    response = accept_job(job_id, Actor(owner, current_principal().key_id, "direct"),
+                          SubmissionOptions.model_validate(stored),
                           [o for o in outcomes if isinstance(o, NewScan)])
     svc.blobs.delete(f"{job_id}/{MANIFEST}")
+    with ThreadPoolExecutor(READERS, thread_name_prefix="cleanup") as pool:
+        list(pool.map(svc.blobs.delete, [upload_key(job_id, i) for i in range(len(files))]))
     return response
 

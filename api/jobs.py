@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from typing import Optional
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 
@@ -11,25 +11,18 @@ from api.auth import current_principal, owned_job, requires
 from api.direct_uploads import create_direct_upload
 from api.extensions import db_session, services
 from api.fields import validated
-from api.job_intake import accept_job, checked_options
-from api.limits import check_active_jobs, scan_quota
-from api.metrics import scans_added
+from api.job_intake import accept_job, actor, checked_options, job_service
 from api.openapi import Reply, operation
 from api.problems import Problem
 from api.schemas import (AddScansForm, DirectUpload, DirectUploadRequest, Job, JobList,
                          JobListQuery, ResultsPage, ResultsQuery, SubmitJobForm, SubmittedJob)
 from api.serialize import csv_lines, job_json, result_row
 from core.intake import ParsedUpload, UploadLimits, iter_scans, parse_modalities, scans_of
-from core.metrics import count_finished
-from core.sweep import delete_job
-from core.webhooks import relay_events
-from db.explanations import explained_scan_ids, queue_job_explanations
-from db.jobs import (JobSummary, NewScan, append_scans, cancel_job, iter_results,
-                     job_scan_count, recent_job_summaries, results_page, seal_job,
-                     summarise_jobs, take_part)
-from db.models import PRIORITIES, new_id
-from db.outbox import relay
-from db.webhooks import record_finished_jobs
+from core.jobs.storing import discard, store_uploads
+from db.explanations import explained_scan_ids
+from db.jobs import (JobSummary, NewScan, iter_results, job_scan_count, recent_job_summaries,
+                     results_page, summarise_jobs)
+from db.models import new_id
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -56,12 +49,11 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     if request.is_json:
         return create_direct_upload()
     svc = services()
-    owner = current_principal().owner
+    caller = actor("multipart")
     fields = request.form.to_dict()
     fields.pop("files", None)  # files are file parts (_file_parts), never a text field
     form = validated(SubmitJobForm, fields)
-    check_active_jobs(owner)
-    scan_quota().check_room(owner)
+    job_service().check_room(db_session(), caller.owner)
     parts = _file_parts(required=not form.open)
     job_request = checked_options(form)
     job_id = new_id()
@@ -70,7 +62,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     if parts:
         new_scans, skipped = _store_scans(parts, lambda i: svc.blobs.key_for(job_id, i),
                                           job_id=job_id)
-    return accept_job(job_id, owner, job_request, new_scans, skipped,
+    return accept_job(job_id, caller, job_request, new_scans, skipped,
                       open_seconds=svc.settings.open_job_timeout if form.open else 0)
 
 
@@ -95,30 +87,13 @@ def _store_scans(parts, key_of, job_id: Optional[str] = None,
     limits = UploadLimits.from_settings(svc.settings)
     limits.modalities = parse_modalities(request.form.get("allow_modality") or "")
     parsed = ParsedUpload(count=already)
-    new_scans: list[NewScan] = []
-    keys: list[str] = []
-    try:
-        for upload in iter_scans(parts, limits, parsed):
-            key = key_of(len(keys))
-            keys.append(key)
-            svc.blobs.put(key, upload.data)  # once per file: a multi-frame file's frames share it
-            new_scans.extend(scans_of(upload, key))
-        if not new_scans:
-            raise Problem(400, "the upload holds no PNG, JPEG or DICOM images",
-                          skipped=[s.as_dict() for s in parsed.skipped])
-    except BaseException:
-        delete_blobs(job_id, keys)
-        raise
-    return new_scans, [s.as_dict() for s in parsed.skipped]
-
-
-def delete_blobs(job_id: Optional[str], keys: Sequence[str]) -> None:
-    blobs = services().blobs
-    if job_id is not None:
-        blobs.delete_job(job_id)
-    else:
-        for key in keys:
-            blobs.delete(key)
+    new_scans = store_uploads(svc.blobs, iter_scans(parts, limits, parsed), key_of, scans_of,
+                              job_id)
+    skipped = [s.as_dict() for s in parsed.skipped]
+    if not new_scans:
+        discard(svc.blobs, [], job_id)
+        raise Problem(400, "the upload holds no PNG, JPEG or DICOM images", skipped=skipped)
+    return new_scans, skipped
 
 
 @bp.post("/<job_id>/scans")
@@ -134,40 +109,20 @@ def add_scans(job_id: str) -> tuple[Response, int]:
     parts taken before it stay. Each part keeps the job open for OPEN_JOB_TIMEOUT more.
     """
     svc = services()
-    owner = current_principal().owner
+    caller = actor("parts")
     session = db_session()
     job = owned_job(job_id)
     if job.open_until is None:
         raise Problem(409, f"job {job_id} is {'cancelled' if job.cancelled_at else 'sealed'}; "
                            "it takes no more scans")
-    scan_quota().check_room(owner)
+    job_service().check_room(session, caller.owner, new_job=False)
     parts = _file_parts()
     part = new_id()[:12]
     already = job_scan_count(session, job_id)
     session.rollback()  # read outside the part's transaction, which begins with its lock
     new_scans, skipped = _store_scans(parts, lambda i: svc.blobs.part_key(job_id, part, i),
                                       already=already)
-    try:
-        if not take_part(session, job_id, svc.settings.open_job_timeout):
-            raise Problem(409, f"job {job_id} was sealed or cancelled while this part was "
-                               "sent; the part was not kept")
-        total = job_scan_count(session, job_id) + len(new_scans)  # parts sent at once
-        if total > svc.settings.max_scans_per_job:
-            raise Problem(413, f"a job holds at most {svc.settings.max_scans_per_job} scans "
-                               "(MAX_SCANS_PER_JOB)")
-        scan_quota().charge(owner, len(new_scans), len(new_scans) if job.explain else 0)
-        rows = append_scans(session, job, new_scans, svc.settings.batch_size,
-                            svc.settings.series_rule if any(s.dicom for s in new_scans) else None)
-        if job.explain:
-            queue_job_explanations(session, job, job.explain, rows)
-        audit("job.add_scans", job_id, {"scans": len(new_scans)}, commit=False)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        delete_blobs(None, [s.blob_key for s in new_scans])
-        raise
-    relay(svc.session_factory, svc.send_wakeups)
-    scans_added(PRIORITIES[job.priority], len(new_scans))
+    job_service().append(session, caller, job, new_scans, part=True)
     log.info("job %s: a part of %d scans accepted, %d entries skipped", job_id, len(new_scans),
              len(skipped))
     body = job_json(owned_summary(job_id))
@@ -181,19 +136,7 @@ def add_scans(job_id: str) -> tuple[Response, int]:
            responses={200: Job}, errors=(404, 409))
 def seal(job_id: str) -> Response:
     """Idempotent: sealing a sealed job answers the job as it is."""
-    session = db_session()
-    job = owned_job(job_id)
-    if job.open_until is not None:
-        if not job_scan_count(session, job_id):
-            raise Problem(409, f"job {job_id} holds no scans yet: add some, or delete it")
-        seal_job(job)
-        finished = record_finished_jobs(session, [job_id])  # all done already: ended now
-        audit("job.seal", job_id, commit=False)
-        session.commit()
-        count_finished(finished.statuses.values())
-        if finished.event_ids:
-            relay_events(services().session_factory, services().send_wakeups.deliver)
-        log.info("job %s sealed", job_id)
+    job_service().seal(db_session(), actor(), owned_job(job_id))
     return jsonify(job_json(owned_summary(job_id)))
 
 
@@ -217,16 +160,7 @@ def owned_summary(job_id: str) -> JobSummary:
 @operation("Cancel a job", responses={200: Job}, errors=(404,))
 def cancel(job_id: str) -> Response:
     """Cancel waiting scans at once; running ones finish. Idempotent."""
-    session = db_session()
-    job = owned_job(job_id)
-    cancelled = cancel_job(session, job)
-    finished = record_finished_jobs(session, [job_id])  # ended now: recorded in this commit
-    session.commit()
-    count_finished(finished.statuses.values())
-    if finished.event_ids:
-        relay_events(services().session_factory, services().send_wakeups.deliver)
-    audit("job.cancel", job_id, {"cancelled": cancelled})
-    log.info("job %s: cancel asked, %d waiting scans cancelled", job_id, cancelled)
+    job_service().cancel(db_session(), actor(), owned_job(job_id))
     return jsonify(job_json(owned_summary(job_id)))
 
 
@@ -236,14 +170,7 @@ def cancel(job_id: str) -> Response:
            errors=(404,))
 def delete(job_id: str) -> tuple[str, int]:
     """Delete the job, its scans, uploaded bytes and thumbnails; running work is cancelled."""
-    session = db_session()
-    cancel_job(session, owned_job(job_id))
-    session.commit()
-    session.close()
-    svc = services()
-    delete_job(svc.session_factory, svc.blobs, job_id)
-    audit("job.delete", job_id)
-    log.info("job %s deleted", job_id)
+    job_service().delete(db_session(), actor(), owned_job(job_id))
     return "", 204
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from flask import Flask, Response, g, request
-from prometheus_client import Counter, Histogram
+from prometheus_client import Histogram
 from prometheus_client.exposition import choose_encoder
 
 from api.auth import public, requires
@@ -27,24 +27,7 @@ HTTP_DURATION = Histogram(
     "covidscan_http_request_duration_seconds",
     "Time the API took to answer, by route (the URL rule, not the path), method and status.",
     ["route", "method", "status"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
-)
-JOBS_SUBMITTED = Counter(
-    "covidscan_jobs_submitted_total", "Jobs accepted, by priority.", ["priority"]
-)
-SCANS_SUBMITTED = Counter(
-    "covidscan_scans_submitted_total", "Scans accepted in jobs, by priority.", ["priority"]
-)
-
-
-def job_submitted(priority: str, scans: int) -> None:
-    JOBS_SUBMITTED.labels(priority).inc()
-    SCANS_SUBMITTED.labels(priority).inc(scans)
-
-
-def scans_added(priority: str, scans: int) -> None:
-    """Scans of a part added to an open job."""
-    SCANS_SUBMITTED.labels(priority).inc(scans)
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 
 
 def _start_timer() -> None:

@@ -12,7 +12,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from core.errors import (Conflict, IntakeError, Malformed, NotFound, OverQuota, TooLarge,
-                         Unsupported)
+                         Unavailable, Unsupported)
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class Problem(Exception):
 
 STATUSES: dict[type[IntakeError], int] = {
     TooLarge: 413, Unsupported: 415, Malformed: 400, OverQuota: 429, Conflict: 409,
-    NotFound: 404}
+    NotFound: 404, Unavailable: 503}
 
 
 def status_of(error: IntakeError) -> int:

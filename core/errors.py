@@ -56,3 +56,8 @@ class Conflict(IntakeError):
 
 class NotFound(IntakeError):
     """No such job (or one the caller may not see: the same answer)."""
+
+
+class Unavailable(IntakeError):
+    """A service the work needs (Redis, which holds the quotas) does not answer; nothing
+    was kept, and the same request may succeed later."""

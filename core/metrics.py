@@ -3,9 +3,10 @@
 Names follow Prometheus' conventions: a ``covidscan_`` prefix, base units (seconds, ratios),
 ``_total`` on counters, and labels with a bounded set of values (model name and version,
 precision, status, priority, route; never a job, scan or owner id). Each process defines
-what it updates: :mod:`api.metrics` (HTTP requests, submissions, the queue at scrape time),
-:mod:`worker.metrics` (batches, stage timings, models, leases) and this module (the sweep,
-which workers and ``covidscan sweep`` both run).
+what it updates: :mod:`api.metrics` (HTTP requests, the queue at scrape time),
+:mod:`worker.metrics` (batches, stage timings, models, leases) and this module (what the
+core counts whatever the process: submissions, which the API and the DICOM listener take,
+and the sweep's, which workers and ``covidscan sweep`` both run).
 
 The API under gunicorn runs several processes: with ``PROMETHEUS_MULTIPROC_DIR`` set,
 prometheus_client keeps every process's values in files there and ``/metrics`` adds them up.
@@ -41,6 +42,20 @@ JOBS_FINISHED = Counter(
     "Jobs that ended, by final status (succeeded, partially_succeeded, failed, cancelled), "
     "counted by the process whose write ended them.",
     ["status"])
+JOBS_SUBMITTED = Counter("covidscan_jobs_submitted_total", "Jobs accepted, by priority.",
+                         ["priority"])
+SCANS_SUBMITTED = Counter("covidscan_scans_submitted_total",
+                          "Scans accepted in jobs, by priority.", ["priority"])
+
+
+def job_submitted(priority: str, scans: int) -> None:
+    JOBS_SUBMITTED.labels(priority).inc()
+    SCANS_SUBMITTED.labels(priority).inc(scans)
+
+
+def scans_added(priority: str, scans: int) -> None:
+    """Scans added to a job after its submission (a part, an append, a C-STORE instance)."""
+    SCANS_SUBMITTED.labels(priority).inc(scans)
 
 
 def count_recovered(requeued: int, failed: int, cancelled: int) -> None:

@@ -30,7 +30,8 @@ from typing import Callable, Optional
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.metrics import count_finished, count_recovered
+from core.jobs.ending import commit_ending
+from core.metrics import count_recovered
 from covidscan.settings import Settings
 from core.webhooks import SendDeliveries, relay_events
 from db.blobs import BlobStore
@@ -42,7 +43,7 @@ from db.keys import delete_expired_sessions
 from db.explanations import expire_explanation_leases, waiting_explanations
 from db.scans import expire_leases
 from db.session import in_transaction
-from db.webhooks import delete_job_webhooks, record_finished_jobs
+from db.webhooks import delete_job_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +153,8 @@ def sweep_once(session_factory: sessionmaker[Session], blobs: BlobStore, send: S
     count_recovered(expired.requeued, expired.failed, expired.cancelled)
     sent = relay(session_factory, send)
     sealed = seal_lapsed_jobs(session_factory, blobs, clean_up)
-    with session_factory.begin() as session:
-        finished = record_finished_jobs(session)
-    count_finished(finished.statuses.values())  # ended by this pass, or missed by no one
+    with session_factory() as session:  # ended by this pass, or missed by no one
+        finished = commit_ending(session, None, session_factory, None)
     events_made = len(finished.event_ids)
     events_queued = relay_events(session_factory, send_deliveries) if send_deliveries else 0
     jobs_deleted = orphans = 0

@@ -118,6 +118,16 @@ def named_hosts(raw: str) -> tuple[str, ...]:
     return tuple(host.strip("[]") for host in hosts)
 
 
+def ae_titles(raw: str) -> tuple[str, ...]:
+    """Comma-separated DICOM AE titles (1 to 16 printable ASCII characters, no backslash)."""
+    titles = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for title in titles:
+        if len(title) > 16 or not title.isascii() or not title.isprintable() or "\\" in title:
+            raise ValueError("must list AE titles (1 to 16 printable ASCII characters, no "
+                             f"backslash) separated by commas, got {title!r}")
+    return titles
+
+
 def database_url(raw: str) -> str:
     """A database URL, with the psycopg 3 driver for plain ``postgresql://``."""
     scheme = urlsplit(raw).scheme
@@ -220,6 +230,7 @@ LogLevel = Annotated[str, parsed(log_level)]
 RateLimit = Annotated[str, parsed(rate_limit)]
 Hosts = Annotated[Optional[tuple[str, ...]], parsed(host_list)]
 NamedHosts = Annotated[tuple[str, ...], parsed(named_hosts)]
+AeTitles = Annotated[tuple[str, ...], parsed(ae_titles)]
 DatabaseUrl = Annotated[str, parsed(database_url)]
 RedisUrl = Annotated[str, parsed(redis_url)]
 HttpUrl = Annotated[Optional[str], parsed(http_url)]

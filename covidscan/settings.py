@@ -17,7 +17,7 @@ from pydantic import (Field, JsonValue, ValidationError, ValidationInfo, field_v
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from covidscan.config_types import (
-    PRECISIONS, AnyPath, AuthMode, Bytes, CookieSecure, Count, CountOrZero, DatabaseUrl,
+    PRECISIONS, AeTitles, AnyPath, AuthMode, Bytes, CookieSecure, Count, CountOrZero, DatabaseUrl,
     DelayMs, Engine, ExistingFolder, ExistingPath, Flag, Folder, Hosts, HttpUrl, LogLevel,
     MetricsAccess, NamedHosts, OptionalText, Pixels, Port, PortOrOff, PositiveSeconds,
     Precision, RateLimit, RedisUrl, Seconds, SeriesRule, Text, Timeout, WebhookSecret,
@@ -179,6 +179,10 @@ class Settings(_Base):
     max_attempts: Count = setting(
         3, "attempts a scan gets; a scan whose attempts all ended with their worker's death "
         "fails with \"worker died while processing this scan (3 attempts)\".")
+    dicom_allowed_ae_titles: AeTitles = setting(
+        (), "calling AE titles `covidscan dicom-listen` accepts associations from "
+        "(comma-separated); others are rejected at association. Empty: any.",
+        shown="empty (any)")
     series_rule: SeriesRule = setting(
         DEFAULT_RULE, "how a DICOM series' P(COVID) is made from its slices': `topNpct-mean` "
         "(mean of the highest N %, at least one slice; N from 1 to 100), `mean` or `max`. "
@@ -232,7 +236,8 @@ class Settings(_Base):
         "scope) or `public` (compose sets it: Prometheus scrapes the API on the internal "
         "network and nginx refuses `/metrics` from outside). See *Metrics*.")
     metrics_port: PortOrOff = setting(
-        0, "the port a worker (and `covidscan sweep`) serves its own Prometheus metrics on; "
+        0, "the port a worker (and `covidscan sweep`, and `covidscan dicom-listen`) serves its own "
+        "Prometheus metrics on; "
         "`make run` picks free ports and prints them, compose uses 9100 inside each "
         "container.", shown="{} (off)")
     metrics_host: Text = setting(

@@ -49,6 +49,14 @@ class BlobStore(abc.ABC):
             BlobNotFound: nothing is stored under ``key``.
         """
 
+    def copy(self, source: str, target: str) -> None:
+        """Store under ``target`` the bytes under ``source`` as they are now.
+
+        Raises:
+            BlobNotFound: nothing is stored under ``source``.
+        """
+        self.put(target, self.get(source))
+
     @abc.abstractmethod
     def size(self, key: str) -> int:
         """How many bytes are stored under ``key``. Raises BlobNotFound."""

@@ -1,11 +1,15 @@
 """``covidscan dicom-listen``: a DICOM C-STORE receiver (pynetdicom) so a PACS can push studies.
 
 Each association becomes one job, owned by ``--owner``. Every instance goes through the
-same header checks and limits as ``POST /v1/jobs``; one that passes is stored, written to
-SQL with a wake-up, and only then acknowledged (status 0x0000), so what a PACS was told is
-stored is in a job. Non-images and other modalities are refused with 0x0122 (SOP class not
-supported); an instance over a limit with 0xA700 (out of resources); an unreadable one
-with 0xC000.
+same header checks as ``POST /v1/jobs`` and the same job service (:mod:`core.jobs.service`):
+the owner's hourly scan quota, ``MAX_ACTIVE_JOBS`` and ``MAX_SCANS_PER_JOB``, one audit row
+per association (``via: c-store``, counting its scans) and the submission metrics. One that
+passes is stored, written to SQL with a wake-up, and only then acknowledged (status
+0x0000), so what a PACS was told is stored is in a job. Non-images and other modalities
+are refused with 0x0122 (SOP class not supported); an instance over a limit or the quota
+with 0xA700 (out of resources); an unreadable one with 0xC000. With
+``DICOM_ALLOWED_AE_TITLES`` set, an association from any other calling AE title is
+rejected before any instance is sent.
 """
 from __future__ import annotations
 
@@ -13,23 +17,27 @@ import io
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import click
 
+from core.errors import Conflict
+from core.jobs.service import Actor, JobService
+from core.jobs.storing import discard, store_uploads
 from covidscan.settings import Settings
 
 log = logging.getLogger(__name__)
 
 SUCCESS, NOT_SUPPORTED, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0x0122, 0xA700, 0xC000
+VIA, JOB_NAME = "c-store", "DICOM C-STORE"
 
 
 def dicom_status(error: Exception) -> int:
     """The C-STORE status of a refusal by the core: over a limit or a quota 0xA700, a kind
     not taken 0x0122, anything else (a malformed instance) 0xC000."""
-    from core.errors import OverQuota, TooLarge, Unsupported
+    from core.errors import OverQuota, TooLarge, Unavailable, Unsupported
 
-    if isinstance(error, (TooLarge, OverQuota)):
+    if isinstance(error, (TooLarge, OverQuota, Unavailable)):
         return OUT_OF_RESOURCES
     if isinstance(error, Unsupported):
         return NOT_SUPPORTED
@@ -39,20 +47,21 @@ def dicom_status(error: Exception) -> int:
 @dataclass
 class _Association:
     job_id: str
+    calling_ae: str
     parsed: Any  # core.intake.ParsedUpload: counts against the per-job limits
     stored: int = 0
     refused: int = 0
+    files: int = 0  # files stored under the job's keys, kept or not: each gets its own
     created: bool = False
 
 
 @dataclass
 class StoreReceiver:
-    """The C-STORE and release handlers; one job per association."""
+    """The C-STORE and release handlers; one job per association, submitted to the job
+    service with the first instance and added to with each next one (one audit row per
+    association, counting its scans)."""
 
-    settings: Settings
-    session_factory: Any
-    blobs: Any
-    send_wakeups: Any
+    jobs: JobService
     owner: str
     modalities: tuple[str, ...] = ("CT",)
     _associations: dict[int, _Association] = field(default_factory=dict)
@@ -65,7 +74,11 @@ class StoreReceiver:
         with self._lock:
             key = id(event.assoc)
             if key not in self._associations:
-                self._associations[key] = _Association(new_id(), ParsedUpload())
+                calling = event.assoc.requestor.ae_title
+                calling = calling.decode("ascii", "replace") if isinstance(calling, bytes) \
+                    else str(calling)
+                self._associations[key] = _Association(new_id(), calling.strip(),
+                                                       ParsedUpload())
             return self._associations[key]
 
     def on_store(self, event) -> int:
@@ -75,7 +88,7 @@ class StoreReceiver:
 
         state = self._association(event)
         data = event.encoded_dataset()
-        limits = UploadLimits.from_settings(self.settings)
+        limits = UploadLimits.from_settings(self.jobs.settings)
         limits.modalities = self.modalities
         skipped_before = len(state.parsed.skipped)
         name = f"c-store-{state.stored + state.refused + 1}"
@@ -88,62 +101,70 @@ class StoreReceiver:
         if len(state.parsed.skipped) > skipped_before or not uploads or not uploads[0].dicom:
             state.refused += 1
             return NOT_SUPPORTED
-        self._record(state, uploads[0])
+        try:
+            self._record(state, uploads[0])
+        except IntakeError as exc:  # the quota, MAX_ACTIVE_JOBS, MAX_SCANS_PER_JOB, Redis
+            state.refused += 1
+            log.warning("job %s: instance from %s refused for owner %s: %s", state.job_id,
+                        state.calling_ae, self.owner, exc.detail)
+            return dicom_status(exc)
         state.stored += 1
         return SUCCESS
 
     def _record(self, state: _Association, upload) -> None:
         from core.intake import scans_of
-        from db.jobs import JobOptions, append_scans, create_job, next_position
         from db.models import Job
-        from db.outbox import relay
 
-        settings = self.settings
-        with self.session_factory.begin() as session:
-            position = next_position(session, state.job_id)
-            key = self.blobs.key_for(state.job_id, position)
-            self.blobs.put(key, upload.data)
-            scans = scans_of(upload, key)
+        blobs = self.jobs.blobs
+        key = blobs.key_for(state.job_id, state.files)
+        state.files += 1
+        new_scans = store_uploads(blobs, [upload], lambda _i: key, scans_of)
+        caller = Actor(self.owner, None, VIA)
+        with self.jobs.session_factory() as session:
             if not state.created:
-                create_job(session, scans, state.job_id, JobOptions(
-                    name="DICOM C-STORE", owner=self.owner,
-                    retention_seconds=settings.job_retention, chunk_size=settings.batch_size,
-                    series_rule=settings.series_rule, model=_default_model(session)))
-            else:
-                append_scans(session, session.get(Job, state.job_id), scans, settings.batch_size)
-        state.created = True
-        relay(self.session_factory, self.send_wakeups)
+                self.jobs.submit(session, caller, state.job_id, new_scans, name=JOB_NAME)
+                state.created = True
+                return
+            job = session.get(Job, state.job_id)
+            if job is None:
+                discard(blobs, [key])
+                raise Conflict(f"job {state.job_id} was deleted during its association")
+            self.jobs.append(session, caller, job, new_scans, continues=True)
 
     def on_release(self, event) -> None:
         with self._lock:
             state = self._associations.pop(id(event.assoc), None)
         if state is not None:
-            log.info("job %s: association ended, %d instances stored, %d refused",
-                     state.job_id, state.stored, state.refused)
+            log.info("job %s: association from %s ended, %d instances stored, %d refused",
+                     state.job_id, state.calling_ae, state.stored, state.refused)
 
 
-def _default_model(session):
-    from db.registry import default_model
+def job_service(settings: Settings, session_factory: Any, send_wakeups: Any) -> JobService:
+    """The job service the receiver submits to: the settings' blob store and the hourly
+    quota in their Redis, as the API has them."""
+    from core.quota import ScanQuota
+    from db.blobs import open_blob_store
 
-    return default_model(session)
+    return JobService(settings, session_factory,
+                      open_blob_store(settings.blob_dir, settings.blob_store),
+                      ScanQuota.open(settings.redis_url, settings.scans_per_hour), send_wakeups)
 
 
-def serve(settings: Settings, host: str, port: int, ae_title: str, owner: str,
-          modalities: tuple[str, ...], ready: Optional[threading.Event] = None) -> None:
-    """Run the receiver until interrupted."""
+def start(settings: Settings, host: str, port: int, ae_title: str, owner: str,
+          modalities: tuple[str, ...]) -> tuple[Any, Callable[[], None]]:
+    """Start the receiver in background threads: the pynetdicom server and a function
+    that stops it and closes what it opened."""
     from pynetdicom import AE, AllStoragePresentationContexts, evt
     from pynetdicom.sop_class import Verification
 
-    from covidscan.dicom_syntaxes import DECODED_TRANSFER_SYNTAXES
-
     from core.wakeups import WakeupSender
-    from db.blobs import open_blob_store
+    from covidscan.dicom_syntaxes import DECODED_TRANSFER_SYNTAXES
     from db.session import make_engine, make_session_factory
 
     engine = make_engine(settings.database_url)
-    blobs = open_blob_store(settings.blob_dir, settings.blob_store)
-    receiver = StoreReceiver(settings, make_session_factory(engine), blobs,
-                             WakeupSender(settings.redis_url), owner, modalities)
+    send_wakeups = WakeupSender(settings.redis_url)
+    receiver = StoreReceiver(job_service(settings, make_session_factory(engine), send_wakeups),
+                             owner, modalities)
     ae = AE(ae_title=ae_title)
     # A PACS administrator's first step is "test this modality" (C-ECHO); every storage SOP
     # class is offered in every transfer syntax the pipeline decodes, so a PACS that cannot
@@ -151,19 +172,32 @@ def serve(settings: Settings, host: str, port: int, ae_title: str, owner: str,
     ae.add_supported_context(Verification)
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, DECODED_TRANSFER_SYNTAXES)
+    ae.require_calling_aet = list(settings.dicom_allowed_ae_titles)  # empty: any caller
     handlers = [(evt.EVT_C_STORE, receiver.on_store), (evt.EVT_RELEASED, receiver.on_release),
                 (evt.EVT_ABORTED, receiver.on_release)]
     server = ae.start_server((host, port), block=False, evt_handlers=handlers)
-    log.info("C-STORE receiver %s listening on %s:%d for owner %s", ae_title, host, port, owner)
+    log.info("C-STORE receiver %s listening on %s:%d for owner %s, from %s", ae_title, host,
+             port, owner, ", ".join(settings.dicom_allowed_ae_titles) or "any calling AE")
+
+    def stop() -> None:
+        server.shutdown()
+        send_wakeups.close()
+        engine.dispose()
+
+    return server, stop
+
+
+def serve(settings: Settings, host: str, port: int, ae_title: str, owner: str,
+          modalities: tuple[str, ...], ready: Optional[threading.Event] = None) -> None:
+    """Run the receiver until interrupted."""
+    _server, stop = start(settings, host, port, ae_title, owner, modalities)
     try:
         (ready or threading.Event()).set()
         threading.Event().wait()
     except KeyboardInterrupt:
         pass
     finally:
-        server.shutdown()
-        engine.dispose()
-
+        stop()
 
 
 @click.command("dicom-listen")
@@ -181,6 +215,7 @@ def dicom_listen(host: str, port: int, ae_title: str, owner: str, allow_modality
 
     Talks to DATABASE_URL, REDIS_URL and BLOB_DIR directly, like the workers.
     """
+    from core import metrics
     from covidscan.settings import ConfigError, load_settings
     from db import migrate
 
@@ -193,6 +228,7 @@ def dicom_listen(host: str, port: int, ae_title: str, owner: str, allow_modality
     extra = [m.strip().upper() for m in allow_modality.split(",") if m.strip()]
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
     migrate.upgrade(settings.database_url)
+    metrics.serve(settings, "C-STORE receiver")
     click.echo(f"receiving C-STORE as {ae_title.strip()} on {host}:{port}; Ctrl-C stops",
                nl=True)
     serve(settings, host, port, ae_title.strip(), owner, tuple(dict.fromkeys(["CT", *extra])))

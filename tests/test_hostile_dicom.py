@@ -286,12 +286,9 @@ class _Event:
 
 def _receiver(settings, session_factory, send_wakeups):
     """The C-STORE handlers as the listener builds them, over the test's stores."""
-    from db.blobs import open_blob_store
-    from dicomnet.listener import StoreReceiver
+    from dicomnet.listener import StoreReceiver, job_service
 
-    return StoreReceiver(settings, session_factory,
-                         open_blob_store(settings.blob_dir, settings.blob_store), send_wakeups,
-                         owner="pacs")
+    return StoreReceiver(job_service(settings, session_factory, send_wakeups), owner="pacs")
 
 
 @pytest.mark.parametrize("data, status", [

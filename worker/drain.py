@@ -18,13 +18,11 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from sqlalchemy.exc import OperationalError
 
-from core.metrics import count_finished
-from core.webhooks import relay_events
+from core.jobs.ending import commit_ending
 from db.explanations import release_explanation_leases
 from db.identity import ModelIdentity
 from db.jobs import job_pins
 from db.scans import Lease, ScanOutcome, claim_next, release_leases, write_outcomes
-from db.webhooks import record_finished_jobs
 from worker import explain, metrics
 from worker.inference import classify_batch
 from worker.model_cache import ModelUnavailable, pin_unpinned_jobs
@@ -139,16 +137,17 @@ def _write(runtime: "WorkerRuntime", outcomes: Sequence[ScanOutcome], leases: Se
     """Write in one transaction, retrying a lost database; the lease holds meanwhile.
 
     Of two writers finishing one job's last scans, the later sees the earlier's results
-    and records the job's end, once (:func:`db.webhooks.record_finished_jobs`).
+    and records the job's end, once (:func:`core.jobs.ending.commit_ending`).
     """
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         try:
-            with metrics.timed(metrics.WRITE), runtime.session_factory.begin() as session:
+            with metrics.timed(metrics.WRITE), runtime.session_factory() as session:
                 written = write_outcomes(session, outcomes, leases, identity, worker,
                                          runtime.owner)
                 # A job these results end is recorded, with its webhook events, in this
                 # transaction.
-                finished = record_finished_jobs(session, {lease.job_id for lease in leases})
+                commit_ending(session, {lease.job_id for lease in leases},
+                              runtime.session_factory, runtime.send_wakeups)
         except OperationalError as exc:
             if attempt == WRITE_ATTEMPTS:
                 raise
@@ -156,8 +155,5 @@ def _write(runtime: "WorkerRuntime", outcomes: Sequence[ScanOutcome], leases: Se
             time.sleep(attempt)
             continue
         metrics.scans_written(identity, written)
-        count_finished(finished.statuses.values())
-        if finished.event_ids:
-            relay_events(runtime.session_factory, runtime.send_wakeups.deliver)
         return len(written)
     return 0

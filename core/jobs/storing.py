@@ -1,0 +1,58 @@
+"""Storing a job's files before its rows, and deleting them when the rows are not written.
+
+Files go to the blob store first (a worker must find the bytes of any scan it can lease);
+the job's rows follow in one transaction. Whatever stops the rows (a refused file later in
+the upload, a quota, a lost database) deletes the files this request stored, here.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Iterable, Optional, Sequence, TypeVar
+
+from db.blobs import BlobStore
+from db.jobs import NewScan
+
+log = logging.getLogger(__name__)
+Upload = TypeVar("Upload")
+
+
+def store_uploads(blobs: BlobStore, uploads: Iterable[Upload], key_of: Callable[[int], str],
+                  scans_of: Callable[[Upload, str], list[NewScan]],
+                  job_id: Optional[str] = None) -> list[NewScan]:
+    """Store each checked upload (``.data``) under ``key_of(index)``; the scans it holds.
+
+    ``uploads`` may be a generator that checks as it goes: an error from it, or from the
+    store, deletes what was stored (with ``job_id``, a new job's whole prefix) and goes on.
+    """
+    keys: list[str] = []
+    new_scans: list[NewScan] = []
+    try:
+        for upload in uploads:
+            key = key_of(len(keys))
+            keys.append(key)
+            blobs.put(key, upload.data)  # once per file: a multi-frame file's frames share it
+            new_scans.extend(scans_of(upload, key))
+    except BaseException:
+        discard(blobs, keys, job_id)
+        raise
+    return new_scans
+
+
+def discard(blobs: BlobStore, keys: Sequence[str], job_id: Optional[str] = None) -> None:
+    """Delete stored files whose rows were not written: ``keys``, or with ``job_id`` every
+    file of that new job. A failure is logged, never raised over the error that led here
+    (the sweep deletes files without rows later)."""
+    try:
+        if job_id is not None:
+            blobs.delete_job(job_id)
+        else:
+            for key in dict.fromkeys(keys):
+                blobs.delete(key)
+    except Exception as exc:  # noqa: BLE001 - the caller is raising the error that matters
+        log.warning("files of a refused upload not deleted (the sweep will): %s: %s",
+                    type(exc).__name__, exc)
+
+
+def scan_keys(new_scans: Sequence[NewScan]) -> list[str]:
+    """The distinct blob keys of ``new_scans`` (a multi-frame file's frames share one)."""
+    return list(dict.fromkeys(s.blob_key for s in new_scans))
