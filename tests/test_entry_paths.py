@@ -26,7 +26,7 @@ from devtools.embedded_redis import free_port
 from tests import dicom_files as d
 from tests.conftest import authorised, create_api_key
 from tests.images import png_bytes
-from tests.scrape import parse, value
+from devtools.scrape import parse, value
 
 pytestmark = pytest.mark.integration
 
