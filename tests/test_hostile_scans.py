@@ -1,0 +1,190 @@
+"""Hostile DICOM slices in the worker: each fails alone with its reason, whatever the error,
+and the other scans of its batch (other jobs', other owners') are classified normally; a
+Deflated slice is decoded, within a limit on how far it inflates."""
+from __future__ import annotations
+
+import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import pytest
+
+from db.blobs import FileBlobStore
+from models.loader import ModelInfo
+from tests import hostile_slices as h
+from tests.dicom_files import ct_bytes
+from tests.images import png_bytes
+from worker.batching import DynamicBatcher
+from worker.inference import classify_batch, predict_items
+
+GOOD_CT = "good.dcm"
+
+
+@dataclass(frozen=True)
+class Item:
+    scan_id: str
+    blob_key: str
+    frame: Optional[int] = None
+
+
+class MeanEngine:
+    """P = the tensor's mean brightness: a slice windowed otherwise would show."""
+
+    name, precision, batch_size = "mean", "fp32", 8
+    info = ModelInfo("mean", "1", "a" * 64, True, "test", (32, 32))
+
+    def __init__(self):
+        self.batches: list[int] = []
+
+    def predict(self, batch):
+        self.batches.append(len(batch))
+        return batch.mean(axis=(1, 2, 3)).astype(np.float64)
+
+
+def hostile_batch() -> dict[str, bytes]:
+    files = {GOOD_CT: ct_bytes(), "good.png": png_bytes(32, 3), "deflated.dcm": h.deflated_ct(),
+             "deflate-bomb.dcm": h.deflate_bomb(16 * 1024 * 1024),
+             "deflate-corrupt.dcm": h.deflate_corrupt()}
+    files.update({f"{name}.dcm": h.bad_slice(name) for name in h.BAD_SLICES})
+    return files
+
+
+REASONS = {**{f"{name}.dcm": words for name, (_, _, _, words) in h.BAD_SLICES.items()},
+           "deflate-bomb.dcm": "inflates to more than 1048576 bytes (MAX_SCAN_BYTES)",
+           "deflate-corrupt.dcm": "deflate stream is corrupt"}
+
+
+@pytest.fixture
+def store(tmp_path):
+    return FileBlobStore(tmp_path / "blobs")
+
+
+def _items(store, files: dict[str, bytes]) -> list[Item]:
+    for name, data in files.items():
+        store.put(f"job/{name}", data)
+    return [Item(name, f"job/{name}") for name in files]
+
+
+@pytest.mark.parametrize("threaded", [False, True], ids=["inline", "pool-and-batcher"])
+def test_each_hostile_slice_fails_alone_with_its_reason(store, threaded):
+    engine = MeanEngine()
+    items = _items(store, hostile_batch())
+    pool = ThreadPoolExecutor(2) if threaded else None
+    batcher = DynamicBatcher(predict_items, 8, 0.01).start() if threaded else None
+    try:
+        outcomes = classify_batch(items, store, engine, pool, batcher,
+                                  max_scan_bytes=1024 * 1024)
+    finally:
+        if threaded:
+            batcher.stop(5)
+            pool.shutdown()
+    by_name = {o.scan_id: o for o in outcomes}
+    assert [o.scan_id for o in outcomes] == [item.scan_id for item in items]
+    for name in (GOOD_CT, "good.png", "deflated.dcm"):
+        assert by_name[name].error is None and by_name[name].probability_covid > 0, name
+    # A Deflated slice is the same slice: the model sees the same pixels.
+    assert by_name["deflated.dcm"].probability_covid == by_name[GOOD_CT].probability_covid
+    for name, words in REASONS.items():
+        outcome = by_name[name]
+        assert outcome.probability_covid is None and words in outcome.error, (name, outcome)
+        assert "Doe" not in outcome.error and "SECRET" not in outcome.error
+    assert sum(engine.batches) == 3  # the failed slices never reached the model
+
+
+def test_an_unexpected_error_reading_or_decoding_one_scan_fails_that_scan_only(
+        store, monkeypatch):
+    """Errors no decoder was written for (a pydicom bug, a lost connection to the store)."""
+    import models.dicom
+
+    real = models.dicom.grey_slice
+
+    def grey_slice(data, frame, window, *limits):
+        if b"Broken^Decoder" in data:
+            raise KeyError("(0010,0010) Broken^Decoder")  # a message quoting the file
+        return real(data, frame, window, *limits)
+
+    class FlakyStore(FileBlobStore):
+        def get(self, key):
+            if key.endswith("unreachable.png"):
+                raise ConnectionResetError("connection reset by peer")
+            return super().get(key)
+
+    monkeypatch.setattr(models.dicom, "grey_slice", grey_slice)
+    flaky = FlakyStore(store.root)
+    files = {GOOD_CT: ct_bytes(), "decoder-bug.dcm": ct_bytes(PatientName="Broken^Decoder"),
+             "unreachable.png": png_bytes(32, 1)}
+    outcomes = {o.scan_id: o for o in classify_batch(_items(flaky, files), flaky, MeanEngine())}
+    assert outcomes[GOOD_CT].probability_covid > 0
+    assert outcomes["decoder-bug.dcm"].error == (
+        "could not decode the scan: KeyError while reading, windowing or preprocessing it")
+    assert outcomes["unreachable.png"].error == \
+        "could not read the scan's bytes (ConnectionResetError)"
+
+
+def test_a_tensor_with_nan_fails_alone_in_a_batch():
+    engine = MeanEngine()
+    good = np.full((32, 32, 3), 0.5, dtype=np.float32)
+    bad = good.copy()
+    bad[0, 0, 0] = np.nan
+    results = predict_items(engine, [good, bad, good])
+    assert results[0] == results[2] == 0.5 and engine.batches == [2]
+    assert str(results[1]) == "the preprocessed tensor holds NaN or infinite values"
+
+
+def test_a_deflated_bomb_is_refused_without_inflating_it_whole():
+    from covidscan.dicom_pixels import inflate
+    from covidscan.image_errors import ImageDecodeError
+
+    bomb = h.deflate_bomb(256 * 1024 * 1024)
+    assert len(bomb) < 1024 * 1024
+    with pytest.raises(ImageDecodeError, match="inflates to more than 67108864 bytes"):
+        inflate(bomb)
+    assert inflate(ct_bytes()) == ct_bytes()  # anything not Deflated is left alone
+
+
+@pytest.mark.database
+def test_a_leased_batch_of_two_owners_fails_only_the_hostile_slices(database_url, tmp_path):
+    """The task body: one lease holds both owners' scans; the hostile slices are one
+    owner's, and the other's job succeeds whole."""
+    from db.jobs import JobOptions, NewScan, create_job, summarise_job
+    from db.models import Job, new_id
+    from tests.test_drain import Models, runtime_with
+    from worker.drain import drain
+
+    class Engine(MeanEngine):
+        info = ModelInfo("mean", "1", "a" * 64, True, "test", (16, 16))
+
+    runtime = runtime_with(database_url, tmp_path, Models(Engine()))
+    try:
+        def submit(owner: str, files: list[bytes]) -> str:
+            job_id = new_id()
+            scans = []
+            for index, data in enumerate(files):
+                key = runtime.blobs.key_for(job_id, index)
+                runtime.blobs.put(key, data)
+                scans.append(NewScan(f"{index}.dcm", key, len(data)))
+            with runtime.session_factory.begin() as session:
+                create_job(session, scans, job_id, JobOptions(owner=owner))
+            return job_id
+
+        hostile = submit("mallory", [h.bad_slice("slope-abc"), h.bad_slice("slope-two-values"),
+                                     h.bad_slice("padding-two-values")])
+        innocent = submit("alice", [ct_bytes(), h.deflated_ct()])
+        report = drain(runtime, worker="w@host")
+        assert (report.claimed, report.succeeded, report.failed) == (5, 2, 3)
+        with runtime.session_factory() as session:
+            assert summarise_job(session, innocent).status == "succeeded"
+            errors = [s.error for s in session.get(Job, hostile).scans]
+            assert summarise_job(session, hostile).status == "failed"
+        assert errors == ["RescaleSlope is not a number",
+                          "RescaleSlope must be one number, it holds 2 values",
+                          "PixelPaddingValue must be one number, it holds 2 values"]
+        after = submit("mallory", [ct_bytes()])  # the worker goes on as before
+        assert drain(runtime).succeeded == 1
+        with runtime.session_factory() as session:
+            assert summarise_job(session, after).status == "succeeded"
+    finally:
+        runtime.close()
