@@ -10,6 +10,7 @@ left empty, as nothing of them is returned by this service.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -17,6 +18,8 @@ from pydicom.dataset import Dataset
 
 RESEARCH_ONLY = "covidscan result, research use only, not for diagnosis"
 _LOCAL_SCHEME = "99COVIDSCAN"
+UID_PATTERN = re.compile(r"[0-9.]{1,64}")
+PATIENT_SEXES = ("M", "F", "O")
 _IDENTIFIERS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
                 "OtherPatientIDs", "OtherPatientIDsSequence", "IssuerOfPatientID")
 
@@ -34,9 +37,35 @@ class SeriesFinding:
     preprocessing: str
 
 
+class EvidenceError(ValueError):
+    """A classified instance's header cannot be referenced by a report; the message says
+    which attribute (never its value)."""
+
+
+def _text(dataset: Dataset, keyword: str) -> str:
+    return str(dataset.get(keyword) or "").strip("\0 ")
+
+
+def _valid(vr: type, value: str) -> bool:
+    try:
+        vr(value)
+    except (ValueError, TypeError, OverflowError):
+        return False
+    return True
+
+
 def evidence_header(data: bytes) -> Dataset:
-    """A classified instance's header (no pixels) with the patient's identifiers emptied."""
+    """A classified instance's header (no pixels) with the patient's identifiers emptied,
+    and what a report copies from it made valid: the SOP class and instance from the file
+    meta when the dataset lacks them, a patient sex other than M, F or O and a malformed
+    study date or time left empty.
+
+    Raises:
+        EvidenceError: a SOP class, SOP instance, study or series UID is missing or is not
+            a UID (digits and dots, at most 64 characters).
+    """
     import pydicom
+    from pydicom.valuerep import DA, TM
 
     dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     for keyword in _IDENTIFIERS:
@@ -46,6 +75,22 @@ def evidence_header(data: bytes) -> Dataset:
     dataset.PatientID = ""
     dataset.PatientBirthDate = ""
     dataset.AccessionNumber = ""
+    meta = getattr(dataset, "file_meta", None) or Dataset()
+    for keyword, in_meta in (("SOPClassUID", "MediaStorageSOPClassUID"),
+                             ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+        if not _text(dataset, keyword) and _text(meta, in_meta):
+            setattr(dataset, keyword, _text(meta, in_meta))
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        value = _text(dataset, keyword)
+        if not UID_PATTERN.fullmatch(value):
+            raise EvidenceError(f"a slice's {keyword} is missing or is not a UID")
+        setattr(dataset, keyword, value)
+    if _text(dataset, "PatientSex") not in PATIENT_SEXES:
+        dataset.PatientSex = ""
+    dataset.StudyID = _text(dataset, "StudyID")[:16]
+    for keyword, vr in (("StudyDate", DA), ("StudyTime", TM)):
+        value = _text(dataset, keyword)
+        setattr(dataset, keyword, value if value and _valid(vr, value) else "")
     return dataset
 
 
