@@ -188,3 +188,42 @@ def test_a_leased_batch_of_two_owners_fails_only_the_hostile_slices(database_url
             assert summarise_job(session, after).status == "succeeded"
     finally:
         runtime.close()
+
+
+@pytest.mark.integration
+def test_hostile_slices_fail_alone_in_the_real_worker_beside_another_owners_job(
+        stack_config, stack_key, worker):
+    """Through the API, Redis and a real Celery worker: one owner's hostile slices and
+    another owner's normal job, submitted together (the worker leases up to BATCH_SIZE
+    scans across jobs); only the hostile slices fail, each with its reason."""
+    import uuid
+
+    from api import create_app
+    from tests.conftest import authorised, create_api_key, wait_for_job
+
+    app = create_app(stack_config)
+    mallory = authorised(app.test_client(), stack_key)
+    alice = authorised(app.test_client(), create_api_key(
+        stack_config["DATABASE_URL"], owner=f"alice-{uuid.uuid4().hex[:6]}"))
+
+    def post(client, files: dict[str, bytes]) -> str:
+        data = {"files": [(io.BytesIO(d), n) for n, d in files.items()]}
+        response = client.post("/v1/jobs", data=data, content_type="multipart/form-data")
+        assert response.status_code == 202, response.get_json()
+        return response.get_json()["id"]
+
+    names = ("slope-abc", "slope-two-values", "slope-nan", "slope-zero", "padding-two-values")
+    hostile = post(mallory, {f"{name}.dcm": h.bad_slice(name) for name in names})
+    innocent = post(alice, {"ct.dcm": ct_bytes(), "deflated.dcm": h.deflated_ct(),
+                            "slice.png": png_bytes(48, 5)})
+    assert wait_for_job(alice, innocent)["status"] == "succeeded"
+    assert wait_for_job(mallory, hostile)["status"] == "failed"
+    rows = {r["filename"]: r for r in
+            mallory.get(f"/v1/jobs/{hostile}/results").get_json()["results"]}
+    for name in names:
+        assert h.BAD_SLICES[name][3] in rows[f"{name}.dcm"]["error"], rows[f"{name}.dcm"]
+    good = {r["filename"]: r for r in
+            alice.get(f"/v1/jobs/{innocent}/results").get_json()["results"]}
+    assert good["deflated.dcm"]["probability_covid"] == good["ct.dcm"]["probability_covid"]
+    after = post(mallory, {"ct.dcm": ct_bytes()})  # and the worker goes on as before
+    assert wait_for_job(mallory, after)["status"] == "succeeded"
