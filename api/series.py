@@ -69,8 +69,8 @@ def series_report(job_id: str, series_uid: str) -> Response:
     400 for a series UID that is not a UID; 404 for a series the job does not have; 409
     while no slice of it has a result; 422 when its slices' headers cannot be referenced.
     """
-    from api.dicom_sr import UID_PATTERN, EvidenceError, SeriesFinding, build_report, \
-        evidence_header
+    from api.dicom_sr import (UID_PATTERN, EvidenceError, SeriesFinding, build_report,
+                              evidence_header)
 
     if not UID_PATTERN.fullmatch(series_uid):
         raise Problem(400, "a Series Instance UID is digits and dots, at most 64 characters")

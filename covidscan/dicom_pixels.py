@@ -32,6 +32,7 @@ from covidscan.image_errors import ImageDecodeError
 DICOM_MAGIC = b"DICM"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 MAX_INFLATED_BYTES = 64 * 1024 * 1024
+INFLATE_CHUNK = 1024 * 1024
 """How far a Deflated dataset may inflate when the caller names no limit (the default
 ``MAX_SCAN_BYTES``: the size the file could have had uncompressed)."""
 LUNG_WINDOW = (1500.0, -600.0)
@@ -43,9 +44,9 @@ def is_dicom(data: bytes) -> bool:
     return data[128:132] == DICOM_MAGIC
 
 
-def _one_number(owner, keyword: str, default: Optional[float]) -> Optional[float]:
-    """The attribute ``keyword`` of ``owner`` as one finite number; ``default`` when it is
-    absent or empty.
+def _optional_number(owner, keyword: str) -> Optional[float]:
+    """The attribute ``keyword`` of ``owner`` as one finite number; None when it is absent
+    or empty.
 
     Raises:
         ImageDecodeError: it holds several values, or something that is not a finite number
@@ -56,7 +57,7 @@ def _one_number(owner, keyword: str, default: Optional[float]) -> Optional[float
     except (ValueError, TypeError, KeyError, OverflowError) as exc:
         raise ImageDecodeError(f"{keyword} cannot be read ({type(exc).__name__})") from None
     if value is None or value == "":
-        return default
+        return None
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):  # multi-valued
         if len(value) != 1:
             raise ImageDecodeError(f"{keyword} must be one number, it holds {len(value)} values")
@@ -70,18 +71,24 @@ def _one_number(owner, keyword: str, default: Optional[float]) -> Optional[float
     return number
 
 
+def _number(owner, keyword: str, default: float) -> float:
+    """:func:`_optional_number`, ``default`` when the attribute is absent or empty."""
+    number = _optional_number(owner, keyword)
+    return default if number is None else number
+
+
 def _whole_number(owner, keyword: str, default: int) -> int:
-    number = _one_number(owner, keyword, default)
+    number = _number(owner, keyword, default)
     if number != int(number):
         raise ImageDecodeError(f"{keyword} is not a whole number")
     return int(number)
 
 
 def _padding_mask(dataset, stored: np.ndarray) -> Optional[np.ndarray]:
-    value = _one_number(dataset, "PixelPaddingValue", None)
+    value = _optional_number(dataset, "PixelPaddingValue")
     if value is None:
         return None
-    limit = _one_number(dataset, "PixelPaddingRangeLimit", value)
+    limit = _number(dataset, "PixelPaddingRangeLimit", value)
     low, high = min(value, limit), max(value, limit)
     return (stored >= low) & (stored <= high)
 
@@ -119,6 +126,27 @@ def _one_line(exc: Exception, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def _inflate_body(deflated: memoryview, max_bytes: int) -> bytearray:
+    """A raw deflate stream inflated a chunk at a time, refused as soon as it passes
+    ``max_bytes`` (so refusing a bomb costs about ``max_bytes``, not what it declares)."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    body = bytearray()
+    pending: bytes | memoryview = deflated
+    try:
+        while not inflater.eof:
+            chunk = inflater.decompress(pending, INFLATE_CHUNK)
+            pending = inflater.unconsumed_tail
+            if not chunk and not pending:
+                break  # the stream ends early: the dataset's reader says what is missing
+            body += chunk
+            if len(body) > max_bytes:
+                raise ImageDecodeError(f"the Deflated dataset inflates to more than "
+                                       f"{max_bytes} bytes (MAX_SCAN_BYTES); it was not decoded")
+    except zlib.error:
+        raise ImageDecodeError("the Deflated dataset's deflate stream is corrupt") from None
+    return body
+
+
 def inflate(data: bytes, max_bytes: int = MAX_INFLATED_BYTES) -> bytes:
     """A Deflated Explicit VR Little Endian file as the same file in Explicit VR Little
     Endian, inflating at most ``max_bytes``; any other file unchanged.
@@ -127,31 +155,27 @@ def inflate(data: bytes, max_bytes: int = MAX_INFLATED_BYTES) -> bytes:
         ImageDecodeError: the file meta cannot be read, the deflate stream is corrupt, or
             it inflates to more than ``max_bytes`` (the message names the limit).
     """
+    from pydicom.errors import InvalidDicomError
+    from pydicom.filebase import DicomBytesIO
     from pydicom.filereader import _read_file_meta_info, read_preamble
     from pydicom.filewriter import write_file_meta_info
     from pydicom.uid import ExplicitVRLittleEndian
 
-    if DEFLATED.encode() not in data[:4096]:  # the file meta comes first; this is cheap
+    if not is_dicom(data):  # not Part 10: pydicom's reader refuses it, with its reason
         return data
     source = io.BytesIO(data)
     try:
         read_preamble(source, force=False)
         meta = _read_file_meta_info(source)
-    except (ValueError, KeyError, TypeError, EOFError, OSError, AttributeError) as exc:
+    except (InvalidDicomError, ValueError, KeyError, TypeError, EOFError, OSError,
+            AttributeError) as exc:
         raise ImageDecodeError(f"could not read the DICOM file meta ({type(exc).__name__})") \
             from None
     if str(meta.get("TransferSyntaxUID", "")).strip("\0 ") != DEFLATED:
         return data
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    try:
-        body = inflater.decompress(memoryview(data)[source.tell():], max_bytes + 1)
-    except zlib.error:
-        raise ImageDecodeError("the Deflated dataset's deflate stream is corrupt") from None
-    if len(body) > max_bytes:
-        raise ImageDecodeError(f"the Deflated dataset inflates to more than {max_bytes} bytes "
-                               f"(MAX_SCAN_BYTES); it was not decoded")
+    body = _inflate_body(memoryview(data)[source.tell():], max_bytes)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    out = io.BytesIO()
+    out = DicomBytesIO()
     out.write(data[:132])
     write_file_meta_info(out, meta, enforce_standard=False)
     out.write(body)
@@ -224,8 +248,8 @@ def _rescale(dataset, frame: int) -> tuple[float, float]:
             if transform and "RescaleSlope" in transform[0]:
                 owner = transform[0]
                 break
-    slope = _one_number(owner, "RescaleSlope", 1.0)
-    intercept = _one_number(owner, "RescaleIntercept", 0.0)
+    slope = _number(owner, "RescaleSlope", 1.0)
+    intercept = _number(owner, "RescaleIntercept", 0.0)
     if slope == 0:
         raise ImageDecodeError("RescaleSlope is 0: every pixel would have the same value")
     return slope, intercept

@@ -49,10 +49,14 @@ def bad_slice(name: str) -> bytes:
     return with_raw(tag, vr, value)
 
 
-def deflated_ct() -> bytes:
-    """CT_small as a Deflated Explicit VR Little Endian file (pydicom deflates on save)."""
+def deflated_ct(meta_padding: int = 0) -> bytes:
+    """CT_small as a Deflated Explicit VR Little Endian file (pydicom deflates on save);
+    ``meta_padding`` bytes of private information make the file meta that much longer."""
     dataset = ct_dataset()
     dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    if meta_padding:
+        dataset.file_meta.PrivateInformationCreatorUID = "1.2.3"
+        dataset.file_meta.PrivateInformation = bytes(meta_padding)
     return to_bytes(dataset)
 
 
@@ -66,10 +70,10 @@ def _split(data: bytes) -> tuple[bytes, bytes]:
     return data[:source.tell()], data[source.tell():]
 
 
-def deflate_bomb(inflated_bytes: int = 256 * 1024 * 1024) -> bytes:
+def deflate_bomb(inflated_bytes: int = 256 * 1024 * 1024, meta_padding: int = 0) -> bytes:
     """A Deflated CT slice whose dataset inflates to about ``inflated_bytes``: CT_small,
     then a private OB element of zeros after the pixels. About 1/1000 of that on disk."""
-    head, _ = _split(deflated_ct())
+    head, _ = _split(deflated_ct(meta_padding))
     _, body = _split(to_bytes(ct_dataset()))
     padding = inflated_bytes - len(body)
     element = b"\xe1\x7f\x00\x10" + b"OB\x00\x00" + padding.to_bytes(4, "little")

@@ -4,7 +4,6 @@ Deflated slice is decoded, within a limit on how far it inflates."""
 from __future__ import annotations
 
 import io
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
@@ -142,6 +141,8 @@ def test_a_deflated_bomb_is_refused_without_inflating_it_whole():
     assert len(bomb) < 1024 * 1024
     with pytest.raises(ImageDecodeError, match="inflates to more than 67108864 bytes"):
         inflate(bomb)
+    with pytest.raises(ImageDecodeError, match="inflates to more than 1048576 bytes"):
+        inflate(h.deflate_bomb(8 * 1024 * 1024, meta_padding=8000), 1024 * 1024)
     assert inflate(ct_bytes()) == ct_bytes()  # anything not Deflated is left alone
 
 
@@ -227,3 +228,38 @@ def test_hostile_slices_fail_alone_in_the_real_worker_beside_another_owners_job(
     assert good["deflated.dcm"]["probability_covid"] == good["ct.dcm"]["probability_covid"]
     after = post(mallory, {"ct.dcm": ct_bytes()})  # and the worker goes on as before
     assert wait_for_job(mallory, after)["status"] == "succeeded"
+
+
+def test_refusing_a_deflated_bomb_costs_about_its_limit_in_memory(tmp_path):
+    """A 1 GiB bomb (about 1 MB on disk) against a 32 MiB limit, in a fresh interpreter:
+    the peak resident memory grows by about the limit, not by what the bomb declares."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    path = tmp_path / "bomb.dcm"
+    path.write_bytes(h.deflate_bomb(1024 * 1024 * 1024))
+    code = (
+        "import json\n"
+        "from covidscan.dicom_pixels import grey_slice\n"
+        "from covidscan.image_errors import ImageDecodeError\n"
+        "import pydicom.filereader, pydicom.filewriter, pydicom.pixels\n"
+        "hwm = lambda: int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]"
+        ".split()[1])\n"
+        f"data = open({str(path)!r}, 'rb').read()\n"
+        "before = hwm()\n"
+        "try:\n"
+        "    grey_slice(data, 0, (1500.0, -600.0), 32 * 1024 * 1024); error = None\n"
+        "except ImageDecodeError as exc:\n"
+        "    error = str(exc)\n"
+        "print(json.dumps({'error': error, 'grew_kb': hwm() - before}))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"refusing a 1 GiB Deflated bomb with a 32 MiB limit: peak grew by "
+          f"{out['grew_kb'] / 1024:.0f} MiB")
+    assert "inflates to more than 33554432 bytes" in out["error"]
+    assert out["grew_kb"] < 48 * 1024
