@@ -16,6 +16,9 @@ from typing import Sequence
 
 from pydicom.dataset import Dataset
 
+from covidscan.dicom_pixels import MAX_INFLATED_BYTES, inflate
+from covidscan.image_errors import ImageDecodeError
+
 RESEARCH_ONLY = "covidscan result, research use only, not for diagnosis"
 _LOCAL_SCHEME = "99COVIDSCAN"
 UID_PATTERN = re.compile(r"[0-9.]{1,64}")
@@ -54,7 +57,7 @@ def _valid(vr: type, value: str) -> bool:
     return True
 
 
-def evidence_header(data: bytes) -> Dataset:
+def evidence_header(data: bytes, max_bytes: int = MAX_INFLATED_BYTES) -> Dataset:
     """A classified instance's header (no pixels) with the patient's identifiers emptied,
     and what a report copies from it made valid: the SOP class and instance from the file
     meta when the dataset lacks them, a patient sex other than M, F or O and a malformed
@@ -62,12 +65,19 @@ def evidence_header(data: bytes) -> Dataset:
 
     Raises:
         EvidenceError: a SOP class, SOP instance, study or series UID is missing or is not
-            a UID (digits and dots, at most 64 characters).
+            a UID (digits and dots, at most 64 characters); a Deflated file inflates past
+            ``max_bytes`` (``MAX_SCAN_BYTES``) or its header cannot be read.
     """
     import pydicom
+    from pydicom.errors import InvalidDicomError
     from pydicom.valuerep import DA, TM
 
-    dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    try:  # a Deflated file is inflated here, within the limit (pydicom's reader has none)
+        dataset = pydicom.dcmread(io.BytesIO(inflate(data, max_bytes)), stop_before_pixels=True)
+    except ImageDecodeError as exc:
+        raise EvidenceError(f"a slice cannot be read: {exc}") from None
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise EvidenceError(f"a slice's header cannot be read ({type(exc).__name__})") from None
     for keyword in _IDENTIFIERS:
         if keyword in dataset:
             delattr(dataset, keyword)

@@ -94,7 +94,8 @@ def series_report(job_id: str, series_uid: str) -> Response:
             frames.setdefault(scan.sop_instance_uid, []).append(scan.frame + 1)
     try:
         for blob_key in dict.fromkeys(s.blob_key for s in done):
-            evidence.append(evidence_header(blobs.get(blob_key)))
+            evidence.append(evidence_header(blobs.get(blob_key),
+                                            services().settings.max_scan_bytes))
         document = build_report(evidence, finding, frames)
     except BlobNotFound:
         raise Problem(410, f"the stored slices of series {series_uid} are gone") from None

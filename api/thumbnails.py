@@ -95,10 +95,12 @@ def make_dicom_thumbnail(data: bytes, frame: int, window: tuple[float, float],
             worker gives it, whatever the error.
     """
     from api.dicom_header import NotAnImage, read_dicom_header
-    from covidscan.dicom_pixels import grey_slice
+    from covidscan.dicom_pixels import grey_slice, inflate
     from covidscan.image_errors import ImageDecodeError
 
-    try:  # the modality the upload accepted it as (the job's allow_modality)
+    try:  # inflated here first, within the limit: the header reader would inflate it all
+        data = inflate(data, max_bytes)
+        # the modality the upload accepted it as (the job's allow_modality)
         header = read_dicom_header(data, "the scan", modalities=(modality or "CT",))
         if header.pixels > max_pixels:
             raise ThumbnailError(f"{header.width}×{header.height} pixels is above the limit "

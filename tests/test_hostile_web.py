@@ -76,6 +76,31 @@ def test_a_hostile_slice_has_the_placeholder_thumbnail_with_its_reason(client, a
         assert response.status_code == 200 and response.mimetype == "image/jpeg", name
 
 
+def test_a_stored_deflated_bomb_is_refused_within_the_limit_by_thumbnail_and_report(
+        app_config, api_key):
+    """Bytes in the store that the intake would now refuse (stored before, or another way):
+    the thumbnail and the report inflate at most MAX_SCAN_BYTES of them."""
+    from api import create_app
+    from api.thumbnails import placeholder_png
+
+    client = authorised(create_app({**app_config, "MAX_SCAN_BYTES": str(2 * 1024 * 1024)})
+                        .test_client(), api_key)
+    job = submit(client, {"deflated.dcm": h.deflated_ct()})
+    classify_all(app_config["DATABASE_URL"])
+    (row,) = rows_of(client, job["id"]).values()
+    report = client.get(f"/v1/jobs/{job['id']}/series/{row['series_uid']}/sr")
+    assert report.status_code == 200  # a Deflated slice's report, as any other's
+    (Path(app_config["BLOB_DIR"]) / job["id"] / "000000").write_bytes(
+        h.deflate_bomb(64 * 1024 * 1024))
+    thumbnail = client.get(f"/v1/scans/{row['scan_id']}/thumbnail")
+    assert thumbnail.status_code == 200 and thumbnail.data == placeholder_png()
+    (failed,) = Path(app_config["BLOB_DIR"]).rglob("*.thumb.failed")
+    assert "inflates to more than 2097152 bytes (MAX_SCAN_BYTES)" in failed.read_text()
+    report = client.get(f"/v1/jobs/{job['id']}/series/{row['series_uid']}/sr")
+    assert report.status_code == 422
+    assert "inflates to more than 2097152 bytes" in report.get_json()["detail"]
+
+
 # --- The DICOM SR route ---------------------------------------------------------------------
 
 def _variant(change) -> bytes:
