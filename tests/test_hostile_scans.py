@@ -97,12 +97,15 @@ def test_an_unexpected_error_reading_or_decoding_one_scan_fails_that_scan_only(
         store, monkeypatch):
     """Errors no decoder was written for (a pydicom bug, a lost connection to the store)."""
     import models.dicom
+    from covidscan.image_errors import ImageDecodeError
 
     real = models.dicom.grey_slice
 
     def grey_slice(data, frame, window, *limits):
         if b"Broken^Decoder" in data:
             raise KeyError("(0010,0010) Broken^Decoder")  # a message quoting the file
+        if b"Nul^Bytes" in data:  # a decoder's reason quoting bytes PostgreSQL cannot store
+            raise ImageDecodeError("unknown VR 'A\x00' at\r\noffset 12")
         return real(data, frame, window, *limits)
 
     class FlakyStore(FileBlobStore):
@@ -114,13 +117,14 @@ def test_an_unexpected_error_reading_or_decoding_one_scan_fails_that_scan_only(
     monkeypatch.setattr(models.dicom, "grey_slice", grey_slice)
     flaky = FlakyStore(store.root)
     files = {GOOD_CT: ct_bytes(), "decoder-bug.dcm": ct_bytes(PatientName="Broken^Decoder"),
-             "unreachable.png": png_bytes(32, 1)}
+             "unreachable.png": png_bytes(32, 1), "nul.dcm": ct_bytes(PatientName="Nul^Bytes")}
     outcomes = {o.scan_id: o for o in classify_batch(_items(flaky, files), flaky, MeanEngine())}
     assert outcomes[GOOD_CT].probability_covid > 0
     assert outcomes["decoder-bug.dcm"].error == (
         "could not decode the scan: KeyError while reading, windowing or preprocessing it")
     assert outcomes["unreachable.png"].error == \
         "could not read the scan's bytes (ConnectionResetError)"
+    assert outcomes["nul.dcm"].error == "unknown VR 'A ' at  offset 12"
 
 
 def test_a_tensor_with_nan_fails_alone_in_a_batch():
@@ -263,3 +267,47 @@ def test_refusing_a_deflated_bomb_costs_about_its_limit_in_memory(tmp_path):
           f"{out['grew_kb'] / 1024:.0f} MiB")
     assert "inflates to more than 33554432 bytes" in out["error"]
     assert out["grew_kb"] < 48 * 1024
+
+
+@pytest.mark.database
+def test_a_reason_quoting_a_nul_byte_is_stored_and_the_lease_written(
+        database_url, tmp_path, monkeypatch):
+    """PostgreSQL refuses a NUL in text: stored as is, one scan's reason would fail the
+    write of its whole lease, other owners' results with it."""
+    import models.dicom
+    from covidscan.image_errors import ImageDecodeError
+    from db.jobs import JobOptions, NewScan, create_job, summarise_job
+    from db.models import Job, new_id
+    from tests.test_drain import Models, runtime_with
+    from worker.drain import drain
+
+    real = models.dicom.grey_slice
+
+    def grey_slice(data, frame, window, *limits):
+        if b"Nul^Bytes" in data:
+            raise ImageDecodeError("unknown VR 'A\x00'")
+        return real(data, frame, window, *limits)
+
+    monkeypatch.setattr(models.dicom, "grey_slice", grey_slice)
+
+    class Engine(MeanEngine):
+        info = ModelInfo("mean", "1", "a" * 64, True, "test", (16, 16))
+
+    runtime = runtime_with(database_url, tmp_path, Models(Engine()))
+    try:
+        jobs = {}
+        for owner, data in (("mallory", ct_bytes(PatientName="Nul^Bytes")),
+                            ("alice", ct_bytes())):
+            job_id = jobs[owner] = new_id()
+            key = runtime.blobs.key_for(job_id, 0)
+            runtime.blobs.put(key, data)
+            with runtime.session_factory.begin() as session:
+                create_job(session, [NewScan("0.dcm", key, len(data))], job_id,
+                           JobOptions(owner=owner))
+        report = drain(runtime)
+        assert (report.claimed, report.written, report.succeeded) == (2, 2, 1)
+        with runtime.session_factory() as session:
+            assert summarise_job(session, jobs["alice"]).status == "succeeded"
+            assert session.get(Job, jobs["mallory"]).scans[0].error == "unknown VR 'A '"
+    finally:
+        runtime.close()

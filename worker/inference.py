@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 from collections import OrderedDict
 from concurrent.futures import Executor, Future
@@ -22,6 +23,7 @@ from worker.batching import DynamicBatcher
 from worker.metrics import DECODE, timed
 
 log = logging.getLogger(__name__)
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ScanInput(Protocol):
@@ -142,6 +144,14 @@ def _infer(items: Sequence[ScanInput], files: FrameFiles, engine, pool: Optional
     return loaded, preprocessing
 
 
+def failure_reason(text: str, limit: int = 1000) -> str:
+    """A scan's error as stored: control characters (a NUL, which PostgreSQL refuses and
+    which would fail the whole batch's write, CR, LF…) as spaces, at most ``limit``
+    characters. Decoders' messages may carry bytes of the file."""
+    text = CONTROL_CHARACTERS.sub(" ", text).strip() or "the scan failed"
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def classify_batch(items: Sequence[ScanInput], blobs: BlobStore, engine,
                    pool: Optional[Executor] = None,
                    batcher: Optional[DynamicBatcher] = None,
@@ -163,10 +173,11 @@ def classify_batch(items: Sequence[ScanInput], blobs: BlobStore, engine,
             except ValueError as exc:  # this scan's own error; others (a broken engine) propagate
                 value = exc
         if isinstance(value, str):
-            outcomes.append(ScanOutcome(item.scan_id, error=value, preprocessing=how))
-        elif isinstance(value, Exception):
-            outcomes.append(ScanOutcome(item.scan_id, error=f"inference failed: {value}",
+            outcomes.append(ScanOutcome(item.scan_id, error=failure_reason(value),
                                         preprocessing=how))
+        elif isinstance(value, Exception):
+            outcomes.append(ScanOutcome(item.scan_id, preprocessing=how,
+                                        error=failure_reason(f"inference failed: {value}")))
         elif not math.isfinite(value):
             outcomes.append(ScanOutcome(item.scan_id, preprocessing=how,
                                         error="the model produced a non-finite probability"))
