@@ -10,13 +10,19 @@ left empty, as nothing of them is returned by this service.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
 from pydicom.dataset import Dataset
 
+from covidscan.dicom_pixels import MAX_INFLATED_BYTES, inflate
+from covidscan.image_errors import ImageDecodeError
+
 RESEARCH_ONLY = "covidscan result, research use only, not for diagnosis"
 _LOCAL_SCHEME = "99COVIDSCAN"
+UID_PATTERN = re.compile(r"[0-9.]{1,64}")
+PATIENT_SEXES = ("M", "F", "O")
 _IDENTIFIERS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
                 "OtherPatientIDs", "OtherPatientIDsSequence", "IssuerOfPatientID")
 
@@ -34,11 +40,44 @@ class SeriesFinding:
     preprocessing: str
 
 
-def evidence_header(data: bytes) -> Dataset:
-    """A classified instance's header (no pixels) with the patient's identifiers emptied."""
-    import pydicom
+class EvidenceError(ValueError):
+    """A classified instance's header cannot be referenced by a report; the message says
+    which attribute (never its value)."""
 
-    dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+
+def _text(dataset: Dataset, keyword: str) -> str:
+    return str(dataset.get(keyword) or "").strip("\0 ")
+
+
+def _valid(vr: type, value: str) -> bool:
+    try:
+        vr(value)
+    except (ValueError, TypeError, OverflowError):
+        return False
+    return True
+
+
+def evidence_header(data: bytes, max_bytes: int = MAX_INFLATED_BYTES) -> Dataset:
+    """A classified instance's header (no pixels) with the patient's identifiers emptied,
+    and what a report copies from it made valid: the SOP class and instance from the file
+    meta when the dataset lacks them, a patient sex other than M, F or O and a malformed
+    study date or time left empty.
+
+    Raises:
+        EvidenceError: a SOP class, SOP instance, study or series UID is missing or is not
+            a UID (digits and dots, at most 64 characters); a Deflated file inflates past
+            ``max_bytes`` (``MAX_SCAN_BYTES``) or its header cannot be read.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.valuerep import DA, TM
+
+    try:  # a Deflated file is inflated here, within the limit (pydicom's reader has none)
+        dataset = pydicom.dcmread(io.BytesIO(inflate(data, max_bytes)), stop_before_pixels=True)
+    except ImageDecodeError as exc:
+        raise EvidenceError(f"a slice cannot be read: {exc}") from None
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise EvidenceError(f"a slice's header cannot be read ({type(exc).__name__})") from None
     for keyword in _IDENTIFIERS:
         if keyword in dataset:
             delattr(dataset, keyword)
@@ -46,6 +85,22 @@ def evidence_header(data: bytes) -> Dataset:
     dataset.PatientID = ""
     dataset.PatientBirthDate = ""
     dataset.AccessionNumber = ""
+    meta = getattr(dataset, "file_meta", None) or Dataset()
+    for keyword, in_meta in (("SOPClassUID", "MediaStorageSOPClassUID"),
+                             ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+        if not _text(dataset, keyword) and _text(meta, in_meta):
+            setattr(dataset, keyword, _text(meta, in_meta))
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        value = _text(dataset, keyword)
+        if not UID_PATTERN.fullmatch(value):
+            raise EvidenceError(f"a slice's {keyword} is missing or is not a UID")
+        setattr(dataset, keyword, value)
+    if _text(dataset, "PatientSex") not in PATIENT_SEXES:
+        dataset.PatientSex = ""
+    dataset.StudyID = _text(dataset, "StudyID")[:16]
+    for keyword, vr in (("StudyDate", DA), ("StudyTime", TM)):
+        value = _text(dataset, keyword)
+        setattr(dataset, keyword, value if value and _valid(vr, value) else "")
     return dataset
 
 

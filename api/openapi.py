@@ -42,6 +42,7 @@ ERRORS = {
     409: "Conflict with the current state (the problem says which)",
     410: "The stored bytes are gone",
     415: "A body or part of a type the route does not take (parts are checked by content)",
+    422: "Well-formed, but what it refers to cannot be processed (the problem says why)",
     429: "A rate limit or quota is reached; Retry-After says when to try again",
     503: "Redis, which holds the quotas, is unreachable; nothing was stored",
 }

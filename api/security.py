@@ -8,8 +8,9 @@ rebinding from reaching the API through a browser.
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, Request, Response, request
 
 from api.problems import Problem
 
@@ -31,6 +32,21 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
+
+
+NESTED_TOO_DEEPLY = "the JSON body is nested too deeply"
+
+
+class ApiRequest(Request):
+    """Flask's request, whose JSON body nested deeper than the parser's recursion limit is a
+    400 problem in every route (with ``silent=True`` too), not a ``RecursionError`` (500)."""
+
+    def get_json(self, force: bool = False, silent: bool = False,
+                 cache: bool = True) -> Any:
+        try:
+            return super().get_json(force=force, silent=silent, cache=cache)
+        except RecursionError:
+            raise Problem(400, NESTED_TOO_DEEPLY) from None
 
 
 WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+(\.0*)?")
@@ -70,8 +86,9 @@ def refuse_repeated_parameters() -> None:
 
 
 def init_app(app: Flask, trusted_hosts: tuple[str, ...] | None) -> None:
-    """Check the Host header against ``trusted_hosts`` (None: any), refuse NUL characters
-    and repeated API query parameters, and add the headers."""
+    """Check the Host header against ``trusted_hosts`` (None: any), refuse NUL characters,
+    repeated API query parameters and JSON nested too deeply, and add the headers."""
+    app.request_class = ApiRequest
     app.config["TRUSTED_HOSTS"] = list(trusted_hosts) if trusted_hosts is not None else None
     app.before_request(refuse_nul_characters)
     app.before_request(refuse_repeated_parameters)

@@ -1,6 +1,9 @@
 """``GET /v1/jobs/<id>/series``: a job's DICOM series, each with its P(COVID) and its slices."""
 from __future__ import annotations
 
+import logging
+import re
+
 from flask import Blueprint, Response, jsonify, request
 
 from api.audit import audit
@@ -14,9 +17,11 @@ from db.blobs import BlobNotFound
 from db.models import Job, Model, ScanStatus
 from db.series import find_series, job_series
 
+log = logging.getLogger(__name__)
 bp = Blueprint("series", __name__, url_prefix="/v1/jobs")
 
 DEFAULT_CLASSES = ("COVID", "NonCOVID")
+UNSAFE_IN_FILENAME = re.compile(r"[^0-9A-Za-z.-]")
 
 
 def class_names(job: Job) -> tuple[str, str]:
@@ -54,14 +59,18 @@ def list_series(job_id: str) -> Response:
            responses={200: Reply("The Comprehensive 3D SR (Part 10 file)", media={
                "application/dicom": {"schema": {"type": "string", "format": "binary"}}},
                headers={"Content-Disposition": "attachment; its file name"})},
-           errors=(404, 409, 410))
+           errors=(404, 409, 410, 422))
 def series_report(job_id: str, series_uid: str) -> Response:
     """The series' result as a DICOM Structured Report (``application/dicom``).
 
-    404 for a series the job does not have; 409 while no slice of it has a result.
+    400 for a series UID that is not a UID; 404 for a series the job does not have; 409
+    while no slice of it has a result; 422 when its slices' headers cannot be referenced.
     """
-    from api.dicom_sr import SeriesFinding, build_report, evidence_header
+    from api.dicom_sr import (UID_PATTERN, EvidenceError, SeriesFinding, build_report,
+                              evidence_header)
 
+    if not UID_PATTERN.fullmatch(series_uid):
+        raise Problem(400, "a Series Instance UID is digits and dots, at most 64 characters")
     job = owned_job(job_id)
     series = find_series(db_session(), job.id, job.series_rule, series_uid)
     if series is None:
@@ -77,16 +86,31 @@ def series_report(job_id: str, series_uid: str) -> Response:
                             first.model_sha256 or "", first.preprocessing or "")
     evidence, frames = [], {}
     blobs = services().blobs
-    for blob_key in dict.fromkeys(s.blob_key for s in done):
-        try:
-            evidence.append(evidence_header(blobs.get(blob_key)))
-        except BlobNotFound:
-            raise Problem(410, f"the stored slices of series {series_uid} are gone") from None
     for scan in done:
         if scan.frame is not None:
             frames.setdefault(scan.sop_instance_uid, []).append(scan.frame + 1)
-    document = build_report(evidence, finding, frames)
+    try:
+        for blob_key in dict.fromkeys(s.blob_key for s in done):
+            evidence.append(evidence_header(blobs.get(blob_key),
+                                            services().settings.max_scan_bytes))
+        document = build_report(evidence, finding, frames)
+    except BlobNotFound:
+        raise Problem(410, f"the stored slices of series {series_uid} are gone") from None
+    except EvidenceError as exc:
+        raise Problem(422, f"no report can be made for series {series_uid}: {exc}") from None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        # highdicom refuses what it cannot copy or reference (a SOP class it does not know,
+        # a malformed attribute); named by type only, its message may quote the header.
+        log.warning("a report for a series of job %s failed (%s)", job.id, type(exc).__name__)
+        raise Problem(422, f"no report can be made for series {series_uid}: its slices' "
+                           f"headers lack what a DICOM SR must copy or reference "
+                           f"({type(exc).__name__})") from None
     audit("series.sr", job_id, {"series_uid": series_uid, "instances": len(evidence)})
-    filename = f"covidscan-sr-{job.id[:12]}-{series_uid[-16:]}.dcm"
-    return Response(document, mimetype="application/dicom",
-                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+    return Response(document, mimetype="application/dicom", headers={
+        "Content-Disposition": attachment(f"covidscan-sr-{job.id[:12]}-{series_uid[-16:]}.dcm")})
+
+
+def attachment(filename: str) -> str:
+    """A ``Content-Disposition`` naming ``filename``, with anything but letters, digits, dots
+    and dashes replaced: nothing in it can end the header or the quoted name."""
+    return f'attachment; filename="{UNSAFE_IN_FILENAME.sub("_", filename)}"'

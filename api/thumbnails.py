@@ -3,8 +3,9 @@ DICOM slice's with pydicom, in its model's window, as the model sees it).
 
 Thumbnails are cached in the blob store beside the scan's bytes, so they are made
 once and deleted with the job. A scan whose bytes cannot be decoded (or are gone), or
-whose header declares more than ``MAX_SCAN_PIXELS`` pixels, gets a placeholder image
-rather than an error: the page shows it in the scan's row. That failure is cached too,
+whose header declares more than ``MAX_SCAN_PIXELS`` pixels, or a DICOM slice the worker
+would fail (a malformed modality LUT, whatever the error) gets a placeholder image rather
+than an error: the page shows it in the scan's row. That failure is cached too,
 so a bad scan is not decoded again on every request.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from api.openapi import Reply, operation
 from core.errors import IntakeError
 from core.intake import IMAGE_TYPES, SNIFF_BYTES, sniff
 from core.intake.image_header import read_header
-from covidscan.dicom_pixels import is_dicom
+from covidscan.dicom_pixels import MAX_INFLATED_BYTES, is_dicom
 from db.blobs import BlobNotFound
 
 log = logging.getLogger(__name__)
@@ -82,31 +83,39 @@ def _jpeg(image: Image.Image) -> bytes:
 
 def make_dicom_thumbnail(data: bytes, frame: int, window: tuple[float, float],
                          max_pixels: int, modality: Optional[str] = None,
-                         size: int = THUMBNAIL_SIZE) -> bytes:
+                         size: int = THUMBNAIL_SIZE,
+                         max_bytes: int = MAX_INFLATED_BYTES) -> bytes:
     """A JPEG of one frame of a DICOM slice as the model sees it: in ``window`` (width,
     level in Hounsfield units), no larger than ``size`` pixels on either side.
 
     Raises:
-        ThumbnailError: the header cannot be read or declares more than ``max_pixels``, or
-            the frame cannot be decoded here (the reason is pydicom's).
+        ThumbnailError: the header cannot be read or declares more than ``max_pixels``, a
+            Deflated file inflates past ``max_bytes``, or the frame cannot be decoded or
+            windowed (a malformed rescale slope, padding value…): the reason, as the
+            worker gives it, whatever the error.
     """
     from core.intake.dicom_header import NotAnImage, read_dicom_header
-    from covidscan.dicom_pixels import grey_slice
+    from covidscan.dicom_pixels import grey_slice, inflate
     from covidscan.image_errors import ImageDecodeError
 
-    try:  # the modality the upload accepted it as (the job's allow_modality)
+    try:  # inflated here first, within the limit: the header reader would inflate it all
+        data = inflate(data, max_bytes)
+        # the modality the upload accepted it as (the job's allow_modality)
         header = read_dicom_header(data, "the scan", modalities=(modality or "CT",))
+        if header.pixels > max_pixels:
+            raise ThumbnailError(f"{header.width}×{header.height} pixels is above the limit "
+                                 f"of {max_pixels} (MAX_SCAN_PIXELS)")
+        grey = grey_slice(data, frame, window, max_bytes)
     except NotAnImage as exc:
         raise ThumbnailError(str(exc)) from None
     except IntakeError as exc:
         raise ThumbnailError(exc.detail) from None
-    if header.pixels > max_pixels:
-        raise ThumbnailError(f"{header.width}×{header.height} pixels is above the limit of "
-                             f"{max_pixels} (MAX_SCAN_PIXELS)")
-    try:
-        grey = grey_slice(data, frame, window)
-    except ImageDecodeError as exc:
+    except (ThumbnailError, ImageDecodeError) as exc:
         raise ThumbnailError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - one bad slice gets the placeholder, never a 500
+        # Named by its type only: a decoder's message may quote the file's values.
+        log.warning("a DICOM thumbnail failed (%s)", type(exc).__name__)
+        raise ThumbnailError(f"could not decode the scan ({type(exc).__name__})") from None
     image = Image.fromarray(grey)
     image.thumbnail((size, size))
     return _jpeg(image)
@@ -170,7 +179,8 @@ def get_thumbnail(scan_id: str) -> Response:
         data = blobs.get(scan.blob_key)
         if is_dicom(data):
             thumbnail = make_dicom_thumbnail(data, scan.frame or 0, _window_of(scan),
-                                             svc.settings.max_scan_pixels, scan.modality)
+                                             svc.settings.max_scan_pixels, scan.modality,
+                                             max_bytes=svc.settings.max_scan_bytes)
         else:
             thumbnail = make_thumbnail(data, svc.settings.max_scan_pixels)
     except BlobNotFound as exc:

@@ -10,8 +10,10 @@ every state-changing request.
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, redirect, render_template, request
 
@@ -30,6 +32,7 @@ bp = Blueprint("web", __name__)
 
 RECENT_JOBS = 50
 LOGIN_CSRF_COOKIE = "covidscan_login"
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def page_contract() -> dict[str, Any]:
@@ -71,10 +74,24 @@ def job_page(job_id: str) -> tuple[str, int]:
     return render_template("job.html", job=job_json(summarise_jobs(db_session(), [job])[0])), 200
 
 
+def safe_next(raw: str) -> str:
+    """``raw`` as a path on this site, else ``/``.
+
+    Checked after the normalisation a browser (and Werkzeug) applies, so what is checked is
+    what is followed: control characters (tab, CR, LF…) are dropped, spaces around it too,
+    and a backslash is a slash. ``/%09/evil.example/`` (a tab) is then ``//evil.example/``,
+    another site, and refused.
+    """
+    target = CONTROL_CHARACTERS.sub("", raw).strip(" ").replace("\\", "/")
+    parts = urlsplit(target)
+    if not target.startswith("/") or target.startswith("//") or parts.scheme or parts.netloc:
+        return "/"
+    return target
+
+
 def _next_path() -> str:
     """Where to go after signing in: a path on this site, never another site."""
-    target = request.values.get("next") or "/"
-    return target if target.startswith("/") and not target.startswith(("//", "/\\")) else "/"
+    return safe_next(request.values.get("next") or "/")
 
 
 def _login_form(error: str | None = None, status: int = 200) -> Response:

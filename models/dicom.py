@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from covidscan.dicom_pixels import grey_slice
+from covidscan.dicom_pixels import MAX_INFLATED_BYTES, grey_slice
 from models.preprocess import SEED_V1, preprocess_seed_v1
 
 
@@ -30,13 +30,14 @@ def parse_window(text: str) -> tuple[float, float]:
     return width, level
 
 
-def load_dicom_seed_v1(
-    data: bytes, frame: int, window: tuple[float, float], size: tuple[int, int] = (224, 224)
-) -> np.ndarray:
-    """The tensor the model gets for one DICOM frame (``seed-v1`` on the windowed slice).
+def load_dicom_seed_v1(data: bytes, frame: int, window: tuple[float, float],
+                       size: tuple[int, int] = (224, 224),
+                       max_bytes: int = MAX_INFLATED_BYTES) -> np.ndarray:
+    """The tensor the model gets for one DICOM frame (``seed-v1`` on the windowed slice);
+    a Deflated file inflates to at most ``max_bytes``.
 
     Raises:
-        ImageDecodeError: see :func:`read_frame`.
+        ImageDecodeError: see :func:`covidscan.dicom_pixels.grey_slice`.
     """
-    grey = grey_slice(data, frame, window)
+    grey = grey_slice(data, frame, window, max_bytes)
     return preprocess_seed_v1(grey, size)

@@ -120,7 +120,7 @@ def _classify_group(runtime: "WorkerRuntime", group: Sequence[Lease], model_id: 
     try:
         engine = runtime.models.engines_for(model_id).get(precision)
         outcomes = classify_batch(group, runtime.blobs, engine, runtime.decode_pool,
-                                  runtime.batcher)
+                                  runtime.batcher, runtime.settings.max_scan_bytes)
         return outcomes, ModelIdentity.of_engine(engine)
     except ModelUnavailable as exc:
         return [ScanOutcome(lease.scan_id, error=str(exc)) for lease in group], exc.identity
