@@ -43,12 +43,13 @@ def probe(row: Destination, credentials: Optional[Credentials] = None,
     return qido(str(row.url), credentials, timeout=timeout)
 
 
-def _connect_failure(host: str, port: int, timeout: float) -> Optional[str]:
-    """Why a TCP connection to ``host:port`` cannot be made, or None when it can."""
+def _connect_failure(host: str, port: int, timeout: float,
+                     tls: Optional[ssl.SSLContext] = None) -> Optional[str]:
+    """Why a TCP connection (and with ``tls``, a TLS handshake) to ``host:port`` cannot be
+    made, or None when it can."""
     where = f"{host}:{port}"
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
+        sock = socket.create_connection((host, port), timeout=timeout)
     except socket.gaierror:
         return f"host {host!r} not found"
     except ConnectionRefusedError:
@@ -57,6 +58,21 @@ def _connect_failure(host: str, port: int, timeout: float) -> Optional[str]:
         return f"connection to {where} timed out after {timeout:g} s"
     except OSError as exc:
         return f"cannot connect to {where}: {exc.strerror or exc}"
+    with sock:
+        if tls is None:
+            return None
+        try:
+            with tls.wrap_socket(sock, server_hostname=host):
+                return None
+        except ssl.SSLCertVerificationError as exc:
+            return f"TLS with {where} failed: its certificate is not trusted " \
+                   f"({exc.verify_message})"
+        except ssl.SSLError as exc:
+            return f"TLS with {where} failed: {exc.reason or exc}"
+        except TimeoutError:
+            return f"TLS handshake with {where} timed out after {timeout:g} s"
+        except OSError as exc:
+            return f"TLS with {where} failed: {exc.strerror or exc} (does it speak TLS?)"
 
 
 def echo(host: str, port: int, ae_title: str, *, tls: bool = False,
@@ -67,7 +83,8 @@ def echo(host: str, port: int, ae_title: str, *, tls: bool = False,
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-    failure = _connect_failure(host, port, timeout)
+    context = ssl.create_default_context() if tls else None
+    failure = _connect_failure(host, port, timeout, context)
     if failure:
         return ProbeResult(False, failure)
     ae = AE(ae_title=calling_ae_title)
@@ -75,7 +92,7 @@ def echo(host: str, port: int, ae_title: str, *, tls: bool = False,
     ae.add_requested_context(STORAGE_COMMITMENT_PUSH)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = timeout
-    tls_args = (ssl.create_default_context(), host) if tls else None
+    tls_args = (context, host) if context is not None else None
     called = f"{ae_title}@{host}:{port}"
     try:
         assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
@@ -88,9 +105,8 @@ def echo(host: str, port: int, ae_title: str, *, tls: bool = False,
                       f"{answer.source_str})") if answer is not None else "no reason given"
             return ProbeResult(False, f"association rejected by {called}: {reason}")
         if not assoc.is_established:
-            return ProbeResult(False, f"association with {called} aborted"
-                                      f"{' (TLS handshake failed?)' if tls else ''}: the PACS "
-                                      "gave no acceptable answer to the association request")
+            return ProbeResult(False, f"association with {called} aborted: the PACS gave no "
+                                      "acceptable answer to the association request")
         if not any(cx.abstract_syntax == Verification for cx in assoc.accepted_contexts):
             return ProbeResult(False, f"{called} does not accept Verification (C-ECHO)")
         status = assoc.send_c_echo()

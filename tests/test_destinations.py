@@ -304,3 +304,109 @@ def test_the_destinations_table_comes_and_goes_with_its_revision(database_url):
     assert "destinations" not in tables()
     migrate.upgrade(database_url)
     assert "destinations" in tables()
+
+
+# TLS, against a pynetdicom SCP with a certificate of the test's own
+
+
+def self_signed(folder):
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test pacs")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "pacs.pem", folder / "pacs.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.fixture
+def tls_scp(tmp_path):
+    import ssl
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    cert, key = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    ae = AE(ae_title="TLSPACS")
+    ae.add_supported_context(Verification)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, ssl_context=context)
+    try:
+        yield port, cert
+    finally:
+        server.shutdown()
+
+
+def test_c_echo_over_tls_trusts_only_known_certificates(tls_scp, monkeypatch):
+    from dicomnet.probe import echo
+
+    port, cert = tls_scp
+    untrusted = echo("127.0.0.1", port, "TLSPACS", tls=True, timeout=5)
+    assert not untrusted.ok and "certificate is not trusted" in untrusted.message
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # as the system's trust store would
+    trusted = echo("127.0.0.1", port, "TLSPACS", tls=True, timeout=5)
+    assert trusted.ok and "over TLS" in trusted.message, trusted.message
+    assert "Storage Commitment not offered" in trusted.message
+
+
+@pytest.fixture
+def token_service():
+    """A DICOMweb service stand-in that answers QIDO-RS only to ``Bearer TOKEN``."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization")))
+            ok = self.headers.get("Authorization") == f"Bearer {TOKEN}"
+            self.send_response(200 if ok else 401)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.end_headers()
+            self.wfile.write(b"[]" if ok else b"")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/dicom-web", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_qido_probe_sends_the_bearer_token(token_service, cli_env):
+    url, seen = token_service
+    assert run(cli_env, "add", "web", "--dicomweb", url, "--token", TOKEN).exit_code == 0
+    assert run(cli_env, "add", "anonymous", "--dicomweb", url).exit_code == 0
+    tested = run(cli_env, "test", "web")
+    assert tested.exit_code == 0, tested.output
+    assert seen[-1] == ("/dicom-web/studies?limit=1", f"Bearer {TOKEN}")
+    refused = run(cli_env, "test", "anonymous")
+    assert refused.exit_code == 1 and "HTTP 401" in refused.output
+    assert TOKEN not in tested.output + run(cli_env, "list", "--json").output
