@@ -30,9 +30,11 @@ def destinations() -> None:
 @click.option("--commitment/--no-commitment", default=True, show_default=True,
               help="DICOM: ask for Storage Commitment when the PACS offers it.")
 @click.option("--tls", is_flag=True, help="DICOM: associate over TLS.")
-@click.option("--token", metavar="T", help="DICOMweb: a bearer token (sealed with PHI_KEY).")
+@click.option("--token", metavar="T", help="DICOMweb: a bearer token (sealed with PHI_KEY); "
+                                           "`-` reads it from standard input.")
 @click.option("--basic", metavar="USER:PASSWORD",
-              help="DICOMweb: basic auth (sealed with PHI_KEY).")
+              help="DICOMweb: basic auth (sealed with PHI_KEY); `-` reads it from standard "
+                   "input.")
 def add(name: str, address: Optional[str], url: Optional[str], commitment: bool, tls: bool,
         token: Optional[str], basic: Optional[str]) -> None:
     """Register NAME, reached by DICOM (--dicom) or DICOMweb (--dicomweb)."""
@@ -48,6 +50,12 @@ def add(name: str, address: Optional[str], url: Optional[str], commitment: bool,
 
     if bool(address) == bool(url):
         raise click.UsageError("give one of --dicom AET@HOST:PORT or --dicomweb URL")
+    if token == "-" and basic == "-":
+        raise click.UsageError("only one of --token and --basic can be read from standard input")
+    # "-": read from standard input, so that the secret stays out of the shell's history and
+    # of the process list.
+    token = _stdin_line() if token == "-" else token
+    basic = _stdin_line() if basic == "-" else basic
     try:
         if address:
             if token or basic:
@@ -137,6 +145,10 @@ def test(name: str, timeout: float, calling_ae_title: str) -> None:
     if not result.ok:
         raise click.ClickException(f"{name}: {result.message}")
     click.echo(f"{name}: {result.message}")
+
+
+def _stdin_line() -> str:
+    return click.get_text_stream("stdin").readline().strip()
 
 
 def _line(row) -> str:

@@ -129,6 +129,16 @@ def raw_credentials(database_url: str) -> list[bytes]:
 
 
 @pytest.fixture
+def closed_port():
+    """A port bound by nothing that listens, and held so that nothing else takes it."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield holder.getsockname()[1]
+
+
+@pytest.fixture
 def orthanc(tmp_path):
     require_orthanc()
     with Orthanc(tmp_path / "orthanc", free_port(), free_port(), check_called_aet=True,
@@ -167,8 +177,8 @@ def test_cli_adds_tests_lists_and_removes_orthanc_by_dicom_and_dicomweb(orthanc,
 
 
 @pytest.mark.integration
-def test_cli_test_says_what_failed(orthanc, cli_env):
-    closed = free_port()
+def test_cli_test_says_what_failed(orthanc, cli_env, closed_port):
+    closed = closed_port
     run(cli_env, "add", "closed", "--dicom", f"PACS@127.0.0.1:{closed}")
     run(cli_env, "add", "wrong-aet", "--dicom", f"NOT_ORTHANC@127.0.0.1:{orthanc.dicom_port}")
     run(cli_env, "add", "wrong-password", "--dicomweb", f"{orthanc.url}/dicom-web",
@@ -181,7 +191,7 @@ def test_cli_test_says_what_failed(orthanc, cli_env):
                 "wrong-password": "HTTP 401: the credentials were refused",
                 "no-service": "HTTP 404"}
     for name, reason in expected.items():
-        result = run(cli_env, "test", name, "--timeout", "5")
+        result = run(cli_env, "test", name, "--timeout", "30")  # a refusal comes at once
         assert result.exit_code == 1, (name, result.output)
         assert reason in result.output, (name, result.output)
     rejected = run(cli_env, "test", "wrong-aet").output
@@ -402,7 +412,9 @@ def token_service():
 
 def test_qido_probe_sends_the_bearer_token(token_service, cli_env):
     url, seen = token_service
-    assert run(cli_env, "add", "web", "--dicomweb", url, "--token", TOKEN).exit_code == 0
+    added = CliRunner().invoke(main, ["destinations", "add", "web", "--dicomweb", url,
+                                      "--token", "-"], env=cli_env, input=f"{TOKEN}\n")
+    assert added.exit_code == 0, added.output
     assert run(cli_env, "add", "anonymous", "--dicomweb", url).exit_code == 0
     tested = run(cli_env, "test", "web")
     assert tested.exit_code == 0, tested.output
