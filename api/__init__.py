@@ -24,7 +24,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     from api import (audit, auth, dicomweb, direct_uploads, explanations, extensions, health, jobs,
                      limits, metrics, models, problems, security, series, thumbnails, web,
                      webhooks, workers)
-    from api import docs
+    from api import destinations, docs
 
     if isinstance(config, Settings):
         settings = config
@@ -50,6 +50,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     auth.init_app(app)  # before the rate limiter, which counts per owner
     limits.init_app(app)
     app.register_blueprint(audit.bp)
+    app.register_blueprint(destinations.bp)
     app.register_blueprint(explanations.bp)
     app.register_blueprint(dicomweb.bp)
     app.register_blueprint(docs.bp)

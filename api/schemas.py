@@ -505,3 +505,56 @@ class AuditQuery(Fields):
 class ModelRefPath(BaseModel):
     ref: str = Field(pattern=MODEL_REF, description="`name` or `name:version` of a registered "
                                                     "model")
+
+
+# PACS destinations (administrators)
+
+
+class DestinationInfo(Strict):
+    """A registered PACS destination; its credentials are never shown, only whether it has
+    some. DICOM destinations carry the DICOM fields (``url`` null), DICOMweb ones the URL
+    (the DICOM fields null)."""
+
+    name: str
+    kind: Literal["dicom", "dicomweb"]
+    ae_title: Optional[str]
+    host: Optional[str]
+    port: Optional[int]
+    tls: Optional[bool]
+    commitment: Optional[bool]
+    url: Optional[str]
+    has_credentials: bool
+    created_at: Timestamp
+
+
+class DestinationList(Strict):
+    """Every registered destination, by name."""
+
+    destinations: list[DestinationInfo]
+
+
+class DestinationRequest(BaseModel):
+    """A destination to register: ``kind`` `dicom` with `ae_title`, `host`, `port` (and
+    optionally `tls`, `commitment`), or `dicomweb` with `url` (and optionally `token` or
+    `basic`, sealed with PHI_KEY and never returned)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    kind: Literal["dicom", "dicomweb"]
+    ae_title: Optional[str] = Field(None, max_length=16, pattern=NO_NUL,
+                                    description="dicom: the PACS's AE title")
+    host: Optional[str] = Field(None, max_length=255, pattern=NO_NUL, description="dicom")
+    port: Optional[int] = Field(None, ge=1, le=65535, description="dicom")
+    tls: bool = Field(False, description="dicom: associate over TLS")
+    commitment: bool = Field(True, description="dicom: ask for Storage Commitment when offered")
+    url: Optional[str] = Field(None, max_length=2000, pattern=NO_NUL,
+                               description="dicomweb: the service's base URL")
+    token: Optional[str] = Field(None, pattern=NO_NUL, description="dicomweb: a bearer token")
+    basic: Optional[str] = Field(None, pattern=NO_NUL,
+                                 description="dicomweb: basic auth, `USER:PASSWORD`")
+
+
+class DestinationNamePath(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                      description="a registered destination's name")

@@ -11,6 +11,7 @@ from typing import Any, NoReturn, Optional
 
 import click
 
+from cli.destinations import destinations
 from cli.keys import keys
 from cli.models import models
 from covidscan.contract import JobStatus, ScanStatus
@@ -406,6 +407,7 @@ def run() -> None:
 
 
 main.add_command(keys)
+main.add_command(destinations)
 main.add_command(dicom_listen)
 main.add_command(models)
 main.add_command(train)

@@ -200,6 +200,21 @@ def webhook_secret(raw: str) -> str:
     return raw
 
 
+PHI_KEY_BYTES = 32
+
+
+def phi_key(raw: str) -> str:
+    """The base64 of exactly 32 random bytes (an AES-256 key); returned as given."""
+    try:
+        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be the base64 of 32 random bytes, e.g. the output of "
+                         "`openssl rand -base64 32`") from None
+    if len(key) != PHI_KEY_BYTES:
+        raise ValueError(f"must be the base64 of exactly {PHI_KEY_BYTES} bytes, got {len(key)}")
+    return raw
+
+
 ENGINES = ("auto", "tensorflow", "openvino")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "auto")
 """What INFERENCE_PRECISION and a job's ``precision`` may ask for; ``auto`` is the fastest
@@ -239,6 +254,7 @@ ExistingPath = Annotated[Optional[Path], parsed(existing_path)]
 Folder = Annotated[Path, parsed(folder)]
 ExistingFolder = Annotated[Optional[Path], parsed(existing_folder)]
 WebhookSecret = Annotated[Optional[str], parsed(webhook_secret)]
+PhiKey = Annotated[Optional[str], parsed(phi_key)]
 SeriesRule = Annotated[str, parsed(parse_series_rule)]
 Text = Annotated[str, parsed(lambda raw: raw)]
 OptionalText = Annotated[Optional[str], parsed(lambda raw: raw)]

@@ -22,6 +22,7 @@ from covidscan.config_types import (
     MetricsAccess, NamedHosts, OptionalText, Pixels, Port, PortOrOff, PositiveSeconds,
     Precision, RateLimit, RedisUrl, Seconds, SeriesRule, Text, Timeout, WebhookSecret,
     webhook_secret as _webhook_secret)
+from covidscan.config_types import PhiKey
 from covidscan.s3_location import S3Location
 from covidscan.series_rule import DEFAULT_RULE
 
@@ -220,6 +221,12 @@ class Settings(_Base):
         "job's `callback_url` and to endpoints registered without a secret of their own (see "
         "*Webhooks*). Without it, only endpoints with their own secret can be used; `make run` "
         "makes one in `<COVIDSCAN_VAR_DIR>/webhook-secret` (mode 0600).", secret=True)
+    phi_key: PhiKey = setting(
+        None, "the base64 of 32 random bytes (`openssl rand -base64 32`): the key that seals "
+        "what is kept out of SQL in plain text, such as PACS destinations' credentials. "
+        "Without it, destinations can only be registered without credentials; `make run` makes "
+        "one in `<COVIDSCAN_VAR_DIR>/phi-key` (mode 0600). Keep it: what it sealed cannot be "
+        "opened with another.", secret=True)
     webhook_allowed_hosts: NamedHosts = setting(
         (), "host names or addresses (comma-separated, no wildcards) webhooks may reach even "
         "though they resolve to loopback, private or link-local addresses.")

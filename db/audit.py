@@ -16,7 +16,8 @@ ACTIONS = ("job.submit", "job.add_scans", "job.seal", "job.upload_urls", "result
            "results.csv", "thumbnail.view",
            "job.cancel", "job.delete", "model.add", "model.set_default", "model.remove",
            "key.create", "key.revoke", "session.open", "webhook.create", "webhook.delete",
-           "explanation.request", "heatmap.view", "series.read", "series.sr")
+           "explanation.request", "heatmap.view", "series.read", "series.sr",
+           "destination.add", "destination.remove")
 
 
 def record(session: Session, action: str, *, key_id: Optional[str], owner: Optional[str],

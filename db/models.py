@@ -486,3 +486,38 @@ class WebhookDelivery(Base):
     def __repr__(self) -> str:
         return f"WebhookDelivery(event_id={self.event_id!r}, attempt={self.attempt}, " \
                f"outcome={self.outcome!r})"
+
+
+class DestinationKind(enum.StrEnum):
+    """How results reach a PACS: DICOM C-STORE, or DICOMweb STOW-RS."""
+
+    DICOM = "dicom"
+    DICOMWEB = "dicomweb"
+
+
+class Destination(Base):
+    """A PACS an administrator registered to receive results.
+
+    A ``dicom`` destination is ``ae_title@host:port`` (``tls``, ``commitment``: asks for
+    Storage Commitment); a ``dicomweb`` one is a base ``url``. ``credentials`` (a bearer
+    token or basic auth) are sealed with PHI_KEY (:mod:`core.sealing`), never stored plain.
+    """
+
+    __tablename__ = "destinations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[DestinationKind] = mapped_column(
+        SqlEnum(DestinationKind, name="destination_kind", native_enum=False, length=16,
+                values_callable=lambda e: [m.value for m in e]))
+    ae_title: Mapped[Optional[str]] = mapped_column(String(16))
+    host: Mapped[Optional[str]] = mapped_column(String(255))
+    port: Mapped[Optional[int]] = mapped_column(Integer)
+    tls: Mapped[bool] = mapped_column(Boolean, default=False)
+    commitment: Mapped[bool] = mapped_column(Boolean, default=False)
+    url: Mapped[Optional[str]] = mapped_column(String(2000))
+    credentials: Mapped[Optional[bytes]] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"Destination(name={self.name!r}, kind={self.kind.value!r})"

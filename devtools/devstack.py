@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, Callable, Optional
 
 import requests
 
@@ -70,17 +70,29 @@ def ensure_admin_key(settings: Settings) -> Optional[str]:
     return new.token
 
 
-def stored_webhook_secret(path: Path) -> str:
-    """The ``whsec_`` secret kept in ``path`` (mode 0600), made on first use."""
+def _stored_secret(path: Path, make: Callable[[], str]) -> str:
+    """The secret kept in ``path``; on first use ``make()``, saved with mode 0600."""
     path = Path(path)
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
-    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    secret = make()
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(secret + "\n")
     return secret
+
+
+def stored_webhook_secret(path: Path) -> str:
+    """The ``whsec_`` secret kept in ``path`` (mode 0600), made on first use."""
+    return _stored_secret(
+        path, lambda: "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
+
+
+def stored_phi_key(path: Path) -> str:
+    """The PHI_KEY kept in ``path`` (mode 0600): the base64 of 32 random bytes, made on first
+    use. Losing it loses what it sealed (destinations' credentials)."""
+    return _stored_secret(path, lambda: base64.b64encode(secrets.token_bytes(32)).decode())
 
 
 def worker_command(loglevel: str = "INFO", name: str = "worker1@%h") -> list[str]:
@@ -214,6 +226,10 @@ class Stack:
                 f"covidscan: webhooks are signed with the secret in "
                 f"{self.var_dir / 'webhook-secret'}"
             )
+        if self.settings.phi_key is None:
+            # Made on first start, kept in var/ (mode 0600): seals destinations' credentials.
+            env["PHI_KEY"] = stored_phi_key(self.var_dir / "phi-key")
+            print(f"covidscan: PHI_KEY is kept in {self.var_dir / 'phi-key'}")
         self._spawn(
             "worker",
             worker_command(self.settings.log_level),

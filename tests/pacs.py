@@ -25,13 +25,22 @@ def orthanc_available() -> bool:
 
 
 class Orthanc:
-    """One Orthanc process; ``modalities`` maps a name to ``(ae_title, port)`` on 127.0.0.1."""
+    """One Orthanc process; ``modalities`` maps a name to ``(ae_title, port)`` on 127.0.0.1.
+
+    ``check_called_aet``: refuse associations addressed to another AE title than its own.
+    ``users``: user -> password; HTTP (REST and DICOMweb) then needs basic auth, and the
+    helpers below send the first user's.
+    """
 
     def __init__(self, folder: Path, http_port: int, dicom_port: int,
                  modalities: Optional[dict[str, tuple[str, int]]] = None,
-                 ae_title: str = "ORTHANC") -> None:
+                 ae_title: str = "ORTHANC", check_called_aet: bool = False,
+                 users: Optional[dict[str, str]] = None) -> None:
         self.folder, self.http_port, self.dicom_port = folder, http_port, dicom_port
         self.ae_title = ae_title
+        self.check_called_aet = check_called_aet
+        self.users = users or {}
+        self.auth = next(iter(self.users.items())) if self.users else None
         self.url = f"http://127.0.0.1:{http_port}"
         self.log_path = folder / "orthanc.log"
         self._modalities = modalities or {}
@@ -44,7 +53,8 @@ class Orthanc:
             "IndexDirectory": str(self.folder / "index"),
             "HttpPort": self.http_port, "DicomPort": self.dicom_port,
             "DicomAet": self.ae_title, "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
+            "AuthenticationEnabled": bool(self.users), "RegisteredUsers": self.users,
+            "DicomCheckCalledAet": self.check_called_aet,
             "DicomAlwaysAllowEcho": True, "DicomAlwaysAllowStore": True,
             "DicomModalities": {name: [aet, "127.0.0.1", port]
                                 for name, (aet, port) in self._modalities.items()},
@@ -65,7 +75,7 @@ class Orthanc:
             if self._process.poll() is not None:
                 raise RuntimeError(f"Orthanc exited: {self.log_path.read_text()[-2000:]}")
             try:
-                if requests.get(f"{self.url}/system", timeout=2).ok:
+                if requests.get(f"{self.url}/system", timeout=2, auth=self.auth).ok:
                     return self
             except requests.ConnectionError:
                 pass
@@ -92,12 +102,14 @@ class Orthanc:
 
     # REST helpers
     def get(self, path: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("auth", self.auth)
         response = requests.get(f"{self.url}{path}", timeout=30, **kwargs)
         response.raise_for_status()
         return response.json()
 
     def post(self, path: str, body: Any = None, **kwargs: Any) -> requests.Response:
         data = body if isinstance(body, bytes) else json.dumps(body) if body is not None else b""
+        kwargs.setdefault("auth", self.auth)
         return requests.post(f"{self.url}{path}", data=data, timeout=120, **kwargs)
 
     def upload(self, instance: bytes) -> dict[str, Any]:
