@@ -104,3 +104,10 @@ def parse_flag(raw: str) -> bool:
         return False
     raise ValueError(f"must be true or false ({'/'.join(TRUE_WORDS)} or "
                      f"{'/'.join(FALSE_WORDS)}), got {raw!r}")
+
+
+class DestinationKind(StrEnum):
+    """How results reach a PACS: DICOM C-STORE, or DICOMweb STOW-RS."""
+
+    DICOM = "dicom"
+    DICOMWEB = "dicomweb"

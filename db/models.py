@@ -32,7 +32,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from covidscan.contract import ScanStatus
+from covidscan.contract import DestinationKind, ScanStatus
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -486,13 +486,6 @@ class WebhookDelivery(Base):
     def __repr__(self) -> str:
         return f"WebhookDelivery(event_id={self.event_id!r}, attempt={self.attempt}, " \
                f"outcome={self.outcome!r})"
-
-
-class DestinationKind(enum.StrEnum):
-    """How results reach a PACS: DICOM C-STORE, or DICOMweb STOW-RS."""
-
-    DICOM = "dicom"
-    DICOMWEB = "dicomweb"
 
 
 class Destination(Base):
