@@ -2,10 +2,12 @@
 
 Never imports the worker or TensorFlow; it enqueues by task name.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Optional
+from collections.abc import Mapping
+from typing import Optional
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -21,21 +23,39 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
             (``{"DATABASE_URL": ...}``) read instead of ``os.environ``; None reads the
             environment.
     """
-    from api import (audit, auth, dicomweb, direct_uploads, explanations, extensions, health, jobs,
-                     limits, metrics, models, problems, security, series, thumbnails, web,
-                     webhooks, workers)
-    from api import destinations, docs
+    from api import (
+        audit,
+        auth,
+        destinations,
+        dicomweb,
+        direct_uploads,
+        docs,
+        explanations,
+        extensions,
+        health,
+        jobs,
+        limits,
+        metrics,
+        models,
+        problems,
+        security,
+        series,
+        thumbnails,
+        web,
+        webhooks,
+        workers,
+    )
 
-    if isinstance(config, Settings):
-        settings = config
-    else:
-        settings = load_settings(config)
+    settings = config if isinstance(config, Settings) else load_settings(config)
     app = Flask(__name__)
     if settings.proxy_hops:
         # Behind PROXY_HOPS trusted proxies (nginx in compose), the client's address and
         # scheme are what the nearest of them recorded, for per-address limits and cookies.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops,  # type: ignore
-                                x_proto=settings.proxy_hops)
+        app.wsgi_app = ProxyFix(
+            app.wsgi_app,
+            x_for=settings.proxy_hops,  # type: ignore
+            x_proto=settings.proxy_hops,
+        )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
     # A bulk upload sends one part per slice: allow as many as a job may hold (Werkzeug's

@@ -5,13 +5,15 @@ principal) or :func:`public`; a view that declares nothing is for administrators
 Jobs are looked up for the current principal by :func:`owned_job` (and scans by
 :func:`owned_scan`): another owner's job answers 404 exactly as a missing one does.
 """
+
 from __future__ import annotations
 
 import hmac
 import ipaddress
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Optional, TypeVar
 from urllib.parse import quote
 
 from flask import Flask, current_app, g, redirect, request
@@ -34,8 +36,10 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ANY = "any"
 PUBLIC = "public"
 PUBLIC_ENDPOINTS = frozenset({"static"})  # the pages' CSS and scripts
-UNAUTHENTICATED = "a valid API key is required: send 'Authorization: Bearer csk_…' " \
-                  "(an unknown, revoked or expired key is refused alike)"
+UNAUTHENTICATED = (
+    "a valid API key is required: send 'Authorization: Bearer csk_…' "
+    "(an unknown, revoked or expired key is refused alike)"
+)
 LOCAL_OWNER = "local"
 
 
@@ -50,7 +54,7 @@ class Principal:
     csrf_token: Optional[str] = None
 
     @classmethod
-    def of_key(cls, key: ApiKey, via: str, csrf_token: Optional[str] = None) -> "Principal":
+    def of_key(cls, key: ApiKey, via: str, csrf_token: Optional[str] = None) -> Principal:
         return cls(key.id, key.owner, key.scope_set, via, csrf_token)
 
     @property
@@ -68,9 +72,11 @@ class Principal:
 
 def requires(scope: str) -> Callable[[F], F]:
     """Declare the scope a view needs (``"submit"``, ``"read"``, ``"admin"``) or ``ANY``."""
+
     def mark(view: F) -> F:
         view.required_scope = scope  # type: ignore[attr-defined]
         return view
+
     return mark
 
 
@@ -151,8 +157,11 @@ def _identify() -> Optional[Principal]:
     if request.method not in SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FIELD) or ""
         if not hmac.compare_digest(sent.encode(), web_session.csrf_token.encode()):
-            raise Problem(403, f"this request needs the page's CSRF token in the {CSRF_HEADER} "
-                               "header; reload the page and try again")
+            raise Problem(
+                403,
+                f"this request needs the page's CSRF token in the {CSRF_HEADER} "
+                "header; reload the page and try again",
+            )
     return Principal.of_key(web_session.key, "session", web_session.csrf_token)
 
 
@@ -182,8 +191,10 @@ def _authorise() -> Optional[ResponseReturnValue]:
         return _unauthenticated(for_page=(request.endpoint or "").startswith("web."))
     g.principal = principal
     if not principal.allows(scope):
-        raise Problem(403, f"this key lacks the {scope!r} scope "
-                           f"(it has {', '.join(sorted(principal.scopes))})")
+        raise Problem(
+            403,
+            f"this key lacks the {scope!r} scope (it has {', '.join(sorted(principal.scopes))})",
+        )
     return None
 
 
@@ -198,6 +209,8 @@ def init_app(app: Flask) -> None:
     app.before_request(_authorise)
     settings = app.extensions["covidscan"].settings
     if not settings.auth_enabled:
-        log.warning("AUTH=off: NO AUTHENTICATION. Every loopback client is an administrator "
-                    "and sees every job. Never use this beyond one machine (API_HOST=%s).",
-                    settings.api_host)
+        log.warning(
+            "AUTH=off: NO AUTHENTICATION. Every loopback client is an administrator "
+            "and sees every job. Never use this beyond one machine (API_HOST=%s).",
+            settings.api_host,
+        )

@@ -4,6 +4,7 @@ Credentials sent here are sealed with PHI_KEY before they are stored and never r
 answers say only ``has_credentials``. Probing a destination (C-ECHO, QIDO-RS) is the
 DICOM network adapter's: ``covidscan destinations test NAME``.
 """
+
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
@@ -37,8 +38,14 @@ def _spec(body: DestinationRequest) -> DestinationSpec:
             missing = [f for f in ("ae_title", "host", "port") if getattr(body, f) is None]
             if missing:
                 raise DestinationError(f"a dicom destination needs {', '.join(missing)}")
-            return dicom_spec(body.name, str(body.ae_title), str(body.host), body.port,
-                              tls=body.tls, commitment=body.commitment)
+            return dicom_spec(
+                body.name,
+                str(body.ae_title),
+                str(body.host),
+                body.port,
+                tls=body.tls,
+                commitment=body.commitment,
+            )
         if body.ae_title or body.host or body.port:
             raise DestinationError("ae_title, host and port are for dicom destinations")
         if not body.url:
@@ -53,14 +60,17 @@ def _spec(body: DestinationRequest) -> DestinationSpec:
 @operation("The PACS destinations (administrators)", responses={200: DestinationList})
 def list_all() -> Response:
     """Every destination, by name; credentials never, only ``has_credentials``."""
-    return jsonify(destinations=[describe(row)
-                                 for row in list_destinations(db_session())])
+    return jsonify(destinations=[describe(row) for row in list_destinations(db_session())])
 
 
 @bp.post("")
 @requires("admin")
-@operation("Register a PACS destination (administrators)", body=DestinationRequest,
-           responses={201: Reply("Registered", DestinationInfo)}, errors=(409,))
+@operation(
+    "Register a PACS destination (administrators)",
+    body=DestinationRequest,
+    responses={201: Reply("Registered", DestinationInfo)},
+    errors=(409,),
+)
 def create() -> tuple[Response, int]:
     """A DICOM destination (AE title, host, port, optional TLS and Storage Commitment) or a
     DICOMweb one (base URL, optional bearer token or basic auth, sealed with PHI_KEY)."""
@@ -82,16 +92,24 @@ def create() -> tuple[Response, int]:
     except DestinationExists as exc:
         session.rollback()
         raise Problem(409, str(exc)) from None
-    audit("destination.add", None, {"name": row.name, "kind": row.kind.value,
-                                    "credentials": row.credentials is not None}, commit=False)
+    audit(
+        "destination.add",
+        None,
+        {"name": row.name, "kind": row.kind.value, "credentials": row.credentials is not None},
+        commit=False,
+    )
     session.commit()
     return jsonify(describe(row)), 201
 
 
 @bp.delete("/<name>")
 @requires("admin")
-@operation("Remove a PACS destination (administrators)", responses={204: Reply("Removed")},
-           path=DestinationNamePath, errors=(404,))
+@operation(
+    "Remove a PACS destination (administrators)",
+    responses={204: Reply("Removed")},
+    path=DestinationNamePath,
+    errors=(404,),
+)
 def delete(name: str) -> tuple[str, int]:
     session = db_session()
     row = remove_destination(session, name)

@@ -7,12 +7,13 @@ rule), and is marked research use only (Content Qualification ``RESEARCH``). It 
 study's UIDs, not the patient's identifiers: name, ID, birth date and accession number are
 left empty, as nothing of them is returned by this service.
 """
+
 from __future__ import annotations
 
 import io
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from pydicom.dataset import Dataset
 
@@ -23,8 +24,15 @@ RESEARCH_ONLY = "covidscan result, research use only, not for diagnosis"
 _LOCAL_SCHEME = "99COVIDSCAN"
 UID_PATTERN = re.compile(r"[0-9.]{1,64}")
 PATIENT_SEXES = ("M", "F", "O")
-_IDENTIFIERS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
-                "OtherPatientIDs", "OtherPatientIDsSequence", "IssuerOfPatientID")
+_IDENTIFIERS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "AccessionNumber",
+    "OtherPatientIDs",
+    "OtherPatientIDsSequence",
+    "IssuerOfPatientID",
+)
 
 
 @dataclass(frozen=True)
@@ -86,8 +94,10 @@ def evidence_header(data: bytes, max_bytes: int = MAX_INFLATED_BYTES) -> Dataset
     dataset.PatientBirthDate = ""
     dataset.AccessionNumber = ""
     meta = getattr(dataset, "file_meta", None) or Dataset()
-    for keyword, in_meta in (("SOPClassUID", "MediaStorageSOPClassUID"),
-                             ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+    for keyword, in_meta in (
+        ("SOPClassUID", "MediaStorageSOPClassUID"),
+        ("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
+    ):
         if not _text(dataset, keyword) and _text(meta, in_meta):
             setattr(dataset, keyword, _text(meta, in_meta))
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
@@ -104,47 +114,81 @@ def evidence_header(data: bytes, max_bytes: int = MAX_INFLATED_BYTES) -> Dataset
     return dataset
 
 
-def build_report(evidence: Sequence[Dataset], finding: SeriesFinding,
-                 frames: dict[str, list[int]]) -> bytes:
+def build_report(
+    evidence: Sequence[Dataset], finding: SeriesFinding, frames: dict[str, list[int]]
+) -> bytes:
     """A Comprehensive 3D SR document (Part 10 bytes) about the series of ``evidence``.
 
     ``frames``: for multi-frame instances, the (1-based) frames that were classified.
     """
     import highdicom as hd
-    from highdicom.sr import (AlgorithmIdentification, CodedConcept,
-                              MeasurementsAndQualitativeEvaluations, MeasurementReport,
-                              ObservationContext, QualitativeEvaluation,
-                              SourceImageForMeasurementGroup, TrackingIdentifier)
-    from highdicom.sr import Measurement
+    from highdicom.sr import (
+        AlgorithmIdentification,
+        CodedConcept,
+        Measurement,
+        MeasurementReport,
+        MeasurementsAndQualitativeEvaluations,
+        ObservationContext,
+        QualitativeEvaluation,
+        SourceImageForMeasurementGroup,
+        TrackingIdentifier,
+    )
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
 
     covid = CodedConcept("840539006", "SCT", "COVID-19")
-    answer = CodedConcept("373066001", "SCT", "Yes") if finding.positive \
+    answer = (
+        CodedConcept("373066001", "SCT", "Yes")
+        if finding.positive
         else CodedConcept("373067005", "SCT", "No")
+    )
     probability = Measurement(
         name=CodedConcept("PCOVID", _LOCAL_SCHEME, "Probability of COVID-19"),
-        value=round(finding.probability_covid, 6), unit=codes.UCUM.NoUnits)
+        value=round(finding.probability_covid, 6),
+        unit=codes.UCUM.NoUnits,
+    )
     algorithm = AlgorithmIdentification(
-        name=f"covidscan {finding.model_name}", version=finding.model_version,
-        parameters=[f"sha256={finding.model_sha256}", f"preprocessing={finding.preprocessing}",
-                    f"series rule={finding.rule}", "research use only"])
-    sources = [SourceImageForMeasurementGroup(
-        str(d.SOPClassUID), str(d.SOPInstanceUID), frames.get(str(d.SOPInstanceUID)) or None)
-        for d in evidence]
+        name=f"covidscan {finding.model_name}",
+        version=finding.model_version,
+        parameters=[
+            f"sha256={finding.model_sha256}",
+            f"preprocessing={finding.preprocessing}",
+            f"series rule={finding.rule}",
+            "research use only",
+        ],
+    )
+    sources = [
+        SourceImageForMeasurementGroup(
+            str(d.SOPClassUID), str(d.SOPInstanceUID), frames.get(str(d.SOPInstanceUID)) or None
+        )
+        for d in evidence
+    ]
     group = MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=generate_uid(),
-                                               identifier="covidscan series result"),
-        algorithm_id=algorithm, measurements=[probability],
-        qualitative_evaluations=[QualitativeEvaluation(covid, answer)], source_images=sources)
-    report = MeasurementReport(observation_context=ObservationContext(),
-                               procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
-                               imaging_measurements=[group])
+        tracking_identifier=TrackingIdentifier(
+            uid=generate_uid(), identifier="covidscan series result"
+        ),
+        algorithm_id=algorithm,
+        measurements=[probability],
+        qualitative_evaluations=[QualitativeEvaluation(covid, answer)],
+        source_images=sources,
+    )
+    report = MeasurementReport(
+        observation_context=ObservationContext(),
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
+        imaging_measurements=[group],
+    )
     document = hd.sr.Comprehensive3DSR(
-        evidence=list(evidence), content=report, series_instance_uid=generate_uid(),
-        series_number=9901, sop_instance_uid=generate_uid(), instance_number=1,
-        manufacturer="covidscan", is_complete=True, series_description=RESEARCH_ONLY,
-        content_qualification="RESEARCH")  # patient attributes come from the emptied evidence
+        evidence=list(evidence),
+        content=report,
+        series_instance_uid=generate_uid(),
+        series_number=9901,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="covidscan",
+        is_complete=True,
+        series_description=RESEARCH_ONLY,
+        content_qualification="RESEARCH",
+    )  # patient attributes come from the emptied evidence
     buffer = io.BytesIO()
     document.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

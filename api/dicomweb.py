@@ -11,12 +11,14 @@ modality) and the reason in words in ErrorComment (0000,0902); 200 when all were
 when some were, 409 when none was. ``Location`` names the job. A limit (bytes, frames, scans
 per job, quota) refuses the whole request, and nothing is stored.
 """
+
 from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from flask import Blueprint, Response, json, request, url_for
 
@@ -27,8 +29,18 @@ from api.openapi import Reply, operation
 from api.problems import Problem
 from api.schemas import StowQuery
 from core.errors import Malformed, Unsupported
-from core.intake import (DICOM_TYPE, IMAGE_TYPES, SNIFF_BYTES, ZIP_TYPE, ParsedUpload,
-                         ScanUpload, UploadLimits, iter_scans, scans_of, sniff)
+from core.intake import (
+    DICOM_TYPE,
+    IMAGE_TYPES,
+    SNIFF_BYTES,
+    ZIP_TYPE,
+    ParsedUpload,
+    ScanUpload,
+    UploadLimits,
+    iter_scans,
+    scans_of,
+    sniff,
+)
 from core.intake.dicom_budget import file_meta_uids
 from core.jobs.storing import store_uploads
 from db.jobs import job_scan_count
@@ -46,10 +58,16 @@ def _boundary() -> bytes:
     mimetype = request.mimetype
     options = request.mimetype_params
     kind = options.get("type", "").strip('"').lower()
-    if mimetype != "multipart/related" or kind != "application/dicom" \
-            or not options.get("boundary"):
-        raise Problem(415, 'STOW-RS takes multipart/related; type="application/dicom" with a '
-                           f"boundary, got {request.content_type!r}")
+    if (
+        mimetype != "multipart/related"
+        or kind != "application/dicom"
+        or not options.get("boundary")
+    ):
+        raise Problem(
+            415,
+            'STOW-RS takes multipart/related; type="application/dicom" with a '
+            f"boundary, got {request.content_type!r}",
+        )
     return options["boundary"].strip('"').encode("latin-1")
 
 
@@ -78,8 +96,14 @@ def split_typed_parts(body: bytes, boundary: bytes) -> list[Part]:
         headers, separator, content = piece.partition(b"\r\n\r\n")
         if not separator:
             raise Problem(400, "a multipart part has no header block")
-        kind = next((line.split(b":", 1)[1].strip().lower() for line in headers.split(b"\r\n")
-                     if line.lower().startswith(b"content-type:")), b"application/dicom")
+        kind = next(
+            (
+                line.split(b":", 1)[1].strip().lower()
+                for line in headers.split(b"\r\n")
+                if line.lower().startswith(b"content-type:")
+            ),
+            b"application/dicom",
+        )
         media_type = kind.split(b";", 1)[0].strip().decode("latin-1")
         parts.append(Part(media_type, content[:-2] if content.endswith(b"\r\n") else content))
     return parts
@@ -105,11 +129,16 @@ def not_an_instance(part: Part, name: str) -> Optional[str]:
     return None
 
 
-def _sop_item(sop_class: Optional[str], sop_instance: Optional[str],
-              reason: Optional[int] = None, comment: Optional[str] = None) -> dict[str, Any]:
+def _sop_item(
+    sop_class: Optional[str],
+    sop_instance: Optional[str],
+    reason: Optional[int] = None,
+    comment: Optional[str] = None,
+) -> dict[str, Any]:
     item: dict[str, Any] = {
         "00081150": {"vr": "UI", "Value": [str(sop_class)] if sop_class else []},
-        "00081155": {"vr": "UI", "Value": [str(sop_instance)] if sop_instance else []}}
+        "00081155": {"vr": "UI", "Value": [str(sop_instance)] if sop_instance else []},
+    }
     if reason is not None:
         item["00081197"] = {"vr": "US", "Value": [reason]}
     if comment:
@@ -122,9 +151,13 @@ def _failed(part: Part, reason: int, comment: str) -> dict[str, Any]:
     return _sop_item(*file_meta_uids(part.body), reason=reason, comment=comment)
 
 
-def instances(parts: list[Part], limits: UploadLimits, parsed: ParsedUpload,
-              stored: list[tuple[Optional[str], Optional[str]]],
-              failed: list[dict[str, Any]]) -> Iterator[ScanUpload]:
+def instances(
+    parts: list[Part],
+    limits: UploadLimits,
+    parsed: ParsedUpload,
+    stored: list[tuple[Optional[str], Optional[str]]],
+    failed: list[dict[str, Any]],
+) -> Iterator[ScanUpload]:
     """The instances to store, each part checked on its own; a part that is not one, or is
     unreadable, a non-image or another modality, goes to ``failed`` (a FailedSOPSequence
     item), the others to ``stored`` (their UIDs) as they are yielded.
@@ -143,44 +176,71 @@ def instances(parts: list[Part], limits: UploadLimits, parsed: ParsedUpload,
         try:
             uploads = list(iter_scans([(name, io.BytesIO(part.body))], limits, parsed))
         except (Malformed, Unsupported) as exc:
-            failed.append(_failed(part, SOP_CLASS_NOT_SUPPORTED
-                                  if isinstance(exc, Unsupported) else CANNOT_UNDERSTAND,
-                                  exc.detail))
+            failed.append(
+                _failed(
+                    part,
+                    SOP_CLASS_NOT_SUPPORTED if isinstance(exc, Unsupported) else CANNOT_UNDERSTAND,
+                    exc.detail,
+                )
+            )
             continue
         if len(parsed.skipped) > skipped:  # a report, another modality, ...
-            failed.append(_failed(part, SOP_CLASS_NOT_SUPPORTED,
-                                  f"{name}: {parsed.skipped[-1].reason}"))
+            failed.append(
+                _failed(part, SOP_CLASS_NOT_SUPPORTED, f"{name}: {parsed.skipped[-1].reason}")
+            )
         for upload in uploads:
             stored.append((upload.dicom[0].sop_class_uid, upload.dicom[0].sop_instance_uid))
             yield upload
 
 
 def _stow_reply(description: str) -> Reply:
-    return Reply(description, media={DICOM_JSON: {"schema": STOW_RESPONSE}},
-                 headers={"Location": "the job's URL (when an instance was stored)"})
+    return Reply(
+        description,
+        media={DICOM_JSON: {"schema": STOW_RESPONSE}},
+        headers={"Location": "the job's URL (when an instance was stored)"},
+    )
 
 
-_SEQUENCE = {"type": "object", "additionalProperties": False, "required": ["vr", "Value"],
-             "properties": {"vr": {"const": "SQ"}, "Value": {"type": "array", "items": {
-                 "type": "object", "additionalProperties": {"type": "object"}}}}}
-STOW_RESPONSE = {"type": "object", "additionalProperties": False,
-                 "required": ["00081199"],
-                 "description": "ReferencedSOPSequence (0008,1199): the stored instances; "
-                                "FailedSOPSequence (0008,1198): the others, each with its "
-                                "FailureReason (0008,1197)",
-                 "properties": {"00081199": _SEQUENCE, "00081198": _SEQUENCE}}
+_SEQUENCE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["vr", "Value"],
+    "properties": {
+        "vr": {"const": "SQ"},
+        "Value": {
+            "type": "array",
+            "items": {"type": "object", "additionalProperties": {"type": "object"}},
+        },
+    },
+}
+STOW_RESPONSE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["00081199"],
+    "description": "ReferencedSOPSequence (0008,1199): the stored instances; "
+    "FailedSOPSequence (0008,1198): the others, each with its "
+    "FailureReason (0008,1197)",
+    "properties": {"00081199": _SEQUENCE, "00081198": _SEQUENCE},
+}
 
 
 @bp.post("/studies")
 @requires("submit")
-@operation("DICOMweb STOW-RS: store instances in a job", query=StowQuery,
-           body_media={'multipart/related; type="application/dicom"': {
-               "schema": {"type": "string", "format": "binary"}}},
-           responses={200: _stow_reply("Every instance stored"),
-                      202: _stow_reply("Some instances stored, the others failed"),
-                      409: _stow_reply("No instance stored (or, as a problem, the job named "
-                                       "was cancelled)")},
-           errors=(404, 409, 413, 415, 503))
+@operation(
+    "DICOMweb STOW-RS: store instances in a job",
+    query=StowQuery,
+    body_media={
+        'multipart/related; type="application/dicom"': {
+            "schema": {"type": "string", "format": "binary"}
+        }
+    },
+    responses={
+        200: _stow_reply("Every instance stored"),
+        202: _stow_reply("Some instances stored, the others failed"),
+        409: _stow_reply("No instance stored (or, as a problem, the job named was cancelled)"),
+    },
+    errors=(404, 409, 413, 415, 503),
+)
 def store_instances() -> Response:
     """Store the instances in a new job (or ``?job=<id>``) and answer the STOW response."""
     svc = services()
@@ -205,10 +265,14 @@ def store_instances() -> Response:
     stored: list[tuple[Optional[str], Optional[str]]] = []
     failed: list[dict[str, Any]] = []
     new_scans = store_uploads(
-        svc.blobs, instances(parts, limits, parsed, stored, failed),
-        (lambda i: svc.blobs.key_for(job_id, i)) if job is None
+        svc.blobs,
+        instances(parts, limits, parsed, stored, failed),
+        (lambda i: svc.blobs.key_for(job_id, i))
+        if job is None
         else (lambda i: svc.blobs.part_key(job_id, part_key, i)),
-        scans_of, job_id if job is None else None)
+        scans_of,
+        job_id if job is None else None,
+    )
     if new_scans and job is None:
         job_service().submit(session, caller, job_id, new_scans, name="DICOMweb STOW-RS")
     elif new_scans:
@@ -221,4 +285,3 @@ def store_instances() -> Response:
     status = 200 if not failed else (202 if stored else 409)
     headers = {"Location": url_for("jobs.get_job", job_id=job_id)} if new_scans else {}
     return Response(json.dumps(body), status=status, mimetype=DICOM_JSON, headers=headers)
-

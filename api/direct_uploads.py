@@ -15,11 +15,12 @@
 Until it starts, the job is only a manifest beside its slices (``<id>/upload.json``): no
 row, no scan a worker could lease. One that never starts is deleted with the orphan blobs.
 """
+
 from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
@@ -29,16 +30,16 @@ from api.extensions import db_session, services
 from api.fields import validated
 from api.job_intake import accept_job, checked_options, job_service
 from api.openapi import Reply, operation
-from api.schemas import Job, SubmissionOptions, SubmittedJob
 from api.problems import Problem, as_problem
+from api.schemas import Job, SubmissionOptions, SubmittedJob
 from api.serialize import job_json
-from covidscan.contract import UploadStatus
 from core.errors import IntakeError
 from core.intake import UploadLimits, check_stored_slice
 from core.intake.archives import check_name
+from core.jobs.service import Actor
+from covidscan.contract import UploadStatus
 from db.blobs import BlobNotFound, BlobStore
 from db.jobs import NewScan, find_job, summarise_jobs
-from core.jobs.service import Actor
 from db.models import new_id
 
 bp = Blueprint("direct_uploads", __name__, url_prefix="/v1/jobs")
@@ -71,13 +72,19 @@ def _declared_files(body: dict[str, Any], limits: UploadLimits, budget: int) -> 
         if size < 1:
             raise Problem(400, f"{filename} is empty", filename=filename)
         if size > limits.max_scan_bytes:
-            raise Problem(413, f"{filename} is larger than the per-scan limit of "
-                               f"{limits.max_scan_bytes} bytes (MAX_SCAN_BYTES)",
-                          filename=filename)
+            raise Problem(
+                413,
+                f"{filename} is larger than the per-scan limit of "
+                f"{limits.max_scan_bytes} bytes (MAX_SCAN_BYTES)",
+                filename=filename,
+            )
         total += size
         if total > budget:
-            raise Problem(413, f"the upload is more than {budget} bytes at {filename} "
-                               "(MAX_EXPANDED_BYTES)", filename=filename)
+            raise Problem(
+                413,
+                f"the upload is more than {budget} bytes at {filename} (MAX_EXPANDED_BYTES)",
+                filename=filename,
+            )
         declared.append({"filename": filename, "size": size})
     return declared
 
@@ -88,8 +95,11 @@ def create_direct_upload() -> tuple[Response, int]:
     job_id = new_id()
     expires = svc.settings.upload_url_seconds
     if svc.blobs.upload_url(upload_key(job_id, 0), 1, expires) is None:
-        raise Problem(415, "this server takes slices in a multipart/form-data POST /v1/jobs; "
-                           "presigned uploads need the S3 blob store (BLOB_STORE=s3://...)")
+        raise Problem(
+            415,
+            "this server takes slices in a multipart/form-data POST /v1/jobs; "
+            "presigned uploads need the S3 blob store (BLOB_STORE=s3://...)",
+        )
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise Problem(400, "the body must be a JSON object with a files list")
@@ -101,13 +111,24 @@ def create_direct_upload() -> tuple[Response, int]:
     parts = []
     for position, entry in enumerate(files):
         url = svc.blobs.upload_url(upload_key(job_id, position), entry["size"], expires)
-        parts.append({**entry, "method": "PUT", "url": url,
-                      "headers": {"Content-Length": str(entry["size"])}})
+        parts.append(
+            {
+                **entry,
+                "method": "PUT",
+                "url": url,
+                "headers": {"Content-Length": str(entry["size"])},
+            }
+        )
     manifest = {"owner": owner, "request": job_request.model_dump(), "files": files}
     svc.blobs.put(f"{job_id}/{MANIFEST}", json.dumps(manifest).encode())
     audit("job.upload_urls", job_id, {"scans": len(files)})
-    return jsonify(id=job_id, status=UploadStatus.AWAITING_UPLOAD, expires_in=expires, parts=parts,
-                   start_url=url_for("direct_uploads.start_job", job_id=job_id)), 201
+    return jsonify(
+        id=job_id,
+        status=UploadStatus.AWAITING_UPLOAD,
+        expires_in=expires,
+        parts=parts,
+        start_url=url_for("direct_uploads.start_job", job_id=job_id),
+    ), 201
 
 
 def _manifest(job_id: str) -> Optional[dict[str, Any]]:
@@ -128,8 +149,9 @@ def _manifest(job_id: str) -> Optional[dict[str, Any]]:
     return manifest
 
 
-def _check_one(blobs: BlobStore, job_id: str, position: int, entry: dict,
-               limits: UploadLimits) -> Union[NewScan, Problem, None]:
+def _check_one(
+    blobs: BlobStore, job_id: str, position: int, entry: dict, limits: UploadLimits
+) -> NewScan | Problem | None:
     """The slice as a new scan, a Problem saying why it is refused, or None if missing.
 
     The slice is copied first to the scan's key, which no upload URL writes, and the copy
@@ -141,8 +163,11 @@ def _check_one(blobs: BlobStore, job_id: str, position: int, entry: dict,
         head = blobs.get(key, HEADER_BYTES)  # one request for a slice smaller than this
         size = len(head) if len(head) < HEADER_BYTES else blobs.size(key)
         if size != entry["size"]:
-            return Problem(400, f"{filename} has {size} bytes, not the {entry['size']} declared",
-                           filename=filename)
+            return Problem(
+                400,
+                f"{filename} has {size} bytes, not the {entry['size']} declared",
+                filename=filename,
+            )
         check_stored_slice(filename, head, size, limits)
     except BlobNotFound:
         return None
@@ -153,11 +178,16 @@ def _check_one(blobs: BlobStore, job_id: str, position: int, entry: dict,
 
 @bp.post("/<job_id>/start")
 @requires("submit")
-@operation("Start a two-step upload once its slices are uploaded",
-           responses={200: Reply("Started already: the job as it is", Job),
-                      202: Reply("Accepted: the job, queued", SubmittedJob,
-                                 headers={"Location": "the job's URL"})},
-           errors=(404, 409, 413, 415, 503))
+@operation(
+    "Start a two-step upload once its slices are uploaded",
+    responses={
+        200: Reply("Started already: the job as it is", Job),
+        202: Reply(
+            "Accepted: the job, queued", SubmittedJob, headers={"Location": "the job's URL"}
+        ),
+    },
+    errors=(404, 409, 413, 415, 503),
+)
 def start_job(job_id: str) -> tuple[Response, int, dict[str, str]]:
     """Step 3: check every uploaded slice's header, then accept the job (202).
 
@@ -169,30 +199,41 @@ def start_job(job_id: str) -> tuple[Response, int, dict[str, str]]:
     files = manifest["files"]
     limits = UploadLimits.from_settings(svc.settings)
     with ThreadPoolExecutor(READERS, thread_name_prefix="header") as pool:
-        outcomes = list(pool.map(lambda item: _check_one(svc.blobs, job_id, *item, limits),
-                                 enumerate(files)))
+        outcomes = list(
+            pool.map(lambda item: _check_one(svc.blobs, job_id, *item, limits), enumerate(files))
+        )
     missing = [f["filename"] for f, outcome in zip(files, outcomes) if outcome is None]
     if missing:
-        raise Problem(409, f"{len(missing)} of {len(files)} slices are not uploaded yet: "
-                           f"{', '.join(missing[:20])}", missing=missing)
+        raise Problem(
+            409,
+            f"{len(missing)} of {len(files)} slices are not uploaded yet: "
+            f"{', '.join(missing[:20])}",
+            missing=missing,
+        )
     refused = [o for o in outcomes if isinstance(o, Problem)]
     if refused:
         svc.blobs.delete_job(job_id)
-        raise Problem(refused[0].status,
-                      f"{len(refused)} of {len(files)} slices were refused and nothing was "
-                      f"kept: {'; '.join(p.detail for p in refused[:20])}",
-                      refused=[{"filename": p.extra.get("filename"), "status": p.status,
-                                "detail": p.detail} for p in refused])
+        raise Problem(
+            refused[0].status,
+            f"{len(refused)} of {len(files)} slices were refused and nothing was "
+            f"kept: {'; '.join(p.detail for p in refused[:20])}",
+            refused=[
+                {"filename": p.extra.get("filename"), "status": p.status, "detail": p.detail}
+                for p in refused
+            ],
+        )
     owner = manifest["owner"]
     job_service().check_room(db_session(), owner)
     stored = manifest["request"]
     if "model_ref" in stored:  # a manifest written before the options had one shape
         stored["model"] = stored.pop("model_ref")
-    response = accept_job(job_id, Actor(owner, current_principal().key_id, "direct"),
-                          SubmissionOptions.model_validate(stored),
-                          [o for o in outcomes if isinstance(o, NewScan)])
+    response = accept_job(
+        job_id,
+        Actor(owner, current_principal().key_id, "direct"),
+        SubmissionOptions.model_validate(stored),
+        [o for o in outcomes if isinstance(o, NewScan)],
+    )
     svc.blobs.delete(f"{job_id}/{MANIFEST}")
     with ThreadPoolExecutor(READERS, thread_name_prefix="cleanup") as pool:
         list(pool.map(svc.blobs.delete, [upload_key(job_id, i) for i in range(len(files))]))
     return response
-

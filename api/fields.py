@@ -7,11 +7,12 @@ in any case, and true and false are the words of :func:`covidscan.contract.parse
 A value the model refuses is a 400 whose detail names the field, says what it must be and
 what was sent (which is also a member of the problem, under the field's name).
 """
+
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, Literal, Mapping, Optional, TypeVar, Union, get_args, \
-    get_origin
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Optional, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, BeforeValidator, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -26,8 +27,10 @@ NO_NUL = "^[^\\x00]*$"
 # `name` or `name:version`, neither part empty nor padded with spaces (db/registry.parse_ref)
 MODEL_REF = r"^[^:/\s\x00-\x1f\x7f-\x9f]+(:[^/\s\x00-\x1f\x7f-\x9f]+)?$"
 RESERVED = ("type", "status", "title", "detail", "headers")  # a problem's own members
-PATTERN_WORDS = {NO_NUL: "text without NUL characters",
-                 MODEL_REF: "NAME or NAME:VERSION of a registered model"}
+PATTERN_WORDS = {
+    NO_NUL: "text without NUL characters",
+    MODEL_REF: "NAME or NAME:VERSION of a registered model",
+}
 
 
 def _flag(value: Any) -> Any:
@@ -107,8 +110,7 @@ def _sentence(error: ErrorDetails, model: type[BaseModel]) -> str:
         return f"{name} must be between {low} and {high}, got {raw}"
     if kind == "string_pattern_mismatch":
         pattern = ctx.get("pattern", "")
-        return f"{name} must be {PATTERN_WORDS.get(pattern, 'of the form ' + pattern)}, " \
-               f"got {raw!r}"
+        return f"{name} must be {PATTERN_WORDS.get(pattern, 'of the form ' + pattern)}, got {raw!r}"
     if kind == "value_error":
         return f"{name} {ctx.get('error')}"
     if kind == "missing":
@@ -137,6 +139,8 @@ def validated(model: type[M], fields: Mapping[str, Any]) -> M:
 def refused_values(error: ValidationError) -> dict[str, Any]:
     """Each refused text field with the value sent (``{"model": "alpha:"}``): a client may
     read it beside the detail, as the problem's other members."""
-    return {str(e["loc"][0]): e["input"] for e in error.errors(include_url=False)
-            if len(e["loc"]) == 1 and isinstance(e["input"], str)
-            and e["loc"][0] not in RESERVED}
+    return {
+        str(e["loc"][0]): e["input"]
+        for e in error.errors(include_url=False)
+        if len(e["loc"]) == 1 and isinstance(e["input"], str) and e["loc"][0] not in RESERVED
+    }

@@ -6,10 +6,12 @@ The options arrive as :class:`api.schemas.SubmissionOptions` (the same model doc
 and validates them); :func:`submission` is the one place they become the core's
 :class:`core.jobs.service.Submission`, which the service writes as the job's options.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from flask import Response, jsonify, url_for
 
@@ -49,8 +51,9 @@ def job_service() -> JobService:
     svc = services()
     service = svc.extras.get("jobs")
     if service is None:
-        service = svc.extras["jobs"] = JobService(svc.settings, svc.session_factory, svc.blobs,
-                                                  scan_quota(), svc.send_wakeups)
+        service = svc.extras["jobs"] = JobService(
+            svc.settings, svc.session_factory, svc.blobs, scan_quota(), svc.send_wakeups
+        )
     return service
 
 
@@ -60,15 +63,21 @@ def actor(via: Optional[str] = None) -> Actor:
     return Actor(principal.owner, principal.key_id, via)
 
 
-def accept_job(job_id: str, caller: Actor, options: SubmissionOptions,
-               new_scans: Sequence[NewScan], skipped: Sequence[dict[str, str]] = (),
-               open_seconds: int = 0) -> tuple[Response, int, dict[str, str]]:
+def accept_job(
+    job_id: str,
+    caller: Actor,
+    options: SubmissionOptions,
+    new_scans: Sequence[NewScan],
+    skipped: Sequence[dict[str, str]] = (),
+    open_seconds: int = 0,
+) -> tuple[Response, int, dict[str, str]]:
     """Accept a new job whose files are stored (:meth:`JobService.submit`); 202 with it.
 
     ``open_seconds`` > 0: the job stays open for more parts (it may start with none)."""
     session = db_session()
-    job = job_service().submit(session, caller, job_id, new_scans, submission(options),
-                               open_seconds=open_seconds)
+    job = job_service().submit(
+        session, caller, job_id, new_scans, submission(options), open_seconds=open_seconds
+    )
     log.info("job %s: %d entries skipped", job_id, len(skipped))
     body = job_json(summarise_jobs(session, [job])[0])
     body["skipped"] = list(skipped)

@@ -8,6 +8,7 @@
 
 Each answers 429 problem+json with ``Retry-After``.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -42,8 +43,10 @@ def _too_many(detail: str, retry_after: int) -> Response:
 
 
 def _on_breach(limit: RequestLimit) -> Response:
-    return _too_many(f"rate limit of {limit.limit} requests reached for this owner "
-                     "(RATE_LIMIT); slow down", retry_after(limit.reset_at))
+    return _too_many(
+        f"rate limit of {limit.limit} requests reached for this owner (RATE_LIMIT); slow down",
+        retry_after(limit.reset_at),
+    )
 
 
 @dataclass
@@ -73,9 +76,13 @@ class FailedSignIns:
             log.warning("failed sign-ins not counted, Redis is unreachable: %s", exc)
             return
         retry = retry_after(reset_at)
-        raise Problem(429, f"too many failed sign-ins from this address (FAILED_AUTH_LIMIT "
-                           f"{self.limit}); wait and try again with a valid key",
-                      retry_after=retry, headers={"Retry-After": str(retry)})
+        raise Problem(
+            429,
+            f"too many failed sign-ins from this address (FAILED_AUTH_LIMIT "
+            f"{self.limit}); wait and try again with a valid key",
+            retry_after=retry,
+            headers={"Retry-After": str(retry)},
+        )
 
     def record(self, address: str) -> None:
         if _is_loopback(address):
@@ -107,13 +114,22 @@ def scan_quota() -> ScanQuota:
 def init_app(app: Flask) -> None:
     """Attach the rate limiter and the scan quota; call after :func:`api.auth.init_app`."""
     settings = app.extensions["covidscan"].settings
-    limiter = Limiter(_limit_key, app=app, default_limits=[settings.rate_limit],
-                      storage_uri=storage_uri(settings.redis_url), strategy="moving-window",
-                      key_prefix="covidscan", swallow_errors=True, on_breach=_on_breach,
-                      default_limits_exempt_when=lambda: request.endpoint in UNLIMITED_ENDPOINTS)
+    limiter = Limiter(
+        _limit_key,
+        app=app,
+        default_limits=[settings.rate_limit],
+        storage_uri=storage_uri(settings.redis_url),
+        strategy="moving-window",
+        key_prefix="covidscan",
+        swallow_errors=True,
+        on_breach=_on_breach,
+        default_limits_exempt_when=lambda: request.endpoint in UNLIMITED_ENDPOINTS,
+    )
     storage = storage_from_string(storage_uri(settings.redis_url))
     app.extensions["covidscan"].extras["limiter"] = limiter
     app.extensions["covidscan"].extras["failed_sign_ins"] = FailedSignIns(
-        MovingWindowRateLimiter(storage), settings.failed_auth_limit)
+        MovingWindowRateLimiter(storage), settings.failed_auth_limit
+    )
     app.extensions["covidscan"].extras["scan_quota"] = ScanQuota(
-        SlidingWindowCounterRateLimiter(storage), settings.scans_per_hour)
+        SlidingWindowCounterRateLimiter(storage), settings.scans_per_hour
+    )

@@ -27,7 +27,8 @@ HTTP_DURATION = Histogram(
     "covidscan_http_request_duration_seconds",
     "Time the API took to answer, by route (the URL rule, not the path), method and status.",
     ["route", "method", "status"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
 
 
 def _start_timer() -> None:

@@ -6,13 +6,15 @@ and its parameters come from the route, and who may call it (the security requir
 401 and 403) from the view's :func:`api.auth.requires` or :func:`api.auth.public`.
 The decorator only attaches the declaration: the view runs exactly as before.
 """
+
 from __future__ import annotations
 
 import inspect
 import json
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, TypeVar, Union
+from typing import Any, Optional, TypeVar
 
 from flask import Flask
 from pydantic import BaseModel
@@ -28,17 +30,20 @@ REF = "#/components/schemas/{model}"
 PROBLEM_MEDIA = "application/problem+json"
 DOCUMENTED_PREFIXES = ("/v1/", "/healthz", "/readyz", "/metrics")
 NO_NUL = schemas.NO_NUL
-PATH_PARAMETERS = {"job_id": "a job's id", "scan_id": "a scan's id (`scan_id` of a result)",
-                   "series_uid": "a DICOM SeriesInstanceUID of the job",
-                   "webhook_id": "a webhook endpoint's id"}
+PATH_PARAMETERS = {
+    "job_id": "a job's id",
+    "scan_id": "a scan's id (`scan_id` of a result)",
+    "series_uid": "a DICOM SeriesInstanceUID of the job",
+    "webhook_id": "a webhook endpoint's id",
+}
 ERRORS = {
     400: "Bad request: the problem names the field, file or value",
     401: "No valid API key (unknown, revoked, expired or missing)",
     403: "The key lacks the scope, the browser request lacks its CSRF token, or AUTH=off "
-         "and the client is not on the loopback",
+    "and the client is not on the loopback",
     404: "Not found, or another owner's (the same answer)",
     413: "Over a limit: the request, a slice, the number of slices, the pixels or an "
-         "archive's expansion",
+    "archive's expansion",
     409: "Conflict with the current state (the problem says which)",
     410: "The stored bytes are gone",
     415: "A body or part of a type the route does not take (parts are checked by content)",
@@ -61,7 +66,7 @@ class Reply:
 @dataclass(frozen=True)
 class Operation:
     summary: str
-    responses: Mapping[int, Union[Reply, type[BaseModel]]]
+    responses: Mapping[int, Reply | type[BaseModel]]
     query: Optional[type[BaseModel]] = None
     form: Optional[type[BaseModel]] = None
     form_encoding: Mapping[str, str] = field(default_factory=dict)
@@ -71,12 +76,18 @@ class Operation:
     body_media: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
-def operation(summary: str, *, responses: Mapping[int, Union[Reply, type[BaseModel]]],
-              query: Optional[type[BaseModel]] = None, form: Optional[type[BaseModel]] = None,
-              form_encoding: Optional[Mapping[str, str]] = None, errors: tuple[int, ...] = (),
-              path: Optional[type[BaseModel]] = None, body: Optional[type[BaseModel]] = None,
-              body_media: Optional[Mapping[str, Mapping[str, Any]]] = None
-              ) -> Callable[[F], F]:
+def operation(
+    summary: str,
+    *,
+    responses: Mapping[int, Reply | type[BaseModel]],
+    query: Optional[type[BaseModel]] = None,
+    form: Optional[type[BaseModel]] = None,
+    form_encoding: Optional[Mapping[str, str]] = None,
+    errors: tuple[int, ...] = (),
+    path: Optional[type[BaseModel]] = None,
+    body: Optional[type[BaseModel]] = None,
+    body_media: Optional[Mapping[str, Mapping[str, Any]]] = None,
+) -> Callable[[F], F]:
     """Describe a view in the OpenAPI document (see README, "Describing a new route").
 
     Args:
@@ -92,12 +103,22 @@ def operation(summary: str, *, responses: Mapping[int, Union[Reply, type[BaseMod
         body: a model of the ``application/json`` body (besides ``form``, if both are taken).
         body_media: other media types the body may have -> their OpenAPI media objects.
     """
-    declared = Operation(summary, responses, query, form, dict(form_encoding or {}),
-                         errors, path, body, dict(body_media or {}))
+    declared = Operation(
+        summary,
+        responses,
+        query,
+        form,
+        dict(form_encoding or {}),
+        errors,
+        path,
+        body,
+        dict(body_media or {}),
+    )
 
     def mark(view: F) -> F:
         view.openapi = declared  # type: ignore[attr-defined]
         return view
+
     return mark
 
 
@@ -118,8 +139,12 @@ def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _text(schema: dict[str, Any]) -> dict[str, Any]:
     """A free text field, as the API takes it: without NUL (api/security.py refuses it)."""
-    if schema.get("type") == "string" and "enum" not in schema and "pattern" not in schema \
-            and schema.get("format") != "binary":
+    if (
+        schema.get("type") == "string"
+        and "enum" not in schema
+        and "pattern" not in schema
+        and schema.get("format") != "binary"
+    ):
         schema["pattern"] = NO_NUL
     return schema
 
@@ -140,14 +165,26 @@ def _parameters(rule: Any, declared: Operation) -> list[dict[str, Any]]:
     for name in re.findall(r"<(?:[^:<>]+:)?([^<>]+)>", rule.rule):
         schema = described.get(name) or {"type": "string", "pattern": NO_NUL}
         description = schema.pop("description", PATH_PARAMETERS.get(name, name))
-        parameters.append({"name": name, "in": "path", "required": True,
-                           "description": description, "schema": schema})
+        parameters.append(
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "description": description,
+                "schema": schema,
+            }
+        )
     if declared.query is not None:
         properties, required = _fields(declared.query)
         for name, schema in properties.items():
             description = schema.pop("description", "")
-            parameter = {"name": name, "in": "query", "required": name in required,
-                         "description": description, "schema": schema}
+            parameter = {
+                "name": name,
+                "in": "query",
+                "required": name in required,
+                "description": description,
+                "schema": schema,
+            }
             if name not in required:  # an empty value means the default, as in an HTML form
                 parameter["allowEmptyValue"] = True
             parameters.append(parameter)
@@ -178,17 +215,20 @@ def _request_body(declared: Operation, refs: Mapping[type[BaseModel], Any]) -> d
 
 def _form_body(declared: Operation) -> dict[str, Any]:
     properties, required = _fields(declared.form)
-    properties = {name: prop if name in required else _or_empty(prop)
-                  for name, prop in properties.items()}
-    media: dict[str, Any] = {"schema": {"type": "object", "properties": properties,
-                                        "required": sorted(required)}}
+    properties = {
+        name: prop if name in required else _or_empty(prop) for name, prop in properties.items()
+    }
+    media: dict[str, Any] = {
+        "schema": {"type": "object", "properties": properties, "required": sorted(required)}
+    }
     if declared.form_encoding:
-        media["encoding"] = {name: {"contentType": types}
-                             for name, types in declared.form_encoding.items()}
+        media["encoding"] = {
+            name: {"contentType": types} for name, types in declared.form_encoding.items()
+        }
     return {"required": True, "content": {"multipart/form-data": media}}
 
 
-def _reply(reply: Union[Reply, type[BaseModel]], refs: Mapping[type[BaseModel], Any]) -> dict:
+def _reply(reply: Reply | type[BaseModel], refs: Mapping[type[BaseModel], Any]) -> dict:
     if not isinstance(reply, Reply):
         reply = Reply(inspect.cleandoc(vars(reply).get("__doc__") or "OK"), reply)
     body: dict[str, Any] = {"description": reply.description}
@@ -198,8 +238,10 @@ def _reply(reply: Union[Reply, type[BaseModel]], refs: Mapping[type[BaseModel], 
     if content:
         body["content"] = content
     if reply.headers:
-        body["headers"] = {name: {"description": text, "schema": {"type": "string"}}
-                           for name, text in reply.headers.items()}
+        body["headers"] = {
+            name: {"description": text, "schema": {"type": "string"}}
+            for name, text in reply.headers.items()
+        }
     return body
 
 
@@ -209,8 +251,10 @@ def _errors(endpoint: str, scope: str, declared: Operation) -> dict[str, Any]:
         statuses |= {401, 403}
     if endpoint not in UNLIMITED_ENDPOINTS:  # the rate limiter counts every other route
         statuses.add(429)
-    return {str(status): {"$ref": f"#/components/responses/Problem{status}"}
-            for status in sorted(statuses)}
+    return {
+        str(status): {"$ref": f"#/components/responses/Problem{status}"}
+        for status in sorted(statuses)
+    }
 
 
 def _security(scope: str) -> list[dict[str, list[str]]]:
@@ -223,8 +267,10 @@ def _security(scope: str) -> list[dict[str, list[str]]]:
 def _components(refs_of: dict, schema_defs: dict) -> dict[str, Any]:
     responses = {}
     for status, description in ERRORS.items():
-        response: dict[str, Any] = {"description": description, "content": {
-            PROBLEM_MEDIA: {"schema": refs_of[schemas.Problem]}}}
+        response: dict[str, Any] = {
+            "description": description,
+            "content": {PROBLEM_MEDIA: {"schema": refs_of[schemas.Problem]}},
+        }
         if status in (401, 429):
             name = "WWW-Authenticate" if status == 401 else "Retry-After"
             response["headers"] = {name: {"schema": {"type": "string"}}}
@@ -233,14 +279,22 @@ def _components(refs_of: dict, schema_defs: dict) -> dict[str, Any]:
         "schemas": schema_defs,
         "responses": responses,
         "securitySchemes": {
-            "apiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "csk_…",
-                       "description": "An API key (`covidscan keys create`); scopes "
-                                      "`submit`, `read`, `metrics`, `admin` (admin may do "
-                                      "everything)."},
-            "browserSession": {"type": "apiKey", "in": "cookie", "name": "covidscan_session",
-                               "description": "The web page's session after /login; a "
-                                              "state-changing request also sends the page's "
-                                              "CSRF token in X-CSRF-Token."},
+            "apiKey": {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "csk_…",
+                "description": "An API key (`covidscan keys create`); scopes "
+                "`submit`, `read`, `metrics`, `admin` (admin may do "
+                "everything).",
+            },
+            "browserSession": {
+                "type": "apiKey",
+                "in": "cookie",
+                "name": "covidscan_session",
+                "description": "The web page's session after /login; a "
+                "state-changing request also sends the page's "
+                "CSRF token in X-CSRF-Token.",
+            },
         },
     }
 
@@ -256,8 +310,9 @@ def build_spec(app: Flask) -> dict[str, Any]:
                 described.append((rule, method, view, declared))
     models = {schemas.Problem}
     for *_ignored, declared in described:
-        models |= {r if not isinstance(r, Reply) else r.model
-                   for r in declared.responses.values()} - {None}
+        models |= {
+            r if not isinstance(r, Reply) else r.model for r in declared.responses.values()
+        } - {None}
         if declared.body is not None:
             models.add(declared.body)
     ordered = sorted(models, key=lambda m: m.__name__)
@@ -267,19 +322,24 @@ def build_spec(app: Flask) -> dict[str, Any]:
     for rule, method, view, declared in described:
         scope = getattr(view, "required_scope", "admin")
         item: dict[str, Any] = {
-            "operationId": rule.endpoint.replace(".", "_"), "tags": [rule.endpoint.split(".")[0]],
-            "summary": declared.summary, "description": inspect.getdoc(view) or "",
+            "operationId": rule.endpoint.replace(".", "_"),
+            "tags": [rule.endpoint.split(".")[0]],
+            "summary": declared.summary,
+            "description": inspect.getdoc(view) or "",
             "security": _security(scope),
             "parameters": _parameters(rule, declared),
         }
         if declared.form is not None or declared.body is not None or declared.body_media:
             item["requestBody"] = _request_body(declared, refs_of)
-        item["responses"] = {str(status): _reply(reply, refs_of)
-                             for status, reply in sorted(declared.responses.items())}
+        item["responses"] = {
+            str(status): _reply(reply, refs_of)
+            for status, reply in sorted(declared.responses.items())
+        }
         for status, error in _errors(rule.endpoint, scope, declared).items():
             if status in item["responses"]:  # an answer of its own, or else a problem
                 item["responses"][status].setdefault("content", {})[PROBLEM_MEDIA] = {
-                    "schema": refs_of[schemas.Problem]}
+                    "schema": refs_of[schemas.Problem]
+                }
             else:
                 item["responses"][status] = error
         if scope not in (PUBLIC, ANY):
@@ -287,10 +347,13 @@ def build_spec(app: Flask) -> dict[str, Any]:
         paths.setdefault(_openapi_path(rule.rule), {})[method.lower()] = item
     return {
         "openapi": OPENAPI_VERSION,
-        "info": {"title": "covidscan", "version": "1",
-                 "description": "Bulk COVID-19 classification of chest CT slices with a "
-                                "ResNet50, as a batch service. Research use only, not for "
-                                "clinical diagnosis. Errors are RFC 9457 problem+json."},
+        "info": {
+            "title": "covidscan",
+            "version": "1",
+            "description": "Bulk COVID-19 classification of chest CT slices with a "
+            "ResNet50, as a batch service. Research use only, not for "
+            "clinical diagnosis. Errors are RFC 9457 problem+json.",
+        },
         "paths": paths,
         "components": _components(refs_of, defs.get("$defs", {})),
     }
@@ -307,7 +370,10 @@ def spec_text(app: Optional[Flask] = None) -> str:
 
 def undocumented_rules(app: Flask) -> list[str]:
     """``METHOD /path`` of every API route that has no :func:`operation` declaration."""
-    return [f"{method} {rule.rule}" for rule in app.url_map.iter_rules()
-            if rule.rule.startswith(DOCUMENTED_PREFIXES)
-            and getattr(app.view_functions[rule.endpoint], "openapi", None) is None
-            for method in sorted(rule.methods - {"HEAD", "OPTIONS"})]
+    return [
+        f"{method} {rule.rule}"
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith(DOCUMENTED_PREFIXES)
+        and getattr(app.view_functions[rule.endpoint], "openapi", None) is None
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"})
+    ]

@@ -2,6 +2,7 @@
 
 The core's domain errors (:mod:`core.errors`) are mapped to statuses here, once.
 """
+
 from __future__ import annotations
 
 import logging
@@ -11,8 +12,16 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from core.errors import (Conflict, IntakeError, Malformed, NotFound, OverQuota, TooLarge,
-                         Unavailable, Unsupported)
+from core.errors import (
+    Conflict,
+    IntakeError,
+    Malformed,
+    NotFound,
+    OverQuota,
+    TooLarge,
+    Unavailable,
+    Unsupported,
+)
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +29,9 @@ log = logging.getLogger(__name__)
 class Problem(Exception):
     """Raise from a view to answer with a problem document."""
 
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None,
-                 **extra: Any) -> None:
+    def __init__(
+        self, status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
@@ -30,8 +40,14 @@ class Problem(Exception):
 
 
 STATUSES: dict[type[IntakeError], int] = {
-    TooLarge: 413, Unsupported: 415, Malformed: 400, OverQuota: 429, Conflict: 409,
-    NotFound: 404, Unavailable: 503}
+    TooLarge: 413,
+    Unsupported: 415,
+    Malformed: 400,
+    OverQuota: 429,
+    Conflict: 409,
+    NotFound: 404,
+    Unavailable: 503,
+}
 
 
 def status_of(error: IntakeError) -> int:
@@ -48,8 +64,13 @@ def as_problem(error: IntakeError) -> Problem:
 
 
 def problem_response(status: int, detail: str, **extra: Any) -> Response:
-    body = {"type": "about:blank", "status": status, "title": HTTPStatus(status).phrase,
-            "detail": detail, **extra}
+    body = {
+        "type": "about:blank",
+        "status": status,
+        "title": HTTPStatus(status).phrase,
+        "detail": detail,
+        **extra,
+    }
     response = jsonify(body)
     response.status_code = status
     response.mimetype = "application/problem+json"

@@ -7,6 +7,7 @@ Forms, JSON bodies and query strings are described by models that the views also
 with (`api.fields.validated`), so what the document says is what the API checks; their
 optional fields are `None` by default.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal, Optional
@@ -75,18 +76,22 @@ class Job(Strict):
     priority: Priority
     created_at: Timestamp
     cancelled_at: Timestamp
-    expires_at: Timestamp = Field(description="when retention deletes the job; "
-                                              "null with JOB_RETENTION=0")
+    expires_at: Timestamp = Field(
+        description="when retention deletes the job; null with JOB_RETENTION=0"
+    )
     started_at: Timestamp
     finished_at: Timestamp
     counts: Counts
     model: Optional[JobModel]
-    open_until: Timestamp = Field(description="while the job takes more scans (`open`): when "
-                                              "the sweep seals it unless a part comes first; "
-                                              "null once sealed")
+    open_until: Timestamp = Field(
+        description="while the job takes more scans (`open`): when "
+        "the sweep seals it unless a part comes first; "
+        "null once sealed"
+    )
     callback_url: Optional[str] = Field(description="gets a signed event when the job ends")
-    explain: Optional[ExplainMethod] = Field(description="the heatmap made of every scan, "
-                                                         "null for none")
+    explain: Optional[ExplainMethod] = Field(
+        description="the heatmap made of every scan, null for none"
+    )
     links: JobLinks
 
 
@@ -129,16 +134,18 @@ class Result(Strict):
     series_uid: Optional[str]
     instance_number: Optional[int]
     slice_position: Optional[float] = Field(description="along the patient axis, in mm")
-    explanation: Optional[ScanStatus] = Field(description="the state of the scan's heatmap; "
-                                                          "null when none was asked for")
+    explanation: Optional[ScanStatus] = Field(
+        description="the state of the scan's heatmap; null when none was asked for"
+    )
 
 
 class ResultsPage(Strict):
     """A page of results in upload order, and the job's status."""
 
     results: list[Result]
-    next_cursor: Optional[str] = Field(description="pass as `cursor` for the next page; "
-                                                   "null on the last")
+    next_cursor: Optional[str] = Field(
+        description="pass as `cursor` for the next page; null on the last"
+    )
     status: JobStatus
 
 
@@ -165,8 +172,9 @@ class RegisteredModel(Strict):
     created_at: Timestamp
     has_report: bool
     trusted_code: bool
-    dicom_window: Optional[list[float]] = Field(description="[width, level] for DICOM slices; "
-                                                            "null: the lung window")
+    dicom_window: Optional[list[float]] = Field(
+        description="[width, level] for DICOM slices; null: the lung window"
+    )
     links: ModelLinks
 
 
@@ -185,8 +193,9 @@ class Worker(Strict):
     ready: bool
     started_at: Timestamp
     heartbeat_at: Timestamp
-    models: list[dict[str, Any]] = Field(description="per warm model: engines, precisions, "
-                                                     "accuracy gates and measured images/s")
+    models: list[dict[str, Any]] = Field(
+        description="per warm model: engines, precisions, accuracy gates and measured images/s"
+    )
 
 
 class WorkerList(Strict):
@@ -223,16 +232,18 @@ class Health(Strict):
 class ReadyWorkers(Strict):
     """Workers counted, not required: jobs queue while workers start."""
 
-    ready: Optional[int] = Field(description="workers whose default model is warm; null "
-                                             "when the database is unreachable")
+    ready: Optional[int] = Field(
+        description="workers whose default model is warm; null when the database is unreachable"
+    )
 
 
 class Readiness(Strict):
     """The database, Redis and the blob store answer."""
 
     status: Literal["ready", "not ready"]
-    checks: dict[str, str] = Field(description="`database`, `redis` and `blob_store`: `ok` "
-                                               "or why not")
+    checks: dict[str, str] = Field(
+        description="`database`, `redis` and `blob_store`: `ok` or why not"
+    )
     workers: ReadyWorkers
 
 
@@ -287,8 +298,9 @@ class SeriesList(Strict):
     """The job's DICOM series (PNG and JPEG scans belong to none)."""
 
     series: list[Series]
-    rule: Optional[str] = Field(description="the series rule recorded with the job; null "
-                                            "for a job without DICOM slices")
+    rule: Optional[str] = Field(
+        description="the series rule recorded with the job; null for a job without DICOM slices"
+    )
 
 
 class ExplanationModel(Strict):
@@ -321,8 +333,9 @@ class ExplanationState(Strict):
     layer: Optional[str]
     class_name: Optional[str]
     class_index: Optional[int]
-    score: Optional[str] = Field(description="what the gradients were taken of: `logit` "
-                                             "or `probability`")
+    score: Optional[str] = Field(
+        description="what the gradients were taken of: `logit` or `probability`"
+    )
     probability_covid: Optional[float]
     size: Optional[list[int]] = Field(description="[height, width] of the map")
     model: Optional[ExplanationModel]
@@ -391,59 +404,80 @@ class Problem(BaseModel):
 # Requests
 
 
-FILES_DESCRIPTION = ("one part per PNG, JPEG or DICOM file, or ZIP archive of them; told "
-                     "apart by content, not by name")
+FILES_DESCRIPTION = (
+    "one part per PNG, JPEG or DICOM file, or ZIP archive of them; told "
+    "apart by content, not by name"
+)
 
 
 class SubmissionOptions(Fields):
     """What a submission asks for besides its scans: the same fields in a form, in a JSON
     body and as the CLI's options (``cli/client.py`` sends them)."""
 
-    name: Optional[str] = Field(None, max_length=MAX_NAME_LENGTH, pattern=NO_NUL,
-                                description="a name for the job")
-    model: Optional[str] = Field(None, pattern=MODEL_REF, description="`name` or "
-                                 "`name:version` of a registered model (default: the default)")
-    precision: Optional[Precision] = Field(None, description="the numeric precision asked of "
-                                                             "the model (default: the "
-                                                             "worker's INFERENCE_PRECISION)")
-    priority: Priority = Field("normal", description="waiting scans of higher priority jobs "
-                                                     "are classified first")
-    callback_url: Optional[str] = Field(None, pattern=NO_NUL,
-                                        description="gets a signed event when the job ends "
-                                                    "(public addresses only)")
-    explain: Optional[ExplainMethod] = Field(None, description="`gradcam`: a heatmap of "
-                                                               "every scan")
+    name: Optional[str] = Field(
+        None, max_length=MAX_NAME_LENGTH, pattern=NO_NUL, description="a name for the job"
+    )
+    model: Optional[str] = Field(
+        None,
+        pattern=MODEL_REF,
+        description="`name` or `name:version` of a registered model (default: the default)",
+    )
+    precision: Optional[Precision] = Field(
+        None,
+        description="the numeric precision asked of "
+        "the model (default: the "
+        "worker's INFERENCE_PRECISION)",
+    )
+    priority: Priority = Field(
+        "normal", description="waiting scans of higher priority jobs are classified first"
+    )
+    callback_url: Optional[str] = Field(
+        None,
+        pattern=NO_NUL,
+        description="gets a signed event when the job ends (public addresses only)",
+    )
+    explain: Optional[ExplainMethod] = Field(None, description="`gradcam`: a heatmap of every scan")
 
-    def options(self) -> "SubmissionOptions":
+    def options(self) -> SubmissionOptions:
         """Only the options (a form or a body model also holds its files)."""
         return SubmissionOptions.model_construct(
-            **{name: getattr(self, name) for name in SubmissionOptions.model_fields})
+            **{name: getattr(self, name) for name in SubmissionOptions.model_fields}
+        )
 
     def form_fields(self) -> dict[str, str]:
         """The options that differ from the defaults, as a client sends them."""
-        return {name: str(value) for name, value in self.options().model_dump().items()
-                if value != SubmissionOptions.model_fields[name].default}
+        return {
+            name: str(value)
+            for name, value in self.options().model_dump().items()
+            if value != SubmissionOptions.model_fields[name].default
+        }
 
 
 class SubmitJobForm(SubmissionOptions):
     """A bulk job, as `multipart/form-data`."""
 
-    files: list[bytes] = Field(default_factory=list,
-                               description=FILES_DESCRIPTION + "; at least one unless `open`")
-    open: Flag = Field(False, description="keep the job open for more scans "
-                                          "(`POST /v1/jobs/{job_id}/scans`) until it is sealed "
-                                          "(`POST /v1/jobs/{job_id}/seal`): its scans are "
-                                          "classified while the rest is sent")
-    allow_modality: Optional[str] = Field(None, description="DICOM modalities to classify "
-                                                            "besides CT, e.g. `MR,PT`")
+    files: list[bytes] = Field(
+        default_factory=list, description=FILES_DESCRIPTION + "; at least one unless `open`"
+    )
+    open: Flag = Field(
+        False,
+        description="keep the job open for more scans "
+        "(`POST /v1/jobs/{job_id}/scans`) until it is sealed "
+        "(`POST /v1/jobs/{job_id}/seal`): its scans are "
+        "classified while the rest is sent",
+    )
+    allow_modality: Optional[str] = Field(
+        None, description="DICOM modalities to classify besides CT, e.g. `MR,PT`"
+    )
 
 
 class AddScansForm(BaseModel):
     """One more part of an open job's scans, as `multipart/form-data`."""
 
     files: list[bytes] = Field(min_length=1, description=FILES_DESCRIPTION)
-    allow_modality: Optional[str] = Field(None, description="DICOM modalities to classify "
-                                                            "besides CT, e.g. `MR,PT`")
+    allow_modality: Optional[str] = Field(
+        None, description="DICOM modalities to classify besides CT, e.g. `MR,PT`"
+    )
 
 
 class UploadFile(BaseModel):
@@ -461,9 +495,11 @@ class WebhookRequest(BaseModel):
     """An endpoint for every job of the caller's owner (JSON, or a form with these fields)."""
 
     url: str = Field(pattern=NO_NUL, description="http(s) URL of a public address")
-    secret: Optional[str] = Field(None, pattern=NO_NUL,
-                                  description="`whsec_…`, at least 24 bytes (default: the "
-                                              "server's WEBHOOK_SECRET)")
+    secret: Optional[str] = Field(
+        None,
+        pattern=NO_NUL,
+        description="`whsec_…`, at least 24 bytes (default: the server's WEBHOOK_SECRET)",
+    )
 
 
 class SeriesQuery(Fields):
@@ -473,12 +509,12 @@ class SeriesQuery(Fields):
 class HeatmapQuery(Fields):
     format: Literal["png", "npy"] = Field("png", description="`npy`: the map as an array")
     view: Literal["overlay", "heatmap", "slice"] = Field(
-        "overlay", description="the PNG's layer (the overlay has a legend)")
+        "overlay", description="the PNG's layer (the overlay has a legend)"
+    )
 
 
 class StowQuery(Fields):
-    job: Optional[str] = Field(None, description="append to this job of yours (default: a "
-                                                 "new job)")
+    job: Optional[str] = Field(None, description="append to this job of yours (default: a new job)")
 
 
 class JobListQuery(Fields):
@@ -486,25 +522,29 @@ class JobListQuery(Fields):
 
 
 class ResultsQuery(Fields):
-    format: Literal["json", "csv"] = Field("json", description="`csv` streams every row "
-                                                               "with a header line")
+    format: Literal["json", "csv"] = Field(
+        "json", description="`csv` streams every row with a header line"
+    )
     limit: int = Field(100, ge=1, le=1000, description="rows per page (JSON only)")
-    cursor: Optional[int] = Field(None, ge=-1, le=2**31 - 1,
-                                  description="`next_cursor` of the previous page")
+    cursor: Optional[int] = Field(
+        None, ge=-1, le=2**31 - 1, description="`next_cursor` of the previous page"
+    )
 
 
 class AuditQuery(Fields):
     limit: int = Field(100, ge=1, le=1000, description="events per page, newest first")
-    cursor: Optional[int] = Field(None, ge=0, le=2**31 - 1,
-                                  description="`next_cursor` of the previous page")
+    cursor: Optional[int] = Field(
+        None, ge=0, le=2**31 - 1, description="`next_cursor` of the previous page"
+    )
     owner: Optional[str] = Field(None, description="only this owner's events")
     job_id: Optional[str] = Field(None, description="only this job's events")
     action: Optional[Action] = Field(None, description="only this action")
 
 
 class ModelRefPath(BaseModel):
-    ref: str = Field(pattern=MODEL_REF, description="`name` or `name:version` of a registered "
-                                                    "model")
+    ref: str = Field(
+        pattern=MODEL_REF, description="`name` or `name:version` of a registered model"
+    )
 
 
 # PACS destinations (administrators)
@@ -542,19 +582,23 @@ class DestinationRequest(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     kind: Literal["dicom", "dicomweb"]
-    ae_title: Optional[str] = Field(None, max_length=16, pattern=NO_NUL,
-                                    description="dicom: the PACS's AE title")
+    ae_title: Optional[str] = Field(
+        None, max_length=16, pattern=NO_NUL, description="dicom: the PACS's AE title"
+    )
     host: Optional[str] = Field(None, max_length=255, pattern=NO_NUL, description="dicom")
     port: Optional[int] = Field(None, ge=1, le=65535, description="dicom")
     tls: bool = Field(False, description="dicom: associate over TLS")
     commitment: bool = Field(True, description="dicom: ask for Storage Commitment when offered")
-    url: Optional[str] = Field(None, max_length=2000, pattern=NO_NUL,
-                               description="dicomweb: the service's base URL")
+    url: Optional[str] = Field(
+        None, max_length=2000, pattern=NO_NUL, description="dicomweb: the service's base URL"
+    )
     token: Optional[str] = Field(None, pattern=NO_NUL, description="dicomweb: a bearer token")
-    basic: Optional[str] = Field(None, pattern=NO_NUL,
-                                 description="dicomweb: basic auth, `USER:PASSWORD`")
+    basic: Optional[str] = Field(
+        None, pattern=NO_NUL, description="dicomweb: basic auth, `USER:PASSWORD`"
+    )
 
 
 class DestinationNamePath(BaseModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
-                      description="a registered destination's name")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="a registered destination's name"
+    )

@@ -5,6 +5,7 @@ the Content-Security-Policy needs no ``'unsafe-inline'``. ``TRUSTED_HOSTS`` (Fla
 check) answers 400 to a request whose ``Host`` header is not listed, which stops DNS
 rebinding from reaching the API through a browser.
 """
+
 from __future__ import annotations
 
 import re
@@ -14,17 +15,19 @@ from flask import Flask, Request, Response, request
 
 from api.problems import Problem
 
-CONTENT_SECURITY_POLICY = "; ".join((
-    "default-src 'self'",
-    "script-src 'self'",
-    "style-src 'self'",
-    "img-src 'self' data: blob:",
-    "connect-src 'self'",
-    "object-src 'none'",
-    "base-uri 'none'",
-    "form-action 'self'",
-    "frame-ancestors 'none'",
-))
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data: blob:",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    )
+)
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
@@ -41,8 +44,7 @@ class ApiRequest(Request):
     """Flask's request, whose JSON body nested deeper than the parser's recursion limit is a
     400 problem in every route (with ``silent=True`` too), not a ``RecursionError`` (500)."""
 
-    def get_json(self, force: bool = False, silent: bool = False,
-                 cache: bool = True) -> Any:
+    def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
         try:
             return super().get_json(force=force, silent=silent, cache=cache)
         except RecursionError:
@@ -69,8 +71,10 @@ def refuse_nul_characters() -> None:
     """400 for a NUL in the path, the query or a form field: no id, name or reference holds
     one, and PostgreSQL cannot even compare text with one (it would be a 500)."""
     texts = [request.path, *request.args.values()]
-    if request.method == "POST" and request.mimetype in ("multipart/form-data",
-                                                          "application/x-www-form-urlencoded"):
+    if request.method == "POST" and request.mimetype in (
+        "multipart/form-data",
+        "application/x-www-form-urlencoded",
+    ):
         texts.extend(request.form.values())
     if any("\x00" in text for text in texts):
         raise Problem(400, "the request contains a NUL character in its path, query or form fields")

@@ -1,27 +1,48 @@
 """JSON and CSV shapes of jobs and results."""
+
 from __future__ import annotations
 
 import csv
 import io
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from db.jobs import JobSummary
 from db.models import Model, Scan
 from db.models import iso_utc as iso  # the answers' one time format (api.* import it here)
 from db.registry import describe
 
-RESULT_COLUMNS = ("scan_id", "filename", "status", "probability_covid", "label", "error",
-                  "model_name", "model_version", "model_sha256", "engine", "precision",
-                  "preprocessing", "worker", "study_uid", "series_uid", "instance_number",
-                  "slice_position")
+RESULT_COLUMNS = (
+    "scan_id",
+    "filename",
+    "status",
+    "probability_covid",
+    "label",
+    "error",
+    "model_name",
+    "model_version",
+    "model_sha256",
+    "engine",
+    "precision",
+    "preprocessing",
+    "worker",
+    "study_uid",
+    "series_uid",
+    "instance_number",
+    "slice_position",
+)
 
 
 def job_json(summary: JobSummary) -> dict[str, Any]:
     job = summary.job
     model = None
     if job.model_sha256 is not None:
-        model = {"name": job.model_name, "version": job.model_version,
-                 "sha256": job.model_sha256, "trained": job.model_trained}
+        model = {
+            "name": job.model_name,
+            "version": job.model_version,
+            "sha256": job.model_sha256,
+            "trained": job.model_trained,
+        }
     return {
         "id": job.id,
         "name": job.name,
@@ -38,15 +59,22 @@ def job_json(summary: JobSummary) -> dict[str, Any]:
         "open_until": iso(job.open_until),
         "callback_url": job.callback_url,
         "explain": job.explain,
-        "links": {"self": f"/v1/jobs/{job.id}", "results": f"/v1/jobs/{job.id}/results",
-                  "series": f"/v1/jobs/{job.id}/series", "cancel": f"/v1/jobs/{job.id}/cancel",
-                  "deliveries": f"/v1/jobs/{job.id}/deliveries"},
+        "links": {
+            "self": f"/v1/jobs/{job.id}",
+            "results": f"/v1/jobs/{job.id}/results",
+            "series": f"/v1/jobs/{job.id}/series",
+            "cancel": f"/v1/jobs/{job.id}/cancel",
+            "deliveries": f"/v1/jobs/{job.id}/deliveries",
+        },
     }
 
 
 def model_json(model: Model) -> dict[str, Any]:
-    return {**describe(model), "created_at": iso(model.created_at),
-            "links": {"report": f"/v1/models/{model.name}:{model.version}/report"}}
+    return {
+        **describe(model),
+        "created_at": iso(model.created_at),
+        "links": {"report": f"/v1/models/{model.name}:{model.version}/report"},
+    }
 
 
 def result_row(scan: Scan) -> dict[str, Any]:

@@ -1,4 +1,5 @@
 """``GET /v1/jobs/<id>/series``: a job's DICOM series, each with its P(COVID) and its slices."""
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,12 @@ def class_names(job: Job) -> tuple[str, str]:
 
 @bp.get("/<job_id>/series")
 @requires("read")
-@operation("A job's DICOM series and their P(COVID)", query=SeriesQuery,
-           responses={200: SeriesList}, errors=(404,))
+@operation(
+    "A job's DICOM series and their P(COVID)",
+    query=SeriesQuery,
+    responses={200: SeriesList},
+    errors=(404,),
+)
 def list_series(job_id: str) -> Response:
     """Each DICOM series of the job: UIDs, modality, counts, P(COVID), label and the rule.
 
@@ -47,27 +52,39 @@ def list_series(job_id: str) -> Response:
     with_slices = validated(SeriesQuery, request.args).slices
     positive, negative = class_names(job)
     rule = job.series_rule
-    found = [s.as_dict(positive, negative, with_slices)
-             for s in job_series(db_session(), job.id, rule)]
+    found = [
+        s.as_dict(positive, negative, with_slices) for s in job_series(db_session(), job.id, rule)
+    ]
     audit("series.read", job_id, {"series": len(found)})
     return jsonify(series=found, rule=rule)
 
 
 @bp.get("/<job_id>/series/<series_uid>/sr")
 @requires("read")
-@operation("A series' result as a DICOM Structured Report",
-           responses={200: Reply("The Comprehensive 3D SR (Part 10 file)", media={
-               "application/dicom": {"schema": {"type": "string", "format": "binary"}}},
-               headers={"Content-Disposition": "attachment; its file name"})},
-           errors=(404, 409, 410, 422))
+@operation(
+    "A series' result as a DICOM Structured Report",
+    responses={
+        200: Reply(
+            "The Comprehensive 3D SR (Part 10 file)",
+            media={"application/dicom": {"schema": {"type": "string", "format": "binary"}}},
+            headers={"Content-Disposition": "attachment; its file name"},
+        )
+    },
+    errors=(404, 409, 410, 422),
+)
 def series_report(job_id: str, series_uid: str) -> Response:
     """The series' result as a DICOM Structured Report (``application/dicom``).
 
     400 for a series UID that is not a UID; 404 for a series the job does not have; 409
     while no slice of it has a result; 422 when its slices' headers cannot be referenced.
     """
-    from api.dicom_sr import (UID_PATTERN, EvidenceError, SeriesFinding, build_report,
-                              evidence_header)
+    from api.dicom_sr import (
+        UID_PATTERN,
+        EvidenceError,
+        SeriesFinding,
+        build_report,
+        evidence_header,
+    )
 
     if not UID_PATTERN.fullmatch(series_uid):
         raise Problem(400, "a Series Instance UID is digits and dots, at most 64 characters")
@@ -80,10 +97,15 @@ def series_report(job_id: str, series_uid: str) -> Response:
         raise Problem(409, f"no slice of series {series_uid} has a result yet")
     positive, negative = class_names(job)
     first = done[0]
-    finding = SeriesFinding(series.probability_covid,
-                            series.label(positive, negative) == positive, series.rule,
-                            first.model_name or "unknown", first.model_version or "unknown",
-                            first.model_sha256 or "", first.preprocessing or "")
+    finding = SeriesFinding(
+        series.probability_covid,
+        series.label(positive, negative) == positive,
+        series.rule,
+        first.model_name or "unknown",
+        first.model_version or "unknown",
+        first.model_sha256 or "",
+        first.preprocessing or "",
+    )
     evidence, frames = [], {}
     blobs = services().blobs
     for scan in done:
@@ -91,8 +113,9 @@ def series_report(job_id: str, series_uid: str) -> Response:
             frames.setdefault(scan.sop_instance_uid, []).append(scan.frame + 1)
     try:
         for blob_key in dict.fromkeys(s.blob_key for s in done):
-            evidence.append(evidence_header(blobs.get(blob_key),
-                                            services().settings.max_scan_bytes))
+            evidence.append(
+                evidence_header(blobs.get(blob_key), services().settings.max_scan_bytes)
+            )
         document = build_report(evidence, finding, frames)
     except BlobNotFound:
         raise Problem(410, f"the stored slices of series {series_uid} are gone") from None
@@ -102,12 +125,20 @@ def series_report(job_id: str, series_uid: str) -> Response:
         # highdicom refuses what it cannot copy or reference (a SOP class it does not know,
         # a malformed attribute); named by type only, its message may quote the header.
         log.warning("a report for a series of job %s failed (%s)", job.id, type(exc).__name__)
-        raise Problem(422, f"no report can be made for series {series_uid}: its slices' "
-                           f"headers lack what a DICOM SR must copy or reference "
-                           f"({type(exc).__name__})") from None
+        raise Problem(
+            422,
+            f"no report can be made for series {series_uid}: its slices' "
+            f"headers lack what a DICOM SR must copy or reference "
+            f"({type(exc).__name__})",
+        ) from None
     audit("series.sr", job_id, {"series_uid": series_uid, "instances": len(evidence)})
-    return Response(document, mimetype="application/dicom", headers={
-        "Content-Disposition": attachment(f"covidscan-sr-{job.id[:12]}-{series_uid[-16:]}.dcm")})
+    return Response(
+        document,
+        mimetype="application/dicom",
+        headers={
+            "Content-Disposition": attachment(f"covidscan-sr-{job.id[:12]}-{series_uid[-16:]}.dcm")
+        },
+    )
 
 
 def attachment(filename: str) -> str:

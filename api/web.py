@@ -7,6 +7,7 @@ in once with an API key and then holds a session cookie (``HttpOnly``,
 ``SameSite=Strict``, ``Secure`` under TLS); its scripts send the page's CSRF token with
 every state-changing request.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -17,8 +18,16 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, redirect, render_template, request
 
-from api.auth import (ANY, SESSION_COOKIE, client_address, cookie_secure, current_principal,
-                      owned_job, public, requires)
+from api.auth import (
+    ANY,
+    SESSION_COOKIE,
+    client_address,
+    cookie_secure,
+    current_principal,
+    owned_job,
+    public,
+    requires,
+)
 from api.extensions import db_session, services
 from api.limits import failed_sign_ins
 from api.problems import Problem
@@ -38,9 +47,11 @@ CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 def page_contract() -> dict[str, Any]:
     """The states the page's scripts compare with, as the API spells them: every page carries
     them (``<html data-contract>``), so that no script spells a status of its own."""
-    return {"JobStatus": {status.name: status.value for status in JobStatus},
-            "ScanStatus": {status.name: status.value for status in ScanStatus},
-            "finishedJobStatuses": [status.value for status in JobStatus.finished()]}
+    return {
+        "JobStatus": {status.name: status.value for status in JobStatus},
+        "ScanStatus": {status.name: status.value for status in ScanStatus},
+        "finishedJobStatuses": [status.value for status in JobStatus.finished()],
+    }
 
 
 @bp.app_context_processor
@@ -52,9 +63,12 @@ def _contract() -> dict[str, Any]:
 @requires(ANY)
 def upload_page() -> str:
     settings = services().settings
-    return render_template("upload.html", max_upload_bytes=settings.max_upload_bytes,
-                           max_scan_bytes=settings.max_scan_bytes,
-                           max_scans=settings.max_scans_per_job)
+    return render_template(
+        "upload.html",
+        max_upload_bytes=settings.max_upload_bytes,
+        max_scan_bytes=settings.max_scan_bytes,
+        max_scans=settings.max_scans_per_job,
+    )
 
 
 @bp.get("/jobs")
@@ -96,10 +110,18 @@ def _next_path() -> str:
 
 def _login_form(error: str | None = None, status: int = 200) -> Response:
     token = secrets.token_urlsafe(32)
-    response = Response(render_template("login.html", login_token=token, next=_next_path(),
-                                        error=error), status=status)
-    response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="Strict",
-                        secure=cookie_secure(), path="/login")
+    response = Response(
+        render_template("login.html", login_token=token, next=_next_path(), error=error),
+        status=status,
+    )
+    response.set_cookie(
+        LOGIN_CSRF_COOKIE,
+        token,
+        httponly=True,
+        samesite="Strict",
+        secure=cookie_secure(),
+        path="/login",
+    )
     return response
 
 
@@ -133,8 +155,14 @@ def login() -> Response:
     record(session, "session.open", key_id=key.id, owner=key.owner)
     session.commit()
     response = redirect(_next_path(), 303)
-    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="Strict",
-                        secure=cookie_secure(), max_age=services().settings.session_hours * 3600)
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        httponly=True,
+        samesite="Strict",
+        secure=cookie_secure(),
+        max_age=services().settings.session_hours * 3600,
+    )
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
     return response
 

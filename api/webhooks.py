@@ -4,6 +4,7 @@ An endpoint gets the events of every job of its owner; a job's ``callback_url`` 
 job's. Each URL is checked against SSRF (:mod:`core.webhook_targets`) when it arrives,
 and again before every delivery.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -27,8 +28,10 @@ from db.webhooks import endpoint_secret, job_deliveries, stop_endpoint_events
 
 bp = Blueprint("webhooks", __name__)
 MAX_ENDPOINTS = 20
-NO_SECRET = ("the server has no WEBHOOK_SECRET to sign with: register the URL with a secret of "
-             "its own (POST /v1/webhooks with url and secret), or ask the operator to set one")
+NO_SECRET = (
+    "the server has no WEBHOOK_SECRET to sign with: register the URL with a secret of "
+    "its own (POST /v1/webhooks with url and secret), or ask the operator to set one"
+)
 
 
 def checked_url(field: str, raw: str) -> str:
@@ -50,16 +53,19 @@ def checked_callback_url(raw: str) -> Optional[str]:
         return None
     url = checked_url("callback_url", raw)
     owner = current_principal().owner
-    if services().settings.webhook_secret is None and \
-            not endpoint_secret(db_session(), owner, url):
+    if services().settings.webhook_secret is None and not endpoint_secret(db_session(), owner, url):
         raise Problem(400, f"callback_url: {NO_SECRET}")
     return url
 
 
 def endpoint_json(row: WebhookEndpoint) -> dict[str, Any]:
     """Never the secret itself: whether there is one."""
-    return {"id": row.id, "url": row.url, "own_secret": row.secret is not None,
-            "created_at": iso(row.created_at)}
+    return {
+        "id": row.id,
+        "url": row.url,
+        "own_secret": row.secret is not None,
+        "created_at": iso(row.created_at),
+    }
 
 
 def _body() -> dict[str, str]:
@@ -73,8 +79,13 @@ def _body() -> dict[str, str]:
 
 @bp.post("/v1/webhooks")
 @requires("submit")
-@operation("Register a webhook endpoint", form=WebhookRequest, body=WebhookRequest,
-           responses={201: Reply("Registered", Webhook)}, errors=(409,))
+@operation(
+    "Register a webhook endpoint",
+    form=WebhookRequest,
+    body=WebhookRequest,
+    responses={201: Reply("Registered", Webhook)},
+    errors=(409,),
+)
 def create_endpoint() -> tuple[Response, int]:
     """Register a URL for every job of the caller's owner, with an optional ``whsec_`` secret."""
     body = _body()
@@ -98,10 +109,15 @@ def create_endpoint() -> tuple[Response, int]:
         session.flush()
     except IntegrityError:
         session.rollback()
-        raise Problem(409, "this URL is registered already; delete it first to change its "
-                           "secret") from None
-    audit("webhook.create", None, {"endpoint_id": row.id, "own_secret": secret is not None},
-          commit=False)
+        raise Problem(
+            409, "this URL is registered already; delete it first to change its secret"
+        ) from None
+    audit(
+        "webhook.create",
+        None,
+        {"endpoint_id": row.id, "own_secret": secret is not None},
+        commit=False,
+    )
     session.commit()
     return jsonify(endpoint_json(row)), 201
 
@@ -110,8 +126,11 @@ def create_endpoint() -> tuple[Response, int]:
 @requires("read")
 @operation("The caller's webhook endpoints", responses={200: WebhookList})
 def list_endpoints() -> Response:
-    rows = db_session().scalars(select(WebhookEndpoint).where(
-        WebhookEndpoint.owner == current_principal().owner).order_by(WebhookEndpoint.created_at))
+    rows = db_session().scalars(
+        select(WebhookEndpoint)
+        .where(WebhookEndpoint.owner == current_principal().owner)
+        .order_by(WebhookEndpoint.created_at)
+    )
     return jsonify(webhooks=[endpoint_json(row) for row in rows])
 
 
@@ -128,23 +147,37 @@ def delete_endpoint(webhook_id: str) -> tuple[str, int]:
         raise Problem(404, f"no webhook with id {webhook_id!r}")
     stopped = stop_endpoint_events(session, row.owner, row.url)
     session.delete(row)
-    audit("webhook.delete", None, {"endpoint_id": webhook_id, "events_stopped": stopped},
-          commit=False)
+    audit(
+        "webhook.delete", None, {"endpoint_id": webhook_id, "events_stopped": stopped}, commit=False
+    )
     session.commit()
     return "", 204
 
 
 def delivery_json(row: WebhookDelivery) -> dict[str, Any]:
-    return {"attempt": row.attempt, "at": iso(row.at), "status_code": row.status_code,
-            "error": row.error, "duration_ms": row.duration_ms, "outcome": row.outcome,
-            "next_attempt_at": iso(row.next_attempt_at)}
+    return {
+        "attempt": row.attempt,
+        "at": iso(row.at),
+        "status_code": row.status_code,
+        "error": row.error,
+        "duration_ms": row.duration_ms,
+        "outcome": row.outcome,
+        "next_attempt_at": iso(row.next_attempt_at),
+    }
 
 
 def event_json(event: WebhookEvent, attempts: list[WebhookDelivery]) -> dict[str, Any]:
-    return {"id": event.id, "type": event.type, "url": event.url, "state": event.state,
-            "created_at": iso(event.created_at), "next_attempt_at": iso(event.next_attempt_at)
-            if event.state == DeliveryState.PENDING else None,
-            "attempts": [delivery_json(row) for row in attempts]}
+    return {
+        "id": event.id,
+        "type": event.type,
+        "url": event.url,
+        "state": event.state,
+        "created_at": iso(event.created_at),
+        "next_attempt_at": iso(event.next_attempt_at)
+        if event.state == DeliveryState.PENDING
+        else None,
+        "attempts": [delivery_json(row) for row in attempts],
+    }
 
 
 @bp.get("/v1/jobs/<job_id>/deliveries")
@@ -153,5 +186,8 @@ def event_json(event: WebhookEvent, attempts: list[WebhookDelivery]) -> dict[str
 def list_deliveries(job_id: str) -> Response:
     """The job's webhook events and every attempt to deliver each."""
     job = owned_job(job_id)
-    return jsonify(events=[event_json(event, attempts)
-                           for event, attempts in job_deliveries(db_session(), job.id)])
+    return jsonify(
+        events=[
+            event_json(event, attempts) for event, attempts in job_deliveries(db_session(), job.id)
+        ]
+    )

@@ -494,12 +494,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scans", type=int, default=512, help="slices in the bulk job")
     parser.add_argument("--small-jobs", type=int, default=100, help="one-slice jobs sent at once")
-    parser.add_argument("--precisions", default="fp32,bf16,int8,auto",
-                        help="comma-separated; empty measures nothing but what else is asked")
-    parser.add_argument("--explain-scans", type=int, default=64,
-                        help="slices in the with/without explanations case (0: skip it)")
-    parser.add_argument("--out", type=Path,
-                        help="the report (default COVIDSCAN_VAR_DIR/bench.json)")
+    parser.add_argument(
+        "--precisions",
+        default="fp32,bf16,int8,auto",
+        help="comma-separated; empty measures nothing but what else is asked",
+    )
+    parser.add_argument(
+        "--explain-scans",
+        type=int,
+        default=64,
+        help="slices in the with/without explanations case (0: skip it)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="the report (default COVIDSCAN_VAR_DIR/bench.json)"
+    )
     args = parser.parse_args(argv)
     from models.synthetic import png_slice
 
@@ -508,10 +516,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out = args.out or base.var_dir / "bench.json"
     shutil.rmtree(var_dir, ignore_errors=True)
     var_dir.mkdir(parents=True)
-    settings = base.with_overrides(var_dir=var_dir,
-                                   database_url=f"sqlite:///{var_dir / 'bench.db'}",
-                                   blob_dir=var_dir / "blobs", port=base.port + 100,
-                                   api_key_file=var_dir / "api-key")
+    settings = base.with_overrides(
+        var_dir=var_dir,
+        database_url=f"sqlite:///{var_dir / 'bench.db'}",
+        blob_dir=var_dir / "blobs",
+        port=base.port + 100,
+        api_key_file=var_dir / "api-key",
+    )
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     print(f"bench: making {args.scans} synthetic 512×512 PNG slices…", flush=True)
     pngs = [png_slice(512, seed=i) for i in range(args.scans)]

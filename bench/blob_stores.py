@@ -42,9 +42,12 @@ class StoreStack:
         os.environ.update(extra_env)  # read by the stack's processes as they start
         try:
             self.settings = load_settings().with_overrides(
-                var_dir=var_dir, database_url=f"sqlite:///{var_dir / 'bench.db'}",
+                var_dir=var_dir,
+                database_url=f"sqlite:///{var_dir / 'bench.db'}",
                 blob_dir=var_dir / "blobs",
-                port=port, api_key_file=var_dir / "api-key")
+                port=port,
+                api_key_file=var_dir / "api-key",
+            )
             self.log = open(var_dir / "stack.log", "w")
             self.stack = Stack(self.settings, output=self.log)
             self.stack.start()
@@ -89,8 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scans", type=int, default=256, help="slices in each bulk job")
     parser.add_argument("--rounds", type=int, default=3, help="bulk jobs per store (median)")
-    parser.add_argument("--out", type=Path,
-                        help="the report (default COVIDSCAN_VAR_DIR/bench-blob-stores.json)")
+    parser.add_argument(
+        "--out", type=Path, help="the report (default COVIDSCAN_VAR_DIR/bench-blob-stores.json)"
+    )
     args = parser.parse_args(argv)
     from models.synthetic import png_slice
 

@@ -273,10 +273,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     var_dir = base.var_dir / "dashboard"
     shutil.rmtree(var_dir, ignore_errors=True)
     var_dir.mkdir(parents=True)
-    settings = base.with_overrides(var_dir=var_dir,
-                                   database_url=f"sqlite:///{var_dir / 'dashboard.db'}",
-                                   blob_dir=var_dir / "blobs", port=base.port + 200,
-                                   api_key_file=var_dir / "api-key")
+    settings = base.with_overrides(
+        var_dir=var_dir,
+        database_url=f"sqlite:///{var_dir / 'dashboard.db'}",
+        blob_dir=var_dir / "blobs",
+        port=base.port + 200,
+        api_key_file=var_dir / "api-key",
+    )
     with open(var_dir / "stack.log", "w") as log:
         stack = Stack(settings, output=log)
         try:

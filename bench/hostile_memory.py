@@ -9,6 +9,7 @@ hostile upload through the test client. The child measures its resident size onc
 The cases: a Deflated CT slice of about 262 KB whose data set inflates to 256 MiB, and a
 CT file declaring 1,000,000 frames. The budget: 64 MiB over idle.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,11 @@ def deflate_bomb(inflated: int) -> bytes:
     write_file_meta_info(meta, dataset.file_meta, enforce_standard=True)
     write_dataset(body, dataset)
     packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    out = [b"\0" * 128 + b"DICM" + meta.getvalue(), packer.compress(body.getvalue()),
-           packer.compress(struct.pack("<HH2s2sL", 0xFFFC, 0xFFFC, b"OB", b"\0\0", inflated))]
+    out = [
+        b"\0" * 128 + b"DICM" + meta.getvalue(),
+        packer.compress(body.getvalue()),
+        packer.compress(struct.pack("<HH2s2sL", 0xFFFC, 0xFFFC, b"OB", b"\0\0", inflated)),
+    ]
     zeros = bytes(MIB)
     for _ in range(inflated // MIB):
         out.append(packer.compress(zeros))
@@ -91,8 +95,11 @@ def child(case: str, config: dict[str, str], key: str) -> dict[str, float]:
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
 
     def send(name: str, body: bytes):
-        return client.post("/v1/jobs", data={"files": [(io.BytesIO(body), name)]},
-                           content_type="multipart/form-data")
+        return client.post(
+            "/v1/jobs",
+            data={"files": [(io.BytesIO(body), name)]},
+            content_type="multipart/form-data",
+        )
 
     warm = send("warm.dcm", _part10(_ct_dataset()))
     assert warm.status_code == 202, warm.get_json()
@@ -102,11 +109,16 @@ def child(case: str, config: dict[str, str], key: str) -> dict[str, float]:
     response = send("hostile.dcm", data)
     seconds = time.perf_counter() - started
     peak = _rss_mib("VmHWM")
-    return {"case": case, "file_bytes": len(data), "status": response.status_code,
-            "detail": response.get_json().get("detail", "(accepted)"),
-            "seconds": round(seconds, 3),
-            "idle_mib": round(idle, 1), "peak_mib": round(peak, 1),
-            "over_idle_mib": round(peak - idle, 1)}
+    return {
+        "case": case,
+        "file_bytes": len(data),
+        "status": response.status_code,
+        "detail": response.get_json().get("detail", "(accepted)"),
+        "seconds": round(seconds, 3),
+        "idle_mib": round(idle, 1),
+        "peak_mib": round(peak, 1),
+        "over_idle_mib": round(peak - idle, 1),
+    }
 
 
 def main() -> int:
@@ -132,23 +144,32 @@ def main() -> int:
             with make_session_factory(engine).begin() as session:
                 key = create_key(session, "bench", "submit,read").token
             engine.dispose()
-            config = {"DATABASE_URL": database_url, "REDIS_URL": redis.url,
-                      "BLOB_DIR": str(root / "blobs")}
+            config = {
+                "DATABASE_URL": database_url,
+                "REDIS_URL": redis.url,
+                "BLOB_DIR": str(root / "blobs"),
+            }
             for case in CASES:
                 done = subprocess.run(
                     [sys.executable, "-m", "bench.hostile_memory", "--child", case],
-                    input=json.dumps({"config": config, "key": key}), capture_output=True,
-                    text=True, env=os.environ.copy(), check=False)
+                    input=json.dumps({"config": config, "key": key}),
+                    capture_output=True,
+                    text=True,
+                    env=os.environ.copy(),
+                    check=False,
+                )
                 if done.returncode != 0:
                     print(done.stderr, file=sys.stderr)
                     return 1
                 numbers = json.loads(done.stdout.strip().splitlines()[-1])
                 within = numbers["over_idle_mib"] <= BUDGET_MIB
                 failed |= not within
-                print(f"{case}: {numbers['file_bytes']} bytes -> {numbers['status']} in "
-                      f"{numbers['seconds']} s; RSS idle {numbers['idle_mib']} MiB, peak "
-                      f"{numbers['peak_mib']} MiB, +{numbers['over_idle_mib']} MiB "
-                      f"({'within' if within else 'OVER'} the {BUDGET_MIB} MiB budget)")
+                print(
+                    f"{case}: {numbers['file_bytes']} bytes -> {numbers['status']} in "
+                    f"{numbers['seconds']} s; RSS idle {numbers['idle_mib']} MiB, peak "
+                    f"{numbers['peak_mib']} MiB, +{numbers['over_idle_mib']} MiB "
+                    f"({'within' if within else 'OVER'} the {BUDGET_MIB} MiB budget)"
+                )
                 print(f"  {numbers['detail']}")
     return 1 if failed else 0
 

@@ -84,9 +84,13 @@ class Client:
             raise ApiError(response.status_code, detail)
         return response
 
-    def submit(self, files: Sequence[Path], options: Optional["SubmissionOptions"] = None,
-               root: Optional[Path] = None,
-               allow_modality: Optional[str] = None) -> dict[str, Any]:
+    def submit(
+        self,
+        files: Sequence[Path],
+        options: Optional[SubmissionOptions] = None,
+        root: Optional[Path] = None,
+        allow_modality: Optional[str] = None,
+    ) -> dict[str, Any]:
         """Upload files as one job; names are relative to ``root`` when given.
 
         ``options``: the job's name, model, precision, priority, callback URL and
@@ -98,8 +102,10 @@ class Client:
         If a part is refused, the job is deleted and the error raised: the upload is taken
         whole or not at all, as a single request's is.
         """
-        labels = [path.relative_to(root).as_posix() if root and path.is_relative_to(root)
-                  else path.name for path in files]
+        labels = [
+            path.relative_to(root).as_posix() if root and path.is_relative_to(root) else path.name
+            for path in files
+        ]
         data = options.form_fields() if options is not None else {}
         if not allow_modality and all(path.suffix.lower() in DIRECT_SUFFIXES for path in files):
             job = self._submit_direct(files, labels, data)

@@ -4,12 +4,13 @@ Like ``covidscan models``, these commands talk to the database (DATABASE_URL) di
 whoever can run them on a host that reaches the database is an operator. Every change is
 written to the audit log under the operating-system user's name (``cli:<user>``).
 """
+
 from __future__ import annotations
 
 import getpass
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Optional
 
 import click
@@ -36,17 +37,18 @@ def parse_expiry(raw: Optional[str], now: Optional[datetime] = None) -> Optional
     """
     if raw is None:
         return None
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     match = DURATION.match(raw.strip().lower())
     try:
         if match:
             moment = now + timedelta(**{UNITS[match.group(2)]: int(match.group(1))})
         else:
             moment = datetime.fromisoformat(raw.strip())
-            moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+            moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     except ValueError:
-        raise click.BadParameter(f"use 30d, 12h, 2w or a date such as 2027-01-31, got {raw!r}",
-                                 param_hint="--expires") from None
+        raise click.BadParameter(
+            f"use 30d, 12h, 2w or a date such as 2027-01-31, got {raw!r}", param_hint="--expires"
+        ) from None
     if moment <= now:
         raise click.BadParameter(f"{raw!r} is in the past", param_hint="--expires")
     return moment
@@ -58,11 +60,16 @@ def keys() -> None:
 
 
 @keys.command("create")
-@click.option("--owner", required=True, help="Who the key's jobs belong to (several keys may "
-                                              "share an owner).")
-@click.option("--scopes", default="submit,read", show_default=True,
-              help="Comma-separated: submit, read, metrics (GET /metrics only), admin "
-                   "(admin: every job, the audit log).")
+@click.option(
+    "--owner", required=True, help="Who the key's jobs belong to (several keys may share an owner)."
+)
+@click.option(
+    "--scopes",
+    default="submit,read",
+    show_default=True,
+    help="Comma-separated: submit, read, metrics (GET /metrics only), admin "
+    "(admin: every job, the audit log).",
+)
 @click.option("--expires", help="30d, 12h, 2w, or a date such as 2027-01-31 (default: never).")
 def create(owner: str, scopes: str, expires: Optional[str]) -> None:
     """Create a key and print it once: only its hash is stored."""
@@ -70,19 +77,28 @@ def create(owner: str, scopes: str, expires: Optional[str]) -> None:
     from db.keys import ApiKeyError, create_key
 
     expires_at = parse_expiry(expires)
-    with registry_context() as (_settings, session_factory, _store):
-        with session_factory.begin() as session:
-            try:
-                new = create_key(session, owner, scopes, expires_at)
-            except ApiKeyError as exc:
-                raise click.ClickException(str(exc)) from None
-            session.flush()
-            record(session, "key.create", key_id=None, owner=cli_actor(),
-                   detail={"key_id": new.row.id, "key_owner": new.row.owner,
-                           "scopes": new.row.scopes})
-    click.echo(f"created key csk_{new.row.id} for {new.row.owner} ({new.row.scopes})"
-               f"{', expires ' + expires_at.isoformat() if expires_at else ''}; "
-               "it is shown only now:", err=True)
+    with (
+        registry_context() as (_settings, session_factory, _store),
+        session_factory.begin() as session,
+    ):
+        try:
+            new = create_key(session, owner, scopes, expires_at)
+        except ApiKeyError as exc:
+            raise click.ClickException(str(exc)) from None
+        session.flush()
+        record(
+            session,
+            "key.create",
+            key_id=None,
+            owner=cli_actor(),
+            detail={"key_id": new.row.id, "key_owner": new.row.owner, "scopes": new.row.scopes},
+        )
+    click.echo(
+        f"created key csk_{new.row.id} for {new.row.owner} ({new.row.scopes})"
+        f"{', expires ' + expires_at.isoformat() if expires_at else ''}; "
+        "it is shown only now:",
+        err=True,
+    )
     click.echo(new.token)
 
 
@@ -93,12 +109,22 @@ def list_(as_json: bool) -> None:
     from db.keys import list_keys, usable
     from db.models import iso_utc
 
-    with registry_context() as (_settings, session_factory, _store):
-        with session_factory() as session:
-            rows = [{"id": f"csk_{k.id}", "owner": k.owner, "scopes": k.scopes,
-                     "created_at": k.created_at, "expires_at": k.expires_at,
-                     "revoked_at": k.revoked_at, "usable": usable(k)}
-                    for k in list_keys(session)]
+    with (
+        registry_context() as (_settings, session_factory, _store),
+        session_factory() as session,
+    ):
+        rows = [
+            {
+                "id": f"csk_{k.id}",
+                "owner": k.owner,
+                "scopes": k.scopes,
+                "created_at": k.created_at,
+                "expires_at": k.expires_at,
+                "revoked_at": k.revoked_at,
+                "usable": usable(k),
+            }
+            for k in list_keys(session)
+        ]
     if as_json:
         for row in rows:
             click.echo(json.dumps(row, default=iso_utc))  # its times, as the API writes them
@@ -119,12 +145,19 @@ def revoke(key_id: str) -> None:
     from db.audit import record
     from db.keys import ApiKeyError, revoke_key
 
-    with registry_context() as (_settings, session_factory, _store):
-        with session_factory.begin() as session:
-            try:
-                row = revoke_key(session, key_id)
-            except ApiKeyError as exc:
-                raise click.ClickException(str(exc)) from None
-            record(session, "key.revoke", key_id=None, owner=cli_actor(),
-                   detail={"key_id": row.id, "key_owner": row.owner})
+    with (
+        registry_context() as (_settings, session_factory, _store),
+        session_factory.begin() as session,
+    ):
+        try:
+            row = revoke_key(session, key_id)
+        except ApiKeyError as exc:
+            raise click.ClickException(str(exc)) from None
+        record(
+            session,
+            "key.revoke",
+            key_id=None,
+            owner=cli_actor(),
+            detail={"key_id": row.id, "key_owner": row.owner},
+        )
     click.echo(f"revoked csk_{row.id} ({row.owner})")

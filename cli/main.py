@@ -14,11 +14,11 @@ import click
 from cli.destinations import destinations
 from cli.keys import keys
 from cli.models import models
+from cli.train import evaluate, train
 from covidscan.contract import JobStatus, ScanStatus
 from covidscan.settings import PRECISIONS
-from cli.train import evaluate, train
-from dicomnet.listener import dicom_listen
 from db.models import PRIORITIES
+from dicomnet.listener import dicom_listen
 
 DEFAULT_URL = "http://127.0.0.1:5000"
 
@@ -39,9 +39,12 @@ def _fail(message: str) -> NoReturn:
 
 
 @click.group()
-@click.option("--url", help="The covidscan server (default: COVIDSCAN_URL, else the one make run "
-                            "starts). The API key comes from COVIDSCAN_API_KEY, else the file "
-                            "make run saved (API_KEY_FILE, default COVIDSCAN_VAR_DIR/api-key).")
+@click.option(
+    "--url",
+    help="The covidscan server (default: COVIDSCAN_URL, else the one make run "
+    "starts). The API key comes from COVIDSCAN_API_KEY, else the file "
+    "make run saved (API_KEY_FILE, default COVIDSCAN_VAR_DIR/api-key).",
+)
 @click.pass_context
 def main(ctx: click.Context, url: Optional[str]) -> None:
     """Bulk COVID-19 classification of chest CT slices."""
@@ -52,17 +55,33 @@ def main(ctx: click.Context, url: Optional[str]) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--name", help="A name for the job.")
 @click.option("--model", help="NAME or NAME:VERSION of a registered model (default: the default).")
-@click.option("--priority", type=click.Choice(PRIORITIES), default=None,
-              help="Waiting scans of higher priority jobs are classified first (default normal).")
-@click.option("--callback-url", metavar="URL",
-              help="POST a signed event to URL when the job ends (see the README's Webhooks).")
-@click.option("--precision", type=click.Choice(PRECISIONS),
-              help="The numeric precision asked of the model (default: the worker's "
-                   "INFERENCE_PRECISION; see the README's Precisions).")
-@click.option("--explain", is_flag=True,
-              help="Also compute a Grad-CAM heatmap of every scan (GET /v1/scans/<id>/heatmap).")
-@click.option("--allow-modality", metavar="MODALITIES",
-              help="DICOM modalities to classify besides CT, e.g. MR,PT (others are skipped).")
+@click.option(
+    "--priority",
+    type=click.Choice(PRIORITIES),
+    default=None,
+    help="Waiting scans of higher priority jobs are classified first (default normal).",
+)
+@click.option(
+    "--callback-url",
+    metavar="URL",
+    help="POST a signed event to URL when the job ends (see the README's Webhooks).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    help="The numeric precision asked of the model (default: the worker's "
+    "INFERENCE_PRECISION; see the README's Precisions).",
+)
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="Also compute a Grad-CAM heatmap of every scan (GET /v1/scans/<id>/heatmap).",
+)
+@click.option(
+    "--allow-modality",
+    metavar="MODALITIES",
+    help="DICOM modalities to classify besides CT, e.g. MR,PT (others are skipped).",
+)
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
 @click.option("--poll", default=1.0, show_default=True, help="Seconds between status polls.")
 @click.option(
@@ -95,8 +114,15 @@ def submit(
 
     try:  # checked here as the server checks them: a mistake costs no upload
         options = SubmissionOptions.model_validate(
-            {"name": name, "model": model, "priority": priority, "callback_url": callback_url,
-             "precision": precision, "explain": "gradcam" if explain else None})
+            {
+                "name": name,
+                "model": model,
+                "priority": priority,
+                "callback_url": callback_url,
+                "precision": precision,
+                "explain": "gradcam" if explain else None,
+            }
+        )
     except ValidationError as exc:
         _fail(problem_text(exc, SubmissionOptions))
     files = collect_files(list(paths))
@@ -141,10 +167,12 @@ def _follow(client, job_id: str, poll: float) -> dict[str, Any]:
         while True:
             job = client.job(job_id)
             counts = job["counts"]
-            progress.update(task, total=counts["total"],
-                            completed=counts["succeeded"] + counts["failed"]
-                            + counts.get("cancelled", 0),
-                            description=job["status"])
+            progress.update(
+                task,
+                total=counts["total"],
+                completed=counts["succeeded"] + counts["failed"] + counts.get("cancelled", 0),
+                description=job["status"],
+            )
             if job["status"] in JobStatus.finished():
                 return job
             time.sleep(poll)
@@ -180,8 +208,10 @@ def _print_summary(client, job: dict[str, Any], full_table: bool = False) -> Non
     else:
         console.print(f"job {job['id']}: {job['status']}")
     counts = job["counts"]
-    console.print(f"{counts['succeeded']} succeeded, {counts['failed']} failed of {counts['total']}"
-                  + (f", {counts['cancelled']} cancelled" if counts.get("cancelled") else ""))
+    console.print(
+        f"{counts['succeeded']} succeeded, {counts['failed']} failed of {counts['total']}"
+        + (f", {counts['cancelled']} cancelled" if counts.get("cancelled") else "")
+    )
     labels = Counter(row["label"] for row in rows if row["status"] == ScanStatus.SUCCEEDED)
     if labels:
         console.print("labels: " + ", ".join(f"{name} {n}" for name, n in labels.most_common()))

@@ -86,26 +86,51 @@ def _folder_map(raw: Optional[str]):
 @click.option("--name", help="Registry name (default: resnet50-<data folder name>).")
 @click.option("--version", help="Default: the first 12 hex digits of the model's SHA-256.")
 @click.option("--epochs", type=click.IntRange(1), default=_Recipe("epochs"), show_default=True)
-@click.option("--image-size", type=click.IntRange(32), default=_Recipe("image_size"),
-              show_default=True, help="Square input size the model is trained at.")
-@click.option("--batch-size", type=click.IntRange(1), default=_Recipe("batch_size"),
-              show_default=True)
-@click.option("--fine-tune-from", metavar="LAYER",
-              help="Unfreeze the ResNet50 base from this layer (name or index) on.")
-@click.option("--imagenet-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A local ResNet50 'notop' weights file; without one the base is random.")
-@click.option("--group-regex", help="Regex on the slice's path whose first group names the "
-                                    "patient: all of a patient's slices land on one side.")
+@click.option(
+    "--image-size",
+    type=click.IntRange(32),
+    default=_Recipe("image_size"),
+    show_default=True,
+    help="Square input size the model is trained at.",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(1), default=_Recipe("batch_size"), show_default=True
+)
+@click.option(
+    "--fine-tune-from",
+    metavar="LAYER",
+    help="Unfreeze the ResNet50 base from this layer (name or index) on.",
+)
+@click.option(
+    "--imagenet-weights",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A local ResNet50 'notop' weights file; without one the base is random.",
+)
+@click.option(
+    "--group-regex",
+    help="Regex on the slice's path whose first group names the "
+    "patient: all of a patient's slices land on one side.",
+)
 @click.option("--val-split", type=float, default=_Recipe("val_split"), show_default=True)
 @click.option("--seed", type=int, default=_Recipe("seed"), show_default=True)
-@click.option("--patience", type=click.IntRange(1), default=_Recipe("patience"),
-              show_default=True, help="Epochs without a better validation loss before stopping.")
-@click.option("--classes", help="FOLDER=CLASS,... in output order (default: folder names, "
-                                "the positive class first).")
+@click.option(
+    "--patience",
+    type=click.IntRange(1),
+    default=_Recipe("patience"),
+    show_default=True,
+    help="Epochs without a better validation loss before stopping.",
+)
+@click.option(
+    "--classes",
+    help="FOLDER=CLASS,... in output order (default: folder names, the positive class first).",
+)
 @click.option("--positive", help="The positive class (default: the one named like COVID).")
-@click.option("--output", type=click.Path(file_okay=False, path_type=Path),
-              help="Where the model, checkpoint and reports go (default "
-                   "COVIDSCAN_VAR_DIR/training/NAME-TIME).")
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the model, checkpoint and reports go (default "
+    "COVIDSCAN_VAR_DIR/training/NAME-TIME).",
+)
 @click.option("--default", "make_default", is_flag=True, help="Make it the default model.")
 def train(
     data_dir: Path,
@@ -139,19 +164,38 @@ def train(
         parts = split(data, val_split, seed, group_regex)
     except (ValueError, DatasetError) as exc:
         raise click.ClickException(str(exc)) from None
-    config = TrainConfig(epochs=epochs, image_size=image_size, batch_size=batch_size,
-                         val_split=val_split, seed=seed, fine_tune_from=fine_tune_from,
-                         imagenet_weights=imagenet_weights, group_regex=group_regex,
-                         patience=patience)
+    config = TrainConfig(
+        epochs=epochs,
+        image_size=image_size,
+        batch_size=batch_size,
+        val_split=val_split,
+        seed=seed,
+        fine_tune_from=fine_tune_from,
+        imagenet_weights=imagenet_weights,
+        group_regex=group_regex,
+        patience=patience,
+    )
     with registry_context() as (settings, session_factory, store):
         out_dir = output or settings.var_dir / "training" / f"{name}-{_stamp()}"
-        click.echo(f"{len(data.paths)} slices in {data.counts()}; classes "
-                   f"{list(data.classes)}, positive {data.classes[data.positive_index]}")
-        click.echo(f"split: {len(parts.train)} training, {len(parts.validation)} validation"
-                   f"{f' ({parts.groups} groups)' if parts.grouped else ''}; output in {out_dir}")
-        _train_and_register(data, parts, config, out_dir, session_factory, store,
-                            Registration(path=out_dir / "model.h5", name=name, version=version,
-                                         make_default=make_default))
+        click.echo(
+            f"{len(data.paths)} slices in {data.counts()}; classes "
+            f"{list(data.classes)}, positive {data.classes[data.positive_index]}"
+        )
+        click.echo(
+            f"split: {len(parts.train)} training, {len(parts.validation)} validation"
+            f"{f' ({parts.groups} groups)' if parts.grouped else ''}; output in {out_dir}"
+        )
+        _train_and_register(
+            data,
+            parts,
+            config,
+            out_dir,
+            session_factory,
+            store,
+            Registration(
+                path=out_dir / "model.h5", name=name, version=version, make_default=make_default
+            ),
+        )
 
 
 def _train_and_register(data, parts, config, out_dir: Path, session_factory, store, wanted) -> None:
@@ -226,12 +270,19 @@ def _train_and_register(data, parts, config, out_dir: Path, session_factory, sto
 @click.command()
 @click.argument("model_ref", metavar="MODEL")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--classes", help="FOLDER=CLASS,... mapping the data's folders onto the model's "
-                                "classes (default: by name, or COVID-like vs the other).")
-@click.option("--output", type=click.Path(file_okay=False, path_type=Path),
-              help="Where the reports go (default COVIDSCAN_VAR_DIR/reports/NAME-VERSION-TIME).")
-@click.option("--batch-size", type=click.IntRange(1), default=_Recipe("batch_size"),
-              show_default=True)
+@click.option(
+    "--classes",
+    help="FOLDER=CLASS,... mapping the data's folders onto the model's "
+    "classes (default: by name, or COVID-like vs the other).",
+)
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the reports go (default COVIDSCAN_VAR_DIR/reports/NAME-VERSION-TIME).",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(1), default=_Recipe("batch_size"), show_default=True
+)
 @click.option("--attach", is_flag=True, help="Store the report with the registered model.")
 def evaluate(
     model_ref: str,
@@ -269,8 +320,9 @@ def evaluate(
         except (ModelLoadError, DatasetError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
         out_dir = output or settings.var_dir / "reports" / f"{info.name}-{info.version}-{_stamp()}"
-        files = write_report(report, out_dir, f"Evaluation: {info.name}:{info.version} on "
-                                              f"{data_dir}", predictions)
+        files = write_report(
+            report, out_dir, f"Evaluation: {info.name}:{info.version} on {data_dir}", predictions
+        )
         if attach:
             with session_factory.begin() as session:
                 get_model(session, f"{info.name}:{info.version}").report = report

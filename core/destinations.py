@@ -5,6 +5,7 @@ for Storage Commitment); a ``dicomweb`` one is a DICOMweb base URL with an optio
 token or basic auth. Credentials are sealed with PHI_KEY before they reach the database
 and are never shown again: listings say only whether there are some.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,17 @@ from db.destinations import add_destination
 from db.models import Destination, DestinationKind
 from db.webhooks import iso_utc
 
-__all__ = ["DestinationError", "Credentials", "DestinationSpec", "parse_dicom_address",
-           "dicom_spec", "dicomweb_spec", "register", "credentials_of", "describe"]
+__all__ = [
+    "DestinationError",
+    "Credentials",
+    "DestinationSpec",
+    "parse_dicom_address",
+    "dicom_spec",
+    "dicomweb_spec",
+    "register",
+    "credentials_of",
+    "describe",
+]
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # PS3.5 6.2: AE titles are up to 16 characters of the default repertoire, no backslash.
@@ -71,16 +81,19 @@ class DestinationSpec:
 def checked_name(raw: str) -> str:
     name = (raw or "").strip()
     if not NAME.match(name):
-        raise DestinationError(f"name must be 1-64 letters, digits, '.', '_' or '-' (starting "
-                               f"with a letter or digit), got {raw!r}")
+        raise DestinationError(
+            f"name must be 1-64 letters, digits, '.', '_' or '-' (starting "
+            f"with a letter or digit), got {raw!r}"
+        )
     return name
 
 
 def checked_ae_title(raw: str) -> str:
     aet = (raw or "").strip()
     if not AE_TITLE.match(aet):
-        raise DestinationError(f"AE title must be 1-16 printable ASCII characters without a "
-                               f"backslash, got {raw!r}")
+        raise DestinationError(
+            f"AE title must be 1-16 printable ASCII characters without a backslash, got {raw!r}"
+        )
     return aet
 
 
@@ -102,31 +115,43 @@ def parse_dicom_address(raw: str) -> tuple[str, str, int]:
     """
     match = DICOM_ADDRESS.match((raw or "").strip())
     if not match:
-        raise DestinationError(f"a DICOM destination is AE_TITLE@HOST:PORT, e.g. "
-                               f"PACS@pacs.example.org:104, got {raw!r}")
+        raise DestinationError(
+            f"a DICOM destination is AE_TITLE@HOST:PORT, e.g. "
+            f"PACS@pacs.example.org:104, got {raw!r}"
+        )
     host = match["host"].strip("[]")
     return checked_ae_title(match["aet"]), host, checked_port(match["port"])
 
 
-def dicom_spec(name: str, ae_title: str, host: str, port: Any, *, tls: bool = False,
-               commitment: bool = True) -> DestinationSpec:
+def dicom_spec(
+    name: str, ae_title: str, host: str, port: Any, *, tls: bool = False, commitment: bool = True
+) -> DestinationSpec:
     """A DICOM destination. Raises DestinationError naming the wrong field."""
     host = (host or "").strip()
     if not host or len(host) > 255 or any(c in host for c in " /@"):
         raise DestinationError(f"host must be a host name or address, got {host!r}")
-    return DestinationSpec(checked_name(name), DestinationKind.DICOM,
-                           ae_title=checked_ae_title(ae_title), host=host,
-                           port=checked_port(port), tls=bool(tls), commitment=bool(commitment))
+    return DestinationSpec(
+        checked_name(name),
+        DestinationKind.DICOM,
+        ae_title=checked_ae_title(ae_title),
+        host=host,
+        port=checked_port(port),
+        tls=bool(tls),
+        commitment=bool(commitment),
+    )
 
 
-def dicomweb_spec(name: str, url: str, *, token: Optional[str] = None,
-                  basic: Optional[str] = None) -> DestinationSpec:
+def dicomweb_spec(
+    name: str, url: str, *, token: Optional[str] = None, basic: Optional[str] = None
+) -> DestinationSpec:
     """A DICOMweb destination; ``basic`` is ``USER:PASSWORD``. Raises DestinationError."""
     url = (url or "").strip().rstrip("/")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2000:
-        raise DestinationError(f"url must be the DICOMweb service's http(s) base URL, e.g. "
-                               f"https://pacs.example.org/dicom-web, got {url!r}")
+        raise DestinationError(
+            f"url must be the DICOMweb service's http(s) base URL, e.g. "
+            f"https://pacs.example.org/dicom-web, got {url!r}"
+        )
     if parts.username or parts.password:
         raise DestinationError("url must not hold credentials: give them as a token or basic")
     token = (token or "").strip() or None
@@ -139,8 +164,9 @@ def dicomweb_spec(name: str, url: str, *, token: Optional[str] = None,
             raise DestinationError("basic auth is USER:PASSWORD")
         pair = (user, password)
     credentials = Credentials(token=token, basic=pair) if token or pair else None
-    return DestinationSpec(checked_name(name), DestinationKind.DICOMWEB, url=url,
-                           credentials=credentials)
+    return DestinationSpec(
+        checked_name(name), DestinationKind.DICOMWEB, url=url, credentials=credentials
+    )
 
 
 def register(session: Session, spec: DestinationSpec, phi_key: Optional[str]) -> Destination:
@@ -157,9 +183,18 @@ def register(session: Session, spec: DestinationSpec, phi_key: Optional[str]) ->
         except SealError as exc:
             raise DestinationError(str(exc)) from None
         sealed = sealer.seal(DESTINATION_CREDENTIALS, spec.credentials.to_bytes())
-    return add_destination(session, spec.name, spec.kind, ae_title=spec.ae_title,
-                           host=spec.host, port=spec.port, tls=spec.tls,
-                           commitment=spec.commitment, url=spec.url, credentials=sealed)
+    return add_destination(
+        session,
+        spec.name,
+        spec.kind,
+        ae_title=spec.ae_title,
+        host=spec.host,
+        port=spec.port,
+        tls=spec.tls,
+        commitment=spec.commitment,
+        url=spec.url,
+        credentials=sealed,
+    )
 
 
 def credentials_of(row: Destination, phi_key: Optional[str]) -> Optional[Credentials]:
@@ -171,8 +206,9 @@ def credentials_of(row: Destination, phi_key: Optional[str]) -> Optional[Credent
     if row.credentials is None:
         return None
     try:
-        sealer = Sealer.from_setting(phi_key,
-                                     f"opening the credentials of destination {row.name!r}")
+        sealer = Sealer.from_setting(
+            phi_key, f"opening the credentials of destination {row.name!r}"
+        )
         return Credentials.from_bytes(sealer.open(DESTINATION_CREDENTIALS, row.credentials))
     except SealError as exc:
         raise DestinationError(str(exc)) from None
@@ -181,8 +217,15 @@ def credentials_of(row: Destination, phi_key: Optional[str]) -> Optional[Credent
 def describe(row: Destination) -> dict[str, Any]:
     """What may be shown of a destination: everything but the credentials."""
     dicom = row.kind == DestinationKind.DICOM
-    return {"name": row.name, "kind": row.kind.value,
-            "ae_title": row.ae_title, "host": row.host, "port": row.port,
-            "tls": row.tls if dicom else None, "commitment": row.commitment if dicom else None,
-            "url": row.url, "has_credentials": row.credentials is not None,
-            "created_at": iso_utc(row.created_at)}
+    return {
+        "name": row.name,
+        "kind": row.kind.value,
+        "ae_title": row.ae_title,
+        "host": row.host,
+        "port": row.port,
+        "tls": row.tls if dicom else None,
+        "commitment": row.commitment if dicom else None,
+        "url": row.url,
+        "has_credentials": row.credentials is not None,
+        "created_at": iso_utc(row.created_at),
+    }

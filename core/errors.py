@@ -4,6 +4,7 @@ The API turns them into problem+json statuses (``api/problems.py``), the C-STORE
 into DICOM statuses (``dicomnet/listener.py``), the CLI into messages. None of them carries
 a transport's status: a ``TooLarge`` is a 413 to the API and 0xA700 to a PACS.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional

@@ -13,11 +13,13 @@ prometheus_client keeps every process's values in files there and ``/metrics`` a
 Workers and the sweep are single processes that serve their own ``/metrics`` on
 ``METRICS_PORT``.
 """
+
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
-from typing import Iterable, Iterator, Optional
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Optional
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -36,16 +38,20 @@ SCANS_RECOVERED = Counter(
     "covidscan_scans_recovered_total",
     "Scans whose worker's lease expired (the worker died), by what became of them: "
     "requeued, failed (attempts used up) or cancelled (their job was cancelled).",
-    ["outcome"])
+    ["outcome"],
+)
 JOBS_FINISHED = Counter(
     "covidscan_jobs_finished_total",
     "Jobs that ended, by final status (succeeded, partially_succeeded, failed, cancelled), "
     "counted by the process whose write ended them.",
-    ["status"])
-JOBS_SUBMITTED = Counter("covidscan_jobs_submitted_total", "Jobs accepted, by priority.",
-                         ["priority"])
-SCANS_SUBMITTED = Counter("covidscan_scans_submitted_total",
-                          "Scans accepted in jobs, by priority.", ["priority"])
+    ["status"],
+)
+JOBS_SUBMITTED = Counter(
+    "covidscan_jobs_submitted_total", "Jobs accepted, by priority.", ["priority"]
+)
+SCANS_SUBMITTED = Counter(
+    "covidscan_scans_submitted_total", "Scans accepted in jobs, by priority.", ["priority"]
+)
 
 
 def job_submitted(priority: str, scans: int) -> None:
@@ -59,8 +65,7 @@ def scans_added(priority: str, scans: int) -> None:
 
 
 def count_recovered(requeued: int, failed: int, cancelled: int) -> None:
-    for outcome, count in (("requeued", requeued), ("failed", failed),
-                           ("cancelled", cancelled)):
+    for outcome, count in (("requeued", requeued), ("failed", failed), ("cancelled", cancelled)):
         if count:
             SCANS_RECOVERED.labels(outcome).inc(count)
 
@@ -78,15 +83,23 @@ class QueueCollector(Collector):
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
-        return (GaugeMetricFamily("covidscan_scans_waiting",
-                                  "Scans queued and not yet leased by a worker, by job priority.",
-                                  labels=["priority"]),
-                GaugeMetricFamily("covidscan_scans_leased",
-                                  "Scans leased by a worker right now (being classified).",
-                                  labels=[]),
-                GaugeMetricFamily("covidscan_oldest_waiting_scan_age_seconds",
-                                  "How long the oldest waiting scan has waited (0: none waits).",
-                                  labels=[]))
+        return (
+            GaugeMetricFamily(
+                "covidscan_scans_waiting",
+                "Scans queued and not yet leased by a worker, by job priority.",
+                labels=["priority"],
+            ),
+            GaugeMetricFamily(
+                "covidscan_scans_leased",
+                "Scans leased by a worker right now (being classified).",
+                labels=[],
+            ),
+            GaugeMetricFamily(
+                "covidscan_oldest_waiting_scan_age_seconds",
+                "How long the oldest waiting scan has waited (0: none waits).",
+                labels=[],
+            ),
+        )
 
     def describe(self) -> Iterator[Metric]:
         """The metric families, without values (no query)."""
@@ -107,7 +120,7 @@ class QueueCollector(Collector):
         if oldest is None:
             age.add_metric([], 0.0)
         else:
-            age.add_metric([], max(0.0, (datetime.now(timezone.utc) - oldest).total_seconds()))
+            age.add_metric([], max(0.0, (datetime.now(UTC) - oldest).total_seconds()))
         yield from (waiting, leased, age)
 
 
@@ -118,8 +131,7 @@ class _Everything(Collector):
         return REGISTRY.collect()
 
 
-def scrape_registry(settings: Settings,
-                    extra: Optional[Collector] = None) -> CollectorRegistry:
+def scrape_registry(settings: Settings, extra: Optional[Collector] = None) -> CollectorRegistry:
     """What ``/metrics`` shows: this process's metrics, or with PROMETHEUS_MULTIPROC_DIR the
     sum over every process writing there; plus ``extra`` (computed at scrape time)."""
     registry = CollectorRegistry(auto_describe=False)
@@ -137,8 +149,9 @@ def serve(settings: Settings, what: str) -> Optional[int]:
     when METRICS_PORT is 0 (off)."""
     if not settings.metrics_port:
         return None
-    server, _thread = start_http_server(settings.metrics_port, settings.metrics_host,
-                                        registry=REGISTRY)
+    server, _thread = start_http_server(
+        settings.metrics_port, settings.metrics_host, registry=REGISTRY
+    )
     port = server.server_port
     log.info("%s metrics on http://%s:%d/metrics", what, settings.metrics_host, port)
     return port

@@ -9,6 +9,7 @@ every process that takes jobs) and unfinished jobs (in SQL, which holds the trut
 Refusals are :class:`core.errors.OverQuota` (with the seconds to wait) or
 :class:`core.errors.Unavailable` when Redis does not answer.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,8 +43,9 @@ def retry_after(reset_at: float) -> int:
 
 def _unreachable(exc: Exception) -> Unavailable:
     log.error("rate-limit storage unreachable: %s", exc)
-    return Unavailable("Redis, which holds the quotas, is unreachable; nothing was stored, "
-                       "try again")
+    return Unavailable(
+        "Redis, which holds the quotas, is unreachable; nothing was stored, try again"
+    )
 
 
 @dataclass
@@ -54,10 +56,11 @@ class ScanQuota:
     per_hour: int
 
     @classmethod
-    def open(cls, redis_url: str, per_hour: int) -> "ScanQuota":
+    def open(cls, redis_url: str, per_hour: int) -> ScanQuota:
         """The quota kept in the Redis at ``redis_url`` (no connection until first used)."""
-        return cls(SlidingWindowCounterRateLimiter(storage_from_string(storage_uri(redis_url))),
-                   per_hour)
+        return cls(
+            SlidingWindowCounterRateLimiter(storage_from_string(storage_uri(redis_url))), per_hour
+        )
 
     @property
     def item(self) -> RateLimitItemPerHour:
@@ -75,8 +78,11 @@ class ScanQuota:
         """
         try:
             if not self.limiter.test(self.item, owner):
-                raise self._refuse(owner, f"the quota of {self.per_hour} scans per hour "
-                                          "(SCANS_PER_HOUR) is used up for this owner")
+                raise self._refuse(
+                    owner,
+                    f"the quota of {self.per_hour} scans per hour "
+                    "(SCANS_PER_HOUR) is used up for this owner",
+                )
         except (StorageError, RedisError, OSError) as exc:
             raise _unreachable(exc) from None
 
@@ -97,14 +103,23 @@ class ScanQuota:
         except (StorageError, RedisError, OSError) as exc:
             raise _unreachable(exc) from None
         if not scans:
-            what = "this explanation exceeds" if explanations == 1 else \
-                f"these {explanations} explanations exceed"
+            what = (
+                "this explanation exceeds"
+                if explanations == 1
+                else f"these {explanations} explanations exceed"
+            )
         else:
-            what = f"these {scans} scans" + (
-                f" and their {explanations} explanations" if explanations else "") + " exceed"
-        raise self._refuse(owner, f"{what} the quota of {self.per_hour} scans per hour "
-                                  "(SCANS_PER_HOUR; an explanation counts as a scan); "
-                                  f"{remaining} are left this hour")
+            what = (
+                f"these {scans} scans"
+                + (f" and their {explanations} explanations" if explanations else "")
+                + " exceed"
+            )
+        raise self._refuse(
+            owner,
+            f"{what} the quota of {self.per_hour} scans per hour "
+            "(SCANS_PER_HOUR; an explanation counts as a scan); "
+            f"{remaining} are left this hour",
+        )
 
 
 def check_active_jobs(session: Session, owner: str, limit: int) -> None:
@@ -132,5 +147,7 @@ def confirm_active_jobs(session: Session, owner: str, limit: int) -> None:
 
 
 def _too_many_jobs(limit: int) -> OverQuota:
-    return OverQuota(f"this owner already has {limit} unfinished jobs (MAX_ACTIVE_JOBS); "
-                     "wait until some finish", ACTIVE_JOBS_RETRY_SECONDS)
+    return OverQuota(
+        f"this owner already has {limit} unfinished jobs (MAX_ACTIVE_JOBS); wait until some finish",
+        ACTIVE_JOBS_RETRY_SECONDS,
+    )

@@ -6,6 +6,7 @@ subkey, derived from ``PHI_KEY`` by HKDF-SHA256, and binds the purpose as associ
 a blob sealed for one purpose cannot be opened as another, and a blob altered by one bit,
 or sealed under another key, is refused rather than opened to garbage.
 """
+
 from __future__ import annotations
 
 import base64
@@ -18,8 +19,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-__all__ = ["DESTINATION_CREDENTIALS", "PATIENT_ATTRIBUTES", "PURPOSES", "SealError",
-           "MissingKey", "Sealer"]
+__all__ = [
+    "DESTINATION_CREDENTIALS",
+    "PATIENT_ATTRIBUTES",
+    "PURPOSES",
+    "SealError",
+    "MissingKey",
+    "Sealer",
+]
 
 DESTINATION_CREDENTIALS = "destination-credentials"
 PATIENT_ATTRIBUTES = "patient-attributes"
@@ -55,9 +62,11 @@ class Sealer:
             MissingKey: ``value`` is None; the message says that ``needed_for`` needs PHI_KEY.
         """
         if not value:
-            raise MissingKey(f"PHI_KEY is not set: {needed_for} needs it (the base64 of 32 "
-                             "random bytes, e.g. `openssl rand -base64 32`; `make run` makes "
-                             "one in <COVIDSCAN_VAR_DIR>/phi-key)")
+            raise MissingKey(
+                f"PHI_KEY is not set: {needed_for} needs it (the base64 of 32 "
+                "random bytes, e.g. `openssl rand -base64 32`; `make run` makes "
+                "one in <COVIDSCAN_VAR_DIR>/phi-key)"
+            )
         try:
             key = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
         except (binascii.Error, ValueError):
@@ -67,8 +76,9 @@ class Sealer:
     def seal(self, purpose: str, plaintext: bytes) -> bytes:
         """``plaintext`` encrypted for ``purpose`` under a fresh random nonce."""
         nonce = os.urandom(NONCE_BYTES)
-        return VERSION + nonce + self._cipher(purpose).encrypt(nonce, plaintext,
-                                                               _associated(purpose))
+        return (
+            VERSION + nonce + self._cipher(purpose).encrypt(nonce, plaintext, _associated(purpose))
+        )
 
     def open(self, purpose: str, blob: bytes) -> bytes:
         """What :meth:`seal` sealed for ``purpose``.
@@ -79,26 +89,34 @@ class Sealer:
         """
         cipher = self._cipher(purpose)
         if len(blob) < 1 + NONCE_BYTES + TAG_BYTES or blob[:1] != VERSION:
-            raise SealError(f"the sealed {purpose} are not a sealed blob (truncated, or of an "
-                            "unknown version)")
-        nonce, ciphertext = blob[1:1 + NONCE_BYTES], blob[1 + NONCE_BYTES:]
+            raise SealError(
+                f"the sealed {purpose} are not a sealed blob (truncated, or of an unknown version)"
+            )
+        nonce, ciphertext = blob[1 : 1 + NONCE_BYTES], blob[1 + NONCE_BYTES :]
         try:
             return cipher.decrypt(nonce, ciphertext, _associated(purpose))
         except InvalidTag:
-            raise SealError(f"the sealed {purpose} cannot be opened: they were altered, or "
-                            "sealed under another PHI_KEY") from None
+            raise SealError(
+                f"the sealed {purpose} cannot be opened: they were altered, or "
+                "sealed under another PHI_KEY"
+            ) from None
 
     def _cipher(self, purpose: str) -> AESGCM:
         try:
             return self._ciphers[purpose]
         except KeyError:
-            raise SealError(f"unknown sealing purpose {purpose!r}; one of "
-                            f"{', '.join(PURPOSES)}") from None
+            raise SealError(
+                f"unknown sealing purpose {purpose!r}; one of {', '.join(PURPOSES)}"
+            ) from None
 
 
 def _subkey(key: bytes, purpose: str) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
-                info=b"covidscan sealing: " + purpose.encode()).derive(key)
+    return HKDF(
+        algorithm=hashes.SHA256(),
+        length=KEY_BYTES,
+        salt=None,
+        info=b"covidscan sealing: " + purpose.encode(),
+    ).derive(key)
 
 
 def _associated(purpose: str) -> bytes:

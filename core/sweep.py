@@ -2,8 +2,8 @@
 
 One pass (:func:`sweep_once`):
 
-1. leases that ran out (their worker died) put their scans and explanations back in the queue, or fail a
-   scan that has had ``MAX_ATTEMPTS`` attempts, and ask for a wake-up;
+1. leases that ran out (their worker died) put their scans and explanations back in the
+   queue, or fail a scan that has had ``MAX_ATTEMPTS`` attempts, and ask for a wake-up;
 2. wake-ups still in the outbox (a crash or a Redis error after a commit) are sent;
 3. when scans are waiting and ``idle`` says no one is on them, one more wake-up is sent
    (a wake-up lost with a Redis restart costs at most one sweep interval);
@@ -20,27 +20,35 @@ One pass (:func:`sweep_once`):
 deployed stack and in ``make run``) runs it every ``SWEEP_INTERVAL`` seconds, and so does
 every worker for steps 1–5.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.jobs.ending import commit_ending
 from core.metrics import count_recovered
-from covidscan.settings import Settings
 from core.webhooks import SendDeliveries, relay_events
+from covidscan.settings import Settings
 from db.blobs import BlobStore
-from db.jobs import (delete_job_rows, existing_job_ids, expired_job_ids, job_scan_count,
-                     lapsed_open_job_ids, seal_job)
+from db.explanations import expire_explanation_leases, waiting_explanations
+from db.jobs import (
+    delete_job_rows,
+    existing_job_ids,
+    expired_job_ids,
+    job_scan_count,
+    lapsed_open_job_ids,
+    seal_job,
+)
+from db.keys import delete_expired_sessions
 from db.models import Job, Scan, ScanStatus, utcnow
 from db.outbox import SendWakeups, add_wakeups, relay
-from db.keys import delete_expired_sessions
-from db.explanations import expire_explanation_leases, waiting_explanations
 from db.scans import expire_leases
 from db.session import in_transaction
 from db.webhooks import delete_job_webhooks
@@ -74,6 +82,7 @@ def waiting_scans(session: Session) -> int:
 
 def delete_job(session_factory: sessionmaker[Session], blobs: BlobStore, job_id: str) -> None:
     """Delete a job's rows, then its blobs and thumbnails (they share the job's key prefix)."""
+
     def rows(session: Session) -> None:
         delete_job_webhooks(session, job_id)
         delete_job_rows(session, job_id)
@@ -95,8 +104,9 @@ def delete_expired(session_factory: sessionmaker[Session], blobs: BlobStore) -> 
             return deleted
 
 
-def seal_lapsed_jobs(session_factory: sessionmaker[Session], blobs: BlobStore,
-                     clean_up: bool) -> int:
+def seal_lapsed_jobs(
+    session_factory: sessionmaker[Session], blobs: BlobStore, clean_up: bool
+) -> int:
     """Seal the open jobs no part has reached within OPEN_JOB_TIMEOUT: their scans are
     kept and the jobs end when those do. A lapsed job that holds no scan is deleted (by a
     pass that cleans up: only it may delete blobs, such as a refused part's leftovers)."""
@@ -105,8 +115,9 @@ def seal_lapsed_jobs(session_factory: sessionmaker[Session], blobs: BlobStore,
         ids = lapsed_open_job_ids(session)
     for job_id in ids:
         with session_factory.begin() as session:
-            job = session.scalars(select(Job).where(Job.id == job_id, Job.open_until < utcnow())
-                                  .with_for_update()).first()
+            job = session.scalars(
+                select(Job).where(Job.id == job_id, Job.open_until < utcnow()).with_for_update()
+            ).first()
             if job is None:
                 continue  # sealed, deleted or sent a part meanwhile
             empty = job_scan_count(session, job_id) == 0
@@ -120,8 +131,9 @@ def seal_lapsed_jobs(session_factory: sessionmaker[Session], blobs: BlobStore,
     return sealed
 
 
-def delete_orphan_blobs(session_factory: sessionmaker[Session], blobs: BlobStore,
-                        grace_seconds: float) -> int:
+def delete_orphan_blobs(
+    session_factory: sessionmaker[Session], blobs: BlobStore, grace_seconds: float
+) -> int:
     candidates = blobs.job_ids_older_than(grace_seconds)
     if not candidates:
         return 0
@@ -134,10 +146,16 @@ def delete_orphan_blobs(session_factory: sessionmaker[Session], blobs: BlobStore
     return len(orphans)
 
 
-def sweep_once(session_factory: sessionmaker[Session], blobs: BlobStore, send: SendWakeups,
-               settings: Settings, idle: bool = True, clean_up: bool = True,
-               orphan_grace: float = ORPHAN_GRACE_SECONDS,
-               send_deliveries: Optional[SendDeliveries] = None) -> SweepReport:
+def sweep_once(
+    session_factory: sessionmaker[Session],
+    blobs: BlobStore,
+    send: SendWakeups,
+    settings: Settings,
+    idle: bool = True,
+    clean_up: bool = True,
+    orphan_grace: float = ORPHAN_GRACE_SECONDS,
+    send_deliveries: Optional[SendDeliveries] = None,
+) -> SweepReport:
     """One pass of recovery and, with ``clean_up``, of retention (see the module's docstring).
 
     Workers recover only (they mount the blob store read-only); ``covidscan sweep`` does both.
@@ -146,8 +164,11 @@ def sweep_once(session_factory: sessionmaker[Session], blobs: BlobStore, send: S
         expired = expire_leases(session, settings.max_attempts)
         explanations = expire_explanation_leases(session, settings.max_attempts)
         if expired.requeued or explanations:
-            add_wakeups(session, 1 + (expired.requeued + explanations) // settings.batch_size,
-                        "expired leases")
+            add_wakeups(
+                session,
+                1 + (expired.requeued + explanations) // settings.batch_size,
+                "expired leases",
+            )
         elif idle and (waiting_scans(session) or waiting_explanations(session)):
             add_wakeups(session, 1, "work waiting")
     count_recovered(expired.requeued, expired.failed, expired.cancelled)
@@ -163,12 +184,25 @@ def sweep_once(session_factory: sessionmaker[Session], blobs: BlobStore, send: S
         orphans = delete_orphan_blobs(session_factory, blobs, orphan_grace)
         with session_factory.begin() as session:
             delete_expired_sessions(session)
-    report = SweepReport(expired.requeued, expired.failed, expired.cancelled, sent,
-                         jobs_deleted, orphans, events_made, events_queued, sealed)
+    report = SweepReport(
+        expired.requeued,
+        expired.failed,
+        expired.cancelled,
+        sent,
+        jobs_deleted,
+        orphans,
+        events_made,
+        events_queued,
+        sealed,
+    )
     if expired.requeued or expired.failed or expired.cancelled:
-        log.warning("expired leases: %d scans back in the queue, %d failed after %d attempts, "
-                    "%d cancelled", expired.requeued, expired.failed, settings.max_attempts,
-                    expired.cancelled)
+        log.warning(
+            "expired leases: %d scans back in the queue, %d failed after %d attempts, %d cancelled",
+            expired.requeued,
+            expired.failed,
+            settings.max_attempts,
+            expired.cancelled,
+        )
     return report
 
 
@@ -178,15 +212,16 @@ class SweepLoop:
     An error in a pass (the database or Redis away) is logged; the next pass tries again.
     """
 
-    def __init__(self, run_pass: Callable[[], object], interval: float,
-                 name: str = "sweep") -> None:
+    def __init__(
+        self, run_pass: Callable[[], object], interval: float, name: str = "sweep"
+    ) -> None:
         self.run_pass = run_pass
         self.interval = interval
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.name = name
 
-    def start(self) -> "SweepLoop":
+    def start(self) -> SweepLoop:
         self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
         self._thread.start()
         return self
@@ -195,7 +230,7 @@ class SweepLoop:
         while not self._stop.wait(self.interval):
             try:
                 self.run_pass()
-            except Exception:  # noqa: BLE001 - the loop must outlive a bad pass
+            except Exception:
                 log.exception("%s: pass failed; next in %s s", self.name, self.interval)
             else:
                 after_pass()

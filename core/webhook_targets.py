@@ -6,18 +6,21 @@ in ``WEBHOOK_ALLOWED_HOSTS``. The check runs when a URL is submitted and again b
 every delivery (DNS can change in between), and the delivery connects to the address the
 check approved, so a name cannot re-resolve elsewhere between the check and the connect.
 """
+
 from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 from urllib.parse import urlsplit
 
 MAX_URL_LENGTH = 2000
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
-    "169.254.169.254", "fd00:ec2::254", "100.100.100.200", "169.254.170.2"))
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200", "169.254.170.2")
+)
 """Cloud metadata services (AWS, AWS IPv6, Alibaba, ECS task credentials), named so that
 the refusal says what they are; each is outside the public ranges anyway."""
 
@@ -81,12 +84,17 @@ def parse(url: str) -> tuple[str, str, int, str]:
     if parts.username is not None or parts.password is not None:
         raise RefusedDestination("the URL must not carry a user name or password")
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return parts.scheme, parts.hostname.lower(), port or (443 if parts.scheme == "https" else 80), \
-        target
+    return (
+        parts.scheme,
+        parts.hostname.lower(),
+        port or (443 if parts.scheme == "https" else 80),
+        target,
+    )
 
 
-def check(url: str, allowed_hosts: Sequence[str] = (),
-          resolve: Resolver = system_resolver) -> Destination:
+def check(
+    url: str, allowed_hosts: Sequence[str] = (), resolve: Resolver = system_resolver
+) -> Destination:
     """Check ``url`` and pick the address to connect to.
 
     Raises:
@@ -102,12 +110,13 @@ def check(url: str, allowed_hosts: Sequence[str] = (),
         except (OSError, UnicodeError) as exc:
             raise RefusedDestination(f"the host {host!r} does not resolve: {exc}") from None
         if not addresses:
-            raise RefusedDestination(f"the host {host!r} does not resolve")
+            raise RefusedDestination(f"the host {host!r} does not resolve") from None
     if host not in allowed_hosts:
         for address in addresses:
             why = refusal(ipaddress.ip_address(address.split("%", 1)[0]))
             if why is not None:
                 raise RefusedDestination(
                     f"the host {host!r} resolves to {address}, {why}; webhooks go to public "
-                    "addresses only (an operator may list the host in WEBHOOK_ALLOWED_HOSTS)")
+                    "addresses only (an operator may list the host in WEBHOOK_ALLOWED_HOSTS)"
+                )
     return Destination(url, scheme, host, port, target, addresses[0])

@@ -8,15 +8,17 @@ refused destination, a 5xx, a 429…) is tried again after :func:`retry_delay`, 
 the receiver's ``Retry-After`` asks for more, until ``WEBHOOK_RETRY_WINDOW`` after the event
 was made. The worker's Celery task calls it; the sweep re-sends what no queue holds.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import random
 import time
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import urllib3
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,8 +27,18 @@ from core.webhook_targets import Destination, RefusedDestination, check
 from covidscan.settings import Settings
 from db.models import WebhookEvent, utcnow
 from db.session import in_transaction
-from db.webhooks import (DELIVERED, FAILED, GONE, RETRY, Attempt, claim_event,
-                         due_event_ids, endpoint_secret, mark_queued, record_attempt)
+from db.webhooks import (
+    DELIVERED,
+    FAILED,
+    GONE,
+    RETRY,
+    Attempt,
+    claim_event,
+    due_event_ids,
+    endpoint_secret,
+    mark_queued,
+    record_attempt,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +59,9 @@ SendDeliveries = Callable[[Sequence[str], Optional[float]], None]
 """Sends one delivery task per event id (with a countdown in seconds, or None); raises."""
 
 
-def retry_delay(failures: int, base_seconds: float,
-                rng: Callable[[], float] = random.random) -> float:
+def retry_delay(
+    failures: int, base_seconds: float, rng: Callable[[], float] = random.random
+) -> float:
     """Seconds to wait after the ``failures``-th failed attempt: base × 2^(failures−1), capped
     at :data:`MAX_RETRY_DELAY`, times a jitter factor in :data:`JITTER`."""
     low, high = JITTER
@@ -68,14 +81,19 @@ def parse_retry_after(value: Optional[str], now: Optional[datetime] = None) -> O
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     seconds = (when - (now or utcnow())).total_seconds()
     return min(max(seconds, 0.0), MAX_RETRY_DELAY)
 
 
-def next_attempt(created_at: datetime, failures: int, now: datetime, settings: Settings,
-                 retry_after: Optional[float] = None,
-                 rng: Callable[[], float] = random.random) -> Optional[datetime]:
+def next_attempt(
+    created_at: datetime,
+    failures: int,
+    now: datetime,
+    settings: Settings,
+    retry_after: Optional[float] = None,
+    rng: Callable[[], float] = random.random,
+) -> Optional[datetime]:
     """When to try again after ``failures`` failed attempts, or None: retries have run out.
 
     Retries go on until ``WEBHOOK_RETRY_WINDOW`` after ``created_at``, the last one at that
@@ -96,38 +114,54 @@ def body_bytes(event: WebhookEvent) -> bytes:
     return json.dumps(event.payload, separators=(",", ":"), sort_keys=True).encode()
 
 
-def signed_headers(secret: str, event_id: str, body: bytes,
-                   now: Optional[datetime] = None) -> dict[str, str]:
+def signed_headers(
+    secret: str, event_id: str, body: bytes, now: Optional[datetime] = None
+) -> dict[str, str]:
     """Standard Webhooks headers, signed with ``standardwebhooks``."""
     from standardwebhooks import Webhook
 
-    moment = (now or utcnow()).astimezone(timezone.utc)
+    moment = (now or utcnow()).astimezone(UTC)
     signature = Webhook(secret).sign(event_id, moment, body.decode())
-    return {"webhook-id": event_id, "webhook-timestamp": str(int(moment.timestamp())),
-            "webhook-signature": signature, "content-type": "application/json",
-            "user-agent": USER_AGENT}
+    return {
+        "webhook-id": event_id,
+        "webhook-timestamp": str(int(moment.timestamp())),
+        "webhook-signature": signature,
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+    }
 
 
-def post(destination: Destination, body: bytes, headers: dict[str, str],
-         timeout: float) -> Attempt:
+def post(destination: Destination, body: bytes, headers: dict[str, str], timeout: float) -> Attempt:
     """POST to the checked address (TLS names the host), no redirects, bounded waits.
 
     ``timeout`` bounds the connect and each read of the status line and headers.
     """
     started = time.monotonic()
-    options: dict[str, Any] = dict(timeout=urllib3.Timeout(connect=timeout, read=timeout),
-                                   retries=False, maxsize=1)
+    options: dict[str, Any] = dict(
+        timeout=urllib3.Timeout(connect=timeout, read=timeout), retries=False, maxsize=1
+    )
     if destination.scheme == "https":
         pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(
-            destination.address, destination.port, server_hostname=destination.host,
-            assert_hostname=destination.host, cert_reqs="CERT_REQUIRED", **options)
+            destination.address,
+            destination.port,
+            server_hostname=destination.host,
+            assert_hostname=destination.host,
+            cert_reqs="CERT_REQUIRED",
+            **options,
+        )
     else:
         pool = urllib3.HTTPConnectionPool(destination.address, destination.port, **options)
     try:
-        response = pool.urlopen("POST", destination.target, body=body,
-                                headers={**headers, "host": destination.host_header},
-                                redirect=False, retries=False, preload_content=False,
-                                assert_same_host=False)
+        response = pool.urlopen(
+            "POST",
+            destination.target,
+            body=body,
+            headers={**headers, "host": destination.host_header},
+            redirect=False,
+            retries=False,
+            preload_content=False,
+            assert_same_host=False,
+        )
         status = response.status
         response.close()  # the body is never read: a receiver cannot hold the worker with it
         error = None if 200 <= status < 300 else f"HTTP {status}"
@@ -148,12 +182,15 @@ def attempt_once(event: WebhookEvent, secret: Optional[str], settings: Settings)
     except RefusedDestination as exc:
         return Attempt(None, f"refused: {exc}", 0)
     body = body_bytes(event)
-    return post(destination, body, signed_headers(secret, event.id, body),
-                settings.webhook_timeout)
+    return post(destination, body, signed_headers(secret, event.id, body), settings.webhook_timeout)
 
 
-def deliver_event(session_factory: sessionmaker[Session], settings: Settings, event_id: str,
-                  send: Optional[SendDeliveries] = None) -> Optional[str]:
+def deliver_event(
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    event_id: str,
+    send: Optional[SendDeliveries] = None,
+) -> Optional[str]:
     """One attempt at ``event_id`` if it is due and free; returns its outcome, or None.
 
     A retry due within :data:`SHORT_RETRY` is sent back to the queue through ``send``
@@ -177,23 +214,31 @@ def deliver_event(session_factory: sessionmaker[Session], settings: Settings, ev
         when = next_attempt(event.created_at, event.attempts, now, settings, attempt.retry_after)
         outcome = RETRY if when is not None else FAILED
     # The POST is made: its record must not be lost to a deadlock.
-    recorded = in_transaction(session_factory, lambda session: record_attempt(
-        session, event, attempt, outcome, when, now))
-    log.info("webhook %s of job %s, attempt %d: %s (%s)", event.id, event.job_id,
-             event.attempts, outcome, attempt.status_code or attempt.error)
+    recorded = in_transaction(
+        session_factory, lambda session: record_attempt(session, event, attempt, outcome, when, now)
+    )
+    log.info(
+        "webhook %s of job %s, attempt %d: %s (%s)",
+        event.id,
+        event.job_id,
+        event.attempts,
+        outcome,
+        attempt.status_code or attempt.error,
+    )
     delay = (when - now).total_seconds() if when is not None else None
     if recorded and send is not None and delay is not None and delay <= SHORT_RETRY:
         try:
             send([event.id], max(delay, 0.0) + COUNTDOWN_MARGIN)
             with session_factory.begin() as session:
                 mark_queued(session, [event.id])
-        except Exception as exc:  # noqa: BLE001 - the sweep sends it when due
+        except Exception as exc:
             log.warning("retry of webhook %s not queued (the sweep will): %s", event.id, exc)
     return outcome if recorded else None
 
 
-def relay_events(session_factory: sessionmaker[Session], send: SendDeliveries,
-                 limit: int = 100) -> int:
+def relay_events(
+    session_factory: sessionmaker[Session], send: SendDeliveries, limit: int = 100
+) -> int:
     """Send a delivery task for each due event no queue holds; returns how many were sent."""
     with session_factory.begin() as session:  # the events stay locked until marked queued
         ids = due_event_ids(session, REQUEUE_AFTER, limit)
@@ -201,9 +246,12 @@ def relay_events(session_factory: sessionmaker[Session], send: SendDeliveries,
             return 0
         try:
             send(ids, None)
-        except Exception as exc:  # noqa: BLE001 - any Redis error: the next relay tries again
-            log.warning("webhook deliveries not queued, kept for the next relay: %s: %s",
-                        type(exc).__name__, exc)
+        except Exception as exc:
+            log.warning(
+                "webhook deliveries not queued, kept for the next relay: %s: %s",
+                type(exc).__name__,
+                exc,
+            )
             return 0
         mark_queued(session, ids)
     return len(ids)

@@ -5,12 +5,14 @@ Each type is ``Annotated[python type, parser]``: the parser turns the text an op
 a message that completes "NAME ..." (``must be a whole number, got 'x'``). Values that are
 not text (defaults written as Python values) go to pydantic's own checks unchanged.
 """
+
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Optional
 from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator
@@ -38,12 +40,23 @@ def whole(raw: str, minimum: int = 1, maximum: Optional[int] = None, unit: str =
 def byte_size(raw: str) -> int:
     """``1048576``, ``512MB``, ``64MiB`` or ``2G``."""
     text = raw.upper().replace(" ", "")
-    units = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1024**2, "MB": 1024**2,
-             "MIB": 1024**2, "G": 1024**3, "GB": 1024**3, "GIB": 1024**3}
+    units = {
+        "": 1,
+        "B": 1,
+        "K": 1024,
+        "KB": 1024,
+        "KIB": 1024,
+        "M": 1024**2,
+        "MB": 1024**2,
+        "MIB": 1024**2,
+        "G": 1024**3,
+        "GB": 1024**3,
+        "GIB": 1024**3,
+    }
     number = text.rstrip("KMGIB")
-    if not number or text[len(number):] not in units:
+    if not number or text[len(number) :] not in units:
         raise ValueError(f"must be a size such as 1048576, 512MB or 2GB, got {raw!r}")
-    return whole(number) * units[text[len(number):]]
+    return whole(number) * units[text[len(number) :]]
 
 
 def pixel_count(raw: str) -> int:
@@ -70,6 +83,7 @@ def choice(*choices: str) -> Callable[[str], str]:
         if raw.lower() not in choices:
             raise ValueError(f"must be one of {', '.join(choices)}, got {raw!r}")
         return raw.lower()
+
     return parse
 
 
@@ -91,10 +105,14 @@ def port(raw: str, minimum: int = 1) -> int:
 def rate_limit(raw: str) -> str:
     """``N/second``, ``N/minute``, ``N/hour`` or ``N/day`` (also ``N per minute``)."""
     number, _, period = raw.lower().replace(" per ", "/").partition("/")
-    if period not in ("second", "minute", "hour", "day") or not number.strip().isdigit() \
-            or int(number) < 1:
-        raise ValueError(f"must look like 600/minute (per second, minute, hour or day), "
-                         f"got {raw!r}")
+    if (
+        period not in ("second", "minute", "hour", "day")
+        or not number.strip().isdigit()
+        or int(number) < 1
+    ):
+        raise ValueError(
+            f"must look like 600/minute (per second, minute, hour or day), got {raw!r}"
+        )
     return f"{int(number)}/{period}"
 
 
@@ -105,8 +123,9 @@ def host_list(raw: str) -> Optional[tuple[str, ...]]:
         return None
     for host in hosts:
         if "*" in host or "/" in host or " " in host:
-            raise ValueError(f"must list host names separated by commas (or be * alone), "
-                             f"got {host!r}")
+            raise ValueError(
+                f"must list host names separated by commas (or be * alone), got {host!r}"
+            )
     return hosts
 
 
@@ -123,8 +142,10 @@ def ae_titles(raw: str) -> tuple[str, ...]:
     titles = tuple(part.strip() for part in raw.split(",") if part.strip())
     for title in titles:
         if len(title) > 16 or not title.isascii() or not title.isprintable() or "\\" in title:
-            raise ValueError("must list AE titles (1 to 16 printable ASCII characters, no "
-                             f"backslash) separated by commas, got {title!r}")
+            raise ValueError(
+                "must list AE titles (1 to 16 printable ASCII characters, no "
+                f"backslash) separated by commas, got {title!r}"
+            )
     return titles
 
 
@@ -187,16 +208,19 @@ MIN_WEBHOOK_SECRET_BYTES = 24
 def webhook_secret(raw: str) -> str:
     """A Standard Webhooks secret: ``whsec_`` and the base64 of at least 24 random bytes."""
     if not raw.startswith(WEBHOOK_SECRET_PREFIX):
-        raise ValueError(f"must start with {WEBHOOK_SECRET_PREFIX} "
-                         "(whsec_ and base64 of random bytes)")
+        raise ValueError(
+            f"must start with {WEBHOOK_SECRET_PREFIX} (whsec_ and base64 of random bytes)"
+        )
     try:
-        encoded = raw[len(WEBHOOK_SECRET_PREFIX):]
+        encoded = raw[len(WEBHOOK_SECRET_PREFIX) :]
         key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise ValueError(f"must be {WEBHOOK_SECRET_PREFIX} followed by base64") from None
     if len(key) < MIN_WEBHOOK_SECRET_BYTES:
-        raise ValueError(f"must hold at least {MIN_WEBHOOK_SECRET_BYTES} bytes "
-                         f"(base64 of {MIN_WEBHOOK_SECRET_BYTES}), got {len(key)}")
+        raise ValueError(
+            f"must hold at least {MIN_WEBHOOK_SECRET_BYTES} bytes "
+            f"(base64 of {MIN_WEBHOOK_SECRET_BYTES}), got {len(key)}"
+        )
     return raw
 
 
@@ -208,8 +232,9 @@ def phi_key(raw: str) -> str:
     try:
         key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError("must be the base64 of 32 random bytes, e.g. the output of "
-                         "`openssl rand -base64 32`") from None
+        raise ValueError(
+            "must be the base64 of 32 random bytes, e.g. the output of `openssl rand -base64 32`"
+        ) from None
     if len(key) != PHI_KEY_BYTES:
         raise ValueError(f"must be the base64 of exactly {PHI_KEY_BYTES} bytes, got {len(key)}")
     return raw

@@ -5,6 +5,7 @@ The API enqueues by name (it never imports the worker or TensorFlow); the worker
 registers its task under the same name. ``tests/test_contract.py`` pins both.
 Standard library only: the worker, the API, the CLI and the database models import it.
 """
+
 from enum import StrEnum
 
 WAKE_TASK = "covidscan.wake"
@@ -102,8 +103,9 @@ def parse_flag(raw: str) -> bool:
         return True
     if word in FALSE_WORDS:
         return False
-    raise ValueError(f"must be true or false ({'/'.join(TRUE_WORDS)} or "
-                     f"{'/'.join(FALSE_WORDS)}), got {raw!r}")
+    raise ValueError(
+        f"must be true or false ({'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)}), got {raw!r}"
+    )
 
 
 class DestinationKind(StrEnum):

@@ -17,6 +17,7 @@ Hounsfield units that overflow. A slice like that fails alone with the reason; i
 "classified" from an all-black or all-white window. A Deflated dataset is inflated here,
 at most ``max_bytes`` of it (pydicom's own reader inflates without a limit).
 """
+
 from __future__ import annotations
 
 import io
@@ -93,16 +94,22 @@ def _padding_mask(dataset, stored: np.ndarray) -> Optional[np.ndarray]:
     return (stored >= low) & (stored <= high)
 
 
-def window_to_grey(hu: np.ndarray, window: tuple[float, float],
-                   padding: Optional[np.ndarray] = None, monochrome1: bool = False) -> np.ndarray:
+def window_to_grey(
+    hu: np.ndarray,
+    window: tuple[float, float],
+    padding: Optional[np.ndarray] = None,
+    monochrome1: bool = False,
+) -> np.ndarray:
     """Hounsfield units → 8-bit grey through ``window`` (width, level).
 
     Padding pixels become black (air) whatever the photometric interpretation.
     """
     width, level = window
     if not (math.isfinite(width) and math.isfinite(level)) or width <= 0:
-        raise ImageDecodeError(f"the window must be a positive finite width and a finite "
-                               f"level, got {width:g},{level:g}")
+        raise ImageDecodeError(
+            f"the window must be a positive finite width and a finite "
+            f"level, got {width:g},{level:g}"
+        )
     scaled = np.clip((hu.astype(np.float64) - (level - width / 2.0)) / width, 0.0, 1.0)
     grey = np.rint(scaled * 255.0).astype(np.uint8)
     if monochrome1:
@@ -140,8 +147,10 @@ def _inflate_body(deflated: memoryview, max_bytes: int) -> bytearray:
                 break  # the stream ends early: the dataset's reader says what is missing
             body += chunk
             if len(body) > max_bytes:
-                raise ImageDecodeError(f"the Deflated dataset inflates to more than "
-                                       f"{max_bytes} bytes (MAX_SCAN_BYTES); it was not decoded")
+                raise ImageDecodeError(
+                    f"the Deflated dataset inflates to more than "
+                    f"{max_bytes} bytes (MAX_SCAN_BYTES); it was not decoded"
+                )
     except zlib.error:
         raise ImageDecodeError("the Deflated dataset's deflate stream is corrupt") from None
     return body
@@ -167,13 +176,21 @@ def inflate(data: bytes, max_bytes: int = MAX_INFLATED_BYTES) -> bytes:
     try:
         read_preamble(source, force=False)
         meta = _read_file_meta_info(source)
-    except (InvalidDicomError, ValueError, KeyError, TypeError, EOFError, OSError,
-            AttributeError) as exc:
-        raise ImageDecodeError(f"could not read the DICOM file meta ({type(exc).__name__})") \
-            from None
+    except (
+        InvalidDicomError,
+        ValueError,
+        KeyError,
+        TypeError,
+        EOFError,
+        OSError,
+        AttributeError,
+    ) as exc:
+        raise ImageDecodeError(
+            f"could not read the DICOM file meta ({type(exc).__name__})"
+        ) from None
     if str(meta.get("TransferSyntaxUID", "")).strip("\0 ") != DEFLATED:
         return data
-    body = _inflate_body(memoryview(data)[source.tell():], max_bytes)
+    body = _inflate_body(memoryview(data)[source.tell() :], max_bytes)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     out = DicomBytesIO()
     out.write(data[:132])
@@ -213,21 +230,26 @@ def read_frame(data: bytes, frame: int = 0, max_bytes: int = MAX_INFLATED_BYTES)
         raise ImageDecodeError("the DICOM image is not greyscale (SamplesPerPixel is not 1)")
     photometric = str(dataset.get("PhotometricInterpretation") or "MONOCHROME2").strip()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise ImageDecodeError(f"the DICOM image is not greyscale (PhotometricInterpretation "
-                               f"is {photometric[:16]!r}, not MONOCHROME1 or MONOCHROME2)")
+        raise ImageDecodeError(
+            f"the DICOM image is not greyscale (PhotometricInterpretation "
+            f"is {photometric[:16]!r}, not MONOCHROME1 or MONOCHROME2)"
+        )
     try:
         stored = pixel_array(io.BytesIO(data), index=frame if frames > 1 else None, raw=True)
     except AttributeError as exc:
         if "no pixel data" in str(exc):
             raise ImageDecodeError("the DICOM object holds no pixel data") from None
-        raise ImageDecodeError(f"could not decode {_syntax_name(dataset)}: "
-                               f"{_one_line(exc)}") from None
+        raise ImageDecodeError(
+            f"could not decode {_syntax_name(dataset)}: {_one_line(exc)}"
+        ) from None
     except NotImplementedError as exc:
-        raise ImageDecodeError(f"{_syntax_name(dataset)} cannot be decoded here "
-                               f"({_one_line(exc)})") from None
+        raise ImageDecodeError(
+            f"{_syntax_name(dataset)} cannot be decoded here ({_one_line(exc)})"
+        ) from None
     except (RuntimeError, ValueError, KeyError, TypeError, OSError, EOFError) as exc:
-        raise ImageDecodeError(f"could not decode {_syntax_name(dataset)}: "
-                               f"{_one_line(exc)}") from None
+        raise ImageDecodeError(
+            f"could not decode {_syntax_name(dataset)}: {_one_line(exc)}"
+        ) from None
     return dataset, np.asarray(stored)
 
 
@@ -240,8 +262,10 @@ def _rescale(dataset, frame: int) -> tuple[float, float]:
             would get the same value).
     """
     owner = dataset
-    for groups, index in (("PerFrameFunctionalGroupsSequence", frame),
-                          ("SharedFunctionalGroupsSequence", 0)):
+    for groups, index in (
+        ("PerFrameFunctionalGroupsSequence", frame),
+        ("SharedFunctionalGroupsSequence", 0),
+    ):
         sequence = dataset.get(groups)
         if sequence and len(sequence) > index:
             transform = sequence[index].get("PixelValueTransformationSequence")
@@ -265,13 +289,15 @@ def hounsfield(dataset, stored: np.ndarray, frame: int = 0) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         hu = stored.astype(np.float64) * slope + intercept
     if not np.isfinite(hu).all():
-        raise ImageDecodeError("RescaleSlope and RescaleIntercept give Hounsfield units "
-                               "beyond any finite number")
+        raise ImageDecodeError(
+            "RescaleSlope and RescaleIntercept give Hounsfield units beyond any finite number"
+        )
     return hu
 
 
-def grey_slice(data: bytes, frame: int, window: tuple[float, float],
-               max_bytes: int = MAX_INFLATED_BYTES) -> np.ndarray:
+def grey_slice(
+    data: bytes, frame: int, window: tuple[float, float], max_bytes: int = MAX_INFLATED_BYTES
+) -> np.ndarray:
     """One frame of a DICOM file as the 8-bit grey slice a reader would see in ``window``.
 
     Raises:
@@ -281,5 +307,6 @@ def grey_slice(data: bytes, frame: int, window: tuple[float, float],
     if stored.ndim != 2:
         raise ImageDecodeError(f"expected a 2-D frame, got shape {stored.shape}")
     monochrome1 = str(dataset.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
-    return window_to_grey(hounsfield(dataset, stored, frame), window,
-                          _padding_mask(dataset, stored), monochrome1)
+    return window_to_grey(
+        hounsfield(dataset, stored, frame), window, _padding_mask(dataset, stored), monochrome1
+    )

@@ -2,6 +2,7 @@
 
 A value of the kernel: settings parse it from ``BLOB_STORE``, the stores in ``db`` use it.
 """
+
 from __future__ import annotations
 
 import re
@@ -34,18 +35,24 @@ class S3Location:
         return f"s3://{self.bucket}/{self.prefix}"
 
     @classmethod
-    def from_url(cls, url: str, **reach: Any) -> "S3Location":
+    def from_url(cls, url: str, **reach: Any) -> S3Location:
         """Parse ``s3://BUCKET`` or ``s3://BUCKET/PREFIX``; ``reach`` sets the other fields.
 
         Raises:
             ValueError: another scheme, a bucket name S3 would refuse, or ``..`` in the prefix.
         """
         parts = urlsplit(url)
-        if parts.scheme != "s3" or not _BUCKET.fullmatch(parts.netloc) \
-                or parts.query or parts.fragment:
-            raise ValueError("must be s3://BUCKET or s3://BUCKET/PREFIX (a bucket name of 3-63 "
-                             "lower-case letters, digits, dots and dashes), got "
-                             f"{url!r}")
+        if (
+            parts.scheme != "s3"
+            or not _BUCKET.fullmatch(parts.netloc)
+            or parts.query
+            or parts.fragment
+        ):
+            raise ValueError(
+                "must be s3://BUCKET or s3://BUCKET/PREFIX (a bucket name of 3-63 "
+                "lower-case letters, digits, dots and dashes), got "
+                f"{url!r}"
+            )
         prefix = parts.path.strip("/")
         if ".." in prefix.split("/"):
             raise ValueError(f"must not have '..' in its prefix, got {url!r}")

@@ -5,6 +5,7 @@ probabilities, ``mean`` and ``max`` are what they say. ``SERIES_RULE`` picks one
 deployment (the default :data:`DEFAULT_RULE`); each job records the rule it was submitted
 under, and ``db.series`` applies it.
 """
+
 from __future__ import annotations
 
 import re
@@ -22,8 +23,9 @@ def parse_series_rule(raw: str) -> str:
     """
     text = raw.strip().lower()
     if not _RULE.match(text):
-        raise ValueError("must be topNpct-mean (N from 1 to 100, e.g. top10pct-mean), "
-                         f"mean or max, got {raw!r}")
+        raise ValueError(
+            f"must be topNpct-mean (N from 1 to 100, e.g. top10pct-mean), mean or max, got {raw!r}"
+        )
     return text
 
 

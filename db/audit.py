@@ -3,6 +3,7 @@
 Rows name jobs and models by id or reference only, never a slice's content or file name.
 Every function takes a ``session``; the caller owns the transaction.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -12,16 +13,42 @@ from sqlalchemy.orm import Session
 
 from db.models import AuditEvent
 
-ACTIONS = ("job.submit", "job.add_scans", "job.seal", "job.upload_urls", "results.read",
-           "results.csv", "thumbnail.view",
-           "job.cancel", "job.delete", "model.add", "model.set_default", "model.remove",
-           "key.create", "key.revoke", "session.open", "webhook.create", "webhook.delete",
-           "explanation.request", "heatmap.view", "series.read", "series.sr",
-           "destination.add", "destination.remove")
+ACTIONS = (
+    "job.submit",
+    "job.add_scans",
+    "job.seal",
+    "job.upload_urls",
+    "results.read",
+    "results.csv",
+    "thumbnail.view",
+    "job.cancel",
+    "job.delete",
+    "model.add",
+    "model.set_default",
+    "model.remove",
+    "key.create",
+    "key.revoke",
+    "session.open",
+    "webhook.create",
+    "webhook.delete",
+    "explanation.request",
+    "heatmap.view",
+    "series.read",
+    "series.sr",
+    "destination.add",
+    "destination.remove",
+)
 
 
-def record(session: Session, action: str, *, key_id: Optional[str], owner: Optional[str],
-           job_id: Optional[str] = None, detail: Optional[dict[str, Any]] = None) -> AuditEvent:
+def record(
+    session: Session,
+    action: str,
+    *,
+    key_id: Optional[str],
+    owner: Optional[str],
+    job_id: Optional[str] = None,
+    detail: Optional[dict[str, Any]] = None,
+) -> AuditEvent:
     """Add one event (not committed).
 
     Raises:
@@ -34,9 +61,14 @@ def record(session: Session, action: str, *, key_id: Optional[str], owner: Optio
     return event
 
 
-def events_page(session: Session, limit: int, before_id: Optional[int] = None,
-                owner: Optional[str] = None, job_id: Optional[str] = None,
-                action: Optional[str] = None) -> tuple[list[AuditEvent], Optional[int]]:
+def events_page(
+    session: Session,
+    limit: int,
+    before_id: Optional[int] = None,
+    owner: Optional[str] = None,
+    job_id: Optional[str] = None,
+    action: Optional[str] = None,
+) -> tuple[list[AuditEvent], Optional[int]]:
     """Events newest first, optionally filtered.
 
     Returns:

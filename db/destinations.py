@@ -3,6 +3,7 @@
 Every function takes a ``session``; the caller owns the transaction. What a destination
 may hold is checked before (:mod:`core.destinations`); credentials arrive sealed.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -18,11 +19,19 @@ class DestinationExists(ValueError):
     """A destination of that name is registered already."""
 
 
-def add_destination(session: Session, name: str, kind: DestinationKind, *,
-                    ae_title: Optional[str] = None, host: Optional[str] = None,
-                    port: Optional[int] = None, tls: bool = False, commitment: bool = False,
-                    url: Optional[str] = None, credentials: Optional[bytes] = None
-                    ) -> Destination:
+def add_destination(
+    session: Session,
+    name: str,
+    kind: DestinationKind,
+    *,
+    ae_title: Optional[str] = None,
+    host: Optional[str] = None,
+    port: Optional[int] = None,
+    tls: bool = False,
+    commitment: bool = False,
+    url: Optional[str] = None,
+    credentials: Optional[bytes] = None,
+) -> Destination:
     """Add a destination and flush it (not committed).
 
     Raises:
@@ -30,10 +39,20 @@ def add_destination(session: Session, name: str, kind: DestinationKind, *,
             is rolled back).
     """
     if get_destination(session, name) is not None:
-        raise DestinationExists(f"a destination named {name!r} exists already; remove it "
-                                "first to change it")
-    row = Destination(name=name, kind=kind, ae_title=ae_title, host=host, port=port, tls=tls,
-                      commitment=commitment, url=url, credentials=credentials)
+        raise DestinationExists(
+            f"a destination named {name!r} exists already; remove it first to change it"
+        )
+    row = Destination(
+        name=name,
+        kind=kind,
+        ae_title=ae_title,
+        host=host,
+        port=port,
+        tls=tls,
+        commitment=commitment,
+        url=url,
+        credentials=credentials,
+    )
     session.add(row)
     try:
         session.flush()

@@ -2,12 +2,14 @@
 
 Every function takes a ``session``; the caller owns the transaction.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
@@ -55,9 +57,14 @@ class JobCounts:
         return JobStatus.PARTIALLY_SUCCEEDED
 
     def as_dict(self) -> dict[str, int]:
-        return {"total": self.total, "queued": self.queued, "running": self.running,
-                "succeeded": self.succeeded, "failed": self.failed,
-                "cancelled": self.cancelled}
+        return {
+            "total": self.total,
+            "queued": self.queued,
+            "running": self.running,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+        }
 
 
 @dataclass(frozen=True)
@@ -69,8 +76,9 @@ class JobSummary:
 
     @property
     def status(self) -> JobStatus:
-        return self.counts.status(self.job.cancelled_at is not None,
-                                  self.job.open_until is not None)
+        return self.counts.status(
+            self.job.cancelled_at is not None, self.job.open_until is not None
+        )
 
     @property
     def priority(self) -> str:
@@ -100,8 +108,9 @@ class JobOptions:
     open_seconds: int = 0
 
 
-def create_job(session: Session, scans: Sequence[NewScan], job_id: str,
-               options: JobOptions = JobOptions()) -> Job:
+def create_job(
+    session: Session, scans: Sequence[NewScan], job_id: str, options: JobOptions = JobOptions()
+) -> Job:
     """Add a job, its scans in upload order and its wake-ups to the session (not committed).
 
     ``options.model`` pins the job to a registered model; None means the untrained
@@ -110,21 +119,41 @@ def create_job(session: Session, scans: Sequence[NewScan], job_id: str,
     """
     model = options.model
     now = utcnow()
-    job = Job(id=job_id, name=options.name, requested_model=options.requested_model,
-              owner=options.owner, priority=options.priority, precision=options.precision,
-              callback_url=options.callback_url, created_at=now, explain=options.explain,
-              series_rule=options.series_rule,
-              expires_at=(now + timedelta(seconds=options.retention_seconds)
-                          if options.retention_seconds else None),
-              open_until=(now + timedelta(seconds=options.open_seconds)
-                          if options.open_seconds else None))
+    job = Job(
+        id=job_id,
+        name=options.name,
+        requested_model=options.requested_model,
+        owner=options.owner,
+        priority=options.priority,
+        precision=options.precision,
+        callback_url=options.callback_url,
+        created_at=now,
+        explain=options.explain,
+        series_rule=options.series_rule,
+        expires_at=(
+            now + timedelta(seconds=options.retention_seconds)
+            if options.retention_seconds
+            else None
+        ),
+        open_until=(
+            now + timedelta(seconds=options.open_seconds) if options.open_seconds else None
+        ),
+    )
     if model is not None:
         job.model_id = model.id
         for column, value in ModelIdentity.of_registered(model).job_columns().items():
             setattr(job, column, value)
     job.scans = [
-        Scan(position=i, filename=s.filename, blob_key=s.blob_key, size_bytes=s.size_bytes,
-             status=ScanStatus.QUEUED, priority=options.priority, queued_at=now, **s.dicom)
+        Scan(
+            position=i,
+            filename=s.filename,
+            blob_key=s.blob_key,
+            size_bytes=s.size_bytes,
+            status=ScanStatus.QUEUED,
+            priority=options.priority,
+            queued_at=now,
+            **s.dicom,
+        )
         for i, s in enumerate(scans)
     ]
     session.add(job)
@@ -142,8 +171,13 @@ def job_scan_count(session: Session, job_id: str) -> int:
     return session.scalar(select(func.count()).select_from(Scan).where(Scan.job_id == job_id)) or 0
 
 
-def append_scans(session: Session, job: Job, scans: Sequence[NewScan], chunk_size: int,
-                 series_rule: Optional[str] = None) -> list[Scan]:
+def append_scans(
+    session: Session,
+    job: Job,
+    scans: Sequence[NewScan],
+    chunk_size: int,
+    series_rule: Optional[str] = None,
+) -> list[Scan]:
     """Add scans after the job's last one, with their wake-ups (not committed); the rows.
 
     A job that had finished runs again for them; its series rule, once recorded, stays.
@@ -153,10 +187,20 @@ def append_scans(session: Session, job: Job, scans: Sequence[NewScan], chunk_siz
     _lock_job(session, job.id)
     start = next_position(session, job.id)
     now = utcnow()
-    rows = [Scan(job_id=job.id, position=start + i, filename=s.filename, blob_key=s.blob_key,
-                 size_bytes=s.size_bytes, status=ScanStatus.QUEUED, priority=job.priority,
-                 queued_at=now, **s.dicom)
-            for i, s in enumerate(scans)]
+    rows = [
+        Scan(
+            job_id=job.id,
+            position=start + i,
+            filename=s.filename,
+            blob_key=s.blob_key,
+            size_bytes=s.size_bytes,
+            status=ScanStatus.QUEUED,
+            priority=job.priority,
+            queued_at=now,
+            **s.dicom,
+        )
+        for i, s in enumerate(scans)
+    ]
     session.add_all(rows)
     if job.series_rule is None:
         job.series_rule = series_rule
@@ -167,8 +211,12 @@ def append_scans(session: Session, job: Job, scans: Sequence[NewScan], chunk_siz
 def _lock_job(session: Session, job_id: str) -> None:
     """Hold the job's row until commit (a row lock on PostgreSQL, the write lock on SQLite),
     so that transactions appending scans to it get their positions one after the other."""
-    session.execute(update(Job).where(Job.id == job_id).values(priority=Job.priority)
-                    .execution_options(synchronize_session=False))
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(priority=Job.priority)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def take_part(session: Session, job_id: str, open_seconds: int) -> bool:
@@ -178,10 +226,11 @@ def take_part(session: Session, job_id: str, open_seconds: int) -> bool:
     then nothing was changed.
     """
     moved = session.execute(
-        update(Job).where(Job.id == job_id, Job.open_until.is_not(None),
-                          Job.cancelled_at.is_(None))
+        update(Job)
+        .where(Job.id == job_id, Job.open_until.is_not(None), Job.cancelled_at.is_(None))
         .values(open_until=utcnow() + timedelta(seconds=open_seconds))
-        .execution_options(synchronize_session=False))
+        .execution_options(synchronize_session=False)
+    )
     return moved.rowcount == 1
 
 
@@ -192,8 +241,11 @@ def seal_job(job: Job) -> None:
 
 def lapsed_open_job_ids(session: Session, limit: int = 100) -> list[str]:
     """Open jobs whose last part is older than their open time allows."""
-    return list(session.scalars(select(Job.id).where(Job.open_until < utcnow())
-                                .order_by(Job.open_until).limit(limit)))
+    return list(
+        session.scalars(
+            select(Job.id).where(Job.open_until < utcnow()).order_by(Job.open_until).limit(limit)
+        )
+    )
 
 
 def cancel_job(session: Session, job: Job) -> int:
@@ -203,21 +255,27 @@ def cancel_job(session: Session, job: Job) -> int:
     (and takes no more parts). Returns the number of scans cancelled now.
     """
     if job.cancelled_at is None:
-        unfinished = session.scalar(select(func.count()).where(
-            Scan.job_id == job.id, Scan.status.not_in(ScanStatus.terminal())))
+        unfinished = session.scalar(
+            select(func.count()).where(
+                Scan.job_id == job.id, Scan.status.not_in(ScanStatus.terminal())
+            )
+        )
         if not unfinished and job.open_until is None:
             return 0
         job.cancelled_at = utcnow()
     seal_job(job)  # an open job takes no more parts
     session.execute(
-        update(Explanation).where(Explanation.job_id == job.id,
-                                  Explanation.status == ScanStatus.QUEUED)
+        update(Explanation)
+        .where(Explanation.job_id == job.id, Explanation.status == ScanStatus.QUEUED)
         .values(status=ScanStatus.CANCELLED, finished_at=utcnow())
-        .execution_options(synchronize_session=False))
+        .execution_options(synchronize_session=False)
+    )
     return session.execute(
-        update(Scan).where(Scan.job_id == job.id, Scan.status == ScanStatus.QUEUED)
+        update(Scan)
+        .where(Scan.job_id == job.id, Scan.status == ScanStatus.QUEUED)
         .values(status=ScanStatus.CANCELLED, finished_at=utcnow())
-        .execution_options(synchronize_session=False)).rowcount
+        .execution_options(synchronize_session=False)
+    ).rowcount
 
 
 def delete_job_rows(session: Session, job_id: str) -> None:
@@ -227,8 +285,9 @@ def delete_job_rows(session: Session, job_id: str) -> None:
     batch's results, so this and a worker finishing some of the job's scans queue behind
     one another rather than deadlock.
     """
-    session.execute(select(Scan.id).where(Scan.job_id == job_id)
-                    .order_by(Scan.position).with_for_update()).all()
+    session.execute(
+        select(Scan.id).where(Scan.job_id == job_id).order_by(Scan.position).with_for_update()
+    ).all()
     session.execute(delete(Explanation).where(Explanation.job_id == job_id))
     session.execute(delete(Scan).where(Scan.job_id == job_id))
     session.execute(delete(Job).where(Job.id == job_id))
@@ -236,8 +295,11 @@ def delete_job_rows(session: Session, job_id: str) -> None:
 
 def expired_job_ids(session: Session, limit: int = 100) -> list[str]:
     """Jobs whose retention has run out."""
-    return list(session.scalars(select(Job.id).where(Job.expires_at < utcnow())
-                                .order_by(Job.expires_at).limit(limit)))
+    return list(
+        session.scalars(
+            select(Job.id).where(Job.expires_at < utcnow()).order_by(Job.expires_at).limit(limit)
+        )
+    )
 
 
 def existing_job_ids(session: Session, job_ids: Sequence[str]) -> set[str]:
@@ -249,14 +311,19 @@ def summarise_jobs(session: Session, jobs: Sequence[Job]) -> list[JobSummary]:
     ids = [job.id for job in jobs]
     by_job: dict[str, dict[str, int]] = {job_id: {} for job_id in ids}
     for job_id, status, count in session.execute(
-        select(Scan.job_id, Scan.status, func.count()).where(Scan.job_id.in_(ids))
+        select(Scan.job_id, Scan.status, func.count())
+        .where(Scan.job_id.in_(ids))
         .group_by(Scan.job_id, Scan.status)
     ):
         by_job[job_id][ScanStatus(status).value] = count
-    times = {job_id: (started, last) for job_id, started, last in session.execute(
-        select(Scan.job_id, func.min(Scan.started_at), func.max(Scan.finished_at))
-        .where(Scan.job_id.in_(ids)).group_by(Scan.job_id)
-    )}
+    times = {
+        job_id: (started, last)
+        for job_id, started, last in session.execute(
+            select(Scan.job_id, func.min(Scan.started_at), func.max(Scan.finished_at))
+            .where(Scan.job_id.in_(ids))
+            .group_by(Scan.job_id)
+        )
+    }
     summaries = []
     for job in jobs:
         counts = JobCounts(total=sum(by_job[job.id].values()), **by_job[job.id])
@@ -290,8 +357,9 @@ def find_job(session: Session, job_id: str, owner: object) -> Optional[Job]:
 
 def recent_job_summaries(session: Session, limit: int, owner: object) -> list[JobSummary]:
     """The newest jobs of ``owner`` (:data:`ANY_OWNER`: everyone's) first, with their counts."""
-    jobs = list(session.scalars(_owned(select(Job), owner).order_by(Job.created_at.desc())
-                                .limit(limit)))
+    jobs = list(
+        session.scalars(_owned(select(Job), owner).order_by(Job.created_at.desc()).limit(limit))
+    )
     return summarise_jobs(session, jobs)
 
 
@@ -303,29 +371,37 @@ def lock_owner(session: Session, owner: str) -> None:
     committed job and no one else's uncommitted one).
     """
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:owner))"),
-                        {"owner": owner})
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:owner))"), {"owner": owner})
 
 
 def active_job_count(session: Session, owner: str) -> int:
     """How many of ``owner``'s jobs still have scans queued or running."""
-    return session.scalar(
-        select(func.count(func.distinct(Scan.job_id))).join(Job, Job.id == Scan.job_id)
-        .where(Job.owner == owner,
-               Scan.status.in_([ScanStatus.QUEUED, ScanStatus.RUNNING]))) or 0
+    return (
+        session.scalar(
+            select(func.count(func.distinct(Scan.job_id)))
+            .join(Job, Job.id == Scan.job_id)
+            .where(Job.owner == owner, Scan.status.in_([ScanStatus.QUEUED, ScanStatus.RUNNING]))
+        )
+        or 0
+    )
 
 
-def results_page(session: Session, job_id: str, limit: int,
-                 after_position: int = -1) -> tuple[list[Scan], Optional[int]]:
+def results_page(
+    session: Session, job_id: str, limit: int, after_position: int = -1
+) -> tuple[list[Scan], Optional[int]]:
     """Scans of a job in upload order after ``after_position``.
 
     Returns:
         The page and the position to pass as the next cursor, or None on the last page.
     """
-    scans = list(session.scalars(
-        select(Scan).where(Scan.job_id == job_id, Scan.position > after_position)
-        .order_by(Scan.position).limit(limit + 1)
-    ))
+    scans = list(
+        session.scalars(
+            select(Scan)
+            .where(Scan.job_id == job_id, Scan.position > after_position)
+            .order_by(Scan.position)
+            .limit(limit + 1)
+        )
+    )
     if len(scans) > limit:
         return scans[:limit], scans[limit - 1].position
     return scans, None
@@ -342,8 +418,11 @@ def iter_results(session: Session, job_id: str, page_size: int = 500) -> Iterato
         cursor = next_cursor
 
 
-def job_pins(session: Session, job_ids: Sequence[str]) -> dict[str, tuple[Optional[str], Optional[str]]]:
+def job_pins(
+    session: Session, job_ids: Sequence[str]
+) -> dict[str, tuple[Optional[str], Optional[str]]]:
     """Each job's pinned model id (None: the untrained default) and requested precision."""
-    rows = session.execute(select(Job.id, Job.model_id, Job.precision)
-                           .where(Job.id.in_(list(job_ids))))
+    rows = session.execute(
+        select(Job.id, Job.model_id, Job.precision).where(Job.id.in_(list(job_ids)))
+    )
     return {job_id: (model_id, precision) for job_id, model_id, precision in rows}

@@ -6,6 +6,7 @@ nothing for a 256-bit random secret (it cannot be guessed), and a fast one keeps
 request cheap; the comparison is constant-time. Every function takes a ``session``;
 the caller owns the transaction.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,16 +55,22 @@ def parse_scopes(raw: str) -> str:
     return ",".join(scopes)
 
 
-def create_key(session: Session, owner: str, scopes: str,
-               expires_at: Optional[datetime] = None) -> NewKey:
+def create_key(
+    session: Session, owner: str, scopes: str, expires_at: Optional[datetime] = None
+) -> NewKey:
     """Add a key for ``owner`` with ``scopes`` (see :func:`parse_scopes`); not committed."""
     owner = owner.strip()
     if not owner or len(owner) > 200:
         raise ApiKeyError("an owner is a name of 1 to 200 characters")
     key_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)
-    row = ApiKey(id=key_id, owner=owner, scopes=parse_scopes(scopes),
-                 secret_sha256=_sha256(secret), expires_at=expires_at)
+    row = ApiKey(
+        id=key_id,
+        owner=owner,
+        scopes=parse_scopes(scopes),
+        secret_sha256=_sha256(secret),
+        expires_at=expires_at,
+    )
     session.add(row)
     return NewKey(row, f"{KEY_PREFIX}{key_id}_{secret}")
 
@@ -76,7 +83,7 @@ def key_id_of(text: str) -> str:
     """
     text = text.strip()
     if text.startswith(KEY_PREFIX):
-        text = text[len(KEY_PREFIX):]
+        text = text[len(KEY_PREFIX) :]
     key_id = text.split("_", 1)[0]
     if not key_id or len(key_id) > 32 or not all(c in "0123456789abcdef" for c in key_id):
         raise ApiKeyError("a key id looks like csk_0123456789abcdef")
@@ -95,7 +102,7 @@ def authenticate(session: Session, token: str) -> Optional[ApiKey]:
     """The usable key ``token`` proves, or None (unknown, malformed, revoked or expired alike)."""
     if not token.startswith(KEY_PREFIX):
         return None
-    key_id, _, secret = token[len(KEY_PREFIX):].partition("_")
+    key_id, _, secret = token[len(KEY_PREFIX) :].partition("_")
     row = session.get(ApiKey, key_id) if key_id and len(key_id) <= 32 else None
     expected = row.secret_sha256 if row is not None else _sha256("no such key")
     matches = hmac.compare_digest(_sha256(secret), expected)
@@ -128,8 +135,12 @@ def open_session(session: Session, key: ApiKey, hours: int) -> tuple[str, WebSes
     expires = utcnow() + timedelta(hours=hours)
     if key.expires_at is not None:
         expires = min(expires, key.expires_at)
-    row = WebSession(token_sha256=_sha256(token), key_id=key.id,
-                     csrf_token=secrets.token_urlsafe(32), expires_at=expires)
+    row = WebSession(
+        token_sha256=_sha256(token),
+        key_id=key.id,
+        csrf_token=secrets.token_urlsafe(32),
+        expires_at=expires,
+    )
     session.add(row)
     return token, row
 

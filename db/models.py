@@ -6,10 +6,11 @@ engine, precision and preprocessing that produced it, and the worker that ran it
 is pinned at submission to a registered model (``model_id``); none means the untrained
 default.
 """
+
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Optional
 
 from sqlalchemy import (
@@ -44,7 +45,7 @@ NAMING_CONVENTION = {
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def iso_utc(moment: Optional[datetime]) -> Optional[str]:
@@ -52,7 +53,7 @@ def iso_utc(moment: Optional[datetime]) -> Optional[str]:
     answer and event; None for None."""
     if moment is None:
         return None
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -66,22 +67,24 @@ class UTCDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: Optional[datetime],
-                           dialect: Dialect) -> Optional[datetime]:
+    def process_bind_param(self, value: Optional[datetime], dialect: Dialect) -> Optional[datetime]:
         if value is None:
             return None
         if value.tzinfo is None:
-            raise ValueError(f"a naive datetime ({value.isoformat()}) has no zone: "
-                             "pass an aware one (db.models.utcnow())")
-        return value.astimezone(timezone.utc)
+            raise ValueError(
+                f"a naive datetime ({value.isoformat()}) has no zone: "
+                "pass an aware one (db.models.utcnow())"
+            )
+        return value.astimezone(UTC)
 
-    def process_result_value(self, value: Optional[datetime],
-                             dialect: Dialect) -> Optional[datetime]:
+    def process_result_value(
+        self, value: Optional[datetime], dialect: Dialect
+    ) -> Optional[datetime]:
         if value is None:
             return None
         if value.tzinfo is None:  # SQLite: stored in UTC
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 def new_id() -> str:
@@ -128,9 +131,15 @@ class LeaseMixin(Leasable):
     @declared_attr
     def status(cls) -> Mapped[ScanStatus]:
         return mapped_column(
-            SqlEnum(ScanStatus, name=cls.status_enum_name, native_enum=False, length=16,
-                    values_callable=lambda e: [m.value for m in e]),
-            default=ScanStatus.QUEUED)
+            SqlEnum(
+                ScanStatus,
+                name=cls.status_enum_name,
+                native_enum=False,
+                length=16,
+                values_callable=lambda e: [m.value for m in e],
+            ),
+            default=ScanStatus.QUEUED,
+        )
 
     priority: Mapped[int] = mapped_column(Integer, default=1)
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -184,15 +193,15 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[Optional[str]] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow,
-                                                 index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     requested_model: Mapped[Optional[str]] = mapped_column(String(200))
     model_name: Mapped[Optional[str]] = mapped_column(String(200))
     model_version: Mapped[Optional[str]] = mapped_column(String(100))
     model_sha256: Mapped[Optional[str]] = mapped_column(String(64))
     model_trained: Mapped[Optional[bool]] = mapped_column()
     model_id: Mapped[Optional[str]] = mapped_column(
-        ForeignKey("models.id", ondelete="SET NULL"), index=True)
+        ForeignKey("models.id", ondelete="SET NULL"), index=True
+    )
     # The owner of the key that submitted it; None for jobs from before ownership existed
     # (only admins see those).
     owner: Mapped[Optional[str]] = mapped_column(String(200), index=True)
@@ -204,8 +213,7 @@ class Job(Base):
     callback_url: Mapped[Optional[str]] = mapped_column(String(2000))
     # "pending" until the job's end has been turned into its events, then "done" (once);
     # None for jobs from before webhooks existed.
-    finish_event: Mapped[Optional[str]] = mapped_column(String(10), default="pending",
-                                                        index=True)
+    finish_event: Mapped[Optional[str]] = mapped_column(String(10), default="pending", index=True)
     # Explanations asked for at submission ("gradcam"), or None.
     explain: Mapped[Optional[str]] = mapped_column(String(20))
     # How a DICOM series' P(COVID) is made from its slices' (db.series), fixed at submission.
@@ -214,8 +222,10 @@ class Job(Base):
     # until this moment, after which the sweep seals it. None for a sealed job.
     open_until: Mapped[Optional[datetime]] = mapped_column(UTCDateTime(), index=True)
 
-    scans: Mapped[list["Scan"]] = relationship(
-        back_populates="job", cascade="all, delete-orphan", passive_deletes=True,
+    scans: Mapped[list[Scan]] = relationship(
+        back_populates="job",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
         order_by="Scan.position",
     )
 
@@ -316,8 +326,10 @@ class Explanation(LeaseMixin, Base):
     map_npy: Mapped[Optional[bytes]] = mapped_column(LargeBinary, deferred=True)
 
     def __repr__(self) -> str:
-        return (f"Explanation(scan_id={self.scan_id!r}, method={self.method!r}, "
-                f"status={self.status.value!r})")
+        return (
+            f"Explanation(scan_id={self.scan_id!r}, method={self.method!r}, "
+            f"status={self.status.value!r})"
+        )
 
 
 class ApiKey(Base):
@@ -472,8 +484,9 @@ class WebhookDelivery(Base):
     __tablename__ = "webhook_deliveries"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    event_id: Mapped[str] = mapped_column(ForeignKey("webhook_events.id", ondelete="CASCADE"),
-                                          index=True)
+    event_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_events.id", ondelete="CASCADE"), index=True
+    )
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     attempt: Mapped[int] = mapped_column(Integer)
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -484,8 +497,10 @@ class WebhookDelivery(Base):
     next_attempt_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
 
     def __repr__(self) -> str:
-        return f"WebhookDelivery(event_id={self.event_id!r}, attempt={self.attempt}, " \
-               f"outcome={self.outcome!r})"
+        return (
+            f"WebhookDelivery(event_id={self.event_id!r}, attempt={self.attempt}, "
+            f"outcome={self.outcome!r})"
+        )
 
 
 class Destination(Base):
@@ -501,8 +516,14 @@ class Destination(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     kind: Mapped[DestinationKind] = mapped_column(
-        SqlEnum(DestinationKind, name="destination_kind", native_enum=False, length=16,
-                values_callable=lambda e: [m.value for m in e]))
+        SqlEnum(
+            DestinationKind,
+            name="destination_kind",
+            native_enum=False,
+            length=16,
+            values_callable=lambda e: [m.value for m in e],
+        )
+    )
     ae_title: Mapped[Optional[str]] = mapped_column(String(16))
     host: Mapped[Optional[str]] = mapped_column(String(255))
     port: Mapped[Optional[int]] = mapped_column(Integer)

@@ -13,11 +13,13 @@ status while leased (``pending``: the lease alone marks them held, and an expire
 them with no expiry pass); they use :meth:`LeaseQueue.pick` and :meth:`LeaseQueue.take`.
 Every method takes a ``session``; the caller owns the transaction.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable, Generic, Optional, Sequence, TypeVar
+from typing import Any, Generic, Optional, TypeVar
 
 from sqlalchemy import ColumnElement, Row, and_, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -60,21 +62,30 @@ class LeaseQueue(Generic[L]):
             row until it expires by itself (no :meth:`expire` pass, no owner column).
     """
 
-    def __init__(self, model: Any, *, leases: Callable[[Session, Sequence[Row[Any]]], list[L]],
-                 returning: Sequence[Any] = (),
-                 claimable: Optional[Callable[[datetime], ColumnElement[bool]]] = None,
-                 order_by: Optional[Sequence[Any]] = None, tie_break: Sequence[Any] = (),
-                 on_claim: Optional[Callable[[datetime], dict[str, Any]]] = None,
-                 died: Any = "worker died while processing this work",
-                 status: Optional[InstrumentedAttribute[Any]] = None,
-                 waiting: Any = ScanStatus.QUEUED,
-                 leased: Any = ScanStatus.RUNNING) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        leases: Callable[[Session, Sequence[Row[Any]]], list[L]],
+        returning: Sequence[Any] = (),
+        claimable: Optional[Callable[[datetime], ColumnElement[bool]]] = None,
+        order_by: Optional[Sequence[Any]] = None,
+        tie_break: Sequence[Any] = (),
+        on_claim: Optional[Callable[[datetime], dict[str, Any]]] = None,
+        died: Any = "worker died while processing this work",
+        status: Optional[InstrumentedAttribute[Any]] = None,
+        waiting: Any = ScanStatus.QUEUED,
+        leased: Any = ScanStatus.RUNNING,
+    ) -> None:
         self.model = model
         self.leases = leases
         self.returning = tuple(returning)
         self.extra = claimable
-        self.order_by = tuple(order_by) if order_by is not None else (
-            model.priority, model.queued_at, *tie_break)
+        self.order_by = (
+            tuple(order_by)
+            if order_by is not None
+            else (model.priority, model.queued_at, *tie_break)
+        )
         self.on_claim = on_claim
         self.died = died
         self.status = status if status is not None else model.status
@@ -85,14 +96,20 @@ class LeaseQueue(Generic[L]):
         model = self.model
         condition = self.status == self.waiting
         if self.leased is None:  # held while its lease lasts
-            condition = and_(condition, or_(model.lease_expires_at.is_(None),
-                                            model.lease_expires_at < now))
+            condition = and_(
+                condition, or_(model.lease_expires_at.is_(None), model.lease_expires_at < now)
+            )
         if self.extra is not None:
             condition = and_(condition, self.extra(now))
         return condition
 
-    def pick(self, session: Session, limit: int, *where: ColumnElement[bool],
-             now: Optional[datetime] = None) -> list[Any]:
+    def pick(
+        self,
+        session: Session,
+        limit: int,
+        *where: ColumnElement[bool],
+        now: Optional[datetime] = None,
+    ) -> list[Any]:
         """The ids of the next ``limit`` claimable rows (and ``where``), in claim order.
 
         They stay locked until the transaction ends (PostgreSQL); rows another transaction
@@ -100,27 +117,42 @@ class LeaseQueue(Generic[L]):
         other's rows, taken in different orders, would deadlock or serialise.
         """
         now = now or utcnow()
-        return list(session.scalars(
-            select(self.model.id).where(self.claimable(now), *where)
-            .order_by(*self.order_by).limit(limit)
-            .with_for_update(skip_locked=True, of=self.model)))
+        return list(
+            session.scalars(
+                select(self.model.id)
+                .where(self.claimable(now), *where)
+                .order_by(*self.order_by)
+                .limit(limit)
+                .with_for_update(skip_locked=True, of=self.model)
+            )
+        )
 
-    def take(self, session: Session, ids: Sequence[Any], owner: Optional[str],
-             lease_seconds: float, now: Optional[datetime] = None) -> Sequence[Row[Any]]:
+    def take(
+        self,
+        session: Session,
+        ids: Sequence[Any],
+        owner: Optional[str],
+        lease_seconds: float,
+        now: Optional[datetime] = None,
+    ) -> Sequence[Row[Any]]:
         """Lease those of ``ids`` still claimable to ``owner``; one attempt each, counted now
         (a worker that dies mid-way has used it). Returns the rows taken: ``id``,
         ``attempts``, then the ``returning`` columns."""
         model, now = self.model, now or utcnow()
-        values: dict[str, Any] = dict(lease_expires_at=now + timedelta(seconds=lease_seconds),
-                                      attempts=model.attempts + 1)
+        values: dict[str, Any] = dict(
+            lease_expires_at=now + timedelta(seconds=lease_seconds), attempts=model.attempts + 1
+        )
         if self.leased is not None:
             values.update(status=self.leased, lease_owner=owner)
         if self.on_claim is not None:
             values.update(self.on_claim(now))
         return session.execute(
-            update(model).where(model.id.in_(list(ids)), self.claimable(now))
-            .values(**values).returning(model.id, model.attempts, *self.returning)
-            .execution_options(synchronize_session=False)).all()
+            update(model)
+            .where(model.id.in_(list(ids)), self.claimable(now))
+            .values(**values)
+            .returning(model.id, model.attempts, *self.returning)
+            .execution_options(synchronize_session=False)
+        ).all()
 
     def claim(self, session: Session, owner: str, limit: int, lease_seconds: float) -> list[L]:
         """Lease up to ``limit`` claimable rows to ``owner``: highest priority first, then
@@ -141,16 +173,20 @@ class LeaseQueue(Generic[L]):
 
     def _held(self, owner: str) -> ColumnElement[bool]:
         if self.leased is None:
-            raise TypeError(f"{self.model.__name__} leases have no owner: "
-                            "they expire by themselves")
+            raise TypeError(
+                f"{self.model.__name__} leases have no owner: they expire by themselves"
+            )
         return and_(self.model.lease_owner == owner, self.status == self.leased)
 
     def renew(self, session: Session, owner: str, lease_seconds: float) -> int:
         """The heartbeat: push back the expiry of every lease ``owner`` holds; returns how many."""
-        return rows_changed(session, 
-            update(self.model).where(self._held(owner))
+        return rows_changed(
+            session,
+            update(self.model)
+            .where(self._held(owner))
             .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
-            .execution_options(synchronize_session=False))
+            .execution_options(synchronize_session=False),
+        )
 
     def release(self, session: Session, owner: str, ids: Optional[Sequence[Any]] = None) -> int:
         """Give leases back at once (a worker stopping): the rows wait again, their attempt
@@ -159,13 +195,21 @@ class LeaseQueue(Generic[L]):
         query = update(model).where(self._held(owner))
         if ids is not None:
             query = query.where(model.id.in_(list(ids)))
-        return rows_changed(session, 
-            query.values({self.status: self.waiting, model.lease_owner: None,
-                          model.lease_expires_at: None, model.attempts: model.attempts - 1})
-            .execution_options(synchronize_session=False))
+        return rows_changed(
+            session,
+            query.values(
+                {
+                    self.status: self.waiting,
+                    model.lease_owner: None,
+                    model.lease_expires_at: None,
+                    model.attempts: model.attempts - 1,
+                }
+            ).execution_options(synchronize_session=False),
+        )
 
-    def expire(self, session: Session, max_attempts: int,
-               now: Optional[datetime] = None) -> Expired:
+    def expire(
+        self, session: Session, max_attempts: int, now: Optional[datetime] = None
+    ) -> Expired:
         """Rows whose lease ran out before ``now`` (their worker died): cancelled when their
         job was, failed with ``died`` after ``max_attempts`` attempts, else waiting again."""
         if self.leased is None:
@@ -177,12 +221,21 @@ class LeaseQueue(Generic[L]):
         ended = {**cleared, model.finished_at: now}
 
         def count(condition: ColumnElement[bool], values: dict[Any, Any]) -> int:
-            return rows_changed(session, update(model).where(condition).values(values)
-                                   .execution_options(synchronize_session=False))
+            return rows_changed(
+                session,
+                update(model)
+                .where(condition)
+                .values(values)
+                .execution_options(synchronize_session=False),
+            )
 
-        cancelled = count(and_(expired, model.job_id.in_(cancelled_job)),
-                          {**ended, self.status: ScanStatus.CANCELLED})
-        failed = count(and_(expired, model.attempts >= max_attempts),
-                       {**ended, self.status: ScanStatus.FAILED, model.error: self.died})
+        cancelled = count(
+            and_(expired, model.job_id.in_(cancelled_job)),
+            {**ended, self.status: ScanStatus.CANCELLED},
+        )
+        failed = count(
+            and_(expired, model.attempts >= max_attempts),
+            {**ended, self.status: ScanStatus.FAILED, model.error: self.died},
+        )
         requeued = count(expired, {**cleared, self.status: self.waiting})
         return Expired(requeued, failed, cancelled)

@@ -96,12 +96,16 @@ class S3BlobStore(BlobStore):
     def copy(self, source: str, target: str) -> None:
         """A copy made by the store itself: the bytes never pass through this process."""
         try:
-            self.s3.copy_object(Bucket=self.bucket, Key=self._object(target),
-                                CopySource={"Bucket": self.bucket, "Key": self._object(source)})
+            self.s3.copy_object(
+                Bucket=self.bucket,
+                Key=self._object(target),
+                CopySource={"Bucket": self.bucket, "Key": self._object(source)},
+            )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in MISSING_CODES | {"NoSuchKey"}:
                 raise BlobNotFound(
-                    f"uploaded bytes are missing from the blob store ({source})") from None
+                    f"uploaded bytes are missing from the blob store ({source})"
+                ) from None
             raise
 
     def size(self, key: str) -> int:

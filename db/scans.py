@@ -8,11 +8,13 @@ taken over, changes nothing. Leases of dead workers expire; :func:`expire_leases
 their scans back, or fails a scan that has used all its attempts. Every function takes a
 ``session``; the caller owns the transaction.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from sqlalchemy import Row, String, cast, func, literal, select, update
 from sqlalchemy.orm import Session
@@ -62,12 +64,17 @@ def _leases(session: Session, rows: Sequence[Row[Any]]) -> list[Lease]:
 
 
 SCANS: LeaseQueue[Lease] = LeaseQueue(
-    Scan, leases=_leases,
+    Scan,
+    leases=_leases,
     returning=(Scan.job_id, Scan.blob_key, Scan.position, Scan.queued_at, Scan.frame),
     tie_break=(Scan.job_id, Scan.position),
     on_claim=lambda now: {"started_at": func.coalesce(Scan.started_at, now)},
-    died=(literal("worker died while processing this scan (") + cast(Scan.attempts, String)
-          + literal(" attempts)")))
+    died=(
+        literal("worker died while processing this scan (")
+        + cast(Scan.attempts, String)
+        + literal(" attempts)")
+    ),
+)
 """Waiting scans, by priority, then queue time, then job and upload order."""
 
 
@@ -85,8 +92,7 @@ def renew_leases(session: Session, owner: str, lease_seconds: float) -> int:
     return SCANS.renew(session, owner, lease_seconds)
 
 
-def release_leases(session: Session, owner: str,
-                   scan_ids: Optional[Sequence[str]] = None) -> int:
+def release_leases(session: Session, owner: str, scan_ids: Optional[Sequence[str]] = None) -> int:
     """Give leases back at once (a worker stopping): the scans wait again, attempt not counted.
 
     ``scan_ids`` limits it to those scans; None releases all of ``owner``'s leases.
@@ -104,8 +110,14 @@ def expire_leases(session: Session, max_attempts: int, now: Optional[datetime] =
     return SCANS.expire(session, max_attempts, now)
 
 
-def record_outcomes(session: Session, outcomes: Sequence[ScanOutcome], leases: Sequence[Lease],
-                    model: ModelIdentity, worker: Optional[str], owner: str) -> int:
+def record_outcomes(
+    session: Session,
+    outcomes: Sequence[ScanOutcome],
+    leases: Sequence[Lease],
+    model: ModelIdentity,
+    worker: Optional[str],
+    owner: str,
+) -> int:
     """Write each outcome if ``owner`` still holds that scan's lease; returns rows written.
 
     A scan whose lease expired and was taken over, was cancelled, deleted or already has
@@ -114,9 +126,14 @@ def record_outcomes(session: Session, outcomes: Sequence[ScanOutcome], leases: S
     return len(write_outcomes(session, outcomes, leases, model, worker, owner))
 
 
-def write_outcomes(session: Session, outcomes: Sequence[ScanOutcome], leases: Sequence[Lease],
-                   model: ModelIdentity, worker: Optional[str],
-                   owner: str) -> list[tuple[ScanOutcome, Lease]]:
+def write_outcomes(
+    session: Session,
+    outcomes: Sequence[ScanOutcome],
+    leases: Sequence[Lease],
+    model: ModelIdentity,
+    worker: Optional[str],
+    owner: str,
+) -> list[tuple[ScanOutcome, Lease]]:
     """:func:`record_outcomes`, returning the outcomes written (with their leases)."""
     if len(outcomes) != len(leases):
         raise ValueError(f"{len(outcomes)} outcomes for {len(leases)} leases")
@@ -125,19 +142,28 @@ def write_outcomes(session: Session, outcomes: Sequence[ScanOutcome], leases: Se
     for outcome, lease in zip(outcomes, leases):
         if outcome.scan_id != lease.scan_id:
             raise ValueError(f"outcome for {outcome.scan_id} paired with lease of {lease.scan_id}")
-        changed = rows_changed(session,
+        changed = rows_changed(
+            session,
             update(Scan)
-            .where(Scan.id == lease.scan_id, Scan.status == ScanStatus.RUNNING,
-                   Scan.lease_owner == owner, Scan.attempts == lease.attempt)
+            .where(
+                Scan.id == lease.scan_id,
+                Scan.status == ScanStatus.RUNNING,
+                Scan.lease_owner == owner,
+                Scan.attempts == lease.attempt,
+            )
             .values(
                 status=ScanStatus.FAILED if outcome.error else ScanStatus.SUCCEEDED,
-                probability_covid=outcome.probability_covid, label=outcome.label,
-                error=outcome.error, **_identity_columns(model, outcome), worker=worker,
+                probability_covid=outcome.probability_covid,
+                label=outcome.label,
+                error=outcome.error,
+                **_identity_columns(model, outcome),
+                worker=worker,
                 finished_at=now,
-                lease_owner=None, lease_expires_at=None,
+                lease_owner=None,
+                lease_expires_at=None,
                 result_writes=Scan.result_writes + 1,
             )
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
         )
         if changed:
             written.append((outcome, lease))
@@ -158,12 +184,18 @@ def queue_depth(session: Session) -> QueueDepth:
 
     Three aggregate queries that use the ``(status, priority, queued_at)`` index.
     """
-    waiting = {int(priority): count for priority, count in session.execute(
-        select(Scan.priority, func.count()).where(Scan.status == ScanStatus.QUEUED)
-        .group_by(Scan.priority))}
+    waiting = {
+        int(priority): count
+        for priority, count in session.execute(
+            select(Scan.priority, func.count())
+            .where(Scan.status == ScanStatus.QUEUED)
+            .group_by(Scan.priority)
+        )
+    }
     leased = session.scalar(select(func.count()).where(Scan.status == ScanStatus.RUNNING)) or 0
-    oldest = session.scalar(select(func.min(Scan.queued_at))
-                            .where(Scan.status == ScanStatus.QUEUED))
+    oldest = session.scalar(
+        select(func.min(Scan.queued_at)).where(Scan.status == ScanStatus.QUEUED)
+    )
     return QueueDepth(waiting, leased, oldest)
 
 

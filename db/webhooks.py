@@ -9,12 +9,14 @@ event under a lease (:data:`EVENTS`, a :mod:`db.queue` lease queue), and every a
 a :class:`db.models.WebhookDelivery` row.
 Every function takes a ``session``; the caller owns the transaction.
 """
+
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional
 
 from sqlalchemy import Exists, Row, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
@@ -35,8 +37,12 @@ from db.queue import LeaseQueue
 from db.session import rows_changed
 
 PENDING, DONE = DeliveryState.PENDING, "done"  # also a job's finish_event: pending, then done
-DELIVERED, GONE, FAILED, RETRY = (DeliveryOutcome.DELIVERED, DeliveryOutcome.GONE,
-                                  DeliveryOutcome.FAILED, DeliveryOutcome.RETRY)
+DELIVERED, GONE, FAILED, RETRY = (
+    DeliveryOutcome.DELIVERED,
+    DeliveryOutcome.GONE,
+    DeliveryOutcome.FAILED,
+    DeliveryOutcome.RETRY,
+)
 
 
 def new_event_id() -> str:
@@ -44,8 +50,7 @@ def new_event_id() -> str:
 
 
 def _unfinished(job_id_column: Any) -> Exists:
-    return exists().where(Scan.job_id == job_id_column,
-                          Scan.status.not_in(ScanStatus.terminal()))
+    return exists().where(Scan.job_id == job_id_column, Scan.status.not_in(ScanStatus.terminal()))
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,9 @@ class FinishedJobs:
     event_ids: list[str]
 
 
-def record_finished_jobs(session: Session, job_ids: Optional[Iterable[str]] = None,
-                         limit: int = 100) -> FinishedJobs:
+def record_finished_jobs(
+    session: Session, job_ids: Optional[Iterable[str]] = None, limit: int = 100
+) -> FinishedJobs:
     """Mark the jobs among ``job_ids`` that have just ended, and make their events.
 
     This is the one moment a job's end is recorded: exactly once per job. None looks at
@@ -82,14 +88,28 @@ def record_finished_jobs(session: Session, job_ids: Optional[Iterable[str]] = No
         job = summary.job
         job.finish_event = DONE
         statuses[job.id] = summary.status
-        payload = {"type": f"job.{summary.status}", "timestamp": iso_utc(utcnow()),
-                   "data": {"job_id": job.id, "status": summary.status,
-                            "counts": summary.counts.as_dict(),
-                            "finished_at": iso_utc(summary.finished_at)}}
+        payload = {
+            "type": f"job.{summary.status}",
+            "timestamp": iso_utc(utcnow()),
+            "data": {
+                "job_id": job.id,
+                "status": summary.status,
+                "counts": summary.counts.as_dict(),
+                "finished_at": iso_utc(summary.finished_at),
+            },
+        }
         for url in destinations(session, job):
-            event = WebhookEvent(id=new_event_id(), job_id=job.id, owner=job.owner, url=url,
-                                 type=payload["type"], payload=payload, state=PENDING,
-                                 attempts=0, next_attempt_at=utcnow())
+            event = WebhookEvent(
+                id=new_event_id(),
+                job_id=job.id,
+                owner=job.owner,
+                url=url,
+                type=payload["type"],
+                payload=payload,
+                state=PENDING,
+                attempts=0,
+                next_attempt_at=utcnow(),
+            )
             session.add(event)
             created.append(event.id)
     session.flush()
@@ -100,21 +120,31 @@ def destinations(session: Session, job: Job) -> list[str]:
     """The job's callback URL, then its owner's endpoints, each URL once."""
     urls = [job.callback_url] if job.callback_url else []
     if job.owner is not None:
-        urls += session.scalars(select(WebhookEndpoint.url)
-                                .where(WebhookEndpoint.owner == job.owner)
-                                .order_by(WebhookEndpoint.created_at))
+        urls += session.scalars(
+            select(WebhookEndpoint.url)
+            .where(WebhookEndpoint.owner == job.owner)
+            .order_by(WebhookEndpoint.created_at)
+        )
     return list(dict.fromkeys(urls))
 
 
 def _events(session: Session, rows: Sequence[Row[Any]]) -> list[WebhookEvent]:
-    return [event for row in rows
-            if (event := session.get(WebhookEvent, row.id, populate_existing=True)) is not None]
+    return [
+        event
+        for row in rows
+        if (event := session.get(WebhookEvent, row.id, populate_existing=True)) is not None
+    ]
 
 
 EVENTS: LeaseQueue[WebhookEvent] = LeaseQueue(
-    WebhookEvent, leases=_events, status=WebhookEvent.state, waiting=PENDING, leased=None,
+    WebhookEvent,
+    leases=_events,
+    status=WebhookEvent.state,
+    waiting=PENDING,
+    leased=None,
     claimable=lambda now: WebhookEvent.next_attempt_at <= now,
-    order_by=(WebhookEvent.next_attempt_at,))
+    order_by=(WebhookEvent.next_attempt_at,),
+)
 """Pending events whose next attempt is due, by due time; a lease holds one for an attempt.
 
 No priority and no owner: an event is claimed by id, by the delivery task its message
@@ -129,14 +159,24 @@ def due_event_ids(session: Session, requeue_after: float, limit: int = 100) -> l
     waited for: relays run in the API, every worker and the sweep at once, and waiting on
     each other's rows in different orders would deadlock them."""
     now = utcnow()
-    return EVENTS.pick(session, limit, or_(
-        WebhookEvent.queued_at.is_(None),
-        WebhookEvent.queued_at < now - timedelta(seconds=requeue_after)), now=now)
+    return EVENTS.pick(
+        session,
+        limit,
+        or_(
+            WebhookEvent.queued_at.is_(None),
+            WebhookEvent.queued_at < now - timedelta(seconds=requeue_after),
+        ),
+        now=now,
+    )
 
 
 def mark_queued(session: Session, event_ids: Iterable[str]) -> None:
-    session.execute(update(WebhookEvent).where(WebhookEvent.id.in_(list(event_ids)))
-                    .values(queued_at=utcnow()).execution_options(synchronize_session=False))
+    session.execute(
+        update(WebhookEvent)
+        .where(WebhookEvent.id.in_(list(event_ids)))
+        .values(queued_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
 
 
 def claim_event(session: Session, event_id: str, lease_seconds: float) -> Optional[WebhookEvent]:
@@ -147,10 +187,16 @@ def claim_event(session: Session, event_id: str, lease_seconds: float) -> Option
     now = utcnow()
     claimed = EVENTS.take(session, [event_id], None, lease_seconds, now)
     if not claimed:  # a message that came early leaves the event to the sweep when it is due
-        session.execute(update(WebhookEvent).where(
-            WebhookEvent.id == event_id, WebhookEvent.state == PENDING,
-            WebhookEvent.next_attempt_at > now).values(queued_at=None)
-            .execution_options(synchronize_session=False))
+        session.execute(
+            update(WebhookEvent)
+            .where(
+                WebhookEvent.id == event_id,
+                WebhookEvent.state == PENDING,
+                WebhookEvent.next_attempt_at > now,
+            )
+            .values(queued_at=None)
+            .execution_options(synchronize_session=False)
+        )
         return None
     return _events(session, claimed)[0]
 
@@ -159,8 +205,11 @@ def endpoint_secret(session: Session, owner: Optional[str], url: str) -> Optiona
     """The secret ``owner`` registered for ``url``, or None (the server's then signs)."""
     if owner is None:
         return None
-    return session.scalar(select(WebhookEndpoint.secret).where(
-        WebhookEndpoint.owner == owner, WebhookEndpoint.url == url))
+    return session.scalar(
+        select(WebhookEndpoint.secret).where(
+            WebhookEndpoint.owner == owner, WebhookEndpoint.url == url
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -177,8 +226,14 @@ class Attempt:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-def record_attempt(session: Session, event: WebhookEvent, attempt: Attempt, outcome: str,
-                   next_attempt_at: Optional[datetime], at: datetime) -> bool:
+def record_attempt(
+    session: Session,
+    event: WebhookEvent,
+    attempt: Attempt,
+    outcome: str,
+    next_attempt_at: Optional[datetime],
+    at: datetime,
+) -> bool:
     """Record the attempt of the claim on ``event`` and where the event stands now.
 
     ``at`` is when the attempt ended (its answer seen), the moment ``next_attempt_at`` was
@@ -188,41 +243,73 @@ def record_attempt(session: Session, event: WebhookEvent, attempt: Attempt, outc
     claim has taken it since.
     """
     state = PENDING if outcome == RETRY else outcome
-    updated = rows_changed(session, 
-        update(WebhookEvent).where(WebhookEvent.id == event.id,
-                                   WebhookEvent.attempts == event.attempts,
-                                   WebhookEvent.state == PENDING)
-        .values(state=state, next_attempt_at=next_attempt_at, lease_expires_at=None,
-                queued_at=None, finished_at=None if state == PENDING else utcnow())
-        .execution_options(synchronize_session=False))
+    updated = rows_changed(
+        session,
+        update(WebhookEvent)
+        .where(
+            WebhookEvent.id == event.id,
+            WebhookEvent.attempts == event.attempts,
+            WebhookEvent.state == PENDING,
+        )
+        .values(
+            state=state,
+            next_attempt_at=next_attempt_at,
+            lease_expires_at=None,
+            queued_at=None,
+            finished_at=None if state == PENDING else utcnow(),
+        )
+        .execution_options(synchronize_session=False),
+    )
     if not updated:
         return False
-    session.add(WebhookDelivery(
-        event_id=event.id, job_id=event.job_id, attempt=event.attempts, at=at,
-        status_code=attempt.status_code, error=attempt.error and attempt.error[:500],
-        duration_ms=attempt.duration_ms, outcome=outcome, next_attempt_at=next_attempt_at))
+    session.add(
+        WebhookDelivery(
+            event_id=event.id,
+            job_id=event.job_id,
+            attempt=event.attempts,
+            at=at,
+            status_code=attempt.status_code,
+            error=attempt.error and attempt.error[:500],
+            duration_ms=attempt.duration_ms,
+            outcome=outcome,
+            next_attempt_at=next_attempt_at,
+        )
+    )
     return True
 
 
 def stop_endpoint_events(session: Session, owner: str, url: str) -> int:
     """An endpoint deleted: its pending events stop (``failed``), except those of jobs that
     named the URL as their own callback_url. Returns how many stopped."""
-    return rows_changed(session, 
-        update(WebhookEvent).where(
-            WebhookEvent.owner == owner, WebhookEvent.url == url, WebhookEvent.state == PENDING,
-            WebhookEvent.job_id.not_in(select(Job.id).where(Job.callback_url == url)))
+    return rows_changed(
+        session,
+        update(WebhookEvent)
+        .where(
+            WebhookEvent.owner == owner,
+            WebhookEvent.url == url,
+            WebhookEvent.state == PENDING,
+            WebhookEvent.job_id.not_in(select(Job.id).where(Job.callback_url == url)),
+        )
         .values(state=FAILED, next_attempt_at=None, lease_expires_at=None, finished_at=utcnow())
-        .execution_options(synchronize_session=False))
+        .execution_options(synchronize_session=False),
+    )
 
 
-def job_deliveries(session: Session,
-                   job_id: str) -> list[tuple[WebhookEvent, list[WebhookDelivery]]]:
+def job_deliveries(
+    session: Session, job_id: str
+) -> list[tuple[WebhookEvent, list[WebhookDelivery]]]:
     """A job's events with their attempts, oldest first."""
-    events = list(session.scalars(select(WebhookEvent).where(WebhookEvent.job_id == job_id)
-                                  .order_by(WebhookEvent.created_at, WebhookEvent.id)))
+    events = list(
+        session.scalars(
+            select(WebhookEvent)
+            .where(WebhookEvent.job_id == job_id)
+            .order_by(WebhookEvent.created_at, WebhookEvent.id)
+        )
+    )
     attempts: dict[str, list[WebhookDelivery]] = {event.id: [] for event in events}
-    for row in session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)
-                               .order_by(WebhookDelivery.id)):
+    for row in session.scalars(
+        select(WebhookDelivery).where(WebhookDelivery.job_id == job_id).order_by(WebhookDelivery.id)
+    ):
         attempts.setdefault(row.event_id, []).append(row)
     return [(event, attempts[event.id]) for event in events]
 

@@ -2,6 +2,7 @@
 
 Every function takes a ``session``; the caller owns the transaction.
 """
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta
@@ -33,8 +34,12 @@ def beat(session: Session, name: str, engines: Optional[list[dict[str, Any]]] = 
     values: dict[str, Any] = {"heartbeat_at": utcnow()}
     if engines is not None:
         values["engines"] = engines
-    return rows_changed(session, update(WorkerStatus).where(WorkerStatus.name == name)
-                           .values(**values)) > 0
+    return (
+        rows_changed(
+            session, update(WorkerStatus).where(WorkerStatus.name == name).values(**values)
+        )
+        > 0
+    )
 
 
 def withdraw(session: Session, name: str) -> None:

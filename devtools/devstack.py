@@ -16,8 +16,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Callable, Optional
+from typing import IO, Optional
 
 import requests
 
@@ -86,7 +87,8 @@ def _stored_secret(path: Path, make: Callable[[], str]) -> str:
 def stored_webhook_secret(path: Path) -> str:
     """The ``whsec_`` secret kept in ``path`` (mode 0600), made on first use."""
     return _stored_secret(
-        path, lambda: "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
+        path, lambda: "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    )
 
 
 def stored_phi_key(path: Path) -> str:

@@ -11,13 +11,15 @@ with 0xA700 (out of resources); an unreadable one with 0xC000. With
 ``DICOM_ALLOWED_AE_TITLES`` set, an association from any other calling AE title is
 rejected before any instance is sent.
 """
+
 from __future__ import annotations
 
 import io
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import click
 
@@ -75,10 +77,12 @@ class StoreReceiver:
             key = id(event.assoc)
             if key not in self._associations:
                 calling = event.assoc.requestor.ae_title
-                calling = calling.decode("ascii", "replace") if isinstance(calling, bytes) \
+                calling = (
+                    calling.decode("ascii", "replace")
+                    if isinstance(calling, bytes)
                     else str(calling)
-                self._associations[key] = _Association(new_id(), calling.strip(),
-                                                       ParsedUpload())
+                )
+                self._associations[key] = _Association(new_id(), calling.strip(), ParsedUpload())
             return self._associations[key]
 
     def on_store(self, event) -> int:
@@ -105,8 +109,13 @@ class StoreReceiver:
             self._record(state, uploads[0])
         except IntakeError as exc:  # the quota, MAX_ACTIVE_JOBS, MAX_SCANS_PER_JOB, Redis
             state.refused += 1
-            log.warning("job %s: instance from %s refused for owner %s: %s", state.job_id,
-                        state.calling_ae, self.owner, exc.detail)
+            log.warning(
+                "job %s: instance from %s refused for owner %s: %s",
+                state.job_id,
+                state.calling_ae,
+                self.owner,
+                exc.detail,
+            )
             return dicom_status(exc)
         state.stored += 1
         return SUCCESS
@@ -135,8 +144,13 @@ class StoreReceiver:
         with self._lock:
             state = self._associations.pop(id(event.assoc), None)
         if state is not None:
-            log.info("job %s: association from %s ended, %d instances stored, %d refused",
-                     state.job_id, state.calling_ae, state.stored, state.refused)
+            log.info(
+                "job %s: association from %s ended, %d instances stored, %d refused",
+                state.job_id,
+                state.calling_ae,
+                state.stored,
+                state.refused,
+            )
 
 
 def job_service(settings: Settings, session_factory: Any, send_wakeups: Any) -> JobService:
@@ -145,13 +159,18 @@ def job_service(settings: Settings, session_factory: Any, send_wakeups: Any) -> 
     from core.quota import ScanQuota
     from db.blobs import open_blob_store
 
-    return JobService(settings, session_factory,
-                      open_blob_store(settings.blob_dir, settings.blob_store),
-                      ScanQuota.open(settings.redis_url, settings.scans_per_hour), send_wakeups)
+    return JobService(
+        settings,
+        session_factory,
+        open_blob_store(settings.blob_dir, settings.blob_store),
+        ScanQuota.open(settings.redis_url, settings.scans_per_hour),
+        send_wakeups,
+    )
 
 
-def start(settings: Settings, host: str, port: int, ae_title: str, owner: str,
-          modalities: tuple[str, ...]) -> tuple[Any, Callable[[], None]]:
+def start(
+    settings: Settings, host: str, port: int, ae_title: str, owner: str, modalities: tuple[str, ...]
+) -> tuple[Any, Callable[[], None]]:
     """Start the receiver in background threads: the pynetdicom server and a function
     that stops it and closes what it opened."""
     from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -163,8 +182,9 @@ def start(settings: Settings, host: str, port: int, ae_title: str, owner: str,
 
     engine = make_engine(settings.database_url)
     send_wakeups = WakeupSender(settings.redis_url)
-    receiver = StoreReceiver(job_service(settings, make_session_factory(engine), send_wakeups),
-                             owner, modalities)
+    receiver = StoreReceiver(
+        job_service(settings, make_session_factory(engine), send_wakeups), owner, modalities
+    )
     ae = AE(ae_title=ae_title)
     # A PACS administrator's first step is "test this modality" (C-ECHO); every storage SOP
     # class is offered in every transfer syntax the pipeline decodes, so a PACS that cannot
@@ -173,11 +193,20 @@ def start(settings: Settings, host: str, port: int, ae_title: str, owner: str,
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, DECODED_TRANSFER_SYNTAXES)
     ae.require_calling_aet = list(settings.dicom_allowed_ae_titles)  # empty: any caller
-    handlers = [(evt.EVT_C_STORE, receiver.on_store), (evt.EVT_RELEASED, receiver.on_release),
-                (evt.EVT_ABORTED, receiver.on_release)]
+    handlers = [
+        (evt.EVT_C_STORE, receiver.on_store),
+        (evt.EVT_RELEASED, receiver.on_release),
+        (evt.EVT_ABORTED, receiver.on_release),
+    ]
     server = ae.start_server((host, port), block=False, evt_handlers=handlers)
-    log.info("C-STORE receiver %s listening on %s:%d for owner %s, from %s", ae_title, host,
-             port, owner, ", ".join(settings.dicom_allowed_ae_titles) or "any calling AE")
+    log.info(
+        "C-STORE receiver %s listening on %s:%d for owner %s, from %s",
+        ae_title,
+        host,
+        port,
+        owner,
+        ", ".join(settings.dicom_allowed_ae_titles) or "any calling AE",
+    )
 
     def stop() -> None:
         server.shutdown()
@@ -187,8 +216,15 @@ def start(settings: Settings, host: str, port: int, ae_title: str, owner: str,
     return server, stop
 
 
-def serve(settings: Settings, host: str, port: int, ae_title: str, owner: str,
-          modalities: tuple[str, ...], ready: Optional[threading.Event] = None) -> None:
+def serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    ae_title: str,
+    owner: str,
+    modalities: tuple[str, ...],
+    ready: Optional[threading.Event] = None,
+) -> None:
     """Run the receiver until interrupted."""
     _server, stop = start(settings, host, port, ae_title, owner, modalities)
     try:
@@ -201,15 +237,25 @@ def serve(settings: Settings, host: str, port: int, ae_title: str, owner: str,
 
 
 @click.command("dicom-listen")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on (0.0.0.0 for every interface).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (0.0.0.0 for every interface).",
+)
 @click.option("--port", type=click.IntRange(1, 65535), default=11112, show_default=True)
-@click.option("--ae-title", default="COVIDSCAN", show_default=True,
-              help="The AE title a PACS sends to.")
-@click.option("--owner", required=True,
-              help="The owner of the jobs received (whose keys can read them).")
-@click.option("--allow-modality", metavar="MODALITIES", default="",
-              help="DICOM modalities to classify besides CT, e.g. MR,PT.")
+@click.option(
+    "--ae-title", default="COVIDSCAN", show_default=True, help="The AE title a PACS sends to."
+)
+@click.option(
+    "--owner", required=True, help="The owner of the jobs received (whose keys can read them)."
+)
+@click.option(
+    "--allow-modality",
+    metavar="MODALITIES",
+    default="",
+    help="DICOM modalities to classify besides CT, e.g. MR,PT.",
+)
 def dicom_listen(host: str, port: int, ae_title: str, owner: str, allow_modality: str) -> None:
     """Receive studies pushed by C-STORE; each association becomes one job.
 
@@ -229,6 +275,5 @@ def dicom_listen(host: str, port: int, ae_title: str, owner: str, allow_modality
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
     migrate.upgrade(settings.database_url)
     metrics.serve(settings, "C-STORE receiver")
-    click.echo(f"receiving C-STORE as {ae_title.strip()} on {host}:{port}; Ctrl-C stops",
-               nl=True)
+    click.echo(f"receiving C-STORE as {ae_title.strip()} on {host}:{port}; Ctrl-C stops", nl=True)
     serve(settings, host, port, ae_title.strip(), owner, tuple(dict.fromkeys(["CT", *extra])))

@@ -5,6 +5,7 @@ administrator's words: the host not found, the connection refused or timed out, 
 association rejected (with the reason the PACS gave) or aborted, the C-ECHO's status, or
 the HTTP status of the query.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,18 +34,28 @@ class ProbeResult:
     message: str
 
 
-def probe(row: Destination, credentials: Optional[Credentials] = None,
-          timeout: float = DEFAULT_TIMEOUT, calling_ae_title: str = CALLING_AE_TITLE
-          ) -> ProbeResult:
+def probe(
+    row: Destination,
+    credentials: Optional[Credentials] = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    calling_ae_title: str = CALLING_AE_TITLE,
+) -> ProbeResult:
     """Probe ``row`` the way its kind is reached; never raises for a network failure."""
     if row.kind == DestinationKind.DICOM:
-        return echo(str(row.host), int(row.port or 0), str(row.ae_title), tls=row.tls,
-                    timeout=timeout, calling_ae_title=calling_ae_title)
+        return echo(
+            str(row.host),
+            int(row.port or 0),
+            str(row.ae_title),
+            tls=row.tls,
+            timeout=timeout,
+            calling_ae_title=calling_ae_title,
+        )
     return qido(str(row.url), credentials, timeout=timeout)
 
 
-def _connect_failure(host: str, port: int, timeout: float,
-                     tls: Optional[ssl.SSLContext] = None) -> Optional[str]:
+def _connect_failure(
+    host: str, port: int, timeout: float, tls: Optional[ssl.SSLContext] = None
+) -> Optional[str]:
     """Why a TCP connection (and with ``tls``, a TLS handshake) to ``host:port`` cannot be
     made, or None when it can."""
     where = f"{host}:{port}"
@@ -65,8 +76,7 @@ def _connect_failure(host: str, port: int, timeout: float,
             with tls.wrap_socket(sock, server_hostname=host):
                 return None
         except ssl.SSLCertVerificationError as exc:
-            return f"TLS with {where} failed: its certificate is not trusted " \
-                   f"({exc.verify_message})"
+            return f"TLS with {where} failed: its certificate is not trusted ({exc.verify_message})"
         except ssl.SSLError as exc:
             return f"TLS with {where} failed: {exc.reason or exc}"
         except TimeoutError:
@@ -75,9 +85,15 @@ def _connect_failure(host: str, port: int, timeout: float,
             return f"TLS with {where} failed: {exc.strerror or exc} (does it speak TLS?)"
 
 
-def echo(host: str, port: int, ae_title: str, *, tls: bool = False,
-         timeout: float = DEFAULT_TIMEOUT, calling_ae_title: str = CALLING_AE_TITLE
-         ) -> ProbeResult:
+def echo(
+    host: str,
+    port: int,
+    ae_title: str,
+    *,
+    tls: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+    calling_ae_title: str = CALLING_AE_TITLE,
+) -> ProbeResult:
     """A C-ECHO to ``ae_title`` at ``host:port`` (over TLS when ``tls``), asking also whether
     the PACS offers Storage Commitment (Push Model) as SCP."""
     from pynetdicom import AE
@@ -101,33 +117,46 @@ def echo(host: str, port: int, ae_title: str, *, tls: bool = False,
     try:
         if assoc.is_rejected:
             answer = assoc.acceptor.primitive
-            reason = (f"{answer.reason_str} ({answer.result_str}, by the "
-                      f"{answer.source_str})") if answer is not None else "no reason given"
+            reason = (
+                (f"{answer.reason_str} ({answer.result_str}, by the {answer.source_str})")
+                if answer is not None
+                else "no reason given"
+            )
             return ProbeResult(False, f"association rejected by {called}: {reason}")
         if not assoc.is_established:
-            return ProbeResult(False, f"association with {called} aborted: the PACS gave no "
-                                      "acceptable answer to the association request")
+            return ProbeResult(
+                False,
+                f"association with {called} aborted: the PACS gave no "
+                "acceptable answer to the association request",
+            )
         if not any(cx.abstract_syntax == Verification for cx in assoc.accepted_contexts):
             return ProbeResult(False, f"{called} does not accept Verification (C-ECHO)")
         status = assoc.send_c_echo()
         code = getattr(status, "Status", None)
         if code is None:
-            return ProbeResult(False, f"no answer to the C-ECHO from {called} within "
-                                      f"{timeout:g} s (association aborted)")
+            return ProbeResult(
+                False,
+                f"no answer to the C-ECHO from {called} within {timeout:g} s (association aborted)",
+            )
         if code != 0x0000:
             return ProbeResult(False, f"{called} answered the C-ECHO with status 0x{code:04X}")
-        commitment = any(cx.abstract_syntax == STORAGE_COMMITMENT_PUSH
-                         for cx in assoc.accepted_contexts)
-        return ProbeResult(True, f"C-ECHO to {called} succeeded"
-                                 f"{' over TLS' if tls else ''}; Storage Commitment "
-                                 f"{'offered' if commitment else 'not offered'}")
+        commitment = any(
+            cx.abstract_syntax == STORAGE_COMMITMENT_PUSH for cx in assoc.accepted_contexts
+        )
+        return ProbeResult(
+            True,
+            f"C-ECHO to {called} succeeded"
+            f"{' over TLS' if tls else ''}; Storage Commitment "
+            f"{'offered' if commitment else 'not offered'}",
+        )
     finally:
         if assoc.is_established:
             assoc.release()
 
 
-def qido(url: str, credentials: Optional[Credentials] = None,
-         timeout: float = DEFAULT_TIMEOUT) -> ProbeResult:
+def qido(
+    url: str, credentials: Optional[Credentials] = None, timeout: float = DEFAULT_TIMEOUT
+) -> ProbeResult:
     """``GET {url}/studies?limit=1`` with the destination's credentials."""
     target = f"{url.rstrip('/')}/studies"
     headers = {"Accept": "application/dicom+json"}
@@ -137,8 +166,14 @@ def qido(url: str, credentials: Optional[Credentials] = None,
     elif credentials is not None and credentials.basic:
         auth = credentials.basic
     try:
-        response = requests.get(target, params={"limit": "1"}, headers=headers, auth=auth,
-                                timeout=timeout, allow_redirects=False)
+        response = requests.get(
+            target,
+            params={"limit": "1"},
+            headers=headers,
+            auth=auth,
+            timeout=timeout,
+            allow_redirects=False,
+        )
     except requests.exceptions.SSLError as exc:
         return ProbeResult(False, f"TLS failed with {url}: {exc}")
     except requests.exceptions.ConnectTimeout:
@@ -155,8 +190,11 @@ def qido(url: str, credentials: Optional[Credentials] = None,
     code = response.status_code
     if code in (200, 204):
         return ProbeResult(True, f"QIDO-RS query to {target} answered {code}")
-    hints = {401: "the credentials were refused", 403: "access forbidden to these credentials",
-             404: "no DICOMweb service at this URL (check the base URL)"}
+    hints = {
+        401: "the credentials were refused",
+        403: "access forbidden to these credentials",
+        404: "no DICOMweb service at this URL (check the base URL)",
+    }
     hint = hints.get(code, response.reason or "unexpected answer")
     return ProbeResult(False, f"QIDO-RS query to {target} answered HTTP {code}: {hint}")
 

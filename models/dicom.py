@@ -30,9 +30,13 @@ def parse_window(text: str) -> tuple[float, float]:
     return width, level
 
 
-def load_dicom_seed_v1(data: bytes, frame: int, window: tuple[float, float],
-                       size: tuple[int, int] = (224, 224),
-                       max_bytes: int = MAX_INFLATED_BYTES) -> np.ndarray:
+def load_dicom_seed_v1(
+    data: bytes,
+    frame: int,
+    window: tuple[float, float],
+    size: tuple[int, int] = (224, 224),
+    max_bytes: int = MAX_INFLATED_BYTES,
+) -> np.ndarray:
     """The tensor the model gets for one DICOM frame (``seed-v1`` on the windowed slice);
     a Deflated file inflates to at most ``max_bytes``.
 

@@ -1,5 +1,6 @@
 """The training recipe's knobs and their defaults, apart from the training code so that the
 ``covidscan train`` command can show them without importing TensorFlow."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

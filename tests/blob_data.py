@@ -1,4 +1,5 @@
 """A learnable synthetic two-class set: slices with bright blobs versus slices without."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,12 +17,13 @@ def blob_slice(size: int, seed: int, blobs: bool) -> Image.Image:
     for _ in range(rng.integers(4, 7) if blobs else 0):
         row, col = rng.uniform(0.35, 0.65), rng.uniform(0.25, 0.75)
         radius = rng.uniform(0.05, 0.09)
-        pixels += 150 * (((cols - col) ** 2 + (rows - row) ** 2) < radius ** 2)
+        pixels += 150 * (((cols - col) ** 2 + (rows - row) ** 2) < radius**2)
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L")
 
 
-def write_blob_dataset(root: Path, per_class: int, size: int = 64,
-                       folders: tuple[str, str] = ("COVID", "non-COVID")) -> Path:
+def write_blob_dataset(
+    root: Path, per_class: int, size: int = 64, folders: tuple[str, str] = ("COVID", "non-COVID")
+) -> Path:
     """Two class folders of PNG slices: the first class carries bright blobs, the second none.
 
     File names carry a patient id (``p<NN>_s<N>.png``, four slices per patient).

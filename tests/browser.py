@@ -1,14 +1,16 @@
 """A real headless Chromium (Debian's ``chromium`` and ``chromium-driver``) and a real HTTP
 server for browser tests. Nothing is downloaded: Selenium is pointed at the installed
 driver and browser, so Selenium Manager never runs."""
+
 from __future__ import annotations
 
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from werkzeug.serving import make_server
@@ -18,9 +20,16 @@ if TYPE_CHECKING:
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 
 
 def require_chromium() -> None:
@@ -32,15 +41,17 @@ def require_chromium() -> None:
         missing.append("the selenium package")
     if not missing:
         return
-    reason = (f"browser test needs {', '.join(missing)}: "
-              "apt-get install chromium chromium-driver; pip install -r requirements.txt")
+    reason = (
+        f"browser test needs {', '.join(missing)}: "
+        "apt-get install chromium chromium-driver; pip install -r requirements.txt"
+    )
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(reason)
     pytest.skip(reason)
 
 
 @contextmanager
-def chromium(download_dir: Path, width: int = 1280, height: int = 1000) -> Iterator["WebDriver"]:
+def chromium(download_dir: Path, width: int = 1280, height: int = 1000) -> Iterator[WebDriver]:
     """A headless Chromium with a fresh profile that saves downloads into ``download_dir``."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -50,15 +61,19 @@ def chromium(download_dir: Path, width: int = 1280, height: int = 1000) -> Itera
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--window-size={width},{height}")
-    options.add_experimental_option("prefs", {"download.default_directory": str(download_dir),
-                                              "download.prompt_for_download": False})
+    options.add_experimental_option(
+        "prefs",
+        {"download.default_directory": str(download_dir), "download.prompt_for_download": False},
+    )
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         options.add_argument(f"--user-data-dir={profile}")
-        driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)),
-                                  options=options)
+        driver = webdriver.Chrome(
+            service=Service(executable_path=str(CHROMEDRIVER)), options=options
+        )
         try:
-            driver.execute_cdp_cmd("Page.setDownloadBehavior",
-                                   {"behavior": "allow", "downloadPath": str(download_dir)})
+            driver.execute_cdp_cmd(
+                "Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(download_dir)}
+            )
             yield driver
         finally:
             driver.quit()
@@ -72,7 +87,7 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self) -> LiveServer:
         self._thread.start()
         return self
 

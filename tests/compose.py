@@ -5,12 +5,14 @@ Covers what covidscan's files use: YAML anchors and merge keys, ``${VAR}``,
 interpolation, ``.env`` files, and the ``!reset`` / ``!override`` tags of
 override files.
 """
+
 from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -45,7 +47,8 @@ THIRD_PARTY_VARIABLES = {
 COMPOSE_CLI_VARIABLES = {"COMPOSE_FILE", "COMPOSE_PROJECT_NAME", "COMPOSE_PROFILES"}
 
 _INTERPOLATION = re.compile(
-    r"\$(?:(?P<escaped>\$)|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\})")
+    r"\$(?:(?P<escaped>\$)|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\})"
+)
 
 
 class Reset:
@@ -93,6 +96,7 @@ def documented_names(path: Path = ENV_EXAMPLE) -> set[str]:
 
 def interpolate(text: str, env: Mapping[str, str]) -> str:
     """Substitute variables as compose does; ``${VAR:?message}`` raises ValueError when unset."""
+
     def substitute(match: re.Match) -> str:
         if match["escaped"]:
             return "$"
@@ -189,7 +193,7 @@ def option(command: list[str], flag: str) -> str:
 def replace_option(command: list[str], flag: str, value: str) -> list[str]:
     """A copy of ``command`` with the value after ``flag`` replaced."""
     index = command.index(flag) + 1
-    return [*command[:index], value, *command[index + 1:]]
+    return [*command[:index], value, *command[index + 1 :]]
 
 
 def pins(path: Path = ROOT / "requirements.txt") -> dict[str, str]:

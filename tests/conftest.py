@@ -1,22 +1,23 @@
 """Fixtures: a real embedded Redis, a real database (SQLite, or PostgreSQL from
 DATABASE_URL), a real Celery worker process, and the Flask app."""
+
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import pytest
 from sqlalchemy import create_engine, text
 
-from devtools.embedded_redis import EmbeddedRedis
-from devtools.embedded_s3 import EmbeddedS3
 from covidscan.settings import normalise_database_url
 from db import migrate
+from devtools.embedded_redis import EmbeddedRedis
+from devtools.embedded_s3 import EmbeddedS3
 
 ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_URL = os.environ.get("DATABASE_URL", "")
@@ -80,12 +81,17 @@ def database_url(tmp_path) -> str:
 
 @pytest.fixture
 def app_config(tmp_path, database_url, redis_server) -> dict[str, str]:
-    return {"DATABASE_URL": database_url, "REDIS_URL": redis_server.url,
-            "BLOB_DIR": str(tmp_path / "blobs"), "BATCH_SIZE": "8"}
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_server.url,
+        "BLOB_DIR": str(tmp_path / "blobs"),
+        "BATCH_SIZE": "8",
+    }
 
 
-def create_api_key(database_url: str, owner: str = "alice", scopes: str = "submit,read",
-                   expires_at=None) -> str:
+def create_api_key(
+    database_url: str, owner: str = "alice", scopes: str = "submit,read", expires_at=None
+) -> str:
     """A new API key in the database, as ``covidscan keys create`` makes one."""
     from db.keys import create_key
     from db.session import make_engine, make_session_factory
@@ -147,15 +153,27 @@ def tiny_model_path(tmp_path_factory) -> Path:
 class WorkerProcess:
     """A real ``celery worker`` subprocess: the local stack's command line, or ``command``."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, name: str = "test-worker@%h",
-                 command: Optional[list[str]] = None, cwd: Path = ROOT) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        name: str = "test-worker@%h",
+        command: Optional[list[str]] = None,
+        cwd: Path = ROOT,
+    ) -> None:
         from devtools.devstack import worker_command
 
         self.log_path = log_path
         self.log = open(log_path, "w")
         self.process = subprocess.Popen(
-            command or worker_command("INFO", name), cwd=cwd, env=env, stdout=self.log,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            command or worker_command("INFO", name),
+            cwd=cwd,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
@@ -193,9 +211,14 @@ def worker_env(config: dict[str, str], **extra: str) -> dict[str, str]:
 def stack_config(tmp_path_factory, redis_server) -> dict[str, str]:
     """Database and blob store shared by the session's worker and the tests that use it."""
     base = tmp_path_factory.mktemp("stack")
-    return {"DATABASE_URL": fresh_database_url(base), "REDIS_URL": redis_server.url,
-            "BLOB_DIR": str(base / "blobs"), "MODEL_STORE_DIR": str(base / "models"),
-            "BATCH_SIZE": "8", "ENGINE_CACHE_DIR": str(base / "engine-cache")}
+    return {
+        "DATABASE_URL": fresh_database_url(base),
+        "REDIS_URL": redis_server.url,
+        "BLOB_DIR": str(base / "blobs"),
+        "MODEL_STORE_DIR": str(base / "models"),
+        "BATCH_SIZE": "8",
+        "ENGINE_CACHE_DIR": str(base / "engine-cache"),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -206,8 +229,10 @@ def worker(stack_config, tiny_model_path, tmp_path_factory) -> Iterator[WorkerPr
 
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     metrics_port = free_port()
-    process = WorkerProcess(worker_env(stack_config, MODEL_PATH=str(tiny_model_path),
-                                       METRICS_PORT=str(metrics_port)), log_path)
+    process = WorkerProcess(
+        worker_env(stack_config, MODEL_PATH=str(tiny_model_path), METRICS_PORT=str(metrics_port)),
+        log_path,
+    )
     process.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     try:
         process.wait_ready()

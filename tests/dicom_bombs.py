@@ -5,6 +5,7 @@ makes it hostile is the one thing it changes: a Deflated data set that inflates 
 thousandfold, a corrupt deflate stream, private sequences nested hundreds deep, a flood
 of tiny elements, or a frame count in the millions.
 """
+
 from __future__ import annotations
 
 import io
@@ -13,8 +14,11 @@ import zlib
 
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, \
-    ImplicitVRLittleEndian
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from tests import dicom_files as d
 
@@ -40,7 +44,7 @@ def _meta(syntax: str) -> bytes:
 def _elements(below: int = 0x7FE10000, from_tag: int = 0, implicit: bool = False) -> bytes:
     """The CT slice's elements with tags in [from_tag, below), encoded."""
     dataset = d.ct_dataset()
-    for tag in [t for t in dataset.keys() if not from_tag <= t < below]:
+    for tag in [t for t in dataset if not from_tag <= t < below]:
         del dataset[tag]
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = True, implicit
@@ -50,8 +54,11 @@ def _elements(below: int = 0x7FE10000, from_tag: int = 0, implicit: bool = False
 
 def _with_private(private: bytes, implicit: bool = False) -> bytes:
     """The CT slice's data set with ``private`` (group 0009 elements) in tag order."""
-    return _elements(0x00090000, implicit=implicit) + private + \
-        _elements(from_tag=0x00090000, implicit=implicit)
+    return (
+        _elements(0x00090000, implicit=implicit)
+        + private
+        + _elements(from_tag=0x00090000, implicit=implicit)
+    )
 
 
 def deflated_ct() -> bytes:
@@ -72,7 +79,7 @@ def deflate_bomb(inflated: int) -> bytes:
     out.append(packer.compress(struct.pack("<HH2s2sL", 0xFFFC, 0xFFFC, b"OB", b"\0\0", inflated)))
     zeros, left = bytes(1024 * 1024), inflated
     while left:
-        out.append(packer.compress(zeros[:min(left, len(zeros))]))
+        out.append(packer.compress(zeros[: min(left, len(zeros))]))
         left -= min(left, len(zeros))
     out.append(packer.flush())
     return b"".join(out)
@@ -82,7 +89,7 @@ def corrupt_deflate() -> bytes:
     """A Deflated CT slice whose stream is cut and patched with bytes no inflater takes."""
     good = deflated_ct()
     middle = len(good) // 2
-    return good[:middle] + b"\xff" * 64 + good[middle + 64:]
+    return good[:middle] + b"\xff" * 64 + good[middle + 64 :]
 
 
 def nested_sequences(depth: int, implicit: bool = False) -> bytes:
@@ -91,8 +98,9 @@ def nested_sequences(depth: int, implicit: bool = False) -> bytes:
     if implicit:
         opening = _tag((0x0009, 0x1001), _UNDEFINED) + _tag(_ITEM, _UNDEFINED)
     else:
-        opening = struct.pack("<HH2s2sL", 0x0009, 0x1001, b"SQ", b"\0\0", _UNDEFINED) + \
-            _tag(_ITEM, _UNDEFINED)
+        opening = struct.pack("<HH2s2sL", 0x0009, 0x1001, b"SQ", b"\0\0", _UNDEFINED) + _tag(
+            _ITEM, _UNDEFINED
+        )
     closing = _tag(_ITEM_END, 0) + _tag(_SEQUENCE_END, 0)
     private = PRIVATE_CREATOR if not implicit else _tag((0x0009, 0x0010), 8) + b"HOSTILE "
     body = _with_private(private + opening * depth + closing * depth, implicit)
@@ -103,8 +111,9 @@ def nested_sequences(depth: int, implicit: bool = False) -> bytes:
 def element_flood(count: int) -> bytes:
     """The CT slice with a private sequence of ``count`` items of one short element each."""
     item = _tag(_ITEM, 10) + struct.pack("<HH2sH", 0x0009, 0x1002, b"LO", 2) + b"AB"
-    flood = struct.pack("<HH2s2sL", 0x0009, 0x1001, b"SQ", b"\0\0", len(item) * count) + \
-        item * count
+    flood = (
+        struct.pack("<HH2s2sL", 0x0009, 0x1001, b"SQ", b"\0\0", len(item) * count) + item * count
+    )
     return _meta(ExplicitVRLittleEndian) + _with_private(PRIVATE_CREATOR + flood)
 
 
@@ -117,9 +126,21 @@ def tiny_many_frames(frames: int) -> bytes:
     """A file of 2×2 frames: complete up to 1,000 frames, else a few hundred bytes that
     declare ``frames`` frames and hold one."""
     dataset = d.ct_dataset()
-    keep = {"SOPClassUID", "SOPInstanceUID", "Modality", "StudyInstanceUID",
-            "SeriesInstanceUID", "SamplesPerPixel", "Rows", "Columns", "BitsAllocated",
-            "BitsStored", "HighBit", "PixelRepresentation", "PhotometricInterpretation"}
+    keep = {
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "Modality",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SamplesPerPixel",
+        "Rows",
+        "Columns",
+        "BitsAllocated",
+        "BitsStored",
+        "HighBit",
+        "PixelRepresentation",
+        "PhotometricInterpretation",
+    }
     for element in list(dataset):
         if element.keyword not in keep:
             del dataset[element.tag]

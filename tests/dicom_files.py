@@ -4,6 +4,7 @@
 same pixels written again with new UIDs and distinct positions along the patient axis;
 the bytes are returned in a shuffled order so a test can check the ordering.
 """
+
 from __future__ import annotations
 
 import copy
@@ -54,9 +55,13 @@ def ct_bytes(**changes) -> bytes:
     return to_bytes(dataset)
 
 
-def ct_series(count: int, seed: int = 0, spacing: float = 2.5,
-              study_uid: Optional[str] = None, pixels: Optional[list[np.ndarray]] = None
-              ) -> tuple[list[bytes], list[str]]:
+def ct_series(
+    count: int,
+    seed: int = 0,
+    spacing: float = 2.5,
+    study_uid: Optional[str] = None,
+    pixels: Optional[list[np.ndarray]] = None,
+) -> tuple[list[bytes], list[str]]:
     """``count`` slices of one new series, shuffled.
 
     Returns:
@@ -91,8 +96,9 @@ def multiframe_ct(frames: int = 3, spacing: float = 5.0) -> bytes:
     dataset = ct_dataset()
     stored = dataset.pixel_array
     dataset.NumberOfFrames = frames
-    dataset.PixelData = b"".join((stored + 10 * i).astype(stored.dtype).tobytes()
-                                 for i in range(frames))
+    dataset.PixelData = b"".join(
+        (stored + 10 * i).astype(stored.dtype).tobytes() for i in range(frames)
+    )
     groups = []
     for index in reversed(range(frames)):  # stored head to feet
         group = Dataset()

@@ -1,4 +1,5 @@
 """dicom3tools' ``dciodvfy``: every DICOM object the tests make is checked against its IOD."""
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,6 @@ def iod_errors(raw: bytes) -> list[str]:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "object.dcm"
         path.write_bytes(raw)
-        result = subprocess.run([validator, str(path)], capture_output=True, text=True,
-                                timeout=60)
+        result = subprocess.run([validator, str(path)], capture_output=True, text=True, timeout=60)
     lines = (result.stdout + result.stderr).splitlines()
     return [line for line in lines if line.startswith("Error")]

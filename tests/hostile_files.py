@@ -3,6 +3,7 @@
 Every builder returns bytes in memory and costs milliseconds; none allocates the pixels
 its header declares.
 """
+
 from __future__ import annotations
 
 import io
@@ -10,7 +11,8 @@ import struct
 import warnings
 import zipfile
 import zlib
-from typing import Iterable, Optional
+from collections.abc import Iterable
+from typing import Optional
 
 from PIL import Image
 
@@ -24,12 +26,24 @@ def png_chunk(kind: bytes, data: bytes, crc: Optional[int] = None) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", checksum)
 
 
-def png_header_only(width: int, height: int, depth: int = 8, colour: int = 0,
-                    idat: bytes = b"", extra: bytes = b"", ihdr_crc: Optional[int] = None) -> bytes:
+def png_header_only(
+    width: int,
+    height: int,
+    depth: int = 8,
+    colour: int = 0,
+    idat: bytes = b"",
+    extra: bytes = b"",
+    ihdr_crc: Optional[int] = None,
+) -> bytes:
     """A PNG declaring ``width``×``height`` whose IDAT holds a few compressed zeros."""
     ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    return (PNG_SIGNATURE + png_chunk(b"IHDR", ihdr, ihdr_crc) + extra
-            + png_chunk(b"IDAT", idat or zlib.compress(b"\0" * 256)) + png_chunk(b"IEND", b""))
+    return (
+        PNG_SIGNATURE
+        + png_chunk(b"IHDR", ihdr, ihdr_crc)
+        + extra
+        + png_chunk(b"IDAT", idat or zlib.compress(b"\0" * 256))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def zlib_bomb_png(width: int = 4000, height: int = 4000) -> bytes:
@@ -59,12 +73,26 @@ def jpeg_header_only(width: int, height: int, sof: int = 0xC0, components: int =
     sof_body = struct.pack(">BHHB", 8, height, width, components) + comps
     dqt = b"\xff\xdb" + struct.pack(">H", 67) + b"\x00" + bytes(range(1, 65))
     sof_segment = bytes([0xFF, sof]) + struct.pack(">H", len(sof_body) + 2) + sof_body
-    dht = (b"\xff\xc4" + struct.pack(">H", 31) + b"\x00" + bytes([0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0,
-           0, 0, 0, 0, 0]) + bytes(range(12)))
-    sos_body = struct.pack(">B", components) + b"".join(bytes([i + 1, 0]) for i in range(components))
+    dht = (
+        b"\xff\xc4"
+        + struct.pack(">H", 31)
+        + b"\x00"
+        + bytes([0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
+        + bytes(range(12))
+    )
+    sos_body = struct.pack(">B", components) + b"".join(
+        bytes([i + 1, 0]) for i in range(components)
+    )
     sos = b"\xff\xda" + struct.pack(">H", len(sos_body) + 5) + sos_body + b"\x00\x3f\x00"
-    return b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + dqt + \
-        sof_segment + dht + sos + b"\x00" * 64 + b"\xff\xd9"
+    return (
+        b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+        + dqt
+        + sof_segment
+        + dht
+        + sos
+        + b"\x00" * 64
+        + b"\xff\xd9"
+    )
 
 
 def zip_of(entries: Iterable[tuple[str, bytes]], method: int = zipfile.ZIP_DEFLATED) -> bytes:
@@ -81,7 +109,7 @@ def _patch_central(data: bytes, index: int, offset_in_entry: int, value: bytes) 
     for _ in range(index + 1):
         position = data.index(b"PK\x01\x02", position + 1)
     start = position + offset_in_entry
-    return data[:start] + value + data[start + len(value):]
+    return data[:start] + value + data[start + len(value) :]
 
 
 def _patch_local(data: bytes, index: int, offset_in_entry: int, value: bytes) -> bytes:
@@ -89,15 +117,16 @@ def _patch_local(data: bytes, index: int, offset_in_entry: int, value: bytes) ->
     for _ in range(index + 1):
         position = data.index(b"PK\x03\x04", position + 1)
     start = position + offset_in_entry
-    return data[:start] + value + data[start + len(value):]
+    return data[:start] + value + data[start + len(value) :]
 
 
 def zip_overlapping_same_offset() -> bytes:
     """Two directory entries pointing at the same local entry (one payload, counted twice)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zipfile warns about the duplicate name
-        archive = zip_of([("a.png", png_bytes(32, seed=1)), ("a.png", png_bytes(32, seed=1))],
-                         zipfile.ZIP_STORED)
+        archive = zip_of(
+            [("a.png", png_bytes(32, seed=1)), ("a.png", png_bytes(32, seed=1))], zipfile.ZIP_STORED
+        )
     return _patch_central(archive, 1, 42, struct.pack("<I", 0))
 
 
@@ -105,7 +134,7 @@ def zip_overlapping_inside() -> bytes:
     """The second entry's local header lies inside the first entry's data."""
     first = png_bytes(64, seed=1)
     inner = zip_of([("c.png", png_bytes(16, seed=3))], zipfile.ZIP_STORED)
-    local_b = inner[:inner.index(b"PK\x01\x02")]
+    local_b = inner[: inner.index(b"PK\x01\x02")]
     payload = first + local_b  # c's local entry is embedded at the end of a.png's data
     archive = zip_of([("a.png", payload), ("c.png", png_bytes(16, seed=3))], zipfile.ZIP_STORED)
     offset_b = archive.index(local_b)

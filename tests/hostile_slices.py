@@ -1,6 +1,7 @@
 """Hostile DICOM CT slices: CT_small with one image attribute's raw bytes replaced, and
 Deflated files (a valid one, a bomb, a corrupt stream). Each builder costs milliseconds.
 """
+
 from __future__ import annotations
 
 import io
@@ -21,16 +22,28 @@ NUMBER_OF_FRAMES = 0x00280008
 # name: (tag, VR, raw value bytes, the words of the reason the slice fails with)
 BAD_SLICES = {
     "slope-abc": (RESCALE_SLOPE, "DS", b"abc", "RescaleSlope is not a number"),
-    "slope-two-values": (RESCALE_SLOPE, "DS", b"1\\2",
-                         "RescaleSlope must be one number, it holds 2 values"),
+    "slope-two-values": (
+        RESCALE_SLOPE,
+        "DS",
+        b"1\\2",
+        "RescaleSlope must be one number, it holds 2 values",
+    ),
     "slope-nan": (RESCALE_SLOPE, "DS", b"NaN", "RescaleSlope is not a finite number"),
     "slope-inf": (RESCALE_SLOPE, "DS", b"inf", "RescaleSlope is not a finite number"),
     "slope-zero": (RESCALE_SLOPE, "DS", b"0", "RescaleSlope is 0"),
     "slope-overflow": (RESCALE_SLOPE, "DS", b"1e308", "beyond any finite number"),
-    "intercept-minus-inf": (RESCALE_INTERCEPT, "DS", b"-inf",
-                            "RescaleIntercept is not a finite number"),
-    "padding-two-values": (PADDING_VALUE, "SS", b"\x00\x00\x05\x00",
-                           "PixelPaddingValue must be one number, it holds 2 values"),
+    "intercept-minus-inf": (
+        RESCALE_INTERCEPT,
+        "DS",
+        b"-inf",
+        "RescaleIntercept is not a finite number",
+    ),
+    "padding-two-values": (
+        PADDING_VALUE,
+        "SS",
+        b"\x00\x00\x05\x00",
+        "PixelPaddingValue must be one number, it holds 2 values",
+    ),
     "frames-abc": (NUMBER_OF_FRAMES, "IS", b"abc", "NumberOfFrames is not a number"),
 }
 
@@ -67,7 +80,7 @@ def _split(data: bytes) -> tuple[bytes, bytes]:
     source = io.BytesIO(data)
     read_preamble(source, force=False)
     _read_file_meta_info(source)
-    return data[:source.tell()], data[source.tell():]
+    return data[: source.tell()], data[source.tell() :]
 
 
 def deflate_bomb(inflated_bytes: int = 256 * 1024 * 1024, meta_padding: int = 0) -> bytes:
@@ -81,7 +94,7 @@ def deflate_bomb(inflated_bytes: int = 256 * 1024 * 1024, meta_padding: int = 0)
     parts = [compressor.compress(body + element)]
     zeros = bytes(1024 * 1024)
     for start in range(0, padding, len(zeros)):
-        parts.append(compressor.compress(zeros[:min(len(zeros), padding - start)]))
+        parts.append(compressor.compress(zeros[: min(len(zeros), padding - start)]))
     parts.append(compressor.flush())
     return head + b"".join(parts)
 

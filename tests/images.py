@@ -1,10 +1,11 @@
 """Synthetic CT-like slices and archives for the tests."""
+
 from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from PIL import Image
 

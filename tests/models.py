@@ -1,4 +1,5 @@
 """Small and full-size Keras 2 (tf-keras) HDF5 models made the way the original notebook did."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +7,7 @@ from pathlib import Path
 import numpy as np
 
 
-def save_tiny_h5(path: Path, input_size: int = 32, seed: int = 7,
-                 bias_shift: float = 0.0) -> Path:
+def save_tiny_h5(path: Path, input_size: int = 32, seed: int = 7, bias_shift: float = 0.0) -> Path:
     """A small CNN with the original head (Flatten, Dropout, Dense(2, softmax)) saved as H5.
 
     Its probabilities sit near 0.5; ``bias_shift`` moves the head's logits apart so they do
@@ -25,8 +25,9 @@ def save_tiny_h5(path: Path, input_size: int = 32, seed: int = 7,
     model = tf_keras.Model(inputs, outputs)
     if bias_shift:
         kernel, bias = model.layers[-1].get_weights()
-        model.layers[-1].set_weights([kernel, bias + np.array([bias_shift, -bias_shift],
-                                                               dtype=bias.dtype)])
+        model.layers[-1].set_weights(
+            [kernel, bias + np.array([bias_shift, -bias_shift], dtype=bias.dtype)]
+        )
     model.save(str(path), save_format="h5")
     return path
 
@@ -51,8 +52,9 @@ def save_resnet_h5(path: Path, calibration: np.ndarray, seed: int = 11) -> Path:
     scale = 2.0 / (logits.std() + 1e-12)
     kernel = np.stack([direction * scale / 2, -direction * scale / 2], axis=1)
     bias_shift = -(features.mean(axis=0) @ direction) * scale / 2
-    model.layers[-1].set_weights([kernel.astype(np.float32),
-                                  np.array([bias_shift, -bias_shift], dtype=np.float32)])
+    model.layers[-1].set_weights(
+        [kernel.astype(np.float32), np.array([bias_shift, -bias_shift], dtype=np.float32)]
+    )
     model.save(str(path), save_format="h5")
     return path
 
@@ -68,8 +70,9 @@ def save_calibrated_notop(path: Path, images: np.ndarray, seed: int = 3) -> Path
     import tf_keras
 
     tf_keras.utils.set_random_seed(seed)
-    base = tf_keras.applications.ResNet50(include_top=False, weights=None,
-                                          input_shape=images.shape[1:])
+    base = tf_keras.applications.ResNet50(
+        include_top=False, weights=None, input_shape=images.shape[1:]
+    )
     for layer in base.layers:
         if isinstance(layer, tf_keras.layers.BatchNormalization):
             layer.momentum = 0.0  # the moving statistics become this batch's

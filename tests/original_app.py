@@ -3,10 +3,11 @@
 cv2.imread, BGR→RGB, cv2.resize to the model's input size, divide by 255, Keras 2
 ``model.predict``, output index 0 = P(COVID).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import cv2
 import numpy as np
@@ -25,6 +26,7 @@ def original_probabilities(model_path: Path, paths: Iterable[Path]) -> dict[str,
 
     model = tf_keras.models.load_model(str(model_path))
     size = tuple(model.input_shape[1:3])
-    return {Path(p).name: float(model.predict(original_preprocess(p, size)[None],
-                                              verbose=0)[0][0])
-            for p in paths}
+    return {
+        Path(p).name: float(model.predict(original_preprocess(p, size)[None], verbose=0)[0][0])
+        for p in paths
+    }

@@ -5,6 +5,7 @@ and the tests talk to it on 127.0.0.1 only. Its binary is run directly with a
 configuration of the test's own (not the system service), in a temporary folder that
 holds its database and storage.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,10 +33,16 @@ class Orthanc:
     helpers below send the first user's.
     """
 
-    def __init__(self, folder: Path, http_port: int, dicom_port: int,
-                 modalities: Optional[dict[str, tuple[str, int]]] = None,
-                 ae_title: str = "ORTHANC", check_called_aet: bool = False,
-                 users: Optional[dict[str, str]] = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        http_port: int,
+        dicom_port: int,
+        modalities: Optional[dict[str, tuple[str, int]]] = None,
+        ae_title: str = "ORTHANC",
+        check_called_aet: bool = False,
+        users: Optional[dict[str, str]] = None,
+    ) -> None:
         self.folder, self.http_port, self.dicom_port = folder, http_port, dicom_port
         self.ae_title = ae_title
         self.check_called_aet = check_called_aet
@@ -51,25 +58,33 @@ class Orthanc:
             "Name": "covidscan-test-pacs",
             "StorageDirectory": str(self.folder / "storage"),
             "IndexDirectory": str(self.folder / "index"),
-            "HttpPort": self.http_port, "DicomPort": self.dicom_port,
-            "DicomAet": self.ae_title, "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": bool(self.users), "RegisteredUsers": self.users,
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.ae_title,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": bool(self.users),
+            "RegisteredUsers": self.users,
             "DicomCheckCalledAet": self.check_called_aet,
-            "DicomAlwaysAllowEcho": True, "DicomAlwaysAllowStore": True,
-            "DicomModalities": {name: [aet, "127.0.0.1", port]
-                                for name, (aet, port) in self._modalities.items()},
+            "DicomAlwaysAllowEcho": True,
+            "DicomAlwaysAllowStore": True,
+            "DicomModalities": {
+                name: [aet, "127.0.0.1", port] for name, (aet, port) in self._modalities.items()
+            },
             "Plugins": [DICOMWEB_PLUGIN],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-            "StableAge": 1, "SaveJobs": False, "ConcurrentJobs": 1,
+            "StableAge": 1,
+            "SaveJobs": False,
+            "ConcurrentJobs": 1,
         }
 
-    def start(self, timeout: float = 60.0) -> "Orthanc":
+    def start(self, timeout: float = 60.0) -> Orthanc:
         self.folder.mkdir(parents=True, exist_ok=True)
         config = self.folder / "orthanc.json"
         config.write_text(json.dumps(self.config(), indent=2))
         log = self.log_path.open("w")
-        self._process = subprocess.Popen([ORTHANC, str(config)], stdout=log,
-                                         stderr=subprocess.STDOUT, cwd=self.folder)
+        self._process = subprocess.Popen(
+            [ORTHANC, str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=self.folder
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -93,7 +108,7 @@ class Orthanc:
                 self._process.wait()
         self._process = None
 
-    def __enter__(self) -> "Orthanc":
+    def __enter__(self) -> Orthanc:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -124,8 +139,9 @@ class Orthanc:
 
     def send(self, modality: str, resources: list[str]) -> requests.Response:
         """C-STORE these Orthanc resources (studies, series or instances) to a modality."""
-        return self.post(f"/modalities/{modality}/store",
-                         {"Resources": resources, "Synchronous": True})
+        return self.post(
+            f"/modalities/{modality}/store", {"Resources": resources, "Synchronous": True}
+        )
 
 
 def require_orthanc() -> None:
@@ -136,8 +152,9 @@ def require_orthanc() -> None:
 
     import pytest
 
-    reason = f"PACS test needs {ORTHANC} and {DICOMWEB_PLUGIN}: apt-get install orthanc " \
-             "orthanc-dicomweb"
+    reason = (
+        f"PACS test needs {ORTHANC} and {DICOMWEB_PLUGIN}: apt-get install orthanc orthanc-dicomweb"
+    )
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(reason)
     pytest.skip(reason)

@@ -1,12 +1,14 @@
 """Clients that send half a request and stall, and a probe that times /healthz meanwhile."""
+
 from __future__ import annotations
 
 import http.client
 import socket
 import ssl
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Optional
 
 
 def _connect(host: str, port: int, tls: bool) -> socket.socket:
@@ -26,9 +28,11 @@ def half_requests(host: str, port: int, count: int, tls: bool = False) -> Iterat
     try:
         for i in range(count):
             sock = _connect(host, port, tls)
-            head = (f"POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\n"
-                    "Content-Type: multipart/form-data; boundary=x\r\n"
-                    "Content-Length: 200000\r\n")
+            head = (
+                "POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\n"
+                "Content-Type: multipart/form-data; boundary=x\r\n"
+                "Content-Length: 200000\r\n"
+            )
             if i % 2:
                 sock.sendall(head.encode() + b"\r\n--x\r\n" + b"a" * 50_000)  # half the body
             else:
@@ -41,8 +45,9 @@ def half_requests(host: str, port: int, count: int, tls: bool = False) -> Iterat
             sock.close()
 
 
-def healthz_seconds(host: str, port: int, count: int = 5, tls: bool = False,
-                    timeout: float = 5.0) -> list[Optional[float]]:
+def healthz_seconds(
+    host: str, port: int, count: int = 5, tls: bool = False, timeout: float = 5.0
+) -> list[Optional[float]]:
     """Seconds each of ``count`` GET /healthz took, or None where it failed or timed out."""
     times: list[Optional[float]] = []
     for _ in range(count):
@@ -51,7 +56,8 @@ def healthz_seconds(host: str, port: int, count: int = 5, tls: bool = False,
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                host, port, timeout=timeout, context=context)
+                host, port, timeout=timeout, context=context
+            )
         else:
             conn = http.client.HTTPConnection(host, port, timeout=timeout)
         start = time.monotonic()

@@ -4,8 +4,9 @@ database and Redis (no worker: jobs stay queued).
 The route matrices enumerate the app's url_map, so a route added without a scope or an
 ownership check makes them fail.
 """
+
 import io
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select, text
@@ -23,15 +24,25 @@ pytestmark = pytest.mark.integration
 # Route arguments that name something an owner owns, and those that do not.
 OWNED_ARGUMENTS = {"job_id", "scan_id", "webhook_id", "series_uid"}  # a series is a job's
 UNOWNED_ARGUMENTS = {"ref", "filename"}  # registered models; static files
-PUBLIC_ENDPOINTS = {"health.healthz", "health.readyz", "static", "web.login_page", "web.login",
-                    "docs.openapi_json", "docs.docs_page", "docs.docs_asset"}
+PUBLIC_ENDPOINTS = {
+    "health.healthz",
+    "health.readyz",
+    "static",
+    "web.login_page",
+    "web.login",
+    "docs.openapi_json",
+    "docs.docs_page",
+    "docs.docs_asset",
+}
 
 
 def _routes():
     app = create_app({"DATABASE_URL": "sqlite://", "REDIS_URL": "redis://127.0.0.1:1/0"})
-    return [(rule.endpoint, rule.rule, method, frozenset(rule.arguments))
-            for rule in app.url_map.iter_rules()
-            for method in sorted(rule.methods - {"HEAD", "OPTIONS"})]
+    return [
+        (rule.endpoint, rule.rule, method, frozenset(rule.arguments))
+        for rule in app.url_map.iter_rules()
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"})
+    ]
 
 
 ROUTES = _routes()
@@ -48,8 +59,11 @@ def session_factory(database_url):
 
 
 def submit(client, *names, extra=(), **form):
-    data = {"files": [(io.BytesIO(png_bytes(24, seed=i)), name) for i, name in enumerate(names)]
-            + list(extra), **form}
+    data = {
+        "files": [(io.BytesIO(png_bytes(24, seed=i)), name) for i, name in enumerate(names)]
+        + list(extra),
+        **form,
+    }
     response = client.post("/v1/jobs", data=data, content_type="multipart/form-data")
     assert response.status_code == 202, response.get_json()
     return response.get_json()
@@ -64,20 +78,37 @@ def owners(app, app_config):
     admin = authorised(app.test_client(), create_api_key(url, "root", "admin"))
     # Open, so that the routes adding parts and sealing serve it; explained, so that every
     # scan route does.
-    job = submit(alice, "a.png", "b.png", extra=[(io.BytesIO(ct_bytes()), "ct.dcm")],
-                 explain="gradcam", open="true")
+    job = submit(
+        alice,
+        "a.png",
+        "b.png",
+        extra=[(io.BytesIO(ct_bytes()), "ct.dcm")],
+        explain="gradcam",
+        open="true",
+    )
     scans = alice.get(f"/v1/jobs/{job['id']}/results").get_json()["results"]
     dicom = scans[2]
     with session_factory(url).begin() as session:  # a result, so the series has a report
-        session.execute(text(
-            "UPDATE scans SET status = 'succeeded', probability_covid = 0.7, label = 'COVID', "
-            "model_name = 'm', model_version = '1', model_sha256 = :sha WHERE id = :id"),
-            {"sha": "0" * 64, "id": dicom["scan_id"]})
-    webhook = alice.post("/v1/webhooks", json={"url": "https://93.184.215.14/hook",
-                                               "secret": "whsec_" + "a" * 44}).get_json()
-    return {"alice": alice, "bob": bob, "admin": admin, "job_id": job["id"],
-            "scan_id": scans[0]["scan_id"], "series_uid": dicom["series_uid"],
-            "webhook_id": webhook["id"], "app": app}
+        session.execute(
+            text(
+                "UPDATE scans SET status = 'succeeded', probability_covid = 0.7, label = 'COVID', "
+                "model_name = 'm', model_version = '1', model_sha256 = :sha WHERE id = :id"
+            ),
+            {"sha": "0" * 64, "id": dicom["scan_id"]},
+        )
+    webhook = alice.post(
+        "/v1/webhooks", json={"url": "https://93.184.215.14/hook", "secret": "whsec_" + "a" * 44}
+    ).get_json()
+    return {
+        "alice": alice,
+        "bob": bob,
+        "admin": admin,
+        "job_id": job["id"],
+        "scan_id": scans[0]["scan_id"],
+        "series_uid": dicom["series_uid"],
+        "webhook_id": webhook["id"],
+        "app": app,
+    }
 
 
 def build(app, endpoint, method, values):
@@ -87,16 +118,22 @@ def build(app, endpoint, method, values):
 def body_for(endpoint) -> dict:
     """What a route needs besides its path to serve its owner (a part needs a file)."""
     if endpoint == "jobs.add_scans":
-        return {"data": {"files": [(io.BytesIO(png_bytes(24, seed=99)), "more.png")]},
-                "content_type": "multipart/form-data"}
+        return {
+            "data": {"files": [(io.BytesIO(png_bytes(24, seed=99)), "more.png")]},
+            "content_type": "multipart/form-data",
+        }
     return {}
 
 
 def test_every_route_argument_is_known_to_the_ownership_matrix():
     unknown = {(r[1], a) for r in ROUTES for a in r[3] - OWNED_ARGUMENTS - UNOWNED_ARGUMENTS}
     assert not unknown, f"classify these route arguments as owned or not: {unknown}"
-    assert {r[1] for r in OWNED_ROUTES} >= {"/v1/jobs/<job_id>", "/v1/jobs/<job_id>/results",
-                                           "/v1/scans/<scan_id>/thumbnail", "/jobs/<job_id>"}
+    assert {r[1] for r in OWNED_ROUTES} >= {
+        "/v1/jobs/<job_id>",
+        "/v1/jobs/<job_id>/results",
+        "/v1/scans/<scan_id>/thumbnail",
+        "/jobs/<job_id>",
+    }
 
 
 @pytest.mark.parametrize("route", OWNED_ROUTES, ids=route_id)
@@ -110,7 +147,8 @@ def test_another_owners_job_or_scan_is_404_on_every_route(owners, route):
     mine = owners["alice"].open(path, method=method, **body_for(endpoint))
     assert mine.status_code < 400, (path, mine.status_code)  # the route does serve its owner
     missing = owners["bob"].open(
-        build(owners["app"], endpoint, method, {name: "0" * 32 for name in values}), method=method)
+        build(owners["app"], endpoint, method, {name: "0" * 32 for name in values}), method=method
+    )
     assert missing.status_code == 404
     other_body = other.get_data()
     for value in values.values():
@@ -122,8 +160,12 @@ def test_another_owners_job_or_scan_is_404_on_every_route(owners, route):
 def test_an_administrator_reaches_every_owners_job(owners, route):
     endpoint, _rule, method, arguments = route
     values = {name: owners[name] for name in arguments & OWNED_ARGUMENTS}
-    assert owners["admin"].open(build(owners["app"], endpoint, method, values),
-                                method=method, **body_for(endpoint)).status_code < 400
+    assert (
+        owners["admin"]
+        .open(build(owners["app"], endpoint, method, values), method=method, **body_for(endpoint))
+        .status_code
+        < 400
+    )
 
 
 @pytest.mark.parametrize("route", GUARDED_ROUTES, ids=route_id)
@@ -141,14 +183,17 @@ def test_every_route_but_the_public_ones_needs_a_key(app, route):
 @pytest.mark.parametrize("route", GUARDED_ROUTES, ids=route_id)
 def test_every_route_declares_its_scope(app, route):
     view = app.view_functions[route[0]]
-    assert getattr(view, "required_scope", None) is not None, \
+    assert getattr(view, "required_scope", None) is not None, (
         f"{route_id(route)}: decorate the view with api.auth.requires(...) or public"
+    )
 
 
-def test_job_lists_show_the_owners_jobs_across_their_keys_and_everything_to_admins(owners,
-                                                                                  app_config):
-    second_key = authorised(owners["app"].test_client(),
-                            create_api_key(app_config["DATABASE_URL"], "alice"))
+def test_job_lists_show_the_owners_jobs_across_their_keys_and_everything_to_admins(
+    owners, app_config
+):
+    second_key = authorised(
+        owners["app"].test_client(), create_api_key(app_config["DATABASE_URL"], "alice")
+    )
     other = submit(second_key, "c.png")
     theirs = submit(owners["bob"], "d.png")
     ids = lambda client: {j["id"] for j in client.get("/v1/jobs").get_json()["jobs"]}  # noqa: E731
@@ -162,15 +207,22 @@ def test_job_lists_show_the_owners_jobs_across_their_keys_and_everything_to_admi
 def _key_states(database_url):
     """Four keys the API must refuse alike: unknown, revoked, expired, malformed."""
     revoked = create_api_key(database_url, "carol")
-    expired = create_api_key(database_url, "carol",
-                             expires_at=datetime.now(timezone.utc) - timedelta(seconds=1))
+    expired = create_api_key(
+        database_url, "carol", expires_at=datetime.now(UTC) - timedelta(seconds=1)
+    )
     with session_factory(database_url).begin() as session:
         revoke_key(session, revoked)
     valid = create_api_key(database_url, "carol")
     unknown = "csk_" + "0" * 16 + valid.split("_", 2)[2]
     wrong_secret = valid[:-4] + ("AAAA" if not valid.endswith("AAAA") else "BBBB")
-    return {"unknown": unknown, "revoked": revoked, "expired": expired,
-            "wrong secret": wrong_secret, "malformed": "not-a-key", "valid": valid}
+    return {
+        "unknown": unknown,
+        "revoked": revoked,
+        "expired": expired,
+        "wrong secret": wrong_secret,
+        "malformed": "not-a-key",
+        "valid": valid,
+    }
 
 
 def test_unknown_revoked_expired_and_wrong_keys_get_the_same_401(app, app_config):
@@ -178,8 +230,11 @@ def test_unknown_revoked_expired_and_wrong_keys_get_the_same_401(app, app_config
     answers = {}
     for state, key in keys.items():
         response = authorised(app.test_client(), key).get("/v1/jobs")
-        answers[state] = (response.status_code, response.get_data(),
-                          response.headers.get("WWW-Authenticate"))
+        answers[state] = (
+            response.status_code,
+            response.get_data(),
+            response.headers.get("WWW-Authenticate"),
+        )
     assert answers.pop("valid")[0] == 200
     assert len(set(answers.values())) == 1, answers
     assert next(iter(answers.values()))[0] == 401
@@ -198,17 +253,21 @@ def test_only_the_hash_of_a_secret_is_stored(app_config):
     assert len(row.secret_sha256) == 64 and key.startswith(f"csk_{row.id}_")
 
 
-@pytest.mark.parametrize("scopes, method, path, status", [
-    ("read", "POST", "/v1/jobs", 403),
-    ("submit", "GET", "/v1/jobs", 403),
-    ("submit,read", "GET", "/v1/audit", 403),
-    ("read", "GET", "/v1/models", 200),
-    ("submit", "GET", "/v1/models", 200),
-    ("admin", "GET", "/v1/audit", 200),
-])
+@pytest.mark.parametrize(
+    "scopes, method, path, status",
+    [
+        ("read", "POST", "/v1/jobs", 403),
+        ("submit", "GET", "/v1/jobs", 403),
+        ("submit,read", "GET", "/v1/audit", 403),
+        ("read", "GET", "/v1/models", 200),
+        ("submit", "GET", "/v1/models", 200),
+        ("admin", "GET", "/v1/audit", 200),
+    ],
+)
 def test_scopes(app, app_config, scopes, method, path, status):
-    client = authorised(app.test_client(), create_api_key(app_config["DATABASE_URL"], "erin",
-                                                          scopes))
+    client = authorised(
+        app.test_client(), create_api_key(app_config["DATABASE_URL"], "erin", scopes)
+    )
     response = client.open(path, method=method, data={}, content_type="multipart/form-data")
     assert response.status_code == status
     if status == 403:
@@ -233,11 +292,12 @@ def test_auth_off_is_refused_unless_the_api_binds_to_loopback():
 
 
 def test_make_run_creates_one_administrators_key_and_keeps_it_private(tmp_path, database_url):
-    from devtools.devstack import ensure_admin_key, saved_key_works
     from covidscan.settings import load_settings
+    from devtools.devstack import ensure_admin_key, saved_key_works
 
-    settings = load_settings({"DATABASE_URL": database_url,
-                              "API_KEY_FILE": str(tmp_path / "var" / "api-key")})
+    settings = load_settings(
+        {"DATABASE_URL": database_url, "API_KEY_FILE": str(tmp_path / "var" / "api-key")}
+    )
     key = ensure_admin_key(settings)
     assert key is not None and settings.api_key_file.read_text().strip() == key
     assert settings.api_key_file.stat().st_mode & 0o777 == 0o600

@@ -1,4 +1,5 @@
 """The HTTP API against a real Redis and a real database (no worker: jobs stay queued)."""
+
 import io
 import os
 
@@ -36,8 +37,10 @@ def queue_length(redis_url):
 def row_counts(database_url):
     engine = create_engine(database_url)
     with engine.connect() as conn:
-        counts = (conn.scalar(select(func.count()).select_from(Job)),
-                  conn.scalar(select(func.count()).select_from(Scan)))
+        counts = (
+            conn.scalar(select(func.count()).select_from(Job)),
+            conn.scalar(select(func.count()).select_from(Scan)),
+        )
     engine.dispose()
     return counts
 
@@ -50,30 +53,40 @@ def blob_files(app_config):
 def test_submit_answers_202_with_location_and_enqueues_chunks(client, app_config):
     before = queue_length(app_config["REDIS_URL"])
     slices = [(f"s{i}.png", png_bytes(32, seed=i)) for i in range(10)]
-    response = client.post("/v1/jobs", data={**files(*slices), "name": "ward 3"},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/v1/jobs", data={**files(*slices), "name": "ward 3"}, content_type="multipart/form-data"
+    )
     assert response.status_code == 202
     body = response.get_json()
     assert response.headers["Location"] == f"/v1/jobs/{body['id']}"
     assert body["status"] == "queued" and body["name"] == "ward 3"
-    assert body["counts"] == {"total": 10, "queued": 10, "running": 0, "succeeded": 0,
-                              "failed": 0, "cancelled": 0}
+    assert body["counts"] == {
+        "total": 10,
+        "queued": 10,
+        "running": 0,
+        "succeeded": 0,
+        "failed": 0,
+        "cancelled": 0,
+    }
     assert body["priority"] == "normal" and body["expires_at"] > body["created_at"]
     # BATCH_SIZE=8: two wake-ups, so the job's scans spread over two free workers.
     assert queue_length(app_config["REDIS_URL"]) - before == 2
     results = client.get(f"/v1/jobs/{body['id']}/results").get_json()
     assert [r["filename"] for r in results["results"]] == [n for n, _ in slices]
-    assert all(r["status"] == "queued" and r["probability_covid"] is None
-               for r in results["results"])
+    assert all(
+        r["status"] == "queued" and r["probability_covid"] is None for r in results["results"]
+    )
 
 
 def test_zip_upload_reports_entries_it_did_not_take(client):
     archive = zip_bytes([("a/1.png", png_bytes(16)), ("a/readme.txt", b"hi")])
-    body = client.post("/v1/jobs", data=files(("set.zip", archive)),
-                       content_type="multipart/form-data").get_json()
+    body = client.post(
+        "/v1/jobs", data=files(("set.zip", archive)), content_type="multipart/form-data"
+    ).get_json()
     assert body["counts"]["total"] == 1
-    assert body["skipped"] == [{"filename": "set.zip/a/readme.txt",
-                                "reason": "not a PNG, JPEG or DICOM image"}]
+    assert body["skipped"] == [
+        {"filename": "set.zip/a/readme.txt", "reason": "not a PNG, JPEG or DICOM image"}
+    ]
 
 
 def test_no_files_is_400_problem_json(client):
@@ -87,9 +100,11 @@ def test_no_files_is_400_problem_json(client):
 def test_unsupported_file_is_415_and_leaves_nothing_behind(client, app_config):
     jobs_before = row_counts(app_config["DATABASE_URL"])
     queued_before = queue_length(app_config["REDIS_URL"])
-    response = client.post("/v1/jobs", data=files(("good.png", png_bytes(16)),
-                                                  ("notes.png", b"just text")),
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/v1/jobs",
+        data=files(("good.png", png_bytes(16)), ("notes.png", b"just text")),
+        content_type="multipart/form-data",
+    )
     assert response.status_code == 415
     assert "notes.png" in response.get_json()["detail"]
     assert row_counts(app_config["DATABASE_URL"]) == jobs_before
@@ -100,10 +115,12 @@ def test_unsupported_file_is_415_and_leaves_nothing_behind(client, app_config):
 def test_upload_over_the_request_limit_is_413(app_config, api_key):
     from api import create_app
 
-    client = authorised(create_app({**app_config, "MAX_UPLOAD_BYTES": "2000"}).test_client(),
-                        api_key)
-    response = client.post("/v1/jobs", data=files(("big.png", png_bytes(256))),
-                           content_type="multipart/form-data")
+    client = authorised(
+        create_app({**app_config, "MAX_UPLOAD_BYTES": "2000"}).test_client(), api_key
+    )
+    response = client.post(
+        "/v1/jobs", data=files(("big.png", png_bytes(256))), content_type="multipart/form-data"
+    )
     assert response.status_code == 413
     assert "MAX_UPLOAD_BYTES" in response.get_json()["detail"]
     assert blob_files(app_config) == []
@@ -116,8 +133,9 @@ def test_unknown_job_is_404(client):
 
 def test_results_paginate_in_upload_order_and_stream_as_csv(client):
     slices = [(f"p{i:02d}.png", png_bytes(16, seed=i)) for i in range(7)]
-    job = client.post("/v1/jobs", data=files(*slices),
-                      content_type="multipart/form-data").get_json()
+    job = client.post(
+        "/v1/jobs", data=files(*slices), content_type="multipart/form-data"
+    ).get_json()
     names, cursor = [], None
     while True:
         query = {"limit": 3, **({"cursor": cursor} if cursor else {})}
@@ -134,8 +152,9 @@ def test_results_paginate_in_upload_order_and_stream_as_csv(client):
 
 
 def test_bad_pagination_arguments_are_400(client):
-    job = client.post("/v1/jobs", data=files(("a.png", png_bytes(16))),
-                      content_type="multipart/form-data").get_json()
+    job = client.post(
+        "/v1/jobs", data=files(("a.png", png_bytes(16))), content_type="multipart/form-data"
+    ).get_json()
     assert client.get(f"/v1/jobs/{job['id']}/results?limit=0").status_code == 400
     assert client.get(f"/v1/jobs/{job['id']}/results?cursor=abc").status_code == 400
     assert client.get(f"/v1/jobs/{job['id']}/results?format=xml").status_code == 400
@@ -152,8 +171,9 @@ def test_readiness_is_503_when_redis_is_unreachable(app_config):
     from api import create_app
     from devtools.embedded_redis import free_port
 
-    client = create_app({**app_config,
-                         "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}).test_client()
+    client = create_app(
+        {**app_config, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    ).test_client()
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.get_json()["checks"]["redis"].startswith("unreachable")
@@ -165,10 +185,13 @@ def test_submit_with_redis_down_is_503_and_keeps_nothing(app_config, api_key):
     from devtools.embedded_redis import free_port
 
     before = row_counts(app_config["DATABASE_URL"])
-    client = authorised(create_app({**app_config, "REDIS_URL":
-                                    f"redis://127.0.0.1:{free_port()}/0"}).test_client(), api_key)
-    response = client.post("/v1/jobs", data=files(("a.png", png_bytes(16))),
-                           content_type="multipart/form-data")
+    client = authorised(
+        create_app({**app_config, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}).test_client(),
+        api_key,
+    )
+    response = client.post(
+        "/v1/jobs", data=files(("a.png", png_bytes(16))), content_type="multipart/form-data"
+    )
     assert response.status_code == 503
     assert "Redis" in response.get_json()["detail"]
     assert row_counts(app_config["DATABASE_URL"]) == before
@@ -184,14 +207,17 @@ def test_wakeups_redis_refuses_after_the_commit_wait_in_the_outbox(app, app_conf
     from db.outbox import pending_wakeups
 
     def refuse(tasks):
-        raise ResponseError("MISCONF Redis is configured to save RDB snapshots, but it's "
-                            "currently unable to persist to disk")
+        raise ResponseError(
+            "MISCONF Redis is configured to save RDB snapshots, but it's "
+            "currently unable to persist to disk"
+        )
 
     services: Services = app.extensions["covidscan"]
     services.send_wakeups = refuse
     client = authorised(app.test_client(), api_key)
-    response = client.post("/v1/jobs", data=files(("a.png", png_bytes(16))),
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/v1/jobs", data=files(("a.png", png_bytes(16))), content_type="multipart/form-data"
+    )
     assert response.status_code == 202
     assert response.get_json()["counts"]["queued"] == 1
     engine = create_engine(app_config["DATABASE_URL"])
@@ -202,9 +228,11 @@ def test_wakeups_redis_refuses_after_the_commit_wait_in_the_outbox(app, app_conf
 
 def test_a_job_may_ask_for_a_precision_and_a_priority(client, app_config):
     slices = [(f"p{i}.png", png_bytes(32, seed=i)) for i in range(9)]
-    response = client.post("/v1/jobs", data={**files(*slices), "precision": "BF16",
-                                             "priority": "High"},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/v1/jobs",
+        data={**files(*slices), "precision": "BF16", "priority": "High"},
+        content_type="multipart/form-data",
+    )
     assert response.status_code == 202
     assert response.get_json()["priority"] == "high"
     engine = create_engine(app_config["DATABASE_URL"])
@@ -213,19 +241,27 @@ def test_a_job_may_ask_for_a_precision_and_a_priority(client, app_config):
         assert (job.precision, job.priority) == ("bf16", 0)
         assert {scan.priority for scan in job.scans} == {0}
     engine.dispose()
-    bad = client.post("/v1/jobs", data={**files(("a.png", png_bytes(32))), "priority": "urgent"},
-                      content_type="multipart/form-data")
+    bad = client.post(
+        "/v1/jobs",
+        data={**files(("a.png", png_bytes(32))), "priority": "urgent"},
+        content_type="multipart/form-data",
+    )
     assert bad.status_code == 400
     assert "priority must be one of high, normal, low" in bad.get_json()["detail"]
 
 
 def test_an_unknown_precision_is_400_and_keeps_nothing(client, app_config):
     before = row_counts(app_config["DATABASE_URL"])
-    response = client.post("/v1/jobs", data={**files(("a.png", png_bytes(32))), "precision": "int4"},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/v1/jobs",
+        data={**files(("a.png", png_bytes(32))), "precision": "int4"},
+        content_type="multipart/form-data",
+    )
     assert response.status_code == 400
-    assert "precision must be one of fp32, bf16, fp16, int8, auto, got 'int4'" in \
-        response.get_json()["detail"]
+    assert (
+        "precision must be one of fp32, bf16, fp16, int8, auto, got 'int4'"
+        in response.get_json()["detail"]
+    )
     assert row_counts(app_config["DATABASE_URL"]) == before
 
 

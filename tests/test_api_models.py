@@ -1,10 +1,11 @@
 """``/v1/models`` and jobs pinned to a model, against a real database and Redis (no worker)."""
+
 import io
 
 import pytest
 
 from db.models import Model
-from db.registry import add_model, set_default, get_model
+from db.registry import add_model, get_model, set_default
 from db.session import make_engine, make_session_factory
 
 pytestmark = pytest.mark.integration
@@ -13,11 +14,25 @@ pytestmark = pytest.mark.integration
 def register(database_url, name, version, default=False, sha="d" * 64):
     engine = make_engine(database_url)
     with make_session_factory(engine).begin() as session:
-        add_model(session, Model(
-            name=name, version=version, sha256=sha, format="keras2-h5", input_height=32,
-            input_width=32, classes=["COVID", "NonCOVID"], positive_class="COVID",
-            preprocessing="seed-v1", trained=True, source="test", report={"accuracy": 0.9},
-            stored_path=f"{name}/{version}/m.h5"), make_default=default)
+        add_model(
+            session,
+            Model(
+                name=name,
+                version=version,
+                sha256=sha,
+                format="keras2-h5",
+                input_height=32,
+                input_width=32,
+                classes=["COVID", "NonCOVID"],
+                positive_class="COVID",
+                preprocessing="seed-v1",
+                trained=True,
+                source="test",
+                report={"accuracy": 0.9},
+                stored_path=f"{name}/{version}/m.h5",
+            ),
+            make_default=default,
+        )
     engine.dispose()
 
 
@@ -31,8 +46,11 @@ def make_default(database_url, ref):
 def submit(client, **form):
     from tests.images import png_bytes
 
-    return client.post("/v1/jobs", data={"files": [(io.BytesIO(png_bytes(32)), "a.png")], **form},
-                       content_type="multipart/form-data")
+    return client.post(
+        "/v1/jobs",
+        data={"files": [(io.BytesIO(png_bytes(32)), "a.png")], **form},
+        content_type="multipart/form-data",
+    )
 
 
 def test_without_models_the_list_says_jobs_run_untrained(client):
@@ -59,8 +77,7 @@ def test_a_job_is_pinned_to_the_model_it_names_or_to_the_default(client, app_con
     register(url, "alpha", "1")
     register(url, "beta", "2", default=True, sha="e" * 64)
     named = submit(client, model="alpha").get_json()
-    assert named["model"] == {"name": "alpha", "version": "1", "sha256": "d" * 64,
-                              "trained": True}
+    assert named["model"] == {"name": "alpha", "version": "1", "sha256": "d" * 64, "trained": True}
     by_default = submit(client).get_json()
     make_default(url, "alpha:1")
     again = client.get(f"/v1/jobs/{by_default['id']}").get_json()

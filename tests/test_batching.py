@@ -1,4 +1,5 @@
 """The dynamic batcher as plain code: size and deadline flushes, order, errors, keys."""
+
 import threading
 import time
 
@@ -86,8 +87,9 @@ def test_a_batch_never_mixes_keys(make):
     gate = threading.Event()
     run = Recorder(gate)
     batcher = make(run, size=4, delay=0.01)
-    futures = [batcher.submit(("model-a", "fp32") if i % 2 else ("model-b", "bf16"), i)
-               for i in range(10)]
+    futures = [
+        batcher.submit(("model-a", "fp32") if i % 2 else ("model-b", "bf16"), i) for i in range(10)
+    ]
     gate.set()
     assert [f.result(timeout=5) for f in futures] == [2 * i for i in range(10)]
     for key, items in run.batches:

@@ -1,11 +1,12 @@
 """One contract, two blob stores: a folder and a real S3 server (SeaweedFS)."""
+
 import uuid
 
 import pytest
 import requests
 
-from covidscan.settings import ConfigError, load_settings
 from core.sweep import delete_orphan_blobs
+from covidscan.settings import ConfigError, load_settings
 from db.blobs import BlobNotFound, FileBlobStore, open_blob_store
 from db.session import make_engine, make_session_factory
 
@@ -82,34 +83,45 @@ def test_only_the_s3_store_offers_presigned_uploads_of_the_size_signed(store):
     assert store.keys("up") == ["up/000000"]
 
 
-@pytest.mark.parametrize("env, named", [
-    ({"BLOB_STORE": "gs://bucket/x"}, "BLOB_STORE"),
-    ({"BLOB_STORE": "s3://Bad_Bucket"}, "BLOB_STORE"),
-    ({"BLOB_STORE": "s3://scans/a/../b"}, "BLOB_STORE"),
-    ({"BLOB_STORE": "s3://scans", "AWS_ACCESS_KEY_ID": "k"}, "AWS_SECRET_ACCESS_KEY"),
-    ({"BLOB_STORE": "s3://scans", "S3_ENDPOINT_URL": "seaweedfs:8333"}, "S3_ENDPOINT_URL"),
-    ({"S3_PUBLIC_ENDPOINT_URL": "ftp://x"}, "S3_PUBLIC_ENDPOINT_URL"),
-])
+@pytest.mark.parametrize(
+    "env, named",
+    [
+        ({"BLOB_STORE": "gs://bucket/x"}, "BLOB_STORE"),
+        ({"BLOB_STORE": "s3://Bad_Bucket"}, "BLOB_STORE"),
+        ({"BLOB_STORE": "s3://scans/a/../b"}, "BLOB_STORE"),
+        ({"BLOB_STORE": "s3://scans", "AWS_ACCESS_KEY_ID": "k"}, "AWS_SECRET_ACCESS_KEY"),
+        ({"BLOB_STORE": "s3://scans", "S3_ENDPOINT_URL": "seaweedfs:8333"}, "S3_ENDPOINT_URL"),
+        ({"S3_PUBLIC_ENDPOINT_URL": "ftp://x"}, "S3_PUBLIC_ENDPOINT_URL"),
+    ],
+)
 def test_bad_s3_settings_stop_start_up_naming_the_variable(env, named):
     with pytest.raises(ConfigError, match=named):
         load_settings(env)
 
 
 def test_s3_settings_and_the_secret_stays_out_of_repr():
-    settings = load_settings({"BLOB_STORE": "s3://scans/covidscan/", "AWS_ACCESS_KEY_ID": "k",
-                              "AWS_SECRET_ACCESS_KEY": "s3cr3t", "AWS_REGION": "eu-west-1",
-                              "S3_ENDPOINT_URL": "http://seaweedfs:8333/"})
+    settings = load_settings(
+        {
+            "BLOB_STORE": "s3://scans/covidscan/",
+            "AWS_ACCESS_KEY_ID": "k",
+            "AWS_SECRET_ACCESS_KEY": "s3cr3t",
+            "AWS_REGION": "eu-west-1",
+            "S3_ENDPOINT_URL": "http://seaweedfs:8333/",
+        }
+    )
     location = settings.blob_store
-    assert (location.bucket, location.prefix, location.region) == \
-        ("scans", "covidscan/", "eu-west-1")
+    assert (location.bucket, location.prefix, location.region) == (
+        "scans",
+        "covidscan/",
+        "eu-west-1",
+    )
     assert location.endpoint_url == location.public_endpoint_url == "http://seaweedfs:8333"
     assert "s3cr3t" not in repr(settings)
     assert load_settings({}).blob_store is None
 
 
 @pytest.mark.integration
-def test_readyz_checks_the_object_store_and_names_it_when_it_does_not_answer(
-        app_config, s3_server):
+def test_readyz_checks_the_object_store_and_names_it_when_it_does_not_answer(app_config, s3_server):
     from api import create_app
     from devtools.embedded_redis import free_port
 
@@ -119,8 +131,7 @@ def test_readyz_checks_the_object_store_and_names_it_when_it_does_not_answer(
     answer = create_app(missing).test_client().get("/readyz")
     assert answer.status_code == 503
     assert answer.get_json()["checks"]["blob_store"].startswith("s3://no-such-bucket-here/x/")
-    away = {**app_config, **s3_server.env(),
-            "S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    away = {**app_config, **s3_server.env(), "S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
     answer = create_app(away).test_client().get("/readyz")
     assert answer.status_code == 503
     detail = answer.get_json()["checks"]["blob_store"]

@@ -1,4 +1,5 @@
 """The covidscan CLI against a real HTTP server, a real Redis and a real worker."""
+
 import json
 import threading
 
@@ -32,8 +33,9 @@ def run(url, *args):
 
 def test_submit_a_folder_and_wait_prints_a_summary(server_url, tmp_path):
     write_folder(tmp_path / "slices", 20, size=64, corrupt=1)
-    result = run(server_url, "submit", str(tmp_path / "slices"), "--wait", "--name", "cli",
-                 "--poll", "0.2")
+    result = run(
+        server_url, "submit", str(tmp_path / "slices"), "--wait", "--name", "cli", "--poll", "0.2"
+    )
     assert result.exit_code == 0, result.output
     assert "partially_succeeded" in result.output
     assert "20 succeeded, 1 failed of 21" in result.output
@@ -72,12 +74,16 @@ def test_server_errors_are_reported_plainly(server_url, tmp_path):
     assert missing.exit_code != 0 and "HTTP 404" in missing.output
 
 
-@pytest.mark.parametrize("option, value, problem", [
-    ("--model", "alpha:", "model must be NAME or NAME:VERSION of a registered model"),
-    ("--name", "x" * 201, "name is longer than 200 characters"),
-])
+@pytest.mark.parametrize(
+    "option, value, problem",
+    [
+        ("--model", "alpha:", "model must be NAME or NAME:VERSION of a registered model"),
+        ("--name", "x" * 201, "name is longer than 200 characters"),
+    ],
+)
 def test_submit_checks_its_options_as_the_server_does_before_sending_anything(
-        tmp_path, option, value, problem):
+    tmp_path, option, value, problem
+):
     write_folder(tmp_path / "slices", 1, size=24)
     result = run("http://127.0.0.1:9", "submit", str(tmp_path / "slices"), option, value)
     assert result.exit_code != 0
@@ -86,8 +92,13 @@ def test_submit_checks_its_options_as_the_server_does_before_sending_anything(
 
 def test_submit_sends_the_callback_url_and_a_refusal_says_why(server_url, tmp_path):
     write_folder(tmp_path / "slices", 1, size=24)
-    result = run(server_url, "submit", str(tmp_path / "slices"), "--callback-url",
-                 "http://169.254.169.254/latest/")
+    result = run(
+        server_url,
+        "submit",
+        str(tmp_path / "slices"),
+        "--callback-url",
+        "http://169.254.169.254/latest/",
+    )
     assert result.exit_code != 0
     assert "HTTP 400" in result.output and "callback_url" in result.output
     assert "metadata" in result.output
@@ -122,14 +133,16 @@ def idle_server_url(app, api_key, monkeypatch):
 
 def test_cancel_and_delete_a_waiting_job(idle_server_url, tmp_path):
     write_folder(tmp_path / "slices", 5, size=32)
-    submitted = run(idle_server_url, "submit", str(tmp_path / "slices"), "--priority", "low",
-                    "--explain")
+    submitted = run(
+        idle_server_url, "submit", str(tmp_path / "slices"), "--priority", "low", "--explain"
+    )
     assert submitted.exit_code == 0, submitted.output
     job_id = submitted.output.split()[-1]
     cancelled = run(idle_server_url, "cancel", job_id)
     assert cancelled.exit_code == 0, cancelled.output
-    assert f"job {job_id}: cancelled (5 cancelled, 0 still running, 0 succeeded)" in \
-        cancelled.output
+    assert (
+        f"job {job_id}: cancelled (5 cancelled, 0 still running, 0 succeeded)" in cancelled.output
+    )
     status = json.loads(run(idle_server_url, "status", job_id).output)
     assert status["status"] == "cancelled" and status["priority"] == "low"
     assert status["explain"] == "gradcam"
@@ -156,8 +169,7 @@ def test_wait_prints_a_summary_not_every_row_unless_asked(server_url, tmp_path):
 
 def test_wait_with_table_prints_every_row(server_url, tmp_path):
     write_folder(tmp_path / "few", 3, size=32)
-    result = run(server_url, "submit", str(tmp_path / "few"), "--wait", "--table",
-                 "--poll", "0.2")
+    result = run(server_url, "submit", str(tmp_path / "few"), "--wait", "--table", "--poll", "0.2")
     assert result.exit_code == 0, result.output
     assert all(f"slice_00{i}.png" in result.output for i in range(3))
     assert "3 succeeded, 0 failed of 3" in result.output
@@ -194,10 +206,13 @@ def test_train_and_evaluate_defaults_are_the_recipes():
     from cli.train import evaluate, train
     from models.train_config import TrainConfig
 
-    for command, names in ((train, ("epochs", "image_size", "batch_size", "val_split", "seed",
-                                    "patience")), (evaluate, ("batch_size",))):
+    for command, names in (
+        (train, ("epochs", "image_size", "batch_size", "val_split", "seed", "patience")),
+        (evaluate, ("batch_size",)),
+    ):
         context = click.Context(command)
         defaults = {p.name: p.get_default(context) for p in command.params}
-        assert {name: defaults[name] for name in names} == \
-            {name: getattr(TrainConfig, name) for name in names}
+        assert {name: defaults[name] for name in names} == {
+            name: getattr(TrainConfig, name) for name in names
+        }
     assert "[default: 20; x>=1]" in CliRunner().invoke(train, ["--help"]).output

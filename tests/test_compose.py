@@ -3,6 +3,7 @@
 No Docker engine runs where the tests do, so the files are parsed and interpolated
 here (tests/compose.py) and checked against the Compose Specification's schema.
 """
+
 import importlib
 import json
 import re
@@ -12,13 +13,23 @@ import jsonschema
 import pytest
 
 from cli.main import main as cli_main
-from devtools.devstack import gunicorn_command, worker_command
 from covidscan.settings import ClientSettings, load_settings, variable_names
+from devtools.devstack import gunicorn_command, worker_command
 from tests import compose
 from tests.conftest import ROOT
 
-LONG_RUNNING = ("redis", "postgres", "seaweedfs", "api", "worker", "sweep", "flower", "nginx",
-                "prometheus", "grafana")
+LONG_RUNNING = (
+    "redis",
+    "postgres",
+    "seaweedfs",
+    "api",
+    "worker",
+    "sweep",
+    "flower",
+    "nginx",
+    "prometheus",
+    "grafana",
+)
 MONITORING = ("flower", "prometheus", "grafana")
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SCHEMA = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
@@ -54,8 +65,19 @@ def test_the_stack_refuses_to_start_without_a_database_password():
 
 
 def test_the_services_and_their_order_of_start(services):
-    assert set(services) == {"redis", "postgres", "seaweedfs", "migrate", "api", "worker",
-                             "sweep", "flower", "nginx", "prometheus", "grafana"}
+    assert set(services) == {
+        "redis",
+        "postgres",
+        "seaweedfs",
+        "migrate",
+        "api",
+        "worker",
+        "sweep",
+        "flower",
+        "nginx",
+        "prometheus",
+        "grafana",
+    }
     assert services["nginx"]["depends_on"] == {"api": {"condition": "service_healthy"}}
     assert services["sweep"]["command"][:2] == ["covidscan", "sweep"]
     for name in ("api", "worker", "sweep"):
@@ -64,8 +86,10 @@ def test_the_services_and_their_order_of_start(services):
             "postgres": {"condition": "service_healthy"},
             "migrate": {"condition": "service_completed_successfully"},
         }
-    assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"},
-                                                 "seaweedfs": {"condition": "service_healthy"}}
+    assert services["migrate"]["depends_on"] == {
+        "postgres": {"condition": "service_healthy"},
+        "seaweedfs": {"condition": "service_healthy"},
+    }
     assert services["migrate"]["command"] == ["covidscan", "migrate"]
     for name in MONITORING:
         assert services[name]["profiles"] == ["monitoring"], name
@@ -96,17 +120,20 @@ def test_each_worker_reserves_one_gpu(services):
 
 def test_the_readmes_multi_gpu_override_pins_one_gpu_per_worker_service():
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Multi-GPU hosts"):]
-    snippet = section[section.index("```yaml\n") + 8:section.index("```\n", 8)]
+    section = readme[readme.index("### Multi-GPU hosts") :]
+    snippet = section[section.index("```yaml\n") + 8 : section.index("```\n", 8)]
     override = compose.load(snippet, compose.example_env())
     merged = compose.merge(compose.compose_config(), override)
     jsonschema.validate(merged, SCHEMA)
     extends = merged["services"]["worker-gpu1"]["extends"]
     assert (ROOT / extends["file"]).is_file() and extends["service"] in merged["services"]
-    gpus = [merged["services"][name]["deploy"]["resources"]["reservations"]["devices"]
-            for name in ("worker", "worker-gpu1")]
-    assert gpus == [[{"driver": "nvidia", "device_ids": [gpu], "capabilities": ["gpu"]}]
-                    for gpu in ("0", "1")]
+    gpus = [
+        merged["services"][name]["deploy"]["resources"]["reservations"]["devices"]
+        for name in ("worker", "worker-gpu1")
+    ]
+    assert gpus == [
+        [{"driver": "nvidia", "device_ids": [gpu], "capabilities": ["gpu"]}] for gpu in ("0", "1")
+    ]
 
 
 def test_the_cpu_variant_reserves_no_gpu_and_builds_on_tensorflows_cpu_image():
@@ -135,8 +162,9 @@ def test_blobs_live_in_the_object_store_and_workers_mount_no_uploads(config, ser
         environment.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the api's tmpfs
         return load_settings(environment)
 
-    stores = {name: container_settings(name).blob_store
-              for name in ("migrate", "api", "worker", "sweep")}
+    stores = {
+        name: container_settings(name).blob_store for name in ("migrate", "api", "worker", "sweep")
+    }
     assert {location.url for location in stores.values()} == {"s3://covidscan/blobs/"}
     assert {location.endpoint_url for location in stores.values()} == {"http://seaweedfs:8333"}
     for name, service in services.items():
@@ -154,15 +182,17 @@ def test_the_object_store_holds_the_key_pair_out_of_its_command_line(services):
     script = seaweedfs["command"][0]
     assert "k3y" not in script and "s3cr3tkey" not in script
     assert "-s3.config=/tmp/s3.json" in script and "umask 077" in script
-    assert seaweedfs["environment"]["AWS_ACCESS_KEY_ID"] == \
-        services["worker"]["environment"]["AWS_ACCESS_KEY_ID"] == "k3y"
+    assert (
+        seaweedfs["environment"]["AWS_ACCESS_KEY_ID"]
+        == services["worker"]["environment"]["AWS_ACCESS_KEY_ID"]
+        == "k3y"
+    )
     assert "8333/healthz" in seaweedfs["healthcheck"]["test"][1]
     env = compose.example_env()
     env.pop("AWS_SECRET_ACCESS_KEY")
     with pytest.raises(ValueError, match="AWS_SECRET_ACCESS_KEY"):
         compose.compose_config(env=env)
-    managed = dict(compose.example_env(), BLOB_STORE="s3://my-bucket/covidscan",
-                   S3_ENDPOINT_URL="")
+    managed = dict(compose.example_env(), BLOB_STORE="s3://my-bucket/covidscan", S3_ENDPOINT_URL="")
     worker = compose.compose_config(env=managed)["services"]["worker"]["environment"]
     assert load_settings(worker).blob_store.endpoint_url is None  # AWS S3 itself
 
@@ -173,8 +203,10 @@ def test_models_live_on_volumes(services):
     # The migration registers MODEL_PATH into the store the workers load from.
     for name in ("migrate", "worker"):
         assert models in services[name]["volumes"], name
-        assert services[name]["environment"]["MODEL_PATH"] == \
-            services["worker"]["environment"]["MODEL_PATH"], name
+        assert (
+            services[name]["environment"]["MODEL_PATH"]
+            == services["worker"]["environment"]["MODEL_PATH"]
+        ), name
     store = services["worker"]["environment"]["MODEL_STORE_DIR"]
     assert services["migrate"]["environment"]["MODEL_STORE_DIR"] == store
     assert f"model-store:{store}" in services["migrate"]["volumes"]
@@ -190,8 +222,11 @@ def test_the_api_runs_the_local_stacks_gunicorn_command_and_checks_readiness(ser
 
 
 def test_only_nginx_publishes_a_port_and_on_loopback_by_default(services):
-    published = {name: service["ports"] for name, service in services.items()
-                 if "ports" in service and name not in MONITORING}
+    published = {
+        name: service["ports"]
+        for name, service in services.items()
+        if "ports" in service and name not in MONITORING
+    }
     assert published == {"nginx": ["127.0.0.1:8443:8443"]}
     for name in MONITORING:
         assert [port.split(":")[0] for port in services[name]["ports"]] == ["127.0.0.1"], name
@@ -199,8 +234,10 @@ def test_only_nginx_publishes_a_port_and_on_loopback_by_default(services):
     assert compose.compose_config(env=env)["services"]["nginx"]["ports"] == ["0.0.0.0:8443:8443"]
     nginx = services["nginx"]
     assert nginx["environment"]["API_UPSTREAM"] == "api:5000"
-    assert nginx["environment"]["MAX_UPLOAD_BYTES"] == services["api"]["environment"][
-        "MAX_UPLOAD_BYTES"]
+    assert (
+        nginx["environment"]["MAX_UPLOAD_BYTES"]
+        == services["api"]["environment"]["MAX_UPLOAD_BYTES"]
+    )
     assert "./var/tls:/etc/nginx/tls:ro" in nginx["volumes"]
 
 
@@ -241,8 +278,9 @@ def test_images_built_from_one_dockerfile_share_a_tag_of_the_project_version(ser
     version = PYPROJECT["project"]["version"]
     assert services["api"]["image"] == f"covidscan-api:{version}"
     # The migration registers MODEL_PATH, which loads the model: it runs on the worker image.
-    assert services["migrate"]["image"] == services["worker"]["image"] == \
-        f"covidscan-worker:{version}"
+    assert (
+        services["migrate"]["image"] == services["worker"]["image"] == f"covidscan-worker:{version}"
+    )
     for name in ("migrate", "worker"):
         assert services[name]["build"]["dockerfile"] == "docker/worker.Dockerfile", name
     assert services["nginx"]["image"] == f"covidscan-nginx:{version}"
@@ -260,15 +298,20 @@ def test_every_variable_the_services_set_is_read_by_someone(services):
 def test_env_example_documents_every_variable_and_nothing_else(services):
     documented = compose.documented_names()
     set_by_services = {v for service in services.values() for v in service.get("environment", {})}
-    interpolated = compose.referenced_variables(compose.COMPOSE_FILE) | \
-        compose.referenced_variables(compose.CPU_OVERRIDE)
+    interpolated = compose.referenced_variables(
+        compose.COMPOSE_FILE
+    ) | compose.referenced_variables(compose.CPU_OVERRIDE)
     cli_variables = {str(field.alias) for field in ClientSettings.model_fields.values()}
     undocumented = (set_by_services | interpolated | variable_names()) - documented
     assert not undocumented, f".env.example does not document {sorted(undocumented)}"
-    unknown = documented - (set_by_services | interpolated | variable_names() | cli_variables
-                            | compose.COMPOSE_CLI_VARIABLES)
+    unknown = documented - (
+        set_by_services
+        | interpolated
+        | variable_names()
+        | cli_variables
+        | compose.COMPOSE_CLI_VARIABLES
+    )
     assert not unknown, f".env.example documents {sorted(unknown)}, which nothing reads"
-
 
 
 def test_the_front_image_is_pinned_unprivileged_and_copies_what_exists():
@@ -296,8 +339,9 @@ def test_prometheus_scrapes_the_api_every_worker_replica_and_the_sweep(services)
     prometheus = services["prometheus"]
     config_path = _mounted(prometheus, "/etc/prometheus/prometheus.yml")
     assert f"--config.file={'/etc/prometheus/prometheus.yml'}" in prometheus["command"]
-    jobs = {job["job_name"]: job for job in yaml.safe_load(config_path.read_text())
-            ["scrape_configs"]}
+    jobs = {
+        job["job_name"]: job for job in yaml.safe_load(config_path.read_text())["scrape_configs"]
+    }
     api_port = compose.option(services["api"]["command"], "--bind").rsplit(":", 1)[1]
     assert jobs["covidscan-api"]["static_configs"] == [{"targets": [f"api:{api_port}"]}]
     api = services["api"]["environment"]
@@ -324,11 +368,13 @@ def test_grafana_is_provisioned_from_the_repository(services):
     provisioning = _mounted(grafana, "/etc/grafana/provisioning")
     dashboards = _mounted(grafana, "/etc/grafana/dashboards")
     (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
-        "datasources"]
+        "datasources"
+    ]
     assert source["url"] == "http://prometheus:9090" and source["type"] == "prometheus"
     assert services["prometheus"]["ports"][0].endswith(":9090")
     (provider,) = yaml.safe_load((provisioning / "dashboards" / "covidscan.yml").read_text())[
-        "providers"]
+        "providers"
+    ]
     assert provider["options"]["path"] == "/etc/grafana/dashboards"
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home.startswith("/etc/grafana/dashboards/")
@@ -346,18 +392,22 @@ def defined_metric_names() -> set[str]:
     import core.metrics
     import worker.metrics
 
-    families = [family for module in (api.metrics, core.metrics, worker.metrics)
-                for metric in vars(module).values() if isinstance(metric, MetricWrapperBase)
-                for family in metric.describe()]
+    families = [
+        family
+        for module in (api.metrics, core.metrics, worker.metrics)
+        for metric in vars(module).values()
+        if isinstance(metric, MetricWrapperBase)
+        for family in metric.describe()
+    ]
     families += list(core.metrics.QueueCollector(None).describe())
-    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
-                "gauge": ("",)}
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
     return {family.name + suffix for family in families for suffix in suffixes[family.type]}
 
 
 def dashboard_queries() -> list[str]:
-    dashboard = json.loads((ROOT / "docker" / "grafana" / "dashboards" / "covidscan.json")
-                           .read_text())
+    dashboard = json.loads(
+        (ROOT / "docker" / "grafana" / "dashboards" / "covidscan.json").read_text()
+    )
     return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
 
 
@@ -374,8 +424,12 @@ def test_the_dashboard_queries_only_metrics_the_code_defines():
     assert not unknown, f"the dashboard queries metrics nothing defines: {sorted(unknown)}"
     # What an operator looks at first: throughput, queue, batch fill, latency, errors.
     text = "\n".join(queries)
-    for needed in ("rate(covidscan_scans_classified_total", "covidscan_scans_waiting",
-                   "covidscan_batch_fill_ratio_sum",
-                   "histogram_quantile(0.99, sum by (le) (rate(covidscan_scan_latency_seconds",
-                   'status="failed"', 'status=~"5.."'):
+    for needed in (
+        "rate(covidscan_scans_classified_total",
+        "covidscan_scans_waiting",
+        "covidscan_batch_fill_ratio_sum",
+        "histogram_quantile(0.99, sum by (le) (rate(covidscan_scan_latency_seconds",
+        'status="failed"',
+        'status=~"5.."',
+    ):
         assert needed in text, needed

@@ -1,4 +1,5 @@
 """Class folders, the positive class, and the train/validation split (no TensorFlow)."""
+
 import pytest
 
 from models.classes import looks_positive, positive_index
@@ -6,10 +7,18 @@ from models.dataset import DatasetError, discover, folder_map_for_model, parse_f
 from tests.blob_data import write_blob_dataset
 
 
-@pytest.mark.parametrize("name, positive", [
-    ("COVID", True), ("CT_COVID", True), ("covid19", True), ("non-COVID", False),
-    ("CT_NonCOVID", False), ("non_covid", False), ("Normal", False),
-])
+@pytest.mark.parametrize(
+    "name, positive",
+    [
+        ("COVID", True),
+        ("CT_COVID", True),
+        ("covid19", True),
+        ("non-COVID", False),
+        ("CT_NonCOVID", False),
+        ("non_covid", False),
+        ("Normal", False),
+    ],
+)
 def test_the_positive_folder_is_named_like_covid_without_non(name, positive):
     assert looks_positive(name) is positive
 
@@ -24,8 +33,9 @@ def test_positive_must_be_clear_or_named():
 
 @pytest.fixture(scope="module")
 def ucsd_like(tmp_path_factory):
-    return write_blob_dataset(tmp_path_factory.mktemp("data"), 20, size=16,
-                              folders=("CT_COVID", "CT_NonCOVID"))
+    return write_blob_dataset(
+        tmp_path_factory.mktemp("data"), 20, size=16, folders=("CT_COVID", "CT_NonCOVID")
+    )
 
 
 def test_discover_puts_the_positive_class_first(ucsd_like):
@@ -34,8 +44,10 @@ def test_discover_puts_the_positive_class_first(ucsd_like):
     assert data.counts() == {"CT_COVID": 20, "CT_NonCOVID": 20}
     mapped = discover(ucsd_like, parse_folder_map("CT_NonCOVID=NonCOVID,CT_COVID=COVID"))
     assert mapped.classes == ("NonCOVID", "COVID") and mapped.positive_index == 1
-    assert folder_map_for_model(ucsd_like, ("COVID", "NonCOVID"), "COVID") == \
-        {"CT_COVID": "COVID", "CT_NonCOVID": "NonCOVID"}
+    assert folder_map_for_model(ucsd_like, ("COVID", "NonCOVID"), "COVID") == {
+        "CT_COVID": "COVID",
+        "CT_NonCOVID": "NonCOVID",
+    }
 
 
 def test_stratified_split_is_fixed_by_the_seed(ucsd_like):
@@ -58,10 +70,14 @@ def test_group_split_keeps_each_patient_on_one_side(ucsd_like):
     assert set(data.labels[parts.validation].tolist()) == {0, 1}
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"group_regex": r"nomatch"}, "does not match"), ({"group_regex": "("}, "not a valid regex"),
-    ({"val_split": 1.5}, "between 0 and 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"group_regex": r"nomatch"}, "does not match"),
+        ({"group_regex": "("}, "not a valid regex"),
+        ({"val_split": 1.5}, "between 0 and 1"),
+    ],
+)
 def test_bad_split_options_are_named(ucsd_like, kwargs, message):
     with pytest.raises(DatasetError, match=message):
         split(discover(ucsd_like), **kwargs)

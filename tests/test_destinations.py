@@ -1,4 +1,5 @@
 """PACS destinations: sealed credentials, the CLI against a real Orthanc, the admin API."""
+
 import base64
 import json
 import secrets
@@ -78,18 +79,29 @@ def test_make_run_keeps_one_phi_key_under_var(tmp_path):
     assert load_settings({"PHI_KEY": key}).phi_key == key
 
 
-@pytest.mark.parametrize("address, parsed", [
-    ("PACS@pacs.example.org:104", ("PACS", "pacs.example.org", 104)),
-    ("ORTHANC@127.0.0.1:4242", ("ORTHANC", "127.0.0.1", 4242)),
-    ("A B@[::1]:11112", ("A B", "::1", 11112)),
-])
+@pytest.mark.parametrize(
+    "address, parsed",
+    [
+        ("PACS@pacs.example.org:104", ("PACS", "pacs.example.org", 104)),
+        ("ORTHANC@127.0.0.1:4242", ("ORTHANC", "127.0.0.1", 4242)),
+        ("A B@[::1]:11112", ("A B", "::1", 11112)),
+    ],
+)
 def test_a_dicom_address_is_parsed(address, parsed):
     assert parse_dicom_address(address) == parsed
 
 
-@pytest.mark.parametrize("address", ["pacs.example.org:104", "PACS@host", "PACS@host:0",
-                                     "PACS@host:70000", "WAY_TOO_LONG_AE_TITLE@host:104",
-                                     "BACK\\SLASH@host:104"])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "pacs.example.org:104",
+        "PACS@host",
+        "PACS@host:0",
+        "PACS@host:70000",
+        "WAY_TOO_LONG_AE_TITLE@host:104",
+        "BACK\\SLASH@host:104",
+    ],
+)
 def test_a_wrong_dicom_address_says_what_is_expected(address):
     with pytest.raises(DestinationError):
         parse_dicom_address(address)
@@ -110,8 +122,12 @@ def test_a_dicomweb_destination_takes_one_kind_of_credentials():
 
 @pytest.fixture
 def cli_env(tmp_path, database_url):
-    return {"DATABASE_URL": database_url, "MODEL_PATH": "", "PHI_KEY": new_key(),
-            "COVIDSCAN_VAR_DIR": str(tmp_path / "var")}
+    return {
+        "DATABASE_URL": database_url,
+        "MODEL_PATH": "",
+        "PHI_KEY": new_key(),
+        "COVIDSCAN_VAR_DIR": str(tmp_path / "var"),
+    }
 
 
 def run(env, *args):
@@ -122,8 +138,12 @@ def raw_credentials(database_url: str) -> list[bytes]:
     engine = create_engine(database_url)
     try:
         with engine.connect() as conn:
-            return [bytes(row[0]) for row in conn.execute(
-                text("SELECT credentials FROM destinations WHERE credentials IS NOT NULL"))]
+            return [
+                bytes(row[0])
+                for row in conn.execute(
+                    text("SELECT credentials FROM destinations WHERE credentials IS NOT NULL")
+                )
+            ]
     finally:
         engine.dispose()
 
@@ -141,8 +161,13 @@ def closed_port():
 @pytest.fixture
 def orthanc(tmp_path):
     require_orthanc()
-    with Orthanc(tmp_path / "orthanc", free_port(), free_port(), check_called_aet=True,
-                 users={"pacsadmin": PASSWORD}) as pacs:
+    with Orthanc(
+        tmp_path / "orthanc",
+        free_port(),
+        free_port(),
+        check_called_aet=True,
+        users={"pacsadmin": PASSWORD},
+    ) as pacs:
         yield pacs
 
 
@@ -154,8 +179,15 @@ def test_cli_adds_tests_lists_and_removes_orthanc_by_dicom_and_dicomweb(orthanc,
     tested = run(cli_env, "test", "orthanc")
     assert tested.exit_code == 0, tested.output
     assert "C-ECHO" in tested.output and "succeeded" in tested.output
-    web = run(cli_env, "add", "orthanc-web", "--dicomweb", f"{orthanc.url}/dicom-web",
-              "--basic", f"pacsadmin:{PASSWORD}")
+    web = run(
+        cli_env,
+        "add",
+        "orthanc-web",
+        "--dicomweb",
+        f"{orthanc.url}/dicom-web",
+        "--basic",
+        f"pacsadmin:{PASSWORD}",
+    )
     assert web.exit_code == 0, web.output
     tested = run(cli_env, "test", "orthanc-web")
     assert tested.exit_code == 0, tested.output
@@ -166,8 +198,10 @@ def test_cli_adds_tests_lists_and_removes_orthanc_by_dicom_and_dicomweb(orthanc,
     assert "orthanc-web  dicomweb" in listed.output and "credentials: yes" in listed.output
     as_json = run(cli_env, "list", "--json")
     assert PASSWORD not in listed.output + as_json.output + web.output
-    assert [json.loads(line)["has_credentials"] for line in as_json.output.splitlines()] == \
-        [False, True]
+    assert [json.loads(line)["has_credentials"] for line in as_json.output.splitlines()] == [
+        False,
+        True,
+    ]
     [sealed] = raw_credentials(cli_env["DATABASE_URL"])
     assert PASSWORD.encode() not in sealed and b"pacsadmin" not in sealed
     removed = run(cli_env, "remove", "orthanc")
@@ -181,15 +215,32 @@ def test_cli_test_says_what_failed(orthanc, cli_env, closed_port):
     closed = closed_port
     run(cli_env, "add", "closed", "--dicom", f"PACS@127.0.0.1:{closed}")
     run(cli_env, "add", "wrong-aet", "--dicom", f"NOT_ORTHANC@127.0.0.1:{orthanc.dicom_port}")
-    run(cli_env, "add", "wrong-password", "--dicomweb", f"{orthanc.url}/dicom-web",
-        "--basic", "pacsadmin:guess")
-    run(cli_env, "add", "no-service", "--dicomweb", f"{orthanc.url}/not-dicom-web",
-        "--basic", f"pacsadmin:{PASSWORD}")
+    run(
+        cli_env,
+        "add",
+        "wrong-password",
+        "--dicomweb",
+        f"{orthanc.url}/dicom-web",
+        "--basic",
+        "pacsadmin:guess",
+    )
+    run(
+        cli_env,
+        "add",
+        "no-service",
+        "--dicomweb",
+        f"{orthanc.url}/not-dicom-web",
+        "--basic",
+        f"pacsadmin:{PASSWORD}",
+    )
     run(cli_env, "add", "closed-web", "--dicomweb", f"http://127.0.0.1:{closed}/dicom-web")
-    expected = {"closed": "connection refused", "closed-web": "connection refused",
-                "wrong-aet": "association rejected",
-                "wrong-password": "HTTP 401: the credentials were refused",
-                "no-service": "HTTP 404"}
+    expected = {
+        "closed": "connection refused",
+        "closed-web": "connection refused",
+        "wrong-aet": "association rejected",
+        "wrong-password": "HTTP 401: the credentials were refused",
+        "no-service": "HTTP 404",
+    }
     for name, reason in expected.items():
         result = run(cli_env, "test", name, "--timeout", "30")  # a refusal comes at once
         assert result.exit_code == 1, (name, result.output)
@@ -201,16 +252,15 @@ def test_cli_test_says_what_failed(orthanc, cli_env, closed_port):
 @pytest.mark.integration
 def test_cli_without_phi_key_registers_only_destinations_without_credentials(cli_env):
     env = {**cli_env, "PHI_KEY": ""}
-    refused = run(env, "add", "web", "--dicomweb", "https://pacs.example.org/dicom-web",
-                  "--token", TOKEN)
+    refused = run(
+        env, "add", "web", "--dicomweb", "https://pacs.example.org/dicom-web", "--token", TOKEN
+    )
     assert refused.exit_code == 1 and "PHI_KEY is not set" in refused.output
-    assert run(env, "add", "web", "--dicomweb", "https://pacs.example.org/dicom-web"
-               ).exit_code == 0
+    assert run(env, "add", "web", "--dicomweb", "https://pacs.example.org/dicom-web").exit_code == 0
     assert run(env, "add", "web", "--dicomweb", "https://x.example.org").exit_code == 1
     wrong = run({**cli_env, "PHI_KEY": "nope"}, "list")
     assert wrong.exit_code == 1 and "PHI_KEY" in wrong.output
-    assert run(cli_env, "add", "both", "--dicom", "A@h:1", "--dicomweb", "https://h"
-               ).exit_code == 2
+    assert run(cli_env, "add", "both", "--dicom", "A@h:1", "--dicomweb", "https://h").exit_code == 2
 
 
 # The API
@@ -225,20 +275,35 @@ def admin_app(app_config):
 
 @pytest.fixture
 def admin(admin_app, app_config):
-    return authorised(admin_app.test_client(),
-                      create_api_key(app_config["DATABASE_URL"], "root", "admin"))
+    return authorised(
+        admin_app.test_client(), create_api_key(app_config["DATABASE_URL"], "root", "admin")
+    )
 
 
 @pytest.mark.integration
 def test_api_registers_lists_and_removes_destinations_for_administrators(admin, app_config):
-    dicom = admin.post("/v1/destinations", json={
-        "name": "pacs", "kind": "dicom", "ae_title": "PACS", "host": "pacs.example.org",
-        "port": 104, "tls": True})
+    dicom = admin.post(
+        "/v1/destinations",
+        json={
+            "name": "pacs",
+            "kind": "dicom",
+            "ae_title": "PACS",
+            "host": "pacs.example.org",
+            "port": 104,
+            "tls": True,
+        },
+    )
     assert dicom.status_code == 201, dicom.get_json()
     assert dicom.get_json()["commitment"] is True and dicom.get_json()["tls"] is True
-    web = admin.post("/v1/destinations", json={
-        "name": "web", "kind": "dicomweb", "url": "https://pacs.example.org/dicom-web/",
-        "token": TOKEN})
+    web = admin.post(
+        "/v1/destinations",
+        json={
+            "name": "web",
+            "kind": "dicomweb",
+            "url": "https://pacs.example.org/dicom-web/",
+            "token": TOKEN,
+        },
+    )
     assert web.status_code == 201, web.get_json()
     assert web.get_json()["has_credentials"] is True and TOKEN not in web.get_data(True)
     assert web.get_json()["url"] == "https://pacs.example.org/dicom-web"
@@ -246,32 +311,42 @@ def test_api_registers_lists_and_removes_destinations_for_administrators(admin, 
     assert listed.status_code == 200 and TOKEN not in listed.get_data(True)
     DestinationList.model_validate(listed.get_json())  # the documented shape, exactly
     DestinationInfo.model_validate(dicom.get_json())
-    assert [(d["name"], d["has_credentials"]) for d in listed.get_json()["destinations"]] == \
-        [("pacs", False), ("web", True)]
+    assert [(d["name"], d["has_credentials"]) for d in listed.get_json()["destinations"]] == [
+        ("pacs", False),
+        ("web", True),
+    ]
     assert TOKEN.encode() not in b"".join(raw_credentials(app_config["DATABASE_URL"]))
-    assert admin.post("/v1/destinations", json={"name": "web", "kind": "dicomweb",
-                                                "url": "https://x.example.org"}
-                      ).status_code == 409
+    assert (
+        admin.post(
+            "/v1/destinations",
+            json={"name": "web", "kind": "dicomweb", "url": "https://x.example.org"},
+        ).status_code
+        == 409
+    )
     assert admin.delete("/v1/destinations/pacs").status_code == 204
     assert admin.delete("/v1/destinations/pacs").status_code == 404
-    assert [d["name"] for d in admin.get("/v1/destinations").get_json()["destinations"]] == \
-        ["web"]
+    assert [d["name"] for d in admin.get("/v1/destinations").get_json()["destinations"]] == ["web"]
     actions = [e["action"] for e in admin.get("/v1/audit").get_json()["events"]]
     assert actions[:3] == ["destination.remove", "destination.add", "destination.add"]
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("body, message", [
-    ({"name": "x", "kind": "dicom", "host": "h", "port": 104}, "needs ae_title"),
-    ({"name": "x", "kind": "dicom", "ae_title": "A", "host": "h", "port": 0}, "port"),
-    ({"name": "x", "kind": "dicomweb"}, "needs url"),
-    ({"name": "x", "kind": "dicomweb", "url": "https://h", "ae_title": "A"}, "for dicom"),
-    ({"name": "x", "kind": "dicom", "ae_title": "A", "host": "h", "port": 1, "token": "t"},
-     "for dicomweb"),
-    ({"name": "x y", "kind": "dicomweb", "url": "https://h"}, "name"),
-    ({"name": "x", "kind": "ftp"}, "kind"),
-    ({"name": "x", "kind": "dicomweb", "url": "https://h", "password": "p"}, "password"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"name": "x", "kind": "dicom", "host": "h", "port": 104}, "needs ae_title"),
+        ({"name": "x", "kind": "dicom", "ae_title": "A", "host": "h", "port": 0}, "port"),
+        ({"name": "x", "kind": "dicomweb"}, "needs url"),
+        ({"name": "x", "kind": "dicomweb", "url": "https://h", "ae_title": "A"}, "for dicom"),
+        (
+            {"name": "x", "kind": "dicom", "ae_title": "A", "host": "h", "port": 1, "token": "t"},
+            "for dicomweb",
+        ),
+        ({"name": "x y", "kind": "dicomweb", "url": "https://h"}, "name"),
+        ({"name": "x", "kind": "ftp"}, "kind"),
+        ({"name": "x", "kind": "dicomweb", "url": "https://h", "password": "p"}, "password"),
+    ],
+)
 def test_api_says_which_field_is_wrong(admin, body, message):
     response = admin.post("/v1/destinations", json=body)
     assert response.status_code == 400
@@ -280,20 +355,32 @@ def test_api_says_which_field_is_wrong(admin, body, message):
 
 @pytest.mark.integration
 def test_api_without_phi_key_refuses_credentials_naming_it(app, app_config):
-    admin = authorised(app.test_client(), create_api_key(app_config["DATABASE_URL"], "root",
-                                                         "admin"))
-    refused = admin.post("/v1/destinations", json={
-        "name": "web", "kind": "dicomweb", "url": "https://h/dicom-web", "token": TOKEN})
+    admin = authorised(
+        app.test_client(), create_api_key(app_config["DATABASE_URL"], "root", "admin")
+    )
+    refused = admin.post(
+        "/v1/destinations",
+        json={"name": "web", "kind": "dicomweb", "url": "https://h/dicom-web", "token": TOKEN},
+    )
     assert refused.status_code == 400 and "PHI_KEY" in refused.get_json()["detail"]
-    assert admin.post("/v1/destinations", json={
-        "name": "web", "kind": "dicomweb", "url": "https://h/dicom-web"}).status_code == 201
+    assert (
+        admin.post(
+            "/v1/destinations",
+            json={"name": "web", "kind": "dicomweb", "url": "https://h/dicom-web"},
+        ).status_code
+        == 201
+    )
 
 
 @pytest.mark.integration
 def test_api_destinations_are_for_administrators_only(admin_app, client):
     assert client.get("/v1/destinations").status_code == 403
-    assert client.post("/v1/destinations", json={
-        "name": "web", "kind": "dicomweb", "url": "https://h"}).status_code == 403
+    assert (
+        client.post(
+            "/v1/destinations", json={"name": "web", "kind": "dicomweb", "url": "https://h"}
+        ).status_code
+        == 403
+    )
     assert client.delete("/v1/destinations/web").status_code == 403
 
 
@@ -332,19 +419,30 @@ def self_signed(folder):
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test pacs")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = folder / "pacs.pem", folder / "pacs.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cert_path, key_path
 
 
@@ -412,8 +510,12 @@ def token_service():
 
 def test_qido_probe_sends_the_bearer_token(token_service, cli_env):
     url, seen = token_service
-    added = CliRunner().invoke(main, ["destinations", "add", "web", "--dicomweb", url,
-                                      "--token", "-"], env=cli_env, input=f"{TOKEN}\n")
+    added = CliRunner().invoke(
+        main,
+        ["destinations", "add", "web", "--dicomweb", url, "--token", "-"],
+        env=cli_env,
+        input=f"{TOKEN}\n",
+    )
     assert added.exit_code == 0, added.output
     assert run(cli_env, "add", "anonymous", "--dicomweb", url).exit_code == 0
     tested = run(cli_env, "test", "web")

@@ -1,5 +1,6 @@
 """`make run`'s stack: it starts, serves a job end to end with MODEL_PATH even when the job
 is sent the moment the API answers, and Ctrl-C leaves nothing running."""
+
 import os
 import re
 import signal
@@ -13,10 +14,10 @@ import redis
 import requests
 
 from devtools.embedded_redis import free_port
-from tests.conftest import ROOT
-from models.loader import file_sha256
-from tests.images import corrupt_png, write_folder
 from devtools.scrape import parse, value
+from models.loader import file_sha256
+from tests.conftest import ROOT
+from tests.images import corrupt_png, write_folder
 from tests.original_app import original_probabilities
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -35,15 +36,26 @@ def wait_until(predicate, timeout, what):
 def test_the_local_stack_serves_a_job_and_stops_cleanly_on_sigint(tmp_path, tiny_model_path):
     slices = write_folder(tmp_path / "slices", 4, size=48)
     port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DATABASE_URL", "REDIS_URL", "BLOB_DIR")}
-    env.update(PORT=str(port), COVIDSCAN_VAR_DIR=str(tmp_path / "var"),
-               MODEL_PATH=str(tiny_model_path), PYTHONPATH=str(ROOT))
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "BLOB_DIR")
+    }
+    env.update(
+        PORT=str(port),
+        COVIDSCAN_VAR_DIR=str(tmp_path / "var"),
+        MODEL_PATH=str(tiny_model_path),
+        PYTHONPATH=str(ROOT),
+    )
     log = open(tmp_path / "stack.log", "w")
-    stack = subprocess.Popen([sys.executable, "-m", "devtools.devstack"], cwd=ROOT, env=env,
-                             stdout=log, stderr=subprocess.STDOUT)
+    stack = subprocess.Popen(
+        [sys.executable, "-m", "devtools.devstack"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
+
         def ready():
             try:
                 return requests.get(f"{base}/readyz", timeout=1).status_code == 200
@@ -61,9 +73,19 @@ def test_the_local_stack_serves_a_job_and_stops_cleanly_on_sigint(tmp_path, tiny
         password_file = tmp_path / "var" / "redis-password"
         assert oct(password_file.stat().st_mode & 0o777) == "0o600"
         password = password_file.read_text().strip()
-        redis_port = int(re.search(r"127\.0\.0\.1:(\d+)/0", wait_until(
-            lambda: "embedded Redis on" in (tmp_path / "stack.log").read_text()
-            and (tmp_path / "stack.log").read_text(), 30, "the Redis line")).group(1))
+        redis_port = int(
+            re.search(
+                r"127\.0\.0\.1:(\d+)/0",
+                wait_until(
+                    lambda: (
+                        "embedded Redis on" in (tmp_path / "stack.log").read_text()
+                        and (tmp_path / "stack.log").read_text()
+                    ),
+                    30,
+                    "the Redis line",
+                ),
+            ).group(1)
+        )
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=redis_port).ping()
         assert redis.Redis(port=redis_port, password=password).ping()
@@ -73,24 +95,41 @@ def test_the_local_stack_serves_a_job_and_stops_cleanly_on_sigint(tmp_path, tiny
         job = requests.post(f"{base}/v1/jobs", files=files, headers=auth, timeout=30).json()
         final = wait_until(
             lambda: (lambda b: b if b["status"] not in ("queued", "running") else None)(
-                requests.get(f"{base}/v1/jobs/{job['id']}", headers=auth, timeout=5).json()),
-            180, "the job to finish")
+                requests.get(f"{base}/v1/jobs/{job['id']}", headers=auth, timeout=5).json()
+            ),
+            180,
+            "the job to finish",
+        )
         assert final["status"] == "partially_succeeded"
         assert final["counts"]["succeeded"] == 4
-        rows = requests.get(f"{base}/v1/jobs/{job['id']}/results", headers=auth,
-                            timeout=5).json()["results"]
+        rows = requests.get(f"{base}/v1/jobs/{job['id']}/results", headers=auth, timeout=5).json()[
+            "results"
+        ]
         assert (tmp_path / "var" / "covidscan.db").exists()
         # Each process's metrics where the banner says; the job counted once, by status.
-        banner = wait_until(lambda: re.findall(r"(http://127\.0\.0\.1:\d+/metrics) \((\w+)\)",
-                                               (tmp_path / "stack.log").read_text()),
-                            30, "the metrics lines")
+        banner = wait_until(
+            lambda: re.findall(
+                r"(http://127\.0\.0\.1:\d+/metrics) \((\w+)\)", (tmp_path / "stack.log").read_text()
+            ),
+            30,
+            "the metrics lines",
+        )
         urls = {name: url for url, name in banner}
         assert set(urls) == {"worker", "sweep"}
         worker_metrics = parse(requests.get(urls["worker"], timeout=5).text)
-        assert value(worker_metrics, "covidscan_scans_classified_total", model="tiny_ct",
-                     status="succeeded") == 4
-        assert value(worker_metrics, "covidscan_jobs_finished_total",
-                     status="partially_succeeded") == 1
+        assert (
+            value(
+                worker_metrics,
+                "covidscan_scans_classified_total",
+                model="tiny_ct",
+                status="succeeded",
+            )
+            == 4
+        )
+        assert (
+            value(worker_metrics, "covidscan_jobs_finished_total", status="partially_succeeded")
+            == 1
+        )
         assert requests.get(urls["sweep"], timeout=5).status_code == 200
         assert requests.get(f"{base}/metrics", timeout=5).status_code == 401
         api_metrics = parse(requests.get(f"{base}/metrics", headers=auth, timeout=5).text)
@@ -98,8 +137,11 @@ def test_the_local_stack_serves_a_job_and_stops_cleanly_on_sigint(tmp_path, tiny
         children = psutil.Process(stack.pid).children(recursive=True)
         assert len(children) >= 3  # redis-server, worker, gunicorn (+ its workers)
         # The banner follows the worker's readiness; the job may finish before it is polled.
-        wait_until(lambda: "covidscan is running" in (tmp_path / "stack.log").read_text(),
-                   30, "the start-up banner")
+        wait_until(
+            lambda: "covidscan is running" in (tmp_path / "stack.log").read_text(),
+            30,
+            "the start-up banner",
+        )
     finally:
         stack.send_signal(signal.SIGINT)
         code = stack.wait(120)
@@ -111,11 +153,16 @@ def test_the_local_stack_serves_a_job_and_stops_cleanly_on_sigint(tmp_path, tiny
     output = (tmp_path / "stack.log").read_text()
     assert "covidscan is running" in output
     # The banner waits for a worker whose model is warm, not only for the API.
-    assert output.index("is ready: its default model is warm") < \
-        output.index("covidscan is running")
+    assert output.index("is ready: its default model is warm") < output.index(
+        "covidscan is running"
+    )
     # MODEL_PATH served every scan, as the original app would have scored it.
-    assert final["model"] == {"name": "tiny_ct", "version": final["model"]["version"],
-                              "sha256": file_sha256(tiny_model_path), "trained": True}
+    assert final["model"] == {
+        "name": "tiny_ct",
+        "version": final["model"]["version"],
+        "sha256": file_sha256(tiny_model_path),
+        "trained": True,
+    }
     reference = original_probabilities(tiny_model_path, slices)
     scored = {r["filename"]: r for r in rows if r["status"] == "succeeded"}
     assert set(scored) == set(reference)
@@ -127,12 +174,23 @@ def test_the_local_stack_serves_a_job_and_stops_cleanly_on_sigint(tmp_path, tiny
 def test_a_model_path_that_does_not_load_stops_the_local_stack_before_anything_starts(tmp_path):
     not_a_model = tmp_path / "resnet_ct.h5"
     not_a_model.write_bytes(b"not an HDF5 file")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DATABASE_URL", "REDIS_URL", "BLOB_DIR")}
-    env.update(PORT=str(free_port()), COVIDSCAN_VAR_DIR=str(tmp_path / "var"),
-               MODEL_PATH=str(not_a_model), PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-m", "devtools.devstack"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "BLOB_DIR")
+    }
+    env.update(
+        PORT=str(free_port()),
+        COVIDSCAN_VAR_DIR=str(tmp_path / "var"),
+        MODEL_PATH=str(not_a_model),
+        PYTHONPATH=str(ROOT),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "devtools.devstack"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"covidscan: MODEL_PATH: {not_a_model}: cannot load" in done.stderr
     assert "covidscan is running" not in done.stdout

@@ -1,4 +1,5 @@
 """``covidscan dicom-listen`` as a real process, fed by pynetdicom's own ``storescu``."""
+
 import os
 import socket
 import subprocess
@@ -39,9 +40,23 @@ def listener(app_config, tmp_path):
     port = free_port()
     env = {**os.environ, **app_config, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "dicom-listen", "--port", str(port),
-         "--ae-title", "COVIDSCAN", "--owner", "radiology"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "dicom-listen",
+            "--port",
+            str(port),
+            "--ae-title",
+            "COVIDSCAN",
+            "--owner",
+            "radiology",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_for_port(port, process)
         yield port
@@ -58,9 +73,22 @@ def test_a_study_pushed_with_storescu_becomes_one_job(listener, app_config, tmp_
         (folder / f"IM{index}").write_bytes(body)
     (folder / "MR0").write_bytes(d.ct_bytes(Modality="MR"))
     sent = subprocess.run(
-        [sys.executable, "-m", "pynetdicom", "storescu", "127.0.0.1", str(listener),
-         str(folder), "-aec", "COVIDSCAN", "-v"],
-        capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "pynetdicom",
+            "storescu",
+            "127.0.0.1",
+            str(listener),
+            str(folder),
+            "-aec",
+            "COVIDSCAN",
+            "-v",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     log = sent.stdout + sent.stderr
     assert log.count("Received Store Response (Status: 0x0000 - Success)") == 5, log
     assert "0x0122" in log  # the MR slice: refused, SOP class (modality) not supported

@@ -1,6 +1,7 @@
 """DICOM in the worker: the tensor the model gets is HU → window → seed-v1, computed here
 independently; compressed syntaxes decode to the same pixels; an undecodable one fails the
 scan naming it; MONOCHROME1 and padding; the preprocessing id names the window."""
+
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +61,9 @@ def run(tmp_path: Path, files: list[bytes], engine=None, frames=None, blobs=None
 
 def expected_tensor(dataset, width=1500.0, level=-600.0) -> np.ndarray:
     """Independently: stored × slope + intercept, clip to the window, 8 bits, RGB, resize, /255."""
-    hu = dataset.pixel_array.astype(np.float64) * float(dataset.RescaleSlope) \
-        + float(dataset.RescaleIntercept)
+    hu = dataset.pixel_array.astype(np.float64) * float(dataset.RescaleSlope) + float(
+        dataset.RescaleIntercept
+    )
     low = level - width / 2
     grey = np.round(np.clip((hu - low) / width, 0, 1) * 255).astype(np.uint8)
     rgb = cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
@@ -80,7 +82,8 @@ def test_the_model_window_is_used_and_named(tmp_path):
     outcomes, engine = run(tmp_path, [d.ct_path().read_bytes()], engine)
     assert outcomes[0].preprocessing == "seed-v1+dicom-window(400,40)"
     np.testing.assert_array_equal(
-        engine.fed[0], expected_tensor(pydicom.dcmread(d.ct_path()), 400.0, 40.0))
+        engine.fed[0], expected_tensor(pydicom.dcmread(d.ct_path()), 400.0, 40.0)
+    )
 
 
 def test_png_scans_keep_the_models_preprocessing_id(tmp_path):
@@ -99,10 +102,13 @@ def test_compressed_ct_decodes_to_the_same_tensor(tmp_path, syntax):
     np.testing.assert_array_equal(engine.fed[0], engine.fed[1])
 
 
-@pytest.mark.parametrize("syntax, uid", [
-    ("JPEGLosslessProcess14_1", "1.2.840.10008.1.2.4.70"),
-    ("JPEGLSLossless", "1.2.840.10008.1.2.4.80"),
-])
+@pytest.mark.parametrize(
+    "syntax, uid",
+    [
+        ("JPEGLosslessProcess14_1", "1.2.840.10008.1.2.4.70"),
+        ("JPEGLSLossless", "1.2.840.10008.1.2.4.80"),
+    ],
+)
 def test_jpeg_lossless_and_jpeg_ls_ct_decode_to_the_same_tensor(tmp_path, syntax, uid):
     compressed = d.ct_compressed_by_gdcm(syntax, tmp_path)
     assert pydicom.dcmread(io.BytesIO(compressed)).file_meta.TransferSyntaxUID == uid
@@ -163,20 +169,28 @@ def test_enhanced_frames_take_their_rescale_from_the_functional_groups(tmp_path)
     slope, intercept = dataset.RescaleSlope, dataset.RescaleIntercept
     del dataset.RescaleSlope, dataset.RescaleIntercept
     transform = Dataset()
-    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = \
-        slope, intercept, "HU"
-    dataset.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence = \
-        Sequence([transform])
+    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = (
+        slope,
+        intercept,
+        "HU",
+    )
+    dataset.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence = Sequence(
+        [transform]
+    )
     enhanced = d.to_bytes(dataset)
     plain = d.multiframe_ct(2)
     _, engine = run(tmp_path, [enhanced, plain], frames=[1, 1])
     np.testing.assert_array_equal(engine.fed[0], engine.fed[1])
 
 
-@pytest.mark.parametrize("body, reason", [
-    (lambda: d.ct_bytes()[:-5000], "could not decode"),
-    (d.structured_report, "holds no pixel data"),
-], ids=["truncated", "no-pixels"])
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        (lambda: d.ct_bytes()[:-5000], "could not decode"),
+        (d.structured_report, "holds no pixel data"),
+    ],
+    ids=["truncated", "no-pixels"],
+)
 def test_a_broken_dicom_file_fails_alone_with_the_reason(tmp_path, body, reason):
     outcomes, engine = run(tmp_path, [body(), d.ct_path().read_bytes()])
     assert reason in outcomes[0].error and outcomes[1].error is None

@@ -1,4 +1,5 @@
 """The series rule, its setting, and the window a model is registered with."""
+
 import pytest
 from click.testing import CliRunner
 
@@ -15,8 +16,10 @@ def test_top_ten_percent_mean_takes_at_least_one_slice():
     assert aggregate([]) is None
 
 
-@pytest.mark.parametrize("rule, expected", [("mean", 0.4), ("max", 0.9),
-                                            ("top50pct-mean", 1.7 / 3), ("top100pct-mean", 0.4)])
+@pytest.mark.parametrize(
+    "rule, expected",
+    [("mean", 0.4), ("max", 0.9), ("top50pct-mean", 1.7 / 3), ("top100pct-mean", 0.4)],
+)
 def test_other_rules(rule, expected):
     assert aggregate([0.1, 0.2, 0.6, 0.9, 0.2], rule) == pytest.approx(expected)
 
@@ -37,20 +40,39 @@ def test_models_add_records_the_dicom_window(tmp_path, database_url, tiny_model_
     from db.registry import get_model
     from db.session import make_engine, make_session_factory
 
-    env = {"DATABASE_URL": database_url, "MODEL_STORE_DIR": str(tmp_path / "store"),
-           "MODEL_PATH": ""}
+    env = {
+        "DATABASE_URL": database_url,
+        "MODEL_STORE_DIR": str(tmp_path / "store"),
+        "MODEL_PATH": "",
+    }
     runner = CliRunner()
-    bad = runner.invoke(main, ["models", "add", str(tiny_model_path), "--name", "t",
-                               "--dicom-window", "0,40"], env=env)
+    bad = runner.invoke(
+        main,
+        ["models", "add", str(tiny_model_path), "--name", "t", "--dicom-window", "0,40"],
+        env=env,
+    )
     assert bad.exit_code != 0 and "--dicom-window" in bad.output
-    good = runner.invoke(main, ["models", "add", str(tiny_model_path), "--name", "t",
-                                "--version", "1", "--dicom-window", "400,40"], env=env)
+    good = runner.invoke(
+        main,
+        [
+            "models",
+            "add",
+            str(tiny_model_path),
+            "--name",
+            "t",
+            "--version",
+            "1",
+            "--dicom-window",
+            "400,40",
+        ],
+        env=env,
+    )
     assert good.exit_code == 0, good.output
     with make_session_factory(make_engine(database_url))() as session:
         model = get_model(session, "t:1")
         assert (model.dicom_window_width, model.dicom_window_level) == (400.0, 40.0)
-    from worker.registration import load_registered
     from db.model_store import ModelStore
+    from worker.registration import load_registered
 
     loaded = load_registered(model, ModelStore(tmp_path / "store"))
     assert loaded.info.dicom_window == (400.0, 40.0)

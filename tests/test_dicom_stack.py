@@ -1,4 +1,5 @@
 """A ZIP of a 120-slice CT series through the real stack: API, Redis, a Celery worker."""
+
 import io
 
 import numpy as np
@@ -6,8 +7,8 @@ import pytest
 
 from db.series import aggregate
 from tests import dicom_files as d
-from tests.dicom_validators import iod_errors
 from tests.conftest import wait_for_job
+from tests.dicom_validators import iod_errors
 
 pytestmark = pytest.mark.integration
 
@@ -19,8 +20,11 @@ def test_a_zipped_series_is_ordered_and_aggregated_by_the_recorded_rule(stack_cl
     pixels = [np.clip(base.astype(np.int32) + 8 * i - 400, 0, 4000) for i in range(SLICES)]
     files, _ = d.ct_series(SLICES, seed=7, pixels=pixels)
     archive = d.zip_of({f"CT/{i:03d}": body for i, body in enumerate(files)})
-    response = stack_client.post("/v1/jobs", data={"files": [(io.BytesIO(archive), "ct.zip")]},
-                                 content_type="multipart/form-data")
+    response = stack_client.post(
+        "/v1/jobs",
+        data={"files": [(io.BytesIO(archive), "ct.zip")]},
+        content_type="multipart/form-data",
+    )
     assert response.status_code == 202, response.get_json()
     job_id = response.get_json()["id"]
     final = wait_for_job(stack_client, job_id, timeout=300)
@@ -65,9 +69,12 @@ def check_structured_report(client, job_id, series, rows):
     assert dataset.ContentQualification == "RESEARCH"
     assert "research use only" in dataset.SeriesDescription
     assert dataset.StudyInstanceUID == series["study_uid"]
-    referenced = {item.ReferencedSOPInstanceUID
-                  for study in dataset.CurrentRequestedProcedureEvidenceSequence
-                  for s in study.ReferencedSeriesSequence for item in s.ReferencedSOPSequence}
+    referenced = {
+        item.ReferencedSOPInstanceUID
+        for study in dataset.CurrentRequestedProcedureEvidenceSequence
+        for s in study.ReferencedSeriesSequence
+        for item in s.ReferencedSOPSequence
+    }
     assert len(referenced) == SLICES
     report = hd.sr.Comprehensive3DSR.from_dataset(dataset)
     [group] = report.content.get_image_measurement_groups()

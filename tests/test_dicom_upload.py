@@ -1,5 +1,6 @@
 """DICOM at the API: recognised by content, read from the header only, limits applied,
 non-images skipped with the reason, and no patient identifier in any answer or log."""
+
 import io
 import logging
 
@@ -33,10 +34,14 @@ def test_a_dicom_file_without_extension_is_accepted_with_its_place_in_the_series
 def test_a_zip_of_folders_mixes_dicom_and_png_and_skips_what_is_not_a_ct_slice(client):
     slices, _ = d.ct_series(3)
     entries = {f"PAT/ST1/SE1/IM{i}": body for i, body in enumerate(slices)}
-    entries.update({"DICOMDIR": d.ct_bytes(SOPClassUID="1.2.840.10008.1.3.10"),
-                    "PAT/ST1/SR/report": d.structured_report(),
-                    "PAT/ST1/MR/IM0": d.ct_bytes(Modality="MR"),
-                    "slices/extra.png": png_bytes(32)})
+    entries.update(
+        {
+            "DICOMDIR": d.ct_bytes(SOPClassUID="1.2.840.10008.1.3.10"),
+            "PAT/ST1/SR/report": d.structured_report(),
+            "PAT/ST1/MR/IM0": d.ct_bytes(Modality="MR"),
+            "slices/extra.png": png_bytes(32),
+        }
+    )
     response = post(client, [("study.zip", d.zip_of(entries))])
     assert response.status_code == 202, response.get_json()
     body = response.get_json()
@@ -53,8 +58,9 @@ def test_a_zip_of_folders_mixes_dicom_and_png_and_skips_what_is_not_a_ct_slice(c
 def test_allow_modality_accepts_another_modality(client):
     response = post(client, [("mr", d.ct_bytes(Modality="MR"))], allow_modality="MR")
     assert response.status_code == 202, response.get_json()
-    assert post(client, [("mr", d.ct_bytes(Modality="MR"))],
-                allow_modality="M R;").status_code == 400
+    assert (
+        post(client, [("mr", d.ct_bytes(Modality="MR"))], allow_modality="M R;").status_code == 400
+    )
 
 
 def test_only_non_images_is_a_400_listing_them(client):
@@ -116,11 +122,13 @@ def test_no_patient_identifier_is_returned_or_logged(client, caplog):
     with caplog.at_level(logging.DEBUG):
         response = post(client, [(f"s{i}", body) for i, body in enumerate(slices)])
         job_id = response.get_json()["id"]
-        answers = [response.get_data(),
-                   client.get(f"/v1/jobs/{job_id}/results").get_data(),
-                   client.get(f"/v1/jobs/{job_id}/results?format=csv").get_data(),
-                   client.get(f"/v1/jobs/{job_id}/series?slices=1").get_data(),
-                   client.get(f"/jobs/{job_id}").get_data()]
+        answers = [
+            response.get_data(),
+            client.get(f"/v1/jobs/{job_id}/results").get_data(),
+            client.get(f"/v1/jobs/{job_id}/results?format=csv").get_data(),
+            client.get(f"/v1/jobs/{job_id}/series?slices=1").get_data(),
+            client.get(f"/jobs/{job_id}").get_data(),
+        ]
     text = b"".join(answers).decode() + caplog.text
     for secret in (d.PATIENT_NAME, "Doe", d.PATIENT_ID, d.ACCESSION, d.BIRTH_DATE):
         assert secret not in text

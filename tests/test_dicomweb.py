@@ -1,5 +1,6 @@
 """STOW-RS through the real dicomweb-client over HTTP, against the real API (no worker:
 stored instances stay queued)."""
+
 import io
 
 import pydicom
@@ -33,7 +34,8 @@ def jobs(client):
 
 
 def test_stow_stores_a_series_into_a_new_job_and_answers_the_standard_response(
-        server, client, api_key):
+    server, client, api_key
+):
     files, _ = d.ct_series(4, seed=1)
     datasets = [pydicom.dcmread(io.BytesIO(body)) for body in files]
     answer = dicomweb(server, api_key).store_instances(datasets)
@@ -53,16 +55,20 @@ def test_stow_into_an_existing_job_and_report_what_is_not_stored(server, client,
     report = pydicom.dcmread(io.BytesIO(d.structured_report()))
     more = [pydicom.dcmread(io.BytesIO(first[1])), report]
     answer = dicomweb(server, api_key, job=job["id"]).store_instances(more)  # 202
-    assert [i.ReferencedSOPInstanceUID for i in answer.ReferencedSOPSequence] == \
-        [more[0].SOPInstanceUID]
+    assert [i.ReferencedSOPInstanceUID for i in answer.ReferencedSOPSequence] == [
+        more[0].SOPInstanceUID
+    ]
     [failure] = answer.FailedSOPSequence
     assert failure.ReferencedSOPInstanceUID == report.SOPInstanceUID
     assert failure.FailureReason == 0x0122  # SOP class not supported
     body = requests.post(
         f"{server.url}/v1/dicomweb/studies?job={job['id']}",
         data=multipart([d.structured_report()]),
-        headers={"Authorization": f"Bearer {api_key}",
-                 "Content-Type": 'multipart/related; type="application/dicom"; boundary=XyZ'})
+        headers={
+            "Authorization": f"Bearer {api_key}",
+            "Content-Type": 'multipart/related; type="application/dicom"; boundary=XyZ',
+        },
+    )
     assert body.status_code == 409  # none stored
     failed = body.json()["00081198"]["Value"]
     assert failed[0]["00081197"]["Value"] == [0x0122]
@@ -73,9 +79,11 @@ def test_stow_into_an_existing_job_and_report_what_is_not_stored(server, client,
 
 def test_stow_needs_a_key_and_the_right_content_type(server, api_key):
     assert requests.post(f"{server.url}/v1/dicomweb/studies", data=b"").status_code == 401
-    wrong = requests.post(f"{server.url}/v1/dicomweb/studies", data=b"x",
-                          headers={"Authorization": f"Bearer {api_key}",
-                                   "Content-Type": "application/octet-stream"})
+    wrong = requests.post(
+        f"{server.url}/v1/dicomweb/studies",
+        data=b"x",
+        headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/octet-stream"},
+    )
     assert wrong.status_code == 415 and "multipart/related" in wrong.json()["detail"]
 
 
@@ -92,7 +100,8 @@ def test_split_parts_returns_each_body_unchanged():
 
 
 def test_stow_requests_appending_to_one_job_at_once_keep_every_instance_apart(
-        server, client, api_key, app_config):
+    server, client, api_key, app_config
+):
     """Each request's instances get positions and stored bytes of their own: none is lost,
     and no scan points at another instance's bytes."""
     import threading
@@ -112,11 +121,12 @@ def test_stow_requests_appending_to_one_job_at_once_keep_every_instance_apart(
     def send(batch):
         try:
             dicomweb(server, api_key, job=job["id"]).store_instances(batch)
-        except Exception as exc:  # noqa: BLE001 - reported below
+        except Exception as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=send, args=(datasets[1 + 2 * i:3 + 2 * i],))
-               for i in range(4)]
+    threads = [
+        threading.Thread(target=send, args=(datasets[1 + 2 * i : 3 + 2 * i],)) for i in range(4)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -130,6 +140,5 @@ def test_stow_requests_appending_to_one_job_at_once_keep_every_instance_apart(
         engine.dispose()
     assert sorted(s.position for s in scans) == list(range(9))
     blobs = Path(app_config["BLOB_DIR"])
-    stored = {s.sop_instance_uid: pydicom.dcmread(blobs / s.blob_key).SOPInstanceUID
-              for s in scans}
+    stored = {s.sop_instance_uid: pydicom.dcmread(blobs / s.blob_key).SOPInstanceUID for s in scans}
     assert stored == {str(ds.SOPInstanceUID): ds.SOPInstanceUID for ds in datasets}

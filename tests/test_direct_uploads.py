@@ -1,5 +1,6 @@
 """The two-step upload against a real S3 server: presigned PUTs, then a start step that
 checks every slice's header from the store (no worker: jobs stay queued)."""
+
 import uuid
 
 import pytest
@@ -33,8 +34,10 @@ def create(client, items, **fields):
 def put_all(created, items):
     for part, (name, data) in zip(created["parts"], items):
         assert part["filename"] == name and part["method"] == "PUT"
-        assert requests.put(part["url"], data=data, headers=part["headers"],
-                            timeout=10).status_code == 200
+        assert (
+            requests.put(part["url"], data=data, headers=part["headers"], timeout=10).status_code
+            == 200
+        )
 
 
 def test_create_upload_start_then_start_again_answers_the_same_job(s3_client, s3_config):
@@ -69,10 +72,13 @@ def test_start_before_every_slice_is_uploaded_names_the_missing_ones(s3_client):
     assert s3_client.post(created["start_url"]).status_code == 202
 
 
-def test_hostile_slices_are_refused_at_start_naming_each_and_nothing_is_kept(
-        s3_client, s3_config):
-    items = [("good.png", png_bytes(24)), ("huge.png", png_header_only(30000, 30000)),
-             ("page.png", html_as_png()), ("inner.png", zip_of([("x.png", png_bytes(8))]))]
+def test_hostile_slices_are_refused_at_start_naming_each_and_nothing_is_kept(s3_client, s3_config):
+    items = [
+        ("good.png", png_bytes(24)),
+        ("huge.png", png_header_only(30000, 30000)),
+        ("page.png", html_as_png()),
+        ("inner.png", zip_of([("x.png", png_bytes(8))])),
+    ]
     created = create(s3_client, items).get_json()
     put_all(created, items)
     response = s3_client.post(created["start_url"])
@@ -85,27 +91,31 @@ def test_hostile_slices_are_refused_at_start_naming_each_and_nothing_is_kept(
     assert s3_client.post(created["start_url"]).status_code == 404
 
 
-@pytest.mark.parametrize("files, status, words", [
-    ([], 400, "non-empty"),
-    ([{"filename": "a.png", "size": 10**12}], 413, "MAX_SCAN_BYTES"),
-    ([{"filename": "a.png", "size": 0}], 400, "empty"),
-    ([{"filename": "a.png", "size": "10"}], 400, "whole number"),
-    ([{"filename": "a\x00.png", "size": 10}], 400, "NUL"),
-])
+@pytest.mark.parametrize(
+    "files, status, words",
+    [
+        ([], 400, "non-empty"),
+        ([{"filename": "a.png", "size": 10**12}], 413, "MAX_SCAN_BYTES"),
+        ([{"filename": "a.png", "size": 0}], 400, "empty"),
+        ([{"filename": "a.png", "size": "10"}], 400, "whole number"),
+        ([{"filename": "a\x00.png", "size": 10}], 400, "NUL"),
+    ],
+)
 def test_bad_declarations_are_refused_before_any_url_is_made(s3_client, files, status, words):
     response = s3_client.post("/v1/jobs", json={"files": files})
     assert response.status_code == status, response.get_json()
     assert words in response.get_json()["detail"]
 
 
-def test_a_url_takes_only_the_declared_size_and_another_owner_cannot_start(
-        s3_client, s3_config):
+def test_a_url_takes_only_the_declared_size_and_another_owner_cannot_start(s3_client, s3_config):
     items = [("a.png", png_bytes(24))]
     created = create(s3_client, items).get_json()
     (part,) = created["parts"]
     assert requests.put(part["url"], data=items[0][1] + b"more", timeout=10).status_code == 403
-    other = authorised(create_app(s3_config).test_client(),
-                       create_api_key(s3_config["DATABASE_URL"], owner="mallory"))
+    other = authorised(
+        create_app(s3_config).test_client(),
+        create_api_key(s3_config["DATABASE_URL"], owner="mallory"),
+    )
     assert other.post(created["start_url"]).status_code == 404
     assert "Authorization" not in part["headers"]
 

@@ -1,6 +1,7 @@
 """/docs in a real headless Chromium over real HTTP (real Redis and database, no worker):
 Swagger UI renders the document from this site alone, under the pages' Content-Security-
 Policy, and calls the API with a key given to its Authorize dialog."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,9 @@ LIST_JOBS = "operations-jobs-jobs_list_jobs"  # Swagger UI's id: tag, then opera
 
 def test_the_docs_page_lists_every_operation_and_tries_one_with_a_key(app, api_key, tmp_path):
     require_chromium()
-    operations = sum(len(item) for item in app.test_client().get("/openapi.json")
-                     .get_json()["paths"].values())
+    operations = sum(
+        len(item) for item in app.test_client().get("/openapi.json").get_json()["paths"].values()
+    )
     with LiveServer(app) as server, chromium(tmp_path) as driver:
         driver.get(server.url + "/docs")
         css = lambda selector: driver.find_elements("css selector", selector)  # noqa: E731

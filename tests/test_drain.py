@@ -1,5 +1,6 @@
 """The task body as a plain function: a fake engine stands in for the model, everything
 else (database, blob store, decode pool, batcher) is real."""
+
 import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -27,8 +28,9 @@ class Engine:
     """P = mean pixel value; raises like a broken engine for an image brighter than ``boom``."""
 
     name, precision, batch_size = "test-engine", "fp32", 4
-    info = ModelInfo(name="mean", version="1", sha256="a" * 64, trained=True, format="test",
-                     input_size=(16, 16))
+    info = ModelInfo(
+        name="mean", version="1", sha256="a" * 64, trained=True, format="test", input_size=(16, 16)
+    )
 
     def __init__(self, boom=2.0):
         self.boom, self.seen = boom, 0
@@ -65,14 +67,20 @@ class NoWakeups:
 
 def runtime_with(database_url, tmp_path, models) -> WorkerRuntime:
     """The task body's runtime on a real database and folder store, serving ``models``."""
-    settings = load_settings({"DATABASE_URL": database_url, "BLOB_DIR": str(tmp_path / "blobs"),
-                              "BATCH_SIZE": "4"})
-    return WorkerRuntime(settings=settings,
-                         session_factory=make_session_factory(make_engine(database_url)),
-                         blobs=FileBlobStore(settings.blob_dir), models=models,
-                         decode_pool=ThreadPoolExecutor(2),
-                         batcher=DynamicBatcher(predict_items, 4, 0.01).start(), owner="test/1",
-                         claim_slots=threading.BoundedSemaphore(2), send_wakeups=NoWakeups())
+    settings = load_settings(
+        {"DATABASE_URL": database_url, "BLOB_DIR": str(tmp_path / "blobs"), "BATCH_SIZE": "4"}
+    )
+    return WorkerRuntime(
+        settings=settings,
+        session_factory=make_session_factory(make_engine(database_url)),
+        blobs=FileBlobStore(settings.blob_dir),
+        models=models,
+        decode_pool=ThreadPoolExecutor(2),
+        batcher=DynamicBatcher(predict_items, 4, 0.01).start(),
+        owner="test/1",
+        claim_slots=threading.BoundedSemaphore(2),
+        send_wakeups=NoWakeups(),
+    )
 
 
 @pytest.fixture
@@ -128,8 +136,9 @@ def test_an_unexpected_error_fails_only_its_batch_with_the_reason(runtime):
     drain(runtime)
     (broken,) = scans_of(runtime, bright)
     assert broken.status == ScanStatus.FAILED
-    assert broken.error == ("classification failed: RuntimeError: CUDA error: an illegal "
-                            "memory access was encountered")
+    assert broken.error == (
+        "classification failed: RuntimeError: CUDA error: an illegal memory access was encountered"
+    )
     with runtime.session_factory() as session:
         assert summarise_job(session, dark).status == "succeeded"
         assert session.query(Scan).filter(Scan.status == ScanStatus.RUNNING).count() == 0
@@ -152,15 +161,26 @@ def test_the_heartbeat_renews_the_leases_of_a_busy_worker(database_url, tmp_path
 
     from db.scans import claim_next
 
-    settings = load_settings({"DATABASE_URL": database_url, "BLOB_DIR": str(tmp_path / "b"),
-                              "LEASE_SECONDS": "2", "SWEEP_INTERVAL": "1"})
+    settings = load_settings(
+        {
+            "DATABASE_URL": database_url,
+            "BLOB_DIR": str(tmp_path / "b"),
+            "LEASE_SECONDS": "2",
+            "SWEEP_INTERVAL": "1",
+        }
+    )
     sessions = make_session_factory(make_engine(database_url))
-    runtime = WorkerRuntime(settings=settings, session_factory=sessions,
-                            blobs=FileBlobStore(settings.blob_dir), models=Models(Engine()),
-                            decode_pool=ThreadPoolExecutor(1),
-                            batcher=DynamicBatcher(predict_items, 4, 0.01).start(),
-                            owner="busy/1", claim_slots=threading.BoundedSemaphore(2),
-                            send_wakeups=NoWakeups())
+    runtime = WorkerRuntime(
+        settings=settings,
+        session_factory=sessions,
+        blobs=FileBlobStore(settings.blob_dir),
+        models=Models(Engine()),
+        decode_pool=ThreadPoolExecutor(1),
+        batcher=DynamicBatcher(predict_items, 4, 0.01).start(),
+        owner="busy/1",
+        claim_slots=threading.BoundedSemaphore(2),
+        send_wakeups=NoWakeups(),
+    )
     job = submit(runtime, [png_bytes(32, 1)])
     with sessions.begin() as session:  # a long batch: leased, no result for a while
         claim_next(session, runtime.owner, 4, settings.lease_seconds)
@@ -168,8 +188,11 @@ def test_the_heartbeat_renews_the_leases_of_a_busy_worker(database_url, tmp_path
     try:
         time.sleep(3 * settings.lease_seconds)
         (scan,) = scans_of(runtime, job)
-        assert (scan.status, scan.lease_owner, scan.attempts) == \
-            (ScanStatus.RUNNING, "busy/1", 1)  # never expired, never taken back
+        assert (scan.status, scan.lease_owner, scan.attempts) == (
+            ScanStatus.RUNNING,
+            "busy/1",
+            1,
+        )  # never expired, never taken back
     finally:
         runtime.close()
     (scan,) = scans_of(runtime, job)

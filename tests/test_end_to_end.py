@@ -1,4 +1,5 @@
 """Through the real queue: the API, an embedded Redis and a real Celery worker process."""
+
 import io
 
 import pytest
@@ -6,7 +7,7 @@ from celery import Celery
 
 from covidscan.contract import INFER_QUEUE, WAKE_TASK
 from tests.conftest import wait_for_job
-from tests.images import corrupt_png, png_bytes, zip_bytes, encode, ct_slice
+from tests.images import corrupt_png, ct_slice, encode, png_bytes, zip_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -31,8 +32,14 @@ def test_a_bulk_job_with_one_corrupt_slice_partially_succeeds(stack_client):
     job = upload(stack_client, twenty_and_one_corrupt(), name="e2e")
     final = wait_for_job(stack_client, job["id"])
     assert final["status"] == "partially_succeeded"
-    assert final["counts"] == {"total": 21, "queued": 0, "running": 0, "succeeded": 20,
-                               "failed": 1, "cancelled": 0}
+    assert final["counts"] == {
+        "total": 21,
+        "queued": 0,
+        "running": 0,
+        "succeeded": 20,
+        "failed": 1,
+        "cancelled": 0,
+    }
     assert final["model"]["name"] == "tiny_ct" and final["model"]["trained"] is True
     assert final["started_at"] and final["finished_at"] >= final["started_at"]
     rows = results(stack_client, job["id"])
@@ -43,8 +50,11 @@ def test_a_bulk_job_with_one_corrupt_slice_partially_succeeds(stack_client):
         assert row["label"] == ("COVID" if row["probability_covid"] >= 0.5 else "NonCOVID")
         assert row["model_sha256"] == final["model"]["sha256"]
         # INFERENCE_ENGINE=auto on a host without a GPU: OpenVINO, in the default fp32.
-        assert (row["engine"], row["precision"], row["preprocessing"]) == \
-            ("openvino", "fp32", "seed-v1")
+        assert (row["engine"], row["precision"], row["preprocessing"]) == (
+            "openvino",
+            "fp32",
+            "seed-v1",
+        )
     (bad,) = [r for r in rows if r["status"] == "failed"]
     assert bad["filename"] == "corrupt.png" and bad["probability_covid"] is None
     assert "truncated or corrupt" in bad["error"]
@@ -57,16 +67,19 @@ def test_a_zip_of_the_same_slices_gives_the_same_results(stack_client):
     assert zipped["counts"] == plain["counts"]
 
     def by_name(rows):
-        return {r["filename"]: (r["status"], r["probability_covid"], r["label"])
-                for r in rows}
+        return {r["filename"]: (r["status"], r["probability_covid"], r["label"]) for r in rows}
 
-    assert by_name(results(stack_client, zipped["id"])) == \
-        by_name(results(stack_client, plain["id"]))
+    assert by_name(results(stack_client, zipped["id"])) == by_name(
+        results(stack_client, plain["id"])
+    )
 
 
 def test_jpeg_and_rgb_slices_are_classified(stack_client):
-    items = [("a.jpg", encode(ct_slice(80, 1, "RGB"), "JPEG")),
-             ("b.png", encode(ct_slice(700, 2, "RGB"))), ("c.jpeg", encode(ct_slice(50, 3), "JPEG"))]
+    items = [
+        ("a.jpg", encode(ct_slice(80, 1, "RGB"), "JPEG")),
+        ("b.png", encode(ct_slice(700, 2, "RGB"))),
+        ("c.jpeg", encode(ct_slice(50, 3), "JPEG")),
+    ]
     final = wait_for_job(stack_client, upload(stack_client, items)["id"])
     assert final["status"] == "succeeded" and final["counts"]["succeeded"] == 3
 

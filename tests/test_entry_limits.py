@@ -1,6 +1,7 @@
 """The job limits hold on the ways in that used to pass them: STOW-RS appends and
 MAX_SCANS_PER_JOB, parts of an open job and MAX_ACTIVE_JOBS, and a two-step upload whose
 slices are written again after its start (a real S3 server)."""
+
 from __future__ import annotations
 
 import io
@@ -34,11 +35,20 @@ def blob_store(config):
 
 def stow(client, instances, job=None):
     boundary = b"Limits"
-    body = b"".join(b"--" + boundary + b"\r\nContent-Type: application/dicom\r\n\r\n" + part
-                    + b"\r\n" for part in instances) + b"--" + boundary + b"--\r\n"
-    return client.post("/v1/dicomweb/studies" + (f"?job={job}" if job else ""), data=body,
-                       content_type='multipart/related; type="application/dicom"; '
-                                    "boundary=Limits")
+    body = (
+        b"".join(
+            b"--" + boundary + b"\r\nContent-Type: application/dicom\r\n\r\n" + part + b"\r\n"
+            for part in instances
+        )
+        + b"--"
+        + boundary
+        + b"--\r\n"
+    )
+    return client.post(
+        "/v1/dicomweb/studies" + (f"?job={job}" if job else ""),
+        data=body,
+        content_type='multipart/related; type="application/dicom"; boundary=Limits',
+    )
 
 
 def job_id_of(response) -> str:
@@ -80,12 +90,15 @@ def test_a_part_that_makes_an_idle_open_job_busy_counts_against_max_active_jobs(
     opened = client.post("/v1/jobs", data={"open": "true"}, content_type="multipart/form-data")
     assert opened.status_code == 202
     open_id = opened.get_json()["id"]
-    busy = client.post("/v1/jobs", data=parts_form(("a.png", png_bytes(24))),
-                       content_type="multipart/form-data")
+    busy = client.post(
+        "/v1/jobs", data=parts_form(("a.png", png_bytes(24))), content_type="multipart/form-data"
+    )
     assert busy.status_code == 202  # the open job holds no waiting scan: one unfinished job
-    refused = client.post(f"/v1/jobs/{open_id}/scans",
-                          data=parts_form(("b.png", png_bytes(24, seed=1))),
-                          content_type="multipart/form-data")
+    refused = client.post(
+        f"/v1/jobs/{open_id}/scans",
+        data=parts_form(("b.png", png_bytes(24, seed=1))),
+        content_type="multipart/form-data",
+    )
     assert refused.status_code == 429, refused.get_json()
     assert "MAX_ACTIVE_JOBS" in refused.get_json()["detail"] and refused.headers["Retry-After"]
     assert total(client, open_id) == 0
@@ -95,15 +108,24 @@ def test_a_part_that_makes_an_idle_open_job_busy_counts_against_max_active_jobs(
 def test_an_open_job_with_waiting_scans_takes_its_next_part_at_max_active_jobs(app_config):
     config = {**app_config, "MAX_ACTIVE_JOBS": "1"}
     client = keyed_client(config)
-    opened = client.post("/v1/jobs", data={"open": "true", **parts_form(
-        ("a.png", png_bytes(24)))}, content_type="multipart/form-data")
+    opened = client.post(
+        "/v1/jobs",
+        data={"open": "true", **parts_form(("a.png", png_bytes(24)))},
+        content_type="multipart/form-data",
+    )
     assert opened.status_code == 202
     open_id = opened.get_json()["id"]
-    more = client.post(f"/v1/jobs/{open_id}/scans", data=parts_form(("b.png", png_bytes(24, 1))),
-                       content_type="multipart/form-data")
+    more = client.post(
+        f"/v1/jobs/{open_id}/scans",
+        data=parts_form(("b.png", png_bytes(24, 1))),
+        content_type="multipart/form-data",
+    )
     assert more.status_code == 202, more.get_json()
-    other = client.post("/v1/jobs", data=parts_form(("c.png", png_bytes(24, seed=2))),
-                        content_type="multipart/form-data")
+    other = client.post(
+        "/v1/jobs",
+        data=parts_form(("c.png", png_bytes(24, seed=2))),
+        content_type="multipart/form-data",
+    )
     assert other.status_code == 429 and "MAX_ACTIVE_JOBS" in other.get_json()["detail"]
     assert total(client, open_id) == 2
 
@@ -116,22 +138,31 @@ def s3_config(app_config, s3_server):
 def test_a_put_after_start_changes_nothing_a_worker_reads(s3_config):
     client = keyed_client(s3_config)
     items = [(f"s{i}.png", png_bytes(40, seed=40 + i)) for i in range(2)]
-    created = client.post("/v1/jobs", json={
-        "files": [{"filename": name, "size": len(data)} for name, data in items]}).get_json()
+    created = client.post(
+        "/v1/jobs", json={"files": [{"filename": name, "size": len(data)} for name, data in items]}
+    ).get_json()
     for part, (_name, data) in zip(created["parts"], items):
-        assert requests.put(part["url"], data=data, headers=part["headers"],
-                            timeout=10).status_code == 200
+        assert (
+            requests.put(part["url"], data=data, headers=part["headers"], timeout=10).status_code
+            == 200
+        )
     started = client.post(created["start_url"])
     assert started.status_code == 202, started.get_json()
     swapped = b"<html>" + b"\0" * (len(items[0][1]) - 6)  # what the checks would refuse
-    late = requests.put(created["parts"][0]["url"], data=swapped,
-                        headers=created["parts"][0]["headers"], timeout=10)
+    late = requests.put(
+        created["parts"][0]["url"], data=swapped, headers=created["parts"][0]["headers"], timeout=10
+    )
     assert late.status_code in (200, 403)  # the URL may still take it: it writes nowhere read
     engine = make_engine(s3_config["DATABASE_URL"])
     try:
         with make_session_factory(engine)() as session:
-            keys = list(session.scalars(select(Scan.blob_key).where(
-                Scan.job_id == created["id"]).order_by(Scan.position)))
+            keys = list(
+                session.scalars(
+                    select(Scan.blob_key)
+                    .where(Scan.job_id == created["id"])
+                    .order_by(Scan.position)
+                )
+            )
     finally:
         engine.dispose()
     blobs = blob_store(s3_config)

@@ -3,13 +3,15 @@ two-step direct upload (a real S3 server), STOW-RS and C-STORE (a real pynetdico
 against the listener, run in a thread). For each: two scans are accepted with the same
 audit row and the same metric delta; with SCANS_PER_HOUR=2 the next two are refused the
 same way (429 or 0xA700) and leave no scan, no file, no audit row and no count behind."""
+
 from __future__ import annotations
 
 import contextlib
 import io
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import pydicom
 import pytest
@@ -23,10 +25,10 @@ from db.blobs import open_blob_store
 from db.models import AuditEvent, Job, Scan
 from db.session import make_engine, make_session_factory
 from devtools.embedded_redis import free_port
+from devtools.scrape import parse, value
 from tests import dicom_files as d
 from tests.conftest import authorised, create_api_key
 from tests.images import png_bytes
-from devtools.scrape import parse, value
 
 pytestmark = pytest.mark.integration
 
@@ -52,11 +54,15 @@ class Stack:
 
 @pytest.fixture
 def stack(app_config, s3_server):
-    config = {**app_config, **s3_server.env(prefix=f"entry-{uuid.uuid4().hex[:8]}"),
-              "SCANS_PER_HOUR": "2"}
+    config = {
+        **app_config,
+        **s3_server.env(prefix=f"entry-{uuid.uuid4().hex[:8]}"),
+        "SCANS_PER_HOUR": "2",
+    }
     owner = f"entry-{uuid.uuid4().hex[:8]}"
-    client = authorised(create_app(config).test_client(),
-                        create_api_key(config["DATABASE_URL"], owner=owner))
+    client = authorised(
+        create_app(config).test_client(), create_api_key(config["DATABASE_URL"], owner=owner)
+    )
     with contextlib.ExitStack() as exits:
         yield Stack(config, owner, client, exits)
 
@@ -81,32 +87,39 @@ def _form(items) -> dict:
 
 
 def send_multipart(stack: Stack, count: int) -> bool:
-    response = stack.client.post("/v1/jobs", data=_form(_pngs(stack, count)),
-                                 content_type="multipart/form-data")
+    response = stack.client.post(
+        "/v1/jobs", data=_form(_pngs(stack, count)), content_type="multipart/form-data"
+    )
     return not _refused_by_quota(response)
 
 
 def send_part(stack: Stack, count: int) -> bool:
     if stack.open_job is None:
-        opened = stack.client.post("/v1/jobs", data={"open": "true"},
-                                   content_type="multipart/form-data")
+        opened = stack.client.post(
+            "/v1/jobs", data={"open": "true"}, content_type="multipart/form-data"
+        )
         assert opened.status_code == 202, opened.get_json()
         stack.open_job = opened.get_json()["id"]
-    response = stack.client.post(f"/v1/jobs/{stack.open_job}/scans",
-                                 data=_form(_pngs(stack, count)),
-                                 content_type="multipart/form-data")
+    response = stack.client.post(
+        f"/v1/jobs/{stack.open_job}/scans",
+        data=_form(_pngs(stack, count)),
+        content_type="multipart/form-data",
+    )
     return not _refused_by_quota(response)
 
 
 def send_direct(stack: Stack, count: int) -> bool:
     items = _pngs(stack, count)
-    created = stack.client.post("/v1/jobs", json={
-        "files": [{"filename": name, "size": len(data)} for name, data in items]})
+    created = stack.client.post(
+        "/v1/jobs", json={"files": [{"filename": name, "size": len(data)} for name, data in items]}
+    )
     if _refused_by_quota(created):
         return False
     for part, (_name, data) in zip(created.get_json()["parts"], items):
-        assert requests.put(part["url"], data=data, headers=part["headers"],
-                            timeout=10).status_code == 200
+        assert (
+            requests.put(part["url"], data=data, headers=part["headers"], timeout=10).status_code
+            == 200
+        )
     return not _refused_by_quota(stack.client.post(created.get_json()["start_url"]))
 
 
@@ -121,8 +134,10 @@ def send_stow(stack: Stack, count: int) -> bool:
     body = b"".join(head + part + b"\r\n" for part in _ct_instances(stack, count))
     body += b"--" + boundary + b"--\r\n"
     response = stack.client.post(
-        "/v1/dicomweb/studies", data=body,
-        content_type='multipart/related; type="application/dicom"; boundary=EntryPaths')
+        "/v1/dicomweb/studies",
+        data=body,
+        content_type='multipart/related; type="application/dicom"; boundary=EntryPaths',
+    )
     return not _refused_by_quota(response)
 
 
@@ -130,8 +145,7 @@ def start_listener(stack: Stack, config: dict[str, str]) -> int:
     from dicomnet.listener import start
 
     port = free_port()
-    _server, stop = start(load_settings(config), "127.0.0.1", port, AE_TITLE, stack.owner,
-                          ("CT",))
+    _server, stop = start(load_settings(config), "127.0.0.1", port, AE_TITLE, stack.owner, ("CT",))
     stack.exits.callback(stop)
     return port
 
@@ -147,8 +161,7 @@ def c_store(port: int, instances: list[bytes], calling: str = "PACS") -> Optiona
     if not assoc.is_established:
         return None
     try:
-        return [assoc.send_c_store(pydicom.dcmread(io.BytesIO(body))).Status
-                for body in instances]
+        return [assoc.send_c_store(pydicom.dcmread(io.BytesIO(body))).Status for body in instances]
     finally:
         assoc.release()
 
@@ -165,8 +178,12 @@ def send_c_store(stack: Stack, count: int) -> bool:
 
 
 SENDERS: dict[str, Callable[[Stack, int], bool]] = {
-    "multipart": send_multipart, "parts": send_part, "direct": send_direct,
-    "stow-rs": send_stow, "c-store": send_c_store}
+    "multipart": send_multipart,
+    "parts": send_part,
+    "direct": send_direct,
+    "stow-rs": send_stow,
+    "c-store": send_c_store,
+}
 
 
 @dataclass(frozen=True)
@@ -184,27 +201,43 @@ def seen(stack: Stack) -> Seen:
     engine = make_engine(stack.config["DATABASE_URL"])
     try:
         with make_session_factory(engine)() as session:
-            scans = len(session.scalars(select(Scan.id).join(Job, Job.id == Scan.job_id)
-                                        .where(Job.owner == stack.owner)).all())
-            rows = session.scalars(select(AuditEvent).where(
-                AuditEvent.owner == stack.owner, AuditEvent.action.in_(SUBMISSION))
-                .order_by(AuditEvent.id)).all()
-            audit = [(r.action, r.detail["scans"], r.detail.get("via")) for r in rows
-                     if r.detail["scans"]]
+            scans = len(
+                session.scalars(
+                    select(Scan.id).join(Job, Job.id == Scan.job_id).where(Job.owner == stack.owner)
+                ).all()
+            )
+            rows = session.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.owner == stack.owner, AuditEvent.action.in_(SUBMISSION))
+                .order_by(AuditEvent.id)
+            ).all()
+            audit = [
+                (r.action, r.detail["scans"], r.detail.get("via"))
+                for r in rows
+                if r.detail["scans"]
+            ]
     finally:
         engine.dispose()
     settings = load_settings(stack.config)
     blobs = open_blob_store(settings.blob_dir, settings.blob_store)
     files = sum(len(blobs.keys(job_id)) for job_id in blobs.job_ids_older_than(-60))
     samples = parse(generate_latest(REGISTRY).decode())
-    return Seen(scans, files, audit,
-                value(samples, "covidscan_jobs_submitted_total", priority="normal"),
-                value(samples, "covidscan_scans_submitted_total", priority="normal"))
+    return Seen(
+        scans,
+        files,
+        audit,
+        value(samples, "covidscan_jobs_submitted_total", priority="normal"),
+        value(samples, "covidscan_scans_submitted_total", priority="normal"),
+    )
 
 
-EXPECTED_AUDIT = {"multipart": ("job.submit", "multipart"), "parts": ("job.add_scans", "parts"),
-                  "direct": ("job.submit", "direct"), "stow-rs": ("job.submit", "stow-rs"),
-                  "c-store": ("job.submit", "c-store")}
+EXPECTED_AUDIT = {
+    "multipart": ("job.submit", "multipart"),
+    "parts": ("job.add_scans", "parts"),
+    "direct": ("job.submit", "direct"),
+    "stow-rs": ("job.submit", "stow-rs"),
+    "c-store": ("job.submit", "c-store"),
+}
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -1,4 +1,5 @@
 """Evaluation metrics against a direct computation, and the self-contained HTML report."""
+
 import numpy as np
 import pytest
 
@@ -13,14 +14,20 @@ def direct_metrics(y, p):
     fp, tn = np.sum(pred & (y == 0)), np.sum(~pred & (y == 0))
     pos, neg = p[y == 1], p[y == 0]
     # ROC AUC = P(score of a positive > score of a negative), ties counting half.
-    auc = (np.sum(pos[:, None] > neg[None, :]) + 0.5 * np.sum(pos[:, None] == neg[None, :])) \
-        / (len(pos) * len(neg))
+    auc = (np.sum(pos[:, None] > neg[None, :]) + 0.5 * np.sum(pos[:, None] == neg[None, :])) / (
+        len(pos) * len(neg)
+    )
     precision = tp / (tp + fp)
     sensitivity = tp / (tp + fn)
-    return {"accuracy": (tp + tn) / len(y), "sensitivity": sensitivity,
-            "specificity": tn / (tn + fp), "precision": precision,
-            "f1": 2 * precision * sensitivity / (precision + sensitivity), "roc_auc": auc,
-            "brier_score": np.mean((p - y) ** 2)}, [[tp, fn], [fp, tn]]
+    return {
+        "accuracy": (tp + tn) / len(y),
+        "sensitivity": sensitivity,
+        "specificity": tn / (tn + fp),
+        "precision": precision,
+        "f1": 2 * precision * sensitivity / (precision + sensitivity),
+        "roc_auc": auc,
+        "brier_score": np.mean((p - y) ** 2),
+    }, [[tp, fn], [fp, tn]]
 
 
 def check_against_direct(report, y, p):
@@ -58,10 +65,18 @@ def test_one_class_only_leaves_auc_undefined():
 def test_the_html_report_embeds_its_figures_and_needs_no_network():
     y = np.array([1, 0, 1, 0, 1, 0])
     report = binary_metrics(y, np.array([0.8, 0.3, 0.6, 0.55, 0.4, 0.1]))
-    report.update(model={"name": "m", "version": "1"}, data={
-        "positive_class": "COVID", "folders": {"COVID": 3, "NonCOVID": 3}},
-        training={"history": {"loss": [0.7, 0.5], "val_loss": [0.6, 0.55],
-                              "accuracy": [0.5, 0.8], "val_accuracy": [0.5, 0.7]}})
+    report.update(
+        model={"name": "m", "version": "1"},
+        data={"positive_class": "COVID", "folders": {"COVID": 3, "NonCOVID": 3}},
+        training={
+            "history": {
+                "loss": [0.7, 0.5],
+                "val_loss": [0.6, 0.55],
+                "accuracy": [0.5, 0.8],
+                "val_accuracy": [0.5, 0.7],
+            }
+        },
+    )
     page = render(report, "t")
     assert page.count("data:image/png;base64,") == 5  # ROC, confusion, reliability, 2 curves
     assert "http://" not in page and "https://" not in page and "<script" not in page

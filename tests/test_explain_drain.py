@@ -1,6 +1,7 @@
 """Explanations in the task body: after every waiting scan, on the job's model, under a
 lease; the real Grad-CAM of the untrained default says so. Database, blob store, pool and
 batcher are real; the classifying engine is the fake of tests/test_drain.py."""
+
 import io
 
 import numpy as np
@@ -28,8 +29,13 @@ class RecordingExplainer:
         self.engine, self.classified_before = engine, None
 
     def describe(self):
-        return {"method": "gradcam", "layer": "conv", "class_name": "COVID", "class_index": 0,
-                "score": "logit"}
+        return {
+            "method": "gradcam",
+            "layer": "conv",
+            "class_name": "COVID",
+            "class_index": 0,
+            "score": "logit",
+        }
 
     def explain(self, batch):
         from models.gradcam import Heatmap
@@ -61,15 +67,21 @@ def make_runtime(database_url, tmp_path, explainer_for):
 
 def explanations(runtime, job_id):
     with runtime.session_factory() as session:
-        return list(session.scalars(select(Explanation).where(Explanation.job_id == job_id)
-                                    .options(undefer(Explanation.overlay_png))))
+        return list(
+            session.scalars(
+                select(Explanation)
+                .where(Explanation.job_id == job_id)
+                .options(undefer(Explanation.overlay_png))
+            )
+        )
 
 
 def test_explanations_wait_for_every_scan_and_fail_with_a_failed_scan(database_url, tmp_path):
     runtime = make_runtime(database_url, tmp_path, RecordingExplainer)
     try:
-        explained = submit(runtime, [png_bytes(32, i) for i in range(5)] + [corrupt_png()],
-                           "gradcam")
+        explained = submit(
+            runtime, [png_bytes(32, i) for i in range(5)] + [corrupt_png()], "gradcam"
+        )
         plain = submit(runtime, [png_bytes(32, 10 + i) for i in range(6)], None)
         report = drain(runtime, worker="w@host")
         assert (report.succeeded, report.failed, report.explained) == (11, 1, 5)
@@ -79,8 +91,12 @@ def test_explanations_wait_for_every_scan_and_fail_with_a_failed_scan(database_u
         assert [e.status for e in rows] == [ScanStatus.FAILED] + [ScanStatus.SUCCEEDED] * 5
         assert "no result" in rows[0].error
         good = rows[1]
-        assert (good.layer, good.engine, good.precision, good.model_sha256) == \
-            ("conv", "tensorflow", "fp32", "a" * 64)
+        assert (good.layer, good.engine, good.precision, good.model_sha256) == (
+            "conv",
+            "tensorflow",
+            "fp32",
+            "a" * 64,
+        )
         assert good.overlay_png.startswith(b"\x89PNG") and good.lease_owner is None
         assert explanations(runtime, plain) == []
         assert drain(runtime).explained == 0  # a duplicated wake-up finds nothing
@@ -109,15 +125,19 @@ def test_the_untrained_default_explains_and_says_it_is_untrained(database_url, t
     from models.loader import build_untrained
 
     # The default's architecture and seeded weights, at 64×64 instead of 224×224 (faster).
-    runtime = make_runtime(database_url, tmp_path,
-                           lambda _engine: GradCam(build_untrained((64, 64)), batch_size=1))
+    runtime = make_runtime(
+        database_url, tmp_path, lambda _engine: GradCam(build_untrained((64, 64)), batch_size=1)
+    )
     try:
         job_id = submit(runtime, [png_bytes(64, 3)], "gradcam")
         drain(runtime)
         (row,) = explanations(runtime, job_id)
         assert row.status == ScanStatus.SUCCEEDED, row.error
-        assert (row.layer, row.model_name, row.model_trained) == \
-            ("conv5_block3_out", "resnet50-untrained", False)
+        assert (row.layer, row.model_name, row.model_trained) == (
+            "conv5_block3_out",
+            "resnet50-untrained",
+            False,
+        )
         overlay = np.asarray(Image.open(io.BytesIO(row.overlay_png)).convert("RGB"))
         band = overlay[:16, :224].reshape(-1, 3).astype(int)
         red = (band[:, 0] > 150) & (band[:, 1] < 80) & (band[:, 2] < 80)

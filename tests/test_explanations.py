@@ -1,5 +1,6 @@
 """Explanations through the real queue: asked for at submission or later, computed by a real
 worker, served as PNG and array to their owner only, deleted with their job."""
+
 import io
 
 import numpy as np
@@ -10,8 +11,8 @@ from sqlalchemy import func, select
 from db.models import Explanation
 from db.session import make_engine, make_session_factory
 from tests.conftest import authorised, create_api_key, wait_for_job
-from tests.test_end_to_end import upload
 from tests.images import corrupt_png, png_bytes
+from tests.test_end_to_end import upload
 
 pytestmark = pytest.mark.integration
 
@@ -49,8 +50,9 @@ def last_conv_layer(model_path) -> str:
     return find_target_layer(load_model_file(model_path).keras_model)[0].name
 
 
-def test_a_job_submitted_with_explanations_gets_a_heatmap_per_scan(stack_client, stack_config,
-                                                                  tiny_model_path):
+def test_a_job_submitted_with_explanations_gets_a_heatmap_per_scan(
+    stack_client, stack_config, tiny_model_path
+):
     layer = last_conv_layer(tiny_model_path)
     assert layer.startswith("conv2d")
     items = [(f"s{i}.png", png_bytes(96, seed=i)) for i in range(3)] + [("bad.png", corrupt_png())]
@@ -62,8 +64,12 @@ def test_a_job_submitted_with_explanations_gets_a_heatmap_per_scan(stack_client,
         row = by_name[name]
         body = wait_for_explanation(stack_client, row["scan_id"])
         assert body["status"] == "succeeded", body
-        assert (body["method"], body["layer"], body["class_name"], body["score"]) == \
-            ("gradcam", layer, "COVID", "logit")
+        assert (body["method"], body["layer"], body["class_name"], body["score"]) == (
+            "gradcam",
+            layer,
+            "COVID",
+            "logit",
+        )
         assert body["model"]["name"] == "tiny_ct" and body["model"]["trained"] is True
         assert (body["model"]["engine"], body["model"]["precision"]) == ("tensorflow", "fp32")
         assert body["model"]["sha256"] == row["model_sha256"]
@@ -72,12 +78,14 @@ def test_a_job_submitted_with_explanations_gets_a_heatmap_per_scan(stack_client,
         assert png.status_code == 200 and png.mimetype == "image/png"
         assert Image.open(io.BytesIO(png.data)).height == 256  # 32×32 scaled up, legend beside
         for view in ("heatmap", "slice"):
-            picture = Image.open(io.BytesIO(stack_client.get(
-                f"/v1/scans/{row['scan_id']}/heatmap?view={view}").data))
+            picture = Image.open(
+                io.BytesIO(stack_client.get(f"/v1/scans/{row['scan_id']}/heatmap?view={view}").data)
+            )
             assert picture.size == (32, 32)
-        raw = np.load(io.BytesIO(stack_client.get(
-            f"/v1/scans/{row['scan_id']}/heatmap?format=npy").data))
-        assert raw.shape == (32, 32) and 0 <= raw.min() and raw.max() <= 1
+        raw = np.load(
+            io.BytesIO(stack_client.get(f"/v1/scans/{row['scan_id']}/heatmap?format=npy").data)
+        )
+        assert raw.shape == (32, 32) and raw.min() >= 0 and raw.max() <= 1
     bad = wait_for_explanation(stack_client, by_name["bad.png"]["scan_id"])
     assert bad["status"] == "failed" and "no result" in bad["error"]
     assert stack_client.get(f"/v1/scans/{by_name['bad.png']['scan_id']}/heatmap").status_code == 409
@@ -102,8 +110,11 @@ def test_a_scan_explained_on_demand(stack_client):
     assert row["explanation"] is None
     assert stack_client.get(f"/v1/scans/{row['scan_id']}/heatmap").status_code == 404
     asked = stack_client.post(f"/v1/scans/{row['scan_id']}/explanation")
-    assert asked.status_code == 202 and asked.get_json()["status"] in ("queued", "running",
-                                                                       "succeeded")
+    assert asked.status_code == 202 and asked.get_json()["status"] in (
+        "queued",
+        "running",
+        "succeeded",
+    )
     assert wait_for_explanation(stack_client, row["scan_id"])["status"] == "succeeded"
     again = stack_client.post(f"/v1/scans/{row['scan_id']}/explanation")
     assert again.status_code == 200 and again.get_json()["status"] == "succeeded"
@@ -112,8 +123,10 @@ def test_a_scan_explained_on_demand(stack_client):
 def test_explain_must_name_a_known_method(client):
     data = {"files": [(io.BytesIO(png_bytes(32)), "a.png")], "explain": "lime"}
     response = client.post("/v1/jobs", data=data, content_type="multipart/form-data")
-    assert response.status_code == 400 and "explain must be one of gradcam" in \
-        response.get_json()["detail"]
+    assert (
+        response.status_code == 400
+        and "explain must be one of gradcam" in response.get_json()["detail"]
+    )
 
 
 def test_a_heatmap_not_computed_yet_says_where_it_stands(client):
@@ -125,8 +138,10 @@ def test_a_heatmap_not_computed_yet_says_where_it_stands(client):
     waiting = client.get(f"/v1/scans/{row['scan_id']}/heatmap")
     assert waiting.status_code == 202 and waiting.headers["Retry-After"]
     assert waiting.get_json()["status"] == "queued" and waiting.get_json()["layer"] is None
-    for query, problem in (("format=tiff", "format must be png or npy"),
-                           ("view=xray", "view must be one of overlay, heatmap, slice")):
+    for query, problem in (
+        ("format=tiff", "format must be png or npy"),
+        ("view=xray", "view must be one of overlay, heatmap, slice"),
+    ):
         bad = client.get(f"/v1/scans/{row['scan_id']}/heatmap?{query}")
         assert bad.status_code == 400 and problem in bad.get_json()["detail"]
     again = client.post(f"/v1/scans/{row['scan_id']}/explanation")

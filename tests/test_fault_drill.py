@@ -9,6 +9,7 @@ result write (a counter on the row, incremented by every write), the scans a kil
 held must be back on a live worker within RECOVERY_LIMIT seconds, and the job must end
 within 60 s of the last fault. Timings are printed (``pytest -s``) for the report.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,16 +17,17 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import pytest
 from sqlalchemy import create_engine, func, select
 
 from api.schemas import SubmissionOptions
 from cli.client import Client
-from devtools.embedded_redis import EmbeddedRedis
 from db.models import Scan, ScanStatus
+from devtools.embedded_redis import EmbeddedRedis
 from tests import compose
 from tests.conftest import ROOT, WorkerProcess, create_api_key, fresh_database_url
 from tests.images import png_bytes, zip_bytes
@@ -48,14 +50,24 @@ class Drill:
         self.tmp_path = tmp_path
         self.services = compose.compose_config()["services"]
         self.redis = EmbeddedRedis(tmp_path / "redis", persist=True).start()
-        self.places = {"DATABASE_URL": fresh_database_url(tmp_path, migrated=False),
-                       "REDIS_URL": self.redis.url, "BATCH_SIZE": "8", **s3_env}
+        self.places = {
+            "DATABASE_URL": fresh_database_url(tmp_path, migrated=False),
+            "REDIS_URL": self.redis.url,
+            "BATCH_SIZE": "8",
+            **s3_env,
+        }
         self.worker_env = service_env(
-            self.services["worker"], **self.places, MODEL_PATH=str(tiny_model_path),
-            MODEL_STORE_DIR=str(tmp_path / "model-store"), MAX_BATCH_SIZE="8",
-            LEASE_SECONDS=str(LEASE_SECONDS), SWEEP_INTERVAL=str(SWEEP_INTERVAL))
-        self.sql = create_engine(self.places["DATABASE_URL"].replace(
-            "postgresql://", "postgresql+psycopg://", 1))
+            self.services["worker"],
+            **self.places,
+            MODEL_PATH=str(tiny_model_path),
+            MODEL_STORE_DIR=str(tmp_path / "model-store"),
+            MAX_BATCH_SIZE="8",
+            LEASE_SECONDS=str(LEASE_SECONDS),
+            SWEEP_INTERVAL=str(SWEEP_INTERVAL),
+        )
+        self.sql = create_engine(
+            self.places["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://", 1)
+        )
         self.workers: dict[str, WorkerProcess] = {}
         self.starts = 0
         self.api: Optional[subprocess.Popen] = None
@@ -69,27 +81,41 @@ class Drill:
         return now
 
     def migrate(self) -> None:
-        env = service_env(self.services["migrate"], **self.places,
-                          MODEL_PATH=self.worker_env["MODEL_PATH"],
-                          MODEL_STORE_DIR=self.worker_env["MODEL_STORE_DIR"])
-        done = subprocess.run(compose.local_argv(self.services["migrate"]["command"]), cwd=ROOT,
-                              env=env, capture_output=True, text=True, timeout=300)
+        env = service_env(
+            self.services["migrate"],
+            **self.places,
+            MODEL_PATH=self.worker_env["MODEL_PATH"],
+            MODEL_STORE_DIR=self.worker_env["MODEL_STORE_DIR"],
+        )
+        done = subprocess.run(
+            compose.local_argv(self.services["migrate"]["command"]),
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
 
     def start_worker(self, name: str) -> WorkerProcess:
         self.starts += 1
-        command = compose.replace_option(compose.local_argv(self.services["worker"]["command"]),
-                                         "--hostname", name)
-        worker = WorkerProcess(dict(self.worker_env, **worker_metrics_places()),
-                               self.tmp_path / f"{name}-{self.starts}.log", command=command)
+        command = compose.replace_option(
+            compose.local_argv(self.services["worker"]["command"]), "--hostname", name
+        )
+        worker = WorkerProcess(
+            dict(self.worker_env, **worker_metrics_places()),
+            self.tmp_path / f"{name}-{self.starts}.log",
+            command=command,
+        )
         self.workers[name] = worker
         return worker
 
     def start_api(self) -> str:
-        self.api, port = start_api(self.services["api"],
-                                   service_env(self.services["api"], **self.places,
-                                               **api_places(self.tmp_path)),
-                                   self.tmp_path / "api.log")
+        self.api, port = start_api(
+            self.services["api"],
+            service_env(self.services["api"], **self.places, **api_places(self.tmp_path)),
+            self.tmp_path / "api.log",
+        )
         return f"http://127.0.0.1:{port}"
 
     def counts(self) -> dict[str, int]:
@@ -101,22 +127,29 @@ class Drill:
         """Scans the running process of this worker holds a lease on (owner ``name/pid/…``)."""
         owner = f"{name}/{self.workers[name].process.pid}/%"
         with self.sql.connect() as conn:
-            return list(conn.scalars(select(Scan.id).where(
-                Scan.status == ScanStatus.RUNNING, Scan.lease_owner.like(owner))))
+            return list(
+                conn.scalars(
+                    select(Scan.id).where(
+                        Scan.status == ScanStatus.RUNNING, Scan.lease_owner.like(owner)
+                    )
+                )
+            )
 
     def wait(self, what: str, condition: Callable[[], bool], timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > deadline:
-                raise AssertionError(f"drill: {what} did not happen in {timeout} s; "
-                                     f"counts {self.counts()}")
+                raise AssertionError(
+                    f"drill: {what} did not happen in {timeout} s; counts {self.counts()}"
+                )
             time.sleep(0.02)
 
     def done(self) -> int:
         return self.counts().get("succeeded", 0)
 
-    def kill_worker(self, order: tuple[str, ...], at_least: int,
-                    once_working: str = "") -> "Recovery":
+    def kill_worker(
+        self, order: tuple[str, ...], at_least: int, once_working: str = ""
+    ) -> Recovery:
         """kill -9 ``order[0]`` once past ``at_least`` scans while it holds leases (and, if
         given, the worker ``once_working`` holds leases too); restart it at once.
 
@@ -127,10 +160,14 @@ class Drill:
         for attempt in range(KILL_TRIES):
             name = order[attempt % len(order)]
             partner = once_working if attempt == 0 else ""
-            self.wait(f"{name} holding leases after {at_least} scans",
-                      lambda name=name, partner=partner: self.done() >= at_least
-                      and len(self.leases_of(name)) > 0
-                      and (not partner or len(self.leases_of(partner)) > 0))
+            self.wait(
+                f"{name} holding leases after {at_least} scans",
+                lambda name=name, partner=partner: (
+                    self.done() >= at_least
+                    and len(self.leases_of(name)) > 0
+                    and (not partner or len(self.leases_of(partner)) > 0)
+                ),
+            )
             victim = self.workers[name]
             dead_owner = f"{name}/{victim.process.pid}/%"
             os.kill(victim.process.pid, signal.SIGKILL)
@@ -167,8 +204,9 @@ class Drill:
 class Recovery(threading.Thread):
     """Watches a killed worker's scans until each is leased by a live worker or finished."""
 
-    def __init__(self, drill: Drill, killed_at: float, stranded: list[str],
-                 dead_owner: str) -> None:
+    def __init__(
+        self, drill: Drill, killed_at: float, stranded: list[str], dead_owner: str
+    ) -> None:
         super().__init__(daemon=True)
         self.drill, self.killed_at, self.stranded = drill, killed_at, stranded
         self.dead_owner = dead_owner
@@ -179,11 +217,16 @@ class Recovery(threading.Thread):
         deadline = self.killed_at + RECOVERY_LIMIT + 60
         while time.monotonic() < deadline:
             with self.drill.sql.connect() as conn:
-                waiting = conn.scalar(select(func.count()).where(
-                    Scan.id.in_(self.stranded),
-                    (Scan.status == ScanStatus.QUEUED)
-                    | ((Scan.status == ScanStatus.RUNNING)
-                       & Scan.lease_owner.like(self.dead_owner))))
+                waiting = conn.scalar(
+                    select(func.count()).where(
+                        Scan.id.in_(self.stranded),
+                        (Scan.status == ScanStatus.QUEUED)
+                        | (
+                            (Scan.status == ScanStatus.RUNNING)
+                            & Scan.lease_owner.like(self.dead_owner)
+                        ),
+                    )
+                )
             if not waiting:
                 self.seconds = time.monotonic() - self.killed_at
                 return
@@ -208,8 +251,9 @@ def test_every_scan_succeeds_exactly_once_through_kills_and_redis_restarts(drill
     key = create_api_key(drill.places["DATABASE_URL"], owner="drill")
     client = Client(drill.start_api(), timeout=120, api_key=key)
     archive = tmp_path / "slices.zip"
-    archive.write_bytes(zip_bytes((f"slice_{i:04d}.png", png_bytes(32, seed=i))
-                                  for i in range(SCANS)))
+    archive.write_bytes(
+        zip_bytes((f"slice_{i:04d}.png", png_bytes(32, seed=i)) for i in range(SCANS))
+    )
     drill.note("workers and API ready; submitting")
     job = client.submit([archive], SubmissionOptions(name="drill"))
     drill.note(f"job {job['id']} accepted: {job['counts']['total']} scans")
@@ -227,20 +271,27 @@ def test_every_scan_succeeds_exactly_once_through_kills_and_redis_restarts(drill
     for kill in kills:
         kill.join()
         assert kill.seconds is not None, "a dead worker's scans were never taken again"
-        drill.note(f"{len(kill.stranded)} scans of a worker killed at "
-                   f"{kill.killed_at - drill.t0:.1f} s were taken again "
-                   f"{kill.seconds:.1f} s after its death")
+        drill.note(
+            f"{len(kill.stranded)} scans of a worker killed at "
+            f"{kill.killed_at - drill.t0:.1f} s were taken again "
+            f"{kill.seconds:.1f} s after its death"
+        )
         assert kill.seconds <= RECOVERY_LIMIT
 
-    drill.wait("the job's end", lambda: drill.done() + drill.counts().get("failed", 0) == SCANS,
-               timeout=FINISH_LIMIT + 30)
+    drill.wait(
+        "the job's end",
+        lambda: drill.done() + drill.counts().get("failed", 0) == SCANS,
+        timeout=FINISH_LIMIT + 30,
+    )
     finished = drill.note("every scan has a result")
     final = client.job(job["id"])
     with drill.sql.connect() as conn:
-        writes = conn.execute(select(Scan.result_writes, func.count())
-                              .group_by(Scan.result_writes)).all()
-        attempts = dict(conn.execute(select(Scan.attempts, func.count())
-                                     .group_by(Scan.attempts)).all())
+        writes = conn.execute(
+            select(Scan.result_writes, func.count()).group_by(Scan.result_writes)
+        ).all()
+        attempts = dict(
+            conn.execute(select(Scan.attempts, func.count()).group_by(Scan.attempts)).all()
+        )
     drill.note(f"result writes per scan: {dict(writes)}; attempts per scan: {attempts}")
     assert final["status"] == "succeeded", final
     assert final["counts"]["succeeded"] == SCANS

@@ -3,6 +3,7 @@
 The reference is the original pipeline, line for line: cv2.imread, BGR→RGB,
 cv2.resize to 224×224, divide by 255, Keras 2 model.predict, output[0].
 """
+
 import io
 
 import numpy as np
@@ -10,8 +11,14 @@ import pytest
 from PIL import Image
 
 from devtools.embedded_redis import EmbeddedRedis
-from tests.conftest import (WorkerProcess, authorised, create_api_key, fresh_database_url,
-                            wait_for_job, worker_env)
+from tests.conftest import (
+    WorkerProcess,
+    authorised,
+    create_api_key,
+    fresh_database_url,
+    wait_for_job,
+    worker_env,
+)
 from tests.images import ct_slice, encode
 from tests.original_app import original_preprocess, original_probabilities
 
@@ -72,9 +79,9 @@ def test_the_reference_probabilities_are_not_saturated(reference):
 
 def test_the_engine_matches_the_original_pipeline_in_process(resnet_h5, slice_dir, reference):
     from db.blobs import FileBlobStore
+    from db.scans import Lease
     from models.loader import load_model_file
     from models.selection import reference_engine
-    from db.scans import Lease
     from worker.inference import classify_batch
 
     engine = reference_engine(load_model_file(resnet_h5), batch_size=4)
@@ -103,22 +110,32 @@ def test_a_different_resize_would_be_caught(resnet_h5, slice_dir, reference):
 
 
 def test_served_through_the_stack_the_h5_gives_the_original_probabilities(
-        resnet_h5, slice_dir, reference, tmp_path):
+    resnet_h5, slice_dir, reference, tmp_path
+):
     from api import create_app
 
     with EmbeddedRedis(tmp_path / "redis", persist=False) as redis_server:
-        config = {"DATABASE_URL": fresh_database_url(tmp_path), "REDIS_URL": redis_server.url,
-                  "BLOB_DIR": str(tmp_path / "blobs"), "BATCH_SIZE": "4",
-                  "ENGINE_CACHE_DIR": str(tmp_path / "engine-cache")}
-        worker = WorkerProcess(worker_env(config, MODEL_PATH=str(resnet_h5)),
-                               tmp_path / "worker.log", name="fidelity@%h")
+        config = {
+            "DATABASE_URL": fresh_database_url(tmp_path),
+            "REDIS_URL": redis_server.url,
+            "BLOB_DIR": str(tmp_path / "blobs"),
+            "BATCH_SIZE": "4",
+            "ENGINE_CACHE_DIR": str(tmp_path / "engine-cache"),
+        }
+        worker = WorkerProcess(
+            worker_env(config, MODEL_PATH=str(resnet_h5)),
+            tmp_path / "worker.log",
+            name="fidelity@%h",
+        )
         try:
             worker.wait_ready()
-            client = authorised(create_app(config).test_client(),
-                                create_api_key(config["DATABASE_URL"]))
+            client = authorised(
+                create_app(config).test_client(), create_api_key(config["DATABASE_URL"])
+            )
             files = [(io.BytesIO((slice_dir / n).read_bytes()), n) for n in SLICES]
-            job = client.post("/v1/jobs", data={"files": files},
-                              content_type="multipart/form-data").get_json()
+            job = client.post(
+                "/v1/jobs", data={"files": files}, content_type="multipart/form-data"
+            ).get_json()
             final = wait_for_job(client, job["id"], timeout=300)
             rows = client.get(f"/v1/jobs/{job['id']}/results").get_json()["results"]
         finally:

@@ -4,6 +4,7 @@ template and entrypoint, in front of a real gunicorn; and the API under ``make r
 Slow clients: half requests that stall must not keep /healthz from answering. The same
 clients sent straight to gunicorn's threads show what the front prevents.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -31,13 +32,23 @@ NOBODY = 65534
 
 
 def _nginx() -> str:
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
-                                      else None)
-    missing = [name for name, path in (("nginx", found), ("envsubst", shutil.which("envsubst")),
-                                       ("openssl", shutil.which("openssl"))) if not path]
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    missing = [
+        name
+        for name, path in (
+            ("nginx", found),
+            ("envsubst", shutil.which("envsubst")),
+            ("openssl", shutil.which("openssl")),
+        )
+        if not path
+    ]
     if missing:
-        message = (f"{', '.join(missing)} not installed (Debian: apt-get install nginx "
-                   "gettext-base openssl; .ci/run does)")
+        message = (
+            f"{', '.join(missing)} not installed (Debian: apt-get install nginx "
+            "gettext-base openssl; .ci/run does)"
+        )
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
@@ -55,33 +66,49 @@ class Front:
         self.port = free_port()
         self.log = self.dir / "front.log"
         self.log.touch()
-        self.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin",
-                    "NGINX_RUN_DIR": str(self.dir / "run"),
-                    "NGINX_TEMPLATE": str(self.dir / "nginx.conf.template"),
-                    "TLS_CERT": str(self.dir / "none.crt"), "TLS_KEY": str(self.dir / "none.key"),
-                    "API_UPSTREAM": f"127.0.0.1:{upstream_port}", "LISTEN_PORT": str(self.port),
-                    "MAX_UPLOAD_BYTES": max_upload}
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin",
+            "NGINX_RUN_DIR": str(self.dir / "run"),
+            "NGINX_TEMPLATE": str(self.dir / "nginx.conf.template"),
+            "TLS_CERT": str(self.dir / "none.crt"),
+            "TLS_KEY": str(self.dir / "none.key"),
+            "API_UPSTREAM": f"127.0.0.1:{upstream_port}",
+            "LISTEN_PORT": str(self.port),
+            "MAX_UPLOAD_BYTES": max_upload,
+        }
         if os.geteuid() == 0:  # never run the front as root, here either
             for path in (self.dir, self.log):
                 os.chown(path, NOBODY, NOBODY)
         self.process: subprocess.Popen | None = None
 
     def command(self, *args: str) -> list[str]:
-        prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"] \
-            if os.geteuid() == 0 else []
+        prefix = (
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+            if os.geteuid() == 0
+            else []
+        )
         return [*prefix, "sh", str(self.dir / "entrypoint.sh"), *args]
 
     def check(self) -> subprocess.CompletedProcess:
         with open(self.log, "a") as log:
-            return subprocess.run(self.command("-t"), env=self.env, stdout=log,
-                                  stderr=subprocess.STDOUT, timeout=60)
+            return subprocess.run(
+                self.command("-t"), env=self.env, stdout=log, stderr=subprocess.STDOUT, timeout=60
+            )
 
-    def start(self) -> "Front":
+    def start(self) -> Front:
         with open(self.log, "a") as log:
-            self.process = subprocess.Popen(self.command(), env=self.env, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-        _wait(lambda: healthz_seconds("127.0.0.1", self.port, 1, tls=True, timeout=2)[0],
-              self.process, self.log)
+            self.process = subprocess.Popen(
+                self.command(),
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _wait(
+            lambda: healthz_seconds("127.0.0.1", self.port, 1, tls=True, timeout=2)[0],
+            self.process,
+            self.log,
+        )
         return self
 
     def stop(self) -> None:
@@ -100,16 +127,27 @@ def _wait(probe, process: subprocess.Popen, log: Path, timeout: float = 60) -> N
 
 
 def _serve(command: list[str], env: dict[str, str], log: Path, port: int) -> subprocess.Popen:
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=open(log, "w"),
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     _wait(lambda: healthz_seconds("127.0.0.1", port, 1, timeout=2)[0], process, log)
     return process
 
 
 @pytest.fixture
 def api_env(tmp_path, redis_server) -> dict[str, str]:
-    return {**os.environ, "DATABASE_URL": fresh_database_url(tmp_path), "REDIS_URL":
-            redis_server.url, "BLOB_DIR": str(tmp_path / "blobs"), "PYTHONPATH": str(ROOT)}
+    return {
+        **os.environ,
+        "DATABASE_URL": fresh_database_url(tmp_path),
+        "REDIS_URL": redis_server.url,
+        "BLOB_DIR": str(tmp_path / "blobs"),
+        "PYTHONPATH": str(ROOT),
+    }
 
 
 @pytest.fixture
@@ -146,8 +184,10 @@ def test_slow_clients_do_not_stall_the_api_behind_nginx(gunicorn):
         idle = healthz_seconds("127.0.0.1", front.port, 5, tls=True)
         with half_requests("127.0.0.1", front.port, SLOW_CLIENTS, tls=True):
             held = healthz_seconds("127.0.0.1", front.port, 10, tls=True, timeout=5)
-        print(f"/healthz through nginx, ms: idle {_ms(idle)}; "
-              f"with {SLOW_CLIENTS} half requests {_ms(held)}")
+        print(
+            f"/healthz through nginx, ms: idle {_ms(idle)}; "
+            f"with {SLOW_CLIENTS} half requests {_ms(held)}"
+        )
         assert None not in held, _ms(held)
         # Without the front, the same clients hold every one of gunicorn's threads.
         with half_requests("127.0.0.1", gunicorn, SLOW_CLIENTS):
@@ -173,8 +213,11 @@ def test_the_front_limits_bodies_keeps_headers_and_checks_hosts(gunicorn):
     front = Front(gunicorn, max_upload="1MiB").start()
     base = f"https://127.0.0.1:{front.port}"
     try:
-        big = _https(f"{base}/v1/jobs", data=b"x" * (2 * 1024 * 1024),
-                     headers={"Host": "localhost", "Content-Type": "multipart/form-data; b=x"})
+        big = _https(
+            f"{base}/v1/jobs",
+            data=b"x" * (2 * 1024 * 1024),
+            headers={"Host": "localhost", "Content-Type": "multipart/form-data; b=x"},
+        )
         assert big.status == 413
         assert big.headers["Content-Type"] == "application/problem+json"
         assert "MAX_UPLOAD_BYTES" in big.read().decode()
@@ -188,8 +231,9 @@ def test_the_front_limits_bodies_keeps_headers_and_checks_hosts(gunicorn):
         # /metrics exists on the API (401 here: no key) but never through the front.
         hidden = _https(f"{base}/metrics")
         assert hidden.status == 404 and hidden.headers["Content-Type"] == "application/problem+json"
-        direct = urllib.request.Request(f"http://127.0.0.1:{gunicorn}/metrics",
-                                        headers={"Host": "localhost"})
+        direct = urllib.request.Request(
+            f"http://127.0.0.1:{gunicorn}/metrics", headers={"Host": "localhost"}
+        )
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(direct, timeout=10)
         assert refused.value.code == 401
@@ -204,8 +248,10 @@ def test_slow_clients_do_not_stall_the_make_run_api(api_env, tmp_path):
         idle = healthz_seconds("127.0.0.1", port, 5)
         with half_requests("127.0.0.1", port, SLOW_CLIENTS * 2):
             held = healthz_seconds("127.0.0.1", port, 10, timeout=5)
-        print(f"/healthz under make run (waitress), ms: idle {_ms(idle)}; "
-              f"with {SLOW_CLIENTS * 2} half requests {_ms(held)}")
+        print(
+            f"/healthz under make run (waitress), ms: idle {_ms(idle)}; "
+            f"with {SLOW_CLIENTS * 2} half requests {_ms(held)}"
+        )
         assert None not in held, _ms(held)
     finally:
         process.terminate()

@@ -1,4 +1,5 @@
 """Grad-CAM on a model trained here: the map must point at what decides the class."""
+
 from __future__ import annotations
 
 import io
@@ -50,8 +51,13 @@ def test_heatmap_peak_falls_inside_the_deciding_blob(blob_model):
 
 def test_the_layer_class_and_score_are_recorded(blob_model):
     described = GradCam(blob_model, batch_size=2).describe()
-    assert described == {"method": "gradcam", "layer": "max_pooling2d_2", "class_name": "COVID",
-                         "class_index": 0, "score": "logit"}
+    assert described == {
+        "method": "gradcam",
+        "layer": "max_pooling2d_2",
+        "class_name": "COVID",
+        "class_index": 0,
+        "score": "logit",
+    }
 
 
 def test_last_conv_block_of_the_original_resnet50():
@@ -62,13 +68,13 @@ def test_last_conv_block_of_the_original_resnet50():
 def test_nested_base_model_is_looked_into(blob_model):
     import tf_keras
 
-    base = tf_keras.Model(blob_model.keras_model.inputs,
-                          blob_model.keras_model.layers[5].output, name="base")
+    base = tf_keras.Model(
+        blob_model.keras_model.inputs, blob_model.keras_model.layers[5].output, name="base"
+    )
     inputs = tf_keras.Input((64, 64, 3))
     x = tf_keras.layers.Flatten()(base(inputs))
     outputs = tf_keras.layers.Dense(2, activation="softmax")(x)
-    nested = type(blob_model)(info=blob_model.info,
-                              keras_model=tf_keras.Model(inputs, outputs))
+    nested = type(blob_model)(info=blob_model.info, keras_model=tf_keras.Model(inputs, outputs))
     explainer = GradCam(nested, batch_size=2)
     assert explainer.layer == "base/" + blob_model.keras_model.layers[5].name
     heatmaps = explainer.explain(blob_slices(3, seed=5)[0])

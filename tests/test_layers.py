@@ -97,8 +97,11 @@ def imports_of(source: str, module: str) -> list[Import]:
                 found.append(Import(base, child.lineno, in_function))
             # A function body, and an ``if TYPE_CHECKING:`` block (read by type checkers
             # only), import nothing when the module is loaded.
-            nested = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) \
+            nested = (
+                in_function
+                or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
                 or (isinstance(child, ast.If) and ast.unparse(child.test).endswith("TYPE_CHECKING"))
+            )
             visit(child, nested)
 
     visit(ast.parse(source), False)

@@ -1,5 +1,6 @@
 """The lease queue itself (db.queue), over a table of its own: claim order, attempts,
 release, renew, expiry, and claimers that never share a row."""
+
 import threading
 from datetime import datetime, timedelta
 from typing import Optional
@@ -36,8 +37,7 @@ def names(session, rows):
     return [row.name for row in sorted(rows, key=lambda row: row.name)]
 
 
-QUEUE = LeaseQueue(Work, leases=names, returning=(Work.name,), tie_break=(Work.name,),
-                   died="died")
+QUEUE = LeaseQueue(Work, leases=names, returning=(Work.name,), tie_break=(Work.name,), died="died")
 
 
 @pytest.fixture
@@ -51,8 +51,14 @@ def sessions(database_url):
 def add(sessions, *names_, priority=1, job_id="job", age=0.0):
     with sessions.begin() as session:
         for name in names_:
-            session.add(Work(name=name, job_id=job_id, priority=priority,
-                             queued_at=utcnow() - timedelta(seconds=age)))
+            session.add(
+                Work(
+                    name=name,
+                    job_id=job_id,
+                    priority=priority,
+                    queued_at=utcnow() - timedelta(seconds=age),
+                )
+            )
 
 
 def claim(sessions, owner, limit=10, lease=60, queue=QUEUE):
@@ -90,7 +96,10 @@ def test_a_claim_leases_counts_an_attempt_and_takes_only_its_limit(sessions):
     assert claim(sessions, "w", limit=2) == ["a", "b"]
     found = rows(sessions)
     assert [(found[n].status, found[n].lease_owner, found[n].attempts) for n in "abc"] == [
-        (ScanStatus.RUNNING, "w", 1), (ScanStatus.RUNNING, "w", 1), (ScanStatus.QUEUED, None, 0)]
+        (ScanStatus.RUNNING, "w", 1),
+        (ScanStatus.RUNNING, "w", 1),
+        (ScanStatus.QUEUED, None, 0),
+    ]
     assert found["a"].lease_expires_at > utcnow() + timedelta(seconds=50)
 
 
@@ -117,8 +126,10 @@ def test_expiry_cancels_the_work_of_a_cancelled_job(sessions):
     expire_all(sessions)
     assert expire(sessions) == Expired(requeued=1, failed=0, cancelled=1)
     found = rows(sessions)
-    assert (found["kept"].status, found["dropped"].status) == (ScanStatus.QUEUED,
-                                                               ScanStatus.CANCELLED)
+    assert (found["kept"].status, found["dropped"].status) == (
+        ScanStatus.QUEUED,
+        ScanStatus.CANCELLED,
+    )
 
 
 def test_release_gives_work_back_without_counting_an_attempt(sessions):
@@ -129,7 +140,8 @@ def test_release_gives_work_back_without_counting_an_attempt(sessions):
         assert QUEUE.release(session, "stopping", [rows(sessions)["a"].id]) == 1
         assert QUEUE.release(session, "stopping") == 2
     assert {(w.status, w.attempts, w.lease_owner) for w in rows(sessions).values()} == {
-        (ScanStatus.QUEUED, 0, None)}
+        (ScanStatus.QUEUED, 0, None)
+    }
     claim(sessions, "next")
     assert {w.attempts for w in rows(sessions).values()} == {1}
 
@@ -145,14 +157,14 @@ def test_renew_pushes_back_only_the_owners_leases(sessions):
     report = expire(sessions)
     assert report.requeued == 1
     found = rows(sessions)
-    assert (found["mine"].status, found["theirs"].status) == (ScanStatus.RUNNING,
-                                                              ScanStatus.QUEUED)
+    assert (found["mine"].status, found["theirs"].status) == (ScanStatus.RUNNING, ScanStatus.QUEUED)
 
 
 def test_a_claimable_hook_holds_work_back(sessions):
     add(sessions, "ready", "not-yet")
-    queue = LeaseQueue(Work, leases=names, returning=(Work.name,),
-                       claimable=lambda now: Work.name != "not-yet")
+    queue = LeaseQueue(
+        Work, leases=names, returning=(Work.name,), claimable=lambda now: Work.name != "not-yet"
+    )
     assert claim(sessions, "w", queue=queue) == ["ready"]
     assert claim(sessions, "w", queue=queue) == []
 
@@ -202,5 +214,6 @@ def test_concurrent_claimers_never_share_a_row(sessions):
     every = [name for names_ in claimed.values() for name in names_]
     assert sorted(every) == [f"{i:03}" for i in range(60)]  # each once, none left
     found = rows(sessions)
-    assert all(found[name].lease_owner == owner
-               for owner, names_ in claimed.items() for name in names_)
+    assert all(
+        found[name].lease_owner == owner for owner, names_ in claimed.items() for name in names_
+    )

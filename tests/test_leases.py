@@ -1,5 +1,6 @@
 """The queue in SQL, as plain functions on a real database: leases, attempts, priority,
 cancel, the outbox, retention."""
+
 import threading
 import time
 from datetime import timedelta
@@ -8,17 +9,22 @@ import pytest
 from redis.exceptions import ResponseError
 from sqlalchemy import text, update
 
-from covidscan.settings import load_settings
 from core.sweep import delete_job, sweep_once
+from covidscan.settings import load_settings
 from db.blobs import FileBlobStore
 from db.identity import ModelIdentity
 from db.jobs import JobOptions, NewScan, cancel_job, create_job, summarise_job
 from db.models import Job, Scan, ScanStatus, new_id, utcnow
 from db.outbox import pending_wakeups, relay
-from db.scans import (ScanOutcome, claim_next, expire_leases, record_outcomes, release_leases,
-                      renew_leases)
+from db.scans import (
+    ScanOutcome,
+    claim_next,
+    expire_leases,
+    record_outcomes,
+    release_leases,
+    renew_leases,
+)
 from db.session import make_engine, make_session_factory
-
 from tests.conftest import POSTGRES_URL
 
 pytestmark = pytest.mark.database
@@ -59,9 +65,12 @@ def submit(sessions, blobs, count, priority=1, retention=0, chunk=4):
         blobs.put(key, b"x")
         scans.append(NewScan(f"{i}.png", key, 1))
     with sessions.begin() as session:
-        create_job(session, scans, job_id, JobOptions(priority=priority,
-                                                      retention_seconds=retention,
-                                                      chunk_size=chunk))
+        create_job(
+            session,
+            scans,
+            job_id,
+            JobOptions(priority=priority, retention_seconds=retention, chunk_size=chunk),
+        )
     return job_id
 
 
@@ -79,8 +88,11 @@ def write(sessions, leases, owner, p=0.25):
 def expire_all(sessions):
     """As if every lease's worker died: their expiry is in the past."""
     with sessions.begin() as session:
-        session.execute(update(Scan).where(Scan.status == ScanStatus.RUNNING)
-                        .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        session.execute(
+            update(Scan)
+            .where(Scan.status == ScanStatus.RUNNING)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
 
 
 def statuses(sessions, job_id):
@@ -115,8 +127,9 @@ def test_only_the_lease_holder_writes_and_only_once(sessions, blobs):
     assert write(sessions, leases, "a", p=0.75) == 0  # a redelivered task
     with sessions() as session:
         scans = session.get(Job, job).scans
-        assert [(s.status, s.probability_covid, s.result_writes, s.lease_owner) for s in scans] \
-            == [(ScanStatus.SUCCEEDED, 0.25, 1, None)] * 3
+        assert [(s.status, s.probability_covid, s.result_writes, s.lease_owner) for s in scans] == [
+            (ScanStatus.SUCCEEDED, 0.25, 1, None)
+        ] * 3
 
 
 def test_an_expired_lease_goes_back_and_its_late_worker_cannot_write(sessions, blobs):
@@ -181,8 +194,14 @@ def test_cancel_stops_waiting_scans_and_keeps_finished_results(sessions, blobs):
     with sessions() as session:
         summary = summarise_job(session, job)
         assert summary.status == "cancelled" and summary.finished_at is not None
-        assert summary.counts.as_dict() == {"total": 6, "queued": 0, "running": 0,
-                                            "succeeded": 4, "failed": 0, "cancelled": 2}
+        assert summary.counts.as_dict() == {
+            "total": 6,
+            "queued": 0,
+            "running": 0,
+            "succeeded": 4,
+            "failed": 0,
+            "cancelled": 2,
+        }
 
 
 def test_a_dead_workers_scan_of_a_cancelled_job_is_cancelled_not_requeued(sessions, blobs):
@@ -234,8 +253,9 @@ def test_retention_deletes_expired_jobs_their_blobs_and_orphan_blobs(sessions, b
     forever = submit(sessions, blobs, 1, retention=0)
     blobs.put(blobs.key_for(expired, 0) + ".thumb.jpg", b"thumb")
     with sessions.begin() as session:
-        session.execute(update(Job).where(Job.id == expired)
-                        .values(expires_at=utcnow() - timedelta(seconds=1)))
+        session.execute(
+            update(Job).where(Job.id == expired).values(expires_at=utcnow() - timedelta(seconds=1))
+        )
     orphan = new_id()  # a crash mid-upload: bytes stored, no row
     blobs.put(blobs.key_for(orphan, 0), b"x")
     report = sweep_once(sessions, blobs, Sent(), SETTINGS, orphan_grace=3600)
@@ -249,10 +269,13 @@ def test_retention_deletes_expired_jobs_their_blobs_and_orphan_blobs(sessions, b
         assert session.get(Job, forever).expires_at is None
 
 
-@pytest.mark.skipif(not POSTGRES_URL.startswith("postgres"),
-                    reason="SQLite serialises writers: only PostgreSQL deadlocks")
+@pytest.mark.skipif(
+    not POSTGRES_URL.startswith("postgres"),
+    reason="SQLite serialises writers: only PostgreSQL deadlocks",
+)
 def test_a_delete_that_deadlocks_with_a_writer_is_run_again_and_deletes_the_job(
-        sessions, blobs, caplog):
+    sessions, blobs, caplog
+):
     caplog.set_level("INFO", logger="db.session")
     job = submit(sessions, blobs, 3)
     with sessions() as session:
@@ -264,7 +287,7 @@ def test_a_delete_that_deadlocks_with_a_writer_is_run_again_and_deletes_the_job(
     def delete():
         try:
             delete_job(sessions, blobs, job)
-        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+        except Exception as exc:
             failures.append(exc)
 
     deleting = threading.Thread(target=delete)
@@ -296,9 +319,16 @@ def test_covidscan_sweep_once_recovers_by_hand(sessions, blobs, database_url, re
     job = submit(sessions, blobs, 3)
     claim(sessions, "dead")
     expire_all(sessions)
-    result = CliRunner().invoke(main, ["sweep", "--once"], env={
-        "DATABASE_URL": database_url, "REDIS_URL": redis_server.url,
-        "BLOB_DIR": str(blobs.root), "MAX_ATTEMPTS": "3"})
+    result = CliRunner().invoke(
+        main,
+        ["sweep", "--once"],
+        env={
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_server.url,
+            "BLOB_DIR": str(blobs.root),
+            "MAX_ATTEMPTS": "3",
+        },
+    )
     assert result.exit_code == 0, result.output
     assert "requeued=3" in result.output and "wakeups_sent=2" in result.output
     assert statuses(sessions, job) == ["queued"] * 3

@@ -3,15 +3,17 @@ before and after a real job through the real stack (Redis, the Celery worker, th
 who may read ``/metrics``; the sweep's recoveries. The gunicorn (multiprocess) shape is
 scraped in tests/test_compose_stack.py.
 """
+
 from __future__ import annotations
 
 import io
+
 import pytest
 import requests
 
+from devtools.scrape import parse, value
 from tests.conftest import authorised, create_api_key, wait_for_job
 from tests.images import corrupt_png, png_bytes
-from devtools.scrape import parse, value
 
 pytestmark = pytest.mark.integration
 
@@ -33,14 +35,14 @@ def scrape_both(stack_client, metrics_key, worker):
     return parse(api.get_data(as_text=True)), parse(answer.text)
 
 
-def test_a_job_moves_the_counters_of_the_api_and_of_the_worker(stack_client, metrics_key,
-                                                                 worker):
+def test_a_job_moves_the_counters_of_the_api_and_of_the_worker(stack_client, metrics_key, worker):
     api_before, worker_before = scrape_both(stack_client, metrics_key, worker)
     good, bad = 5, 1
     files = [(io.BytesIO(png_bytes(40, seed=i)), f"s{i}.png") for i in range(good)]
     files.append((io.BytesIO(corrupt_png(40)), "broken.png"))
-    response = stack_client.post("/v1/jobs", data={"files": files, "priority": "high"},
-                                 content_type="multipart/form-data")
+    response = stack_client.post(
+        "/v1/jobs", data={"files": files, "priority": "high"}, content_type="multipart/form-data"
+    )
     assert response.status_code == 202, response.get_json()
     final = wait_for_job(stack_client, response.get_json()["id"])
     assert final["status"] == "partially_succeeded"
@@ -51,39 +53,89 @@ def test_a_job_moves_the_counters_of_the_api_and_of_the_worker(stack_client, met
 
     # The API: one high-priority job of six scans accepted, its requests timed by route.
     assert moved(api_before, api_after, "covidscan_jobs_submitted_total", priority="high") == 1
-    assert moved(api_before, api_after, "covidscan_scans_submitted_total",
-                 priority="high") == good + bad
-    assert moved(api_before, api_after, "covidscan_http_request_duration_seconds_count",
-                 route="/v1/jobs", method="POST", status="202") == 1
-    assert moved(api_before, api_after, "covidscan_http_request_duration_seconds_count",
-                 route="/v1/jobs/<job_id>", method="GET", status="200") >= 1
-    assert not any("/v1/jobs/" in labels.get("route", "") and "<" not in labels["route"]
-                   for _, labels, _ in api_after), "a route label holds an id"
+    assert (
+        moved(api_before, api_after, "covidscan_scans_submitted_total", priority="high")
+        == good + bad
+    )
+    assert (
+        moved(
+            api_before,
+            api_after,
+            "covidscan_http_request_duration_seconds_count",
+            route="/v1/jobs",
+            method="POST",
+            status="202",
+        )
+        == 1
+    )
+    assert (
+        moved(
+            api_before,
+            api_after,
+            "covidscan_http_request_duration_seconds_count",
+            route="/v1/jobs/<job_id>",
+            method="GET",
+            status="200",
+        )
+        >= 1
+    )
+    assert not any(
+        "/v1/jobs/" in labels.get("route", "") and "<" not in labels["route"]
+        for _, labels, _ in api_after
+    ), "a route label holds an id"
     # Nothing waits or is leased once the job has ended (from SQL, at scrape time).
     assert value(api_after, "covidscan_scans_waiting") == 0
     assert value(api_after, "covidscan_scans_leased") == 0
-    assert {labels["priority"] for n, labels, _ in api_after
-            if n == "covidscan_scans_waiting"} == {"high", "normal", "low"}
+    assert {labels["priority"] for n, labels, _ in api_after if n == "covidscan_scans_waiting"} == {
+        "high",
+        "normal",
+        "low",
+    }
 
     # The worker: every scan counted once by status, the job ended once by status.
     model = {"model": "tiny_ct"}
-    assert moved(worker_before, worker_after, "covidscan_scans_classified_total",
-                 status="succeeded", **model) == good
-    assert moved(worker_before, worker_after, "covidscan_scans_classified_total",
-                 status="failed", **model) == bad
-    assert moved(worker_before, worker_after, "covidscan_jobs_finished_total",
-                 status="partially_succeeded") == 1
-    assert moved(worker_before, worker_after, "covidscan_scan_latency_seconds_count",
-                 **model) == good + bad
+    assert (
+        moved(
+            worker_before,
+            worker_after,
+            "covidscan_scans_classified_total",
+            status="succeeded",
+            **model,
+        )
+        == good
+    )
+    assert (
+        moved(
+            worker_before,
+            worker_after,
+            "covidscan_scans_classified_total",
+            status="failed",
+            **model,
+        )
+        == bad
+    )
+    assert (
+        moved(
+            worker_before,
+            worker_after,
+            "covidscan_jobs_finished_total",
+            status="partially_succeeded",
+        )
+        == 1
+    )
+    assert (
+        moved(worker_before, worker_after, "covidscan_scan_latency_seconds_count", **model)
+        == good + bad
+    )
     assert moved(worker_before, worker_after, "covidscan_decode_seconds_count") == good + bad
     # Only decoded scans reach the model: the batches held the five good ones.
     assert moved(worker_before, worker_after, "covidscan_batch_size_sum", **model) == good
     batches = moved(worker_before, worker_after, "covidscan_batch_size_count", **model)
     assert 1 <= batches <= good
-    assert moved(worker_before, worker_after, "covidscan_inference_seconds_count",
-                 **model) == batches
-    assert moved(worker_before, worker_after, "covidscan_batch_wait_seconds_count",
-                 **model) == good
+    assert (
+        moved(worker_before, worker_after, "covidscan_inference_seconds_count", **model) == batches
+    )
+    assert moved(worker_before, worker_after, "covidscan_batch_wait_seconds_count", **model) == good
     fill = moved(worker_before, worker_after, "covidscan_batch_fill_ratio_sum", **model)
     assert fill == pytest.approx(good / 32)  # MAX_BATCH_SIZE's default
     assert moved(worker_before, worker_after, "covidscan_write_seconds_count") >= 1
@@ -117,8 +169,8 @@ def metrics_key_for():
 
 def test_scans_recovered_from_expired_leases_are_counted_by_outcome(app_config):
     from core.metrics import JOBS_FINISHED, SCANS_RECOVERED
-    from covidscan.settings import load_settings
     from core.sweep import sweep_once
+    from covidscan.settings import load_settings
     from db.blobs import FileBlobStore
     from db.jobs import NewScan, create_job
     from db.scans import claim_next
@@ -130,17 +182,24 @@ def test_scans_recovered_from_expired_leases_are_counted_by_outcome(app_config):
         create_job(session, [NewScan(f"{i}.png", f"j/{i}", 1) for i in range(3)], "j" * 32)
     with sessions.begin() as session:  # a worker leases them and dies at once
         assert len(claim_next(session, "dead/1/x", 3, lease_seconds=-1)) == 3
-    counters = {"requeued": SCANS_RECOVERED.labels("requeued"),
-                "failed": SCANS_RECOVERED.labels("failed"),
-                "job failed": JOBS_FINISHED.labels("failed")}
+    counters = {
+        "requeued": SCANS_RECOVERED.labels("requeued"),
+        "failed": SCANS_RECOVERED.labels("failed"),
+        "job failed": JOBS_FINISHED.labels("failed"),
+    }
     before = {name: counter._value.get() for name, counter in counters.items()}
 
     def moved():
         return {name: counter._value.get() - before[name] for name, counter in counters.items()}
 
     def sweep(**changes):
-        return sweep_once(sessions, FileBlobStore(settings.blob_dir), lambda tasks: None,
-                          settings.with_overrides(**changes), clean_up=False)
+        return sweep_once(
+            sessions,
+            FileBlobStore(settings.blob_dir),
+            lambda tasks: None,
+            settings.with_overrides(**changes),
+            clean_up=False,
+        )
 
     assert sweep().requeued == 3
     assert moved() == {"requeued": 3, "failed": 0, "job failed": 0}
@@ -156,8 +215,14 @@ def test_the_queue_is_read_from_sql_at_scrape_time(app, app_config, metrics_key_
     client = authorised(app.test_client(), metrics_key_for(app_config, "submit,read,metrics"))
     for priority, count in (("low", 2), ("high", 3)):
         files = [(io.BytesIO(png_bytes(24, seed=i)), f"{i}.png") for i in range(count)]
-        assert client.post("/v1/jobs", data={"files": files, "priority": priority},
-                           content_type="multipart/form-data").status_code == 202
+        assert (
+            client.post(
+                "/v1/jobs",
+                data={"files": files, "priority": priority},
+                content_type="multipart/form-data",
+            ).status_code
+            == 202
+        )
     samples = parse(client.get("/metrics").get_data(as_text=True))  # no worker: all wait
     assert value(samples, "covidscan_scans_waiting", priority="high") == 3
     assert value(samples, "covidscan_scans_waiting", priority="low") == 2

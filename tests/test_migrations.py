@@ -1,4 +1,5 @@
 """Migrations and models agree, and every migration goes down and up again."""
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext

@@ -1,12 +1,13 @@
 """The worker's model cache (LRU) and MODEL_PATH's registration semantics."""
+
 import pytest
 
-from worker.registration import register_or_select
 from db.model_store import ModelStore
-from db.registry import list_models, set_default, get_model
+from db.registry import get_model, list_models, set_default
 from db.session import make_engine, make_session_factory
 from tests.test_registry_db import a_model
 from worker.model_cache import ModelCache, ModelUnavailable
+from worker.registration import register_or_select
 
 pytestmark = pytest.mark.database
 
@@ -25,8 +26,9 @@ def registered(session_factory, *versions):
         return [add_model(session, a_model(version=v, sha=v * 64)).id for v in versions]
 
 
-def test_least_recently_used_models_are_evicted_beyond_the_cap(session_factory, tmp_path,
-                                                                monkeypatch):
+def test_least_recently_used_models_are_evicted_beyond_the_cap(
+    session_factory, tmp_path, monkeypatch
+):
     loads = []
 
     def fake_load(model, store):  # unit test of the cache's bookkeeping, not of loading
@@ -36,8 +38,13 @@ def test_least_recently_used_models_are_evicted_beyond_the_cap(session_factory, 
     monkeypatch.setattr("worker.registration.load_registered", fake_load)
     a, b, c = registered(session_factory, "a", "b", "c")
     cache = ModelCache(session_factory, ModelStore(tmp_path), 2, lambda loaded: f"engine-{loaded}")
-    assert [cache.engines_for(i) for i in (a, b, a, a, b)] == \
-        ["engine-a", "engine-b", "engine-a", "engine-a", "engine-b"]
+    assert [cache.engines_for(i) for i in (a, b, a, a, b)] == [
+        "engine-a",
+        "engine-b",
+        "engine-a",
+        "engine-a",
+        "engine-b",
+    ]
     assert loads == ["a", "b"]
     cache.engines_for(c)  # evicts a, the least recently used
     assert cache.loaded() == [b, c]
@@ -49,12 +56,16 @@ def test_least_recently_used_models_are_evicted_beyond_the_cap(session_factory, 
         ModelCache(session_factory, ModelStore(tmp_path), 0, str)
 
 
-def test_model_path_registers_once_and_never_replaces_a_chosen_default(session_factory,
-                                                                       tmp_path, tiny_model_path):
+def test_model_path_registers_once_and_never_replaces_a_chosen_default(
+    session_factory, tmp_path, tiny_model_path
+):
     store = ModelStore(tmp_path / "store")
     first = register_or_select(session_factory, store, tiny_model_path)
-    assert (first.name, first.is_default, first.source) == \
-        ("tiny_ct", True, f"MODEL_PATH {tiny_model_path}")
+    assert (first.name, first.is_default, first.source) == (
+        "tiny_ct",
+        True,
+        f"MODEL_PATH {tiny_model_path}",
+    )
     again = register_or_select(session_factory, store, tiny_model_path)
     assert again.id == first.id
     registered(session_factory, "z")
@@ -67,8 +78,9 @@ def test_model_path_registers_once_and_never_replaces_a_chosen_default(session_f
         assert len(list_models(session)) == 2
 
 
-def test_an_identical_copy_already_in_the_store_is_reused(session_factory, tmp_path,
-                                                          tiny_model_path):
+def test_an_identical_copy_already_in_the_store_is_reused(
+    session_factory, tmp_path, tiny_model_path
+):
     """Two workers registering one MODEL_PATH at once: the second finds the first's copy."""
     from models.loader import file_sha256
 
@@ -88,8 +100,12 @@ def unpinned_job(session_factory, model=None) -> tuple[str, list[str]]:
 
     job_id = new_id()
     with session_factory.begin() as session:
-        job = create_job(session, [NewScan(f"s{i}.png", f"{job_id}/{i}", 1) for i in range(3)],
-                         job_id, JobOptions(model=model))
+        job = create_job(
+            session,
+            [NewScan(f"s{i}.png", f"{job_id}/{i}", 1) for i in range(3)],
+            job_id,
+            JobOptions(model=model),
+        )
         session.flush()
         return job_id, [scan.id for scan in job.scans]
 
@@ -108,17 +124,23 @@ class _Untrained:
     def __init__(self) -> None:
         from types import SimpleNamespace
 
-        self.model = SimpleNamespace(info=SimpleNamespace(
-            name="resnet50-untrained", version="seed-1234", sha256="u" * 64))
+        self.model = SimpleNamespace(
+            info=SimpleNamespace(name="resnet50-untrained", version="seed-1234", sha256="u" * 64)
+        )
 
 
 def test_a_job_accepted_before_registration_is_pinned_to_the_default_when_it_runs(
-        session_factory, tmp_path):
+    session_factory, tmp_path
+):
     from worker.model_cache import pin_unpinned_jobs
 
     built = []
-    cache = ModelCache(session_factory, ModelStore(tmp_path), 2,
-                       lambda loaded: built.append(loaded) or _Untrained())
+    cache = ModelCache(
+        session_factory,
+        ModelStore(tmp_path),
+        2,
+        lambda loaded: built.append(loaded) or _Untrained(),
+    )
     early_id, early_scans = unpinned_job(session_factory)
     assert job_pin(session_factory, early_id) == (None, None, None, None)
     (model_id,) = registered(session_factory, "a")  # MODEL_PATH, registered by the worker
@@ -133,7 +155,8 @@ def test_a_job_accepted_before_registration_is_pinned_to_the_default_when_it_run
 
 
 def test_with_no_model_registered_at_all_the_job_is_pinned_to_the_untrained_default(
-        session_factory, tmp_path, monkeypatch):
+    session_factory, tmp_path, monkeypatch
+):
     from worker.model_cache import pin_unpinned_jobs
 
     monkeypatch.setattr("models.loader.build_untrained", lambda: "untrained")
@@ -164,8 +187,9 @@ def test_a_model_that_loads_does_not_hold_up_a_warm_one(session_factory, tmp_pat
     cache = ModelCache(session_factory, ModelStore(tmp_path), 2, lambda loaded: loaded)
     cache.engines_for(warm)
     results = []
-    loaders = [threading.Thread(target=lambda: results.append(cache.engines_for(slow)))
-               for _ in range(2)]
+    loaders = [
+        threading.Thread(target=lambda: results.append(cache.engines_for(slow))) for _ in range(2)
+    ]
     for thread in loaders:
         thread.start()
     assert slow_started.wait(10)

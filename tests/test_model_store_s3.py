@@ -1,17 +1,18 @@
 """The model store mirrored to a real S3 server (SeaweedFS): a model registered on one host
 is fetched whole, checked, by a host whose MODEL_STORE_DIR is empty."""
+
 import uuid
 
 import pytest
 
-from worker.registration import Registration, load_registered, register_model
-from covidscan.settings import load_settings
 from core.sweep import delete_orphan_blobs
+from covidscan.settings import load_settings
 from db.blobs import open_blob_store
 from db.model_store import open_model_store
 from db.registry import ModelExists, find_model
 from db.session import make_engine, make_session_factory
 from models.loader import ModelLoadError
+from worker.registration import Registration, load_registered, register_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.database]
 
@@ -32,15 +33,17 @@ def session_factory(database_url):
 
 
 def objects(store):
-    return sorted(o["Key"][len(store.prefix):] for o in store.bucket.objects(store.prefix))
+    return sorted(o["Key"][len(store.prefix) :] for o in store.bucket.objects(store.prefix))
 
 
 def test_a_model_registered_on_one_host_is_fetched_checked_and_removed_on_another(
-        settings, session_factory, tmp_path, tiny_model_path):
+    settings, session_factory, tmp_path, tiny_model_path
+):
     store_a = open_model_store(tmp_path / "a", settings.blob_store)
     store_b = open_model_store(tmp_path / "b", settings.blob_store)
-    model = register_model(session_factory, store_a, Registration(
-        path=tiny_model_path, name="tiny", version="v1"))
+    model = register_model(
+        session_factory, store_a, Registration(path=tiny_model_path, name="tiny", version="v1")
+    )
     assert objects(store_a) == ["tiny/v1/tiny_ct.h5"]
     assert not (tmp_path / "b").exists()
 
@@ -67,10 +70,12 @@ def test_a_model_registered_on_one_host_is_fetched_checked_and_removed_on_anothe
 
 
 def test_a_tampered_object_is_refused_and_nothing_is_left_behind(
-        settings, session_factory, tmp_path, tiny_model_path):
+    settings, session_factory, tmp_path, tiny_model_path
+):
     store_a = open_model_store(tmp_path / "a", settings.blob_store)
-    model = register_model(session_factory, store_a, Registration(
-        path=tiny_model_path, name="tiny", version="v2"))
+    model = register_model(
+        session_factory, store_a, Registration(path=tiny_model_path, name="tiny", version="v2")
+    )
     key = store_a.prefix + "tiny/v2/tiny_ct.h5"
     store_a.bucket.s3.put_object(Bucket=store_a.bucket.bucket, Key=key, Body=b"not the model")
 
@@ -81,7 +86,8 @@ def test_a_tampered_object_is_refused_and_nothing_is_left_behind(
 
 
 def test_a_name_and_version_taken_in_the_bucket_is_refused_on_another_host(
-        settings, tmp_path, tiny_model_path):
+    settings, tmp_path, tiny_model_path
+):
     open_model_store(tmp_path / "a", settings.blob_store).put(tiny_model_path, "tiny", "v3")
     with pytest.raises(FileExistsError, match="tiny/v3 already exists"):
         open_model_store(tmp_path / "b", settings.blob_store).put(tiny_model_path, "tiny", "v3")
@@ -89,7 +95,8 @@ def test_a_name_and_version_taken_in_the_bucket_is_refused_on_another_host(
 
 
 def test_a_registration_that_loses_the_race_keeps_the_copy_the_winner_recorded(
-        settings, session_factory, tmp_path, tiny_model_path):
+    settings, session_factory, tmp_path, tiny_model_path
+):
     """Two workers register MODEL_PATH at once on one host: the first copies the file in,
     the second finds that copy, reuses it and records its row first. The first, refused,
     must not delete a copy a registered model now names."""
@@ -100,13 +107,11 @@ def test_a_registration_that_loses_the_race_keeps_the_copy_the_winner_recorded(
         def put(self, source, name, version):
             relative = super().put(source, name, version)
             # The other worker, between this copy and this worker's row:
-            register_model(session_factory, mirrored(tmp_path / "a", settings.blob_store),
-                           request)
+            register_model(session_factory, mirrored(tmp_path / "a", settings.blob_store), request)
             return relative
 
     with pytest.raises(ModelExists, match="tiny:v4 is already registered"):
-        register_model(session_factory, RacedStore(tmp_path / "a", settings.blob_store),
-                       request)
+        register_model(session_factory, RacedStore(tmp_path / "a", settings.blob_store), request)
     with session_factory() as session:
         model = find_model(session, "tiny:v4")
     assert (tmp_path / "a" / model.stored_path).exists()

@@ -1,4 +1,5 @@
 """``covidscan models``: add, list, set-default and remove against a real database and store."""
+
 import json
 
 import pytest
@@ -15,8 +16,11 @@ pytestmark = pytest.mark.database
 
 @pytest.fixture
 def registry_env(tmp_path, database_url):
-    return {"DATABASE_URL": database_url, "MODEL_STORE_DIR": str(tmp_path / "store"),
-            "MODEL_PATH": ""}
+    return {
+        "DATABASE_URL": database_url,
+        "MODEL_STORE_DIR": str(tmp_path / "store"),
+        "MODEL_PATH": "",
+    }
 
 
 def run(env, *args):
@@ -31,15 +35,29 @@ def listed(env):
 
 def test_add_list_set_default_remove(registry_env, tiny_model_path, tmp_path):
     assert run(registry_env, "models", "list").output.startswith("no registered models")
-    first = run(registry_env, "models", "add", str(tiny_model_path), "--name", "tiny",
-                "--version", "1")
+    first = run(
+        registry_env, "models", "add", str(tiny_model_path), "--name", "tiny", "--version", "1"
+    )
     assert first.exit_code == 0, first.output
-    second = run(registry_env, "models", "add", str(tiny_model_path), "--name", "tiny",
-                 "--version", "2", "--classes", "NonCOVID,COVID", "--default")
+    second = run(
+        registry_env,
+        "models",
+        "add",
+        str(tiny_model_path),
+        "--name",
+        "tiny",
+        "--version",
+        "2",
+        "--classes",
+        "NonCOVID,COVID",
+        "--default",
+    )
     assert second.exit_code == 0, second.output
     rows = listed(registry_env)
-    assert [(r["version"], r["default"], r["positive_class"]) for r in rows] == \
-        [("1", False, "COVID"), ("2", True, "COVID")]
+    assert [(r["version"], r["default"], r["positive_class"]) for r in rows] == [
+        ("1", False, "COVID"),
+        ("2", True, "COVID"),
+    ]
     assert rows[1]["classes"] == ["NonCOVID", "COVID"] and rows[0]["format"] == "keras2-h5"
     assert rows[0]["input_size"] == [32, 32] and rows[0]["trained"] is True
     stored = tmp_path / "store" / "tiny" / "1" / tiny_model_path.name
@@ -53,7 +71,9 @@ def test_add_list_set_default_remove(registry_env, tiny_model_path, tmp_path):
     assert audited(registry_env["DATABASE_URL"]) == [
         ("model.add", {"model": "tiny:1", "default": False, "trusted_code": False}),
         ("model.add", {"model": "tiny:2", "default": True, "trusted_code": False}),
-        ("model.set_default", {"model": "tiny:1"}), ("model.remove", {"model": "tiny:1"})]
+        ("model.set_default", {"model": "tiny:1"}),
+        ("model.remove", {"model": "tiny:1"}),
+    ]
 
 
 def audited(database_url):
@@ -70,17 +90,27 @@ def audited(database_url):
     return [(e.action, {k: v for k, v in e.detail.items() if k != "sha256"}) for e in events]
 
 
-def test_add_refuses_a_file_whose_outputs_do_not_match_the_classes(registry_env,
-                                                                    tiny_model_path, tmp_path):
-    result = run(registry_env, "models", "add", str(tiny_model_path), "--name", "tiny",
-                 "--classes", "COVID,CAP,Normal", "--positive", "COVID")
+def test_add_refuses_a_file_whose_outputs_do_not_match_the_classes(
+    registry_env, tiny_model_path, tmp_path
+):
+    result = run(
+        registry_env,
+        "models",
+        "add",
+        str(tiny_model_path),
+        "--name",
+        "tiny",
+        "--classes",
+        "COVID,CAP,Normal",
+        "--positive",
+        "COVID",
+    )
     assert result.exit_code == 1
     assert "2 outputs but 3 classes" in result.output
     assert listed(registry_env) == [] and not (tmp_path / "store" / "tiny").exists()
 
 
-def test_add_refuses_what_is_not_a_model_and_unsafe_names(registry_env, tmp_path,
-                                                          tiny_model_path):
+def test_add_refuses_what_is_not_a_model_and_unsafe_names(registry_env, tmp_path, tiny_model_path):
     junk = tmp_path / "junk.h5"
     junk.write_bytes(b"not hdf5")
     result = run(registry_env, "models", "add", str(junk), "--name", "junk")
@@ -91,10 +121,15 @@ def test_add_refuses_what_is_not_a_model_and_unsafe_names(registry_env, tmp_path
 
 
 def test_duplicate_and_unknown_references_are_named(registry_env, tiny_model_path):
-    assert run(registry_env, "models", "add", str(tiny_model_path), "--name", "t",
-               "--version", "1").exit_code == 0
-    again = run(registry_env, "models", "add", str(tiny_model_path), "--name", "t",
-                "--version", "1")
+    assert (
+        run(
+            registry_env, "models", "add", str(tiny_model_path), "--name", "t", "--version", "1"
+        ).exit_code
+        == 0
+    )
+    again = run(
+        registry_env, "models", "add", str(tiny_model_path), "--name", "t", "--version", "1"
+    )
     assert again.exit_code == 1 and "t:1 is already registered" in again.output
     unknown = run(registry_env, "models", "set-default", "nope:9")
     assert unknown.exit_code == 1 and "'nope:9'" in unknown.output
@@ -102,12 +137,20 @@ def test_duplicate_and_unknown_references_are_named(registry_env, tiny_model_pat
 
 
 def test_remove_is_refused_while_a_pinned_job_is_unfinished(registry_env, tiny_model_path):
-    assert run(registry_env, "models", "add", str(tiny_model_path), "--name", "t",
-               "--version", "1").exit_code == 0
+    assert (
+        run(
+            registry_env, "models", "add", str(tiny_model_path), "--name", "t", "--version", "1"
+        ).exit_code
+        == 0
+    )
     engine = make_engine(registry_env["DATABASE_URL"])
     with make_session_factory(engine).begin() as session:
-        job = create_job(session, [NewScan("a.png", "k/0", 1)], new_id(),
-                         JobOptions(model=get_model(session, "t:1")))
+        job = create_job(
+            session,
+            [NewScan("a.png", "k/0", 1)],
+            new_id(),
+            JobOptions(model=get_model(session, "t:1")),
+        )
         job_id = job.id
     refused = run(registry_env, "models", "remove", "t:1")
     assert refused.exit_code == 1 and job_id in refused.output

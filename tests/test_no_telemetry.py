@@ -5,6 +5,7 @@ process forked off the caller, and a service holding patient data must not call 
 The check runs in a fresh interpreter without CI variables (which the libraries also
 honour), so it proves what the product does, not what the test environment does.
 """
+
 import os
 import subprocess
 import sys
@@ -25,10 +26,19 @@ print(telemetry_utils.tm.__name__, type(nncf_telemetry.telemetry).__name__, fork
 
 
 def test_openvino_and_nncf_send_no_telemetry_and_fork_nothing():
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("CI", "TF_BUILD", "JENKINS_URL", "NNCF_CI", "NNCF_DEV")}
-    done = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, text=True,
-                          capture_output=True, timeout=120)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("CI", "TF_BUILD", "JENKINS_URL", "NNCF_CI", "NNCF_DEV")
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     ovc_module, nncf_kind, forks = done.stdout.strip().splitlines()[-1].split(" ", 2)
     assert ovc_module == "openvino.tools.ovc.telemetry_stub"

@@ -1,6 +1,7 @@
 """Open jobs: one job's scans sent in several requests, classified while the rest is sent,
 ended only once sealed. Against a real Redis and database; the first test with the
 session's real worker."""
+
 import io
 import threading
 import time
@@ -47,14 +48,16 @@ def scan_rows(database_url, job_id):
     engine = make_engine(database_url)
     try:
         with make_session_factory(engine)() as session:
-            return list(session.scalars(select(Scan).where(Scan.job_id == job_id)
-                                        .order_by(Scan.position)))
+            return list(
+                session.scalars(select(Scan).where(Scan.job_id == job_id).order_by(Scan.position))
+            )
     finally:
         engine.dispose()
 
 
-def test_an_open_job_is_classified_part_by_part_and_ends_only_once_sealed(stack_client,
-                                                                          stack_config):
+def test_an_open_job_is_classified_part_by_part_and_ends_only_once_sealed(
+    stack_client, stack_config
+):
     job = open_job(stack_client, slices("first", 4))
     assert job["status"] == "open" and job["open_until"] and job["counts"]["total"] == 4
     deadline = time.monotonic() + 120
@@ -70,8 +73,9 @@ def test_an_open_job_is_classified_part_by_part_and_ends_only_once_sealed(stack_
     final = wait_for_job(stack_client, job["id"])
     assert final["status"] == "succeeded" and final["counts"]["succeeded"] == 7
     rows = scan_rows(stack_config["DATABASE_URL"], job["id"])
-    assert [r.filename for r in rows] == [f"first_{i:02d}.png" for i in range(4)] + \
-        [f"second_{i:02d}.png" for i in range(3)]
+    assert [r.filename for r in rows] == [f"first_{i:02d}.png" for i in range(4)] + [
+        f"second_{i:02d}.png" for i in range(3)
+    ]
     assert [r.position for r in rows] == list(range(7))
     assert all(r.result_writes == 1 for r in rows)
 
@@ -84,16 +88,19 @@ def test_a_refused_part_leaves_nothing_and_the_parts_before_it_stay(client, app_
     job = open_job(client, slices("kept", 2))
     blob_dir = Path(app_config["BLOB_DIR"]) / job["id"]
     before = sorted(p.name for p in blob_dir.iterdir())
-    refused = add(client, job["id"], slices("new", 3) + [("notes.png", b"not an image")],
-                  expect=415)
+    refused = add(
+        client, job["id"], slices("new", 3) + [("notes.png", b"not an image")], expect=415
+    )
     assert "notes.png" in refused["detail"]
     assert sorted(p.name for p in blob_dir.iterdir()) == before
     empty = post(client, f"/v1/jobs/{job['id']}/scans")
     assert empty.status_code == 400 and "no files" in empty.get_json()["detail"]
     body = client.get(f"/v1/jobs/{job['id']}").get_json()
     assert body["counts"]["total"] == 2 and body["status"] == "open"
-    assert [r.filename for r in scan_rows(app_config["DATABASE_URL"], job["id"])] == \
-        ["kept_00.png", "kept_01.png"]
+    assert [r.filename for r in scan_rows(app_config["DATABASE_URL"], job["id"])] == [
+        "kept_00.png",
+        "kept_01.png",
+    ]
 
 
 def test_every_part_of_an_open_job_asked_to_explain_is_explained(client, app_config):
@@ -104,8 +111,9 @@ def test_every_part_of_an_open_job_asked_to_explain_is_explained(client, app_con
     engine = make_engine(app_config["DATABASE_URL"])
     try:
         with make_session_factory(engine)() as session:
-            explained = set(session.scalars(select(Explanation.scan_id)
-                                            .where(Explanation.job_id == job["id"])))
+            explained = set(
+                session.scalars(select(Explanation.scan_id).where(Explanation.job_id == job["id"]))
+            )
             scans = set(session.scalars(select(Scan.id).where(Scan.job_id == job["id"])))
     finally:
         engine.dispose()
@@ -123,15 +131,15 @@ def test_an_empty_open_job_cannot_be_sealed_and_a_cancelled_one_takes_no_parts(c
     assert "cancelled" in add(client, job["id"], slices("b", 1), expect=409)["detail"]
 
 
-def test_a_job_is_open_only_when_asked_and_another_owner_cannot_add_to_it(client, app,
-                                                                          app_config):
+def test_a_job_is_open_only_when_asked_and_another_owner_cannot_add_to_it(client, app, app_config):
     plain = post(client, "/v1/jobs", slices("p", 1))
     assert plain.status_code == 202 and plain.get_json()["status"] == "queued"
     assert add(client, plain.get_json()["id"], slices("q", 1), expect=409)
     assert post(client, "/v1/jobs", open="maybe").status_code == 400
     job = open_job(client, slices("mine", 1))
-    other = authorised(app.test_client(),
-                       create_api_key(app_config["DATABASE_URL"], owner="mallory"))
+    other = authorised(
+        app.test_client(), create_api_key(app_config["DATABASE_URL"], owner="mallory")
+    )
     assert add(other, job["id"], slices("theirs", 1), expect=404)
     assert other.post(f"/v1/jobs/{job['id']}/seal").status_code == 404
 
@@ -141,8 +149,9 @@ def small_jobs_config(app_config):
     return {**app_config, "MAX_SCANS_PER_JOB": "6"}
 
 
-def test_parts_sent_at_once_get_one_position_each_and_respect_the_job_limit(small_jobs_config,
-                                                                          api_key):
+def test_parts_sent_at_once_get_one_position_each_and_respect_the_job_limit(
+    small_jobs_config, api_key
+):
     from api import create_app
 
     app = keyed_test_clients(create_app(small_jobs_config), api_key)
@@ -150,8 +159,11 @@ def test_parts_sent_at_once_get_one_position_each_and_respect_the_job_limit(smal
     answers = []
 
     def send(n):
-        answers.append(post(app.test_client(), f"/v1/jobs/{job['id']}/scans",
-                            slices(f"p{n}", 2, seed=10 * n)).status_code)
+        answers.append(
+            post(
+                app.test_client(), f"/v1/jobs/{job['id']}/scans", slices(f"p{n}", 2, seed=10 * n)
+            ).status_code
+        )
 
     threads = [threading.Thread(target=send, args=(n,)) for n in range(1, 5)]
     for thread in threads:
@@ -164,13 +176,14 @@ def test_parts_sent_at_once_get_one_position_each_and_respect_the_job_limit(smal
     assert [r.position for r in rows] == list(range(5))
     blob_dir = Path(small_jobs_config["BLOB_DIR"]) / job["id"]
     assert sorted(p.name for p in blob_dir.iterdir()) == sorted(
-        Path(r.blob_key).name for r in rows)  # the refused parts left no file
+        Path(r.blob_key).name for r in rows
+    )  # the refused parts left no file
 
 
 def test_the_sweep_seals_a_lapsed_job_and_deletes_a_lapsed_empty_one(app_config, api_key):
     from api import create_app
-    from covidscan.settings import load_settings
     from core.sweep import sweep_once
+    from covidscan.settings import load_settings
     from db.blobs import FileBlobStore
 
     config = {**app_config, "OPEN_JOB_TIMEOUT": "1"}
@@ -181,12 +194,14 @@ def test_the_sweep_seals_a_lapsed_job_and_deletes_a_lapsed_empty_one(app_config,
     sessions = make_session_factory(engine)
     settings = load_settings(config)
     try:
-        early = sweep_once(sessions, FileBlobStore(Path(config["BLOB_DIR"])), lambda n: None,
-                           settings)
+        early = sweep_once(
+            sessions, FileBlobStore(Path(config["BLOB_DIR"])), lambda n: None, settings
+        )
         assert early.jobs_sealed == 0
         time.sleep(1.2)
-        report = sweep_once(sessions, FileBlobStore(Path(config["BLOB_DIR"])), lambda n: None,
-                            settings)
+        report = sweep_once(
+            sessions, FileBlobStore(Path(config["BLOB_DIR"])), lambda n: None, settings
+        )
         assert report.jobs_sealed == 1
         with sessions() as session:
             assert session.get(Job, kept["id"]).open_until is None
@@ -205,9 +220,13 @@ def test_the_client_sends_a_large_upload_in_parts_as_one_job(server, tmp_path):
     assert job["counts"]["total"] == 7 and job["open_until"] is None
     engine = make_engine(database_url)
     with make_session_factory(engine)() as session:
-        actions = list(session.scalars(select(AuditEvent.action)
-                                       .where(AuditEvent.job_id == job["id"])
-                                       .order_by(AuditEvent.id)))
+        actions = list(
+            session.scalars(
+                select(AuditEvent.action)
+                .where(AuditEvent.job_id == job["id"])
+                .order_by(AuditEvent.id)
+            )
+        )
     engine.dispose()
     assert actions == ["job.submit", "job.add_scans", "job.add_scans", "job.seal"]
 
@@ -235,8 +254,7 @@ def test_the_client_says_so_when_the_refused_uploads_job_could_not_be_deleted(se
     write_folder(tmp_path / "slices", 4, size=32)
     (tmp_path / "slices" / "zz_notes.png").write_text("not an image")
     with pytest.raises(ApiError) as refused:
-        BusyServer(url, api_key=key, part_files=3).submit(
-            sorted((tmp_path / "slices").iterdir()))
+        BusyServer(url, api_key=key, part_files=3).submit(sorted((tmp_path / "slices").iterdir()))
     detail = refused.value.detail
     assert refused.value.status == 415 and "zz_notes.png" in detail
     assert "was deleted" not in detail and "could not be deleted" in detail

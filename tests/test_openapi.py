@@ -2,6 +2,7 @@
 
 The live checks of the document against the running API are in tests/test_openapi_stack.py.
 """
+
 import io
 import json
 import re
@@ -32,20 +33,26 @@ def spec(offline_app):
 
 
 def api_routes(app):
-    return [(rule, method) for rule in app.url_map.iter_rules() if rule.rule.startswith("/v1/")
-            for method in sorted(rule.methods - {"HEAD", "OPTIONS"})]
+    return [
+        (rule, method)
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/v1/")
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"})
+    ]
 
 
 def test_the_committed_copy_is_what_the_code_generates(offline_app):
     assert COMMITTED.exists(), f"docs/openapi.json is missing: {REGENERATE}"
-    assert COMMITTED.read_text() == spec_text(offline_app), \
+    assert COMMITTED.read_text() == spec_text(offline_app), (
         f"docs/openapi.json differs from the API the code serves: {REGENERATE}"
+    )
 
 
 def test_every_v1_route_is_in_the_document(offline_app, spec):
     assert not undocumented_rules(offline_app), (
         f"describe these routes with @api.openapi.operation(...) (README, 'Describing a new "
-        f"route'): {undocumented_rules(offline_app)}")
+        f"route'): {undocumented_rules(offline_app)}"
+    )
     routes = api_routes(offline_app)
     assert len(routes) >= 11
     for rule, method in routes:
@@ -55,8 +62,7 @@ def test_every_v1_route_is_in_the_document(offline_app, spec):
 
 def test_an_undescribed_route_is_reported(offline_app):
     app = create_app({"DATABASE_URL": "sqlite://", "REDIS_URL": "redis://127.0.0.1:1/0"})
-    app.add_url_rule("/v1/undescribed/<thing>", "undescribed", lambda thing: thing,
-                     methods=["PUT"])
+    app.add_url_rule("/v1/undescribed/<thing>", "undescribed", lambda thing: thing, methods=["PUT"])
     assert undocumented_rules(app) == ["PUT /v1/undescribed/<thing>"]
     assert undocumented_rules(offline_app) == []
 
@@ -64,8 +70,10 @@ def test_an_undescribed_route_is_reported(offline_app):
 def test_the_document_is_valid_openapi_3_1(spec):
     from schemathesis.specs.openapi.definitions import OPENAPI_31  # the OAS 3.1 meta-schema
 
-    errors = [f"{list(e.absolute_path)}: {e.message}"
-              for e in jsonschema.Draft202012Validator(OPENAPI_31).iter_errors(spec)]
+    errors = [
+        f"{list(e.absolute_path)}: {e.message}"
+        for e in jsonschema.Draft202012Validator(OPENAPI_31).iter_errors(spec)
+    ]
     assert not errors, errors
     assert spec["openapi"] == "3.1.0"
     refs = set(re.findall(r'"#/components/(\w+)/(\w+)"', json.dumps(spec)))
@@ -79,8 +87,9 @@ def test_security_and_errors_follow_the_views_declared_scopes(offline_app, spec)
         path = re.sub(r"<([^<>]+)>", r"{\1}", rule.rule)
         operation = spec["paths"][path][method.lower()]
         assert view.required_scope != PUBLIC
-        assert {"apiKey", "browserSession"} == {name for req in operation["security"]
-                                                for name in req}
+        assert {"apiKey", "browserSession"} == {
+            name for req in operation["security"] for name in req
+        }
         assert {"400", "401", "403", "429"} <= set(operation["responses"]), (method, path)
         if rule.arguments:
             assert "404" in operation["responses"], (method, path)
@@ -92,8 +101,7 @@ def test_security_and_errors_follow_the_views_declared_scopes(offline_app, spec)
     assert form["schema"]["properties"]["open"]["type"] == "boolean"
     part = spec["paths"]["/v1/jobs/{job_id}/scans"]["post"]
     assert {"202", "404", "409", "413", "415"} <= set(part["responses"])
-    assert part["requestBody"]["content"]["multipart/form-data"]["schema"]["required"] == \
-        ["files"]
+    assert part["requestBody"]["content"]["multipart/form-data"]["schema"]["required"] == ["files"]
     assert spec["paths"]["/v1/jobs/{job_id}/seal"]["post"]["security"] == submit["security"]
     priority = form["schema"]["properties"]["priority"]
     assert priority["enum"] == ["high", "normal", "low", ""]  # empty means the default
@@ -125,8 +133,7 @@ class _Assets(HTMLParser):
             self.urls.append(attrs["href"])
 
 
-def test_the_document_and_the_docs_page_are_served_without_a_key_or_another_site(offline_app,
-                                                                               spec):
+def test_the_document_and_the_docs_page_are_served_without_a_key_or_another_site(offline_app, spec):
     client = offline_app.test_client()
     served = client.get("/openapi.json")
     assert served.status_code == 200 and served.get_json() == spec
@@ -147,19 +154,25 @@ def test_the_document_and_the_docs_page_are_served_without_a_key_or_another_site
 
 # What the property-based tests found, pinned (tests/test_openapi_stack.py finds them by chance).
 
+
 @pytest.mark.integration
 @pytest.mark.parametrize("query", ["limit=5&limit=7", "limit=5&limit="])
 def test_a_query_parameter_given_twice_is_refused(client, query):
     response = client.get(f"/v1/jobs?{query}")
-    assert response.status_code == 400 and "given more than once: limit" in \
-        response.get_json()["detail"]
+    assert (
+        response.status_code == 400
+        and "given more than once: limit" in response.get_json()["detail"]
+    )
     assert client.get("/v1/jobs?limit=5").status_code == 200
 
 
 @pytest.mark.integration
 def test_results_check_their_paging_arguments_for_csv_too_and_empty_is_the_default(client):
-    job = client.post("/v1/jobs", data={"files": [(io.BytesIO(png_bytes(24)), "a.png")]},
-                      content_type="multipart/form-data").get_json()
+    job = client.post(
+        "/v1/jobs",
+        data={"files": [(io.BytesIO(png_bytes(24)), "a.png")]},
+        content_type="multipart/form-data",
+    ).get_json()
     base = f"/v1/jobs/{job['id']}/results"
     assert client.get(f"{base}?format=csv&limit=0").status_code == 400
     assert client.get(f"{base}?format=csv").status_code == 200
@@ -168,8 +181,9 @@ def test_results_check_their_paging_arguments_for_csv_too_and_empty_is_the_defau
 
 @pytest.mark.integration
 def test_an_audit_cursor_beyond_any_event_id_is_refused(app, app_config):
-    admin = authorised(app.test_client(), create_api_key(app_config["DATABASE_URL"], "root",
-                                                         "admin"))
+    admin = authorised(
+        app.test_client(), create_api_key(app_config["DATABASE_URL"], "root", "admin")
+    )
     for cursor in (2**31, 2**70, -1):
         response = admin.get(f"/v1/audit?cursor={cursor}")
         assert response.status_code == 400 and "cursor" in response.get_json()["detail"]
@@ -196,8 +210,11 @@ def test_a_whole_number_with_a_zero_fraction_is_an_integer(client):
 
 @pytest.mark.integration
 def test_the_new_routes_check_their_query_and_take_empty_as_the_default(client):
-    job = client.post("/v1/jobs", data={"files": [(io.BytesIO(png_bytes(24)), "a.png")]},
-                      content_type="multipart/form-data").get_json()
+    job = client.post(
+        "/v1/jobs",
+        data={"files": [(io.BytesIO(png_bytes(24)), "a.png")]},
+        content_type="multipart/form-data",
+    ).get_json()
     series = f"/v1/jobs/{job['id']}/series"
     assert client.get(f"{series}?slices=maybe").status_code == 400
     assert client.get(f"{series}?slices=1").get_json() == {"series": [], "rule": None}

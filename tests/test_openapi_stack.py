@@ -7,6 +7,7 @@ headers, body schema). Path parameters are sometimes the ids of a real finished 
 its scans, so the success paths (results, CSV, thumbnails, cancel, delete) are reached,
 not only the 404s.
 """
+
 import collections
 import io
 import json
@@ -28,12 +29,15 @@ pytestmark = pytest.mark.integration
 
 MAX_EXAMPLES = 25  # per operation and mode: a bounded run, not an exhaustive one
 # Limits high enough that the generated requests meet the API rather than the rate limiter.
-ROOMY_LIMITS = {"RATE_LIMIT": "100000/minute", "SCANS_PER_HOUR": "100000",
-                "MAX_ACTIVE_JOBS": "10000",
-                # the ignored-auth check calls every operation with a wrong key too
-                "FAILED_AUTH_LIMIT": "100000/minute",
-                "WEBHOOK_SECRET": "whsec_" + "a" * 44,  # webhooks without a secret of their own
-                "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1"}  # where the test registers them
+ROOMY_LIMITS = {
+    "RATE_LIMIT": "100000/minute",
+    "SCANS_PER_HOUR": "100000",
+    "MAX_ACTIVE_JOBS": "10000",
+    # the ignored-auth check calls every operation with a wrong key too
+    "FAILED_AUTH_LIMIT": "100000/minute",
+    "WEBHOOK_SECRET": "whsec_" + "a" * 44,  # webhooks without a secret of their own
+    "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+}  # where the test registers them
 PUBLIC_URL = "http://127.0.0.1:9/hook"  # allowed below; an address literal needs no DNS
 STOW = 'multipart/related; type="application/dicom"'
 STOW_BOUNDARY = "contract-boundary"
@@ -49,10 +53,16 @@ def submit_real_job(client, **fields) -> dict:
     """Two slices, one that cannot be decoded, a ZIP with a slice and a skipped entry, and a
     DICOM CT slice (a series)."""
     archive = zip_bytes([("notes.txt", b"not a slice"), ("z.png", png_bytes(32, seed=9))])
-    data = {"files": [(io.BytesIO(png_bytes(32, seed=i)), f"slice-{i}.png") for i in range(2)]
-            + [(io.BytesIO(corrupt_png(32)), "broken.png"), (io.BytesIO(archive), "more.zip"),
-               (io.BytesIO(ct_bytes()), "ct.dcm")],
-            "name": "contract", **fields}
+    data = {
+        "files": [(io.BytesIO(png_bytes(32, seed=i)), f"slice-{i}.png") for i in range(2)]
+        + [
+            (io.BytesIO(corrupt_png(32)), "broken.png"),
+            (io.BytesIO(archive), "more.zip"),
+            (io.BytesIO(ct_bytes()), "ct.dcm"),
+        ],
+        "name": "contract",
+        **fields,
+    }
     response = client.post("/v1/jobs", data=data, content_type="multipart/form-data")
     assert response.status_code == 202, response.get_json()
     return response.get_json()
@@ -60,9 +70,11 @@ def submit_real_job(client, **fields) -> dict:
 
 def open_real_job(client) -> str:
     """An open job holding one slice: it takes parts and can be sealed."""
-    response = client.post("/v1/jobs", data={"files": [(io.BytesIO(png_bytes(32)), "a.png")],
-                                             "open": "true"},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/v1/jobs",
+        data={"files": [(io.BytesIO(png_bytes(32)), "a.png")], "open": "true"},
+        content_type="multipart/form-data",
+    )
     assert response.status_code == 202, response.get_json()
     return response.get_json()["id"]
 
@@ -79,9 +91,17 @@ def live(stack_config, worker):
     model = client.get("/v1/models").get_json()["default"]  # the worker's MODEL_PATH
     assert model is not None
     series_uid = next(row["series_uid"] for row in scans if row["series_uid"])
-    return {"app": app, "key": key, "client": client,
-            "ids": {"job_id": job["id"], "scan_id": scans[0]["scan_id"], "ref": model,
-                    "series_uid": series_uid}}
+    return {
+        "app": app,
+        "key": key,
+        "client": client,
+        "ids": {
+            "job_id": job["id"],
+            "scan_id": scans[0]["scan_id"],
+            "ref": model,
+            "series_uid": series_uid,
+        },
+    }
 
 
 def some_webhook(client) -> str:
@@ -112,12 +132,18 @@ def operations():
     for path, item in document["paths"].items():
         for method, operation in item.items():
             modes = [GenerationMode.POSITIVE]
-            if any(p["in"] != "path" or p["schema"].get("pattern") != NO_NUL
-                   for p in operation["parameters"]) or "requestBody" in operation:
+            if (
+                any(
+                    p["in"] != "path" or p["schema"].get("pattern") != NO_NUL
+                    for p in operation["parameters"]
+                )
+                or "requestBody" in operation
+            ):
                 modes.append(GenerationMode.NEGATIVE)
             for mode in modes:
-                yield pytest.param(method.upper(), path, mode,
-                                   id=f"{method.upper()} {path} {mode.value}")
+                yield pytest.param(
+                    method.upper(), path, mode, id=f"{method.upper()} {path} {mode.value}"
+                )
 
 
 def with_real_slices(case):
@@ -140,10 +166,12 @@ def with_public_url(case):
 
 def with_real_instance(case):
     """A STOW-RS body of a real CT instance, with its boundary (a schema can say neither)."""
-    case.body = (f"--{STOW_BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-                 + ct_bytes() + f"\r\n--{STOW_BOUNDARY}--\r\n".encode())
-    case.headers = {**(case.headers or {}),
-                    "Content-Type": f"{STOW}; boundary={STOW_BOUNDARY}"}
+    case.body = (
+        f"--{STOW_BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        + ct_bytes()
+        + f"\r\n--{STOW_BOUNDARY}--\r\n".encode()
+    )
+    case.headers = {**(case.headers or {}), "Content-Type": f"{STOW}; boundary={STOW_BOUNDARY}"}
     return case
 
 
@@ -153,8 +181,11 @@ def test_the_api_keeps_its_contract(live, live_schema, method, path, mode):
     strategy = operation.as_strategy(generation_mode=mode)
     # Valid data: half the time (first, so always in the first example) ids that exist.
     # Invalid data negates the ids themselves.
-    real = {name: value for name, value in live["ids"].items()
-            if "{" + name + "}" in path and mode is GenerationMode.POSITIVE}
+    real = {
+        name: value
+        for name, value in live["ids"].items()
+        if "{" + name + "}" in path and mode is GenerationMode.POSITIVE
+    }
     if method == "DELETE" and "job_id" in real:  # its own, so that the other tests keep theirs
         real["job_id"] = submit_real_job(live["client"])["id"]
     if path in ("/v1/jobs/{job_id}/scans", "/v1/jobs/{job_id}/seal") and "job_id" in real:
@@ -162,18 +193,22 @@ def test_the_api_keeps_its_contract(live, live_schema, method, path, mode):
     if "{webhook_id}" in path and mode is GenerationMode.POSITIVE:
         real["webhook_id"] = some_webhook(live["client"])
     if real:
-        strategy = st.one_of(operation.as_strategy(generation_mode=mode, path_parameters=real),
-                             strategy)
+        strategy = st.one_of(
+            operation.as_strategy(generation_mode=mode, path_parameters=real), strategy
+        )
     excluded = []
     # A valid form still names a model that is not registered, or parts that are not
     # images, as often as not; a two-step upload is refused by the folder store (415); a
     # webhook URL must resolve to a public address; a STOW body must hold DICOM instances;
     # a started job cannot be started by other ids: 4xx there are right answers to
     # valid-looking data.
-    fix = {("POST", "/v1/jobs"): with_real_slices, ("POST", "/v1/webhooks"): with_public_url,
-           ("POST", "/v1/jobs/{job_id}/scans"): with_real_slices,
-           ("POST", "/v1/dicomweb/studies"): with_real_instance,
-           ("POST", "/v1/jobs/{job_id}/start"): None}
+    fix = {
+        ("POST", "/v1/jobs"): with_real_slices,
+        ("POST", "/v1/webhooks"): with_public_url,
+        ("POST", "/v1/jobs/{job_id}/scans"): with_real_slices,
+        ("POST", "/v1/dicomweb/studies"): with_real_instance,
+        ("POST", "/v1/jobs/{job_id}/start"): None,
+    }
     if (method, path) in fix:
         excluded.append(positive_data_acceptance)
         if mode is GenerationMode.POSITIVE and fix[method, path] is not None:
@@ -184,8 +219,13 @@ def test_the_api_keeps_its_contract(live, live_schema, method, path, mode):
     headers = {"Authorization": f"Bearer {live['key']}"}
 
     @given(case=strategy)
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck), phases=[Phase.generate])
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.generate],
+    )
     def check(case):
         response = case.call_and_validate(headers=headers, excluded_checks=excluded)
         statuses.append(response.status_code)
@@ -193,5 +233,6 @@ def test_the_api_keeps_its_contract(live, live_schema, method, path, mode):
     statuses = []
     check()
     if mode is GenerationMode.POSITIVE and path != "/v1/models/{ref}/report":  # none has one
-        assert any(200 <= status < 300 for status in statuses), \
+        assert any(200 <= status < 300 for status in statuses), (
             f"no success among {sorted(collections.Counter(statuses).items())}"
+        )

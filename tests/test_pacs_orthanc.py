@@ -1,4 +1,5 @@
 """A real PACS (Orthanc) talks to ``covidscan dicom-listen`` as a hospital's would."""
+
 import os
 import subprocess
 import sys
@@ -22,9 +23,23 @@ def listener_port(app_config):
     port = free_port()
     env = {**os.environ, **app_config, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "dicom-listen", "--port", str(port),
-         "--ae-title", "COVIDSCAN", "--owner", "radiology"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "dicom-listen",
+            "--port",
+            str(port),
+            "--ae-title",
+            "COVIDSCAN",
+            "--owner",
+            "radiology",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_for_port(port, process)
         yield port
@@ -36,8 +51,9 @@ def listener_port(app_config):
 @pytest.fixture
 def orthanc(tmp_path, listener_port):
     require_orthanc()
-    with Orthanc(tmp_path / "orthanc", free_port(), free_port(),
-                 {"covidscan": ("COVIDSCAN", listener_port)}) as pacs:
+    with Orthanc(
+        tmp_path / "orthanc", free_port(), free_port(), {"covidscan": ("COVIDSCAN", listener_port)}
+    ) as pacs:
         yield pacs
 
 
@@ -60,8 +76,7 @@ def test_a_series_sent_by_the_pacs_becomes_one_job(orthanc, app_config):
 
 
 @pytest.mark.parametrize("syntax", ["JPEG2000Lossless", "JPEGLSLossless", "RLELossless"])
-def test_a_compressed_slice_is_pushed_as_the_pacs_holds_it(orthanc, app_config, tmp_path,
-                                                           syntax):
+def test_a_compressed_slice_is_pushed_as_the_pacs_holds_it(orthanc, app_config, tmp_path, syntax):
     """Orthanc cannot transcode JPEG 2000: the listener must accept what the PACS holds."""
     instance = orthanc.upload(d.ct_compressed_by_gdcm(syntax, tmp_path))
     sent = orthanc.send("covidscan", [instance["ID"]])

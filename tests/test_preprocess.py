@@ -23,18 +23,23 @@ def test_channels_come_out_in_rgb_order():
 def test_seed_v1_matches_cv2_resize_and_divides_by_255(tmp_path):
     data = encode(ct_slice(300, seed=3, mode="RGB"))
     (tmp_path / "s.png").write_bytes(data)
-    reference = cv2.resize(cv2.cvtColor(cv2.imread(str(tmp_path / "s.png")), cv2.COLOR_BGR2RGB),
-                           (224, 224)) / 255.0
+    reference = (
+        cv2.resize(cv2.cvtColor(cv2.imread(str(tmp_path / "s.png")), cv2.COLOR_BGR2RGB), (224, 224))
+        / 255.0
+    )
     out = load_seed_v1(data)
     assert out.shape == (224, 224, 3) and out.dtype == np.float32
     assert np.array_equal(out, reference.astype(np.float32))
 
 
-@pytest.mark.parametrize("data, words", [
-    (b"", "empty"),
-    (corrupt_png(), "truncated or corrupt"),
-    (b"\x89PNG\r\n\x1a\n" + b"\0" * 30, "could not decode"),
-])
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (b"", "empty"),
+        (corrupt_png(), "truncated or corrupt"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 30, "could not decode"),
+    ],
+)
 def test_undecodable_bytes_raise_a_message_that_says_why(data, words):
     with pytest.raises(ImageDecodeError, match=words):
         decode_rgb(data)
@@ -53,11 +58,17 @@ def grey_png(image, **options):
     return out.getvalue()
 
 
-@pytest.mark.parametrize("size, options", [
-    ((512, 512), {}), ((511, 300), {}), ((37, 61), {}), ((224, 224), {}),
-    ((300, 300), {"transparency": 0}),  # a tRNS chunk: still colour type 0
-    ((300, 300), {"optimize": True, "compress_level": 1}),
-])
+@pytest.mark.parametrize(
+    "size, options",
+    [
+        ((512, 512), {}),
+        ((511, 300), {}),
+        ((37, 61), {}),
+        ((224, 224), {}),
+        ((300, 300), {"transparency": 0}),  # a tRNS chunk: still colour type 0
+        ((300, 300), {"optimize": True, "compress_level": 1}),
+    ],
+)
 def test_a_grey_png_read_as_one_channel_gives_the_original_apps_tensor(size, options, tmp_path):
     rng = np.random.default_rng(sum(size))
     pixels = rng.integers(0, 256, size=size[::-1], dtype=np.uint8)
@@ -69,8 +80,12 @@ def test_a_grey_png_read_as_one_channel_gives_the_original_apps_tensor(size, opt
 
 def test_other_pngs_are_read_in_three_channels_as_the_original_did(tmp_path):
     sixteen = np.linspace(0, 65535, 200 * 120).reshape(120, 200).astype(np.uint16)
-    for data in (encode(ct_slice(300, seed=5, mode="RGB")), encode(ct_slice(64).convert("LA")),
-                 grey_png(Image.fromarray(sixteen)), encode(ct_slice(64).convert("P"))):
+    for data in (
+        encode(ct_slice(300, seed=5, mode="RGB")),
+        encode(ct_slice(64).convert("LA")),
+        grey_png(Image.fromarray(sixteen)),
+        encode(ct_slice(64).convert("P")),
+    ):
         assert not is_grey8_png(data)
         assert np.array_equal(load_seed_v1(data), original_app(data, tmp_path))
 

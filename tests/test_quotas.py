@@ -1,5 +1,6 @@
 """Per-owner rate limits and quotas, counted in the real (embedded) Redis that every API
 process shares, and the database (no worker: jobs stay queued)."""
+
 import io
 import os
 import uuid
@@ -38,10 +39,11 @@ def test_the_request_rate_is_limited_per_owner_across_api_processes(app_config):
     config = {**app_config, "RATE_LIMIT": "3/minute"}
     first, second = create_app(config), create_app(config)  # two processes sharing Redis
     key = create_api_key(app_config["DATABASE_URL"], new_owner())
-    other = authorised(first.test_client(), create_api_key(app_config["DATABASE_URL"],
-                                                           new_owner()))
-    statuses = [authorised(app.test_client(), key).get("/v1/jobs").status_code
-                for app in (first, second, first)]
+    other = authorised(first.test_client(), create_api_key(app_config["DATABASE_URL"], new_owner()))
+    statuses = [
+        authorised(app.test_client(), key).get("/v1/jobs").status_code
+        for app in (first, second, first)
+    ]
     assert statuses == [200, 200, 200]
     detail = assert_429(authorised(second.test_client(), key).get("/v1/jobs"))
     assert "RATE_LIMIT" in detail
@@ -79,9 +81,17 @@ def test_the_defaults_leave_normal_use_alone():
     assert settings.scans_per_hour >= 100_000 and settings.max_active_jobs >= 500
 
 
-@pytest.mark.parametrize("name, value", [("RATE_LIMIT", "fast"), ("RATE_LIMIT", "0/minute"),
-                                         ("SCANS_PER_HOUR", "0"), ("MAX_ACTIVE_JOBS", "many"),
-                                         ("AUTH", "maybe"), ("SESSION_COOKIE_SECURE", "yes")])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("RATE_LIMIT", "fast"),
+        ("RATE_LIMIT", "0/minute"),
+        ("SCANS_PER_HOUR", "0"),
+        ("MAX_ACTIVE_JOBS", "many"),
+        ("AUTH", "maybe"),
+        ("SESSION_COOKIE_SECURE", "yes"),
+    ],
+)
 def test_a_wrong_limit_names_its_variable(name, value):
     from covidscan.settings import ConfigError, load_settings
 
@@ -118,23 +128,36 @@ def test_wrong_keys_are_refused_per_address_before_they_are_looked_up(app_config
     address = f"10.9.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
     here = {"REMOTE_ADDR": address}
     wrong = {"Authorization": "Bearer csk_not-a-key"}
-    statuses = [app.test_client().get("/v1/jobs", headers=wrong, environ_base=here).status_code
-                for app in (first, second, first)]
+    statuses = [
+        app.test_client().get("/v1/jobs", headers=wrong, environ_base=here).status_code
+        for app in (first, second, first)
+    ]
     assert statuses == [401, 401, 401]
     detail = assert_429(second.test_client().get("/v1/jobs", headers=wrong, environ_base=here))
     assert "FAILED_AUTH_LIMIT" in detail
     # The address is refused even with a good key until the window passes; others are not.
     good = {"Authorization": f"Bearer {create_api_key(app_config['DATABASE_URL'], new_owner())}"}
-    assert first.test_client().get("/v1/jobs", headers=good,
-                                   environ_base=here).status_code == 429
-    assert first.test_client().get("/v1/jobs", headers=good,
-                                   environ_base={"REMOTE_ADDR": "10.8.0.1"}).status_code == 200
+    assert first.test_client().get("/v1/jobs", headers=good, environ_base=here).status_code == 429
+    assert (
+        first.test_client()
+        .get("/v1/jobs", headers=good, environ_base={"REMOTE_ADDR": "10.8.0.1"})
+        .status_code
+        == 200
+    )
     # Requests without any key are not counted: a page left open cannot lock anyone out.
     for _ in range(5):
-        assert first.test_client().get("/v1/jobs", environ_base={
-            "REMOTE_ADDR": "10.8.0.2"}).status_code == 401
-    assert first.test_client().get("/v1/jobs", headers=good, environ_base={
-        "REMOTE_ADDR": "10.8.0.2"}).status_code == 200
+        assert (
+            first.test_client()
+            .get("/v1/jobs", environ_base={"REMOTE_ADDR": "10.8.0.2"})
+            .status_code
+            == 401
+        )
+    assert (
+        first.test_client()
+        .get("/v1/jobs", headers=good, environ_base={"REMOTE_ADDR": "10.8.0.2"})
+        .status_code
+        == 200
+    )
 
 
 def test_behind_a_trusted_proxy_failed_sign_ins_count_per_forwarded_client(app_config):
@@ -143,12 +166,17 @@ def test_behind_a_trusted_proxy_failed_sign_ins_count_per_forwarded_client(app_c
     wrong = {"Authorization": "Bearer csk_not-a-key"}
     attacker = {**wrong, "X-Forwarded-For": f"203.0.113.{uuid.uuid4().int % 250}"}
     for _ in range(2):
-        assert app.test_client().get("/v1/jobs", headers=attacker,
-                                     environ_base=proxy).status_code == 401
-    assert app.test_client().get("/v1/jobs", headers=attacker,
-                                 environ_base=proxy).status_code == 429
-    good = {"Authorization": f"Bearer {create_api_key(app_config['DATABASE_URL'], new_owner())}",
-            "X-Forwarded-For": "198.51.100.7"}
+        assert (
+            app.test_client().get("/v1/jobs", headers=attacker, environ_base=proxy).status_code
+            == 401
+        )
+    assert (
+        app.test_client().get("/v1/jobs", headers=attacker, environ_base=proxy).status_code == 429
+    )
+    good = {
+        "Authorization": f"Bearer {create_api_key(app_config['DATABASE_URL'], new_owner())}",
+        "X-Forwarded-For": "198.51.100.7",
+    }
     assert app.test_client().get("/v1/jobs", headers=good, environ_base=proxy).status_code == 200
 
 
@@ -158,8 +186,9 @@ def test_explanations_count_against_scans_per_hour(app_config):
 
     def submit(scans, **form):
         files = [(io.BytesIO(png_bytes(16, seed=i)), f"s{i}.png") for i in range(scans)]
-        return client.post("/v1/jobs", data={"files": files, **form},
-                           content_type="multipart/form-data")
+        return client.post(
+            "/v1/jobs", data={"files": files, **form}, content_type="multipart/form-data"
+        )
 
     explained = submit(2, explain="gradcam")  # two scans and their two Grad-CAMs: 4 of 5
     assert explained.status_code == 202

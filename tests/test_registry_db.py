@@ -1,21 +1,44 @@
 """The registry's data functions against a real, migrated database."""
+
 import pytest
 
 from db.jobs import JobOptions, NewScan, create_job
 from db.models import Model, ScanStatus, new_id
-from db.registry import (ModelExists, ModelInUse, RegistryError, add_model, default_model,
-                         find_model, get_model, list_models, models_with_sha256, parse_ref,
-                         remove_model, set_default, ModelNotFound)
+from db.registry import (
+    ModelExists,
+    ModelInUse,
+    ModelNotFound,
+    RegistryError,
+    add_model,
+    default_model,
+    find_model,
+    get_model,
+    list_models,
+    models_with_sha256,
+    parse_ref,
+    remove_model,
+    set_default,
+)
 from db.session import make_engine, make_session_factory
 
 pytestmark = pytest.mark.database
 
 
 def a_model(name="m", version="1", sha="a" * 64) -> Model:
-    return Model(name=name, version=version, sha256=sha, format="keras2-h5", input_height=32,
-                 input_width=32, classes=["COVID", "NonCOVID"], positive_class="COVID",
-                 preprocessing="seed-v1", trained=True, source="test",
-                 stored_path=f"{name}/{version}/model.h5")
+    return Model(
+        name=name,
+        version=version,
+        sha256=sha,
+        format="keras2-h5",
+        input_height=32,
+        input_width=32,
+        classes=["COVID", "NonCOVID"],
+        positive_class="COVID",
+        preprocessing="seed-v1",
+        trained=True,
+        source="test",
+        stored_path=f"{name}/{version}/model.h5",
+    )
 
 
 @pytest.fixture

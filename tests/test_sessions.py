@@ -1,5 +1,6 @@
 """The web page's sign-in: a session cookie, CSRF tokens, and keys that stop working,
 through the Flask test client against a real database and Redis."""
+
 import io
 import re
 
@@ -25,8 +26,12 @@ def csrf_of(page: str) -> str:
 
 
 def upload(client, **headers):
-    return client.post("/v1/jobs", data={"files": [(io.BytesIO(png_bytes(16)), "a.png")]},
-                       content_type="multipart/form-data", headers=headers)
+    return client.post(
+        "/v1/jobs",
+        data={"files": [(io.BytesIO(png_bytes(16)), "a.png")]},
+        content_type="multipart/form-data",
+        headers=headers,
+    )
 
 
 @pytest.fixture
@@ -51,8 +56,9 @@ def test_the_cookie_is_secure_under_tls(app, key):
     tls = app.test_client()
     form = tls.get("/login", base_url="https://localhost").get_data(as_text=True)
     token = re.search(r'name="login_token" value="([^"]+)"', form).group(1)
-    response = tls.post("/login", base_url="https://localhost",
-                        data={"login_token": token, "api_key": key})
+    response = tls.post(
+        "/login", base_url="https://localhost", data={"login_token": token, "api_key": key}
+    )
     assert response.status_code == 303 and "Secure" in response.headers["Set-Cookie"]
 
 
@@ -71,7 +77,8 @@ def test_sign_in_needs_the_forms_own_token_and_a_valid_key(app, key):
     browser.get("/login")
     forged = browser.post("/login", data={"login_token": "guessed", "api_key": key})
     assert forged.status_code == 403 and "covidscan_session" not in forged.headers.get(
-        "Set-Cookie", "")
+        "Set-Cookie", ""
+    )
     wrong = sign_in(browser, key[:-3] + "xyz")
     assert wrong.status_code == 401 and "not valid" in wrong.get_data(as_text=True)
 

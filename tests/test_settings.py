@@ -22,17 +22,35 @@ def test_sizes_accept_units():
     assert settings.max_scan_bytes == 512 * 1024
 
 
-@pytest.mark.parametrize("name, value", [
-    ("BATCH_SIZE", "zero"), ("BATCH_SIZE", "0"), ("PORT", "70000"), ("DATABASE_URL", "mysql://x"),
-    ("REDIS_URL", "http://x"), ("MAX_UPLOAD_BYTES", "lots"), ("LOG_LEVEL", "loud"),
-    ("MODEL_PATH", "/no/such/model.h5"), ("VISIBILITY_TIMEOUT", "-5"),
-    ("MAX_LOADED_MODELS", "0"), ("MAX_LOADED_MODELS", "two"), ("MODEL_STORE_DIR", __file__),
-    ("MAX_SCAN_PIXELS", "big"), ("MAX_SCAN_PIXELS", "4096x0"), ("MAX_EXPANDED_BYTES", "-1"),
-    ("MAX_ARCHIVE_ENTRIES", "0"), ("MAX_COMPRESSION_RATIO", "x"), ("TRUSTED_HOSTS", "*.evil"),
-    ("MODEL_TRUST_CODE", "maybe"), ("METRICS_PORT", "70000"), ("METRICS_PORT", "-1"),
-    ("METRICS_ACCESS", "anyone"), ("PROMETHEUS_MULTIPROC_DIR", "/no/such/dir"),
-    ("PROMETHEUS_MULTIPROC_DIR", __file__),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("BATCH_SIZE", "zero"),
+        ("BATCH_SIZE", "0"),
+        ("PORT", "70000"),
+        ("DATABASE_URL", "mysql://x"),
+        ("REDIS_URL", "http://x"),
+        ("MAX_UPLOAD_BYTES", "lots"),
+        ("LOG_LEVEL", "loud"),
+        ("MODEL_PATH", "/no/such/model.h5"),
+        ("VISIBILITY_TIMEOUT", "-5"),
+        ("MAX_LOADED_MODELS", "0"),
+        ("MAX_LOADED_MODELS", "two"),
+        ("MODEL_STORE_DIR", __file__),
+        ("MAX_SCAN_PIXELS", "big"),
+        ("MAX_SCAN_PIXELS", "4096x0"),
+        ("MAX_EXPANDED_BYTES", "-1"),
+        ("MAX_ARCHIVE_ENTRIES", "0"),
+        ("MAX_COMPRESSION_RATIO", "x"),
+        ("TRUSTED_HOSTS", "*.evil"),
+        ("MODEL_TRUST_CODE", "maybe"),
+        ("METRICS_PORT", "70000"),
+        ("METRICS_PORT", "-1"),
+        ("METRICS_ACCESS", "anyone"),
+        ("PROMETHEUS_MULTIPROC_DIR", "/no/such/dir"),
+        ("PROMETHEUS_MULTIPROC_DIR", __file__),
+    ],
+)
 def test_a_wrong_value_names_its_variable(name, value):
     with pytest.raises(ConfigError, match=name):
         load_settings({name: value})
@@ -45,8 +63,14 @@ def test_hostile_input_limits_and_their_defaults():
     assert (settings.max_archive_entries, settings.max_compression_ratio) == (10_000, 200)
     assert settings.trusted_hosts == ("localhost", "127.0.0.1")
     assert settings.model_trust_code is False
-    custom = load_settings({"MAX_SCAN_PIXELS": "2048x1024", "TRUSTED_HOSTS": "Scans.Example.org, localhost",
-                            "MODEL_TRUST_CODE": "true", "MAX_EXPANDED_BYTES": "1GB"})
+    custom = load_settings(
+        {
+            "MAX_SCAN_PIXELS": "2048x1024",
+            "TRUSTED_HOSTS": "Scans.Example.org, localhost",
+            "MODEL_TRUST_CODE": "true",
+            "MAX_EXPANDED_BYTES": "1GB",
+        }
+    )
     assert custom.max_scan_pixels == 2048 * 1024 and custom.max_expanded_bytes == 1024**3
     assert custom.trusted_hosts == ("scans.example.org", "localhost") and custom.model_trust_code
     assert load_settings({"TRUSTED_HOSTS": "*"}).trusted_hosts is None
@@ -56,8 +80,15 @@ def test_variable_names_lists_every_field_and_the_var_dir():
     from covidscan.settings import Settings, variable_names
 
     names = variable_names()
-    s3 = {"S3_ENDPOINT_URL", "S3_PUBLIC_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-          "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION"}  # parts of BLOB_STORE
+    s3 = {
+        "S3_ENDPOINT_URL",
+        "S3_PUBLIC_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+    }  # parts of BLOB_STORE
     fields = {name.upper() for name in Settings.model_fields} - {"VAR_DIR"}
     assert fields | {"COVIDSCAN_VAR_DIR"} == names and s3 <= names
 
@@ -70,8 +101,9 @@ def test_the_readme_configuration_table_is_the_one_the_settings_make():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
     table = "".join(line + "\n" for line in section.splitlines() if line.startswith("|"))
-    assert table == config_table(), \
+    assert table == config_table(), (
         "README's configuration table differs: paste `python -m covidscan.settings` into it"
+    )
 
 
 def test_the_table_shows_each_default_a_setting_takes():
@@ -93,9 +125,12 @@ def test_paths_under_var_follow_covidscan_var_dir(tmp_path):
 
     settings = load_settings({"COVIDSCAN_VAR_DIR": str(tmp_path)})
     assert settings.database_url == f"sqlite:///{tmp_path.as_posix()}/covidscan.db"
-    assert (settings.blob_dir, settings.model_store_dir, settings.engine_cache_dir,
-            settings.api_key_file) == (tmp_path / "blobs", tmp_path / "models",
-                                       tmp_path / "engine-cache", tmp_path / "api-key")
+    assert (
+        settings.blob_dir,
+        settings.model_store_dir,
+        settings.engine_cache_dir,
+        settings.api_key_file,
+    ) == (tmp_path / "blobs", tmp_path / "models", tmp_path / "engine-cache", tmp_path / "api-key")
     (tmp_path / "api-key").write_text("saved\n")
     assert client_api_key({"COVIDSCAN_VAR_DIR": str(tmp_path)}) == "saved"
     assert client_api_key({"COVIDSCAN_VAR_DIR": str(tmp_path), "COVIDSCAN_API_KEY": "k"}) == "k"
@@ -131,11 +166,19 @@ def test_engine_and_batching_defaults():
     assert load_settings({"MAX_QUEUE_DELAY_MS": "0"}).max_queue_delay_ms == 0
 
 
-@pytest.mark.parametrize("name, value", [
-    ("INFERENCE_ENGINE", "cuda"), ("INFERENCE_PRECISION", "int4"), ("MAX_BATCH_SIZE", "0"),
-    ("MAX_BATCH_SIZE", "many"), ("MAX_QUEUE_DELAY_MS", "-1"), ("MAX_QUEUE_DELAY_MS", "2.5"),
-    ("MAX_QUEUE_DELAY_MS", "600000"), ("WORKER_CONCURRENCY", "0"),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("INFERENCE_ENGINE", "cuda"),
+        ("INFERENCE_PRECISION", "int4"),
+        ("MAX_BATCH_SIZE", "0"),
+        ("MAX_BATCH_SIZE", "many"),
+        ("MAX_QUEUE_DELAY_MS", "-1"),
+        ("MAX_QUEUE_DELAY_MS", "2.5"),
+        ("MAX_QUEUE_DELAY_MS", "600000"),
+        ("WORKER_CONCURRENCY", "0"),
+    ],
+)
 def test_a_wrong_engine_or_batching_value_names_its_variable(name, value):
     with pytest.raises(ConfigError, match=name):
         load_settings({name: value})
@@ -151,10 +194,16 @@ def test_durability_defaults_and_durations():
     assert load_settings({"LEASE_SECONDS": "3"}).sweep_interval == 3  # never above the lease
 
 
-@pytest.mark.parametrize("name, value", [
-    ("JOB_RETENTION", "soon"), ("JOB_RETENTION", "-1d"), ("LEASE_SECONDS", "0"),
-    ("SWEEP_INTERVAL", "x"), ("MAX_ATTEMPTS", "0"),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("JOB_RETENTION", "soon"),
+        ("JOB_RETENTION", "-1d"),
+        ("LEASE_SECONDS", "0"),
+        ("SWEEP_INTERVAL", "x"),
+        ("MAX_ATTEMPTS", "0"),
+    ],
+)
 def test_a_wrong_durability_value_names_its_variable(name, value):
     with pytest.raises(ConfigError, match=name):
         load_settings({name: value})
@@ -162,11 +211,19 @@ def test_a_wrong_durability_value_names_its_variable(name, value):
 
 def test_metrics_are_off_on_workers_and_need_a_key_on_the_api_by_default(tmp_path):
     settings = load_settings({})
-    assert (settings.metrics_port, settings.metrics_host, settings.metrics_access) == \
-        (0, "127.0.0.1", "key")
+    assert (settings.metrics_port, settings.metrics_host, settings.metrics_access) == (
+        0,
+        "127.0.0.1",
+        "key",
+    )
     assert settings.prometheus_multiproc_dir is None
-    custom = load_settings({"METRICS_PORT": "9100", "METRICS_ACCESS": "Public",
-                            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    custom = load_settings(
+        {
+            "METRICS_PORT": "9100",
+            "METRICS_ACCESS": "Public",
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+        }
+    )
     assert (custom.metrics_port, custom.metrics_access) == (9100, "public")
     assert custom.prometheus_multiproc_dir == tmp_path
     assert load_settings({"METRICS_PORT": "0"}).metrics_port == 0

@@ -1,5 +1,6 @@
 """``covidscan train`` and ``covidscan evaluate`` on a synthetic two-class set, and a job
 served by the trained model through a real worker while the default is another model."""
+
 import csv
 import json
 
@@ -39,16 +40,44 @@ def trained(tmp_path_factory, own_redis, tiny_model_path):
 
     base = tmp_path_factory.mktemp("training")
     data = write_blob_dataset(base / "data", 64, size=SIZE)
-    unlabelled = np.stack([np.asarray(blob_slice(SIZE, 50_000 + i, blobs=i % 2 == 0)
-                                      .convert("RGB"), dtype=np.float32) / 255 for i in range(32)])
+    unlabelled = np.stack(
+        [
+            np.asarray(
+                blob_slice(SIZE, 50_000 + i, blobs=i % 2 == 0).convert("RGB"), dtype=np.float32
+            )
+            / 255
+            for i in range(32)
+        ]
+    )
     notop = save_calibrated_notop(base / "notop.h5", unlabelled)
-    env = {"DATABASE_URL": fresh_database_url(base), "REDIS_URL": own_redis.url,
-           "BLOB_DIR": str(base / "blobs"), "MODEL_STORE_DIR": str(base / "store"),
-           "BATCH_SIZE": "8", "MODEL_PATH": ""}
+    env = {
+        "DATABASE_URL": fresh_database_url(base),
+        "REDIS_URL": own_redis.url,
+        "BLOB_DIR": str(base / "blobs"),
+        "MODEL_STORE_DIR": str(base / "store"),
+        "BATCH_SIZE": "8",
+        "MODEL_PATH": "",
+    }
     cli(env, "models", "add", tiny_model_path, "--name", "tiny", "--version", "1", "--default")
-    output = cli(env, "train", data, "--epochs", 2, "--image-size", SIZE, "--batch-size", 8,
-                 "--imagenet-weights", notop, "--name", "blobnet", "--version", "1",
-                 "--output", base / "run")
+    output = cli(
+        env,
+        "train",
+        data,
+        "--epochs",
+        2,
+        "--image-size",
+        SIZE,
+        "--batch-size",
+        8,
+        "--imagenet-weights",
+        notop,
+        "--name",
+        "blobnet",
+        "--version",
+        "1",
+        "--output",
+        base / "run",
+    )
     return {"env": env, "data": data, "run": base / "run", "output": output, "base": base}
 
 
@@ -72,8 +101,10 @@ def test_training_learns_and_registers_the_model_with_its_report(trained):
     assert card["data"]["folders"] == {"COVID": 64, "non-COVID": 64}
     assert card["split"]["validation"] == {"COVID": 13, "non-COVID": 13}
     assert (trained["run"] / "model_card.md").read_text() == card["markdown"]
-    listed = {m["name"]: m for m in map(json.loads, cli(trained["env"], "models", "list",
-                                                           "--json").splitlines())}
+    listed = {
+        m["name"]: m
+        for m in map(json.loads, cli(trained["env"], "models", "list", "--json").splitlines())
+    }
     assert listed["tiny"]["default"] and not listed["blobnet"]["default"]
     assert listed["blobnet"]["has_report"] and listed["blobnet"]["input_size"] == [SIZE, SIZE]
     assert listed["blobnet"]["classes"] == ["COVID", "non-COVID"]
@@ -93,8 +124,10 @@ def test_evaluate_a_registered_model_on_a_folder(trained):
     cli(trained["env"], "evaluate", "blobnet:1", trained["data"], "--output", out, "--attach")
     report = json.loads((out / "report.json").read_text())
     assert report["kind"] == "evaluation" and report["n"] == 128
-    assert report["model"]["sha256"] == json.loads(
-        (trained["run"] / "report.json").read_text())["model"]["sha256"]
+    assert (
+        report["model"]["sha256"]
+        == json.loads((trained["run"] / "report.json").read_text())["model"]["sha256"]
+    )
     y, p = predictions(out)
     check_against_direct(report, y, p)
     assert (out / "report.html").stat().st_size > 10_000
@@ -126,8 +159,10 @@ def serving(trained, tmp_path_factory):
     worker = WorkerProcess(worker_env(env, MAX_LOADED_MODELS="2"), log_path, name="registry@%h")
     try:
         worker.wait_ready()
-        yield authorised(create_app(env).test_client(), create_api_key(env["DATABASE_URL"])), \
-            log_path
+        yield (
+            authorised(create_app(env).test_client(), create_api_key(env["DATABASE_URL"])),
+            log_path,
+        )
     finally:
         worker.stop()
 
@@ -137,10 +172,16 @@ def submit(client, count, seed, **form):
 
     from tests.images import encode
 
-    files = [(io.BytesIO(encode(blob_slice(SIZE, seed + i, blobs=i % 2 == 0))),
-              f"{'covid' if i % 2 == 0 else 'clear'}_{i:02d}.png") for i in range(count)]
-    response = client.post("/v1/jobs", data={"files": files, **form},
-                           content_type="multipart/form-data")
+    files = [
+        (
+            io.BytesIO(encode(blob_slice(SIZE, seed + i, blobs=i % 2 == 0))),
+            f"{'covid' if i % 2 == 0 else 'clear'}_{i:02d}.png",
+        )
+        for i in range(count)
+    ]
+    response = client.post(
+        "/v1/jobs", data={"files": files, **form}, content_type="multipart/form-data"
+    )
     assert response.status_code == 202, response.get_json()
     return response.get_json()
 
@@ -162,12 +203,18 @@ def test_a_job_pinned_to_the_trained_model_is_served_by_it(serving):
     again = submit(client, 12, 90_000, model="blobnet")
     final, rows = finished_rows(client, pinned)
     assert final["status"] == "succeeded"
-    assert final["model"] == {"name": "blobnet", "version": "1", "sha256": blobnet["sha256"],
-                              "trained": True}
-    assert {(r["model_name"], r["model_version"], r["model_sha256"]) for r in rows} == \
-        {("blobnet", "1", blobnet["sha256"])}
-    right = sum(r["label"] == ("COVID" if r["filename"].startswith("covid") else "non-COVID")
-                for r in rows)
+    assert final["model"] == {
+        "name": "blobnet",
+        "version": "1",
+        "sha256": blobnet["sha256"],
+        "trained": True,
+    }
+    assert {(r["model_name"], r["model_version"], r["model_sha256"]) for r in rows} == {
+        ("blobnet", "1", blobnet["sha256"])
+    }
+    right = sum(
+        r["label"] == ("COVID" if r["filename"].startswith("covid") else "non-COVID") for r in rows
+    )
     assert right >= 14, [(r["filename"], r["probability_covid"]) for r in rows]
     _, default_rows = finished_rows(client, other)
     assert {r["model_name"] for r in default_rows} == {"tiny"}

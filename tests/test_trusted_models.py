@@ -1,4 +1,5 @@
 """Model files that run code when loaded are refused unless their code is trusted."""
+
 from __future__ import annotations
 
 import json
@@ -66,17 +67,46 @@ def test_a_custom_layer_is_refused_as_a_custom_object(custom_layer_h5):
         load_model_file(custom_layer_h5)
 
 
-@pytest.mark.parametrize("config, words", [
-    ({"class_name": "TFOpLambda", "config": {"name": "tf.io.write_file", "function": "io.write_file"}},
-     "TFOpLambda layer 'tf.io.write_file'"),
-    ({"class_name": "Sequential", "config": {"layers": [
-        {"class_name": "Dense", "config": {"name": "d", "activation": "my_activation"}}]}},
-     "activation 'my_activation'"),
-    ({"class_name": "Dense", "config": {"name": "d", "kernel_initializer": {
-        "class_name": "MyInit", "config": {}}}}, "MyInit is a custom object"),
-    ({"class_name": "Dense", "module": "evil.layers", "config": {"name": "d"}},
-     "Dense layer 'd' is a custom object"),
-])
+@pytest.mark.parametrize(
+    "config, words",
+    [
+        (
+            {
+                "class_name": "TFOpLambda",
+                "config": {"name": "tf.io.write_file", "function": "io.write_file"},
+            },
+            "TFOpLambda layer 'tf.io.write_file'",
+        ),
+        (
+            {
+                "class_name": "Sequential",
+                "config": {
+                    "layers": [
+                        {
+                            "class_name": "Dense",
+                            "config": {"name": "d", "activation": "my_activation"},
+                        }
+                    ]
+                },
+            },
+            "activation 'my_activation'",
+        ),
+        (
+            {
+                "class_name": "Dense",
+                "config": {
+                    "name": "d",
+                    "kernel_initializer": {"class_name": "MyInit", "config": {}},
+                },
+            },
+            "MyInit is a custom object",
+        ),
+        (
+            {"class_name": "Dense", "module": "evil.layers", "config": {"name": "d"}},
+            "Dense layer 'd' is a custom object",
+        ),
+    ],
+)
 def test_config_checks_name_what_runs_code(config, words):
     assert any(words in problem for problem in config_problems(config)), config_problems(config)
 
@@ -85,8 +115,11 @@ def test_savedmodel_ops_outside_the_allowlist_and_lambda_metadata_are_refused(tm
     import tensorflow as tf
 
     tf_keras, inputs, x = _tiny_inputs()
-    clean = _save(tf_keras.Model(inputs, tf_keras.layers.Dense(2, activation="softmax")(x)),
-                  tmp_path / "clean", "tf")
+    clean = _save(
+        tf_keras.Model(inputs, tf_keras.layers.Dense(2, activation="softmax")(x)),
+        tmp_path / "clean",
+        "tf",
+    )
     assert savedmodel_problems(clean) == []
     assert load_model_file(clean).info.format == "savedmodel"
 
@@ -110,25 +143,31 @@ def test_savedmodel_ops_outside_the_allowlist_and_lambda_metadata_are_refused(tm
 
 @pytest.mark.database
 def test_cli_refuses_then_records_trust_code(tmp_path, database_url, lambda_h5):
-    env = {"DATABASE_URL": database_url, "MODEL_STORE_DIR": str(tmp_path / "store"),
-           "MODEL_PATH": ""}
+    env = {
+        "DATABASE_URL": database_url,
+        "MODEL_STORE_DIR": str(tmp_path / "store"),
+        "MODEL_PATH": "",
+    }
     runner = CliRunner()
     refused = runner.invoke(main, ["models", "add", str(lambda_h5), "--name", "lam"], env=env)
     assert refused.exit_code != 0 and "double_it" in refused.output
     assert not (tmp_path / "store" / "lam").exists()
-    added = runner.invoke(main, ["models", "add", str(lambda_h5), "--name", "lam",
-                                 "--trust-code"], env=env)
+    added = runner.invoke(
+        main, ["models", "add", str(lambda_h5), "--name", "lam", "--trust-code"], env=env
+    )
     assert added.exit_code == 0, added.output
-    rows = [json.loads(line) for line in
-            runner.invoke(main, ["models", "list", "--json"], env=env).output.splitlines()]
+    rows = [
+        json.loads(line)
+        for line in runner.invoke(main, ["models", "list", "--json"], env=env).output.splitlines()
+    ]
     assert [(r["name"], r["trusted_code"]) for r in rows] == [("lam", True)]
 
 
 @pytest.mark.database
 def test_model_path_follows_the_same_rule(tmp_path, database_url, lambda_h5):
-    from worker.registration import load_registered, register_or_select
     from db.model_store import ModelStore
     from db.session import make_engine, make_session_factory
+    from worker.registration import load_registered, register_or_select
 
     session_factory = make_session_factory(make_engine(database_url))
     store = ModelStore(tmp_path / "store")

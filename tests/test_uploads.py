@@ -5,7 +5,7 @@ import pytest
 from api.problems import status_of
 from core.errors import Malformed, TooLarge, Unsupported
 from core.intake import ParsedUpload, UploadLimits, iter_scans, sniff
-from tests.images import encode, ct_slice, png_bytes, zip_bytes
+from tests.images import ct_slice, encode, png_bytes, zip_bytes
 
 LIMITS = UploadLimits(max_scan_bytes=1024 * 1024, max_scans=100)
 
@@ -25,9 +25,14 @@ def test_sniffing_goes_by_content_not_name():
 
 
 def test_zip_entries_become_scans_named_by_their_path_and_others_are_reported():
-    archive = zip_bytes([("ct/a.png", png_bytes(16)), ("ct/notes.txt", b"hello"),
-                         ("ct/b.jpg", encode(ct_slice(16), "JPEG")),
-                         ("inner.zip", zip_bytes([("x.png", png_bytes(8))]))])
+    archive = zip_bytes(
+        [
+            ("ct/a.png", png_bytes(16)),
+            ("ct/notes.txt", b"hello"),
+            ("ct/b.jpg", encode(ct_slice(16), "JPEG")),
+            ("inner.zip", zip_bytes([("x.png", png_bytes(8))])),
+        ]
+    )
     scans, parsed = parse([("first.png", png_bytes(16, seed=1)), ("batch.zip", archive)])
     assert [s.filename for s in scans] == ["first.png", "ct/a.png", "ct/b.jpg"]
     assert {s.filename: s.reason for s in parsed.skipped} == {

@@ -1,5 +1,6 @@
 """The HTML routes and scan thumbnails, through the Flask test client against a real
 Redis and database (no worker: jobs stay queued)."""
+
 import io
 import json
 import re
@@ -65,11 +66,17 @@ def test_an_unknown_scan_is_404_problem_json(client):
     assert "no-such-scan" in response.get_json()["detail"]
 
 
-@pytest.mark.parametrize("image, mode", [
-    (Image.fromarray(np.linspace(0, 65535, 200 * 300).reshape(200, 300).astype(np.uint16)), "L"),
-    (ct_slice(300, 1, "RGB").convert("RGBA"), "RGB"),
-    (ct_slice(90, 2).convert("P"), "RGB"),
-])
+@pytest.mark.parametrize(
+    "image, mode",
+    [
+        (
+            Image.fromarray(np.linspace(0, 65535, 200 * 300).reshape(200, 300).astype(np.uint16)),
+            "L",
+        ),
+        (ct_slice(300, 1, "RGB").convert("RGBA"), "RGB"),
+        (ct_slice(90, 2).convert("P"), "RGB"),
+    ],
+)
 def test_thumbnails_of_16_bit_alpha_and_palette_slices(image, mode):
     thumbnail = Image.open(io.BytesIO(make_thumbnail(encode(image), 4096 * 4096)))
     assert thumbnail.mode == mode and max(thumbnail.size) <= THUMBNAIL_SIZE
@@ -144,11 +151,17 @@ def test_a_dicom_slice_has_a_thumbnail_of_each_frame_in_the_lung_window(client, 
     assert shown.size == expected.size
     difference = np.abs(np.asarray(shown.convert("L"), float) - np.asarray(expected, float))
     assert difference.mean() < 3  # JPEG's loss, not another window or frame
-    frames = [np.asarray(image.convert("L"), float)
-              for (name, _), image in sorted(thumbnails.items()) if name == "multi.dcm"]
+    frames = [
+        np.asarray(image.convert("L"), float)
+        for (name, _), image in sorted(thumbnails.items())
+        if name == "multi.dcm"
+    ]
     assert len(frames) == 3 and not np.array_equal(frames[0], frames[2])
-    cached = sorted(p.name for p in (Path(app_config["BLOB_DIR"]) / job["id"]).iterdir()
-                    if p.name.endswith(".thumb.jpg"))
+    cached = sorted(
+        p.name
+        for p in (Path(app_config["BLOB_DIR"]) / job["id"]).iterdir()
+        if p.name.endswith(".thumb.jpg")
+    )
     assert len(cached) == 4 and sum(".f" in name for name in cached) == 3
 
 

@@ -1,5 +1,6 @@
 """The web page in a real headless Chromium, against the real API over HTTP, a real
 Redis and a real Celery worker: upload, watch, filter, download."""
+
 from __future__ import annotations
 
 import base64
@@ -61,9 +62,12 @@ def wait_until(driver, condition, timeout: float = TIMEOUT, what: str = "conditi
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.2, ignored_exceptions=(
-        NoSuchElementException, StaleElementReferenceException)).until(
-        lambda d: condition(d), message=f"timed out waiting for {what}")
+    return WebDriverWait(
+        driver,
+        timeout,
+        poll_frequency=0.2,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    ).until(lambda d: condition(d), message=f"timed out waiting for {what}")
 
 
 def by_id(driver, element_id: str):
@@ -87,8 +91,12 @@ def table_rows(driver) -> list[dict[str, str]]:
 def upload_through_the_page(driver, base_url: str, paths: list[Path], name: str) -> str:
     driver.get(base_url + "/")
     by_id(driver, "files").send_keys("\n".join(str(p) for p in paths))
-    wait_until(driver, lambda d: f"{len(paths)} files" in by_id(d, "selection-summary").text,
-               10, "the selection summary")
+    wait_until(
+        driver,
+        lambda d: f"{len(paths)} files" in by_id(d, "selection-summary").text,
+        10,
+        "the selection summary",
+    )
     by_id(driver, "job-name").send_keys(name)
     by_id(driver, "submit").click()
     wait_until(driver, lambda d: "/jobs/" in d.current_url, 30, "the job page")
@@ -100,8 +108,10 @@ def keyboard_order(driver, presses: int = 8) -> list[str]:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
-    driver.execute_script("document.activeElement.blur(); document.getElementById('main')"
-                          ".setAttribute('tabindex', '-1'); document.getElementById('main').focus();")
+    driver.execute_script(
+        "document.activeElement.blur(); document.getElementById('main')"
+        ".setAttribute('tabindex', '-1'); document.getElementById('main').focus();"
+    )
     order = []
     for _ in range(presses):
         ActionChains(driver).send_keys(Keys.TAB).perform()  # as a person presses it
@@ -123,8 +133,11 @@ def test_upload_watch_filter_and_download_in_chromium(live_server, browser, stac
     paths = write_folder(tmp_path / "slices", 10, size=96, corrupt=1)
     job_id = upload_through_the_page(browser, live_server.url, paths, "browser e2e")
 
-    wait_until(browser, lambda d: by_id(d, "job-percent").text.startswith("100%"),
-               what="the progress to reach 100%")
+    wait_until(
+        browser,
+        lambda d: by_id(d, "job-percent").text.startswith("100%"),
+        what="the progress to reach 100%",
+    )
     wait_until(browser, lambda d: len(table_rows(d)) == 11, what="11 result rows")
     assert by_id(browser, "count-succeeded").text == "10"
     assert by_id(browser, "count-failed").text == "1"
@@ -133,11 +146,17 @@ def test_upload_watch_filter_and_download_in_chromium(live_server, browser, stac
     assert "Research use only" in by_id(browser, "research-notice").text
     assert not by_id(browser, "untrained-banner").is_displayed()  # the tiny model is trained
 
-    api = {r["filename"]: r for r in requests.get(
-        f"{live_server.url}/v1/jobs/{job_id}/results?limit=1000", timeout=10,
-        headers={"Authorization": f"Bearer {stack_key}"}).json()["results"]}
-    probabilities = {name: r["probability_covid"] for name, r in api.items()
-                     if r["status"] == "succeeded"}
+    api = {
+        r["filename"]: r
+        for r in requests.get(
+            f"{live_server.url}/v1/jobs/{job_id}/results?limit=1000",
+            timeout=10,
+            headers={"Authorization": f"Bearer {stack_key}"},
+        ).json()["results"]
+    }
+    probabilities = {
+        name: r["probability_covid"] for name, r in api.items() if r["status"] == "succeeded"
+    }
     assert sorted(probabilities) == sorted(p.name for p in paths[:10])
     rows = table_rows(browser)
     good = [r for r in rows if r["Status"] == "succeeded"]
@@ -145,8 +164,12 @@ def test_upload_watch_filter_and_download_in_chromium(live_server, browser, stac
     (bad,) = [r for r in rows if r["Status"] == "failed"]
     assert bad["File"] == "corrupt_0.png" and bad["P(COVID)"] == "–"
     assert bad["Error"] == api["corrupt_0.png"]["error"] and "truncated or corrupt" in bad["Error"]
-    wait_until(browser, lambda d: all(r["thumbnailWidth"] > 0 for r in table_rows(d)), 30,
-               "every thumbnail (and the placeholder) to load")
+    wait_until(
+        browser,
+        lambda d: all(r["thumbnailWidth"] > 0 for r in table_rows(d)),
+        30,
+        "every thumbnail (and the placeholder) to load",
+    )
 
     by_id(browser, "filter-failed").click()
     assert [r["File"] for r in table_rows(browser)] == ["corrupt_0.png"]
@@ -158,25 +181,30 @@ def test_upload_watch_filter_and_download_in_chromium(live_server, browser, stac
 
     threshold = sorted(probabilities.values())[5]
     by_id(browser, "filter-threshold").send_keys(repr(threshold))
-    assert {r["File"] for r in table_rows(browser)} == \
-        {name for name, p in probabilities.items() if p > threshold}
+    assert {r["File"] for r in table_rows(browser)} == {
+        name for name, p in probabilities.items() if p > threshold
+    }
     by_id(browser, "filter-threshold").clear()
 
     by_id(browser, "download-csv").click()
     csv_path = wait_for_download(browser.downloads, f"covidscan-{job_id}.csv")
     records = list(csv.DictReader(io.StringIO(csv_path.read_text())))
     assert len(records) == 11
-    assert {r["filename"]: float(r["probability_covid"])
-            for r in records if r["status"] == "succeeded"} == probabilities
+    assert {
+        r["filename"]: float(r["probability_covid"]) for r in records if r["status"] == "succeeded"
+    } == probabilities
     (failed_record,) = [r for r in records if r["status"] == "failed"]
     assert failed_record["filename"] == "corrupt_0.png" and failed_record["probability_covid"] == ""
     assert failed_record["error"] == api["corrupt_0.png"]["error"]
 
     by_id(browser, "download-json").click()
-    document = json.loads(wait_for_download(browser.downloads, f"covidscan-{job_id}.json").read_text())
+    document = json.loads(
+        wait_for_download(browser.downloads, f"covidscan-{job_id}.json").read_text()
+    )
     assert document["job"]["id"] == job_id and document["job"]["counts"]["failed"] == 1
-    assert {r["filename"]: r["error"] for r in document["results"]} == \
-        {name: r["error"] for name, r in api.items()}
+    assert {r["filename"]: r["error"] for r in document["results"]} == {
+        name: r["error"] for name, r in api.items()
+    }
 
     screenshot = tmp_path / "job-page.png"
     assert browser.save_screenshot(str(screenshot))
@@ -184,8 +212,9 @@ def test_upload_watch_filter_and_download_in_chromium(live_server, browser, stac
     print(f"job page screenshot: {screenshot}")
 
 
-def test_a_refused_file_is_listed_with_the_reason_and_can_be_left_out(live_server, browser,
-                                                                      tmp_path):
+def test_a_refused_file_is_listed_with_the_reason_and_can_be_left_out(
+    live_server, browser, tmp_path
+):
     from selenium.webdriver.common.keys import Keys
 
     paths = write_folder(tmp_path / "slices", 2, size=64)
@@ -194,7 +223,8 @@ def test_a_refused_file_is_listed_with_the_reason_and_can_be_left_out(live_serve
     browser.get(live_server.url + "/")
     unlabelled = browser.execute_script(
         "return Array.from(document.querySelectorAll('input, select'))"
-        ".filter((e) => e.labels.length === 0).map((e) => e.id);")
+        ".filter((e) => e.labels.length === 0).map((e) => e.id);"
+    )
     assert unlabelled == []
     by_id(browser, "files").send_keys("\n".join(str(p) for p in [*paths, notes]))
     assert keyboard_order(browser)[:4] == ["files", "folder", "clear", "job-name"]
@@ -206,8 +236,9 @@ def test_a_refused_file_is_listed_with_the_reason_and_can_be_left_out(live_serve
 
     by_id(browser, "drop-rejected").click()
     wait_until(browser, lambda d: "/jobs/" in d.current_url, 30, "the job page")
-    wait_until(browser, lambda d: by_id(d, "job-percent").text.startswith("100%"),
-               what="the job to finish")
+    wait_until(
+        browser, lambda d: by_id(d, "job-percent").text.startswith("100%"), what="the job to finish"
+    )
     assert by_id(browser, "count-total").text == "2"
 
 
@@ -220,7 +251,8 @@ def test_the_job_page_fits_a_phone_screen(live_server, stack_key, tmp_path):
         upload_through_the_page(phone, live_server.url, paths, "phone")
         wait_until(phone, lambda d: len(table_rows(d)) == 3, what="3 result rows")
         overflow = phone.execute_script(
-            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;"
+        )
         assert overflow <= 0
         assert by_id(phone, "download-csv").is_displayed()
 
@@ -229,27 +261,39 @@ def test_a_folder_a_zip_and_a_dropped_file_make_one_job(live_server, browser, tm
     folder = tmp_path / "study"
     write_folder(folder / "series1", 2, size=64)
     (folder / "notes.txt").write_text("a note beside the slices")
-    (folder / "more.zip").write_bytes(zip_bytes([("s/extra.png", png_bytes(48, seed=7)),
-                                                 ("s/readme.txt", b"hello")]))
+    (folder / "more.zip").write_bytes(
+        zip_bytes([("s/extra.png", png_bytes(48, seed=7)), ("s/readme.txt", b"hello")])
+    )
     browser.get(live_server.url + "/")
     by_id(browser, "folder").send_keys(str(folder))
-    wait_until(browser, lambda d: "3 files" in by_id(d, "selection-summary").text, 10,
-               "the folder's PNG and ZIP files")
+    wait_until(
+        browser,
+        lambda d: "3 files" in by_id(d, "selection-summary").text,
+        10,
+        "the folder's PNG and ZIP files",
+    )
     assert "notes.txt" in by_id(browser, "left-out").text
-    browser.execute_script("""
+    browser.execute_script(
+        """
         const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
         const data = new DataTransfer();
         data.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));
         document.getElementById('drop-zone').dispatchEvent(
             new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));""",
-        base64.b64encode(png_bytes(40, seed=8)).decode())
-    wait_until(browser, lambda d: "4 files" in by_id(d, "selection-summary").text, 10,
-               "the dropped file")
+        base64.b64encode(png_bytes(40, seed=8)).decode(),
+    )
+    wait_until(
+        browser, lambda d: "4 files" in by_id(d, "selection-summary").text, 10, "the dropped file"
+    )
     by_id(browser, "submit").click()
     wait_until(browser, lambda d: "/jobs/" in d.current_url, 30, "the job page")
     wait_until(browser, lambda d: len(table_rows(d)) == 4, what="4 result rows")
-    assert sorted(r["File"] for r in table_rows(browser)) == \
-        ["dropped.png", "s/extra.png", "study/series1/slice_000.png", "study/series1/slice_001.png"]
+    assert sorted(r["File"] for r in table_rows(browser)) == [
+        "dropped.png",
+        "s/extra.png",
+        "study/series1/slice_000.png",
+        "study/series1/slice_001.png",
+    ]
     skipped = by_id(browser, "skipped-list").text
     assert "readme.txt" in skipped and "not a PNG, JPEG or DICOM image" in skipped
 
@@ -258,9 +302,10 @@ def test_the_upload_shows_its_progress_in_bytes(live_server, browser, tmp_path):
     paths = write_folder(tmp_path / "slices", 8, size=256)
     total = sum(p.stat().st_size for p in paths)
     browser.execute_cdp_cmd("Network.enable", {})
-    browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
-        "offline": False, "latency": 0, "downloadThroughput": -1,
-        "uploadThroughput": total // 3})  # about three seconds of upload
+    browser.execute_cdp_cmd(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": total // 3},
+    )  # about three seconds of upload
     browser.get(live_server.url + "/")
     by_id(browser, "files").send_keys("\n".join(str(p) for p in paths))
     by_id(browser, "submit").click()
@@ -268,7 +313,8 @@ def test_the_upload_shows_its_progress_in_bytes(live_server, browser, tmp_path):
     while "/jobs/" not in browser.current_url:
         # The page may navigate to the job between the URL check and this read.
         text = browser.execute_script(
-            "const el = document.getElementById('upload-bytes'); return el ? el.textContent : ''")
+            "const el = document.getElementById('upload-bytes'); return el ? el.textContent : ''"
+        )
         if text.endswith(" sent"):  # "120.5 KiB of 400.2 KiB sent"
             seen.add(text)
         time.sleep(0.05)
@@ -280,8 +326,9 @@ def test_the_upload_shows_its_progress_in_bytes(live_server, browser, tmp_path):
     assert sent[0] < sent[-1]
 
 
-def test_a_wrong_key_is_refused_and_signing_out_ends_the_session(live_server, browser,
-                                                                 stack_key, tmp_path):
+def test_a_wrong_key_is_refused_and_signing_out_ends_the_session(
+    live_server, browser, stack_key, tmp_path
+):
     from selenium.webdriver.common.keys import Keys
 
     cookie = browser.get_cookie("covidscan_session")
@@ -301,22 +348,35 @@ def test_the_cancel_button_cancels_a_waiting_job(app, api_key, tmp_path):
     """An API whose database no worker serves: the job waits until the button cancels it."""
     auth = {"Authorization": f"Bearer {api_key}"}
     with LiveServer(app) as server, chromium(tmp_path) as driver:
-        response = requests.post(f"{server.url}/v1/jobs", files=[
-            ("files", (f"w{i}.png", png_bytes(32, seed=i), "image/png")) for i in range(3)],
-            headers=auth, timeout=30)
+        response = requests.post(
+            f"{server.url}/v1/jobs",
+            files=[("files", (f"w{i}.png", png_bytes(32, seed=i), "image/png")) for i in range(3)],
+            headers=auth,
+            timeout=30,
+        )
         assert response.status_code == 202
         job_id = response.json()["id"]
         sign_in(driver, server.url, api_key)
         driver.get(f"{server.url}/jobs/{job_id}")
-        button = wait_until(driver, lambda d: by_id(d, "cancel-job").is_displayed() and
-                            by_id(d, "cancel-job"), what="the cancel button")
+        button = wait_until(
+            driver,
+            lambda d: by_id(d, "cancel-job").is_displayed() and by_id(d, "cancel-job"),
+            what="the cancel button",
+        )
         button.click()
-        wait_until(driver, lambda d: by_id(d, "job-status").text == "cancelled",
-                   what="the job to show cancelled")
+        wait_until(
+            driver,
+            lambda d: by_id(d, "job-status").text == "cancelled",
+            what="the job to show cancelled",
+        )
         assert by_id(driver, "count-cancelled").text == "3"
         assert not by_id(driver, "cancel-job").is_displayed()
-        assert requests.get(f"{server.url}/v1/jobs/{job_id}", headers=auth,
-                            timeout=30).json()["status"] == "cancelled"
+        assert (
+            requests.get(f"{server.url}/v1/jobs/{job_id}", headers=auth, timeout=30).json()[
+                "status"
+            ]
+            == "cancelled"
+        )
 
 
 def heatmap_state(driver) -> dict:
@@ -331,24 +391,37 @@ def heatmap_state(driver) -> dict:
                   .map((n) => n.textContent)};""")
 
 
-def test_a_heatmap_is_asked_for_from_its_row_and_shown_in_the_viewer(live_server, browser,
-                                                                     stack_key, tiny_model_path):
+def test_a_heatmap_is_asked_for_from_its_row_and_shown_in_the_viewer(
+    live_server, browser, stack_key, tiny_model_path
+):
     from tests.test_explanations import last_conv_layer
 
-    response = requests.post(f"{live_server.url}/v1/jobs", files=[
-        ("files", (f"h{i}.png", png_bytes(64, seed=i), "image/png")) for i in range(2)],
-        headers={"Authorization": f"Bearer {stack_key}"}, timeout=30)
+    response = requests.post(
+        f"{live_server.url}/v1/jobs",
+        files=[("files", (f"h{i}.png", png_bytes(64, seed=i), "image/png")) for i in range(2)],
+        headers={"Authorization": f"Bearer {stack_key}"},
+        timeout=30,
+    )
     job_id = response.json()["id"]
     browser.get(f"{live_server.url}/jobs/{job_id}")
-    wait_until(browser, lambda d: [r["Status"] for r in table_rows(d)] == ["succeeded"] * 2,
-               what="two classified rows")
+    wait_until(
+        browser,
+        lambda d: [r["Status"] for r in table_rows(d)] == ["succeeded"] * 2,
+        what="two classified rows",
+    )
     browser.find_element("css selector", "#results tbody tr .heatmap-toggle").click()
     wait_until(browser, lambda d: heatmap_state(d)["thumb"] > 0, what="the row's heatmap")
     browser.find_element("css selector", "#results tbody tr .heatmap-thumb").click()
-    wait_until(browser, lambda d: heatmap_state(d)["open"] and heatmap_state(d)["slice"] == 32,
-               30, "the viewer with the slice as the model saw it")
-    browser.execute_script("const s = document.getElementById('viewer-opacity');"
-                           "s.value = 20; s.dispatchEvent(new Event('input'));")
+    wait_until(
+        browser,
+        lambda d: heatmap_state(d)["open"] and heatmap_state(d)["slice"] == 32,
+        30,
+        "the viewer with the slice as the model saw it",
+    )
+    browser.execute_script(
+        "const s = document.getElementById('viewer-opacity');"
+        "s.value = 20; s.dispatchEvent(new Event('input'));"
+    )
     assert heatmap_state(browser)["opacity"] == "0.2"
     assert f"layer {last_conv_layer(tiny_model_path)} " in by_id(browser, "viewer-meta").text
     assert not by_id(browser, "viewer-untrained").is_displayed()  # the tiny model is trained
@@ -366,29 +439,44 @@ def test_a_heatmap_of_the_untrained_default_says_so(app, api_key, database_url, 
     from worker.drain import drain
 
     with LiveServer(app) as server, chromium(tmp_path) as driver:
-        response = requests.post(f"{server.url}/v1/jobs", data={"explain": "gradcam"}, files=[
-            ("files", ("u.png", png_bytes(64, seed=1), "image/png"))],
-            headers={"Authorization": f"Bearer {api_key}"}, timeout=30)
+        response = requests.post(
+            f"{server.url}/v1/jobs",
+            data={"explain": "gradcam"},
+            files=[("files", ("u.png", png_bytes(64, seed=1), "image/png"))],
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=30,
+        )
         job_id = response.json()["id"]
-        runtime = make_runtime(database_url, tmp_path,
-                               lambda _engine: GradCam(build_untrained((64, 64)), 1))
+        runtime = make_runtime(
+            database_url, tmp_path, lambda _engine: GradCam(build_untrained((64, 64)), 1)
+        )
         try:
             assert drain(runtime).explained == 1
         finally:
             runtime.close()
         sign_in(driver, server.url, api_key)
         driver.get(f"{server.url}/jobs/{job_id}")
-        toggle = wait_until(driver, lambda d: d.find_elements(
-            "css selector", "#results tbody tr .heatmap-toggle"), what="the row")[0]
+        toggle = wait_until(
+            driver,
+            lambda d: d.find_elements("css selector", "#results tbody tr .heatmap-toggle"),
+            what="the row",
+        )[0]
         toggle.click()
         wait_until(driver, lambda d: heatmap_state(d)["thumb"] > 0, what="the row's heatmap")
         assert heatmap_state(driver)["notes"] == ["untrained model: means nothing"]
         driver.find_element("css selector", "#results tbody tr .heatmap-thumb").click()
-        wait_until(driver, lambda d: by_id(d, "viewer-untrained").is_displayed(), 30,
-                   "the viewer's untrained warning")
+        wait_until(
+            driver,
+            lambda d: by_id(d, "viewer-untrained").is_displayed(),
+            30,
+            "the viewer's untrained warning",
+        )
         assert "this heatmap means nothing" in by_id(driver, "viewer-untrained").text
-def test_a_dicom_folder_shows_its_series_with_a_strip_chart(live_server, browser, stack_key,
-                                                            tmp_path):
+
+
+def test_a_dicom_folder_shows_its_series_with_a_strip_chart(
+    live_server, browser, stack_key, tmp_path
+):
     from tests import dicom_files as d
 
     folder = tmp_path / "PACS" / "SE1"
@@ -401,26 +489,34 @@ def test_a_dicom_folder_shows_its_series_with_a_strip_chart(live_server, browser
     job_id = upload_through_the_page(browser, live_server.url, paths, "dicom")
     wait_until(browser, lambda d: by_id(d, "job-status").text in ("succeeded",), what="the job")
     wait_until(browser, lambda d: by_id(d, "series-panel").is_displayed(), 20, "the series view")
-    wait_until(browser, lambda d: "%" in d.find_element(
-        "css selector", "#series tbody tr td:nth-child(4)").text, 20, "the series result")
+    wait_until(
+        browser,
+        lambda d: "%" in d.find_element("css selector", "#series tbody tr td:nth-child(4)").text,
+        20,
+        "the series result",
+    )
     bars = browser.execute_script("""
         return Array.from(document.querySelectorAll('#series .strip-chart rect')).map(
           (r) => r.querySelector('title').textContent);""")
     assert len(bars) == 6
     positions = [float(re.search(r"position (-?[\d.]+) mm", b).group(1)) for b in bars]
     assert positions == sorted(positions)  # feet to head, whatever the upload order
-    body = requests.get(f"{live_server.url}/v1/jobs/{job_id}/series",
-                        headers={"Authorization": f"Bearer {stack_key}"}, timeout=10).json()
+    body = requests.get(
+        f"{live_server.url}/v1/jobs/{job_id}/series",
+        headers={"Authorization": f"Bearer {stack_key}"},
+        timeout=10,
+    ).json()
     [series] = body["series"]
     shown = browser.execute_script(  # in one step: the page may re-render the table meanwhile
-        "return document.querySelector('#series tbody tr td:nth-child(4)').textContent")
+        "return document.querySelector('#series tbody tr td:nth-child(4)').textContent"
+    )
     assert shown.strip() == f"{100 * series['probability_covid']:.1f}%"
     assert "Doe" not in browser.page_source and d.PATIENT_ID not in browser.page_source
 
 
-def test_a_large_selection_goes_in_parts_as_one_job_or_not_at_all(live_server, browser,
-                                                                  stack_config, stack_key,
-                                                                  tmp_path):
+def test_a_large_selection_goes_in_parts_as_one_job_or_not_at_all(
+    live_server, browser, stack_config, stack_key, tmp_path
+):
     """70 files: parts of 64 and 6 files, one job, sealed; a refused file in the second part
     deletes the job, so nothing of that upload is kept."""
     from sqlalchemy import select
@@ -430,15 +526,20 @@ def test_a_large_selection_goes_in_parts_as_one_job_or_not_at_all(live_server, b
 
     paths = write_folder(tmp_path / "many", 70, size=32)
     job_id = upload_through_the_page(browser, live_server.url, paths, "in parts")
-    wait_until(browser, lambda d: by_id(d, "job-percent").text.startswith("100%"),
-               what="the job to finish")
+    wait_until(
+        browser, lambda d: by_id(d, "job-percent").text.startswith("100%"), what="the job to finish"
+    )
     assert by_id(browser, "count-total").text == "70"
     engine = make_engine(stack_config["DATABASE_URL"])
     try:
         with make_session_factory(engine)() as session:
-            actions = list(session.scalars(select(AuditEvent.action)
-                                           .where(AuditEvent.job_id == job_id)
-                                           .order_by(AuditEvent.id)))
+            actions = list(
+                session.scalars(
+                    select(AuditEvent.action)
+                    .where(AuditEvent.job_id == job_id)
+                    .order_by(AuditEvent.id)
+                )
+            )
     finally:
         engine.dispose()
     assert actions[:3] == ["job.submit", "job.add_scans", "job.seal"]
@@ -452,12 +553,18 @@ def test_a_large_selection_goes_in_parts_as_one_job_or_not_at_all(live_server, b
     assert "zz_notes.png" in by_id(browser, "rejected").text
     assert "nothing was stored" in by_id(browser, "upload-error-text").text
     with make_session_factory(engine)() as session:
-        opened = [job for job, detail in session.execute(
-            select(AuditEvent.job_id, AuditEvent.detail)
-            .where(AuditEvent.action == "job.submit").order_by(AuditEvent.id))
-            if (detail or {}).get("open")]
-        deleted = set(session.scalars(select(AuditEvent.job_id)
-                                      .where(AuditEvent.action == "job.delete")))
+        opened = [
+            job
+            for job, detail in session.execute(
+                select(AuditEvent.job_id, AuditEvent.detail)
+                .where(AuditEvent.action == "job.submit")
+                .order_by(AuditEvent.id)
+            )
+            if (detail or {}).get("open")
+        ]
+        deleted = set(
+            session.scalars(select(AuditEvent.job_id).where(AuditEvent.action == "job.delete"))
+        )
     engine.dispose()
     assert opened[-1] != job_id and opened[-1] in deleted  # the refused upload's job is gone
 
@@ -477,5 +584,9 @@ def test_a_large_selection_goes_in_parts_as_one_job_or_not_at_all(live_server, b
     headers = {"Authorization": f"Bearer {stack_key}"}
     job = requests.get(f"{live_server.url}/v1/jobs/{kept}", headers=headers, timeout=10).json()
     assert job["counts"]["total"] == 64  # the first part, as the page says
-    assert requests.delete(f"{live_server.url}/v1/jobs/{kept}", headers=headers,
-                           timeout=10).status_code == 204
+    assert (
+        requests.delete(
+            f"{live_server.url}/v1/jobs/{kept}", headers=headers, timeout=10
+        ).status_code
+        == 204
+    )

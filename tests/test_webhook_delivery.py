@@ -1,18 +1,25 @@
 """Webhook logic without a network: the retry schedule, Retry-After, SSRF checks, signing."""
+
 import base64
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from core.webhook_targets import RefusedDestination, check
+from core.webhooks import (
+    JITTER,
+    MAX_RETRY_DELAY,
+    next_attempt,
+    parse_retry_after,
+    retry_delay,
+    signed_headers,
+)
 from covidscan.settings import ConfigError, load_settings
-from core.webhooks import (JITTER, MAX_RETRY_DELAY, next_attempt, parse_retry_after,
-                                retry_delay, signed_headers)
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
-NOW = datetime(2026, 11, 29, 3, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
 
 
 def no_dns(host, port):
@@ -22,8 +29,11 @@ def no_dns(host, port):
 @pytest.mark.parametrize("draw", [0.0, 0.5, 0.999])
 def test_every_wait_is_longer_than_the_one_before_whatever_the_jitter(draw):
     waits = [retry_delay(n, 30.0, rng=lambda: draw) for n in range(1, 12)]
-    assert all(later > earlier for earlier, later in zip(waits, waits[1:])
-               if later < MAX_RETRY_DELAY * JITTER[0])
+    assert all(
+        later > earlier
+        for earlier, later in zip(waits, waits[1:])
+        if later < MAX_RETRY_DELAY * JITTER[0]
+    )
     assert waits[0] == pytest.approx(30 * (JITTER[0] + (JITTER[1] - JITTER[0]) * draw))
     # the fastest possible next wait outlasts the slowest possible previous one
     assert retry_delay(4, 30.0, rng=lambda: 0.0) > retry_delay(3, 30.0, rng=lambda: 0.9999)
@@ -54,8 +64,9 @@ def test_retries_span_the_whole_window_with_the_defaults_and_then_stop():
 def test_retry_after_is_honoured_in_seconds_and_as_a_date():
     settings = load_settings({"WEBHOOK_RETRY_BASE_MS": "1000"})
     assert parse_retry_after("120") == 120
-    assert parse_retry_after(format_datetime(NOW + timedelta(minutes=5), usegmt=True),
-                             now=NOW) == 300
+    assert (
+        parse_retry_after(format_datetime(NOW + timedelta(minutes=5), usegmt=True), now=NOW) == 300
+    )
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
     plain = next_attempt(NOW, 1, NOW, settings, rng=lambda: 0.0)
     asked = next_attempt(NOW, 1, NOW, settings, retry_after=120, rng=lambda: 0.0)
@@ -64,16 +75,19 @@ def test_retry_after_is_honoured_in_seconds_and_as_a_date():
     assert parse_retry_after(str(10**9)) == MAX_RETRY_DELAY
 
 
-@pytest.mark.parametrize("url, reason", [
-    ("http://127.0.0.1:8080/hook", "loopback"),
-    ("http://10.1.2.3/hook", "private"),
-    ("http://169.254.169.254/latest/meta-data/", "metadata"),
-    ("http://[::1]/hook", "loopback"),
-    ("http://[::ffff:127.0.0.1]/hook", "loopback"),
-    ("http://192.168.0.10/hook", "private"),
-    ("http://100.100.100.200/", "metadata"),
-    ("http://0.0.0.0/", "unspecified"),
-])
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("http://127.0.0.1:8080/hook", "loopback"),
+        ("http://10.1.2.3/hook", "private"),
+        ("http://169.254.169.254/latest/meta-data/", "metadata"),
+        ("http://[::1]/hook", "loopback"),
+        ("http://[::ffff:127.0.0.1]/hook", "loopback"),
+        ("http://192.168.0.10/hook", "private"),
+        ("http://100.100.100.200/", "metadata"),
+        ("http://0.0.0.0/", "unspecified"),
+    ],
+)
 def test_internal_addresses_are_refused(url, reason):
     with pytest.raises(RefusedDestination, match=reason):
         check(url, (), resolve=no_dns)
@@ -82,20 +96,32 @@ def test_internal_addresses_are_refused(url, reason):
 def test_an_allowed_host_may_be_internal_and_public_addresses_pass():
     assert check("http://127.0.0.1:9/x?a=1", ("127.0.0.1",), resolve=no_dns).target == "/x?a=1"
     destination = check("https://93.184.215.14/hook", (), resolve=no_dns)
-    assert (destination.address, destination.port, destination.host_header) == \
-        ("93.184.215.14", 443, "93.184.215.14")
+    assert (destination.address, destination.port, destination.host_header) == (
+        "93.184.215.14",
+        443,
+        "93.184.215.14",
+    )
 
 
 def test_a_name_is_refused_if_any_of_its_addresses_is_internal():
     resolve = lambda host, port: ["93.184.215.14", "10.0.0.7"]  # noqa: E731
     with pytest.raises(RefusedDestination, match="10.0.0.7, a private address"):
         check("https://hooks.example.com/x", (), resolve=resolve)
-    assert check("https://hooks.example.com/x", (), resolve=lambda h, p: ["93.184.215.14"]) \
-        .host_header == "hooks.example.com"
+    assert (
+        check("https://hooks.example.com/x", (), resolve=lambda h, p: ["93.184.215.14"]).host_header
+        == "hooks.example.com"
+    )
 
 
-@pytest.mark.parametrize("url", ["ftp://93.184.215.14/", "http://user:pw@93.184.215.14/",
-                                 "https:///nohost", "http://93.184.215.14:99999/"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://93.184.215.14/",
+        "http://user:pw@93.184.215.14/",
+        "https:///nohost",
+        "http://93.184.215.14:99999/",
+    ],
+)
 def test_malformed_urls_are_refused(url):
     with pytest.raises(RefusedDestination):
         check(url, (), resolve=no_dns)
@@ -112,12 +138,20 @@ def test_a_signature_verifies_with_standardwebhooks_and_fails_when_tampered():
         Webhook(other).verify(body, headers)
 
 
-@pytest.mark.parametrize("name, value", [
-    ("WEBHOOK_SECRET", "plain-text"), ("WEBHOOK_SECRET", "whsec_not*base64"),
-    ("WEBHOOK_SECRET", "whsec_c2hvcnQ="), ("WEBHOOK_ALLOWED_HOSTS", "*"),
-    ("WEBHOOK_TIMEOUT", "0"), ("WEBHOOK_TIMEOUT", "600"), ("WEBHOOK_RETRY_BASE_MS", "-1"),
-    ("WEBHOOK_RETRY_WINDOW", "0"), ("WEBHOOK_RETRY_WINDOW", "soon"),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("WEBHOOK_SECRET", "plain-text"),
+        ("WEBHOOK_SECRET", "whsec_not*base64"),
+        ("WEBHOOK_SECRET", "whsec_c2hvcnQ="),
+        ("WEBHOOK_ALLOWED_HOSTS", "*"),
+        ("WEBHOOK_TIMEOUT", "0"),
+        ("WEBHOOK_TIMEOUT", "600"),
+        ("WEBHOOK_RETRY_BASE_MS", "-1"),
+        ("WEBHOOK_RETRY_WINDOW", "0"),
+        ("WEBHOOK_RETRY_WINDOW", "soon"),
+    ],
+)
 def test_a_wrong_webhook_setting_names_its_variable(name, value):
     with pytest.raises(ConfigError, match=name):
         load_settings({name: value})

@@ -1,5 +1,6 @@
 """Webhooks through the API and SQL, without a worker: callback URLs, endpoints, exactly one
 event per job, delivery attempts against a receiver on the loopback, deletion."""
+
 import base64
 import io
 import threading
@@ -10,9 +11,9 @@ import pytest
 from sqlalchemy import func, select, update
 
 from api import create_app
-from covidscan.settings import load_settings
 from core.sweep import sweep_once
 from core.webhooks import deliver_event, relay_events
+from covidscan.settings import load_settings
 from db.blobs import FileBlobStore
 from db.identity import ModelIdentity
 from db.models import Job, Scan, ScanStatus, WebhookDelivery, WebhookEvent, utcnow
@@ -32,8 +33,12 @@ IDENTITY = ModelIdentity("m", "1", "b" * 64, True, "tensorflow", "fp32", "seed-v
 
 @pytest.fixture
 def config(app_config):
-    return {**app_config, "WEBHOOK_SECRET": SECRET, "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
-            "WEBHOOK_RETRY_BASE_MS": "1000"}
+    return {
+        **app_config,
+        "WEBHOOK_SECRET": SECRET,
+        "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+        "WEBHOOK_RETRY_BASE_MS": "1000",
+    }
 
 
 @pytest.fixture
@@ -53,8 +58,10 @@ def client_of(app, config, owner):
 
 
 def submit(client, callback_url=None, count=2, **fields):
-    data = {"files": [(io.BytesIO(png_bytes(24, seed=i)), f"doe_john_{i}.png")
-                      for i in range(count)], **fields}
+    data = {
+        "files": [(io.BytesIO(png_bytes(24, seed=i)), f"doe_john_{i}.png") for i in range(count)],
+        **fields,
+    }
     if callback_url:
         data["callback_url"] = callback_url
     return client.post("/v1/jobs", data=data, content_type="multipart/form-data")
@@ -65,22 +72,34 @@ def finish_all(sessions):
     with sessions.begin() as session:
         leases = claim_next(session, "w1", 100, 60)
     with sessions.begin() as session:
-        record_outcomes(session, [ScanOutcome(lease.scan_id, 0.9, "COVID") for lease in leases],
-                        leases, IDENTITY, "w@host", "w1")
+        record_outcomes(
+            session,
+            [ScanOutcome(lease.scan_id, 0.9, "COVID") for lease in leases],
+            leases,
+            IDENTITY,
+            "w@host",
+            "w1",
+        )
         return record_finished_jobs(session, {lease.job_id for lease in leases}).event_ids
 
 
 def events(sessions, job_id=None):
     with sessions() as session:
         query = select(WebhookEvent).order_by(WebhookEvent.url)
-        return list(session.scalars(query if job_id is None
-                                    else query.where(WebhookEvent.job_id == job_id)))
+        return list(
+            session.scalars(query if job_id is None else query.where(WebhookEvent.job_id == job_id))
+        )
 
 
-@pytest.mark.parametrize("url, reason", [
-    ("http://127.0.0.1:9/hook", "loopback"), ("http://10.0.0.8/hook", "private"),
-    ("http://169.254.169.254/latest/", "metadata"), ("http://[::1]:9/hook", "loopback"),
-])
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("http://127.0.0.1:9/hook", "loopback"),
+        ("http://10.0.0.8/hook", "private"),
+        ("http://169.254.169.254/latest/", "metadata"),
+        ("http://[::1]:9/hook", "loopback"),
+    ],
+)
 def test_a_callback_to_an_internal_address_is_refused_at_submission(app, client, url, reason):
     response = submit(client, url)
     assert response.status_code == 400 and response.mimetype == "application/problem+json"
@@ -96,8 +115,7 @@ def test_a_callback_needs_a_secret_to_sign_with(app_config):
     refused = submit(alice, "http://127.0.0.1:9/hook")
     assert refused.status_code == 400 and "WEBHOOK_SECRET" in refused.get_json()["detail"]
     assert alice.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook"}).status_code == 400
-    made = alice.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook",
-                                            "secret": OWN_SECRET})
+    made = alice.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook", "secret": OWN_SECRET})
     assert made.status_code == 201
     assert submit(alice, "http://127.0.0.1:9/hook").status_code == 202
 
@@ -131,8 +149,7 @@ def test_a_job_ending_makes_one_event_per_destination_once(hooks_app, config, se
     assert job["callback_url"] == "http://127.0.0.1:9/job"
     made = finish_all(sessions)
     assert len(made) == 2
-    assert [e.url for e in events(sessions)] == ["http://127.0.0.1:9/all",
-                                                 "http://127.0.0.1:9/job"]
+    assert [e.url for e in events(sessions)] == ["http://127.0.0.1:9/all", "http://127.0.0.1:9/job"]
     with sessions.begin() as session:  # a redelivered write, or a sweep: nothing more
         assert record_finished_jobs(session, [job["id"]]).statuses == {}
         assert record_finished_jobs(session).event_ids == []
@@ -142,32 +159,46 @@ def test_a_job_ending_makes_one_event_per_destination_once(hooks_app, config, se
     assert "doe" not in text.lower() and "png" not in text  # ids and counts only
 
 
-def test_a_job_no_writer_noticed_ending_gets_its_event_from_the_sweep(hooks_app, config,
-                                                                      sessions, tmp_path):
+def test_a_job_no_writer_noticed_ending_gets_its_event_from_the_sweep(
+    hooks_app, config, sessions, tmp_path
+):
     alice = client_of(hooks_app, config, "alice")
     job_id = submit(alice, "http://127.0.0.1:9/job").get_json()["id"]
     with sessions.begin() as session:  # as if two writers finished it at once, unaware
-        session.execute(update(Scan).where(Scan.job_id == job_id)
-                        .values(status=ScanStatus.FAILED, error="x", finished_at=utcnow()))
+        session.execute(
+            update(Scan)
+            .where(Scan.job_id == job_id)
+            .values(status=ScanStatus.FAILED, error="x", finished_at=utcnow())
+        )
     assert events(sessions) == []
     settings = load_settings(config)
-    report = sweep_once(sessions, FileBlobStore(tmp_path / "blobs"), lambda n: None, settings,
-                        send_deliveries=lambda ids, countdown: None)
+    report = sweep_once(
+        sessions,
+        FileBlobStore(tmp_path / "blobs"),
+        lambda n: None,
+        settings,
+        send_deliveries=lambda ids, countdown: None,
+    )
     assert report.events_made == 1 and report.events_queued == 1
     assert [e.type for e in events(sessions)] == ["job.failed"]
-    again = sweep_once(sessions, FileBlobStore(tmp_path / "blobs"), lambda n: None, settings,
-                       send_deliveries=lambda ids, countdown: None)
+    again = sweep_once(
+        sessions,
+        FileBlobStore(tmp_path / "blobs"),
+        lambda n: None,
+        settings,
+        send_deliveries=lambda ids, countdown: None,
+    )
     assert again.events_made == 0 and again.events_queued == 0  # queued already
     assert len(events(sessions)) == 1
 
 
-def test_cancelling_a_waiting_job_makes_its_event_in_the_same_commit(hooks_app, config,
-                                                                     sessions):
+def test_cancelling_a_waiting_job_makes_its_event_in_the_same_commit(hooks_app, config, sessions):
     alice = client_of(hooks_app, config, "alice")
     job_id = submit(alice, "http://127.0.0.1:9/job").get_json()["id"]
     assert alice.post(f"/v1/jobs/{job_id}/cancel").get_json()["status"] == "cancelled"
-    assert [(e.type, e.payload["data"]["counts"]["cancelled"]) for e in events(sessions)] == \
-        [("job.cancelled", 2)]
+    assert [(e.type, e.payload["data"]["counts"]["cancelled"]) for e in events(sessions)] == [
+        ("job.cancelled", 2)
+    ]
 
 
 def test_jobs_from_before_webhooks_get_no_event(hooks_app, config, sessions):
@@ -188,15 +219,18 @@ def test_attempts_are_signed_recorded_and_410_stops_them(hooks_app, config, sess
         flaky = submit(alice, receiver.url("/flaky")).get_json()["id"]
         gone = submit(alice, receiver.url("/gone")).get_json()["id"]
         finish_all(sessions)
-        flaky_event, = events(sessions, flaky)
-        gone_event, = events(sessions, gone)
+        (flaky_event,) = events(sessions, flaky)
+        (gone_event,) = events(sessions, gone)
         assert deliver(sessions, config, gone_event.id) == "gone"
         assert deliver(sessions, config, gone_event.id) is None  # stopped for good
         assert deliver(sessions, config, flaky_event.id) == "retry"
         assert deliver(sessions, config, flaky_event.id) is None  # not due yet
         with sessions.begin() as session:
-            session.execute(update(WebhookEvent).where(WebhookEvent.id == flaky_event.id)
-                            .values(next_attempt_at=utcnow()))
+            session.execute(
+                update(WebhookEvent)
+                .where(WebhookEvent.id == flaky_event.id)
+                .values(next_attempt_at=utcnow())
+            )
         assert deliver(sessions, config, flaky_event.id) == "delivered"
         sent = receiver.at("/flaky")
     assert len(sent) == 2 and len(receiver.at("/gone")) == 1
@@ -204,20 +238,24 @@ def test_attempts_are_signed_recorded_and_410_stops_them(hooks_app, config, sess
     assert sent[0].verify(SECRET)["data"]["job_id"] == flaky
     body = alice.get(f"/v1/jobs/{flaky}/deliveries").get_json()
     attempts = body["events"][0]["attempts"]
-    assert [(a["attempt"], a["status_code"], a["outcome"]) for a in attempts] == \
-        [(1, 500, "retry"), (2, 200, "delivered")]
-    assert attempts[0]["next_attempt_at"] is not None and body["events"][0]["state"] == \
-        "delivered"
+    assert [(a["attempt"], a["status_code"], a["outcome"]) for a in attempts] == [
+        (1, 500, "retry"),
+        (2, 200, "delivered"),
+    ]
+    assert attempts[0]["next_attempt_at"] is not None and body["events"][0]["state"] == "delivered"
     gone_body = alice.get(f"/v1/jobs/{gone}/deliveries").get_json()["events"][0]
     assert gone_body["state"] == "gone" and len(gone_body["attempts"]) == 1
     other = client_of(hooks_app, config, "bob")
     assert other.get(f"/v1/jobs/{flaky}/deliveries").status_code == 404
 
 
-def test_retry_after_sets_the_next_attempt_and_redirects_are_not_followed(hooks_app, config,
-                                                                          sessions):
-    answers = {"/busy": [(503, {"Retry-After": "120"})],
-               "/moved": [(302, {"Location": "/elsewhere"})]}
+def test_retry_after_sets_the_next_attempt_and_redirects_are_not_followed(
+    hooks_app, config, sessions
+):
+    answers = {
+        "/busy": [(503, {"Retry-After": "120"})],
+        "/moved": [(302, {"Location": "/elsewhere"})],
+    }
     with Receiver(answers) as receiver:
         alice = client_of(hooks_app, config, "alice")
         busy = submit(alice, receiver.url("/busy")).get_json()["id"]
@@ -264,17 +302,22 @@ def test_retries_stop_when_the_window_has_passed(hooks_app, config, sessions):
         finish_all(sessions)
         event = events(sessions, job_id)[0]
         with sessions.begin() as session:
-            session.execute(update(WebhookEvent).where(WebhookEvent.id == event.id)
-                            .values(created_at=utcnow() - timedelta(hours=25)))
+            session.execute(
+                update(WebhookEvent)
+                .where(WebhookEvent.id == event.id)
+                .values(created_at=utcnow() - timedelta(hours=25))
+            )
         assert deliver(sessions, config, event.id) == "failed"
     assert events(sessions, job_id)[0].state == "failed"
 
 
-def test_deleting_an_endpoint_stops_its_pending_events_but_not_a_jobs_own(hooks_app, config,
-                                                                          sessions):
+def test_deleting_an_endpoint_stops_its_pending_events_but_not_a_jobs_own(
+    hooks_app, config, sessions
+):
     alice = client_of(hooks_app, config, "alice")
-    endpoint = alice.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/all",
-                                                "secret": OWN_SECRET}).get_json()
+    endpoint = alice.post(
+        "/v1/webhooks", json={"url": "http://127.0.0.1:9/all", "secret": OWN_SECRET}
+    ).get_json()
     plain = submit(alice).get_json()["id"]
     named = submit(alice, "http://127.0.0.1:9/all").get_json()["id"]
     finish_all(sessions)
@@ -283,8 +326,7 @@ def test_deleting_an_endpoint_stops_its_pending_events_but_not_a_jobs_own(hooks_
     assert [e.state for e in events(sessions, named)] == ["pending"]
 
 
-def test_two_writers_finishing_one_job_at_once_make_exactly_one_event(hooks_app, config,
-                                                                      sessions):
+def test_two_writers_finishing_one_job_at_once_make_exactly_one_event(hooks_app, config, sessions):
     """Each writes one of the job's two last scans; neither commit may miss the other's."""
     alice = client_of(hooks_app, config, "alice")
     job_id = submit(alice, "http://127.0.0.1:9/job").get_json()["id"]
@@ -296,8 +338,14 @@ def test_two_writers_finishing_one_job_at_once_make_exactly_one_event(hooks_app,
 
     def write(name, leases, owner):
         with sessions.begin() as session:
-            record_outcomes(session, [ScanOutcome(lease.scan_id, 0.5, "COVID") for lease in leases],
-                            leases, IDENTITY, owner, owner)
+            record_outcomes(
+                session,
+                [ScanOutcome(lease.scan_id, 0.5, "COVID") for lease in leases],
+                leases,
+                IDENTITY,
+                owner,
+                owner,
+            )
             made[name] = record_finished_jobs(session, [job_id])
             if name == "first":
                 started.set()
@@ -310,16 +358,20 @@ def test_two_writers_finishing_one_job_at_once_make_exactly_one_event(hooks_app,
     write("second", second, "w2")
     writer.join()
     # One of the two writers recorded the job's end (and its one event); the other nothing.
-    assert sorted([made["first"].statuses, made["second"].statuses], key=len) == \
-        [{}, {job_id: "succeeded"}]
+    assert sorted([made["first"].statuses, made["second"].statuses], key=len) == [
+        {},
+        {job_id: "succeeded"},
+    ]
     assert len(made["first"].event_ids) + len(made["second"].event_ids) == 1
     with sessions.begin() as session:
         assert record_finished_jobs(session).event_ids == []
     assert len(events(sessions, job_id)) == 1
 
 
-@pytest.mark.skipif(not POSTGRES_URL.startswith("postgres"),
-                    reason="SQLite serialises writers: relays there cannot overlap on rows")
+@pytest.mark.skipif(
+    not POSTGRES_URL.startswith("postgres"),
+    reason="SQLite serialises writers: relays there cannot overlap on rows",
+)
 def test_relays_running_at_once_send_each_due_event_once(hooks_app, config, sessions):
     """The API, every worker and the sweep relay due events; one that finds the rows
     another is sending skips them instead of sending them again or waiting on them."""

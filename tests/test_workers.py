@@ -1,4 +1,5 @@
 """Workers say when they are ready and what serves each model; /readyz counts them."""
+
 import time
 from datetime import timedelta
 
@@ -17,8 +18,10 @@ def test_a_worker_is_live_while_it_beats_and_gone_once_withdrawn_or_stale(databa
         announce(session, "w1@host", 123, [{"model": {"name": "m"}}])
         announce(session, "w2@host", 456, [])
     with sessions() as session:
-        assert [(w.name, w.ready, w.pid) for w in live_workers(session)] == \
-            [("w1@host", True, 123), ("w2@host", True, 456)]
+        assert [(w.name, w.ready, w.pid) for w in live_workers(session)] == [
+            ("w1@host", True, 123),
+            ("w2@host", True, 456),
+        ]
         later = utcnow() + STALE_AFTER + timedelta(seconds=1)
         assert live_workers(session, now=later) == []  # no beat for too long: dead
     with sessions.begin() as session:
@@ -40,8 +43,7 @@ def test_readyz_counts_ready_workers_and_workers_shows_what_serves(stack_client)
     assert tested["ready"] is True and tested["heartbeat_at"]
     (model,) = [m for m in tested["models"] if m["model"]["name"] == "tiny_ct"]
     fp32 = model["engines"]["fp32"]  # INFERENCE_PRECISION's default, warmed before ready
-    assert (fp32["engine"], fp32["precision"], fp32["gate"]["passed"]) == \
-        ("openvino", "fp32", True)
+    assert (fp32["engine"], fp32["precision"], fp32["gate"]["passed"]) == ("openvino", "fp32", True)
     assert model["calibration"]["generated"] is True
 
 
@@ -53,11 +55,12 @@ def test_readyz_does_not_fail_without_workers(client):
 @pytest.mark.integration
 def test_a_job_asking_for_auto_runs_on_the_engine_the_worker_measured_fastest(stack_client):
     from tests.conftest import wait_for_job
-    from tests.test_end_to_end import results, upload
     from tests.images import png_bytes
+    from tests.test_end_to_end import results, upload
 
-    job = upload(stack_client, [(f"a{i}.png", png_bytes(40, seed=i)) for i in range(3)],
-                 precision="auto")
+    job = upload(
+        stack_client, [(f"a{i}.png", png_bytes(40, seed=i)) for i in range(3)], precision="auto"
+    )
     assert wait_for_job(stack_client, job["id"])["status"] == "succeeded"
     rows = results(stack_client, job["id"])
     workers = stack_client.get("/v1/workers").get_json()["workers"]
@@ -67,13 +70,21 @@ def test_a_job_asking_for_auto_runs_on_the_engine_the_worker_measured_fastest(st
     assert set(engines) >= {"fp32", "bf16", "fp16", "int8", "auto"}
     auto = engines["auto"]
     assert {(r["engine"], r["precision"]) for r in rows} == {(auto["engine"], auto["precision"])}
-    measured = {name: engines[name]["images_per_second"] for name in ("fp32", "bf16", "fp16", "int8")}
+    measured = {
+        name: engines[name]["images_per_second"] for name in ("fp32", "bf16", "fp16", "int8")
+    }
     assert all(speed > 0 for speed in measured.values()), measured
     assert auto["images_per_second"] == max(measured.values())
-    for name in ("bf16", "fp16", "int8"):  # each either passed its gate or says why it does not serve
+    for name in (
+        "bf16",
+        "fp16",
+        "int8",
+    ):  # each either passed its gate or says why it does not serve
         choice = engines[name]
-        assert choice["note"] == "passed its accuracy gate" or "serving TensorFlow fp32" in \
-            choice["note"], choice
+        assert (
+            choice["note"] == "passed its accuracy gate"
+            or "serving TensorFlow fp32" in choice["note"]
+        ), choice
 
 
 @pytest.mark.database

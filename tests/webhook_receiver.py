@@ -1,4 +1,5 @@
 """A webhook receiver on the loopback for tests: scripted answers per path, every request kept."""
+
 from __future__ import annotations
 
 import threading
@@ -32,11 +33,12 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with receiver._lock:
-                    receiver.received.append(Received(time.monotonic(), self.path,
-                                                      dict(self.headers), body))
+                    receiver.received.append(
+                        Received(time.monotonic(), self.path, dict(self.headers), body)
+                    )
                     count = sum(1 for r in receiver.received if r.path == self.path)
                     script = receiver.answers.get(self.path, [(200, {})])
                 status, headers = script[min(count, len(script)) - 1]
@@ -67,7 +69,7 @@ class Receiver:
             time.sleep(0.05)
         raise AssertionError(f"{path}: {len(self.at(path))} requests, expected {count}")
 
-    def __enter__(self) -> "Receiver":
+    def __enter__(self) -> Receiver:
         self.thread.start()
         return self
 

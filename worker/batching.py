@@ -12,22 +12,25 @@ With ``concurrency`` above 1, an engine that declares ``concurrent_batches`` (Op
 batcher between batches. A partial batch still goes only when nothing of its key runs:
 waiting behind a running batch, it may yet fill.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Optional, Sequence
+from typing import Any, Optional
 
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[Hashable, list[Any]], Sequence[Any]]
 """Runs one batch of one key: returns one result, or one exception instance, per item, in order."""
 OnBatch = Callable[[Hashable, list[float], float, bool], None]
-"""Told of each batch run: its key, each item's wait in seconds, the run's seconds, whether it failed."""
+"""Told of each batch run: its key, each item's wait in seconds, the run's seconds, whether it
+failed."""
 
 
 class BatchSizeMismatch(RuntimeError):
@@ -53,19 +56,30 @@ class BatchStats:
 
     def as_dict(self, max_batch_size: int) -> dict[str, Any]:
         mean = self.items / self.batches if self.batches else 0.0
-        return {"batches": self.batches, "items": self.items,
-                "failed_batches": self.failed_batches,
-                "busy_seconds": round(self.busy_seconds, 6), "mean_batch_size": mean,
-                "mean_fill": mean / max_batch_size, "max_batch_size": max_batch_size,
-                "sizes": {str(k): v for k, v in sorted(self.sizes.items())}}
+        return {
+            "batches": self.batches,
+            "items": self.items,
+            "failed_batches": self.failed_batches,
+            "busy_seconds": round(self.busy_seconds, 6),
+            "mean_batch_size": mean,
+            "mean_fill": mean / max_batch_size,
+            "max_batch_size": max_batch_size,
+            "sizes": {str(k): v for k, v in sorted(self.sizes.items())},
+        }
 
 
 class DynamicBatcher:
     """Merges submitted items into batches of one key; flushes on size or deadline."""
 
-    def __init__(self, run_batch: RunBatch, max_batch_size: int, max_delay_s: float,
-                 name: str = "batcher", on_batch: Optional[OnBatch] = None,
-                 concurrency: int = 1) -> None:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        max_batch_size: int,
+        max_delay_s: float,
+        name: str = "batcher",
+        on_batch: Optional[OnBatch] = None,
+        concurrency: int = 1,
+    ) -> None:
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be a whole number ≥ 1, got {max_batch_size!r}")
         if not isinstance(concurrency, int) or concurrency < 1:
@@ -86,11 +100,13 @@ class DynamicBatcher:
         self._stats = BatchStats()
         self._busy_since: Optional[float] = None  # while any batch runs
 
-    def start(self) -> "DynamicBatcher":
+    def start(self) -> DynamicBatcher:
         with self._cond:
             if not self._threads:
-                self._threads = [threading.Thread(target=self._loop, name=f"{self.name}-{i}",
-                                                  daemon=True) for i in range(self.concurrency)]
+                self._threads = [
+                    threading.Thread(target=self._loop, name=f"{self.name}-{i}", daemon=True)
+                    for i in range(self.concurrency)
+                ]
                 for thread in self._threads:
                     thread.start()
         return self
@@ -121,7 +137,8 @@ class DynamicBatcher:
             stats = self._stats.as_dict(self.max_batch_size)
             if self._busy_since is not None:  # busy time counts as it passes
                 stats["busy_seconds"] = round(
-                    self._stats.busy_seconds + time.monotonic() - self._busy_since, 6)
+                    self._stats.busy_seconds + time.monotonic() - self._busy_since, 6
+                )
             return stats
 
     def _limit(self, key: Hashable) -> int:
@@ -187,7 +204,8 @@ class DynamicBatcher:
             results = list(self.run_batch(key, [p.item for p in pending]))
             if len(results) != len(pending):
                 raise BatchSizeMismatch(
-                    f"the batch function returned {len(results)} results for {len(pending)} items")
+                    f"the batch function returned {len(results)} results for {len(pending)} items"
+                )
         except Exception as exc:  # the batch failed as a whole: every item gets the error
             log.exception("%s: a batch of %d items failed", self.name, len(pending))
             results = [exc] * len(pending)
@@ -206,7 +224,7 @@ class DynamicBatcher:
         if self.on_batch is not None:
             try:
                 self.on_batch(key, [started_at - p.enqueued for p in pending], elapsed, failed)
-            except Exception:  # noqa: BLE001 - metrics must never fail a batch
+            except Exception:
                 log.exception("%s: on_batch failed", self.name)
         for entry, result in zip(pending, results):
             if isinstance(result, BaseException):

@@ -4,6 +4,7 @@ A drain (:mod:`worker.drain`) decodes its leased scans in the shared pool and ha
 tensor to the process's batcher as soon as it is ready, so decoding overlaps inference
 and scans of several drains share model batches.
 """
+
 from __future__ import annotations
 
 import logging
@@ -11,8 +12,9 @@ import math
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from concurrent.futures import Executor, Future
-from typing import Optional, Protocol, Sequence
+from typing import Optional, Protocol
 
 import numpy as np
 
@@ -45,10 +47,12 @@ def predict_items(engine, tensors: Sequence[np.ndarray]) -> list:
     """
     expected = (*engine.info.input_size, 3)
     good = [i for i, t in enumerate(tensors) if t.shape == expected and np.isfinite(t).all()]
-    results: list = [ValueError(f"expected a preprocessed tensor of shape {expected}, "
-                                f"got {t.shape}") if t.shape != expected else
-                     ValueError("the preprocessed tensor holds NaN or infinite values")
-                     for t in tensors]
+    results: list = [
+        ValueError(f"expected a preprocessed tensor of shape {expected}, got {t.shape}")
+        if t.shape != expected
+        else ValueError("the preprocessed tensor holds NaN or infinite values")
+        for t in tensors
+    ]
     if good:
         probabilities = engine.predict(np.stack([tensors[i] for i in good]))
         for index, p in zip(good, probabilities):
@@ -61,8 +65,9 @@ class FrameFiles:
     batch (at most ``keep`` files at once), so a file is read once, not once per frame.
     ``max_bytes`` bounds how far a Deflated DICOM file may inflate (``MAX_SCAN_BYTES``)."""
 
-    def __init__(self, blobs: BlobStore, keep: int = 2,
-                 max_bytes: int = MAX_INFLATED_BYTES) -> None:
+    def __init__(
+        self, blobs: BlobStore, keep: int = 2, max_bytes: int = MAX_INFLATED_BYTES
+    ) -> None:
         self.blobs = blobs
         self.keep = keep
         self.max_bytes = max_bytes
@@ -102,27 +107,37 @@ def load_tensor(files: FrameFiles, item: ScanInput, info) -> tuple[object, Optio
             data = files.get(item)
         except BlobNotFound as exc:
             return str(exc), None
-        except Exception as exc:  # noqa: BLE001 - this scan fails, not the batch
-            log.warning("scan %s: reading its bytes failed (%s)", item.scan_id,
-                        type(exc).__name__)
+        except Exception as exc:
+            log.warning("scan %s: reading its bytes failed (%s)", item.scan_id, type(exc).__name__)
             return f"could not read the scan's bytes ({type(exc).__name__})", None
         try:
             if is_dicom(data):
                 preprocessing = preprocessing_id(info.dicom_window, info.preprocessing)
-                return load_dicom_seed_v1(data, getattr(item, "frame", None) or 0,
-                                          info.dicom_window, info.input_size,
-                                          files.max_bytes), preprocessing
+                return load_dicom_seed_v1(
+                    data,
+                    getattr(item, "frame", None) or 0,
+                    info.dicom_window,
+                    info.input_size,
+                    files.max_bytes,
+                ), preprocessing
             return load_seed_v1(data, info.input_size), None
         except ImageDecodeError as exc:
             return str(exc), preprocessing
-        except Exception as exc:  # noqa: BLE001 - this scan fails, not the batch
+        except Exception as exc:
             log.warning("scan %s: decoding failed (%s)", item.scan_id, type(exc).__name__)
-            return (f"could not decode the scan: {type(exc).__name__} while reading, "
-                    f"windowing or preprocessing it"), preprocessing
+            return (
+                f"could not decode the scan: {type(exc).__name__} while reading, "
+                f"windowing or preprocessing it"
+            ), preprocessing
 
 
-def _infer(items: Sequence[ScanInput], files: FrameFiles, engine, pool: Optional[Executor],
-           batcher: Optional[DynamicBatcher]) -> tuple[list, list[Optional[str]]]:
+def _infer(
+    items: Sequence[ScanInput],
+    files: FrameFiles,
+    engine,
+    pool: Optional[Executor],
+    batcher: Optional[DynamicBatcher],
+) -> tuple[list, list[Optional[str]]]:
     """One decode error (str), P(positive) (float) or future of it per item, and each item's
     own preprocessing id (None: the model's)."""
     info = engine.info
@@ -155,10 +170,14 @@ def failure_reason(text: str, limit: int = 1000) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def classify_batch(items: Sequence[ScanInput], blobs: BlobStore, engine,
-                   pool: Optional[Executor] = None,
-                   batcher: Optional[DynamicBatcher] = None,
-                   max_scan_bytes: int = MAX_INFLATED_BYTES) -> list[ScanOutcome]:
+def classify_batch(
+    items: Sequence[ScanInput],
+    blobs: BlobStore,
+    engine,
+    pool: Optional[Executor] = None,
+    batcher: Optional[DynamicBatcher] = None,
+    max_scan_bytes: int = MAX_INFLATED_BYTES,
+) -> list[ScanOutcome]:
     """Decode, preprocess and classify; one outcome per item, same length and order.
 
     With a ``pool`` and a ``batcher``, decoding runs in the pool and inference in the
@@ -176,17 +195,34 @@ def classify_batch(items: Sequence[ScanInput], blobs: BlobStore, engine,
             except ValueError as exc:  # this scan's own error; others (a broken engine) propagate
                 value = exc
         if isinstance(value, str):
-            outcomes.append(ScanOutcome(item.scan_id, error=failure_reason(value),
-                                        preprocessing=how))
+            outcomes.append(
+                ScanOutcome(item.scan_id, error=failure_reason(value), preprocessing=how)
+            )
         elif isinstance(value, Exception):
-            outcomes.append(ScanOutcome(item.scan_id, preprocessing=how,
-                                        error=failure_reason(f"inference failed: {value}")))
+            outcomes.append(
+                ScanOutcome(
+                    item.scan_id,
+                    preprocessing=how,
+                    error=failure_reason(f"inference failed: {value}"),
+                )
+            )
         elif not math.isfinite(value):
-            outcomes.append(ScanOutcome(item.scan_id, preprocessing=how,
-                                        error="the model produced a non-finite probability"))
+            outcomes.append(
+                ScanOutcome(
+                    item.scan_id,
+                    preprocessing=how,
+                    error="the model produced a non-finite probability",
+                )
+            )
         else:
-            outcomes.append(ScanOutcome(item.scan_id, probability_covid=value,
-                                        label=engine.info.label_for(value), preprocessing=how))
+            outcomes.append(
+                ScanOutcome(
+                    item.scan_id,
+                    probability_covid=value,
+                    label=engine.info.label_for(value),
+                    preprocessing=how,
+                )
+            )
     if len(outcomes) != len(items):
         raise AssertionError(f"classify_batch made {len(outcomes)} outcomes for {len(items)} scans")
     return outcomes

@@ -4,12 +4,14 @@ Labels name the model (name and version) and the precision the engine runs at, a
 status; never a job or a scan. Scans are counted when their result is written (a
 redelivered wake-up that writes nothing counts nothing).
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
-from typing import Any, Iterator, Optional, Sequence
+from datetime import UTC, datetime
+from typing import Any, Optional
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -23,44 +25,70 @@ LOAD_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 SCANS_CLASSIFIED = Counter(
     "covidscan_scans_classified_total",
     "Scans whose result a worker wrote, by model, precision and status (succeeded, failed); "
-    "its rate is the throughput in scans per second.", MODEL_LABELS + ["status"])
+    "its rate is the throughput in scans per second.",
+    MODEL_LABELS + ["status"],
+)
 BATCH_SIZE = Histogram(
-    "covidscan_batch_size", "Scans per model call.", MODEL_LABELS,
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+    "covidscan_batch_size",
+    "Scans per model call.",
+    MODEL_LABELS,
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 BATCH_FILL = Histogram(
-    "covidscan_batch_fill_ratio", "Scans per model call divided by MAX_BATCH_SIZE (1: full).",
-    MODEL_LABELS, buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0))
+    "covidscan_batch_fill_ratio",
+    "Scans per model call divided by MAX_BATCH_SIZE (1: full).",
+    MODEL_LABELS,
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+)
 BATCH_FAILURES = Counter(
-    "covidscan_batch_failures_total", "Model calls that raised (every scan in them failed).",
-    MODEL_LABELS)
+    "covidscan_batch_failures_total",
+    "Model calls that raised (every scan in them failed).",
+    MODEL_LABELS,
+)
 BATCH_WAIT = Histogram(
-    "covidscan_batch_wait_seconds", "Time a decoded scan waited for its batch to run.",
-    MODEL_LABELS, buckets=STAGE_BUCKETS)
+    "covidscan_batch_wait_seconds",
+    "Time a decoded scan waited for its batch to run.",
+    MODEL_LABELS,
+    buckets=STAGE_BUCKETS,
+)
 INFERENCE = Histogram(
     "covidscan_inference_seconds",
     "Time of one model call (one batch), from its hand-over to the engine to its results.",
     MODEL_LABELS,
-    buckets=STAGE_BUCKETS)
+    buckets=STAGE_BUCKETS,
+)
 DECODE = Histogram(
-    "covidscan_decode_seconds", "Time to read, decode and preprocess one scan.",
-    buckets=STAGE_BUCKETS)
+    "covidscan_decode_seconds",
+    "Time to read, decode and preprocess one scan.",
+    buckets=STAGE_BUCKETS,
+)
 WRITE = Histogram(
-    "covidscan_write_seconds", "Time of one transaction writing a claim's results.",
-    buckets=STAGE_BUCKETS)
+    "covidscan_write_seconds",
+    "Time of one transaction writing a claim's results.",
+    buckets=STAGE_BUCKETS,
+)
 SCAN_LATENCY = Histogram(
     "covidscan_scan_latency_seconds",
     "End to end, per scan: from its job's submission to its result written.",
-    MODEL_LABELS, buckets=LATENCY_BUCKETS)
+    MODEL_LABELS,
+    buckets=LATENCY_BUCKETS,
+)
 MODEL_LOAD = Histogram(
-    "covidscan_model_load_seconds", "Time to read and check a model file and load it.",
-    ["model", "version"], buckets=LOAD_BUCKETS)
+    "covidscan_model_load_seconds",
+    "Time to read and check a model file and load it.",
+    ["model", "version"],
+    buckets=LOAD_BUCKETS,
+)
 ENGINE_BUILD = Histogram(
     "covidscan_engine_build_seconds",
     "Time to build a warm engine of a loaded model for a precision (convert, quantize, "
-    "gate, compile, warm up; a cached conversion is faster).", MODEL_LABELS,
-    buckets=LOAD_BUCKETS)
+    "gate, compile, warm up; a cached conversion is faster).",
+    MODEL_LABELS,
+    buckets=LOAD_BUCKETS,
+)
 LEASES_HELD = Gauge(
-    "covidscan_worker_leases_held", "Scans this worker holds a lease on (at its last heartbeat).")
+    "covidscan_worker_leases_held", "Scans this worker holds a lease on (at its last heartbeat)."
+)
 
 
 def engine_labels(engine: Any) -> tuple[str, str, str]:
@@ -74,8 +102,7 @@ def timed(histogram: Histogram, *labels: str) -> Iterator[None]:
     try:
         yield
     finally:
-        (histogram.labels(*labels) if labels else histogram).observe(
-            time.perf_counter() - started)
+        (histogram.labels(*labels) if labels else histogram).observe(time.perf_counter() - started)
 
 
 class BatchObserver:
@@ -84,8 +111,7 @@ class BatchObserver:
     def __init__(self, max_batch_size: int) -> None:
         self.max_batch_size = max_batch_size
 
-    def __call__(self, engine: Any, waits: Sequence[float], seconds: float,
-                 failed: bool) -> None:
+    def __call__(self, engine: Any, waits: Sequence[float], seconds: float, failed: bool) -> None:
         labels = engine_labels(engine)
         BATCH_SIZE.labels(*labels).observe(len(waits))
         BATCH_FILL.labels(*labels).observe(len(waits) / self.max_batch_size)
@@ -97,15 +123,17 @@ class BatchObserver:
             BATCH_FAILURES.labels(*labels).inc()
 
 
-def scans_written(identity: Any, written: Sequence[tuple[Any, Any]],
-                  now: Optional[datetime] = None) -> None:
+def scans_written(
+    identity: Any, written: Sequence[tuple[Any, Any]], now: Optional[datetime] = None
+) -> None:
     """Count written outcomes (pairs of ScanOutcome, Lease) and their end-to-end latency."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     labels = (identity.name, identity.version, identity.precision)
     latency = SCAN_LATENCY.labels(*labels)
     for outcome, lease in written:
-        SCANS_CLASSIFIED.labels(*labels, ScanStatus.FAILED if outcome.error
-                                else ScanStatus.SUCCEEDED).inc()
+        SCANS_CLASSIFIED.labels(
+            *labels, ScanStatus.FAILED if outcome.error else ScanStatus.SUCCEEDED
+        ).inc()
         queued = lease.queued_at
         if queued is not None:
             latency.observe(max(0.0, (now - queued).total_seconds()))

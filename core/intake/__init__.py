@@ -1,25 +1,45 @@
 """Cheap checks on uploaded parts: PNG, JPEG, DICOM or a ZIP of them, told apart by content."""
+
 from __future__ import annotations
 
 import zipfile
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Iterable, Iterator, Optional
+from typing import IO, Optional
 
 import filetype
 
 from core.errors import Malformed, TooLarge, Unsupported
 from core.intake.archives import check_archive, check_name, open_archive
 from core.intake.dicom_budget import HeaderBudget
-from core.intake.dicom_header import (DEFAULT_MODALITIES, DICOM_TYPE, DicomSlice, NotAnImage,
-                                      check_complete, is_dicom, read_dicom_header)
+from core.intake.dicom_header import (
+    DEFAULT_MODALITIES,
+    DICOM_TYPE,
+    DicomSlice,
+    NotAnImage,
+    check_complete,
+    is_dicom,
+    read_dicom_header,
+)
 from core.intake.image_header import check_pixels, read_header
 from core.intake.scans import parse_modalities, scans_of
 from covidscan.settings import Settings
 
-__all__ = ["IMAGE_TYPES", "SNIFF_BYTES", "ZIP_TYPE", "ParsedUpload", "ScanUpload", "Skipped",
-           "UploadLimits", "check_stored_slice", "iter_scans", "parse_modalities", "scans_of",
-           "sniff"]
+__all__ = [
+    "IMAGE_TYPES",
+    "SNIFF_BYTES",
+    "ZIP_TYPE",
+    "ParsedUpload",
+    "ScanUpload",
+    "Skipped",
+    "UploadLimits",
+    "check_stored_slice",
+    "iter_scans",
+    "parse_modalities",
+    "scans_of",
+    "sniff",
+]
 
 IMAGE_TYPES = {"image/png": "PNG", "image/apng": "PNG", "image/jpeg": "JPEG"}
 ZIP_TYPE = "application/zip"
@@ -62,9 +82,14 @@ class UploadLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UploadLimits:
-        return cls(settings.max_scan_bytes, settings.max_scans_per_job, settings.max_scan_pixels,
-                   settings.max_expanded_bytes, settings.max_archive_entries,
-                   settings.max_compression_ratio)
+        return cls(
+            settings.max_scan_bytes,
+            settings.max_scans_per_job,
+            settings.max_scan_pixels,
+            settings.max_expanded_bytes,
+            settings.max_archive_entries,
+            settings.max_compression_ratio,
+        )
 
 
 @dataclass
@@ -79,18 +104,22 @@ class ParsedUpload:
         spent already), its frames within what is left of MAX_SCANS_PER_JOB."""
         room = limits.max_expanded_bytes - self.expanded_bytes + counted
         by_scan = limits.max_scan_bytes <= room
-        return HeaderBudget(max_bytes=limits.max_scan_bytes if by_scan else max(room, 0),
-                            bytes_limit_name="MAX_SCAN_BYTES" if by_scan
-                            else "MAX_EXPANDED_BYTES",
-                            max_frames=max(limits.max_scans - self.count, 0),
-                            frames_limit=limits.max_scans)
+        return HeaderBudget(
+            max_bytes=limits.max_scan_bytes if by_scan else max(room, 0),
+            bytes_limit_name="MAX_SCAN_BYTES" if by_scan else "MAX_EXPANDED_BYTES",
+            max_frames=max(limits.max_scans - self.count, 0),
+            frames_limit=limits.max_scans,
+        )
 
     def spend(self, size: int, limits: UploadLimits, filename: str) -> None:
         """Count ``size`` bytes against the request's expansion budget (TooLarge past it)."""
         self.expanded_bytes += size
         if self.expanded_bytes > limits.max_expanded_bytes:
-            raise TooLarge(f"the upload expands to more than {limits.max_expanded_bytes} "
-                           f"bytes at {filename} (MAX_EXPANDED_BYTES)", filename=filename)
+            raise TooLarge(
+                f"the upload expands to more than {limits.max_expanded_bytes} "
+                f"bytes at {filename} (MAX_EXPANDED_BYTES)",
+                filename=filename,
+            )
 
 
 def sniff(head: bytes) -> Optional[str]:
@@ -108,13 +137,21 @@ def sniff(head: bytes) -> Optional[str]:
 def _read_limited(stream: IO[bytes], limit: int, filename: str) -> bytes:
     data = stream.read(limit + 1)
     if len(data) > limit:
-        raise TooLarge(f"{filename} is larger than the per-scan limit of {limit} bytes "
-                       "(MAX_SCAN_BYTES)", filename=filename)
+        raise TooLarge(
+            f"{filename} is larger than the per-scan limit of {limit} bytes (MAX_SCAN_BYTES)",
+            filename=filename,
+        )
     return data
 
 
-def _scan(filename: str, data: bytes, kind: str, limits: UploadLimits, parsed: ParsedUpload,
-          shown_as: Optional[str] = None) -> Optional[ScanUpload]:
+def _scan(
+    filename: str,
+    data: bytes,
+    kind: str,
+    limits: UploadLimits,
+    parsed: ParsedUpload,
+    shown_as: Optional[str] = None,
+) -> Optional[ScanUpload]:
     """An image whose header declares no more than ``MAX_SCAN_PIXELS`` pixels (per frame);
     None for a DICOM object that is not a slice to classify (recorded as skipped).
 
@@ -123,8 +160,9 @@ def _scan(filename: str, data: bytes, kind: str, limits: UploadLimits, parsed: P
     shown_as = shown_as or filename
     if kind == DICOM_TYPE:
         try:
-            dicom = read_dicom_header(data, shown_as, limits.modalities,
-                                      parsed.header_budget(limits, len(data)))
+            dicom = read_dicom_header(
+                data, shown_as, limits.modalities, parsed.header_budget(limits, len(data))
+            )
         except NotAnImage as exc:
             parsed.skipped.append(Skipped(shown_as, str(exc)))
             return None
@@ -136,12 +174,14 @@ def _scan(filename: str, data: bytes, kind: str, limits: UploadLimits, parsed: P
     return ScanUpload(filename, data)
 
 
-def _zip_entries(stream: IO[bytes], archive_name: str, limits: UploadLimits,
-                 parsed: ParsedUpload) -> Iterator[ScanUpload]:
+def _zip_entries(
+    stream: IO[bytes], archive_name: str, limits: UploadLimits, parsed: ParsedUpload
+) -> Iterator[ScanUpload]:
     archive = open_archive(stream, archive_name)
     with archive:
-        check_archive(archive, stream, archive_name, limits.max_archive_entries,
-                      limits.max_compression_ratio)
+        check_archive(
+            archive, stream, archive_name, limits.max_archive_entries, limits.max_compression_ratio
+        )
         for info in archive.infolist():
             name = f"{archive_name}/{info.filename}"
             if info.is_dir():
@@ -150,16 +190,26 @@ def _zip_entries(stream: IO[bytes], archive_name: str, limits: UploadLimits,
                 parsed.skipped.append(Skipped(name, "encrypted ZIP entries are not supported"))
                 continue
             if info.file_size > limits.max_scan_bytes:
-                raise TooLarge(f"{name} is larger than the per-scan limit of "
-                               f"{limits.max_scan_bytes} bytes (MAX_SCAN_BYTES)", filename=name)
+                raise TooLarge(
+                    f"{name} is larger than the per-scan limit of "
+                    f"{limits.max_scan_bytes} bytes (MAX_SCAN_BYTES)",
+                    filename=name,
+                )
             parsed.spend(info.file_size, limits, name)
             try:
                 with archive.open(info) as entry:
                     data = _read_limited(entry, limits.max_scan_bytes, name)
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError,
-                    zlib.error) as exc:
-                raise Malformed(f"{name} cannot be read from the archive: {exc}",
-                                filename=name) from None
+            except (
+                zipfile.BadZipFile,
+                OSError,
+                EOFError,
+                ValueError,
+                NotImplementedError,
+                zlib.error,
+            ) as exc:
+                raise Malformed(
+                    f"{name} cannot be read from the archive: {exc}", filename=name
+                ) from None
             kind = sniff(data[:SNIFF_BYTES])
             if kind in IMAGE_TYPES or kind == DICOM_TYPE:
                 scan = _scan(info.filename, data, kind, limits, parsed, shown_as=name)
@@ -182,20 +232,31 @@ def check_stored_slice(filename: str, head: bytes, size: int, limits: UploadLimi
         Malformed: an unreadable header.
     """
     if size > limits.max_scan_bytes:
-        raise TooLarge(f"{filename} is larger than the per-scan limit of "
-                       f"{limits.max_scan_bytes} bytes (MAX_SCAN_BYTES)", filename=filename)
+        raise TooLarge(
+            f"{filename} is larger than the per-scan limit of "
+            f"{limits.max_scan_bytes} bytes (MAX_SCAN_BYTES)",
+            filename=filename,
+        )
     kind = sniff(head[:SNIFF_BYTES])
     if kind not in IMAGE_TYPES:
-        what = ("a ZIP archive (send archives in a multipart upload)" if kind == ZIP_TYPE
-                else "a DICOM file (send DICOM in a multipart upload)" if kind == DICOM_TYPE
-                else "empty" if not head else "neither a PNG nor a JPEG image")
-        raise Unsupported(f"{filename} is {what} (checked by content, not by name)",
-                          filename=filename)
+        what = (
+            "a ZIP archive (send archives in a multipart upload)"
+            if kind == ZIP_TYPE
+            else "a DICOM file (send DICOM in a multipart upload)"
+            if kind == DICOM_TYPE
+            else "empty"
+            if not head
+            else "neither a PNG nor a JPEG image"
+        )
+        raise Unsupported(
+            f"{filename} is {what} (checked by content, not by name)", filename=filename
+        )
     _scan(filename, head, kind, limits, ParsedUpload())  # PNG or JPEG: nothing is skipped
 
 
-def iter_scans(parts: Iterable[tuple[str, IO[bytes]]], limits: UploadLimits,
-               parsed: ParsedUpload) -> Iterator[ScanUpload]:
+def iter_scans(
+    parts: Iterable[tuple[str, IO[bytes]]], limits: UploadLimits, parsed: ParsedUpload
+) -> Iterator[ScanUpload]:
     """Yield the scans in upload order; record skipped ZIP entries in ``parsed``.
 
     Raises:
@@ -211,8 +272,9 @@ def iter_scans(parts: Iterable[tuple[str, IO[bytes]]], limits: UploadLimits,
         kind = sniff(head)
         if kind is None:
             what = "empty" if not head else "neither a PNG, a JPEG, a DICOM file nor a ZIP archive"
-            raise Unsupported(f"{filename} is {what} (checked by content, not by name)",
-                              filename=filename)
+            raise Unsupported(
+                f"{filename} is {what} (checked by content, not by name)", filename=filename
+            )
         if kind == ZIP_TYPE:
             scans: Iterable[ScanUpload] = _zip_entries(stream, filename, limits, parsed)
         else:
@@ -223,6 +285,5 @@ def iter_scans(parts: Iterable[tuple[str, IO[bytes]]], limits: UploadLimits,
         for scan in scans:
             parsed.count += scan.scan_count
             if parsed.count > limits.max_scans:
-                raise TooLarge(f"a job holds at most {limits.max_scans} scans "
-                               "(MAX_SCANS_PER_JOB)")
+                raise TooLarge(f"a job holds at most {limits.max_scans} scans (MAX_SCANS_PER_JOB)")
             yield scan

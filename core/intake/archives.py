@@ -4,6 +4,7 @@
 (the trick behind "overlapping" ZIP bombs), names that are not what their flags say and
 entries that expand a thousandfold all pass it. These checks refuse such archives.
 """
+
 from __future__ import annotations
 
 import struct
@@ -34,8 +35,10 @@ def check_name(name: str, where: str) -> None:
     except UnicodeEncodeError:
         raise Malformed(f"{where}: a file name is not valid UTF-8", filename=where) from None
     if len(encoded) > MAX_NAME_BYTES:
-        raise Malformed(f"a file name is {len(encoded)} bytes long, above the limit of "
-                        f"{MAX_NAME_BYTES}", filename=where)
+        raise Malformed(
+            f"a file name is {len(encoded)} bytes long, above the limit of {MAX_NAME_BYTES}",
+            filename=where,
+        )
 
 
 def open_archive(stream: IO[bytes], archive_name: str) -> zipfile.ZipFile:
@@ -43,12 +46,22 @@ def open_archive(stream: IO[bytes], archive_name: str) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(stream)
     except UnicodeDecodeError:
-        raise Malformed(f"{archive_name}: an entry name is flagged UTF-8 but is not valid "
-                        "UTF-8", filename=archive_name) from None
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
-            struct.error, NotImplementedError) as exc:
-        raise Malformed(f"{archive_name} is not a readable ZIP archive: {exc}",
-                        filename=archive_name) from None
+        raise Malformed(
+            f"{archive_name}: an entry name is flagged UTF-8 but is not valid UTF-8",
+            filename=archive_name,
+        ) from None
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        OSError,
+        ValueError,
+        EOFError,
+        struct.error,
+        NotImplementedError,
+    ) as exc:
+        raise Malformed(
+            f"{archive_name} is not a readable ZIP archive: {exc}", filename=archive_name
+        ) from None
 
 
 def _data_extent(stream: IO[bytes], info: zipfile.ZipInfo, archive_name: str) -> tuple[int, int]:
@@ -56,8 +69,11 @@ def _data_extent(stream: IO[bytes], info: zipfile.ZipInfo, archive_name: str) ->
     stream.seek(info.header_offset)
     header = stream.read(_LOCAL_HEADER.size)
     if len(header) != _LOCAL_HEADER.size or header[:4] != _LOCAL_SIGNATURE:
-        raise Malformed(f"{archive_name}/{info.filename}: the archive directory points at "
-                        "no local entry header", filename=archive_name)
+        raise Malformed(
+            f"{archive_name}/{info.filename}: the archive directory points at "
+            "no local entry header",
+            filename=archive_name,
+        )
     fields = _LOCAL_HEADER.unpack(header)
     name_length, extra_length = fields[-2], fields[-1]
     end = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length + info.compress_size
@@ -66,8 +82,9 @@ def _data_extent(stream: IO[bytes], info: zipfile.ZipInfo, archive_name: str) ->
     return info.header_offset, end
 
 
-def check_archive(archive: zipfile.ZipFile, stream: IO[bytes], archive_name: str,
-                  max_entries: int, max_ratio: int) -> None:
+def check_archive(
+    archive: zipfile.ZipFile, stream: IO[bytes], archive_name: str, max_entries: int, max_ratio: int
+) -> None:
     """Refuse, before expanding anything, an archive that could not be a plain batch of slices.
 
     Raises:
@@ -77,25 +94,32 @@ def check_archive(archive: zipfile.ZipFile, stream: IO[bytes], archive_name: str
     """
     infos = archive.infolist()
     if len(infos) > max_entries:
-        raise TooLarge(f"{archive_name} holds {len(infos)} entries, above the limit of "
-                       f"{max_entries} per archive (MAX_ARCHIVE_ENTRIES)",
-                       filename=archive_name)
+        raise TooLarge(
+            f"{archive_name} holds {len(infos)} entries, above the limit of "
+            f"{max_entries} per archive (MAX_ARCHIVE_ENTRIES)",
+            filename=archive_name,
+        )
     extents = []
     for info in infos:
         check_name(info.orig_filename, f"{archive_name}/{info.filename}")
         if info.file_size > 0 and info.file_size > max_ratio * max(info.compress_size, 1):
             ratio = info.file_size / max(info.compress_size, 1)
-            raise TooLarge(f"{archive_name}/{info.filename} expands {ratio:.0f} times "
-                           f"({info.compress_size} → {info.file_size} bytes), above the "
-                           f"limit of {max_ratio} (MAX_COMPRESSION_RATIO)",
-                           filename=f"{archive_name}/{info.filename}")
+            raise TooLarge(
+                f"{archive_name}/{info.filename} expands {ratio:.0f} times "
+                f"({info.compress_size} → {info.file_size} bytes), above the "
+                f"limit of {max_ratio} (MAX_COMPRESSION_RATIO)",
+                filename=f"{archive_name}/{info.filename}",
+            )
         extents.append((*_data_extent(stream, info, archive_name), info.filename))
     extents.sort()
     directory_start = archive.start_dir
-    for (start, end, name), following in zip(extents, extents[1:] + [None]):
+    for (_start, end, name), following in zip(extents, extents[1:] + [None]):
         limit = directory_start if following is None else following[0]
         if end > limit:
             other = "the archive directory" if following is None else following[2]
-            raise Malformed(f"{archive_name}: entries {name} and {other} overlap "
-                            "(overlapping ZIP entries are refused)", filename=archive_name)
+            raise Malformed(
+                f"{archive_name}: entries {name} and {other} overlap "
+                "(overlapping ZIP entries are refused)",
+                filename=archive_name,
+            )
     stream.seek(0)

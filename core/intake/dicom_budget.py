@@ -7,6 +7,7 @@ This module walks the encoded bytes once, without recursion and without keeping 
 counting elements and sequence depth and reading the frame count, and inflates a Deflated
 data set in bounded steps. A file over budget is refused before pydicom sees it.
 """
+
 from __future__ import annotations
 
 import struct
@@ -24,8 +25,21 @@ EXPLICIT_BIG = "1.2.840.10008.1.2.2"
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _NUMBER_OF_FRAMES, _PIXEL_DATA, _TRANSFER_SYNTAX = 0x00280008, 0x7FE00010, 0x00020010
 _GROUP_LENGTH, _SOP_CLASS, _SOP_INSTANCE = 0x00020000, 0x00020002, 0x00020003
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
-             b"UT", b"UV"}
+_LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"SV",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"UV",
+}
 _UNDEFINED = 0xFFFFFFFF
 _INFLATE_STEP = 1024 * 1024
 PART10_START = 132  # the 128-byte preamble and "DICM"
@@ -56,8 +70,17 @@ class _Walked:
     values: dict[int, tuple[int, bytes]]  # wanted top-level tags: (element offset, value)
 
 
-def _walk(data: bytes, pos: int, budget: HeaderBudget, shown_as: str, *, implicit: bool,
-          little: bool, meta: bool = False, want: tuple[int, ...] = ()) -> _Walked:
+def _walk(
+    data: bytes,
+    pos: int,
+    budget: HeaderBudget,
+    shown_as: str,
+    *,
+    implicit: bool,
+    little: bool,
+    meta: bool = False,
+    want: tuple[int, ...] = (),
+) -> _Walked:
     """Walk elements from ``pos`` (the file meta when ``meta``: until its group ends).
 
     Raises:
@@ -98,9 +121,12 @@ def _walk(data: bytes, pos: int, budget: HeaderBudget, shown_as: str, *, implici
             continue
         elements += 1
         if elements > allowed:
-            raise TooLarge(f"{shown_as} holds more than {allowed} DICOM elements (the limit "
-                           f"is {budget.max_elements} plus {budget.elements_per_frame} per "
-                           "frame)", filename=shown_as)
+            raise TooLarge(
+                f"{shown_as} holds more than {allowed} DICOM elements (the limit "
+                f"is {budget.max_elements} plus {budget.elements_per_frame} per "
+                "frame)",
+                filename=shown_as,
+            )
         vr: Optional[bytes] = None
         if implicit and not meta:
             pos += 8
@@ -126,13 +152,15 @@ def _walk(data: bytes, pos: int, budget: HeaderBudget, shown_as: str, *, implici
         if vr == b"SQ":
             depth += 1
             if depth > budget.max_depth:
-                raise Malformed(f"{shown_as} nests DICOM sequences more than "
-                                f"{budget.max_depth} deep", filename=shown_as)
+                raise Malformed(
+                    f"{shown_as} nests DICOM sequences more than {budget.max_depth} deep",
+                    filename=shown_as,
+                )
             ends.append(None if length == _UNDEFINED else pos + length)
             kinds.append(True)
             continue
         if not ends and tag in want:
-            values[tag] = (start, data[pos:pos + length])
+            values[tag] = (start, data[pos : pos + length])
             if tag == _NUMBER_OF_FRAMES:
                 frames = _frames(values[tag][1])
                 _check_frames(frames, budget, shown_as)
@@ -174,10 +202,16 @@ def _check_frames(frames: int, budget: HeaderBudget, shown_as: str) -> None:
     if frames <= budget.max_frames:
         return
     limit = budget.frames_limit or budget.max_frames
-    left = "" if budget.frames_limit in (None, budget.max_frames) \
+    left = (
+        ""
+        if budget.frames_limit in (None, budget.max_frames)
         else f", {budget.max_frames} left in this job"
-    raise TooLarge(f"{shown_as} declares {frames} frames; a job holds at most {limit} scans "
-                   f"(MAX_SCANS_PER_JOB){left}", filename=shown_as)
+    )
+    raise TooLarge(
+        f"{shown_as} declares {frames} frames; a job holds at most {limit} scans "
+        f"(MAX_SCANS_PER_JOB){left}",
+        filename=shown_as,
+    )
 
 
 def _inflate(deflated: bytes, budget: HeaderBudget, shown_as: str) -> bytes:
@@ -193,16 +227,19 @@ def _inflate(deflated: bytes, budget: HeaderBudget, shown_as: str) -> bytes:
         while pending and not measure.eof:
             total += len(measure.decompress(pending, _INFLATE_STEP))
             if total > limit:
-                raise TooLarge(f"{shown_as} (Deflated transfer syntax) inflates to more than "
-                               f"the limit of {limit} bytes ({budget.bytes_limit_name})",
-                               filename=shown_as)
+                raise TooLarge(
+                    f"{shown_as} (Deflated transfer syntax) inflates to more than "
+                    f"the limit of {limit} bytes ({budget.bytes_limit_name})",
+                    filename=shown_as,
+                )
             pending = measure.unconsumed_tail
         if not measure.eof:
             raise Malformed(f"{shown_as} has a truncated deflate stream", filename=shown_as)
         return zlib.decompressobj(-zlib.MAX_WBITS).decompress(deflated, limit + 1)
     except zlib.error as exc:
-        raise Malformed(f"{shown_as} has a corrupt deflate stream: {exc}",
-                        filename=shown_as) from None
+        raise Malformed(
+            f"{shown_as} has a corrupt deflate stream: {exc}", filename=shown_as
+        ) from None
 
 
 def _explicit_meta(data: bytes, walked: _Walked) -> bytes:
@@ -210,13 +247,13 @@ def _explicit_meta(data: bytes, walked: _Walked) -> bytes:
     corrected), for the inflated data set that follows it."""
     offset, old = walked.values[_TRANSFER_SYNTAX]
     new = EXPLICIT_LITTLE.encode("ascii") + b"\x00"
-    meta = bytearray(data[PART10_START:walked.end])
+    meta = bytearray(data[PART10_START : walked.end])
     if _GROUP_LENGTH in walked.values:
         at = walked.values[_GROUP_LENGTH][0] - PART10_START + 8
         (length,) = struct.unpack_from("<L", meta, at)
         struct.pack_into("<L", meta, at, length + len(new) - len(old))
     start = offset - PART10_START
-    meta[start:start + 8 + len(old)] = struct.pack("<HH2sH", 2, 0x10, b"UI", len(new)) + new
+    meta[start : start + 8 + len(old)] = struct.pack("<HH2sH", 2, 0x10, b"UI", len(new)) + new
     return bytes(meta)
 
 
@@ -224,12 +261,22 @@ def file_meta_uids(data: bytes) -> tuple[Optional[str], Optional[str]]:
     """The SOP class and instance UIDs a Part 10 file's meta names (never deflated, so
     read without inflating anything); None for what it lacks or cannot be read."""
     try:
-        walked = _walk(data, PART10_START, HeaderBudget(), "the instance", implicit=False,
-                       little=True, meta=True, want=(_SOP_CLASS, _SOP_INSTANCE))
+        walked = _walk(
+            data,
+            PART10_START,
+            HeaderBudget(),
+            "the instance",
+            implicit=False,
+            little=True,
+            meta=True,
+            want=(_SOP_CLASS, _SOP_INSTANCE),
+        )
     except (TooLarge, Malformed):
         return None, None
-    uids = [walked.values.get(tag, (0, b""))[1].decode("ascii", "replace").strip(" \x00")
-            for tag in (_SOP_CLASS, _SOP_INSTANCE)]
+    uids = [
+        walked.values.get(tag, (0, b""))[1].decode("ascii", "replace").strip(" \x00")
+        for tag in (_SOP_CLASS, _SOP_INSTANCE)
+    ]
     return uids[0][:64] or None, uids[1][:64] or None
 
 
@@ -243,16 +290,31 @@ def check_structure(data: bytes, shown_as: str, budget: HeaderBudget) -> tuple[s
             room for, or holds too many elements.
         Malformed: a corrupt or truncated deflate stream, or sequences nested too deep.
     """
-    walked = _walk(data, PART10_START, budget, shown_as, implicit=False, little=True,
-                   meta=True, want=(_TRANSFER_SYNTAX, _GROUP_LENGTH))
+    walked = _walk(
+        data,
+        PART10_START,
+        budget,
+        shown_as,
+        implicit=False,
+        little=True,
+        meta=True,
+        want=(_TRANSFER_SYNTAX, _GROUP_LENGTH),
+    )
     raw_syntax = walked.values.get(_TRANSFER_SYNTAX, (0, b""))[1]
     syntax = raw_syntax.decode("ascii", "replace").strip(" \x00")
-    body = data[walked.end:]
+    body = data[walked.end :]
     parsed = data
     if syntax == DEFLATED:
         body = _inflate(body, budget, shown_as)
         parsed = data[:PART10_START] + _explicit_meta(data, walked) + body
     implicit = syntax == IMPLICIT_LITTLE or (not syntax and not body[4:6].isalpha())
-    _walk(body, 0, budget, shown_as, implicit=implicit, little=syntax != EXPLICIT_BIG,
-          want=(_NUMBER_OF_FRAMES,))
+    _walk(
+        body,
+        0,
+        budget,
+        shown_as,
+        implicit=implicit,
+        little=syntax != EXPLICIT_BIG,
+        want=(_NUMBER_OF_FRAMES,),
+    )
     return syntax, parsed

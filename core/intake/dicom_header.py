@@ -5,13 +5,15 @@ modality, instance number, position along the patient axis). Patient identifiers
 ID, birth date, accession number) are never read out of the header; the original file is
 stored as uploaded and decoded by a worker.
 """
+
 from __future__ import annotations
 
 import io
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from core.errors import Malformed, TooLarge
 from core.intake.dicom_budget import HeaderBudget, check_structure
@@ -49,10 +51,16 @@ class DicomSlice:
 
     def scan_columns(self) -> dict[str, Any]:
         """The :class:`db.models.Scan` columns that record it."""
-        return {"frame": self.frame, "study_uid": self.study_uid, "series_uid": self.series_uid,
-                "sop_instance_uid": self.sop_instance_uid, "sop_class_uid": self.sop_class_uid,
-                "modality": self.modality, "instance_number": self.instance_number,
-                "slice_position": self.slice_position}
+        return {
+            "frame": self.frame,
+            "study_uid": self.study_uid,
+            "series_uid": self.series_uid,
+            "sop_instance_uid": self.sop_instance_uid,
+            "sop_class_uid": self.sop_class_uid,
+            "modality": self.modality,
+            "instance_number": self.instance_number,
+            "slice_position": self.slice_position,
+        }
 
 
 @dataclass(frozen=True)
@@ -84,9 +92,12 @@ def check_complete(header: DicomHeader, shown_as: str) -> None:
     """Refuse (Malformed) uncompressed pixel data shorter than its declared frames need."""
     expected = header.rows * header.columns * header.frames * header.bits_allocated // 8
     if header.native_bytes is not None and header.native_bytes < expected:
-        raise Malformed(f"{shown_as} is truncated: its pixel data is {header.native_bytes} "
-                        f"bytes, {header.frames} frame(s) of {header.columns}×{header.rows} "
-                        f"at {header.bits_allocated} bits need {expected}", filename=shown_as)
+        raise Malformed(
+            f"{shown_as} is truncated: its pixel data is {header.native_bytes} "
+            f"bytes, {header.frames} frame(s) of {header.columns}×{header.rows} "
+            f"at {header.bits_allocated} bits need {expected}",
+            filename=shown_as,
+        )
 
 
 class NotAnImage(ValueError):
@@ -115,8 +126,11 @@ def _position(position: Sequence, orientation: Sequence) -> Optional[float]:
         return None
     if len(row) != 3 or len(col) != 3 or len(point) != 3:
         return None
-    normal = (row[1] * col[2] - row[2] * col[1], row[2] * col[0] - row[0] * col[2],
-              row[0] * col[1] - row[1] * col[0])
+    normal = (
+        row[1] * col[2] - row[2] * col[1],
+        row[2] * col[0] - row[0] * col[2],
+        row[0] * col[1] - row[1] * col[0],
+    )
     return round(sum(p * n for p, n in zip(point, normal)), 4)
 
 
@@ -135,8 +149,11 @@ def _frame_positions(dataset, frames: int) -> list[Optional[float]]:
             own = group.get("PlaneOrientationSequence")
             orientation = own[0].get("ImageOrientationPatient") if own else shared_orientation
             position = plane[0].get("ImagePositionPatient") if plane else None
-            positions.append(_position(position, orientation)
-                             if position is not None and orientation is not None else None)
+            positions.append(
+                _position(position, orientation)
+                if position is not None and orientation is not None
+                else None
+            )
         return positions
     position = dataset.get("ImagePositionPatient")
     orientation = dataset.get("ImageOrientationPatient")
@@ -144,9 +161,12 @@ def _frame_positions(dataset, frames: int) -> list[Optional[float]]:
     return [single if frames == 1 else None for _ in range(frames)]
 
 
-def read_dicom_header(data: bytes, shown_as: str,
-                      modalities: Sequence[str] = DEFAULT_MODALITIES,
-                      budget: Optional[HeaderBudget] = None) -> DicomHeader:
+def read_dicom_header(
+    data: bytes,
+    shown_as: str,
+    modalities: Sequence[str] = DEFAULT_MODALITIES,
+    budget: Optional[HeaderBudget] = None,
+) -> DicomHeader:
     """Parse a DICOM file's header (pixel data is skipped, not decoded), once its structure
     is within ``budget`` (:func:`core.intake.dicom_budget.check_structure`).
 
@@ -168,48 +188,90 @@ def read_dicom_header(data: bytes, shown_as: str,
         # already); parsing copies the pixel data element, it does not decode it.
         dataset = pydicom.dcmread(io.BytesIO(parsed))
         has_pixels = "PixelData" in dataset
-        sop_class = _uid(dataset, "SOPClassUID") or _uid(dataset.file_meta,
-                                                          "MediaStorageSOPClassUID")
+        sop_class = _uid(dataset, "SOPClassUID") or _uid(
+            dataset.file_meta, "MediaStorageSOPClassUID"
+        )
         modality = str(dataset.get("Modality", "") or "").strip().upper() or None
         rows, columns = _int(dataset.get("Rows")) or 0, _int(dataset.get("Columns")) or 0
         frames = _int(dataset.get("NumberOfFrames")) or 1
         if frames < 1:
             raise Malformed(f"{shown_as} declares {frames} frames", filename=shown_as)
         if frames > budget.max_frames:  # the structure check has refused it already
-            raise TooLarge(f"{shown_as} declares {frames} frames, more than the job has "
-                           "room for (MAX_SCANS_PER_JOB)", filename=shown_as)
+            raise TooLarge(
+                f"{shown_as} declares {frames} frames, more than the job has "
+                "room for (MAX_SCANS_PER_JOB)",
+                filename=shown_as,
+            )
         bits = _int(dataset.get("BitsAllocated")) or 0
         samples = _int(dataset.get("SamplesPerPixel")) or 1
         positions = _frame_positions(dataset, frames) if has_pixels else []
         instance_number = _int(dataset.get("InstanceNumber"))
         study, series = _uid(dataset, "StudyInstanceUID"), _uid(dataset, "SeriesInstanceUID")
         instance = _uid(dataset, "SOPInstanceUID")
-        encapsulated = dataset.file_meta.get("TransferSyntaxUID") is not None and \
-            dataset.file_meta.TransferSyntaxUID.is_encapsulated
+        encapsulated = (
+            dataset.file_meta.get("TransferSyntaxUID") is not None
+            and dataset.file_meta.TransferSyntaxUID.is_encapsulated
+        )
         stored_bytes = len(dataset.PixelData) if has_pixels else 0
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, AttributeError,
-            IndexError, OverflowError, OSError, struct.error, zlib.error) as exc:
-        raise Malformed(f"{shown_as} has an unreadable DICOM header: "
-                        f"{str(exc) or type(exc).__name__}", filename=shown_as) from None
+    except (
+        InvalidDicomError,
+        EOFError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        OverflowError,
+        OSError,
+        struct.error,
+        zlib.error,
+    ) as exc:
+        raise Malformed(
+            f"{shown_as} has an unreadable DICOM header: {str(exc) or type(exc).__name__}",
+            filename=shown_as,
+        ) from None
     except RecursionError:  # the structure check bounds nesting; kept as a last guard
-        raise Malformed(f"{shown_as} nests DICOM sequences too deep to read",
-                        filename=shown_as) from None
+        raise Malformed(
+            f"{shown_as} nests DICOM sequences too deep to read", filename=shown_as
+        ) from None
     if sop_class == DIRECTORY_SOP_CLASS:
         raise NotAnImage("a DICOMDIR (a directory of the media, not an image) is ignored")
     if not has_pixels:
         name = pydicom.uid.UID(sop_class).name if sop_class else "unknown"
         raise NotAnImage(f"a DICOM object without pixel data ({name}) is not an image")
     if modality not in modalities:
-        raise NotAnImage(f"modality {modality or 'unknown'} is not classified (accepted: "
-                         f"{', '.join(modalities)}; see allow_modality)")
+        raise NotAnImage(
+            f"modality {modality or 'unknown'} is not classified (accepted: "
+            f"{', '.join(modalities)}; see allow_modality)"
+        )
     if samples != 1:
         raise NotAnImage(f"a colour DICOM image ({samples} samples per pixel) is not a CT slice")
     if rows < 1 or columns < 1 or bits not in (1, 8, 16, 32):
-        raise Malformed(f"{shown_as} declares an empty or malformed image ({columns}×{rows} "
-                        f"pixels, {bits} bits allocated)", filename=shown_as)
-    slices = tuple(DicomSlice(index if frames > 1 else None, study, series, instance, sop_class,
-                              modality, instance_number, position)
-                   for index, position in enumerate(positions))
-    return DicomHeader(rows, columns, frames, bits, samples, syntax or "unknown", slices,
-                       None if encapsulated else stored_bytes)
-
+        raise Malformed(
+            f"{shown_as} declares an empty or malformed image ({columns}×{rows} "
+            f"pixels, {bits} bits allocated)",
+            filename=shown_as,
+        )
+    slices = tuple(
+        DicomSlice(
+            index if frames > 1 else None,
+            study,
+            series,
+            instance,
+            sop_class,
+            modality,
+            instance_number,
+            position,
+        )
+        for index, position in enumerate(positions)
+    )
+    return DicomHeader(
+        rows,
+        columns,
+        frames,
+        bits,
+        samples,
+        syntax or "unknown",
+        slices,
+        None if encapsulated else stored_bytes,
+    )

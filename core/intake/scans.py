@@ -1,4 +1,5 @@
 """What a submission of DICOM files asks for and the scan rows its files become."""
+
 from __future__ import annotations
 
 import re
@@ -24,8 +25,9 @@ def parse_modalities(raw: str, name: str = "allow_modality") -> tuple[str, ...]:
     extra = [m.strip() for m in raw.split(",") if m.strip()]
     for modality in extra:
         if not _MODALITY.match(modality):
-            raise Malformed(f"{name} must be DICOM modality codes separated by commas "
-                            f"(e.g. MR,PT), got {raw!r}")
+            raise Malformed(
+                f"{name} must be DICOM modality codes separated by commas (e.g. MR,PT), got {raw!r}"
+            )
     return tuple(dict.fromkeys([*DEFAULT_MODALITIES, *extra]))
 
 
@@ -33,5 +35,7 @@ def scans_of(upload: ScanUpload, blob_key: str) -> list[NewScan]:
     """One scan row per image: a PNG or JPEG is one, a DICOM file one per frame."""
     if not upload.dicom:
         return [NewScan(upload.filename, blob_key, len(upload.data))]
-    return [NewScan(upload.filename, blob_key, len(upload.data), where.scan_columns())
-            for where in upload.dicom]
+    return [
+        NewScan(upload.filename, blob_key, len(upload.data), where.scan_columns())
+        for where in upload.dicom
+    ]

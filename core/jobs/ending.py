@@ -5,9 +5,11 @@ a seal of a job whose scans are all done, the sweep) records the end in the same
 transaction (:func:`db.webhooks.record_finished_jobs`, which makes its webhook events),
 commits, counts it on ``covidscan_jobs_finished_total`` and queues the events.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Optional, Protocol
+from collections.abc import Iterable
+from typing import Optional, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,9 +24,12 @@ class Deliveries(Protocol):
     deliver: SendDeliveries
 
 
-def commit_ending(session: Session, job_ids: Optional[Iterable[str]],
-                  session_factory: sessionmaker[Session],
-                  deliveries: Optional[Deliveries]) -> FinishedJobs:
+def commit_ending(
+    session: Session,
+    job_ids: Optional[Iterable[str]],
+    session_factory: sessionmaker[Session],
+    deliveries: Optional[Deliveries],
+) -> FinishedJobs:
     """Record the jobs among ``job_ids`` (None: any whose end is unrecorded) that the
     session's changes end, commit, count them and queue their webhook events.
 

@@ -10,11 +10,13 @@ Seal, cancel and delete go through here too, and so does the end of a job they c
 The service knows no transport: adapters pass who acts (:class:`Actor`) and map the
 :mod:`core.errors` it raises.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -31,8 +33,17 @@ from covidscan.settings import Settings
 from db.audit import record
 from db.blobs import BlobStore
 from db.explanations import queue_job_explanations
-from db.jobs import (JobOptions, NewScan, append_scans, cancel_job, create_job,
-                     job_scan_count, lock_owner, seal_job, take_part)
+from db.jobs import (
+    JobOptions,
+    NewScan,
+    append_scans,
+    cancel_job,
+    create_job,
+    job_scan_count,
+    lock_owner,
+    seal_job,
+    take_part,
+)
 from db.models import PRIORITIES, AuditEvent, Job, Model, Scan, priority_rank
 from db.outbox import relay
 from db.registry import default_model, find_model
@@ -92,13 +103,21 @@ class JobService:
             return default_model(session)
         model = find_model(session, ref)
         if model is None:
-            raise Malformed(f"unknown model {ref!r}; GET /v1/models lists the registered ones",
-                            model=ref)
+            raise Malformed(
+                f"unknown model {ref!r}; GET /v1/models lists the registered ones", model=ref
+            )
         return model
 
-    def submit(self, session: Session, actor: Actor, job_id: str, new_scans: Sequence[NewScan],
-               submission: Submission = Submission(), open_seconds: int = 0,
-               name: Optional[str] = None) -> Job:
+    def submit(
+        self,
+        session: Session,
+        actor: Actor,
+        job_id: str,
+        new_scans: Sequence[NewScan],
+        submission: Submission = Submission(),
+        open_seconds: int = 0,
+        name: Optional[str] = None,
+    ) -> Job:
         """Accept a new job whose files are stored (under ``job_id``'s prefix).
 
         ``open_seconds`` > 0: the job stays open for more parts (it may start with none).
@@ -111,8 +130,7 @@ class JobService:
         try:
             if session.get(Job, job_id) is not None:
                 raise Conflict(f"job {job_id} has already started")
-            job = self._insert(session, actor, job_id, new_scans, submission, open_seconds,
-                               name)
+            job = self._insert(session, actor, job_id, new_scans, submission, open_seconds, name)
             session.commit()  # the job, its scans, its wake-ups and its audit row, or none
         except (IntegrityError, Conflict):  # the same job started twice: the first has its files
             session.rollback()
@@ -126,34 +144,61 @@ class JobService:
         log.info("job %s: %d scans accepted via %s", job_id, len(new_scans), actor.via)
         return job
 
-    def _insert(self, session: Session, actor: Actor, job_id: str,
-                new_scans: Sequence[NewScan], submission: Submission, open_seconds: int,
-                name: Optional[str]) -> Job:
+    def _insert(
+        self,
+        session: Session,
+        actor: Actor,
+        job_id: str,
+        new_scans: Sequence[NewScan],
+        submission: Submission,
+        open_seconds: int,
+        name: Optional[str],
+    ) -> Job:
         settings = self.settings
         explained = len(new_scans) if submission.explain else 0
         self.quota.charge(actor.owner, len(new_scans), explained)
         model = self.resolve_model(session, submission.model)
         lock_owner(session, actor.owner)
-        job = create_job(session, new_scans, job_id, JobOptions(
-            name=submission.name or name, owner=actor.owner,
-            requested_model=submission.model, model=model,
-            priority=priority_rank(submission.priority), precision=submission.precision,
-            callback_url=submission.callback_url, retention_seconds=settings.job_retention, chunk_size=settings.batch_size,
-            explain=submission.explain,
-            series_rule=settings.series_rule if any(s.dicom for s in new_scans) else None,
-            open_seconds=open_seconds))
+        job = create_job(
+            session,
+            new_scans,
+            job_id,
+            JobOptions(
+                name=submission.name or name,
+                owner=actor.owner,
+                requested_model=submission.model,
+                model=model,
+                priority=priority_rank(submission.priority),
+                precision=submission.precision,
+                callback_url=submission.callback_url,
+                retention_seconds=settings.job_retention,
+                chunk_size=settings.batch_size,
+                explain=submission.explain,
+                series_rule=settings.series_rule if any(s.dicom for s in new_scans) else None,
+                open_seconds=open_seconds,
+            ),
+        )
         confirm_active_jobs(session, actor.owner, settings.max_active_jobs)
         if submission.explain:
             queue_job_explanations(session, job, submission.explain)
-        detail: dict[str, Any] = {"scans": len(new_scans), "model": job.model_name and
-                                  f"{job.model_name}:{job.model_version}"}
+        detail: dict[str, Any] = {
+            "scans": len(new_scans),
+            "model": job.model_name and f"{job.model_name}:{job.model_version}",
+        }
         if open_seconds:
             detail["open"] = True
         self._audit(session, actor, "job.submit", job_id, detail)
         return job
 
-    def append(self, session: Session, actor: Actor, job: Job, new_scans: Sequence[NewScan],
-               part: bool = False, continues: bool = False) -> list[Scan]:
+    def append(
+        self,
+        session: Session,
+        actor: Actor,
+        job: Job,
+        new_scans: Sequence[NewScan],
+        part: bool = False,
+        continues: bool = False,
+    ) -> list[Scan]:
         """Add scans whose files are stored to the caller's existing job.
 
         ``part``: a part of an open job, which keeps it open ``OPEN_JOB_TIMEOUT`` more and
@@ -183,26 +228,42 @@ class JobService:
         log.info("job %s: %d scans added via %s", job.id, len(new_scans), actor.via)
         return rows
 
-    def _append(self, session: Session, actor: Actor, job: Job, new_scans: Sequence[NewScan],
-                part: bool, continues: bool) -> list[Scan]:
+    def _append(
+        self,
+        session: Session,
+        actor: Actor,
+        job: Job,
+        new_scans: Sequence[NewScan],
+        part: bool,
+        continues: bool,
+    ) -> list[Scan]:
         settings = self.settings
         job_id = job.id
         lock_owner(session, actor.owner)
         if part:
             if not take_part(session, job_id, settings.open_job_timeout):  # holds the row
-                raise Conflict(f"job {job_id} was sealed or cancelled while this part was "
-                               "sent; the part was not kept")
+                raise Conflict(
+                    f"job {job_id} was sealed or cancelled while this part was "
+                    "sent; the part was not kept"
+                )
         else:
             session.refresh(job)
             if job.cancelled_at is not None:
                 raise Conflict(f"job {job_id} was cancelled; it takes no more scans")
         total = job_scan_count(session, job_id) + len(new_scans)  # appends sent at once
         if total > settings.max_scans_per_job:
-            raise TooLarge(f"a job holds at most {settings.max_scans_per_job} scans "
-                           f"(MAX_SCANS_PER_JOB); job {job_id} would hold {total}")
+            raise TooLarge(
+                f"a job holds at most {settings.max_scans_per_job} scans "
+                f"(MAX_SCANS_PER_JOB); job {job_id} would hold {total}"
+            )
         self.quota.charge(actor.owner, len(new_scans), len(new_scans) if job.explain else 0)
-        rows = append_scans(session, job, new_scans, settings.batch_size,
-                            settings.series_rule if any(s.dicom for s in new_scans) else None)
+        rows = append_scans(
+            session,
+            job,
+            new_scans,
+            settings.batch_size,
+            settings.series_rule if any(s.dicom for s in new_scans) else None,
+        )
         confirm_active_jobs(session, actor.owner, settings.max_active_jobs)
         if job.explain:
             queue_job_explanations(session, job, job.explain, rows)
@@ -251,18 +312,29 @@ class JobService:
         commit_ending(session, job_ids, self.session_factory, self.send_wakeups)
 
     @staticmethod
-    def _audit(session: Session, actor: Actor, action: str, job_id: str,
-               detail: Optional[dict[str, Any]] = None) -> None:
+    def _audit(
+        session: Session,
+        actor: Actor,
+        action: str,
+        job_id: str,
+        detail: Optional[dict[str, Any]] = None,
+    ) -> None:
         if actor.via is not None:
             detail = {**(detail or {}), "via": actor.via}
-        record(session, action, key_id=actor.key_id, owner=actor.owner, job_id=job_id,
-               detail=detail)
+        record(
+            session, action, key_id=actor.key_id, owner=actor.owner, job_id=job_id, detail=detail
+        )
 
     @staticmethod
     def _count_in_submission(session: Session, job_id: str, scans: int) -> None:
-        event = session.scalars(select(AuditEvent).where(
-            AuditEvent.job_id == job_id, AuditEvent.action == "job.submit")
-            .order_by(AuditEvent.id).limit(1)).first()
+        event = session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.job_id == job_id, AuditEvent.action == "job.submit")
+            .order_by(AuditEvent.id)
+            .limit(1)
+        ).first()
         if event is not None:  # a new dict: the JSON column sees the change
-            event.detail = {**(event.detail or {}), "scans": (event.detail or {}).get(
-                "scans", 0) + scans}
+            event.detail = {
+                **(event.detail or {}),
+                "scans": (event.detail or {}).get("scans", 0) + scans,
+            }

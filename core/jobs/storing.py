@@ -4,10 +4,12 @@ Files go to the blob store first (a worker must find the bytes of any scan it ca
 the job's rows follow in one transaction. Whatever stops the rows (a refused file later in
 the upload, a quota, a lost database) deletes the files this request stored, here.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable, Optional, Sequence, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import Optional, TypeVar
 
 from db.blobs import BlobStore
 from db.jobs import NewScan
@@ -16,9 +18,13 @@ log = logging.getLogger(__name__)
 Upload = TypeVar("Upload")
 
 
-def store_uploads(blobs: BlobStore, uploads: Iterable[Upload], key_of: Callable[[int], str],
-                  scans_of: Callable[[Upload, str], list[NewScan]],
-                  job_id: Optional[str] = None) -> list[NewScan]:
+def store_uploads(
+    blobs: BlobStore,
+    uploads: Iterable[Upload],
+    key_of: Callable[[int], str],
+    scans_of: Callable[[Upload, str], list[NewScan]],
+    job_id: Optional[str] = None,
+) -> list[NewScan]:
     """Store each checked upload (``.data``) under ``key_of(index)``; the scans it holds.
 
     ``uploads`` may be a generator that checks as it goes: an error from it, or from the
@@ -48,9 +54,12 @@ def discard(blobs: BlobStore, keys: Sequence[str], job_id: Optional[str] = None)
         else:
             for key in dict.fromkeys(keys):
                 blobs.delete(key)
-    except Exception as exc:  # noqa: BLE001 - the caller is raising the error that matters
-        log.warning("files of a refused upload not deleted (the sweep will): %s: %s",
-                    type(exc).__name__, exc)
+    except Exception as exc:
+        log.warning(
+            "files of a refused upload not deleted (the sweep will): %s: %s",
+            type(exc).__name__,
+            exc,
+        )
 
 
 def scan_keys(new_scans: Sequence[NewScan]) -> list[str]:

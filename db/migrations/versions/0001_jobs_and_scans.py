@@ -4,6 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-26
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -12,8 +13,9 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-SCAN_STATUS = sa.Enum("queued", "running", "succeeded", "failed", name="scan_status",
-                      native_enum=False, length=16)
+SCAN_STATUS = sa.Enum(
+    "queued", "running", "succeeded", "failed", name="scan_status", native_enum=False, length=16
+)
 
 
 def upgrade() -> None:
@@ -50,8 +52,9 @@ def upgrade() -> None:
         sa.Column("preprocessing", sa.String(50), nullable=True),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_scans_job_id_jobs"),
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["job_id"], ["jobs.id"], name=op.f("fk_scans_job_id_jobs"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_scans")),
         sa.UniqueConstraint("job_id", "position", name="uq_scans_job_id_position"),
     )

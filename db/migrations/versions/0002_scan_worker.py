@@ -4,6 +4,7 @@ Revision ID: 0002_scan_worker
 Revises: 0001
 Create Date: 2026-11-26
 """
+
 import sqlalchemy as sa
 from alembic import op
 

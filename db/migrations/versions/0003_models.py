@@ -4,6 +4,7 @@ Revision ID: 0003_models
 Revises: 0002_scan_worker
 Create Date: 2026-11-26
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -38,8 +39,9 @@ def upgrade() -> None:
     op.create_index(op.f("ix_models_sha256"), "models", ["sha256"])
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("model_id", sa.String(32), nullable=True))
-        batch.create_foreign_key(op.f("fk_jobs_model_id_models"), "models", ["model_id"], ["id"],
-                                 ondelete="SET NULL")
+        batch.create_foreign_key(
+            op.f("fk_jobs_model_id_models"), "models", ["model_id"], ["id"], ondelete="SET NULL"
+        )
         batch.create_index(op.f("ix_jobs_model_id"), ["model_id"])
 
 

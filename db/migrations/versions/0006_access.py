@@ -4,6 +4,7 @@ Revision ID: 0006_access
 Revises: 0005_durability
 Create Date: 2026-11-29
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -33,8 +34,12 @@ def upgrade() -> None:
         sa.Column("csrf_token", sa.String(64), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(["key_id"], ["api_keys.id"],
-                                name=op.f("fk_web_sessions_key_id_api_keys"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["key_id"],
+            ["api_keys.id"],
+            name=op.f("fk_web_sessions_key_id_api_keys"),
+            ondelete="CASCADE",
+        ),
         sa.PrimaryKeyConstraint("token_sha256", name=op.f("pk_web_sessions")),
     )
     op.create_index(op.f("ix_web_sessions_key_id"), "web_sessions", ["key_id"])

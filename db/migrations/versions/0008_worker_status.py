@@ -4,6 +4,7 @@ Revision ID: 0008_worker_status
 Revises: 0006_access
 Create Date: 2026-11-29
 """
+
 import sqlalchemy as sa
 from alembic import op
 

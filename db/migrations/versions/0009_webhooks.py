@@ -4,6 +4,7 @@ Revision ID: 0009_webhooks
 Revises: 0008_worker_status
 Create Date: 2026-11-29
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -44,13 +45,15 @@ def upgrade() -> None:
         sa.Column("queued_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="CASCADE",
-                                name=op.f("fk_webhook_events_job_id_jobs")),
+        sa.ForeignKeyConstraint(
+            ["job_id"], ["jobs.id"], ondelete="CASCADE", name=op.f("fk_webhook_events_job_id_jobs")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_events")),
         sa.UniqueConstraint("job_id", "url", name="uq_webhook_events_job_id_url"),
     )
-    op.create_index("ix_webhook_events_state_next_attempt_at", "webhook_events",
-                    ["state", "next_attempt_at"])
+    op.create_index(
+        "ix_webhook_events_state_next_attempt_at", "webhook_events", ["state", "next_attempt_at"]
+    )
     op.create_table(
         "webhook_deliveries",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -63,10 +66,18 @@ def upgrade() -> None:
         sa.Column("duration_ms", sa.Integer(), nullable=False),
         sa.Column("outcome", sa.String(16), nullable=False),
         sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(["event_id"], ["webhook_events.id"], ondelete="CASCADE",
-                                name=op.f("fk_webhook_deliveries_event_id_webhook_events")),
-        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="CASCADE",
-                                name=op.f("fk_webhook_deliveries_job_id_jobs")),
+        sa.ForeignKeyConstraint(
+            ["event_id"],
+            ["webhook_events.id"],
+            ondelete="CASCADE",
+            name=op.f("fk_webhook_deliveries_event_id_webhook_events"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["job_id"],
+            ["jobs.id"],
+            ondelete="CASCADE",
+            name=op.f("fk_webhook_deliveries_job_id_jobs"),
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_deliveries")),
     )
     op.create_index(op.f("ix_webhook_deliveries_event_id"), "webhook_deliveries", ["event_id"])

@@ -4,6 +4,7 @@ Revision ID: 0010_explanations
 Revises: 0009_webhooks
 Create Date: 2026-11-29
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -12,8 +13,16 @@ down_revision = "0009_webhooks"
 branch_labels = None
 depends_on = None
 
-EXPLANATION_STATUS = sa.Enum("queued", "running", "succeeded", "failed", "cancelled",
-                             name="explanation_status", native_enum=False, length=16)
+EXPLANATION_STATUS = sa.Enum(
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    name="explanation_status",
+    native_enum=False,
+    length=16,
+)
 
 
 def upgrade() -> None:
@@ -51,16 +60,22 @@ def upgrade() -> None:
         sa.Column("heatmap_png", sa.LargeBinary(), nullable=True),
         sa.Column("slice_png", sa.LargeBinary(), nullable=True),
         sa.Column("map_npy", sa.LargeBinary(), nullable=True),
-        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="CASCADE",
-                                name=op.f("fk_explanations_job_id_jobs")),
-        sa.ForeignKeyConstraint(["scan_id"], ["scans.id"], ondelete="CASCADE",
-                                name=op.f("fk_explanations_scan_id_scans")),
+        sa.ForeignKeyConstraint(
+            ["job_id"], ["jobs.id"], ondelete="CASCADE", name=op.f("fk_explanations_job_id_jobs")
+        ),
+        sa.ForeignKeyConstraint(
+            ["scan_id"],
+            ["scans.id"],
+            ondelete="CASCADE",
+            name=op.f("fk_explanations_scan_id_scans"),
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_explanations")),
         sa.UniqueConstraint("scan_id", "method", name="uq_explanations_scan_id_method"),
     )
     op.create_index(op.f("ix_explanations_job_id"), "explanations", ["job_id"])
-    op.create_index("ix_explanations_status_priority", "explanations",
-                    ["status", "priority", "queued_at"])
+    op.create_index(
+        "ix_explanations_status_priority", "explanations", ["status", "priority", "queued_at"]
+    )
     op.create_index("ix_explanations_lease_owner", "explanations", ["lease_owner"])
 
 

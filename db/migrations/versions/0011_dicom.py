@@ -5,6 +5,7 @@ Revision ID: 0011_dicom
 Revises: 0010_explanations
 Create Date: 2026-11-29
 """
+
 import sqlalchemy as sa
 from alembic import op
 

@@ -4,6 +4,7 @@ Revision ID: 0012_open_jobs
 Revises: 0011_dicom
 Create Date: 2026-11-29
 """
+
 import sqlalchemy as sa
 from alembic import op
 

@@ -4,6 +4,7 @@ Revision ID: 0013_destinations
 Revises: 0012_open_jobs
 Create Date: 2026-12-07
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -18,8 +19,11 @@ def upgrade() -> None:
         "destinations",
         sa.Column("id", sa.String(32), nullable=False),
         sa.Column("name", sa.String(64), nullable=False),
-        sa.Column("kind", sa.Enum("dicom", "dicomweb", name="destination_kind",
-                                  native_enum=False, length=16), nullable=False),
+        sa.Column(
+            "kind",
+            sa.Enum("dicom", "dicomweb", name="destination_kind", native_enum=False, length=16),
+            nullable=False,
+        ),
         sa.Column("ae_title", sa.String(16), nullable=True),
         sa.Column("host", sa.String(255), nullable=True),
         sa.Column("port", sa.Integer(), nullable=True),
