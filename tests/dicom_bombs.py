@@ -44,7 +44,8 @@ def _meta(syntax: str) -> bytes:
 def _elements(below: int = 0x7FE10000, from_tag: int = 0, implicit: bool = False) -> bytes:
     """The CT slice's elements with tags in [from_tag, below), encoded."""
     dataset = d.ct_dataset()
-    for tag in [t for t in dataset if not from_tag <= t < below]:
+    # A Dataset iterates over its elements; keys() gives the tags.
+    for tag in [t for t in dataset.keys() if not from_tag <= t < below]:  # noqa: SIM118
         del dataset[tag]
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = True, implicit

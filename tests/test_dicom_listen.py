@@ -1,10 +1,7 @@
 """``covidscan dicom-listen`` as a real process, fed by pynetdicom's own ``storescu``."""
 
-import os
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 from sqlalchemy import select
@@ -12,57 +9,15 @@ from sqlalchemy import select
 from db.models import Job, Scan
 from db.session import make_engine, make_session_factory
 from tests import dicom_files as d
-from tests.conftest import ROOT
+from tests.dicom_listener import dicom_listener
 
 pytestmark = pytest.mark.integration
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, process, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"dicom-listen exited: {process.stdout.read()}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise AssertionError("dicom-listen did not start listening")
-
-
 @pytest.fixture
-def listener(app_config, tmp_path):
-    port = free_port()
-    env = {**os.environ, **app_config, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli.main",
-            "dicom-listen",
-            "--port",
-            str(port),
-            "--ae-title",
-            "COVIDSCAN",
-            "--owner",
-            "radiology",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        wait_for_port(port, process)
+def listener(app_config):
+    with dicom_listener(app_config) as port:
         yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def test_a_study_pushed_with_storescu_becomes_one_job(listener, app_config, tmp_path):

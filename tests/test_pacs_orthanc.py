@@ -1,8 +1,5 @@
 """A real PACS (Orthanc) talks to ``covidscan dicom-listen`` as a hospital's would."""
 
-import os
-import subprocess
-import sys
 
 import pytest
 from sqlalchemy import select
@@ -11,41 +8,16 @@ from db.models import Job, Scan
 from db.session import make_engine, make_session_factory
 from devtools.embedded_redis import free_port
 from tests import dicom_files as d
-from tests.conftest import ROOT
+from tests.dicom_listener import dicom_listener
 from tests.pacs import Orthanc, require_orthanc
-from tests.test_dicom_listen import wait_for_port
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def listener_port(app_config):
-    port = free_port()
-    env = {**os.environ, **app_config, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli.main",
-            "dicom-listen",
-            "--port",
-            str(port),
-            "--ae-title",
-            "COVIDSCAN",
-            "--owner",
-            "radiology",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        wait_for_port(port, process)
+    with dicom_listener(app_config) as port:
         yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 @pytest.fixture
