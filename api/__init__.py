@@ -10,9 +10,16 @@ from collections.abc import Mapping
 from typing import Optional
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from covidscan.settings import Settings, load_settings
+
+
+class UnsortedJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, with keys in the order a view wrote them rather than sorted."""
+
+    sort_keys = False
 
 
 def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
@@ -51,9 +58,11 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     if settings.proxy_hops:
         # Behind PROXY_HOPS trusted proxies (nginx in compose), the client's address and
         # scheme are what the nearest of them recorded, for per-address limits and cookies.
-        app.wsgi_app = ProxyFix(
+        # Flask's documented hook for WSGI middleware; mypy sees a method, not an attribute
+        # meant to be replaced (mypy's answer: ignore it, python/mypy#7347).
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app,
-            x_for=settings.proxy_hops,  # type: ignore
+            x_for=settings.proxy_hops,
             x_proto=settings.proxy_hops,
         )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
@@ -61,7 +70,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     # A bulk upload sends one part per slice: allow as many as a job may hold (Werkzeug's
     # default of 1,000 parts refused larger folders with a misleading 413).
     app.config["MAX_FORM_PARTS"] = settings.max_scans_per_job + 100
-    app.json.sort_keys = False
+    app.json = UnsortedJSONProvider(app)
     logging.getLogger("api").setLevel(settings.log_level)
     extensions.init_app(app, settings)
     metrics.init_app(app)  # first: its timer sees requests that later hooks refuse

@@ -275,7 +275,7 @@ def store_instances() -> Response:
     )
     if new_scans and job is None:
         job_service().submit(session, caller, job_id, new_scans, name="DICOMweb STOW-RS")
-    elif new_scans:
+    elif new_scans and job is not None:
         session.rollback()  # the append's transaction begins with its locks
         job_service().append(session, caller, job, new_scans)
     log.info("job %s: STOW-RS stored %d instances, %d failed", job_id, len(stored), len(failed))

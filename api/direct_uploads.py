@@ -200,7 +200,11 @@ def start_job(job_id: str) -> tuple[Response, int, dict[str, str]]:
     limits = UploadLimits.from_settings(svc.settings)
     with ThreadPoolExecutor(READERS, thread_name_prefix="header") as pool:
         outcomes = list(
-            pool.map(lambda item: _check_one(svc.blobs, job_id, *item, limits), enumerate(files))
+            pool.map(
+                lambda position, entry: _check_one(svc.blobs, job_id, position, entry, limits),
+                range(len(files)),
+                files,
+            )
         )
     missing = [f["filename"] for f, outcome in zip(files, outcomes) if outcome is None]
     if missing:

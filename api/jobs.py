@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from collections.abc import Callable, Sequence
+from typing import IO, Optional
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 
@@ -65,7 +66,7 @@ bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
     },
     errors=(413, 415, 503),
 )
-def submit_job() -> tuple[Response, int, dict[str, str]]:
+def submit_job() -> tuple[Response, int] | tuple[Response, int, dict[str, str]]:
     """Store the uploaded scans; write the job, pinned to its model, with its wake-ups; 202.
 
     The wake-ups are sent after the commit; when Redis refuses them they stay in the
@@ -100,7 +101,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     )
 
 
-def _file_parts(required: bool = True) -> list[tuple[str, object]]:
+def _file_parts(required: bool = True) -> list[tuple[str, IO[bytes]]]:
     parts = [
         (f.filename or f"file-{i + 1}", f.stream)
         for i, f in enumerate(request.files.getlist("files"))
@@ -115,7 +116,10 @@ def _file_parts(required: bool = True) -> list[tuple[str, object]]:
 
 
 def _store_scans(
-    parts, key_of, job_id: Optional[str] = None, already: int = 0
+    parts: Sequence[tuple[str, IO[bytes]]],
+    key_of: Callable[[int], str],
+    job_id: Optional[str] = None,
+    already: int = 0,
 ) -> tuple[list[NewScan], list[dict[str, str]]]:
     """Check every part and store each file under ``key_of(index)``; the scans and what
     was skipped. On any error the files stored so far are deleted (with ``job_id``, the

@@ -19,6 +19,7 @@ from typing import Any, Optional, TypeVar
 from flask import Flask
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
+from werkzeug.routing import Rule
 
 from api import schemas
 from api.auth import ANY, PUBLIC
@@ -299,6 +300,12 @@ def _components(refs_of: dict, schema_defs: dict) -> dict[str, Any]:
     }
 
 
+def _methods(rule: Rule) -> list[str]:
+    """The methods a route documents. Flask gives every rule its methods; ``None`` (any
+    method) comes only from a bare Werkzeug rule, which declares nothing to document."""
+    return sorted((rule.methods or set()) - {"HEAD", "OPTIONS"})
+
+
 def build_spec(app: Flask) -> dict[str, Any]:
     """The OpenAPI document of every declared route of ``app``; the same app, the same bytes."""
     described = []
@@ -306,13 +313,14 @@ def build_spec(app: Flask) -> dict[str, Any]:
         view = app.view_functions[rule.endpoint]
         declared = getattr(view, "openapi", None)
         if declared is not None:
-            for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            for method in _methods(rule):
                 described.append((rule, method, view, declared))
-    models = {schemas.Problem}
+    models: set[type[BaseModel]] = {schemas.Problem}
     for *_ignored, declared in described:
-        models |= {
-            r if not isinstance(r, Reply) else r.model for r in declared.responses.values()
-        } - {None}
+        for reply in declared.responses.values():
+            model = reply.model if isinstance(reply, Reply) else reply
+            if model is not None:
+                models.add(model)
         if declared.body is not None:
             models.add(declared.body)
     ordered = sorted(models, key=lambda m: m.__name__)
@@ -375,5 +383,5 @@ def undocumented_rules(app: Flask) -> list[str]:
         for rule in app.url_map.iter_rules()
         if rule.rule.startswith(DOCUMENTED_PREFIXES)
         and getattr(app.view_functions[rule.endpoint], "openapi", None) is None
-        for method in sorted(rule.methods - {"HEAD", "OPTIONS"})
+        for method in _methods(rule)
     ]

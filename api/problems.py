@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as WSGIResponse
 
 from core.errors import (
     Conflict,
@@ -89,8 +90,10 @@ def init_app(app: Flask) -> None:
         return _problem(as_problem(exc))
 
     @app.errorhandler(HTTPException)
-    def _http(exc: HTTPException) -> Response:
-        if exc.response is not None:  # built already (the rate limiter's 429 problem)
+    def _http(exc: HTTPException) -> WSGIResponse:
+        # Built already (the rate limiter's 429 problem). Werkzeug types it as the sans-IO
+        # base class its exceptions share; under Flask it is always a WSGI response.
+        if isinstance(exc.response, WSGIResponse):
             return exc.response
         detail = exc.description or HTTPStatus(exc.code or 500).phrase
         if exc.code == 413:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import TYPE_CHECKING
 
 from flask import Blueprint, Response, jsonify, request
 
@@ -17,6 +18,9 @@ from api.schemas import SeriesList, SeriesQuery
 from db.blobs import BlobNotFound
 from db.models import Job, Model, ScanStatus
 from db.series import find_series, job_series
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
 bp = Blueprint("series", __name__, url_prefix="/v1/jobs")
@@ -106,10 +110,11 @@ def series_report(job_id: str, series_uid: str) -> Response:
         first.model_sha256 or "",
         first.preprocessing or "",
     )
-    evidence, frames = [], {}
+    evidence: list[Dataset] = []
+    frames: dict[str, list[int]] = {}  # only instances with a UID can be referenced
     blobs = services().blobs
     for scan in done:
-        if scan.frame is not None:
+        if scan.frame is not None and scan.sop_instance_uid is not None:
             frames.setdefault(scan.sop_instance_uid, []).append(scan.frame + 1)
     try:
         for blob_key in dict.fromkeys(s.blob_key for s in done):

@@ -67,8 +67,9 @@ def make_thumbnail(data: bytes, max_pixels: int, size: int = THUMBNAIL_SIZE) -> 
     """
     _check_header(data, max_pixels)
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.thumbnail((size, size))  # decodes at reduced size where the format allows
+        with Image.open(io.BytesIO(data)) as source:
+            source.thumbnail((size, size))  # decodes at reduced size where the format allows
+            image: Image.Image = source
             if image.mode in WIDE_MODES:
                 image = image.point(lambda value: value / 256)
             image = image.convert("RGB" if image.mode in COLOUR_MODES else "L")
@@ -164,7 +165,11 @@ def _window_of(scan) -> tuple[float, float]:
     session = db_session()
     job = session.get(Job, scan.job_id)
     model = session.get(Model, job.model_id) if job is not None and job.model_id else None
-    if model is not None and model.dicom_window_width is not None:
+    if (
+        model is not None
+        and model.dicom_window_width is not None
+        and model.dicom_window_level is not None
+    ):
         return model.dicom_window_width, model.dicom_window_level
     return LUNG_WINDOW
 

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, redirect, render_template, request
+from werkzeug.wrappers import Response as WSGIResponse
 
 from api.auth import (
     ANY,
@@ -133,7 +134,7 @@ def login_page() -> Response:
 
 @bp.post("/login")
 @public
-def login() -> Response:
+def login() -> WSGIResponse:
     """Check the key and open a session; the form carries a token matched to a cookie
     set with it (double submit), so another site cannot sign a browser in."""
     sent = request.form.get("login_token", "")
@@ -143,9 +144,9 @@ def login() -> Response:
     try:
         failed_sign_ins().check(client_address())
     except Problem as refused:
-        response = _login_form(refused.detail, 429)
-        response.headers.update(refused.headers)
-        return response
+        form = _login_form(refused.detail, 429)
+        form.headers.update(refused.headers)
+        return form
     session = db_session()
     key = authenticate(session, request.form.get("api_key", "").strip())
     if key is None:
@@ -169,7 +170,7 @@ def login() -> Response:
 
 @bp.post("/logout")
 @requires(ANY)
-def logout() -> Response:
+def logout() -> WSGIResponse:
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
         session = db_session()

@@ -200,7 +200,10 @@ def test(name: str, timeout: float, calling_ae_title: str) -> None:
 
 
 def _stdin_line() -> str:
-    return click.get_text_stream("stdin").readline().strip()
+    # click.open_file("-"): stdin as click.get_text_stream gave it (deprecated in Click 8.5)
+    with click.open_file("-") as stdin:
+        line: str = stdin.readline()
+    return line.strip()
 
 
 def _line(row) -> str:

@@ -127,7 +127,7 @@ class QueueCollector(Collector):
 class _Everything(Collector):
     """This process's own metrics (the default registry), inside a scrape registry."""
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterable[Metric]:
         return REGISTRY.collect()
 
 

@@ -6,7 +6,7 @@ Every function takes a ``session``; the caller owns the transaction.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Optional
@@ -18,6 +18,7 @@ from covidscan.contract import JobStatus
 from db.identity import ModelIdentity
 from db.models import PRIORITIES, Explanation, Job, Model, Scan, ScanStatus, utcnow
 from db.outbox import add_wakeups
+from db.session import rows_changed
 
 
 @dataclass(frozen=True)
@@ -225,13 +226,14 @@ def take_part(session: Session, job_id: str, open_seconds: int) -> bool:
     one the part is added to. False when the job is not open (sealed, cancelled or gone);
     then nothing was changed.
     """
-    moved = session.execute(
+    moved = rows_changed(
+        session,
         update(Job)
         .where(Job.id == job_id, Job.open_until.is_not(None), Job.cancelled_at.is_(None))
         .values(open_until=utcnow() + timedelta(seconds=open_seconds))
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
-    return moved.rowcount == 1
+    return moved == 1
 
 
 def seal_job(job: Job) -> None:
@@ -270,12 +272,13 @@ def cancel_job(session: Session, job: Job) -> int:
         .values(status=ScanStatus.CANCELLED, finished_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    return session.execute(
+    return rows_changed(
+        session,
         update(Scan)
         .where(Scan.job_id == job.id, Scan.status == ScanStatus.QUEUED)
         .values(status=ScanStatus.CANCELLED, finished_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount
+        .execution_options(synchronize_session=False),
+    )
 
 
 def delete_job_rows(session: Session, job_id: str) -> None:
@@ -419,7 +422,7 @@ def iter_results(session: Session, job_id: str, page_size: int = 500) -> Iterato
 
 
 def job_pins(
-    session: Session, job_ids: Sequence[str]
+    session: Session, job_ids: Iterable[str]
 ) -> dict[str, tuple[Optional[str], Optional[str]]]:
     """Each job's pinned model id (None: the untrained default) and requested precision."""
     rows = session.execute(

@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import click
 
@@ -27,6 +27,7 @@ from core.errors import Conflict
 from core.jobs.service import Actor, JobService
 from core.jobs.storing import discard, store_uploads
 from covidscan.settings import Settings
+from dicomnet.probe import VERIFICATION
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +174,9 @@ def start(
 ) -> tuple[Any, Callable[[], None]]:
     """Start the receiver in background threads: the pynetdicom server and a function
     that stops it and closes what it opened."""
+    from pydicom.uid import UID
     from pynetdicom import AE, AllStoragePresentationContexts, evt
-    from pynetdicom.sop_class import Verification
+    from pynetdicom.events import EventHandlerType
 
     from core.wakeups import WakeupSender
     from covidscan.dicom_syntaxes import DECODED_TRANSFER_SYNTAXES
@@ -189,16 +191,19 @@ def start(
     # A PACS administrator's first step is "test this modality" (C-ECHO); every storage SOP
     # class is offered in every transfer syntax the pipeline decodes, so a PACS that cannot
     # transcode (JPEG 2000 archives) can still push.
-    ae.add_supported_context(Verification)
+    ae.add_supported_context(VERIFICATION)
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, DECODED_TRANSFER_SYNTAXES)
+        # typed optional for a context still being built; pynetdicom's are built
+        abstract_syntax = cast(UID, context.abstract_syntax)
+        ae.add_supported_context(abstract_syntax, DECODED_TRANSFER_SYNTAXES)
     ae.require_calling_aet = list(settings.dicom_allowed_ae_titles)  # empty: any caller
-    handlers = [
+    handlers: list[EventHandlerType] = [
         (evt.EVT_C_STORE, receiver.on_store),
         (evt.EVT_RELEASED, receiver.on_release),
         (evt.EVT_ABORTED, receiver.on_release),
     ]
     server = ae.start_server((host, port), block=False, evt_handlers=handlers)
+    assert server is not None, "a non-blocking start returns its server"
     log.info(
         "C-STORE receiver %s listening on %s:%d for owner %s, from %s",
         ae_title,

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 CALLING_AE_TITLE = "COVIDSCAN"
 DEFAULT_TIMEOUT = 10.0
 STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
+# pynetdicom.sop_class.Verification's UID: that module makes its SOP classes at import time,
+# so type checkers do not see them.
+VERIFICATION = "1.2.840.10008.1.1"
 
 
 @dataclass(frozen=True)
@@ -97,14 +100,13 @@ def echo(
     """A C-ECHO to ``ae_title`` at ``host:port`` (over TLS when ``tls``), asking also whether
     the PACS offers Storage Commitment (Push Model) as SCP."""
     from pynetdicom import AE
-    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
     context = ssl.create_default_context() if tls else None
     failure = _connect_failure(host, port, timeout, context)
     if failure:
         return ProbeResult(False, failure)
     ae = AE(ae_title=calling_ae_title)
-    ae.add_requested_context(Verification)
+    ae.add_requested_context(VERIFICATION)
     ae.add_requested_context(STORAGE_COMMITMENT_PUSH)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = timeout
@@ -129,7 +131,7 @@ def echo(
                 f"association with {called} aborted: the PACS gave no "
                 "acceptable answer to the association request",
             )
-        if not any(cx.abstract_syntax == Verification for cx in assoc.accepted_contexts):
+        if not any(cx.abstract_syntax == VERIFICATION for cx in assoc.accepted_contexts):
             return ProbeResult(False, f"{called} does not accept Verification (C-ECHO)")
         status = assoc.send_c_echo()
         code = getattr(status, "Status", None)

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.integration
 
 # Route arguments that name something an owner owns, and those that do not.
 OWNED_ARGUMENTS = {"job_id", "scan_id", "webhook_id", "series_uid"}  # a series is a job's
-UNOWNED_ARGUMENTS = {"ref", "filename"}  # registered models; static files
+# Registered models; static files; destinations (admin only).
+UNOWNED_ARGUMENTS = {"ref", "filename", "name"}
 PUBLIC_ENDPOINTS = {
     "health.healthz",
     "health.readyz",

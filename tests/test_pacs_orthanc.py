@@ -1,6 +1,5 @@
 """A real PACS (Orthanc) talks to ``covidscan dicom-listen`` as a hospital's would."""
 
-
 import pytest
 from sqlalchemy import select
 

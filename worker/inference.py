@@ -89,7 +89,7 @@ class FrameFiles:
         return data
 
 
-def load_tensor(files: FrameFiles, item: ScanInput, info) -> tuple[object, Optional[str]]:
+def load_tensor(files: FrameFiles, item: ScanInput, info) -> tuple[np.ndarray | str, Optional[str]]:
     """The tensor (or the reason there is none) and, for a DICOM slice, the preprocessing id
     naming its window (``info`` is the engine's :class:`models.loader.ModelInfo`).
 
@@ -141,6 +141,7 @@ def _infer(
     """One decode error (str), P(positive) (float) or future of it per item, and each item's
     own preprocessing id (None: the model's)."""
     info = engine.info
+    loaded: list[object]
     if pool is None:
         pairs = [load_tensor(files, item, info) for item in items]
         loaded = [value for value, _ in pairs]
@@ -150,14 +151,16 @@ def _infer(
         loaded, preprocessing = [], []
         for future in decoding:  # each tensor goes to the batcher as soon as it is decoded
             value, how = future.result()
-            is_tensor = batcher is not None and not isinstance(value, str)
-            loaded.append(batcher.submit(engine, value) if is_tensor else value)
+            if batcher is not None and not isinstance(value, str):
+                loaded.append(batcher.submit(engine, value))
+            else:
+                loaded.append(value)
             preprocessing.append(how)
     if batcher is None:
-        good = [i for i, value in enumerate(loaded) if not isinstance(value, str)]
-        if good:
-            predicted = predict_items(engine, [loaded[i] for i in good])
-            for index, p in zip(good, predicted):
+        tensors = {i: value for i, value in enumerate(loaded) if isinstance(value, np.ndarray)}
+        if tensors:
+            predicted = predict_items(engine, list(tensors.values()))
+            for index, p in zip(tensors, predicted):
                 loaded[index] = p
     return loaded, preprocessing
 

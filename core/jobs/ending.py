@@ -8,20 +8,21 @@ commits, counts it on ``covidscan_jobs_finished_total`` and queues the events.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Optional, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.metrics import count_finished
-from core.webhooks import SendDeliveries, relay_events
+from core.webhooks import relay_events
 from db.webhooks import FinishedJobs, record_finished_jobs
 
 
 class Deliveries(Protocol):
     """What queues webhook deliveries (:class:`core.wakeups.WakeupSender`)."""
 
-    deliver: SendDeliveries
+    def deliver(self, event_ids: Sequence[str], countdown: Optional[float] = None) -> None:
+        """One delivery task per event id (see :data:`core.webhooks.SendDeliveries`)."""
 
 
 def commit_ending(

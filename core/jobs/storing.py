@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import Optional, TypeVar
+from typing import Optional, Protocol, TypeVar
 
 from db.blobs import BlobStore
 from db.jobs import NewScan
 
 log = logging.getLogger(__name__)
-Upload = TypeVar("Upload")
+
+
+class HasData(Protocol):
+    """A checked upload: the bytes of one file to store (e.g. :class:`core.intake.ScanUpload`)."""
+
+    @property
+    def data(self) -> bytes: ...
+
+
+Upload = TypeVar("Upload", bound=HasData)
 
 
 def store_uploads(
