@@ -7,15 +7,24 @@ DICOM network adapter's: ``covidscan destinations test NAME``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, jsonify, request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from api.audit import audit
 from api.auth import requires
 from api.extensions import db_session, services
 from api.openapi import Reply, operation
 from api.problems import Problem
-from api.schemas import DestinationInfo, DestinationList, DestinationNamePath, DestinationRequest
+from api.schemas import (
+    DestinationInfo,
+    DestinationList,
+    DestinationNamePath,
+    DestinationRequest,
+    DicomDestinationRequest,
+    DicomWebDestinationRequest,
+)
 from core.destinations import (
     DestinationError,
     DestinationSpec,
@@ -29,30 +38,40 @@ from db.destinations import DestinationExists, list_destinations, remove_destina
 bp = Blueprint("destinations", __name__, url_prefix="/v1/destinations")
 
 
-def _spec(body: DestinationRequest) -> DestinationSpec:
+def _spec(body: DicomDestinationRequest | DicomWebDestinationRequest) -> DestinationSpec:
     """The destination the body asks for. Raises Problem 400 naming the wrong field."""
     try:
-        if body.kind == "dicom":
-            if body.url or body.token or body.basic:
-                raise DestinationError("url, token and basic are for dicomweb destinations")
-            missing = [f for f in ("ae_title", "host", "port") if getattr(body, f) is None]
-            if missing:
-                raise DestinationError(f"a dicom destination needs {', '.join(missing)}")
+        if isinstance(body, DicomDestinationRequest):
             return dicom_spec(
                 body.name,
-                str(body.ae_title),
-                str(body.host),
+                body.ae_title,
+                body.host,
                 body.port,
                 tls=body.tls,
                 commitment=body.commitment,
             )
-        if body.ae_title or body.host or body.port:
-            raise DestinationError("ae_title, host and port are for dicom destinations")
-        if not body.url:
-            raise DestinationError("a dicomweb destination needs url")
         return dicomweb_spec(body.name, body.url, token=body.token, basic=body.basic)
     except DestinationError as exc:
         raise Problem(400, str(exc)) from None
+
+
+def _refusal(error: Any) -> str:
+    """A validation error of the request in an administrator's words."""
+    kinds: dict[str, type[BaseModel]] = {
+        "dicom": DicomDestinationRequest,
+        "dicomweb": DicomWebDestinationRequest,
+    }
+    loc = [str(part) for part in error["loc"]]
+    kind = loc.pop(0) if loc and loc[0] in kinds else None
+    field = ".".join(loc) or "body"
+    if kind is not None and error["type"] == "missing":
+        return f"a {kind} destination needs {field}"
+    if kind is not None and error["type"] == "extra_forbidden":
+        other = next((k for k, model in kinds.items() if field in model.model_fields), None)
+        if other is not None:
+            return f"{field} is for {other} destinations, not {kind} ones"
+        return f"{field} is not a field of a {kind} destination"
+    return f"{field}: {error['msg']}"
 
 
 @bp.get("")
@@ -78,11 +97,9 @@ def create() -> tuple[Response, int]:
     if not isinstance(raw, dict):
         raise Problem(400, "send a JSON object with name, kind and the destination's fields")
     try:
-        body = DestinationRequest.model_validate(raw)
+        body = DestinationRequest.model_validate(raw).root
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise Problem(400, f"{where}: {first['msg']}") from None
+        raise Problem(400, _refusal(exc.errors(include_url=False)[0])) from None
     spec = _spec(body)
     session = db_session()
     try:

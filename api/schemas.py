@@ -10,9 +10,9 @@ optional fields are `None` by default.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
 from api.fields import MODEL_REF, NO_NUL, Fields, Flag
 from covidscan.contract import DeliveryOutcome, DeliveryState, JobStatus, ScanStatus, UploadStatus
@@ -573,32 +573,65 @@ class DestinationList(Strict):
     destinations: list[DestinationInfo]
 
 
-class DestinationRequest(BaseModel):
-    """A destination to register: ``kind`` `dicom` with `ae_title`, `host`, `port` (and
-    optionally `tls`, `commitment`), or `dicomweb` with `url` (and optionally `token` or
-    `basic`, sealed with PHI_KEY and never returned)."""
+DESTINATION_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# PS3.5 6.2: up to 16 characters of the default repertoire, no backslash; no edge spaces.
+AE_TITLE = r"^[\x21-\x5b\x5d-\x7e](?:[\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?$"
+DICOMWEB_URL = r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[^\s@\x00]*)?$"
 
+
+class _NewDestination(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    kind: Literal["dicom", "dicomweb"]
-    ae_title: Optional[str] = Field(
-        None, max_length=16, pattern=NO_NUL, description="dicom: the PACS's AE title"
-    )
-    host: Optional[str] = Field(None, max_length=255, pattern=NO_NUL, description="dicom")
-    port: Optional[int] = Field(None, ge=1, le=65535, description="dicom")
-    tls: bool = Field(False, description="dicom: associate over TLS")
-    commitment: bool = Field(True, description="dicom: ask for Storage Commitment when offered")
-    url: Optional[str] = Field(
-        None, max_length=2000, pattern=NO_NUL, description="dicomweb: the service's base URL"
-    )
-    token: Optional[str] = Field(None, pattern=NO_NUL, description="dicomweb: a bearer token")
+    name: str = Field(pattern=DESTINATION_NAME, description="how jobs and the CLI name it")
+
+
+class DicomDestinationRequest(_NewDestination):
+    """A DICOM destination: C-STORE to an AE, with Storage Commitment when it offers it."""
+
+    kind: Literal["dicom"]
+    ae_title: str = Field(pattern=AE_TITLE, description="the PACS's AE title")
+    host: str = Field(pattern=r"^[^\s/@\x00]{1,255}$", description="its host name or address")
+    port: int = Field(ge=1, le=65535, description="its DICOM port")
+    tls: bool = Field(False, description="associate over TLS")
+    commitment: bool = Field(True, description="ask for Storage Commitment when offered")
+
+
+class DicomWebDestinationRequest(_NewDestination):
+    """A DICOMweb destination: STOW-RS to a base URL, with a bearer token or basic auth (not
+    both), sealed with PHI_KEY and never returned."""
+
+    model_config = ConfigDict(json_schema_extra={"not": {"required": ["token", "basic"]}})
+
+    kind: Literal["dicomweb"]
+    url: str = Field(max_length=2000, pattern=DICOMWEB_URL, description="the base URL")
+    token: Optional[str] = Field(None, pattern=NO_NUL, description="a bearer token")
     basic: Optional[str] = Field(
-        None, pattern=NO_NUL, description="dicomweb: basic auth, `USER:PASSWORD`"
+        None, pattern=r"^[^:\x00]+:[^\x00]*$", description="basic auth, `USER:PASSWORD`"
     )
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> DicomWebDestinationRequest:
+        if self.token and self.basic:
+            raise ValueError("give a bearer token or basic auth, not both")
+        return self
+
+
+class DestinationRequest(
+    RootModel[
+        Annotated[
+            DicomDestinationRequest | DicomWebDestinationRequest,
+            Field(discriminator="kind"),
+        ]
+    ]
+):
+    """A destination to register, by its ``kind``: `dicom` or `dicomweb`."""
 
 
 class DestinationNamePath(BaseModel):
-    name: str = Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="a registered destination's name"
+    name: str = Field(pattern=DESTINATION_NAME, description="a registered destination's name")
+
+
+class SeriesReportPath(BaseModel):
+    series_uid: str = Field(
+        pattern=r"^[0-9.]{1,64}$", description="the series' Series Instance UID (digits and dots)"
     )

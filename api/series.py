@@ -14,7 +14,7 @@ from api.extensions import db_session, services
 from api.fields import validated
 from api.openapi import Reply, operation
 from api.problems import Problem
-from api.schemas import SeriesList, SeriesQuery
+from api.schemas import SeriesList, SeriesQuery, SeriesReportPath
 from db.blobs import BlobNotFound
 from db.models import Job, Model, ScanStatus
 from db.series import find_series, job_series
@@ -75,6 +75,7 @@ def list_series(job_id: str) -> Response:
         )
     },
     errors=(404, 409, 410, 422),
+    path=SeriesReportPath,
 )
 def series_report(job_id: str, series_uid: str) -> Response:
     """The series' result as a DICOM Structured Report (``application/dicom``).

@@ -18,8 +18,7 @@ from sqlalchemy.orm import Session
 
 from core.sealing import DESTINATION_CREDENTIALS, Sealer, SealError
 from db.destinations import add_destination
-from db.models import Destination, DestinationKind
-from db.webhooks import iso_utc
+from db.models import Destination, DestinationKind, iso_utc
 
 __all__ = [
     "DestinationError",

@@ -8,9 +8,11 @@ its scans, so the success paths (results, CSV, thumbnails, cancel, delete) are r
 not only the 404s.
 """
 
+import base64
 import collections
 import io
 import json
+import os
 
 import pytest
 import schemathesis
@@ -82,7 +84,9 @@ def open_real_job(client) -> str:
 @pytest.fixture(scope="module")
 def live(stack_config, worker):
     """The app, an administrator's key, and the ids of a finished job and one of its scans."""
-    app = create_app({**stack_config, **ROOMY_LIMITS})
+    # A PHI_KEY, so that destinations with credentials can be registered.
+    phi_key = base64.b64encode(os.urandom(32)).decode()
+    app = create_app({**stack_config, **ROOMY_LIMITS, "PHI_KEY": phi_key})
     key = create_api_key(stack_config["DATABASE_URL"], owner="contract", scopes="admin")
     client = authorised(app.test_client(), key)
     # Every scan explained, so that the explanation and heatmap routes have one to show.
@@ -102,6 +106,26 @@ def live(stack_config, worker):
             "series_uid": series_uid,
         },
     }
+
+
+def some_destination(client) -> str:
+    """The name of a registered destination (the POST test registers many, the DELETE
+    test removes them)."""
+    destinations = client.get("/v1/destinations").get_json()["destinations"]
+    if destinations:
+        return destinations[0]["name"]
+    response = client.post(
+        "/v1/destinations",
+        json={
+            "name": "contract-pacs",
+            "kind": "dicom",
+            "ae_title": "PACS",
+            "host": "pacs",
+            "port": 104,
+        },
+    )
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()["name"]
 
 
 def some_webhook(client) -> str:
@@ -192,6 +216,8 @@ def test_the_api_keeps_its_contract(live, live_schema, method, path, mode):
         real["job_id"] = open_real_job(live["client"])  # the finished job takes no parts
     if "{webhook_id}" in path and mode is GenerationMode.POSITIVE:
         real["webhook_id"] = some_webhook(live["client"])
+    if path == "/v1/destinations/{name}" and mode is GenerationMode.POSITIVE:
+        real["name"] = some_destination(live["client"])
     if real:
         strategy = st.one_of(
             operation.as_strategy(generation_mode=mode, path_parameters=real), strategy
