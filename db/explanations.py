@@ -216,24 +216,17 @@ def record_explanations(
                 f"{lease.explanation_id}"
             )
         values = dict(outcome.details or {}, **(outcome.pictures or {}))
-        written += rows_changed(
+        written += EXPLANATIONS.finish(
             session,
-            update(Explanation)
-            .where(
-                Explanation.id == lease.explanation_id,
-                Explanation.status == ScanStatus.RUNNING,
-                Explanation.lease_owner == owner,
-                Explanation.attempts == lease.attempt,
-            )
-            .values(
+            owner,
+            lease.explanation_id,
+            lease.attempt,
+            dict(
                 status=ScanStatus.FAILED if outcome.error else ScanStatus.SUCCEEDED,
                 error=outcome.error,
                 finished_at=now,
-                lease_owner=None,
-                lease_expires_at=None,
                 **model.explanation_columns(),
                 **values,
-            )
-            .execution_options(synchronize_session=False),
+            ),
         )
     return written

@@ -188,6 +188,23 @@ class LeaseQueue(Generic[L]):
             .execution_options(synchronize_session=False),
         )
 
+    def finish(
+        self, session: Session, owner: str, row_id: Any, attempt: int, values: dict[str, Any]
+    ) -> bool:
+        """Write a row's outcome (``values``, its final status among them) and end its lease,
+        only while ``owner`` holds the lease of that ``attempt``: a redelivered or duplicated
+        task, or a worker whose lease expired and was taken over, changes nothing."""
+        model = self.model
+        return bool(
+            rows_changed(
+                session,
+                update(model)
+                .where(model.id == row_id, self._held(owner), model.attempts == attempt)
+                .values(lease_owner=None, lease_expires_at=None, **values)
+                .execution_options(synchronize_session=False),
+            )
+        )
+
     def release(self, session: Session, owner: str, ids: Optional[Sequence[Any]] = None) -> int:
         """Give leases back at once (a worker stopping): the rows wait again, their attempt
         not counted. ``ids`` limits it to those rows; None releases all of ``owner``'s."""

@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import Row, String, cast, func, literal, select, update
+from sqlalchemy import Row, String, cast, func, literal, select
 from sqlalchemy.orm import Session
 
 from db.identity import ModelIdentity
 from db.models import Scan, ScanStatus, utcnow
 from db.queue import Expired, LeaseQueue
-from db.session import rows_changed
 
 
 @dataclass(frozen=True)
@@ -142,16 +141,12 @@ def write_outcomes(
     for outcome, lease in zip(outcomes, leases):
         if outcome.scan_id != lease.scan_id:
             raise ValueError(f"outcome for {outcome.scan_id} paired with lease of {lease.scan_id}")
-        changed = rows_changed(
+        changed = SCANS.finish(
             session,
-            update(Scan)
-            .where(
-                Scan.id == lease.scan_id,
-                Scan.status == ScanStatus.RUNNING,
-                Scan.lease_owner == owner,
-                Scan.attempts == lease.attempt,
-            )
-            .values(
+            owner,
+            lease.scan_id,
+            lease.attempt,
+            dict(
                 status=ScanStatus.FAILED if outcome.error else ScanStatus.SUCCEEDED,
                 probability_covid=outcome.probability_covid,
                 label=outcome.label,
@@ -159,11 +154,8 @@ def write_outcomes(
                 **_identity_columns(model, outcome),
                 worker=worker,
                 finished_at=now,
-                lease_owner=None,
-                lease_expires_at=None,
                 result_writes=Scan.result_writes + 1,
-            )
-            .execution_options(synchronize_session=False),
+            ),
         )
         if changed:
             written.append((outcome, lease))
