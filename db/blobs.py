@@ -2,13 +2,15 @@
 
 One interface, two implementations: :class:`FileBlobStore` (a directory, ``BLOB_DIR``) and
 :class:`db.s3_blobs.S3BlobStore` (an S3-compatible bucket, ``BLOB_STORE=s3://BUCKET/PREFIX``).
-Every key starts with the job id, ``<job_id>/<name>``: deleting a job deletes that prefix.
+Every key starts with the job id, ``<job_id>/<name>``: deleting a job deletes that prefix,
+the sealed patient attributes of its studies (``<job_id>/patient/<study_uid>.sealed``) included.
 """
 
 from __future__ import annotations
 
 import abc
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -17,6 +19,15 @@ from typing import Optional
 
 from covidscan.s3_location import S3Location
 from db.paths import path_under
+
+_UID = re.compile(r"[0-9]{1,64}(\.[0-9]{1,64})*")
+PATIENT_FOLDER = "patient"
+
+
+def is_uid(value: str) -> bool:
+    """Whether ``value`` is a DICOM UID's shape (digits in dot-separated parts, at most 64
+    characters): safe in a key, never ``.`` or ``..``."""
+    return len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
 class BlobNotFound(FileNotFoundError):
@@ -36,6 +47,21 @@ class BlobStore(abc.ABC):
         """The key of a file of a part added to an open job: unique before the part's
         scans have positions."""
         return f"{job_id}/{part}-{index:06d}"
+
+    def patient_key(self, job_id: str, study_uid: str) -> str:
+        """The key of a study's sealed patient attributes in the job (:mod:`core.patient`).
+
+        Raises:
+            ValueError: ``study_uid`` is not a UID.
+        """
+        if not is_uid(study_uid):
+            raise ValueError("a Study Instance UID is digits and dots, at most 64 characters")
+        return f"{job_id}/{PATIENT_FOLDER}/{study_uid}.sealed"
+
+    @staticmethod
+    def job_of(key: str) -> str:
+        """The job whose prefix ``key`` is under."""
+        return key.partition("/")[0]
 
     @abc.abstractmethod
     def put(self, key: str, data: bytes) -> None:

@@ -24,6 +24,8 @@ from core.intake.dicom_header import (
 )
 from core.intake.image_header import check_pixels, read_header
 from core.intake.scans import parse_modalities, scans_of
+from core.patient import SealedPatient, patient_sealer
+from core.sealing import Sealer
 from covidscan.settings import Settings
 
 __all__ = [
@@ -54,6 +56,8 @@ class ScanUpload:
     data: bytes
     # A DICOM file: one entry per frame (each frame is a scan); empty for PNG and JPEG.
     dicom: tuple[DicomSlice, ...] = ()
+    # A DICOM file's patient and study attributes, sealed (None without PHI_KEY).
+    patient: Optional[SealedPatient] = None
 
     @property
     def scan_count(self) -> int:
@@ -79,6 +83,8 @@ class UploadLimits:
     max_compression_ratio: int = 200
     # Which DICOM modalities are classified; other DICOM images are skipped with the reason.
     modalities: tuple[str, ...] = DEFAULT_MODALITIES
+    # Seals each DICOM file's patient and study attributes (PHI_KEY); None: they are not kept.
+    sealer: Optional[Sealer] = field(default=None, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UploadLimits:
@@ -89,6 +95,7 @@ class UploadLimits:
             settings.max_expanded_bytes,
             settings.max_archive_entries,
             settings.max_compression_ratio,
+            sealer=patient_sealer(settings.phi_key),
         )
 
 
@@ -161,14 +168,18 @@ def _scan(
     if kind == DICOM_TYPE:
         try:
             dicom = read_dicom_header(
-                data, shown_as, limits.modalities, parsed.header_budget(limits, len(data))
+                data,
+                shown_as,
+                limits.modalities,
+                parsed.header_budget(limits, len(data)),
+                limits.sealer,
             )
         except NotAnImage as exc:
             parsed.skipped.append(Skipped(shown_as, str(exc)))
             return None
         check_pixels(dicom, limits.max_scan_pixels, shown_as)
         check_complete(dicom, shown_as)
-        return ScanUpload(filename, data, dicom.slices)
+        return ScanUpload(filename, data, dicom.slices, dicom.patient)
     header = read_header(data, IMAGE_TYPES[kind], shown_as)
     check_pixels(header, limits.max_scan_pixels, shown_as)
     return ScanUpload(filename, data)

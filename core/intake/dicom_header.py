@@ -1,9 +1,10 @@
 """What a DICOM Part 10 file declares, read from its header with pydicom; pixels are not decoded.
 
 The API keeps only what places a slice in its series (study, series and instance UIDs,
-modality, instance number, position along the patient axis). Patient identifiers (name,
-ID, birth date, accession number) are never read out of the header; the original file is
-stored as uploaded and decoded by a worker.
+modality, instance number, position along the patient axis). Patient and study attributes
+(name, ID, birth date, accession number, ...) leave the header read only sealed
+(:mod:`core.patient`), for a result sent to a PACS; the original file is stored as uploaded
+and decoded by a worker.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any, Optional
 
 from core.errors import Malformed, TooLarge
 from core.intake.dicom_budget import HeaderBudget, check_structure
+from core.patient import SealedPatient, seal_patient
+from core.sealing import Sealer
 
 DICOM_TYPE = "application/dicom"
 DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory (DICOMDIR)
@@ -73,6 +76,7 @@ class DicomHeader:
     transfer_syntax: str
     slices: tuple[DicomSlice, ...]
     native_bytes: Optional[int] = None  # the pixel data's length when not compressed
+    patient: Optional[SealedPatient] = None  # the study's patient attributes, sealed
 
     @property
     def width(self) -> int:
@@ -166,9 +170,11 @@ def read_dicom_header(
     shown_as: str,
     modalities: Sequence[str] = DEFAULT_MODALITIES,
     budget: Optional[HeaderBudget] = None,
+    sealer: Optional[Sealer] = None,
 ) -> DicomHeader:
     """Parse a DICOM file's header (pixel data is skipped, not decoded), once its structure
-    is within ``budget`` (:func:`core.intake.dicom_budget.check_structure`).
+    is within ``budget`` (:func:`core.intake.dicom_budget.check_structure`); with
+    ``sealer``, its patient and study attributes sealed (:func:`core.patient.seal_patient`).
 
     Raises:
         TooLarge: over the budget (inflated bytes, frames, elements).
@@ -274,4 +280,5 @@ def read_dicom_header(
         syntax or "unknown",
         slices,
         None if encapsulated else stored_bytes,
+        None if sealer is None else seal_patient(dataset, study, sealer, shown_as),
     )
