@@ -23,6 +23,7 @@ from core.intake.dicom_header import (
     read_dicom_header,
 )
 from core.intake.image_header import check_pixels, read_header
+from core.intake.intended_use import IntendedUse
 from core.intake.scans import parse_modalities, scans_of
 from covidscan.settings import Settings
 
@@ -30,6 +31,7 @@ __all__ = [
     "IMAGE_TYPES",
     "SNIFF_BYTES",
     "ZIP_TYPE",
+    "IntendedUse",
     "ParsedUpload",
     "ScanUpload",
     "Skipped",
@@ -79,6 +81,9 @@ class UploadLimits:
     max_compression_ratio: int = 200
     # Which DICOM modalities are classified; other DICOM images are skipped with the reason.
     modalities: tuple[str, ...] = DEFAULT_MODALITIES
+    # DICOM images outside the model's intended use are skipped with the reason; None: no
+    # such check (the settings always set it).
+    intended_use: Optional[IntendedUse] = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UploadLimits:
@@ -89,6 +94,7 @@ class UploadLimits:
             settings.max_expanded_bytes,
             settings.max_archive_entries,
             settings.max_compression_ratio,
+            intended_use=IntendedUse.from_settings(settings),
         )
 
 
@@ -161,7 +167,11 @@ def _scan(
     if kind == DICOM_TYPE:
         try:
             dicom = read_dicom_header(
-                data, shown_as, limits.modalities, parsed.header_budget(limits, len(data))
+                data,
+                shown_as,
+                limits.modalities,
+                parsed.header_budget(limits, len(data)),
+                limits.intended_use,
             )
         except NotAnImage as exc:
             parsed.skipped.append(Skipped(shown_as, str(exc)))
