@@ -16,7 +16,7 @@ Characteristics Option is not claimed.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from enum import Enum
+from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     """What happens to an attribute (PS3.15 Table E.1-1's action codes)."""
 
     ZERO = "Z"  # kept, with a zero-length value

@@ -142,7 +142,9 @@ def test_deidentified_keeps_uids_and_records_the_method():
     assert not any(element.tag.is_private for element in clean)
     assert "ClinicalTrialSubjectID" not in clean and "ClinicalTrialSiteName" not in clean
     assert clean.PatientIdentityRemoved == "YES"
-    codes = [(c.CodeValue, c.CodingSchemeDesignator) for c in clean.DeidentificationMethodCodeSequence]
+    codes = [
+        (c.CodeValue, c.CodingSchemeDesignator) for c in clean.DeidentificationMethodCodeSequence
+    ]
     assert codes == [("113100", "DCM"), ("113110", "DCM")]
 
 
