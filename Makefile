@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test test-integration lint migrate bench clean openapi
+.PHONY: venv run test test-integration lint migrate bench clean openapi conformance
 
 venv: $(STAMP)
 
@@ -46,3 +46,7 @@ bench: $(STAMP)
 # The committed copy of the API's OpenAPI document (tests/test_openapi.py fails when it drifts).
 openapi: $(STAMP)
 	$(BIN)/covidscan openapi > docs/openapi.json.tmp && mv docs/openapi.json.tmp docs/openapi.json
+
+# The committed DICOM Conformance Statement (tests/test_conformance.py fails when it drifts).
+conformance: $(STAMP)
+	$(BIN)/covidscan conformance > docs/conformance.md.tmp && mv docs/conformance.md.tmp docs/conformance.md

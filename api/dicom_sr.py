@@ -3,9 +3,12 @@
 The report references the classified instances (the slices that succeeded), states the
 series' finding as a qualitative evaluation (COVID-19: yes or no) with P(COVID) as a
 measurement, names the algorithm (model name, version, SHA-256, preprocessing, series
-rule), and is marked research use only (Content Qualification ``RESEARCH``). It carries the
-study's UIDs, not the patient's identifiers: name, ID, birth date and accession number are
-left empty, as nothing of them is returned by this service.
+rule), and is marked research use only (Content Qualification ``RESEARCH``). It is
+de-identified by PS3.15's Basic Application Level Confidentiality Profile with the Retain
+UIDs Option (:mod:`core.deidentify`): it carries the study's UIDs, so it belongs with its
+images, and nothing else of the source's patient, study or equipment modules but what the
+profile keeps (Type 2 attributes empty), with Patient Identity Removed ``YES`` and the
+profile recorded.
 """
 
 from __future__ import annotations
@@ -17,22 +20,14 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
+from core.deidentify import deidentified
+from covidscan import __version__
 from covidscan.dicom_pixels import MAX_INFLATED_BYTES, inflate
 from covidscan.image_errors import ImageDecodeError
 
 RESEARCH_ONLY = "covidscan result, research use only, not for diagnosis"
 _LOCAL_SCHEME = "99COVIDSCAN"
 UID_PATTERN = re.compile(r"[0-9.]{1,64}")
-PATIENT_SEXES = ("M", "F", "O")
-_IDENTIFIERS = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "AccessionNumber",
-    "OtherPatientIDs",
-    "OtherPatientIDsSequence",
-    "IssuerOfPatientID",
-)
 
 
 @dataclass(frozen=True)
@@ -57,19 +52,10 @@ def _text(dataset: Dataset, keyword: str) -> str:
     return str(dataset.get(keyword) or "").strip("\0 ")
 
 
-def _valid(vr: type, value: str) -> bool:
-    try:
-        vr(value)
-    except (ValueError, TypeError, OverflowError):
-        return False
-    return True
-
-
 def evidence_header(data: bytes, max_bytes: int = MAX_INFLATED_BYTES) -> Dataset:
-    """A classified instance's header (no pixels) with the patient's identifiers emptied,
-    and what a report copies from it made valid: the SOP class and instance from the file
-    meta when the dataset lacks them, a patient sex other than M, F or O and a malformed
-    study date or time left empty.
+    """What a report copies from a classified instance's header (no pixels), de-identified
+    (:func:`core.deidentify.deidentified`), with the SOP class and instance taken from the
+    file meta when the dataset lacks them.
 
     Raises:
         EvidenceError: a SOP class, SOP instance, study or series UID is missing or is not
@@ -78,7 +64,6 @@ def evidence_header(data: bytes, max_bytes: int = MAX_INFLATED_BYTES) -> Dataset
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.valuerep import DA, TM
 
     try:  # a Deflated file is inflated here, within the limit (pydicom's reader has none)
         dataset = pydicom.dcmread(io.BytesIO(inflate(data, max_bytes)), stop_before_pixels=True)
@@ -86,13 +71,6 @@ def evidence_header(data: bytes, max_bytes: int = MAX_INFLATED_BYTES) -> Dataset
         raise EvidenceError(f"a slice cannot be read: {exc}") from None
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
         raise EvidenceError(f"a slice's header cannot be read ({type(exc).__name__})") from None
-    for keyword in _IDENTIFIERS:
-        if keyword in dataset:
-            delattr(dataset, keyword)
-    dataset.PatientName = ""
-    dataset.PatientID = ""
-    dataset.PatientBirthDate = ""
-    dataset.AccessionNumber = ""
     meta = getattr(dataset, "file_meta", None) or Dataset()
     for keyword, in_meta in (
         ("SOPClassUID", "MediaStorageSOPClassUID"),
@@ -105,13 +83,7 @@ def evidence_header(data: bytes, max_bytes: int = MAX_INFLATED_BYTES) -> Dataset
         if not UID_PATTERN.fullmatch(value):
             raise EvidenceError(f"a slice's {keyword} is missing or is not a UID")
         setattr(dataset, keyword, value)
-    if _text(dataset, "PatientSex") not in PATIENT_SEXES:
-        dataset.PatientSex = ""
-    dataset.StudyID = _text(dataset, "StudyID")[:16]
-    for keyword, vr in (("StudyDate", DA), ("StudyTime", TM)):
-        value = _text(dataset, keyword)
-        setattr(dataset, keyword, value if value and _valid(vr, value) else "")
-    return dataset
+    return deidentified(dataset)
 
 
 def build_report(
@@ -122,6 +94,7 @@ def build_report(
     ``frames``: for multi-frame instances, the (1-based) frames that were classified.
     """
     import highdicom as hd
+    from highdicom import ContributingEquipment
     from highdicom.sr import (
         AlgorithmIdentification,
         CodedConcept,
@@ -188,7 +161,15 @@ def build_report(
         is_complete=True,
         series_description=RESEARCH_ONLY,
         content_qualification="RESEARCH",
-    )  # patient attributes come from the emptied evidence
+        contributing_equipment=[
+            ContributingEquipment(
+                manufacturer="covidscan",
+                purpose_of_reference=codes.DCM.DeIdentifyingEquipment,
+                software_versions=__version__,
+                contribution_description="de-identified the copied patient and study modules",
+            )
+        ],
+    )  # patient and study attributes come from the de-identified evidence
     buffer = io.BytesIO()
     document.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

@@ -66,6 +66,20 @@ class JobLinks(Strict):
     deliveries: str
 
 
+class IntendedUse(Strict):
+    """The intended-use rules in force when the job was submitted: DICOM instances outside
+    them are skipped with the reason (PNG and JPEG slices declare nothing to check)."""
+
+    skip_localizers: bool = Field(description="localizers and scouts (ImageType LOCALIZER)")
+    axial_tolerance_degrees: float = Field(
+        description="slices whose normal is further from the patient's head-foot axis are not axial"
+    )
+    max_slice_thickness_mm: float = Field(description="`MAX_SLICE_THICKNESS_MM`")
+    min_series_slices: int = Field(
+        description="`MIN_SERIES_SLICES`: a series of fewer slices gets no series result"
+    )
+
+
 class Job(Strict):
     """A bulk job: its status is derived from its scans' counts."""
 
@@ -91,6 +105,10 @@ class Job(Strict):
     callback_url: Optional[str] = Field(description="gets a signed event when the job ends")
     explain: Optional[ExplainMethod] = Field(
         description="the heatmap made of every scan, null for none"
+    )
+    intended_use: Optional[IntendedUse] = Field(
+        description="the rules the job was submitted under; null for a job from before "
+        "they were recorded"
     )
     links: JobLinks
 
@@ -291,6 +309,10 @@ class Series(Strict):
     probability_covid: Optional[float]
     label: Optional[str]
     rule: str
+    skipped: Optional[str] = Field(
+        description="why the series has no result (fewer slices than the job's "
+        "`min_series_slices`); null when it has one"
+    )
     slices: Optional[list[SeriesSlice]] = Field(None, description="with `?slices=1` only")
 
 

@@ -59,6 +59,7 @@ def job_json(summary: JobSummary) -> dict[str, Any]:
         "open_until": iso(job.open_until),
         "callback_url": job.callback_url,
         "explain": job.explain,
+        "intended_use": job.intended_use,
         "links": {
             "self": f"/v1/jobs/{job.id}",
             "results": f"/v1/jobs/{job.id}/results",

@@ -17,7 +17,7 @@ from api.problems import Problem
 from api.schemas import SeriesList, SeriesQuery, SeriesReportPath
 from db.blobs import BlobNotFound
 from db.models import Job, Model, ScanStatus
-from db.series import find_series, job_series
+from db.series import find_series, job_series, min_series_slices
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -49,6 +49,9 @@ def class_names(job: Job) -> tuple[str, str]:
 def list_series(job_id: str) -> Response:
     """Each DICOM series of the job: UIDs, modality, counts, P(COVID), label and the rule.
 
+    A series of fewer slices than the job's ``min_series_slices`` has no P(COVID) nor
+    label; ``skipped`` says why.
+
     ``?slices=true`` adds the slices in order along the patient axis with their probabilities.
     PNG and JPEG scans belong to no series; their results are per slice only.
     """
@@ -56,8 +59,10 @@ def list_series(job_id: str) -> Response:
     with_slices = validated(SeriesQuery, request.args).slices
     positive, negative = class_names(job)
     rule = job.series_rule
+    fewest = min_series_slices(job.intended_use)
     found = [
-        s.as_dict(positive, negative, with_slices) for s in job_series(db_session(), job.id, rule)
+        s.as_dict(positive, negative, with_slices)
+        for s in job_series(db_session(), job.id, rule, fewest)
     ]
     audit("series.read", job_id, {"series": len(found)})
     return jsonify(series=found, rule=rule)
@@ -81,7 +86,9 @@ def series_report(job_id: str, series_uid: str) -> Response:
     """The series' result as a DICOM Structured Report (``application/dicom``).
 
     400 for a series UID that is not a UID; 404 for a series the job does not have; 409
-    while no slice of it has a result; 422 when its slices' headers cannot be referenced.
+    while no slice of it has a result, or while it has fewer slices than a series result
+    needs (the job's ``min_series_slices``); 422 when its slices' headers cannot be
+    referenced.
     """
     from api.dicom_sr import (
         UID_PATTERN,
@@ -94,9 +101,13 @@ def series_report(job_id: str, series_uid: str) -> Response:
     if not UID_PATTERN.fullmatch(series_uid):
         raise Problem(400, "a Series Instance UID is digits and dots, at most 64 characters")
     job = owned_job(job_id)
-    series = find_series(db_session(), job.id, job.series_rule, series_uid)
+    series = find_series(
+        db_session(), job.id, job.series_rule, series_uid, min_series_slices(job.intended_use)
+    )
     if series is None:
         raise Problem(404, f"job {job_id} has no DICOM series {series_uid!r}")
+    if series.skipped is not None:
+        raise Problem(409, f"series {series_uid} has no result: {series.skipped}")
     done = [s for s in series.slices if s.status == ScanStatus.SUCCEEDED]
     if not done or series.probability_covid is None:
         raise Problem(409, f"no slice of series {series_uid} has a result yet")

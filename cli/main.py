@@ -429,6 +429,14 @@ def openapi() -> None:
 
 
 @main.command()
+def conformance() -> None:
+    """Print the DICOM Conformance Statement (`make conformance` writes docs/conformance.md)."""
+    from dicomnet.conformance import statement
+
+    click.echo(statement(), nl=False)
+
+
+@main.command()
 def run() -> None:
     """Start the whole stack on this machine (what `make run` does)."""
     from devtools import devstack

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -76,6 +77,17 @@ def duration(raw: str, minimum: int = 0) -> int:
     if seconds < minimum:
         raise ValueError(f"must be a duration of at least {minimum} second, got {raw!r}")
     return seconds
+
+
+def positive_number(raw: str) -> float:
+    """``5``, ``2.5``: a finite number greater than 0."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"must be a number such as 5 or 2.5, got {raw!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be a number greater than 0, got {raw!r}")
+    return value
 
 
 def choice(*choices: str) -> Callable[[str], str]:
@@ -254,6 +266,7 @@ Count = Annotated[int, parsed(whole)]
 CountOrZero = Annotated[int, parsed(lambda raw: whole(raw, minimum=0))]
 Bytes = Annotated[int, parsed(byte_size)]
 Pixels = Annotated[int, parsed(pixel_count)]
+Millimetres = Annotated[float, parsed(positive_number)]
 Seconds = Annotated[int, parsed(duration)]
 PositiveSeconds = Annotated[int, parsed(lambda raw: duration(raw, minimum=1))]
 DelayMs = Annotated[int, parsed(lambda raw: whole(raw, 0, 60_000, " (one minute)"))]

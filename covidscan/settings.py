@@ -44,6 +44,7 @@ from covidscan.config_types import (
     HttpUrl,
     LogLevel,
     MetricsAccess,
+    Millimetres,
     NamedHosts,
     OptionalText,
     PhiKey,
@@ -320,6 +321,18 @@ class Settings(_Base):
         "how a DICOM series' P(COVID) is made from its slices': `topNpct-mean` "
         "(mean of the highest N %, at least one slice; N from 1 to 100), `mean` or `max`. "
         "Recorded with each job at submission.",
+    )
+    max_slice_thickness_mm: Millimetres = setting(
+        5.0,
+        "DICOM slices thicker than this (SliceThickness, in mm) are skipped with the reason, "
+        "as are localizers and slices that are not axial: the model is made for thin axial "
+        "CT slices. Recorded with each job at submission.",
+    )
+    min_series_slices: Count = setting(
+        1,
+        "a DICOM series of fewer slices gets no series result (P(COVID), label, SR), with "
+        "the reason; its slices are still classified. `1`: every series gets one. Recorded "
+        "with each job at submission.",
     )
     open_job_timeout: PositiveSeconds = setting(
         "1h",

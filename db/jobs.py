@@ -104,6 +104,7 @@ class JobOptions:
     chunk_size: int = 32
     explain: Optional[str] = None  # "gradcam": explain every scan once it has a result
     series_rule: Optional[str] = None  # recorded when the job holds DICOM slices
+    intended_use: Optional[dict[str, Any]] = None  # the rules in force at submission
     # > 0: the job stays open for more scans (POST /v1/jobs/<id>/scans) until it is sealed,
     # or until this many seconds pass without a new part.
     open_seconds: int = 0
@@ -131,6 +132,7 @@ def create_job(
         created_at=now,
         explain=options.explain,
         series_rule=options.series_rule,
+        intended_use=options.intended_use,
         expires_at=(
             now + timedelta(seconds=options.retention_seconds)
             if options.retention_seconds

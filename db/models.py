@@ -218,6 +218,9 @@ class Job(Base):
     explain: Mapped[Optional[str]] = mapped_column(String(20))
     # How a DICOM series' P(COVID) is made from its slices' (db.series), fixed at submission.
     series_rule: Mapped[Optional[str]] = mapped_column(String(50))
+    # The intended-use rules in force at submission (core.intake.intended_use): which DICOM
+    # instances are skipped, and the fewest slices a series needs for a result.
+    intended_use: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
     # Set while the job takes more scans (POST /v1/jobs/<id>/scans): until it is sealed, or
     # until this moment, after which the sweep seals it. None for a sealed job.
     open_until: Mapped[Optional[datetime]] = mapped_column(UTCDateTime(), index=True)

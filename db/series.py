@@ -5,6 +5,11 @@ Rules: ``topNpct-mean`` is the mean of the highest N % of the succeeded slices'
 probabilities (at least one slice: ``ceil(N/100 × count)``); ``mean`` and ``max`` are what
 they say. The default, ``top10pct-mean``, lets a finding in a few slices show without one
 noisy slice deciding alone. The label is the positive class at P ≥ 0.5, as for a slice.
+
+A series of fewer slices than the job's ``min_series_slices`` (``MIN_SERIES_SLICES`` at
+submission) gets no result: its P(COVID) and label are None and ``skipped`` says why. Its
+slices are classified all the same (each slice's result stands on its own); slices received
+count, whatever their state, so the series gets its result once enough have arrived.
 """
 
 from __future__ import annotations
@@ -57,6 +62,18 @@ class Series:
     modality: Optional[str]
     rule: str
     slices: list[Scan] = field(default_factory=list)
+    min_slices: int = 1
+
+    @property
+    def skipped(self) -> Optional[str]:
+        """Why the series gets no result (too few slices), or None."""
+        if len(self.slices) >= self.min_slices:
+            return None
+        return (
+            f"the series has {len(self.slices)} slice(s), fewer than the "
+            f"{self.min_slices} a series result needs (MIN_SERIES_SLICES when the job "
+            "was submitted)"
+        )
 
     @property
     def probabilities(self) -> list[float]:
@@ -68,6 +85,8 @@ class Series:
 
     @property
     def probability_covid(self) -> Optional[float]:
+        if self.skipped is not None:
+            return None
         return aggregate(self.probabilities, self.rule)
 
     def counts(self) -> dict[str, int]:
@@ -97,6 +116,7 @@ class Series:
             "probability_covid": self.probability_covid,
             "label": self.label(positive, negative),
             "rule": self.rule,
+            "skipped": self.skipped,
         }
         if with_slices:
             body["slices"] = [
@@ -113,8 +133,17 @@ class Series:
         return body
 
 
-def job_series(session: Session, job_id: str, rule: Optional[str]) -> list[Series]:
-    """The job's DICOM series, each with its slices in order along the patient axis."""
+def min_series_slices(intended_use: Optional[dict[str, Any]]) -> int:
+    """The fewest slices a series needs for a result under a job's recorded rules (1, no
+    limit, for a job from before they were recorded)."""
+    return int((intended_use or {}).get("min_series_slices") or 1)
+
+
+def job_series(
+    session: Session, job_id: str, rule: Optional[str], min_slices: int = 1
+) -> list[Series]:
+    """The job's DICOM series, each with its slices in order along the patient axis; a
+    series of fewer than ``min_slices`` slices gets no result."""
     scans = session.scalars(
         select(Scan)
         .where(Scan.job_id == job_id, Scan.series_uid.is_not(None))
@@ -125,7 +154,11 @@ def job_series(session: Session, job_id: str, rule: Optional[str]) -> list[Serie
         key = (scan.study_uid, scan.series_uid)
         if key not in grouped:
             grouped[key] = Series(
-                scan.study_uid, scan.series_uid, scan.modality, rule or DEFAULT_RULE
+                scan.study_uid,
+                scan.series_uid,
+                scan.modality,
+                rule or DEFAULT_RULE,
+                min_slices=min_slices,
             )
         grouped[key].slices.append(scan)
     for series in grouped.values():
@@ -134,6 +167,9 @@ def job_series(session: Session, job_id: str, rule: Optional[str]) -> list[Serie
 
 
 def find_series(
-    session: Session, job_id: str, rule: Optional[str], series_uid: str
+    session: Session, job_id: str, rule: Optional[str], series_uid: str, min_slices: int = 1
 ) -> Optional[Series]:
-    return next((s for s in job_series(session, job_id, rule) if s.series_uid == series_uid), None)
+    return next(
+        (s for s in job_series(session, job_id, rule, min_slices) if s.series_uid == series_uid),
+        None,
+    )

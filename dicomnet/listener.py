@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Optional, cast
+from typing import Any, Optional
 
 import click
 
@@ -33,6 +33,35 @@ log = logging.getLogger(__name__)
 
 SUCCESS, NOT_SUPPORTED, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0x0122, 0xA700, 0xC000
 VIA, JOB_NAME = "c-store", "DICOM C-STORE"
+DEFAULT_HOST, DEFAULT_PORT, DEFAULT_AE_TITLE = "127.0.0.1", 11112, "COVIDSCAN"
+
+
+def supported_contexts() -> list[tuple[str, tuple[str, ...]]]:
+    """The presentation contexts the listener accepts, as (abstract syntax, transfer
+    syntaxes): Verification, and every storage SOP class pynetdicom knows in every transfer
+    syntax the pipeline decodes (so a PACS that cannot transcode, a JPEG 2000 archive,
+    can still push). The conformance statement is made from the same list."""
+    from pynetdicom import AllStoragePresentationContexts
+    from pynetdicom.presentation import DEFAULT_TRANSFER_SYNTAXES
+
+    from covidscan.dicom_syntaxes import DECODED_TRANSFER_SYNTAXES
+
+    contexts = [(VERIFICATION, tuple(DEFAULT_TRANSFER_SYNTAXES))]
+    for context in AllStoragePresentationContexts:
+        contexts.append((str(context.abstract_syntax), DECODED_TRANSFER_SYNTAXES))
+    return contexts
+
+
+def application_entity(ae_title: str, allowed_ae_titles: tuple[str, ...] = ()) -> Any:
+    """The listener's pynetdicom AE (not started): its contexts, and with
+    ``allowed_ae_titles`` only those calling AE titles accepted (empty: any caller)."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=ae_title)
+    for abstract_syntax, transfer_syntaxes in supported_contexts():
+        ae.add_supported_context(abstract_syntax, list(transfer_syntaxes))
+    ae.require_calling_aet = list(allowed_ae_titles)
+    return ae
 
 
 def dicom_status(error: Exception) -> int:
@@ -174,12 +203,10 @@ def start(
 ) -> tuple[Any, Callable[[], None]]:
     """Start the receiver in background threads: the pynetdicom server and a function
     that stops it and closes what it opened."""
-    from pydicom.uid import UID
-    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    from pynetdicom import evt
     from pynetdicom.events import EventHandlerType
 
     from core.wakeups import WakeupSender
-    from covidscan.dicom_syntaxes import DECODED_TRANSFER_SYNTAXES
     from db.session import make_engine, make_session_factory
 
     engine = make_engine(settings.database_url)
@@ -187,16 +214,7 @@ def start(
     receiver = StoreReceiver(
         job_service(settings, make_session_factory(engine), send_wakeups), owner, modalities
     )
-    ae = AE(ae_title=ae_title)
-    # A PACS administrator's first step is "test this modality" (C-ECHO); every storage SOP
-    # class is offered in every transfer syntax the pipeline decodes, so a PACS that cannot
-    # transcode (JPEG 2000 archives) can still push.
-    ae.add_supported_context(VERIFICATION)
-    for context in AllStoragePresentationContexts:
-        # typed optional for a context still being built; pynetdicom's are built
-        abstract_syntax = cast(UID, context.abstract_syntax)
-        ae.add_supported_context(abstract_syntax, DECODED_TRANSFER_SYNTAXES)
-    ae.require_calling_aet = list(settings.dicom_allowed_ae_titles)  # empty: any caller
+    ae = application_entity(ae_title, settings.dicom_allowed_ae_titles)
     handlers: list[EventHandlerType] = [
         (evt.EVT_C_STORE, receiver.on_store),
         (evt.EVT_RELEASED, receiver.on_release),
@@ -244,13 +262,13 @@ def serve(
 @click.command("dicom-listen")
 @click.option(
     "--host",
-    default="127.0.0.1",
+    default=DEFAULT_HOST,
     show_default=True,
     help="Address to listen on (0.0.0.0 for every interface).",
 )
-@click.option("--port", type=click.IntRange(1, 65535), default=11112, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True)
 @click.option(
-    "--ae-title", default="COVIDSCAN", show_default=True, help="The AE title a PACS sends to."
+    "--ae-title", default=DEFAULT_AE_TITLE, show_default=True, help="The AE title a PACS sends to."
 )
 @click.option(
     "--owner", required=True, help="The owner of the jobs received (whose keys can read them)."

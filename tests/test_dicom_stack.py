@@ -91,6 +91,7 @@ def check_structured_report(client, job_id, series, rows):
     assert "research use only" in texts["Algorithm Parameters"]
     for secret in (b"Doe", d.PATIENT_ID.encode(), d.ACCESSION.encode(), d.BIRTH_DATE.encode()):
         assert secret not in raw
+    assert dataset.PatientIdentityRemoved == "YES" and dataset.StudyID == ""
     assert iod_errors(raw) == []
 
 

@@ -66,7 +66,9 @@
     tr.appendChild(element("td", `${series.slice_count}` + (series.failed ? ` (${series.failed} failed)` : "")));
     tr.appendChild(element("td", percent(series.probability_covid)));
     const label = series.label || (series.pending ? "pending" : "–");
-    tr.appendChild(element("td", series.label && series.pending ? label + " (so far)" : label));
+    // A series of too few slices (MIN_SERIES_SLICES) has no result: the reason shows instead.
+    const shown = series.skipped || (series.label && series.pending ? label + " (so far)" : label);
+    tr.appendChild(element("td", shown));
     const chart = element("td");
     chart.appendChild(stripChart(series));
     tr.appendChild(chart);

@@ -23,6 +23,7 @@ from core.intake.dicom_header import (
     read_dicom_header,
 )
 from core.intake.image_header import check_pixels, read_header
+from core.intake.intended_use import IntendedUse
 from core.intake.scans import parse_modalities, scans_of
 from core.patient import SealedPatient, patient_sealer
 from core.sealing import Sealer
@@ -32,6 +33,7 @@ __all__ = [
     "IMAGE_TYPES",
     "SNIFF_BYTES",
     "ZIP_TYPE",
+    "IntendedUse",
     "ParsedUpload",
     "ScanUpload",
     "Skipped",
@@ -83,6 +85,9 @@ class UploadLimits:
     max_compression_ratio: int = 200
     # Which DICOM modalities are classified; other DICOM images are skipped with the reason.
     modalities: tuple[str, ...] = DEFAULT_MODALITIES
+    # DICOM images outside the model's intended use are skipped with the reason; None: no
+    # such check (the settings always set it).
+    intended_use: Optional[IntendedUse] = None
     # Seals each DICOM file's patient and study attributes (PHI_KEY); None: they are not kept.
     sealer: Optional[Sealer] = field(default=None, repr=False)
 
@@ -95,6 +100,7 @@ class UploadLimits:
             settings.max_expanded_bytes,
             settings.max_archive_entries,
             settings.max_compression_ratio,
+            intended_use=IntendedUse.from_settings(settings),
             sealer=patient_sealer(settings.phi_key),
         )
 
@@ -172,6 +178,7 @@ def _scan(
                 shown_as,
                 limits.modalities,
                 parsed.header_budget(limits, len(data)),
+                limits.intended_use,
                 limits.sealer,
             )
         except NotAnImage as exc:

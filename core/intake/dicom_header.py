@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from core.errors import Malformed, TooLarge
 from core.intake.dicom_budget import HeaderBudget, check_structure
+from core.intake.intended_use import IntendedUse, read_geometry, slice_normal
 from core.patient import SealedPatient, seal_patient
 from core.sealing import Sealer
 
@@ -122,19 +123,13 @@ def _int(value) -> Optional[int]:
 
 def _position(position: Sequence, orientation: Sequence) -> Optional[float]:
     """ImagePositionPatient projected on the slice normal (row × column direction cosines)."""
+    normal = slice_normal(orientation)
     try:
-        row = [float(v) for v in orientation[:3]]
-        col = [float(v) for v in orientation[3:6]]
         point = [float(v) for v in position[:3]]
     except (TypeError, ValueError, IndexError):
         return None
-    if len(row) != 3 or len(col) != 3 or len(point) != 3:
+    if normal is None or len(point) != 3:
         return None
-    normal = (
-        row[1] * col[2] - row[2] * col[1],
-        row[2] * col[0] - row[0] * col[2],
-        row[0] * col[1] - row[1] * col[0],
-    )
     return round(sum(p * n for p, n in zip(point, normal)), 4)
 
 
@@ -170,18 +165,21 @@ def read_dicom_header(
     shown_as: str,
     modalities: Sequence[str] = DEFAULT_MODALITIES,
     budget: Optional[HeaderBudget] = None,
+    intended: Optional[IntendedUse] = None,
     sealer: Optional[Sealer] = None,
 ) -> DicomHeader:
     """Parse a DICOM file's header (pixel data is skipped, not decoded), once its structure
     is within ``budget`` (:func:`core.intake.dicom_budget.check_structure`); with
-    ``sealer``, its patient and study attributes sealed (:func:`core.patient.seal_patient`).
+    ``intended``, an image outside the model's intended use is not an image to classify;
+    with ``sealer``, its patient and study attributes sealed (:func:`core.patient.seal_patient`).
 
     Raises:
         TooLarge: over the budget (inflated bytes, frames, elements).
         Malformed: the file cannot be parsed, nests sequences too deep or declares an
             empty image.
         NotAnImage: a directory, a report, an object without pixels, another modality
-            than ``modalities``, or a colour image.
+            than ``modalities``, a colour image, or (with ``intended``) a localizer, a
+            slice that is not axial or one too thick.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -219,6 +217,7 @@ def read_dicom_header(
             and dataset.file_meta.TransferSyntaxUID.is_encapsulated
         )
         stored_bytes = len(dataset.PixelData) if has_pixels else 0
+        geometry = read_geometry(dataset) if intended is not None and has_pixels else None
     except (
         InvalidDicomError,
         EOFError,
@@ -258,6 +257,9 @@ def read_dicom_header(
             f"pixels, {bits} bits allocated)",
             filename=shown_as,
         )
+    refusal = intended.refusal(geometry) if intended and geometry else None
+    if refusal is not None:
+        raise NotAnImage(refusal)
     slices = tuple(
         DicomSlice(
             index if frames > 1 else None,

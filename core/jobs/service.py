@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import Conflict, Malformed, TooLarge
+from core.intake.intended_use import IntendedUse
 from core.jobs.ending import commit_ending
 from core.jobs.storing import discard, scan_keys
 from core.metrics import job_submitted, scans_added
@@ -175,6 +176,7 @@ class JobService:
                 chunk_size=settings.batch_size,
                 explain=submission.explain,
                 series_rule=settings.series_rule if any(s.dicom for s in new_scans) else None,
+                intended_use=IntendedUse.from_settings(settings).as_dict(),
                 open_seconds=open_seconds,
             ),
         )

@@ -1,0 +1,203 @@
+"""The DICOM Conformance Statement, made from the code that it describes.
+
+``covidscan conformance`` prints it; ``make conformance`` writes docs/conformance.md, and
+tests/test_conformance.py fails when the committed copy differs from what this makes. The
+presentation contexts come from the listener's own list (:func:`dicomnet.listener.
+supported_contexts`), the association limits from the AE it builds, the transfer syntaxes
+from :mod:`covidscan.dicom_syntaxes` and the de-identification from :mod:`core.deidentify`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from core.deidentify import BASIC_PROFILE, METHOD_CODES, Action, action
+from covidscan import __version__
+from dicomnet import listener
+from dicomnet.probe import CALLING_AE_TITLE, STORAGE_COMMITMENT_PUSH, VERIFICATION
+
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+STOW_RS_PATH = "/v1/dicomweb/studies"
+SR_PATH = "/v1/jobs/{id}/series/{series_uid}/sr"
+
+
+def _name(uid: str) -> str:
+    from pydicom.uid import UID
+
+    return UID(uid).name
+
+
+def _table(header: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _storage_contexts() -> list[tuple[str, tuple[str, ...]]]:
+    return [c for c in listener.supported_contexts() if c[0] != VERIFICATION]
+
+
+def statement() -> str:
+    """The conformance statement as Markdown."""
+    ae = listener.application_entity(listener.DEFAULT_AE_TITLE)
+    storage = _storage_contexts()
+    syntaxes = storage[0][1]
+    verification = next(c for c in listener.supported_contexts() if c[0] == VERIFICATION)
+    ct = [uid for uid, _ in storage if _name(uid).endswith("CT Image Storage")]
+    lines = [
+        "# DICOM Conformance Statement: covidscan",
+        "",
+        "Generated from the code by `covidscan conformance` (`make conformance`); "
+        "tests/test_conformance.py fails when this copy differs. Research use only, "
+        "not for diagnosis.",
+        "",
+        "## 1. Implementation",
+        "",
+        f"- Product: covidscan {__version__} (bulk COVID-19 classification of chest CT).",
+        f"- Implementation Class UID at association: `{ae.implementation_class_uid}`, "
+        f"version name `{ae.implementation_version_name}` (pynetdicom's, the network layer); "
+        "the SR's file meta names highdicom, which writes it.",
+        "- Application entities: the C-STORE listener (`covidscan dicom-listen`), the "
+        "destination probe (`covidscan destinations test`), and the HTTP API "
+        "(DICOMweb STOW-RS in, the series' SR out).",
+        "",
+        "## 2. Application entity: the listener (`covidscan dicom-listen`)",
+        "",
+        f"- AE title: `{listener.DEFAULT_AE_TITLE}` by default (`--ae-title`, 1 to 16 "
+        f"characters); port {listener.DEFAULT_PORT} (`--port`), address "
+        f"{listener.DEFAULT_HOST} (`--host`).",
+        f"- Called AE title: {'checked' if ae.require_called_aet else 'not checked'}. "
+        "Calling AE titles: any, unless "
+        "`DICOM_ALLOWED_AE_TITLES` lists them; an association from any other is rejected "
+        "(rejected permanent, calling AE title not recognised).",
+        f"- Association limits (pynetdicom's defaults): at most {ae.maximum_associations} "
+        f"associations at once; ACSE timeout {ae.acse_timeout:g} s, DIMSE timeout "
+        f"{ae.dimse_timeout:g} s, network timeout {ae.network_timeout:g} s; maximum PDU "
+        f"received {ae.maximum_pdu_size} bytes.",
+        "- Each association becomes one job owned by `--owner`; the job is submitted with "
+        "the first instance stored.",
+        "- Association initiation: the listener initiates none.",
+        "",
+        "### SOP classes",
+        "",
+        *_table(
+            ("SOP class", "UID", "Role"),
+            [
+                (_name(VERIFICATION), f"`{VERIFICATION}`", "SCP (listener), SCU (probe)"),
+                ("Every storage SOP class of pynetdicom (below)", "", "SCP"),
+            ],
+        ),
+        "",
+        f"The listener accepts {len(storage)} storage SOP classes: pynetdicom's "
+        "AllStoragePresentationContexts, each in every transfer syntax below. The CT image "
+        "classes are the ones classified:",
+        "",
+        *(f"- {_name(uid)} `{uid}`" for uid in ct),
+        "",
+        "An instance of another modality is refused with 0x0122 unless the listener was "
+        "started with `--allow-modality` naming it; so are objects without pixel data "
+        "(structured reports, presentation states), colour images and DICOMDIR files. The "
+        "modality is read from the instance's header, not from its SOP class.",
+        "",
+        "### Transfer syntaxes",
+        "",
+        "Every storage SOP class, in this order of preference (the ones the pipeline decodes):",
+        "",
+        *_table(("Transfer syntax", "UID"), [(_name(s), f"`{s}`") for s in syntaxes]),
+        "",
+        "Verification: " + ", ".join(_name(s) for s in verification[1]) + ".",
+        "",
+        "### C-STORE status codes returned",
+        "",
+        *_table(
+            ("Status", "Meaning", "When"),
+            [
+                (
+                    f"0x{listener.SUCCESS:04X}",
+                    "Success",
+                    "the instance passed the header checks, is stored and its scans are "
+                    "written to the job",
+                ),
+                (
+                    f"0x{listener.OUT_OF_RESOURCES:04X}",
+                    "Refused: out of resources",
+                    "over a limit (`MAX_SCAN_BYTES`, `MAX_SCAN_PIXELS`, `MAX_SCANS_PER_JOB`, "
+                    "`MAX_ACTIVE_JOBS`), over the owner's `SCANS_PER_HOUR`, or a service "
+                    "(database, Redis) unavailable",
+                ),
+                (
+                    f"0x{listener.NOT_SUPPORTED:04X}",
+                    "Refused: SOP class not supported",
+                    "another modality, an object without pixel data, a colour image, a DICOMDIR",
+                ),
+                (
+                    f"0x{listener.CANNOT_UNDERSTAND:04X}",
+                    "Error: cannot understand",
+                    "an instance whose header cannot be read or is malformed",
+                ),
+            ],
+        ),
+        "",
+        "## 3. Application entity: the destination probe (`covidscan destinations test`)",
+        "",
+        f"- Calling AE title `{CALLING_AE_TITLE}` (`--calling-ae-title`); requests "
+        f"{_name(VERIFICATION)} (SCU, sends one C-ECHO) and proposes "
+        f"{_name(STORAGE_COMMITMENT_PUSH)} `{STORAGE_COMMITMENT_PUSH}` only to report "
+        "whether the PACS accepts it; no N-ACTION is sent.",
+        "- Over TLS when the destination is registered with `--tls` (the system's "
+        "certificate authorities, the host name checked).",
+        "",
+        "## 4. Objects created: the series' Structured Report",
+        "",
+        f"- {_name(COMPREHENSIVE_3D_SR)} `{COMPREHENSIVE_3D_SR}`, TID 1500 Measurement "
+        "Report written by highdicom: one measurement group referencing every classified "
+        "instance (and frame) of the series, the finding *COVID-19: Yes/No* (SNOMED CT), "
+        "P(COVID) as a measurement, the algorithm named; Content Qualification `RESEARCH`.",
+        f"- Served over HTTP: `GET {SR_PATH}` (`application/dicom`, Explicit VR Little "
+        "Endian). It is not yet sent to a PACS by C-STORE (SCU) or STOW-RS.",
+        "",
+        "### De-identification",
+        "",
+        "The report is de-identified by PS3.15 Annex E's Basic Application Level "
+        "Confidentiality Profile with the Retain UIDs Option: Patient Identity Removed "
+        "`YES`; De-identification Method Code Sequence "
+        + ", ".join(f'({s}, {v}, "{m}")' for v, s, m in METHOD_CODES)
+        + ". Patient characteristics are not retained. The study, series and instance "
+        "UIDs are kept, so the report belongs in the study of its images. Of the source's "
+        "patient, study and equipment modules:",
+        "",
+        *_table(
+            ("Action", "Attributes"),
+            [
+                (label, ", ".join(sorted(k for k in BASIC_PROFILE if action(k) is todo)))
+                for todo, label in (
+                    (Action.KEEP, "K (kept)"),
+                    (Action.ZERO, "Z (present, empty)"),
+                    (Action.REMOVE, "X (not copied)"),
+                )
+            ],
+        ),
+        "",
+        "Private attributes, attributes the profile does not list and the Clinical Trial "
+        "modules are not copied either.",
+        "",
+        "## 5. DICOMweb",
+        "",
+        f"- STOW-RS origin server: `POST {STOW_RS_PATH}` (`multipart/related; "
+        'type="application/dicom"`), the same checks, limits and modalities as the '
+        "listener; each failed instance is in `FailedSOPSequence` with FailureReason "
+        f"0x{listener.NOT_SUPPORTED:04X} or 0x{listener.CANNOT_UNDERSTAND:04X}; HTTP 200 "
+        "all stored, 202 some, 409 none; a limit refuses the whole request (413).",
+        "- QIDO-RS client: `covidscan destinations test` queries "
+        "`{url}/studies?limit=1` of a DICOMweb destination.",
+        "",
+        "## 6. Security",
+        "",
+        "- The listener has no TLS and authenticates no one beyond the calling AE title: "
+        "run it on a private network only, with `DICOM_ALLOWED_AE_TITLES` set.",
+        "- DICOM destinations may be reached over TLS (`--tls`); DICOMweb destinations "
+        "over HTTPS, with a bearer token or basic auth sealed with `PHI_KEY`.",
+        "- The HTTP API needs an API key; the SR is de-identified (section 4).",
+        "",
+    ]
+    return "\n".join(lines)
