@@ -385,8 +385,10 @@ class Settings(_Base):
     phi_key: PhiKey = setting(
         None,
         "the base64 of 32 random bytes (`openssl rand -base64 32`): the key that seals "
-        "what is kept out of SQL in plain text, such as PACS destinations' credentials. "
-        "Without it, destinations can only be registered without credentials; `make run` makes "
+        "what is kept out of SQL in plain text: PACS destinations' credentials, and the patient "
+        "and study attributes a PACS needs to file a result (kept beside each job's slices). "
+        "Without it, destinations can only be registered without credentials and no patient "
+        "attributes are kept; `make run` makes "
         "one in `<COVIDSCAN_VAR_DIR>/phi-key` (mode 0600). Keep it: what it sealed cannot be "
         "opened with another.",
         secret=True,
