@@ -88,6 +88,10 @@ def _connect_failure(
             return f"TLS with {where} failed: {exc.strerror or exc} (does it speak TLS?)"
 
 
+ASSOCIATION_TRIES = 3
+"""Associations tried before an abort with no answer is reported as such."""
+
+
 def echo(
     host: str,
     port: int,
@@ -112,10 +116,15 @@ def echo(
     ae.connection_timeout = timeout
     tls_args = (context, host) if context is not None else None
     called = f"{ae_title}@{host}:{port}"
-    try:
-        assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
-    except (OSError, ssl.SSLError) as exc:
-        return ProbeResult(False, f"cannot open an association with {called}: {exc}")
+    for attempt in range(ASSOCIATION_TRIES):
+        try:
+            assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
+        except (OSError, ssl.SSLError) as exc:
+            return ProbeResult(False, f"cannot open an association with {called}: {exc}")
+        # A PACS that rejects and closes at once can have its connection seen closed before
+        # its A-ASSOCIATE-RJ is read (an abort with no reason): ask again for the reason.
+        if assoc.is_rejected or assoc.is_established or attempt == ASSOCIATION_TRIES - 1:
+            break
     try:
         if assoc.is_rejected:
             answer = assoc.acceptor.primitive
