@@ -110,6 +110,10 @@ class Job(Strict):
         description="the rules the job was submitted under; null for a job from before "
         "they were recorded"
     )
+    export_to: list[str] = Field(
+        description="the destinations its series' results are sent to (`GET /v1/jobs/{job_id}/"
+        "exports` shows each delivery)"
+    )
     links: JobLinks
 
 
@@ -459,6 +463,13 @@ class SubmissionOptions(Fields):
         description="gets a signed event when the job ends (public addresses only)",
     )
     explain: Optional[ExplainMethod] = Field(None, description="`gradcam`: a heatmap of every scan")
+    export_to: Optional[str] = Field(
+        None,
+        max_length=1000,
+        pattern=r"^[A-Za-z0-9._,\- ]*$",
+        description="`NAME[,NAME…]`: registered destinations (`/v1/destinations`) each "
+        "complete, classified DICOM series' result is sent to",
+    )
 
     def options(self) -> SubmissionOptions:
         """Only the options (a form or a body model also holds its files)."""

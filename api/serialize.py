@@ -60,6 +60,7 @@ def job_json(summary: JobSummary) -> dict[str, Any]:
         "callback_url": job.callback_url,
         "explain": job.explain,
         "intended_use": job.intended_use,
+        "export_to": job.export_to or [],
         "links": {
             "self": f"/v1/jobs/{job.id}",
             "results": f"/v1/jobs/{job.id}/results",

@@ -82,6 +82,12 @@ def main(ctx: click.Context, url: Optional[str]) -> None:
     metavar="MODALITIES",
     help="DICOM modalities to classify besides CT, e.g. MR,PT (others are skipped).",
 )
+@click.option(
+    "--export-to",
+    metavar="NAME[,NAME…]",
+    help="Send each complete, classified DICOM series' result (its SR) to these registered "
+    "destinations (`covidscan destinations list`).",
+)
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
 @click.option("--poll", default=1.0, show_default=True, help="Seconds between status polls.")
 @click.option(
@@ -100,6 +106,7 @@ def submit(
     precision: Optional[str],
     explain: bool,
     allow_modality: Optional[str],
+    export_to: Optional[str],
     wait: bool,
     poll: float,
     table: bool,
@@ -121,6 +128,7 @@ def submit(
                 "callback_url": callback_url,
                 "precision": precision,
                 "explain": "gradcam" if explain else None,
+                "export_to": export_to,
             }
         )
     except ValidationError as exc:

@@ -24,6 +24,7 @@ __all__ = [
     "DestinationError",
     "Credentials",
     "DestinationSpec",
+    "export_names",
     "parse_dicom_address",
     "dicom_spec",
     "dicomweb_spec",
@@ -85,6 +86,16 @@ def checked_name(raw: str) -> str:
             f"with a letter or digit), got {raw!r}"
         )
     return name
+
+
+def export_names(raw: Optional[str]) -> list[str]:
+    """The destination names of an ``export_to`` (``NAME[,NAME…]``), each checked, each once.
+
+    Raises:
+        DestinationError: a name is not a destination name.
+    """
+    names = [part.strip() for part in (raw or "").split(",") if part.strip()]
+    return list(dict.fromkeys(checked_name(name) for name in names))
 
 
 def checked_ae_title(raw: str) -> str:

@@ -113,3 +113,22 @@ class DestinationKind(StrEnum):
 
     DICOM = "dicom"
     DICOMWEB = "dicomweb"
+
+
+class ExportState(StrEnum):
+    """Where one result instance sent to a PACS stands: waiting or being retried
+    (``pending``), accepted by the destination (``stored``), confirmed kept by DICOM Storage
+    Commitment (``committed``), or given up with the destination's reason (``failed``)."""
+
+    PENDING = "pending"
+    STORED = "stored"
+    COMMITTED = "committed"
+    FAILED = "failed"
+
+
+class ExportKind(StrEnum):
+    """What an export sends: a series' Structured Report, or its Grad-CAM overlay as a
+    Secondary Capture in the same results series."""
+
+    SR = "sr"
+    OVERLAY = "overlay"

@@ -108,6 +108,7 @@ class JobOptions:
     # > 0: the job stays open for more scans (POST /v1/jobs/<id>/scans) until it is sealed,
     # or until this many seconds pass without a new part.
     open_seconds: int = 0
+    export_to: Sequence[str] = ()  # registered destinations its series' results go to
 
 
 def create_job(
@@ -133,6 +134,7 @@ def create_job(
         explain=options.explain,
         series_rule=options.series_rule,
         intended_use=options.intended_use,
+        export_to=list(options.export_to) or None,
         expires_at=(
             now + timedelta(seconds=options.retention_seconds)
             if options.retention_seconds

@@ -224,6 +224,9 @@ class Job(Base):
     # Set while the job takes more scans (POST /v1/jobs/<id>/scans): until it is sealed, or
     # until this moment, after which the sweep seals it. None for a sealed job.
     open_until: Mapped[Optional[datetime]] = mapped_column(UTCDateTime(), index=True)
+    # Names of the registered destinations (db.models.Destination) its series' results are
+    # sent to once complete and classified; None or empty: none.
+    export_to: Mapped[Optional[list[str]]] = mapped_column(JSON)
 
     scans: Mapped[list[Scan]] = relationship(
         back_populates="job",
@@ -538,3 +541,47 @@ class Destination(Base):
 
     def __repr__(self) -> str:
         return f"Destination(name={self.name!r}, kind={self.kind.value!r})"
+
+
+class Export(Leasable, Base):
+    """One result instance (a series' SR, or its overlay) to send to one destination.
+
+    Made when the series is complete and classified; ``sop_instance_uid`` (and the results
+    series' ``results_series_uid``) are fixed then, so every attempt sends the same
+    instance and a PACS that kept an earlier one sees a duplicate, not a second result.
+    ``state``: :class:`covidscan.contract.ExportState`. An attempt holds a pending export
+    under a lease (:mod:`db.queue`); ``next_attempt_at`` is when it is due again.
+    ``transaction_uid`` names the Storage Commitment request that waits for its report.
+    """
+
+    __tablename__ = "exports"
+    __table_args__ = (
+        UniqueConstraint(
+            "job_id", "series_uid", "destination", "kind", name="uq_exports_series_destination"
+        ),
+        Index("ix_exports_state_next_attempt_at", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    owner: Mapped[Optional[str]] = mapped_column(String(200))
+    destination: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16), default="sr")
+    study_uid: Mapped[Optional[str]] = mapped_column(String(64))
+    series_uid: Mapped[str] = mapped_column(String(64))
+    results_series_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    error: Mapped[Optional[str]] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    next_attempt_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    stored_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    committed_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    transaction_uid: Mapped[Optional[str]] = mapped_column(String(64), index=True)
+
+    def __repr__(self) -> str:
+        return (
+            f"Export(id={self.id!r}, job_id={self.job_id!r}, destination={self.destination!r}, "
+            f"kind={self.kind!r}, state={self.state!r})"
+        )

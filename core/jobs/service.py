@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.destinations import DestinationError, export_names
 from core.errors import Conflict, Malformed, TooLarge
 from core.intake.intended_use import IntendedUse
 from core.jobs.ending import commit_ending
@@ -33,6 +34,7 @@ from core.wakeups import WakeupSender
 from covidscan.settings import Settings
 from db.audit import record
 from db.blobs import BlobStore
+from db.destinations import get_destination
 from db.explanations import queue_job_explanations
 from db.jobs import (
     JobOptions,
@@ -72,6 +74,7 @@ class Submission:
     priority: str = "normal"
     callback_url: Optional[str] = None
     explain: Optional[str] = None
+    export_to: Optional[str] = None  # NAME[,NAME…] of registered destinations
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,6 +111,25 @@ class JobService:
                 f"unknown model {ref!r}; GET /v1/models lists the registered ones", model=ref
             )
         return model
+
+    @staticmethod
+    def resolve_destinations(session: Session, export_to: Optional[str]) -> list[str]:
+        """The registered destinations ``export_to`` names (``NAME[,NAME…]``), checked.
+
+        Raises:
+            Malformed: a name is malformed or no destination is registered under it.
+        """
+        try:
+            names = export_names(export_to)
+        except DestinationError as exc:
+            raise Malformed(f"export_to: {exc}") from None
+        unknown = [name for name in names if get_destination(session, name) is None]
+        if unknown:
+            raise Malformed(
+                f"export_to: no destination is registered as {', '.join(map(repr, unknown))}; "
+                "`covidscan destinations list` shows the registered ones"
+            )
+        return names
 
     def submit(
         self,
@@ -159,6 +181,7 @@ class JobService:
         explained = len(new_scans) if submission.explain else 0
         self.quota.charge(actor.owner, len(new_scans), explained)
         model = self.resolve_model(session, submission.model)
+        export_to = self.resolve_destinations(session, submission.export_to)
         lock_owner(session, actor.owner)
         job = create_job(
             session,
@@ -178,6 +201,7 @@ class JobService:
                 series_rule=settings.series_rule if any(s.dicom for s in new_scans) else None,
                 intended_use=IntendedUse.from_settings(settings).as_dict(),
                 open_seconds=open_seconds,
+                export_to=export_to,
             ),
         )
         confirm_active_jobs(session, actor.owner, settings.max_active_jobs)
