@@ -53,6 +53,19 @@ SCANS_SUBMITTED = Counter(
     "covidscan_scans_submitted_total", "Scans accepted in jobs, by priority.", ["priority"]
 )
 
+EXPORTS = Counter(
+    "covidscan_exports_total",
+    "Attempts to deliver a result to a PACS destination, by outcome: stored (the PACS "
+    "accepted it), committed (its Storage Commitment report confirmed it), retry (to be "
+    "tried again) or failed (given up, with the destination's reason).",
+    ["outcome"],
+)
+
+
+def count_export(outcome: str) -> None:
+    """One export outcome recorded (``stored``, ``committed``, ``retry`` or ``failed``)."""
+    EXPORTS.labels(outcome).inc()
+
 
 def job_submitted(priority: str, scans: int) -> None:
     JOBS_SUBMITTED.labels(priority).inc()

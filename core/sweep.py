@@ -38,6 +38,7 @@ from core.webhooks import SendDeliveries, relay_events
 from covidscan.settings import Settings
 from db.blobs import BlobStore
 from db.explanations import expire_explanation_leases, waiting_explanations
+from db.exports import delete_job_exports
 from db.jobs import (
     delete_job_rows,
     existing_job_ids,
@@ -85,6 +86,7 @@ def delete_job(session_factory: sessionmaker[Session], blobs: BlobStore, job_id:
 
     def rows(session: Session) -> None:
         delete_job_webhooks(session, job_id)
+        delete_job_exports(session, job_id)
         delete_job_rows(session, job_id)
 
     in_transaction(session_factory, rows)

@@ -90,19 +90,22 @@ def next_attempt(
     created_at: datetime,
     failures: int,
     now: datetime,
-    settings: Settings,
+    window_seconds: float,
+    base_seconds: float,
     retry_after: Optional[float] = None,
     rng: Callable[[], float] = random.random,
 ) -> Optional[datetime]:
     """When to try again after ``failures`` failed attempts, or None: retries have run out.
 
-    Retries go on until ``WEBHOOK_RETRY_WINDOW`` after ``created_at``, the last one at that
-    moment at the latest; never sooner than a receiver's ``Retry-After`` asked.
+    Retries go on until ``window_seconds`` after ``created_at`` (``WEBHOOK_RETRY_WINDOW``,
+    ``EXPORT_RETRY_WINDOW``), the last one at that moment at the latest, waiting
+    :func:`retry_delay` from ``base_seconds``; never sooner than a receiver's
+    ``Retry-After`` asked.
     """
-    deadline = created_at + timedelta(seconds=settings.webhook_retry_window)
+    deadline = created_at + timedelta(seconds=window_seconds)
     if now >= deadline:
         return None
-    delay = retry_delay(failures, settings.webhook_retry_base_ms / 1000, rng)
+    delay = retry_delay(failures, base_seconds, rng)
     at = min(now + timedelta(seconds=delay), deadline)
     if retry_after is not None:
         at = max(at, now + timedelta(seconds=retry_after))
@@ -211,7 +214,14 @@ def deliver_event(
     elif attempt.status_code == 410:
         outcome = GONE
     else:
-        when = next_attempt(event.created_at, event.attempts, now, settings, attempt.retry_after)
+        when = next_attempt(
+            event.created_at,
+            event.attempts,
+            now,
+            settings.webhook_retry_window,
+            settings.webhook_retry_base_ms / 1000,
+            attempt.retry_after,
+        )
         outcome = RETRY if when is not None else FAILED
     # The POST is made: its record must not be lost to a deadlock.
     recorded = in_transaction(

@@ -410,6 +410,32 @@ class Settings(_Base):
         "how long a delivery is retried after the job ended (`24h`, `2d`, `3600`); the "
         "last try is at its end.",
     )
+    export_retry_window: PositiveSeconds = setting(
+        "24h",
+        "how long a result's delivery to a PACS destination (an export) is retried after its "
+        "series' job ended (`24h`, `2d`, `3600`); then it fails with the destination's last "
+        "reason. A refusal the PACS means for good (e.g. 0x0122, HTTP 409) fails at once.",
+    )
+    export_retry_base_ms: Count = setting(
+        5_000,
+        "the first wait after an export attempt the destination asked to repeat (0xA7xx, "
+        "an abort, a timeout, HTTP 429/5xx); each next wait doubles (jittered, at most 6 h).",
+    )
+    export_timeout: Timeout = setting(
+        30,
+        "seconds each step of an export may take: the connection, the association, a "
+        "C-STORE or N-ACTION answer, an HTTP read (1–120).",
+    )
+    export_commitment_timeout: PositiveSeconds = setting(
+        "1h",
+        "how long a stored export waits for the destination's Storage Commitment report; "
+        "one that never comes stays `stored` with an error saying so.",
+    )
+    export_poll_seconds: PositiveSeconds = setting(
+        1,
+        "seconds between two looks for due exports by `covidscan dicom-listen`, the "
+        "process that sends results to PACS destinations.",
+    )
     metrics_access: MetricsAccess = setting(
         "key",
         "who may read the API's `/metrics`: `key` (a key with the `metrics` or `admin` "

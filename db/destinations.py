@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from db.exports import fail_destination_exports
 from db.models import Destination, DestinationKind
 
 
@@ -73,9 +74,11 @@ def get_destination(session: Session, name: str) -> Optional[Destination]:
 
 
 def remove_destination(session: Session, name: str) -> Optional[Destination]:
-    """Delete the destination named ``name`` (not committed); the row removed, or None."""
+    """Delete the destination named ``name`` (not committed); the row removed, or None.
+    Its pending exports fail, saying it was removed."""
     row = get_destination(session, name)
     if row is not None:
+        fail_destination_exports(session, name)
         session.delete(row)
         session.flush()
     return row

@@ -22,6 +22,7 @@ from sqlalchemy import Exists, Row, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from covidscan.contract import DeliveryOutcome, DeliveryState
+from db.exports import record_exports
 from db.jobs import FINISHED_STATUSES, summarise_jobs
 from db.models import (
     Job,
@@ -65,7 +66,8 @@ class FinishedJobs:
 def record_finished_jobs(
     session: Session, job_ids: Optional[Iterable[str]] = None, limit: int = 100
 ) -> FinishedJobs:
-    """Mark the jobs among ``job_ids`` that have just ended, and make their events.
+    """Mark the jobs among ``job_ids`` that have just ended, and make their events and
+    their exports (:func:`db.exports.record_exports`).
 
     This is the one moment a job's end is recorded: exactly once per job. None looks at
     every job whose end is still unrecorded (the sweep). The job rows are locked
@@ -112,6 +114,7 @@ def record_finished_jobs(
             )
             session.add(event)
             created.append(event.id)
+    record_exports(session, statuses)  # the results its series send to PACS destinations
     session.flush()
     return FinishedJobs(statuses, created)
 

@@ -201,19 +201,23 @@ def job_service(settings: Settings, session_factory: Any, send_wakeups: Any) -> 
 def start(
     settings: Settings, host: str, port: int, ae_title: str, owner: str, modalities: tuple[str, ...]
 ) -> tuple[Any, Callable[[], None]]:
-    """Start the receiver in background threads: the pynetdicom server and a function
-    that stops it and closes what it opened."""
+    """Start the receiver in background threads: the pynetdicom server (and the exporter
+    that sends due results to PACS destinations) and a function that stops them and
+    closes what they opened."""
     from pynetdicom import evt
     from pynetdicom.events import EventHandlerType
 
     from core.wakeups import WakeupSender
     from db.session import make_engine, make_session_factory
+    from dicomnet.exporter import Exporter
 
     engine = make_engine(settings.database_url)
     send_wakeups = WakeupSender(settings.redis_url)
     receiver = StoreReceiver(
         job_service(settings, make_session_factory(engine), send_wakeups), owner, modalities
     )
+    # The gateway also sends results to PACS destinations, as this AE title.
+    exporter = Exporter(settings, make_session_factory(engine), receiver.jobs.blobs, ae_title)
     ae = application_entity(ae_title, settings.dicom_allowed_ae_titles)
     handlers: list[EventHandlerType] = [
         (evt.EVT_C_STORE, receiver.on_store),
@@ -222,6 +226,7 @@ def start(
     ]
     server = ae.start_server((host, port), block=False, evt_handlers=handlers)
     assert server is not None, "a non-blocking start returns its server"
+    exporter.start()
     log.info(
         "C-STORE receiver %s listening on %s:%d for owner %s, from %s",
         ae_title,
@@ -232,6 +237,7 @@ def start(
     )
 
     def stop() -> None:
+        exporter.stop()
         server.shutdown()
         send_wakeups.close()
         engine.dispose()

@@ -47,10 +47,11 @@ def test_the_jitter_spreads_waits_and_they_are_capped():
 def test_retries_span_the_whole_window_with_the_defaults_and_then_stop():
     settings = load_settings({})
     assert settings.webhook_retry_window >= 24 * 3600
+    window, base = settings.webhook_retry_window, settings.webhook_retry_base_ms / 1000
     now, failures, times = NOW, 0, []
     while True:
         failures += 1
-        at = next_attempt(NOW, failures, now, settings, rng=lambda: 0.5)
+        at = next_attempt(NOW, failures, now, window, base, rng=lambda: 0.5)
         if at is None:
             break
         times.append(at)
@@ -68,8 +69,9 @@ def test_retry_after_is_honoured_in_seconds_and_as_a_date():
         parse_retry_after(format_datetime(NOW + timedelta(minutes=5), usegmt=True), now=NOW) == 300
     )
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
-    plain = next_attempt(NOW, 1, NOW, settings, rng=lambda: 0.0)
-    asked = next_attempt(NOW, 1, NOW, settings, retry_after=120, rng=lambda: 0.0)
+    window, base = settings.webhook_retry_window, settings.webhook_retry_base_ms / 1000
+    plain = next_attempt(NOW, 1, NOW, window, base, rng=lambda: 0.0)
+    asked = next_attempt(NOW, 1, NOW, window, base, retry_after=120, rng=lambda: 0.0)
     assert (plain - NOW).total_seconds() < 2
     assert asked == NOW + timedelta(seconds=120)
     assert parse_retry_after(str(10**9)) == MAX_RETRY_DELAY
