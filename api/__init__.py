@@ -38,6 +38,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
         direct_uploads,
         docs,
         explanations,
+        exports,
         extensions,
         health,
         jobs,
@@ -81,6 +82,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     app.register_blueprint(audit.bp)
     app.register_blueprint(destinations.bp)
     app.register_blueprint(explanations.bp)
+    app.register_blueprint(exports.bp)
     app.register_blueprint(dicomweb.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(health.bp)

@@ -15,7 +15,15 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
 from api.fields import MODEL_REF, NO_NUL, Fields, Flag
-from covidscan.contract import DeliveryOutcome, DeliveryState, JobStatus, ScanStatus, UploadStatus
+from covidscan.contract import (
+    DeliveryOutcome,
+    DeliveryState,
+    ExportKind,
+    ExportState,
+    JobStatus,
+    ScanStatus,
+    UploadStatus,
+)
 from covidscan.settings import PRECISIONS
 from db.audit import ACTIONS
 from db.explanations import METHODS
@@ -413,6 +421,37 @@ class DeliveryList(Strict):
     """The job's webhook events."""
 
     events: list[DeliveryEvent]
+
+
+class ExportInfo(Strict):
+    """One delivery of a series' result to a PACS destination."""
+
+    id: str
+    destination: str = Field(description="the registered destination's name")
+    kind: ExportKind = Field(description="`sr`: the series' Structured Report")
+    study_uid: Optional[str]
+    series_uid: str = Field(description="the source series the result is about")
+    results_series_uid: str = Field(description="the series the result instance is sent in")
+    sop_instance_uid: str = Field(description="the instance sent, the same on every attempt")
+    state: ExportState = Field(
+        description="`pending` (waiting or to be tried again), `stored` (accepted by the "
+        "destination), `committed` (its Storage Commitment report confirmed it) or `failed`"
+    )
+    attempts: int
+    error: Optional[str] = Field(
+        description="the destination's last refusal or failure, in DICOM or HTTP terms"
+    )
+    created_at: Timestamp
+    next_attempt_at: Timestamp = Field(description="when a pending export is tried next")
+    stored_at: Timestamp
+    committed_at: Timestamp
+    finished_at: Timestamp
+
+
+class ExportList(Strict):
+    """A job's deliveries to PACS destinations, one per series result and destination."""
+
+    exports: list[ExportInfo]
 
 
 class Problem(BaseModel):

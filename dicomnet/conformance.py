@@ -154,7 +154,8 @@ def statement() -> str:
         "instance (and frame) of the series, the finding *COVID-19: Yes/No* (SNOMED CT), "
         "P(COVID) as a measurement, the algorithm named; Content Qualification `RESEARCH`.",
         f"- Served over HTTP: `GET {SR_PATH}` (`application/dicom`, Explicit VR Little "
-        "Endian). It is not yet sent to a PACS by C-STORE (SCU) or STOW-RS.",
+        "Endian); sent to the destinations a job names (`export_to`) by C-STORE or STOW-RS "
+        "with the original patient and study modules put back (section 7).",
         "",
         "### De-identification",
         "",
@@ -198,6 +199,55 @@ def statement() -> str:
         "- DICOM destinations may be reached over TLS (`--tls`); DICOMweb destinations "
         "over HTTPS, with a bearer token or basic auth sealed with `PHI_KEY`.",
         "- The HTTP API needs an API key; the SR is de-identified (section 4).",
+        "",
+        "## 7. Application entity: the exporter (in `covidscan dicom-listen`)",
+        "",
+        "- Sends each complete, classified series' SR to the destinations its job names, "
+        "as the listener's AE title (`--ae-title`), one association per instance; the "
+        "SOP Instance UID is fixed when the export is made and the same on every attempt. "
+        "The original patient and study attributes (sealed at intake with `PHI_KEY`) "
+        "replace the de-identified ones; Patient Identity Removed and the de-identification "
+        "method are left out. Without them, the export fails: the PACS could not file it.",
+        "- Timeouts: `EXPORT_TIMEOUT` for the connection, ACSE, DIMSE and network.",
+        "",
+        *_table(
+            ("SOP class", "UID", "Role"),
+            [
+                (_name(COMPREHENSIVE_3D_SR), f"`{COMPREHENSIVE_3D_SR}`", "SCU (C-STORE)"),
+                (
+                    _name(STORAGE_COMMITMENT_PUSH),
+                    f"`{STORAGE_COMMITMENT_PUSH}`",
+                    "SCU (N-ACTION on the C-STORE's association, destinations registered "
+                    "with commitment)",
+                ),
+            ],
+        ),
+        "",
+        "Transfer syntax proposed: Explicit VR Little Endian (the SR as written).",
+        "",
+        "### C-STORE status codes received",
+        "",
+        *_table(
+            ("Status", "What the export does"),
+            [
+                ("0x0000, warnings (0x0001, 0xB000, 0xB006, 0xB007, …)", "`stored`"),
+                (
+                    "0xA7xx out of resources, 0x0110 processing failure; an abort, a "
+                    "timeout, a refused connection, a transient association rejection",
+                    "tried again with exponential backoff from `EXPORT_RETRY_BASE_MS` "
+                    "until `EXPORT_RETRY_WINDOW`, then `failed` with the last reason",
+                ),
+                (
+                    "0x0122, 0x0124, 0xA9xx, 0xCxxx and other failures; a permanent "
+                    "association rejection; the SOP class not accepted",
+                    "`failed` at once, with the status and its meaning",
+                ),
+            ],
+        ),
+        "",
+        "STOW-RS (`POST {url}/studies`): HTTP 200 `stored`; 202 with a Failed SOP Sequence, "
+        "409 and other 4xx `failed` with the FailureReason; 408, 429 and 5xx tried again "
+        "(honouring Retry-After).",
         "",
     ]
     return "\n".join(lines)

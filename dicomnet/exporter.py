@@ -114,7 +114,6 @@ def c_store(
     the PACS offers it, request its Storage Commitment on the same association."""
     import pydicom
     from pynetdicom import AE
-    from pynetdicom.presentation import DEFAULT_TRANSFER_SYNTAXES
 
     host, port, called_ae = str(target.host), int(target.port or 0), str(target.ae_title)
     called = f"{called_ae}@{host}:{port}"
@@ -125,7 +124,7 @@ def c_store(
     dataset = pydicom.dcmread(io.BytesIO(instance))
     sop_class = str(dataset.SOPClassUID)
     ae = AE(ae_title=calling_ae_title)
-    ae.add_requested_context(sop_class, list(DEFAULT_TRANSFER_SYNTAXES))
+    ae.add_requested_context(sop_class, [str(dataset.file_meta.TransferSyntaxUID)])
     if target.commitment:
         ae.add_requested_context(STORAGE_COMMITMENT_PUSH)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout

@@ -1,0 +1,249 @@
+"""Exports to PACS destinations: the status tables, the instance sent (its patient module put
+back, dciodvfy-clean), and the queue (made with the job's end, claimed, retried within a
+short window, dead-lettered, failed when its destination is removed, deleted with its job).
+
+The destinations' answers here are a stand-in ``Send``; tests/test_exports_pacs.py sends to
+a real Orthanc and to refusing pynetdicom SCPs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import secrets
+import time
+import uuid
+
+import pydicom
+import pytest
+from sqlalchemy import select
+
+from api import create_app
+from core.destinations import dicom_spec, register
+from core.exports import FAILED, RETRY, STORED, Delivery, export_due
+from covidscan.settings import load_settings
+from db.blobs import open_blob_store
+from db.models import Export
+from db.session import make_engine, make_session_factory
+from dicomnet.exporter import store_outcome, stow_outcome
+from tests import dicom_files as d
+from tests.conftest import authorised, create_api_key
+from tests.dicom_validators import iod_errors
+
+
+@pytest.mark.parametrize(
+    "code, outcome",
+    [
+        (0x0000, STORED),
+        (0xB000, STORED),
+        (0xB006, STORED),
+        (0xB007, STORED),
+        (0xA700, RETRY),
+        (0xA7FF, RETRY),
+        (0x0110, RETRY),
+        (0x0122, FAILED),
+        (0x0124, FAILED),
+        (0xA900, FAILED),
+        (0xC000, FAILED),
+        (0xCFFF, FAILED),
+    ],
+)
+def test_a_c_store_status_decides_stored_retry_or_failed(code, outcome):
+    assert store_outcome(code) == outcome
+
+
+@pytest.mark.parametrize(
+    "status, outcome",
+    [
+        (200, STORED),
+        (429, RETRY),
+        (500, RETRY),
+        (503, RETRY),
+        (400, FAILED),
+        (401, FAILED),
+        (403, FAILED),
+        (404, FAILED),
+        (409, FAILED),
+        (413, FAILED),
+        (415, FAILED),
+    ],
+)
+def test_a_stow_rs_status_decides_stored_retry_or_failed(status, outcome):
+    assert stow_outcome(status) == outcome
+
+
+# The queue, with a stand-in for the destination
+
+
+def new_key() -> str:
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+class Answers:
+    """A destination stand-in: answers each attempt with the next Delivery (the last one
+    again once they run out) and keeps the instances it was sent."""
+
+    def __init__(self, *answers: Delivery) -> None:
+        self.answers = list(answers)
+        self.sent: list[tuple[str, bytes, str]] = []
+
+    def __call__(self, target, instance, export):
+        self.sent.append((target.name, instance, export.id))
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+@pytest.fixture
+def config(app_config):
+    return {
+        **app_config,
+        "PHI_KEY": new_key(),
+        "EXPORT_RETRY_WINDOW": "3",
+        "EXPORT_RETRY_BASE_MS": "300",
+    }
+
+
+@pytest.fixture
+def runtime(config):
+    settings = load_settings(config)
+    engine = make_engine(settings.database_url)
+    factory = make_session_factory(engine)
+    yield settings, factory, open_blob_store(settings.blob_dir, settings.blob_store)
+    engine.dispose()
+
+
+def add_destinations(factory, *names: str) -> None:
+    with factory.begin() as session:
+        for name in names:
+            register(session, dicom_spec(name, "PACS", "127.0.0.1", 104, commitment=False), None)
+
+
+def submit_and_finish(config, factory, export_to: str, count: int = 3) -> str:
+    """A DICOM job sent through the API with ``export_to``, every slice classified as a
+    worker would, and its end recorded as the worker's last write does."""
+    from core.jobs.ending import commit_ending
+    from tests.test_patient_data import classify_all
+
+    key = create_api_key(config["DATABASE_URL"], owner=f"exp-{uuid.uuid4().hex[:8]}")
+    client = authorised(create_app(config).test_client(), key)
+    files, _ = d.ct_series(count, seed=3)
+    data = {
+        "files": [(io.BytesIO(body), f"IM{i}") for i, body in enumerate(files)],
+        "export_to": export_to,
+    }
+    answer = client.post("/v1/jobs", data=data, content_type="multipart/form-data")
+    assert answer.status_code == 202, answer.get_json()
+    job_id = answer.get_json()["id"]
+    classify_all(config["DATABASE_URL"])
+    with factory() as session:
+        finished = commit_ending(session, [job_id], factory, None)
+    assert job_id in finished.statuses
+    return job_id
+
+
+def exports_of(factory, job_id: str) -> list[Export]:
+    with factory() as session:
+        rows = list(session.scalars(select(Export).where(Export.job_id == job_id)))
+        session.expunge_all()
+        return rows
+
+
+@pytest.mark.integration
+def test_the_instance_sent_is_filed_under_the_patient_and_valid(config, runtime):
+    settings, factory, blobs = runtime
+    add_destinations(factory, "pacs-a", "pacs-b")
+    job_id = submit_and_finish(config, factory, "pacs-a,pacs-b")
+    rows = exports_of(factory, job_id)
+    assert sorted(r.destination for r in rows) == ["pacs-a", "pacs-b"]
+    assert len({r.results_series_uid for r in rows}) == 1  # one results series per series
+    assert len({r.sop_instance_uid for r in rows}) == 2
+    assert all(r.state == "pending" and r.attempts == 0 for r in rows)
+    send = Answers(Delivery(STORED, "C-STORE to PACS@127.0.0.1:104 stored (0x0000)"))
+    assert export_due(factory, blobs, settings, send) == {r.id: STORED for r in rows}
+    by_id = {r.id: r for r in rows}
+    for _name, instance, export_id in send.sent:
+        dataset = pydicom.dcmread(io.BytesIO(instance))
+        assert dataset.SOPInstanceUID == by_id[export_id].sop_instance_uid
+        assert dataset.SeriesInstanceUID == by_id[export_id].results_series_uid
+        assert dataset.StudyInstanceUID == by_id[export_id].study_uid
+        assert str(dataset.PatientName) == d.PATIENT_NAME
+        assert dataset.PatientID == d.PATIENT_ID
+        assert dataset.AccessionNumber == d.ACCESSION
+        assert dataset.PatientBirthDate == d.BIRTH_DATE
+        assert "PatientIdentityRemoved" not in dataset
+        assert "DeidentificationMethodCodeSequence" not in dataset
+        assert iod_errors(instance) == []
+    stored = exports_of(factory, job_id)
+    assert all(r.state == "stored" and r.attempts == 1 and r.stored_at for r in stored)
+    assert export_due(factory, blobs, settings, send) == {}  # nothing due twice
+
+
+@pytest.mark.integration
+def test_a_busy_destination_is_retried_in_its_window_then_failed_with_its_reason(config, runtime):
+    settings, factory, blobs = runtime
+    add_destinations(factory, "busy", "refuses")
+    job_id = submit_and_finish(config, factory, "busy,refuses")
+    busy = Delivery(RETRY, "C-STORE refused by PACS@127.0.0.1:104: 0xA700 out of resources")
+    refused = Delivery(FAILED, "C-STORE refused by PACS@127.0.0.1:104: 0x0122 SOP class")
+
+    def send(target, instance, export):
+        return busy if target.name == "busy" else refused
+
+    started, outcomes = time.monotonic(), []
+    while time.monotonic() - started < 15:
+        outcomes += export_due(factory, blobs, settings, send).values()
+        if all(r.state != "pending" for r in exports_of(factory, job_id)):
+            break
+        time.sleep(0.1)
+    rows = {r.destination: r for r in exports_of(factory, job_id)}
+    assert rows["refuses"].state == "failed" and rows["refuses"].attempts == 1
+    assert "0x0122" in rows["refuses"].error
+    assert rows["busy"].state == "failed"
+    assert "retries ran out" in rows["busy"].error and "0xA700" in rows["busy"].error
+    # 0.3 s doubling within 3 s: a handful of attempts, not a flood
+    assert 3 <= rows["busy"].attempts <= 6, rows["busy"].attempts
+    assert outcomes.count(RETRY) == rows["busy"].attempts - 1
+
+
+@pytest.mark.integration
+def test_without_phi_key_at_intake_the_export_fails_saying_why(config, runtime):
+    settings, factory, blobs = runtime
+    add_destinations(factory, "pacs")
+    job_id = submit_and_finish({**config, "PHI_KEY": ""}, factory, "pacs")
+    send = Answers(Delivery(STORED, "stored"))
+    export_due(factory, blobs, settings, send)
+    [row] = exports_of(factory, job_id)
+    assert row.state == "failed" and not send.sent
+    assert "no patient attributes were kept" in row.error and "PHI_KEY" in row.error
+
+
+@pytest.mark.integration
+def test_the_exports_api_removal_of_a_destination_and_deletion_of_the_job(config, runtime):
+    settings, factory, blobs = runtime
+    add_destinations(factory, "kept", "removed")
+    key = create_api_key(config["DATABASE_URL"], owner="reader")
+    job_id = submit_and_finish(config, factory, "kept,removed")
+    admin = authorised(
+        create_app(config).test_client(), create_api_key(config["DATABASE_URL"], "ops", "admin")
+    )
+    assert admin.delete("/v1/destinations/removed").status_code == 204
+    with factory() as session:
+        from db.models import Job
+
+        owner = session.get(Job, job_id).owner
+    owner_client = authorised(
+        create_app(config).test_client(), create_api_key(config["DATABASE_URL"], owner)
+    )
+    listed = owner_client.get(f"/v1/jobs/{job_id}/exports")
+    assert listed.status_code == 200
+    from api.schemas import ExportList
+
+    body = ExportList.model_validate(listed.get_json())
+    states = {e.destination: (e.state, e.error) for e in body.exports}
+    assert states == {
+        "kept": ("pending", None),
+        "removed": ("failed", "destination removed was removed"),
+    }
+    assert d.PATIENT_ID not in listed.get_data(as_text=True)
+    stranger = authorised(create_app(config).test_client(), key)
+    assert stranger.get(f"/v1/jobs/{job_id}/exports").status_code == 404
+    assert owner_client.delete(f"/v1/jobs/{job_id}").status_code in (200, 202, 204)
+    assert exports_of(factory, job_id) == []
