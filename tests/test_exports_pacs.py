@@ -1,0 +1,169 @@
+"""A series classified by a real worker goes back into a real PACS (Orthanc 1.10): by C-STORE
+and by STOW-RS, as an SR in the same study under the same patient; PACSs that refuse
+(pynetdicom SCPs answering 0xA700 forever, and 0x0122) are retried a few times then
+failed with their reason, or failed at once."""
+
+from __future__ import annotations
+
+import base64
+import io
+import secrets
+import time
+import uuid
+from collections.abc import Iterator
+
+import pydicom
+import pytest
+import requests
+
+from api import create_app
+from core.destinations import dicom_spec, dicomweb_spec, register
+from covidscan.settings import load_settings
+from db.blobs import open_blob_store
+from db.session import make_engine, make_session_factory
+from devtools.embedded_redis import free_port
+from dicomnet.exporter import send_due
+from tests import dicom_files as d
+from tests.conftest import authorised, wait_for_job
+from tests.dicom_validators import iod_errors
+from tests.pacs import Orthanc, require_orthanc
+
+pytestmark = pytest.mark.integration
+
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+class RefusingPacs:
+    """A pynetdicom Storage SCP that answers every C-STORE with ``status``."""
+
+    def __init__(self, status: int) -> None:
+        self.status, self.port, self.received = status, free_port(), 0
+
+    def __enter__(self) -> RefusingPacs:
+        from pynetdicom import AE, evt
+
+        def on_store(event) -> int:
+            self.received += 1
+            return self.status
+
+        ae = AE(ae_title="REFUSING")
+        ae.add_supported_context(COMPREHENSIVE_3D_SR)
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def orthanc(tmp_path) -> Iterator[Orthanc]:
+    require_orthanc()
+    with Orthanc(tmp_path / "orthanc", free_port(), free_port()) as pacs:
+        yield pacs
+
+
+@pytest.fixture
+def config(stack_config) -> dict[str, str]:
+    return {
+        **stack_config,
+        "PHI_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "EXPORT_RETRY_WINDOW": "3",
+        "EXPORT_RETRY_BASE_MS": "300",
+        "EXPORT_TIMEOUT": "10",
+    }
+
+
+def test_a_classified_series_comes_back_into_the_pacs_in_its_study(
+    orthanc, config, stack_key, worker
+):
+    settings = load_settings(config)
+    engine = make_engine(settings.database_url)
+    factory = make_session_factory(engine)
+    blobs = open_blob_store(settings.blob_dir, settings.blob_store)
+    tag = uuid.uuid4().hex[:6]
+    names = {k: f"{k}-{tag}" for k in ("dicom", "web", "busy", "refuses")}
+    files, ordered = d.ct_series(4, seed=11)
+    for body in files:  # the PACS holds the study, as it would before sending it to us
+        orthanc.upload(body)
+    study_uid = pydicom.dcmread(io.BytesIO(files[0])).StudyInstanceUID
+    with RefusingPacs(0xA700) as busy, RefusingPacs(0x0122) as refuses:
+        with factory.begin() as session:
+            register(
+                session,
+                dicom_spec(names["dicom"], "ORTHANC", "127.0.0.1", orthanc.dicom_port),
+                None,
+            )
+            register(session, dicomweb_spec(names["web"], f"{orthanc.url}/dicom-web"), None)
+            for name, pacs in ((names["busy"], busy), (names["refuses"], refuses)):
+                spec = dicom_spec(name, "REFUSING", "127.0.0.1", pacs.port, commitment=False)
+                register(session, spec, None)
+        client = authorised(create_app(config).test_client(), stack_key)
+        answer = client.post(
+            "/v1/jobs",
+            data={
+                "files": [(io.BytesIO(b), f"IM{i}") for i, b in enumerate(files)],
+                "export_to": ",".join(names.values()),
+            },
+            content_type="multipart/form-data",
+        )
+        assert answer.status_code == 202, answer.get_json()
+        job_id = answer.get_json()["id"]
+        job = wait_for_job(client, job_id)
+        assert job["status"] == "succeeded", job
+        ended = time.monotonic()
+        stored_after: dict[str, float] = {}
+        while time.monotonic() - ended < 30:
+            send_due(settings, factory, blobs)
+            exports = client.get(f"/v1/jobs/{job_id}/exports").get_json()["exports"]
+            for e in exports:
+                if e["state"] == "stored" and e["destination"] not in stored_after:
+                    stored_after[e["destination"]] = time.monotonic() - ended
+            if all(e["state"] != "pending" for e in exports):
+                break
+            time.sleep(0.2)
+    engine.dispose()
+    by_name = {e["destination"]: e for e in exports}
+    assert set(by_name) == set(names.values())
+    for kind in ("dicom", "web"):
+        export = by_name[names[kind]]
+        assert export["state"] == "stored", export
+        assert export["attempts"] == 1 and export["stored_at"] and export["error"] is None
+        assert export["series_uid"] in {
+            pydicom.dcmread(io.BytesIO(b)).SeriesInstanceUID for b in files
+        }
+    # the SR is in the study of its images, under their patient: one study, one patient
+    assert len(orthanc.get("/studies")) == 1 and len(orthanc.get("/patients")) == 1
+    found = requests.get(
+        f"{orthanc.url}/dicom-web/studies/{study_uid}/series",
+        params={"Modality": "SR"},
+        timeout=30,
+    ).json()
+    # one results series per source series, whatever the destination (here both routes
+    # lead to the same PACS: its two instances)
+    assert len(found) == 1 and found[0]["00201209"]["Value"] == [2]
+    instances = orthanc.get("/instances")
+    assert len(instances) == len(ordered) + 2
+    sent_uids = {by_name[names[k]]["sop_instance_uid"] for k in ("dicom", "web")}
+    for orthanc_id in instances:
+        tags = orthanc.get(f"/instances/{orthanc_id}/simplified-tags")
+        if tags["SOPInstanceUID"] in sent_uids:
+            assert tags["PatientID"] == d.PATIENT_ID
+            assert tags["PatientName"] == d.PATIENT_NAME
+            assert tags["AccessionNumber"] == d.ACCESSION
+            raw = requests.get(f"{orthanc.url}/instances/{orthanc_id}/file", timeout=30).content
+            assert iod_errors(raw) == []
+    # a refusal for good fails at once; out of resources is retried, without a flood
+    failed_now = by_name[names["refuses"]]
+    assert failed_now["state"] == "failed" and failed_now["attempts"] == 1 == refuses.received
+    assert "0x0122" in failed_now["error"] and "SOP Class Not Supported" in failed_now["error"]
+    retried = by_name[names["busy"]]
+    assert retried["state"] == "failed" and "retries ran out" in retried["error"]
+    assert "0xA700" in retried["error"] and "Out of Resources" in retried["error"]
+    assert 3 <= retried["attempts"] <= 6 and retried["attempts"] == busy.received
+    print(
+        f"\nexports: stored by C-STORE {stored_after[names['dicom']]:.2f} s and by STOW-RS "
+        f"{stored_after[names['web']]:.2f} s after the job ended (polling every 0.2 s); "
+        f"0xA700 destination: {retried['attempts']} attempts in the 3 s window"
+    )
