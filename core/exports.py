@@ -262,13 +262,18 @@ def attempt_export(
     recorded = in_transaction(
         session_factory, lambda session: record_attempt(session, export, values)
     )
+    then = ""
+    if outcome == RETRY:
+        then = f"; next attempt at {values['next_attempt_at']:%H:%M:%S} UTC"
+    elif outcome == FAILED:
+        then = f"; failed: {values['error']}" if delivery.outcome == RETRY else "; failed"
     log.info(
-        "export %s of job %s, attempt %d: %s, %s",
+        "export %s of job %s: %s, attempt %d%s",
         export.id,
         export.job_id,
-        export.attempts,
         delivery.detail,
-        outcome if outcome != RETRY else f"retry at {values['next_attempt_at']:%H:%M:%S}",
+        export.attempts,
+        then,
     )
     if not recorded:
         return None
