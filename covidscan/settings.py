@@ -316,6 +316,23 @@ class Settings(_Base):
         "(comma-separated); others are rejected at association. Empty: any.",
         shown="empty (any)",
     )
+    dicom_max_associations: Count = setting(
+        10,
+        "associations `covidscan dicom-listen` serves at once; one more is rejected "
+        "(transient, local limit exceeded) until one ends.",
+    )
+    dicom_timeout: Count = setting(
+        30,
+        "seconds `covidscan dicom-listen` waits for an association to be negotiated, for a "
+        "DIMSE message and for the network, before it aborts the association; also bounds "
+        "its C-FIND to the sender.",
+    )
+    series_stable_seconds: Count = setting(
+        60,
+        "a series received over C-STORE from a sender that cannot say its size (no C-FIND) "
+        "is complete once this many seconds pass without a new instance; its job is then "
+        "sealed by the sweep.",
+    )
     series_rule: SeriesRule = setting(
         DEFAULT_RULE,
         "how a DICOM series' P(COVID) is made from its slices': `topNpct-mean` "

@@ -30,13 +30,17 @@ from covidscan.settings import Settings
 from db.blobs import BlobStore
 from db.exports import new_uid
 from db.models import Export
-from dicomnet.probe import STORAGE_COMMITMENT_PUSH, _connect_failure
+from dicomnet.commitment import (
+    NO_ANSWER,
+    STORAGE_COMMITMENT,
+    request_commitment,
+    requested_context,
+)
+from dicomnet.probe import _connect_failure
 
 log = logging.getLogger(__name__)
 
 DEFAULT_AE_TITLE = "COVIDSCAN"
-STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # the well-known SOP Instance (PS3.4 J)
-REQUEST_COMMITMENT = 1  # N-ACTION type: Request Storage Commitment
 STORE_WARNINGS = {0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007}
 STORE_TRANSIENT = {0x0110, 0x0213}  # processing failure, resource limitation
 HTTP_RETRIED = {408, 429}
@@ -75,32 +79,16 @@ def stow_outcome(status: int) -> str:
     return FAILED
 
 
-def _commitment_status(assoc: Any, transaction_uid: str, sop_class: str, sop_instance: str) -> Any:
-    """N-ACTION Request Storage Commitment for one instance; the status, or None (no answer)."""
-    from pydicom.dataset import Dataset
-
-    request = Dataset()
-    request.TransactionUID = transaction_uid
-    item = Dataset()
-    item.ReferencedSOPClassUID = sop_class
-    item.ReferencedSOPInstanceUID = sop_instance
-    request.ReferencedSOPSequence = [item]
-    status, _reply = assoc.send_n_action(
-        request, REQUEST_COMMITMENT, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE
-    )
-    return getattr(status, "Status", None)
-
-
-def request_commitment(
+def request_commitment_of(
     assoc: Any, sop_class: str, sop_instance: str, called: str
 ) -> tuple[Optional[str], str]:
     """Ask for Storage Commitment of the instance just stored, on the same association: the
     transaction UID when the PACS took the request, and what happened, in DICOM terms."""
-    if not any(cx.abstract_syntax == STORAGE_COMMITMENT_PUSH for cx in assoc.accepted_contexts):
+    if not any(cx.abstract_syntax == STORAGE_COMMITMENT for cx in assoc.accepted_contexts):
         return None, f"{called} does not offer Storage Commitment (Push Model)"
     transaction_uid = new_uid()
-    code = _commitment_status(assoc, transaction_uid, sop_class, sop_instance)
-    if code is None:
+    code = request_commitment(assoc, transaction_uid, [(sop_class, sop_instance)])
+    if code == NO_ANSWER:
         return None, f"no answer to the Storage Commitment N-ACTION from {called}"
     if code != 0x0000:
         return None, f"Storage Commitment N-ACTION refused by {called}: 0x{code:04X}"
@@ -126,7 +114,7 @@ def c_store(
     ae = AE(ae_title=calling_ae_title)
     ae.add_requested_context(sop_class, [str(dataset.file_meta.TransferSyntaxUID)])
     if target.commitment:
-        ae.add_requested_context(STORAGE_COMMITMENT_PUSH)
+        ae.requested_contexts = [*ae.requested_contexts, requested_context()]
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
     tls_args = (context, host) if context is not None else None
     try:
@@ -166,7 +154,7 @@ def c_store(
         detail = f"C-STORE to {called} stored ({said})"
         if not target.commitment:
             return Delivery(STORED, detail)
-        transaction_uid, commitment = request_commitment(
+        transaction_uid, commitment = request_commitment_of(
             assoc, sop_class, str(dataset.SOPInstanceUID), called
         )
         return Delivery(STORED, f"{detail}; {commitment}", transaction_uid=transaction_uid)
