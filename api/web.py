@@ -33,7 +33,7 @@ from api.extensions import db_session, services
 from api.limits import failed_sign_ins
 from api.problems import Problem
 from api.serialize import job_json
-from covidscan.contract import JobStatus, ScanStatus
+from covidscan.contract import ExportState, JobStatus, ScanStatus
 from db.audit import record
 from db.jobs import recent_job_summaries, summarise_jobs
 from db.keys import authenticate, close_session, open_session
@@ -51,6 +51,7 @@ def page_contract() -> dict[str, Any]:
     return {
         "JobStatus": {status.name: status.value for status in JobStatus},
         "ScanStatus": {status.name: status.value for status in ScanStatus},
+        "ExportState": {state.name: state.value for state in ExportState},
         "finishedJobStatuses": [status.value for status in JobStatus.finished()],
     }
 

@@ -45,7 +45,11 @@ def test_the_statement_names_what_the_listener_accepts():
     assert "CT Image Storage `1.2.840.10008.5.1.4.1.1.2`" in text
     assert '(DCM, 113100, "Basic Application Confidentiality Profile")' in text
     assert "113108" not in text
-    assert "not yet" in text
+    # the exporter: results sent by C-STORE (with Storage Commitment) and STOW-RS
+    assert "## 7. Application entity: the exporter" in text
+    assert (
+        "| Comprehensive 3D SR Storage | `1.2.840.10008.5.1.4.1.1.88.34` | SCU (C-STORE) |" in text
+    )
 
 
 def test_the_http_paths_it_names_are_served():

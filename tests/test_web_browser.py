@@ -624,3 +624,60 @@ def test_a_series_still_receiving_says_so_on_the_page(live_server, browser, stac
         20,
         "the series no longer receiving",
     )
+
+
+def test_the_job_page_shows_each_delivery_to_a_pacs(live_server, browser, stack_key, stack_config):
+    """A job sent to a destination lists its delivery: pending once the job ended, then
+    failed with the reason (here: no PHI_KEY is set, so no patient attributes can be put
+    back and the PACS could not file it)."""
+    import uuid
+
+    from core.destinations import dicom_spec, register
+    from covidscan.settings import load_settings
+    from db.blobs import open_blob_store
+    from db.session import make_engine, make_session_factory
+    from dicomnet.exporter import send_due
+    from tests import dicom_files as d
+    from tests.conftest import wait_for_job
+
+    name = f"page-pacs-{uuid.uuid4().hex[:6]}"
+    settings = load_settings(stack_config)
+    engine = make_engine(settings.database_url)
+    factory = make_session_factory(engine)
+    with factory.begin() as session:
+        register(session, dicom_spec(name, "PACS", "127.0.0.1", 104, commitment=False), None)
+    files, _ = d.ct_series(2, seed=4)
+    headers = {"Authorization": f"Bearer {stack_key}"}
+    response = requests.post(
+        f"{live_server.url}/v1/jobs",
+        data={"export_to": name},
+        files=[("files", (f"IM{i}", body, "application/dicom")) for i, body in enumerate(files)],
+        headers=headers,
+        timeout=30,
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    wait_for_job(lambda_client(live_server.url, headers), job_id)
+    browser.get(f"{live_server.url}/jobs/{job_id}")
+    state = "#exports tbody tr td:nth-child(3)"
+    wait_until(
+        browser, lambda d: d.find_element("css selector", state).text == "pending", 20, "pending"
+    )
+    assert browser.find_element("css selector", "#exports tbody tr td").text == name
+    send_due(settings, factory, open_blob_store(settings.blob_dir, settings.blob_store))
+    engine.dispose()
+    wait_until(
+        browser, lambda d: d.find_element("css selector", state).text == "failed", 20, "failed"
+    )
+    error = browser.find_element("css selector", "#exports tbody tr td:nth-child(6)").text
+    assert "patient attributes" in error and "PHI_KEY" in error
+
+
+class lambda_client:
+    """Enough of a client for :func:`tests.conftest.wait_for_job`: ``job(id)`` over HTTP."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        self.url, self.headers = url, headers
+
+    def job(self, job_id: str) -> dict:
+        return requests.get(f"{self.url}/v1/jobs/{job_id}", headers=self.headers, timeout=10).json()
