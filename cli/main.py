@@ -12,6 +12,7 @@ from typing import Any, NoReturn, Optional
 import click
 
 from cli.destinations import destinations
+from cli.exports import exports
 from cli.keys import keys
 from cli.models import models
 from cli.train import evaluate, train
@@ -454,6 +455,7 @@ def run() -> None:
 
 main.add_command(keys)
 main.add_command(destinations)
+main.add_command(exports)
 main.add_command(dicom_listen)
 main.add_command(models)
 main.add_command(train)

@@ -74,6 +74,12 @@ def test_a_stow_rs_status_decides_stored_retry_or_failed(status, outcome):
 # The queue, with a stand-in for the destination
 
 
+def counted(outcome: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("covidscan_exports_total", {"outcome": outcome}) or 0.0
+
+
 def new_key() -> str:
     return base64.b64encode(secrets.token_bytes(32)).decode()
 
@@ -187,6 +193,7 @@ def test_a_busy_destination_is_retried_in_its_window_then_failed_with_its_reason
     def send(target, instance, export):
         return busy if target.name == "busy" else refused
 
+    before = {outcome: counted(outcome) for outcome in (RETRY, FAILED)}
     started, outcomes = time.monotonic(), []
     while time.monotonic() - started < 15:
         outcomes += export_due(factory, blobs, settings, send).values()
@@ -201,6 +208,9 @@ def test_a_busy_destination_is_retried_in_its_window_then_failed_with_its_reason
     # 0.3 s doubling within 3 s: a handful of attempts, not a flood
     assert 3 <= rows["busy"].attempts <= 6, rows["busy"].attempts
     assert outcomes.count(RETRY) == rows["busy"].attempts - 1
+    # covidscan_exports_total counts each outcome recorded
+    assert counted(RETRY) - before[RETRY] == rows["busy"].attempts - 1
+    assert counted(FAILED) - before[FAILED] == 2
 
 
 @pytest.mark.integration
@@ -247,3 +257,31 @@ def test_the_exports_api_removal_of_a_destination_and_deletion_of_the_job(config
     assert stranger.get(f"/v1/jobs/{job_id}/exports").status_code == 404
     assert owner_client.delete(f"/v1/jobs/{job_id}").status_code in (200, 202, 204)
     assert exports_of(factory, job_id) == []
+
+
+@pytest.mark.integration
+def test_the_cli_sends_due_exports_and_lists_them(config, runtime):
+    """``covidscan exports send-due`` is the gateway's pass, by hand: a destination where
+    nothing listens is tried again later, saying so; ``list`` shows it."""
+    import socket
+
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    settings, factory, blobs = runtime
+    with socket.socket() as holder:  # a port nothing listens on, held so nothing takes it
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        with factory.begin() as session:
+            register(session, dicom_spec("closed", "PACS", "127.0.0.1", port), None)
+        job_id = submit_and_finish(config, factory, "closed")
+        env = {**config, "MODEL_PATH": ""}
+        sent = CliRunner().invoke(main, ["exports", "send-due"], env=env, catch_exceptions=False)
+    assert sent.exit_code == 0, sent.output
+    [row] = exports_of(factory, job_id)
+    assert f"{row.id} retry" in sent.output and "1 export(s) attempted" in sent.output
+    listed = CliRunner().invoke(main, ["exports", "list", job_id], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert "closed  sr" in listed.output and "pending  attempts: 1" in listed.output
+    assert f"connection refused by 127.0.0.1:{port}" in listed.output
