@@ -108,7 +108,8 @@ def test_the_uids_given_are_the_ones_in_both_objects_on_every_build():
 
     files, ordered = source_series(2)
     evidence = [evidence_header(raw) for raw in files]
-    results, report_uid, overlay_uid = generate_uid(), generate_uid(), generate_uid()
+    results, overlays_series = generate_uid(), generate_uid()
+    report_uid, overlay_uid = generate_uid(), generate_uid()
     reports = [
         build_report(
             evidence,
@@ -125,7 +126,7 @@ def test_the_uids_given_are_the_ones_in_both_objects_on_every_build():
             evidence[0],
             picture(),
             FINDING,
-            series_instance_uid=results,
+            series_instance_uid=overlays_series,
             sop_instance_uid=overlay_uid,
             instance_number=2,
         )
@@ -141,12 +142,13 @@ def test_the_uids_given_are_the_ones_in_both_objects_on_every_build():
         assert iod_errors(raw) == []
     for raw in overlays:
         image = hd.imread(raw)
-        assert (image.SOPInstanceUID, image.SeriesInstanceUID) == (overlay_uid, results)
+        assert (image.SOPInstanceUID, image.SeriesInstanceUID) == (overlay_uid, overlays_series)
         assert "PatientOrientation" in image and not image.PatientOrientation  # unknown
         assert iod_errors(raw) == []
     unnamed = pydicom.dcmread(io.BytesIO(build_report(evidence, FINDING, {})))
     assert unnamed.SOPInstanceUID not in (report_uid, overlay_uid)
     assert unnamed.SeriesInstanceUID != results and unnamed.SeriesNumber == 9901
+    assert hd.imread(overlays[0]).SeriesNumber == 9902  # a series of its own: Modality OT
 
 
 def test_an_overlay_of_a_multi_frame_slice_references_its_frame():
@@ -289,9 +291,9 @@ def test_a_series_overlay_shows_its_most_likely_explained_slice(client, app_conf
     rows = sorted(rows_of(client, job["id"]).values(), key=lambda r: r["filename"])
     series_uid = rows[0]["series_uid"]
     series = Series(app_config, job["id"])
-    results = generate_uid()
+    results, overlays_series = generate_uid(), generate_uid()
     try:
-        nothing = series.overlays(series_uid, series_instance_uid=results)
+        nothing = series.overlays(series_uid, series_instance_uid=overlays_series)
         assert nothing.documents == () and nothing.scan_ids == ()
         assert "has a Grad-CAM explanation" in nothing.skipped
         # The likeliest slice has no explanation: the likeliest of those that have one shows.
@@ -304,7 +306,10 @@ def test_a_series_overlay_shows_its_most_likely_explained_slice(client, app_conf
         explain(app_config["DATABASE_URL"], pictures)
         overlay_uid, report_uid = generate_uid(), generate_uid()
         made = series.overlays(
-            series_uid, series_instance_uid=results, sop_instance_uid=overlay_uid, instance_number=2
+            series_uid,
+            series_instance_uid=overlays_series,
+            sop_instance_uid=overlay_uid,
+            instance_number=2,
         )
         report = series.document(
             series_uid, series_instance_uid=results, sop_instance_uid=report_uid
@@ -316,7 +321,7 @@ def test_a_series_overlay_shows_its_most_likely_explained_slice(client, app_conf
     image = hd.imread(raw)
     assert (image.SOPInstanceUID, image.SeriesInstanceUID, image.InstanceNumber) == (
         overlay_uid,
-        results,
+        overlays_series,
         2,
     )
     assert np.array_equal(image.pixel_array, pictures[second["scan_id"]])
