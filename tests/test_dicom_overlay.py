@@ -211,8 +211,9 @@ def png_of(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def explain(database_url: str, scan_ids: dict[str, np.ndarray]) -> None:
-    """What a worker writes for a done explanation, with ``pixels`` as its overlay."""
+def explain(database_url: str, scan_ids: dict[str, np.ndarray | None]) -> None:
+    """What a worker writes for a done explanation, with ``pixels`` as its overlay (bytes
+    that are no picture for None)."""
     from db.explanations import GRADCAM
     from db.models import Explanation, Scan, ScanStatus, utcnow
     from db.session import make_engine, make_session_factory
@@ -231,7 +232,7 @@ def explain(database_url: str, scan_ids: dict[str, np.ndarray]) -> None:
                         queued_at=utcnow(),
                         finished_at=utcnow(),
                         attempts=1,
-                        overlay_png=png_of(pixels),
+                        overlay_png=b"no picture" if pixels is None else png_of(pixels),
                     )
                 )
     finally:
@@ -419,3 +420,19 @@ def test_the_overlay_of_a_worker_made_explanation(client, app_config, tmp_path):
     assert image.pixel_array.shape == expected.shape and expected.shape[2] == 3
     assert np.array_equal(image.pixel_array, expected)
     assert iod_errors(raw) == []
+
+
+@pytest.mark.database
+def test_a_stored_overlay_that_cannot_be_read_is_unusable_by_name(client, app_config):
+    from core.errors import Unusable
+
+    job = submit(client, {"ct.dcm": d.ct_bytes()})
+    classify_all(app_config["DATABASE_URL"])
+    (row,) = rows_of(client, job["id"]).values()
+    explain(app_config["DATABASE_URL"], {row["scan_id"]: None})
+    series = Series(app_config, job["id"])
+    try:
+        with pytest.raises(Unusable, match="stored Grad-CAM picture cannot be read"):
+            series.overlays(row["series_uid"], series_instance_uid=generate_uid())
+    finally:
+        series.engine.dispose()
