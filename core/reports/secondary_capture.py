@@ -80,7 +80,8 @@ def build_overlay(
             image goes in its study and references it.
         overlay_rgb: ``(rows, columns, 3)`` uint8 RGB.
         finding: the series' finding, named in Image Comments.
-        series_instance_uid: the results series the image goes in.
+        series_instance_uid: the series the image goes in: one of overlays, not the SR's
+            (a series' instances share one Modality, and this one's is ``OT``).
         sop_instance_uid: the image's own UID (the same on every export attempt).
         instance_number: its number in the series.
         series_number: the series' number.

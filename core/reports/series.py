@@ -173,6 +173,11 @@ def series_overlays(
     explanation is done, as a Secondary Capture in ``series_instance_uid``; none, with the
     reason, when no slice of the series has one (explanations are made on request).
 
+    Give the overlays a series of their own in the study, not the SR's: every instance of
+    a series shares its series attributes (PS3.3 A.1.2), and the SR's Modality is ``SR``,
+    this image's ``OT``. ``sop_instance_uid``: the same on every export attempt (a new one
+    when None); ``instance_number``: the image's number in its series.
+
     Raises:
         Malformed, NotFound, Conflict: as :func:`series_with_result`.
         Gone: the stored slice was deleted.
