@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 SUCCESS, NOT_SUPPORTED, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0x0122, 0xA700, 0xC000
 VIA, JOB_NAME = "c-store", "DICOM C-STORE"
-DEFAULT_HOST, DEFAULT_PORT, DEFAULT_AE_TITLE = "127.0.0.1", 11112, "COVIDSCAN"
+DEFAULT_HOST, DEFAULT_AE_TITLE = "127.0.0.1", "COVIDSCAN"
+DEFAULT_PORT: int = Settings.model_fields["dicom_port"].default  # DICOM_PORT's
 
 
 def supported_contexts() -> list[tuple[str, tuple[str, ...]]]:
