@@ -363,6 +363,11 @@ class Settings(_Base):
         "`expires_at`; the sweep deletes expired jobs.",
     )
     port: Port = setting(5000, "the API's port under `make run` (waitress, loopback only).")
+    dicom_port: PortOrOff = setting(
+        11112,
+        "the port of `make run`'s DICOM listener (`covidscan dicom-listen`: loopback only, "
+        "AE title `COVIDSCAN`, jobs owned by the administrator `admin`); `0`: none.",
+    )
     log_level: LogLevel = setting("INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     auth: AuthMode = setting(
         "on", "`off` disables keys; refused unless `API_HOST` is loopback (see *Security model*)."
