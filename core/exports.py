@@ -29,11 +29,16 @@ from core.metrics import count_export
 from core.patient import PATIENT_KEYWORDS, open_patient
 from core.sealing import SealError
 from core.webhooks import next_attempt
-from covidscan.contract import ExportState
+from covidscan.contract import ExportKind, ExportState
 from covidscan.settings import Settings
 from db.blobs import BlobStore
 from db.destinations import get_destination
-from db.exports import claim_due_exports, note_missing_commitments, record_attempt
+from db.exports import (
+    claim_due_exports,
+    explanations_waiting,
+    note_missing_commitments,
+    record_attempt,
+)
 from db.models import Destination, Export, Job, utcnow
 from db.session import in_transaction
 
@@ -137,23 +142,18 @@ def with_patient(document: bytes, patient: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def export_instance(
-    session: Session, blobs: BlobStore, settings: Settings, export: Export
+class NotYet(Exception):
+    """The export's instance cannot be made yet (its Grad-CAM explanations are being made)."""
+
+
+def _document(
+    session: Session, blobs: BlobStore, settings: Settings, job: Job, export: Export
 ) -> bytes:
-    """The instance ``export`` sends: its series' SR (with the row's UIDs), filed under
-    the original patient and study.
+    """The de-identified instance of the export's kind, with the row's UIDs."""
+    from core.reports.series import series_document, series_overlays
 
-    Raises:
-        NotExportable: the job, its slices or its sealed patient attributes are gone, the
-            report cannot be made, or no patient attributes were kept (PHI_KEY unset).
-    """
-    from core.reports.series import series_document
-
-    job = session.get(Job, export.job_id)
-    if job is None:
-        raise NotExportable(f"job {export.job_id} was deleted")
-    try:
-        document = series_document(
+    if export.kind != ExportKind.OVERLAY:
+        return series_document(
             session,
             blobs,
             settings.max_scan_bytes,
@@ -162,6 +162,38 @@ def export_instance(
             sop_instance_uid=export.sop_instance_uid,
             series_instance_uid=export.results_series_uid,
         )
+    overlays = series_overlays(
+        session,
+        blobs,
+        settings.max_scan_bytes,
+        job,
+        export.series_uid,
+        series_instance_uid=export.results_series_uid,
+        sop_instance_uid=export.sop_instance_uid,
+    )
+    if overlays.documents:
+        return overlays.documents[0]
+    if explanations_waiting(session, job.id, export.series_uid):
+        raise NotYet(f"the Grad-CAM explanations of series {export.series_uid} are not made yet")
+    raise NotExportable(overlays.skipped or f"series {export.series_uid} has no overlay")
+
+
+def export_instance(
+    session: Session, blobs: BlobStore, settings: Settings, export: Export
+) -> bytes:
+    """The instance ``export`` sends: its series' SR or Grad-CAM overlay (with the row's
+    UIDs), filed under the original patient and study.
+
+    Raises:
+        NotYet: the overlay's explanations are still being made.
+        NotExportable: the job, its slices or its sealed patient attributes are gone, the
+            report cannot be made, or no patient attributes were kept (PHI_KEY unset).
+    """
+    job = session.get(Job, export.job_id)
+    if job is None:
+        raise NotExportable(f"job {export.job_id} was deleted")
+    try:
+        document = _document(session, blobs, settings, job, export)
     except IntakeError as exc:
         raise NotExportable(exc.detail) from None
     study = export.study_uid or ""
@@ -255,6 +287,8 @@ def attempt_export(
                 instance = export_instance(session, blobs, settings, export)
         except NotExportable as exc:
             delivery = Delivery(FAILED, str(exc))
+        except NotYet as exc:  # waits, within the retry window, without a word to the PACS
+            delivery = Delivery(RETRY, str(exc))
         else:
             delivery = send(target, instance, export)
     now = utcnow()

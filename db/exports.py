@@ -19,11 +19,12 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from sqlalchemy import Row, delete, select, update
+from sqlalchemy import Row, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from covidscan.contract import ExportKind, ExportState
-from db.models import Export, Job, new_id, utcnow
+from db.explanations import GRADCAM
+from db.models import Explanation, Export, Job, Scan, ScanStatus, new_id, utcnow
 from db.queue import LeaseQueue
 from db.series import job_series, min_series_slices
 from db.session import rows_changed
@@ -48,7 +49,8 @@ def new_uid() -> str:
 
 def record_exports(session: Session, statuses: Mapping[str, str]) -> list[str]:
     """Make the exports of the jobs that have just ended (``statuses``: job id → final
-    status): one per series with a result and destination the job names. Returns their ids.
+    status): one per series with a result and destination the job names (and one more for
+    its Grad-CAM overlay when the job asked for explanations). Returns their ids.
 
     A series without a result (too few slices, no slice classified) makes none; the log
     says which, by job id and series UID only.
@@ -76,26 +78,48 @@ def record_exports(session: Session, statuses: Mapping[str, str]) -> list[str]:
                     reason,
                 )
                 continue
-            results_series = new_uid()
-            for name in destinations:
-                row = Export(
-                    id=new_id(),
-                    job_id=job.id,
-                    owner=job.owner,
-                    destination=name,
-                    kind=ExportKind.SR,
-                    study_uid=series.study_uid,
-                    series_uid=series.series_uid,
-                    results_series_uid=results_series,
-                    sop_instance_uid=new_uid(),
-                    state=PENDING,
-                    attempts=0,
-                    created_at=now,
-                    next_attempt_at=now,
-                )
-                session.add(row)
-                made.append(row.id)
+            # the SR, and with Grad-CAM asked for, the overlay: each kind in a results
+            # series of its own (a series holds one modality), the same for every destination
+            kinds = [ExportKind.SR] + ([ExportKind.OVERLAY] if job.explain == GRADCAM else [])
+            for kind in kinds:
+                results_series = new_uid()
+                for name in destinations:
+                    row = Export(
+                        id=new_id(),
+                        job_id=job.id,
+                        owner=job.owner,
+                        destination=name,
+                        kind=kind,
+                        study_uid=series.study_uid,
+                        series_uid=series.series_uid,
+                        results_series_uid=results_series,
+                        sop_instance_uid=new_uid(),
+                        state=PENDING,
+                        attempts=0,
+                        created_at=now,
+                        next_attempt_at=now,
+                    )
+                    session.add(row)
+                    made.append(row.id)
     return made
+
+
+def explanations_waiting(session: Session, job_id: str, series_uid: str) -> int:
+    """How many Grad-CAM explanations of the series' slices are still to be made."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Explanation)
+            .join(Scan, Scan.id == Explanation.scan_id)
+            .where(
+                Explanation.job_id == job_id,
+                Explanation.method == GRADCAM,
+                Scan.series_uid == series_uid,
+                Explanation.status.in_((ScanStatus.QUEUED, ScanStatus.RUNNING)),
+            )
+        )
+        or 0
+    )
 
 
 def _exports(session: Session, rows: Sequence[Row[Any]]) -> list[Export]:

@@ -255,8 +255,9 @@ def statement() -> str:
         "",
         "## 7. Application entity: the exporter (in `covidscan dicom-listen`)",
         "",
-        "- Sends each complete, classified series' SR to the destinations its job names, "
-        "as the listener's AE title (`--ae-title`), one association per instance; the "
+        "- Sends each complete, classified series' SR (and, for a job that asked for "
+        "Grad-CAM explanations, its overlay once they are made) to the destinations its "
+        "job names, as the listener's AE title (`--ae-title`), one association per instance; the "
         "SOP Instance UID is fixed when the export is made and the same on every attempt. "
         "The original patient and study attributes (sealed at intake with `PHI_KEY`) "
         "replace the de-identified ones; Patient Identity Removed and the de-identification "
@@ -267,6 +268,7 @@ def statement() -> str:
             ("SOP class", "UID", "Role"),
             [
                 (_name(COMPREHENSIVE_3D_SR), f"`{COMPREHENSIVE_3D_SR}`", "SCU (C-STORE)"),
+                (_name(SECONDARY_CAPTURE), f"`{SECONDARY_CAPTURE}`", "SCU (C-STORE)"),
                 (
                     _name(STORAGE_COMMITMENT_PUSH),
                     f"`{STORAGE_COMMITMENT_PUSH}`",
@@ -276,7 +278,7 @@ def statement() -> str:
             ],
         ),
         "",
-        "Transfer syntax proposed: Explicit VR Little Endian (the SR as written).",
+        "Transfer syntax proposed: Explicit VR Little Endian (the objects as written).",
         "",
         "### C-STORE status codes received",
         "",

@@ -122,7 +122,9 @@ def add_destinations(factory, *names: str) -> None:
             register(session, dicom_spec(name, "PACS", "127.0.0.1", 104, commitment=False), None)
 
 
-def submit_and_finish(config, factory, export_to: str, count: int = 3) -> str:
+def submit_and_finish(
+    config, factory, export_to: str, count: int = 3, explain: bool = False
+) -> str:
     """A DICOM job sent through the API with ``export_to``, every slice classified as a
     worker would, and its end recorded as the worker's last write does."""
     from core.jobs.ending import commit_ending
@@ -134,6 +136,7 @@ def submit_and_finish(config, factory, export_to: str, count: int = 3) -> str:
     data = {
         "files": [(io.BytesIO(body), f"IM{i}") for i, body in enumerate(files)],
         "export_to": export_to,
+        **({"explain": "gradcam"} if explain else {}),
     }
     answer = client.post("/v1/jobs", data=data, content_type="multipart/form-data")
     assert answer.status_code == 202, answer.get_json()
@@ -285,3 +288,46 @@ def test_the_cli_sends_due_exports_and_lists_them(config, runtime):
     assert listed.exit_code == 0, listed.output
     assert "closed  sr" in listed.output and "pending  attempts: 1" in listed.output
     assert f"connection refused by 127.0.0.1:{port}" in listed.output
+
+
+@pytest.mark.integration
+def test_a_job_that_asked_for_grad_cam_sends_its_overlay_once_it_is_made(config, runtime):
+    """The overlay waits (retried, nothing sent) while the explanations are made, then goes
+    as a Secondary Capture of its own series, filed under the patient, dciodvfy-clean."""
+    import numpy as np
+
+    from db.models import Explanation, ScanStatus, utcnow
+    from tests.test_dicom_overlay import png_of
+
+    settings, factory, blobs = runtime
+    add_destinations(factory, "pacs")
+    job_id = submit_and_finish(config, factory, "pacs", explain=True)
+    rows = {r.kind: r for r in exports_of(factory, job_id)}
+    assert set(rows) == {"sr", "overlay"}
+    assert rows["sr"].results_series_uid != rows["overlay"].results_series_uid
+    send = Answers(Delivery(STORED, "stored (0x0000)"))
+    outcomes = export_due(factory, blobs, settings, send)
+    assert outcomes == {rows["sr"].id: STORED, rows["overlay"].id: RETRY}
+    [waiting] = [r for r in exports_of(factory, job_id) if r.kind == "overlay"]
+    assert "not made yet" in waiting.error and waiting.state == "pending"
+    with factory.begin() as session:  # what the worker writes once it explained the slices
+        for explanation in session.query(Explanation).filter(Explanation.job_id == job_id):
+            explanation.status = ScanStatus.SUCCEEDED
+            explanation.finished_at = utcnow()
+            explanation.overlay_png = png_of(np.full((8, 8, 3), 120, dtype=np.uint8))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(send.sent) < 2:
+        export_due(factory, blobs, settings, send)
+        time.sleep(0.1)
+    [(_name, instance, export_id)] = send.sent[1:]
+    assert export_id == rows["overlay"].id
+    dataset = pydicom.dcmread(io.BytesIO(instance))
+    assert dataset.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
+    assert dataset.SOPInstanceUID == rows["overlay"].sop_instance_uid
+    assert dataset.SeriesInstanceUID == rows["overlay"].results_series_uid
+    assert dataset.PatientID == d.PATIENT_ID and "PatientIdentityRemoved" not in dataset
+    assert iod_errors(instance) == []
+    assert {r.kind: r.state for r in exports_of(factory, job_id)} == {
+        "sr": "stored",
+        "overlay": "stored",
+    }
