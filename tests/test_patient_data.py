@@ -16,7 +16,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pydicom
 import pytest
@@ -128,6 +128,7 @@ class Sent:
     job_id: str
     study_uid: str
     answer: str  # what the entry path answered
+    exported: list[bytes] = field(default_factory=list)  # instances sent to a destination
 
 
 @pytest.fixture
@@ -152,8 +153,8 @@ def admin(config):
     return authorised(create_app(config).test_client(), key)
 
 
-def send_multipart(client, files: list[bytes]) -> tuple[str, str]:
-    data = {"files": [(io.BytesIO(body), f"IM{i}") for i, body in enumerate(files)]}
+def send_multipart(client, files: list[bytes], **fields: str) -> tuple[str, str]:
+    data = {"files": [(io.BytesIO(body), f"IM{i}") for i, body in enumerate(files)], **fields}
     response = client.post("/v1/jobs", data=data, content_type="multipart/form-data")
     assert response.status_code == 202, response.get_json()
     return response.get_json()["id"], response.get_data(as_text=True)
@@ -202,6 +203,7 @@ def answers_of(client, job_id: str) -> dict[str, str]:
         "series": series,
         "page": client.get(f"/jobs/{job_id}"),
         "deliveries": client.get(f"/v1/jobs/{job_id}/deliveries"),
+        "exports": client.get(f"/v1/jobs/{job_id}/exports"),
     }
     for name, answer in answers.items():
         assert answer.status_code == 200, (name, answer.get_data(as_text=True))
@@ -223,11 +225,12 @@ def sr_of(client, job_id: str) -> str:
 def sent(config, client, owner, caplog) -> list[Sent]:
     """One study through each entry path, classified; the logs captured from the start."""
     caplog.set_level(logging.DEBUG)
+    register_destination(config, "pacs")
     jobs = []
     for send in ("multipart", "stow-rs", "c-store"):
         study, files = series(2)
         if send == "multipart":
-            job_id, answer = send_multipart(client, files)
+            job_id, answer = send_multipart(client, files, export_to="pacs")
         elif send == "stow-rs":
             job_id, answer = send_stow(client, files)
         else:
@@ -236,7 +239,45 @@ def sent(config, client, owner, caplog) -> list[Sent]:
             job_id, answer = next(j["id"] for j in listed if j["name"] == "DICOM C-STORE"), ""
         jobs.append(Sent(job_id, study, answer))
     classify_all(config["DATABASE_URL"])
+    jobs[0].exported = export_all(config, [one.job_id for one in jobs])
     return jobs
+
+
+def register_destination(config, name: str) -> None:
+    from core.destinations import dicom_spec, register
+    from db.session import make_session_factory
+
+    engine = make_engine(config["DATABASE_URL"])
+    try:
+        with make_session_factory(engine).begin() as session:
+            register(session, dicom_spec(name, "PACS", "127.0.0.1", 104), None)
+    finally:
+        engine.dispose()
+
+
+def export_all(config, job_ids: list[str]) -> list[bytes]:
+    """The jobs' ends recorded (their exports made), and every due export sent to a
+    stand-in PACS that stores it; the instances it got."""
+    from core.exports import STORED, Delivery, export_due
+    from core.jobs.ending import commit_ending
+    from db.session import make_session_factory
+
+    settings = load_settings(config)
+    engine = make_engine(settings.database_url)
+    factory = make_session_factory(engine)
+    received: list[bytes] = []
+
+    def send(target, instance, export):
+        received.append(instance)
+        return Delivery(STORED, f"C-STORE to {target.name} stored (0x0000)")
+
+    try:
+        with factory() as session:
+            commit_ending(session, job_ids, factory, None)
+        export_due(factory, open_blob_store(settings.blob_dir, settings.blob_store), settings, send)
+    finally:
+        engine.dispose()
+    return received
 
 
 def test_each_grep_finds_the_values_where_they_are_in_plain_text(
@@ -265,6 +306,13 @@ def test_each_grep_finds_the_values_where_they_are_in_plain_text(
 def test_no_patient_attribute_is_in_sql_logs_answers_or_metrics(
     config, client, admin, sent, caplog
 ):
+    # put back only into the instance sent to a destination (the grep finds them there)
+    [exported] = sent[0].exported
+    assert {"PatientID", "PatientName", "AccessionNumber", "StudyID"} <= set(
+        found(exported.decode("latin-1"))
+    )
+    exports = client.get(f"/v1/jobs/{sent[0].job_id}/exports").get_json()["exports"]
+    assert [e["state"] for e in exports] == ["stored"]
     assert found(logged(caplog)) == [], "patient attributes in the logs"
     assert found(sql_dump(config["DATABASE_URL"])) == [], "patient attributes in SQL"
     for one in sent:
