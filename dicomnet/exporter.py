@@ -274,6 +274,8 @@ class Exporter:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        import core.reports.series  # noqa: F401  (highdicom: loaded once, before the first export)
+
         while not self._stop.is_set():
             done: Sequence[str] = ()
             try:

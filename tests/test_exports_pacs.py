@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import secrets
 import time
 import uuid
@@ -197,4 +198,73 @@ def test_a_classified_series_comes_back_into_the_pacs_in_its_study(
         f"{seconds_between(dicom['created_at'], dicom['committed_at']):.2f} s; STOW-RS stored "
         f"after {seconds_between(web['created_at'], web['stored_at']):.2f} s; the 0xA700 "
         f"destination: {retried['attempts']} attempts in the 5 s window"
+    )
+
+
+ROUND_TRIP_SLICES = int(os.environ.get("EXPORT_ROUND_TRIP_SLICES", "12"))
+"""Slices of the series the round trip sends (120 for the numbers the docs quote)."""
+
+
+def test_a_study_sent_by_the_pacs_comes_back_committed_with_no_one_acting(
+    tmp_path, config, stack_key, worker, gateway_port
+):
+    """Orthanc C-STOREs a series to the gateway, which returns the result to the sender:
+    the series ends complete by Orthanc's C-FIND count, the worker classifies it, the
+    gateway sends the SR back and Orthanc's Storage Commitment report commits it."""
+    from dicomnet.listener import start
+
+    require_orthanc()
+    settings = load_settings(config)
+    engine = make_engine(settings.database_url)
+    factory = make_session_factory(engine)
+    files, ordered = d.ct_series(ROUND_TRIP_SLICES, seed=5)
+    modalities = {"covidscan": ("COVIDSCAN", gateway_port)}
+    orthanc_ae = f"PACS{uuid.uuid4().hex[:8].upper()}"  # its own AE: the sender's destination
+    with Orthanc(
+        tmp_path / "pacs", free_port(), free_port(), modalities, ae_title=orthanc_ae
+    ) as orthanc:
+        with factory.begin() as session:
+            name = f"sender-{orthanc_ae.lower()}"
+            register(session, dicom_spec(name, orthanc_ae, "127.0.0.1", orthanc.dicom_port), None)
+        instances = [orthanc.upload(body) for body in files]
+        _server, stop = start(
+            settings,
+            "127.0.0.1",
+            gateway_port,
+            "COVIDSCAN",
+            "stack",
+            ("CT",),
+            return_to_sender=True,
+        )
+        client = authorised(create_app(config).test_client(), stack_key)
+        try:
+            started = time.monotonic()
+            sent = orthanc.send("covidscan", [instances[0]["ParentSeries"]])
+            assert sent.status_code == 200, sent.text
+            received = time.monotonic()  # the last instance acknowledged
+            exports: list[dict] = []
+            while time.monotonic() - received < 120:
+                jobs = client.get("/v1/jobs").get_json()["jobs"]
+                mine = [j for j in jobs if name in (j.get("export_to") or [])]
+                if mine:
+                    exports = client.get(f"/v1/jobs/{mine[0]['id']}/exports").get_json()["exports"]
+                    if exports and all(e["state"] in ("committed", "failed") for e in exports):
+                        break
+                time.sleep(0.2)
+            committed = time.monotonic()
+        finally:
+            stop()
+            engine.dispose()
+        [export] = exports
+        assert export["state"] == "committed", (export, orthanc.log_path.read_text()[-2000:])
+        assert export["attempts"] == 1 and export["destination"] == name
+        study = orthanc.get("/studies")
+        assert len(study) == 1 and len(orthanc.get("/patients")) == 1
+        assert len(orthanc.get(f"/studies/{study[0]}/series")) == 2  # the CT and the SR
+    print(
+        f"\nround trip of a {ROUND_TRIP_SLICES}-slice series: C-STORE to the gateway "
+        f"{received - started:.2f} s; from the last instance received to the SR committed "
+        f"{committed - received:.2f} s (job end to stored "
+        f"{seconds_between(export['created_at'], export['stored_at']):.2f} s, to committed "
+        f"{seconds_between(export['created_at'], export['committed_at']):.2f} s)"
     )
