@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Optional
@@ -248,24 +248,26 @@ def outcome_values(
 
 
 def _claim(
-    session: Session, settings: Settings, limit: int
-) -> list[tuple[Export, Optional[Target], Optional[str]]]:
-    """Due exports leased for one attempt, each with its destination (or why there is none)."""
-    lease = 4 * settings.export_timeout + 30
-    claimed = []
-    for export in claim_due_exports(session, limit, lease):
-        row = get_destination(session, export.destination)
-        target, problem = None, None
-        if row is None:
-            problem = f"destination {export.destination} was removed"
-        else:
-            try:
-                target = Target.of(row, credentials_of(row, settings.phi_key))
-            except DestinationError as exc:
-                problem = f"destination {export.destination}: {exc}"
-        session.expunge(export)
-        claimed.append((export, target, problem))
-    return claimed
+    session: Session, settings: Settings, attempted: Sequence[str]
+) -> Optional[tuple[Export, Optional[Target], Optional[str]]]:
+    """The next due export (not among ``attempted``) leased for one attempt, with its
+    destination (or why there is none); None when none is due."""
+    lease = 4 * settings.export_timeout + 30  # connect, associate, C-STORE, N-ACTION
+    claimed = claim_due_exports(session, 1, lease, exclude=attempted)
+    if not claimed:
+        return None
+    export = claimed[0]
+    row = get_destination(session, export.destination)
+    target, problem = None, None
+    if row is None:
+        problem = f"destination {export.destination} was removed"
+    else:
+        try:
+            target = Target.of(row, credentials_of(row, settings.phi_key))
+        except DestinationError as exc:
+            problem = f"destination {export.destination}: {exc}"
+    session.expunge(export)
+    return export, target, problem
 
 
 def attempt_export(
@@ -322,13 +324,20 @@ def export_due(
     send: Send,
     limit: int = 10,
 ) -> dict[str, str]:
-    """One pass: every due export (up to ``limit``) attempted once; export id → outcome.
-    Stored exports whose commitment report is overdue are marked so."""
+    """One pass: due exports (up to ``limit``) attempted once each, one claimed at a time
+    (its lease covers its own attempt only); export id → outcome. Stored exports whose
+    commitment report is overdue are marked so."""
     with session_factory.begin() as session:
-        claimed = _claim(session, settings, limit)
         note_missing_commitments(session, settings.export_commitment_timeout)
     outcomes: dict[str, str] = {}
-    for export, target, problem in claimed:
+    attempted: list[str] = []
+    while len(attempted) < limit:
+        with session_factory.begin() as session:
+            claimed = _claim(session, settings, attempted)
+        if claimed is None:
+            break
+        export, target, problem = claimed
+        attempted.append(export.id)
         outcome = attempt_export(session_factory, blobs, settings, export, target, problem, send)
         if outcome is not None:
             outcomes[export.id] = outcome

@@ -147,11 +147,17 @@ died mid-way); retries stop after ``EXPORT_RETRY_WINDOW`` (:func:`core.webhooks.
 
 
 def claim_due_exports(
-    session: Session, limit: int, lease_seconds: float, now: Optional[datetime] = None
+    session: Session,
+    limit: int,
+    lease_seconds: float,
+    now: Optional[datetime] = None,
+    exclude: Sequence[str] = (),
 ) -> list[Export]:
-    """Lease up to ``limit`` due exports for one attempt each (counted now)."""
+    """Lease up to ``limit`` due exports (but those in ``exclude``) for one attempt each
+    (counted now)."""
     now = now or utcnow()
-    ids = EXPORTS.pick(session, limit, now=now)
+    where = [Export.id.not_in(list(exclude))] if exclude else []
+    ids = EXPORTS.pick(session, limit, *where, now=now)
     if not ids:
         return []
     return EXPORTS.leases(session, EXPORTS.take(session, ids, None, lease_seconds, now))
