@@ -36,10 +36,11 @@ from db.destinations import get_destination
 from db.exports import (
     claim_due_exports,
     explanations_waiting,
+    new_uid,
     note_missing_commitments,
     record_attempt,
 )
-from db.models import Destination, Export, Job, utcnow
+from db.models import Destination, DestinationKind, Export, Job, utcnow
 from db.session import in_transaction
 
 if TYPE_CHECKING:
@@ -235,7 +236,7 @@ def outcome_values(
             delivery.retry_after,
         )
         if when is not None:
-            return RETRY, dict(next_attempt_at=when, error=delivery.detail)
+            return RETRY, dict(next_attempt_at=when, error=delivery.detail, transaction_uid=None)
         detail = (
             f"retries ran out after {export.attempts} attempts in "
             f"{settings.export_retry_window} s (EXPORT_RETRY_WINDOW): {delivery.detail}"
@@ -243,7 +244,11 @@ def outcome_values(
     else:
         detail = delivery.detail
     return FAILED, dict(
-        state=ExportState.FAILED, next_attempt_at=None, error=detail, finished_at=now
+        state=ExportState.FAILED,
+        next_attempt_at=None,
+        error=detail,
+        finished_at=now,
+        transaction_uid=None,
     )
 
 
@@ -266,6 +271,11 @@ def _claim(
             target = Target.of(row, credentials_of(row, settings.phi_key))
         except DestinationError as exc:
             problem = f"destination {export.destination}: {exc}"
+        if row.kind == DestinationKind.DICOM and row.commitment:
+            # kept before the N-ACTION is sent: the PACS's report may come before the
+            # attempt is recorded, and finds its export by it
+            export.transaction_uid = new_uid()
+            session.flush()
     session.expunge(export)
     return export, target, problem
 

@@ -45,7 +45,8 @@ def record_commitment(
     """Apply a Storage Commitment report to the exports of ``transaction_uid`` (not
     committed): those whose SOP Instance UID is in ``committed`` become ``committed``
     (``committed_at`` now), those in ``failed`` become ``failed`` with the reason given.
-    Only exports still ``stored`` move (a report sent twice changes nothing). Returns how
+    Only exports still ``stored`` (or ``pending``: the report came before its sender
+    recorded the C-STORE) move (a report sent twice changes nothing). Returns how
     many moved; ``moved_to`` is told each one's new state (the exports metric).
     """
     wanted = set(committed) | set(failed)
@@ -56,7 +57,8 @@ def record_commitment(
         .where(
             Export.transaction_uid == transaction_uid,
             Export.sop_instance_uid.in_(sorted(wanted)),
-            Export.state == ExportState.STORED.value,
+            # still pending: the report came before its sender recorded the C-STORE
+            Export.state.in_((ExportState.STORED.value, ExportState.PENDING.value)),
         )
         .with_for_update()
     )
@@ -69,6 +71,7 @@ def record_commitment(
             export.finished_at = now
         else:
             export.state = ExportState.COMMITTED.value
+            export.stored_at = export.stored_at or now
             export.committed_at = now
             export.finished_at = export.finished_at or now
             export.error = None  # a report that came after EXPORT_COMMITMENT_TIMEOUT

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from sqlalchemy import Row, delete, func, select, update
+from sqlalchemy import Row, and_, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from covidscan.contract import ExportKind, ExportState
@@ -169,16 +169,33 @@ def record_attempt(session: Session, export: Export, values: dict[str, Any]) -> 
     gone (its job deleted, its destination removed) or another claim took it since."""
     if values.get("error"):
         values = {**values, "error": str(values["error"])[:ERROR_LENGTH]}
+    ours = and_(Export.id == export.id, Export.attempts == export.attempts)
+    if rows_changed(
+        session,
+        update(Export)
+        .where(ours, Export.state == PENDING)
+        .values(lease_expires_at=None, **values)
+        .execution_options(synchronize_session=False),
+    ):
+        return True
+    if values.get("state") != STORED or not values.get("transaction_uid"):
+        return False
+    # The PACS's Storage Commitment report came before this attempt was recorded, and
+    # moved the export on (db.commitment): the C-STORE is recorded beside it.
     return bool(
         rows_changed(
             session,
             update(Export)
             .where(
-                Export.id == export.id,
-                Export.attempts == export.attempts,
-                Export.state == PENDING,
+                ours,
+                Export.state.in_((COMMITTED, FAILED)),
+                Export.transaction_uid == values["transaction_uid"],
             )
-            .values(lease_expires_at=None, **values)
+            .values(
+                stored_at=func.coalesce(Export.stored_at, values["stored_at"]),
+                lease_expires_at=None,
+                next_attempt_at=None,
+            )
             .execution_options(synchronize_session=False),
         )
     )

@@ -28,7 +28,6 @@ from core.exports import FAILED, RETRY, STORED, Delivery, Target, export_due
 from core.webhooks import parse_retry_after
 from covidscan.settings import Settings
 from db.blobs import BlobStore
-from db.exports import new_uid
 from db.models import Export
 from dicomnet.commitment import (
     NO_ANSWER,
@@ -80,13 +79,12 @@ def stow_outcome(status: int) -> str:
 
 
 def request_commitment_of(
-    assoc: Any, sop_class: str, sop_instance: str, called: str
+    assoc: Any, transaction_uid: str, sop_class: str, sop_instance: str, called: str
 ) -> tuple[Optional[str], str]:
     """Ask for Storage Commitment of the instance just stored, on the same association: the
     transaction UID when the PACS took the request, and what happened, in DICOM terms."""
     if not any(cx.abstract_syntax == STORAGE_COMMITMENT for cx in assoc.accepted_contexts):
         return None, f"{called} does not offer Storage Commitment (Push Model)"
-    transaction_uid = new_uid()
     code = request_commitment(assoc, transaction_uid, [(sop_class, sop_instance)])
     if code == NO_ANSWER:
         return None, f"no answer to the Storage Commitment N-ACTION from {called}"
@@ -96,10 +94,15 @@ def request_commitment_of(
 
 
 def c_store(
-    target: Target, instance: bytes, timeout: float, calling_ae_title: str = DEFAULT_AE_TITLE
+    target: Target,
+    instance: bytes,
+    timeout: float,
+    calling_ae_title: str = DEFAULT_AE_TITLE,
+    transaction_uid: Optional[str] = None,
 ) -> Delivery:
     """Send ``instance`` by C-STORE to a DICOM destination, then, when it is asked for and
-    the PACS offers it, request its Storage Commitment on the same association."""
+    the PACS offers it, request its Storage Commitment on the same association under
+    ``transaction_uid`` (kept in the export's row before: the report may come at once)."""
     import pydicom
     from pynetdicom import AE
 
@@ -152,12 +155,12 @@ def c_store(
         if outcome != STORED:
             return Delivery(outcome, f"C-STORE refused by {called}: {said}")
         detail = f"C-STORE to {called} stored ({said})"
-        if not target.commitment:
+        if not target.commitment or not transaction_uid:
             return Delivery(STORED, detail)
-        transaction_uid, commitment = request_commitment_of(
-            assoc, sop_class, str(dataset.SOPInstanceUID), called
+        requested, commitment = request_commitment_of(
+            assoc, transaction_uid, sop_class, str(dataset.SOPInstanceUID), called
         )
-        return Delivery(STORED, f"{detail}; {commitment}", transaction_uid=transaction_uid)
+        return Delivery(STORED, f"{detail}; {commitment}", transaction_uid=requested)
     finally:
         if assoc.is_established:
             assoc.release()
@@ -232,7 +235,9 @@ class Sender:
 
     def __call__(self, target: Target, instance: bytes, export: Export) -> Delivery:
         if target.kind == "dicom":
-            return c_store(target, instance, self.timeout, self.calling_ae_title)
+            return c_store(
+                target, instance, self.timeout, self.calling_ae_title, export.transaction_uid
+            )
         return stow(target, instance, self.timeout)
 
 

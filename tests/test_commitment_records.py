@@ -65,14 +65,15 @@ def test_a_report_commits_and_fails_the_exports_it_names(sessions):
 
 
 def test_a_report_moves_only_stored_exports_of_its_own_transaction(sessions):
+    """…and pending ones of it: the report came before the sender recorded its C-STORE."""
     mine, other = generate_uid(), generate_uid()
     pending, failed = exports(sessions, mine, [ExportState.PENDING, ExportState.FAILED])
     [foreign] = exports(sessions, other, ["stored"])
     with sessions.begin() as session:
-        assert record_commitment(session, mine, [pending, failed, foreign], {}) == 0
+        assert record_commitment(session, mine, [pending, failed, foreign], {}) == 1
         assert record_commitment(session, mine, [], {}) == 0
     assert [s[0] for s in states(sessions, [pending, failed, foreign])] == [
-        "pending",
+        "committed",
         "failed",
         "stored",
     ]

@@ -331,3 +331,30 @@ def test_a_job_that_asked_for_grad_cam_sends_its_overlay_once_it_is_made(config,
         "sr": "stored",
         "overlay": "stored",
     }
+
+
+@pytest.mark.integration
+def test_a_commitment_report_that_comes_before_the_c_store_is_recorded_commits_it(config, runtime):
+    """Orthanc may send its N-EVENT-REPORT while the C-STORE's association is still open:
+    the transaction is in the row before the N-ACTION goes, so the report finds it."""
+    from db.commitment import record_commitment
+
+    settings, factory, blobs = runtime
+    with factory.begin() as session:
+        register(session, dicom_spec("committing", "PACS", "127.0.0.1", 104), None)
+    job_id = submit_and_finish(config, factory, "committing")
+
+    def send(target, instance, export):
+        assert export.transaction_uid  # kept before the request is made
+        with factory.begin() as session:  # the report, on the listener's association
+            moved = record_commitment(
+                session, export.transaction_uid, [export.sop_instance_uid], {}
+            )
+        assert moved == 1
+        return Delivery(STORED, "stored; requested", transaction_uid=export.transaction_uid)
+
+    [outcome] = export_due(factory, blobs, settings, send).values()
+    assert outcome == STORED
+    [row] = exports_of(factory, job_id)
+    assert row.state == "committed" and row.stored_at and row.committed_at
+    assert row.lease_expires_at is None and row.next_attempt_at is None
