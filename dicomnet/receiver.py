@@ -237,9 +237,14 @@ class StoreReceiver:
 
         with self._lock:
             state = self._associations.pop(id(event.assoc), None)
-        if state is None:
-            return
         aborted = event.event is evt.EVT_ABORTED
+        if state is None:
+            log.info(
+                "association from %s %s: no instance sent",
+                peer_name(event.assoc),
+                "aborted" if aborted else "released",
+            )
+            return
         log.info(
             "association from %s@%s %s: %d instance(s) stored, %d refused%s",
             state.calling_ae,
