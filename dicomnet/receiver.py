@@ -67,17 +67,24 @@ def peer_name(assoc: Any) -> str:
 
 
 @dataclass
+class _SeriesSeen:
+    """A series received over one association: its study, and the instances stored."""
+
+    study_uid: Optional[str]
+    instances: int = 0
+
+
+@dataclass
 class _Association:
     job_id: str
-    calling_ae: str
+    calling_ae: str  # the peer's AE title (the called one, for an association we requested)
     host: str
     parsed: Any  # core.intake.ParsedUpload: counts against the per-job limits
     stored: int = 0
     refused: int = 0
     files: int = 0  # files stored under the job's keys, kept or not: each gets its own
     created: bool = False
-    # Series Instance UID -> [Study Instance UID, instances stored]
-    series: dict[str, list[Any]] = field(default_factory=dict)
+    series: dict[str, _SeriesSeen] = field(default_factory=dict)  # by Series Instance UID
     last_instance: Optional[datetime] = None
 
 
@@ -160,8 +167,10 @@ class StoreReceiver:
         state.stored += 1
         first_frame = uploads[0].dicom[0]
         if first_frame.series_uid:
-            entry = state.series.setdefault(first_frame.series_uid, [first_frame.study_uid, 0])
-            entry[1] += 1  # instances, not frames: NumberOfSeriesRelatedInstances counts those
+            seen = state.series.setdefault(
+                first_frame.series_uid, _SeriesSeen(first_frame.study_uid)
+            )
+            seen.instances += 1  # not frames: NumberOfSeriesRelatedInstances counts instances
         state.last_instance = utcnow()
         log.debug("job %s: C-STORE from %s stored (0x0000)", state.job_id, state.calling_ae)
         return SUCCESS
@@ -237,9 +246,14 @@ class StoreReceiver:
 
         with self._lock:
             state = self._associations.pop(id(event.assoc), None)
-        if state is None:
-            return
         aborted = event.event is evt.EVT_ABORTED
+        if state is None:
+            log.info(
+                "association from %s %s: no instance sent",
+                peer_name(event.assoc),
+                "aborted" if aborted else "released",
+            )
+            return
         log.info(
             "association from %s@%s %s: %d instance(s) stored, %d refused%s",
             state.calling_ae,
@@ -293,12 +307,12 @@ class StoreReceiver:
                 host,
                 port,
                 called,
-                {uid: entry[0] for uid, entry in state.series.items()},
+                {uid: seen.study_uid for uid, seen in state.series.items()},
                 calling_ae=self.ae_title,
                 timeout=float(self.jobs.settings.dicom_timeout),
                 tls=tls,
             )
-            received = {uid: entry[1] for uid, entry in state.series.items()}
+            received = {uid: seen.instances for uid, seen in state.series.items()}
             complete = all(sizes.get(uid) == count for uid, count in received.items())
             with self.jobs.session_factory() as session:
                 job = session.get(Job, state.job_id)

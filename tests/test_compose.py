@@ -372,6 +372,11 @@ def test_prometheus_scrapes_the_api_every_worker_replica_and_the_sweep(services)
         assert str(discovery["port"]) == environment["METRICS_PORT"], name
         assert environment["METRICS_HOST"] == "0.0.0.0", name
         assert "ports" not in services[name], name
+    dicom = services["dicom"]["environment"]
+    assert jobs["covidscan-dicom"]["static_configs"] == [
+        {"targets": [f"dicom:{dicom['METRICS_PORT']}"]}
+    ]
+    assert dicom["METRICS_HOST"] == "0.0.0.0"
     nginx = (ROOT / "docker" / "nginx" / "nginx.conf.template").read_text()
     assert "location = /metrics {" in nginx
 
