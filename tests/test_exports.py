@@ -358,3 +358,111 @@ def test_a_commitment_report_that_comes_before_the_c_store_is_recorded_commits_i
     [row] = exports_of(factory, job_id)
     assert row.state == "committed" and row.stored_at and row.committed_at
     assert row.lease_expires_at is None and row.next_attempt_at is None
+
+
+# The senders against small real servers: what each answer comes to
+
+
+def a_target(**fields):
+    from core.exports import Target
+
+    values = dict(
+        name="t",
+        kind="dicomweb",
+        ae_title=None,
+        host=None,
+        port=None,
+        tls=False,
+        commitment=False,
+        url=None,
+        credentials=None,
+    )
+    values.update(fields)
+    return Target(**values)
+
+
+@pytest.fixture
+def stow_service():
+    """A STOW-RS stand-in answering each POST with the next (status, headers, body) queued,
+    and keeping what it was sent."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    answers: list[tuple[int, dict[str, str], bytes]] = []
+    seen: list[tuple[str, dict[str, str], bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            seen.append((self.path, dict(self.headers), body))
+            status, headers, payload = answers.pop(0)
+            self.send_response(status)
+            for key, value in {"Content-Type": "application/dicom+json", **headers}.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/dicom-web", answers, seen
+    finally:
+        server.shutdown()
+
+
+def failed_sop(reason: int) -> bytes:
+    import json
+
+    item = {"00081197": {"vr": "US", "Value": [reason]}}
+    return json.dumps({"00081198": {"vr": "SQ", "Value": [item]}}).encode()
+
+
+def test_stow_rs_answers_decide_stored_retry_or_failed_with_the_reason(stow_service):
+    from core.destinations import Credentials
+    from dicomnet.exporter import stow
+
+    url, answers, seen = stow_service
+    target = a_target(url=url, credentials=Credentials(token="tok-123"))
+    answers += [
+        (200, {}, b"{}"),
+        (202, {}, failed_sop(0xA900)),
+        (409, {}, failed_sop(0x0122)),
+        (429, {"Retry-After": "120"}, b""),
+        (503, {}, b""),
+        (401, {}, b""),
+    ]
+    got = [stow(target, b"DICM-instance", timeout=5) for _ in range(6)]
+    assert [d.outcome for d in got] == [STORED, FAILED, FAILED, RETRY, RETRY, FAILED]
+    assert "0xA900 Data Set Does Not Match SOP Class" in got[1].detail
+    assert "HTTP 409" in got[2].detail and "0x0122" in got[2].detail
+    assert got[3].retry_after == 120
+    path, headers, body = seen[0]
+    assert path == "/dicom-web/studies" and headers["Authorization"] == "Bearer tok-123"
+    assert 'type="application/dicom"' in headers["Content-Type"] and b"DICM-instance" in body
+
+
+def test_a_permanent_association_rejection_fails_at_once_naming_the_reason():
+    from pynetdicom import AE
+
+    from devtools.embedded_redis import free_port
+    from dicomnet.exporter import c_store
+
+    ae = AE(ae_title="STRICT")
+    ae.add_supported_context("1.2.840.10008.5.1.4.1.1.88.34")
+    ae.require_called_aet = True
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False)
+    try:
+        target = a_target(kind="dicom", ae_title="NOT_STRICT", host="127.0.0.1", port=port)
+        files, _ = d.ct_series(1)
+        delivery = c_store(target, files[0], timeout=5)
+    finally:
+        server.shutdown()
+    assert delivery.outcome == FAILED, delivery
+    assert "association rejected by NOT_STRICT@127.0.0.1" in delivery.detail
+    assert "Called AE title not recognised" in delivery.detail
