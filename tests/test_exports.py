@@ -466,3 +466,36 @@ def test_a_permanent_association_rejection_fails_at_once_naming_the_reason():
     assert delivery.outcome == FAILED, delivery
     assert "association rejected by NOT_STRICT@127.0.0.1" in delivery.detail
     assert "Called AE title not recognised" in delivery.detail
+
+
+@pytest.mark.integration
+def test_a_commitment_report_that_never_comes_is_said_and_a_late_one_still_commits(config, runtime):
+    from datetime import timedelta
+
+    from db.commitment import record_commitment
+    from db.exports import note_missing_commitments
+    from db.models import utcnow
+
+    settings, factory, blobs = runtime
+    with factory.begin() as session:
+        register(session, dicom_spec("silent", "PACS", "127.0.0.1", 104), None)
+    job_id = submit_and_finish(config, factory, "silent")
+
+    def send(target, instance, export):
+        return Delivery(STORED, "stored; requested", transaction_uid=export.transaction_uid)
+
+    export_due(factory, blobs, settings, send)
+    [row] = exports_of(factory, job_id)
+    assert row.state == "stored" and row.transaction_uid and row.finished_at is None
+    with factory.begin() as session:
+        assert note_missing_commitments(session, 3600) == 0  # not yet overdue
+        later = utcnow() + timedelta(seconds=3601)
+        assert note_missing_commitments(session, 3600, now=later) == 1
+        assert note_missing_commitments(session, 3600, now=later) == 0  # said once
+    [row] = exports_of(factory, job_id)
+    assert row.state == "stored"
+    assert row.error == "no Storage Commitment report within 3600 s of the C-STORE"
+    with factory.begin() as session:
+        assert record_commitment(session, row.transaction_uid, [row.sop_instance_uid], {}) == 1
+    [row] = exports_of(factory, job_id)
+    assert row.state == "committed" and row.error is None
