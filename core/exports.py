@@ -64,13 +64,15 @@ class Delivery:
     ``outcome``: ``stored`` (accepted), ``retry`` (the destination may take it later: out
     of resources, busy, unreachable) or ``failed`` (refused for good). ``detail`` says
     what happened in DICOM or HTTP terms; ``transaction_uid`` names the Storage Commitment
-    request made after a stored C-STORE, if one was.
+    request made after a stored C-STORE, if one was (``note`` says why not, when it was
+    asked for and could not be made).
     """
 
     outcome: str
     detail: str
     retry_after: Optional[float] = None
     transaction_uid: Optional[str] = None
+    note: Optional[str] = None  # a stored instance's caveat: why no commitment was asked
 
 
 @dataclass(frozen=True)
@@ -222,7 +224,7 @@ def outcome_values(
             state=ExportState.STORED,
             stored_at=now,
             next_attempt_at=None,
-            error=None,
+            error=delivery.note,
             transaction_uid=delivery.transaction_uid,
             finished_at=None if delivery.transaction_uid else now,
         )

@@ -160,7 +160,12 @@ def c_store(
         requested, commitment = request_commitment_of(
             assoc, transaction_uid, sop_class, str(dataset.SOPInstanceUID), called
         )
-        return Delivery(STORED, f"{detail}; {commitment}", transaction_uid=requested)
+        return Delivery(
+            STORED,
+            f"{detail}; {commitment}",
+            transaction_uid=requested,
+            note=None if requested else f"stored, not committed: {commitment}",
+        )
     finally:
         if assoc.is_established:
             assoc.release()

@@ -499,3 +499,31 @@ def test_a_commitment_report_that_never_comes_is_said_and_a_late_one_still_commi
         assert record_commitment(session, row.transaction_uid, [row.sop_instance_uid], {}) == 1
     [row] = exports_of(factory, job_id)
     assert row.state == "committed" and row.error is None
+
+
+def test_a_pacs_without_storage_commitment_stores_and_says_why_it_is_not_committed():
+    from pynetdicom import AE, evt
+
+    from devtools.embedded_redis import free_port
+    from dicomnet.exporter import c_store
+    from tests.dicom_files import structured_report
+
+    received = []
+    ae = AE(ae_title="NOCOMMIT")
+    ae.add_supported_context("1.2.840.10008.5.1.4.1.1.88.11")  # Basic Text SR: no commitment
+    port = free_port()
+    handlers = [(evt.EVT_C_STORE, lambda event: received.append(event.request) or 0x0000)]
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
+    try:
+        target = a_target(
+            kind="dicom", ae_title="NOCOMMIT", host="127.0.0.1", port=port, commitment=True
+        )
+        delivery = c_store(target, structured_report(), timeout=5, transaction_uid="2.25.1")
+    finally:
+        server.shutdown()
+    assert delivery.outcome == STORED and len(received) == 1, delivery
+    assert delivery.transaction_uid is None
+    assert delivery.note == (
+        f"stored, not committed: NOCOMMIT@127.0.0.1:{port} does not offer Storage "
+        "Commitment (Push Model)"
+    )
