@@ -448,7 +448,8 @@ class ExportInfo(Strict):
     )
     attempts: int
     error: Optional[str] = Field(
-        description="the destination's last refusal or failure, in DICOM or HTTP terms"
+        description="in DICOM or HTTP terms: why it failed, why its last attempt did not "
+        "succeed (pending), or why a stored one will not be committed"
     )
     created_at: Timestamp
     next_attempt_at: Timestamp = Field(description="when a pending export is tried next")
