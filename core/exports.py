@@ -195,10 +195,6 @@ def export_instance(
     job = session.get(Job, export.job_id)
     if job is None:
         raise NotExportable(f"job {export.job_id} was deleted")
-    try:
-        document = _document(session, blobs, settings, job, export)
-    except IntakeError as exc:
-        raise NotExportable(exc.detail) from None
     study = export.study_uid or ""
     try:
         patient = open_patient(blobs, job.id, study, settings.phi_key)
@@ -211,6 +207,10 @@ def export_instance(
             f"no patient attributes were kept for study {study} (PHI_KEY unset at intake): "
             "the PACS could not file the result under its patient"
         )
+    try:
+        document = _document(session, blobs, settings, job, export)
+    except IntakeError as exc:
+        raise NotExportable(exc.detail) from None
     return with_patient(document, patient)
 
 
