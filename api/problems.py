@@ -15,6 +15,7 @@ from werkzeug.wrappers import Response as WSGIResponse
 
 from core.errors import (
     Conflict,
+    Gone,
     IntakeError,
     Malformed,
     NotFound,
@@ -22,6 +23,7 @@ from core.errors import (
     TooLarge,
     Unavailable,
     Unsupported,
+    Unusable,
 )
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,8 @@ STATUSES: dict[type[IntakeError], int] = {
     OverQuota: 429,
     Conflict: 409,
     NotFound: 404,
+    Gone: 410,
+    Unusable: 422,
     Unavailable: 503,
 }
 

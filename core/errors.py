@@ -59,6 +59,15 @@ class NotFound(IntakeError):
     """No such job (or one the caller may not see: the same answer)."""
 
 
+class Gone(IntakeError):
+    """What the work needs was kept once and is deleted now (a job's stored slices)."""
+
+
+class Unusable(IntakeError):
+    """Content accepted earlier that cannot serve what is asked of it now (a slice's header
+    a report cannot reference); asking again gives the same answer."""
+
+
 class Unavailable(IntakeError):
     """A service the work needs (Redis, which holds the quotas) does not answer; nothing
     was kept, and the same request may succeed later."""

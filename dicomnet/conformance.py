@@ -12,11 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from core.deidentify import BASIC_PROFILE, METHOD_CODES, Action, action
+from core.reports.secondary_capture import OVERLAY_SERIES_NUMBER
+from core.reports.sr import RESEARCH_ONLY, RESULTS_SERIES_NUMBER
 from covidscan import __version__
 from dicomnet import listener
 from dicomnet.probe import CALLING_AE_TITLE, STORAGE_COMMITMENT_PUSH, VERIFICATION
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 STOW_RS_PATH = "/v1/dicomweb/studies"
 SR_PATH = "/v1/jobs/{id}/series/{series_uid}/sr"
 
@@ -56,7 +59,7 @@ def statement() -> str:
         f"- Product: covidscan {__version__} (bulk COVID-19 classification of chest CT).",
         f"- Implementation Class UID at association: `{ae.implementation_class_uid}`, "
         f"version name `{ae.implementation_version_name}` (pynetdicom's, the network layer); "
-        "the SR's file meta names highdicom, which writes it.",
+        "the file meta of the SR and of the overlay names highdicom, which writes them.",
         "- Application entities: the C-STORE listener (`covidscan dicom-listen`), the "
         "destination probe (`covidscan destinations test`), and the HTTP API "
         "(DICOMweb STOW-RS in, the series' SR out).",
@@ -147,23 +150,39 @@ def statement() -> str:
         "- Over TLS when the destination is registered with `--tls` (the system's "
         "certificate authorities, the host name checked).",
         "",
-        "## 4. Objects created: the series' Structured Report",
+        "## 4. Objects created: the series' Structured Report and Grad-CAM overlay",
         "",
         f"- {_name(COMPREHENSIVE_3D_SR)} `{COMPREHENSIVE_3D_SR}`, TID 1500 Measurement "
         "Report written by highdicom: one measurement group referencing every classified "
         "instance (and frame) of the series, the finding *COVID-19: Yes/No* (SNOMED CT), "
-        "P(COVID) as a measurement, the algorithm named; Content Qualification `RESEARCH`.",
+        "P(COVID) as a measurement, the algorithm named; Content Qualification `RESEARCH`; "
+        f"Series Number {RESULTS_SERIES_NUMBER} unless an export names its own.",
         f"- Served over HTTP: `GET {SR_PATH}` (`application/dicom`, Explicit VR Little "
         "Endian). It is not yet sent to a PACS by C-STORE (SCU) or STOW-RS.",
+        f"- {_name(SECONDARY_CAPTURE)} `{SECONDARY_CAPTURE}`, made for an export that asks "
+        "for the series' Grad-CAM overlay: the slice with the highest P(COVID) among those "
+        "with a Grad-CAM explanation (explanations are made on request; with none, no "
+        "overlay is made and the export says why), blended with its heatmap and a legend, "
+        "as the API's heatmap picture. RGB, 8 bits, Explicit VR Little Endian; Modality "
+        f"`OT`, a series of its own in the study of the slice (Series Number "
+        f"{OVERLAY_SERIES_NUMBER} unless the export names its own); Image Type "
+        "`DERIVED\\SECONDARY\\OTHER`, Conversion Type `DI`; the slice (and frame) in "
+        "Source Image Sequence (purpose: source image for image processing operation); "
+        "Derivation Description, Burned In Annotation `YES` (the legend, and a warning when "
+        f'the model is untrained); Image Comments and Series Description "{RESEARCH_ONLY}"; '
+        "Patient Orientation from the slice's Image Orientation (Patient) when its header "
+        "has one (else empty).",
+        "- The export that sends them names both objects' SOP Instance UIDs, the same on "
+        "every attempt, so a PACS receives the same instance again rather than a copy.",
         "",
         "### De-identification",
         "",
-        "The report is de-identified by PS3.15 Annex E's Basic Application Level "
+        "The report and the overlay are de-identified by PS3.15 Annex E's Basic Application Level "
         "Confidentiality Profile with the Retain UIDs Option: Patient Identity Removed "
         "`YES`; De-identification Method Code Sequence "
         + ", ".join(f'({s}, {v}, "{m}")' for v, s, m in METHOD_CODES)
         + ". Patient characteristics are not retained. The study, series and instance "
-        "UIDs are kept, so the report belongs in the study of its images. Of the source's "
+        "UIDs are kept, so the objects belong in the study of their images. Of the source's "
         "patient, study and equipment modules:",
         "",
         *_table(
@@ -197,7 +216,7 @@ def statement() -> str:
         "run it on a private network only, with `DICOM_ALLOWED_AE_TITLES` set.",
         "- DICOM destinations may be reached over TLS (`--tls`); DICOMweb destinations "
         "over HTTPS, with a bearer token or basic auth sealed with `PHI_KEY`.",
-        "- The HTTP API needs an API key; the SR is de-identified (section 4).",
+        "- The HTTP API needs an API key; the SR and the overlay are de-identified (section 4).",
         "",
     ]
     return "\n".join(lines)

@@ -17,6 +17,7 @@ import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Optional
 
 from pydicom.dataset import Dataset
 
@@ -26,6 +27,7 @@ from covidscan.dicom_pixels import MAX_INFLATED_BYTES, inflate
 from covidscan.image_errors import ImageDecodeError
 
 RESEARCH_ONLY = "covidscan result, research use only, not for diagnosis"
+RESULTS_SERIES_NUMBER = 9901
 _LOCAL_SCHEME = "99COVIDSCAN"
 UID_PATTERN = re.compile(r"[0-9.]{1,64}")
 
@@ -53,9 +55,18 @@ def _text(dataset: Dataset, keyword: str) -> str:
 
 
 def evidence_header(data: bytes, max_bytes: int = MAX_INFLATED_BYTES) -> Dataset:
-    """What a report copies from a classified instance's header (no pixels), de-identified
-    (:func:`core.deidentify.deidentified`), with the SOP class and instance taken from the
-    file meta when the dataset lacks them.
+    """What a report copies from a classified instance's header (no pixels): its
+    :func:`slice_header`, de-identified (:func:`core.deidentify.deidentified`).
+
+    Raises:
+        EvidenceError: as :func:`slice_header`.
+    """
+    return deidentified(slice_header(data, max_bytes))
+
+
+def slice_header(data: bytes, max_bytes: int = MAX_INFLATED_BYTES) -> Dataset:
+    """A classified instance's header as stored (no pixels, not de-identified), with the SOP
+    class and instance taken from the file meta when the dataset lacks them.
 
     Raises:
         EvidenceError: a SOP class, SOP instance, study or series UID is missing or is not
@@ -83,15 +94,29 @@ def evidence_header(data: bytes, max_bytes: int = MAX_INFLATED_BYTES) -> Dataset
         if not UID_PATTERN.fullmatch(value):
             raise EvidenceError(f"a slice's {keyword} is missing or is not a UID")
         setattr(dataset, keyword, value)
-    return deidentified(dataset)
+    return dataset
 
 
 def build_report(
-    evidence: Sequence[Dataset], finding: SeriesFinding, frames: dict[str, list[int]]
+    evidence: Sequence[Dataset],
+    finding: SeriesFinding,
+    frames: dict[str, list[int]],
+    *,
+    series_instance_uid: Optional[str] = None,
+    sop_instance_uid: Optional[str] = None,
+    series_number: int = RESULTS_SERIES_NUMBER,
 ) -> bytes:
     """A Comprehensive 3D SR document (Part 10 bytes) about the series of ``evidence``.
 
-    ``frames``: for multi-frame instances, the (1-based) frames that were classified.
+    Args:
+        evidence: the classified instances' headers (:func:`evidence_header`).
+        finding: what the report states.
+        frames: for multi-frame instances, the (1-based) frames that were classified.
+        series_instance_uid: the results series the report goes in; a new one when None.
+        sop_instance_uid: the report's own UID; a new one when None. An export passes the
+            same UID on every attempt, so a PACS that got the report once replaces it
+            instead of keeping two.
+        series_number: the results series' number.
     """
     import highdicom as hd
     from highdicom import ContributingEquipment
@@ -153,9 +178,9 @@ def build_report(
     document = hd.sr.Comprehensive3DSR(
         evidence=list(evidence),
         content=report,
-        series_instance_uid=generate_uid(),
-        series_number=9901,
-        sop_instance_uid=generate_uid(),
+        series_instance_uid=series_instance_uid or generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid or generate_uid(),
         instance_number=1,
         manufacturer="covidscan",
         is_complete=True,
