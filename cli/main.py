@@ -15,6 +15,7 @@ from cli.destinations import destinations
 from cli.keys import keys
 from cli.models import models
 from cli.train import evaluate, train
+from covidscan import __version__
 from covidscan.contract import JobStatus, ScanStatus
 from covidscan.settings import PRECISIONS
 from db.models import PRIORITIES
@@ -39,6 +40,7 @@ def _fail(message: str) -> NoReturn:
 
 
 @click.group()
+@click.version_option(__version__, "--version", prog_name="covidscan")
 @click.option(
     "--url",
     help="The covidscan server (default: COVIDSCAN_URL, else the one make run "
