@@ -58,6 +58,8 @@ conformance: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-# The pictures in docs/images/, taken by the browser tests in headless Chromium.
+# The pictures of the pages in docs/images/, taken by the browser tests in headless Chromium
+# (commit them when the pages change).
 screenshots: $(STAMP)
-	DOCS_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/test_web_browser.py -k screenshot
+	DOCS_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/test_web_browser.py \
+		-k 'upload_watch_filter or heatmap_is_asked or strip_chart'
