@@ -176,7 +176,9 @@ def from_report(report: dict[str, Any], commit: str | None, date: str) -> dict[s
     def cpu_in_parts(precision: str) -> str:
         parts = report["precisions"][precision]["bulk_parts"]
         spent = parts["cpu_seconds"]
-        named = ", ".join(f"{spent[k]:.2f}" for k in ("worker", "api", "client") if k in spent)
+        named = ", ".join(
+            f"{spent[k]:.2f}" for k in ("worker", "api", "bench client") if k in spent
+        )
         return f"{named} ({settings['cpus'] * parts['elapsed_s']:.1f})"
 
     def row(label: str, value) -> dict[str, Any]:

@@ -143,7 +143,7 @@ def bench_report() -> dict:
         precisions[precision] = {
             "bulk_parts": {
                 "elapsed_s": 6.5,
-                "cpu_seconds": {"worker": 11.2, "api": 0.68, "client": 0.13, "redis": 0.01},
+                "cpu_seconds": {"worker": 11.2, "api": 0.68, "bench client": 0.13, "redis": 0.01},
             }
         }
     return {
@@ -171,6 +171,8 @@ def test_make_bench_saves_a_results_file_the_docs_render(tmp_path):
     rows = {row["row"]: row["values"] for row in run["table"]}
     assert rows["engine on tensors, images/s"] == [30.4, 104.9]
     assert rows["open job in parts: end-to-end, scans/s (/ limit)"][1] == "83.9 (0.87)"
+    cpu = rows["CPU seconds in parts: worker, API, client (cores × total)"]
+    assert cpu[1] == "11.20, 0.68, 0.13 (13.0)"
     assert rows["gate: max |ΔP| per part, flips"] == [
         "none (the reference)",
         "9.1e-04 / 1.1e-03, 0",
