@@ -66,13 +66,13 @@ def main(ctx: click.Context, url: Optional[str]) -> None:
 @click.option(
     "--callback-url",
     metavar="URL",
-    help="POST a signed event to URL when the job ends (see the README's Webhooks).",
+    help="POST a signed event to URL when the job ends (see docs/use/webhooks.md).",
 )
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
     help="The numeric precision asked of the model (default: the worker's "
-    "INFERENCE_PRECISION; see the README's Precisions).",
+    "INFERENCE_PRECISION; see docs/trust/fidelity.md).",
 )
 @click.option(
     "--explain",
