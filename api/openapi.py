@@ -89,7 +89,7 @@ def operation(
     body: Optional[type[BaseModel]] = None,
     body_media: Optional[Mapping[str, Mapping[str, Any]]] = None,
 ) -> Callable[[F], F]:
-    """Describe a view in the OpenAPI document (see README, "Describing a new route").
+    """Describe a view in the OpenAPI document (see docs/develop/routes.md).
 
     Args:
         summary: one line; the view's docstring becomes the description.

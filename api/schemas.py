@@ -251,6 +251,12 @@ class Health(Strict):
     status: Literal["ok"]
 
 
+class Version(Strict):
+    """Which covidscan this server runs: the version in pyproject.toml."""
+
+    version: str
+
+
 class ReadyWorkers(Strict):
     """Workers counted, not required: jobs queue while workers start."""
 

@@ -15,6 +15,7 @@ from cli.destinations import destinations
 from cli.keys import keys
 from cli.models import models
 from cli.train import evaluate, train
+from covidscan import __version__
 from covidscan.contract import JobStatus, ScanStatus
 from covidscan.settings import PRECISIONS
 from db.models import PRIORITIES
@@ -39,6 +40,7 @@ def _fail(message: str) -> NoReturn:
 
 
 @click.group()
+@click.version_option(__version__, "--version", prog_name="covidscan")
 @click.option(
     "--url",
     help="The covidscan server (default: COVIDSCAN_URL, else the one make run "
@@ -64,13 +66,13 @@ def main(ctx: click.Context, url: Optional[str]) -> None:
 @click.option(
     "--callback-url",
     metavar="URL",
-    help="POST a signed event to URL when the job ends (see the README's Webhooks).",
+    help="POST a signed event to URL when the job ends (see docs/use/webhooks.md).",
 )
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
     help="The numeric precision asked of the model (default: the worker's "
-    "INFERENCE_PRECISION; see the README's Precisions).",
+    "INFERENCE_PRECISION; see docs/trust/fidelity.md).",
 )
 @click.option(
     "--explain",

@@ -2,9 +2,10 @@
 
 Each process (API, worker, local stack, CLI) calls :func:`load_settings` once at start-up.
 A setting is one field of :class:`Settings`, written once: its variable (the field name in
-upper case), its default and what it means; the README's configuration table is made from
-them (:func:`config_table`). A wrong value raises :class:`ConfigError` naming the variable,
-and the entry points turn that into a one-line message and a non-zero exit.
+upper case), its default and what it means; the configuration table of the docs
+(docs/run/configuration.md, at every ``make docs``) is made from them (:func:`config_table`).
+A wrong value raises :class:`ConfigError` naming the variable, and the entry points turn that
+into a one-line message and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -590,7 +591,7 @@ def variable_names() -> frozenset[str]:
 
 
 def config_table() -> str:
-    """The README's configuration table (Markdown): each variable, its default, its meaning."""
+    """The configuration table (Markdown) the docs show: each variable, its default, its meaning."""
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for model in (Settings, ClientSettings):
         defaults = model()
@@ -619,5 +620,5 @@ def _shown(value: object) -> str:
     return f"`{value.as_posix() if isinstance(value, Path) else value}`"
 
 
-if __name__ == "__main__":  # python -m covidscan.settings: the table the README shows
+if __name__ == "__main__":  # python -m covidscan.settings: the table the docs show
     print(config_table(), end="")
