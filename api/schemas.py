@@ -615,7 +615,7 @@ class DestinationList(Strict):
 DESTINATION_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # PS3.5 6.2: up to 16 characters of the default repertoire, no backslash; no edge spaces.
 AE_TITLE = r"^[\x21-\x5b\x5d-\x7e](?:[\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?$"
-DICOMWEB_URL = r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[^\s@\x00]*)?$"
+DICOMWEB_URL = r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[\x21-\x3f\x41-\x7e]*)?$"
 
 
 class _NewDestination(BaseModel):
