@@ -323,6 +323,15 @@ class Series(Strict):
         description="why the series has no result (fewer slices than the job's "
         "`min_series_slices`); null when it has one"
     )
+    receiving: bool = Field(
+        description="the job is still open: more instances of the series may arrive (a "
+        "C-STORE job stays open until its series are complete), so its result may change"
+    )
+    expected_slices: Optional[int] = Field(
+        None,
+        description="the instances the sender said the series holds "
+        "(NumberOfSeriesRelatedInstances, by C-FIND); absent when it did not say",
+    )
     slices: Optional[list[SeriesSlice]] = Field(None, description="with `?slices=1` only")
 
 

@@ -44,7 +44,14 @@ def list_series(job_id: str) -> Response:
     fewest = min_series_slices(job.intended_use)
     found = [
         s.as_dict(positive, negative, with_slices)
-        for s in job_series(db_session(), job.id, rule, fewest)
+        for s in job_series(
+            db_session(),
+            job.id,
+            rule,
+            fewest,
+            receiving=job.open_until is not None,
+            expected=job.series_expected,
+        )
     ]
     audit("series.read", job_id, {"series": len(found)})
     return jsonify(series=found, rule=rule)

@@ -7,8 +7,9 @@ One pass (:func:`sweep_once`):
 2. wake-ups still in the outbox (a crash or a Redis error after a commit) are sent;
 3. when scans are waiting and ``idle`` says no one is on them, one more wake-up is sent
    (a wake-up lost with a Redis restart costs at most one sweep interval);
-4. open jobs that no part has reached within ``OPEN_JOB_TIMEOUT`` are sealed (deleted,
-   when they hold no scan);
+4. open jobs that no part has reached within ``OPEN_JOB_TIMEOUT`` (a C-STORE job: whose
+   series had no new instance for ``SERIES_STABLE_SECONDS``) are sealed (deleted, when
+   they hold no scan);
 5. jobs that have ended without their webhook events (two workers wrote their last scans
    at once, or leases expired into failures) get them, and events whose delivery is due
    and that no queue holds are sent to the queue (:mod:`core.webhooks`);
@@ -124,7 +125,11 @@ def seal_lapsed_jobs(
             if not empty:
                 seal_job(job)
                 sealed += 1
-                log.info("job %s: no part within OPEN_JOB_TIMEOUT; sealed", job_id)
+                log.info(
+                    "job %s: open time over (no part within OPEN_JOB_TIMEOUT, or a C-STORE "
+                    "job's series stable for SERIES_STABLE_SECONDS); sealed",
+                    job_id,
+                )
         if empty and clean_up:
             delete_job(session_factory, blobs, job_id)
             log.info("job %s: open with no scans past OPEN_JOB_TIMEOUT; deleted", job_id)

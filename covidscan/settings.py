@@ -317,6 +317,23 @@ class Settings(_Base):
         "(comma-separated); others are rejected at association. Empty: any.",
         shown="empty (any)",
     )
+    dicom_max_associations: Count = setting(
+        10,
+        "associations `covidscan dicom-listen` serves at once; one more is rejected "
+        "(transient, local limit exceeded) until one ends.",
+    )
+    dicom_timeout: Count = setting(
+        30,
+        "seconds `covidscan dicom-listen` waits for an association to be negotiated, for a "
+        "DIMSE message and for the network, before it aborts the association; also bounds "
+        "its C-FIND to the sender.",
+    )
+    series_stable_seconds: Count = setting(
+        60,
+        "a series received over C-STORE from a sender that cannot say its size (no C-FIND) "
+        "is complete once this many seconds pass without a new instance; its job is then "
+        "sealed by the sweep.",
+    )
     series_rule: SeriesRule = setting(
         DEFAULT_RULE,
         "how a DICOM series' P(COVID) is made from its slices': `topNpct-mean` "
@@ -347,6 +364,11 @@ class Settings(_Base):
         "`expires_at`; the sweep deletes expired jobs.",
     )
     port: Port = setting(5000, "the API's port under `make run` (waitress, loopback only).")
+    dicom_port: PortOrOff = setting(
+        11112,
+        "the port of `make run`'s DICOM listener (`covidscan dicom-listen`: loopback only, "
+        "AE title `COVIDSCAN`, jobs owned by the administrator `admin`); `0`: none.",
+    )
     log_level: LogLevel = setting("INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     auth: AuthMode = setting(
         "on", "`off` disables keys; refused unless `API_HOST` is loopback (see *Security model*)."

@@ -79,3 +79,13 @@ def remove_destination(session: Session, name: str) -> Optional[Destination]:
         session.delete(row)
         session.flush()
     return row
+
+
+def destination_for_ae(session: Session, ae_title: str) -> Optional[Destination]:
+    """The DICOM destination registered with ``ae_title`` (the first by name), or None."""
+    return session.scalars(
+        select(Destination)
+        .where(Destination.kind == DestinationKind.DICOM, Destination.ae_title == ae_title)
+        .order_by(Destination.name)
+        .limit(1)
+    ).first()

@@ -240,6 +240,19 @@ def take_part(session: Session, job_id: str, open_seconds: int) -> bool:
     return moved == 1
 
 
+def keep_open_until(session: Session, job_id: str, until: datetime) -> bool:
+    """Move an open job's deadline to ``until`` (after which the sweep seals it); False
+    when the job is not open (sealed, cancelled or gone). Not committed."""
+    moved = rows_changed(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.open_until.is_not(None), Job.cancelled_at.is_(None))
+        .values(open_until=until)
+        .execution_options(synchronize_session=False),
+    )
+    return moved == 1
+
+
 def seal_job(job: Job) -> None:
     """Take no more scans; the job ends once its scans do (not committed)."""
     job.open_until = None

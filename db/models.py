@@ -227,6 +227,9 @@ class Job(Base):
     # Names of the registered destinations (db.models.Destination) its series' results are
     # sent to once complete and classified; None or empty: none.
     export_to: Mapped[Optional[list[str]]] = mapped_column(JSON)
+    # Series Instance UID -> the instances its sender holds (NumberOfSeriesRelatedInstances
+    # from a C-FIND to the sender of a C-STORE job); None when no sender said.
+    series_expected: Mapped[Optional[dict[str, int]]] = mapped_column(JSON)
 
     scans: Mapped[list[Scan]] = relationship(
         back_populates="job",

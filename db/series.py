@@ -15,7 +15,7 @@ count, whatever their state, so the series gets its result once enough have arri
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -63,6 +63,8 @@ class Series:
     rule: str
     slices: list[Scan] = field(default_factory=list)
     min_slices: int = 1
+    receiving: bool = False  # its job is open: more instances may come
+    expected_slices: Optional[int] = None  # the instances its sender said it holds
 
     @property
     def skipped(self) -> Optional[str]:
@@ -117,7 +119,10 @@ class Series:
             "label": self.label(positive, negative),
             "rule": self.rule,
             "skipped": self.skipped,
+            "receiving": self.receiving,
         }
+        if self.expected_slices is not None:
+            body["expected_slices"] = self.expected_slices
         if with_slices:
             body["slices"] = [
                 {
@@ -140,10 +145,17 @@ def min_series_slices(intended_use: Optional[dict[str, Any]]) -> int:
 
 
 def job_series(
-    session: Session, job_id: str, rule: Optional[str], min_slices: int = 1
+    session: Session,
+    job_id: str,
+    rule: Optional[str],
+    min_slices: int = 1,
+    receiving: bool = False,
+    expected: Optional[Mapping[str, int]] = None,
 ) -> list[Series]:
     """The job's DICOM series, each with its slices in order along the patient axis; a
-    series of fewer than ``min_slices`` slices gets no result."""
+    series of fewer than ``min_slices`` slices gets no result. ``receiving``: the job is
+    open (its series may grow); ``expected``: Series Instance UID -> the instances its
+    sender holds (:attr:`db.models.Job.series_expected`)."""
     scans = session.scalars(
         select(Scan)
         .where(Scan.job_id == job_id, Scan.series_uid.is_not(None))
@@ -159,6 +171,8 @@ def job_series(
                 scan.modality,
                 rule or DEFAULT_RULE,
                 min_slices=min_slices,
+                receiving=receiving,
+                expected_slices=(expected or {}).get(scan.series_uid or ""),
             )
         grouped[key].slices.append(scan)
     for series in grouped.values():

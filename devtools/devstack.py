@@ -2,8 +2,8 @@
 
 Applies migrations, creates an administrator's API key on the first start (printed
 once, saved where the CLI finds it), starts an embedded Redis (unless REDIS_URL is set),
-one Celery worker, the sweep (recovery and retention) and the API, and stops all of it
-on Ctrl-C or SIGTERM.
+one Celery worker, the sweep (recovery and retention), the DICOM listener and the API, and
+stops all of it on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -128,6 +128,25 @@ def sweep_command() -> list[str]:
     return [sys.executable, "-m", "cli.main", "sweep"]
 
 
+def dicom_command(port: int, owner: str = ADMIN_OWNER, ae_title: str = "COVIDSCAN") -> list[str]:
+    """The DICOM gateway (``covidscan dicom-listen``) as ``make run`` serves it: on the
+    loopback, its jobs owned by the administrator whose key ``make run`` made."""
+    return [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "dicom-listen",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ae-title",
+        ae_title,
+        "--owner",
+        owner,
+    ]
+
+
 def api_command(
     port: int, host: str = "127.0.0.1", threads: int = 16, max_body_bytes: int = 512 * 1024**2
 ) -> list[str]:
@@ -238,6 +257,10 @@ class Stack:
             self._metrics_env(env, "worker", self.settings.metrics_port),
         )
         self._spawn("sweep", sweep_command(), self._metrics_env(env, "sweep"))
+        if self.settings.dicom_port:
+            self._spawn(
+                "dicom", dicom_command(self.settings.dicom_port), self._metrics_env(env, "dicom")
+            )
         self._spawn(
             "api",
             api_command(
@@ -256,6 +279,16 @@ class Stack:
         child = {k: v for k, v in env.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         child["METRICS_PORT"] = str(port)
         return child
+
+    def dicom_line(self) -> str:
+        """Where a PACS sends studies, for the banner (empty with DICOM_PORT=0)."""
+        port = self.settings.dicom_port
+        if not port:
+            return ""
+        return (
+            f"  DICOM: COVIDSCAN@127.0.0.1:{port} (C-STORE in, C-ECHO; jobs owned by "
+            f"{ADMIN_OWNER})\n"
+        )
 
     def metrics_lines(self) -> str:
         """Where each process of the stack serves its Prometheus metrics."""
@@ -407,6 +440,7 @@ def main() -> int:
                 f"  access: {access}\n"
                 f"  model: {model}\n"
                 f"  submit: covidscan submit FOLDER --wait   (or POST /v1/jobs)\n"
+                f"{stack.dicom_line()}"
                 f"{stack.metrics_lines()}"
                 "  Ctrl-C stops everything.\n",
                 flush=True,

@@ -15,7 +15,9 @@ from core.deidentify import BASIC_PROFILE, METHOD_CODES, Action, action
 from core.reports.secondary_capture import OVERLAY_SERIES_NUMBER
 from core.reports.sr import RESEARCH_ONLY, RESULTS_SERIES_NUMBER
 from covidscan import __version__
+from db.commitment import FAILURE_REASONS
 from dicomnet import listener
+from dicomnet.completeness import STUDY_ROOT_FIND
 from dicomnet.probe import CALLING_AE_TITLE, STORAGE_COMMITMENT_PUSH, VERIFICATION
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -37,7 +39,11 @@ def _table(header: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> list[str
 
 
 def _storage_contexts() -> list[tuple[str, tuple[str, ...]]]:
-    return [c for c in listener.supported_contexts() if c[0] != VERIFICATION]
+    return [
+        c
+        for c in listener.supported_contexts()
+        if c[0] not in (VERIFICATION, STORAGE_COMMITMENT_PUSH)
+    ]
 
 
 def statement() -> str:
@@ -73,13 +79,21 @@ def statement() -> str:
         "Calling AE titles: any, unless "
         "`DICOM_ALLOWED_AE_TITLES` lists them; an association from any other is rejected "
         "(rejected permanent, calling AE title not recognised).",
-        f"- Association limits (pynetdicom's defaults): at most {ae.maximum_associations} "
-        f"associations at once; ACSE timeout {ae.acse_timeout:g} s, DIMSE timeout "
-        f"{ae.dimse_timeout:g} s, network timeout {ae.network_timeout:g} s; maximum PDU "
-        f"received {ae.maximum_pdu_size} bytes.",
+        f"- Association limits: at most {ae.maximum_associations} associations at once "
+        "(`DICOM_MAX_ASSOCIATIONS`; one more is rejected: rejected transient, local limit "
+        f"exceeded); ACSE, DIMSE and network timeouts {ae.acse_timeout:g} s "
+        f"(`DICOM_TIMEOUT`); maximum PDU received {ae.maximum_pdu_size} bytes.",
         "- Each association becomes one job owned by `--owner`; the job is submitted with "
-        "the first instance stored.",
-        "- Association initiation: the listener initiates none.",
+        "the first instance stored and stays open until its series are complete: when the "
+        "calling AE title is a registered DICOM destination's, the listener asks it after "
+        "the release (C-FIND, Study Root, SERIES level, `NumberOfSeriesRelatedInstances`) "
+        "and seals the job when every series arrived whole; otherwise, or after an abort, "
+        "the job is sealed `SERIES_STABLE_SECONDS` after the last instance. A second "
+        "association carrying more of the same series makes a job of its own.",
+        "- Association initiation: only that C-FIND, as the listener's AE title, to the "
+        "sender registered as a destination.",
+        "- Results go to the destinations named by `--export-to`, and with "
+        "`--return-to-sender` to the destination registered with the calling AE title.",
         "",
         "### SOP classes",
         "",
@@ -88,6 +102,15 @@ def statement() -> str:
             [
                 (_name(VERIFICATION), f"`{VERIFICATION}`", "SCP (listener), SCU (probe)"),
                 ("Every storage SOP class of pynetdicom (below)", "", "SCP"),
+                (
+                    _name(STORAGE_COMMITMENT_PUSH),
+                    f"`{STORAGE_COMMITMENT_PUSH}`",
+                    "SCU: N-ACTION on the association that stored the results; the "
+                    "N-EVENT-REPORT is accepted by the listener on an association the PACS "
+                    "opens, proposing itself as SCP (SCP/SCU role selection accepted: "
+                    "requestor SCP)",
+                ),
+                (_name(STUDY_ROOT_FIND), f"`{STUDY_ROOT_FIND}`", "SCU (series sizes)"),
             ],
         ),
         "",
@@ -109,6 +132,17 @@ def statement() -> str:
         *_table(("Transfer syntax", "UID"), [(_name(s), f"`{s}`") for s in syntaxes]),
         "",
         "Verification: " + ", ".join(_name(s) for s in verification[1]) + ".",
+        "",
+        "### Storage Commitment reports received",
+        "",
+        "The N-EVENT-REPORT (Event Type 1: all committed; 2: failures exist) is answered "
+        "0x0000 once recorded: each instance of the Referenced SOP Sequence moves its "
+        "delivery of that Transaction UID from `stored` to `committed`, each of the Failed "
+        "SOP Sequence to `failed` with its Failure Reason in words ("
+        + ", ".join(f"0x{code:04X} {words}" for code, words in FAILURE_REASONS.items())
+        + "). A report that cannot be read or recorded is answered 0x0110. The PACS must "
+        "know the listener: its AE title, host and port registered as a modality (Orthanc: "
+        "`DicomModalities`), as the report goes to the AE title that asked.",
         "",
         "### C-STORE status codes returned",
         "",

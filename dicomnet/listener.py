@@ -1,44 +1,63 @@
-"""``covidscan dicom-listen``: a DICOM C-STORE receiver (pynetdicom) so a PACS can push studies.
+"""``covidscan dicom-listen``: the DICOM gateway (pynetdicom) a PACS pushes studies to.
 
-Each association becomes one job, owned by ``--owner``. Every instance goes through the
-same header checks as ``POST /v1/jobs`` and the same job service (:mod:`core.jobs.service`):
-the owner's hourly scan quota, ``MAX_ACTIVE_JOBS`` and ``MAX_SCANS_PER_JOB``, one audit row
-per association (``via: c-store``, counting its scans) and the submission metrics. One that
-passes is stored, written to SQL with a wake-up, and only then acknowledged (status
-0x0000), so what a PACS was told is stored is in a job. Non-images and other modalities
-are refused with 0x0122 (SOP class not supported); an instance over a limit or the quota
-with 0xA700 (out of resources); an unreadable one with 0xC000. With
+It accepts Verification (C-ECHO), every storage SOP class in every transfer syntax the
+pipeline decodes, and a PACS's Storage Commitment reports; each association becomes one
+job, owned by ``--owner``, through the handlers of :mod:`dicomnet.receiver`. With
 ``DICOM_ALLOWED_AE_TITLES`` set, an association from any other calling AE title is
-rejected before any instance is sent.
+rejected before any instance is sent; at most ``DICOM_MAX_ASSOCIATIONS`` are served at
+once, each step bounded by ``DICOM_TIMEOUT``. Associations, refusals and reports are
+logged in DICOM terms.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import click
 
-from core.errors import Conflict
-from core.jobs.service import Actor, JobService
-from core.jobs.storing import discard, store_uploads
+from core.jobs.service import JobService
 from covidscan.settings import Settings
+from dicomnet.commitment import STORAGE_COMMITMENT
 from dicomnet.probe import VERIFICATION
+from dicomnet.receiver import (
+    CANNOT_UNDERSTAND,
+    DEFAULT_AE_TITLE,
+    NOT_SUPPORTED,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    StoreReceiver,
+    dicom_status,
+    peer_name,
+)
+
+__all__ = [
+    "SUCCESS",
+    "NOT_SUPPORTED",
+    "OUT_OF_RESOURCES",
+    "CANNOT_UNDERSTAND",
+    "StoreReceiver",
+    "dicom_status",
+    "supported_contexts",
+    "application_entity",
+    "job_service",
+    "start",
+    "serve",
+    "dicom_listen",
+]
 
 log = logging.getLogger(__name__)
 
-SUCCESS, NOT_SUPPORTED, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0x0122, 0xA700, 0xC000
-VIA, JOB_NAME = "c-store", "DICOM C-STORE"
-DEFAULT_HOST, DEFAULT_PORT, DEFAULT_AE_TITLE = "127.0.0.1", 11112, "COVIDSCAN"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT: int = Settings.model_fields["dicom_port"].default  # DICOM_PORT's
 
 
 def supported_contexts() -> list[tuple[str, tuple[str, ...]]]:
     """The presentation contexts the listener accepts, as (abstract syntax, transfer
-    syntaxes): Verification, and every storage SOP class pynetdicom knows in every transfer
+    syntaxes): Verification, Storage Commitment Push Model (for a PACS's reports, see
+    :data:`ROLES`), and every storage SOP class pynetdicom knows in every transfer
     syntax the pipeline decodes (so a PACS that cannot transcode, a JPEG 2000 archive,
     can still push). The conformance statement is made from the same list."""
     from pynetdicom import AllStoragePresentationContexts
@@ -46,141 +65,51 @@ def supported_contexts() -> list[tuple[str, tuple[str, ...]]]:
 
     from covidscan.dicom_syntaxes import DECODED_TRANSFER_SYNTAXES
 
-    contexts = [(VERIFICATION, tuple(DEFAULT_TRANSFER_SYNTAXES))]
+    contexts = [
+        (VERIFICATION, tuple(DEFAULT_TRANSFER_SYNTAXES)),
+        (STORAGE_COMMITMENT, tuple(DEFAULT_TRANSFER_SYNTAXES)),
+    ]
     for context in AllStoragePresentationContexts:
         contexts.append((str(context.abstract_syntax), DECODED_TRANSFER_SYNTAXES))
     return contexts
 
 
-def application_entity(ae_title: str, allowed_ae_titles: tuple[str, ...] = ()) -> Any:
-    """The listener's pynetdicom AE (not started): its contexts, and with
-    ``allowed_ae_titles`` only those calling AE titles accepted (empty: any caller)."""
+ROLES = {STORAGE_COMMITMENT: (False, True)}
+"""SCP/SCU role selection accepted per abstract syntax, as (scu_role, scp_role) of the
+requestor: a PACS sends its Storage Commitment report (N-EVENT-REPORT) over an
+association it opens to us, proposing itself as the SCP of the SOP class and us as its
+SCU (PS3.4 J.3.3)."""
+
+
+def application_entity(
+    ae_title: str,
+    allowed_ae_titles: tuple[str, ...] = (),
+    *,
+    max_associations: Optional[int] = None,
+    timeout: Optional[float] = None,
+) -> Any:
+    """The listener's pynetdicom AE (not started): its contexts and roles, with
+    ``allowed_ae_titles`` only those calling AE titles accepted (empty: any caller), at
+    most ``max_associations`` at once (default ``DICOM_MAX_ASSOCIATIONS``'s), each step
+    waiting at most ``timeout`` seconds (default ``DICOM_TIMEOUT``'s)."""
     from pynetdicom import AE
 
     ae = AE(ae_title=ae_title)
     for abstract_syntax, transfer_syntaxes in supported_contexts():
-        ae.add_supported_context(abstract_syntax, list(transfer_syntaxes))
+        scu_role, scp_role = ROLES.get(abstract_syntax, (None, None))
+        ae.add_supported_context(
+            abstract_syntax, list(transfer_syntaxes), scu_role=scu_role, scp_role=scp_role
+        )
     ae.require_calling_aet = list(allowed_ae_titles)
+    ae.maximum_associations = max_associations or default_of("dicom_max_associations")
+    wait = float(timeout or default_of("dicom_timeout"))
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = wait
     return ae
 
 
-def dicom_status(error: Exception) -> int:
-    """The C-STORE status of a refusal by the core: over a limit or a quota 0xA700, a kind
-    not taken 0x0122, anything else (a malformed instance) 0xC000."""
-    from core.errors import OverQuota, TooLarge, Unavailable, Unsupported
-
-    if isinstance(error, (TooLarge, OverQuota, Unavailable)):
-        return OUT_OF_RESOURCES
-    if isinstance(error, Unsupported):
-        return NOT_SUPPORTED
-    return CANNOT_UNDERSTAND
-
-
-@dataclass
-class _Association:
-    job_id: str
-    calling_ae: str
-    parsed: Any  # core.intake.ParsedUpload: counts against the per-job limits
-    stored: int = 0
-    refused: int = 0
-    files: int = 0  # files stored under the job's keys, kept or not: each gets its own
-    created: bool = False
-
-
-@dataclass
-class StoreReceiver:
-    """The C-STORE and release handlers; one job per association, submitted to the job
-    service with the first instance and added to with each next one (one audit row per
-    association, counting its scans)."""
-
-    jobs: JobService
-    owner: str
-    modalities: tuple[str, ...] = ("CT",)
-    _associations: dict[int, _Association] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def _association(self, event) -> _Association:
-        from core.intake import ParsedUpload
-        from db.models import new_id
-
-        with self._lock:
-            key = id(event.assoc)
-            if key not in self._associations:
-                calling = event.assoc.requestor.ae_title
-                calling = (
-                    calling.decode("ascii", "replace")
-                    if isinstance(calling, bytes)
-                    else str(calling)
-                )
-                self._associations[key] = _Association(new_id(), calling.strip(), ParsedUpload())
-            return self._associations[key]
-
-    def on_store(self, event) -> int:
-        """Check, store and record one instance; the status answers the C-STORE."""
-        from core.errors import IntakeError
-        from core.intake import UploadLimits, iter_scans
-
-        state = self._association(event)
-        data = event.encoded_dataset()
-        limits = UploadLimits.from_settings(self.jobs.settings)
-        limits.modalities = self.modalities
-        skipped_before = len(state.parsed.skipped)
-        name = f"c-store-{state.stored + state.refused + 1}"
-        try:
-            uploads = list(iter_scans([(name, io.BytesIO(data))], limits, state.parsed))
-        except IntakeError as exc:
-            state.refused += 1
-            log.info("job %s: instance refused: %s", state.job_id, exc.detail)
-            return dicom_status(exc)
-        if len(state.parsed.skipped) > skipped_before or not uploads or not uploads[0].dicom:
-            state.refused += 1
-            return NOT_SUPPORTED
-        try:
-            self._record(state, uploads[0])
-        except IntakeError as exc:  # the quota, MAX_ACTIVE_JOBS, MAX_SCANS_PER_JOB, Redis
-            state.refused += 1
-            log.warning(
-                "job %s: instance from %s refused for owner %s: %s",
-                state.job_id,
-                state.calling_ae,
-                self.owner,
-                exc.detail,
-            )
-            return dicom_status(exc)
-        state.stored += 1
-        return SUCCESS
-
-    def _record(self, state: _Association, upload) -> None:
-        from core.intake import scans_of
-        from db.models import Job
-
-        blobs = self.jobs.blobs
-        key = blobs.key_for(state.job_id, state.files)
-        state.files += 1
-        new_scans = store_uploads(blobs, [upload], lambda _i: key, scans_of)
-        caller = Actor(self.owner, None, VIA)
-        with self.jobs.session_factory() as session:
-            if not state.created:
-                self.jobs.submit(session, caller, state.job_id, new_scans, name=JOB_NAME)
-                state.created = True
-                return
-            job = session.get(Job, state.job_id)
-            if job is None:
-                discard(blobs, [key])
-                raise Conflict(f"job {state.job_id} was deleted during its association")
-            self.jobs.append(session, caller, job, new_scans, continues=True)
-
-    def on_release(self, event) -> None:
-        with self._lock:
-            state = self._associations.pop(id(event.assoc), None)
-        if state is not None:
-            log.info(
-                "job %s: association from %s ended, %d instances stored, %d refused",
-                state.job_id,
-                state.calling_ae,
-                state.stored,
-                state.refused,
-            )
+def default_of(name: str) -> Any:
+    """A setting's default (for an AE built without settings: the conformance statement)."""
+    return Settings.model_fields[name].default
 
 
 def job_service(settings: Settings, session_factory: Any, send_wakeups: Any) -> JobService:
@@ -198,8 +127,51 @@ def job_service(settings: Settings, session_factory: Any, send_wakeups: Any) -> 
     )
 
 
+def association_logger(settings: Settings) -> Callable[[Any], None]:
+    """The EVT_ACCEPTED / EVT_REJECTED handler: each association logged in DICOM terms,
+    a rejection with its reason and the setting behind it."""
+    from pynetdicom import evt
+
+    def on_association(event: Any) -> None:
+        assoc = event.assoc
+        called = str(assoc.acceptor.ae_title).strip()
+        if event.event is evt.EVT_ACCEPTED:
+            log.info(
+                "association from %s to %s accepted (%d presentation context(s))",
+                peer_name(assoc),
+                called,
+                len(assoc.accepted_contexts),
+            )
+            return
+        answer = assoc.acceptor.primitive
+        reason = answer.reason_str if answer is not None else "no reason given"
+        why = {
+            "Calling AE title not recognised": " (not in DICOM_ALLOWED_AE_TITLES)",
+            "Local limit exceeded": (
+                f" (DICOM_MAX_ASSOCIATIONS={settings.dicom_max_associations} associations are open)"
+            ),
+        }.get(reason, "")
+        log.warning(
+            "association from %s to %s rejected: %s%s",
+            peer_name(assoc),
+            called,
+            reason,
+            why,
+        )
+
+    return on_association
+
+
 def start(
-    settings: Settings, host: str, port: int, ae_title: str, owner: str, modalities: tuple[str, ...]
+    settings: Settings,
+    host: str,
+    port: int,
+    ae_title: str,
+    owner: str,
+    modalities: tuple[str, ...],
+    *,
+    export_to: Optional[str] = None,
+    return_to_sender: bool = False,
 ) -> tuple[Any, Callable[[], None]]:
     """Start the receiver in background threads: the pynetdicom server and a function
     that stops it and closes what it opened."""
@@ -208,31 +180,55 @@ def start(
 
     from core.wakeups import WakeupSender
     from db.session import make_engine, make_session_factory
+    from dicomnet.commitment import report_handler
 
     engine = make_engine(settings.database_url)
+    session_factory = make_session_factory(engine)
     send_wakeups = WakeupSender(settings.redis_url)
     receiver = StoreReceiver(
-        job_service(settings, make_session_factory(engine), send_wakeups), owner, modalities
+        job_service(settings, session_factory, send_wakeups),
+        owner,
+        modalities,
+        export_to=export_to,
+        return_to_sender=return_to_sender,
+        ae_title=ae_title,
     )
-    ae = application_entity(ae_title, settings.dicom_allowed_ae_titles)
+    ae = application_entity(
+        ae_title,
+        settings.dicom_allowed_ae_titles,
+        max_associations=settings.dicom_max_associations,
+        timeout=settings.dicom_timeout,
+    )
+    logged = association_logger(settings)
     handlers: list[EventHandlerType] = [
+        (evt.EVT_ACCEPTED, logged),
+        (evt.EVT_REJECTED, logged),
         (evt.EVT_C_STORE, receiver.on_store),
         (evt.EVT_RELEASED, receiver.on_release),
         (evt.EVT_ABORTED, receiver.on_release),
+        (evt.EVT_N_EVENT_REPORT, report_handler(session_factory, peer_name)),
     ]
     server = ae.start_server((host, port), block=False, evt_handlers=handlers)
     assert server is not None, "a non-blocking start returns its server"
     log.info(
-        "C-STORE receiver %s listening on %s:%d for owner %s, from %s",
+        "DICOM listener %s on %s:%d for owner %s: C-STORE from %s; at most %d associations, "
+        "timeouts %d s; results to %s",
         ae_title,
         host,
         port,
         owner,
         ", ".join(settings.dicom_allowed_ae_titles) or "any calling AE",
+        settings.dicom_max_associations,
+        settings.dicom_timeout,
+        ", ".join(
+            filter(None, [export_to, "the sender when registered" if return_to_sender else ""])
+        )
+        or "no destination",
     )
 
     def stop() -> None:
         server.shutdown()
+        receiver.wait_finished(settings.dicom_timeout * 2)
         send_wakeups.close()
         engine.dispose()
 
@@ -247,9 +243,21 @@ def serve(
     owner: str,
     modalities: tuple[str, ...],
     ready: Optional[threading.Event] = None,
+    *,
+    export_to: Optional[str] = None,
+    return_to_sender: bool = False,
 ) -> None:
     """Run the receiver until interrupted."""
-    _server, stop = start(settings, host, port, ae_title, owner, modalities)
+    _server, stop = start(
+        settings,
+        host,
+        port,
+        ae_title,
+        owner,
+        modalities,
+        export_to=export_to,
+        return_to_sender=return_to_sender,
+    )
     try:
         (ready or threading.Event()).set()
         threading.Event().wait()
@@ -279,14 +287,37 @@ def serve(
     default="",
     help="DICOM modalities to classify besides CT, e.g. MR,PT.",
 )
-def dicom_listen(host: str, port: int, ae_title: str, owner: str, allow_modality: str) -> None:
-    """Receive studies pushed by C-STORE; each association becomes one job.
+@click.option(
+    "--export-to",
+    metavar="NAME[,NAME…]",
+    default="",
+    help="Registered destinations every received job's results are sent to.",
+)
+@click.option(
+    "--return-to-sender",
+    is_flag=True,
+    help="Also send results to the sender, when its calling AE title is a registered "
+    "DICOM destination's.",
+)
+def dicom_listen(
+    host: str,
+    port: int,
+    ae_title: str,
+    owner: str,
+    allow_modality: str,
+    export_to: str,
+    return_to_sender: bool,
+) -> None:
+    """Receive studies pushed by C-STORE; each association becomes one job, sealed once
+    its series are complete. Also takes a PACS's Storage Commitment reports.
 
     Talks to DATABASE_URL, REDIS_URL and BLOB_DIR directly, like the workers.
     """
     from core import metrics
+    from core.errors import Malformed
     from covidscan.settings import ConfigError, load_settings
     from db import migrate
+    from db.session import make_engine, make_session_factory
 
     try:
         settings = load_settings()
@@ -297,6 +328,25 @@ def dicom_listen(host: str, port: int, ae_title: str, owner: str, allow_modality
     extra = [m.strip().upper() for m in allow_modality.split(",") if m.strip()]
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
     migrate.upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            names = JobService.resolve_destinations(session, export_to or None)
+    except Malformed as exc:
+        raise click.BadParameter(
+            exc.detail.removeprefix("export_to: "), param_hint="--export-to"
+        ) from None
+    finally:
+        engine.dispose()
     metrics.serve(settings, "C-STORE receiver")
     click.echo(f"receiving C-STORE as {ae_title.strip()} on {host}:{port}; Ctrl-C stops", nl=True)
-    serve(settings, host, port, ae_title.strip(), owner, tuple(dict.fromkeys(["CT", *extra])))
+    serve(
+        settings,
+        host,
+        port,
+        ae_title.strip(),
+        owner,
+        tuple(dict.fromkeys(["CT", *extra])),
+        export_to=",".join(names) or None,
+        return_to_sender=return_to_sender,
+    )

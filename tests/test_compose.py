@@ -25,6 +25,7 @@ LONG_RUNNING = (
     "api",
     "worker",
     "sweep",
+    "dicom",
     "flower",
     "nginx",
     "prometheus",
@@ -73,6 +74,7 @@ def test_the_services_and_their_order_of_start(services):
         "api",
         "worker",
         "sweep",
+        "dicom",
         "flower",
         "nginx",
         "prometheus",
@@ -80,7 +82,7 @@ def test_the_services_and_their_order_of_start(services):
     }
     assert services["nginx"]["depends_on"] == {"api": {"condition": "service_healthy"}}
     assert services["sweep"]["command"][:2] == ["covidscan", "sweep"]
-    for name in ("api", "worker", "sweep"):
+    for name in ("api", "worker", "sweep", "dicom"):
         assert services[name]["depends_on"] == {
             "redis": {"condition": "service_healthy"},
             "postgres": {"condition": "service_healthy"},
@@ -227,7 +229,7 @@ def test_only_nginx_publishes_a_port_and_on_loopback_by_default(services):
         for name, service in services.items()
         if "ports" in service and name not in MONITORING
     }
-    assert published == {"nginx": ["127.0.0.1:8443:8443"]}
+    assert published == {"nginx": ["127.0.0.1:8443:8443"], "dicom": ["127.0.0.1:11112:11112"]}
     for name in MONITORING:
         assert [port.split(":")[0] for port in services[name]["ports"]] == ["127.0.0.1"], name
     env = dict(compose.example_env(), PUBLIC_BIND="0.0.0.0")
@@ -252,6 +254,19 @@ def test_redis_requires_the_password_every_client_carries(services):
     for name in ("api", "worker", "migrate"):
         assert services[name]["environment"]["REDIS_URL"] == "redis://:r3dis@redis:6379/0", name
     assert services["flower"]["environment"]["CELERY_BROKER_URL"] == "redis://:r3dis@redis:6379/0"
+
+
+def test_the_dicom_gateway_listens_on_every_interface_of_its_container(services):
+    """Published on DICOM_BIND, so reachable by a PACS only where the operator says."""
+    dicom = services["dicom"]
+    command = dicom["command"]
+    assert command[:2] == ["covidscan", "dicom-listen"] and "dicom-listen" in cli_main.commands
+    assert compose.option(command, "--host") == "0.0.0.0"
+    assert compose.option(command, "--owner") == "pacs"
+    assert compose.option(command, "--port") == "11112"
+    assert "echo('127.0.0.1', 11112, 'COVIDSCAN')" in dicom["healthcheck"]["test"][-1]
+    env = dict(compose.example_env(), DICOM_BIND="10.0.0.5", DICOM_PORT="104")
+    assert compose.compose_config(env=env)["services"]["dicom"]["ports"] == ["10.0.0.5:104:11112"]
 
 
 def test_the_worker_runs_the_local_stacks_celery_command(services):
@@ -357,6 +372,11 @@ def test_prometheus_scrapes_the_api_every_worker_replica_and_the_sweep(services)
         assert str(discovery["port"]) == environment["METRICS_PORT"], name
         assert environment["METRICS_HOST"] == "0.0.0.0", name
         assert "ports" not in services[name], name
+    dicom = services["dicom"]["environment"]
+    assert jobs["covidscan-dicom"]["static_configs"] == [
+        {"targets": [f"dicom:{dicom['METRICS_PORT']}"]}
+    ]
+    assert dicom["METRICS_HOST"] == "0.0.0.0"
     nginx = (ROOT / "docker" / "nginx" / "nginx.conf.template").read_text()
     assert "location = /metrics {" in nginx
 

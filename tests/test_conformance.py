@@ -36,7 +36,8 @@ def test_the_statement_names_what_the_listener_accepts():
     accepted = {str(c.abstract_syntax): list(c.transfer_syntax) for c in ae.supported_contexts}
     assert accepted["1.2.840.10008.1.1"]  # Verification
     assert accepted["1.2.840.10008.5.1.4.1.1.2"] == list(DECODED_TRANSFER_SYNTAXES)
-    assert f"accepts {len(accepted) - 1} storage SOP classes" in text
+    assert accepted["1.2.840.10008.1.20.1"]  # Storage Commitment reports
+    assert f"accepts {len(accepted) - 2} storage SOP classes" in text
     for syntax in DECODED_TRANSFER_SYNTAXES:
         assert f"| {UID(syntax).name} | `{syntax}` |" in text
     for status in ("0x0000", "0xA700", "0x0122", "0xC000"):

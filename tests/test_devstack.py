@@ -35,12 +35,13 @@ def wait_until(predicate, timeout, what):
 
 def test_the_local_stack_serves_a_job_and_stops_cleanly_on_sigint(tmp_path, tiny_model_path):
     slices = write_folder(tmp_path / "slices", 4, size=48)
-    port = free_port()
+    port, dicom_port = free_port(), free_port()
     env = {
         k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "BLOB_DIR")
     }
     env.update(
         PORT=str(port),
+        DICOM_PORT=str(dicom_port),
         COVIDSCAN_VAR_DIR=str(tmp_path / "var"),
         MODEL_PATH=str(tiny_model_path),
         PYTHONPATH=str(ROOT),
@@ -115,7 +116,7 @@ def test_the_local_stack_serves_a_job_and_stops_cleanly_on_sigint(tmp_path, tiny
             "the metrics lines",
         )
         urls = {name: url for url, name in banner}
-        assert set(urls) == {"worker", "sweep"}
+        assert set(urls) == {"worker", "sweep", "dicom"}
         worker_metrics = parse(requests.get(urls["worker"], timeout=5).text)
         assert (
             value(
@@ -134,6 +135,13 @@ def test_the_local_stack_serves_a_job_and_stops_cleanly_on_sigint(tmp_path, tiny
         assert requests.get(f"{base}/metrics", timeout=5).status_code == 401
         api_metrics = parse(requests.get(f"{base}/metrics", headers=auth, timeout=5).text)
         assert value(api_metrics, "covidscan_scans_submitted_total", priority="normal") == 5
+        from dicomnet.probe import echo
+
+        dicom_echo = wait_until(
+            lambda: (lambda r: r if r.ok else None)(echo("127.0.0.1", dicom_port, "COVIDSCAN")),
+            60,
+            "the DICOM listener to answer C-ECHO",
+        )
         children = psutil.Process(stack.pid).children(recursive=True)
         assert len(children) >= 3  # redis-server, worker, gunicorn (+ its workers)
         # The banner follows the worker's readiness; the job may finish before it is polled.
@@ -152,6 +160,8 @@ def test_the_local_stack_serves_a_job_and_stops_cleanly_on_sigint(tmp_path, tiny
     assert still_running == []
     output = (tmp_path / "stack.log").read_text()
     assert "covidscan is running" in output
+    assert f"DICOM: COVIDSCAN@127.0.0.1:{dicom_port}" in output
+    assert dicom_echo.ok, dicom_echo.message  # the gateway answered while the stack ran
     # The banner waits for a worker whose model is warm, not only for the API.
     assert output.index("is ready: its default model is warm") < output.index(
         "covidscan is running"

@@ -271,7 +271,7 @@ def test_a_quota_refusal_over_c_store_is_logged_without_patient_data(stack, capl
     stack.config["SCANS_PER_HOUR"] = "1"
     port = start_listener(stack, stack.config)
     instances = _ct_instances(stack, 2)
-    with caplog.at_level("WARNING", logger="dicomnet.listener"):
+    with caplog.at_level("WARNING", logger="dicomnet"):
         assert c_store(port, instances) == [0x0000, 0xA700]
     [line] = [r.getMessage() for r in caplog.records if "SCANS_PER_HOUR" in r.getMessage()]
     assert stack.owner in line and "refused" in line

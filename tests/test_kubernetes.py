@@ -229,3 +229,18 @@ def test_the_config_and_secret_name_only_settings_covidscan_reads(rendered):
     worker = one(docs, "Deployment", "covidscan-worker")["spec"]["template"]["spec"]
     assert "MODEL_PATH" not in {e["name"] for e in worker["containers"][0]["env"]}
     assert not [v for v in worker["volumes"] if "persistentVolumeClaim" in v]
+
+
+def test_the_dicom_gateway_listens_behind_a_service_and_answers_c_echo(rendered):
+    docs = rendered["gpu"]
+    gateway = container(docs, ("Deployment", "covidscan-dicom"))
+    command = gateway["command"]
+    assert command[:2] == ["covidscan", "dicom-listen"]
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    assert gateway["ports"] == [{"name": "dicom", "containerPort": 11112}]
+    assert (
+        "echo('127.0.0.1', 11112, 'COVIDSCAN')" in gateway["livenessProbe"]["exec"]["command"][-1]
+    )
+    service = one(docs, "Service", "covidscan-dicom")["spec"]
+    assert service["ports"] == [{"name": "dicom", "port": 11112, "targetPort": "dicom"}]
+    assert service["selector"] == {"app.kubernetes.io/name": "covidscan-dicom"}

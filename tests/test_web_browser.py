@@ -592,3 +592,37 @@ def test_a_large_selection_goes_in_parts_as_one_job_or_not_at_all(
         ).status_code
         == 204
     )
+
+
+def test_a_series_still_receiving_says_so_on_the_page(live_server, browser, stack_key):
+    """An open job's series may grow (a C-STORE job waits for its series to be complete):
+    the page says "receiving" until the job is sealed."""
+    from tests import dicom_files as d
+
+    files, _ = d.ct_series(3, seed=9)
+    headers = {"Authorization": f"Bearer {stack_key}"}
+    response = requests.post(
+        f"{live_server.url}/v1/jobs",
+        data={"open": "true"},
+        files=[("files", (f"IM{i}", body, "application/dicom")) for i, body in enumerate(files)],
+        headers=headers,
+        timeout=30,
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    browser.get(f"{live_server.url}/jobs/{job_id}")
+    label = "#series tbody tr td:nth-child(5)"
+    wait_until(
+        browser,
+        lambda d: "receiving" in d.find_element("css selector", label).text,
+        20,
+        "the series shown as receiving",
+    )
+    sealed = requests.post(f"{live_server.url}/v1/jobs/{job_id}/seal", headers=headers, timeout=10)
+    assert sealed.status_code == 200, sealed.text
+    wait_until(
+        browser,
+        lambda d: "receiving" not in d.find_element("css selector", label).text,
+        20,
+        "the series no longer receiving",
+    )

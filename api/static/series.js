@@ -63,12 +63,19 @@
     uid.className = "uid";
     tr.appendChild(uid);
     tr.appendChild(element("td", series.modality || "–"));
-    tr.appendChild(element("td", `${series.slice_count}` + (series.failed ? ` (${series.failed} failed)` : "")));
+    // expected_slices: the instances the sender said the series holds (C-FIND).
+    const of = series.expected_slices ? ` of ${series.expected_slices}` : "";
+    tr.appendChild(element("td", `${series.slice_count}${of}` + (series.failed ? ` (${series.failed} failed)` : "")));
     tr.appendChild(element("td", percent(series.probability_covid)));
     const label = series.label || (series.pending ? "pending" : "–");
-    // A series of too few slices (MIN_SERIES_SLICES) has no result: the reason shows instead.
-    const shown = series.skipped || (series.label && series.pending ? label + " (so far)" : label);
-    tr.appendChild(element("td", shown));
+    // A series of too few slices (MIN_SERIES_SLICES) has no result: the reason shows instead;
+    // one still receiving instances (its job is open) says so: its result may change.
+    const soFar = series.label && (series.pending || series.receiving) ? label + " (so far)" : label;
+    const shown = series.receiving ? `receiving… ${soFar === "–" ? "" : soFar}`.trim() :
+      series.skipped || soFar;
+    const cell = element("td", shown);
+    if (series.receiving) cell.className = "receiving";
+    tr.appendChild(cell);
     const chart = element("td");
     chart.appendChild(stripChart(series));
     tr.appendChild(chart);
@@ -80,7 +87,7 @@
     panel.hidden = false;
     document.getElementById("series-rule").textContent = body.rule || "";
     replaceChildren(panel.querySelector("tbody"), body.series, row);
-    return body.series.some((s) => s.pending > 0);
+    return body.series.some((s) => s.pending > 0 || s.receiving);
   }
 
   function poll() {

@@ -224,12 +224,14 @@ class JobService:
         new_scans: Sequence[NewScan],
         part: bool = False,
         continues: bool = False,
+        open_seconds: Optional[int] = None,
     ) -> list[Scan]:
         """Add scans whose files are stored to the caller's existing job.
 
-        ``part``: a part of an open job, which keeps it open ``OPEN_JOB_TIMEOUT`` more and
-        is refused once it is sealed. Otherwise (STOW-RS ``?job=``, the next instance of a
-        C-STORE association) the job must not be cancelled. ``continues``: the scans are
+        ``part``: a part of an open job, which keeps it open ``open_seconds`` more
+        (default ``OPEN_JOB_TIMEOUT``) and is refused once it is sealed (the next instance
+        of a C-STORE association). Otherwise (STOW-RS ``?job=``) the job must not be
+        cancelled. ``continues``: the scans are
         more of the submission that made the job (one association): they count in its
         audit row rather than in one of their own.
 
@@ -243,7 +245,7 @@ class JobService:
             Conflict: the job was sealed or cancelled. TooLarge, OverQuota, Unavailable.
         """
         try:
-            rows = self._append(session, actor, job, new_scans, part, continues)
+            rows = self._append(session, actor, job, new_scans, part, continues, open_seconds)
             session.commit()
         except BaseException:
             session.rollback()
@@ -262,12 +264,14 @@ class JobService:
         new_scans: Sequence[NewScan],
         part: bool,
         continues: bool,
+        open_seconds: Optional[int] = None,
     ) -> list[Scan]:
         settings = self.settings
         job_id = job.id
         lock_owner(session, actor.owner)
         if part:
-            if not take_part(session, job_id, settings.open_job_timeout):  # holds the row
+            keep = settings.open_job_timeout if open_seconds is None else open_seconds
+            if not take_part(session, job_id, keep):  # holds the row
                 raise Conflict(
                     f"job {job_id} was sealed or cancelled while this part was "
                     "sent; the part was not kept"
