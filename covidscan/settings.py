@@ -60,6 +60,7 @@ from covidscan.config_types import (
     Text,
     Timeout,
     WebhookSecret,
+    Window,
 )
 from covidscan.config_types import (
     webhook_secret as _webhook_secret,
@@ -315,6 +316,18 @@ class Settings(_Base):
         "calling AE titles `covidscan dicom-listen` accepts associations from "
         "(comma-separated); others are rejected at association. Empty: any.",
         shown="empty (any)",
+    )
+    retrieve_window: Window = setting(
+        None,
+        "the hours in which `covidscan dicom-listen` retrieves studies asked for with "
+        "`POST /v1/retrievals` (`covidscan pull`), e.g. `22:00-06:00` (the gateway's local "
+        "time; over midnight when the end is earlier). Outside it retrievals wait, in state "
+        "`waiting_window`. Empty: any time.",
+        shown="empty (any time)",
+    )
+    retrieve_poll_interval: Timeout = setting(
+        1,
+        "seconds between two looks of `covidscan dicom-listen` for retrievals to run (1–120).",
     )
     series_rule: SeriesRule = setting(
         DEFAULT_RULE,

@@ -222,6 +222,10 @@ def start(
     ]
     server = ae.start_server((host, port), block=False, evt_handlers=handlers)
     assert server is not None, "a non-blocking start returns its server"
+    # The gateway also pulls the studies asked for with POST /v1/retrievals.
+    from dicomnet.retriever import start_retriever
+
+    stop_retriever = start_retriever(receiver.jobs, ae_title)
     log.info(
         "C-STORE receiver %s listening on %s:%d for owner %s, from %s",
         ae_title,
@@ -232,6 +236,7 @@ def start(
     )
 
     def stop() -> None:
+        stop_retriever()
         server.shutdown()
         send_wakeups.close()
         engine.dispose()

@@ -1,0 +1,360 @@
+"""Pulling a cohort: ``POST /v1/retrievals`` against a real Orthanc, run by the real gateway.
+
+Two studies are stored in Orthanc with accession numbers; a retrieval asks for one of them
+and for one the PACS does not hold. The DICOM gateway (``dicomnet.listener.start``, as
+``covidscan dicom-listen`` runs it) finds them by C-FIND, fetches the CT series by C-GET and
+submits the instances as a job through the job service.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+import threading
+import time
+import uuid
+from datetime import datetime
+
+import pydicom
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import inspect, select, text
+from werkzeug.serving import make_server
+
+from api.schemas import RetrievalInfo
+from core.destinations import dicom_spec, register
+from covidscan.contract import RetrievalOutcome, RetrievalStatus, ScanStatus
+from covidscan.retrieve_window import RetrieveWindow, parse_window, window_open
+from covidscan.settings import ConfigError, load_settings
+from db.models import AuditEvent, Job, RetrievalItem, Scan
+from db.retrievals import retrieval_status
+from db.session import make_engine, make_session_factory
+from devtools.embedded_redis import free_port
+from tests import dicom_files as d
+from tests.conftest import authorised, create_api_key
+from tests.pacs import Orthanc, require_orthanc
+
+KNOWN, UNKNOWN, OTHER = "ACC-KNOWN-0001", "ACC-NOPE-0002", "ACC-OTHER-0003"
+GATEWAY_AE = "COVIDSCAN"
+
+
+# RETRIEVE_WINDOW
+
+
+def test_a_window_is_parsed_and_open_inside_its_hours_only():
+    night = parse_window("22:00-06:00")
+    assert str(night) == "22:00-06:00"
+    at = lambda hh, mm: datetime(2026, 12, 7, hh, mm)  # noqa: E731
+    assert [night.is_open(at(h, m)) for h, m in [(22, 0), (23, 59), (0, 0), (5, 59)]] == [True] * 4
+    assert [night.is_open(at(h, m)) for h, m in [(6, 0), (12, 0), (21, 59)]] == [False] * 3
+    lunch = parse_window("12:00 - 13:30")
+    assert lunch.is_open(at(12, 45)) and not lunch.is_open(at(13, 30))
+    assert not lunch.is_open(at(11, 59))
+    assert window_open(None) and not window_open(lunch, at(14, 0))
+    for wrong in ("22-06", "25:00-06:00", "10:60-11:00", "10:00-10:00", "later"):
+        with pytest.raises(ValueError):
+            parse_window(wrong)
+
+
+def test_retrieve_window_is_a_setting_named_when_wrong():
+    assert load_settings({"RETRIEVE_WINDOW": "22:00-06:00"}).retrieve_window == RetrieveWindow(
+        *parse_window("22:00-06:00").__dict__.values()
+    )
+    assert load_settings({"RETRIEVE_WINDOW": "  "}).retrieve_window is None
+    with pytest.raises(ConfigError, match="RETRIEVE_WINDOW"):
+        load_settings({"RETRIEVE_WINDOW": "night"})
+
+
+def test_a_retrieval_waits_for_its_window_while_items_wait():
+    waiting = RetrievalItem(position=0, status=ScanStatus.QUEUED)
+    running = RetrievalItem(position=1, status=ScanStatus.RUNNING)
+    ended = RetrievalItem(position=2, status=ScanStatus.SUCCEEDED)
+    assert retrieval_status([waiting, ended], window_open=False) == RetrievalStatus.WAITING_WINDOW
+    assert retrieval_status([waiting, ended], window_open=True) == RetrievalStatus.QUEUED
+    assert retrieval_status([waiting, running], window_open=False) == RetrievalStatus.RUNNING
+    assert retrieval_status([ended], window_open=False) == RetrievalStatus.DONE
+
+
+# Against a real PACS
+
+
+def new_key() -> str:
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def with_accession(files: list[bytes], accession: str) -> list[bytes]:
+    out = []
+    for body in files:
+        dataset = pydicom.dcmread(pydicom.filebase.DicomBytesIO(body))
+        dataset.AccessionNumber = accession
+        out.append(d.to_bytes(dataset))
+    return out
+
+
+@pytest.fixture
+def orthanc(tmp_path):
+    require_orthanc()
+    with Orthanc(
+        tmp_path / "orthanc", free_port(), free_port(), {"covidscan": (GATEWAY_AE, free_port())}
+    ) as pacs:
+        yield pacs
+
+
+@pytest.fixture
+def studies(orthanc):
+    """A study of 3 CT slices under KNOWN, one of 2 under OTHER; the first's UIDs."""
+    known, known_uids = d.ct_series(3, seed=1)
+    other, _ = d.ct_series(2, seed=2)
+    study_uids = set()
+    for body in with_accession(known, KNOWN):
+        study_uids.add(orthanc.upload(body)["ParentStudy"])
+    for body in with_accession(other, OTHER):
+        orthanc.upload(body)
+    study_uid = str(pydicom.dcmread(pydicom.filebase.DicomBytesIO(known[0])).StudyInstanceUID)
+    return study_uid, known_uids
+
+
+@pytest.fixture
+def config(app_config):
+    return {**app_config, "PHI_KEY": new_key(), "RETRIEVE_POLL_INTERVAL": "1"}
+
+
+def add_source(database_url: str, orthanc: Orthanc, name: str = "pacs") -> None:
+    engine = make_engine(database_url)
+    try:
+        with make_session_factory(engine).begin() as session:
+            spec = dicom_spec(name, orthanc.ae_title, "127.0.0.1", orthanc.dicom_port)
+            register(session, spec, None)
+    finally:
+        engine.dispose()
+
+
+def start_gateway(config: dict[str, str]):
+    """The DICOM gateway as ``covidscan dicom-listen`` starts it (its receiver and its
+    retriever loop), in this process so that its logs are captured."""
+    from dicomnet.listener import start
+
+    _server, stop = start(
+        load_settings(config), "127.0.0.1", free_port(), GATEWAY_AE, "radiology", ("CT",)
+    )
+    return stop
+
+
+@pytest.fixture
+def api(config):
+    from api import create_app
+
+    owner = f"research-{uuid.uuid4().hex[:8]}"
+    app = create_app(config)
+    key = create_api_key(config["DATABASE_URL"], owner)
+    return authorised(app.test_client(), key), owner, app, key
+
+
+def wait_done(client, retrieval_id: str, timeout: float = 90.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = client.get(f"/v1/retrievals/{retrieval_id}")
+        assert answer.status_code == 200, answer.get_json()
+        if answer.get_json()["status"] == "done":
+            return answer.get_json()
+        time.sleep(0.3)
+    raise AssertionError(f"retrieval not done: {answer.get_json()}")
+
+
+def all_sql_text(database_url: str) -> str:
+    """Every value of every table, as text (a sealed value is bytes: its repr)."""
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            parts = []
+            for table in inspect(conn).get_table_names():
+                for row in conn.execute(text(f'SELECT * FROM "{table}"')):
+                    parts.extend(repr(value) for value in row)
+            return "\n".join(parts)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.integration
+def test_a_cohort_is_retrieved_by_accession_numbers(orthanc, studies, config, api, caplog):
+    caplog.set_level(logging.DEBUG)
+    study_uid, sop_uids = studies
+    add_source(config["DATABASE_URL"], orthanc)
+    client, owner, *_ = api
+    stop = start_gateway(config)
+    try:
+        posted = client.post(
+            "/v1/retrievals", json={"source": "pacs", "accession_numbers": [KNOWN, UNKNOWN]}
+        )
+        assert posted.status_code == 202, posted.get_json()
+        assert posted.headers["Location"].endswith(posted.get_json()["id"])
+        RetrievalInfo.model_validate(posted.get_json())
+        done = wait_done(client, posted.get_json()["id"])
+    finally:
+        stop()
+    RetrievalInfo.model_validate(done)
+    known, unknown = done["items"]
+    assert (known["index"], known["outcome"]) == (0, RetrievalOutcome.RETRIEVED)
+    assert (known["instances_retrieved"], known["instances_expected"]) == (3, 3)
+    assert known["study_uids"] == [study_uid]
+    assert (unknown["index"], unknown["outcome"]) == (1, RetrievalOutcome.NOT_FOUND)
+    assert unknown["job_id"] is None and unknown["instances_retrieved"] is None
+
+    with make_session_factory(make_engine(config["DATABASE_URL"]))() as session:
+        job = session.get(Job, known["job_id"])
+        assert job is not None and job.owner == owner
+        scans = session.scalars(select(Scan).where(Scan.job_id == job.id)).all()
+        assert sorted(s.sop_instance_uid for s in scans) == sorted(sop_uids)
+        [submitted] = session.scalars(
+            select(AuditEvent).where(AuditEvent.job_id == job.id, AuditEvent.action == "job.submit")
+        ).all()
+        assert submitted.owner == owner
+        assert submitted.detail["via"] == "retrieval" and submitted.detail["scans"] == 3
+        assert session.scalars(select(Job)).all() == [job]  # the OTHER study was not pulled
+
+    # The accession numbers are nowhere but sealed: not in SQL, the logs or the answers.
+    answers = posted.get_data(as_text=True) + client.get(done["links"]["self"]).get_data(True)
+    logs = caplog.text
+    assert f"retrieval {done['id']} item 0: retrieved" in logs  # by index, never the accession
+    sql = all_sql_text(config["DATABASE_URL"])
+    for accession in (KNOWN, UNKNOWN):
+        assert accession not in sql
+        assert accession not in logs
+        assert accession not in answers
+
+
+@pytest.mark.integration
+def test_the_quota_refuses_a_study_whole(orthanc, studies, config, api, tmp_path):
+    config = {**config, "SCANS_PER_HOUR": "2"}
+    add_source(config["DATABASE_URL"], orthanc)
+    client, *_ = api
+    stop = start_gateway(config)
+    try:
+        posted = client.post(
+            "/v1/retrievals", json={"source": "pacs", "accession_numbers": [KNOWN]}
+        )
+        assert posted.status_code == 202, posted.get_json()
+        done = wait_done(client, posted.get_json()["id"])
+    finally:
+        stop()
+    [item] = done["items"]
+    assert item["outcome"] == RetrievalOutcome.REFUSED, item
+    assert "per hour" in item["reason"] or "quota" in item["reason"], item
+    assert item["job_id"] is None and item["instances_retrieved"] == 0
+    with make_session_factory(make_engine(config["DATABASE_URL"]))() as session:
+        assert session.scalars(select(Job)).all() == []
+        assert session.scalars(select(Scan)).all() == []
+    blobs = tmp_path / "blobs"
+    assert not blobs.exists() or not [p for p in blobs.rglob("*") if p.is_file()]
+
+
+@pytest.mark.integration
+def test_retrieval_by_study_uid_needs_no_phi_key(orthanc, studies, app_config, tmp_path):
+    from api import create_app
+
+    study_uid, _ = studies
+    add_source(app_config["DATABASE_URL"], orthanc)
+    client = authorised(
+        create_app(app_config).test_client(), create_api_key(app_config["DATABASE_URL"], "r")
+    )
+    refused = client.post("/v1/retrievals", json={"source": "pacs", "accession_numbers": [KNOWN]})
+    assert refused.status_code == 409 and "PHI_KEY" in refused.get_json()["detail"]
+    assert KNOWN not in refused.get_data(as_text=True)
+    stop = start_gateway(app_config)
+    try:
+        posted = client.post("/v1/retrievals", json={"source": "pacs", "study_uids": [study_uid]})
+        assert posted.status_code == 202, posted.get_json()
+        done = wait_done(client, posted.get_json()["id"])
+    finally:
+        stop()
+    [item] = done["items"]
+    assert item["outcome"] == "retrieved" and item["instances_retrieved"] == 3
+
+
+@pytest.mark.integration
+def test_a_request_is_checked_without_repeating_an_accession(config, api):
+    client, *_ = api
+    cases = [
+        ({"source": "pacs", "accession_numbers": ["ACC*"]}, "wildcards"),
+        ({"source": "pacs", "accession_numbers": ["A" * 17]}, "16 characters"),
+        ({"source": "pacs"}, "accession_numbers or study_uids"),
+        ({"source": "pacs", "study_uids": ["1.2.x"]}, "study_uids.0"),
+        ({"source": "nowhere", "accession_numbers": ["ACC-1"]}, "no destination named"),
+    ]
+    for body, message in cases:
+        answer = client.post("/v1/retrievals", json=body)
+        assert answer.status_code == 400, (body, answer.get_json())
+        assert message in answer.get_json()["detail"], answer.get_json()
+        assert "ACC*" not in answer.get_data(as_text=True)
+    assert client.get("/v1/retrievals/nope").status_code == 404
+
+
+@pytest.mark.integration
+def test_another_owner_cannot_read_a_retrieval(orthanc, config, api):
+    from api import create_app
+
+    add_source(config["DATABASE_URL"], orthanc)
+    client, *_ = api
+    posted = client.post("/v1/retrievals", json={"source": "pacs", "study_uids": ["1.2.3"]})
+    assert posted.status_code == 202
+    other = authorised(
+        create_app(config).test_client(), create_api_key(config["DATABASE_URL"], "someone-else")
+    )
+    assert other.get(f"/v1/retrievals/{posted.get_json()['id']}").status_code == 404
+
+
+@pytest.mark.integration
+def test_pull_prints_each_accession_with_its_outcome(
+    orthanc, studies, config, api, tmp_path, monkeypatch
+):
+    """``covidscan pull --from-file --wait`` against the API over HTTP."""
+    from cli.main import main
+
+    add_source(config["DATABASE_URL"], orthanc)
+    _client, _owner, app, key = api
+    monkeypatch.setenv("COVIDSCAN_API_KEY", key)
+    listing = tmp_path / "cohort.csv"
+    listing.write_text(f"AccessionNumber\n{KNOWN}\n{UNKNOWN}\n")
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stop = start_gateway(config)
+    try:
+        result = CliRunner().invoke(
+            main,
+            [
+                "--url",
+                f"http://127.0.0.1:{server.port}",
+                "pull",
+                "--source",
+                "pacs",
+                "--from-file",
+                str(listing),
+                "--wait",
+                "--poll",
+                "0.3",
+            ],
+            catch_exceptions=False,
+        )
+    finally:
+        stop()
+        server.shutdown()
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(KNOWN in line and "retrieved" in line and "3 of 3" in line for line in lines)
+    assert any(UNKNOWN in line and "not_found" in line for line in lines)
+
+
+def test_a_closed_window_is_reported():
+    from core.retrievals import describe
+    from db.models import Retrieval
+
+    retrieval = Retrieval(id="r1", source="pacs", by="study_uid")
+    retrieval.items = [
+        RetrievalItem(position=0, status=ScanStatus.QUEUED, outcome=RetrievalOutcome.QUEUED)
+    ]
+    window = parse_window("22:00-06:00")
+    assert describe(retrieval, window, datetime(2026, 1, 1, 12))["status"] == "waiting_window"
+    assert describe(retrieval, window, datetime(2026, 1, 1, 23))["status"] == "queued"
+    with pytest.raises(ConfigError):
+        load_settings({"RETRIEVE_POLL_INTERVAL": "0"})
