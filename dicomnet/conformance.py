@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from core.deidentify import BASIC_PROFILE, METHOD_CODES, Action, action
 from covidscan import __version__
 from dicomnet import listener
+from dicomnet.pacs_source import CT_STORAGE, STUDY_ROOT_FIND, STUDY_ROOT_GET
 from dicomnet.probe import CALLING_AE_TITLE, STORAGE_COMMITMENT_PUSH, VERIFICATION
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -76,7 +77,8 @@ def statement() -> str:
         f"received {ae.maximum_pdu_size} bytes.",
         "- Each association becomes one job owned by `--owner`; the job is submitted with "
         "the first instance stored.",
-        "- Association initiation: the listener initiates none.",
+        "- Association initiation: only to retrieve studies asked for with "
+        "`POST /v1/retrievals` (below).",
         "",
         "### SOP classes",
         "",
@@ -137,6 +139,29 @@ def statement() -> str:
                 ),
             ],
         ),
+        "",
+        "### Retrieving from a PACS (SCU)",
+        "",
+        "The same process, with the same AE title as calling AE, retrieves the studies asked "
+        "for with `POST /v1/retrievals` (`covidscan pull`) from a registered DICOM "
+        "destination, inside `RETRIEVE_WINDOW`. The PACS must accept that calling AE for "
+        "C-FIND and C-GET; it needs no address for it (C-GET answers over the same "
+        "association).",
+        "",
+        *_table(
+            ("SOP class", "UID", "Role"),
+            [
+                (_name(STUDY_ROOT_FIND), f"`{STUDY_ROOT_FIND}`", "SCU"),
+                (_name(STUDY_ROOT_GET), f"`{STUDY_ROOT_GET}`", "SCU"),
+                *((_name(uid), f"`{uid}`", "SCP (C-GET sub-operations)") for uid in CT_STORAGE),
+            ],
+        ),
+        "",
+        "- C-FIND at STUDY level by AccessionNumber (never a wildcard) or StudyInstanceUID, "
+        "then at SERIES level with Modality `CT`, asking NumberOfSeriesRelatedInstances.",
+        "- C-GET at SERIES level for each CT series found; the storage sub-operations are "
+        "proposed with SCP/SCU Role Selection, one presentation context per transfer syntax "
+        "above, and answered with the listener's C-STORE status codes (above).",
         "",
         "## 3. Application entity: the destination probe (`covidscan destinations test`)",
         "",
