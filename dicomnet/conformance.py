@@ -215,6 +215,11 @@ def statement() -> str:
         "all stored, 202 some, 409 none; a limit refuses the whole request (413).",
         "- QIDO-RS client: `covidscan destinations test` queries "
         "`{url}/studies?limit=1` of a DICOMweb destination.",
+        "- QIDO-RS and WADO-RS client: a retrieval from a DICOMweb destination "
+        "(`POST /v1/retrievals`) queries `{url}/studies?AccessionNumber=` (or "
+        "`StudyInstanceUID=`) and `{url}/studies/{study}/series?Modality=CT`, then retrieves "
+        "each CT series from `{url}/studies/{study}/series/{series}` (`multipart/related; "
+        'type="application/dicom"`, Explicit VR Little Endian).',
         "",
         "## 6. Security",
         "",

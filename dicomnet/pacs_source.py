@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 from covidscan.dicom_syntaxes import DECODED_TRANSFER_SYNTAXES
 from dicomnet.probe import _connect_failure
@@ -31,6 +30,16 @@ CT_STORAGE = (
 )
 PENDING = (0xFF00, 0xFF01)
 WARNING_STATUSES = (0x0001, 0xB000, 0xB006, 0xB007)
+
+
+class Sink(Protocol):
+    """Where retrieved instances go (:class:`dicomnet.retriever.Collected`)."""
+
+    def on_store(self, event: Any) -> int:
+        """A C-STORE sub-operation of a C-GET; its status."""
+
+    def take(self, data: bytes) -> int:
+        """One instance as Part 10 bytes; the C-STORE status it would earn."""
 
 
 class SourceRefused(Exception):
@@ -181,10 +190,10 @@ class DicomSource:
             raise SourceRefused(f"{self.called} answered the C-FIND with {_status_text(status)}")
         return answers
 
-    def get(self, found: Found, on_store: Callable[[Any], int]) -> Optional[str]:
-        """C-GET every series of ``found``; each instance goes to ``on_store`` (a pynetdicom
-        C-STORE handler, its return the sub-operation's status). Returns what the PACS said
-        when a series was not sent whole (None when all went well).
+    def get(self, found: Found, sink: Sink) -> Optional[str]:
+        """C-GET every series of ``found``; each instance goes to ``sink.on_store`` (a
+        pynetdicom C-STORE handler, its return the sub-operation's status). Returns what the
+        PACS said when a series was not sent whole (None when all went well).
 
         Raises:
             SourceRefused, SourceUnreachable.
@@ -197,7 +206,7 @@ class DicomSource:
             contexts.extend((storage, [syntax]) for syntax in DECODED_TRANSFER_SYNTAXES)
         ae = self._ae(contexts)
         roles = [build_role(storage, scp_role=True) for storage in CT_STORAGE]
-        assoc = self._associate(ae, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        assoc = self._associate(ae, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, sink.on_store)])
         warnings: list[str] = []
         try:
             for study_uid, series_uid, _count in found.series:

@@ -2,13 +2,15 @@
 
 A loop in ``covidscan dicom-listen`` looks in SQL every ``RETRIEVE_POLL_INTERVAL`` seconds
 (inside ``RETRIEVE_WINDOW`` only), claims one retrieval item from the lease queue
-(:data:`db.retrievals.RETRIEVAL_ITEMS`), asks the source PACS for it and writes its
-outcome under its lease. An item's instances are checked as they arrive by the same intake
-as C-STORE (:func:`core.intake.iter_scans`), stored, and submitted at the end as one job
-(one job per item, owned by the retrieval's owner, ``via: retrieval``) through the job
-service: the owner's quota is charged for the whole study at once, so a refusal keeps
-nothing rather than half a study. Logs name the retrieval and the item's index, never
-the accession number.
+(:data:`db.retrievals.RETRIEVAL_ITEMS`), asks the source for it (a DICOM PACS by C-FIND and
+C-GET, :mod:`dicomnet.pacs_source`; a DICOMweb one by QIDO-RS and WADO-RS,
+:mod:`dicomnet.dicomweb_source`) and writes its outcome under its lease. An item's
+instances are checked as they arrive by the same intake as C-STORE
+(:func:`core.intake.iter_scans`), stored, and submitted at the end as one job (one job per
+item, owned by the retrieval's owner, ``via: retrieval``) through the job service: the
+owner's quota is charged for the whole study at once, so a refusal keeps nothing rather
+than half a study. Logs name the retrieval and the item's index, never the accession
+number.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
+from core.destinations import DestinationError, credentials_of
 from core.errors import IntakeError
 from core.jobs.service import Actor, JobService
 from core.jobs.storing import discard, scan_keys, store_uploads
@@ -32,7 +35,7 @@ from covidscan.contract import RetrievalOutcome, ScanStatus
 from covidscan.retrieve_window import window_open
 from db.destinations import get_destination
 from db.jobs import NewScan
-from db.models import DestinationKind, Retrieval, new_id, utcnow
+from db.models import Destination, DestinationKind, Retrieval, new_id, utcnow
 from db.retrievals import BY_ACCESSION, RETRIEVAL_ITEMS, ItemLease, mark_found
 from dicomnet.listener import (
     CANNOT_UNDERSTAND,
@@ -42,6 +45,9 @@ from dicomnet.listener import (
     dicom_status,
 )
 from dicomnet.pacs_source import DicomSource, Found, SourceRefused, SourceUnreachable
+
+if TYPE_CHECKING:
+    from dicomnet.dicomweb_source import DicomWebSource
 
 log = logging.getLogger(__name__)
 
@@ -90,21 +96,27 @@ class Collected:
         self.parsed = ParsedUpload()
 
     def on_store(self, event: Any) -> int:
-        """Check and store one instance; the status answers the sub-operation."""
+        """A C-GET sub-operation (pynetdicom C-STORE handler): :meth:`take` its instance."""
+        try:
+            data = event.encoded_dataset()
+        except Exception as exc:  # a dataset pynetdicom cannot encode again
+            with self._lock:
+                return self._refuse(
+                    f"unreadable instance ({type(exc).__name__})", CANNOT_UNDERSTAND
+                )
+        return self.take(data)
+
+    def take(self, data: bytes) -> int:
+        """Check and store one instance (Part 10 bytes); the C-STORE status it earns."""
         from core.intake import iter_scans, scans_of
 
         with self._lock:
             name = f"retrieved-{self.stored + self.refused + 1}"
             skipped_before = len(self.parsed.skipped)
             try:
-                data = event.encoded_dataset()
                 uploads = list(iter_scans([(name, io.BytesIO(data))], self.limits, self.parsed))
             except IntakeError as exc:
                 return self._refuse(exc.detail, dicom_status(exc))
-            except Exception as exc:  # a dataset pynetdicom cannot encode again
-                return self._refuse(
-                    f"unreadable instance ({type(exc).__name__})", CANNOT_UNDERSTAND
-                )
             if len(self.parsed.skipped) > skipped_before or not uploads or not uploads[0].dicom:
                 skipped = self.parsed.skipped[-1].reason if self.parsed.skipped else None
                 return self._refuse(skipped or "not a CT image", NOT_SUPPORTED)
@@ -205,19 +217,10 @@ class Retriever:
                 return Outcome(RetrievalOutcome.FAILED, str(exc))
         if destination is None:
             return Outcome(RetrievalOutcome.FAILED, f"the source {name!r} is no longer registered")
-        if destination.kind != DestinationKind.DICOM:
-            return Outcome(
-                RetrievalOutcome.FAILED,
-                f"the source {destination.name!r} is a DICOMweb destination; only DICOM "
-                "sources (C-FIND and C-GET) can be retrieved from",
-            )
-        source = DicomSource(
-            str(destination.host),
-            int(destination.port or 0),
-            str(destination.ae_title),
-            calling=self.ae_title,
-            tls=destination.tls,
-        )
+        try:
+            source = self._source(destination)
+        except DestinationError as exc:
+            return Outcome(RetrievalOutcome.FAILED, str(exc))
         actor = Actor(owner, key_id, VIA)
         try:
             found = source.find(by == BY_ACCESSION, identifier)
@@ -237,10 +240,32 @@ class Retriever:
         except IntakeError as exc:  # the owner's quota or active jobs: nothing was fetched
             return Outcome(RetrievalOutcome.REFUSED, exc.detail, retrieved=0)
 
-    def _get(self, source: DicomSource, found: Found, actor: Actor, lease: ItemLease) -> Outcome:
+    def _source(self, destination: Destination) -> DicomSource | DicomWebSource:
+        """How to reach ``destination``: DICOM (C-FIND, C-GET) or DICOMweb (QIDO-RS,
+        WADO-RS, with its credentials opened with PHI_KEY).
+
+        Raises:
+            DestinationError: its credentials cannot be opened.
+        """
+        if destination.kind == DestinationKind.DICOMWEB:
+            from dicomnet.dicomweb_source import DicomWebSource
+
+            credentials = credentials_of(destination, self.settings.phi_key)
+            return DicomWebSource(str(destination.url), credentials)
+        return DicomSource(
+            str(destination.host),
+            int(destination.port or 0),
+            str(destination.ae_title),
+            calling=self.ae_title,
+            tls=destination.tls,
+        )
+
+    def _get(
+        self, source: DicomSource | DicomWebSource, found: Found, actor: Actor, lease: ItemLease
+    ) -> Outcome:
         collected = Collected(self.jobs, new_id())
         try:
-            warning = source.get(found, collected.on_store)
+            warning = source.get(found, collected)
         except BaseException:
             discard(self.jobs.blobs, scan_keys(collected.new_scans), collected.job_id)
             raise

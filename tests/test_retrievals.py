@@ -23,7 +23,7 @@ from sqlalchemy import inspect, select, text
 from werkzeug.serving import make_server
 
 from api.schemas import RetrievalInfo
-from core.destinations import dicom_spec, register
+from core.destinations import dicom_spec, dicomweb_spec, register
 from covidscan.contract import RetrievalOutcome, RetrievalStatus, ScanStatus
 from covidscan.retrieve_window import RetrieveWindow, parse_window, window_open
 from covidscan.settings import ConfigError, load_settings
@@ -101,18 +101,19 @@ def orthanc(tmp_path):
         yield pacs
 
 
-@pytest.fixture
-def studies(orthanc):
+def upload_studies(pacs: Orthanc) -> tuple[str, list[str]]:
     """A study of 3 CT slices under KNOWN, one of 2 under OTHER; the first's UIDs."""
     known, known_uids = d.ct_series(3, seed=1)
     other, _ = d.ct_series(2, seed=2)
-    study_uids = set()
-    for body in with_accession(known, KNOWN):
-        study_uids.add(orthanc.upload(body)["ParentStudy"])
-    for body in with_accession(other, OTHER):
-        orthanc.upload(body)
+    for body in with_accession(known, KNOWN) + with_accession(other, OTHER):
+        pacs.upload(body)
     study_uid = str(pydicom.dcmread(pydicom.filebase.DicomBytesIO(known[0])).StudyInstanceUID)
     return study_uid, known_uids
+
+
+@pytest.fixture
+def studies(orthanc):
+    return upload_studies(orthanc)
 
 
 @pytest.fixture
@@ -358,3 +359,41 @@ def test_a_closed_window_is_reported():
     assert describe(retrieval, window, datetime(2026, 1, 1, 23))["status"] == "queued"
     with pytest.raises(ConfigError):
         load_settings({"RETRIEVE_POLL_INTERVAL": "0"})
+
+
+@pytest.mark.integration
+def test_a_cohort_is_retrieved_from_a_dicomweb_source_with_basic_auth(
+    tmp_path, config, api, caplog
+):
+    require_orthanc()
+    caplog.set_level(logging.DEBUG)
+    password = "pacs-Pa55word-0123"
+    with Orthanc(
+        tmp_path / "orthanc-web", free_port(), free_port(), users={"pacsadmin": password}
+    ) as pacs:
+        study_uid, sop_uids = upload_studies(pacs)
+        engine = make_engine(config["DATABASE_URL"])
+        with make_session_factory(engine).begin() as session:
+            spec = dicomweb_spec("web", f"{pacs.url}/dicom-web", basic=f"pacsadmin:{password}")
+            register(session, spec, config["PHI_KEY"])
+        engine.dispose()
+        client, *_ = api
+        stop = start_gateway(config)
+        try:
+            posted = client.post(
+                "/v1/retrievals", json={"source": "web", "accession_numbers": [KNOWN, UNKNOWN]}
+            )
+            assert posted.status_code == 202, posted.get_json()
+            done = wait_done(client, posted.get_json()["id"])
+        finally:
+            stop()
+    known, unknown = done["items"]
+    assert known["outcome"] == "retrieved", known
+    assert (known["instances_retrieved"], known["instances_expected"]) == (3, 3)
+    assert known["study_uids"] == [study_uid]
+    assert unknown["outcome"] == "not_found"
+    with make_session_factory(make_engine(config["DATABASE_URL"]))() as session:
+        scans = session.scalars(select(Scan).where(Scan.job_id == known["job_id"])).all()
+    assert sorted(s.sop_instance_uid for s in scans) == sorted(sop_uids)
+    for accession in (KNOWN, UNKNOWN):
+        assert accession not in caplog.text
