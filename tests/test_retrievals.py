@@ -397,3 +397,99 @@ def test_a_cohort_is_retrieved_from_a_dicomweb_source_with_basic_auth(
     assert sorted(s.sop_instance_uid for s in scans) == sorted(sop_uids)
     for accession in (KNOWN, UNKNOWN):
         assert accession not in caplog.text
+
+
+# The gateway's loop, by hand (no PACS needed)
+
+
+def gateway_retriever(config: dict[str, str]):
+    from core.wakeups import WakeupSender
+    from dicomnet.listener import job_service
+    from dicomnet.retriever import Retriever
+
+    settings = load_settings(config)
+    factory = make_session_factory(make_engine(settings.database_url))
+    return Retriever(job_service(settings, factory, WakeupSender(settings.redis_url)))
+
+
+def queue_study_uids(config: dict[str, str], port: int, uids: list[str]) -> str:
+    from core.jobs.service import Actor
+    from core.retrievals import request_retrieval
+
+    engine = make_engine(config["DATABASE_URL"])
+    try:
+        with make_session_factory(engine).begin() as session:
+            register(session, dicom_spec("closed", "PACS", "127.0.0.1", port), None)
+            retrieval = request_retrieval(
+                session, Actor("r", None, "retrieval"), "closed", None, study_uids=uids
+            )
+            return retrieval.id
+    finally:
+        engine.dispose()
+
+
+def answer(config: dict[str, str], retrieval_id: str, window=None, now=None) -> dict:
+    from core.retrievals import describe
+    from db.jobs import ANY_OWNER
+    from db.retrievals import find_retrieval
+
+    with make_session_factory(make_engine(config["DATABASE_URL"]))() as session:
+        return describe(find_retrieval(session, retrieval_id, ANY_OWNER), window, now)
+
+
+@pytest.fixture
+def closed_port():
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield holder.getsockname()[1]
+
+
+@pytest.mark.integration
+def test_outside_its_window_the_gateway_takes_nothing(app_config, closed_port):
+    from datetime import timedelta
+
+    later = datetime.now() + timedelta(hours=2)
+    window = f"{later:%H:%M}-{later + timedelta(hours=1):%H:%M}"
+    retrieval_id = queue_study_uids(app_config, closed_port, ["1.2.3"])
+    retriever = gateway_retriever({**app_config, "RETRIEVE_WINDOW": window})
+    assert retriever.run_once() is False
+    shown = answer(app_config, retrieval_id, parse_window(window))
+    assert shown["status"] == "waiting_window" and shown["window"] == window
+    assert shown["items"][0]["outcome"] == "queued"
+
+
+@pytest.mark.integration
+def test_an_unreachable_pacs_fails_the_item_with_the_reason(app_config, closed_port):
+    retrieval_id = queue_study_uids(app_config, closed_port, ["1.2.3", "1.2.4"])
+    retriever = gateway_retriever(app_config)
+    assert retriever.run_once() and retriever.run_once() and not retriever.run_once()
+    shown = answer(app_config, retrieval_id)
+    assert shown["status"] == "done"
+    assert [item["outcome"] for item in shown["items"]] == ["failed", "failed"]
+    assert "connection refused" in shown["items"][0]["reason"]
+
+
+@pytest.mark.database
+def test_a_dead_gateways_item_is_taken_again_then_failed(database_url, closed_port):
+    from db.retrievals import RETRIEVAL_ITEMS
+
+    config = {"DATABASE_URL": database_url}
+    retrieval_id = queue_study_uids(config, closed_port, ["1.2.3"])
+    engine = make_engine(database_url)
+    factory = make_session_factory(engine)
+    try:
+        for attempt in range(1, 4):
+            with factory() as session:
+                [lease] = RETRIEVAL_ITEMS.claim(session, f"dead-{attempt}", 1, lease_seconds=0)
+                assert lease.attempt == attempt
+                session.commit()
+                time.sleep(0.01)
+                expired = RETRIEVAL_ITEMS.expire(session, max_attempts=3)
+                session.commit()
+            assert (expired.requeued, expired.failed) == ((1, 0) if attempt < 3 else (0, 1))
+    finally:
+        engine.dispose()
+    [item] = answer(config, retrieval_id)["items"]
+    assert item["outcome"] == "failed" and "gateway died" in item["reason"]
