@@ -29,6 +29,7 @@ from core.destinations import DestinationError, credentials_of
 from core.errors import IntakeError
 from core.jobs.service import Actor, JobService
 from core.jobs.storing import discard, scan_keys, store_uploads
+from core.metrics import retrieval_item_ended
 from core.retrievals import identifier_of
 from core.sealing import SealError
 from covidscan.contract import RetrievalOutcome, ScanStatus
@@ -184,6 +185,8 @@ class Retriever:
                 session, self.name, lease.id, lease.attempt, outcome.values()
             )
             session.commit()
+        if written:
+            retrieval_item_ended(outcome.outcome.value, outcome.retrieved or 0)
         log.info(
             "retrieval %s item %d: %s%s%s",
             lease.retrieval_id,

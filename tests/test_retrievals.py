@@ -163,6 +163,12 @@ def wait_done(client, retrieval_id: str, timeout: float = 90.0) -> dict:
     raise AssertionError(f"retrieval not done: {answer.get_json()}")
 
 
+def metric(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def all_sql_text(database_url: str) -> str:
     """Every value of every table, as text (a sealed value is bytes: its repr)."""
     engine = make_engine(database_url)
@@ -183,6 +189,8 @@ def test_a_cohort_is_retrieved_by_accession_numbers(orthanc, studies, config, ap
     study_uid, sop_uids = studies
     add_source(config["DATABASE_URL"], orthanc)
     client, owner, *_ = api
+    retrieved_before = metric("covidscan_retrieval_items_total", outcome="retrieved")
+    instances_before = metric("covidscan_retrieved_instances_total")
     stop = start_gateway(config)
     try:
         posted = client.post(
@@ -201,6 +209,8 @@ def test_a_cohort_is_retrieved_by_accession_numbers(orthanc, studies, config, ap
     assert known["study_uids"] == [study_uid]
     assert (unknown["index"], unknown["outcome"]) == (1, RetrievalOutcome.NOT_FOUND)
     assert unknown["job_id"] is None and unknown["instances_retrieved"] is None
+    assert metric("covidscan_retrieval_items_total", outcome="retrieved") == retrieved_before + 1
+    assert metric("covidscan_retrieved_instances_total") == instances_before + 3
 
     with make_session_factory(make_engine(config["DATABASE_URL"]))() as session:
         job = session.get(Job, known["job_id"])
