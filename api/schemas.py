@@ -686,7 +686,17 @@ def _accession(value: str) -> str:
     return value
 
 
-AccessionNumber = Annotated[str, AfterValidator(_accession)]
+AccessionNumber = Annotated[
+    str,
+    AfterValidator(_accession),
+    Field(
+        json_schema_extra={
+            "minLength": 1,
+            "maxLength": 16,
+            "pattern": "^[^*?\\\\\\x00-\\x1f\\x7f]+$",
+        }
+    ),
+]
 StudyUid = Annotated[str, Field(max_length=64, pattern=STUDY_UID)]
 
 

@@ -61,7 +61,7 @@ class DicomWebSource:
             raise SourceRefused(
                 f"{self.url} answered the {what} with HTTP {status} {reason}".rstrip()
             ) from None
-        except (requests.ConnectionError, requests.Timeout) as exc:
+        except requests.RequestException as exc:  # its text may hold the query URL: not shown
             raise SourceUnreachable(f"cannot reach {self.url}: {type(exc).__name__}") from None
 
     def find(self, by_accession: bool, identifier: str) -> Found:

@@ -503,3 +503,49 @@ def test_a_dead_gateways_item_is_taken_again_then_failed(database_url, closed_po
         engine.dispose()
     [item] = answer(config, retrieval_id)["items"]
     assert item["outcome"] == "failed" and "gateway died" in item["reason"]
+
+
+# covidscan pull, its local side
+
+
+@pytest.mark.parametrize(
+    "text, kind, values",
+    [
+        ("AccessionNumber\nA1\n\nA2\n", "accession", ["A1", "A2"]),
+        ("StudyInstanceUID,Note\n1.2.3,first\n1.2.4,second\n", "study-uid", ["1.2.3", "1.2.4"]),
+        ("A1\r\nA2\r\n", None, ["A1", "A2"]),
+        ("\ufeffAccession Number\nA1\n", "accession", ["A1"]),
+    ],
+)
+def test_pull_reads_a_list_with_or_without_its_header(tmp_path, text, kind, values):
+    from cli.pull import read_list
+
+    path = tmp_path / "list.csv"
+    path.write_text(text, encoding="utf-8")
+    assert read_list(path) == (kind, values)
+
+
+def test_pull_refuses_an_empty_list_and_prints_items_by_the_local_identifier(tmp_path):
+    import click
+
+    from cli.pull import item_line, read_list
+
+    path = tmp_path / "empty.csv"
+    path.write_text("AccessionNumber\n\n")
+    with pytest.raises(click.BadParameter, match="holds no identifier"):
+        read_list(path)
+    line = item_line(
+        KNOWN,
+        {
+            "index": 0,
+            "outcome": "retrieved",
+            "instances_retrieved": 3,
+            "instances_expected": 4,
+            "job_id": "j1",
+            "reason": "1 instances refused: MR",
+        },
+    )
+    assert line == f"{KNOWN}  retrieved  3 of 4 instances  job j1  (1 instances refused: MR)"
+    assert item_line(UNKNOWN, {"outcome": "not_found", "reason": "no study matches"}) == (
+        f"{UNKNOWN}  not_found  (no study matches)"
+    )
