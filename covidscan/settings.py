@@ -356,7 +356,8 @@ class Settings(_Base):
         "30d",
         "how long a job, its results and its slices are kept after submission: `30d`, "
         "`12h`, `90m`, `3600` (seconds); `0` keeps them for ever. Sets each job's "
-        "`expires_at`; the sweep deletes expired jobs.",
+        "`expires_at`; the sweep deletes expired jobs, and retrievals (`POST /v1/retrievals`) "
+        "as old whose items have ended.",
     )
     port: Port = setting(5000, "the API's port under `make run` (waitress, loopback only).")
     log_level: LogLevel = setting("INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL.")

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, delete, select, update
 from sqlalchemy.orm import Session
 
 from covidscan.contract import RetrievalOutcome, RetrievalStatus, ScanStatus
 from db.jobs import ANY_OWNER
-from db.models import Retrieval, RetrievalItem
+from db.models import Retrieval, RetrievalItem, utcnow
 from db.queue import LeaseQueue
 from db.session import rows_changed
 
@@ -127,3 +128,28 @@ def retrieval_status(items: Sequence[RetrievalItem], window_open: bool) -> Retri
     if any(item.status == ScanStatus.QUEUED for item in items):
         return RetrievalStatus.QUEUED if window_open else RetrievalStatus.WAITING_WINDOW
     return RetrievalStatus.DONE
+
+
+def delete_expired_retrievals(
+    session: Session, retention_seconds: int, now: Optional[datetime] = None
+) -> int:
+    """Delete the retrievals (their sealed accession numbers with them) asked for more than
+    ``retention_seconds`` ago whose items have all ended; 0 keeps them for ever. How many.
+    The jobs they made follow their own retention."""
+    if retention_seconds <= 0:
+        return 0
+    cutoff = (now or utcnow()) - timedelta(seconds=retention_seconds)
+    unfinished = select(RetrievalItem.retrieval_id).where(
+        RetrievalItem.status.in_((ScanStatus.QUEUED, ScanStatus.RUNNING))
+    )
+    ids = list(
+        session.scalars(
+            select(Retrieval.id).where(
+                Retrieval.created_at < cutoff, Retrieval.id.not_in(unfinished)
+            )
+        )
+    )
+    if ids:
+        session.execute(delete(RetrievalItem).where(RetrievalItem.retrieval_id.in_(ids)))
+        session.execute(delete(Retrieval).where(Retrieval.id.in_(ids)))
+    return len(ids)

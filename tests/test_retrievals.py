@@ -549,3 +549,40 @@ def test_pull_refuses_an_empty_list_and_prints_items_by_the_local_identifier(tmp
     assert item_line(UNKNOWN, {"outcome": "not_found", "reason": "no study matches"}) == (
         f"{UNKNOWN}  not_found  (no study matches)"
     )
+
+
+@pytest.mark.database
+def test_retention_deletes_ended_retrievals_and_their_sealed_list(database_url, closed_port):
+    from datetime import UTC, timedelta
+
+    from db.models import Retrieval
+    from db.retrievals import delete_expired_retrievals
+
+    config = {"DATABASE_URL": database_url}
+    ended = queue_study_uids(config, closed_port, ["1.2.3"])
+    engine = make_engine(database_url)
+    factory = make_session_factory(engine)
+    try:
+        with factory.begin() as session:
+            waiting = Retrieval(owner="r", source="closed", by="study_uid", study_uids=["1.2.4"])
+            waiting.items = [RetrievalItem(position=0)]
+            session.add(waiting)
+            session.flush()
+            waiting_id = waiting.id
+            session.get(Retrieval, ended).items[0].status = ScanStatus.SUCCEEDED
+        later = datetime.now(UTC) + timedelta(days=31)
+        with factory.begin() as session:
+            assert delete_expired_retrievals(session, 30 * 86400) == 0  # not old enough
+            assert delete_expired_retrievals(session, 0, later) == 0  # kept for ever
+            assert delete_expired_retrievals(session, 30 * 86400, later) == 1
+        with factory() as session:
+            assert session.get(Retrieval, ended) is None
+            assert session.get(Retrieval, waiting_id) is not None  # not ended: kept
+            assert (
+                session.scalars(
+                    select(RetrievalItem).where(RetrievalItem.retrieval_id == ended)
+                ).all()
+                == []
+            )
+    finally:
+        engine.dispose()
