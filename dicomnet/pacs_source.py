@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
@@ -134,6 +135,17 @@ class DicomSource:
             raise SourceUnreachable(f"association with {self.called} aborted")
         return assoc
 
+    def _no_answer(self, assoc: Any, what: str, started: float) -> Exception:
+        """No status to a request: the PACS aborted at once (as one does to a calling AE
+        title it does not accept for that service), or gave no answer in time."""
+        waited = time.monotonic() - started
+        if waited < self.timeout:
+            return SourceRefused(
+                f"{self.called} aborted the association at the {what}: does it accept "
+                f"{what} requests from the calling AE title {self.calling}?"
+            )
+        return SourceUnreachable(f"{self.called} gave no answer to the {what} in {waited:.0f} s")
+
     def find(self, by_accession: bool, identifier: str) -> Found:
         """The studies ``identifier`` names and their CT series.
 
@@ -177,6 +189,7 @@ class DicomSource:
 
     def _find(self, assoc: Any, query: Any) -> list[Any]:
         answers = []
+        started = time.monotonic()
         for status, identity in assoc.send_c_find(query, STUDY_ROOT_FIND):
             code = getattr(status, "Status", None)
             if code in PENDING:
@@ -186,7 +199,7 @@ class DicomSource:
             if code == 0x0000:
                 return answers
             if code is None:
-                raise SourceUnreachable(f"{self.called} stopped answering the C-FIND")
+                raise self._no_answer(assoc, "C-FIND", started)
             raise SourceRefused(f"{self.called} answered the C-FIND with {_status_text(status)}")
         return answers
 
@@ -214,12 +227,12 @@ class DicomSource:
                 query.QueryRetrieveLevel = "SERIES"
                 query.StudyInstanceUID = study_uid
                 query.SeriesInstanceUID = series_uid
-                last = None
+                last, started = None, time.monotonic()
                 for status, _identity in assoc.send_c_get(query, STUDY_ROOT_GET):
                     last = status
                 code = getattr(last, "Status", None)
                 if code is None:
-                    raise SourceUnreachable(f"{self.called} stopped answering the C-GET")
+                    raise self._no_answer(assoc, "C-GET", started)
                 if code in WARNING_STATUSES:
                     warnings.append(f"C-GET answered with {_status_text(last)}")
                 elif code != 0x0000:

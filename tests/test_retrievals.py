@@ -586,3 +586,24 @@ def test_retention_deletes_ended_retrievals_and_their_sealed_list(database_url, 
             )
     finally:
         engine.dispose()
+
+
+@pytest.mark.integration
+def test_a_pacs_that_does_not_know_the_gateway_refuses_it_with_a_hint(app_config, tmp_path):
+    from core.jobs.service import Actor
+    from core.retrievals import request_retrieval
+
+    require_orthanc()
+    with Orthanc(tmp_path / "strict", free_port(), free_port()) as pacs:  # no modalities
+        add_source(app_config["DATABASE_URL"], pacs, "strict")
+        engine = make_engine(app_config["DATABASE_URL"])
+        with make_session_factory(engine).begin() as session:
+            retrieval_id = request_retrieval(
+                session, Actor("r"), "strict", None, study_uids=["1.2.3"]
+            ).id
+        engine.dispose()
+        assert gateway_retriever(app_config).run_once()
+    [item] = answer(app_config, retrieval_id)["items"]
+    assert item["outcome"] == "refused", item
+    assert "aborted the association at the C-FIND" in item["reason"]
+    assert "calling AE title COVIDSCAN" in item["reason"]
