@@ -54,7 +54,11 @@ def create_retrieval() -> tuple[Response, int, dict[str, str]]:
     body = request.get_json(silent=True) if request.is_json else None
     if not isinstance(body, dict):
         raise Problem(400, "send a JSON object with source and accession_numbers or study_uids")
-    asked = validated(RetrievalRequest, body)
+    try:
+        asked = validated(RetrievalRequest, body)
+    except Problem as exc:  # a refused value is answered back, but never an accession number
+        exc.extra.pop("accession_numbers", None)
+        raise
     session = db_session()
     retrieval = request_retrieval(
         session,

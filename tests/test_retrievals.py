@@ -292,6 +292,8 @@ def test_a_request_is_checked_without_repeating_an_accession(config, api):
         ({"source": "pacs"}, "accession_numbers or study_uids"),
         ({"source": "pacs", "study_uids": ["1.2.x"]}, "study_uids.0"),
         ({"source": "nowhere", "accession_numbers": ["ACC-1"]}, "no destination named"),
+        ({"source": "pacs", "accession_numbers": "ACC*"}, "accession_numbers"),
+        ({"source": "pacs", "accession_numbers": ["ACC*", 7]}, "accession_numbers.1"),
     ]
     for body, message in cases:
         answer = client.post("/v1/retrievals", json=body)
@@ -607,3 +609,37 @@ def test_a_pacs_that_does_not_know_the_gateway_refuses_it_with_a_hint(app_config
     assert item["outcome"] == "refused", item
     assert "aborted the association at the C-FIND" in item["reason"]
     assert "calling AE title COVIDSCAN" in item["reason"]
+
+
+@pytest.mark.integration
+def test_pull_sends_accessions_given_on_the_command_line(config, api, monkeypatch, closed_port):
+    from cli.main import main
+
+    engine = make_engine(config["DATABASE_URL"])
+    with make_session_factory(engine).begin() as session:
+        register(session, dicom_spec("pacs", "PACS", "127.0.0.1", closed_port), None)
+    engine.dispose()
+    client, _owner, app, key = api
+    monkeypatch.setenv("COVIDSCAN_API_KEY", key)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.port}"
+    try:
+        sent = CliRunner().invoke(
+            main, ["--url", url, "pull", "--source", "pacs", "--accession", KNOWN, UNKNOWN]
+        )
+        unknown = CliRunner().invoke(
+            main, ["--url", url, "pull", "--source", "x", "--study-uid", "1.2"]
+        )
+        nothing = CliRunner().invoke(main, ["--url", url, "pull", "--source", "pacs"])
+    finally:
+        server.shutdown()
+    assert sent.exit_code == 0, sent.output
+    first, *items = sent.output.splitlines()
+    assert first.startswith("retrieval ") and first.endswith(": 2 items from pacs")
+    assert items == [f"{KNOWN}  queued", f"{UNKNOWN}  queued"]
+    retrieval_id = first.split()[1].rstrip(":")
+    shown = client.get(f"/v1/retrievals/{retrieval_id}").get_json()
+    assert shown["by"] == "accession_number" and len(shown["items"]) == 2
+    assert unknown.exit_code == 1 and "no destination named 'x'" in unknown.output
+    assert nothing.exit_code == 2 and "give identifiers" in nothing.output
