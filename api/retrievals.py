@@ -18,10 +18,10 @@ from api.fields import validated
 from api.job_intake import actor
 from api.openapi import Reply, operation
 from api.problems import Problem
-from api.schemas import RetrievalInfo, RetrievalRequest
+from api.schemas import RetrievalInfo, RetrievalList, RetrievalListQuery, RetrievalRequest
 from core.retrievals import describe, request_retrieval
 from db.models import Retrieval
-from db.retrievals import find_retrieval
+from db.retrievals import find_retrieval, recent_retrievals
 
 bp = Blueprint("retrievals", __name__, url_prefix="/v1/retrievals")
 
@@ -71,6 +71,18 @@ def create_retrieval() -> tuple[Response, int, dict[str, str]]:
     session.commit()
     answer = retrieval_json(retrieval)
     return jsonify(answer), 202, {"Location": answer["links"]["self"]}
+
+
+@bp.get("")
+@requires("read")
+@operation(
+    "The caller's recent retrievals", query=RetrievalListQuery, responses={200: RetrievalList}
+)
+def list_retrievals() -> Response:
+    """The caller's retrievals, newest first (an administrator's: everyone's)."""
+    query = validated(RetrievalListQuery, request.args)
+    found = recent_retrievals(db_session(), query.limit, current_principal().job_owner)
+    return jsonify(retrievals=[retrieval_json(retrieval) for retrieval in found])
 
 
 @bp.get("/<retrieval_id>")

@@ -754,3 +754,13 @@ class RetrievalInfo(Strict):
     created_at: Timestamp
     items: list[RetrievalItemInfo]
     links: RetrievalLinks
+
+
+class RetrievalList(Strict):
+    """The caller's most recent retrievals, newest first."""
+
+    retrievals: list[RetrievalInfo]
+
+
+class RetrievalListQuery(Fields):
+    limit: int = Field(20, ge=1, le=200, description="how many retrievals, newest first")

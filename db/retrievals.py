@@ -85,6 +85,14 @@ def find_retrieval(session: Session, retrieval_id: str, owner: object) -> Option
     return session.scalars(query).first()
 
 
+def recent_retrievals(session: Session, limit: int, owner: object) -> list[Retrieval]:
+    """The newest retrievals of ``owner`` (:data:`db.jobs.ANY_OWNER`: everyone's) first."""
+    query = select(Retrieval).order_by(Retrieval.created_at.desc()).limit(limit)
+    if owner is not ANY_OWNER:
+        query = query.where(Retrieval.owner == owner)
+    return list(session.scalars(query))
+
+
 def mark_found(
     session: Session,
     lease_owner: str,

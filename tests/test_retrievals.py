@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from sqlalchemy import inspect, select, text
 from werkzeug.serving import make_server
 
-from api.schemas import RetrievalInfo
+from api.schemas import RetrievalInfo, RetrievalList
 from core.destinations import dicom_spec, dicomweb_spec, register
 from covidscan.contract import RetrievalOutcome, RetrievalStatus, ScanStatus
 from covidscan.retrieve_window import RetrieveWindow, parse_window, window_open
@@ -315,6 +315,16 @@ def test_another_owner_cannot_read_a_retrieval(orthanc, config, api):
         create_app(config).test_client(), create_api_key(config["DATABASE_URL"], "someone-else")
     )
     assert other.get(f"/v1/retrievals/{posted.get_json()['id']}").status_code == 404
+    assert other.get("/v1/retrievals").get_json() == {"retrievals": []}
+    second = client.post("/v1/retrievals", json={"source": "pacs", "study_uids": ["1.2.4"]})
+    listed = client.get("/v1/retrievals?limit=5")
+    assert listed.status_code == 200
+    RetrievalList.model_validate(listed.get_json())
+    assert [r["id"] for r in listed.get_json()["retrievals"]] == [
+        second.get_json()["id"],
+        posted.get_json()["id"],
+    ]
+    assert client.get("/v1/retrievals?limit=0").status_code == 400
 
 
 @pytest.mark.integration
