@@ -325,6 +325,12 @@ class Settings(_Base):
         "`waiting_window`. Empty: any time.",
         shown="empty (any time)",
     )
+    retrieve_retry_base: PositiveSeconds = setting(
+        "5m",
+        "the first wait before a retrieval item whose PACS could not be reached is tried "
+        "again; each next wait doubles (jittered), and after `MAX_ATTEMPTS` attempts the "
+        "item fails with the reason.",
+    )
     retrieve_poll_interval: Timeout = setting(
         1,
         "seconds between two looks of `covidscan dicom-listen` for retrievals to run (1–120).",

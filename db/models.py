@@ -604,8 +604,11 @@ class RetrievalItem(LeaseMixin, Base):
     job_id: Mapped[Optional[str]] = mapped_column(
         ForeignKey("jobs.id", ondelete="SET NULL"), index=True
     )
-    # Why it was refused or failed, in the PACS's words (its status) or covidscan's.
+    # Why it was refused or failed, in the PACS's words (its status) or covidscan's; while
+    # it waits to be tried again, why the last attempt did not reach the PACS.
     error: Mapped[Optional[str]] = mapped_column(Text)
+    # Not claimed before this moment (a PACS that could not be reached is tried again later).
+    not_before: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
     finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
 
     retrieval: Mapped[Retrieval] = relationship(back_populates="items")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from sqlalchemy import Row, delete, select, update
+from sqlalchemy import Row, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from covidscan.contract import RetrievalOutcome, RetrievalStatus, ScanStatus
@@ -42,10 +42,11 @@ RETRIEVAL_ITEMS: LeaseQueue[ItemLease] = LeaseQueue(
     RetrievalItem,
     leases=_leases,
     returning=(RetrievalItem.retrieval_id, RetrievalItem.position),
+    claimable=lambda now: or_(RetrievalItem.not_before.is_(None), RetrievalItem.not_before <= now),
     tie_break=(RetrievalItem.retrieval_id, RetrievalItem.position),
     died="the DICOM gateway died while retrieving this study",
 )
-"""Waiting retrieval items, oldest retrieval first, then in the order they were asked for."""
+"""Waiting retrieval items that are due, oldest retrieval first, then in the order asked."""
 
 
 def create_retrieval(

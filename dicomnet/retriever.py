@@ -23,6 +23,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Optional
 
 from core.destinations import DestinationError, credentials_of
@@ -32,6 +33,7 @@ from core.jobs.storing import discard, scan_keys, store_uploads
 from core.metrics import retrieval_item_ended
 from core.retrievals import identifier_of
 from core.sealing import SealError
+from core.webhooks import retry_delay
 from covidscan.contract import RetrievalOutcome, ScanStatus
 from covidscan.retrieve_window import window_open
 from db.destinations import get_destination
@@ -63,6 +65,7 @@ class Outcome:
     reason: Optional[str] = None
     retrieved: Optional[int] = None
     job_id: Optional[str] = None
+    transient: bool = False  # the PACS could not be reached: worth another attempt
 
     def values(self) -> dict[str, Any]:
         failed = self.outcome == RetrievalOutcome.FAILED
@@ -73,6 +76,15 @@ class Outcome:
             "instances_retrieved": self.retrieved,
             "job_id": self.job_id,
             "finished_at": utcnow(),
+        }
+
+    def later(self, delay: float) -> dict[str, Any]:
+        """Waiting again, not before ``delay`` seconds from now, with the reason."""
+        return {
+            "status": ScanStatus.QUEUED,
+            "outcome": RetrievalOutcome.QUEUED,
+            "error": f"{self.reason}; trying again",
+            "not_before": utcnow() + timedelta(seconds=delay),
         }
 
 
@@ -180,18 +192,25 @@ class Retriever:
         finally:
             stop.set()
             beat.join()
+        again = outcome.transient and lease.attempt < self.settings.max_attempts
+        delay = 0.0
+        if again:
+            delay = retry_delay(lease.attempt, self.settings.retrieve_retry_base)
+            values = outcome.later(delay)
+        else:
+            values = outcome.values()
         with self.session_factory() as session:
-            written = RETRIEVAL_ITEMS.finish(
-                session, self.name, lease.id, lease.attempt, outcome.values()
-            )
+            written = RETRIEVAL_ITEMS.finish(session, self.name, lease.id, lease.attempt, values)
             session.commit()
-        if written:
+        if written and not again:
             retrieval_item_ended(outcome.outcome.value, outcome.retrieved or 0)
         log.info(
             "retrieval %s item %d: %s%s%s",
             lease.retrieval_id,
             lease.position,
-            outcome.outcome.value,
+            f"attempt {lease.attempt} did not reach the PACS, tried again in {delay:.0f} s"
+            if again
+            else outcome.outcome.value,
             f", job {outcome.job_id}" if outcome.job_id else "",
             "" if written else " (lease lost: not written)",
         )
@@ -239,7 +258,7 @@ class Retriever:
         except SourceRefused as exc:
             return Outcome(RetrievalOutcome.REFUSED, str(exc))
         except SourceUnreachable as exc:
-            return Outcome(RetrievalOutcome.FAILED, str(exc))
+            return Outcome(RetrievalOutcome.FAILED, str(exc), transient=True)
         except IntakeError as exc:  # the owner's quota or active jobs: nothing was fetched
             return Outcome(RetrievalOutcome.REFUSED, exc.detail, retrieved=0)
 

@@ -483,14 +483,25 @@ def test_outside_its_window_the_gateway_takes_nothing(app_config, closed_port):
 
 
 @pytest.mark.integration
-def test_an_unreachable_pacs_fails_the_item_with_the_reason(app_config, closed_port):
+def test_an_unreachable_pacs_is_tried_again_then_fails_the_item_with_the_reason(
+    app_config, closed_port
+):
     retrieval_id = queue_study_uids(app_config, closed_port, ["1.2.3", "1.2.4"])
-    retriever = gateway_retriever(app_config)
+    retriever = gateway_retriever({**app_config, "MAX_ATTEMPTS": "2", "RETRIEVE_RETRY_BASE": "1"})
+    assert retriever.run_once() and retriever.run_once()  # first attempts, both unreachable
+    assert not retriever.run_once()  # not due yet
+    shown = answer(app_config, retrieval_id)
+    assert shown["status"] == "queued"
+    assert [item["outcome"] for item in shown["items"]] == ["queued", "queued"]
+    assert "connection refused" in shown["items"][0]["reason"]
+    assert "trying again" in shown["items"][0]["reason"]
+    time.sleep(1.1)  # the first wait: 1 s, jittered down to at least 0.75 s
     assert retriever.run_once() and retriever.run_once() and not retriever.run_once()
     shown = answer(app_config, retrieval_id)
     assert shown["status"] == "done"
     assert [item["outcome"] for item in shown["items"]] == ["failed", "failed"]
     assert "connection refused" in shown["items"][0]["reason"]
+    assert "trying again" not in shown["items"][0]["reason"]
 
 
 @pytest.mark.database

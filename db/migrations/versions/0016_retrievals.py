@@ -47,6 +47,7 @@ def upgrade() -> None:
         sa.Column("instances_retrieved", sa.Integer(), nullable=True),
         sa.Column("job_id", sa.String(32), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("not_before", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column(
             "status",
