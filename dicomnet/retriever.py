@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -159,13 +160,16 @@ class Retriever:
         self.session_factory = jobs.session_factory
         self.ae_title = ae_title
         self.name = f"retriever-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._next_expiry = 0.0
 
     def run_once(self) -> bool:
-        """Expire dead gateways' leases, then claim and run one item if the window is open;
-        whether an item ran."""
+        """Expire dead gateways' leases (every ``SWEEP_INTERVAL``), then claim and run one
+        item if the window is open; whether an item ran."""
         with self.session_factory() as session:
-            RETRIEVAL_ITEMS.expire(session, self.settings.max_attempts)
-            session.commit()
+            if time.monotonic() >= self._next_expiry:  # a write: not at every poll
+                RETRIEVAL_ITEMS.expire(session, self.settings.max_attempts)
+                session.commit()
+                self._next_expiry = time.monotonic() + self.settings.sweep_interval
             if not window_open(self.settings.retrieve_window):
                 return False
             leases = RETRIEVAL_ITEMS.claim(session, self.name, 1, self.settings.lease_seconds)
