@@ -45,6 +45,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
         metrics,
         models,
         problems,
+        retrievals,
         security,
         series,
         thumbnails,
@@ -87,6 +88,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     app.register_blueprint(jobs.bp)
     app.register_blueprint(direct_uploads.bp)
     app.register_blueprint(models.bp)
+    app.register_blueprint(retrievals.bp)
     app.register_blueprint(series.bp)
     app.register_blueprint(thumbnails.bp)
     app.register_blueprint(web.bp)

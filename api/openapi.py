@@ -36,6 +36,7 @@ PATH_PARAMETERS = {
     "scan_id": "a scan's id (`scan_id` of a result)",
     "series_uid": "a DICOM SeriesInstanceUID of the job",
     "webhook_id": "a webhook endpoint's id",
+    "retrieval_id": "a retrieval's id",
 }
 ERRORS = {
     400: "Bad request: the problem names the field, file or value",

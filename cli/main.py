@@ -14,6 +14,7 @@ import click
 from cli.destinations import destinations
 from cli.keys import keys
 from cli.models import models
+from cli.pull import pull
 from cli.train import evaluate, train
 from covidscan import __version__
 from covidscan.contract import JobStatus, ScanStatus
@@ -458,6 +459,7 @@ main.add_command(keys)
 main.add_command(destinations)
 main.add_command(dicom_listen)
 main.add_command(models)
+main.add_command(pull)
 main.add_command(train)
 main.add_command(evaluate)
 

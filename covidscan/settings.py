@@ -61,6 +61,7 @@ from covidscan.config_types import (
     Text,
     Timeout,
     WebhookSecret,
+    Window,
 )
 from covidscan.config_types import (
     webhook_secret as _webhook_secret,
@@ -334,6 +335,24 @@ class Settings(_Base):
         "is complete once this many seconds pass without a new instance; its job is then "
         "sealed by the sweep.",
     )
+    retrieve_window: Window = setting(
+        None,
+        "the hours in which `covidscan dicom-listen` retrieves studies asked for with "
+        "`POST /v1/retrievals` (`covidscan pull`), e.g. `22:00-06:00` (the gateway's local "
+        "time; over midnight when the end is earlier). Outside it retrievals wait, in state "
+        "`waiting_window`. Empty: any time.",
+        shown="empty (any time)",
+    )
+    retrieve_retry_base: PositiveSeconds = setting(
+        "5m",
+        "the first wait before a retrieval item whose PACS could not be reached is tried "
+        "again; each next wait doubles (jittered), and after `MAX_ATTEMPTS` attempts the "
+        "item fails with the reason.",
+    )
+    retrieve_poll_interval: Timeout = setting(
+        1,
+        "seconds between two looks of `covidscan dicom-listen` for retrievals to run (1–120).",
+    )
     series_rule: SeriesRule = setting(
         DEFAULT_RULE,
         "how a DICOM series' P(COVID) is made from its slices': `topNpct-mean` "
@@ -361,7 +380,8 @@ class Settings(_Base):
         "30d",
         "how long a job, its results and its slices are kept after submission: `30d`, "
         "`12h`, `90m`, `3600` (seconds); `0` keeps them for ever. Sets each job's "
-        "`expires_at`; the sweep deletes expired jobs.",
+        "`expires_at`; the sweep deletes expired jobs, and retrievals (`POST /v1/retrievals`) "
+        "as old whose items have ended.",
     )
     port: Port = setting(5000, "the API's port under `make run` (waitress, loopback only).")
     dicom_port: PortOrOff = setting(
