@@ -15,7 +15,6 @@ number.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import socket
@@ -41,14 +40,14 @@ from db.destinations import get_destination
 from db.jobs import NewScan
 from db.models import Destination, DestinationKind, Retrieval, new_id, utcnow
 from db.retrievals import BY_ACCESSION, RETRIEVAL_ITEMS, ItemLease, mark_found
-from dicomnet.listener import (
+from dicomnet.pacs_source import DicomSource, Found, SourceRefused, SourceUnreachable
+from dicomnet.receiver import (
     CANNOT_UNDERSTAND,
-    NOT_SUPPORTED,
     OUT_OF_RESOURCES,
     SUCCESS,
-    dicom_status,
+    Refusal,
+    checked_instance,
 )
-from dicomnet.pacs_source import DicomSource, Found, SourceRefused, SourceUnreachable
 
 if TYPE_CHECKING:
     from dicomnet.dicomweb_source import DicomWebSource
@@ -122,22 +121,18 @@ class Collected:
 
     def take(self, data: bytes) -> int:
         """Check and store one instance (Part 10 bytes); the C-STORE status it earns."""
-        from core.intake import iter_scans, scans_of
+        from core.intake import scans_of
 
         with self._lock:
             name = f"retrieved-{self.stored + self.refused + 1}"
-            skipped_before = len(self.parsed.skipped)
             try:
-                uploads = list(iter_scans([(name, io.BytesIO(data))], self.limits, self.parsed))
-            except IntakeError as exc:
-                return self._refuse(exc.detail, dicom_status(exc))
-            if len(self.parsed.skipped) > skipped_before or not uploads or not uploads[0].dicom:
-                skipped = self.parsed.skipped[-1].reason if self.parsed.skipped else None
-                return self._refuse(skipped or "not a CT image", NOT_SUPPORTED)
+                upload = checked_instance(data, name, self.limits, self.parsed)
+            except Refusal as refusal:
+                return self._refuse(refusal.reason, refusal.status)
             key = self.jobs.blobs.key_for(self.job_id, self.stored + self.refused)
             try:
                 self.new_scans.extend(
-                    store_uploads(self.jobs.blobs, uploads, lambda _i: key, scans_of)
+                    store_uploads(self.jobs.blobs, [upload], lambda _i: key, scans_of)
                 )
             except Exception as exc:  # the blob store: this instance is not kept
                 log.warning("job %s: a retrieved instance not stored: %s", self.job_id, exc)
