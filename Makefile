@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test test-integration lint migrate bench clean openapi conformance
+.PHONY: venv run test test-integration lint migrate bench clean openapi conformance docs screenshots
 
 venv: $(STAMP)
 
@@ -35,12 +35,13 @@ migrate: $(STAMP)
 	$(BIN)/covidscan migrate
 
 clean:
-	rm -rf var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var site .pytest_cache .mypy_cache .ruff_cache
 
-# Throughput numbers from one run of the real stack (prints them; JSON in var/bench.json),
-# then the S3 blob store against the folder store (var/bench-blob-stores.json).
+# Throughput numbers from one run of the real stack (prints them; JSON in var/bench.json, and the
+# run saved in bench/results/ for the docs' performance page), then the S3 blob store against the
+# folder store (var/bench-blob-stores.json).
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench --save-results
 	$(BIN)/python -m bench.blob_stores
 
 # The committed copy of the API's OpenAPI document (tests/test_openapi.py fails when it drifts).
@@ -50,3 +51,15 @@ openapi: $(STAMP)
 # The committed DICOM Conformance Statement (tests/test_conformance.py fails when it drifts).
 conformance: $(STAMP)
 	$(BIN)/covidscan conformance > docs/conformance.md.tmp && mv docs/conformance.md.tmp docs/conformance.md
+
+# The documentation site (mkdocs.yml, docs/) into site/, in strict mode: a broken link or anchor,
+# or a page missing from the navigation, fails. The configuration table and the performance
+# tables are made from the code and bench/results/ as it builds (docs/hooks.py).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# The pictures of the pages in docs/images/, taken by the browser tests in headless Chromium
+# (commit them when the pages change).
+screenshots: $(STAMP)
+	DOCS_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/test_web_browser.py \
+		-k 'upload_watch_filter or heatmap_is_asked or strip_chart'

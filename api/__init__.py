@@ -46,6 +46,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
         metrics,
         models,
         problems,
+        retrievals,
         security,
         series,
         thumbnails,
@@ -89,6 +90,7 @@ def create_app(config: Optional[Mapping[str, str] | Settings] = None) -> Flask:
     app.register_blueprint(jobs.bp)
     app.register_blueprint(direct_uploads.bp)
     app.register_blueprint(models.bp)
+    app.register_blueprint(retrievals.bp)
     app.register_blueprint(series.bp)
     app.register_blueprint(thumbnails.bp)
     app.register_blueprint(web.bp)

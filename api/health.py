@@ -11,10 +11,11 @@ import redis
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
-from api.auth import public
+from api.auth import ANY, public, requires
 from api.extensions import db_session, services
 from api.openapi import Reply, operation
-from api.schemas import Health, Readiness
+from api.schemas import Health, Readiness, Version
+from covidscan import __version__
 from db.workers import live_workers
 
 bp = Blueprint("health", __name__)
@@ -25,6 +26,13 @@ bp = Blueprint("health", __name__)
 @operation("The process is alive", responses={200: Health})
 def healthz() -> Response:
     return jsonify(status="ok")
+
+
+@bp.get("/v1/version")
+@requires(ANY)
+@operation("The version of covidscan this server runs", responses={200: Version})
+def version() -> Response:
+    return jsonify(version=__version__)
 
 
 @bp.get("/readyz")

@@ -36,6 +36,7 @@ PATH_PARAMETERS = {
     "scan_id": "a scan's id (`scan_id` of a result)",
     "series_uid": "a DICOM SeriesInstanceUID of the job",
     "webhook_id": "a webhook endpoint's id",
+    "retrieval_id": "a retrieval's id",
 }
 ERRORS = {
     400: "Bad request: the problem names the field, file or value",
@@ -89,7 +90,7 @@ def operation(
     body: Optional[type[BaseModel]] = None,
     body_media: Optional[Mapping[str, Mapping[str, Any]]] = None,
 ) -> Callable[[F], F]:
-    """Describe a view in the OpenAPI document (see README, "Describing a new route").
+    """Describe a view in the OpenAPI document (see docs/develop/routes.md).
 
     Args:
         summary: one line; the view's docstring becomes the description.

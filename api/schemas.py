@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel, model_validator
 
 from api.fields import MODEL_REF, NO_NUL, Fields, Flag
 from covidscan.contract import (
@@ -21,6 +21,8 @@ from covidscan.contract import (
     ExportKind,
     ExportState,
     JobStatus,
+    RetrievalOutcome,
+    RetrievalStatus,
     ScanStatus,
     UploadStatus,
 )
@@ -257,6 +259,12 @@ class Health(Strict):
     """The process is alive."""
 
     status: Literal["ok"]
+
+
+class Version(Strict):
+    """Which covidscan this server runs: the version in pyproject.toml."""
+
+    version: str
 
 
 class ReadyWorkers(Strict):
@@ -658,7 +666,7 @@ class DestinationList(Strict):
 DESTINATION_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # PS3.5 6.2: up to 16 characters of the default repertoire, no backslash; no edge spaces.
 AE_TITLE = r"^[\x21-\x5b\x5d-\x7e](?:[\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?$"
-DICOMWEB_URL = r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[^\s@\x00]*)?$"
+DICOMWEB_URL = r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[\x21-\x3f\x41-\x7e]*)?$"
 
 
 class _NewDestination(BaseModel):
@@ -717,3 +725,102 @@ class SeriesReportPath(BaseModel):
     series_uid: str = Field(
         pattern=r"^[0-9.]{1,64}$", description="the series' Series Instance UID (digits and dots)"
     )
+
+
+# Retrievals: pulling a cohort from a registered PACS
+
+MAX_RETRIEVAL_ITEMS = 1000
+# DICOM SH (PS3.5 6.2): 16 characters; no wildcard (* ?), no backslash (a list of values):
+# an accession number asks for one study, never a pattern of them.
+ACCESSION_FORBIDDEN = frozenset("*?\\")
+STUDY_UID = r"^[0-9]+(\.[0-9]+)*$"
+
+
+def _accession(value: str) -> str:
+    """Checked without ever repeating the value: an accession number is a patient's study's."""
+    value = value.strip()
+    if not value or len(value) > 16:
+        raise ValueError("must be 1 to 16 characters (DICOM SH)")
+    if any(c in ACCESSION_FORBIDDEN or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("must not hold wildcards (* ?), backslashes or control characters")
+    return value
+
+
+AccessionNumber = Annotated[
+    str,
+    AfterValidator(_accession),
+    Field(
+        json_schema_extra={
+            "minLength": 1,
+            "maxLength": 16,
+            "pattern": "^[^*?\\\\\\x00-\\x1f\\x7f]+$",
+        }
+    ),
+]
+StudyUid = Annotated[str, Field(max_length=64, pattern=STUDY_UID)]
+
+
+class RetrievalRequest(BaseModel):
+    """Studies to retrieve from the registered destination ``source``, by accession numbers
+    or by study UIDs (one of the two lists)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(pattern=DESTINATION_NAME, description="a registered destination's name")
+    accession_numbers: Optional[list[AccessionNumber]] = Field(
+        None,
+        min_length=1,
+        max_length=MAX_RETRIEVAL_ITEMS,
+        description="accession numbers (kept only sealed with PHI_KEY; answers name each "
+        "item by its index in this list)",
+    )
+    study_uids: Optional[list[StudyUid]] = Field(
+        None, min_length=1, max_length=MAX_RETRIEVAL_ITEMS, description="Study Instance UIDs"
+    )
+
+    @model_validator(mode="after")
+    def _one_list(self) -> RetrievalRequest:
+        if bool(self.accession_numbers) == bool(self.study_uids):
+            raise ValueError("must give accession_numbers or study_uids, one of the two")
+        return self
+
+
+class RetrievalItemInfo(Strict):
+    """One identifier of a retrieval, by its ``index`` in the list sent (never the
+    accession number itself): what the PACS held and what came of it."""
+
+    index: int
+    outcome: RetrievalOutcome
+    study_uids: list[str]
+    instances_expected: Optional[int] = Field(description="CT instances the PACS said it holds")
+    instances_retrieved: Optional[int] = Field(description="instances kept in the job")
+    job_id: Optional[str]
+    reason: Optional[str] = Field(description="why it was refused or failed, or a warning")
+    finished_at: Timestamp
+
+
+class RetrievalLinks(Strict):
+    self: str
+
+
+class RetrievalInfo(Strict):
+    """A retrieval and its items, in the order they were asked for."""
+
+    id: str
+    source: str
+    by: Literal["accession_number", "study_uid"]
+    status: RetrievalStatus
+    window: Optional[str] = Field(description="RETRIEVE_WINDOW, when retrievals wait for it")
+    created_at: Timestamp
+    items: list[RetrievalItemInfo]
+    links: RetrievalLinks
+
+
+class RetrievalList(Strict):
+    """The caller's most recent retrievals, newest first."""
+
+    retrievals: list[RetrievalInfo]
+
+
+class RetrievalListQuery(Fields):
+    limit: int = Field(20, ge=1, le=200, description="how many retrievals, newest first")

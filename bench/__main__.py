@@ -508,6 +508,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, help="the report (default COVIDSCAN_VAR_DIR/bench.json)"
     )
+    parser.add_argument(
+        "--save-results",
+        action="store_true",
+        help="also save the run into bench/results/ (the docs' performance tables)",
+    )
     args = parser.parse_args(argv)
     from models.synthetic import png_slice
 
@@ -540,6 +545,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"\nbench: wrote {args.out}")
+    if args.save_results and report["summary"]:
+        from bench.results import save
+
+        print(f"bench: saved {save(report)} (add its notes, commit it; make docs shows it)")
     return 0
 
 

@@ -265,7 +265,7 @@ def run(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--interval", type=float, default=3.0, help="seconds between scrapes")
-    parser.add_argument("--out", type=Path, default=Path("docs/dashboard.png"))
+    parser.add_argument("--out", type=Path, default=Path("docs/images/dashboard.png"))
     args = parser.parse_args(argv)
     from models.synthetic import corrupt_png, png_slice
 

@@ -292,3 +292,24 @@ class Client:
                 timeout=self.timeout,
             )
         ).text
+
+    def retrieve(
+        self,
+        source: str,
+        accession_numbers: Sequence[str] = (),
+        study_uids: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """Ask for a retrieval from ``source`` (``POST /v1/retrievals``); its first state."""
+        body: dict[str, Any] = {"source": source}
+        if accession_numbers:
+            body["accession_numbers"] = list(accession_numbers)
+        else:
+            body["study_uids"] = list(study_uids)
+        return self._check(
+            self.http.post(f"{self.base_url}/v1/retrievals", json=body, timeout=self.timeout)
+        ).json()
+
+    def retrieval(self, retrieval_id: str) -> dict[str, Any]:
+        return self._check(
+            self.http.get(f"{self.base_url}/v1/retrievals/{retrieval_id}", timeout=self.timeout)
+        ).json()

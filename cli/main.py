@@ -15,7 +15,9 @@ from cli.destinations import destinations
 from cli.exports import exports
 from cli.keys import keys
 from cli.models import models
+from cli.pull import pull
 from cli.train import evaluate, train
+from covidscan import __version__
 from covidscan.contract import JobStatus, ScanStatus
 from covidscan.settings import PRECISIONS
 from db.models import PRIORITIES
@@ -40,6 +42,7 @@ def _fail(message: str) -> NoReturn:
 
 
 @click.group()
+@click.version_option(__version__, "--version", prog_name="covidscan")
 @click.option(
     "--url",
     help="The covidscan server (default: COVIDSCAN_URL, else the one make run "
@@ -65,13 +68,13 @@ def main(ctx: click.Context, url: Optional[str]) -> None:
 @click.option(
     "--callback-url",
     metavar="URL",
-    help="POST a signed event to URL when the job ends (see the README's Webhooks).",
+    help="POST a signed event to URL when the job ends (see docs/use/webhooks.md).",
 )
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
     help="The numeric precision asked of the model (default: the worker's "
-    "INFERENCE_PRECISION; see the README's Precisions).",
+    "INFERENCE_PRECISION; see docs/trust/fidelity.md).",
 )
 @click.option(
     "--explain",
@@ -458,6 +461,7 @@ main.add_command(destinations)
 main.add_command(exports)
 main.add_command(dicom_listen)
 main.add_command(models)
+main.add_command(pull)
 main.add_command(train)
 main.add_command(evaluate)
 

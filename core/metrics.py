@@ -6,7 +6,8 @@ precision, status, priority, route; never a job, scan or owner id). Each process
 what it updates: :mod:`api.metrics` (HTTP requests, the queue at scrape time),
 :mod:`worker.metrics` (batches, stage timings, models, leases) and this module (what the
 core counts whatever the process: submissions, which the API and the DICOM listener take,
-and the sweep's, which workers and ``covidscan sweep`` both run).
+retrievals, which the DICOM gateway runs, and the sweep's, which workers and
+``covidscan sweep`` both run).
 
 The API under gunicorn runs several processes: with ``PROMETHEUS_MULTIPROC_DIR`` set,
 prometheus_client keeps every process's values in files there and ``/metrics`` adds them up.
@@ -65,6 +66,24 @@ EXPORTS = Counter(
 def count_export(outcome: str) -> None:
     """One export outcome recorded (``stored``, ``committed``, ``retry`` or ``failed``)."""
     EXPORTS.labels(outcome).inc()
+
+
+RETRIEVAL_ITEMS = Counter(
+    "covidscan_retrieval_items_total",
+    "Items of retrievals from a PACS that ended, by outcome (retrieved, not_found, refused, "
+    "failed), counted by the DICOM gateway that ran them.",
+    ["outcome"],
+)
+INSTANCES_RETRIEVED = Counter(
+    "covidscan_retrieved_instances_total",
+    "Instances retrieved from a PACS and kept in jobs by the DICOM gateway.",
+)
+
+
+def retrieval_item_ended(outcome: str, instances: int) -> None:
+    RETRIEVAL_ITEMS.labels(outcome).inc()
+    if instances:
+        INSTANCES_RETRIEVED.inc(instances)
 
 
 def job_submitted(priority: str, scans: int) -> None:

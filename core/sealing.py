@@ -1,10 +1,10 @@
 """Sealing: what must never be readable in SQL, encrypted with the key in ``PHI_KEY``.
 
 A sealed blob is ``version (1 byte) | nonce (12 bytes) | AES-256-GCM ciphertext and tag``.
-Each purpose (``destination-credentials``, ``patient-attributes``) seals with its own
-subkey, derived from ``PHI_KEY`` by HKDF-SHA256, and binds the purpose as associated data:
-a blob sealed for one purpose cannot be opened as another, and a blob altered by one bit,
-or sealed under another key, is refused rather than opened to garbage.
+Each purpose (``destination-credentials``, ``patient-attributes``, ``retrieval-accessions``)
+seals with its own subkey, derived from ``PHI_KEY`` by HKDF-SHA256, and binds the purpose as
+associated data: a blob sealed for one purpose cannot be opened as another, and a blob
+altered by one bit, or sealed under another key, is refused rather than opened to garbage.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 __all__ = [
     "DESTINATION_CREDENTIALS",
     "PATIENT_ATTRIBUTES",
+    "RETRIEVAL_ACCESSIONS",
     "PURPOSES",
     "SealError",
     "MissingKey",
@@ -30,7 +31,8 @@ __all__ = [
 
 DESTINATION_CREDENTIALS = "destination-credentials"
 PATIENT_ATTRIBUTES = "patient-attributes"
-PURPOSES = (DESTINATION_CREDENTIALS, PATIENT_ATTRIBUTES)
+RETRIEVAL_ACCESSIONS = "retrieval-accessions"
+PURPOSES = (DESTINATION_CREDENTIALS, PATIENT_ATTRIBUTES, RETRIEVAL_ACCESSIONS)
 VERSION = b"\x01"
 NONCE_BYTES = 12
 KEY_BYTES = 32

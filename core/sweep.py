@@ -15,7 +15,8 @@ One pass (:func:`sweep_once`):
    and that no queue holds are sent to the queue (:mod:`core.webhooks`);
 6. jobs past their ``expires_at`` are deleted, blobs, thumbnails and webhook deliveries
    included, and so are the blobs of job ids that have no job row (a crash mid-upload, a
-   two-step upload never started) once ``orphan_grace`` has passed.
+   two-step upload never started) once ``orphan_grace`` has passed; so are retrievals
+   (their sealed accession numbers) asked for more than ``JOB_RETENTION`` ago.
 
 ``covidscan sweep --once`` runs one pass; ``covidscan sweep`` (a service of its own in the
 deployed stack and in ``make run``) runs it every ``SWEEP_INTERVAL`` seconds, and so does
@@ -51,6 +52,7 @@ from db.jobs import (
 from db.keys import delete_expired_sessions
 from db.models import Job, Scan, ScanStatus, utcnow
 from db.outbox import SendWakeups, add_wakeups, relay
+from db.retrievals import delete_expired_retrievals
 from db.scans import expire_leases
 from db.session import in_transaction
 from db.webhooks import delete_job_webhooks
@@ -191,6 +193,7 @@ def sweep_once(
         orphans = delete_orphan_blobs(session_factory, blobs, orphan_grace)
         with session_factory.begin() as session:
             delete_expired_sessions(session)
+            delete_expired_retrievals(session, settings.job_retention)
     report = SweepReport(
         expired.requeued,
         expired.failed,

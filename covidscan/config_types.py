@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator
 
+from covidscan.retrieve_window import RetrieveWindow, parse_window
 from covidscan.series_rule import parse_series_rule
 
 
@@ -294,5 +295,6 @@ ExistingFolder = Annotated[Optional[Path], parsed(existing_folder)]
 WebhookSecret = Annotated[Optional[str], parsed(webhook_secret)]
 PhiKey = Annotated[Optional[str], parsed(phi_key)]
 SeriesRule = Annotated[str, parsed(parse_series_rule)]
+Window = Annotated[Optional[RetrieveWindow], parsed(parse_window)]
 Text = Annotated[str, parsed(lambda raw: raw)]
 OptionalText = Annotated[Optional[str], parsed(lambda raw: raw)]

@@ -132,3 +132,29 @@ class ExportKind(StrEnum):
 
     SR = "sr"
     OVERLAY = "overlay"
+
+
+class RetrievalStatus(StrEnum):
+    """A retrieval (``POST /v1/retrievals``), derived from its items: waiting to be taken,
+    waiting for ``RETRIEVE_WINDOW`` to open, being retrieved, or ended (each item has its
+    outcome)."""
+
+    QUEUED = "queued"
+    WAITING_WINDOW = "waiting_window"
+    RUNNING = "running"
+    DONE = "done"
+
+
+class RetrievalOutcome(StrEnum):
+    """What came of one item (an accession number or a study UID) of a retrieval."""
+
+    QUEUED = "queued"  # not asked for yet
+    FOUND = "found"  # found on the PACS; its CT instances are being retrieved
+    RETRIEVED = "retrieved"  # N of M instances retrieved, in the job it made
+    NOT_FOUND = "not_found"  # no such study, or no CT series in it
+    REFUSED = "refused"  # the PACS (its status and reason) or covidscan (a quota) refused it
+    FAILED = "failed"  # the PACS could not be reached, or the gateway died on it
+
+    @classmethod
+    def ended(cls) -> tuple["RetrievalOutcome", ...]:
+        return (cls.RETRIEVED, cls.NOT_FOUND, cls.REFUSED, cls.FAILED)

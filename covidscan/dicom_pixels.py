@@ -5,7 +5,7 @@ API (a DICOM scan's thumbnail shows what the model saw). Numpy and pydicom only.
 
 One frame is decoded at a time (pydicom's ``pixel_array(index=…)``), with the pixel-data
 plugins installed (pylibjpeg-openjpeg, pylibjpeg-rle, and on workers python-gdcm; see
-README). Stored values equal to the padding value (``PixelPaddingValue``, up to
+docs/use/dicom.md). Stored values equal to the padding value (``PixelPaddingValue``, up to
 ``PixelPaddingRangeLimit``) are outside the patient: they become the bottom of the window.
 The modality LUT (``RescaleSlope``/``RescaleIntercept``) gives Hounsfield units; the window
 maps ``[level - width/2, level + width/2]`` onto 0…255, rounded to 8 bits like an exported

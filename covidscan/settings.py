@@ -2,9 +2,10 @@
 
 Each process (API, worker, local stack, CLI) calls :func:`load_settings` once at start-up.
 A setting is one field of :class:`Settings`, written once: its variable (the field name in
-upper case), its default and what it means; the README's configuration table is made from
-them (:func:`config_table`). A wrong value raises :class:`ConfigError` naming the variable,
-and the entry points turn that into a one-line message and a non-zero exit.
+upper case), its default and what it means; the configuration table of the docs
+(docs/run/configuration.md, at every ``make docs``) is made from them (:func:`config_table`).
+A wrong value raises :class:`ConfigError` naming the variable, and the entry points turn that
+into a one-line message and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from covidscan.config_types import (
     Text,
     Timeout,
     WebhookSecret,
+    Window,
 )
 from covidscan.config_types import (
     webhook_secret as _webhook_secret,
@@ -333,6 +335,24 @@ class Settings(_Base):
         "is complete once this many seconds pass without a new instance; its job is then "
         "sealed by the sweep.",
     )
+    retrieve_window: Window = setting(
+        None,
+        "the hours in which `covidscan dicom-listen` retrieves studies asked for with "
+        "`POST /v1/retrievals` (`covidscan pull`), e.g. `22:00-06:00` (the gateway's local "
+        "time; over midnight when the end is earlier). Outside it retrievals wait, in state "
+        "`waiting_window`. Empty: any time.",
+        shown="empty (any time)",
+    )
+    retrieve_retry_base: PositiveSeconds = setting(
+        "5m",
+        "the first wait before a retrieval item whose PACS could not be reached is tried "
+        "again; each next wait doubles (jittered), and after `MAX_ATTEMPTS` attempts the "
+        "item fails with the reason.",
+    )
+    retrieve_poll_interval: Timeout = setting(
+        1,
+        "seconds between two looks of `covidscan dicom-listen` for retrievals to run (1–120).",
+    )
     series_rule: SeriesRule = setting(
         DEFAULT_RULE,
         "how a DICOM series' P(COVID) is made from its slices': `topNpct-mean` "
@@ -360,7 +380,8 @@ class Settings(_Base):
         "30d",
         "how long a job, its results and its slices are kept after submission: `30d`, "
         "`12h`, `90m`, `3600` (seconds); `0` keeps them for ever. Sets each job's "
-        "`expires_at`; the sweep deletes expired jobs.",
+        "`expires_at`; the sweep deletes expired jobs, and retrievals (`POST /v1/retrievals`) "
+        "as old whose items have ended.",
     )
     port: Port = setting(5000, "the API's port under `make run` (waitress, loopback only).")
     dicom_port: PortOrOff = setting(
@@ -638,7 +659,7 @@ def variable_names() -> frozenset[str]:
 
 
 def config_table() -> str:
-    """The README's configuration table (Markdown): each variable, its default, its meaning."""
+    """The configuration table (Markdown) the docs show: each variable, its default, its meaning."""
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for model in (Settings, ClientSettings):
         defaults = model()
@@ -667,5 +688,5 @@ def _shown(value: object) -> str:
     return f"`{value.as_posix() if isinstance(value, Path) else value}`"
 
 
-if __name__ == "__main__":  # python -m covidscan.settings: the table the README shows
+if __name__ == "__main__":  # python -m covidscan.settings: the table the docs show
     print(config_table(), end="")

@@ -37,6 +37,7 @@ ACTIONS = (
     "series.sr",
     "destination.add",
     "destination.remove",
+    "retrieval.create",
 )
 
 

@@ -33,7 +33,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from covidscan.contract import DestinationKind, ScanStatus
+from covidscan.contract import DestinationKind, RetrievalOutcome, ScanStatus
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -587,4 +587,84 @@ class Export(Leasable, Base):
         return (
             f"Export(id={self.id!r}, job_id={self.job_id!r}, destination={self.destination!r}, "
             f"kind={self.kind!r}, state={self.state!r})"
+        )
+
+
+class Retrieval(Base):
+    """A cohort an owner asked to pull from a registered PACS (``source``), by accession
+    numbers or by study UIDs: one :class:`RetrievalItem` per identifier, in the order given.
+
+    Accession numbers identify patients' studies: they are kept only sealed with PHI_KEY
+    (``sealed_accessions``, a JSON list), never in plain text. Study UIDs are kept as sent.
+    """
+
+    __tablename__ = "retrievals"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    key_id: Mapped[Optional[str]] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(64))
+    by: Mapped[str] = mapped_column(String(20))  # "accession_number" or "study_uid"
+    sealed_accessions: Mapped[Optional[bytes]] = mapped_column(LargeBinary, deferred=True)
+    study_uids: Mapped[Optional[list[str]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+    items: Mapped[list[RetrievalItem]] = relationship(
+        back_populates="retrieval",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="RetrievalItem.position",
+    )
+
+    def __repr__(self) -> str:
+        return f"Retrieval(id={self.id!r}, owner={self.owner!r}, source={self.source!r})"
+
+
+class RetrievalItem(LeaseMixin, Base):
+    """One identifier of a retrieval, leased by the DICOM gateway that retrieves it: what
+    it found (study UIDs, instances) and what came of it (``outcome``, the job it made)."""
+
+    __tablename__ = "retrieval_items"
+    status_enum_name = "retrieval_item_status"
+    __table_args__ = (
+        UniqueConstraint(
+            "retrieval_id", "position", name="uq_retrieval_items_retrieval_id_position"
+        ),
+        Index("ix_retrieval_items_status_priority", "status", "priority", "queued_at"),
+        Index("ix_retrieval_items_lease_owner", "lease_owner"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    retrieval_id: Mapped[str] = mapped_column(ForeignKey("retrievals.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)  # its index in the request's list
+    outcome: Mapped[RetrievalOutcome] = mapped_column(
+        SqlEnum(
+            RetrievalOutcome,
+            name="retrieval_outcome",
+            native_enum=False,
+            length=16,
+            values_callable=lambda e: [m.value for m in e],
+        ),
+        default=RetrievalOutcome.QUEUED,
+    )
+    study_uids: Mapped[Optional[list[str]]] = mapped_column(JSON)
+    instances_expected: Mapped[Optional[int]] = mapped_column(Integer)
+    instances_retrieved: Mapped[Optional[int]] = mapped_column(Integer)
+    # The job the retrieved instances went to (None until then, or when none was made).
+    job_id: Mapped[Optional[str]] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), index=True
+    )
+    # Why it was refused or failed, in the PACS's words (its status) or covidscan's; while
+    # it waits to be tried again, why the last attempt did not reach the PACS.
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    # Not claimed before this moment (a PACS that could not be reached is tried again later).
+    not_before: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+
+    retrieval: Mapped[Retrieval] = relationship(back_populates="items")
+
+    def __repr__(self) -> str:
+        return (
+            f"RetrievalItem(retrieval_id={self.retrieval_id!r}, position={self.position}, "
+            f"outcome={self.outcome.value!r})"
         )

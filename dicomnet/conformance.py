@@ -18,6 +18,7 @@ from covidscan import __version__
 from db.commitment import FAILURE_REASONS
 from dicomnet import listener
 from dicomnet.completeness import STUDY_ROOT_FIND
+from dicomnet.pacs_source import CT_STORAGE, STUDY_ROOT_GET
 from dicomnet.probe import CALLING_AE_TITLE, STORAGE_COMMITMENT_PUSH, VERIFICATION
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -90,8 +91,9 @@ def statement() -> str:
         "and seals the job when every series arrived whole; otherwise, or after an abort, "
         "the job is sealed `SERIES_STABLE_SECONDS` after the last instance. A second "
         "association carrying more of the same series makes a job of its own.",
-        "- Association initiation: only that C-FIND, as the listener's AE title, to the "
-        "sender registered as a destination.",
+        "- Association initiation: that C-FIND, as the listener's AE title, to the "
+        "sender registered as a destination; and to retrieve studies asked for with "
+        "`POST /v1/retrievals` (below).",
         "- Results go to the destinations named by `--export-to`, and with "
         "`--return-to-sender` to the destination registered with the calling AE title.",
         "",
@@ -175,6 +177,29 @@ def statement() -> str:
             ],
         ),
         "",
+        "### Retrieving from a PACS (SCU)",
+        "",
+        "The same process, with the same AE title as calling AE, retrieves the studies asked "
+        "for with `POST /v1/retrievals` (`covidscan pull`) from a registered DICOM "
+        "destination, inside `RETRIEVE_WINDOW`. The PACS must accept that calling AE for "
+        "C-FIND and C-GET; it needs no address for it (C-GET answers over the same "
+        "association).",
+        "",
+        *_table(
+            ("SOP class", "UID", "Role"),
+            [
+                (_name(STUDY_ROOT_FIND), f"`{STUDY_ROOT_FIND}`", "SCU"),
+                (_name(STUDY_ROOT_GET), f"`{STUDY_ROOT_GET}`", "SCU"),
+                *((_name(uid), f"`{uid}`", "SCP (C-GET sub-operations)") for uid in CT_STORAGE),
+            ],
+        ),
+        "",
+        "- C-FIND at STUDY level by AccessionNumber (never a wildcard) or StudyInstanceUID, "
+        "then at SERIES level with Modality `CT`, asking NumberOfSeriesRelatedInstances.",
+        "- C-GET at SERIES level for each CT series found; the storage sub-operations are "
+        "proposed with SCP/SCU Role Selection, one presentation context per transfer syntax "
+        "above, and answered with the listener's C-STORE status codes (above).",
+        "",
         "## 3. Application entity: the destination probe (`covidscan destinations test`)",
         "",
         f"- Calling AE title `{CALLING_AE_TITLE}` (`--calling-ae-title`); requests "
@@ -244,6 +269,11 @@ def statement() -> str:
         "all stored, 202 some, 409 none; a limit refuses the whole request (413).",
         "- QIDO-RS client: `covidscan destinations test` queries "
         "`{url}/studies?limit=1` of a DICOMweb destination.",
+        "- QIDO-RS and WADO-RS client: a retrieval from a DICOMweb destination "
+        "(`POST /v1/retrievals`) queries `{url}/studies?AccessionNumber=` (or "
+        "`StudyInstanceUID=`) and `{url}/studies/{study}/series?Modality=CT`, then retrieves "
+        "each CT series from `{url}/studies/{study}/series/{series}` (`multipart/related; "
+        'type="application/dicom"`, Explicit VR Little Endian).',
         "",
         "## 6. Security",
         "",

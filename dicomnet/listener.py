@@ -215,6 +215,10 @@ def start(
     server = ae.start_server((host, port), block=False, evt_handlers=handlers)
     assert server is not None, "a non-blocking start returns its server"
     exporter.start()
+    # The gateway also pulls the studies asked for with POST /v1/retrievals.
+    from dicomnet.retriever import start_retriever
+
+    stop_retriever = start_retriever(receiver.jobs, ae_title)
     log.info(
         "DICOM listener %s on %s:%d for owner %s: C-STORE from %s; at most %d associations, "
         "timeouts %d s; results to %s",
@@ -233,6 +237,7 @@ def start(
 
     def stop() -> None:
         exporter.stop()
+        stop_retriever()
         server.shutdown()
         receiver.wait_finished(settings.dicom_timeout * 2)
         send_wakeups.close()

@@ -47,6 +47,36 @@ def dicom_status(error: Exception) -> int:
     return CANNOT_UNDERSTAND
 
 
+class Refusal(Exception):
+    """A received instance refused by the intake: the C-STORE status it earns and why."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def checked_instance(data: bytes, name: str, limits: Any, parsed: Any) -> Any:
+    """One received instance (Part 10 bytes) through the intake's checks
+    (:func:`core.intake.iter_scans`, counting against ``parsed``): its upload.
+
+    Raises:
+        Refusal: over a limit, unreadable (the intake's error), or skipped (another
+            modality, not an image: 0x0122).
+    """
+    from core.errors import IntakeError
+    from core.intake import iter_scans
+
+    skipped_before = len(parsed.skipped)
+    try:
+        uploads = list(iter_scans([(name, io.BytesIO(data))], limits, parsed))
+    except IntakeError as exc:
+        raise Refusal(dicom_status(exc), exc.detail) from None
+    if len(parsed.skipped) > skipped_before or not uploads or not uploads[0].dicom:
+        why = parsed.skipped[-1].reason if len(parsed.skipped) > skipped_before else None
+        raise Refusal(NOT_SUPPORTED, why or "not an image this service takes")
+    return uploads[0]
+
+
 def peer_of(assoc: Any) -> tuple[str, str]:
     """(AE title, host) of the association's other end: the requestor of one we accepted,
     the acceptor of one we requested (a C-GET's sub-operations come over the latter)."""
@@ -134,27 +164,19 @@ class StoreReceiver:
     def on_store(self, event) -> int:
         """Check, store and record one instance; the status answers the C-STORE."""
         from core.errors import IntakeError
-        from core.intake import UploadLimits, iter_scans
+        from core.intake import UploadLimits
 
         state = self._association(event)
         data = event.encoded_dataset()
         limits = UploadLimits.from_settings(self.jobs.settings)
         limits.modalities = self.modalities
-        skipped_before = len(state.parsed.skipped)
         name = f"c-store-{state.stored + state.refused + 1}"
         try:
-            uploads = list(iter_scans([(name, io.BytesIO(data))], limits, state.parsed))
-        except IntakeError as exc:
-            return self._refused(state, dicom_status(exc), exc.detail)
-        if len(state.parsed.skipped) > skipped_before or not uploads or not uploads[0].dicom:
-            why = (
-                state.parsed.skipped[-1].reason
-                if len(state.parsed.skipped) > skipped_before
-                else None
-            )
-            return self._refused(state, NOT_SUPPORTED, why or "not an image this service takes")
+            upload = checked_instance(data, name, limits, state.parsed)
+        except Refusal as refusal:
+            return self._refused(state, refusal.status, refusal.reason)
         try:
-            self._record(state, uploads[0])
+            self._record(state, upload)
         except IntakeError as exc:  # the quota, MAX_ACTIVE_JOBS, MAX_SCANS_PER_JOB, Redis
             log.warning(
                 "job %s: instance from %s refused for owner %s: %s",
@@ -165,7 +187,7 @@ class StoreReceiver:
             )
             return self._refused(state, dicom_status(exc), exc.detail, logged=True)
         state.stored += 1
-        first_frame = uploads[0].dicom[0]
+        first_frame = upload.dicom[0]
         if first_frame.series_uid:
             seen = state.series.setdefault(
                 first_frame.series_uid, _SeriesSeen(first_frame.study_uid)

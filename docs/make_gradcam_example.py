@@ -1,4 +1,4 @@
-"""Draw docs/gradcam-example.png: ``.venv/bin/python docs/make_gradcam_example.py``.
+"""Draw docs/images/gradcam-example.png: ``.venv/bin/python docs/make_gradcam_example.py``.
 
 Two positives explained by a small CNN trained on slices where a bright disc decides the
 class (as tests/test_gradcam.py trains it), and the untrained default on the first slice.
@@ -47,7 +47,7 @@ def main() -> None:
     for tile in tiles:
         sheet.paste(tile, (x, 0))
         x += tile.width + gap
-    sheet.save(ROOT / "docs" / "gradcam-example.png", optimize=True)
+    sheet.save(ROOT / "docs" / "images" / "gradcam-example.png", optimize=True)
     print(np.asarray(sheet).shape)
 
 

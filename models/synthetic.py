@@ -79,7 +79,7 @@ def save_blob_model(
     """A small CNN with the original head (Flatten, Dropout, Dense softmax), trained on
     :func:`blob_slices` (class 0 = positive, as the original models order them); saved as H5.
 
-    Its Grad-CAM heatmaps land on the discs: the Grad-CAM tests and docs/gradcam-example.png
+    Its Grad-CAM heatmaps land on the discs: the Grad-CAM tests and docs/images/gradcam-example.png
     use it where a trained ResNet50 would be too slow to make.
     """
     import tf_keras

@@ -18,6 +18,8 @@ from werkzeug.serving import make_server
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
 
+DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = (
@@ -77,6 +79,16 @@ def chromium(download_dir: Path, width: int = 1280, height: int = 1000) -> Itera
             yield driver
         finally:
             driver.quit()
+
+
+def screenshot(driver: WebDriver, name: str, tmp_path: Path) -> Path:
+    """A PNG of what the browser shows: into docs/images/ with ``DOCS_SCREENSHOTS=1`` (``make
+    screenshots``, so the docs' pictures are the page as the tests drive it), else into tmp_path."""
+    folder = DOCS_IMAGES if os.environ.get("DOCS_SCREENSHOTS") == "1" else tmp_path
+    path = folder / f"{name}.png"
+    assert driver.save_screenshot(str(path))
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    return path
 
 
 class LiveServer:

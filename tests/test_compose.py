@@ -120,9 +120,9 @@ def test_each_worker_reserves_one_gpu(services):
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
 
 
-def test_the_readmes_multi_gpu_override_pins_one_gpu_per_worker_service():
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Multi-GPU hosts") :]
+def test_the_docs_multi_gpu_override_pins_one_gpu_per_worker_service():
+    page = (ROOT / "docs" / "run" / "compose.md").read_text()
+    section = page[page.index("## Multi-GPU hosts") :]
     snippet = section[section.index("```yaml\n") + 8 : section.index("```\n", 8)]
     override = compose.load(snippet, compose.example_env())
     merged = compose.merge(compose.compose_config(), override)

@@ -1,6 +1,7 @@
 """Every way in keeps the same rules: one multipart request, parts of an open job, the
-two-step direct upload (a real S3 server), STOW-RS and C-STORE (a real pynetdicom SCU
-against the listener, run in a thread). For each: two scans are accepted with the same
+two-step direct upload (a real S3 server), STOW-RS, C-STORE (a real pynetdicom SCU
+against the listener, run in a thread) and a retrieval from a real PACS (Orthanc, by the
+listener's retriever). For each: two scans are accepted with the same
 audit row and the same metric delta; with SCANS_PER_HOUR=2 the next two are refused the
 same way (429 or 0xA700) and leave no scan, no file, no audit row and no count behind."""
 
@@ -11,7 +12,7 @@ import io
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import pydicom
 import pytest
@@ -32,7 +33,7 @@ from tests.images import png_bytes
 
 pytestmark = pytest.mark.integration
 
-PATHS = ("multipart", "parts", "direct", "stow-rs", "c-store")
+PATHS = ("multipart", "parts", "direct", "stow-rs", "c-store", "retrieval")
 SUBMISSION = ("job.submit", "job.add_scans")
 AE_TITLE = "COVIDSCAN"
 
@@ -45,6 +46,7 @@ class Stack:
     exits: contextlib.ExitStack
     open_job: Optional[str] = None
     listener_port: Optional[int] = None
+    pacs: Optional[Any] = None
     sent: int = field(default=0)
 
     def next_seed(self) -> int:
@@ -177,12 +179,55 @@ def send_c_store(stack: Stack, count: int) -> bool:
     return False
 
 
+def send_retrieval(stack: Stack, count: int) -> bool:
+    """A study of ``count`` CT slices stored in Orthanc, asked for by its study UID and
+    retrieved by the listener's retriever."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from core.destinations import dicom_spec, register
+    from tests.pacs import Orthanc, require_orthanc
+
+    if stack.pacs is None:
+        require_orthanc()
+        folder = Path(stack.exits.enter_context(tempfile.TemporaryDirectory()))
+        modalities = {"covidscan": (AE_TITLE, free_port())}  # the PACS knows who asks
+        stack.pacs = stack.exits.enter_context(
+            Orthanc(folder, free_port(), free_port(), modalities)
+        )
+        engine = make_engine(stack.config["DATABASE_URL"])
+        with make_session_factory(engine).begin() as session:
+            spec = dicom_spec("pacs", "ORTHANC", "127.0.0.1", stack.pacs.dicom_port)
+            register(session, spec, None)
+        engine.dispose()
+        start_listener(stack, stack.config)
+    files = _ct_instances(stack, count)
+    study_uid = str(pydicom.dcmread(io.BytesIO(files[0])).StudyInstanceUID)
+    for body in files:
+        stack.pacs.upload(body)
+    posted = stack.client.post("/v1/retrievals", json={"source": "pacs", "study_uids": [study_uid]})
+    assert posted.status_code == 202, posted.get_json()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        shown = stack.client.get(posted.headers["Location"]).get_json()
+        if shown["status"] == "done":
+            [item] = shown["items"]
+            if item["outcome"] == "retrieved":
+                return True
+            assert item["outcome"] == "refused" and "SCANS_PER_HOUR" in item["reason"], str(item)
+            return False
+        time.sleep(0.2)
+    raise AssertionError(f"the retrieval did not end: {shown}")
+
+
 SENDERS: dict[str, Callable[[Stack, int], bool]] = {
     "multipart": send_multipart,
     "parts": send_part,
     "direct": send_direct,
     "stow-rs": send_stow,
     "c-store": send_c_store,
+    "retrieval": send_retrieval,
 }
 
 
@@ -237,6 +282,7 @@ EXPECTED_AUDIT = {
     "direct": ("job.submit", "direct"),
     "stow-rs": ("job.submit", "stow-rs"),
     "c-store": ("job.submit", "c-store"),
+    "retrieval": ("job.submit", "retrieval"),
 }
 
 

@@ -50,8 +50,8 @@ def test_the_committed_copy_is_what_the_code_generates(offline_app):
 
 def test_every_v1_route_is_in_the_document(offline_app, spec):
     assert not undocumented_rules(offline_app), (
-        f"describe these routes with @api.openapi.operation(...) (README, 'Describing a new "
-        f"route'): {undocumented_rules(offline_app)}"
+        "describe these routes with @api.openapi.operation(...) (docs/develop/routes.md, "
+        f"'Describing a new route'): {undocumented_rules(offline_app)}"
     )
     routes = api_routes(offline_app)
     assert len(routes) >= 11

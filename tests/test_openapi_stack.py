@@ -95,6 +95,10 @@ def live(stack_config, worker):
     model = client.get("/v1/models").get_json()["default"]  # the worker's MODEL_PATH
     assert model is not None
     series_uid = next(row["series_uid"] for row in scans if row["series_uid"])
+    retrieval = client.post(
+        "/v1/retrievals", json={"source": some_destination(client), "study_uids": ["1.2.3"]}
+    )
+    assert retrieval.status_code == 202, retrieval.get_json()
     return {
         "app": app,
         "key": key,
@@ -104,6 +108,7 @@ def live(stack_config, worker):
             "scan_id": scans[0]["scan_id"],
             "ref": model,
             "series_uid": series_uid,
+            "retrieval_id": retrieval.get_json()["id"],
         },
     }
 
@@ -199,6 +204,16 @@ def with_real_instance(case):
     return case
 
 
+def with_source(case, name):
+    """A registered destination as the source (a generated name is none), and one of the
+    two lists (a schema cannot say "exactly one of")."""
+    if isinstance(case.body, dict):
+        case.body["source"] = name
+        if case.body.get("accession_numbers") and case.body.get("study_uids"):
+            del case.body["study_uids"]
+    return case
+
+
 @pytest.mark.parametrize("method, path, mode", operations())
 def test_the_api_keeps_its_contract(live, live_schema, method, path, mode):
     operation = live_schema[path][method]
@@ -218,6 +233,7 @@ def test_the_api_keeps_its_contract(live, live_schema, method, path, mode):
         real["webhook_id"] = some_webhook(live["client"])
     if path == "/v1/destinations/{name}" and mode is GenerationMode.POSITIVE:
         real["name"] = some_destination(live["client"])
+    source = some_destination(live["client"]) if path == "/v1/retrievals" else None
     if real:
         strategy = st.one_of(
             operation.as_strategy(generation_mode=mode, path_parameters=real), strategy
@@ -234,6 +250,7 @@ def test_the_api_keeps_its_contract(live, live_schema, method, path, mode):
         ("POST", "/v1/jobs/{job_id}/scans"): with_real_slices,
         ("POST", "/v1/dicomweb/studies"): with_real_instance,
         ("POST", "/v1/jobs/{job_id}/start"): None,
+        ("POST", "/v1/retrievals"): lambda case: with_source(case, source),
     }
     if (method, path) in fix:
         excluded.append(positive_data_acceptance)

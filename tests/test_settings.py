@@ -93,17 +93,25 @@ def test_variable_names_lists_every_field_and_the_var_dir():
     assert fields | {"COVIDSCAN_VAR_DIR"} == names and s3 <= names
 
 
-def test_the_readme_configuration_table_is_the_one_the_settings_make():
-    """Every variable with its default and meaning, as the fields say; no other row."""
+def test_the_configuration_page_shows_the_table_the_settings_make():
+    """The docs' configuration page is made from the fields at every build: its marker is there,
+    no hand-written table sits beside it, and the built page holds exactly the settings' table
+    (every variable with its default and meaning, as the fields say; no other row)."""
     from covidscan.settings import config_table
+    from docs.hooks import expand
     from tests.conftest import ROOT
 
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
-    table = "".join(line + "\n" for line in section.splitlines() if line.startswith("|"))
-    assert table == config_table(), (
-        "README's configuration table differs: paste `python -m covidscan.settings` into it"
+    page = (ROOT / "docs" / "run" / "configuration.md").read_text()
+    assert page.count("<!-- generated: configuration -->") == 1, (
+        "docs/run/configuration.md lost its marker: the table is generated there by make docs"
     )
+    assert not [line for line in page.splitlines() if line.startswith("|")], (
+        "docs/run/configuration.md holds a hand-written table: keep only the marker"
+    )
+    built = expand(page)
+    table = "".join(line + "\n" for line in built.splitlines() if line.startswith("|"))
+    assert table == config_table()
+    assert "| `BATCH_SIZE` |" in table and "<!-- generated" not in built
 
 
 def test_the_table_shows_each_default_a_setting_takes():

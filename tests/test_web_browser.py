@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.browser import LiveServer, chromium, require_chromium
+from tests.browser import LiveServer, chromium, require_chromium, screenshot
 from tests.images import png_bytes, write_folder, zip_bytes
 
 pytestmark = pytest.mark.integration
@@ -131,6 +131,7 @@ def wait_for_download(folder: Path, filename: str) -> Path:
 
 def test_upload_watch_filter_and_download_in_chromium(live_server, browser, stack_key, tmp_path):
     paths = write_folder(tmp_path / "slices", 10, size=96, corrupt=1)
+    screenshot(browser, "upload-page", tmp_path)
     job_id = upload_through_the_page(browser, live_server.url, paths, "browser e2e")
 
     wait_until(
@@ -206,10 +207,8 @@ def test_upload_watch_filter_and_download_in_chromium(live_server, browser, stac
         name: r["error"] for name, r in api.items()
     }
 
-    screenshot = tmp_path / "job-page.png"
-    assert browser.save_screenshot(str(screenshot))
-    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    print(f"job page screenshot: {screenshot}")
+    browser.execute_script("window.scrollTo(0, 0)")
+    print(f"job page screenshot: {screenshot(browser, 'job-page', tmp_path)}")
 
 
 def test_a_refused_file_is_listed_with_the_reason_and_can_be_left_out(
@@ -392,7 +391,7 @@ def heatmap_state(driver) -> dict:
 
 
 def test_a_heatmap_is_asked_for_from_its_row_and_shown_in_the_viewer(
-    live_server, browser, stack_key, tiny_model_path
+    live_server, browser, stack_key, tiny_model_path, tmp_path
 ):
     from tests.test_explanations import last_conv_layer
 
@@ -423,6 +422,7 @@ def test_a_heatmap_is_asked_for_from_its_row_and_shown_in_the_viewer(
         "s.value = 20; s.dispatchEvent(new Event('input'));"
     )
     assert heatmap_state(browser)["opacity"] == "0.2"
+    screenshot(browser, "heatmap-viewer", tmp_path)
     assert f"layer {last_conv_layer(tiny_model_path)} " in by_id(browser, "viewer-meta").text
     assert not by_id(browser, "viewer-untrained").is_displayed()  # the tiny model is trained
     assert by_id(browser, "viewer-next").get_attribute("disabled")  # the other row: not asked
@@ -512,6 +512,8 @@ def test_a_dicom_folder_shows_its_series_with_a_strip_chart(
     )
     assert shown.strip() == f"{100 * series['probability_covid']:.1f}%"
     assert "Doe" not in browser.page_source and d.PATIENT_ID not in browser.page_source
+    browser.execute_script("document.getElementById('series-panel').scrollIntoView()")
+    screenshot(browser, "series-strip-chart", tmp_path)
 
 
 def test_a_large_selection_goes_in_parts_as_one_job_or_not_at_all(

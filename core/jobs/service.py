@@ -1,5 +1,6 @@
 """The job service: every way in (one request, parts of an open job, the two-step upload,
-STOW-RS, C-STORE) submits and appends through it, so each gets the same rules.
+STOW-RS, C-STORE, a retrieval from a PACS) submits and appends through it, so each gets the
+same rules.
 
 A submission or an append, in one transaction: the hourly scan quota is charged, the
 owner's lock is taken and ``MAX_ACTIVE_JOBS`` checked again after the insert, the scans
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Actor:
     """Who acts, for the audit row and the owner's limits; ``via`` names the way in
-    (``multipart``, ``parts``, ``direct``, ``stow-rs``, ``c-store``)."""
+    (``multipart``, ``parts``, ``direct``, ``stow-rs``, ``c-store``, ``retrieval``)."""
 
     owner: str
     key_id: Optional[str] = None
