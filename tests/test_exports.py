@@ -527,3 +527,16 @@ def test_a_pacs_without_storage_commitment_stores_and_says_why_it_is_not_committ
         f"stored, not committed: NOCOMMIT@127.0.0.1:{port} does not offer Storage "
         "Commitment (Push Model)"
     )
+
+
+@pytest.mark.integration
+def test_a_series_without_a_result_makes_no_export_and_the_log_says_why(config, runtime, caplog):
+    settings, factory, blobs = runtime
+    add_destinations(factory, "pacs")
+    caplog.set_level("INFO", logger="db.exports")
+    job_id = submit_and_finish({**config, "MIN_SERIES_SLICES": "5"}, factory, "pacs", count=3)
+    assert exports_of(factory, job_id) == []
+    [line] = [r.getMessage() for r in caplog.records if r.name == "db.exports"]
+    assert line.startswith(f"job {job_id}: series ") and "nothing exported" in line
+    assert "fewer than the 5 a series result needs" in line
+    assert d.PATIENT_ID not in line
