@@ -21,8 +21,9 @@ from tests.images import png_bytes
 
 pytestmark = pytest.mark.integration
 
-# Route arguments that name something an owner owns, and those that do not.
-OWNED_ARGUMENTS = {"job_id", "scan_id", "webhook_id", "series_uid"}  # a series is a job's
+# Route arguments that name something an owner owns (a series is a job's), and those that
+# do not.
+OWNED_ARGUMENTS = {"job_id", "scan_id", "webhook_id", "series_uid", "retrieval_id"}
 # Registered models; static files; destinations (admin only).
 UNOWNED_ARGUMENTS = {"ref", "filename", "name"}
 PUBLIC_ENDPOINTS = {
@@ -100,10 +101,20 @@ def owners(app, app_config):
     webhook = alice.post(
         "/v1/webhooks", json={"url": "https://93.184.215.14/hook", "secret": "whsec_" + "a" * 44}
     ).get_json()
+    source = admin.post(
+        "/v1/destinations",
+        json={"name": "pacs", "kind": "dicom", "ae_title": "PACS", "host": "127.0.0.1", "port": 9},
+    )
+    assert source.status_code == 201, source.get_json()
+    retrieval = alice.post(
+        "/v1/retrievals", json={"source": "pacs", "study_uids": ["1.2.826.0.1.3680043.8.498.1"]}
+    )
+    assert retrieval.status_code == 202, retrieval.get_json()
     return {
         "alice": alice,
         "bob": bob,
         "admin": admin,
+        "retrieval_id": retrieval.get_json()["id"],
         "job_id": job["id"],
         "scan_id": scans[0]["scan_id"],
         "series_uid": dicom["series_uid"],
