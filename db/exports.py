@@ -19,13 +19,13 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from sqlalchemy import Row, and_, delete, func, select, update
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from covidscan.contract import ExportKind, ExportState
 from db.explanations import GRADCAM
 from db.models import Explanation, Export, Job, Scan, ScanStatus, new_id, utcnow
-from db.queue import LeaseQueue
+from db.queue import LeaseQueue, reloaded
 from db.series import job_series, min_series_slices
 from db.session import rows_changed
 
@@ -122,17 +122,9 @@ def explanations_waiting(session: Session, job_id: str, series_uid: str) -> int:
     )
 
 
-def _exports(session: Session, rows: Sequence[Row[Any]]) -> list[Export]:
-    return [
-        export
-        for row in rows
-        if (export := session.get(Export, row.id, populate_existing=True)) is not None
-    ]
-
-
 EXPORTS: LeaseQueue[Export] = LeaseQueue(
     Export,
-    leases=_exports,
+    leases=reloaded(Export),
     status=Export.state,
     waiting=PENDING,
     leased=None,

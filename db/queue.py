@@ -33,6 +33,20 @@ CLAIM_TRIES = 5
 """A claim that found rows but lost every one of them to other workers tries again."""
 
 
+def reloaded(model: Any) -> Callable[[Session, Sequence[Row[Any]]], list[Any]]:
+    """A ``leases`` hook that hands the worker the claimed rows themselves, re-read (their
+    lease columns fresh), in claim order; a row deleted meanwhile is left out."""
+
+    def rows(session: Session, claimed: Sequence[Row[Any]]) -> list[Any]:
+        return [
+            row
+            for item in claimed
+            if (row := session.get(model, item.id, populate_existing=True)) is not None
+        ]
+
+    return rows
+
+
 @dataclass(frozen=True)
 class Expired:
     """What :meth:`LeaseQueue.expire` did with the rows whose lease ran out."""

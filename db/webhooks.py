@@ -13,12 +13,12 @@ Every function takes a ``session``; the caller owns the transaction.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from sqlalchemy import Exists, Row, delete, exists, or_, select, update
+from sqlalchemy import Exists, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from covidscan.contract import DeliveryOutcome, DeliveryState
@@ -34,7 +34,7 @@ from db.models import (
     iso_utc,
     utcnow,
 )
-from db.queue import LeaseQueue
+from db.queue import LeaseQueue, reloaded
 from db.session import rows_changed
 
 PENDING, DONE = DeliveryState.PENDING, "done"  # also a job's finish_event: pending, then done
@@ -131,17 +131,9 @@ def destinations(session: Session, job: Job) -> list[str]:
     return list(dict.fromkeys(urls))
 
 
-def _events(session: Session, rows: Sequence[Row[Any]]) -> list[WebhookEvent]:
-    return [
-        event
-        for row in rows
-        if (event := session.get(WebhookEvent, row.id, populate_existing=True)) is not None
-    ]
-
-
 EVENTS: LeaseQueue[WebhookEvent] = LeaseQueue(
     WebhookEvent,
-    leases=_events,
+    leases=reloaded(WebhookEvent),
     status=WebhookEvent.state,
     waiting=PENDING,
     leased=None,
@@ -201,7 +193,7 @@ def claim_event(session: Session, event_id: str, lease_seconds: float) -> Option
             .execution_options(synchronize_session=False)
         )
         return None
-    return _events(session, claimed)[0]
+    return EVENTS.leases(session, claimed)[0]
 
 
 def endpoint_secret(session: Session, owner: Optional[str], url: str) -> Optional[str]:

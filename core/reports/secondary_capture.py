@@ -17,7 +17,7 @@ import io
 from typing import TYPE_CHECKING, Optional
 
 from core.deidentify import record_method
-from core.reports.sr import RESEARCH_ONLY, SeriesFinding
+from core.reports.sr import RESEARCH_ONLY, SeriesFinding, deidentifying_equipment
 from covidscan import __version__
 
 if TYPE_CHECKING:
@@ -94,7 +94,6 @@ def build_overlay(
         ValueError: ``overlay_rgb`` is not an ``(rows, columns, 3)`` uint8 array.
     """
     import numpy as np
-    from highdicom import ContributingEquipment
     from highdicom.sc import SCImage
     from pydicom.dataset import Dataset
     from pydicom.sr.codedict import codes
@@ -118,14 +117,7 @@ def build_overlay(
         manufacturer="covidscan",
         patient_orientation=orientation or ("L", "P"),  # highdicom wants one; emptied below
         transfer_syntax_uid=ExplicitVRLittleEndian,
-        contributing_equipment=[
-            ContributingEquipment(
-                manufacturer="covidscan",
-                purpose_of_reference=codes.DCM.DeIdentifyingEquipment,
-                software_versions=__version__,
-                contribution_description="de-identified the copied patient and study modules",
-            )
-        ],
+        contributing_equipment=[deidentifying_equipment()],
         series_description=RESEARCH_ONLY,
         software_versions=__version__,
     )

@@ -17,7 +17,7 @@ import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from pydicom.dataset import Dataset
 
@@ -97,6 +97,20 @@ def slice_header(data: bytes, max_bytes: int = MAX_INFLATED_BYTES) -> Dataset:
     return dataset
 
 
+def deidentifying_equipment() -> Any:
+    """The Contributing Equipment entry a result made here carries: covidscan, which
+    de-identified the patient and study modules it copied."""
+    from highdicom import ContributingEquipment
+    from pydicom.sr.codedict import codes
+
+    return ContributingEquipment(
+        manufacturer="covidscan",
+        purpose_of_reference=codes.DCM.DeIdentifyingEquipment,
+        software_versions=__version__,
+        contribution_description="de-identified the copied patient and study modules",
+    )
+
+
 def build_report(
     evidence: Sequence[Dataset],
     finding: SeriesFinding,
@@ -119,7 +133,6 @@ def build_report(
         series_number: the results series' number.
     """
     import highdicom as hd
-    from highdicom import ContributingEquipment
     from highdicom.sr import (
         AlgorithmIdentification,
         CodedConcept,
@@ -186,14 +199,7 @@ def build_report(
         is_complete=True,
         series_description=RESEARCH_ONLY,
         content_qualification="RESEARCH",
-        contributing_equipment=[
-            ContributingEquipment(
-                manufacturer="covidscan",
-                purpose_of_reference=codes.DCM.DeIdentifyingEquipment,
-                software_versions=__version__,
-                contribution_description="de-identified the copied patient and study modules",
-            )
-        ],
+        contributing_equipment=[deidentifying_equipment()],
     )  # patient and study attributes come from the de-identified evidence
     buffer = io.BytesIO()
     document.save_as(buffer, enforce_file_format=True)
