@@ -466,6 +466,25 @@ class ExportInfo(Strict):
     finished_at: Timestamp
 
 
+EXPORT_TO = r"^[A-Za-z0-9._,\- ]*$"
+
+
+class ExportDefaultsRequest(Fields):
+    """The destinations the caller's jobs are sent to when a submission names none."""
+
+    export_to: str = Field(
+        max_length=1000,
+        pattern=EXPORT_TO,
+        description="`NAME[,NAME…]` of registered destinations; `none` clears them",
+    )
+
+
+class ExportDefaults(Strict):
+    """The destinations the caller's jobs are sent to when a submission names none."""
+
+    export_to: list[str] = Field(description="registered destinations' names, in order")
+
+
 class ExportList(Strict):
     """A job's deliveries to PACS destinations, one per series result and destination."""
 
@@ -523,9 +542,10 @@ class SubmissionOptions(Fields):
     export_to: Optional[str] = Field(
         None,
         max_length=1000,
-        pattern=r"^[A-Za-z0-9._,\- ]*$",
+        pattern=EXPORT_TO,
         description="`NAME[,NAME…]`: registered destinations (`/v1/destinations`) each "
-        "complete, classified DICOM series' result is sent to",
+        "complete, classified DICOM series' result is sent to; absent: the owner's defaults "
+        "(`/v1/export-defaults`); `none`: none",
     )
 
     def options(self) -> SubmissionOptions:

@@ -96,3 +96,35 @@ def list_command(job_id: str, as_json: bool) -> None:
         engine.dispose()
     if not rows and not as_json:
         click.echo(f"job {job_id} has no exports")
+
+
+@exports.command("defaults")
+@click.argument("owner")
+@click.option(
+    "--set",
+    "names",
+    metavar="NAME[,NAME…]",
+    help="Set the owner's default destinations (`none` clears them).",
+)
+def defaults_command(owner: str, names: str | None) -> None:
+    """Show (or --set) where OWNER's jobs are sent when they name no destination, as
+    ``GET``/``PUT /v1/export-defaults`` do for the caller's own owner."""
+    from core.errors import Malformed
+    from core.jobs.service import JobService
+    from db.destinations import owner_export_to, set_owner_export_to
+    from db.session import make_engine, make_session_factory
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine).begin() as session:
+            if names is not None:
+                try:
+                    chosen = JobService.resolve_destinations(session, names)
+                except Malformed as exc:
+                    _fail(exc.detail)
+                set_owner_export_to(session, owner, chosen)
+            current = owner_export_to(session, owner)
+    finally:
+        engine.dispose()
+    click.echo(", ".join(current) if current else f"{owner} has no default destinations")

@@ -90,7 +90,8 @@ def main(ctx: click.Context, url: Optional[str]) -> None:
     "--export-to",
     metavar="NAME[,NAME…]",
     help="Send each complete, classified DICOM series' result (its SR) to these registered "
-    "destinations (`covidscan destinations list`).",
+    "destinations (`covidscan destinations list`); default: the owner's defaults "
+    "(`/v1/export-defaults`); `none`: none.",
 )
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
 @click.option("--poll", default=1.0, show_default=True, help="Seconds between status polls.")

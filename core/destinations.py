@@ -78,8 +78,14 @@ class DestinationSpec:
     credentials: Optional[Credentials] = None
 
 
+NO_DESTINATION = "none"
+"""What ``export_to`` says for no destination at all (so no destination has this name)."""
+
+
 def checked_name(raw: str) -> str:
     name = (raw or "").strip()
+    if name.lower() == NO_DESTINATION:
+        raise DestinationError(f"{name!r} is reserved: export_to={NO_DESTINATION} means none")
     if not NAME.match(name):
         raise DestinationError(
             f"name must be 1-64 letters, digits, '.', '_' or '-' (starting "
@@ -89,11 +95,14 @@ def checked_name(raw: str) -> str:
 
 
 def export_names(raw: Optional[str]) -> list[str]:
-    """The destination names of an ``export_to`` (``NAME[,NAME…]``), each checked, each once.
+    """The destination names of an ``export_to`` (``NAME[,NAME…]``, or ``none``), each
+    checked, each once.
 
     Raises:
         DestinationError: a name is not a destination name.
     """
+    if (raw or "").strip().lower() == NO_DESTINATION:
+        return []
     names = [part.strip() for part in (raw or "").split(",") if part.strip()]
     return list(dict.fromkeys(checked_name(name) for name in names))
 

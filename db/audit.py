@@ -37,6 +37,7 @@ ACTIONS = (
     "series.sr",
     "destination.add",
     "destination.remove",
+    "export_defaults.set",
     "retrieval.create",
 )
 

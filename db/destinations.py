@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.exports import fail_destination_exports
-from db.models import Destination, DestinationKind
+from db.models import Destination, DestinationKind, ExportDefault
 
 
 class DestinationExists(ValueError):
@@ -75,10 +75,13 @@ def get_destination(session: Session, name: str) -> Optional[Destination]:
 
 def remove_destination(session: Session, name: str) -> Optional[Destination]:
     """Delete the destination named ``name`` (not committed); the row removed, or None.
-    Its pending exports fail, saying it was removed."""
+    Its pending exports fail, saying it was removed; owners' defaults no longer name it."""
     row = get_destination(session, name)
     if row is not None:
         fail_destination_exports(session, name)
+        for default in session.scalars(select(ExportDefault)):
+            if name in default.export_to:
+                default.export_to = [n for n in default.export_to if n != name]
         session.delete(row)
         session.flush()
     return row
@@ -92,3 +95,20 @@ def destination_for_ae(session: Session, ae_title: str) -> Optional[Destination]
         .order_by(Destination.name)
         .limit(1)
     ).first()
+
+
+def owner_export_to(session: Session, owner: Optional[str]) -> list[str]:
+    """The destinations ``owner``'s jobs go to when they name none (none set: empty)."""
+    if owner is None:
+        return []
+    row = session.get(ExportDefault, owner)
+    return list(row.export_to) if row is not None else []
+
+
+def set_owner_export_to(session: Session, owner: str, names: list[str]) -> None:
+    """Set (an empty list: clear) ``owner``'s default destinations; not committed."""
+    row = session.get(ExportDefault, owner)
+    if row is None:
+        session.add(ExportDefault(owner=owner, export_to=list(names)))
+    else:
+        row.export_to = list(names)

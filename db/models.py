@@ -590,6 +590,21 @@ class Export(Leasable, Base):
         )
 
 
+class ExportDefault(Base):
+    """The destinations an owner's jobs are sent to when a submission names none
+    (``PUT /v1/export-defaults``); a submission's own ``export_to`` wins, an empty one
+    included."""
+
+    __tablename__ = "export_defaults"
+
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)
+    export_to: Mapped[list[str]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    def __repr__(self) -> str:
+        return f"ExportDefault(owner={self.owner!r}, export_to={self.export_to!r})"
+
+
 class Retrieval(Base):
     """A cohort an owner asked to pull from a registered PACS (``source``), by accession
     numbers or by study UIDs: one :class:`RetrievalItem` per identifier, in the order given.

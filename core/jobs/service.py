@@ -35,7 +35,7 @@ from core.wakeups import WakeupSender
 from covidscan.settings import Settings
 from db.audit import record
 from db.blobs import BlobStore
-from db.destinations import get_destination
+from db.destinations import get_destination, owner_export_to
 from db.explanations import queue_job_explanations
 from db.jobs import (
     JobOptions,
@@ -75,7 +75,8 @@ class Submission:
     priority: str = "normal"
     callback_url: Optional[str] = None
     explain: Optional[str] = None
-    export_to: Optional[str] = None  # NAME[,NAME…] of registered destinations
+    # NAME[,NAME…] of registered destinations, or "none"; None: the owner's defaults
+    export_to: Optional[str] = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,7 +183,11 @@ class JobService:
         explained = len(new_scans) if submission.explain else 0
         self.quota.charge(actor.owner, len(new_scans), explained)
         model = self.resolve_model(session, submission.model)
-        export_to = self.resolve_destinations(session, submission.export_to)
+        export_to = (
+            owner_export_to(session, actor.owner)
+            if submission.export_to is None
+            else self.resolve_destinations(session, submission.export_to)
+        )
         lock_owner(session, actor.owner)
         job = create_job(
             session,
