@@ -68,7 +68,9 @@ class Fields(BaseModel):
             if value is None:
                 continue  # null, like an empty value, means the default
             if isinstance(value, str):
-                value = value.strip()
+                # Spaces, tabs and line ends only: str.strip() also takes the control
+                # characters 0x1C–0x1F, which the published schema calls part of a value.
+                value = value.strip(" \t\r\n\f\v")
                 if not value:
                     continue  # the default
                 field = cls.model_fields.get(name)
