@@ -214,6 +214,13 @@ def with_source(case, name):
     return case
 
 
+def with_export_to(case, name):
+    """A registered destination's name as the owner's default (a generated name is none)."""
+    if isinstance(case.body, dict):
+        case.body["export_to"] = name
+    return case
+
+
 @pytest.mark.parametrize("method, path, mode", operations())
 def test_the_api_keeps_its_contract(live, live_schema, method, path, mode):
     operation = live_schema[path][method]
@@ -233,7 +240,11 @@ def test_the_api_keeps_its_contract(live, live_schema, method, path, mode):
         real["webhook_id"] = some_webhook(live["client"])
     if path == "/v1/destinations/{name}" and mode is GenerationMode.POSITIVE:
         real["name"] = some_destination(live["client"])
-    source = some_destination(live["client"]) if path == "/v1/retrievals" else None
+    source = (
+        some_destination(live["client"])
+        if path in ("/v1/retrievals", "/v1/export-defaults")
+        else None
+    )
     if real:
         strategy = st.one_of(
             operation.as_strategy(generation_mode=mode, path_parameters=real), strategy
@@ -242,8 +253,8 @@ def test_the_api_keeps_its_contract(live, live_schema, method, path, mode):
     # A valid form still names a model that is not registered, or parts that are not
     # images, as often as not; a two-step upload is refused by the folder store (415); a
     # webhook URL must resolve to a public address; a STOW body must hold DICOM instances;
-    # a started job cannot be started by other ids: 4xx there are right answers to
-    # valid-looking data.
+    # a started job cannot be started by other ids; destinations are named by registered
+    # names: 4xx there are right answers to valid-looking data.
     fix = {
         ("POST", "/v1/jobs"): with_real_slices,
         ("POST", "/v1/webhooks"): with_public_url,
@@ -251,6 +262,7 @@ def test_the_api_keeps_its_contract(live, live_schema, method, path, mode):
         ("POST", "/v1/dicomweb/studies"): with_real_instance,
         ("POST", "/v1/jobs/{job_id}/start"): None,
         ("POST", "/v1/retrievals"): lambda case: with_source(case, source),
+        ("PUT", "/v1/export-defaults"): lambda case: with_export_to(case, source),
     }
     if (method, path) in fix:
         excluded.append(positive_data_acceptance)
